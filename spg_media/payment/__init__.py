@@ -1,0 +1,1 @@
+"""Payment: card rules, the caller's journey, connectors and the sandbox platform."""

@@ -1,0 +1,1 @@
+"""RTP: packets, G.711 tables, per-call media sessions and the media tick."""

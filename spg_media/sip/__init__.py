@@ -1,0 +1,1 @@
+"""SIP: messages, URIs, SDP, transactions, dialogs and transports."""

@@ -1,0 +1,1 @@
+"""Prompts: wording per language, rendering to 8 kHz audio, the on-disk cache."""
