@@ -1,0 +1,733 @@
+"""One payment call, from the transferred INVITE to the BYE, readable top to bottom.
+
+`Call.run()` is the whole story: read the handoff (CONTRACT §2), negotiate media, look the
+transaction up, answer, run the caller's journey (a sans-IO machine fed digits, prompt ends,
+timers and the connector's answer through one inbox), record the result (CDR, callback), and send
+the caller back with REFER, or end with BYE (CONTRACT §6). SIP requests of the dialog arrive through
+`on_request` (the UA routes them here by Call-ID) and become inbox items too, so nothing else in
+the process runs call logic.
+
+Card digits exist here only inside the journey and the `Authorize` action handed to the connector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from spg_media.cdr import CallbackSender, CallRecord, CdrWriter
+from spg_media.config import Config
+from spg_media.dtmf.merge import DtmfMerger
+from spg_media.dtmf.rfc4733 import DtmfEvent
+from spg_media.dtmf.sipinfo import parse_info_dtmf
+from spg_media.payment.connectors import Connector, ConnectorError
+from spg_media.payment.journey import (
+    Authorize,
+    Finish,
+    Journey,
+    JourneyConfig,
+    Outcome,
+    Play,
+    StopPlayback,
+)
+from spg_media.payment.model import AuthorizationResult, Result, TransactionInfo
+from spg_media.payment.signing import verify_handoff
+from spg_media.rtp.session import MediaEngine, MediaSession
+from spg_media.sip.dialog import Dialog
+from spg_media.sip.message import SipRequest, SipResponse, make_response, new_tag
+from spg_media.sip.sdp import NegotiatedAudio, NotAcceptable, SdpError, SessionDescription
+from spg_media.sip.sdp import build_answer, negotiate
+from spg_media.sip.transaction import Address
+from spg_media.sip.ua import ALLOW, SipUserAgent
+from spg_media.sip.uri import NameAddr, SipSyntaxError, SipUri
+from spg_media.tts.prompts import PromptLibrary
+
+log = logging.getLogger("spg.call")
+
+HANDOFF_HEADERS = (
+    "X-SPG-Transaction",
+    "X-SPG-Return-To",
+    "X-SPG-Language",
+    "X-SPG-Callback",
+    "X-SPG-Signature",
+)
+LOOKUP_TIMEOUT_S = 5.0
+ACK_WAIT_S = 32.0
+NOTIFY_WAIT_S = 32.0
+AUTHORIZATION_GRACE_S = 5.0  # beyond the connector's own timeout, before giving up on it
+
+
+@dataclass
+class Handoff:
+    """The X-SPG-* values of the transferred INVITE: headers first, then R-URI parameters."""
+
+    transaction: str | None = None
+    return_to: str | None = None
+    language: str | None = None
+    callback: str | None = None
+    signature: str | None = None
+
+    @classmethod
+    def from_invite(cls, invite: SipRequest) -> Handoff:
+        try:
+            uri_params = SipUri.parse(invite.uri).params
+        except SipSyntaxError:
+            uri_params = {}
+        values: list[str | None] = []
+        for name in HANDOFF_HEADERS:
+            value = invite.headers.get(name)
+            if value is None:
+                param = uri_params.get(name.lower())
+                value = _unescape(param) if param else None
+            values.append(value.strip() if value else None)
+        return cls(*values)
+
+
+def _unescape(value: str) -> str:
+    from urllib.parse import unquote
+
+    return unquote(value)
+
+
+@dataclass
+class CallServices:
+    """What every call shares: the process's UA, media, prompts, connector and records."""
+
+    config: Config
+    ua: SipUserAgent
+    media: MediaEngine
+    prompts: PromptLibrary
+    connector: Connector
+    cdr: CdrWriter
+    callbacks: CallbackSender
+    calls: dict[str, Call] = field(default_factory=dict)
+    observer: Callable[[str, str, dict[str, Any]], None] | None = None  # (call_id, kind, details)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+
+class Call:
+    """One call; see the module docstring."""
+
+    def __init__(self, services: CallServices, invite: SipRequest, source: Address) -> None:
+        self.services = services
+        self.config = services.config
+        self.ua = services.ua
+        self.invite = invite
+        self.source = source
+        self.call_id = invite.call_id
+        self.transport = source.transport
+        self.inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.dialog: Dialog | None = None
+        self.media: MediaSession | None = None
+        self.rtp_port: int | None = None
+        self.negotiated: NegotiatedAudio | None = None
+        self.sdp_version = 1
+        self.session_id = random.randint(1, 2**31)
+        self.local_tag = new_tag()
+        self.handoff = Handoff.from_invite(invite)
+        self.transaction: TransactionInfo | None = None
+        self.language = self.config.ivr.language
+        self.merger = DtmfMerger(inband_mode=self.config.dtmf.inband)  # type: ignore[arg-type]
+        self.started_at = datetime.datetime.now(datetime.UTC)
+        self.answered = False
+        self.acked = False
+        self.hung_up = False
+        self.cancelled = False
+        self.outcome: Outcome | None = None
+        self.phase = "setup"
+        self.marks: dict[str, float] = {"invite": time.monotonic()}
+        self._play_generation = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.authorizations = 0
+
+    # ---- the story --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.services.calls[self.call_id] = self
+        self.ua.dialogs[self.call_id] = self
+        try:
+            await self._run()
+        except Exception:
+            log.exception("call failed", extra={"call_id": self.call_id})
+            if self.answered and not self.hung_up and self.dialog is not None:
+                with contextlib.suppress(Exception):
+                    await self._bye(self._result_headers(Result.ERROR))
+        finally:
+            self._cleanup()
+
+    async def _run(self) -> None:
+        # 1. Media offer: refuse what we cannot answer before doing anything else.
+        try:
+            offer = SessionDescription.parse(self.invite.body) if self.invite.body else None
+            if offer is None:
+                raise NotAcceptable("an SDP offer is required in the INVITE")
+            self.negotiated = negotiate(offer, srtp_policy=self._srtp_policy())
+        except (SdpError, NotAcceptable) as exc:
+            detail = getattr(exc, "detail", None) or str(exc)
+            self._reject(488, "Not Acceptable Here", detail)
+            return
+
+        # 2. The handoff and the transaction it names.
+        failure = self._check_handoff()
+        if failure is None:
+            failure = await self._lookup()
+        if self.cancelled:
+            return
+        if self.transaction is not None and self.transaction.language:
+            self.language = self.transaction.language
+        if self.handoff.language:
+            self.language = self.handoff.language
+        if self.language not in ("en", "es"):
+            self.language = self.config.ivr.language
+
+        # 3. Answer.
+        await self._answer()
+        if self.cancelled or self.hung_up:
+            return
+
+        # 4. The caller's journey.
+        self.phase = "journey"
+        self._emit("answered", language=self.language)
+        journey = Journey(
+            JourneyConfig(
+                first_digit_timeout_s=self.config.ivr.first_digit_timeout_s,
+                inter_digit_timeout_s=self.config.ivr.inter_digit_timeout_s,
+                max_attempts=self.config.ivr.max_attempts,
+                confirm=self.config.ivr.confirm,
+                card_brands=tuple(self.config.ivr.card_brands),
+            ),
+            self.transaction,
+            failure,
+            datetime.date.today(),
+        )
+        outcome = await self._drive(journey)
+        self.outcome = outcome
+        self.marks["finished"] = time.monotonic()
+
+        # 5. Record the result, then return the caller.
+        self._record(outcome)
+        if not self.hung_up:
+            self.phase = "returning"
+            await self._return_caller(outcome)
+
+    async def _drive(self, journey: Journey) -> Outcome:
+        loop = asyncio.get_running_loop()
+        self._apply(journey, journey.start(loop.time()))
+        if self.hung_up:  # BYE came before the journey started
+            self._apply(journey, journey.hangup(loop.time()))
+        while journey.outcome is None:
+            wake = journey.next_wake()
+            timeout = None if wake is None else max(0.0, wake - loop.time())
+            try:
+                kind, value = await asyncio.wait_for(self.inbox.get(), timeout)
+            except TimeoutError:
+                self._apply(journey, journey.timer(loop.time()))
+                continue
+            now = loop.time()
+            if kind == "digit":
+                self._emit("digit", digit="*" if value.isdigit() else value)
+                self._apply(journey, journey.digit(value, now))
+            elif kind == "prompt_done":
+                if value == self._play_generation:
+                    self._apply(journey, journey.prompt_done(now))
+            elif kind == "authorized":
+                self._apply(journey, journey.authorized(value, now))
+            elif kind == "bye":
+                self._apply(journey, journey.hangup(now))
+            if wake is not None and loop.time() >= wake and journey.outcome is None:
+                self._apply(journey, journey.timer(loop.time()))
+        return journey.outcome
+
+    def _apply(self, journey: Journey, actions: list[Any]) -> None:
+        for action in actions:
+            if isinstance(action, Play):
+                self._play(action)
+            elif isinstance(action, StopPlayback):
+                self._play_generation += 1
+                if self.media is not None:
+                    self.media.stop()
+            elif isinstance(action, Authorize):
+                self.authorizations += 1
+                self.marks.setdefault("authorize", time.monotonic())
+                self._spawn(self._authorize(action))
+            elif isinstance(action, Finish):
+                pass  # journey.outcome carries it
+
+    # ---- prompts ----------------------------------------------------------------------------
+
+    def _play(self, action: Play) -> None:
+        self._play_generation += 1
+        generation = self._play_generation
+        if self.media is not None:
+            self.media.stop()
+        self._emit("prompt", parts=[part.name for part in action.parts])
+        self._spawn(self._render_and_play(action, generation))
+
+    async def _render_and_play(self, action: Play, generation: int) -> None:
+        try:
+            samples = await asyncio.to_thread(
+                self.services.prompts.audio_for, action.parts, self.language
+            )
+        except Exception:
+            log.exception("prompt rendering failed", extra={"call_id": self.call_id})
+            samples = self.services.prompts.silence(200)
+        if generation != self._play_generation or self.media is None:
+            return
+        self.media.play(self.media.encode_prompt(samples))
+
+    def _on_playback_done(self) -> None:
+        self.inbox.put_nowait(("prompt_done", self._play_generation))
+
+    # ---- DTMF -------------------------------------------------------------------------------
+
+    def _on_dtmf(self, event: DtmfEvent) -> None:
+        digit = self.merger.feed(event)
+        if digit is not None:
+            self.services.count(f"dtmf_{event.source}")
+            self.inbox.put_nowait(("digit", digit))
+
+    # ---- the connector ------------------------------------------------------------------------
+
+    async def _lookup(self) -> Result | None:
+        token = self.handoff.transaction
+        if not token:
+            return Result.INVALID_TRANSACTION
+        try:
+            async with asyncio.timeout(LOOKUP_TIMEOUT_S + self.config.gateway.timeout_s):
+                info = await self.services.connector.lookup(token)
+        except (ConnectorError, TimeoutError) as exc:
+            log.warning("transaction lookup failed: %s", exc, extra={"call_id": self.call_id})
+            return Result.ERROR
+        if info is None or info.status != "pending":
+            log.info(
+                "transaction %s is %s",
+                token,
+                "unknown" if info is None else info.status,
+                extra={"call_id": self.call_id},
+            )
+            return Result.INVALID_TRANSACTION
+        self.transaction = info
+        return None
+
+    async def _authorize(self, action: Authorize) -> None:
+        assert self.transaction is not None
+        key = f"{self.call_id}:{action.attempt}"
+        try:
+            async with asyncio.timeout(self.config.gateway.timeout_s + AUTHORIZATION_GRACE_S):
+                result = await self.services.connector.authorize(
+                    self.transaction, action.card, action.attempt, key
+                )
+        except TimeoutError:
+            result = AuthorizationResult(Result.ERROR, detail="authorisation timed out")
+        except Exception as exc:  # a connector bug must still end in a result
+            log.error("connector failed: %s", type(exc).__name__, extra={"call_id": self.call_id})
+            result = AuthorizationResult(Result.ERROR, detail="connector failure")
+        finally:
+            action.card.wipe()
+        self.marks["authorized"] = time.monotonic()
+        self._emit("authorized", result=str(result.result), reference=result.reference)
+        self.inbox.put_nowait(("authorized", result))
+
+    # ---- SIP: the INVITE --------------------------------------------------------------------
+
+    def _srtp_policy(self) -> str:
+        # SRTP termination is not built yet (issue 4): we never answer RTP/SAVP.
+        return "off"
+
+    def _check_handoff(self) -> Result | None:
+        secret = self.config.handoff.signing_secret
+        if not secret:
+            return None
+        ok = bool(self.handoff.signature) and verify_handoff(
+            secret,
+            self.handoff.signature or "",
+            self.call_id,
+            self.handoff.transaction or "",
+            self.handoff.return_to or "",
+            self.handoff.callback or "",
+            time.time(),
+            self.config.handoff.max_age_s,
+        )
+        if not ok:
+            log.warning("handoff signature missing or invalid", extra={"call_id": self.call_id})
+            return Result.INVALID_HANDOFF
+        return None
+
+    def _reject(self, status: int, reason: str, detail: str) -> None:
+        log.info("rejecting call: %d %s", status, detail, extra={"call_id": self.call_id})
+        response = make_response(
+            self.invite,
+            status,
+            reason,
+            to_tag=self.local_tag,
+            headers=[("Warning", f'399 {self.config.sip.public_host} "{detail[:120]}"')],
+        )
+        self.ua.respond(self.invite, response)
+        self.services.count(f"rejected_{status}")
+
+    async def _answer(self) -> None:
+        assert self.negotiated is not None
+        try:
+            self.rtp_port = await self.services.media.open()
+        except Exception as exc:
+            self._reject(503, "Service Unavailable", f"no media port: {exc}")
+            self.hung_up = True
+            return
+        if self.cancelled:
+            return
+        neg = self.negotiated
+        self.media = MediaSession(
+            codec=neg.codec,
+            remote=(neg.remote_address, neg.remote_port),
+            dtmf_payload_type=neg.dtmf_payload_type,
+            ptime_ms=neg.ptime,
+            on_dtmf=self._on_dtmf,
+            on_playback_done=self._on_playback_done,
+        )
+        self.media.hold = neg.direction in ("sendonly", "inactive")
+        contact = self.ua.contact(self.transport)
+        self.dialog = Dialog.as_uas(self.invite, self.local_tag, contact)
+        answer = self._sdp_answer()
+        response = make_response(
+            self.invite,
+            200,
+            "OK",
+            to_tag=self.local_tag,
+            headers=[
+                ("Contact", contact),
+                ("Allow", ALLOW),
+                ("Supported", "replaces"),
+                *[("Record-Route", rr) for rr in self.invite.headers.get_all("Record-Route")],
+            ],
+            body=answer,
+            content_type="application/sdp",
+        )
+        self.services.media.attach(self.rtp_port, self.media)
+        self.ua.respond(self.invite, response)
+        self.answered = True
+        self.marks["answered"] = time.monotonic()
+        # Wait for the ACK (or anything that shows the caller is there) before speaking.
+        try:
+            async with asyncio.timeout(ACK_WAIT_S):
+                while not self.acked and not self.hung_up:
+                    kind, value = await self.inbox.get()
+                    if kind in ("ack", "ack_timeout"):
+                        if kind == "ack_timeout":
+                            log.warning("no ACK for our 200", extra={"call_id": self.call_id})
+                            await self._bye([])
+                            self.hung_up = True
+                        break
+                    if kind == "bye":
+                        self.hung_up = True
+                    elif kind == "digit":  # type-ahead before the ACK: keep it
+                        self.inbox.put_nowait((kind, value))
+                        break
+        except TimeoutError:
+            self.hung_up = True
+
+    def _sdp_answer(self) -> bytes:
+        assert self.negotiated is not None and self.rtp_port is not None
+        return build_answer(
+            self.negotiated,
+            local_address=self.config.rtp.address,
+            local_port=self.rtp_port,
+            session_id=self.session_id,
+            version=self.sdp_version,
+        )
+
+    # ---- SIP: in-dialog requests (called by the UA) -------------------------------------------
+
+    def on_request(self, request: SipRequest, source: Address) -> None:
+        if self.dialog is None or request.to.tag != self.local_tag:
+            self.ua.respond(request, make_response(request, 481))
+            return
+        if not self.dialog.accept_remote_cseq(request):
+            self.ua.respond(request, make_response(request, 500, "Server Internal Error"))
+            return
+        method = request.method
+        if method == "BYE":
+            self.ua.respond(request, make_response(request, 200))
+            self.hung_up = True
+            self._emit("hangup")
+            self.inbox.put_nowait(("bye", None))
+        elif method == "INVITE":
+            self._reinvite(request)
+        elif method == "INFO":
+            parsed = parse_info_dtmf(request.headers.get("Content-Type") or "", request.body)
+            self.ua.respond(request, make_response(request, 200))
+            if parsed is not None:
+                now = asyncio.get_running_loop().time()
+                self._on_dtmf(DtmfEvent(parsed[0], "start", now, None, "info"))
+        elif method == "NOTIFY":
+            self.ua.respond(request, make_response(request, 200))
+            self.inbox.put_nowait(("notify", request))
+        elif method in ("OPTIONS", "UPDATE"):
+            self.ua.respond(request, make_response(request, 200, headers=[("Allow", ALLOW)]))
+        else:
+            self.ua.respond(request, make_response(request, 405, headers=[("Allow", ALLOW)]))
+
+    def on_ack(self, ack: SipRequest) -> None:
+        if not self.acked:
+            self.acked = True
+            self.inbox.put_nowait(("ack", None))
+
+    def on_cancel(self, invite: SipRequest) -> None:
+        if self.answered:
+            return
+        self.cancelled = True
+        self.ua.respond(invite, make_response(invite, 487, to_tag=self.local_tag))
+        self.inbox.put_nowait(("bye", None))
+
+    def on_ack_timeout(self) -> None:
+        self.inbox.put_nowait(("ack_timeout", None))
+
+    def _reinvite(self, request: SipRequest) -> None:
+        """Hold, unhold or a media change: answer from the same port (RFC 3264 §8)."""
+        assert self.dialog is not None and self.media is not None
+        try:
+            offer = SessionDescription.parse(request.body)
+            neg = negotiate(offer, srtp_policy=self._srtp_policy())
+        except (SdpError, NotAcceptable) as exc:
+            detail = getattr(exc, "detail", None) or str(exc)
+            self.ua.respond(
+                request,
+                make_response(request, 488, headers=[("Warning", f'399 spg "{detail[:120]}"')]),
+            )
+            return
+        self.dialog.update_target(request)
+        self.negotiated = neg
+        self.media.hold = neg.direction in ("sendonly", "inactive")
+        if (neg.remote_address, neg.remote_port) != self.media.remote:
+            self.media.remote = (neg.remote_address, neg.remote_port)
+            self.media.latched = None
+        self.media.dtmf_payload_type = neg.dtmf_payload_type
+        self.sdp_version += 1
+        self.ua.respond(
+            request,
+            make_response(
+                request,
+                200,
+                headers=[("Contact", self.dialog.local_contact), ("Allow", ALLOW)],
+                body=self._sdp_answer(),
+                content_type="application/sdp",
+            ),
+        )
+
+    # ---- the result ---------------------------------------------------------------------------
+
+    def _result_headers(self, result: Result, outcome: Outcome | None = None) -> list[tuple[str, str]]:
+        headers = [("X-SPG-Result", str(result))]
+        if outcome is not None and outcome.reference:
+            headers.append(("X-SPG-Reference", outcome.reference))
+        if self.handoff.transaction:
+            headers.append(("X-SPG-Transaction", self.handoff.transaction))
+        if outcome is not None and outcome.brand and outcome.last4:
+            headers.append(("X-SPG-Card", f"{outcome.brand} {outcome.last4}"))
+        return headers
+
+    def _return_target(self) -> str | None:
+        candidates = [self.handoff.return_to]
+        referred_by = self.invite.headers.get("Referred-By")
+        if referred_by:
+            try:
+                candidates.append(str(NameAddr.parse(referred_by).uri))
+            except SipSyntaxError:
+                pass
+        if self.transaction is not None:
+            candidates.append(self.transaction.return_uri)
+        candidates.append(self.config.ivr.return_uri)
+        for candidate in candidates:
+            if not candidate:
+                continue
+            text = candidate.strip()
+            if text.startswith("<") and text.endswith(">"):
+                text = text[1:-1]
+            try:
+                SipUri.parse(text)
+            except SipSyntaxError:
+                log.warning("ignoring bad return URI", extra={"call_id": self.call_id})
+                continue
+            return text
+        return None
+
+    async def _return_caller(self, outcome: Outcome) -> None:
+        headers = self._result_headers(outcome.result, outcome)
+        target = self._return_target()
+        if target is None:
+            self._emit("bye", reason="no return target")
+            await self._bye(headers)
+            return
+        refer_to = SipUri.parse(target)
+        refer_to.params["x-spg-result"] = str(outcome.result)
+        refer_to.headers["X-SPG-Result"] = str(outcome.result)
+        if outcome.reference:
+            refer_to.headers["X-SPG-Reference"] = outcome.reference
+        request = self._in_dialog(
+            "REFER",
+            [
+                ("Refer-To", f"<{refer_to}>"),
+                ("Referred-By", f"<sip:spg@{self.config.sip.public_host}>"),
+                *headers,
+            ],
+        )
+        self._emit("refer", target=target, result=str(outcome.result))
+        response = await self._send_in_dialog(request)
+        if not 200 <= response.status < 300:
+            log.info("REFER refused: %d", response.status, extra={"call_id": self.call_id})
+            await self._bye(headers)
+            return
+        status = await self._wait_transfer_outcome()
+        if status is not None and 200 <= status < 300:
+            await self._bye([])
+        else:
+            await self._bye(headers)
+
+    async def _wait_transfer_outcome(self) -> int | None:
+        """The sipfrag status of the final NOTIFY of the REFER subscription, None on timeout."""
+        try:
+            async with asyncio.timeout(NOTIFY_WAIT_S):
+                while True:
+                    kind, value = await self.inbox.get()
+                    if kind == "bye":
+                        return None
+                    if kind != "notify":
+                        continue
+                    status = _sipfrag_status(value.body)
+                    state = (value.headers.get("Subscription-State") or "").lower()
+                    if status is not None and status >= 200:
+                        return status
+                    if state.startswith("terminated"):
+                        return status
+        except TimeoutError:
+            log.info("no final NOTIFY for the REFER", extra={"call_id": self.call_id})
+            return None
+
+    def _in_dialog(self, method: str, headers: list[tuple[str, str]]) -> SipRequest:
+        assert self.dialog is not None
+        return self.dialog.new_request(
+            method, self.transport, self.ua.sent_by(self.transport), headers=headers
+        )
+
+    async def _send_in_dialog(self, request: SipRequest) -> SipResponse:
+        assert self.dialog is not None
+        destination = self.source if self.source.reliable else None
+        if destination is None:
+            destination = await self.ua.resolve(self.dialog.next_hop())
+        return await self.ua.request(request, destination)
+
+    async def _bye(self, headers: list[tuple[str, str]]) -> None:
+        if self.dialog is None or self.hung_up:
+            return
+        self.hung_up = True
+        if self.media is not None:
+            self.media.stop()
+        response = await self._send_in_dialog(self._in_dialog("BYE", headers))
+        self._emit("ended", status=response.status)
+
+    def _record(self, outcome: Outcome) -> None:
+        durations = dict(outcome.durations)
+        marks = self.marks
+        if "answered" in marks:
+            durations["setup"] = round(marks["answered"] - marks["invite"], 3)
+        if "finished" in marks and "answered" in marks:
+            durations["ivr"] = round(marks["finished"] - marks["answered"], 3)
+        if "authorized" in marks and "authorize" in marks:
+            durations["authorization"] = round(marks["authorized"] - marks["authorize"], 3)
+        record = CallRecord(
+            call_id=self.call_id,
+            transaction=self.handoff.transaction or "",
+            order=self.transaction.order if self.transaction else "",
+            result=str(outcome.result),
+            reference=outcome.reference,
+            authorization_code=outcome.authorization_code,
+            card={"brand": outcome.brand, "last4": outcome.last4} if outcome.last4 else None,
+            card_token=outcome.card_token,
+            attempts=outcome.attempts,
+            started_at=_iso(self.started_at),
+            ended_at=_iso(datetime.datetime.now(datetime.UTC)),
+            durations=durations,
+        )
+        try:
+            self.services.cdr.write(record)
+        except Exception:
+            log.exception("CDR write failed", extra={"call_id": self.call_id})
+        url = self.handoff.callback
+        if url and self.services.callbacks.allowed(url):
+            self._spawn_detached(self.services.callbacks.send(url, record))
+        elif url:
+            log.warning("callback URL not in handoff.callback_allow", extra={"call_id": self.call_id})
+        self.services.count(f"result_{outcome.result}")
+        self._emit("result", result=str(outcome.result), reference=outcome.reference)
+        log.info(
+            "call result %s",
+            outcome.result,
+            extra={"call_id": self.call_id, "reference": outcome.reference},
+        )
+
+    # ---- plumbing -----------------------------------------------------------------------------
+
+    def _emit(self, kind: str, **details: Any) -> None:
+        if self.services.observer is not None:
+            try:
+                self.services.observer(self.call_id, kind, details)
+            except Exception:
+                log.exception("observer failed")
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _spawn_detached(self, coro: Any) -> None:
+        # Outlives the call (callback retries); the server keeps a reference until done.
+        task = asyncio.get_running_loop().create_task(coro)
+        background = self.services.__dict__.setdefault("_background", set())
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+    def _cleanup(self) -> None:
+        for task in self._tasks:
+            if not task.done() and task.get_coro().__name__ != "_authorize":  # type: ignore[union-attr]
+                task.cancel()
+        if self.rtp_port is not None:
+            self.services.media.close(self.rtp_port)
+        self.ua.dialogs.pop(self.call_id, None)
+        self.services.calls.pop(self.call_id, None)
+
+    def summary(self) -> dict[str, Any]:
+        """For the admin /calls page: nothing from the card but what the CDR may show."""
+        return {
+            "call_id": self.call_id,
+            "transaction": self.handoff.transaction,
+            "phase": self.phase,
+            "language": self.language,
+            "started_at": _iso(self.started_at),
+            "result": str(self.outcome.result) if self.outcome else None,
+        }
+
+
+def _sipfrag_status(body: bytes) -> int | None:
+    first = body.split(b"\n", 1)[0].strip()
+    parts = first.split()
+    if len(parts) >= 2 and parts[0].upper().startswith(b"SIP/") and parts[1].isdigit():
+        return int(parts[1])
+    return None
+
+
+def _iso(moment: datetime.datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_call_id() -> str:
+    return uuid.uuid4().hex

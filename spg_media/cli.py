@@ -1,0 +1,282 @@
+"""The `spg-media` command line (CONTRACT §9).
+
+Every command turns bad arguments or config into one line on stderr and exit status 2, never a
+traceback. `demo` runs a whole payment call on loopback: a node on built-in defaults (free ports),
+the in-process sandbox platform, and our test caller keying a card as RFC 4733 events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from spg_media.config import Config, ConfigError, load_config, parse_listen
+
+
+class UsageError(Exception):
+    """A bad argument: reported as one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="spg-media", description="Secure payment gateway for phone calls.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    serve = sub.add_parser("serve", help="run the SIP user agent")
+    serve.add_argument("-c", "--config", help="TOML config file")
+    serve.add_argument("--sip", action="append", default=[], help="listen spec udp|tcp|tls:HOST:PORT")
+    serve.add_argument("--admin", help="admin HTTP HOST:PORT ('' disables)")
+
+    demo = sub.add_parser("demo", help="a complete payment call on loopback")
+    demo.add_argument("--inband", action="store_true", help="key the card as in-band tones")
+    demo.add_argument("--srtp", action="store_true", help="run the call over TLS + SRTP")
+    demo.add_argument("--card", default="4111111111111111", help="card number to key")
+    demo.add_argument("--expiry", default="1230", help="expiry MMYY to key")
+    demo.add_argument("--lang", default=None, help="prompt language (en, es)")
+
+    sandbox = sub.add_parser("sandbox", help="the sandbox payment platform alone")
+    sandbox.add_argument("--listen", default="127.0.0.1:8480", help="HOST:PORT")
+    sandbox.add_argument("--secret", default="", help="request signing secret")
+
+    prompts = sub.add_parser("prompts", help="render and cache every prompt")
+    prompts.add_argument("--lang", action="append", help="language (repeatable); default all")
+    prompts.add_argument("-c", "--config", help="TOML config file (for tts.cache_dir)")
+
+    check = sub.add_parser("check-config", help="validate a config file")
+    check.add_argument("-c", "--config", required=True, help="TOML config file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = _build_parser().parse_args(argv)
+        handler = {
+            "serve": _serve,
+            "demo": _demo,
+            "sandbox": _sandbox,
+            "prompts": _prompts,
+            "check-config": _check_config,
+        }[args.command]
+        return handler(args)
+    except (UsageError, ConfigError) as exc:
+        print(f"spg-media: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _load(path: str | None) -> Config:
+    return load_config(path)
+
+
+def _host_port(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"{what}: expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+# ---- serve ------------------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    sip = dataclasses.replace(config.sip, listen=tuple(args.sip)) if args.sip else config.sip
+    for spec in sip.listen:
+        try:
+            parse_listen(spec)
+        except ConfigError as exc:
+            raise UsageError(f"--sip: {exc}") from None
+    admin = config.admin
+    if args.admin is not None:
+        if args.admin:
+            _host_port(args.admin, "--admin")
+        admin = dataclasses.replace(config.admin, listen=args.admin)
+    config = dataclasses.replace(config, sip=sip, admin=admin)
+    from spg_media.observability import setup_logging
+
+    setup_logging(config.log.format, config.log.level)
+    _run(_serve_async(config))
+    return 0
+
+
+async def _serve_async(config: Config) -> None:
+    from spg_media.server import Server
+
+    server = Server(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    logging.getLogger("spg.server").info(
+        "spg-media serving on %s", ", ".join(config.sip.listen)
+    )
+    await stop.wait()
+    await server.stop()
+
+
+def _run(coro: Any) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+# ---- demo -------------------------------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if args.inband:
+        raise UsageError("--inband: in-band DTMF keying is not built yet (issue 3)")
+    if args.srtp:
+        raise UsageError("--srtp: SRTP and SIP over TLS are not built yet (issue 4)")
+    if not args.card.isdigit() or not 12 <= len(args.card) <= 19:
+        raise UsageError("--card: expected 12 to 19 digits")
+    if not args.expiry.isdigit() or len(args.expiry) != 4:
+        raise UsageError("--expiry: expected MMYY")
+    if args.lang is not None and args.lang not in ("en", "es"):
+        raise UsageError(f"--lang: unsupported language {args.lang!r} (en, es)")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    result = asyncio.run(_demo_async(args))
+    return 0 if result in ("approved", "declined") else 1
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _demo_async(args: argparse.Namespace) -> str:
+    from spg_media.server import Server
+    from spg_media.testcaller import TestCaller
+
+    base = load_config(None, env={})
+    port = _free_port()
+    config = dataclasses.replace(
+        base,
+        sip=dataclasses.replace(base.sip, listen=(f"udp:127.0.0.1:{port}",)),
+        admin=dataclasses.replace(base.admin, listen=""),
+        ivr=dataclasses.replace(base.ivr, language=args.lang or base.ivr.language),
+    )
+    started = time.monotonic()
+
+    def say(who: str, text: str) -> None:
+        print(f"[{time.monotonic() - started:6.2f}s] {who:<8} {text}", flush=True)
+
+    def observe(_call_id: str, kind: str, details: dict[str, Any]) -> None:
+        if kind == "prompt":
+            say("spg", "says: " + " + ".join(details["parts"]))
+        elif kind == "digit":
+            say("spg", f"heard key {details['digit']}")
+        elif kind == "authorized":
+            say("spg", f"platform answered: {details['result']} {details['reference']}".rstrip())
+        elif kind == "result":
+            say("spg", f"result: {details['result']}")
+        elif kind == "refer":
+            say("spg", f"REFER caller back to {details['target']}")
+        elif kind == "answered":
+            say("spg", f"answered the transferred call (language {details['language']})")
+
+    say("demo", f"spg-media node on udp:127.0.0.1:{port}, sandbox platform in-process")
+    say("demo", "rendering prompts (cached after the first run)...")
+    server = Server(config, observer=observe)
+    await server.start()
+    token = f"sbx-4990-EUR-demo-{uuid.uuid4().hex[:8]}"
+    agent_port = _free_port()
+    caller = TestCaller(
+        ("127.0.0.1", port),
+        token,
+        return_to=f"sip:agent@127.0.0.1:{agent_port}",
+        on_progress=lambda text: say("caller", text),
+    )
+    cvc = "1234" if args.card.startswith(("34", "37")) else "123"
+    try:
+        await caller.start()
+        if await caller.call() != 200:
+            return "refused"
+        for field, keys in (("card number", args.card + "#"), ("expiry", args.expiry), ("code", cvc)):
+            await caller.wait_prompt_end()
+            say("caller", f"keys the {field}: " + "*" * len(keys.rstrip("#")) + ("#" if keys.endswith("#") else ""))
+            await caller.key(keys)
+        report = await caller.wait_end(60)
+    finally:
+        await caller.close()
+        await server.stop(grace_s=5)
+    result = report.result_headers.get("X-SPG-Result", "none")
+    say("demo", f"result handed back to the agent: {result}")
+    for name, value in report.result_headers.items():
+        say("demo", f"  {name}: {value}")
+    cdr = Path(config.log.cdr_path)
+    if cdr.exists():
+        lines = cdr.read_text().splitlines()
+        if lines:
+            say("demo", f"CDR ({cdr}): {lines[-1]}")
+    return result
+
+
+# ---- sandbox, prompts, check-config -----------------------------------------------------------
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    host, port = _host_port(args.listen, "--listen")
+    from spg_media.payment.sandbox import serve_sandbox
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    print(f"spg-media sandbox platform on http://{host}:{port}", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_sandbox(host, port, args.secret))
+    return 0
+
+
+def _prompts(args: argparse.Namespace) -> int:
+    from spg_media.tts.phrases import SUPPORTED_LANGUAGES
+    from spg_media.tts.prompts import PromptLibrary
+    from spg_media.tts.render import PromptRenderer
+
+    config = _load(args.config)
+    languages = args.lang or list(SUPPORTED_LANGUAGES)
+    for lang in languages:
+        if lang not in SUPPORTED_LANGUAGES:
+            raise UsageError(f"--lang: unsupported language {lang!r} ({', '.join(SUPPORTED_LANGUAGES)})")
+    library = PromptLibrary(PromptRenderer(Path(config.tts.cache_dir)))
+    for lang in languages:
+        started = time.monotonic()
+        count = library.prerender(lang)
+        print(
+            json.dumps(
+                {"lang": lang, "clips": count, "seconds": round(time.monotonic() - started, 2),
+                 "cache_dir": config.tts.cache_dir}
+            )
+        )
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    print(f"{args.config}: ok ({len(config.sip.listen)} SIP listeners, connector {config.gateway.connector})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The spg-media process: builds the shared services from the config and runs calls.
+
+`Server.start()` renders the prompts of the configured language (so the first caller does not
+wait for synthesis), opens the SIP listeners, the media engine and the admin endpoint; each new
+INVITE becomes a `Call` task. `stop()` drains: new INVITEs get 503 while running calls finish
+(up to a grace period), then everything closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from spg_media.call import Call, CallServices
+from spg_media.cdr import CallbackSender, CdrWriter
+from spg_media.config import Config, parse_listen
+from spg_media.payment.connectors import make_connector
+from spg_media.rtp.session import MediaEngine
+from spg_media.sip.message import SipRequest, make_response
+from spg_media.sip.transaction import Address
+from spg_media.sip.ua import Listen, SipUserAgent
+from spg_media.tts.prompts import PromptLibrary
+from spg_media.tts.render import PromptRenderer
+
+log = logging.getLogger("spg.server")
+
+
+class Server:
+    """One spg-media node."""
+
+    def __init__(
+        self,
+        config: Config,
+        observer: Callable[[str, str, dict[str, Any]], None] | None = None,
+        prerender: bool = True,
+    ) -> None:
+        self.config = config
+        self.observer = observer
+        self.prerender = prerender
+        self.draining = False
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.services: CallServices | None = None
+        self.admin: Any = None
+        self.listen: list[Listen] = []
+
+    async def start(self) -> None:
+        config = self.config
+        renderer = PromptRenderer(Path(config.tts.cache_dir))
+        prompts = PromptLibrary(renderer)
+        if self.prerender:
+            count = await asyncio.to_thread(prompts.prerender, config.ivr.language)
+            log.info("prompts ready: %d clips for %s", count, config.ivr.language)
+        self.listen = [
+            Listen(spec.transport, spec.host, spec.port)
+            for spec in (parse_listen(s) for s in config.sip.listen)
+        ]
+        ssl_context = None
+        if any(spec.transport == "tls" for spec in self.listen):
+            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
+            ssl_context.load_cert_chain(config.sip.tls_cert, config.sip.tls_key)
+        ua = SipUserAgent(
+            self.listen, config.sip.public_host, config.sip.trusted_sources, ssl_context
+        )
+        media = MediaEngine(config.rtp.address, config.rtp.port_min, config.rtp.port_max)
+        connector = make_connector(
+            config.gateway.connector,
+            config.gateway.url,
+            config.gateway.secret,
+            config.gateway.timeout_s,
+        )
+        self.services = CallServices(
+            config=config,
+            ua=ua,
+            media=media,
+            prompts=prompts,
+            connector=connector,
+            cdr=CdrWriter(config.log.cdr_path),
+            callbacks=CallbackSender(config.gateway.secret, config.handoff.callback_allow),
+            observer=self.observer,
+        )
+        ua.invite_handler = self
+        await ua.start()
+        if config.admin.listen:
+            await self._start_admin()
+
+    async def _start_admin(self) -> None:
+        from spg_media.admin import AdminServer
+        from spg_media.observability import METRICS
+
+        assert self.services is not None
+        services = self.services
+        host, _, port = self.config.admin.listen.rpartition(":")
+        self.admin = AdminServer(
+            METRICS,
+            lambda: [call.summary() for call in services.calls.values()],
+            lambda: not self.draining,
+        )
+        await self.admin.start(host.strip("[]"), int(port))
+
+    def on_invite(self, invite: SipRequest, source: Address) -> None:
+        assert self.services is not None
+        if self.draining:
+            self.services.ua.respond(
+                invite,
+                make_response(invite, 503, "Service Unavailable", headers=[("Retry-After", "5")]),
+            )
+            return
+        call = Call(self.services, invite, source)
+        task = asyncio.get_running_loop().create_task(call.run())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def stop(self, grace_s: float = 30.0) -> None:
+        self.draining = True
+        if self.tasks:
+            log.info("draining %d calls", len(self.tasks))
+            _, pending = await asyncio.wait(set(self.tasks), timeout=grace_s)
+            for task in pending:
+                task.cancel()
+        if self.services is not None:
+            background = self.services.__dict__.get("_background", set())
+            if background:
+                await asyncio.wait(set(background), timeout=5)
+            await self.services.ua.close()
+            await self.services.media.aclose()
+            await self.services.connector.aclose()
+        if self.admin is not None:
+            await self.admin.close()

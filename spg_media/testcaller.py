@@ -1,0 +1,270 @@
+"""Our own test caller: a small SIP UAC that behaves like a transferred customer.
+
+It sends the transferred INVITE with the X-SPG-* headers, listens to the prompts (it waits for
+each prompt to go quiet before keying, as a person would), keys digits as RFC 4733 events, and
+plays the transferee's part of the REFER (202, then a NOTIFY whose sipfrag says the return call
+was answered) before accepting the BYE. It serves `spg-media demo` and unit tests; integration
+tests use real peers (SIPp, baresip) instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from spg_media.rtp.g711 import ULAW_TO_LINEAR
+from spg_media.rtp.packet import RtpError, RtpPacket, build_rtp
+from spg_media.sip.dialog import Dialog
+from spg_media.sip.message import Headers, SipRequest, make_response, new_branch, new_tag
+from spg_media.sip.sdp import build_offer
+from spg_media.sip.transaction import Address
+from spg_media.sip.ua import Listen, SipUserAgent
+
+DTMF_EVENTS = {**{str(d): d for d in range(10)}, "*": 10, "#": 11}
+DTMF_PT = 101
+
+
+@dataclass
+class CallerReport:
+    """What the caller saw: the INVITE's answer and the result headers it was handed."""
+
+    status: int = 0
+    result_headers: dict[str, str] = field(default_factory=dict)
+    refer_to: str = ""
+    ended_by: str = ""  # "refer" | "bye" | "timeout"
+    audio_packets: int = 0
+
+
+class _RtpEndpoint(asyncio.DatagramProtocol):
+    def __init__(self, caller: TestCaller) -> None:
+        self.caller = caller
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:  # type: ignore[override]
+        self.caller.on_rtp(data)
+
+
+class TestCaller:
+    """One outbound call to spg-media; `await run(keys_per_field)`."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        target: tuple[str, int],
+        transaction: str,
+        *,
+        local_host: str = "127.0.0.1",
+        return_to: str | None = None,
+        extra_headers: list[tuple[str, str]] | None = None,
+        on_progress: Callable[[str], None] | None = None,
+        request_uri: str | None = None,
+    ) -> None:
+        self.target = target
+        self.transaction = transaction
+        self.local_host = local_host
+        self.return_to = return_to
+        self.extra_headers = extra_headers or []
+        self.on_progress = on_progress or (lambda _msg: None)
+        self.request_uri = request_uri or f"sip:pay@{target[0]}:{target[1]}"
+        self.report = CallerReport()
+        self.dialog: Dialog | None = None
+        self.ua: SipUserAgent | None = None
+        self.rtp: asyncio.DatagramTransport | None = None
+        self.remote_rtp: tuple[str, int] | None = None
+        self._ended = asyncio.Event()
+        self._last_loud = 0.0
+        self._heard_speech = False
+        self._seq = random.getrandbits(16)
+        self._ts = random.getrandbits(32)
+        self._ssrc = random.getrandbits(32)
+
+    # ---- RTP ----------------------------------------------------------------------------------
+
+    def on_rtp(self, data: bytes) -> None:
+        try:
+            packet = RtpPacket.parse(data)
+        except RtpError:
+            return
+        self.report.audio_packets += 1
+        if packet.payload_type != 0:
+            return
+        samples = ULAW_TO_LINEAR[np.frombuffer(packet.payload, dtype=np.uint8)].astype(np.float64)
+        if samples.size and float(np.sqrt(np.mean(samples * samples))) > 300.0:
+            self._heard_speech = True
+            self._last_loud = asyncio.get_running_loop().time()
+
+    async def wait_prompt_end(self, quiet_s: float = 0.8, limit_s: float = 20.0) -> None:
+        """Wait until a prompt has been heard and then ~quiet_s of silence followed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit_s
+        self._heard_speech = False
+        while loop.time() < deadline and not self._ended.is_set():
+            if self._heard_speech and loop.time() - self._last_loud >= quiet_s:
+                return
+            await asyncio.sleep(0.05)
+
+    async def key(self, keys: str, gap_s: float = 0.12) -> None:
+        """Key digits as RFC 4733 events: 7 updates then the end packet three times."""
+        assert self.rtp is not None and self.remote_rtp is not None
+        for key in keys:
+            event = DTMF_EVENTS[key]
+            self._ts = (self._ts + 1600) & 0xFFFFFFFF
+            for i in range(1, 8):
+                payload = struct.pack("!BBH", event, 10, 160 * i)
+                self._send_rtp(payload, marker=(i == 1))
+                await asyncio.sleep(0.02)
+            end = struct.pack("!BBH", event, 0x80 | 10, 160 * 8)
+            for _ in range(3):
+                self._send_rtp(end, marker=False)
+            await asyncio.sleep(gap_s)
+
+    def _send_rtp(self, payload: bytes, marker: bool) -> None:
+        assert self.rtp is not None and self.remote_rtp is not None
+        packet = build_rtp(DTMF_PT, self._seq, self._ts, self._ssrc, payload, marker)
+        self._seq = (self._seq + 1) & 0xFFFF
+        self.rtp.sendto(packet, self.remote_rtp)
+
+    # ---- SIP ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        sip_port = _free_udp_port(self.local_host)
+        self.ua = SipUserAgent([Listen("udp", self.local_host, sip_port)], self.local_host)
+        await self.ua.start()
+        rtp_port = _free_udp_port(self.local_host)
+        self.rtp, _ = await loop.create_datagram_endpoint(
+            lambda: _RtpEndpoint(self), local_addr=(self.local_host, rtp_port)
+        )
+        self.rtp_port = rtp_port
+        self.sip_port = sip_port
+
+    async def call(self) -> int:
+        """Send the INVITE; on 200, ACK it and return 200; else the failure status."""
+        assert self.ua is not None
+        call_id = f"{random.getrandbits(64):016x}@{self.local_host}"
+        headers = Headers()
+        headers.add(
+            "Via",
+            f"SIP/2.0/UDP {self.local_host}:{self.sip_port};branch={new_branch()};rport",
+        )
+        headers.add("Max-Forwards", "70")
+        headers.add("From", f'"Customer" <sip:customer@{self.local_host}>;tag={new_tag()}')
+        headers.add("To", f"<{self.request_uri}>")
+        headers.add("Call-ID", call_id)
+        headers.add("CSeq", "1 INVITE")
+        headers.add("Contact", f"<sip:customer@{self.local_host}:{self.sip_port}>")
+        headers.add("X-SPG-Transaction", self.transaction)
+        if self.return_to:
+            headers.add("X-SPG-Return-To", self.return_to)
+        for name, value in self.extra_headers:
+            headers.add(name, value)
+        headers.add("Content-Type", "application/sdp")
+        body = build_offer(
+            local_address=self.local_host,
+            local_port=self.rtp_port,
+            session_id=random.randint(1, 2**31),
+            version=1,
+            codecs=("PCMU",),
+        )
+        invite = SipRequest("INVITE", self.request_uri, headers, body)
+        self.ua.dialogs[call_id] = self
+        destination = Address("udp", self.target[0], self.target[1])
+        self.on_progress(f"INVITE {self.request_uri} (X-SPG-Transaction: {self.transaction})")
+        response = await self.ua.request(invite, destination)
+        self.report.status = response.status
+        if response.status != 200:
+            self.on_progress(f"call refused: {response.status} {response.reason}")
+            return response.status
+        self.dialog = Dialog.as_uac(invite, response)
+        from spg_media.sip.sdp import SessionDescription, negotiate
+
+        answer = negotiate(SessionDescription.parse(response.body))
+        self.remote_rtp = (answer.remote_address, answer.remote_port)
+        ack = self.dialog.new_request(
+            "ACK", "udp", f"{self.local_host}:{self.sip_port}", cseq=invite.cseq[0]
+        )
+        self.ua.send_ack(ack, await self.ua.resolve(self.dialog.next_hop()))
+        self.on_progress("answered (200 OK, ACK sent)")
+        return 200
+
+    async def hangup(self) -> None:
+        assert self.ua is not None and self.dialog is not None
+        bye = self.dialog.new_request("BYE", "udp", f"{self.local_host}:{self.sip_port}")
+        self.report.ended_by = "caller"
+        self._ended.set()
+        await self.ua.request(bye, await self.ua.resolve(self.dialog.next_hop()))
+
+    async def wait_end(self, timeout_s: float = 60.0) -> CallerReport:
+        try:
+            await asyncio.wait_for(self._ended.wait(), timeout_s)
+        except TimeoutError:
+            self.report.ended_by = "timeout"
+        return self.report
+
+    async def close(self) -> None:
+        if self.rtp is not None:
+            self.rtp.close()
+        if self.ua is not None:
+            await self.ua.close()
+
+    # DialogHandler protocol: requests spg-media sends us
+    def on_request(self, request: SipRequest, source: Address) -> None:
+        assert self.ua is not None
+        if request.method == "REFER":
+            self._note_result(request)
+            self.report.refer_to = request.headers.get("Refer-To") or ""
+            self.ua.respond(request, make_response(request, 202, "Accepted"))
+            self.on_progress(f"REFER back to {self.report.refer_to}")
+            asyncio.get_running_loop().create_task(self._notify_transfer_done())
+        elif request.method == "BYE":
+            if not self.report.result_headers:
+                self._note_result(request)
+            self.ua.respond(request, make_response(request, 200))
+            if not self.report.ended_by:
+                self.report.ended_by = "refer" if self.report.refer_to else "bye"
+            self.on_progress("BYE received: call ended")
+            self._ended.set()
+        else:
+            self.ua.respond(request, make_response(request, 200))
+
+    def _note_result(self, request: SipRequest) -> None:
+        for name, value in request.headers.items():
+            if name.lower().startswith("x-spg-"):
+                self.report.result_headers[name] = value
+
+    async def _notify_transfer_done(self) -> None:
+        """As a transferee whose new call to the agent was answered (RFC 3515 §2.4.5)."""
+        assert self.ua is not None and self.dialog is not None
+        notify = self.dialog.new_request(
+            "NOTIFY",
+            "udp",
+            f"{self.local_host}:{self.sip_port}",
+            headers=[
+                ("Event", "refer"),
+                ("Subscription-State", "terminated;reason=noresource"),
+            ],
+            body=b"SIP/2.0 200 OK\r\n",
+            content_type="message/sipfrag;version=2.0",
+        )
+        await self.ua.request(notify, await self.ua.resolve(self.dialog.next_hop()))
+
+    def on_ack(self, ack: SipRequest) -> None:
+        pass
+
+    def on_cancel(self, invite: SipRequest) -> None:
+        pass
+
+    def on_ack_timeout(self) -> None:
+        pass
+
+
+def _free_udp_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

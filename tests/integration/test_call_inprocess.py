@@ -1,0 +1,201 @@
+"""Whole payment calls in one process: a node, the in-process sandbox, and our test caller.
+
+These drive the real UA over loopback UDP (no SIPp here: that is test_kamailio_sipp.py). They run
+several calls at once and search everything the node emitted — every SIP message it sent, every
+log record, the CDR file and the result callbacks — for the card data that was keyed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from spg_media.cdr import CallbackSender
+from spg_media.config import Config, load_config
+from spg_media.server import Server
+from spg_media.testcaller import CallerReport, TestCaller
+
+REPO = Path(__file__).resolve().parents[2]
+CARDS = {
+    "4111111111111111": ("1230", "123"),
+    "5555555555554444": ("0731", "737"),
+    "378282246310005": ("1129", "7373"),
+    "4000000000000002": ("0928", "456"),
+}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def node_config(tmp_path: Path, **ivr: Any) -> Config:
+    base = load_config(None, env={})
+    return dataclasses.replace(
+        base,
+        sip=dataclasses.replace(base.sip, listen=(f"udp:127.0.0.1:{free_port()}",)),
+        admin=dataclasses.replace(base.admin, listen=""),
+        ivr=dataclasses.replace(
+            base.ivr, first_digit_timeout_s=3.0, inter_digit_timeout_s=2.0, **ivr
+        ),
+        handoff=dataclasses.replace(base.handoff, callback_allow=("https://merchant.test/",)),
+        log=dataclasses.replace(base.log, cdr_path=str(tmp_path / "cdr.jsonl")),
+        tts=dataclasses.replace(base.tts, cache_dir=str(REPO / ".spg-cache" / "prompts")),
+    )
+
+
+class Capture:
+    """Everything the node sent on SIP and to the callback URL."""
+
+    def __init__(self) -> None:
+        self.sip: list[bytes] = []
+        self.callbacks: list[bytes] = []
+
+    def callback_transport(self) -> httpx.MockTransport:
+        def handle(request: httpx.Request) -> httpx.Response:
+            self.callbacks.append(request.content)
+            return httpx.Response(200)
+
+        return httpx.MockTransport(handle)
+
+
+async def start_node(config: Config, capture: Capture) -> tuple[Server, int]:
+    server = Server(config)
+    await server.start()
+    assert server.services is not None
+    ua = server.services.ua
+    original = ua._send
+
+    def spy(data: bytes, address: Any) -> None:
+        capture.sip.append(data)
+        original(data, address)
+
+    ua._send = spy  # type: ignore[method-assign]
+    server.services.callbacks = CallbackSender(
+        config.gateway.secret,
+        config.handoff.callback_allow,
+        transport=capture.callback_transport(),
+    )
+    port = int(config.sip.listen[0].rsplit(":", 1)[1])
+    return server, port
+
+
+async def pay(
+    port: int,
+    token: str,
+    fields: list[str],
+    *,
+    wait_prompts: bool = False,
+    hangup_after: int | None = None,
+) -> CallerReport:
+    caller = TestCaller(
+        ("127.0.0.1", port),
+        token,
+        return_to="sip:agent@127.0.0.1:5999",
+        extra_headers=[("X-SPG-Callback", "https://merchant.test/result")],
+    )
+    try:
+        await caller.start()
+        assert await caller.call() == 200
+        await asyncio.sleep(0.3)
+        for index, keys in enumerate(fields):
+            if wait_prompts:
+                await caller.wait_prompt_end()
+            await caller.key(keys, gap_s=0.06)
+            if hangup_after is not None and index + 1 >= hangup_after:
+                await caller.hangup()
+                return caller.report
+        return await caller.wait_end(90)
+    finally:
+        await caller.close()
+
+
+def cdr_lines(config: Config) -> list[dict[str, Any]]:
+    path = Path(config.log.cdr_path)
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def assert_no_card_data(blobs: list[str], cards: dict[str, tuple[str, str]]) -> None:
+    for pan, (expiry, cvc) in cards.items():
+        for blob in blobs:
+            assert pan not in blob
+            assert pan[:-4] not in blob  # nothing beyond the last four
+            assert expiry not in blob and f"{expiry[:2]}/{expiry[2:]}" not in blob
+            assert f'"{cvc}"' not in blob and f":{cvc}" not in blob and f"={cvc}" not in blob
+
+
+@pytest.mark.timeout(180)
+def test_concurrent_payments_approve_decline_and_leak_nothing(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    config = node_config(tmp_path)
+    capture = Capture()
+
+    async def scenario() -> list[CallerReport]:
+        server, port = await start_node(config, capture)
+        try:
+            calls = [
+                pay(port, f"sbx-4990-EUR-t{i}", [pan + "#", expiry, cvc])
+                for i, (pan, (expiry, cvc)) in enumerate(CARDS.items())
+            ]
+            return list(await asyncio.gather(*calls))
+        finally:
+            await server.stop(grace_s=10)
+
+    reports = asyncio.run(scenario())
+    results = [r.result_headers.get("X-SPG-Result") for r in reports]
+    assert results == ["approved", "approved", "approved", "declined"]
+    assert reports[0].result_headers["X-SPG-Card"] == "visa 1111"
+    assert reports[2].result_headers["X-SPG-Card"] == "amex 0005"
+    assert reports[0].result_headers["X-SPG-Reference"]
+    assert all(r.ended_by == "refer" for r in reports)
+    assert "x-spg-result=approved" in reports[0].refer_to
+
+    records = cdr_lines(config)
+    assert sorted(r["result"] for r in records) == ["approved", "approved", "approved", "declined"]
+    assert {r["card"]["last4"] for r in records} == {"1111", "4444", "0005", "0002"}
+    assert len(capture.callbacks) == 4
+
+    blobs = [data.decode("utf-8", "replace") for data in capture.sip]
+    blobs += [data.decode() for data in capture.callbacks]
+    blobs += [Path(config.log.cdr_path).read_text()]
+    blobs += [record.getMessage() + str(record.__dict__) for record in caplog.records]
+    assert_no_card_data(blobs, CARDS)
+
+
+@pytest.mark.timeout(120)
+def test_unknown_transaction_and_cancel_and_hangup(tmp_path):
+    config = node_config(tmp_path)
+    capture = Capture()
+
+    async def scenario() -> list[CallerReport]:
+        server, port = await start_node(config, capture)
+        try:
+            return list(
+                await asyncio.gather(
+                    pay(port, "nope-123", []),
+                    pay(port, "sbx-100-EUR-cancel", ["*"]),
+                    pay(port, "sbx-100-EUR-hangup", ["4111"], hangup_after=1),
+                )
+            )
+        finally:
+            await server.stop(grace_s=10)
+
+    invalid, cancelled, hung_up = asyncio.run(scenario())
+    assert invalid.result_headers.get("X-SPG-Result") == "invalid-transaction"
+    assert cancelled.result_headers.get("X-SPG-Result") == "cancelled"
+    assert hung_up.ended_by == "caller"
+    results = {r["transaction"]: r["result"] for r in cdr_lines(config)}
+    assert results == {
+        "nope-123": "invalid-transaction",
+        "sbx-100-EUR-cancel": "cancelled",
+        "sbx-100-EUR-hangup": "hung-up",
+    }

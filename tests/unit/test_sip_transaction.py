@@ -1,0 +1,229 @@
+"""The RFC 3261 §17 transaction layer, driven with messages and a clock: no sockets, no sleeps."""
+
+from __future__ import annotations
+
+from spg_media.sip.message import SipRequest, SipResponse, make_response, parse_message
+from spg_media.sip.transaction import (
+    T1,
+    AckReceived,
+    AckTimeout,
+    Address,
+    CancelReceived,
+    ClientTimeout,
+    RequestReceived,
+    ResponseReceived,
+    TransactionLayer,
+    response_address,
+)
+
+PEER = Address("udp", "127.0.0.1", 5062)
+PEER_TCP = Address("tcp", "127.0.0.1", 40000)
+
+
+def request(method: str = "INVITE", branch: str = "z9hG4bK-1", cseq: int = 1, to_tag: str = "") -> SipRequest:
+    to = "<sip:pay@127.0.0.1>" + (f";tag={to_tag}" if to_tag else "")
+    text = (
+        f"{method} sip:pay@127.0.0.1:5080 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5062;branch={branch};rport=5062;received=127.0.0.1\r\n"
+        "Max-Forwards: 70\r\n"
+        "From: <sip:c@127.0.0.1>;tag=abc\r\n"
+        f"To: {to}\r\n"
+        "Call-ID: call-1@127.0.0.1\r\n"
+        f"CSeq: {cseq} {method}\r\n"
+        "Content-Length: 0\r\n\r\n"
+    )
+    message = parse_message(text.encode())
+    assert isinstance(message, SipRequest)
+    return message
+
+
+def statuses(layer: TransactionLayer) -> list[int]:
+    out = []
+    for item in layer.take_outgoing():
+        message = parse_message(item.data)
+        out.append(message.status if isinstance(message, SipResponse) else 0)
+    return out
+
+
+def test_invite_gets_100_trying_and_event():
+    layer = TransactionLayer()
+    invite = request()
+    layer.receive_request(invite, PEER, 0.0)
+    assert statuses(layer) == [100]
+    events = layer.take_events()
+    assert len(events) == 1 and isinstance(events[0], RequestReceived)
+
+
+def test_retransmitted_invite_gets_last_response_not_a_new_event():
+    layer = TransactionLayer()
+    invite = request()
+    layer.receive_request(invite, PEER, 0.0)
+    layer.take_outgoing()
+    layer.take_events()
+    layer.receive_request(request(), PEER, 0.3)
+    assert statuses(layer) == [100]
+    assert layer.take_events() == []
+    layer.respond(invite, make_response(invite, 180, to_tag="t"), 0.4)
+    layer.take_outgoing()
+    layer.receive_request(request(), PEER, 0.5)
+    assert statuses(layer) == [180]
+
+
+def test_2xx_retransmitted_until_ack_then_stops():
+    layer = TransactionLayer()
+    invite = request()
+    layer.receive_request(invite, PEER, 0.0)
+    layer.take_outgoing()
+    layer.respond(invite, make_response(invite, 200, to_tag="t"), 1.0)
+    assert statuses(layer) == [200]
+    # Timer fires at T1, then 2·T1 later, capped at T2
+    times = []
+    now = 1.0
+    for _ in range(5):
+        wake = layer.next_wake()
+        assert wake is not None
+        now = wake
+        layer.handle_timer(now)
+        if statuses(layer) == [200]:
+            times.append(round(now - 1.0, 3))
+    assert times[:4] == [T1, 3 * T1, 7 * T1, 15 * T1]
+    ack = request("ACK", branch="z9hG4bK-other", to_tag="t")
+    layer.receive_request(ack, PEER, now + 0.1)
+    events = layer.take_events()
+    assert any(isinstance(e, AckReceived) for e in events[-1:])
+    layer.handle_timer(now + 100)
+    assert statuses(layer) == []
+
+
+def test_2xx_never_acked_reports_ack_timeout():
+    layer = TransactionLayer()
+    invite = request()
+    layer.receive_request(invite, PEER, 0.0)
+    layer.take_events()
+    layer.respond(invite, make_response(invite, 200, to_tag="t"), 0.0)
+    now = 0.0
+    while (wake := layer.next_wake()) is not None:
+        now = wake
+        layer.handle_timer(now)
+    assert now == 64 * T1
+    assert [type(e) for e in layer.take_events()] == [AckTimeout]
+
+
+def test_2xx_over_tcp_is_not_retransmitted():
+    layer = TransactionLayer()
+    invite = request()
+    layer.receive_request(invite, PEER_TCP, 0.0)
+    layer.take_outgoing()
+    layer.respond(invite, make_response(invite, 200, to_tag="t"), 0.0)
+    assert statuses(layer) == [200]
+    layer.handle_timer(10.0)
+    assert statuses(layer) == []
+
+
+def test_error_response_retransmitted_until_ack_with_same_branch():
+    layer = TransactionLayer()
+    invite = request()
+    layer.receive_request(invite, PEER, 0.0)
+    layer.take_outgoing()
+    layer.respond(invite, make_response(invite, 486, to_tag="t"), 0.0)
+    assert statuses(layer) == [486]
+    layer.handle_timer(T1)
+    assert statuses(layer) == [486]
+    layer.take_events()
+    layer.receive_request(request("ACK", to_tag="t"), PEER, T1 + 0.1)
+    assert layer.take_events() == []  # the ACK of a non-2xx ends in the transaction
+    layer.handle_timer(10.0)
+    assert statuses(layer) == []
+
+
+def test_non_invite_response_cached_for_retransmissions():
+    layer = TransactionLayer()
+    bye = request("BYE", branch="z9hG4bK-bye", cseq=2, to_tag="t")
+    layer.receive_request(bye, PEER, 0.0)
+    assert statuses(layer) == []  # no 100 for non-INVITE
+    layer.respond(bye, make_response(bye, 200), 0.1)
+    assert statuses(layer) == [200]
+    layer.receive_request(request("BYE", branch="z9hG4bK-bye", cseq=2, to_tag="t"), PEER, 0.6)
+    assert statuses(layer) == [200]
+    assert len(layer.take_events()) == 1
+
+
+def test_cancel_matches_pending_invite():
+    layer = TransactionLayer()
+    invite = request()
+    layer.receive_request(invite, PEER, 0.0)
+    layer.take_outgoing()
+    layer.take_events()
+    layer.receive_request(request("CANCEL"), PEER, 0.5)
+    assert statuses(layer) == [200]
+    events = layer.take_events()
+    assert len(events) == 1 and isinstance(events[0], CancelReceived)
+
+
+def test_cancel_without_invite_gets_481():
+    layer = TransactionLayer()
+    layer.receive_request(request("CANCEL", branch="z9hG4bK-none"), PEER, 0.0)
+    assert statuses(layer) == [481]
+    assert layer.take_events() == []
+
+
+def client_request(method: str = "BYE") -> SipRequest:
+    return request(method, branch="z9hG4bK-client", cseq=5, to_tag="t")
+
+
+def response_to(req: SipRequest, status: int) -> SipResponse:
+    data = make_response(req, status).to_bytes()
+    message = parse_message(data)
+    assert isinstance(message, SipResponse)
+    return message
+
+
+def test_client_non_invite_retransmits_with_timer_e_and_times_out():
+    layer = TransactionLayer()
+    bye = client_request()
+    layer.send_request(bye, PEER, 0.0)
+    assert len(layer.take_outgoing()) == 1
+    sends = []
+    while (wake := layer.next_wake()) is not None:
+        layer.handle_timer(wake)
+        if layer.take_outgoing():
+            sends.append(wake)
+    assert sends[:5] == [0.5, 1.5, 3.5, 7.5, 11.5]  # doubling up to T2 = 4 s
+    events = layer.take_events()
+    assert [type(e) for e in events] == [ClientTimeout]
+
+
+def test_client_final_response_stops_retransmission():
+    layer = TransactionLayer()
+    bye = client_request()
+    layer.send_request(bye, PEER, 0.0)
+    layer.take_outgoing()
+    layer.receive_response(response_to(bye, 200), 0.1)
+    events = layer.take_events()
+    assert isinstance(events[0], ResponseReceived) and events[0].response.status == 200
+    layer.handle_timer(1.0)
+    assert layer.take_outgoing() == []
+    # a retransmitted 200 is absorbed
+    layer.receive_response(response_to(bye, 200), 1.2)
+    assert layer.take_events() == []
+
+
+def test_client_over_tcp_does_not_retransmit():
+    layer = TransactionLayer()
+    layer.send_request(client_request(), PEER_TCP, 0.0)
+    layer.take_outgoing()
+    layer.handle_timer(5.0)
+    assert layer.take_outgoing() == []
+
+
+def test_fail_destination_reports_timeout():
+    layer = TransactionLayer()
+    layer.send_request(client_request(), PEER_TCP, 0.0)
+    layer.fail_destination(PEER_TCP)
+    assert [type(e) for e in layer.take_events()] == [ClientTimeout]
+
+
+def test_response_address_uses_rport_and_received():
+    invite = request()
+    assert response_address(invite, PEER) == Address("udp", "127.0.0.1", 5062)
+    assert response_address(invite, PEER_TCP) == PEER_TCP
