@@ -1,0 +1,548 @@
+"""Observability: logging with last-resort card masking, and the in-process metrics registry.
+
+Logs. `setup_logging` installs one handler on the root logger writing JSON lines
+(`{ts, level, logger, msg, call_id?, ...extra, exc?}`) or plain text. A `CardDataFilter` on that
+handler rewrites every record before it is written: any run of 12–19 digits (spaces or dashes
+allowed between groups) in the message, the extra fields, the exception text or the stack text
+becomes `************1111`. Card data should never get that far (DESIGN principle 4); when the
+filter does mask something it counts it in `spg_log_masked_total`, so an operator sees that a
+code path leaked and the digits did not.
+
+Metrics. `Metrics` is a small registry of counters, gauges and histograms rendered in the
+Prometheus text format (version 0.0.4) for the admin endpoint's `/metrics`. The process-wide
+registry is `METRICS`; the metrics the call layer updates are module-level objects below.
+Label values are refused (ValueError) when they hold a run of 6 or more digits: a label must
+never be able to carry a card number, and the error text never repeats the value. Callers pass
+label values from small fixed sets (a SIP method not in the known list becomes "other", say):
+a metric also refuses more than 1000 label sets.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import math
+import re
+import sys
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any, TextIO
+
+__all__ = [
+    "CALLS_ACTIVE",
+    "CALLS_TOTAL",
+    "CONNECTOR_LATENCY_SECONDS",
+    "CONNECTOR_REQUESTS_TOTAL",
+    "DTMF_DIGITS_TOTAL",
+    "LOG_MASKED_TOTAL",
+    "METRICS",
+    "RTP_DROPPED_TOTAL",
+    "RTP_PACKETS_TOTAL",
+    "SIP_MESSAGES_TOTAL",
+    "SIP_PARSE_ERRORS_TOTAL",
+    "CardDataFilter",
+    "Counter",
+    "Gauge",
+    "Histogram",
+    "JsonFormatter",
+    "Metrics",
+    "TextFormatter",
+    "mask_card_numbers",
+    "mask_value",
+    "setup_logging",
+]
+
+# ---- masking -----------------------------------------------------------------------------------
+
+# 12–19 digits, with up to three spaces or dashes between any two of them ("4111 1111-1111 1111"),
+# not glued to further digits on either side.
+_CARD_RUN = re.compile(r"(?<!\d)\d(?:[ -]{0,3}\d){11,18}(?!\d)")
+
+
+def _mask_match(match: re.Match[str]) -> str:
+    digits = re.sub(r"\D", "", match.group())
+    return "*" * (len(digits) - 4) + digits[-4:]
+
+
+def mask_card_numbers(text: str) -> tuple[str, int]:
+    """`text` with every card-number-like digit run replaced by its last four; and how many."""
+    return _CARD_RUN.subn(_mask_match, text)
+
+
+def mask_value(value: Any) -> tuple[Any, int]:
+    """`value` (JSON-like: str, numbers, dicts, lists, other objects) masked; and how many runs.
+
+    Integers long enough to be a card number come back as masked strings; other objects whose
+    `str()` holds such a run come back as that string masked; everything else is unchanged.
+    """
+    if isinstance(value, str):
+        return mask_card_numbers(value)
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        return value, 0
+    if isinstance(value, int):
+        masked, count = mask_card_numbers(str(value))
+        return (masked if count else value), count
+    if isinstance(value, dict):
+        total = 0
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            new_key, key_count = mask_value(key) if isinstance(key, str | int) else (key, 0)
+            new_item, item_count = mask_value(item)
+            out[new_key] = new_item
+            total += key_count + item_count
+        return (out if total else value), total
+    if isinstance(value, list | tuple):
+        results = [mask_value(item) for item in value]
+        total = sum(count for _, count in results)
+        if not total:
+            return value, 0
+        items = [item for item, _ in results]
+        return (items if isinstance(value, list) else tuple(items)), total
+    try:
+        text = str(value)
+    except Exception:  # a broken __str__ must not break logging
+        return f"<unprintable {type(value).__name__}>", 0
+    masked, count = mask_card_numbers(text)
+    return (masked if count else value), count
+
+
+# Attributes every LogRecord has; anything else on a record came from `extra=`.
+_RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+_traceback_formatter = logging.Formatter()
+
+
+class CardDataFilter(logging.Filter):
+    """Masks card-number-like digit runs in a record, in place; never drops a record."""
+
+    def __init__(self, counter: Counter | None = None) -> None:
+        super().__init__()
+        self.counter = counter
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        masked_runs = 0
+        try:
+            message = record.getMessage()
+        except Exception:
+            # Arguments that do not fit the format: keep the format only, never the arguments
+            # (logging's own error report would print them).
+            message = f"{record.msg} [log arguments did not match the format]"
+        message, count = mask_card_numbers(message)
+        masked_runs += count
+        record.msg, record.args = message, None
+
+        for key in [k for k in record.__dict__ if k not in _RECORD_ATTRS]:
+            value, count = mask_value(record.__dict__[key])
+            if count:
+                record.__dict__[key] = value
+                masked_runs += count
+
+        if record.exc_info:
+            if not record.exc_text:
+                record.exc_text = _traceback_formatter.formatException(record.exc_info)
+            # The traceback's frames hold locals (maybe card data): keep only the masked text.
+            record.exc_info = None
+        if record.exc_text:
+            record.exc_text, count = mask_card_numbers(record.exc_text)
+            masked_runs += count
+        if record.stack_info:
+            record.stack_info, count = mask_card_numbers(record.stack_info)
+            masked_runs += count
+
+        if masked_runs and self.counter is not None:
+            self.counter.inc()
+        return True
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in record.__dict__.items() if k not in _RECORD_ATTRS}
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    moment = datetime.datetime.fromtimestamp(record.created, tz=datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: ts, level, logger, msg, call_id (when given), extras, exc."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": _timestamp(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        extras = _extras(record)
+        if "call_id" in extras:
+            entry["call_id"] = extras.pop("call_id")
+        for key, value in extras.items():
+            entry[key if key not in entry else f"extra_{key}"] = value
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exc"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = record.stack_info
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """`TS LEVEL logger: msg key=value ...` and the traceback on the following lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{_timestamp(record)} {record.levelname} {record.name}: {record.getMessage()}"
+        for key, value in _extras(record).items():
+            line += f" {key}={value}"
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line += "\n" + record.exc_text
+        if record.stack_info:
+            line += "\n" + record.stack_info
+        return line
+
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+def setup_logging(format: str, level: str, stream: TextIO | None = None) -> logging.Handler:
+    """Route the root logger to `stream` (stderr) as `json` or `text`, masking card data.
+
+    Calling it again replaces the handler it installed before. Returns the handler.
+    """
+    if format not in ("json", "text"):
+        raise ValueError(f"log format must be json or text, got {format!r}")
+    if level.lower() not in _LEVELS:
+        raise ValueError(f"log level must be one of {', '.join(_LEVELS)}, got {level!r}")
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "spg_handler", False)]:
+        root.removeHandler(old)
+        old.close()
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.spg_handler = True  # type: ignore[attr-defined]
+    handler.setFormatter(JsonFormatter() if format == "json" else TextFormatter())
+    handler.addFilter(CardDataFilter(LOG_MASKED_TOTAL))
+    root.addHandler(handler)
+    root.setLevel(_LEVELS[level.lower()])
+    logging.captureWarnings(True)  # warnings go through the same masking handler
+    return handler
+
+
+# ---- metrics -----------------------------------------------------------------------------------
+
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_LABEL_DIGIT_RUN = re.compile(r"\d(?:[ -]?\d){5,}")
+
+MAX_SERIES_PER_METRIC = 1000  # label values must come from small fixed sets; this bounds a mistake
+DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+LabelKey = tuple[str, ...]
+
+
+def _format_number(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return repr(float(value))
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _label_text(names: Sequence[str], values: Sequence[str]) -> str:
+    if not names:
+        return ""
+    pairs = ",".join(f'{n}="{_escape_label(v)}"' for n, v in zip(names, values, strict=True))
+    return "{" + pairs + "}"
+
+
+class _Metric:
+    kind = ""
+
+    def __init__(self, name: str, help: str, labelnames: Iterable[str] = ()) -> None:
+        if not _METRIC_NAME.fullmatch(name):
+            raise ValueError(f"bad metric name {name!r}")
+        self.name = name
+        self.help = help
+        self.labelnames = tuple(labelnames)
+        for label in self.labelnames:
+            if not _LABEL_NAME.fullmatch(label) or label.startswith("__"):
+                raise ValueError(f"{name}: bad label name {label!r}")
+        if len(set(self.labelnames)) != len(self.labelnames):
+            raise ValueError(f"{name}: duplicate label names")
+        self._lock = threading.Lock()
+        self._known: set[LabelKey] = set()
+
+    def _key(self, labels: dict[str, Any], register: bool = True) -> LabelKey:
+        if len(labels) != len(self.labelnames) or set(labels) != set(self.labelnames):
+            raise ValueError(
+                f"{self.name}: expected labels ({', '.join(self.labelnames)}), "
+                f"got ({', '.join(sorted(labels))})"
+            )
+        key = tuple(str(labels[n]) for n in self.labelnames)
+        if key not in self._known:  # check each new label set once, not on every update
+            for label, value in zip(self.labelnames, key, strict=True):
+                if _LABEL_DIGIT_RUN.search(value):
+                    # The value is not repeated: it could be card data.
+                    raise ValueError(
+                        f"{self.name}: value of label {label!r} refused "
+                        "(it holds a run of 6 or more digits)"
+                    )
+            if not register:
+                return key  # a read: does not take one of the label sets
+            if len(self._known) >= MAX_SERIES_PER_METRIC:
+                raise ValueError(
+                    f"{self.name}: more than {MAX_SERIES_PER_METRIC} label sets "
+                    "(label values must come from a small fixed set)"
+                )
+            self._known.add(key)
+        return key
+
+    def _header(self) -> list[str]:
+        return [f"# HELP {self.name} {_escape_help(self.help)}", f"# TYPE {self.name} {self.kind}"]
+
+    def render(self) -> list[str]:
+        raise NotImplementedError
+
+
+class _Scalar(_Metric):
+    """Counter and gauge: one number per label set."""
+
+    def __init__(self, name: str, help: str, labelnames: Iterable[str] = ()) -> None:
+        super().__init__(name, help, labelnames)
+        self._values: dict[LabelKey, float] = {}
+        if not self.labelnames:
+            self._values[()] = 0.0  # an unlabelled series exists from the start
+
+    def get(self, **labels: Any) -> float:
+        key = self._key(labels, register=False)
+        with self._lock:
+            return self._values.get(key, 0.0)
+
+    def _add(self, amount: float, labels: dict[str, Any]) -> None:
+        key = self._key(labels)
+        with self._lock:
+            self._values[key] = self._values.get(key, 0.0) + amount
+
+    def render(self) -> list[str]:
+        with self._lock:
+            series = sorted(self._values.items())
+        lines = self._header()
+        for key, value in series:
+            lines.append(f"{self.name}{_label_text(self.labelnames, key)} {_format_number(value)}")
+        return lines
+
+
+class Counter(_Scalar):
+    """A number that only goes up."""
+
+    kind = "counter"
+
+    def inc(self, amount: float = 1.0, **labels: Any) -> None:
+        if amount < 0:
+            raise ValueError(f"{self.name}: a counter cannot decrease")
+        self._add(amount, labels)
+
+
+class Gauge(_Scalar):
+    """A number that goes up and down."""
+
+    kind = "gauge"
+
+    def inc(self, amount: float = 1.0, **labels: Any) -> None:
+        self._add(amount, labels)
+
+    def dec(self, amount: float = 1.0, **labels: Any) -> None:
+        self._add(-amount, labels)
+
+    def set(self, value: float, **labels: Any) -> None:
+        key = self._key(labels)
+        with self._lock:
+            self._values[key] = float(value)
+
+
+class _HistogramSeries:
+    __slots__ = ("bucket_counts", "count", "total")
+
+    def __init__(self, buckets: int) -> None:
+        self.bucket_counts = [0] * buckets  # per bucket, not cumulative
+        self.count = 0
+        self.total = 0.0
+
+
+class Histogram(_Metric):
+    """Observations counted in fixed buckets, with their sum and count."""
+
+    kind = "histogram"
+
+    def __init__(
+        self,
+        name: str,
+        help: str,
+        labelnames: Iterable[str] = (),
+        buckets: Sequence[float] = DEFAULT_BUCKETS,
+    ) -> None:
+        super().__init__(name, help, labelnames)
+        if "le" in self.labelnames:
+            raise ValueError(f"{name}: 'le' is reserved for histogram buckets")
+        bounds = sorted(float(b) for b in buckets if not math.isinf(b))
+        if not bounds or len(set(bounds)) != len(bounds):
+            raise ValueError(f"{name}: buckets must be distinct numbers")
+        self.buckets = tuple(bounds)
+        self._series: dict[LabelKey, _HistogramSeries] = {}
+        if not self.labelnames:
+            self._series[()] = _HistogramSeries(len(self.buckets))
+
+    def observe(self, value: float, **labels: Any) -> None:
+        key = self._key(labels)
+        with self._lock:
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = _HistogramSeries(len(self.buckets))
+            for index, bound in enumerate(self.buckets):
+                if value <= bound:
+                    series.bucket_counts[index] += 1
+                    break
+            series.count += 1
+            series.total += value
+
+    def get_count(self, **labels: Any) -> int:
+        key = self._key(labels, register=False)
+        with self._lock:
+            series = self._series.get(key)
+            return series.count if series else 0
+
+    def get_sum(self, **labels: Any) -> float:
+        key = self._key(labels, register=False)
+        with self._lock:
+            series = self._series.get(key)
+            return series.total if series else 0.0
+
+    def render(self) -> list[str]:
+        with self._lock:
+            snapshot = sorted(
+                (key, list(s.bucket_counts), s.count, s.total) for key, s in self._series.items()
+            )
+        lines = self._header()
+        names = (*self.labelnames, "le")
+        for key, bucket_counts, count, total in snapshot:
+            cumulative = 0
+            for bound, in_bucket in zip(self.buckets, bucket_counts, strict=True):
+                cumulative += in_bucket
+                labels = _label_text(names, (*key, _format_number(bound)))
+                lines.append(f"{self.name}_bucket{labels} {cumulative}")
+            lines.append(f"{self.name}_bucket{_label_text(names, (*key, '+Inf'))} {count}")
+            plain = _label_text(self.labelnames, key)
+            lines.append(f"{self.name}_sum{plain} {_format_number(total)}")
+            lines.append(f"{self.name}_count{plain} {count}")
+        return lines
+
+
+class Metrics:
+    """A registry: creates metrics once by name and renders them all for Prometheus."""
+
+    def __init__(self) -> None:
+        self._metrics: dict[str, _Metric] = {}
+        self._lock = threading.Lock()
+
+    def _register(self, metric: _Metric) -> None:
+        with self._lock:
+            if metric.name in self._metrics:
+                raise ValueError(f"metric {metric.name!r} is already registered")
+            self._metrics[metric.name] = metric
+
+    def counter(self, name: str, help: str, labelnames: Iterable[str] = ()) -> Counter:
+        metric = Counter(name, help, labelnames)
+        self._register(metric)
+        return metric
+
+    def gauge(self, name: str, help: str, labelnames: Iterable[str] = ()) -> Gauge:
+        metric = Gauge(name, help, labelnames)
+        self._register(metric)
+        return metric
+
+    def histogram(
+        self,
+        name: str,
+        help: str,
+        labelnames: Iterable[str] = (),
+        buckets: Sequence[float] = DEFAULT_BUCKETS,
+    ) -> Histogram:
+        metric = Histogram(name, help, labelnames, buckets)
+        self._register(metric)
+        return metric
+
+    def get(self, name: str) -> _Metric | None:
+        return self._metrics.get(name)
+
+    def render_prometheus(self) -> str:
+        """All metrics in the Prometheus text exposition format 0.0.4."""
+        with self._lock:
+            metrics = list(self._metrics.values())
+        lines: list[str] = []
+        for metric in metrics:
+            lines.extend(metric.render())
+        return "\n".join(lines) + "\n" if lines else ""
+
+
+# ---- the process's metrics ---------------------------------------------------------------------
+
+METRICS = Metrics()
+
+CALLS_TOTAL = METRICS.counter(
+    "spg_calls_total", "Calls ended, by result (CONTRACT section 5).", ("result",)
+)
+CALLS_ACTIVE = METRICS.gauge("spg_calls_active", "Calls in progress.")
+SIP_MESSAGES_TOTAL = METRICS.counter(
+    "spg_sip_messages_total",
+    "SIP messages by direction (in, out) and kind (request method or response status class).",
+    ("direction", "kind"),
+)
+SIP_PARSE_ERRORS_TOTAL = METRICS.counter(
+    "spg_sip_parse_errors_total", "Received SIP messages that could not be parsed."
+)
+RTP_PACKETS_TOTAL = METRICS.counter(
+    "spg_rtp_packets_total", "RTP packets by direction (in, out).", ("direction",)
+)
+RTP_DROPPED_TOTAL = METRICS.counter(
+    "spg_rtp_dropped_total",
+    "Received RTP packets dropped, by reason (e.g. wrong source, malformed, srtp).",
+    ("reason",),
+)
+DTMF_DIGITS_TOTAL = METRICS.counter(
+    "spg_dtmf_digits_total", "DTMF digits detected, by source (rfc4733, inband, info).", ("source",)
+)
+CONNECTOR_REQUESTS_TOTAL = METRICS.counter(
+    "spg_connector_requests_total",
+    "Payment platform requests by operation (lookup, authorize) and outcome.",
+    ("op", "outcome"),
+)
+CONNECTOR_LATENCY_SECONDS = METRICS.histogram(
+    "spg_connector_latency_seconds",
+    "Payment platform request latency in seconds.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+LOG_MASKED_TOTAL = METRICS.counter(
+    "spg_log_masked_total",
+    "Log records or admin responses in which a card-number-like digit run was masked as a "
+    "last resort (should stay 0).",
+)
