@@ -60,7 +60,7 @@ class SecretDigits:
 
     __hash__ = None  # type: ignore[assignment]
 
-    def __reduce__(self) -> object:  # refuse pickling: it would copy the digits out
+    def __reduce__(self) -> str:  # refuse pickling: it would copy the digits out
         raise TypeError("SecretDigits cannot be pickled")
 
 

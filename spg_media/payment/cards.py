@@ -1,0 +1,163 @@
+"""Card rules: Luhn, brand by IIN range and length, expiry window, security-code length.
+
+This module owns the answer to "is this what a card looks like?" for the caller's journey
+(CONTRACT §4). It does no I/O and keeps nothing: PANs come in as `SecretDigits` and are only
+revealed inside `check_pan`, for as long as the check takes.
+
+Brand names are exactly those of CONTRACT §10 `ivr.card_brands`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from spg_media.payment.model import SecretDigits
+
+PAN_MIN_LENGTH = 12
+PAN_MAX_LENGTH = 19
+EXPIRY_MAX_YEARS_AHEAD = 20
+
+BRANDS = ("visa", "mastercard", "amex", "discover", "diners", "jcb", "unionpay", "maestro")
+
+
+@dataclass(frozen=True)
+class _BrandRule:
+    brand: str
+    # Inclusive IIN ranges; both ends have the same number of digits.
+    ranges: tuple[tuple[str, str], ...]
+    lengths: frozenset[int]
+
+    def matches(self, digits: str) -> bool:
+        if len(digits) not in self.lengths:
+            return False
+        for low, high in self.ranges:
+            head = digits[: len(low)]
+            if len(head) == len(low) and int(low) <= int(head) <= int(high):
+                return True
+        return False
+
+
+def _span(low: int, high: int) -> frozenset[int]:
+    return frozenset(range(low, high + 1))
+
+
+# Order matters: discover's co-branded 622126–622925 must be tried before unionpay's 62.
+# The ranges of the other brands do not overlap.
+_RULES: tuple[_BrandRule, ...] = (
+    _BrandRule("visa", (("4", "4"),), frozenset({13, 16, 19})),
+    _BrandRule("mastercard", (("51", "55"), ("2221", "2720")), frozenset({16})),
+    _BrandRule("amex", (("34", "34"), ("37", "37")), frozenset({15})),
+    _BrandRule(
+        "discover",
+        (("6011", "6011"), ("644", "649"), ("65", "65"), ("622126", "622925")),
+        _span(16, 19),
+    ),
+    _BrandRule(
+        "diners",
+        (("300", "305"), ("36", "36"), ("38", "38"), ("39", "39")),
+        _span(14, 19),
+    ),
+    _BrandRule("jcb", (("3528", "3589"),), _span(16, 19)),
+    _BrandRule("unionpay", (("62", "62"),), _span(16, 19)),
+    _BrandRule(
+        "maestro",
+        (
+            ("5018", "5018"),
+            ("5020", "5020"),
+            ("5038", "5038"),
+            ("5893", "5893"),
+            ("6304", "6304"),
+            ("6759", "6759"),
+            ("6761", "6763"),
+        ),
+        _span(12, 19),
+    ),
+)
+
+
+def _is_decimal(digits: str) -> bool:
+    # str.isdigit() also accepts e.g. superscripts; card digits are ASCII only.
+    return bool(digits) and digits.isascii() and digits.isdigit()
+
+
+def luhn_valid(digits: str) -> bool:
+    """True if `digits` (ASCII decimal, non-empty) passes the Luhn mod-10 check."""
+    if not _is_decimal(digits):
+        return False
+    total = 0
+    for position, char in enumerate(reversed(digits)):
+        value = ord(char) - 48
+        if position % 2 == 1:
+            value *= 2
+            if value > 9:
+                value -= 9
+        total += value
+    return total % 10 == 0
+
+
+def detect_brand(digits: str) -> str | None:
+    """The brand whose IIN range and length both fit `digits`, or None."""
+    if not _is_decimal(digits):
+        return None
+    for rule in _RULES:
+        if rule.matches(digits):
+            return rule.brand
+    return None
+
+
+class PanCheck(enum.Enum):
+    OK = "ok"
+    INVALID = "invalid"  # length not 12–19, Luhn fails, or no brand has that prefix and length
+    BRAND_NOT_ACCEPTED = "brand-not-accepted"
+
+
+class PanVerdict(NamedTuple):
+    """What `check_pan` found: the check, and the brand when it is OK (else None)."""
+
+    check: PanCheck
+    brand: str | None = None
+
+
+def check_pan(pan: SecretDigits, allowed_brands: Collection[str]) -> PanVerdict:
+    """Whether a keyed card number can be taken: valid, and of a brand in `allowed_brands`."""
+    if not PAN_MIN_LENGTH <= len(pan) <= PAN_MAX_LENGTH:
+        return PanVerdict(PanCheck.INVALID)
+    digits = pan.reveal()  # lives only for this check
+    if not luhn_valid(digits):
+        return PanVerdict(PanCheck.INVALID)
+    brand = detect_brand(digits)
+    del digits
+    if brand is None:
+        return PanVerdict(PanCheck.INVALID)
+    if brand not in allowed_brands:
+        return PanVerdict(PanCheck.BRAND_NOT_ACCEPTED)
+    return PanVerdict(PanCheck.OK, brand)
+
+
+class ExpiryCheck(enum.Enum):
+    OK = "ok"
+    INVALID = "invalid"  # month not 01–12 (or a year that is not two digits)
+    PAST = "past"  # before the current month; the current month is still valid
+    TOO_FAR = "too-far"  # more than 20 years ahead of the current month
+
+
+def check_expiry(mm: int, yy: int, today: datetime.date) -> ExpiryCheck:
+    """Check a keyed MMYY expiry; `yy` is two digits, meaning year 2000 + yy."""
+    if not 1 <= mm <= 12 or not 0 <= yy <= 99:
+        return ExpiryCheck.INVALID
+    expiry = (2000 + yy) * 12 + (mm - 1)
+    current = today.year * 12 + (today.month - 1)
+    if expiry < current:
+        return ExpiryCheck.PAST
+    if expiry > current + EXPIRY_MAX_YEARS_AHEAD * 12:
+        return ExpiryCheck.TOO_FAR
+    return ExpiryCheck.OK
+
+
+def cvc_length(brand: str) -> int:
+    """Digits of the security code: 4 for American Express, else 3."""
+    return 4 if brand == "amex" else 3
