@@ -19,7 +19,7 @@ import logging
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 from spg_media.sip.message import (
     Headers,
@@ -76,8 +76,8 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        # CPython 3.11's selector transport does not subclass DatagramTransport: cast, not assert.
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:  # type: ignore[override]
         self.ua.on_bytes(data, Address("udp", str(addr[0]), int(addr[1])))  # type: ignore[call-overload]

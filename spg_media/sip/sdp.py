@@ -1,0 +1,491 @@
+"""SDP (RFC 4566) parsing and the audio offer/answer of RFC 3264, for G.711 with RFC 4733 events.
+
+This module owns what spg-media says about media in SIP bodies: `SessionDescription.parse` reads
+an offer or answer, `negotiate` decides what we will do with an offer (or reads the answer to our
+own offer), `build_answer` and `build_offer` write SDP. It knows nothing of sockets or SRTP keys:
+`a=crypto` lines (RFC 4568) are carried as `Crypto` values for the SRTP layer to choose from.
+
+Decisions (CONTRACT §3):
+- Codec: the first of the offerer's formats that is PCMU or PCMA, by rtpmap or by static payload
+  type 0/8 without rtpmap. DTMF: the first `telephone-event/8000` format, whatever its number.
+- ptime: the offer's `a=ptime` (20 when absent). 10–60 ms is used as offered; a value outside is
+  not a reason to refuse the call (ptime is only a wish, RFC 4566 §6): it is clamped into 10–60,
+  then lowered to `a=maxptime` if the offer has one below it.
+- Hold: `a=sendonly`/`a=inactive`, or the RFC 2543 `c=0.0.0.0`, are reflected in `direction`,
+  which is always the *offerer's* direction; `build_answer` writes the mirror one (RFC 3264 §6.1).
+- Streams: the first acceptable audio stream is used; every other m-line is answered with port 0
+  (rejected) in its place, so the answer has as many m-lines as the offer (RFC 3264 §6).
+- SRTP policy "off": a stream that is only RTP/SAVP(F) is refused; "required": only RTP/SAVP(F)
+  is accepted; "optional": either, SAVP preferred when both are offered. RTP/SAVP needs at least
+  one `a=crypto` with a suite we support. Anything we cannot do raises `NotAcceptable` (→ 488).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+
+
+class SdpError(ValueError):
+    """A body that is not SDP we can read."""
+
+
+class NotAcceptable(Exception):  # named after the SIP answer: 488 Not Acceptable Here
+    """Valid SDP that we cannot answer; `detail` is the text for a Warning header."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+PLAIN_PROTOS = frozenset(("RTP/AVP", "RTP/AVPF"))
+SRTP_PROTOS = frozenset(("RTP/SAVP", "RTP/SAVPF"))
+SUPPORTED_CRYPTO_SUITES: tuple[str, ...] = (
+    "AES_CM_128_HMAC_SHA1_80",
+    "AES_CM_128_HMAC_SHA1_32",
+    "AEAD_AES_128_GCM",
+)
+SRTP_POLICIES = ("off", "optional", "required")
+DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+_ANSWER_DIRECTION = {
+    "sendrecv": "sendrecv",
+    "sendonly": "recvonly",
+    "recvonly": "sendonly",
+    "inactive": "inactive",
+}
+_STATIC_PAYLOAD_TYPES = {0: ("PCMU", 8000), 8: ("PCMA", 8000)}
+_CODEC_PAYLOAD_TYPES = {"PCMU": 0, "PCMA": 8}
+DEFAULT_PTIME = 20
+MIN_PTIME = 10
+MAX_PTIME = 60
+
+
+@dataclass
+class Crypto:
+    """One `a=crypto:<tag> <suite> <key-params> [<session-params>...]` line, uninterpreted."""
+
+    tag: int
+    suite: str
+    key_params: str
+    session_params: list[str] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, value: str) -> Crypto:
+        parts = value.split()
+        if len(parts) < 3 or not parts[0].isdigit():
+            raise SdpError("bad a=crypto line")
+        return cls(int(parts[0]), parts[1], parts[2], parts[3:])
+
+    def __str__(self) -> str:
+        return " ".join([str(self.tag), self.suite, self.key_params, *self.session_params])
+
+    def __repr__(self) -> str:  # the inline key is a secret: never print it
+        return f"Crypto(tag={self.tag}, suite={self.suite!r}, key_params=<hidden>)"
+
+
+@dataclass
+class Origin:
+    username: str
+    session_id: str
+    session_version: str
+    nettype: str
+    addrtype: str
+    address: str
+
+
+@dataclass
+class MediaDescription:
+    media: str
+    port: int
+    proto: str
+    formats: list[int]  # payload types (RTP profiles); empty for other protos
+    rtpmap: dict[int, tuple[str, int, str | None]] = field(default_factory=dict)
+    fmtp: dict[int, str] = field(default_factory=dict)
+    ptime: int | None = None
+    maxptime: int | None = None
+    direction: str = "sendrecv"
+    connection: str | None = None
+    crypto: list[Crypto] = field(default_factory=list)
+    attributes: list[tuple[str, str | None]] = field(default_factory=list)
+    format_tokens: list[str] = field(default_factory=list)  # the m= formats as written
+    port_count: int = 1
+    mid: str | None = None
+
+    def encoding(self, payload_type: int) -> tuple[str, int] | None:
+        """(upper-case encoding name, clock rate) of a format, from rtpmap or the static table."""
+        mapped = self.rtpmap.get(payload_type)
+        if mapped is not None:
+            return mapped[0].upper(), mapped[1]
+        return _STATIC_PAYLOAD_TYPES.get(payload_type)
+
+
+@dataclass
+class SessionDescription:
+    version: int = 0
+    origin: Origin | None = None
+    session_name: str = ""
+    connection: str | None = None
+    direction: str = "sendrecv"  # session-level a=sendrecv/sendonly/recvonly/inactive
+    attributes: list[tuple[str, str | None]] = field(default_factory=list)
+    media: list[MediaDescription] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, body: bytes | str) -> SessionDescription:
+        text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+        lines = [line.rstrip("\r") for line in text.split("\n")]
+        lines = [line for line in lines if line.strip()]
+        if not lines or lines[0].strip() != "v=0":
+            raise SdpError("SDP must start with v=0")
+        session = cls()
+        current: MediaDescription | None = None
+        session_direction: str | None = None
+        media_directions: list[str | None] = []
+        for line in lines[1:]:
+            if len(line) < 2 or line[1] != "=" or not line[0].isalpha():
+                raise SdpError("SDP line is not <type>=<value>")
+            kind, value = line[0], line[2:].strip()
+            if kind == "m":
+                current = _parse_media_line(value)
+                session.media.append(current)
+                media_directions.append(None)
+            elif kind == "c":
+                address = _parse_connection(value)
+                if current is None:
+                    session.connection = address
+                else:
+                    current.connection = address
+            elif kind == "a":
+                name, colon, attr_value = value.partition(":")
+                attribute = (name, attr_value if colon else None)
+                if current is None:
+                    session.attributes.append(attribute)
+                    if name in DIRECTIONS:
+                        session_direction = name
+                else:
+                    current.attributes.append(attribute)
+                    if name in DIRECTIONS:
+                        media_directions[-1] = name
+                    else:
+                        _apply_media_attribute(current, name, attr_value)
+            elif kind == "o" and current is None:
+                parts = value.split()
+                if len(parts) != 6:
+                    raise SdpError("bad o= line")
+                session.origin = Origin(*parts)
+            elif kind == "s" and current is None:
+                session.session_name = value
+            # b=, t=, r=, z=, k=, i=, u=, e=, p= carry nothing we act on
+        session.direction = session_direction or "sendrecv"
+        for media, direction in zip(session.media, media_directions, strict=True):
+            media.direction = direction or session.direction
+            if media.connection is None:
+                media.connection = session.connection
+        return session
+
+
+def _parse_connection(value: str) -> str:
+    parts = value.split()
+    if len(parts) != 3 or parts[0] != "IN" or parts[1] not in ("IP4", "IP6"):
+        raise SdpError("bad c= line")
+    return parts[2].split("/", 1)[0]  # drop a multicast TTL / address count
+
+
+def _parse_int(text: str, what: str, low: int, high: int) -> int:
+    text = text.strip()
+    if not text.isascii() or not text.isdigit():
+        raise SdpError(f"bad {what}")
+    value = int(text)
+    if not low <= value <= high:
+        raise SdpError(f"{what} out of range")
+    return value
+
+
+def _parse_media_line(value: str) -> MediaDescription:
+    parts = value.split()
+    if len(parts) < 4:
+        raise SdpError("m= line needs media, port, proto and formats")
+    media, port_text, proto, tokens = parts[0], parts[1], parts[2], parts[3:]
+    port_text, slash, count_text = port_text.partition("/")
+    port = _parse_int(port_text, "m= port", 0, 65535)
+    port_count = _parse_int(count_text, "m= port count", 1, 65535) if slash else 1
+    formats: list[int] = []
+    if "RTP/" in proto.upper():
+        formats = [_parse_int(token, "payload type", 0, 127) for token in tokens]
+    return MediaDescription(
+        media=media,
+        port=port,
+        proto=proto,
+        formats=formats,
+        format_tokens=tokens,
+        port_count=port_count,
+    )
+
+
+def _parse_ptime(text: str) -> int:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise SdpError("bad ptime") from None
+    if not 0 < value < 10000:
+        raise SdpError("ptime out of range")
+    return round(value)
+
+
+def _apply_media_attribute(media: MediaDescription, name: str, value: str) -> None:
+    if name == "rtpmap":
+        pt_text, _, encoding = value.partition(" ")
+        pieces = encoding.strip().split("/")
+        if len(pieces) < 2 or not pieces[0]:
+            raise SdpError("bad a=rtpmap")
+        payload_type = _parse_int(pt_text, "rtpmap payload type", 0, 127)
+        clock = _parse_int(pieces[1], "rtpmap clock rate", 1, 10_000_000)
+        media.rtpmap[payload_type] = (pieces[0], clock, pieces[2] if len(pieces) > 2 else None)
+    elif name == "fmtp":
+        pt_text, _, params = value.partition(" ")
+        if pt_text.isdigit():
+            media.fmtp[int(pt_text)] = params.strip()
+    elif name == "ptime":
+        media.ptime = _parse_ptime(value)
+    elif name == "maxptime":
+        media.maxptime = _parse_ptime(value)
+    elif name == "crypto":
+        media.crypto.append(Crypto.parse(value))
+    elif name == "mid":
+        media.mid = value.strip()
+
+
+@dataclass
+class NegotiatedAudio:
+    """What we do with an audio offer (or what an answer to our offer says)."""
+
+    remote_address: str
+    remote_port: int
+    codec: str  # "PCMU" | "PCMA"
+    payload_type: int
+    dtmf_payload_type: int | None
+    ptime: int
+    direction: str  # the offerer's: sendrecv | sendonly | recvonly | inactive
+    srtp_offered: bool
+    crypto: list[Crypto]  # offered crypto lines with a supported suite, in offer order
+    proto: str = "RTP/AVP"
+    mid: str | None = None
+    stream_index: int = 0  # which m-line of the offer this is
+    # every m-line of the offer as (media, proto, formats), to reject the others in the answer
+    offered_streams: list[tuple[str, str, str]] = field(default_factory=list)
+
+    @property
+    def answer_direction(self) -> str:
+        """Our direction in the answer (RFC 3264 §6.1)."""
+        return _ANSWER_DIRECTION[self.direction]
+
+    @property
+    def on_hold(self) -> bool:
+        """The offerer does not want to receive media from us."""
+        return self.direction in ("sendonly", "inactive")
+
+
+def _audio_candidate(
+    media: MediaDescription, srtp_policy: str, crypto_suites: Collection[str]
+) -> tuple[int, str, int | None, list[Crypto]] | str:
+    """(payload type, codec, dtmf pt, usable crypto) for a stream, or why it is unusable."""
+    proto = media.proto.upper()
+    if proto in SRTP_PROTOS:
+        if srtp_policy == "off":
+            return f"{media.proto} offered and SRTP is off"
+        usable = [c for c in media.crypto if c.suite in crypto_suites]
+        if not usable:
+            return "RTP/SAVP without a supported a=crypto suite"
+    elif proto in PLAIN_PROTOS:
+        if srtp_policy == "required":
+            return f"{media.proto} offered and SRTP is required"
+        usable = []
+    else:
+        return f"unsupported transport {media.proto}"
+    chosen: tuple[int, str] | None = None
+    for payload_type in media.formats:
+        encoding = media.encoding(payload_type)
+        if encoding is None:
+            continue
+        name, clock = encoding
+        if name in _CODEC_PAYLOAD_TYPES and clock == 8000:
+            channels = media.rtpmap.get(payload_type, ("", 0, None))[2]
+            if channels in (None, "1"):
+                chosen = (payload_type, name)
+                break
+    if chosen is None:
+        return "no common codec (PCMU, PCMA)"
+    dtmf: int | None = None
+    for payload_type in media.formats:
+        mapped = media.rtpmap.get(payload_type)
+        if mapped is not None and mapped[0].lower() == "telephone-event" and mapped[1] == 8000:
+            dtmf = payload_type
+            break
+    return chosen[0], chosen[1], dtmf, usable
+
+
+def _ptime(media: MediaDescription) -> int:
+    ptime = media.ptime if media.ptime is not None else DEFAULT_PTIME
+    ptime = min(max(ptime, MIN_PTIME), MAX_PTIME)
+    if media.maxptime is not None and media.maxptime < ptime:
+        ptime = max(media.maxptime, MIN_PTIME)
+    return ptime
+
+
+def negotiate(
+    offer: SessionDescription,
+    *,
+    srtp_policy: str = "optional",
+    crypto_suites: Collection[str] = SUPPORTED_CRYPTO_SUITES,
+) -> NegotiatedAudio:
+    """Choose the audio stream, codec, DTMF payload type and ptime for an offer (RFC 3264 §6).
+
+    Raises NotAcceptable (answer 488 with its `detail` in a Warning) when there is no active
+    audio stream we can take under `srtp_policy` ("off" | "optional" | "required").
+    """
+    if srtp_policy not in SRTP_POLICIES:
+        raise ValueError(f"srtp_policy must be one of {SRTP_POLICIES}")
+    reasons: list[str] = []
+    choice: tuple[int, MediaDescription, tuple[int, str, int | None, list[Crypto]]] | None = None
+    for index, media in enumerate(offer.media):
+        if media.media.lower() != "audio" or media.port == 0:
+            continue  # port 0: a stream the offerer itself disabled
+        result = _audio_candidate(media, srtp_policy, crypto_suites)
+        if isinstance(result, str):
+            reasons.append(result)
+            continue
+        is_srtp = media.proto.upper() in SRTP_PROTOS
+        if choice is None:
+            choice = (index, media, result)
+        elif is_srtp and choice[1].proto.upper() not in SRTP_PROTOS:
+            choice = (index, media, result)  # prefer the protected copy of the stream
+        if is_srtp:
+            break
+    if choice is None:
+        if not any(m.media.lower() == "audio" for m in offer.media):
+            raise NotAcceptable("no audio stream offered")
+        if not reasons:
+            raise NotAcceptable("no active audio stream (port 0)")
+        raise NotAcceptable(reasons[0])
+    index, media, (payload_type, codec, dtmf, crypto) = choice
+    if not media.connection:
+        raise NotAcceptable("no connection address (c=) for the audio stream")
+    direction = media.direction
+    if media.connection in ("0.0.0.0", "::"):  # RFC 2543 hold: "do not send to me"
+        direction = {"sendrecv": "sendonly", "recvonly": "inactive"}.get(direction, direction)
+    return NegotiatedAudio(
+        remote_address=media.connection,
+        remote_port=media.port,
+        codec=codec,
+        payload_type=payload_type,
+        dtmf_payload_type=dtmf,
+        ptime=_ptime(media),
+        direction=direction,
+        srtp_offered=media.proto.upper() in SRTP_PROTOS,
+        crypto=crypto,
+        proto=media.proto,
+        mid=media.mid,
+        stream_index=index,
+        offered_streams=[(m.media, m.proto, " ".join(m.format_tokens)) for m in offer.media],
+    )
+
+
+def _address_type(address: str) -> str:
+    return "IP6" if ":" in address else "IP4"
+
+
+def _crypto_attribute(line: str) -> str:
+    line = line.strip()
+    if line.startswith("a="):
+        line = line[2:]
+    if not line.startswith("crypto:"):
+        line = "crypto:" + line
+    return "a=" + line
+
+
+def build_answer(
+    neg: NegotiatedAudio,
+    *,
+    local_address: str,
+    local_port: int,
+    session_id: int,
+    version: int,
+    crypto_line: str | None = None,
+) -> bytes:
+    """The SDP answer for a negotiated offer: one audio stream, other m-lines rejected (port 0).
+
+    `crypto_line` ("1 AES_CM_128_HMAC_SHA1_80 inline:..." with or without "a=crypto:") is
+    required when the offer was SRTP, since an RTP/SAVP answer without keys is useless.
+    """
+    if neg.srtp_offered and not crypto_line:
+        raise ValueError("an SRTP offer needs a crypto line in the answer")
+    addrtype = _address_type(local_address)
+    lines = [
+        "v=0",
+        f"o=spg-media {session_id} {version} IN {addrtype} {local_address}",
+        "s=spg-media",
+        f"c=IN {addrtype} {local_address}",
+        "t=0 0",
+    ]
+    streams = neg.offered_streams or [("audio", neg.proto, "")]
+    for index, (media, proto, formats) in enumerate(streams):
+        if index != neg.stream_index:
+            lines.append(f"m={media} 0 {proto} {formats}".rstrip())
+            continue
+        payload_types = [str(neg.payload_type)]
+        if neg.dtmf_payload_type is not None:
+            payload_types.append(str(neg.dtmf_payload_type))
+        lines.append(f"m=audio {local_port} {neg.proto} {' '.join(payload_types)}")
+        if neg.mid is not None:
+            lines.append(f"a=mid:{neg.mid}")
+        lines.append(f"a=rtpmap:{neg.payload_type} {neg.codec}/8000")
+        if neg.dtmf_payload_type is not None:
+            lines.append(f"a=rtpmap:{neg.dtmf_payload_type} telephone-event/8000")
+            lines.append(f"a=fmtp:{neg.dtmf_payload_type} 0-16")
+        lines.append(f"a=ptime:{neg.ptime}")
+        lines.append(f"a={neg.answer_direction}")
+        if crypto_line and neg.srtp_offered:
+            lines.append(_crypto_attribute(crypto_line))
+    return ("\r\n".join(lines) + "\r\n").encode("ascii")
+
+
+def build_offer(
+    *,
+    local_address: str,
+    local_port: int,
+    session_id: int,
+    version: int,
+    codecs: Sequence[str] = ("PCMU", "PCMA"),
+    dtmf_pt: int | None = 101,
+    crypto_lines: Sequence[str] = (),
+    ptime: int = DEFAULT_PTIME,
+    direction: str = "sendrecv",
+) -> bytes:
+    """An audio offer (our test caller's): RTP/SAVP when crypto lines are given."""
+    unknown = [c for c in codecs if c.upper() not in _CODEC_PAYLOAD_TYPES]
+    if unknown or not codecs:
+        raise ValueError("codecs must be PCMU and/or PCMA")
+    if direction not in DIRECTIONS:
+        raise ValueError("bad direction")
+    addrtype = _address_type(local_address)
+    payload_types = [_CODEC_PAYLOAD_TYPES[c.upper()] for c in codecs]
+    formats = [str(pt) for pt in payload_types]
+    if dtmf_pt is not None:
+        formats.append(str(dtmf_pt))
+    proto = "RTP/SAVP" if crypto_lines else "RTP/AVP"
+    lines = [
+        "v=0",
+        f"o=spg-media {session_id} {version} IN {addrtype} {local_address}",
+        "s=spg-media",
+        f"c=IN {addrtype} {local_address}",
+        "t=0 0",
+        f"m=audio {local_port} {proto} {' '.join(formats)}",
+    ]
+    for codec, payload_type in zip(codecs, payload_types, strict=True):
+        lines.append(f"a=rtpmap:{payload_type} {codec.upper()}/8000")
+    if dtmf_pt is not None:
+        lines.append(f"a=rtpmap:{dtmf_pt} telephone-event/8000")
+        lines.append(f"a=fmtp:{dtmf_pt} 0-16")
+    lines.append(f"a=ptime:{ptime}")
+    lines.append(f"a={direction}")
+    lines.extend(_crypto_attribute(line) for line in crypto_lines)
+    return ("\r\n".join(lines) + "\r\n").encode("ascii")

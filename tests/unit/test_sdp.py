@@ -1,0 +1,635 @@
+"""SDP parsing (RFC 4566) and audio offer/answer (RFC 3264) with real-world offers."""
+
+from __future__ import annotations
+
+import pytest
+
+from spg_media.sip.sdp import (
+    Crypto,
+    NotAcceptable,
+    SdpError,
+    SessionDescription,
+    build_answer,
+    build_offer,
+    negotiate,
+)
+
+
+def sdp(*lines: str, eol: str = "\r\n") -> bytes:
+    return (eol.join(lines) + eol).encode()
+
+
+KEY80 = "inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVzcyAoc2VuZGVyKSB7YX0="
+KEY32 = "inline:d0RmdmcmVCspeEc3QGZiNWpVLFJhQX1cfHAwJSoj|2^20|1:32"
+
+# SIPp 3.6 built-in uac scenario (PCMU only) and uac_pcap (PCMA + telephone-event).
+SIPP_UAC = sdp(
+    "v=0",
+    "o=user1 53655765 2353687637 IN IP4 127.0.0.1",
+    "s=-",
+    "c=IN IP4 127.0.0.1",
+    "t=0 0",
+    "m=audio 6000 RTP/AVP 0",
+    "a=rtpmap:0 PCMU/8000",
+)
+SIPP_PCAP = sdp(
+    "v=0",
+    "o=user1 53655765 2353687637 IN IP4 127.0.0.1",
+    "s=-",
+    "c=IN IP4 127.0.0.1",
+    "t=0 0",
+    "m=audio 6000 RTP/AVP 8 101",
+    "a=rtpmap:8 PCMA/8000",
+    "a=rtpmap:101 telephone-event/8000",
+    "a=fmtp:101 0-11,16",
+)
+SIPP_PCMU_DTMF = sdp(
+    "v=0",
+    "o=user1 53655765 2353687637 IN IP4 127.0.0.1",
+    "s=-",
+    "c=IN IP4 127.0.0.1",
+    "t=0 0",
+    "m=audio 6000 RTP/AVP 0 101",
+    "a=rtpmap:0 PCMU/8000",
+    "a=rtpmap:101 telephone-event/8000",
+    "a=fmtp:101 0-15",
+)
+# baresip 1.0 with its default codec list: opus, G.722, G.711.
+BARESIP = sdp(
+    "v=0",
+    "o=- 1513356207 2839352183 IN IP4 192.168.1.10",
+    "s=-",
+    "c=IN IP4 192.168.1.10",
+    "t=0 0",
+    "m=audio 10000 RTP/AVP 96 9 0 8 101",
+    "b=AS:128",
+    "a=rtpmap:96 opus/48000/2",
+    "a=fmtp:96 stereo=1;sprop-stereo=1",
+    "a=rtpmap:9 G722/8000",
+    "a=rtpmap:0 PCMU/8000",
+    "a=rtpmap:8 PCMA/8000",
+    "a=rtpmap:101 telephone-event/8000",
+    "a=fmtp:101 0-15",
+    "a=rtcp-rsize",
+    "a=ssrc:1617392914 cname:0c6e2b2b-56f6-4a5c-a4b7-2d6b2b7e6b1b",
+    "a=sendrecv",
+    "a=label:1",
+    "a=ptime:20",
+)
+# baresip with mediaenc=srtp-mand.
+BARESIP_SRTP = sdp(
+    "v=0",
+    "o=- 1513356207 2839352183 IN IP4 192.168.1.10",
+    "s=-",
+    "c=IN IP4 192.168.1.10",
+    "t=0 0",
+    "m=audio 10000 RTP/SAVP 0 8 101",
+    "a=rtpmap:0 PCMU/8000",
+    "a=rtpmap:8 PCMA/8000",
+    "a=rtpmap:101 telephone-event/8000",
+    "a=fmtp:101 0-15",
+    "a=sendrecv",
+    "a=ptime:20",
+    f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 {KEY80}",
+    f"a=crypto:2 AES_CM_128_HMAC_SHA1_32 {KEY32}",
+)
+
+
+def offer(*media_lines: str, session: tuple[str, ...] = ("c=IN IP4 192.0.2.10",)) -> bytes:
+    return sdp("v=0", "o=x 1 1 IN IP4 192.0.2.10", "s=-", *session, "t=0 0", *media_lines)
+
+
+# ---- parsing ----------------------------------------------------------------------------------
+
+
+def test_parse_baresip_offer():
+    session = SessionDescription.parse(BARESIP)
+    assert session.origin is not None and session.origin.session_id == "1513356207"
+    assert session.origin.address == "192.168.1.10"
+    assert session.session_name == "-"
+    assert session.connection == "192.168.1.10"
+    (audio,) = session.media
+    assert (audio.media, audio.port, audio.proto) == ("audio", 10000, "RTP/AVP")
+    assert audio.formats == [96, 9, 0, 8, 101]
+    assert audio.rtpmap[96] == ("opus", 48000, "2")
+    assert audio.rtpmap[0] == ("PCMU", 8000, None)
+    assert audio.fmtp == {96: "stereo=1;sprop-stereo=1", 101: "0-15"}
+    assert audio.ptime == 20
+    assert audio.direction == "sendrecv"
+    assert audio.connection == "192.168.1.10"
+    assert ("label", "1") in audio.attributes and ("rtcp-rsize", None) in audio.attributes
+    assert audio.crypto == []
+
+
+def test_parse_crypto_lines():
+    (audio,) = SessionDescription.parse(BARESIP_SRTP).media
+    assert audio.crypto == [
+        Crypto(1, "AES_CM_128_HMAC_SHA1_80", KEY80, []),
+        Crypto(2, "AES_CM_128_HMAC_SHA1_32", KEY32, []),
+    ]
+    with_params = SessionDescription.parse(
+        offer(
+            "m=audio 4000 RTP/SAVP 0",
+            f"a=crypto:7 AES_CM_128_HMAC_SHA1_80 {KEY80} KDR=1 UNENCRYPTED_SRTCP",
+        )
+    )
+    crypto = with_params.media[0].crypto[0]
+    assert (crypto.tag, crypto.session_params) == (7, ["KDR=1", "UNENCRYPTED_SRTCP"])
+    assert str(crypto) == f"7 AES_CM_128_HMAC_SHA1_80 {KEY80} KDR=1 UNENCRYPTED_SRTCP"
+
+
+def test_crypto_repr_hides_the_key():
+    (audio,) = SessionDescription.parse(BARESIP_SRTP).media
+    assert "WVNfX19" not in repr(audio.crypto[0])
+    neg = negotiate(SessionDescription.parse(BARESIP_SRTP))
+    assert "WVNfX19" not in repr(neg)
+
+
+def test_parse_tolerates_bare_lf_and_blank_lines_and_str():
+    text = SIPP_PCAP.decode().replace("\r\n", "\n") + "\n\n"
+    session = SessionDescription.parse(text)
+    assert session.media[0].formats == [8, 101]
+    assert SessionDescription.parse(text.encode()).media[0].rtpmap[101][0] == "telephone-event"
+
+
+def test_media_level_connection_and_direction_override_session_level():
+    session = SessionDescription.parse(
+        offer(
+            "a=sendonly",
+            "m=audio 4000 RTP/AVP 0",
+            "m=audio 4002 RTP/AVP 0",
+            "c=IN IP4 198.51.100.7",
+            "a=recvonly",
+            session=("c=IN IP4 192.0.2.10",),
+        )
+    )
+    first, second = session.media
+    assert session.direction == "sendonly"
+    assert (first.connection, first.direction) == ("192.0.2.10", "sendonly")
+    assert (second.connection, second.direction) == ("198.51.100.7", "recvonly")
+
+
+def test_parse_ipv6_multicast_port_count_and_non_rtp_media():
+    session = SessionDescription.parse(
+        sdp(
+            "v=0",
+            "o=x 1 1 IN IP6 2001:db8::1",
+            "s=-",
+            "c=IN IP6 2001:db8::1",
+            "t=0 0",
+            "m=audio 4000/2 RTP/AVP 0",
+            "c=IN IP4 224.2.1.1/127/3",
+            "m=application 5000 UDP/BFCP *",
+        )
+    )
+    audio, app = session.media
+    assert (audio.port, audio.port_count, audio.connection) == (4000, 2, "224.2.1.1")
+    assert app.formats == [] and app.format_tokens == ["*"]
+    assert app.connection == "2001:db8::1"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"garbage",
+        b"v=1\r\n",
+        b"o=x 1 1 IN IP4 h\r\nv=0\r\n",
+        sdp("v=0", "this is not sdp"),
+        offer("m=audio"),
+        offer("m=audio port RTP/AVP 0"),
+        offer("m=audio 70000 RTP/AVP 0"),
+        offer("m=audio 4000 RTP/AVP zero"),
+        offer("m=audio 4000 RTP/AVP 128"),
+        offer("m=audio 4000 RTP/AVP 0", "c=IN IP4"),
+        offer("m=audio 4000 RTP/AVP 0", "c=XX IP4 192.0.2.1"),
+        offer("m=audio 4000 RTP/AVP 0", "a=rtpmap:0"),
+        offer("m=audio 4000 RTP/AVP 0", "a=rtpmap:0 PCMU"),
+        offer("m=audio 4000 RTP/AVP 0", "a=rtpmap:0 PCMU/fast"),
+        offer("m=audio 4000 RTP/AVP 0", "a=ptime:abc"),
+        offer("m=audio 4000 RTP/AVP 0", "a=ptime:-20"),
+        offer("m=audio 4000 RTP/SAVP 0", "a=crypto:x AES_CM_128_HMAC_SHA1_80 inline:k"),
+        offer("m=audio 4000 RTP/SAVP 0", "a=crypto:1 AES_CM_128_HMAC_SHA1_80"),
+        sdp("v=0", "o=too few fields"),
+    ],
+)
+def test_bad_sdp_raises_sdp_error(body):
+    with pytest.raises(SdpError):
+        SessionDescription.parse(body)
+
+
+def test_sdp_error_is_a_value_error():
+    assert issubclass(SdpError, ValueError)
+
+
+# ---- negotiation ------------------------------------------------------------------------------
+
+
+def test_sipp_pcmu_only():
+    neg = negotiate(SessionDescription.parse(SIPP_UAC))
+    assert (neg.remote_address, neg.remote_port) == ("127.0.0.1", 6000)
+    assert (neg.codec, neg.payload_type, neg.dtmf_payload_type) == ("PCMU", 0, None)
+    assert (neg.ptime, neg.direction, neg.srtp_offered, neg.crypto) == (20, "sendrecv", False, [])
+
+
+def test_sipp_pcap_pcma_with_telephone_event():
+    neg = negotiate(SessionDescription.parse(SIPP_PCAP))
+    assert (neg.codec, neg.payload_type, neg.dtmf_payload_type) == ("PCMA", 8, 101)
+
+
+def test_sipp_pcmu_with_dtmf():
+    neg = negotiate(SessionDescription.parse(SIPP_PCMU_DTMF))
+    assert (neg.codec, neg.payload_type, neg.dtmf_payload_type) == ("PCMU", 0, 101)
+
+
+def test_baresip_many_codecs_first_g711_in_offer_order_wins():
+    neg = negotiate(SessionDescription.parse(BARESIP))
+    assert (neg.codec, neg.payload_type, neg.dtmf_payload_type) == ("PCMU", 0, 101)
+    pcma_first = BARESIP.replace(b"96 9 0 8 101", b"96 9 8 0 101")
+    assert negotiate(SessionDescription.parse(pcma_first)).codec == "PCMA"
+
+
+def test_static_payload_types_without_rtpmap():
+    neg = negotiate(SessionDescription.parse(offer("m=audio 4000 RTP/AVP 18 8 0")))
+    assert (neg.codec, neg.payload_type) == ("PCMA", 8)
+
+
+def test_pcma_only():
+    neg = negotiate(
+        SessionDescription.parse(offer("m=audio 4000 RTP/AVP 8", "a=rtpmap:8 PCMA/8000"))
+    )
+    assert (neg.codec, neg.payload_type) == ("PCMA", 8)
+
+
+def test_dynamic_payload_type_for_g711_and_rtpmap_names_any_case():
+    neg = negotiate(
+        SessionDescription.parse(offer("m=audio 4000 RTP/AVP 110 97", "a=rtpmap:110 pcmu/8000/1"))
+    )
+    assert (neg.codec, neg.payload_type) == ("PCMU", 110)
+
+
+def test_g711_at_other_clock_rate_or_stereo_is_not_taken():
+    body = offer(
+        "m=audio 4000 RTP/AVP 96 97 8",
+        "a=rtpmap:96 PCMU/16000",
+        "a=rtpmap:97 PCMU/8000/2",
+    )
+    assert negotiate(SessionDescription.parse(body)).payload_type == 8
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        offer("m=audio 4000 RTP/AVP 18", "a=rtpmap:18 G729/8000"),
+        offer("m=audio 4000 RTP/AVP 96 9", "a=rtpmap:96 opus/48000/2"),
+        offer("m=audio 4000 RTP/AVP 101", "a=rtpmap:101 telephone-event/8000"),
+        offer("m=audio 4000 RTP/AVP 0", "a=rtpmap:0 G729/8000"),  # rtpmap wins over static
+    ],
+)
+def test_no_common_codec_is_not_acceptable(body):
+    with pytest.raises(NotAcceptable) as info:
+        negotiate(SessionDescription.parse(body))
+    assert "codec" in info.value.detail
+
+
+def test_telephone_event_with_other_payload_types():
+    for pt in (96, 100, 127):
+        body = offer(
+            f"m=audio 4000 RTP/AVP 0 {pt}",
+            f"a=rtpmap:{pt} telephone-event/8000",
+            f"a=fmtp:{pt} 0-16",
+        )
+        assert negotiate(SessionDescription.parse(body)).dtmf_payload_type == pt
+    wideband_only = offer("m=audio 4000 RTP/AVP 0 102", "a=rtpmap:102 telephone-event/16000")
+    assert negotiate(SessionDescription.parse(wideband_only)).dtmf_payload_type is None
+    both = offer(
+        "m=audio 4000 RTP/AVP 0 102 101",
+        "a=rtpmap:102 telephone-event/48000",
+        "a=rtpmap:101 TELEPHONE-EVENT/8000",
+    )
+    assert negotiate(SessionDescription.parse(both)).dtmf_payload_type == 101
+
+
+@pytest.mark.parametrize(
+    ("attributes", "ptime"),
+    [
+        ((), 20),
+        (("a=ptime:10",), 10),
+        (("a=ptime:30",), 30),
+        (("a=ptime:60",), 60),
+        (("a=ptime:20.0",), 20),
+        (("a=ptime:5",), 10),  # clamped, not refused
+        (("a=ptime:80",), 60),
+        (("a=ptime:40", "a=maxptime:30"), 30),
+        (("a=maxptime:10",), 10),
+    ],
+)
+def test_ptime(attributes, ptime):
+    body = offer("m=audio 4000 RTP/AVP 0", *attributes)
+    assert negotiate(SessionDescription.parse(body)).ptime == ptime
+
+
+@pytest.mark.parametrize(
+    ("lines", "session", "direction", "answer"),
+    [
+        (("a=sendrecv",), (), "sendrecv", "sendrecv"),
+        (("a=sendonly",), (), "sendonly", "recvonly"),
+        (("a=recvonly",), (), "recvonly", "sendonly"),
+        (("a=inactive",), (), "inactive", "inactive"),
+        ((), ("a=sendonly",), "sendonly", "recvonly"),  # session level
+        (("a=sendrecv",), ("a=inactive",), "sendrecv", "sendrecv"),  # media level wins
+        (("c=IN IP4 0.0.0.0",), (), "sendonly", "recvonly"),  # RFC 2543 hold
+        (("c=IN IP4 0.0.0.0", "a=recvonly"), (), "inactive", "inactive"),
+        (("c=IN IP4 0.0.0.0", "a=sendonly"), (), "sendonly", "recvonly"),
+    ],
+)
+def test_hold_and_direction(lines, session, direction, answer):
+    body = offer("m=audio 4000 RTP/AVP 0", *lines, session=("c=IN IP4 192.0.2.10", *session))
+    neg = negotiate(SessionDescription.parse(body))
+    assert neg.direction == direction
+    assert neg.answer_direction == answer
+    assert neg.on_hold == (direction in ("sendonly", "inactive"))
+    printed = build_answer(
+        neg, local_address="198.51.100.1", local_port=20000, session_id=1, version=1
+    )
+    assert f"a={answer}\r\n".encode() in printed
+
+
+def test_port_zero_stream_is_skipped_and_all_zero_is_not_acceptable():
+    body = offer("m=audio 0 RTP/AVP 0", "m=audio 4002 RTP/AVP 8")
+    neg = negotiate(SessionDescription.parse(body))
+    assert (neg.remote_port, neg.codec, neg.stream_index) == (4002, "PCMA", 1)
+    with pytest.raises(NotAcceptable) as info:
+        negotiate(SessionDescription.parse(offer("m=audio 0 RTP/AVP 0")))
+    assert "port 0" in info.value.detail
+
+
+def test_no_audio_is_not_acceptable():
+    with pytest.raises(NotAcceptable) as info:
+        negotiate(
+            SessionDescription.parse(offer("m=video 4000 RTP/AVP 96", "a=rtpmap:96 H264/90000"))
+        )
+    assert "no audio" in info.value.detail
+    with pytest.raises(NotAcceptable):
+        negotiate(SessionDescription.parse(offer()))
+
+
+def test_missing_connection_is_not_acceptable():
+    body = sdp("v=0", "o=x 1 1 IN IP4 h", "s=-", "t=0 0", "m=audio 4000 RTP/AVP 0")
+    with pytest.raises(NotAcceptable):
+        negotiate(SessionDescription.parse(body))
+
+
+def test_unsupported_transport_is_not_acceptable():
+    for proto in ("UDP/TLS/RTP/SAVPF", "udp", "TCP/RTP/AVP"):
+        with pytest.raises(NotAcceptable):
+            negotiate(SessionDescription.parse(offer(f"m=audio 4000 {proto} 0")))
+
+
+def test_rtp_avpf_is_accepted_as_plain_rtp():
+    neg = negotiate(SessionDescription.parse(offer("m=audio 4000 RTP/AVPF 0")))
+    assert (neg.proto, neg.srtp_offered) == ("RTP/AVPF", False)
+
+
+# ---- SRTP policy --------------------------------------------------------------------------------
+
+SAVP = BARESIP_SRTP
+AVP = SIPP_PCMU_DTMF
+
+
+@pytest.mark.parametrize(
+    ("body", "policy", "srtp"),
+    [
+        (AVP, "off", False),
+        (AVP, "optional", False),
+        (AVP, "required", None),
+        (SAVP, "off", None),
+        (SAVP, "optional", True),
+        (SAVP, "required", True),
+    ],
+)
+def test_srtp_policy(body, policy, srtp):
+    session = SessionDescription.parse(body)
+    if srtp is None:
+        with pytest.raises(NotAcceptable) as info:
+            negotiate(session, srtp_policy=policy)
+        assert "SRTP" in info.value.detail
+        return
+    neg = negotiate(session, srtp_policy=policy)
+    assert neg.srtp_offered is srtp
+    if srtp:
+        assert neg.proto == "RTP/SAVP"
+        assert [c.suite for c in neg.crypto] == [
+            "AES_CM_128_HMAC_SHA1_80",
+            "AES_CM_128_HMAC_SHA1_32",
+        ]
+    else:
+        assert neg.crypto == []
+
+
+def test_savp_without_supported_crypto_is_not_acceptable():
+    no_crypto = offer("m=audio 4000 RTP/SAVP 0")
+    odd_suite = offer("m=audio 4000 RTP/SAVP 0", f"a=crypto:1 F8_128_HMAC_SHA1_80 {KEY80}")
+    for body in (no_crypto, odd_suite):
+        with pytest.raises(NotAcceptable) as info:
+            negotiate(SessionDescription.parse(body), srtp_policy="optional")
+        assert "crypto" in info.value.detail
+
+
+def test_unsupported_suites_are_filtered_and_suites_configurable():
+    body = offer(
+        "m=audio 4000 RTP/SAVP 0",
+        f"a=crypto:1 AES_256_CM_HMAC_SHA1_80 {KEY80}",
+        f"a=crypto:2 AEAD_AES_128_GCM {KEY80}",
+        f"a=crypto:3 AES_CM_128_HMAC_SHA1_32 {KEY80}",
+    )
+    session = SessionDescription.parse(body)
+    assert [c.tag for c in negotiate(session).crypto] == [2, 3]
+    no_gcm = negotiate(session, crypto_suites={"AES_CM_128_HMAC_SHA1_32"})
+    assert [c.tag for c in no_gcm.crypto] == [3]
+
+
+def test_best_effort_srtp_two_streams():
+    body = offer(
+        "m=audio 4000 RTP/AVP 0",
+        "m=audio 4002 RTP/SAVP 0",
+        f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 {KEY80}",
+    )
+    session = SessionDescription.parse(body)
+    optional = negotiate(session, srtp_policy="optional")
+    assert (optional.stream_index, optional.srtp_offered, optional.remote_port) == (1, True, 4002)
+    off = negotiate(session, srtp_policy="off")
+    assert (off.stream_index, off.srtp_offered) == (0, False)
+    answer = build_answer(
+        optional,
+        local_address="198.51.100.1",
+        local_port=20000,
+        session_id=1,
+        version=1,
+        crypto_line=f"1 AES_CM_128_HMAC_SHA1_80 {KEY80}",
+    )
+    media = SessionDescription.parse(answer).media
+    assert [(m.port, m.proto) for m in media] == [(0, "RTP/AVP"), (20000, "RTP/SAVP")]
+
+
+def test_bad_policy_value():
+    with pytest.raises(ValueError):
+        negotiate(SessionDescription.parse(AVP), srtp_policy="maybe")
+
+
+# ---- building answers and offers ----------------------------------------------------------------
+
+
+def test_answer_to_sipp_offer_exact_text():
+    neg = negotiate(SessionDescription.parse(SIPP_PCMU_DTMF))
+    answer = build_answer(
+        neg, local_address="127.0.0.1", local_port=20000, session_id=42, version=3
+    )
+    assert answer == sdp(
+        "v=0",
+        "o=spg-media 42 3 IN IP4 127.0.0.1",
+        "s=spg-media",
+        "c=IN IP4 127.0.0.1",
+        "t=0 0",
+        "m=audio 20000 RTP/AVP 0 101",
+        "a=rtpmap:0 PCMU/8000",
+        "a=rtpmap:101 telephone-event/8000",
+        "a=fmtp:101 0-16",
+        "a=ptime:20",
+        "a=sendrecv",
+    )
+
+
+def test_answer_without_dtmf_and_with_ipv6():
+    neg = negotiate(SessionDescription.parse(SIPP_UAC))
+    answer = build_answer(
+        neg, local_address="2001:db8::5", local_port=20002, session_id=1, version=1
+    )
+    session = SessionDescription.parse(answer)
+    assert session.connection == "2001:db8::5"
+    assert b"IN IP6 2001:db8::5" in answer
+    assert session.media[0].formats == [0]
+    assert b"telephone-event" not in answer
+
+
+def test_answer_rejects_other_streams_in_place_and_echoes_mid():
+    body = offer(
+        "m=video 5000 RTP/AVP 96 97",
+        "a=rtpmap:96 H264/90000",
+        "m=audio 4000 RTP/AVP 8 101",
+        "a=mid:audio1",
+        "a=rtpmap:101 telephone-event/8000",
+        "m=audio 4002 RTP/AVP 0",
+    )
+    neg = negotiate(SessionDescription.parse(body))
+    assert (neg.stream_index, neg.mid) == (1, "audio1")
+    answer = build_answer(
+        neg, local_address="198.51.100.1", local_port=20000, session_id=1, version=1
+    )
+    assert b"m=video 0 RTP/AVP 96 97\r\n" in answer
+    assert b"m=audio 0 RTP/AVP 0\r\n" in answer
+    assert b"a=mid:audio1\r\n" in answer
+    media = SessionDescription.parse(answer).media
+    assert [(m.media, m.port) for m in media] == [("video", 0), ("audio", 20000), ("audio", 0)]
+
+
+def test_srtp_answer_carries_crypto_and_needs_it():
+    neg = negotiate(SessionDescription.parse(BARESIP_SRTP))
+    with pytest.raises(ValueError):
+        build_answer(neg, local_address="198.51.100.1", local_port=20000, session_id=1, version=1)
+    for line in (
+        f"1 AES_CM_128_HMAC_SHA1_80 {KEY80}",
+        f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 {KEY80}",
+    ):
+        answer = build_answer(
+            neg,
+            local_address="198.51.100.1",
+            local_port=20000,
+            session_id=1,
+            version=1,
+            crypto_line=line,
+        )
+        assert f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 {KEY80}\r\n".encode() in answer
+        assert b"m=audio 20000 RTP/SAVP 0 101\r\n" in answer
+
+
+def test_answer_uses_negotiated_ptime_and_offerer_dtmf_pt():
+    body = offer(
+        "m=audio 4000 RTP/AVP 8 96",
+        "a=rtpmap:96 telephone-event/8000",
+        "a=ptime:30",
+    )
+    neg = negotiate(SessionDescription.parse(body))
+    answer = build_answer(
+        neg, local_address="198.51.100.1", local_port=20000, session_id=1, version=1
+    )
+    assert b"m=audio 20000 RTP/AVP 8 96\r\n" in answer
+    assert b"a=rtpmap:96 telephone-event/8000\r\n" in answer
+    assert b"a=ptime:30\r\n" in answer
+
+
+def test_offer_answer_round_trip_with_our_own_offer():
+    our_offer = build_offer(local_address="192.0.2.50", local_port=30000, session_id=7, version=1)
+    assert our_offer == sdp(
+        "v=0",
+        "o=spg-media 7 1 IN IP4 192.0.2.50",
+        "s=spg-media",
+        "c=IN IP4 192.0.2.50",
+        "t=0 0",
+        "m=audio 30000 RTP/AVP 0 8 101",
+        "a=rtpmap:0 PCMU/8000",
+        "a=rtpmap:8 PCMA/8000",
+        "a=rtpmap:101 telephone-event/8000",
+        "a=fmtp:101 0-16",
+        "a=ptime:20",
+        "a=sendrecv",
+    )
+    neg = negotiate(SessionDescription.parse(our_offer))
+    assert (neg.codec, neg.dtmf_payload_type, neg.remote_port) == ("PCMU", 101, 30000)
+    answer = build_answer(
+        neg, local_address="192.0.2.60", local_port=20000, session_id=9, version=1
+    )
+    # the caller reads the answer the same way (testcaller does so)
+    back = negotiate(SessionDescription.parse(answer))
+    assert (back.remote_address, back.remote_port, back.codec, back.direction) == (
+        "192.0.2.60",
+        20000,
+        "PCMU",
+        "sendrecv",
+    )
+
+
+def test_build_offer_options():
+    pcma = build_offer(
+        local_address="192.0.2.50",
+        local_port=30000,
+        session_id=7,
+        version=2,
+        codecs=("PCMA",),
+        dtmf_pt=None,
+    )
+    media = SessionDescription.parse(pcma).media[0]
+    assert media.formats == [8] and b"telephone-event" not in pcma
+    srtp = build_offer(
+        local_address="192.0.2.50",
+        local_port=30000,
+        session_id=7,
+        version=2,
+        dtmf_pt=96,
+        crypto_lines=[f"1 AES_CM_128_HMAC_SHA1_80 {KEY80}"],
+    )
+    neg = negotiate(SessionDescription.parse(srtp), srtp_policy="required")
+    assert (neg.proto, neg.dtmf_payload_type, neg.crypto[0].tag) == ("RTP/SAVP", 96, 1)
+    hold = build_offer(
+        local_address="192.0.2.50", local_port=1, session_id=1, version=1, direction="sendonly"
+    )
+    assert negotiate(SessionDescription.parse(hold)).on_hold
+    with pytest.raises(ValueError):
+        build_offer(local_address="h", local_port=1, session_id=1, version=1, codecs=("G729",))
+    with pytest.raises(ValueError):
+        build_offer(local_address="h", local_port=1, session_id=1, version=1, codecs=())
+
+
+def test_not_acceptable_carries_detail():
+    error = NotAcceptable("no common codec")
+    assert error.detail == "no common codec" and str(error) == "no common codec"
