@@ -4,9 +4,12 @@ This module owns CONTRACT §8: `CallRecord` (exactly the contract's fields), `Cd
 JSON line per call appended to `log.cdr_path`), and `CallbackSender` (the POST of the same JSON
 to the handoff's `X-SPG-Callback`, signed like every platform request).
 
-Card guard: a record holds a card only as `{brand, last4}`. As a last resort, `to_json` (and so
-the CDR line and the callback) refuses with ValueError — naming the field, never its value —
-any record in which a string holds a run of 12 or more digits, i.e. anything that could be a PAN.
+Card guard: a record holds a card only as `{brand, last4}` (anything else there is a bug and
+raises ValueError). As a last resort, `to_json` (and so the CDR line and the callback) masks any
+run of 12–19 digits that passes the Luhn check — anything that could be a PAN — down to its last
+four, and logs a warning naming the field, never the value. It masks rather than refuses so that
+no call's result is ever lost; it checks Luhn so that numeric platform references and Call-IDs
+(most of which fail it) pass untouched.
 
 Callback allow-list (decided here, CONTRACT §2 leaves the detail open): a URL is allowed when
 it matches a prefix of `handoff.callback_allow` as a URL, not as text: same scheme, same host
@@ -37,7 +40,7 @@ from spg_media.payment.signing import SIGNATURE_HEADER, sign
 
 log = logging.getLogger("spg.cdr")
 
-CARD_LIKE_RUN = re.compile(r"[0-9]{12,}")  # 12-19 digits, and any longer run contains one
+CARD_LIKE_RUN = re.compile(r"(?<![0-9])[0-9]{12,19}(?![0-9])")
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
@@ -85,23 +88,42 @@ class CallRecord:
             "ended_at": self.ended_at,
             "durations": {str(k): round(float(v), 3) for k, v in self.durations.items()},
         }
-        _refuse_card_like(data, "")
-        return data
+        masked: dict[str, Any] = _mask_card_like(data, "")
+        return masked
 
 
-def _refuse_card_like(value: Any, where: str) -> None:
-    """Raise ValueError naming `where` (never the value) if any string holds 12+ digits."""
+def _luhn(digits: str) -> bool:
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        value = ord(char) - 48
+        if index % 2:
+            value = value * 2 - 9 if value > 4 else value * 2
+        total += value
+    return total % 10 == 0
+
+
+def _mask_card_like(value: Any, where: str) -> Any:
+    """`value` with every Luhn-valid 12–19 digit run cut to its last four (warning logged)."""
     if isinstance(value, str):
-        if CARD_LIKE_RUN.search(value):
-            raise ValueError(f"call record refused: {where or 'a field'} holds a 12+ digit run")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            name = f"{where}.{key}" if where else str(key)
-            _refuse_card_like(key, f"a key of {where or 'the record'}")
-            _refuse_card_like(item, name)
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            _refuse_card_like(item, f"{where}[{index}]")
+
+        def mask(match: re.Match[str]) -> str:
+            run = match.group(0)
+            if not _luhn(run):
+                return run
+            log.warning("card-like number masked in call record field %s", where or "?")
+            return "*" * (len(run) - 4) + run[-4:]
+
+        return CARD_LIKE_RUN.sub(mask, value)
+    if isinstance(value, dict):
+        return {
+            _mask_card_like(key, f"a key of {where or 'the record'}"): _mask_card_like(
+                item, f"{where}.{key}" if where else str(key)
+            )
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_mask_card_like(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    return value
 
 
 def record_bytes(record: CallRecord) -> bytes:

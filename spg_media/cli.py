@@ -97,12 +97,12 @@ def _host_port(text: str, what: str) -> tuple[str, int]:
 
 def _serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    sip = dataclasses.replace(config.sip, listen=tuple(args.sip)) if args.sip else config.sip
-    for spec in sip.listen:
+    for spec in args.sip:
         try:
             parse_listen(spec)
         except ConfigError as exc:
             raise UsageError(f"--sip: {exc}") from None
+    sip = dataclasses.replace(config.sip, listen=tuple(args.sip)) if args.sip else config.sip
     admin = config.admin
     if args.admin is not None:
         if args.admin:
@@ -156,7 +156,9 @@ def _demo(args: argparse.Namespace) -> int:
         raise UsageError("--expiry: expected MMYY")
     if args.lang is not None and args.lang not in ("en", "es"):
         raise UsageError(f"--lang: unsupported language {args.lang!r} (en, es)")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from spg_media.observability import setup_logging
+
+    setup_logging("text", "warning")
     result = asyncio.run(_demo_async(args))
     return 0 if result in ("approved", "declined") else 1
 
@@ -242,10 +244,15 @@ def _sandbox(args: argparse.Namespace) -> int:
     host, port = _host_port(args.listen, "--listen")
     from spg_media.payment.sandbox import serve_sandbox
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from spg_media.observability import setup_logging
+
+    setup_logging("text", "info")
     print(f"spg-media sandbox platform on http://{host}:{port}", flush=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_sandbox(host, port, args.secret))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve_sandbox(host, port, args.secret))
+    except OSError as exc:
+        raise UsageError(f"--listen: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     return 0
 
 

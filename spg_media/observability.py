@@ -234,6 +234,10 @@ def setup_logging(format: str, level: str, stream: TextIO | None = None) -> logg
     handler.addFilter(CardDataFilter(LOG_MASKED_TOTAL))
     root.addHandler(handler)
     root.setLevel(_LEVELS[level.lower()])
+    # httpx/httpcore log every request URL (tokens, callback query strings) at INFO/DEBUG:
+    # our connector logs what an operator needs, so keep theirs to warnings.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.captureWarnings(True)  # warnings go through the same masking handler
     return handler
 
