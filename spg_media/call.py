@@ -43,8 +43,14 @@ from spg_media.payment.signing import verify_handoff
 from spg_media.rtp.session import MediaEngine, MediaSession
 from spg_media.sip.dialog import Dialog
 from spg_media.sip.message import SipRequest, SipResponse, make_response, new_tag
-from spg_media.sip.sdp import NegotiatedAudio, NotAcceptable, SdpError, SessionDescription
-from spg_media.sip.sdp import build_answer, negotiate
+from spg_media.sip.sdp import (
+    NegotiatedAudio,
+    NotAcceptable,
+    SdpError,
+    SessionDescription,
+    build_answer,
+    negotiate,
+)
 from spg_media.sip.transaction import Address
 from spg_media.sip.ua import ALLOW, SipUserAgent
 from spg_media.sip.uri import NameAddr, SipSyntaxError, SipUri
@@ -468,7 +474,8 @@ class Call:
             self.ua.respond(request, make_response(request, 200))
             if parsed is not None:
                 now = asyncio.get_running_loop().time()
-                self._on_dtmf(DtmfEvent(parsed[0], "start", now, None, "info"))
+                key, duration_ms = parsed
+                self._on_dtmf(DtmfEvent(key, "start", now, duration_ms, "info"))
         elif method == "NOTIFY":
             self.ua.respond(request, make_response(request, 200))
             self.inbox.put_nowait(("notify", request))
@@ -526,7 +533,9 @@ class Call:
 
     # ---- the result ---------------------------------------------------------------------------
 
-    def _result_headers(self, result: Result, outcome: Outcome | None = None) -> list[tuple[str, str]]:
+    def _result_headers(
+        self, result: Result, outcome: Outcome | None = None
+    ) -> list[tuple[str, str]]:
         headers = [("X-SPG-Result", str(result))]
         if outcome is not None and outcome.reference:
             headers.append(("X-SPG-Reference", outcome.reference))
@@ -540,10 +549,8 @@ class Call:
         candidates = [self.handoff.return_to]
         referred_by = self.invite.headers.get("Referred-By")
         if referred_by:
-            try:
+            with contextlib.suppress(SipSyntaxError):
                 candidates.append(str(NameAddr.parse(referred_by).uri))
-            except SipSyntaxError:
-                pass
         if self.transaction is not None:
             candidates.append(self.transaction.return_uri)
         candidates.append(self.config.ivr.return_uri)
@@ -666,7 +673,9 @@ class Call:
         if url and self.services.callbacks.allowed(url):
             self._spawn_detached(self.services.callbacks.send(url, record))
         elif url:
-            log.warning("callback URL not in handoff.callback_allow", extra={"call_id": self.call_id})
+            log.warning(
+                "callback URL not in handoff.callback_allow", extra={"call_id": self.call_id}
+            )
         self.services.count(f"result_{outcome.result}")
         self._emit("result", result=str(outcome.result), reference=outcome.reference)
         log.info(

@@ -40,7 +40,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the SIP user agent")
     serve.add_argument("-c", "--config", help="TOML config file")
-    serve.add_argument("--sip", action="append", default=[], help="listen spec udp|tcp|tls:HOST:PORT")
+    serve.add_argument(
+        "--sip", action="append", default=[], help="listen spec udp|tcp|tls:HOST:PORT"
+    )
     serve.add_argument("--admin", help="admin HTTP HOST:PORT ('' disables)")
 
     demo = sub.add_parser("demo", help="a complete payment call on loopback")
@@ -126,9 +128,7 @@ async def _serve_async(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    logging.getLogger("spg.server").info(
-        "spg-media serving on %s", ", ".join(config.sip.listen)
-    )
+    logging.getLogger("spg.server").info("spg-media serving on %s", ", ".join(config.sip.listen))
     await stop.wait()
     await server.stop()
 
@@ -217,9 +217,18 @@ async def _demo_async(args: argparse.Namespace) -> str:
         await caller.start()
         if await caller.call() != 200:
             return "refused"
-        for field, keys in (("card number", args.card + "#"), ("expiry", args.expiry), ("code", cvc)):
+        for field, keys in (
+            ("card number", args.card + "#"),
+            ("expiry", args.expiry),
+            ("code", cvc),
+        ):
             await caller.wait_prompt_end()
-            say("caller", f"keys the {field}: " + "*" * len(keys.rstrip("#")) + ("#" if keys.endswith("#") else ""))
+            say(
+                "caller",
+                f"keys the {field}: "
+                + "*" * len(keys.rstrip("#"))
+                + ("#" if keys.endswith("#") else ""),
+            )
             await caller.key(keys)
         report = await caller.wait_end(60)
     finally:
@@ -242,9 +251,8 @@ async def _demo_async(args: argparse.Namespace) -> str:
 
 def _sandbox(args: argparse.Namespace) -> int:
     host, port = _host_port(args.listen, "--listen")
-    from spg_media.payment.sandbox import serve_sandbox
-
     from spg_media.observability import setup_logging
+    from spg_media.payment.sandbox import serve_sandbox
 
     setup_logging("text", "info")
     print(f"spg-media sandbox platform on http://{host}:{port}", flush=True)
@@ -252,7 +260,9 @@ def _sandbox(args: argparse.Namespace) -> int:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve_sandbox(host, port, args.secret))
     except OSError as exc:
-        raise UsageError(f"--listen: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise UsageError(
+            f"--listen: cannot listen on {host}:{port}: {exc.strerror or exc}"
+        ) from None
     return 0
 
 
@@ -265,15 +275,21 @@ def _prompts(args: argparse.Namespace) -> int:
     languages = args.lang or list(SUPPORTED_LANGUAGES)
     for lang in languages:
         if lang not in SUPPORTED_LANGUAGES:
-            raise UsageError(f"--lang: unsupported language {lang!r} ({', '.join(SUPPORTED_LANGUAGES)})")
+            raise UsageError(
+                f"--lang: unsupported language {lang!r} ({', '.join(SUPPORTED_LANGUAGES)})"
+            )
     library = PromptLibrary(PromptRenderer(Path(config.tts.cache_dir)))
     for lang in languages:
         started = time.monotonic()
         count = library.prerender(lang)
         print(
             json.dumps(
-                {"lang": lang, "clips": count, "seconds": round(time.monotonic() - started, 2),
-                 "cache_dir": config.tts.cache_dir}
+                {
+                    "lang": lang,
+                    "clips": count,
+                    "seconds": round(time.monotonic() - started, 2),
+                    "cache_dir": config.tts.cache_dir,
+                }
             )
         )
     return 0
@@ -281,7 +297,8 @@ def _prompts(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    print(f"{args.config}: ok ({len(config.sip.listen)} SIP listeners, connector {config.gateway.connector})")
+    listeners = len(config.sip.listen)
+    print(f"{args.config}: ok ({listeners} SIP listeners, connector {config.gateway.connector})")
     return 0
 
 

@@ -13,11 +13,13 @@ dictionary walk and a `sendto`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from spg_media.dtmf.rfc4733 import DtmfEvent, Rfc4733Receiver
 from spg_media.rtp.g711 import encode
@@ -147,7 +149,7 @@ class MediaSession:
         return packet
 
     def encode_prompt(self, samples: object) -> bytes:
-        return encode(samples, self.codec)  # type: ignore[arg-type]
+        return encode(samples, self.codec)
 
 
 class _SessionProtocol(asyncio.DatagramProtocol):
@@ -158,7 +160,8 @@ class _SessionProtocol(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:  # type: ignore[override]
         session = self.engine.sessions.get(self.port)
         if session is not None:
-            session.receive(data, (str(addr[0]), int(addr[1])), self.engine.loop.time())  # type: ignore[call-overload]
+            source = (str(addr[0]), int(cast(int, addr[1])))
+            session.receive(data, source, self.engine.loop.time())
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable while the peer is gone: not worth more than a debug line.
@@ -201,7 +204,7 @@ class MediaEngine:
                 continue
             sock.setblocking(False)
             transport, _ = await self.loop.create_datagram_endpoint(
-                lambda port=port: _SessionProtocol(self, port), sock=sock
+                functools.partial(_SessionProtocol, self, port), sock=sock
             )
             self.transports[port] = transport
             return port

@@ -96,7 +96,9 @@ class Dialog:
             self.local_cseq += 1
             cseq = self.local_cseq
         hdrs = Headers()
-        hdrs.add("Via", f"SIP/2.0/{via_transport.upper()} {via_sent_by};branch={new_branch()};rport")
+        hdrs.add(
+            "Via", f"SIP/2.0/{via_transport.upper()} {via_sent_by};branch={new_branch()};rport"
+        )
         hdrs.add("Max-Forwards", "70")
         hdrs.add("From", self.local_party)
         hdrs.add("To", self.remote_party)

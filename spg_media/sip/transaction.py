@@ -102,7 +102,9 @@ class AckTimeout:
     invite: SipRequest
 
 
-Event = RequestReceived | AckReceived | CancelReceived | ResponseReceived | ClientTimeout | AckTimeout
+Event = (
+    RequestReceived | AckReceived | CancelReceived | ResponseReceived | ClientTimeout | AckTimeout
+)
 
 
 class State(enum.Enum):
@@ -229,7 +231,9 @@ class TransactionLayer:
             return
         if tx.state in (State.COMPLETED, State.TERMINATED):
             if tx.is_invite and response.status >= 300 and tx.final is not None:
-                self._outgoing.append(Outgoing(self._ack_for(tx, response).to_bytes(), tx.destination))
+                self._outgoing.append(
+                    Outgoing(self._ack_for(tx, response).to_bytes(), tx.destination)
+                )
             return
         if response.status < 200:
             if tx.state in (State.CALLING, State.TRYING):
@@ -398,8 +402,10 @@ class TransactionLayer:
         self.server.pop(_server_key(tx.request), None)
 
     def _server_timer(self, tx: ServerTransaction, now: float) -> None:
-        if tx.retransmit_at is not None and now >= tx.retransmit_at and (
-            tx.expires_at is None or now < tx.expires_at
+        if (
+            tx.retransmit_at is not None
+            and now >= tx.retransmit_at
+            and (tx.expires_at is None or now < tx.expires_at)
         ):
             if tx.reply_to is not None:
                 self._outgoing.append(Outgoing(tx.last_response_bytes, tx.reply_to))
@@ -453,8 +459,5 @@ def response_address(request: SipRequest, source: Address) -> Address:
     via: Via = request.top_via
     host = via.params.get("received") or via.host
     rport = via.params.get("rport")
-    if rport:
-        port = int(rport)
-    else:
-        port = via.port or 5060
+    port = int(rport) if rport else via.port or 5060
     return Address(source.transport, host, port)

@@ -14,6 +14,7 @@ response, or a synthetic 408 when the transaction times out or the transport fai
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import ssl
@@ -80,7 +81,7 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:  # type: ignore[override]
-        self.ua.on_bytes(data, Address("udp", str(addr[0]), int(addr[1])))  # type: ignore[call-overload]
+        self.ua.on_bytes(data, Address("udp", str(addr[0]), int(cast(int, addr[1]))))
 
     def error_received(self, exc: Exception) -> None:
         log.debug("sip udp error: %s", exc)
@@ -158,7 +159,7 @@ class SipUserAgent:
         for spec in self.listen:
             if spec.transport == "udp":
                 _, protocol = await self.loop.create_datagram_endpoint(
-                    lambda spec=spec: _Udp(self, spec), local_addr=(spec.host, spec.port)
+                    functools.partial(_Udp, self, spec), local_addr=(spec.host, spec.port)
                 )
                 self.udp[spec.host] = protocol
                 self.udp.setdefault("*", protocol)
@@ -252,7 +253,9 @@ class SipUserAgent:
                 request,
                 exc.status if exc.status >= 400 else 400,
                 exc.reason,
-                headers=[("Warning", f'399 {self.public_host} "{_quote(exc.detail or exc.reason)}"')],
+                headers=[
+                    ("Warning", f'399 {self.public_host} "{_quote(exc.detail or exc.reason)}"')
+                ],
             )
             from spg_media.sip.transaction import response_address
 
@@ -352,7 +355,9 @@ class SipUserAgent:
         handler = self.dialogs.get(request.call_id)
         if to_tag:
             if handler is None:
-                self.respond(request, make_response(request, 481, "Call/Transaction Does Not Exist"))
+                self.respond(
+                    request, make_response(request, 481, "Call/Transaction Does Not Exist")
+                )
             else:
                 handler.on_request(request, source)
             return

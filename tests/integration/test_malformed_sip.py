@@ -51,8 +51,9 @@ def message(
     return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
 
 
-BAD_SDP = "v=0\r\no=x 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 18\r\n"
-VIDEO_ONLY = "v=0\r\no=x 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=video 4000 RTP/AVP 96\r\n"
+SDP_HEAD = "v=0\r\no=x 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+BAD_SDP = SDP_HEAD + "m=audio 4000 RTP/AVP 18\r\n"
+VIDEO_ONLY = SDP_HEAD + "m=video 4000 RTP/AVP 96\r\n"
 
 CASES = [
     ("truncated body", message("OPTIONS", body="abc", content_length=500), 400),
@@ -133,12 +134,17 @@ def test_malformed_requests_get_answers_and_node_keeps_serving(tmp_path):
                 answers[name + " / then OPTIONS"] = await exchange(
                     sock, port, ping.replace(b"{port}", str(me).encode())
                 )
-            for junk in (b"\x00\xff garbage \r\n\r\n", b"INVITE\r\n\r\n", b"SIP/2.0\r\n", b"x" * 65000):
+            for junk in (
+                b"\x00\xff garbage \r\n\r\n",
+                b"INVITE\r\n\r\n",
+                b"SIP/2.0\r\n",
+                b"x" * 65000,
+            ):
                 answers[repr(junk[:12])] = await exchange(sock, port, junk, timeout=0.3)
             answers["final OPTIONS"] = await exchange(
-                sock, port, message(branch="z9hG4bK-last", call_id="last").replace(
-                    b"{port}", str(me).encode()
-                )
+                sock,
+                port,
+                message(branch="z9hG4bK-last", call_id="last").replace(b"{port}", str(me).encode()),
             )
         finally:
             sock.close()
@@ -175,7 +181,9 @@ def test_untrusted_source_gets_403(tmp_path):
         sock.setblocking(False)
         me = sock.getsockname()[1]
         try:
-            return await exchange(sock, port, message("OPTIONS").replace(b"{port}", str(me).encode()))
+            return await exchange(
+                sock, port, message("OPTIONS").replace(b"{port}", str(me).encode())
+            )
         finally:
             sock.close()
             await server.stop(grace_s=1)

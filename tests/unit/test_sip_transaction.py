@@ -20,7 +20,9 @@ PEER = Address("udp", "127.0.0.1", 5062)
 PEER_TCP = Address("tcp", "127.0.0.1", 40000)
 
 
-def request(method: str = "INVITE", branch: str = "z9hG4bK-1", cseq: int = 1, to_tag: str = "") -> SipRequest:
+def request(
+    method: str = "INVITE", branch: str = "z9hG4bK-1", cseq: int = 1, to_tag: str = ""
+) -> SipRequest:
     to = "<sip:pay@127.0.0.1>" + (f";tag={to_tag}" if to_tag else "")
     text = (
         f"{method} sip:pay@127.0.0.1:5080 SIP/2.0\r\n"

@@ -1,0 +1,282 @@
+"""Sans-IO RFC 4733 telephone-event receiver: RTP event packets in, key presses out.
+
+This module owns turning `telephone-event` payloads into DTMF key presses: exactly one "start"
+and one "end" per press, whatever the network or the sender does to the packets.
+
+Theory of operation
+-------------------
+A press is identified by its key ``(RTP timestamp, event code)``: RFC 4733 gives every packet of
+one event (updates and the retransmitted end packets) the timestamp of the event's beginning.
+The receiver keeps one *active* press and a short history of recent presses by key:
+
+* a packet whose key is unknown begins a new press. The "start" is emitted at once, on the first
+  packet that arrives (lowest latency), whether or not it carries the marker bit (senders that
+  forget it exist) and whatever its position in the sequence space (SIPp plays each digit from
+  its own pcap, so consecutive presses have unrelated sequence numbers and timestamps, and
+  "older" numbers cannot be taken to mean "late"). An active press with another key is ended
+  first: its end packets were lost.
+* a packet of the active press updates it; the first one with the E bit ends it. Sequence
+  numbers already seen are duplicates (SIPp sends its end packet three times with one number).
+* a packet of an ended press is ignored: counted as a duplicate (a repeated number, or an end
+  retransmission) or as stale (an update overtaken by the end). One exception: a sender that
+  replays the *same* packets for a second press of the same digit (SIPp playing one pcap twice)
+  repeats already-seen sequence numbers well after the end; a non-end packet with a seen number
+  arriving `replay_gap_s` or more after the end begins a new press.
+* an active press that stops receiving packets is ended by `poll` at `next_wake()`: the later of
+  its last packet and its onset (its first packet's arrival less that packet's duration) plus
+  the last reported duration, plus a guard (`end_guard_s`, stretched to 1.5× the longest gap
+  seen between its packets, for senders with sparse updates on long presses).
+* long events: the 16-bit duration may wrap under the same timestamp (counted as wraps, ordered
+  by sequence number with 16-bit wraparound), or the sender may start a new "segment" with a new
+  timestamp and no E bit in between (RFC 4733 §2.5.1.3). A packet of the same event, without the
+  marker bit, whose timestamp continues the active press (its timestamp minus the press's is,
+  modulo 2^32, the duration last reported, or the press was near the 0xFFFF limit) continues it.
+
+Events other than the 16 DTMF keys (flash, tones, ...) are ignored. Payloads shorter than the
+4-byte event block are counted as malformed; nothing in here raises on network input.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+DTMF_KEYS: Final = "0123456789*#ABCD"  # event codes 0–15 (RFC 4733 §3.2)
+MAX_DURATION: Final = 0xFFFF
+_HISTORY_SIZE: Final = 64  # recent presses remembered to recognise their late packets
+_MAX_SPARSE_GUARD_S: Final = 2.0  # cap on the gap-based guard stretch
+_MAX_REPORTED_S: Final = 2.0  # how far a reported duration may move a deadline past a packet
+_CONTIGUITY_S: Final = 0.03  # tolerance when matching a new segment to the previous one
+_NEAR_LIMIT_S: Final = 1.0  # a segment this close to 0xFFFF may have lost its last packets
+
+
+@dataclass(frozen=True)
+class DtmfEvent:
+    """A key going down ("start") or up ("end"), from one of the DTMF sources.
+
+    The digit is left out of the repr: the keys pressed are card data (PCI DSS), and events end
+    up in debug output and tracebacks.
+    """
+
+    digit: str = field(repr=False)
+    kind: Literal["start", "end"]
+    at: float
+    duration_ms: float | None = None
+    source: str = "rfc4733"
+
+
+@dataclass
+class Rfc4733Stats:
+    packets: int = 0  # every payload handed to receive()
+    duplicates: int = 0  # repeated sequence numbers and end retransmissions
+    stale: int = 0  # packets of a press that had already ended
+    malformed: int = 0  # payloads shorter than 4 bytes
+    lost_end: int = 0  # presses ended without an end packet (timeout or a new event)
+    ignored: int = 0  # events that are not DTMF keys (flash etc.)
+    presses: int = 0  # starts emitted
+    replays: int = 0  # presses recognised as a replay of an ended press's packets
+
+
+def _seq_newer(a: int, b: int) -> bool:
+    """True when sequence number a comes after b (RFC 3550 16-bit serial arithmetic)."""
+    return a != b and ((a - b) & 0xFFFF) < 0x8000
+
+
+@dataclass(slots=True, eq=False, repr=False)  # no repr: the event code is the key pressed
+class _Press:
+    event: int
+    timestamp: int  # of the current segment
+    started_at: float
+    last_at: float
+    onset_at: float = 0.0  # when the event began, by its first packet's arrival and duration
+    seqs: set[int] = field(default_factory=set)
+    newest_seq: int | None = None  # newest packet of the current segment, by sequence number
+    raw_duration: int = 0  # its duration field
+    wraps: int = 0  # times the duration field wrapped within the current segment
+    previous_segments: int = 0  # samples covered by earlier segments
+    duration: int = 0  # samples in all: previous segments plus the current one
+    max_gap: float = 0.0
+    ended_at: float | None = None
+    deadline: float = 0.0  # when poll() ends it without an end packet; kept by _update
+
+    @property
+    def digit(self) -> str:
+        return DTMF_KEYS[self.event]
+
+    @property
+    def segment_duration(self) -> int:
+        return self.wraps * (MAX_DURATION + 1) + self.raw_duration
+
+
+class Rfc4733Receiver:
+    """One RTP stream's telephone events; see the module docstring."""
+
+    def __init__(
+        self,
+        clock_rate: int = 8000,
+        end_guard_s: float = 0.25,
+        *,
+        replay_gap_s: float = 0.05,
+    ) -> None:
+        if clock_rate <= 0:
+            raise ValueError("clock_rate must be positive")
+        if end_guard_s <= 0:
+            raise ValueError("end_guard_s must be positive")
+        self.clock_rate = clock_rate
+        self.end_guard_s = end_guard_s
+        self.replay_gap_s = replay_gap_s
+        self.stats = Rfc4733Stats()
+        self._active: _Press | None = None
+        self._history: OrderedDict[tuple[int, int], _Press] = OrderedDict()
+        self._contiguity = int(_CONTIGUITY_S * clock_rate)
+        self._near_limit = MAX_DURATION - int(_NEAR_LIMIT_S * clock_rate)
+
+    # ---- inputs -------------------------------------------------------------------------------
+
+    def receive(
+        self, payload: bytes, sequence: int, timestamp: int, marker: bool, now: float
+    ) -> list[DtmfEvent]:
+        """One telephone-event packet (the RTP payload and header fields) arriving at `now`."""
+        self.stats.packets += 1
+        if len(payload) < 4:
+            self.stats.malformed += 1
+            return []
+        # Only the first event block counts: more bytes are padding or redundancy we don't use.
+        event = payload[0]
+        is_end = bool(payload[1] & 0x80)
+        raw_duration = (payload[2] << 8) | payload[3]
+        active = self._active
+        out = self._expire(now) if active is not None and now >= active.deadline else []
+        if event >= 16:  # not a DTMF key
+            self.stats.ignored += 1
+            return out
+        sequence &= 0xFFFF
+        timestamp &= 0xFFFFFFFF
+        key = (timestamp, event)
+        press = self._history.get(key)
+        if press is not None:
+            if press.ended_at is None:
+                self._update(press, sequence, timestamp, raw_duration, is_end, now, out)
+                return out
+            if is_end or sequence not in press.seqs or now - press.ended_at < self.replay_gap_s:
+                if is_end or sequence in press.seqs:
+                    self.stats.duplicates += 1
+                else:
+                    self.stats.stale += 1
+                return out
+            self.stats.replays += 1  # same packets again, well after the end: a second press
+        else:
+            active = self._active
+            if (
+                active is not None
+                and active.event == event
+                and not marker
+                and self._continues(active, timestamp)
+            ):
+                self._new_segment(active, timestamp)
+                self._remember(key, active)
+                self._update(active, sequence, timestamp, raw_duration, is_end, now, out)
+                return out
+        if self._active is not None:
+            self.stats.lost_end += 1
+            out.append(self._end(self._active, now))
+        press = _Press(event, timestamp, now, now, now - raw_duration / self.clock_rate)
+        self._active = press
+        self._remember(key, press)
+        self.stats.presses += 1
+        out.append(DtmfEvent(press.digit, "start", now))
+        self._update(press, sequence, timestamp, raw_duration, is_end, now, out)
+        return out
+
+    def poll(self, now: float) -> list[DtmfEvent]:
+        """Timers: end the active press if its packets stopped (its end packets were lost)."""
+        return self._expire(now)
+
+    def next_wake(self) -> float | None:
+        """When `poll` has something to do, or None."""
+        return None if self._active is None else self._active.deadline
+
+    # ---- internals ----------------------------------------------------------------------------
+
+    def _expire(self, now: float) -> list[DtmfEvent]:
+        active = self._active
+        if active is None or now < active.deadline:
+            return []
+        self.stats.lost_end += 1
+        return [self._end(active, now)]
+
+    def _deadline(self, press: _Press) -> float:
+        guard = max(self.end_guard_s, min(1.5 * press.max_gap, _MAX_SPARSE_GUARD_S))
+        # The key is down at least until onset + last reported duration; the first packet's
+        # arrival dates the onset conservatively (it is never early), so bursts of delayed
+        # updates do not end a press that the sender says is still going. Capped against
+        # absurd durations.
+        reported_end = min(
+            press.onset_at + press.duration / self.clock_rate, press.last_at + _MAX_REPORTED_S
+        )
+        return max(press.last_at, reported_end) + guard
+
+    def _update(
+        self,
+        press: _Press,
+        sequence: int,
+        timestamp: int,
+        raw_duration: int,
+        is_end: bool,
+        now: float,
+        out: list[DtmfEvent],
+    ) -> None:
+        if sequence in press.seqs:
+            self.stats.duplicates += 1
+            return
+        press.seqs.add(sequence)
+        if now > press.last_at:
+            press.max_gap = max(press.max_gap, now - press.last_at)
+            press.last_at = now
+        # Durations of late packets of an earlier segment are already in previous_segments.
+        newest = press.newest_seq
+        if timestamp == press.timestamp and (newest is None or _seq_newer(sequence, newest)):
+            if newest is not None and raw_duration < press.raw_duration - 0x8000:
+                press.wraps += 1  # same timestamp, duration went past 0xFFFF
+            press.newest_seq = sequence
+            press.raw_duration = raw_duration
+            press.duration = (
+                press.previous_segments + press.wraps * (MAX_DURATION + 1) + raw_duration
+            )
+        if is_end:
+            out.append(self._end(press, now))
+        else:
+            press.deadline = self._deadline(press)
+
+    def _continues(self, press: _Press, timestamp: int) -> bool:
+        """Does a new timestamp of the same event continue `press` as a new segment?"""
+        delta = (timestamp - press.timestamp) & 0xFFFFFFFF
+        seen = press.segment_duration
+        if delta == 0 or delta >= 0x80000000:  # not after the press: not its continuation
+            return False
+        if abs(delta - seen) <= self._contiguity:
+            return True
+        # The previous segment's last packets may be lost; it must then have been near the limit.
+        return seen >= self._near_limit and seen <= delta <= MAX_DURATION + self._contiguity
+
+    def _new_segment(self, press: _Press, timestamp: int) -> None:
+        press.previous_segments += (timestamp - press.timestamp) & 0xFFFFFFFF
+        press.timestamp = timestamp
+        press.newest_seq = None
+        press.raw_duration = 0
+        press.wraps = 0
+        press.duration = press.previous_segments
+
+    def _end(self, press: _Press, now: float) -> DtmfEvent:
+        press.ended_at = now
+        if self._active is press:
+            self._active = None
+        duration_ms = press.duration * 1000.0 / self.clock_rate
+        return DtmfEvent(press.digit, "end", now, duration_ms)
+
+    def _remember(self, key: tuple[int, int], press: _Press) -> None:
+        self._history[key] = press
+        self._history.move_to_end(key)
+        while len(self._history) > _HISTORY_SIZE:
+            self._history.popitem(last=False)
