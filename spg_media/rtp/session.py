@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
+import numpy as np
+
 from spg_media.dtmf.rfc4733 import DtmfEvent, Rfc4733Receiver
 from spg_media.rtp.g711 import encode
 from spg_media.rtp.packet import RtpError, RtpPacket, build_rtp, is_rtcp
@@ -148,7 +150,7 @@ class MediaSession:
         self.stats.sent += 1
         return packet
 
-    def encode_prompt(self, samples: object) -> bytes:
+    def encode_prompt(self, samples: np.ndarray) -> bytes:
         return encode(samples, self.codec)
 
 
