@@ -85,8 +85,14 @@ CASES = [
 
 
 async def exchange(sock: socket.socket, port: int, data: bytes, timeout: float = 1.0) -> list[int]:
-    """Send one datagram, collect the final status codes answered within `timeout`."""
+    """Send one datagram, collect the final status codes answered to it within `timeout`.
+
+    Replies carrying another Call-ID are ignored: an un-ACKed INVITE failure is rightly
+    retransmitted (RFC 3261 Timer G) and may arrive while a later case is in flight.
+    """
     loop = asyncio.get_running_loop()
+    call_ids = [line[8:].strip() for line in data.split(b"\r\n") if line.startswith(b"Call-ID:")]
+    call_id = call_ids[0] if call_ids else None
     sock.sendto(data, ("127.0.0.1", port))
     statuses: list[int] = []
     deadline = loop.time() + timeout
@@ -95,6 +101,8 @@ async def exchange(sock: socket.socket, port: int, data: bytes, timeout: float =
             reply = await asyncio.wait_for(loop.sock_recv(sock, 65535), deadline - loop.time())
         except TimeoutError:
             break
+        if call_id is not None and b"Call-ID: " + call_id + b"\r\n" not in reply:
+            continue
         first = reply.split(b"\r\n", 1)[0].split()
         if len(first) >= 2 and first[0] == b"SIP/2.0" and int(first[1]) >= 200:
             statuses.append(int(first[1]))

@@ -773,9 +773,10 @@ def httpcore_transport(status: int, body: bytes) -> httpx.AsyncHTTPTransport:
 
 
 def test_no_card_data_in_logs_exceptions_or_results(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG)
-    for name in ("httpx", "httpcore", "spg", "spg.connector", "spg.sandbox"):
-        logging.getLogger(name).setLevel(logging.DEBUG)
+    # caplog.set_level restores each logger's level when the test ends, so no later test
+    # inherits DEBUG on "spg" or httpx.
+    for name in ("", "httpx", "httpcore", "spg", "spg.connector", "spg.sandbox"):
+        caplog.set_level(logging.DEBUG, logger=name or None)
     texts: list[str] = []
 
     def leaky_reset(request: httpx.Request) -> httpx.Response:

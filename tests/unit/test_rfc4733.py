@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -654,6 +655,8 @@ def test_keyed_card_never_appears_in_reprs() -> None:
     printed = " ".join(repr(e) + str(e) for e in events)
     printed += repr(receiver) + repr(receiver.stats) + repr(vars(receiver).get("_active"))
     printed += " ".join(repr(p) for p in receiver._history.values())
+    # Object addresses ("at 0x7fd4d4617e20") are not card data but may contain "737" by chance.
+    printed = re.sub(r"0x[0-9a-f]+", "0x?", printed)
     assert "digit=" not in printed
     for secret in (pan, pan[:6], expiry, cvc, "'4'", "'1'"):
         assert secret not in printed
