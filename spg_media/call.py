@@ -28,6 +28,12 @@ from spg_media.config import Config
 from spg_media.dtmf.merge import DtmfMerger
 from spg_media.dtmf.rfc4733 import DtmfEvent
 from spg_media.dtmf.sipinfo import parse_info_dtmf
+from spg_media.observability import (
+    CALLS_ACTIVE,
+    CALLS_REJECTED_TOTAL,
+    CALLS_TOTAL,
+    DTMF_DIGITS_TOTAL,
+)
 from spg_media.payment.connectors import Connector, ConnectorError
 from spg_media.payment.journey import (
     Authorize,
@@ -116,10 +122,6 @@ class CallServices:
     callbacks: CallbackSender
     calls: dict[str, Call] = field(default_factory=dict)
     observer: Callable[[str, str, dict[str, Any]], None] | None = None  # (call_id, kind, details)
-    counters: dict[str, int] = field(default_factory=dict)
-
-    def count(self, name: str, n: int = 1) -> None:
-        self.counters[name] = self.counters.get(name, 0) + n
 
 
 class Call:
@@ -162,6 +164,7 @@ class Call:
     async def run(self) -> None:
         self.services.calls[self.call_id] = self
         self.ua.dialogs[self.call_id] = self
+        CALLS_ACTIVE.inc()
         try:
             await self._run()
         except Exception:
@@ -300,7 +303,7 @@ class Call:
     def _on_dtmf(self, event: DtmfEvent) -> None:
         digit = self.merger.feed(event)
         if digit is not None:
-            self.services.count(f"dtmf_{event.source}")
+            DTMF_DIGITS_TOTAL.inc(source=event.source)
             self.inbox.put_nowait(("digit", digit))
 
     # ---- the connector ------------------------------------------------------------------------
@@ -380,7 +383,7 @@ class Call:
             headers=[("Warning", f'399 {self.config.sip.public_host} "{detail[:120]}"')],
         )
         self.ua.respond(self.invite, response)
-        self.services.count(f"rejected_{status}")
+        CALLS_REJECTED_TOTAL.inc(status=str(status))
 
     async def _answer(self) -> None:
         assert self.negotiated is not None
@@ -676,7 +679,7 @@ class Call:
             log.warning(
                 "callback URL not in handoff.callback_allow", extra={"call_id": self.call_id}
             )
-        self.services.count(f"result_{outcome.result}")
+        CALLS_TOTAL.inc(result=str(outcome.result))
         self._emit("result", result=str(outcome.result), reference=outcome.reference)
         log.info(
             "call result %s",
@@ -706,6 +709,7 @@ class Call:
         task.add_done_callback(background.discard)
 
     def _cleanup(self) -> None:
+        CALLS_ACTIVE.dec()
         for task in self._tasks:
             if not task.done() and task.get_coro().__name__ != "_authorize":  # type: ignore[union-attr]
                 task.cancel()

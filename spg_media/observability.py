@@ -516,6 +516,11 @@ CALLS_TOTAL = METRICS.counter(
     "spg_calls_total", "Calls ended, by result (CONTRACT section 5).", ("result",)
 )
 CALLS_ACTIVE = METRICS.gauge("spg_calls_active", "Calls in progress.")
+CALLS_REJECTED_TOTAL = METRICS.counter(
+    "spg_calls_rejected_total",
+    "INVITEs refused before answering, by SIP status (488 no common media, 503 draining...).",
+    ("status",),
+)
 SIP_MESSAGES_TOTAL = METRICS.counter(
     "spg_sip_messages_total",
     "SIP messages by direction (in, out) and kind (request method or response status class).",

@@ -18,6 +18,7 @@ from typing import Any
 from spg_media.call import Call, CallServices
 from spg_media.cdr import CallbackSender, CdrWriter
 from spg_media.config import Config, parse_listen
+from spg_media.observability import CALLS_REJECTED_TOTAL
 from spg_media.payment.connectors import make_connector
 from spg_media.rtp.session import MediaEngine
 from spg_media.sip.message import SipRequest, make_response
@@ -109,6 +110,7 @@ class Server:
                 invite,
                 make_response(invite, 503, "Service Unavailable", headers=[("Retry-After", "5")]),
             )
+            CALLS_REJECTED_TOTAL.inc(status="503")
             return
         call = Call(self.services, invite, source)
         task = asyncio.get_running_loop().create_task(call.run())

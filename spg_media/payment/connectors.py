@@ -29,6 +29,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from spg_media.observability import CONNECTOR_LATENCY_SECONDS, CONNECTOR_REQUESTS_TOTAL
 from spg_media.payment.model import (
     AuthorizationResult,
     CardData,
@@ -111,6 +112,17 @@ class HttpConnector:
     # ---- lookup -------------------------------------------------------------------------------
 
     async def lookup(self, token: str) -> TransactionInfo | None:
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            info = await self._lookup(token)
+            outcome = "not_found" if info is None else "found"
+            return info
+        finally:
+            CONNECTOR_REQUESTS_TOTAL.inc(op="lookup", outcome=outcome)
+            CONNECTOR_LATENCY_SECONDS.observe(time.perf_counter() - started)
+
+    async def _lookup(self, token: str) -> TransactionInfo | None:
         if not valid_token(token):
             log.info("transaction token rejected without a request: not a URL-safe word")
             return None
@@ -137,6 +149,19 @@ class HttpConnector:
     # ---- authorisation ------------------------------------------------------------------------
 
     async def authorize(
+        self, tx: TransactionInfo, card: CardData, attempt: int, idempotency_key: str
+    ) -> AuthorizationResult:
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            result = await self._authorize(tx, card, attempt, idempotency_key)
+            outcome = str(result.result)
+            return result
+        finally:
+            CONNECTOR_REQUESTS_TOTAL.inc(op="authorize", outcome=outcome)
+            CONNECTOR_LATENCY_SECONDS.observe(time.perf_counter() - started)
+
+    async def _authorize(
         self, tx: TransactionInfo, card: CardData, attempt: int, idempotency_key: str
     ) -> AuthorizationResult:
         if not valid_token(tx.token):

@@ -13,6 +13,7 @@ dictionary walk and a `sendto`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import random
@@ -24,6 +25,7 @@ from typing import cast
 import numpy as np
 
 from spg_media.dtmf.rfc4733 import DtmfEvent, Rfc4733Receiver
+from spg_media.observability import RTP_DROPPED_TOTAL, RTP_PACKETS_TOTAL
 from spg_media.rtp.g711 import encode
 from spg_media.rtp.packet import RtpError, RtpPacket, build_rtp, is_rtcp
 
@@ -71,6 +73,22 @@ class MediaSession:
         self._silence = bytes([SILENCE_BYTE[self.codec]]) * self.samples_per_packet
         self.receiver = Rfc4733Receiver()
         self.next_send_at: float | None = None
+        self._reported = MediaStats()
+
+    def report_stats(self) -> None:
+        """Add what changed since the last report to the process's RTP counters."""
+        now, last = self.stats, self._reported
+        if now.received != last.received:
+            RTP_PACKETS_TOTAL.inc(now.received - last.received, direction="in")
+        if now.sent != last.sent:
+            RTP_PACKETS_TOTAL.inc(now.sent - last.sent, direction="out")
+        if now.dropped_foreign != last.dropped_foreign:
+            RTP_DROPPED_TOTAL.inc(now.dropped_foreign - last.dropped_foreign, reason="source")
+        if now.dropped_malformed != last.dropped_malformed:
+            RTP_DROPPED_TOTAL.inc(
+                now.dropped_malformed - last.dropped_malformed, reason="malformed"
+            )
+        self._reported = dataclasses.replace(now)
 
     # ---- receiving --------------------------------------------------------------------------
 
@@ -219,7 +237,9 @@ class MediaEngine:
             self._tick_task = self.loop.create_task(self._tick())
 
     def close(self, port: int) -> None:
-        self.sessions.pop(port, None)
+        session = self.sessions.pop(port, None)
+        if session is not None:
+            session.report_stats()
         transport = self.transports.pop(port, None)
         if transport is not None:
             transport.close()
@@ -232,6 +252,7 @@ class MediaEngine:
 
     async def _tick(self) -> None:
         interval = 0.02
+        ticks = 0
         next_tick = self.loop.time()
         while self.sessions:
             now = self.loop.time()
@@ -250,6 +271,10 @@ class MediaEngine:
                     sent += 1
                 if session.next_send_at < now - 0.1:
                     session.next_send_at = now
+            ticks += 1
+            if ticks % 50 == 0:  # once a second: the counters stay current at 1/50 of the cost
+                for session in self.sessions.values():
+                    session.report_stats()
             next_tick += interval
             delay = next_tick - self.loop.time()
             if delay < -0.1:

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol, cast
 
+from spg_media.observability import SIP_MESSAGES_TOTAL, SIP_PARSE_ERRORS_TOTAL
 from spg_media.sip.message import (
     Headers,
     SipParseError,
@@ -221,12 +222,15 @@ class SipUserAgent:
             message = parse_message(data)
         except SipParseError as exc:
             self.parse_errors += 1
+            SIP_PARSE_ERRORS_TOTAL.inc()
             self._answer_malformed(data, source, exc)
             return
         except Exception:  # the parser promises SipParseError only; never let the loop die
             self.parse_errors += 1
+            SIP_PARSE_ERRORS_TOTAL.inc()
             log.exception("parser failure on a message from %s", source)
             return
+        SIP_MESSAGES_TOTAL.inc(direction="in", kind=_message_kind(data))
         try:
             if isinstance(message, SipRequest):
                 if not self._is_trusted(source.host):
@@ -436,6 +440,7 @@ class SipUserAgent:
         task.add_done_callback(self._tasks.discard)
 
     def _send(self, data: bytes, address: Address) -> None:
+        SIP_MESSAGES_TOTAL.inc(direction="out", kind=_message_kind(data))
         if address.transport == "udp":
             protocol = self.udp.get("*")
             if protocol is None or protocol.transport is None:
@@ -449,6 +454,20 @@ class SipUserAgent:
             self.transactions.fail_destination(address)
             return
         stream.send(data)
+
+
+_METRIC_METHODS = frozenset(
+    {"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "REFER", "NOTIFY", "UPDATE", "PRACK"}
+)
+
+
+def _message_kind(data: bytes) -> str:
+    """The metric label of a message: its method, or its status class ("2xx"); a fixed set."""
+    first = data[:16]
+    if first.startswith(b"SIP/2.0 ") and len(first) >= 9 and first[8:9].isdigit():
+        return f"{first[8:9].decode()}xx"
+    method = first.split(b" ", 1)[0].decode("ascii", "replace")
+    return method if method in _METRIC_METHODS else "other"
 
 
 def new_headers(items: Iterable[tuple[str, str]]) -> Headers:

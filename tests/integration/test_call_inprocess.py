@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from spg_media import observability as obs
 from spg_media.cdr import CallbackSender
 from spg_media.config import Config, load_config
 from spg_media.server import Server
@@ -37,6 +38,29 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def metric_values() -> dict[str, float]:
+    """The process-wide counters a payment call must move."""
+    return {
+        "approved": obs.CALLS_TOTAL.get(result="approved"),
+        "declined": obs.CALLS_TOTAL.get(result="declined"),
+        "digits": obs.DTMF_DIGITS_TOTAL.get(source="rfc4733"),
+        "authorize": sum(
+            obs.CONNECTOR_REQUESTS_TOTAL.get(op="authorize", outcome=o)
+            for o in ("approved", "declined", "error")
+        ),
+        "rtp_in": obs.RTP_PACKETS_TOTAL.get(direction="in"),
+        "rtp_out": obs.RTP_PACKETS_TOTAL.get(direction="out"),
+        "invites_in": obs.SIP_MESSAGES_TOTAL.get(direction="in", kind="INVITE"),
+        "active": obs.CALLS_ACTIVE.get(),
+    }
 
 
 def node_config(tmp_path: Path, **ivr: Any) -> Config:
@@ -157,7 +181,11 @@ def log_text(record: logging.LogRecord) -> str:
 def test_concurrent_payments_approve_decline_and_leak_nothing(tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     config = node_config(tmp_path)
+    admin = f"127.0.0.1:{free_tcp_port()}"
+    config = dataclasses.replace(config, admin=dataclasses.replace(config.admin, listen=admin))
     capture = Capture()
+    before = metric_values()
+    admin_pages: dict[str, str] = {}
 
     async def scenario() -> list[CallerReport]:
         server, port = await start_node(config, capture)
@@ -166,11 +194,28 @@ def test_concurrent_payments_approve_decline_and_leak_nothing(tmp_path, caplog):
                 pay(port, f"sbx-4990-EUR-t{i}", [pan + "#", expiry, cvc])
                 for i, (pan, (expiry, cvc)) in enumerate(CARDS.items())
             ]
-            return list(await asyncio.gather(*calls))
+            reports = list(await asyncio.gather(*calls))
+            async with httpx.AsyncClient(base_url=f"http://{admin}") as client:
+                for page in ("/metrics", "/calls", "/healthz"):
+                    response = await client.get(page)
+                    assert response.status_code == 200, page
+                    admin_pages[page] = response.text
+            return reports
         finally:
             await server.stop(grace_s=10)
 
     reports = asyncio.run(scenario())
+    after = metric_values()
+    assert after["approved"] - before["approved"] == 3
+    assert after["declined"] - before["declined"] == 1
+    assert after["digits"] - before["digits"] == sum(
+        len(pan) + 1 + len(expiry) + len(cvc) for pan, (expiry, cvc) in CARDS.items()
+    )
+    assert after["authorize"] - before["authorize"] == 4
+    assert after["rtp_in"] > before["rtp_in"] and after["rtp_out"] > before["rtp_out"]
+    assert after["invites_in"] - before["invites_in"] >= 4  # retransmissions count too
+    assert after["active"] == before["active"]
+    assert 'spg_calls_total{result="approved"}' in admin_pages["/metrics"]
     results = [r.result_headers.get("X-SPG-Result") for r in reports]
     assert results == ["approved", "approved", "approved", "declined"]
     assert reports[0].result_headers["X-SPG-Card"] == "visa 1111"
@@ -188,6 +233,7 @@ def test_concurrent_payments_approve_decline_and_leak_nothing(tmp_path, caplog):
     blobs += [data.decode() for data in capture.callbacks]
     blobs += [Path(config.log.cdr_path).read_text()]
     blobs += [log_text(record) for record in caplog.records]
+    blobs += list(admin_pages.values())
     assert_no_card_data(blobs, CARDS)
 
 

@@ -825,3 +825,45 @@ def test_no_card_data_in_logs_exceptions_or_results(caplog: pytest.LogCaptureFix
         if record.exc_info:
             texts.append(logging.Formatter().formatException(record.exc_info))
     assert_no_card_data("\n".join(texts))
+
+
+# ---- metrics ------------------------------------------------------------------------------------
+
+
+def test_requests_are_counted_by_operation_and_outcome() -> None:
+    from spg_media import observability as obs
+
+    def count(op: str, outcome: str) -> float:
+        return obs.CONNECTOR_REQUESTS_TOTAL.get(op=op, outcome=outcome)
+
+    labels = [
+        ("lookup", "found"),
+        ("lookup", "not_found"),
+        ("lookup", "error"),
+        ("authorize", "approved"),
+        ("authorize", "declined"),
+        ("authorize", "error"),
+    ]
+    before = {label: count(*label) for label in labels}
+    latency_before = obs.CONNECTOR_LATENCY_SECONDS.get_count()
+    connector, _ = over_sandbox()
+    broken = Scripted(answer(b"{bad")).connector()
+
+    async def main() -> None:
+        try:
+            await connector.lookup("sbx-4990-EUR-1")
+            await connector.lookup("unknown")
+            with pytest.raises(ConnectorError):
+                await broken.lookup("tok-1")
+            await connector.authorize(tx(), card(), 1, "m-1")
+            await connector.authorize(tx(), card("4000000000000002"), 1, "m-2")
+            await broken.authorize(tx("tok-1"), card(), 1, "m-3")
+        finally:
+            await connector.aclose()
+            await broken.aclose()
+
+    run(main())
+    assert {label: count(*label) - before[label] for label in labels} == dict.fromkeys(labels, 1)
+    assert obs.CONNECTOR_LATENCY_SECONDS.get_count() - latency_before == 6
+    rendered = obs.METRICS.render_prometheus()
+    assert "4111111111111111" not in rendered and "411111" not in rendered

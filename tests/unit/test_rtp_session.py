@@ -1,0 +1,109 @@
+"""MediaSession: latching, DTMF hand-off, prompt playback and the counters it reports."""
+
+from __future__ import annotations
+
+import struct
+
+from spg_media import observability as obs
+from spg_media.dtmf.rfc4733 import DtmfEvent
+from spg_media.rtp.packet import RtpPacket, build_rtp
+from spg_media.rtp.session import MediaSession
+
+CALLER = ("127.0.0.1", 40000)
+OTHER = ("127.0.0.1", 40002)
+
+
+def event_packet(key: int, seq: int, ts: int, duration: int, end: bool = False) -> bytes:
+    payload = struct.pack("!BBH", key, 0x80 | 10 if end else 10, duration)
+    return build_rtp(101, seq, ts, 0x1234, payload, marker=duration == 160)
+
+
+def session(**kwargs: object) -> MediaSession:
+    return MediaSession(codec="PCMU", remote=("127.0.0.1", 9), dtmf_payload_type=101, **kwargs)  # type: ignore[arg-type]
+
+
+def test_latches_on_the_first_source_and_answers_there() -> None:
+    media = session()
+    media.receive(build_rtp(0, 1, 160, 7, b"\xff" * 160), CALLER, 0.0)
+    assert media.latched == CALLER and media.remote == CALLER
+    media.receive(build_rtp(0, 1, 160, 8, b"\xff" * 160), OTHER, 0.02)
+    assert media.stats.dropped_foreign == 1
+    assert media.stats.received == 1 and media.stats.audio == 1
+
+
+def test_malformed_and_rtcp_are_counted_not_fatal() -> None:
+    media = session()
+    media.receive(b"\x80\x00", CALLER, 0.0)
+    media.receive(b"\x81\xc9" + b"\x00" * 6, CALLER, 0.01)  # RTCP RR on the RTP port
+    assert media.stats.dropped_malformed == 1 and media.stats.rtcp == 1
+    assert media.stats.received == 0
+
+
+def test_telephone_events_become_one_press() -> None:
+    got: list[DtmfEvent] = []
+    media = session(on_dtmf=got.append)
+    for n, duration in enumerate((160, 320, 480)):
+        media.receive(event_packet(5, 10 + n, 8000, duration), CALLER, n * 0.05)
+    for n in range(3):  # the end packet, sent three times
+        media.receive(event_packet(5, 13 + n, 8000, 640, end=True), CALLER, 0.2 + n * 0.01)
+    assert [(e.digit, e.kind) for e in got] == [("5", "start"), ("5", "end")]
+    assert media.stats.events == 6
+
+
+def test_audio_goes_to_the_audio_hook() -> None:
+    heard: list[tuple[bytes, float]] = []
+    media = session(on_audio=lambda payload, now: heard.append((payload, now)))
+    media.receive(build_rtp(0, 1, 160, 7, b"\x10" * 160), CALLER, 1.5)
+    media.receive(build_rtp(8, 2, 320, 7, b"\x10" * 160), CALLER, 1.52)  # PCMA: not ours
+    assert heard == [(b"\x10" * 160, 1.5)]
+
+
+def test_playback_pads_to_packets_then_reports_done_and_sends_silence() -> None:
+    done: list[bool] = []
+    media = session(on_playback_done=lambda: done.append(True))
+    media.play(b"\x01" * 300)  # 1.875 packets: padded with silence to 2
+    assert media.playing
+    first = RtpPacket.parse(media.next_packet())
+    second = RtpPacket.parse(media.next_packet())
+    assert first.marker and not second.marker
+    assert first.payload == b"\x01" * 160
+    assert second.payload == b"\x01" * 140 + b"\xff" * 20
+    assert done == [True] and not media.playing
+    silence = RtpPacket.parse(media.next_packet())
+    assert silence.payload == b"\xff" * 160
+    assert (second.sequence - first.sequence) % 65536 == 1
+    assert (silence.timestamp - second.timestamp) % 2**32 == 160
+    assert media.stats.sent == 3
+
+
+def test_stop_ends_playback_without_done() -> None:
+    done: list[bool] = []
+    media = session(on_playback_done=lambda: done.append(True))
+    media.play(b"\x01" * 1600)
+    media.next_packet()
+    media.stop()
+    assert not media.playing and done == []
+
+
+def test_report_stats_adds_only_what_changed() -> None:
+    def values() -> tuple[float, float, float, float]:
+        return (
+            obs.RTP_PACKETS_TOTAL.get(direction="in"),
+            obs.RTP_PACKETS_TOTAL.get(direction="out"),
+            obs.RTP_DROPPED_TOTAL.get(reason="source"),
+            obs.RTP_DROPPED_TOTAL.get(reason="malformed"),
+        )
+
+    start = values()
+    media = session()
+    media.receive(build_rtp(0, 1, 160, 7, b"\xff" * 160), CALLER, 0.0)
+    media.receive(build_rtp(0, 2, 320, 7, b"\xff" * 160), OTHER, 0.0)
+    media.receive(b"\x80", CALLER, 0.0)
+    media.next_packet()
+    media.next_packet()
+    media.report_stats()
+    media.report_stats()  # nothing new: adds nothing
+    assert [b - a for a, b in zip(start, values(), strict=True)] == [1, 2, 1, 1]
+    media.receive(build_rtp(0, 3, 480, 7, b"\xff" * 160), CALLER, 0.02)
+    media.report_stats()
+    assert values()[0] - start[0] == 2
