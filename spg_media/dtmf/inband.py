@@ -1,0 +1,1099 @@
+"""In-band DTMF: a sans-IO detector that hears keypad tones in the audio of many channels at once.
+
+This module owns finding DTMF digits in 8 kHz audio: `InbandDetector` is fed (channels × samples)
+blocks and the time, and hands back one "start" and one "end" `DtmfEvent` per key press and
+channel (source "inband"); `scan` runs it over one recording for `spg-media dtmf-scan`. It opens
+nothing, reads no clock and keeps no per-channel Python objects: every channel is a row of the
+numpy state arrays, and one `process` call serves all the channels of a media tick.
+
+Theory of operation
+-------------------
+Each channel's stream is cut into 10 ms *frames* (80 samples; what is left of a call waits for
+the next one) and 5 ms *sub-blocks* (40 samples). Work is done in two stages, so that its cost
+follows what is on the line, not the number of channels.
+
+1. **Screen, every channel, every frame.** A glance at every 4th sample tells silence (below
+   -60 dBm0) from sound; silent channels stop there. For the others, every other sample (4 kHz:
+   the DTMF tones, all under 2 kHz, keep their power and bin) of each frame is correlated with
+   the 8 frequencies, one matrix multiply for all channels. A 20 ms window (the frame and the one
+   before) is *screened in* when it has -49 dBm0 and its strongest row plus strongest column hold
+   half of its energy. Noise and about 97 % of speech stop here; the screen is lenient, as all it
+   decides is where to look closely.
+2. **Analysis, for channels screened in (or with a digit, candidate or glide in progress).** Each
+   sub-block is correlated at full rate with the 8 frequencies (one matrix multiply). The
+   correlators are the plain 40-sample ones pulled to zero response (-31 dB) around the other
+   group's tones and their own image, so each gives its tone's amplitude and phase undisturbed
+   by the other tone. A 20 ms decision window (4 sub-blocks) ends at every sub-block. Its
+   strongest row and column (20 ms coherent sums); each tone's frequency offset from the phase
+   advance between the window's halves (unwrapped with the 5 ms advance, unambiguous over
+   ±100 Hz): this resolves a hertz or two where 102-sample Goertzel bins (spandsp, Asterisk) are
+   78 Hz wide, so ±1.5 % is accepted and ±3.5 % rejected for all eight tones. A window is a
+   *hit* when both tones are at least -46 dBm0 and together -43 dBm0, the twist is within 9.5 dB
+   (row louder, "normal") or 5.5 dB (column louder, "reverse"), both offsets are within 2.5 %,
+   and the two tones hold 75 % of the window's energy (speech and music spread theirs over
+   harmonics).
+
+Decisions, per sub-block, vectorised over the channels where something happens:
+
+* a digit *starts* when hit windows of one digit (one miss tolerated) have seen its tones for
+  22 ms, the tones still fill the last sub-block and hold 85 % of the last window's energy, and
+  that window's spectrum (a 256-point FFT, only then) shows nothing else within 10 dB of the
+  weaker tone, and the two frequencies are not in a low-order harmonic ratio (4/3, 3/2, 5/3,
+  2/1, ...) that no in-spec DTMF pair can show but two harmonics of a voice do. The onset is
+  estimated from how much of each sub-block the tones fill (their amplitude against the steady
+  level), so a tone shorter than 20 ms never qualifies, one of 25 ms or more does, and the start
+  event is dated at the onset. Keypad tones start abruptly: when the
+  tones were not below half their level in the two sub-blocks before the first hit window, 35 ms
+  are required.
+* speech and music that glide through the accepted band are held off: a steady two-tone pattern
+  seen off frequency (or refused by the spectrum check) "taints" that pair for as long as it lasts.
+* a started digit lasts while each 5 ms sub-block holds both its tones at half their start
+  amplitude or more, with half the sub-block's energy (a phase jump from a lost packet or a
+  sample slip does not stop it); it *ends* after 20 ms without them, dated where the tones
+  stopped. So breaks of up to 15 ms are bridged and gaps of 20 ms or more split repeated digits.
+* a channel whose audio stops for more than `GAP_BREAK_S` (as `now` tells) ends its digit where
+  the audio stopped and starts afresh: a long outage is never bridged into one press.
+
+Levels are in dBm0 with spandsp's reference: a 0 dBm0 sine peaks at 32767 × 10^(-3.14/20) ≈ 22,790
+(G.711 μ-law overloads at about +3.17 dBm0). A level given for a digit is the sum of both tones.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from spg_media.dtmf.rfc4733 import DtmfEvent
+
+__all__ = ["DBM0_PEAK", "GAP_BREAK_S", "KEYS", "InbandDetector", "scan"]
+
+RATE: Final = 8000
+KEYS: Final = "123A456B789C*0#D"  # digit index = 4 × row + column
+ROW_HZ: Final = (697.0, 770.0, 852.0, 941.0)
+COL_HZ: Final = (1209.0, 1336.0, 1477.0, 1633.0)
+
+SUB: Final = 40  # sub-block: 5 ms, the time resolution of every decision
+FRAME: Final = 80  # the detector's own block: 10 ms
+SUBS_PER_FRAME: Final = FRAME // SUB
+WIN: Final = 4  # decision window: 4 sub-blocks, 20 ms
+LOOK: Final = 2  # sub-blocks before a window where its tones' onset must show
+HIST: Final = WIN - 1 + LOOK  # sub-blocks of history a window needs
+DEC_PER_FRAME: Final = FRAME // 2  # the screen takes every other sample
+
+DBM0_PEAK: Final = 32767.0 * 10.0 ** (-3.14 / 20.0)  # peak of a 0 dBm0 sine (spandsp's reference)
+_P0: Final = DBM0_PEAK**2 / 2.0  # power of a 0 dBm0 sine
+
+
+def _dbm0(level: float) -> float:
+    """Power (mean square, int16 scale) of a sine at `level` dBm0."""
+    return float(_P0 * 10.0 ** (level / 10.0))
+
+
+# Acceptance (the standards' figures are in the comments).
+_MIN_TONE_POWER: Final = _dbm0(-46.0)  # each tone; -36 dBm0 with 8 dB twist puts one at -44.6
+_MIN_PAIR_POWER: Final = _dbm0(-43.0)  # both together; "below -50 dBm0 ignored"
+_NORMAL_TWIST: Final = 10.0 ** (9.5 / 10.0)  # row louder: 8 dB accepted
+_REVERSE_TWIST: Final = 10.0 ** (5.5 / 10.0)  # column louder: 4 dB accepted
+_MAX_OFFSET: Final = 0.025  # relative frequency error: 1.5 % accepted, 3.5 % rejected
+_MIN_FRACTION: Final = 0.75  # share of a hit window's energy in the two tones
+_START_FRACTION: Final = 0.85  # ... in the window that starts a digit (fully covered by then)
+_START_MS: Final = 22.0  # tone seen this long to start (< 20 ms rejected, >= 40 ms accepted)
+_START_NO_ONSET_MS: Final = 35.0  # ... when no abrupt onset was seen
+_MIN_LAST_COVER: Final = 0.9  # the tones must still fill the last sub-block to start
+_ONSET_COVER: Final = 0.5  # before an onset, the tones are below half their steady amplitude
+_FLAT_COVER: Final = 0.8  # a window all of whose sub-blocks hold the tones this much is steady
+_PATTERN_FRACTION: Final = 0.7  # two tones holding this share of a window form a pattern
+_PURITY_DB: Final = -10.0  # nothing else in a starting window's spectrum within this of a tone
+_PURITY_GUARD_HZ: Final = 130.0  # around each tone: its own main lobe (Hann, 20 ms) and more
+_PURITY_LOW_HZ: Final = 150.0  # hum and DC are no reason to refuse a digit
+_PRESENT_LEVEL: Final = 0.5  # a started digit's tones, against their start amplitude
+_PRESENT_FRACTION: Final = 0.5  # ... and their share of the sub-block's energy
+_END_SUBS: Final = 4  # sub-blocks without the tones that end a digit (20 ms)
+_CAND_MISSES: Final = 1  # misses tolerated while a candidate builds up
+GAP_BREAK_S: Final = 0.1  # audio missing longer than this ends a digit and restarts a channel
+_RING: Final = 4  # calls of audio kept for the history of channels that become hot
+
+# Screen thresholds: lenient, they only decide where to analyse.
+_SCREEN_FRACTION: Final = 0.5
+_SCREEN_POWER: Final = _dbm0(-49.0)
+_FRAME_GATE: Final = _dbm0(-60.0)
+
+_W: Final = 2.0 * np.pi * np.array(ROW_HZ + COL_HZ) / RATE  # rad/sample
+_START_SAMPLES: Final = _START_MS * RATE / 1000.0
+_START_NO_ONSET_SAMPLES: Final = _START_NO_ONSET_MS * RATE / 1000.0
+_TINY: Final = 1e-9
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+C64 = npt.NDArray[np.complex64]
+I64 = npt.NDArray[np.int64]
+Idx = npt.NDArray[np.intp]
+Bools = npt.NDArray[np.bool_]
+Events = list[tuple[int, DtmfEvent]]
+
+
+def _basis(positions: npt.NDArray[np.int64], scale: float = 1.0) -> F32:
+    """Correlators (len(positions) × 16): cos, then -sin, of the 8 tones at those sample
+    positions, so that x @ basis is Re and Im of sum x[n] e^{-i w n} (phase 0 at position 0)."""
+    n = positions[:, None].astype(np.float64)
+    return (np.concatenate([np.cos(_W * n), -np.sin(_W * n)], axis=1) * scale).astype(np.float32)
+
+
+# The screen reads a frame's int16 pairs as int32: the high half is the odd sample, times 65536
+# (the low half adds less than one unit of it), so the decimation costs no copy.
+_DEC_BASIS: Final = _basis(np.arange(DEC_PER_FRAME) * 2 + 1, 1.0 / 65536.0)
+_DEC_ENERGY: Final = 65536.0**2
+
+
+_ROT_SUB: Final = np.exp(-1j * _W * SUB)  # a tone's phase advance over a sub-block, undone
+
+
+def _correlators() -> tuple[F32, F64]:
+    """The 5 ms correlators (40 × 16, like _basis) and their gain off frequency.
+
+    A plain 40-sample correlator is 200 Hz wide: it also sees the other group's tone at -13 dB
+    and its own negative frequency. Each of these is the plain one (gain 40 at its tone) pulled
+    towards zero response over ±3 % around the other group's four tones and its own image, by
+    regularised least squares: leakage below -31 dB, noise gain under 1.3. So a sub-block's
+    correlations give the two tones' amplitudes and phases cleanly, whatever the digit.
+    Returns the basis and, per tone, the gain |H(w (1 + e))| / 40 for e on _GAIN_STEPS.
+    """
+    n = np.arange(SUB)
+    spread = np.linspace(-_NULL_SPAN, _NULL_SPAN, 7)
+    basis = np.zeros((SUB, 16))
+    gains = np.zeros((8, _GAIN_STEPS.size))
+    for k in range(8):
+        plain = np.exp(-1j * _W[k] * n)
+        others = _W[4:] if k < 4 else _W[:4]
+        stop = [s * w * (1 + e) for w in others for s in (1, -1) for e in spread]
+        stop += [-_W[k] * (1 + e) for e in spread]
+        response = np.exp(1j * np.outer(stop, n))  # H(f) = response @ h
+        normal = np.eye(SUB) + _NULL_WEIGHT * (response.conj().T @ response)
+        inverse = np.linalg.inv(normal)
+        tone = np.exp(1j * _W[k] * n)
+        g, q = inverse @ plain, inverse @ tone.conj()
+        h = g + (SUB - tone @ g) / (tone @ q) * q  # keeps H(w_k) = 40
+        basis[:, 2 * k], basis[:, 2 * k + 1] = h.real, h.imag  # interleaved: complex64 view
+        probe = np.exp(1j * np.outer(_W[k] * (1 + _GAIN_STEPS), n))
+        gains[k] = np.abs(probe @ h) / SUB
+    return basis.astype(np.float32), gains
+
+
+_NULL_SPAN: Final = 0.03
+_NULL_WEIGHT: Final = 3.0
+_GAIN_STEPS: Final = np.linspace(-0.06, 0.06, 121)
+_SUB_BASIS, _SUB_GAIN = _correlators()
+
+
+def _sub_gain(tone: I64, delta: F64) -> F64:
+    """The correlator's gain for `tone` at relative offset delta (rad/sample)."""
+    rel = delta / _W[tone]
+    step = _GAIN_STEPS[1] - _GAIN_STEPS[0]
+    at = np.clip(np.rint((rel - _GAIN_STEPS[0]) / step), 0, _GAIN_STEPS.size - 1).astype(np.intp)
+    return np.asarray(_SUB_GAIN[tone, at])
+
+
+class InbandDetector:
+    """Batched in-band DTMF detection for many channels at 8000 Hz.
+
+    `add_channel` gives a slot; `process(slots, block, now)` takes a (len(slots) × N) block of
+    int16 samples (floats are taken on the int16 scale), row i continuing slot slots[i]'s stream,
+    with `now` the time just after the block's last sample, and returns (slot, DtmfEvent) pairs.
+    Slots left out of a call simply get no audio that tick (a lost packet).
+    """
+
+    _alive: Bools
+    _pend: npt.NDArray[np.int16]  # samples waiting for a whole frame
+    _npend: I64
+    _dprev: F32  # the previous frame's power at the 8 frequencies (screen)
+    _eprev: F32  # ... and its energy (decimated)
+    _sprev: Bools  # the previous frame was screened in
+    _zh: C64  # the last HIST sub-blocks' correlations (HIST × 8)
+    _eh: F32  # ... and energies
+    _zvalid: Bools  # _zh/_eh are up to date (the channel was analysed last time)
+    _hist_from: I64  # the first call (sequence number) whose audio is this channel's history
+    _busy: Bools  # a digit, a candidate or a glide in progress: analyse whatever the screen
+    _pos: I64  # samples analysed: the position of the next frame
+    _tlast: F64  # time just after the last sample received
+    _act: I64  # the digit in progress, or -1
+    _act_on: F64  # its onset (sample position)
+    _act_end: F64  # where its tones were last seen to end
+    _act_ref: F32  # (2 × slots) its row and column amplitude per sub-block, as correlated
+    _act_absent: I64  # sub-blocks in a row without its tones
+    _cand: I64  # the digit building up to a start, or -1
+    _cand_on: F64  # its estimated onset
+    _cand_miss: I64  # windows missed since its last hit
+    _cand_need: F64  # samples it must be seen for to start
+    _taint: I64  # the digit whose tones are now gliding through, or -1
+
+    def __init__(self, sample_rate: int = RATE) -> None:
+        if sample_rate != RATE:
+            raise ValueError(f"the in-band detector works at {RATE} Hz, not {sample_rate}")
+        self._free: list[int] = []
+        self._scratch = _Scratch()
+        # The audio of the last calls, (sequence number, frames (rows × samples), slot -> row):
+        # the history a channel needs when it becomes hot. A copy of each block, where keeping
+        # a per-channel history cost three strided copies of every channel per call.
+        self._ring: list[tuple[int, npt.NDArray[np.int16], npt.NDArray[np.int32]]] = []
+        self._seq = 0
+        self._size = 0
+        self._capacity = 0
+        self._grow(16)
+
+    # ---- slots ---------------------------------------------------------------------------------
+
+    def _grow(self, capacity: int) -> None:
+        old = self._size
+
+        def new(
+            current: npt.NDArray[np.generic] | None,
+            shape: tuple[int, ...],
+            dtype: npt.DTypeLike,
+            fill: object,
+        ) -> npt.NDArray[np.generic]:
+            array = np.full((capacity, *shape), fill, dtype=dtype)
+            if current is not None and old:
+                array[:old] = current[:old]
+            return array
+
+        def cur(name: str) -> npt.NDArray[np.generic] | None:
+            return getattr(self, name, None)  # type: ignore[no-any-return]
+
+        self._alive = new(cur("_alive"), (), np.bool_, False)  # type: ignore[assignment]
+        self._pend = new(cur("_pend"), (FRAME,), np.int16, 0)  # type: ignore[assignment]
+        self._npend = new(cur("_npend"), (), np.int64, 0)  # type: ignore[assignment]
+        dprev = np.zeros((8, capacity), dtype=np.float32)  # channels last, as the screen uses it
+        if old:
+            dprev[:, :old] = self._dprev[:, :old]
+        self._dprev = dprev
+        self._eprev = new(cur("_eprev"), (), np.float32, 0)  # type: ignore[assignment]
+        self._sprev = new(cur("_sprev"), (), np.bool_, False)  # type: ignore[assignment]
+        self._zh = new(cur("_zh"), (HIST, 8), np.complex64, 0)  # type: ignore[assignment]
+        self._eh = new(cur("_eh"), (HIST,), np.float32, 0)  # type: ignore[assignment]
+        self._zvalid = new(cur("_zvalid"), (), np.bool_, False)  # type: ignore[assignment]
+        self._hist_from = new(cur("_hist_from"), (), np.int64, 0)  # type: ignore[assignment]
+        self._busy = new(cur("_busy"), (), np.bool_, False)  # type: ignore[assignment]
+        self._pos = new(cur("_pos"), (), np.int64, 0)  # type: ignore[assignment]
+        self._tlast = new(cur("_tlast"), (), np.float64, np.nan)  # type: ignore[assignment]
+        self._act = new(cur("_act"), (), np.int64, -1)  # type: ignore[assignment]
+        self._act_on = new(cur("_act_on"), (), np.float64, 0)  # type: ignore[assignment]
+        self._act_end = new(cur("_act_end"), (), np.float64, 0)  # type: ignore[assignment]
+        act_ref = np.zeros((2, capacity), dtype=np.float32)
+        if old:
+            act_ref[:, :old] = self._act_ref[:, :old]
+        self._act_ref = act_ref
+        self._act_absent = new(cur("_act_absent"), (), np.int64, 0)  # type: ignore[assignment]
+        self._cand = new(cur("_cand"), (), np.int64, -1)  # type: ignore[assignment]
+        self._cand_on = new(cur("_cand_on"), (), np.float64, 0)  # type: ignore[assignment]
+        self._cand_miss = new(cur("_cand_miss"), (), np.int64, 0)  # type: ignore[assignment]
+        self._cand_need = new(cur("_cand_need"), (), np.float64, 0)  # type: ignore[assignment]
+        self._taint = new(cur("_taint"), (), np.int64, -1)  # type: ignore[assignment]
+        self._capacity = capacity
+
+    def _reset(self, slots: Idx) -> None:
+        """Forget everything of these channels but their existence."""
+        self._pend[slots] = 0
+        self._npend[slots] = 0
+        self._dprev[:, slots] = 0
+        self._eprev[slots] = 0
+        self._sprev[slots] = False
+        self._zh[slots] = 0
+        self._eh[slots] = 0
+        self._zvalid[slots] = False
+        self._hist_from[slots] = self._seq + 1
+        self._busy[slots] = False
+        self._act[slots] = -1
+        self._act_absent[slots] = 0
+        self._cand[slots] = -1
+        self._cand_miss[slots] = 0
+        self._taint[slots] = -1
+
+    def add_channel(self) -> int:
+        """A new channel's slot (a freed one is reused), its state reset."""
+        if self._free:
+            slot = self._free.pop()
+        else:
+            if self._size == self._capacity:
+                self._grow(self._capacity * 2)
+            slot = self._size
+            self._size += 1
+        self._reset(np.array([slot], dtype=np.intp))
+        self._alive[slot] = True
+        self._pos[slot] = 0
+        self._tlast[slot] = np.nan
+        return slot
+
+    def remove_channel(self, slot: int) -> None:
+        """Give a slot back (a digit in progress is dropped without an event)."""
+        self._check_slot(slot)
+        self._alive[slot] = False
+        self._free.append(slot)
+
+    def _check_slot(self, slot: int) -> None:
+        if not 0 <= slot < self._size or not self._alive[slot]:
+            raise ValueError(f"no such in-band channel: {slot}")
+
+    # ---- the per-tick entry points -------------------------------------------------------------
+
+    def process(self, slots: Sequence[int], block: npt.ArrayLike, now: float) -> Events:
+        """Feed `block` (len(slots) × N samples, any N) and return the digits' start/end events.
+
+        `slots` may be a list or an int array (an array in slot order is cheapest: the state is
+        then sliced, not gathered); each slot at most once. N need not be a multiple of the
+        detector's 80-sample frame: leftovers wait, per slot, for the next call. Events carry
+        source "inband"; `at` is the onset (start) or the end of the tones (end), worked out
+        from sample positions counted back from `now`; "end" events carry duration_ms. A slot
+        whose audio resumes more than GAP_BREAK_S after its last block ends its digit first.
+        Raises ValueError for unknown, removed or repeated slots or a mismatched block.
+        """
+        index = np.asarray(slots, dtype=np.intp).reshape(-1)
+        data = np.asarray(block)
+        if data.ndim == 1 and index.size == 1:
+            data = data.reshape(1, -1)
+        if data.ndim != 2 or data.shape[0] != index.size:
+            raise ValueError(f"block shape {data.shape} does not match {index.size} slots")
+        if index.size == 0 or data.shape[1] == 0:
+            return []
+        sel = self._selector(index)
+        samples = _as_int16(data)
+        n = samples.shape[1]
+        events: Events = []
+
+        # Audio missing for a while: end what was in progress where the audio stopped.
+        tlast = self._tlast[sel]
+        broken = np.flatnonzero((now - n / RATE) - tlast > GAP_BREAK_S)  # NaN compares False
+        if broken.size:
+            self._end_active(index[broken], tlast[broken], events)
+            self._reset(index[broken])
+        self._tlast[sel] = now
+
+        npend = self._npend[sel]
+        if n % FRAME == 0 and not npend.any():  # the usual tick: whole frames, nothing waiting
+            frames = samples.reshape(index.size, n // FRAME, FRAME)
+            self._run(index, sel, frames, now, 0, events)
+            return events
+        for waiting in np.unique(npend):
+            rows = np.flatnonzero(npend == waiting)
+            group = index[rows]
+            joined = np.concatenate([self._pend[group, :waiting], samples[rows]], axis=1)
+            whole = joined.shape[1] // FRAME * FRAME
+            left = joined.shape[1] - whole
+            if whole:
+                frames = joined[:, :whole].reshape(group.size, whole // FRAME, FRAME)
+                self._run(group, group, frames, now, left, events)
+            self._pend[group, :left] = joined[:, whole:]
+            self._npend[group] = left
+        return events
+
+    def _selector(self, index: Idx) -> Idx | slice:
+        """Check the slots of a call; a run of consecutive slots is taken as a slice (views
+        instead of gathers and scatters of the state: the usual case, all channels in order)."""
+        first, last = int(index[0]), int(index[-1])
+        if last - first == index.size - 1 and (index.size == 1 or (np.diff(index) == 1).all()):
+            if first < 0 or last >= self._size or not self._alive[first : last + 1].all():
+                raise ValueError("process: unknown or removed slot")
+            return slice(first, last + 1)
+        if index.min() < 0 or index.max() >= self._size or not self._alive[index].all():
+            raise ValueError("process: unknown or removed slot")
+        seen = np.zeros(self._size, dtype=bool)
+        seen[index] = True
+        if np.count_nonzero(seen) != index.size:
+            raise ValueError("process: a slot given twice")
+        return index
+
+    def flush(self, slot: int, now: float) -> Events:
+        """The stream ended: end a digit in progress and forget the channel's partial state."""
+        self._check_slot(slot)
+        index = np.array([slot], dtype=np.intp)
+        events: Events = []
+        tlast = self._tlast[index]
+        self._end_active(index, np.where(np.isnan(tlast), now, np.minimum(tlast, now)), events)
+        self._reset(index)
+        return events
+
+    # ---- internals -----------------------------------------------------------------------------
+
+    def _end_active(self, slots: Idx, tlast: F64, events: Events) -> None:
+        """End the digits in progress on `slots`, tlast[i] being the time just after slot i's
+        last sample received (position _pos + _npend)."""
+        for i in np.flatnonzero(self._act[slots] >= 0):
+            slot = int(slots[i])
+            base = float(tlast[i]) - float(self._pos[slot] + self._npend[slot]) / RATE
+            if self._act_absent[slot] == 0:  # its tones were still on when the audio stopped
+                end = float(self._pos[slot])
+            else:
+                end = float(self._act_end[slot])
+            events.append(
+                (slot, _end_event(int(self._act[slot]), base, float(self._act_on[slot]), end))
+            )
+        self._act[slots] = -1
+
+    def _run(
+        self,
+        slots: Idx,
+        sel: Idx | slice,
+        frames: npt.NDArray[np.int16],
+        now: float,
+        left: int,
+        events: Events,
+    ) -> None:
+        """Analyse whole frames (rows × F × 80) of `slots` (`sel` selects them in the state
+        arrays); `left` samples wait after them."""
+        rows, nframes = frames.shape[:2]
+        frames = np.ascontiguousarray(frames)
+        count = nframes * FRAME
+
+        # 1. Screen every channel; 2. analyse those screened in and those busy.
+        screened, active, last_power, last_energy = _screen(
+            frames, self._dprev[:, sel], self._eprev[sel], self._scratch
+        )
+        self._dprev[:, sel] = last_power
+        self._eprev[sel] = last_energy
+        busy = np.flatnonzero(self._busy[sel])
+        if not active.size and not busy.size:  # silence, and nothing going on
+            self._remember(slots, frames, active)
+            self._zvalid[sel] = False
+            self._sprev[sel] = False
+            self._pos[sel] += count
+            return
+        # A frame is analysed when its window or the one before was screened in.
+        hot_frame = screened.copy()
+        hot_frame[0] |= self._sprev[sel]
+        hot_frame[1:] |= screened[:-1]
+        self._sprev[sel] = screened[-1]
+        any_hot = hot_frame[0].copy()
+        for f in range(1, nframes):
+            any_hot |= hot_frame[f]
+        any_hot[busy] = True
+        hot = np.flatnonzero(any_hot)
+        hot_slots = slots[hot]
+        flat = frames.reshape(rows, count)
+        if hot.size:
+            pos0 = self._pos[hot_slots]
+            base = now - (pos0 + count + left) / RATE  # time of sample position 0
+            self._analyse(hot_slots, flat[hot], hot_frame[:, hot], pos0, base, events)
+            self._busy[hot_slots] = (
+                (self._act[hot_slots] >= 0)
+                | (self._cand[hot_slots] >= 0)
+                | (self._taint[hot_slots] >= 0)
+            )
+        valid = np.zeros(rows, dtype=bool)
+        valid[hot] = True
+        self._zvalid[sel] = valid
+        self._pos[sel] += count
+        self._remember(slots, frames, active)
+
+    def _remember(self, slots: Idx, frames: npt.NDArray[np.int16], active: Idx) -> None:
+        """Keep this call's audio as the history of the next calls: a copy of the channels with
+        sound; the quiet ones are marked -2 (their history: zeros), those not in the call -1."""
+        self._seq += 1
+        rowmap = np.full(self._capacity, -1, dtype=np.int32)
+        if 2 * active.size > slots.size:
+            rowmap[slots] = np.arange(slots.size, dtype=np.int32)
+            kept = frames.reshape(slots.size, -1).copy()
+        else:
+            rowmap[slots] = -2
+            rowmap[slots[active]] = np.arange(active.size, dtype=np.int32)
+            kept = frames.reshape(slots.size, -1)[active]
+        self._ring.append((self._seq, kept, rowmap))
+        del self._ring[:-_RING]
+
+    def _history(self, slots: Idx) -> npt.NDArray[np.int16]:
+        """The HIST sub-blocks of audio before this call, (k × 200), for some channels: from the
+        last calls they were in; zeros where they were quiet, or where there is nothing (a new
+        or reset channel, or more calls missed than the ring holds)."""
+        want = HIST * SUB
+        out = np.zeros((slots.size, want), dtype=np.int16)
+        filled = np.zeros(slots.size, dtype=np.int64)
+        start = self._hist_from[slots]
+        for seq, data, rowmap in reversed(self._ring):
+            if filled.min() >= want:
+                break
+            rows = np.where(slots < rowmap.size, rowmap[np.minimum(slots, rowmap.size - 1)], -1)
+            usable = (rows != -1) & (seq >= start) & (filled < want)
+            if not usable.any():
+                continue
+            length = data.shape[1]
+            for value in np.unique(filled[usable]).tolist():
+                pick = np.flatnonzero(usable & (filled == value))
+                take = min(length, want - value)
+                loud = pick[rows[pick] >= 0]  # the quiet ones stay zeros
+                out[loud, want - value - take : want - value] = data[rows[loud], length - take :]
+                filled[pick] = value + take
+        return out
+
+    def _analyse(
+        self,
+        slots: Idx,
+        flat: npt.NDArray[np.int16],
+        hot_frame: Bools,
+        pos0: I64,
+        base: F64,
+        events: Events,
+    ) -> None:
+        """Full-rate analysis and the decision state machine for the channels screened in.
+
+        hot_frame is (F × rows). Arrays here keep the channels on the last axis."""
+        rows = slots.size
+        nsub = flat.shape[1] // SUB
+        x = flat.reshape(rows * nsub, SUB).astype(np.float32)
+        z_new = (x @ _SUB_BASIS).view(np.complex64).reshape(rows, nsub, 8)
+        e_new = np.einsum("ij,ij->i", x, x).reshape(rows, nsub)
+
+        # The audio before this call, for the channels that need it: those not analysed last
+        # time rebuild their correlation history from it, and a digit's last check reads it.
+        act = self._act[slots]
+        cand = self._cand[slots]
+        taint = self._taint[slots]
+        stale = ~self._zvalid[slots]
+        history = np.zeros((rows, HIST * SUB), dtype=np.int16)
+        known = stale.copy()
+        gone_stale = np.flatnonzero(stale)
+        if gone_stale.size:
+            history[gone_stale] = self._history(slots[gone_stale])
+            hx = history[gone_stale].reshape(-1, SUB).astype(np.float32)
+            self._zh[slots[gone_stale]] = (hx @ _SUB_BASIS).view(np.complex64).reshape(-1, HIST, 8)
+            self._eh[slots[gone_stale]] = np.einsum("ij,ij->i", hx, hx).reshape(-1, HIST)
+        z_all = np.concatenate([self._zh[slots], z_new], axis=1)  # (rows, HIST + nsub, 8)
+        e_all = np.concatenate([self._eh[slots], e_new], axis=1)
+        self._zh[slots] = z_all[:, -HIST:]
+        self._eh[slots] = e_all[:, -HIST:]
+        zt = np.ascontiguousarray(z_all.transpose(2, 1, 0))  # (8, HIST + nsub, rows)
+        et = np.ascontiguousarray(e_all.T)  # (HIST + nsub, rows)
+
+        act_ref = self._act_ref[:, slots]
+        absent = self._act_absent[slots]
+
+        # Is the digit in progress still there, sub-block by sub-block? (nsub × rows)
+        present = np.zeros((nsub, rows), dtype=bool)
+        cover = np.zeros((nsub, rows), dtype=np.float32)
+        going = np.flatnonzero(act >= 0)
+        if going.size:
+            present[:, going], cover[:, going] = _presence(
+                zt[:, HIST:, going], et[HIST:, going], act[going], act_ref[:, going]
+            )
+        # Decision windows are needed wherever a digit may begin.
+        need = (act < 0) | (absent > 0) | (cand >= 0) | (taint >= 0)
+        need[going] |= ~present[:, going].all(axis=0)
+        looking = np.flatnonzero(need)
+        win = _Windows((nsub, rows))
+        if looking.size:
+            win.fill(looking, _windows(zt[:, :, looking], et[:, looking], nsub))
+
+        # Only the channels where something happens go through the state machine: the others
+        # are either idle with nothing seen, or holding a digit whose tones never left.
+        eventful = (
+            (cand >= 0)
+            | (taint >= 0)
+            | (win.digit >= 0).any(axis=0)
+            | (win.pair >= 0).any(axis=0)
+            | win.glide.any(axis=0)
+        )
+        eventful[going] |= ~present[:, going].all(axis=0)
+        steady = np.flatnonzero((act >= 0) & ~eventful)
+        if steady.size:  # tones on all along: they end, for now, with the last sub-block
+            last_start = (pos0[steady] + (nsub - 1) * SUB).astype(np.float64)
+            self._act_end[slots[steady]] = last_start + SUB * cover[-1, steady]
+            self._act_absent[slots[steady]] = 0
+        moving = np.flatnonzero(eventful)
+        if moving.size:
+            # Their audio's history, for a digit's last check (those that may start one).
+            wanted = moving[~known[moving] & (win.digit[:, moving] >= 0).any(axis=0)]
+            if wanted.size:
+                history[wanted] = self._history(slots[wanted])
+            self._decide(
+                slots[moving],
+                win.select(moving),
+                present[:, moving],
+                cover[:, moving],
+                zt[:, :, moving],
+                et[:, moving],
+                hot_frame[:, moving],
+                np.concatenate([history[moving], flat[moving]], axis=1),
+                pos0[moving],
+                base[moving],
+                events,
+            )
+
+    def _decide(
+        self,
+        slots: Idx,
+        win: _Windows,
+        present: Bools,
+        cover: F32,
+        zt: C64,
+        et: F32,
+        hot_frame: Bools,
+        audio: npt.NDArray[np.int16],
+        pos0: I64,
+        base: F64,
+        events: Events,
+    ) -> None:
+        """The state machine, sub-block by sub-block, vectorised over channels. `audio` is
+        each channel's history (HIST sub-blocks) then this call's samples."""
+        nsub = present.shape[0]
+        act = self._act[slots]
+        act_on = self._act_on[slots]
+        act_end = self._act_end[slots]
+        act_ref = self._act_ref[:, slots]
+        absent = self._act_absent[slots]
+        cand = self._cand[slots]
+        cand_on = self._cand_on[slots]
+        cand_miss = self._cand_miss[slots]
+        cand_need = self._cand_need[slots]
+        taint = self._taint[slots]
+
+        for j in range(nsub):
+            on = act >= 0
+            if not (
+                hot_frame[j // SUBS_PER_FRAME].any()
+                or on.any()
+                or (cand >= 0).any()
+                or (taint >= 0).any()
+            ):
+                continue  # nothing to look at or to carry on with in this sub-block
+            sub_start = (pos0 + j * SUB).astype(np.float64)
+            end_here = sub_start + SUB
+
+            # -- the digit in progress: still there, or gone for long enough to end?
+            if on.any():
+                here = present[j] & on
+                gone = on & ~here
+                c = cover[j]
+                # Where the tones stopped: the end of the last sub-block holding them, plus
+                # what they fill of the first one without them.
+                act_end = np.where(here, sub_start + SUB * c, act_end)
+                first_gone = gone & (absent == 0) & (act_end >= sub_start - 0.5)
+                act_end = np.where(first_gone, act_end + SUB * c, act_end)
+                absent = np.where(here, 0, np.where(gone, absent + 1, absent))
+                ended = np.flatnonzero(gone & (absent >= _END_SUBS))
+                if ended.size:
+                    events += _end_events(
+                        slots[ended], act[ended], base[ended], act_on[ended], act_end[ended]
+                    )
+                    act[ended] = -1
+                    absent[ended] = 0
+
+            # -- hits, glides and candidates
+            looked = hot_frame[j // SUBS_PER_FRAME] | (act >= 0) | (cand >= 0) | (taint >= 0)
+            # A steady two-tone pattern seen off frequency (or not clean) taints that pair
+            # while it lasts: speech and music glide into the accepted band, keypad tones
+            # start in it.
+            pair = np.where(looked, win.pair[j], -1)
+            taint = np.where(pair != taint, -1, taint)
+            taint = np.where(looked & win.glide[j], pair, taint)
+            hit = np.where(looked, win.digit[j], -1)
+            hit = np.where((hit == taint) | ((act >= 0) & (hit == act)), -1, hit)
+            same = (hit >= 0) & (hit == cand)
+            fresh = (hit >= 0) & (hit != cand)
+            cand_on = np.where(fresh, end_here - win.covered[j], cand_on)
+            cand_need = np.where(
+                fresh, np.where(win.onset[j], _START_SAMPLES, _START_NO_ONSET_SAMPLES), cand_need
+            )
+            cand = np.where(fresh, hit, cand)
+            cand_miss = np.where(hit >= 0, 0, cand_miss + 1)
+            cand = np.where((hit < 0) & (cand_miss > _CAND_MISSES), -1, cand)
+            ready = (
+                (same | fresh)
+                & (end_here - cand_on >= cand_need)
+                & (win.last_cover[j] >= _MIN_LAST_COVER)
+            )
+            begun = np.flatnonzero(ready & (win.fraction[j] >= _START_FRACTION))
+            if not begun.size:
+                continue
+            # Last check, on the spectrum of the window: nothing but the two tones.
+            first = HIST * SUB + (j + 1 - WIN) * SUB
+            freq = win.freq[:, j, begun].T
+            pure = _pure(audio[begun, first : first + WIN * SUB], freq) & ~_harmonics(freq)
+            if not pure.all():  # more than two tones, or a voice: not again in this pattern
+                refused = begun[~pure]
+                taint[refused] = cand[refused]
+                cand[refused] = -1
+                begun = begun[pure]
+                if not begun.size:
+                    continue
+            again = begun[act[begun] >= 0]  # another digit without a gap: the old one ends first
+            if again.size:
+                events += _end_events(
+                    slots[again], act[again], base[again], act_on[again], act_end[again]
+                )
+            for slot, digit, at in zip(
+                slots[begun].tolist(),
+                cand[begun].tolist(),
+                (base[begun] + cand_on[begun] / RATE).tolist(),
+                strict=True,
+            ):
+                events.append((slot, DtmfEvent(KEYS[digit], "start", at, None, "inband")))
+            act[begun] = cand[begun]
+            act_on[begun] = cand_on[begun]
+            act_end[begun] = end_here[begun]
+            act_ref[:, begun] = win.ref[:, j, begun]
+            absent[begun] = 0
+            cand[begun] = -1
+            if j + 1 < nsub:  # the new digits' presence for the rest of this call
+                later = HIST + j + 1
+                present[j + 1 :, begun], cover[j + 1 :, begun] = _presence(
+                    zt[:, later:, begun], et[later:, begun], act[begun], act_ref[:, begun]
+                )
+
+        self._act[slots] = act
+        self._act_on[slots] = act_on
+        self._act_end[slots] = act_end
+        self._act_ref[:, slots] = act_ref
+        self._act_absent[slots] = absent
+        self._cand[slots] = cand
+        self._cand_on[slots] = cand_on
+        self._cand_miss[slots] = np.minimum(cand_miss, 100)
+        self._cand_need[slots] = cand_need
+        self._taint[slots] = taint
+
+
+class _Scratch:
+    """Work buffers kept from call to call. Large temporaries allocated afresh every tick come
+    from mmap and are faulted in page by page each time (glibc returns them on free): that was
+    a third of the screen's cost."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, npt.NDArray[np.generic]] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: npt.DTypeLike) -> npt.NDArray[Any]:
+        size = math.prod(shape)
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.size < size or buffer.dtype != np.dtype(dtype):
+            buffer = np.empty(max(size, 1024), dtype=dtype)
+            self._buffers[name] = buffer
+        return buffer[:size].reshape(shape)
+
+
+def _screen(
+    frames: npt.NDArray[np.int16], prev_power: F32, prev_energy: F32, scratch: _Scratch
+) -> tuple[Bools, Idx, F32, F32]:
+    """The screen over frames (rows × F × 80): which 20 ms windows (each frame with the one
+    before) are screened in, (F × rows); the rows with any sound (above the gate, here or in
+    the frame before); and the last frame's power at the 8 frequencies (8 × rows) and energy
+    (rows), for the next call. prev_* are those of the frame before.
+
+    At 4 kHz (every other sample) and per 10 ms frame, each tone's power is the squared
+    correlation; a window adds two frames' (100 Hz wide bins, so a tone 1.5 % off loses
+    nothing). Channels are on the last axis throughout: numpy is slow on short last axes.
+    """
+    rows, nframes = frames.shape[:2]
+    count = rows * nframes
+    flat = frames.reshape(count, FRAME)
+    gate = DEC_PER_FRAME * _FRAME_GATE
+    # First a quick look at every 4th sample, enough to tell silence from anything that could
+    # hold a digit (the gate is 17 dB under the weakest digit).
+    probe = scratch.get("probe", (count, FRAME // 4), np.float32)
+    np.copyto(probe, flat[:, 3::4], casting="unsafe")
+    rough = scratch.get("rough", (count,), np.float32)
+    np.einsum("ij,ij->i", probe, probe, out=rough)
+    rough *= 2.0
+    active = np.flatnonzero(
+        (rough.reshape(rows, nframes) >= gate).any(axis=1) | (prev_energy >= gate)
+    )
+    screened = np.zeros((nframes, rows), dtype=bool)
+    power_out = np.zeros((8, rows), dtype=np.float32)
+    energy_out = np.zeros(rows, dtype=np.float32)
+    if not active.size:  # silence everywhere
+        return screened, active, power_out, energy_out
+    every = 2 * active.size > rows  # then work on all rows: a gather costs more than it saves
+    n = rows if every else active.size
+    source = frames if every else frames[active]
+    dec = scratch.get("dec", (n * nframes, DEC_PER_FRAME), np.float32)
+    np.copyto(dec, source.reshape(n * nframes, FRAME).view(np.int32), casting="unsafe")
+    energy_flat = scratch.get("energy", (n * nframes,), np.float32)
+    np.einsum("ij,ij->i", dec, dec, out=energy_flat)
+    energy = np.ascontiguousarray(energy_flat.reshape(n, nframes).T) / np.float32(_DEC_ENERGY)
+    loud = energy >= gate  # (F, n)
+    product = scratch.get("product", (n * nframes, 16), np.float32)
+    np.matmul(dec, _DEC_BASIS, out=product)
+    part = scratch.get("part", (16, nframes, n), np.float32)
+    np.copyto(part, product.reshape(n, nframes, 16).transpose(2, 1, 0))
+    part[:, ~loud] = 0.0  # quiet frames count as silence
+    power = part[:8] ** 2
+    power += part[8:] ** 2
+    window = power.copy()  # each tone's power over the frame and the one before
+    window[:, 0] += prev_power if every else prev_power[:, active]
+    window[:, 1:] += power[:, :-1]
+    strongest = np.maximum(np.maximum(window[0], window[1]), np.maximum(window[2], window[3]))
+    strongest += np.maximum(np.maximum(window[4], window[5]), np.maximum(window[6], window[7]))
+    e_win = energy.copy()
+    e_win[0] += prev_energy if every else prev_energy[active]
+    e_win[1:] += energy[:-1]
+    # A tone of amplitude A correlates to 20 A over a frame's 40 samples, of energy 20 A².
+    found = (strongest >= _SCREEN_FRACTION * (DEC_PER_FRAME / 2) * e_win) & (
+        e_win >= 2 * DEC_PER_FRAME * _SCREEN_POWER
+    )
+    if every:
+        return found, active, power[:, -1], energy[-1]
+    screened[:, active] = found
+    power_out[:, active] = power[:, -1]
+    energy_out[active] = energy[-1]
+    return screened, active, power_out, energy_out
+
+
+def _end_event(digit: int, base: float, onset: float, end: float) -> DtmfEvent:
+    start_at = base + onset / RATE
+    end_at = max(base + end / RATE, start_at)
+    return DtmfEvent(KEYS[digit], "end", end_at, round((end_at - start_at) * 1000.0, 1), "inband")
+
+
+def _end_events(slots: Idx, digits: I64, base: F64, onset: F64, end: F64) -> Events:
+    """ "end" events (slot, event) for several channels at once."""
+    return [
+        (slot, _end_event(digit, b, o, e))
+        for slot, digit, b, o, e in zip(
+            slots.tolist(),
+            digits.tolist(),
+            base.tolist(),
+            onset.tolist(),
+            end.tolist(),
+            strict=True,
+        )
+    ]
+
+
+def _presence(zt: C64, energy: F32, digit: I64, ref: F32) -> tuple[Bools, F32]:
+    """For channels with a digit in progress: whether each sub-block still holds both its
+    tones, and how much of it they fill. zt is (8 × k × n), energy (k × n), ref (2 × n)."""
+    every = np.arange(digit.size)
+    mr = np.abs(zt[digit // 4, :, every]).T  # (k, n)
+    mc = np.abs(zt[digit % 4 + 4, :, every]).T
+    # A tone of amplitude A correlates to 20 A and has 20 A² of energy in a sub-block.
+    fill = (mr * mr + mc * mc) / (SUB / 2.0) / np.maximum(energy, _TINY)
+    ref_r = np.maximum(ref[0], _TINY)
+    ref_c = np.maximum(ref[1], _TINY)
+    present = (
+        (mr >= _PRESENT_LEVEL * ref_r)
+        & (mc >= _PRESENT_LEVEL * ref_c)
+        & (fill >= _PRESENT_FRACTION)
+    )
+    cover = np.minimum(0.5 * (mr / ref_r + mc / ref_c), 1.0).astype(np.float32)
+    return present, cover
+
+
+_HANN: Final = np.hanning(WIN * SUB).astype(np.float32)
+_FFT_SIZE: Final = 256  # 31 Hz bins
+_FFT_HZ: Final = (np.arange(_FFT_SIZE // 2 + 1) * RATE / _FFT_SIZE).astype(np.float32)
+
+
+def _pure(samples: npt.NDArray[np.int16], freq: F32) -> Bools:
+    """Whether 20 ms windows (k × 160 samples) hold their two tones (k × 2, Hz) and nothing
+    else of note: the strongest spectral peak away from the tones must be _PURITY_DB below the
+    weaker tone. White noise at 15 dB SNR stays 13 dB or more below; speech and music that
+    mimic a digit carry their other harmonics within a few dB."""
+    spectrum = np.abs(np.fft.rfft(samples.astype(np.float32) * _HANN, _FFT_SIZE)) ** 2
+    offset_r = np.abs(_FFT_HZ - freq[:, :1])
+    offset_c = np.abs(_FFT_HZ - freq[:, 1:])
+    tone_r = np.where(offset_r <= 40.0, spectrum, 0.0).max(axis=1)
+    tone_c = np.where(offset_c <= 40.0, spectrum, 0.0).max(axis=1)
+    near = (offset_r <= _PURITY_GUARD_HZ) | (offset_c <= _PURITY_GUARD_HZ)
+    spectrum[near] = 0.0
+    spectrum[:, _FFT_HZ <= _PURITY_LOW_HZ] = 0.0
+    rest = spectrum.max(axis=1)
+    return np.asarray(rest <= np.minimum(tone_r, tone_c) * 10.0 ** (_PURITY_DB / 10.0))
+
+
+def _harmonic_ratios() -> F64:
+    """Frequency ratios m/n (n <= 6) of two harmonics of one voice that no pair of DTMF tones can
+    show, even each 1.5 % off (3.05 % on the ratio) and with _HARMONIC_TOLERANCE on top: the
+    DTMF frequencies were chosen away from such ratios, a voice's harmonics sit on them."""
+    pairs = np.array([c / r for r in ROW_HZ for c in COL_HZ])
+    found = []
+    for n in range(1, 7):
+        for m in range(n + 1, 3 * n + 1):
+            if math.gcd(m, n) != 1:
+                continue
+            ratio = m / n
+            if np.abs(ratio / pairs - 1.0).min() > 0.0305 + _HARMONIC_TOLERANCE:
+                found.append(ratio)
+    return np.array(found)
+
+
+_HARMONIC_TOLERANCE: Final = 0.004
+_HARMONIC: Final = _harmonic_ratios()
+
+
+def _harmonics(freq: F32) -> Bools:
+    """Whether tone pairs (k × 2, Hz) stand in one of those ratios: a voice, not a keypad."""
+    ratio = (freq[:, 1] / np.maximum(freq[:, 0], 1.0)).astype(np.float64)
+    return np.asarray((np.abs(ratio[:, None] / _HARMONIC - 1.0) <= _HARMONIC_TOLERANCE).any(axis=1))
+
+
+class _Windows:
+    """Per decision window (windows × channels), what the state machine needs."""
+
+    _FIELDS: Final = ("digit", "pair", "fraction", "covered", "last_cover", "onset", "glide")
+
+    def __init__(self, shape: tuple[int, int]) -> None:
+        self.digit = np.full(shape, -1, dtype=np.int64)  # the digit it hits, or -1
+        self.pair = np.full(shape, -1, dtype=np.int64)  # its strongest tones' digit if a pattern
+        self.fraction = np.zeros(shape, dtype=np.float32)  # the two tones' share of its energy
+        self.covered = np.zeros(shape, dtype=np.float32)  # samples they fill, back from its end
+        self.last_cover = np.zeros(shape, dtype=np.float32)  # how much of its last sub-block
+        self.onset = np.zeros(shape, dtype=bool)  # they were below half that just before it
+        self.glide = np.zeros(shape, dtype=bool)  # a steady two-tone pattern off frequency
+        self.ref = np.zeros((2, *shape), dtype=np.float32)  # their amplitude per sub-block
+        self.freq = np.zeros((2, *shape), dtype=np.float32)  # their frequencies, Hz
+
+    def fill(self, columns: Idx, other: _Windows) -> None:
+        for name in self._FIELDS:
+            getattr(self, name)[:, columns] = getattr(other, name)
+        self.ref[:, :, columns] = other.ref
+        self.freq[:, :, columns] = other.freq
+
+    def select(self, columns: Idx) -> _Windows:
+        """These channels' windows only."""
+        part = _Windows((self.digit.shape[0], columns.size))
+        for name in self._FIELDS:
+            setattr(part, name, getattr(self, name)[:, columns])
+        part.ref = self.ref[:, :, columns]
+        part.freq = self.freq[:, :, columns]
+        return part
+
+
+def _argmax4(values: F32) -> I64:
+    """Index of the largest of 4 rows (4 × …), elementwise."""
+    best = np.zeros(values.shape[1:], dtype=np.int64)
+    top = values[0].copy()
+    for k in (1, 2, 3):
+        better = values[k] > top
+        best[better] = k
+        np.maximum(top, values[k], out=top)
+    return best
+
+
+def _windows(zt: C64, energy: F32, nwin: int) -> _Windows:
+    """Evaluate the `nwin` decision windows ending at each new sub-block.
+
+    zt is (8 × (HIST + nwin) × n): HIST sub-blocks of history then the new ones; window j is
+    made of sub-blocks j+LOOK … j+LOOK+3, and the LOOK sub-blocks before it are where an onset
+    must show. Results are (nwin × n).
+    """
+    n = zt.shape[2]
+    # The strongest row and column tone over each window's 20 ms, correlated coherently (the
+    # 5 ms correlators alone are too wide to tell neighbouring rows or columns apart).
+    rot = _ROT_SUB.astype(np.complex64)[:, None, None]
+    coherent = zt[:, LOOK + 3 : LOOK + 3 + nwin] * rot
+    for m in (2, 1, 0):
+        coherent += zt[:, LOOK + m : LOOK + m + nwin]
+        if m:
+            coherent *= rot
+    power = coherent.real**2 + coherent.imag**2  # (8, nwin, n)
+    row = _argmax4(power[:4])
+    col = _argmax4(power[4:]) + 4
+    e_win = energy[LOOK : LOOK + nwin].astype(np.float64)
+    for m in (1, 2, 3):
+        e_win = e_win + energy[LOOK + m : LOOK + m + nwin]
+
+    # Each window's sub-blocks (and the LOOK before it) for its two tones: a tone of amplitude
+    # A e^{i phi} correlates to 20 A e^{i phi}.
+    span = np.arange(WIN + LOOK)[:, None, None] + np.arange(nwin)[None, :, None]  # (6, nwin, 1)
+    every = np.arange(n)[None, None, :]
+    ar = zt[row[None], span, every] / np.float32(SUB / 2)  # (6, nwin, n)
+    ac = zt[col[None], span, every] / np.float32(SUB / 2)
+    dr, amp_r = _tone(ar[LOOK:], row)
+    dc, amp_c = _tone(ac[LOOK:], col)
+
+    power_r = amp_r**2 / 2.0  # each tone's power
+    power_c = amp_c**2 / 2.0
+    twist = power_r / np.maximum(power_c, _TINY)
+    fraction = (power_r + power_c) * (WIN * SUB) / np.maximum(e_win, _TINY)
+    loud = (
+        (power_r >= _MIN_TONE_POWER)
+        & (power_c >= _MIN_TONE_POWER)
+        & (power_r + power_c >= _MIN_PAIR_POWER)
+        & (twist <= _NORMAL_TWIST)
+        & (twist * _REVERSE_TWIST >= 1.0)
+    )
+    on_frequency = (np.abs(dr) <= _MAX_OFFSET * _W[row]) & (np.abs(dc) <= _MAX_OFFSET * _W[col])
+
+    # How much of each sub-block the tones fill: amplitude against the steady level, which is
+    # that of the window's last two sub-blocks (the tones are on there when a digit starts).
+    mr = np.abs(ar)
+    mc = np.abs(ac)
+    ref_r = np.maximum(np.maximum(mr[-1], mr[-2]), _TINY)  # as correlated, over 20
+    ref_c = np.maximum(np.maximum(mc[-1], mc[-2]), _TINY)
+    cover = np.minimum(0.5 * (mr / ref_r + mc / ref_c), 1.0)  # (6, nwin, n)
+    inside = cover[LOOK:]
+    digit = row * 4 + col - 4
+    result = _Windows((nwin, n))
+    result.digit = np.where(loud & on_frequency & (fraction >= _MIN_FRACTION), digit, -1)
+    result.pair = np.where(loud & (fraction >= _PATTERN_FRACTION), digit, -1)
+    result.fraction = fraction.astype(np.float32)
+    result.covered = SUB * inside.sum(axis=0)
+    result.last_cover = inside[-1]
+    result.onset = np.minimum(cover[0], cover[1]) <= _ONSET_COVER
+    result.glide = loud & ~on_frequency & (inside.min(axis=0) >= _FLAT_COVER)
+    result.ref = np.stack([ref_r, ref_c]) * np.float32(SUB / 2)
+    hertz = RATE / (2.0 * np.pi)
+    result.freq = np.stack([(_W[row] + dr) * hertz, (_W[col] + dc) * hertz]).astype(np.float32)
+    return result
+
+
+def _tone(a: C64, tone: I64) -> tuple[F64, F64]:
+    """For a tone's complex amplitudes in a window's 4 sub-blocks (4 × …): its frequency offset
+    (rad/sample) and its amplitude at that frequency."""
+    rot = _ROT_SUB.astype(np.complex64)[tone]  # e^{-i w 40}
+    # Coarse: phase advance from sub-block to sub-block (unambiguous over ±100 Hz).
+    lag1 = (a[1] * np.conj(a[0]) + a[2] * np.conj(a[1]) + a[3] * np.conj(a[2])) * rot
+    coarse = np.angle(lag1) / SUB
+    # Fine: from the window's first 10 ms to its last.
+    first = a[0] + a[1] * rot
+    second = a[2] + a[3] * rot
+    fine = np.angle(second * np.conj(first) * rot * rot) / (2 * SUB)
+    step = 2.0 * np.pi / (2 * SUB)
+    delta = fine + np.round((coarse - fine) / step) * step
+    # The mean of the 4 amplitudes, each turned back by the phase the tone advanced.
+    turn = (rot * np.exp(-1j * delta * SUB)).astype(np.complex64)
+    mean = ((a[3] * turn + a[2]) * turn + a[1]) * turn + a[0]
+    amp = np.abs(mean) / (WIN * _sub_gain(tone, delta))
+    return delta, amp
+
+
+def _as_int16(data: npt.NDArray[np.generic]) -> npt.NDArray[np.int16]:
+    if data.dtype == np.int16:
+        return np.ascontiguousarray(data, dtype=np.int16)
+    if data.dtype.kind == "f":
+        data = np.rint(data)
+    return np.asarray(np.clip(data, -32768, 32767), dtype=np.int16)
+
+
+_SCAN_BLOCK: Final = 8000  # scan() feeds a recording a second at a time
+
+
+def scan(samples: npt.ArrayLike, sample_rate: int = RATE) -> list[tuple[str, float, float]]:
+    """Digits in one recording: (digit, start_ms, end_ms) in order (what `dtmf-scan` prints).
+
+    `samples` are mono, int16 or floats on the int16 scale; other rates are resampled to 8 kHz.
+    """
+    audio = np.asarray(samples).reshape(-1)
+    if sample_rate != RATE:
+        from scipy.signal import resample_poly
+
+        g = math.gcd(int(sample_rate), RATE)
+        audio = resample_poly(audio.astype(np.float64), RATE // g, int(sample_rate) // g)
+    audio16 = _as_int16(audio)
+    # Trailing silence lets a digit that runs to the end of the file end as it would on a line.
+    tail = np.zeros(FRAME + _END_SUBS * SUB + (-audio16.size) % FRAME, dtype=np.int16)
+    padded = np.concatenate([audio16, tail])
+    detector = InbandDetector()
+    slot = detector.add_channel()
+    events: Events = []
+    for begin in range(0, padded.size, _SCAN_BLOCK):
+        chunk = padded[begin : begin + _SCAN_BLOCK]
+        events += detector.process([slot], chunk[None, :], (begin + chunk.size) / RATE)
+    events += detector.flush(slot, padded.size / RATE)
+    found: list[tuple[str, float, float]] = []
+    start: float | None = None
+    for _slot, event in events:
+        if event.kind == "start":
+            start = event.at
+        elif start is not None:
+            found.append((event.digit, start * 1000.0, event.at * 1000.0))
+            start = None
+    return found

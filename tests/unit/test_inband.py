@@ -1,0 +1,585 @@
+"""In-band DTMF detector: the accuracy targets of issue 3, each over generated signals.
+
+Levels are in dBm0 as in the module (0 dBm0 sine peak = 32767 × 10^(-3.14/20)), for the two
+tones together; twist is row (low group) minus column (high group) level, so +8 dB is "normal"
+twist and -4 dB "reverse" twist.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import wave
+from collections.abc import Iterable
+from dataclasses import replace
+from io import BytesIO
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from spg_media.dtmf.inband import DBM0_PEAK, KEYS, InbandDetector, scan
+from spg_media.dtmf.rfc4733 import DtmfEvent
+from spg_media.rtp import g711
+
+RATE = 8000
+ROWS = (697.0, 770.0, 852.0, 941.0)
+COLS = (1209.0, 1336.0, 1477.0, 1633.0)
+Audio = npt.NDArray[np.float64]
+
+
+def tone(
+    digit: str,
+    ms: float,
+    level: float = -10.0,
+    twist: float = 0.0,
+    offset: tuple[float, float] = (0.0, 0.0),
+    rng: np.random.Generator | None = None,
+) -> Audio:
+    """A digit's two tones: `level` dBm0 both together, `twist` dB row over column, each
+    frequency off by a relative `offset`, random phases."""
+    rng = rng or np.random.default_rng(0)
+    row, col = divmod(KEYS.index(digit), 4)
+    t = np.arange(round(ms * RATE / 1000)) / RATE
+    power = 10.0 ** (level / 10.0)
+    col_power = power / (1.0 + 10.0 ** (twist / 10.0))
+    amps = DBM0_PEAK * np.sqrt([power - col_power, col_power])
+    phases = rng.uniform(0, 2 * np.pi, 2)
+    f_row, f_col = ROWS[row] * (1 + offset[0]), COLS[col] * (1 + offset[1])
+    return np.asarray(
+        amps[0] * np.cos(2 * np.pi * f_row * t + phases[0])
+        + amps[1] * np.cos(2 * np.pi * f_col * t + phases[1])
+    )
+
+
+def silence(ms: float) -> Audio:
+    return np.zeros(round(ms * RATE / 1000))
+
+
+def keyed(digits: str, on: float = 70, off: float = 70, lead: float = 100, **kw: object) -> Audio:
+    parts = [silence(lead)]
+    for digit in digits:
+        parts += [tone(digit, on, **kw), silence(off)]  # type: ignore[arg-type]
+    parts.append(silence(lead))
+    return np.concatenate(parts)
+
+
+def with_noise(audio: Audio, snr_db: float, signal_power: float, seed: int = 1) -> Audio:
+    rng = np.random.default_rng(seed)
+    return audio + rng.standard_normal(audio.size) * np.sqrt(signal_power / 10 ** (snr_db / 10))
+
+
+def dbm0_power(level: float) -> float:
+    return float(DBM0_PEAK**2 / 2 * 10 ** (level / 10))
+
+
+def digits_of(audio: Audio) -> str:
+    return "".join(d for d, _, _ in scan(audio))
+
+
+# ---- the basics ----------------------------------------------------------------------------------
+
+
+def test_all_sixteen_digits_with_their_times() -> None:
+    found = scan(keyed(KEYS, on=70, off=70, lead=100))
+    assert "".join(d for d, _, _ in found) == KEYS
+    for i, (_digit, start, end) in enumerate(found):
+        assert start == pytest.approx(100 + 140 * i, abs=2.0)
+        assert end == pytest.approx(170 + 140 * i, abs=2.0)
+
+
+def test_events_carry_source_and_duration_and_never_show_the_digit() -> None:
+    detector = InbandDetector()
+    slot = detector.add_channel()
+    audio = keyed("7", on=80, off=100)
+    events = detector.process([slot], audio[None, :], audio.size / RATE)
+    assert [e.kind for _, e in events] == ["start", "end"]
+    start, end = events[0][1], events[1][1]
+    assert {e.source for _, e in events} == {"inband"}
+    assert start.digit == end.digit == "7"
+    assert end.duration_ms == pytest.approx(80, abs=2.0)
+    assert start.at == pytest.approx(0.1, abs=0.002)
+    for _, event in events:  # the repr is the same whatever the digit
+        assert repr(event) == repr(replace(event, digit="0")) == str(event)
+        assert "digit" not in repr(event)
+
+
+def test_repr_hides_every_digit() -> None:
+    for digit in KEYS:
+        shown = repr(DtmfEvent(digit, "start", 1.25, None, "inband"))
+        assert f"'{digit}'" not in shown and "digit" not in shown
+
+
+# ---- frequency tolerance: ±1.5 % accepted, ±3.5 % rejected, all eight tones ----------------------
+
+# Each tone with a partner of the other group: the row tones with 1336 Hz, the columns with 770.
+TONE_CASES = [(ROWS[r], KEYS[4 * r + 1], 0) for r in range(4)] + [
+    (COLS[c], KEYS[4 + c], 1) for c in range(4)
+]
+
+
+@pytest.mark.parametrize(
+    ("freq", "digit", "which"), TONE_CASES, ids=[str(c[0]) for c in TONE_CASES]
+)
+@pytest.mark.parametrize("offset", [-0.015, 0.015])
+def test_within_one_and_a_half_percent_accepted(
+    freq: float, digit: str, which: int, offset: float
+) -> None:
+    off = (offset, 0.0) if which == 0 else (0.0, offset)
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        assert digits_of(keyed(digit, on=60, offset=off, rng=rng)) == digit, (freq, offset)
+
+
+@pytest.mark.parametrize(
+    ("freq", "digit", "which"), TONE_CASES, ids=[str(c[0]) for c in TONE_CASES]
+)
+@pytest.mark.parametrize("offset", [-0.035, 0.035, -0.05, 0.05])
+def test_three_and_a_half_percent_off_rejected(
+    freq: float, digit: str, which: int, offset: float
+) -> None:
+    off = (offset, 0.0) if which == 0 else (0.0, offset)
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        assert digits_of(keyed(digit, on=80, offset=off, rng=rng)) == "", (freq, offset)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    digit=st.sampled_from(KEYS),
+    row_off=st.floats(-0.015, 0.015),
+    col_off=st.floats(-0.015, 0.015),
+    twist=st.floats(-4.0, 8.0),
+    level=st.floats(-36.0, 0.0),
+    seed=st.integers(0, 2**16),
+)
+def test_any_tone_in_spec_is_read(
+    digit: str, row_off: float, col_off: float, twist: float, level: float, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    audio = keyed(digit, on=45, level=level, twist=twist, offset=(row_off, col_off), rng=rng)
+    assert digits_of(audio) == digit
+
+
+# ---- timing --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ms", [40, 45, 60])
+def test_tones_of_40_ms_or_more_accepted(ms: float) -> None:
+    rng = np.random.default_rng(int(ms))
+    for digit in KEYS:
+        assert digits_of(keyed(digit, on=ms, rng=rng)) == digit
+
+
+@pytest.mark.parametrize("ms", [5, 10, 15, 19])
+def test_tones_under_20_ms_rejected(ms: float) -> None:
+    rng = np.random.default_rng(int(ms))
+    for digit in KEYS:
+        audio = keyed(digit, on=ms, rng=rng)
+        assert digits_of(audio) == ""
+        noisy = with_noise(audio, 15, dbm0_power(-10))
+        assert digits_of(noisy) == ""
+
+
+@pytest.mark.parametrize("gap", [2, 5, 8, 10])
+def test_interruptions_up_to_10_ms_are_bridged(gap: float) -> None:
+    rng = np.random.default_rng(int(gap))
+    for digit in KEYS:
+        audio = np.concatenate(
+            [silence(50), tone(digit, 60, rng=rng), silence(gap), tone(digit, 60, rng=rng)]
+        )
+        found = scan(np.concatenate([audio, silence(80)]))
+        assert [d for d, _, _ in found] == [digit]
+        assert found[0][2] - found[0][1] == pytest.approx(120 + gap, abs=3.0)
+
+
+@pytest.mark.parametrize("gap", [40, 50, 100])
+def test_gaps_of_40_ms_split_repeated_digits(gap: float) -> None:
+    rng = np.random.default_rng(int(gap))
+    for digit in KEYS:
+        audio = np.concatenate(
+            [silence(50), tone(digit, 60, rng=rng), silence(gap), tone(digit, 60, rng=rng)]
+        )
+        assert digits_of(np.concatenate([audio, silence(80)])) == digit * 2
+
+
+def test_ten_digits_a_second_read_exactly() -> None:
+    rng = np.random.default_rng(10)
+    for _ in range(4):
+        digits = "".join(rng.choice(list(KEYS), 30))
+        audio = keyed(digits, on=50, off=50, level=-15, rng=rng)
+        assert digits_of(with_noise(audio, 20, dbm0_power(-15))) == digits
+
+
+# ---- twist, level, noise -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("twist", [8.0, 4.0, 0.0, -2.0, -4.0])
+def test_twist_8_db_normal_and_4_db_reverse_accepted(twist: float) -> None:
+    rng = np.random.default_rng(int(twist * 10) + 100)
+    for level in (-5.0, -25.0):
+        audio = keyed(KEYS, on=50, level=level, twist=twist, rng=rng)
+        assert digits_of(audio) == KEYS, (twist, level)
+
+
+@pytest.mark.parametrize("level", [0.0, -6.0, -12.0, -20.0, -30.0, -36.0])
+def test_levels_0_to_minus_36_dbm0_accepted(level: float) -> None:
+    rng = np.random.default_rng(int(-level))
+    assert digits_of(keyed(KEYS, on=50, level=level, rng=rng)) == KEYS
+
+
+def test_minus_36_dbm0_with_8_db_twist_accepted() -> None:
+    # The weaker tone is then at -44.6 dBm0.
+    rng = np.random.default_rng(36)
+    assert digits_of(keyed(KEYS, on=50, level=-36, twist=8, rng=rng)) == KEYS
+
+
+@pytest.mark.parametrize("level", [-50.0, -55.0, -60.0])
+def test_below_minus_50_dbm0_ignored(level: float) -> None:
+    rng = np.random.default_rng(int(-level))
+    assert digits_of(keyed(KEYS, on=80, level=level, rng=rng)) == ""
+
+
+@pytest.mark.parametrize(("level", "twist"), [(-10.0, 0.0), (-20.0, 8.0), (-20.0, -4.0)])
+def test_white_noise_at_15_db_snr_every_digit_detected(level: float, twist: float) -> None:
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        digits = "".join(rng.choice(list(KEYS), 16))
+        audio = keyed(digits, on=50, off=60, level=level, twist=twist, rng=rng)
+        assert digits_of(with_noise(audio, 15, dbm0_power(level), seed)) == digits
+
+
+# ---- G.711 ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("codec", ["PCMU", "PCMA"])
+def test_g711_round_trip(codec: str) -> None:
+    rng = np.random.default_rng(711)
+    for level in (0.0, -20.0, -36.0):
+        audio = keyed(KEYS, on=50, level=level, rng=rng)
+        decoded = g711.decode(g711.encode(audio, codec), codec)
+        assert digits_of(decoded.astype(np.float64)) == KEYS, (codec, level)
+
+
+# ---- batching and feeding ------------------------------------------------------------------------
+
+
+def run_blocks(audio: Audio, block: int) -> list[tuple[str, str, float]]:
+    """Feed one channel `block` samples at a time; (kind, digit, at) of every event."""
+    detector = InbandDetector()
+    slot = detector.add_channel()
+    samples = np.rint(audio).astype(np.int16)
+    out = []
+    for begin in range(0, samples.size, block):
+        chunk = samples[begin : begin + block]
+        for _, event in detector.process([slot], chunk[None, :], (begin + chunk.size) / RATE):
+            out.append((event.kind, event.digit, event.at))
+    return out
+
+
+def test_any_block_size_gives_the_same_digits_and_times() -> None:
+    rng = np.random.default_rng(5)
+    audio = with_noise(keyed("159#*0D", on=60, off=80, level=-12, rng=rng), 25, dbm0_power(-12))
+    reference = run_blocks(audio, 160)
+    assert "".join(d for k, d, _ in reference if k == "start") == "159#*0D"
+    for block in (1, 37, 1000, 80, 8000):
+        events = run_blocks(audio, block)
+        assert [(k, d) for k, d, _ in events] == [(k, d) for k, d, _ in reference], block
+        for (_, _, at), (_, _, ref_at) in zip(events, reference, strict=True):
+            assert at == pytest.approx(ref_at, abs=1e-3), block
+
+
+def test_many_channels_at_once_same_as_one_at_a_time() -> None:
+    rng = np.random.default_rng(6)
+    channels = 24
+    length = 8000
+    streams = []
+    for c in range(channels):
+        digits = "".join(rng.choice(list(KEYS), 4))
+        audio = keyed(digits, on=50 + c, off=60 + 2 * c, lead=30 + 7 * c, level=-5 - c, rng=rng)
+        audio = with_noise(audio, 20, dbm0_power(-5 - c), seed=c)
+        streams.append(np.rint(np.resize(audio, length)).astype(np.int16))
+    block = np.stack(streams)
+
+    together = InbandDetector()
+    slots = [together.add_channel() for _ in range(channels)]
+    batch: dict[int, list[tuple[str, str, float]]] = {s: [] for s in slots}
+    for begin in range(0, length, 160):
+        now = (begin + 160) / RATE
+        for slot, event in together.process(slots, block[:, begin : begin + 160], now):
+            batch[slot].append((event.kind, event.digit, round(event.at, 4)))
+
+    for c in range(channels):
+        alone = InbandDetector()
+        slot = alone.add_channel()
+        single = []
+        for begin in range(0, length, 160):
+            now = (begin + 160) / RATE
+            for _, event in alone.process([slot], block[c : c + 1, begin : begin + 160], now):
+                single.append((event.kind, event.digit, round(event.at, 4)))
+        assert batch[slots[c]] == single, c
+        assert single  # every stream has digits
+
+
+def test_slots_in_any_order_and_subsets() -> None:
+    rng = np.random.default_rng(7)
+    detector = InbandDetector()
+    for _ in range(6):
+        detector.add_channel()
+    audio = np.rint(keyed("3", on=80, rng=rng)).astype(np.int16)
+    audio = np.concatenate([audio, np.zeros(-audio.size % 160, dtype=np.int16)])
+    seen: dict[int, str] = {}
+    order = [5, 0, 3]  # the others get no audio at all: never a digit for them
+    for begin in range(0, audio.size, 160):
+        block = np.stack([audio[begin : begin + 160]] * len(order))
+        for slot, event in detector.process(order, block, (begin + 160) / RATE):
+            if event.kind == "start":
+                seen[slot] = seen.get(slot, "") + event.digit
+    assert seen == {5: "3", 0: "3", 3: "3"}
+
+
+def test_lost_packets_do_not_crash_or_make_digits() -> None:
+    rng = np.random.default_rng(8)
+    detector = InbandDetector()
+    slots = [detector.add_channel() for _ in range(4)]
+    audio = np.rint(keyed("2580", on=100, off=100, level=-10, rng=rng)).astype(np.int16)
+    audio = np.concatenate([audio, np.zeros(-audio.size % 160, dtype=np.int16)])
+    starts: dict[int, str] = {s: "" for s in slots}
+    for tick, begin in enumerate(range(0, audio.size, 160)):
+        # Each channel loses a different packet now and then.
+        present = [s for s in slots if (tick + s) % 7 != 0]
+        block = np.stack([audio[begin : begin + 160]] * len(present))
+        for slot, event in detector.process(present, block, (begin + 160) / RATE):
+            if event.kind == "start":
+                starts[slot] += event.digit
+    for slot in slots:
+        assert starts[slot] == "2580", slot
+
+
+def test_a_long_pause_is_not_bridged_into_one_digit() -> None:
+    rng = np.random.default_rng(9)
+    detector = InbandDetector()
+    slot = detector.add_channel()
+    press = np.rint(tone("5", 200, rng=rng)).astype(np.int16)
+    events: list[DtmfEvent] = []
+    now = 0.0
+    for begin in range(0, 160 * 5, 160):  # 100 ms of the tone
+        now += 0.02
+        events += [e for _, e in detector.process([slot], press[None, begin : begin + 160], now)]
+    now += 1.0  # the channel is silent for a second (no packets), then the tone again
+    for begin in range(0, 160 * 5, 160):
+        now += 0.02
+        events += [e for _, e in detector.process([slot], press[None, begin : begin + 160], now)]
+    for _ in range(5):
+        now += 0.02
+        events += [e for _, e in detector.process([slot], np.zeros((1, 160), dtype=np.int16), now)]
+    assert [(e.kind, e.digit) for e in events] == [
+        ("start", "5"),
+        ("end", "5"),
+        ("start", "5"),
+        ("end", "5"),
+    ]
+    first_end = events[1]
+    assert first_end.at == pytest.approx(0.1, abs=0.011)  # where the audio stopped
+    assert first_end.duration_ms is not None and first_end.duration_ms < 120
+
+
+def test_flush_ends_a_digit_in_progress() -> None:
+    rng = np.random.default_rng(10)
+    detector = InbandDetector()
+    slot = detector.add_channel()
+    audio = np.rint(np.concatenate([silence(40), tone("9", 200, rng=rng)])).astype(np.int16)
+    events = detector.process([slot], audio[None, :], audio.size / RATE)
+    assert [(e.kind, e.digit) for _, e in events] == [("start", "9")]
+    ended = detector.flush(slot, audio.size / RATE)
+    assert [(e.kind, e.digit) for _, e in ended] == [("end", "9")]
+    assert ended[0][1].at == pytest.approx(0.24, abs=0.011)
+    assert detector.flush(slot, 1.0) == []
+
+
+def test_float_blocks_on_the_int16_scale() -> None:
+    audio = keyed("A", on=60)
+    detector = InbandDetector()
+    slot = detector.add_channel()
+    events = detector.process([slot], audio[None, :].astype(np.float32), audio.size / RATE)
+    assert [(e.kind, e.digit) for _, e in events] == [("start", "A"), ("end", "A")]
+
+
+def test_bad_calls_are_refused() -> None:
+    detector = InbandDetector()
+    a = detector.add_channel()
+    b = detector.add_channel()
+    with pytest.raises(ValueError):
+        detector.process([a, a], np.zeros((2, 160)), 0.02)
+    with pytest.raises(ValueError):
+        detector.process([a, b], np.zeros((3, 160)), 0.02)
+    with pytest.raises(ValueError):
+        detector.process([a, 99], np.zeros((2, 160)), 0.02)
+    detector.remove_channel(b)
+    with pytest.raises(ValueError):
+        detector.process([b], np.zeros((1, 160)), 0.02)
+    with pytest.raises(ValueError):
+        detector.remove_channel(b)
+    with pytest.raises(ValueError):
+        InbandDetector(sample_rate=16000)
+    assert detector.process([a], np.zeros((1, 0)), 0.02) == []
+    assert detector.add_channel() == b  # reused
+
+
+def test_a_reused_slot_starts_clean() -> None:
+    rng = np.random.default_rng(11)
+    detector = InbandDetector()
+    slot = detector.add_channel()
+    half = np.rint(tone("4", 17, rng=rng)).astype(np.int16)
+    detector.process([slot], half[None, :], 0.017)  # a candidate is building up
+    detector.remove_channel(slot)
+    again = detector.add_channel()
+    assert again == slot
+    rest = np.rint(tone("4", 17, rng=rng)).astype(np.int16)
+    events = detector.process([again], rest[None, :], 0.034)
+    events += detector.process([again], np.zeros((1, 400), dtype=np.int16), 0.084)
+    assert events == []  # 17 ms of tone in the new stream: not a digit (34 ms would be one)
+
+
+def test_many_slots_grow_the_state() -> None:
+    detector = InbandDetector()
+    slots = [detector.add_channel() for _ in range(100)]
+    assert slots == list(range(100))
+    audio = np.rint(keyed("8", on=60)).astype(np.int16)
+    block = np.tile(audio, (100, 1))
+    events = detector.process(slots, block, audio.size / RATE)
+    assert sorted(s for s, e in events if e.kind == "start") == slots
+
+
+# ---- latency -------------------------------------------------------------------------------------
+
+
+def test_start_reported_within_40_ms_of_the_onset() -> None:
+    rng = np.random.default_rng(12)
+    latencies = []
+    for i in range(32):
+        lead = 20 + rng.uniform(0, 10)
+        audio = np.concatenate([silence(lead), tone(KEYS[i % 16], 80, rng=rng), silence(60)])
+        detector = InbandDetector()
+        slot = detector.add_channel()
+        samples = np.rint(audio).astype(np.int16)
+        for begin in range(0, samples.size, 8):  # 1 ms blocks: detection time to the ms
+            now = (begin + 8) / RATE
+            events = detector.process([slot], samples[None, begin : begin + 8], now)
+            if events:
+                assert events[0][1].kind == "start"
+                assert events[0][1].at == pytest.approx(lead / 1000, abs=0.002)
+                latencies.append(now - lead / 1000)
+                break
+    assert len(latencies) == 32
+    assert max(latencies) <= 0.040
+    assert float(np.median(latencies)) <= 0.030
+
+
+# ---- talk-off ------------------------------------------------------------------------------------
+
+SENTENCES = {
+    "en": "Thank you for calling. Please enter your card number followed by the hash key. "
+    "The quick brown fox jumps over the lazy dog while the children sing in the garden.",
+    "es": "Gracias por llamar. Por favor, introduzca el número de su tarjeta seguido de la "
+    "tecla almohadilla. Mañana por la mañana iremos a la playa con los niños.",
+    "fr": "Merci de votre appel. Veuillez saisir le numéro de votre carte suivi de la touche "
+    "dièse. Le petit chat dort au soleil pendant que les enfants jouent.",
+    "de": "Vielen Dank für Ihren Anruf. Bitte geben Sie Ihre Kartennummer ein und drücken Sie "
+    "die Rautetaste. Der schnelle braune Fuchs springt über den faulen Hund.",
+    "it": "Grazie per aver chiamato. Inserisca il numero della carta seguito dal tasto "
+    "cancelletto. Domani andremo al mare con tutta la famiglia.",
+}
+VOICES = ["", "+f2", "+f4", "+m3", "+klatt", "+Annie"]
+
+
+def espeak(text: str, voice: str, pitch: int, speed: int) -> Audio:
+    from scipy.signal import resample_poly
+
+    wav = subprocess.run(
+        ["espeak-ng", "-v", voice, "-p", str(pitch), "-s", str(speed), "--stdout"],
+        input=text.encode(),
+        capture_output=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    with wave.open(BytesIO(wav)) as w:
+        rate = w.getframerate()
+        data = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+    return np.asarray(resample_poly(data.astype(np.float64), RATE, rate))
+
+
+def speech(seconds: float, seed: int) -> Audio:
+    rng = np.random.default_rng(seed)
+    parts: list[Audio] = []
+    total = 0
+    while total < seconds * RATE:
+        lang = list(SENTENCES)[int(rng.integers(len(SENTENCES)))]
+        voice = lang + VOICES[int(rng.integers(len(VOICES)))]
+        clip = espeak(
+            SENTENCES[lang], voice, int(rng.integers(20, 99)), int(rng.integers(130, 210))
+        )
+        loud = clip[np.abs(clip) > 0.01 * np.abs(clip).max()]
+        target = 32767 * 10 ** ((-18 + rng.uniform(-8, 8)) / 20)
+        parts.append(np.clip(clip * target / np.sqrt(np.mean(loud**2)), -32768, 32767))
+        total += parts[-1].size
+    return np.concatenate(parts)
+
+
+def music(seconds: float, seed: int) -> Audio:
+    """Chords and harmonic sweeps: notes with the overtones of real instruments (about 1/h),
+    half of them on the notes nearest DTMF frequencies (F5 698 Hz, F#6 1480 Hz, ...)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    dtmf_like = [698.46, 1479.98, 932.33, 1318.51, 783.99, 1661.22, 1174.66]  # F5 F#6 A#5 ...
+    for _ in range(int(seconds / 0.5)):
+        t = np.arange(4000) / RATE
+        chord = np.zeros(t.size)
+        if rng.random() < 0.5:
+            notes = rng.choice(dtmf_like, int(rng.integers(2, 4)), replace=False)
+        else:
+            notes = 220.0 * 2 ** (rng.integers(0, 36, 3) / 12)
+        for f0 in notes:
+            glide = 1 + (rng.uniform(-0.04, 0.04) * t / t[-1] if rng.random() < 0.5 else 0)
+            for h in range(1, 8):
+                if f0 * h < 3800:
+                    amp = rng.uniform(0.6, 1.0) / h
+                    chord += amp * np.sin(2 * np.pi * f0 * h * glide * t + rng.uniform(0, 6))
+        envelope = np.minimum(1, np.minimum(t, t[-1] - t) / 0.03)
+        out.append(
+            chord * envelope / np.abs(chord).max() * 32767 * 10 ** (rng.uniform(-20, -3) / 20)
+        )
+    return np.concatenate(out)
+
+
+def noises(seconds: float, seed: int) -> Iterable[Audio]:
+    rng = np.random.default_rng(seed)
+    n = int(seconds * RATE)
+    yield rng.standard_normal(n) * 3000  # white
+    pink = np.cumsum(rng.standard_normal(n))
+    yield (pink - np.convolve(pink, np.ones(64) / 64, "same")) * 300  # low-passed walk
+    clicks = np.zeros(n)
+    clicks[rng.integers(0, n, 400)] = rng.uniform(-20000, 20000, 400)
+    yield clicks
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_talk_off_speech() -> None:
+    # Two minutes here; the 30 minutes and spandsp's count on the same audio are in
+    # bench/inband_accuracy.py.
+    assert scan(speech(120, seed=2026)) == []
+
+
+def test_talk_off_music_and_noise() -> None:
+    assert scan(music(60, seed=3)) == []
+    for audio in noises(20, seed=4):
+        assert scan(audio) == []
+
+
+def test_a_pure_two_note_chord_on_dtmf_frequencies_is_a_digit() -> None:
+    # The test above must be able to fail: two pure tones are a digit, whatever plays them.
+    t = np.arange(800) / RATE
+    chord = 8000 * (np.sin(2 * np.pi * 698.46 * t) + np.sin(2 * np.pi * 1479.98 * t))
+    assert digits_of(np.concatenate([silence(50), chord, silence(100)])) == "3"
