@@ -2,8 +2,9 @@
 
 This module owns what spg-media says about media in SIP bodies: `SessionDescription.parse` reads
 an offer or answer, `negotiate` decides what we will do with an offer (or reads the answer to our
-own offer), `build_answer` and `build_offer` write SDP. It knows nothing of sockets or SRTP keys:
-`a=crypto` lines (RFC 4568) are carried as `Crypto` values for the SRTP layer to choose from.
+own offer), `build_answer` and `build_offer` write SDP. `a=crypto` lines (RFC 4568) are carried
+raw as `Crypto` values; checking them and making keys is `spg_media.rtp.srtp`'s business, which
+`negotiate` asks for the line to use and for our answer's key.
 
 Decisions (CONTRACT §3):
 - Codec: the first of the offerer's formats that is PCMU or PCMA, by rtpmap or by static payload
@@ -16,14 +17,22 @@ Decisions (CONTRACT §3):
 - Streams: the first acceptable audio stream is used; every other m-line is answered with port 0
   (rejected) in its place, so the answer has as many m-lines as the offer (RFC 3264 §6).
 - SRTP policy "off": a stream that is only RTP/SAVP(F) is refused; "required": only RTP/SAVP(F)
-  is accepted; "optional": either, SAVP preferred when both are offered. RTP/SAVP needs at least
-  one `a=crypto` with a suite we support. Anything we cannot do raises `NotAcceptable` (→ 488).
+  is accepted; "optional": either, SAVP preferred when both are offered. RTP/SAVP(F) needs an
+  `a=crypto` line that `srtp.select_offered` accepts (the first such, in offer order); our
+  answer line is a fresh key with its tag and suite (`NegotiatedAudio.local_crypto`).
+- Re-INVITE (`previous=`): a call that is SRTP stays SRTP (a plain re-offer is refused, whatever
+  the policy), and when the peer keeps its key our answer keeps ours, so neither direction's
+  SRTP context restarts (RFC 4568 §7.1.4).
+- Anything we cannot do raises `NotAcceptable` (→ 488) with a reason for the Warning header.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+
+from spg_media.rtp import srtp
+from spg_media.rtp.srtp import CryptoAttribute, CryptoAttributeError
 
 
 class SdpError(ValueError):
@@ -40,11 +49,7 @@ class NotAcceptable(Exception):  # named after the SIP answer: 488 Not Acceptabl
 
 PLAIN_PROTOS = frozenset(("RTP/AVP", "RTP/AVPF"))
 SRTP_PROTOS = frozenset(("RTP/SAVP", "RTP/SAVPF"))
-SUPPORTED_CRYPTO_SUITES: tuple[str, ...] = (
-    "AES_CM_128_HMAC_SHA1_80",
-    "AES_CM_128_HMAC_SHA1_32",
-    "AEAD_AES_128_GCM",
-)
+SUPPORTED_CRYPTO_SUITES: tuple[str, ...] = srtp.SUPPORTED_SUITES  # what our libsrtp can do
 SRTP_POLICIES = ("off", "optional", "required")
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 _ANSWER_DIRECTION = {
@@ -56,31 +61,51 @@ _ANSWER_DIRECTION = {
 _STATIC_PAYLOAD_TYPES = {0: ("PCMU", 8000), 8: ("PCMA", 8000)}
 _CODEC_PAYLOAD_TYPES = {"PCMU": 0, "PCMA": 8}
 DEFAULT_PTIME = 20
+_SECRET_ATTRIBUTES = frozenset(("crypto", "key-mgmt"))  # their values carry keys
 MIN_PTIME = 10
 MAX_PTIME = 60
 
 
-@dataclass
 class Crypto:
-    """One `a=crypto:<tag> <suite> <key-params> [<session-params>...]` line, uninterpreted."""
+    """One `a=crypto:<tag> <suite> <key-params> [<session-params>...]` line, uninterpreted.
 
-    tag: int
-    suite: str
-    key_params: str
-    session_params: list[str] = field(default_factory=list)
+    Not a dataclass, and its repr/str hide the key parameters: the inline key is a secret.
+    `value()` gives the line back, key included, for `srtp.CryptoAttribute.parse`.
+    """
+
+    __slots__ = ("key_params", "session_params", "suite", "tag")
+
+    def __init__(
+        self, tag: int, suite: str, key_params: str, session_params: list[str] | None = None
+    ) -> None:
+        self.tag = tag
+        self.suite = suite
+        self.key_params = key_params
+        self.session_params = list(session_params or [])
 
     @classmethod
     def parse(cls, value: str) -> Crypto:
         parts = value.split()
-        if len(parts) < 3 or not parts[0].isdigit():
+        if len(parts) < 3 or not parts[0].isascii() or not parts[0].isdigit():
             raise SdpError("bad a=crypto line")
         return cls(int(parts[0]), parts[1], parts[2], parts[3:])
 
-    def __str__(self) -> str:
+    def value(self) -> str:
+        """The attribute value as written, key included: for the SRTP layer, never for logs."""
         return " ".join([str(self.tag), self.suite, self.key_params, *self.session_params])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Crypto):
+            return NotImplemented
+        return self.value() == other.value()
+
+    def __hash__(self) -> int:
+        return hash((self.tag, self.suite))
 
     def __repr__(self) -> str:  # the inline key is a secret: never print it
         return f"Crypto(tag={self.tag}, suite={self.suite!r}, key_params=<hidden>)"
+
+    __str__ = __repr__
 
 
 @dataclass
@@ -157,6 +182,8 @@ class SessionDescription:
             elif kind == "a":
                 name, colon, attr_value = value.partition(":")
                 attribute = (name, attr_value if colon else None)
+                if name.lower() in _SECRET_ATTRIBUTES:  # keys live only in `crypto`, hidden
+                    attribute = (name, "<hidden>")
                 if current is None:
                     session.attributes.append(attribute)
                     if name in DIRECTIONS:
@@ -272,6 +299,11 @@ class NegotiatedAudio:
     stream_index: int = 0  # which m-line of the offer this is
     # every m-line of the offer as (media, proto, formats), to reject the others in the answer
     offered_streams: list[tuple[str, str, str]] = field(default_factory=list)
+    # SRTP (None for plain RTP): the offer's line we use (the peer's key, for what we receive)
+    # and our answer's line (our key, same tag and suite, for what we send). Their reprs hide
+    # the keys. `srtp.SrtpContext(neg.local_crypto, neg.remote_crypto)` runs the media.
+    remote_crypto: CryptoAttribute | None = None
+    local_crypto: CryptoAttribute | None = None
 
     @property
     def answer_direction(self) -> str:
@@ -283,18 +315,33 @@ class NegotiatedAudio:
         """The offerer does not want to receive media from us."""
         return self.direction in ("sendonly", "inactive")
 
+    @property
+    def crypto_line(self) -> str | None:
+        """Our `a=crypto` value for the answer (key included), or None for plain RTP."""
+        return None if self.local_crypto is None else self.local_crypto.sdp_value()
+
+
+_Candidate = tuple[int, str, int | None, list[Crypto], CryptoAttribute | None]
+
 
 def _audio_candidate(
     media: MediaDescription, srtp_policy: str, crypto_suites: Collection[str]
-) -> tuple[int, str, int | None, list[Crypto]] | str:
-    """(payload type, codec, dtmf pt, usable crypto) for a stream, or why it is unusable."""
+) -> _Candidate | str:
+    """(payload type, codec, dtmf pt, supported crypto lines, chosen crypto) for a stream, or
+    why it is unusable."""
     proto = media.proto.upper()
+    remote: CryptoAttribute | None = None
     if proto in SRTP_PROTOS:
         if srtp_policy == "off":
             return f"{media.proto} offered and SRTP is off"
-        usable = [c for c in media.crypto if c.suite in crypto_suites]
+        suites = {suite.upper() for suite in crypto_suites}
+        usable = [c for c in media.crypto if c.suite.upper() in suites]
         if not usable:
-            return "RTP/SAVP without a supported a=crypto suite"
+            return f"{media.proto} without a supported a=crypto suite"
+        try:
+            remote = srtp.select_offered([c.value() for c in usable], suites=suites)
+        except CryptoAttributeError as exc:
+            return f"no acceptable a=crypto: {exc.reason}"
     elif proto in PLAIN_PROTOS:
         if srtp_policy == "required":
             return f"{media.proto} offered and SRTP is required"
@@ -320,7 +367,7 @@ def _audio_candidate(
         if mapped is not None and mapped[0].lower() == "telephone-event" and mapped[1] == 8000:
             dtmf = payload_type
             break
-    return chosen[0], chosen[1], dtmf, usable
+    return chosen[0], chosen[1], dtmf, usable, remote
 
 
 def _ptime(media: MediaDescription) -> int:
@@ -336,16 +383,23 @@ def negotiate(
     *,
     srtp_policy: str = "optional",
     crypto_suites: Collection[str] = SUPPORTED_CRYPTO_SUITES,
+    previous: NegotiatedAudio | None = None,
 ) -> NegotiatedAudio:
-    """Choose the audio stream, codec, DTMF payload type and ptime for an offer (RFC 3264 §6).
+    """Choose the audio stream, codec, DTMF payload type, ptime and SRTP keys for an offer
+    (RFC 3264 §6, RFC 4568 §7).
 
     Raises NotAcceptable (answer 488 with its `detail` in a Warning) when there is no active
-    audio stream we can take under `srtp_policy` ("off" | "optional" | "required").
+    audio stream we can take under `srtp_policy` ("off" | "optional" | "required"). For an
+    SRTP stream the result carries `remote_crypto` and a fresh `local_crypto`. On a re-INVITE,
+    pass the call's current result as `previous`: an SRTP call then stays SRTP, and our key is
+    kept when the peer keeps its own.
     """
     if srtp_policy not in SRTP_POLICIES:
         raise ValueError(f"srtp_policy must be one of {SRTP_POLICIES}")
+    if previous is not None and previous.remote_crypto is not None and srtp_policy != "required":
+        srtp_policy = "required"  # never fall back to plain RTP in the middle of an SRTP call
     reasons: list[str] = []
-    choice: tuple[int, MediaDescription, tuple[int, str, int | None, list[Crypto]]] | None = None
+    choice: tuple[int, MediaDescription, _Candidate] | None = None
     for index, media in enumerate(offer.media):
         if media.media.lower() != "audio" or media.port == 0:
             continue  # port 0: a stream the offerer itself disabled
@@ -366,12 +420,22 @@ def negotiate(
         if not reasons:
             raise NotAcceptable("no active audio stream (port 0)")
         raise NotAcceptable(reasons[0])
-    index, media, (payload_type, codec, dtmf, crypto) = choice
+    index, media, (payload_type, codec, dtmf, crypto, remote_crypto) = choice
     if not media.connection:
         raise NotAcceptable("no connection address (c=) for the audio stream")
     direction = media.direction
     if media.connection in ("0.0.0.0", "::"):  # RFC 2543 hold: "do not send to me"
         direction = {"sendrecv": "sendonly", "recvonly": "inactive"}.get(direction, direction)
+    local_crypto: CryptoAttribute | None = None
+    if remote_crypto is not None:
+        if (
+            previous is not None
+            and previous.local_crypto is not None
+            and previous.remote_crypto == remote_crypto
+        ):
+            local_crypto = previous.local_crypto  # the peer kept its key: we keep ours
+        else:
+            local_crypto = srtp.answer_for(remote_crypto)
     return NegotiatedAudio(
         remote_address=media.connection,
         remote_port=media.port,
@@ -386,6 +450,8 @@ def negotiate(
         mid=media.mid,
         stream_index=index,
         offered_streams=[(m.media, m.proto, " ".join(m.format_tokens)) for m in offer.media],
+        remote_crypto=remote_crypto,
+        local_crypto=local_crypto,
     )
 
 
@@ -393,7 +459,9 @@ def _address_type(address: str) -> str:
     return "IP6" if ":" in address else "IP4"
 
 
-def _crypto_attribute(line: str) -> str:
+def _crypto_attribute(line: str | CryptoAttribute) -> str:
+    if isinstance(line, CryptoAttribute):
+        return "a=crypto:" + line.sdp_value()
     line = line.strip()
     if line.startswith("a="):
         line = line[2:]
@@ -413,9 +481,12 @@ def build_answer(
 ) -> bytes:
     """The SDP answer for a negotiated offer: one audio stream, other m-lines rejected (port 0).
 
+    For an SRTP offer the answer carries our `a=crypto`: `neg.local_crypto` unless
     `crypto_line` ("1 AES_CM_128_HMAC_SHA1_80 inline:..." with or without "a=crypto:") is
-    required when the offer was SRTP, since an RTP/SAVP answer without keys is useless.
+    given; with neither, ValueError, since an RTP/SAVP answer without keys is useless.
     """
+    if crypto_line is None:
+        crypto_line = neg.crypto_line
     if neg.srtp_offered and not crypto_line:
         raise ValueError("an SRTP offer needs a crypto line in the answer")
     addrtype = _address_type(local_address)
@@ -456,11 +527,12 @@ def build_offer(
     version: int,
     codecs: Sequence[str] = ("PCMU", "PCMA"),
     dtmf_pt: int | None = 101,
-    crypto_lines: Sequence[str] = (),
+    crypto_lines: Sequence[str | CryptoAttribute] = (),
     ptime: int = DEFAULT_PTIME,
     direction: str = "sendrecv",
 ) -> bytes:
-    """An audio offer (our test caller's): RTP/SAVP when crypto lines are given."""
+    """An audio offer (our test caller's): RTP/SAVP when crypto lines are given (strings, or
+    `CryptoAttribute`s such as `srtp.offer_attributes()`)."""
     unknown = [c for c in codecs if c.upper() not in _CODEC_PAYLOAD_TYPES]
     if unknown or not codecs:
         raise ValueError("codecs must be PCMU and/or PCMA")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+
 import pytest
 
+from spg_media.rtp.srtp import CryptoAttribute, offer_attributes
 from spg_media.sip.sdp import (
     Crypto,
     NotAcceptable,
@@ -19,7 +23,7 @@ def sdp(*lines: str, eol: str = "\r\n") -> bytes:
     return (eol.join(lines) + eol).encode()
 
 
-KEY80 = "inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVzcyAoc2VuZGVyKSB7YX0="
+KEY80 = "inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz"  # RFC 4568 §5.1: 30 bytes
 KEY32 = "inline:d0RmdmcmVCspeEc3QGZiNWpVLFJhQX1cfHAwJSoj|2^20|1:32"
 
 # SIPp 3.6 built-in uac scenario (PCMU only) and uac_pcap (PCMA + telephone-event).
@@ -135,7 +139,8 @@ def test_parse_crypto_lines():
     )
     crypto = with_params.media[0].crypto[0]
     assert (crypto.tag, crypto.session_params) == (7, ["KDR=1", "UNENCRYPTED_SRTCP"])
-    assert str(crypto) == f"7 AES_CM_128_HMAC_SHA1_80 {KEY80} KDR=1 UNENCRYPTED_SRTCP"
+    assert crypto.value() == f"7 AES_CM_128_HMAC_SHA1_80 {KEY80} KDR=1 UNENCRYPTED_SRTCP"
+    assert "WVNfX19" not in str(crypto)  # str() is for logs: the key stays hidden
 
 
 def test_crypto_repr_hides_the_key():
@@ -535,8 +540,11 @@ def test_answer_rejects_other_streams_in_place_and_echoes_mid():
 
 def test_srtp_answer_carries_crypto_and_needs_it():
     neg = negotiate(SessionDescription.parse(BARESIP_SRTP))
+    without_key = dataclasses.replace(neg, local_crypto=None)
     with pytest.raises(ValueError):
-        build_answer(neg, local_address="198.51.100.1", local_port=20000, session_id=1, version=1)
+        build_answer(
+            without_key, local_address="198.51.100.1", local_port=20000, session_id=1, version=1
+        )
     for line in (
         f"1 AES_CM_128_HMAC_SHA1_80 {KEY80}",
         f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 {KEY80}",
@@ -633,3 +641,137 @@ def test_build_offer_options():
 def test_not_acceptable_carries_detail():
     error = NotAcceptable("no common codec")
     assert error.detail == "no common codec" and str(error) == "no common codec"
+
+
+# ---- SRTP: choosing the crypto line, our key in the answer (issue 4) --------------------------
+
+
+def srtp_offer(*crypto: str, proto: str = "RTP/SAVP") -> bytes:
+    return offer(f"m=audio 4000 {proto} 0 101", "a=rtpmap:101 telephone-event/8000", *crypto)
+
+
+def answer_of(neg) -> bytes:
+    return build_answer(
+        neg, local_address="198.51.100.1", local_port=20000, session_id=1, version=1
+    )
+
+
+@pytest.mark.parametrize("proto", ["RTP/SAVP", "RTP/SAVPF"])
+@pytest.mark.parametrize("policy", ["optional", "required"])
+def test_srtp_answer_has_our_own_fresh_key_with_the_offer_tag(proto, policy):
+    body = srtp_offer(f"a=crypto:5 AES_CM_128_HMAC_SHA1_80 {KEY80}", proto=proto)
+    neg = negotiate(SessionDescription.parse(body), srtp_policy=policy)
+    assert neg.remote_crypto is not None and neg.local_crypto is not None
+    assert (neg.remote_crypto.tag, neg.remote_crypto.suite.name) == (5, "AES_CM_128_HMAC_SHA1_80")
+    assert (neg.local_crypto.tag, neg.local_crypto.suite) == (5, neg.remote_crypto.suite)
+    assert neg.local_crypto.key != neg.remote_crypto.key
+    answer = answer_of(neg)
+    assert f"m=audio 20000 {proto} 0 101\r\n".encode() in answer
+    (media,) = SessionDescription.parse(answer).media
+    (line,) = media.crypto
+    assert line.value() == neg.crypto_line
+    assert CryptoAttribute.parse(line.value()) == neg.local_crypto
+    again = negotiate(SessionDescription.parse(body), srtp_policy=policy)
+    assert again.local_crypto is not None and again.local_crypto.key != neg.local_crypto.key
+
+
+def test_plain_answer_has_no_crypto():
+    neg = negotiate(SessionDescription.parse(AVP))
+    assert (neg.remote_crypto, neg.local_crypto, neg.crypto_line) == (None, None, None)
+    assert b"a=crypto" not in answer_of(neg)
+
+
+def test_first_acceptable_crypto_line_is_chosen():
+    gcm = "inline:" + base64.b64encode(bytes(range(28))).decode()
+    body = srtp_offer(
+        f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 {KEY80} UNENCRYPTED_SRTP",
+        f"a=crypto:2 F8_128_HMAC_SHA1_80 {KEY80}",
+        f"a=crypto:3 AEAD_AES_128_GCM {gcm}",
+        f"a=crypto:4 AES_CM_128_HMAC_SHA1_80 {KEY80}",
+    )
+    neg = negotiate(SessionDescription.parse(body))
+    assert neg.remote_crypto is not None and neg.remote_crypto.tag == 3
+    assert b"a=crypto:3 AEAD_AES_128_GCM inline:" in answer_of(neg)
+    no_gcm = negotiate(SessionDescription.parse(body), crypto_suites=["AES_CM_128_HMAC_SHA1_80"])
+    assert no_gcm.remote_crypto is not None and no_gcm.remote_crypto.tag == 4
+
+
+@pytest.mark.parametrize(
+    ("crypto", "reason"),
+    [
+        (f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 {KEY80} UNENCRYPTED_SRTP", "UNENCRYPTED_SRTP"),
+        (f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 {KEY80} KDR=2", "KDR"),
+        (f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 {KEY80} FUTURE_PARAM", "FUTURE_PARAM"),
+        ("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:c2hvcnQ=", "key"),
+        (f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 {KEY80};{KEY80}", "more than one master key"),
+    ],
+)
+def test_only_unusable_crypto_is_not_acceptable_with_a_reason(crypto, reason):
+    with pytest.raises(NotAcceptable) as info:
+        negotiate(SessionDescription.parse(srtp_offer(crypto)))
+    assert "crypto" in info.value.detail and reason in info.value.detail
+    assert "WVNfX19" not in info.value.detail and '"' not in info.value.detail
+
+
+def test_unusable_srtp_stream_falls_back_to_the_plain_copy_when_optional():
+    body = offer(
+        "m=audio 4000 RTP/AVP 0",
+        "m=audio 4002 RTP/SAVP 0",
+        f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 {KEY80} UNAUTHENTICATED_SRTP",
+    )
+    neg = negotiate(SessionDescription.parse(body), srtp_policy="optional")
+    assert (neg.stream_index, neg.srtp_offered, neg.local_crypto) == (0, False, None)
+    with pytest.raises(NotAcceptable):
+        negotiate(SessionDescription.parse(body), srtp_policy="required")
+
+
+def test_reinvite_keeps_keys_when_the_peer_keeps_its_own():
+    first = negotiate(SessionDescription.parse(SAVP))
+    same = negotiate(SessionDescription.parse(SAVP), previous=first)
+    assert same.local_crypto is first.local_crypto  # so the SRTP context carries on
+    assert first.local_crypto is not None
+    rekeyed_offer = SAVP.replace(KEY80.encode(), b"inline:" + base64.b64encode(bytes(30)))
+    rekeyed = negotiate(SessionDescription.parse(rekeyed_offer), previous=first)
+    assert rekeyed.remote_crypto is not None and rekeyed.remote_crypto.key == bytes(30)
+    assert rekeyed.local_crypto is not None and rekeyed.local_crypto.key != first.local_crypto.key
+    hold = SAVP.replace(b"a=sendrecv", b"a=sendonly")
+    on_hold = negotiate(SessionDescription.parse(hold), previous=first)
+    assert on_hold.on_hold and on_hold.local_crypto is first.local_crypto
+
+
+def test_reinvite_cannot_drop_srtp():
+    first = negotiate(SessionDescription.parse(SAVP), srtp_policy="optional")
+    with pytest.raises(NotAcceptable) as info:
+        negotiate(SessionDescription.parse(AVP), srtp_policy="optional", previous=first)
+    assert "SRTP" in info.value.detail
+    plain = negotiate(SessionDescription.parse(AVP), srtp_policy="optional")
+    assert negotiate(SessionDescription.parse(AVP), previous=plain).srtp_offered is False
+    upgraded = negotiate(SessionDescription.parse(SAVP), previous=plain)
+    assert upgraded.local_crypto is not None
+
+
+def test_sdp_objects_do_not_show_keys():
+    session = SessionDescription.parse(SAVP)
+    neg = negotiate(session)
+    assert neg.local_crypto is not None
+    ours = base64.b64encode(neg.local_crypto.key).decode()
+    for text in (repr(session), str(session), repr(neg), str(dataclasses.asdict(neg))):
+        assert "WVNfX19" not in text and "d0RmdmcmVC" not in text and ours not in text
+    assert ("crypto", "<hidden>") in session.media[0].attributes
+
+
+def test_crypto_tag_must_be_ascii_digits():
+    with pytest.raises(SdpError):
+        SessionDescription.parse(
+            offer("m=audio 4000 RTP/SAVP 0", f"a=crypto:\u0661 AES_CM_128_HMAC_SHA1_80 {KEY80}")
+        )
+
+
+def test_build_offer_takes_crypto_attributes():
+    offered = offer_attributes(["AEAD_AES_256_GCM"])
+    body = build_offer(
+        local_address="192.0.2.50", local_port=30000, session_id=7, version=1, crypto_lines=offered
+    )
+    (media,) = SessionDescription.parse(body).media
+    assert media.proto == "RTP/SAVP"
+    assert CryptoAttribute.parse(media.crypto[0].value()) == offered[0]
