@@ -47,6 +47,7 @@ from spg_media.payment.journey import (
 from spg_media.payment.model import AuthorizationResult, Result, TransactionInfo
 from spg_media.payment.signing import verify_handoff
 from spg_media.rtp.session import MediaEngine, MediaSession
+from spg_media.rtp.srtp import SrtpContext
 from spg_media.sip.dialog import Dialog
 from spg_media.sip.message import SipRequest, SipResponse, make_response, new_tag
 from spg_media.sip.sdp import (
@@ -301,6 +302,13 @@ class Call:
     # ---- DTMF -------------------------------------------------------------------------------
 
     def _on_dtmf(self, event: DtmfEvent) -> None:
+        if (
+            event.source == "rfc4733"
+            and self.merger.inband_mode == "auto"
+            and self.media is not None
+            and self.media.inband
+        ):
+            self.media.stop_inband()  # the merger ignores in-band from now on: stop computing it
         digit = self.merger.feed(event)
         if digit is not None:
             DTMF_DIGITS_TOTAL.inc(source=event.source)
@@ -351,8 +359,7 @@ class Call:
     # ---- SIP: the INVITE --------------------------------------------------------------------
 
     def _srtp_policy(self) -> str:
-        # SRTP termination is not built yet (issue 4): we never answer RTP/SAVP.
-        return "off"
+        return self.config.rtp.srtp
 
     def _check_handoff(self) -> Result | None:
         secret = self.config.handoff.signing_secret
@@ -403,9 +410,14 @@ class Call:
             ptime_ms=neg.ptime,
             on_dtmf=self._on_dtmf,
             on_playback_done=self._on_playback_done,
+            inband=self.config.dtmf.inband != "off",
         )
+        if neg.local_crypto is not None and neg.remote_crypto is not None:
+            self.media.srtp = SrtpContext(neg.local_crypto, neg.remote_crypto)
         self.media.hold = neg.direction in ("sendonly", "inactive")
-        contact = self.ua.contact(self.transport)
+        # A sips: Request-URI asks for a sips: dialog (RFC 3261 §12.1.1); else sip:, even on TLS.
+        secure = self.invite.uri.lower().startswith("sips:")
+        contact = self.ua.contact(self.transport, secure=secure)
         self.dialog = Dialog.as_uas(self.invite, self.local_tag, contact)
         answer = self._sdp_answer()
         response = make_response(
@@ -507,7 +519,7 @@ class Call:
         assert self.dialog is not None and self.media is not None
         try:
             offer = SessionDescription.parse(request.body)
-            neg = negotiate(offer, srtp_policy=self._srtp_policy())
+            neg = negotiate(offer, srtp_policy=self._srtp_policy(), previous=self.negotiated)
         except (SdpError, NotAcceptable) as exc:
             detail = getattr(exc, "detail", None) or str(exc)
             self.ua.respond(
@@ -522,6 +534,13 @@ class Call:
             self.media.remote = (neg.remote_address, neg.remote_port)
             self.media.latched = None
         self.media.dtmf_payload_type = neg.dtmf_payload_type
+        if neg.local_crypto is not None and neg.remote_crypto is not None:
+            # New keys from the peer (or the first ones): the old receiving key stays valid for
+            # packets in flight until the first packet under the new one authenticates.
+            if self.media.srtp is None:
+                self.media.srtp = SrtpContext(neg.local_crypto, neg.remote_crypto)
+            else:
+                self.media.srtp = self.media.srtp.rekey(neg.local_crypto, neg.remote_crypto)
         self.sdp_version += 1
         self.ua.respond(
             request,

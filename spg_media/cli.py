@@ -2,7 +2,8 @@
 
 Every command turns bad arguments or config into one line on stderr and exit status 2, never a
 traceback. `demo` runs a whole payment call on loopback: a node on built-in defaults (free ports),
-the in-process sandbox platform, and our test caller keying a card as RFC 4733 events.
+the in-process sandbox platform, and our test caller keying a card as RFC 4733 events (or as
+in-band tones with `--inband`). `dtmf-scan` prints the digits found in a recording.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import signal
 import socket
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -60,6 +62,15 @@ def _build_parser() -> argparse.ArgumentParser:
     prompts.add_argument("--lang", action="append", help="language (repeatable); default all")
     prompts.add_argument("-c", "--config", help="TOML config file (for tts.cache_dir)")
 
+    scan = sub.add_parser("dtmf-scan", help="DTMF digits in a recording, one JSON line each")
+    scan.add_argument("file", help="the recording (WAV, or raw with --format)")
+    scan.add_argument(
+        "--format",
+        choices=("wav", "alaw", "ulaw", "s16"),
+        help="audio format (default: from the content or the file extension)",
+    )
+    scan.add_argument("--rate", type=int, help="sample rate in Hz of a raw file (default 8000)")
+
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("-c", "--config", required=True, help="TOML config file")
     return parser
@@ -73,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "demo": _demo,
             "sandbox": _sandbox,
             "prompts": _prompts,
+            "dtmf-scan": _dtmf_scan,
             "check-config": _check_config,
         }[args.command]
         return handler(args)
@@ -92,6 +104,23 @@ def _host_port(text: str, what: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise UsageError(f"{what}: expected HOST:PORT, got {text!r}")
     return host.strip("[]"), int(port)
+
+
+# ---- dtmf-scan --------------------------------------------------------------------------------
+
+
+def _dtmf_scan(args: argparse.Namespace) -> int:
+    from spg_media.dtmf.inband import scan
+    from spg_media.dtmf.recording import RecordingError, read_recording
+
+    try:
+        samples = read_recording(args.file, args.format, args.rate)
+    except RecordingError as exc:
+        raise UsageError(str(exc)) from None
+    for digit, start_ms, end_ms in scan(samples):
+        line = {"digit": digit, "start_ms": round(start_ms), "end_ms": round(end_ms)}
+        print(json.dumps(line), flush=True)
+    return 0
 
 
 # ---- serve ------------------------------------------------------------------------------------
@@ -146,10 +175,11 @@ def _run(coro: Any) -> Any:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    if args.inband:
-        raise UsageError("--inband: in-band DTMF keying is not built yet (issue 3)")
     if args.srtp:
-        raise UsageError("--srtp: SRTP and SIP over TLS are not built yet (issue 4)")
+        from spg_media.tlscert import openssl_binary
+
+        if openssl_binary() is None:
+            raise UsageError("--srtp: needs the openssl command to make the demo's certificate")
     if not args.card.isdigit() or not 12 <= len(args.card) <= 19:
         raise UsageError("--card: expected 12 to 19 digits")
     if not args.expiry.isdigit() or len(args.expiry) != 4:
@@ -163,21 +193,43 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if result in ("approved", "declined") else 1
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+def _free_port(kind: socket.SocketKind = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
 async def _demo_async(args: argparse.Namespace) -> str:
+    with tempfile.TemporaryDirectory(prefix="spg-demo-") as workdir:
+        return await _demo_call(args, Path(workdir))
+
+
+async def _demo_call(args: argparse.Namespace, workdir: Path) -> str:
     from spg_media.server import Server
     from spg_media.testcaller import TestCaller
 
     base = load_config(None, env={})
-    port = _free_port()
+    transport = "tls" if args.srtp else "udp"
+    port = _free_port(socket.SOCK_STREAM if args.srtp else socket.SOCK_DGRAM)
+    ca_file: str | None = None
+    tls_cert, tls_key = base.sip.tls_cert, base.sip.tls_key
+    if args.srtp:
+        from spg_media.tlscert import make_self_signed
+
+        # A throwaway self-signed certificate: the caller trusts exactly this one.
+        pair = make_self_signed(workdir, name="demo", days=1)
+        tls_cert, tls_key = str(pair.cert), str(pair.key)
+        ca_file = tls_cert
+    sip = dataclasses.replace(
+        base.sip,
+        listen=(f"{transport}:127.0.0.1:{port}",),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )
     config = dataclasses.replace(
         base,
-        sip=dataclasses.replace(base.sip, listen=(f"udp:127.0.0.1:{port}",)),
+        sip=sip,
+        rtp=dataclasses.replace(base.rtp, srtp="required" if args.srtp else base.rtp.srtp),
         admin=dataclasses.replace(base.admin, listen=""),
         ivr=dataclasses.replace(base.ivr, language=args.lang or base.ivr.language),
     )
@@ -200,7 +252,11 @@ async def _demo_async(args: argparse.Namespace) -> str:
         elif kind == "answered":
             say("spg", f"answered the transferred call (language {details['language']})")
 
-    say("demo", f"spg-media node on udp:127.0.0.1:{port}, sandbox platform in-process")
+    say("demo", f"spg-media node on {transport}:127.0.0.1:{port}, sandbox platform in-process")
+    if args.srtp:
+        say("demo", "SIP over TLS (self-signed demo certificate), media as SRTP (SDES keys)")
+    if args.inband:
+        say("demo", "the caller keys DTMF tones in the audio (no telephone-event offered)")
     say("demo", "rendering prompts (cached after the first run)...")
     server = Server(config, observer=observe)
     await server.start()
@@ -211,6 +267,10 @@ async def _demo_async(args: argparse.Namespace) -> str:
         token,
         return_to=f"sip:agent@127.0.0.1:{agent_port}",
         on_progress=lambda text: say("caller", text),
+        inband=args.inband,
+        transport=transport,
+        srtp=args.srtp,
+        tls_ca_file=ca_file,
     )
     cvc = "1234" if args.card.startswith(("34", "37")) else "123"
     try:

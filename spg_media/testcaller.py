@@ -1,10 +1,14 @@
 """Our own test caller: a small SIP UAC that behaves like a transferred customer.
 
 It sends the transferred INVITE with the X-SPG-* headers, listens to the prompts (it waits for
-each prompt to go quiet before keying, as a person would), keys digits as RFC 4733 events, and
+each prompt to go quiet before keying, as a person would), keys digits as RFC 4733 events — or,
+with `inband=True`, as DTMF tones in a continuous PCMU audio stream offered without
+telephone-event, as a PSTN gateway would — and
 plays the transferee's part of the REFER (202, then a NOTIFY whose sipfrag says the return call
-was answered) before accepting the BYE. It serves `spg-media demo` and unit tests; integration
-tests use real peers (SIPp, baresip) instead.
+was answered) before accepting the BYE. With `transport="tls"` it signals over TLS (trusting
+only the certificate file it is given) and with `srtp=True` it offers RTP/SAVP with fresh SDES
+keys and protects and checks every packet, as a secure phone does. It serves `spg-media demo`
+and unit tests; integration tests use real peers (SIPp, baresip) instead.
 """
 
 from __future__ import annotations
@@ -12,14 +16,16 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import ssl
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from spg_media.rtp import srtp as srtp_keys
 from spg_media.rtp.g711 import ULAW_TO_LINEAR
-from spg_media.rtp.packet import RtpError, RtpPacket, build_rtp
+from spg_media.rtp.packet import RtpError, RtpPacket, build_rtp, is_rtcp
 from spg_media.sip.dialog import Dialog
 from spg_media.sip.message import Headers, SipRequest, make_response, new_branch, new_tag
 from spg_media.sip.sdp import build_offer
@@ -28,6 +34,22 @@ from spg_media.sip.ua import Listen, SipUserAgent
 
 DTMF_EVENTS = {**{str(d): d for d in range(10)}, "*": 10, "#": 11}
 DTMF_PT = 101
+DTMF_TONES = {
+    "1": (697, 1209), "2": (697, 1336), "3": (697, 1477),
+    "4": (770, 1209), "5": (770, 1336), "6": (770, 1477),
+    "7": (852, 1209), "8": (852, 1336), "9": (852, 1477),
+    "*": (941, 1209), "0": (941, 1336), "#": (941, 1477),
+}  # fmt: skip
+TONE_AMPLITUDE = 4000.0  # per frequency: about -15 dBm0, a typical phone's level
+FRAME = 160  # samples per 20 ms packet
+
+
+def dtmf_tone(key: str, duration_s: float, rate: int = 8000) -> np.ndarray:
+    """The two-frequency tone of a key as int16 samples."""
+    low, high = DTMF_TONES[key]
+    t = np.arange(int(duration_s * rate)) / rate
+    wave = TONE_AMPLITUDE * (np.sin(2 * np.pi * low * t) + np.sin(2 * np.pi * high * t))
+    return np.round(wave).astype(np.int16)
 
 
 @dataclass
@@ -64,6 +86,10 @@ class TestCaller:
         extra_headers: list[tuple[str, str]] | None = None,
         on_progress: Callable[[str], None] | None = None,
         request_uri: str | None = None,
+        inband: bool = False,
+        transport: str = "udp",
+        srtp: bool = False,
+        tls_ca_file: str | None = None,
     ) -> None:
         self.target = target
         self.transaction = transaction
@@ -72,6 +98,16 @@ class TestCaller:
         self.extra_headers = extra_headers or []
         self.on_progress = on_progress or (lambda _msg: None)
         self.request_uri = request_uri or f"sip:pay@{target[0]}:{target[1]}"
+        self.inband = inband
+        if transport not in ("udp", "tcp", "tls"):
+            raise ValueError(f"transport must be udp, tcp or tls, not {transport!r}")
+        self.transport = transport
+        self.use_srtp = srtp
+        self.tls_ca_file = tls_ca_file
+        self.srtp: srtp_keys.SrtpContext | None = None  # after the answer, when srtp
+        self.srtp_suite = ""
+        self._audio_out: list[bytes] = []  # PCMU frames queued to send (in-band mode)
+        self._audio_task: asyncio.Task[None] | None = None
         self.report = CallerReport()
         self.dialog: Dialog | None = None
         self.ua: SipUserAgent | None = None
@@ -87,6 +123,13 @@ class TestCaller:
     # ---- RTP ----------------------------------------------------------------------------------
 
     def on_rtp(self, data: bytes) -> None:
+        if self.use_srtp:
+            if self.srtp is None or is_rtcp(data):
+                return
+            plain = self.srtp.unprotect_rtp(data)
+            if plain is None:
+                return
+            data = plain
         try:
             packet = RtpPacket.parse(data)
         except RtpError:
@@ -110,8 +153,14 @@ class TestCaller:
             await asyncio.sleep(0.05)
 
     async def key(self, keys: str, gap_s: float = 0.12) -> None:
-        """Key digits as RFC 4733 events: 7 updates then the end packet three times."""
+        """Key digits as RFC 4733 events: 7 updates then the end packet three times.
+
+        In in-band mode: 80 ms of tone then `gap_s` of silence per key, in the audio stream.
+        """
         assert self.rtp is not None and self.remote_rtp is not None
+        if self.inband:
+            await self._key_inband(keys, gap_s)
+            return
         for key in keys:
             event = DTMF_EVENTS[key]
             self._ts = (self._ts + 1600) & 0xFFFFFFFF
@@ -124,10 +173,49 @@ class TestCaller:
                 self._send_rtp(end, marker=False)
             await asyncio.sleep(gap_s)
 
+    async def _key_inband(self, keys: str, gap_s: float) -> None:
+        from spg_media.rtp.g711 import encode
+
+        for key in keys:
+            samples = np.concatenate(
+                [dtmf_tone(key, 0.08), np.zeros(int(max(gap_s, 0.05) * 8000), dtype=np.int16)]
+            )
+            samples = np.concatenate([samples, np.zeros((-samples.size) % FRAME, np.int16)])
+            encoded = encode(samples, "PCMU")
+            self._audio_out.extend(encoded[i : i + FRAME] for i in range(0, len(encoded), FRAME))
+        while self._audio_out and not self._ended.is_set():
+            await asyncio.sleep(0.02)
+
+    async def _send_audio(self) -> None:
+        """A phone's audio stream: a PCMU frame every 20 ms, silence unless keying."""
+        loop = asyncio.get_running_loop()
+        silence = b"\xff" * FRAME
+        next_at = loop.time()
+        while not self._ended.is_set():
+            payload = self._audio_out.pop(0) if self._audio_out else silence
+            self._ts = (self._ts + FRAME) & 0xFFFFFFFF
+            packet = build_rtp(0, self._seq, self._ts, self._ssrc, payload, False)
+            self._seq = (self._seq + 1) & 0xFFFF
+            self._send_packet(packet)
+            next_at += 0.02
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+
     def _send_rtp(self, payload: bytes, marker: bool) -> None:
         assert self.rtp is not None and self.remote_rtp is not None
         packet = build_rtp(DTMF_PT, self._seq, self._ts, self._ssrc, payload, marker)
         self._seq = (self._seq + 1) & 0xFFFF
+        self._send_packet(packet)
+
+    def _send_packet(self, packet: bytes) -> None:
+        if self.rtp is None or self.remote_rtp is None:
+            return
+        if self.use_srtp:
+            if self.srtp is None:
+                return
+            protected = self.srtp.protect_rtp(packet)
+            if protected is None:
+                return
+            packet = protected
         self.rtp.sendto(packet, self.remote_rtp)
 
     # ---- SIP ----------------------------------------------------------------------------------
@@ -135,7 +223,15 @@ class TestCaller:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         sip_port = _free_udp_port(self.local_host)
-        self.ua = SipUserAgent([Listen("udp", self.local_host, sip_port)], self.local_host)
+        client_tls = None
+        if self.transport == "tls":
+            client_tls = ssl.create_default_context(cafile=self.tls_ca_file)
+            client_tls.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.ua = SipUserAgent(
+            [Listen("udp", self.local_host, sip_port)],
+            self.local_host,
+            client_ssl_context=client_tls,
+        )
         await self.ua.start()
         rtp_port = _free_udp_port(self.local_host)
         self.rtp, _ = await loop.create_datagram_endpoint(
@@ -144,6 +240,25 @@ class TestCaller:
         self.rtp_port = rtp_port
         self.sip_port = sip_port
 
+    def _security(self) -> str:
+        parts = []
+        if self.transport == "tls" and self.ua is not None:
+            stream = self.ua.streams.get(Address("tls", self.target[0], self.target[1]))
+            tls = stream.writer.get_extra_info("ssl_object") if stream is not None else None
+            if tls is not None:
+                parts.append(f"{tls.version()} {tls.cipher()[0]}")
+        if self.srtp is not None:
+            parts.append(f"SRTP {self.srtp_suite}")
+        return f" over {', '.join(parts)}" if parts else ""
+
+    @property
+    def _sent_by(self) -> str:
+        return f"{self.local_host}:{self.sip_port}"
+
+    @property
+    def _param(self) -> str:
+        return "" if self.transport == "udp" else f";transport={self.transport}"
+
     async def call(self) -> int:
         """Send the INVITE; on 200, ACK it and return 200; else the failure status."""
         assert self.ua is not None
@@ -151,30 +266,34 @@ class TestCaller:
         headers = Headers()
         headers.add(
             "Via",
-            f"SIP/2.0/UDP {self.local_host}:{self.sip_port};branch={new_branch()};rport",
+            f"SIP/2.0/{self.transport.upper()} {self.local_host}:{self.sip_port}"
+            f";branch={new_branch()};rport",
         )
         headers.add("Max-Forwards", "70")
         headers.add("From", f'"Customer" <sip:customer@{self.local_host}>;tag={new_tag()}')
         headers.add("To", f"<{self.request_uri}>")
         headers.add("Call-ID", call_id)
         headers.add("CSeq", "1 INVITE")
-        headers.add("Contact", f"<sip:customer@{self.local_host}:{self.sip_port}>")
+        headers.add("Contact", f"<sip:customer@{self.local_host}:{self.sip_port}{self._param}>")
         headers.add("X-SPG-Transaction", self.transaction)
         if self.return_to:
             headers.add("X-SPG-Return-To", self.return_to)
         for name, value in self.extra_headers:
             headers.add(name, value)
         headers.add("Content-Type", "application/sdp")
+        offered = srtp_keys.offer_attributes() if self.use_srtp else []
         body = build_offer(
             local_address=self.local_host,
             local_port=self.rtp_port,
             session_id=random.randint(1, 2**31),
             version=1,
             codecs=("PCMU",),
+            dtmf_pt=None if self.inband else DTMF_PT,
+            crypto_lines=offered,
         )
         invite = SipRequest("INVITE", self.request_uri, headers, body)
         self.ua.dialogs[call_id] = self
-        destination = Address("udp", self.target[0], self.target[1])
+        destination = Address(self.transport, self.target[0], self.target[1])
         self.on_progress(f"INVITE {self.request_uri} (X-SPG-Transaction: {self.transaction})")
         response = await self.ua.request(invite, destination)
         self.report.status = response.status
@@ -185,17 +304,23 @@ class TestCaller:
         from spg_media.sip.sdp import SessionDescription, negotiate
 
         answer = negotiate(SessionDescription.parse(response.body))
+        if self.use_srtp:
+            lines = [c.value() for c in answer.crypto]
+            if not answer.srtp_offered or not lines:
+                raise ConnectionError("SRTP offered but the answer is plain RTP")
+            self.srtp = srtp_keys.accept_answer(offered, lines)
+            self.srtp_suite = self.srtp.suite.name
         self.remote_rtp = (answer.remote_address, answer.remote_port)
-        ack = self.dialog.new_request(
-            "ACK", "udp", f"{self.local_host}:{self.sip_port}", cseq=invite.cseq[0]
-        )
+        ack = self.dialog.new_request("ACK", self.transport, self._sent_by, cseq=invite.cseq[0])
         self.ua.send_ack(ack, await self.ua.resolve(self.dialog.next_hop()))
-        self.on_progress("answered (200 OK, ACK sent)")
+        self.on_progress("answered (200 OK, ACK sent)" + self._security())
+        if self.inband:
+            self._audio_task = asyncio.get_running_loop().create_task(self._send_audio())
         return 200
 
     async def hangup(self) -> None:
         assert self.ua is not None and self.dialog is not None
-        bye = self.dialog.new_request("BYE", "udp", f"{self.local_host}:{self.sip_port}")
+        bye = self.dialog.new_request("BYE", self.transport, self._sent_by)
         self.report.ended_by = "caller"
         self._ended.set()
         await self.ua.request(bye, await self.ua.resolve(self.dialog.next_hop()))
@@ -208,6 +333,9 @@ class TestCaller:
         return self.report
 
     async def close(self) -> None:
+        self._ended.set()
+        if self._audio_task is not None:
+            self._audio_task.cancel()
         if self.rtp is not None:
             self.rtp.close()
         if self.ua is not None:
@@ -243,8 +371,8 @@ class TestCaller:
         assert self.ua is not None and self.dialog is not None
         notify = self.dialog.new_request(
             "NOTIFY",
-            "udp",
-            f"{self.local_host}:{self.sip_port}",
+            self.transport,
+            self._sent_by,
             headers=[
                 ("Event", "refer"),
                 ("Subscription-State", "terminated;reason=noresource"),

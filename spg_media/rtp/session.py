@@ -3,11 +3,15 @@
 `MediaSession` is the sans-IO state of one call's media: it latches onto the first source that
 sends RTP to its port (symmetric RTP; other sources are dropped and counted), hands telephone-event
 payloads to the RFC 4733 receiver, and produces the call's outgoing packets — prompt audio encoded
-once per codec, packetised here, or silence — one packet per `ptime`.
+once per codec, packetised here, or silence — one packet per `ptime`. With an `srtp` context,
+incoming packets are authenticated and decrypted BEFORE anything else looks at them (so a forged
+packet can neither latch the session nor reach the DTMF receivers) and outgoing ones protected.
 
 `MediaEngine` is the asyncio shell: one UDP socket per session and ONE timer for all sessions that
 sends every due packet each 20 ms tick (DESIGN principle 3), so per-call work in the hot path is a
-dictionary walk and a `sendto`.
+dictionary walk and a `sendto`. The same tick runs the in-band DTMF detector once over the audio
+all `inband` sessions received since the previous tick (grouped into one numpy block per codec
+and size), and hands the events to each session's `on_dtmf` like RFC 4733 events.
 """
 
 from __future__ import annotations
@@ -24,14 +28,17 @@ from typing import cast
 
 import numpy as np
 
+from spg_media.dtmf.inband import InbandDetector
 from spg_media.dtmf.rfc4733 import DtmfEvent, Rfc4733Receiver
 from spg_media.observability import RTP_DROPPED_TOTAL, RTP_PACKETS_TOTAL
-from spg_media.rtp.g711 import encode
+from spg_media.rtp.g711 import decode_array, encode
 from spg_media.rtp.packet import RtpError, RtpPacket, build_rtp, is_rtcp
+from spg_media.rtp.srtp import SrtpContext
 
 log = logging.getLogger("spg.rtp")
 
 SILENCE_BYTE = {"PCMU": 0xFF, "PCMA": 0xD5}
+MAX_PENDING_FRAMES = 10  # audio kept for the detector between ticks (a stalled tick drops more)
 PAYLOAD_TYPE = {"PCMU": 0, "PCMA": 8}
 
 
@@ -41,6 +48,7 @@ class MediaStats:
     sent: int = 0
     dropped_foreign: int = 0
     dropped_malformed: int = 0
+    dropped_srtp: int = 0  # refused by SRTP: forged, replayed, truncated, expired key
     rtcp: int = 0
     audio: int = 0
     events: int = 0
@@ -61,6 +69,8 @@ class MediaSession:
     on_audio: Callable[[bytes, float], None] | None = None
     latched: tuple[str, int] | None = None
     hold: bool = False
+    inband: bool = False  # collect the caller's audio for the engine's in-band DTMF detector
+    srtp: SrtpContext | None = None  # SDES-SRTP keys of the call; None for plain RTP
 
     def __post_init__(self) -> None:
         self.payload_type = PAYLOAD_TYPE[self.codec]
@@ -74,6 +84,9 @@ class MediaSession:
         self.receiver = Rfc4733Receiver()
         self.next_send_at: float | None = None
         self._reported = MediaStats()
+        self.inband_slot: int | None = None  # the detector channel, while attached
+        self.pending_audio: list[bytes] = []  # payloads not yet given to the detector
+        self.pending_audio_at = 0.0  # arrival time of the newest of them
 
     def report_stats(self) -> None:
         """Add what changed since the last report to the process's RTP counters."""
@@ -88,18 +101,32 @@ class MediaSession:
             RTP_DROPPED_TOTAL.inc(
                 now.dropped_malformed - last.dropped_malformed, reason="malformed"
             )
+        if now.dropped_srtp != last.dropped_srtp:
+            RTP_DROPPED_TOTAL.inc(now.dropped_srtp - last.dropped_srtp, reason="srtp")
         self._reported = dataclasses.replace(now)
 
     # ---- receiving --------------------------------------------------------------------------
 
     def receive(self, data: bytes, source: tuple[str, int], now: float) -> None:
+        rtcp = is_rtcp(data)
+        if self.srtp is not None:
+            if self.latched is not None and source != self.latched:
+                # Checked first: unprotecting a stranger's copy of a genuine packet would use
+                # up its replay slot before the real one arrives.
+                self.stats.dropped_foreign += 1
+                return
+            plain = self.srtp.unprotect_rtcp(data) if rtcp else self.srtp.unprotect_rtp(data)
+            if plain is None:
+                self.stats.dropped_srtp += 1
+                return
+            data = plain
         if self.latched is None:
             self.latched = source
             self.remote = source  # symmetric RTP: answer where the caller really is
         elif source != self.latched:
             self.stats.dropped_foreign += 1
             return
-        if is_rtcp(data):
+        if rtcp:
             self.stats.rtcp += 1
             return
         try:
@@ -116,6 +143,9 @@ class MediaSession:
             self._deliver(events)
         elif packet.payload_type == self.payload_type:
             self.stats.audio += 1
+            if self.inband_slot is not None and len(self.pending_audio) < MAX_PENDING_FRAMES:
+                self.pending_audio.append(packet.payload)
+                self.pending_audio_at = now
             if self.on_audio is not None:
                 self.on_audio(packet.payload, now)
 
@@ -124,6 +154,11 @@ class MediaSession:
         wake = self.receiver.next_wake()
         if wake is not None and now >= wake:
             self._deliver(self.receiver.poll(now))
+
+    def stop_inband(self) -> None:
+        """No more audio for the detector (e.g. RFC 4733 events seen and `dtmf.inband = auto`)."""
+        self.inband = False
+        self.pending_audio.clear()
 
     def _deliver(self, events: list[DtmfEvent]) -> None:
         if self.on_dtmf is not None:
@@ -149,8 +184,9 @@ class MediaSession:
     def playing(self) -> bool:
         return self._frame_index < len(self._frames)
 
-    def next_packet(self) -> bytes:
-        """The next outgoing packet: prompt audio while playing, else silence."""
+    def next_packet(self) -> bytes | None:
+        """The next outgoing packet: prompt audio while playing, else silence (SRTP-protected
+        when the call has keys; None in the never-expected case that protection fails)."""
         if self._frame_index < len(self._frames):
             payload = self._frames[self._frame_index]
             self._frame_index += 1
@@ -166,6 +202,8 @@ class MediaSession:
         self._seq = (self._seq + 1) & 0xFFFF
         self._ts = (self._ts + self.samples_per_packet) & 0xFFFFFFFF
         self.stats.sent += 1
+        if self.srtp is not None:
+            return self.srtp.protect_rtp(packet)
         return packet
 
     def encode_prompt(self, samples: np.ndarray) -> bytes:
@@ -204,6 +242,7 @@ class MediaEngine:
         self._next_port = self.port_min
         self._tick_task: asyncio.Task[None] | None = None
         self.loop = asyncio.get_event_loop()
+        self.inband: InbandDetector | None = None  # one detector serves every channel
 
     async def open(self) -> int:
         """Bind a free even port from the range and return it (the session is attached later)."""
@@ -233,6 +272,10 @@ class MediaEngine:
     def attach(self, port: int, session: MediaSession) -> None:
         session.next_send_at = self.loop.time()
         self.sessions[port] = session
+        if session.inband:
+            if self.inband is None:
+                self.inband = InbandDetector()
+            session.inband_slot = self.inband.add_channel()
         if self._tick_task is None or self._tick_task.done():
             self._tick_task = self.loop.create_task(self._tick())
 
@@ -240,6 +283,9 @@ class MediaEngine:
         session = self.sessions.pop(port, None)
         if session is not None:
             session.report_stats()
+            if session.inband_slot is not None and self.inband is not None:
+                self.inband.remove_channel(session.inband_slot)
+                session.inband_slot = None
         transport = self.transports.pop(port, None)
         if transport is not None:
             transport.close()
@@ -250,12 +296,52 @@ class MediaEngine:
         if self._tick_task is not None:
             self._tick_task.cancel()
 
+    def _detect_inband(self) -> None:
+        """Run the in-band detector once over the audio every channel received since last tick.
+
+        Channels are grouped by codec and by how many samples they have (a tick usually brings
+        one 20 ms packet per channel), so each group is one (channels × samples) block and one
+        detector call: the per-call cost in Python is collecting bytes.
+        """
+        assert self.inband is not None
+        groups: dict[tuple[str, int], list[MediaSession]] = {}
+        for session in self.sessions.values():
+            if session.inband_slot is None:
+                continue
+            if not session.inband:  # switched off mid-call: give the slot back
+                self.inband.remove_channel(session.inband_slot)
+                session.inband_slot = None
+                continue
+            if session.pending_audio:
+                size = sum(len(p) for p in session.pending_audio)
+                groups.setdefault((session.codec, size), []).append(session)
+        for (codec, size), members in groups.items():
+            joined = b"".join(b"".join(m.pending_audio) for m in members)
+            codes = np.frombuffer(joined, dtype=np.uint8).reshape(len(members), size)
+            block = decode_array(codes, codec)
+            slots = [cast(int, m.inband_slot) for m in members]
+            now = max(m.pending_audio_at for m in members)
+            by_slot = {cast(int, m.inband_slot): m for m in members}
+            for m in members:
+                m.pending_audio.clear()
+            try:
+                found = self.inband.process(slots, block, now)
+            except Exception:  # a detector bug must not stop the media of every call
+                log.exception("in-band detector failed; in-band DTMF is off for this tick")
+                continue
+            for slot, event in found:
+                target = by_slot.get(slot)
+                if target is not None:
+                    target._deliver([event])
+
     async def _tick(self) -> None:
         interval = 0.02
         ticks = 0
         next_tick = self.loop.time()
         while self.sessions:
             now = self.loop.time()
+            if self.inband is not None:
+                self._detect_inband()
             for port, session in list(self.sessions.items()):
                 session.poll(now)
                 if session.hold or session.next_send_at is None:
@@ -265,7 +351,7 @@ class MediaEngine:
                 # Catch up after a late tick, but never burst more than 3 packets.
                 while session.next_send_at <= now + 0.001 and sent < 3:
                     packet = session.next_packet()
-                    if transport is not None:
+                    if transport is not None and packet is not None:
                         transport.sendto(packet, session.remote)
                     session.next_send_at += session.ptime_ms / 1000
                     sent += 1

@@ -9,6 +9,11 @@ loop never sees the exception.
 
 `request()` is the one awaitable: it starts a client transaction and resolves with the final
 response, or a synthetic 408 when the transaction times out or the transport fails.
+
+TCP/TLS: responses go back on the connection the request came on, and a request to an address
+we already have a connection with (the `source` of a call's INVITE) reuses it; a new connection
+is opened only when there is none (RFC 3261 §18, RFC 5923-style reuse). `contact()` gives
+`sip:...;transport=tls` over TLS, and `sips:` only for a dialog whose INVITE was `sips:`.
 """
 
 from __future__ import annotations
@@ -136,11 +141,16 @@ class SipUserAgent:
         public_host: str,
         trusted_sources: Iterable[str] = ("127.0.0.0/8",),
         ssl_context: ssl.SSLContext | None = None,
+        client_ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.listen = list(listen)
         self.public_host = public_host
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in trusted_sources]
-        self.ssl_context = ssl_context
+        self.ssl_context = ssl_context  # our TLS listeners' certificate
+        # For TLS connections we open: by default the system's CAs and the peer's name or
+        # address checked (a card-data path never trusts an unverified peer); tests pass a
+        # context that trusts their self-signed certificate.
+        self.client_ssl_context = client_ssl_context
         self.transactions = TransactionLayer()
         self.dialogs: dict[str, DialogHandler] = {}
         self.invite_handler: InviteHandler | None = None
@@ -151,12 +161,20 @@ class SipUserAgent:
         self._pending: dict[tuple[str, str], asyncio.Future[SipResponse]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self.loop = asyncio.get_event_loop()
+        # The loop is the one `start()` (or the first use) runs in: asking for it here would
+        # fail, or make a stray loop, when the UA is built outside a running loop.
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
 
     # ---- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         for spec in self.listen:
             if spec.transport == "udp":
                 _, protocol = await self.loop.create_datagram_endpoint(
@@ -184,9 +202,21 @@ class SipUserAgent:
                 protocol.transport.close()
         if self._timer is not None:
             self._timer.cancel()
+        # Let the stream readers see their end (else the loop cancels them mid-read and
+        # asyncio's start_server callback logs the CancelledError as an error).
+        current = asyncio.current_task()
+        tasks = {task for task in self._tasks if task is not current and not task.done()}
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=2)
+            for task in pending:
+                task.cancel()
 
     def _accept_stream(self, transport: str):  # type: ignore[no-untyped-def]
         async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            if task is not None:  # tracked so that close() can wait for it
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             peer = writer.get_extra_info("peername")
             address = Address(transport, str(peer[0]), int(peer[1]))
             stream = _Stream(self, address, reader, writer)
@@ -206,11 +236,20 @@ class SipUserAgent:
     def sent_by(self, transport: str) -> str:
         return f"{self.public_host}:{self.listen_for(transport).port}"
 
-    def contact(self, transport: str, user: str = "spg") -> str:
+    def contact(self, transport: str, user: str = "spg", *, secure: bool = False) -> str:
+        """Our Contact (a name-addr) for a dialog on `transport`.
+
+        Over TLS it is `sip:...;transport=tls` (RFC 5630 §3.1.3: a `sip:` request that happened
+        to come over TLS must not be answered with a `sips:` Contact; peers such as baresip 1.0
+        / libre cannot even send the ACK to one and drop the call). `secure=True` (the dialog's
+        INVITE had a `sips:` Request-URI, RFC 3261 §12.1.1) gives `sips:` with no transport
+        parameter. UDP carries no transport parameter.
+        """
         spec = self.listen_for(transport)
-        scheme = "sips" if transport == "tls" else "sip"
-        param = "" if transport == "udp" or transport == "tls" else f";transport={transport}"
-        return f"<{scheme}:{user}@{self.public_host}:{spec.port}{param}>"
+        if secure and transport == "tls":
+            return f"<sips:{user}@{self.public_host}:{spec.port}>"
+        param = "" if transport == "udp" else f";transport={transport}"
+        return f"<sip:{user}@{self.public_host}:{spec.port}{param}>"
 
     # ---- receiving --------------------------------------------------------------------------
 
@@ -429,9 +468,10 @@ class SipUserAgent:
     async def _connect(self, destination: Address) -> None:
         ctx = None
         if destination.transport == "tls":
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
+            if self.client_ssl_context is None:
+                self.client_ssl_context = ssl.create_default_context()
+                self.client_ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx = self.client_ssl_context
         reader, writer = await asyncio.open_connection(destination.host, destination.port, ssl=ctx)
         stream = _Stream(self, destination, reader, writer)
         self.streams[destination] = stream

@@ -20,13 +20,14 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, Any, Self
 from xml.sax.saxutils import escape
 
 HOST = "127.0.0.1"
@@ -556,6 +557,7 @@ def make_pay_scenario(
     headers: Mapping[str, str] | None = None,
     result_timeout_ms: int = 30000,
     hangup_pause_ms: int = 300,
+    inband_wav: Path | None = None,
 ) -> Path:
     """Write the caller's scenario to `path` and return it.
 
@@ -569,6 +571,10 @@ def make_pay_scenario(
       - `hangup_after_keys`: send BYE, expect 200.
     `expect_result=None` records the result without checking it. SIPp exits 0 only when
     every step (and the check) succeeded.
+
+    With `inband_wav` (an 8 kHz A-law WAV, see `write_dtmf_wav`) the INVITE offers PCMA only, no
+    telephone-event, and instead of pcaps SIPp streams that file (`rtp_stream`) once: the keys
+    are in-band tones in the audio and `keys` only names what the file holds.
     """
     fields = [keys] if isinstance(keys, str) else list(keys)
     for field in fields:
@@ -579,7 +585,17 @@ def make_pay_scenario(
     header_text = "".join(f"{name}: {value}\n" for name, value in hdrs.items())
 
     out = ['<?xml version="1.0" encoding="ISO-8859-1" ?>\n', '<scenario name="spg pay_uac">\n']
-    out.append(_send(_INVITE.replace("{headers}", header_text), retrans_ms=500))
+    invite = _INVITE.replace("{headers}", header_text)
+    if inband_wav is not None:
+        invite = invite.replace(
+            "m=audio [media_port] RTP/AVP 0 101\n"
+            "a=rtpmap:0 PCMU/8000\n"
+            "a=rtpmap:101 telephone-event/8000\n"
+            "a=fmtp:101 0-15\n",
+            "m=audio [media_port] RTP/AVP 8\na=rtpmap:8 PCMA/8000\n",
+        )
+        assert "PCMA" in invite
+    out.append(_send(invite, retrans_ms=500))
     out.append('  <recv response="100" optional="true"/>\n')
     out.append('  <recv response="180" optional="true"/>\n')
     out.append('  <recv response="183" optional="true"/>\n')
@@ -587,6 +603,10 @@ def make_pay_scenario(
     out.append(_send(_ACK))
     if initial_pause_ms:
         out.append(f'  <pause milliseconds="{initial_pause_ms}"/>\n')
+    if inband_wav is not None:
+        wav = escape(str(inband_wav))
+        out.append(f'  <nop><action><exec rtp_stream="{wav},1,8"/></action></nop>\n')
+        fields = []
     for n, field in enumerate(fields):
         if n and field_gap_ms:
             out.append(f'  <pause milliseconds="{field_gap_ms}"/>\n')
@@ -626,6 +646,40 @@ def make_pay_scenario(
     out.append("</scenario>\n")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(out), encoding="latin-1")
+    return path
+
+
+def write_dtmf_wav(
+    path: Path,
+    fields: Sequence[str],
+    *,
+    lead_s: float = 1.0,
+    tone_s: float = 0.08,
+    gap_s: float = 0.08,
+    field_gap_s: float = 1.0,
+    tail_s: float = 2.0,
+) -> Path:
+    """An 8 kHz mono A-law WAV keying `fields` as DTMF tones (what SIPp's rtp_stream plays)."""
+    import numpy as np
+
+    from spg_media.rtp.g711 import encode
+    from spg_media.testcaller import dtmf_tone
+
+    def silence(seconds: float) -> Any:
+        return np.zeros(int(seconds * 8000), dtype=np.int16)
+
+    parts = [silence(lead_s)]
+    for n, field in enumerate(fields):
+        if n:
+            parts.append(silence(field_gap_s))
+        for key in field:
+            parts += [dtmf_tone(key, tone_s), silence(gap_s)]
+    parts.append(silence(tail_s))
+    audio = encode(np.concatenate(parts), "PCMA")
+    fmt = struct.pack("<HHIIHHH", 6, 1, 8000, 8000, 1, 8, 0)  # WAVE_FORMAT_ALAW, with cbSize
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+    body += b"data" + struct.pack("<I", len(audio)) + audio + (b"\0" if len(audio) % 2 else b"")
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
     return path
 
 

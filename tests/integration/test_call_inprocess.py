@@ -121,12 +121,14 @@ async def pay(
     *,
     wait_prompts: bool = False,
     hangup_after: int | None = None,
+    inband: bool = False,
 ) -> CallerReport:
     caller = TestCaller(
         ("127.0.0.1", port),
         token,
         return_to="sip:agent@127.0.0.1:5999",
         extra_headers=[("X-SPG-Callback", "https://merchant.test/result")],
+        inband=inband,
     )
     try:
         await caller.start()
@@ -265,3 +267,114 @@ def test_unknown_transaction_and_cancel_and_hangup(tmp_path):
         "sbx-100-EUR-cancel": "cancelled",
         "sbx-100-EUR-hangup": "hung-up",
     }
+
+
+@pytest.mark.timeout(120)
+def test_inband_tones_alone_pay_and_leak_nothing(tmp_path, caplog):
+    """No telephone-event in the offer: the card is keyed as tones in the PCMU stream."""
+    caplog.set_level(logging.DEBUG)
+    config = node_config(tmp_path)
+    capture = Capture()
+    pan, (expiry, cvc) = "5555555555554444", CARDS["5555555555554444"]
+    before = obs.DTMF_DIGITS_TOTAL.get(source="inband")
+
+    async def scenario() -> CallerReport:
+        server, port = await start_node(config, capture)
+        try:
+            return await pay(port, "sbx-4990-EUR-tones", [pan + "#", expiry, cvc], inband=True)
+        finally:
+            await server.stop(grace_s=10)
+
+    report = asyncio.run(scenario())
+    assert report.result_headers.get("X-SPG-Result") == "approved"
+    assert report.result_headers["X-SPG-Card"] == "mastercard 4444"
+    assert obs.DTMF_DIGITS_TOTAL.get(source="inband") - before == len(pan) + 1 + 4 + 3
+    [record] = cdr_lines(config)
+    assert record["result"] == "approved"
+    blobs = [data.decode("utf-8", "replace") for data in capture.sip]
+    blobs += [Path(config.log.cdr_path).read_text()]
+    blobs += [log_text(record) for record in caplog.records]
+    assert_no_card_data(blobs, {pan: (expiry, cvc)})
+
+
+@pytest.mark.timeout(120)
+def test_tls_srtp_payment_survives_forged_truncated_and_replayed_packets(tmp_path, caplog):
+    """TLS + SRTP: an attacker on the media path injects mid-call; the payment is untouched."""
+    from spg_media.rtp.packet import build_rtp
+    from spg_media.tlscert import make_self_signed
+
+    caplog.set_level(logging.DEBUG)
+    pair = make_self_signed(tmp_path / "tls")
+    base = node_config(tmp_path)
+    config = dataclasses.replace(
+        base,
+        sip=dataclasses.replace(
+            base.sip,
+            listen=(f"tls:127.0.0.1:{free_tcp_port()}",),
+            tls_cert=str(pair.cert),
+            tls_key=str(pair.key),
+        ),
+        rtp=dataclasses.replace(base.rtp, srtp="required"),
+    )
+    capture = Capture()
+    pan, (expiry, cvc) = "4111111111111111", CARDS["4111111111111111"]
+    before = {
+        "srtp": obs.RTP_DROPPED_TOTAL.get(reason="srtp"),
+        "digits": obs.DTMF_DIGITS_TOTAL.get(source="rfc4733"),
+    }
+
+    async def attack(caller: TestCaller, first_seq: int) -> int:
+        """Forged, truncated, replayed and clear packets, from the caller's own port."""
+        assert caller.rtp is not None and caller.remote_rtp is not None
+        assert caller.srtp is not None
+        sent = 0
+        for n in range(5):
+            clear_press = build_rtp(101, 60000 + n, 99, 0xBAD, bytes([9, 10, 0, 160]), True)
+            genuine = caller.srtp.protect_rtp(
+                build_rtp(0, first_seq + n, 160 * n, 0xBAD, b"\xff" * 160, False)
+            )
+            assert genuine is not None
+            forged = bytearray(genuine)
+            forged[-1] ^= 0xFF
+            for packet in (clear_press, bytes(forged), genuine[:20], genuine, genuine):
+                caller.rtp.sendto(packet, caller.remote_rtp)
+            sent += 4  # all but the first copy of the genuine packet are refused
+            await asyncio.sleep(0.02)
+        return sent
+
+    async def scenario() -> tuple[CallerReport, int]:
+        server, port = await start_node(config, capture)
+        caller = TestCaller(
+            ("127.0.0.1", port),
+            "sbx-4990-EUR-srtp",
+            return_to="sip:agent@127.0.0.1:5999",
+            transport="tls",
+            srtp=True,
+            tls_ca_file=str(pair.cert),
+        )
+        try:
+            await caller.start()
+            assert await caller.call() == 200
+            assert caller.srtp_suite == "AES_CM_128_HMAC_SHA1_80"
+            await asyncio.sleep(0.3)
+            refused = await attack(caller, 50000)
+            await caller.key(pan + "#", gap_s=0.06)
+            refused += await attack(caller, 50100)
+            await caller.key(expiry, gap_s=0.06)
+            await caller.key(cvc, gap_s=0.06)
+            return await caller.wait_end(90), refused
+        finally:
+            await caller.close()
+            await server.stop(grace_s=10)
+
+    report, refused = asyncio.run(scenario())
+    assert report.result_headers.get("X-SPG-Result") == "approved"
+    assert report.result_headers["X-SPG-Card"] == "visa 1111"
+    assert report.audio_packets > 50  # the caller decrypted the prompts
+    assert obs.DTMF_DIGITS_TOTAL.get(source="rfc4733") - before["digits"] == 16 + 1 + 4 + 3
+    assert obs.RTP_DROPPED_TOTAL.get(reason="srtp") - before["srtp"] == refused
+    blobs = [data.decode("utf-8", "replace") for data in capture.sip]
+    blobs += [Path(config.log.cdr_path).read_text()]
+    blobs += [log_text(record) for record in caplog.records]
+    assert_no_card_data(blobs, {pan: (expiry, cvc)})
+    assert any("RTP/SAVP" in blob and "a=crypto:" in blob for blob in blobs[:5])

@@ -35,6 +35,7 @@ from harness import (
     run_sipp,
     sip_options,
     wait_for,
+    write_dtmf_wav,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -436,3 +437,28 @@ def test_spg_no_return_target_ends_with_bye(
     assert not uac.received("REFER")
     assert header(uac, "BYE", "X-SPG-Transaction") == "nope-123"
     assert cdr_for(node, call_id)["result"] == "invalid-transaction"
+
+
+def test_spg_approved_with_inband_tones_only(stack: Stack, sipp_dir: Path) -> None:
+    """No telephone-event offered: SIPp streams A-law audio holding the card's DTMF tones."""
+    pan, exp, cvc = "4111111111111111", "1230", "123"
+    wav = write_dtmf_wav(sipp_dir / "card-tones.wav", [pan + "#", exp, cvc])
+    tok = token()
+    uac, call_id = call(
+        stack.kam,
+        sipp_dir,
+        [pan + "#", exp, cvc],
+        token=tok,
+        expect_result="approved",
+        inband_wav=wav,
+        initial_pause_ms=0,
+    )
+    assert uac.returncode == 0, uac.explain() + stack.node.logs()[-4000:]
+    invite = uac.sent("INVITE")[0]
+    assert "telephone-event" not in invite.text and "PCMA/8000" in invite.text
+    refer = uac.received("REFER")[0]
+    assert refer.header("X-SPG-Result") == "approved"
+    assert refer.header("X-SPG-Card") == "visa 1111"
+    cdr = cdr_for(stack.node, call_id)
+    assert cdr["result"] == "approved"
+    assert_no_card_data(stack, uac, cdr, pan, exp, cvc)

@@ -1,0 +1,391 @@
+"""baresip, a real third-party phone, pays through spg-media and is returned to an agent (issue 4).
+
+baresip 1.0 (driven over ctrl_tcp, see baresip.py) cannot add custom headers, so it dials the
+node with the handoff in the Request-URI (CONTRACT §2): `x-spg-transaction` and
+`x-spg-return-to` (the agent, a SIPp UAS on another loopback port). It keys the card with
+`sndcode` (RFC 4733 events), the sandbox approves, and the node REFERs baresip to the agent:
+the agent must get baresip's INVITE, carrying the result in the Request-URI (CONTRACT §6).
+
+- plain UDP signalling, plain RTP;
+- SIP over TLS (`tls:` listener with the certificate of `spg_media.tlscert`), plain RTP; with
+  root and tshark the call is captured: the signalling shows nothing in clear, while the
+  plain RTP does show the keys as RFC 4733 events (the detector's positive control, and the
+  reason SRTP exists);
+- an SRTP (`mediaenc=srtp-mand`) offer over TLS: the SDES key and the handoff never appear
+  on the wire (root and tshark);
+- a whole payment over TLS + SRTP (no key, digit or handoff readable on the wire), and
+  `rtp.srtp = required` refusing a plain offer with 488 while still taking an SRTP one.
+
+Skipped (never failed) when baresip, sipp or spg-media are missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from baresip import (
+    AGENT_SCENARIO,
+    Account,
+    Baresip,
+    BaresipEvent,
+    Capture,
+    SpgTlsNode,
+    baresip_missing,
+    capture_missing,
+    sdp_crypto_keys,
+)
+from harness import HOST, SIPP, SippProcess, SippResult, spg_media_available, wait_for
+
+from spg_media.tlscert import CertPair, TlsCertError, make_self_signed
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+CARD, EXPIRY, CVC = "4111111111111111", "1230", "123"
+# the SDES key (30 bytes) of the agent's SRTP answer (SIPp has no SRTP: never used for media)
+AGENT_KEY = base64.b64encode(bytes(range(30))).decode()
+# TLS 1.3 hides the record type: application data is then the opaque type 23
+TLS_APP_DATA = "tls.record.content_type == 23 || tls.record.opaque_type == 23"
+
+
+# ---- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tools() -> None:
+    reason = baresip_missing()
+    if reason:
+        pytest.skip(reason)
+    if SIPP is None:
+        pytest.skip("sipp (Debian sip-tester) is not installed")
+    if not spg_media_available():
+        pytest.skip("spg_media.server is not importable (or .venv/bin/spg-media missing)")
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> CertPair:
+    try:
+        return make_self_signed(tmp_path_factory.mktemp("tls"))
+    except TlsCertError as exc:
+        pytest.skip(f"no test certificate: {exc}")
+
+
+def _start_node(
+    tmp_path_factory: pytest.TempPathFactory, cert: CertPair, env: dict[str, str] | None = None
+) -> SpgTlsNode:
+    node = SpgTlsNode(tmp_path_factory.mktemp("spg-node"), cert.cert, cert.key, env)
+    node.start()
+    return node
+
+
+@pytest.fixture(scope="module")
+def node(
+    tools: None, cert: CertPair, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SpgTlsNode]:
+    """One node for the module: UDP+TCP and TLS listeners, sandbox connector."""
+    started = _start_node(tmp_path_factory, cert)
+    yield started
+    started.stop()
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+def token() -> str:
+    return f"sbx-4990-EUR-{uuid.uuid4().hex[:8]}"
+
+
+def pay_uri(node: SpgTlsNode, transport: str, txn: str, agent_port: int | None = None) -> str:
+    """The URI baresip dials: the handoff as Request-URI parameters (CONTRACT §2).
+
+    No `;transport=` here: it comes from the account (baresip pitfall 6). `@` is not allowed
+    in a URI parameter value, so the return URI's is escaped.
+    """
+    port = node.tls_port if transport == "tls" else node.sip_port
+    uri = f"sip:pay@{HOST}:{port};x-spg-transaction={txn}"
+    if agent_port is not None:
+        uri += f";x-spg-return-to=sip:agent%40{HOST}:{agent_port}"
+    return uri
+
+
+def dial(phone: Baresip, uri: str, timeout_s: float = 15.0) -> BaresipEvent:
+    """Dial and return CALL_ESTABLISHED, or CALL_CLOSED when the call is refused."""
+    since = phone.cursor
+    phone.dial(uri)
+    return phone.wait_event(
+        lambda e: e.type in ("CALL_ESTABLISHED", "CALL_CLOSED"), timeout_s, since
+    )
+
+
+def start_agent(workdir: Path, srtp: bool = False) -> SippProcess:
+    keys = (
+        {
+            "agent_profile": "RTP/SAVP",
+            "agent_attr": f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{AGENT_KEY}",
+        }
+        if srtp
+        else {"agent_profile": "RTP/AVP", "agent_attr": "a=sendrecv"}
+    )
+    return SippProcess(AGENT_SCENARIO, workdir, keys=keys, timeout_s=100)
+
+
+def explain(phone: Baresip, node: SpgTlsNode, agent: SippResult | None = None) -> str:
+    text = f"--- baresip events\n{phone.event_types()}\n--- baresip log\n{phone.log()[-6000:]}"
+    text += f"\n--- node log\n{node.logs()[-4000:]}"
+    if agent is not None:
+        text += f"\n--- agent\n{agent.explain()}"
+    return text
+
+
+def cdr_for(node: SpgTlsNode, call_id: str, timeout_s: float = 5.0) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+
+    def look() -> bool:
+        for line in node.cdr_lines():
+            record = json.loads(line)
+            if record.get("call_id") == call_id:
+                found.update(record)
+                return True
+        return False
+
+    assert wait_for(look, timeout_s), f"no CDR line for {call_id}: {node.cdr_lines()}"
+    return found
+
+
+@dataclass
+class Payment:
+    call_id: str
+    txn: str
+    transfer: BaresipEvent
+    agent: SippResult
+    cdr: dict[str, Any]
+
+
+def pay(phone: Baresip, node: SpgTlsNode, transport: str, agent: SippProcess) -> Payment:
+    """One whole payment: dial, key the card, follow the REFER to the agent, hang up there."""
+    txn = token()
+    since = phone.cursor
+    first = dial(phone, pay_uri(node, transport, txn, agent.port))
+    assert first.type == "CALL_ESTABLISHED", f"call refused: {first.param}\n{explain(phone, node)}"
+    call_id = first.call_id
+    # The node is speaking (the announcement) once RTP arrives; keys may barge in from then on.
+    phone.wait_event(lambda e: e.type == "CALL_RTPESTAB" and e.call_id == call_id, 10, since)
+    phone.sndcode(CARD + "#")
+    time.sleep(0.6)  # pace between fields like a person; type-ahead is allowed (CONTRACT §4)
+    phone.sndcode(EXPIRY)
+    time.sleep(0.6)
+    phone.sndcode(CVC)
+    try:
+        transfer = phone.wait_event("TRANSFER", 60, since)
+        agent_call = phone.wait_event(
+            lambda e: e.type == "CALL_ESTABLISHED" and e.peer.startswith("sip:agent@"), 15, since
+        )
+        phone.wait_event(lambda e: e.type == "CALL_CLOSED" and e.call_id == call_id, 15, since)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\n{explain(phone, node)}") from None
+    phone.hangup()  # the caller ends the call with the agent
+    phone.wait_event(lambda e: e.type == "CALL_CLOSED" and e.call_id == agent_call.call_id, 10)
+    result = agent.wait(30)
+    return Payment(call_id, txn, transfer, result, cdr_for(node, call_id))
+
+
+def check_approved(payment: Payment, phone: Baresip, node: SpgTlsNode) -> None:
+    """CDR approved, REFER to the agent with the result, the agent got baresip's INVITE."""
+    cdr = payment.cdr
+    assert cdr["result"] == "approved", cdr
+    assert cdr["transaction"] == payment.txn
+    assert cdr["card"] == {"brand": "visa", "last4": "1111"}
+    assert cdr["reference"], cdr
+    refer_to = payment.transfer.param
+    assert f"sip:agent@{HOST}:" in refer_to, refer_to
+    assert "x-spg-result=approved" in refer_to and "X-SPG-Result=approved" in refer_to, refer_to
+    assert f"X-SPG-Reference={cdr['reference']}" in refer_to, refer_to
+
+    agent = payment.agent
+    assert agent.returncode == 0, explain(phone, node, agent)
+    invites = agent.received("INVITE")
+    assert len(invites) == 1, explain(phone, node, agent)
+    request_uri = invites[0].first_line.split(" ")[1]
+    # baresip keeps the Refer-To's ?headers in the Request-URI (pitfall 10); the parameter is
+    # what an agent or PBX can rely on
+    assert request_uri.startswith(f"sip:agent@{HOST}:"), request_uri
+    assert ";x-spg-result=approved" in request_uri, request_uri
+    assert f"<sip:{phone.account.user}@{HOST}>" in (invites[0].header("From") or "")
+    assert agent.received("BYE"), "the caller's BYE did not reach the agent"
+
+    # no card data in the node's logs or CDR (the node must never print it)
+    logs = node.logs() + "\n".join(node.cdr_lines())
+    assert CARD not in logs and CARD[:12] not in logs
+
+
+# ---- plain UDP ------------------------------------------------------------------------------
+
+
+def test_udp_plain_rtp_payment_approved_and_returned_to_agent(
+    node: SpgTlsNode, tmp_path: Path
+) -> None:
+    agent = start_agent(tmp_path / "agent")
+    with Baresip(tmp_path / "baresip", Account(transport="udp")) as phone:
+        payment = pay(phone, node, "udp", agent)
+        check_approved(payment, phone, node)
+        # baresip's own word that each key went out as an RFC 4733 event (the wire shows it in
+        # the TLS test's capture)
+        log = phone.log()
+        for key in CARD + "#" + EXPIRY + CVC:
+            assert f"audio: send DTMF digit: '{key}'" in log
+
+
+# ---- TLS signalling -------------------------------------------------------------------------
+
+
+def test_tls_plain_rtp_payment_approved_and_returned_to_agent(
+    node: SpgTlsNode, cert: CertPair, tmp_path: Path
+) -> None:
+    agent = start_agent(tmp_path / "agent")
+    phone = Baresip(tmp_path / "baresip", Account(transport="tls"), cafile=cert.cert)
+    capture = None
+    if capture_missing() is None:
+        low, high = phone.rtp_ports
+        capture = Capture(
+            tmp_path / "tls.pcapng", f"port {node.tls_port} or portrange {low}-{high}"
+        )
+        capture.start()
+    try:
+        with phone:
+            payment = pay(phone, node, "tls", agent)
+    finally:
+        if capture is not None:
+            capture.stop()
+    check_approved(payment, phone, node)
+
+    # the dialog ran over TLS both ways, on baresip's own connection (connection reuse), and
+    # our Contact was sip:...;transport=tls (baresip cannot use a sips: Contact, pitfall 7)
+    node_addr = f"{HOST}:{node.tls_port}"
+    trace = phone.sip_trace()
+    ok = [
+        m for m in trace if m.source == node_addr and m.status == 200 and m.cseq_method == "INVITE"
+    ]
+    assert ok and ok[0].transport == "TLS", "no 200 OK to the INVITE over TLS in baresip's trace"
+    assert ok[0].header("Contact") == f"<sip:spg@{node_addr};transport=tls>", ok[0].text
+    refers = [m for m in trace if m.method == "REFER"]
+    assert len(refers) == 1, [m.first_line for m in trace]
+    # sent to the address baresip's INVITE came from: its own connection, not a new one
+    invite = next(m for m in trace if m.method == "INVITE" and m.destination == node_addr)
+    assert (refers[0].transport, refers[0].destination) == ("TLS", invite.source), refers[0]
+    assert refers[0].header("X-SPG-Result") == "approved"
+    assert (refers[0].header("Via") or "").startswith(f"SIP/2.0/TLS {node_addr};")
+
+    if capture is not None:
+        assert capture.count("tls.handshake.type == 1") >= 1, "the capture saw no TLS handshake"
+        assert capture.count(TLS_APP_DATA) >= 4
+        for clear in (
+            "INVITE sip:",
+            "REFER sip:",
+            "x-spg-transaction",
+            payment.txn,
+            "X-SPG-Result",
+        ):
+            assert not capture.contains(clear), f"{clear!r} in clear on the wire"
+        # positive control of the digit detector: plain RTP carries the keys readable by anyone
+        digits = capture.rtp_event_digits()
+        assert CARD + "#" + EXPIRY + CVC in digits, digits
+
+
+def test_tls_srtp_offer_shows_no_key_or_handoff_on_the_wire(
+    node: SpgTlsNode, cert: CertPair, tmp_path: Path
+) -> None:
+    """baresip's SDES offer over TLS: the inline key travels only inside TLS."""
+    reason = capture_missing()
+    if reason:
+        pytest.skip(reason)
+    txn = token()
+    phone = Baresip(
+        tmp_path / "baresip", Account(transport="tls", mediaenc="srtp-mand"), cafile=cert.cert
+    )
+    with Capture(tmp_path / "offer.pcapng", f"port {node.tls_port}") as capture, phone:
+        first = dial(phone, pay_uri(node, "tls", txn))
+        if first.type == "CALL_ESTABLISHED":
+            phone.hangup()
+            phone.wait_event(lambda e: e.type == "CALL_CLOSED" and e.call_id == first.call_id)
+    invite = next(m for m in phone.sip_trace() if m.method == "INVITE")
+    keys = sdp_crypto_keys(invite.text)
+    assert keys, f"baresip sent no a=crypto key:\n{invite.text}"
+    assert "RTP/SAVP" in invite.text
+    assert capture.count(TLS_APP_DATA) >= 2  # the INVITE and an answer
+    for clear in (*keys, "a=crypto", "RTP/SAVP", "INVITE sip:", txn, "x-spg-transaction"):
+        assert not capture.contains(clear), f"{clear!r} in clear on the wire"
+
+
+# ---- SRTP -----------------------------------------------------------------------------------
+
+
+def test_tls_srtp_payment_approved_with_nothing_in_clear(
+    node: SpgTlsNode, cert: CertPair, tmp_path: Path
+) -> None:
+    agent = start_agent(tmp_path / "agent", srtp=True)
+    phone = Baresip(
+        tmp_path / "baresip", Account(transport="tls", mediaenc="srtp-mand"), cafile=cert.cert
+    )
+    capture = None
+    if capture_missing() is None:
+        low, high = phone.rtp_ports
+        capture = Capture(
+            tmp_path / "srtp.pcapng", f"port {node.tls_port} or portrange {low}-{high}"
+        )
+        capture.start()
+    try:
+        with phone:
+            payment = pay(phone, node, "tls", agent)
+    finally:
+        if capture is not None:
+            capture.stop()
+    check_approved(payment, phone, node)
+    answer = next(
+        m
+        for m in phone.sip_trace()
+        if m.source == f"{HOST}:{node.tls_port}" and m.status == 200 and m.cseq_method == "INVITE"
+    )
+    assert "RTP/SAVP" in answer.text and "a=crypto:" in answer.text, answer.text
+    secure = [e for e in phone.events if e.type == "CALL_MENC" and e.call_id == payment.call_id]
+    assert secure and "audio" in secure[0].param, "baresip never reported SRTP as secure"
+    if capture is not None:
+        assert capture.count("udp") > 100, "the capture saw no media"
+        digits = capture.rtp_event_digits()
+        assert CARD[:8] not in digits, f"card digits readable in the RTP: {digits}"
+        keys = sdp_crypto_keys("\n".join(m.text for m in phone.sip_trace()))
+        for clear in (*keys, "a=crypto", payment.txn, "X-SPG-Result"):
+            assert not capture.contains(clear), f"{clear!r} in clear on the wire"
+
+
+def test_srtp_required_refuses_plain_offer_with_488(
+    tools: None,
+    cert: CertPair,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+) -> None:
+    strict = _start_node(tmp_path_factory, cert, {"SPG_RTP__SRTP": "required"})
+    try:
+        with Baresip(tmp_path / "baresip", Account(transport="tls"), cafile=cert.cert) as phone:
+            first = dial(phone, pay_uri(strict, "tls", token()))
+            assert first.type == "CALL_CLOSED", explain(phone, strict)
+            assert first.param.startswith("488"), first.param
+            answer = next(m for m in phone.sip_trace() if m.status == 488)
+            assert answer.header("Warning"), answer.text
+        # a secure offer to the same node still works
+        with Baresip(
+            tmp_path / "baresip-srtp",
+            Account(transport="tls", mediaenc="srtp-mand"),
+            cafile=cert.cert,
+        ) as phone:
+            first = dial(phone, pay_uri(strict, "tls", token()))
+            assert first.type == "CALL_ESTABLISHED", explain(phone, strict)
+            phone.hangup()
+    finally:
+        strict.stop()
