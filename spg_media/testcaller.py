@@ -106,6 +106,9 @@ class TestCaller:
         self.tls_ca_file = tls_ca_file
         self.srtp: srtp_keys.SrtpContext | None = None  # after the answer, when srtp
         self.srtp_suite = ""
+        self._offered: list[srtp_keys.CryptoAttribute] = []
+        self._session_id = 0
+        self._sdp_version = 0
         self._audio_out: list[bytes] = []  # PCMU frames queued to send (in-band mode)
         self._audio_task: asyncio.Task[None] | None = None
         self.report = CallerReport()
@@ -251,6 +254,46 @@ class TestCaller:
             parts.append(f"SRTP {self.srtp_suite}")
         return f" over {', '.join(parts)}" if parts else ""
 
+    def _offer_body(self, offered: list[srtp_keys.CryptoAttribute]) -> bytes:
+        return build_offer(
+            local_address=self.local_host,
+            local_port=self.rtp_port,
+            session_id=self._session_id,
+            version=self._sdp_version,
+            codecs=("PCMU",),
+            dtmf_pt=None if self.inband else DTMF_PT,
+            crypto_lines=offered,
+        )
+
+    async def reinvite(self, *, new_keys: bool = True) -> int:
+        """Send a re-INVITE (same media); under SRTP with `new_keys`, offer fresh keys and
+        switch to the answer's. Returns the final status."""
+        assert self.ua is not None and self.dialog is not None
+        from spg_media.sip.sdp import SessionDescription, negotiate
+
+        offered = self._offered
+        if self.use_srtp and new_keys:
+            offered = srtp_keys.offer_attributes()
+        self._sdp_version += 1
+        invite = self.dialog.new_request(
+            "INVITE",
+            self.transport,
+            self._sent_by,
+            body=self._offer_body(offered),
+            content_type="application/sdp",
+        )
+        response = await self.ua.request(invite, await self.ua.resolve(self.dialog.next_hop()))
+        if response.status != 200:
+            return response.status
+        ack = self.dialog.new_request("ACK", self.transport, self._sent_by, cseq=invite.cseq[0])
+        self.ua.send_ack(ack, await self.ua.resolve(self.dialog.next_hop()))
+        if self.use_srtp:
+            answer = negotiate(SessionDescription.parse(response.body))
+            self.srtp = srtp_keys.accept_answer(offered, [c.value() for c in answer.crypto])
+            self._offered = offered
+        self.on_progress("re-INVITE answered" + (" (new SRTP keys)" if new_keys else ""))
+        return 200
+
     @property
     def _sent_by(self) -> str:
         return f"{self.local_host}:{self.sip_port}"
@@ -282,15 +325,10 @@ class TestCaller:
             headers.add(name, value)
         headers.add("Content-Type", "application/sdp")
         offered = srtp_keys.offer_attributes() if self.use_srtp else []
-        body = build_offer(
-            local_address=self.local_host,
-            local_port=self.rtp_port,
-            session_id=random.randint(1, 2**31),
-            version=1,
-            codecs=("PCMU",),
-            dtmf_pt=None if self.inband else DTMF_PT,
-            crypto_lines=offered,
-        )
+        self._offered = offered
+        self._session_id = random.randint(1, 2**31)
+        self._sdp_version = 1
+        body = self._offer_body(offered)
         invite = SipRequest("INVITE", self.request_uri, headers, body)
         self.ua.dialogs[call_id] = self
         destination = Address(self.transport, self.target[0], self.target[1])

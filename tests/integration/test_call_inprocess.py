@@ -299,7 +299,8 @@ def test_inband_tones_alone_pay_and_leak_nothing(tmp_path, caplog):
 
 @pytest.mark.timeout(120)
 def test_tls_srtp_payment_survives_forged_truncated_and_replayed_packets(tmp_path, caplog):
-    """TLS + SRTP: an attacker on the media path injects mid-call; the payment is untouched."""
+    """TLS + SRTP: an attacker on the media path injects mid-call, the caller re-keys with a
+    re-INVITE between fields; the payment is untouched and every bad packet is counted."""
     from spg_media.rtp.packet import build_rtp
     from spg_media.tlscert import make_self_signed
 
@@ -360,7 +361,16 @@ def test_tls_srtp_payment_survives_forged_truncated_and_replayed_packets(tmp_pat
             refused = await attack(caller, 50000)
             await caller.key(pan + "#", gap_s=0.06)
             refused += await attack(caller, 50100)
+            old_keys = caller.srtp
+            assert await caller.reinvite(new_keys=True) == 200  # re-keying mid-payment
+            assert caller.srtp is not None and old_keys is not None
+            assert not caller.srtp.remote.same_key(old_keys.remote)  # the node's key is new too
             await caller.key(expiry, gap_s=0.06)
+            # the retired key no longer opens anything
+            stale = old_keys.protect_rtp(build_rtp(0, 50200, 0, 0xBAD, b"\xff" * 160, False))
+            assert stale is not None and caller.rtp is not None
+            caller.rtp.sendto(stale, caller.remote_rtp)
+            refused += 1
             await caller.key(cvc, gap_s=0.06)
             return await caller.wait_end(90), refused
         finally:
