@@ -343,6 +343,8 @@ def test_tls_srtp_payment_survives_forged_truncated_and_replayed_packets(tmp_pat
             await asyncio.sleep(0.02)
         return sent
 
+    keys: list[str] = []  # every SDES key of the call, both sides, before and after re-keying
+
     async def scenario() -> tuple[CallerReport, int]:
         server, port = await start_node(config, capture)
         caller = TestCaller(
@@ -372,6 +374,9 @@ def test_tls_srtp_payment_survives_forged_truncated_and_replayed_packets(tmp_pat
             caller.rtp.sendto(stale, caller.remote_rtp)
             refused += 1
             await caller.key(cvc, gap_s=0.06)
+            for context in (old_keys, caller.srtp):
+                for line in (context.local, context.remote):
+                    keys.append(line.sdp_value().split("inline:")[1].split("|")[0])
             return await caller.wait_end(90), refused
         finally:
             await caller.close()
@@ -387,4 +392,7 @@ def test_tls_srtp_payment_survives_forged_truncated_and_replayed_packets(tmp_pat
     blobs += [Path(config.log.cdr_path).read_text()]
     blobs += [log_text(record) for record in caplog.records]
     assert_no_card_data(blobs, {pan: (expiry, cvc)})
+    assert len(set(keys)) == 4
+    for key in keys:  # keys travel only in SDP bodies (inside TLS), never in logs or the CDR
+        assert not any(key in blob for blob in blobs[len(capture.sip) :])
     assert any("RTP/SAVP" in blob and "a=crypto:" in blob for blob in blobs[:5])
