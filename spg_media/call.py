@@ -746,6 +746,19 @@ class Call:
             "language": self.language,
             "started_at": _iso(self.started_at),
             "result": str(self.outcome.result) if self.outcome else None,
+            # what protects the call: an operator can check no card is keyed in clear
+            "signalling": self.transport,
+            "media": self._media_security(),
+        }
+
+    def _media_security(self) -> dict[str, Any] | None:
+        if self.media is None:
+            return None
+        srtp = self.media.srtp
+        return {
+            "srtp": srtp.suite.name if srtp is not None else None,
+            "srtp_drops": srtp.drops.as_dict() if srtp is not None else {},
+            "dropped_foreign": self.media.stats.dropped_foreign,
         }
 
 

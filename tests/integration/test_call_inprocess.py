@@ -316,9 +316,11 @@ def test_tls_srtp_payment_survives_forged_truncated_and_replayed_packets(tmp_pat
             tls_key=str(pair.key),
         ),
         rtp=dataclasses.replace(base.rtp, srtp="required"),
+        admin=dataclasses.replace(base.admin, listen=f"127.0.0.1:{free_tcp_port()}"),
     )
     capture = Capture()
     pan, (expiry, cvc) = "4111111111111111", CARDS["4111111111111111"]
+    live: list[dict[str, Any]] = []  # the admin /calls page mid-call
     before = {
         "srtp": obs.RTP_DROPPED_TOTAL.get(reason="srtp"),
         "digits": obs.DTMF_DIGITS_TOTAL.get(source="rfc4733"),
@@ -373,6 +375,8 @@ def test_tls_srtp_payment_survives_forged_truncated_and_replayed_packets(tmp_pat
             assert stale is not None and caller.rtp is not None
             caller.rtp.sendto(stale, caller.remote_rtp)
             refused += 1
+            async with httpx.AsyncClient(base_url=f"http://{config.admin.listen}") as client:
+                live.extend((await client.get("/calls")).json())
             await caller.key(cvc, gap_s=0.06)
             for context in (old_keys, caller.srtp):
                 for line in (context.local, context.remote):
@@ -393,6 +397,10 @@ def test_tls_srtp_payment_survives_forged_truncated_and_replayed_packets(tmp_pat
     blobs += [log_text(record) for record in caplog.records]
     assert_no_card_data(blobs, {pan: (expiry, cvc)})
     assert len(set(keys)) == 4
+    [call] = live
+    assert call["signalling"] == "tls"
+    assert call["media"]["srtp"] == "AES_CM_128_HMAC_SHA1_80"
+    assert sum(call["media"]["srtp_drops"].values()) == refused
     for key in keys:  # keys travel only in SDP bodies (inside TLS), never in logs or the CDR
         assert not any(key in blob for blob in blobs[len(capture.sip) :])
     assert any("RTP/SAVP" in blob and "a=crypto:" in blob for blob in blobs[:5])
