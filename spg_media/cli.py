@@ -151,7 +151,12 @@ async def _serve_async(config: Config) -> None:
     from spg_media.server import Server
 
     server = Server(config)
-    await server.start()
+    try:
+        await server.start()
+    except OSError as exc:  # a port in use or an address not ours: the operator's to fix
+        with contextlib.suppress(Exception):
+            await server.stop(grace_s=0)
+        raise UsageError(f"cannot listen: {exc.strerror or exc}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -360,6 +361,22 @@ class SipConfig(_Section):
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 raise _key_error(f"sip.{name}", f"file not found: {path}")
+        if self.tls_cert and self.tls_key:
+            problem = _tls_pair_problem(self.tls_cert, self.tls_key)
+            if problem:
+                raise _key_error("sip.tls_cert", problem)
+
+
+def _tls_pair_problem(cert: str, key: str) -> str | None:
+    """Why a TLS listener could not load this certificate and key, or None (a bad PEM or a key
+    that does not match must stop the start with a clear line, not a traceback)."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        return f"cannot load with sip.tls_key: {exc.reason or 'not a PEM certificate and key'}"
+    except OSError as exc:
+        return f"cannot load with sip.tls_key: {exc.strerror or exc}"
+    return None
 
 
 @dataclass(frozen=True)

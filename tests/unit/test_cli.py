@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import struct
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from spg_media.cli import main
 from spg_media.rtp.g711 import encode
 from spg_media.testcaller import dtmf_tone
+from spg_media.tlscert import OpensslMissing, make_self_signed
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -82,6 +84,48 @@ def test_check_config_names_the_bad_key(
 def test_check_config_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run(capsys, "check-config", "-c", str(tmp_path / "none.toml"))
     assert_one_line_error(code, err)
+
+
+def tls_config(tmp_path: Path, cert: Path, key: Path) -> Path:
+    path = tmp_path / "spg.toml"
+    path.write_text(
+        f'[sip]\nlisten = ["tls:127.0.0.1:5061"]\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
+    )
+    return path
+
+
+def test_check_config_refuses_a_certificate_that_cannot_be_loaded(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    try:
+        first = make_self_signed(tmp_path, name="first")
+        second = make_self_signed(tmp_path, name="second")
+    except OpensslMissing:
+        pytest.skip("openssl not installed")
+    code, out, _ = run(
+        capsys, "check-config", "-c", str(tls_config(tmp_path, first.cert, first.key))
+    )
+    assert code == 0 and "ok" in out
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    for cert, key in ((garbage, first.key), (first.cert, garbage), (first.cert, second.key)):
+        code, _, err = run(capsys, "check-config", "-c", str(tls_config(tmp_path, cert, key)))
+        assert_one_line_error(code, err, "sip.tls_cert", "cannot load")
+        assert "PRIVATE KEY" not in err
+
+
+def test_serve_on_a_port_in_use_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        config = tmp_path / "spg.toml"
+        config.write_text(f'[tts]\ncache_dir = "{REPO / ".spg-cache" / "prompts"}"\n')
+        code, _, err = run(
+            capsys, "serve", "-c", str(config), "--sip", f"udp:127.0.0.1:{port}", "--admin", ""
+        )
+    assert_one_line_error(code, err.splitlines()[-1] + "\n", "cannot listen")
 
 
 def alaw_wav(path: Path, samples: np.ndarray) -> Path:
