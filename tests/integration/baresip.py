@@ -92,13 +92,10 @@ from typing import IO, Any, Self
 
 from harness import (
     HOST,
-    REPO,
     SIPP_DIR,
-    SPG_MEDIA,
     SpgNode,
     free_port,
     stop_process,
-    wait_options_200,
 )
 
 BARESIP = shutil.which("baresip") or (
@@ -644,44 +641,11 @@ class SpgTlsNode(SpgNode):
         self.cert = cert
         self.key = key
 
-    def start(self, timeout_s: float = 30.0) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        env = {
-            **os.environ,
-            "SPG_LOG__CDR_PATH": str(self.cdr_path),
-            "SPG_LOG__LEVEL": "debug",
-            "SPG_TTS__CACHE_DIR": str(REPO / ".spg-cache" / "prompts"),
-            "SPG_RTP__ADDRESS": HOST,
-            "SPG_SIP__PUBLIC_HOST": HOST,
-            "SPG_SIP__TLS_CERT": str(self.cert),
-            "SPG_SIP__TLS_KEY": str(self.key),
-            **self.env,
-        }
-        args = [
-            str(SPG_MEDIA),
-            "serve",
-            "--sip", f"udp:{HOST}:{self.sip_port}",
-            "--sip", f"tcp:{HOST}:{self.sip_port}",
-            "--sip", f"tls:{HOST}:{self.tls_port}",
-            "--admin", f"{HOST}:{self.admin_port}",
-        ]  # fmt: skip
-        out = self.stdout_path.open("wb")
-        err = self.stderr_path.open("wb")
-        self._files = [out, err]
-        self.proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            cwd=self.workdir,
-            env=env,
-            start_new_session=True,
-        )
-        try:
-            wait_options_200(HOST, self.sip_port, timeout_s, self.proc)
-        except BaseException:
-            self.stop()
-            raise
+    def extra_env(self) -> dict[str, str]:
+        return {"SPG_SIP__TLS_CERT": str(self.cert), "SPG_SIP__TLS_KEY": str(self.key)}
+
+    def extra_listeners(self) -> list[str]:
+        return [f"tls:{HOST}:{self.tls_port}"]
 
 
 # ---- the wire -------------------------------------------------------------------------------

@@ -730,6 +730,7 @@ class SpgNode:
             "SPG_TTS__CACHE_DIR": str(REPO / ".spg-cache" / "prompts"),
             "SPG_RTP__ADDRESS": HOST,
             "SPG_SIP__PUBLIC_HOST": HOST,
+            **self.extra_env(),
             **self.env,
         }
         args = [
@@ -737,6 +738,7 @@ class SpgNode:
             "serve",
             "--sip", f"udp:{HOST}:{self.sip_port}",
             "--sip", f"tcp:{HOST}:{self.sip_port}",
+            *[arg for spec in self.extra_listeners() for arg in ("--sip", spec)],
             "--admin", f"{HOST}:{self.admin_port}",
         ]  # fmt: skip
         out = self.stdout_path.open("wb")
@@ -756,6 +758,14 @@ class SpgNode:
         except BaseException:
             self.stop()
             raise
+
+    def extra_env(self) -> dict[str, str]:
+        """Settings a kind of node adds (before `env`, which overrides them)."""
+        return {}
+
+    def extra_listeners(self) -> list[str]:
+        """`--sip` listeners beyond UDP and TCP on `sip_port`."""
+        return []
 
     def healthz(self) -> int | None:
         import urllib.request
