@@ -534,6 +534,7 @@ class Call:
             self.media.remote = (neg.remote_address, neg.remote_port)
             self.media.latched = None
         self.media.dtmf_payload_type = neg.dtmf_payload_type
+        self.media.renegotiate(neg.codec, neg.ptime)
         if neg.local_crypto is not None and neg.remote_crypto is not None:
             # New keys from the peer (or the first ones): the old receiving key stays valid for
             # packets in flight until the first packet under the new one authenticates.

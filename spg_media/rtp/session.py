@@ -176,6 +176,25 @@ class MediaSession:
         self._frame_index = 0
         self._marker = True
 
+    def renegotiate(self, codec: str, ptime_ms: int) -> None:
+        """A re-INVITE changed the codec or the packet time. What is left of the prompt playing
+        is transcoded (G.711 to G.711 is two table lookups) and cut to the new packet size, so
+        the caller hears it through and the journey's "prompt done" still comes."""
+        if codec == self.codec and ptime_ms == self.ptime_ms:
+            return
+        rest = b"".join(self._frames[self._frame_index :])
+        if rest and codec != self.codec:
+            codes = np.frombuffer(rest, dtype=np.uint8)
+            rest = encode(decode_array(codes, self.codec), codec)
+        self.codec, self.ptime_ms = codec, ptime_ms
+        self.payload_type = PAYLOAD_TYPE[codec]
+        self.samples_per_packet = 8 * ptime_ms
+        self._silence = bytes([SILENCE_BYTE[codec]]) * self.samples_per_packet
+        self.stop()
+        if rest:
+            self.play(rest)
+        self.pending_audio.clear()  # the detector's block is grouped by codec
+
     def stop(self) -> None:
         self._frames = []
         self._frame_index = 0

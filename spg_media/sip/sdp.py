@@ -325,10 +325,14 @@ _Candidate = tuple[int, str, int | None, list[Crypto], CryptoAttribute | None]
 
 
 def _audio_candidate(
-    media: MediaDescription, srtp_policy: str, crypto_suites: Collection[str]
+    media: MediaDescription,
+    srtp_policy: str,
+    crypto_suites: Collection[str],
+    keep_codec: str | None = None,
 ) -> _Candidate | str:
     """(payload type, codec, dtmf pt, supported crypto lines, chosen crypto) for a stream, or
-    why it is unusable."""
+    why it is unusable. The offerer's first codec we know is chosen, except that `keep_codec`
+    (a re-INVITE's current codec) is kept whenever it is still offered."""
     proto = media.proto.upper()
     remote: CryptoAttribute | None = None
     if proto in SRTP_PROTOS:
@@ -357,8 +361,11 @@ def _audio_candidate(
         if name in _CODEC_PAYLOAD_TYPES and clock == 8000:
             channels = media.rtpmap.get(payload_type, ("", 0, None))[2]
             if channels in (None, "1"):
-                chosen = (payload_type, name)
-                break
+                if chosen is None:
+                    chosen = (payload_type, name)
+                if keep_codec is None or name == keep_codec:
+                    chosen = (payload_type, name)
+                    break
     if chosen is None:
         return "no common codec (PCMU, PCMA)"
     dtmf: int | None = None
@@ -391,8 +398,8 @@ def negotiate(
     Raises NotAcceptable (answer 488 with its `detail` in a Warning) when there is no active
     audio stream we can take under `srtp_policy` ("off" | "optional" | "required"). For an
     SRTP stream the result carries `remote_crypto` and a fresh `local_crypto`. On a re-INVITE,
-    pass the call's current result as `previous`: an SRTP call then stays SRTP, and our key is
-    kept when the peer keeps its own.
+    pass the call's current result as `previous`: an SRTP call then stays SRTP, our key is
+    kept when the peer keeps its own, and the codec is kept while it is still offered.
     """
     if srtp_policy not in SRTP_POLICIES:
         raise ValueError(f"srtp_policy must be one of {SRTP_POLICIES}")
@@ -403,7 +410,9 @@ def negotiate(
     for index, media in enumerate(offer.media):
         if media.media.lower() != "audio" or media.port == 0:
             continue  # port 0: a stream the offerer itself disabled
-        result = _audio_candidate(media, srtp_policy, crypto_suites)
+        result = _audio_candidate(
+            media, srtp_policy, crypto_suites, previous.codec if previous is not None else None
+        )
         if isinstance(result, str):
             reasons.append(result)
             continue

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
+
 from spg_media import observability as obs
 from spg_media.dtmf.rfc4733 import DtmfEvent
 from spg_media.rtp.packet import RtpPacket, build_rtp
@@ -107,3 +109,26 @@ def test_report_stats_adds_only_what_changed() -> None:
     media.receive(build_rtp(0, 3, 480, 7, b"\xff" * 160), CALLER, 0.02)
     media.report_stats()
     assert values()[0] - start[0] == 2
+
+
+def test_renegotiate_transcodes_the_rest_of_the_prompt_and_recuts_it() -> None:
+    from spg_media.rtp.g711 import decode_array, encode
+
+    done: list[bool] = []
+    media = session(on_playback_done=lambda: done.append(True))
+    tone = (3000 * np.sin(np.arange(640) * 0.3)).astype(np.int16)
+    media.play(encode(tone, "PCMU"))
+    first = media.next_packet()
+    assert first is not None and RtpPacket.parse(first).payload_type == 0
+    media.renegotiate("PCMA", 40)  # a re-INVITE to PCMA with 40 ms packets
+    assert media.playing
+    rest = RtpPacket.parse(media.next_packet() or b"")
+    assert rest.payload_type == 8 and len(rest.payload) == 320
+    heard = decode_array(np.frombuffer(rest.payload, dtype=np.uint8), "PCMA").astype(int)
+    assert np.max(np.abs(heard - tone[160:480])) < 200  # the same sound, in the new codec
+    last = RtpPacket.parse(media.next_packet() or b"")  # 160 samples left, padded to 320
+    assert last.payload[160:] == b"\xd5" * 160 and done == [True]
+    silence = RtpPacket.parse(media.next_packet() or b"")
+    assert silence.payload == b"\xd5" * 320 and not media.playing
+    media.renegotiate("PCMA", 40)  # nothing changes: nothing happens
+    assert not media.playing

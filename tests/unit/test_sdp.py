@@ -775,3 +775,16 @@ def test_build_offer_takes_crypto_attributes():
     (media,) = SessionDescription.parse(body).media
     assert media.proto == "RTP/SAVP"
     assert CryptoAttribute.parse(media.crypto[0].value()) == offered[0]
+
+
+def test_reinvite_keeps_the_call_codec_while_it_is_offered() -> None:
+    first = negotiate(SessionDescription.parse(offer("m=audio 4000 RTP/AVP 8 0")))
+    assert first.codec == "PCMA"
+    # the peer now lists PCMU first: the call stays on PCMA, which is still offered
+    again = negotiate(SessionDescription.parse(offer("m=audio 4000 RTP/AVP 0 8")), previous=first)
+    assert (again.codec, again.payload_type) == ("PCMA", 8)
+    # PCMA dropped from the offer: the codec changes
+    changed = negotiate(SessionDescription.parse(offer("m=audio 4000 RTP/AVP 0")), previous=first)
+    assert changed.codec == "PCMU"
+    # a first offer (no previous) takes the offerer's first choice
+    assert negotiate(SessionDescription.parse(offer("m=audio 4000 RTP/AVP 0 8"))).codec == "PCMU"
