@@ -356,6 +356,7 @@ def test_tls_srtp_payment_survives_forged_truncated_and_replayed_packets(tmp_pat
             transport="tls",
             srtp=True,
             tls_ca_file=str(pair.cert),
+            request_uri=f"sips:pay@127.0.0.1:{port}",  # a sips: dialog (RFC 3261 §12.1.1)
         )
         try:
             await caller.start()
@@ -404,3 +405,6 @@ def test_tls_srtp_payment_survives_forged_truncated_and_replayed_packets(tmp_pat
     for key in keys:  # keys travel only in SDP bodies (inside TLS), never in logs or the CDR
         assert not any(key in blob for blob in blobs[len(capture.sip) :])
     assert any("RTP/SAVP" in blob and "a=crypto:" in blob for blob in blobs[:5])
+    ok = next(b for b in blobs if b.startswith("SIP/2.0 200") and "1 INVITE" in b)
+    node_port = config.sip.listen[0].rsplit(":", 1)[1]
+    assert f"Contact: <sips:spg@127.0.0.1:{node_port}>" in ok, ok
