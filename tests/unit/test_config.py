@@ -542,10 +542,14 @@ def test_secret_values_never_echoed(tmp_path: Path) -> None:
 # ---- TLS files, valid cases --------------------------------------------------------------------
 
 
-def test_tls_listener_with_existing_files(tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert.write_text("cert")
-    key.write_text("key")
+def test_tls_listener_with_a_loadable_certificate(tmp_path: Path) -> None:
+    from spg_media.tlscert import OpensslMissing, make_self_signed
+
+    try:
+        pair = make_self_signed(tmp_path)
+    except OpensslMissing:
+        pytest.skip("openssl not installed")
+    cert, key = pair.cert, pair.key
     text = f'[sip]\nlisten = ["tls:127.0.0.1:5061"]\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
     config = load_config(write(tmp_path, text), env={})
     assert config.sip.listen == ("tls:127.0.0.1:5061",)
