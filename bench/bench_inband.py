@@ -17,6 +17,11 @@ then card number, expiry and security code keyed at a caller's pace, 25 digits a
 (continuous, several languages and voices), "keying" (continuous digits, 7 a second: the worst
 case for us, whose costly work is per digit) and "silence" (idle line, -70 dBm0).
 
+With --baseline FILE (another copy of spg_media/dtmf/inband.py, e.g. the last commit's:
+`git show HEAD:spg_media/dtmf/inband.py > /tmp/inband_head.py`), that detector is timed too,
+alternating run by run with ours (the machine is shared: runs far apart can differ by 10 % and
+more), and its figures and ours over it are added to the table.
+
 Latency: 2000 digits (60-100 ms, -5 to -30 dBm0, twist -3 to +6 dB, 30 dB SNR, onset at a random
 point of a 20 ms tick), from the onset to the start event's detection: with 20 ms frames (the
 event comes at the end of the tick that completes the evidence) and with 1 ms blocks (the
@@ -32,11 +37,14 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # one core: before numpy loads its BLAS
 
 import argparse  # noqa: E402
+import importlib.util  # noqa: E402
 import shlex  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
+from types import ModuleType  # noqa: E402
+from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
@@ -132,13 +140,38 @@ def best_of(
     return best, result
 
 
-def ours_ready(channels: int) -> tuple[InbandDetector, npt.NDArray[np.intp]]:
-    detector = InbandDetector()
+def ours_ready(
+    channels: int, detector_class: Callable[[], Any] = InbandDetector
+) -> tuple[Any, npt.NDArray[np.intp]]:
+    detector = detector_class()
     slots = np.array([detector.add_channel() for _ in range(channels)], dtype=np.intp)
     return detector, slots
 
 
-def run_ours(blocks: Int16s, ready: tuple[InbandDetector, npt.NDArray[np.intp]]) -> int:
+def alternating(
+    repeats: int, runs: list[tuple[Callable[[], object], Callable[[object], int]]]
+) -> list[tuple[float, int]]:
+    """Like best_of for several (prepare, run) pairs, taking turns run by run."""
+    best = [(float("inf"), 0)] * len(runs)
+    for _ in range(repeats):
+        for i, (prepare, run) in enumerate(runs):
+            state = prepare()
+            started = time.perf_counter()
+            result = run(state)
+            best[i] = (min(best[i][0], time.perf_counter() - started), result)
+    return best
+
+
+def load_baseline(path: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location("inband_baseline", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_ours(blocks: Int16s, ready: tuple[Any, npt.NDArray[np.intp]]) -> int:
     """All ticks through one detector, all channels in each call; the digits started."""
     detector, slots = ready
     starts = 0
@@ -176,13 +209,24 @@ def run_spandsp_frames(audio: Int16s, receivers: list[SpandspDtmf]) -> int:
     return digits
 
 
-def throughput(channels: int, seconds: float, repeats: int, talk: npt.NDArray[np.float64]) -> None:
+def throughput(
+    channels: int,
+    seconds: float,
+    repeats: int,
+    talk: npt.NDArray[np.float64],
+    baseline: ModuleType | None = None,
+) -> None:
     print(
         f"\nthroughput: {channels} channels x {seconds:g} s of audio, one core, best of {repeats}"
     )
-    print("| audio | ours (20 ms ticks) | spandsp, large chunks | spandsp, 20 ms frames |"
-          " ours / large | ours / 20 ms | digits ours / spandsp |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
+    head = ("| audio | ours (20 ms ticks) | spandsp, large chunks | spandsp, 20 ms frames |"
+            " ours / large | ours / 20 ms | digits ours / spandsp |")  # fmt: skip
+    rule = "|---|---|---|---|---|---|---|"
+    if baseline is not None:
+        head += " baseline (20 ms ticks) | baseline / large | ours / baseline |"
+        rule += "---|---|---|"
+    print(head)
+    print(rule)
     samples = int(seconds * RATE) // TICK * TICK
     for name in ("payment calls", "speech", "keying", "silence"):
         rng = np.random.default_rng(3)
@@ -190,9 +234,19 @@ def throughput(channels: int, seconds: float, repeats: int, talk: npt.NDArray[np
         ticks = samples // TICK
         blocks = np.ascontiguousarray(audio.reshape(channels, ticks, TICK).transpose(1, 0, 2))
         work = channels * samples / RATE  # channel-seconds of audio
-        t_ours, found = best_of(
-            repeats, lambda: ours_ready(channels), lambda r, b=blocks: run_ours(b, r)
-        )
+        runs: list[tuple[Callable[[], object], Callable[[object], int]]] = [
+            (lambda: ours_ready(channels), lambda r, b=blocks: run_ours(b, r))
+        ]
+        if baseline is not None:
+            base_class = baseline.InbandDetector
+            runs.append(
+                (
+                    lambda c=base_class: ours_ready(channels, c),
+                    lambda r, b=blocks: run_ours(b, r),
+                )
+            )
+        timed = alternating(repeats, runs)
+        t_ours, found = timed[0]
         t_large, theirs = best_of(
             repeats, lambda: spandsp_ready(channels), lambda r, a=audio: run_spandsp_chunks(a, r)
         )
@@ -201,10 +255,14 @@ def throughput(channels: int, seconds: float, repeats: int, talk: npt.NDArray[np
             lambda: spandsp_ready(channels),
             lambda r, a=audio: run_spandsp_frames(a, r),
         )
-        print(
+        line = (
             f"| {name} | {work / t_ours:,.0f} | {work / t_large:,.0f} | {work / t_frames:,.0f} "
             f"| {t_large / t_ours:.1f}x | {t_frames / t_ours:.1f}x | {found} / {theirs} |"
         )
+        if baseline is not None:
+            t_base = timed[1][0]
+            line += f" {work / t_base:,.0f} | {t_large / t_base:.1f}x | {t_base / t_ours:.2f}x |"
+        print(line)
 
 
 # ---- latency -------------------------------------------------------------------------------------
@@ -279,7 +337,9 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=4000)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--baseline", help="another copy of inband.py, timed alongside ours")
     args = parser.parse_args()
+    baseline = load_baseline(args.baseline) if args.baseline else None
     channels, seconds, repeats, count = args.channels, args.seconds, args.repeats, 2000
     if args.quick:
         channels, seconds, repeats, count = 300, 1.0, 1, 200
@@ -288,7 +348,7 @@ def main() -> None:
     print("$ " + shlex.join([Path(sys.executable).name, *sys.argv]))
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}, pinned to CPU {cpu}")
     talk = speech(60, seed=5)
-    throughput(channels, seconds, repeats, talk)
+    throughput(channels, seconds, repeats, talk, baseline)
     latency(count)
 
 

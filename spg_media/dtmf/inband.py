@@ -13,12 +13,15 @@ the next one) and 5 ms *sub-blocks* (40 samples). Work is done in two stages, so
 follows what is on the line, not the number of channels.
 
 1. **Screen, every channel, every frame.** A glance at every 4th sample tells silence (below
-   -60 dBm0) from sound; silent channels stop there. For the others, every other sample (4 kHz:
-   the DTMF tones, all under 2 kHz, keep their power and bin) of each frame is correlated with
-   the 8 frequencies, one matrix multiply for all channels. A 20 ms window (the frame and the one
-   before) is *screened in* when it has -49 dBm0 and its strongest row plus strongest column hold
-   half of its energy. Noise and about 97 % of speech stop here; the screen is lenient, as all it
-   decides is where to look closely.
+   -60 dBm0) from sound; silent channels stop there (when most channels had sound in the last
+   call, the glance is skipped and the gate is on the energy below). For the others, every
+   other sample (4 kHz: the DTMF tones, all under 2 kHz, keep their power and bin) of each frame
+   is correlated with the 8 frequencies, one matrix multiply for all channels. A 20 ms window
+   (the frame and the one before) is *screened in* when it has -49 dBm0 and its strongest row
+   plus strongest column hold 60 % of its energy (an in-spec digit holds over 80 % of a window
+   it fills, even 1.5 % off frequency with reverse twist and 15 dB SNR).
+   Noise and about 98.5 % of speech stop here; the screen is lenient, as all it decides is where
+   to look closely.
 2. **Analysis, for channels screened in (or with a digit, candidate or glide in progress).** Each
    sub-block is correlated at full rate with the 8 frequencies (one matrix multiply). The
    correlators are the plain 40-sample ones pulled to zero response (-31 dB) around the other
@@ -33,18 +36,22 @@ follows what is on the line, not the number of channels.
    and the two tones hold 75 % of the window's energy (speech and music spread theirs over
    harmonics).
 
-Decisions, per sub-block, vectorised over the channels where something happens:
+Decisions, per sub-block, vectorised over the channels analysed:
 
 * a digit *starts* when hit windows of one digit (one miss tolerated) have seen its tones for
-  22 ms, the tones still fill the last sub-block and hold 85 % of the last window's energy, and
-  that window's spectrum (a 256-point FFT, only then) shows nothing else within 10 dB of the
+  19.875 ms, the tones still fill the last sub-block and hold 85 % of the last window's energy,
+  and that window's spectrum (a 256-point FFT, only then) shows nothing else within 10 dB of the
   weaker tone, and the two frequencies are not in a low-order harmonic ratio (4/3, 3/2, 5/3,
   2/1, ...) that no in-spec DTMF pair can show but two harmonics of a voice do. The onset is
-  estimated from how much of each sub-block the tones fill (their amplitude against the steady
-  level), so a tone shorter than 20 ms never qualifies, one of 25 ms or more does, and the start
-  event is dated at the onset. Keypad tones start abruptly: when the
-  tones were not below half their level in the two sub-blocks before the first hit window, 35 ms
-  are required.
+  first estimated from how much of each sub-block the tones fill (their amplitude against the
+  steady level); once that says 16.75 ms, the tones are timed to the sample on the audio of
+  the last 30 ms (`_timing`: their amplitudes and phases fitted over the last 10 ms, the onset
+  and end where "the tones inside, nothing outside" fits best). So a tone of 19 ms or less
+  never qualifies (margin 7 samples: none of thousands of trials at 15 dB SNR, all levels and
+  twists), one of 25 ms or more does, the start event is dated at the onset, and, fed 20 ms
+  frames, it comes 20 to 40 ms after the onset (median 30). Keypad tones start abruptly: when
+  the tones were not below half their level in the two sub-blocks before the first hit window,
+  35 ms are required (by the first estimate).
 * speech and music that glide through the accepted band are held off: a steady two-tone pattern
   seen off frequency (or refused by the spectrum check) "taints" that pair for as long as it lasts.
 * a started digit lasts while each 5 ms sub-block holds both its tones at half their start
@@ -101,7 +108,8 @@ _REVERSE_TWIST: Final = 10.0 ** (5.5 / 10.0)  # column louder: 4 dB accepted
 _MAX_OFFSET: Final = 0.025  # relative frequency error: 1.5 % accepted, 3.5 % rejected
 _MIN_FRACTION: Final = 0.75  # share of a hit window's energy in the two tones
 _START_FRACTION: Final = 0.85  # ... in the window that starts a digit (fully covered by then)
-_START_MS: Final = 22.0  # tone seen this long to start (< 20 ms rejected, >= 40 ms accepted)
+_START_MS: Final = 19.875  # tone timed this long to start (< 20 ms rejected, >= 40 ms accepted)
+_START_ROUGH_MS: Final = 16.75  # ... seen this long by the sub-blocks' cover: time it exactly
 _START_NO_ONSET_MS: Final = 35.0  # ... when no abrupt onset was seen
 _MIN_LAST_COVER: Final = 0.9  # the tones must still fill the last sub-block to start
 _ONSET_COVER: Final = 0.5  # before an onset, the tones are below half their steady amplitude
@@ -118,12 +126,13 @@ GAP_BREAK_S: Final = 0.1  # audio missing longer than this ends a digit and rest
 _RING: Final = 4  # calls of audio kept for the history of channels that become hot
 
 # Screen thresholds: lenient, they only decide where to analyse.
-_SCREEN_FRACTION: Final = 0.5
+_SCREEN_FRACTION: Final = 0.6
 _SCREEN_POWER: Final = _dbm0(-49.0)
 _FRAME_GATE: Final = _dbm0(-60.0)
 
 _W: Final = 2.0 * np.pi * np.array(ROW_HZ + COL_HZ) / RATE  # rad/sample
 _START_SAMPLES: Final = _START_MS * RATE / 1000.0
+_START_ROUGH_SAMPLES: Final = _START_ROUGH_MS * RATE / 1000.0
 _START_NO_ONSET_SAMPLES: Final = _START_NO_ONSET_MS * RATE / 1000.0
 _TINY: Final = 1e-9
 
@@ -240,6 +249,7 @@ class InbandDetector:
         # a per-channel history cost three strided copies of every channel per call.
         self._ring: list[tuple[int, npt.NDArray[np.int16], npt.NDArray[np.int32]]] = []
         self._seq = 0
+        self._busy_line = False  # most channels had sound in the last call
         self._size = 0
         self._capacity = 0
         self._grow(16)
@@ -449,8 +459,9 @@ class InbandDetector:
 
         # 1. Screen every channel; 2. analyse those screened in and those busy.
         screened, active, last_power, last_energy = _screen(
-            frames, self._dprev[:, sel], self._eprev[sel], self._scratch
+            frames, self._dprev[:, sel], self._eprev[sel], self._scratch, self._busy_line
         )
+        self._busy_line = 3 * active.size > 2 * rows
         self._dprev[:, sel] = last_power
         self._eprev[sel] = last_energy
         busy = np.flatnonzero(self._busy[sel])
@@ -492,13 +503,26 @@ class InbandDetector:
         sound; the quiet ones are marked -2 (their history: zeros), those not in the call -1."""
         self._seq += 1
         rowmap = np.full(self._capacity, -1, dtype=np.int32)
+        audio = frames.reshape(slots.size, -1)
         if 2 * active.size > slots.size:
             rowmap[slots] = np.arange(slots.size, dtype=np.int32)
-            kept = frames.reshape(slots.size, -1).copy()
+            # Into the buffer of a call that leaves the ring: a fresh one this size comes
+            # from mmap and is faulted in page by page, every call.
+            spare = self._ring[0][1].base if len(self._ring) == _RING else None
+            if (
+                isinstance(spare, np.ndarray)
+                and spare.dtype == np.int16
+                and spare.size >= audio.size
+            ):
+                kept = spare.reshape(-1)[: audio.size].reshape(audio.shape)
+                np.copyto(kept, audio)
+            else:
+                kept = np.empty(audio.size, dtype=np.int16).reshape(audio.shape)
+                np.copyto(kept, audio)
         else:
             rowmap[slots] = -2
             rowmap[slots[active]] = np.arange(active.size, dtype=np.int32)
-            kept = frames.reshape(slots.size, -1)[active]
+            kept = audio[active]
         self._ring.append((self._seq, kept, rowmap))
         del self._ring[:-_RING]
 
@@ -518,7 +542,10 @@ class InbandDetector:
             if not usable.any():
                 continue
             length = data.shape[1]
-            for value in np.unique(filled[usable]).tolist():
+            values = filled[usable]
+            low = int(values.min())
+            # Usually every channel has the same amount already (np.unique is slow on small arrays).
+            for value in [low] if low == values.max() else np.unique(values).tolist():
                 pick = np.flatnonzero(usable & (filled == value))
                 take = min(length, want - value)
                 loud = pick[rows[pick] >= 0]  # the quiet ones stay zeros
@@ -544,29 +571,27 @@ class InbandDetector:
         z_new = (x @ _SUB_BASIS).view(np.complex64).reshape(rows, nsub, 8)
         e_new = np.einsum("ij,ij->i", x, x).reshape(rows, nsub)
 
-        # The audio before this call, for the channels that need it: those not analysed last
-        # time rebuild their correlation history from it, and a digit's last check reads it.
+        # The audio before this call: those not analysed last time rebuild their correlation
+        # history from it, and a digit's last checks read it.
         act = self._act[slots]
         cand = self._cand[slots]
         taint = self._taint[slots]
-        stale = ~self._zvalid[slots]
-        history = np.zeros((rows, HIST * SUB), dtype=np.int16)
-        known = stale.copy()
-        gone_stale = np.flatnonzero(stale)
+        absent = self._act_absent[slots]
+        act_ref = self._act_ref[:, slots]
+        zh = self._zh[slots]
+        eh = self._eh[slots]
+        history = self._history(slots)  # one look at the ring for all (a gather is cheap)
+        gone_stale = np.flatnonzero(~self._zvalid[slots])
         if gone_stale.size:
-            history[gone_stale] = self._history(slots[gone_stale])
             hx = history[gone_stale].reshape(-1, SUB).astype(np.float32)
-            self._zh[slots[gone_stale]] = (hx @ _SUB_BASIS).view(np.complex64).reshape(-1, HIST, 8)
-            self._eh[slots[gone_stale]] = np.einsum("ij,ij->i", hx, hx).reshape(-1, HIST)
-        z_all = np.concatenate([self._zh[slots], z_new], axis=1)  # (rows, HIST + nsub, 8)
-        e_all = np.concatenate([self._eh[slots], e_new], axis=1)
+            zh[gone_stale] = (hx @ _SUB_BASIS).view(np.complex64).reshape(-1, HIST, 8)
+            eh[gone_stale] = np.einsum("ij,ij->i", hx, hx).reshape(-1, HIST)
+        z_all = np.concatenate([zh, z_new], axis=1)  # (rows, HIST + nsub, 8)
+        e_all = np.concatenate([eh, e_new], axis=1)
         self._zh[slots] = z_all[:, -HIST:]
         self._eh[slots] = e_all[:, -HIST:]
         zt = np.ascontiguousarray(z_all.transpose(2, 1, 0))  # (8, HIST + nsub, rows)
         et = np.ascontiguousarray(e_all.T)  # (HIST + nsub, rows)
-
-        act_ref = self._act_ref[:, slots]
-        absent = self._act_absent[slots]
 
         # Is the digit in progress still there, sub-block by sub-block? (nsub × rows)
         present = np.zeros((nsub, rows), dtype=bool)
@@ -576,48 +601,30 @@ class InbandDetector:
             present[:, going], cover[:, going] = _presence(
                 zt[:, HIST:, going], et[HIST:, going], act[going], act_ref[:, going]
             )
-        # Decision windows are needed wherever a digit may begin.
-        need = (act < 0) | (absent > 0) | (cand >= 0) | (taint >= 0)
-        need[going] |= ~present[:, going].all(axis=0)
-        looking = np.flatnonzero(need)
-        win = _Windows((nsub, rows))
-        if looking.size:
+        # Decision windows count wherever a digit may begin: not where a digit's tones go on
+        # without a break (there they would only show that digit).
+        quiet = (act >= 0) & (absent == 0) & (cand < 0) & (taint < 0) & present.all(axis=0)
+        looking = np.flatnonzero(~quiet)
+        if 4 * looking.size < 3 * rows:  # only these: the gather costs less than the rest
+            win = _Windows((nsub, rows))
             win.fill(looking, _windows(zt[:, :, looking], et[:, looking], nsub))
-
-        # Only the channels where something happens go through the state machine: the others
-        # are either idle with nothing seen, or holding a digit whose tones never left.
-        eventful = (
-            (cand >= 0)
-            | (taint >= 0)
-            | (win.digit >= 0).any(axis=0)
-            | (win.pair >= 0).any(axis=0)
-            | win.glide.any(axis=0)
+        else:
+            win = _windows(zt, et, nsub)
+            if looking.size < rows:
+                win.digit[:, quiet] = -1
+                win.pair[:, quiet] = -1
+                win.glide[:, quiet] = False
+        idle = (act < 0) & (cand < 0) & (taint < 0) & ~(win.digit >= 0).any(axis=0)
+        idle &= ~(win.pair >= 0).any(axis=0) & ~win.glide.any(axis=0)
+        if (quiet | idle).all():  # digits going on, the rest idle: no state machine needed
+            last = np.flatnonzero(quiet)
+            if last.size:  # their tones end, for now, where the last sub-block has them end
+                end = (pos0[last] + (nsub - 1) * SUB).astype(np.float64) + SUB * cover[-1, last]
+                self._act_end[slots[last]] = end
+            return
+        self._decide(
+            slots, win, present, cover, zt, et, hot_frame, history, flat, pos0, base, events
         )
-        eventful[going] |= ~present[:, going].all(axis=0)
-        steady = np.flatnonzero((act >= 0) & ~eventful)
-        if steady.size:  # tones on all along: they end, for now, with the last sub-block
-            last_start = (pos0[steady] + (nsub - 1) * SUB).astype(np.float64)
-            self._act_end[slots[steady]] = last_start + SUB * cover[-1, steady]
-            self._act_absent[slots[steady]] = 0
-        moving = np.flatnonzero(eventful)
-        if moving.size:
-            # Their audio's history, for a digit's last check (those that may start one).
-            wanted = moving[~known[moving] & (win.digit[:, moving] >= 0).any(axis=0)]
-            if wanted.size:
-                history[wanted] = self._history(slots[wanted])
-            self._decide(
-                slots[moving],
-                win.select(moving),
-                present[:, moving],
-                cover[:, moving],
-                zt[:, :, moving],
-                et[:, moving],
-                hot_frame[:, moving],
-                np.concatenate([history[moving], flat[moving]], axis=1),
-                pos0[moving],
-                base[moving],
-                events,
-            )
 
     def _decide(
         self,
@@ -628,13 +635,14 @@ class InbandDetector:
         zt: C64,
         et: F32,
         hot_frame: Bools,
-        audio: npt.NDArray[np.int16],
+        history: npt.NDArray[np.int16],
+        flat: npt.NDArray[np.int16],
         pos0: I64,
         base: F64,
         events: Events,
     ) -> None:
-        """The state machine, sub-block by sub-block, vectorised over channels. `audio` is
-        each channel's history (HIST sub-blocks) then this call's samples."""
+        """The state machine, sub-block by sub-block, vectorised over channels. Each channel's
+        audio is its `history` (HIST sub-blocks, where needed) then this call's samples."""
         nsub = present.shape[0]
         act = self._act[slots]
         act_on = self._act_on[slots]
@@ -692,7 +700,9 @@ class InbandDetector:
             fresh = (hit >= 0) & (hit != cand)
             cand_on = np.where(fresh, end_here - win.covered[j], cand_on)
             cand_need = np.where(
-                fresh, np.where(win.onset[j], _START_SAMPLES, _START_NO_ONSET_SAMPLES), cand_need
+                fresh,
+                np.where(win.onset[j], _START_ROUGH_SAMPLES, _START_NO_ONSET_SAMPLES),
+                cand_need,
             )
             cand = np.where(fresh, hit, cand)
             cand_miss = np.where(hit >= 0, 0, cand_miss + 1)
@@ -705,10 +715,31 @@ class InbandDetector:
             begun = np.flatnonzero(ready & (win.fraction[j] >= _START_FRACTION))
             if not begun.size:
                 continue
+            audio = np.concatenate([history[begun], flat[begun]], axis=1)
+            freq = win.freq[:, j, begun].T
+            # Tones that began abruptly are timed to the sample, from the audio of the window
+            # and the LOOK sub-blocks before it: they start once they have lasted _START_MS.
+            timed = cand_need[begun] == _START_ROUGH_SAMPLES
+            if timed.any():
+                first = HIST * SUB + (j + 1 - WIN - LOOK) * SUB
+                digit = cand[begun[timed]]
+                onset, length = _timing(
+                    audio[timed, first : first + (WIN + LOOK) * SUB],
+                    _DIGIT_TONES[digit],
+                    freq[timed],
+                )
+                early = length < _START_SAMPLES
+                cand_on[begun[timed]] = sub_start[begun[timed]] + (SUB - (WIN + LOOK) * SUB) + onset
+                cand_need[begun[timed]] = _START_SAMPLES  # timed: the onset is known from now on
+                if early.any():  # not yet
+                    keep = ~timed
+                    keep[timed] = ~early
+                    begun, audio, freq = begun[keep], audio[keep], freq[keep]
+                    if not begun.size:
+                        continue
             # Last check, on the spectrum of the window: nothing but the two tones.
             first = HIST * SUB + (j + 1 - WIN) * SUB
-            freq = win.freq[:, j, begun].T
-            pure = _pure(audio[begun, first : first + WIN * SUB], freq) & ~_harmonics(freq)
+            pure = _pure(audio[:, first : first + WIN * SUB], freq) & ~_harmonics(freq)
             if not pure.all():  # more than two tones, or a voice: not again in this pattern
                 refused = begun[~pure]
                 taint[refused] = cand[refused]
@@ -727,7 +758,7 @@ class InbandDetector:
                 (base[begun] + cand_on[begun] / RATE).tolist(),
                 strict=True,
             ):
-                events.append((slot, DtmfEvent(KEYS[digit], "start", at, None, "inband")))
+                events.append((slot, _event(KEYS[digit], "start", at, None)))
             act[begun] = cand[begun]
             act_on[begun] = cand_on[begun]
             act_end[begun] = end_here[begun]
@@ -770,12 +801,17 @@ class _Scratch:
 
 
 def _screen(
-    frames: npt.NDArray[np.int16], prev_power: F32, prev_energy: F32, scratch: _Scratch
+    frames: npt.NDArray[np.int16],
+    prev_power: F32,
+    prev_energy: F32,
+    scratch: _Scratch,
+    busy_line: bool,
 ) -> tuple[Bools, Idx, F32, F32]:
     """The screen over frames (rows × F × 80): which 20 ms windows (each frame with the one
     before) are screened in, (F × rows); the rows with any sound (above the gate, here or in
     the frame before); and the last frame's power at the 8 frequencies (8 × rows) and energy
-    (rows), for the next call. prev_* are those of the frame before.
+    (rows), for the next call. prev_* are those of the frame before. `busy_line`: most rows
+    had sound last time, so the quick look is skipped (the gate is then on the 4 kHz energy).
 
     At 4 kHz (every other sample) and per 10 ms frame, each tone's power is the squared
     correlation; a window adds two frames' (100 Hz wide bins, so a tone 1.5 % off loses
@@ -787,14 +823,16 @@ def _screen(
     gate = DEC_PER_FRAME * _FRAME_GATE
     # First a quick look at every 4th sample, enough to tell silence from anything that could
     # hold a digit (the gate is 17 dB under the weakest digit).
-    probe = scratch.get("probe", (count, FRAME // 4), np.float32)
-    np.copyto(probe, flat[:, 3::4], casting="unsafe")
-    rough = scratch.get("rough", (count,), np.float32)
-    np.einsum("ij,ij->i", probe, probe, out=rough)
-    rough *= 2.0
-    active = np.flatnonzero(
-        (rough.reshape(rows, nframes) >= gate).any(axis=1) | (prev_energy >= gate)
-    )
+    if busy_line:
+        active = np.arange(rows)  # for now
+    else:
+        probe = scratch.get("probe", (count, FRAME // 4), np.float32)
+        np.copyto(probe, flat[:, 3::4], casting="unsafe")
+        rough = scratch.get("rough", (count,), np.float32)
+        np.einsum("ij,ij->i", probe, probe, out=rough)
+        rough *= 2.0
+        level = rough.reshape(rows, nframes).T
+        active = np.flatnonzero(_any_frame(level >= gate, prev_energy >= gate))
     screened = np.zeros((nframes, rows), dtype=bool)
     power_out = np.zeros((8, rows), dtype=np.float32)
     energy_out = np.zeros(rows, dtype=np.float32)
@@ -803,19 +841,22 @@ def _screen(
     every = 2 * active.size > rows  # then work on all rows: a gather costs more than it saves
     n = rows if every else active.size
     source = frames if every else frames[active]
-    dec = scratch.get("dec", (n * nframes, DEC_PER_FRAME), np.float32)
-    np.copyto(dec, source.reshape(n * nframes, FRAME).view(np.int32), casting="unsafe")
-    energy_flat = scratch.get("energy", (n * nframes,), np.float32)
-    np.einsum("ij,ij->i", dec, dec, out=energy_flat)
-    energy = np.ascontiguousarray(energy_flat.reshape(n, nframes).T) / np.float32(_DEC_ENERGY)
+    # Frame-major (F × n × 40), so that the products come out with the channels last.
+    dec = scratch.get("dec", (nframes, n, DEC_PER_FRAME), np.float32)
+    np.copyto(dec, source.view(np.int32).transpose(1, 0, 2), casting="unsafe")
+    dec_flat = dec.reshape(nframes * n, DEC_PER_FRAME)
+    energy_flat = scratch.get("energy", (nframes * n,), np.float32)
+    np.einsum("ij,ij->i", dec_flat, dec_flat, out=energy_flat)
+    energy = energy_flat.reshape(nframes, n) / np.float32(_DEC_ENERGY)
     loud = energy >= gate  # (F, n)
-    product = scratch.get("product", (n * nframes, 16), np.float32)
-    np.matmul(dec, _DEC_BASIS, out=product)
-    part = scratch.get("part", (16, nframes, n), np.float32)
-    np.copyto(part, product.reshape(n, nframes, 16).transpose(2, 1, 0))
-    part[:, ~loud] = 0.0  # quiet frames count as silence
+    if busy_line:
+        active = np.flatnonzero(_any_frame(loud, prev_energy >= gate))
+    part = scratch.get("part", (16, nframes * n), np.float32)
+    np.matmul(_DEC_BASIS.T, dec_flat.T, out=part)
+    part = part.reshape(16, nframes, n)
     power = part[:8] ** 2
     power += part[8:] ** 2
+    power *= loud  # quiet frames count as silence
     window = power.copy()  # each tone's power over the frame and the one before
     window[:, 0] += prev_power if every else prev_power[:, active]
     window[:, 1:] += power[:, :-1]
@@ -836,23 +877,40 @@ def _screen(
     return screened, active, power_out, energy_out
 
 
+def _any_frame(loud: Bools, before: Bools) -> Bools:
+    """Rows (F × rows) with a loud frame, or loud just before."""
+    found = before.copy()
+    for frame in loud:
+        found |= frame
+    return found
+
+
+_new_object: Final = object.__new__
+
+
+def _event(digit: str, kind: str, at: float, duration_ms: float | None) -> DtmfEvent:
+    """DtmfEvent(digit, kind, at, duration_ms, "inband"), made without the frozen dataclass's
+    __init__ (a setattr through object per field: half the cost of an event, paid per digit)."""
+    event: DtmfEvent = _new_object(DtmfEvent)
+    event.__dict__.update(digit=digit, kind=kind, at=at, duration_ms=duration_ms, source="inband")
+    return event
+
+
 def _end_event(digit: int, base: float, onset: float, end: float) -> DtmfEvent:
     start_at = base + onset / RATE
     end_at = max(base + end / RATE, start_at)
-    return DtmfEvent(KEYS[digit], "end", end_at, round((end_at - start_at) * 1000.0, 1), "inband")
+    return _event(KEYS[digit], "end", end_at, round((end_at - start_at) * 1000.0, 1))
 
 
 def _end_events(slots: Idx, digits: I64, base: F64, onset: F64, end: F64) -> Events:
     """ "end" events (slot, event) for several channels at once."""
+    start_at = base + onset / RATE
+    end_at = np.maximum(base + end / RATE, start_at)
+    duration = np.round((end_at - start_at) * 1000.0, 1)
     return [
-        (slot, _end_event(digit, b, o, e))
-        for slot, digit, b, o, e in zip(
-            slots.tolist(),
-            digits.tolist(),
-            base.tolist(),
-            onset.tolist(),
-            end.tolist(),
-            strict=True,
+        (slot, _event(KEYS[digit], "end", at, ms))
+        for slot, digit, at, ms in zip(
+            slots.tolist(), digits.tolist(), end_at.tolist(), duration.tolist(), strict=True
         )
     ]
 
@@ -876,9 +934,12 @@ def _presence(zt: C64, energy: F32, digit: I64, ref: F32) -> tuple[Bools, F32]:
     return present, cover
 
 
-_HANN: Final = np.hanning(WIN * SUB).astype(np.float32)
 _FFT_SIZE: Final = 256  # 31 Hz bins
 _FFT_HZ: Final = (np.arange(_FFT_SIZE // 2 + 1) * RATE / _FFT_SIZE).astype(np.float32)
+
+
+_HANN: Final = np.hanning(WIN * SUB).astype(np.float32)
+_ABOVE_HUM: Final = _FFT_HZ > _PURITY_LOW_HZ
 
 
 def _pure(samples: npt.NDArray[np.int16], freq: F32) -> Bools:
@@ -886,16 +947,76 @@ def _pure(samples: npt.NDArray[np.int16], freq: F32) -> Bools:
     else of note: the strongest spectral peak away from the tones must be _PURITY_DB below the
     weaker tone. White noise at 15 dB SNR stays 13 dB or more below; speech and music that
     mimic a digit carry their other harmonics within a few dB."""
-    spectrum = np.abs(np.fft.rfft(samples.astype(np.float32) * _HANN, _FFT_SIZE)) ** 2
-    offset_r = np.abs(_FFT_HZ - freq[:, :1])
-    offset_c = np.abs(_FFT_HZ - freq[:, 1:])
-    tone_r = np.where(offset_r <= 40.0, spectrum, 0.0).max(axis=1)
-    tone_c = np.where(offset_c <= 40.0, spectrum, 0.0).max(axis=1)
-    near = (offset_r <= _PURITY_GUARD_HZ) | (offset_c <= _PURITY_GUARD_HZ)
-    spectrum[near] = 0.0
-    spectrum[:, _FFT_HZ <= _PURITY_LOW_HZ] = 0.0
-    rest = spectrum.max(axis=1)
-    return np.asarray(rest <= np.minimum(tone_r, tone_c) * 10.0 ** (_PURITY_DB / 10.0))
+    product = np.fft.rfft(samples.astype(np.float32) * _HANN, _FFT_SIZE)
+    spectrum = product.real**2
+    spectrum += product.imag**2
+    offset = np.abs(_FFT_HZ - freq[:, :, None])  # (k, 2, bins): from each tone
+    tones = np.where(offset <= 40.0, spectrum[:, None], 0.0).max(axis=2)  # (k, 2)
+    far = (offset.min(axis=1) > _PURITY_GUARD_HZ) & _ABOVE_HUM
+    rest = np.where(far, spectrum, 0.0).max(axis=1)
+    return np.asarray(rest <= tones.min(axis=1) * 10.0 ** (_PURITY_DB / 10.0))
+
+
+def _timing(samples: npt.NDArray[np.int16], tones: I64, freq: F32) -> tuple[F64, F64]:
+    """Where two tones (k × 2: their indices and frequencies in Hz) begin in 30 ms of audio
+    (k × 240 samples) whose last 10 ms they fill, and how long they last up to its end, to
+    the sample.
+
+    Their amplitudes and phases are fitted (least squares) over the last 10 ms, and the model
+    m extended back over the 30 ms; the tones are taken to hold [s, e) when that minimises the
+    squared error of "m inside, nothing outside": with P the running sum of m² - 2xm, s is
+    where P peaks (before the last sub-block) and e where it bottoms (in it)."""
+    rows, count = samples.shape
+    x = samples.astype(np.float32)
+    # cos and sin of each tone for n = -count … -1 (0 just after the end), from the table:
+    # (k, 4, count), rows cos_r, sin_r, cos_c, sin_c.
+    step = np.rint((freq - _TIMING_BASE[tones]) / _TIMING_STEP_HZ).astype(np.intp)
+    basis = _TIMING_TABLE[tones, np.clip(step, 0, _TIMING_TABLE.shape[1] - 1)]
+    basis = basis.reshape(rows, 4, count)
+    # Least squares of u_r z_r + u_c z_c (z = cos + i sin) on the last _FIT_SAMPLES (the
+    # tones' images are left out: they correlate under 2.5 % with them over 10 ms): with
+    # b = sum x z* and g = sum z_r* z_c, u = [[N, g], [g*, N]]^-1 b; the model is 2 Re(u z).
+    fit = basis[:, :, -_FIT_SAMPLES:]
+    r = (fit @ x[:, -_FIT_SAMPLES:, None])[:, :, 0]  # (k, 4): sum x cos, sum x sin, …
+    b_r = r[:, 0] - 1j * r[:, 1]
+    b_c = r[:, 2] - 1j * r[:, 3]
+    cross = fit[:, :2] @ fit[:, 2:].transpose(0, 2, 1)  # (k, 2, 2): cos_r, sin_r by cos_c, sin_c
+    g = (cross[:, 0, 0] + cross[:, 1, 1]) + 1j * (cross[:, 0, 1] - cross[:, 1, 0])
+    size = float(_FIT_SAMPLES)
+    det = size * size - (g.real**2 + g.imag**2)
+    u = np.stack([(size * b_r - g * b_c) / det, (size * b_c - g.conj() * b_r) / det], axis=1)
+    coef = 2.0 * u.conj().view(np.float32)  # (k, 4): 2 Re u_r, -2 Im u_r, 2 Re u_c, -2 Im u_c
+    model = (coef[:, None, :] @ basis)[:, 0]  # (k, count)
+    # The running sum P of m² - 2xm: the onset where it peaks, the end where it bottoms.
+    step_cost = model - 2.0 * x
+    step_cost *= model
+    run = np.zeros((rows, count + 1), dtype=np.float32)
+    np.cumsum(step_cost, axis=1, out=run[:, 1:])  # P[0 … count]
+    last = count - SUB
+    begin = run[:, : last + 1].argmax(axis=1)
+    end = last + run[:, last:].argmin(axis=1)
+    return begin.astype(np.float64), (end - begin).astype(np.float64)
+
+
+def _timing_table() -> tuple[F32, F64]:
+    """cos and sin of w n for n = -240 … -1 (8 × steps × 2 × 240), for each tone at frequencies
+    every _TIMING_STEP_HZ over ±3 % (a quarter hertz off turns the model by 0.05 rad at most
+    over 30 ms: nothing)."""
+    nominal = np.array(ROW_HZ + COL_HZ)
+    base = nominal * (1.0 - _TIMING_SPAN)
+    steps = int(np.ceil(2.0 * _TIMING_SPAN * nominal.max() / _TIMING_STEP_HZ)) + 1
+    hz = base[:, None] + _TIMING_STEP_HZ * np.arange(steps)  # (8, steps)
+    n = np.arange(-(WIN + LOOK) * SUB, 0)
+    phase = 2.0 * np.pi / RATE * hz[:, :, None, None] * n  # (8, steps, 1, count)
+    table = np.concatenate([np.cos(phase), np.sin(phase)], axis=2).astype(np.float32)
+    return table, base
+
+
+_TIMING_SPAN: Final = 0.03
+_TIMING_STEP_HZ: Final = 0.5
+_TIMING_TABLE, _TIMING_BASE = _timing_table()
+_FIT_SAMPLES: Final = 2 * SUB
+_DIGIT_TONES: Final = np.array([(d // 4, d % 4 + 4) for d in range(16)])  # row and column tone
 
 
 def _harmonic_ratios() -> F64:
@@ -946,25 +1067,19 @@ class _Windows:
         self.ref[:, :, columns] = other.ref
         self.freq[:, :, columns] = other.freq
 
-    def select(self, columns: Idx) -> _Windows:
-        """These channels' windows only."""
-        part = _Windows((self.digit.shape[0], columns.size))
-        for name in self._FIELDS:
-            setattr(part, name, getattr(self, name)[:, columns])
-        part.ref = self.ref[:, :, columns]
-        part.freq = self.freq[:, :, columns]
-        return part
-
 
 def _argmax4(values: F32) -> I64:
-    """Index of the largest of 4 rows (4 × …), elementwise."""
-    best = np.zeros(values.shape[1:], dtype=np.int64)
-    top = values[0].copy()
+    """Index of the largest of 4 (axis 1 of 2 × 4 × …), elementwise."""
+    best = np.zeros((values.shape[0], *values.shape[2:]), dtype=np.int64)
+    top = values[:, 0].copy()
     for k in (1, 2, 3):
-        better = values[k] > top
+        better = values[:, k] > top
         best[better] = k
-        np.maximum(top, values[k], out=top)
+        np.maximum(top, values[:, k], out=top)
     return best
+
+
+_GROUP: Final = np.array([0, 4]).reshape(2, 1, 1)  # first tone of the row and column groups
 
 
 def _windows(zt: C64, energy: F32, nwin: int) -> _Windows:
@@ -972,7 +1087,8 @@ def _windows(zt: C64, energy: F32, nwin: int) -> _Windows:
 
     zt is (8 × (HIST + nwin) × n): HIST sub-blocks of history then the new ones; window j is
     made of sub-blocks j+LOOK … j+LOOK+3, and the LOOK sub-blocks before it are where an onset
-    must show. Results are (nwin × n).
+    must show. Results are (nwin × n). Row and column tone are worked out together, on a
+    leading axis of 2.
     """
     n = zt.shape[2]
     # The strongest row and column tone over each window's 20 ms, correlated coherently (the
@@ -984,8 +1100,7 @@ def _windows(zt: C64, energy: F32, nwin: int) -> _Windows:
         if m:
             coherent *= rot
     power = coherent.real**2 + coherent.imag**2  # (8, nwin, n)
-    row = _argmax4(power[:4])
-    col = _argmax4(power[4:]) + 4
+    tone = _argmax4(power.reshape(2, 4, nwin, n)) + _GROUP  # (2, nwin, n): row, column
     e_win = energy[LOOK : LOOK + nwin].astype(np.float64)
     for m in (1, 2, 3):
         e_win = e_win + energy[LOOK + m : LOOK + m + nwin]
@@ -994,13 +1109,11 @@ def _windows(zt: C64, energy: F32, nwin: int) -> _Windows:
     # A e^{i phi} correlates to 20 A e^{i phi}.
     span = np.arange(WIN + LOOK)[:, None, None] + np.arange(nwin)[None, :, None]  # (6, nwin, 1)
     every = np.arange(n)[None, None, :]
-    ar = zt[row[None], span, every] / np.float32(SUB / 2)  # (6, nwin, n)
-    ac = zt[col[None], span, every] / np.float32(SUB / 2)
-    dr, amp_r = _tone(ar[LOOK:], row)
-    dc, amp_c = _tone(ac[LOOK:], col)
+    a = zt[tone[:, None], span, every] / np.float32(SUB / 2)  # (2, 6, nwin, n)
+    delta, amp = _tone(a[:, LOOK:], tone)
 
-    power_r = amp_r**2 / 2.0  # each tone's power
-    power_c = amp_c**2 / 2.0
+    tone_power = amp**2 / 2.0  # each tone's power
+    power_r, power_c = tone_power[0], tone_power[1]
     twist = power_r / np.maximum(power_c, _TINY)
     fraction = (power_r + power_c) * (WIN * SUB) / np.maximum(e_win, _TINY)
     loud = (
@@ -1010,17 +1123,16 @@ def _windows(zt: C64, energy: F32, nwin: int) -> _Windows:
         & (twist <= _NORMAL_TWIST)
         & (twist * _REVERSE_TWIST >= 1.0)
     )
-    on_frequency = (np.abs(dr) <= _MAX_OFFSET * _W[row]) & (np.abs(dc) <= _MAX_OFFSET * _W[col])
+    on = np.abs(delta) <= _MAX_OFFSET * _W[tone]
+    on_frequency = on[0] & on[1]
 
     # How much of each sub-block the tones fill: amplitude against the steady level, which is
     # that of the window's last two sub-blocks (the tones are on there when a digit starts).
-    mr = np.abs(ar)
-    mc = np.abs(ac)
-    ref_r = np.maximum(np.maximum(mr[-1], mr[-2]), _TINY)  # as correlated, over 20
-    ref_c = np.maximum(np.maximum(mc[-1], mc[-2]), _TINY)
-    cover = np.minimum(0.5 * (mr / ref_r + mc / ref_c), 1.0)  # (6, nwin, n)
+    m = np.abs(a)  # (2, 6, nwin, n)
+    ref = np.maximum(np.maximum(m[:, -1], m[:, -2]), _TINY)  # as correlated, over 20
+    cover = np.minimum(0.5 * (m[0] / ref[0] + m[1] / ref[1]), 1.0)  # (6, nwin, n)
     inside = cover[LOOK:]
-    digit = row * 4 + col - 4
+    digit = tone[0] * 4 + tone[1] - 4
     result = _Windows((nwin, n))
     result.digit = np.where(loud & on_frequency & (fraction >= _MIN_FRACTION), digit, -1)
     result.pair = np.where(loud & (fraction >= _PATTERN_FRACTION), digit, -1)
@@ -1029,28 +1141,32 @@ def _windows(zt: C64, energy: F32, nwin: int) -> _Windows:
     result.last_cover = inside[-1]
     result.onset = np.minimum(cover[0], cover[1]) <= _ONSET_COVER
     result.glide = loud & ~on_frequency & (inside.min(axis=0) >= _FLAT_COVER)
-    result.ref = np.stack([ref_r, ref_c]) * np.float32(SUB / 2)
-    hertz = RATE / (2.0 * np.pi)
-    result.freq = np.stack([(_W[row] + dr) * hertz, (_W[col] + dc) * hertz]).astype(np.float32)
+    result.ref = ref * np.float32(SUB / 2)
+    result.freq = ((_W[tone] + delta) * (RATE / (2.0 * np.pi))).astype(np.float32)
     return result
 
 
 def _tone(a: C64, tone: I64) -> tuple[F64, F64]:
-    """For a tone's complex amplitudes in a window's 4 sub-blocks (4 × …): its frequency offset
-    (rad/sample) and its amplitude at that frequency."""
+    """For tones' complex amplitudes in a window's 4 sub-blocks (axis 1: 2 × 4 × …, tone is
+    2 × …): their frequency offset (rad/sample) and their amplitude at that frequency."""
     rot = _ROT_SUB.astype(np.complex64)[tone]  # e^{-i w 40}
+    a0, a1, a2, a3 = a[:, 0], a[:, 1], a[:, 2], a[:, 3]
     # Coarse: phase advance from sub-block to sub-block (unambiguous over ±100 Hz).
-    lag1 = (a[1] * np.conj(a[0]) + a[2] * np.conj(a[1]) + a[3] * np.conj(a[2])) * rot
+    lag1 = (a1 * np.conj(a0) + a2 * np.conj(a1) + a3 * np.conj(a2)) * rot
     coarse = np.angle(lag1) / SUB
     # Fine: from the window's first 10 ms to its last.
-    first = a[0] + a[1] * rot
-    second = a[2] + a[3] * rot
+    first = a0 + a1 * rot
+    second = a2 + a3 * rot
     fine = np.angle(second * np.conj(first) * rot * rot) / (2 * SUB)
     step = 2.0 * np.pi / (2 * SUB)
     delta = fine + np.round((coarse - fine) / step) * step
     # The mean of the 4 amplitudes, each turned back by the phase the tone advanced.
-    turn = (rot * np.exp(-1j * delta * SUB)).astype(np.complex64)
-    mean = ((a[3] * turn + a[2]) * turn + a[1]) * turn + a[0]
+    back = (delta * SUB).astype(np.float32)
+    turn = np.empty(back.shape, dtype=np.complex64)  # e^{-i delta 40}, from float32 cos and sin
+    turn.real = np.cos(back)
+    turn.imag = -np.sin(back)
+    turn *= rot
+    mean = ((a3 * turn + a2) * turn + a1) * turn + a0
     amp = np.abs(mean) / (WIN * _sub_gain(tone, delta))
     return delta, amp
 

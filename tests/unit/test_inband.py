@@ -183,6 +183,40 @@ def test_tones_under_20_ms_rejected(ms: float) -> None:
         assert digits_of(noisy) == ""
 
 
+def starts_per_channel(audio: npt.NDArray[np.int16], block: int = 160) -> list[str]:
+    """Feed each row as one channel of a detector, `block` samples a call; the digits started."""
+    detector = InbandDetector()
+    slots = [detector.add_channel() for _ in range(audio.shape[0])]
+    found = [""] * audio.shape[0]
+    for begin in range(0, audio.shape[1], block):
+        now = (begin + block) / RATE
+        for slot, event in detector.process(slots, audio[:, begin : begin + block], now):
+            if event.kind == "start":
+                found[slot] += event.digit
+    return found
+
+
+def test_19_ms_tones_rejected_at_any_phase_level_and_twist_with_noise() -> None:
+    # The start rule times the tones to the sample: 19 ms is 7 samples short of it.
+    rng = np.random.default_rng(19)
+    rows = []
+    for i, (level, twist, snr) in enumerate(
+        (level, twist, snr)
+        for level in (-36.0, -20.0, 0.0)
+        for twist in (-4.0, 0.0, 8.0)
+        for snr in (None, 15.0)
+    ):
+        for k, digit in enumerate(KEYS):
+            lead = 60 + (7 * k + 3 * i) % 20 + rng.uniform(0, 1)  # every phase of a 20 ms tick
+            offset = (rng.choice([-0.015, 0.0, 0.015]), rng.choice([-0.015, 0.0, 0.015]))
+            burst = tone(digit, 19, level=level, twist=twist, offset=offset, rng=rng)
+            audio = np.concatenate([silence(lead), burst, silence(200 - lead)])[:2400]
+            if snr is not None:
+                audio = with_noise(audio, snr, dbm0_power(level), seed=i * 16 + k)
+            rows.append(np.rint(audio).astype(np.int16))
+    assert starts_per_channel(np.stack(rows)) == [""] * len(rows)
+
+
 @pytest.mark.parametrize("gap", [2, 5, 8, 10])
 def test_interruptions_up_to_10_ms_are_bridged(gap: float) -> None:
     rng = np.random.default_rng(int(gap))
@@ -321,6 +355,29 @@ def test_many_channels_at_once_same_as_one_at_a_time() -> None:
                 single.append((event.kind, event.digit, round(event.at, 4)))
         assert batch[slots[c]] == single, c
         assert single  # every stream has digits
+
+
+def test_same_digits_whether_the_other_channels_are_quiet_or_busy() -> None:
+    # With most channels quiet the screen first glances at every 4th sample; with most busy it
+    # skips that glance: a channel's digits must not depend on which.
+    rng = np.random.default_rng(13)
+    audio = keyed("*5D0", on=45, off=60, level=-30, rng=rng)
+    audio = with_noise(audio, 15, dbm0_power(-30), seed=13)
+    ours = np.rint(audio).astype(np.int16)
+    results = []
+    for others in (np.zeros(ours.size), with_noise(np.zeros(ours.size), 0, dbm0_power(-20))):
+        block = np.stack([ours] + [np.rint(others).astype(np.int16)] * 30)
+        detector = InbandDetector()
+        slots = [detector.add_channel() for _ in range(block.shape[0])]
+        seen = []
+        for begin in range(0, block.shape[1] - 159, 160):
+            now = (begin + 160) / RATE
+            for slot, event in detector.process(slots, block[:, begin : begin + 160], now):
+                if slot == slots[0]:
+                    seen.append((event.kind, event.digit, round(event.at, 4)))
+        results.append(seen)
+    assert "".join(d for k, d, _ in results[0] if k == "start") == "*5D0"
+    assert results[0] == results[1]
 
 
 def test_slots_in_any_order_and_subsets() -> None:
@@ -476,6 +533,34 @@ def test_start_reported_within_40_ms_of_the_onset() -> None:
     assert len(latencies) == 32
     assert max(latencies) <= 0.040
     assert float(np.median(latencies)) <= 0.030
+
+
+def test_start_within_40_ms_median_30_fed_20_ms_frames() -> None:
+    # The event comes at the end of the tick that completes 19.875 ms of tone: 20 to 40 ms
+    # after the onset, whatever the onset's place in the tick (here every quarter millisecond).
+    rng = np.random.default_rng(20)
+    count = 160
+    onsets = 480 + np.arange(count) * 2 + (np.arange(count) % 2)  # samples: 60 ms + 0..40 ms
+    audio = np.zeros((count, 2400))
+    for c in range(count):
+        level, twist = rng.uniform(-30, -5), rng.uniform(-3, 6)
+        burst = tone(KEYS[c % 16], rng.uniform(60, 100), level=level, twist=twist, rng=rng)
+        audio[c, onsets[c] : onsets[c] + burst.size] = burst
+        audio[c] = with_noise(audio[c], 30, dbm0_power(level), seed=c)
+    samples = np.rint(audio).astype(np.int16)
+    detector = InbandDetector()
+    slots = [detector.add_channel() for _ in range(count)]
+    latency = np.full(count, np.nan)
+    for begin in range(0, samples.shape[1], 160):
+        now = (begin + 160) / RATE
+        for slot, event in detector.process(slots, samples[:, begin : begin + 160], now):
+            if event.kind == "start" and np.isnan(latency[slot]):
+                assert event.at == pytest.approx(onsets[slot] / RATE, abs=0.001)
+                latency[slot] = now - onsets[slot] / RATE
+    assert not np.isnan(latency).any()
+    assert latency.min() > 0.019
+    assert latency.max() <= 0.040
+    assert float(np.median(latency)) <= 0.030
 
 
 # ---- talk-off ------------------------------------------------------------------------------------
