@@ -143,7 +143,11 @@ class MediaSession:
             self._deliver(events)
         elif packet.payload_type == self.payload_type:
             self.stats.audio += 1
-            if self.inband_slot is not None and len(self.pending_audio) < MAX_PENDING_FRAMES:
+            if (
+                self.inband
+                and self.inband_slot is not None
+                and len(self.pending_audio) < MAX_PENDING_FRAMES
+            ):
                 self.pending_audio.append(packet.payload)
                 self.pending_audio_at = now
             if self.on_audio is not None:
@@ -260,12 +264,20 @@ class MediaEngine:
         self.transports: dict[int, asyncio.DatagramTransport] = {}
         self._next_port = self.port_min
         self._tick_task: asyncio.Task[None] | None = None
-        self.loop = asyncio.get_event_loop()
+        # The loop that runs the engine, taken on first use: asking for it here would fail,
+        # or make a stray loop, when the engine is built outside a running loop.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.inband: InbandDetector | None = None  # one detector serves every channel
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
 
     async def open(self) -> int:
         """Bind a free even port from the range and return it (the session is attached later)."""
-        self.loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         span = (self.port_max - self.port_min) // 2 + 1
         for _ in range(span):
             port = self._next_port
@@ -330,6 +342,7 @@ class MediaEngine:
             if not session.inband:  # switched off mid-call: give the slot back
                 self.inband.remove_channel(session.inband_slot)
                 session.inband_slot = None
+                session.pending_audio.clear()
                 continue
             if session.pending_audio:
                 size = sum(len(p) for p in session.pending_audio)

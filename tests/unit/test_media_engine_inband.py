@@ -1,0 +1,138 @@
+"""MediaEngine's in-band DTMF: one detector call per tick serves every in-band session.
+
+No sockets: sessions are attached under port numbers the engine never opened (so nothing is
+sent), audio is handed to `MediaSession.receive` as the socket would, and the tick's in-band
+step (`_detect_inband`) is called by hand after each 20 ms packet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from spg_media.dtmf.rfc4733 import DtmfEvent
+from spg_media.rtp.g711 import encode
+from spg_media.rtp.packet import build_rtp
+from spg_media.rtp.session import MediaEngine, MediaSession
+from spg_media.testcaller import dtmf_tone
+
+CALLER = ("127.0.0.1", 40000)
+FRAME = 160
+
+
+def keyed_audio(keys: str, codec: str) -> list[bytes]:
+    """20 ms G.711 payloads: 100 ms of silence, then per key 80 ms of tone and 80 ms of silence."""
+    parts = [np.zeros(800, dtype=np.int16)]
+    for key in keys:
+        parts += [dtmf_tone(key, 0.08), np.zeros(640, dtype=np.int16)]
+    parts.append(np.zeros(1600, dtype=np.int16))
+    samples = np.concatenate(parts)
+    samples = np.concatenate([samples, np.zeros((-samples.size) % FRAME, dtype=np.int16)])
+    audio = encode(samples, codec)
+    return [audio[i : i + FRAME] for i in range(0, len(audio), FRAME)]
+
+
+def make_session(codec: str, heard: list[DtmfEvent], inband: bool = True) -> MediaSession:
+    return MediaSession(
+        codec=codec,
+        remote=("127.0.0.1", 9),
+        dtmf_payload_type=101,
+        on_dtmf=heard.append,
+        inband=inband,
+    )
+
+
+def feed(engine: MediaEngine, sessions: dict[int, tuple[MediaSession, list[bytes]]]) -> None:
+    """One packet per session per 20 ms tick, then the tick's detector step."""
+    ticks = max(len(frames) for _, frames in sessions.values())
+    for tick in range(ticks):
+        now = tick * 0.02
+        for session, frames in sessions.values():
+            if tick < len(frames):
+                pt = 0 if session.codec == "PCMU" else 8
+                packet = build_rtp(pt, tick, tick * FRAME, 0x10, frames[tick], tick == 0)
+                session.receive(packet, CALLER, now)
+        engine._detect_inband()
+
+
+def starts(events: list[DtmfEvent]) -> str:
+    assert all(e.source == "inband" for e in events)
+    return "".join(e.digit for e in events if e.kind == "start")
+
+
+def run_in_loop(test: object) -> None:
+    async def body() -> None:
+        test()  # type: ignore[operator]
+
+    asyncio.run(body())
+
+
+def test_one_detector_call_serves_sessions_of_both_codecs_without_crosstalk() -> None:
+    def test() -> None:
+        engine = MediaEngine("127.0.0.1", 40000, 40100)
+        heard_u: list[DtmfEvent] = []
+        heard_a: list[DtmfEvent] = []
+        heard_b: list[DtmfEvent] = []
+        u = make_session("PCMU", heard_u)
+        a = make_session("PCMA", heard_a)
+        b = make_session("PCMA", heard_b)
+        for port, session in ((50000, u), (50002, a), (50004, b)):
+            engine.attach(port, session)
+        assert engine.inband is not None
+        assert len({u.inband_slot, a.inband_slot, b.inband_slot}) == 3
+        feed(
+            engine,
+            {
+                50000: (u, keyed_audio("4111#", "PCMU")),
+                50002: (a, keyed_audio("0731", "PCMA")),
+                50004: (b, keyed_audio("", "PCMA")),  # silence only
+            },
+        )
+        assert starts(heard_u) == "4111#"
+        assert starts(heard_a) == "0731"
+        assert heard_b == []
+        assert [e.kind for e in heard_u] == ["start", "end"] * 5
+        for port in (50000, 50002, 50004):
+            engine.close(port)
+        assert engine._tick_task is not None
+        engine._tick_task.cancel()
+
+    run_in_loop(test)
+
+
+def test_stop_inband_gives_the_channel_back_and_hears_no_more() -> None:
+    def test() -> None:
+        engine = MediaEngine("127.0.0.1", 40000, 40100)
+        heard: list[DtmfEvent] = []
+        session = make_session("PCMU", heard)
+        engine.attach(50000, session)
+        frames = keyed_audio("55", "PCMU")
+        feed(engine, {50000: (session, frames[:11])})  # the first 5 is heard
+        assert starts(heard) == "5"
+        session.stop_inband()  # RFC 4733 seen with dtmf.inband = auto
+        feed(engine, {50000: (session, frames[11:])})
+        assert starts(heard) == "5"
+        assert session.inband_slot is None and not session.pending_audio
+        engine.close(50000)
+        assert engine._tick_task is not None
+        engine._tick_task.cancel()
+
+    run_in_loop(test)
+
+
+def test_sessions_without_inband_cost_the_detector_nothing() -> None:
+    def test() -> None:
+        engine = MediaEngine("127.0.0.1", 40000, 40100)
+        heard: list[DtmfEvent] = []
+        session = make_session("PCMU", heard, inband=False)
+        engine.attach(50000, session)
+        assert engine.inband is None and session.inband_slot is None
+        for tick, frame in enumerate(keyed_audio("1", "PCMU")):
+            session.receive(build_rtp(0, tick, tick * FRAME, 1, frame, False), CALLER, tick / 50)
+        assert session.pending_audio == [] and heard == []
+        engine.close(50000)
+        assert engine._tick_task is not None
+        engine._tick_task.cancel()
+
+    run_in_loop(test)
