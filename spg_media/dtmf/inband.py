@@ -36,22 +36,26 @@ follows what is on the line, not the number of channels.
    and the two tones hold 75 % of the window's energy (speech and music spread theirs over
    harmonics).
 
-Decisions, per sub-block, vectorised over the channels analysed:
+Decisions, per sub-block, vectorised over the channels analysed where something may happen
+(a digit going on steadily only has its end moved along, idle channels skip them). A start's
+last checks (timing, spectrum) read its window alone, so they are made before the sub-block
+loop, in one batch, for each channel's first window that may start a digit (where nearly all
+digits start); the loop makes them itself only for the others:
 
 * a digit *starts* when hit windows of one digit (one miss tolerated) have seen its tones for
   19.875 ms, the tones still fill the last sub-block and hold 85 % of the last window's energy,
-  and that window's spectrum (a 256-point FFT, only then) shows nothing else within 10 dB of the
-  weaker tone, and the two frequencies are not in a low-order harmonic ratio (4/3, 3/2, 5/3,
-  2/1, ...) that no in-spec DTMF pair can show but two harmonics of a voice do. The onset is
-  first estimated from how much of each sub-block the tones fill (their amplitude against the
-  steady level); once that says 16.75 ms, the tones are timed to the sample on the audio of
-  the last 30 ms (`_timing`: their amplitudes and phases fitted over the last 10 ms, the onset
-  and end where "the tones inside, nothing outside" fits best). So a tone of 19 ms or less
-  never qualifies (margin 7 samples: none of thousands of trials at 15 dB SNR, all levels and
-  twists), one of 25 ms or more does, the start event is dated at the onset, and, fed 20 ms
-  frames, it comes 20 to 40 ms after the onset (median 30). Keypad tones start abruptly: when
-  the tones were not below half their level in the two sub-blocks before the first hit window,
-  35 ms are required (by the first estimate).
+  and that window's spectrum (a 256-point FFT, made only for windows that may start a digit)
+  shows nothing else within 10 dB of the weaker tone, and the two frequencies are not in a
+  low-order harmonic ratio (4/3, 3/2, 5/3, 2/1, ...) that no in-spec DTMF pair can show but two
+  harmonics of a voice do. The onset is first estimated from how much of each sub-block the
+  tones fill (their amplitude against the steady level); once that says 16.75 ms, the tones are
+  timed to the sample on the audio of the last 30 ms (`_timing`: their amplitudes and phases
+  fitted over the last 10 ms, the onset and end where "the tones inside, nothing outside" fits
+  best). So a tone of 19 ms or less never qualifies (margin 7 samples: none of thousands of
+  trials at 15 dB SNR, all levels and twists), one of 25 ms or more does, the start event is
+  dated at the onset, and, fed 20 ms frames, it comes 20 to 40 ms after the onset (median 30).
+  Keypad tones start abruptly: when the tones were not below half their level in the two
+  sub-blocks before the first hit window, 35 ms are required (by the first estimate).
 * speech and music that glide through the accepted band are held off: a steady two-tone pattern
   seen off frequency (or refused by the spectrum check) "taints" that pair for as long as it lasts.
 * a started digit lasts while each 5 ms sub-block holds both its tones at half their start
@@ -202,8 +206,8 @@ def _sub_gain(tone: I64, delta: F64) -> F64:
     """The correlator's gain for `tone` at relative offset delta (rad/sample)."""
     rel = delta / _W[tone]
     step = _GAIN_STEPS[1] - _GAIN_STEPS[0]
-    at = np.clip(np.rint((rel - _GAIN_STEPS[0]) / step), 0, _GAIN_STEPS.size - 1).astype(np.intp)
-    return np.asarray(_SUB_GAIN[tone, at])
+    at = np.minimum(np.maximum(np.rint((rel - _GAIN_STEPS[0]) / step), 0), _GAIN_STEPS.size - 1)
+    return np.asarray(_SUB_GAIN[tone, at.astype(np.intp)])
 
 
 class InbandDetector:
@@ -580,10 +584,14 @@ class InbandDetector:
         act_ref = self._act_ref[:, slots]
         zh = self._zh[slots]
         eh = self._eh[slots]
-        history = self._history(slots)  # one look at the ring for all (a gather is cheap)
+        # The history is fetched from the ring only for the rows that read it: those gone
+        # stale now, those whose windows may start a digit below.
+        history = np.zeros((rows, HIST * SUB), dtype=np.int16)
         gone_stale = np.flatnonzero(~self._zvalid[slots])
         if gone_stale.size:
-            hx = history[gone_stale].reshape(-1, SUB).astype(np.float32)
+            before = self._history(slots[gone_stale])
+            history[gone_stale] = before
+            hx = before.reshape(-1, SUB).astype(np.float32)
             zh[gone_stale] = (hx @ _SUB_BASIS).view(np.complex64).reshape(-1, HIST, 8)
             eh[gone_stale] = np.einsum("ij,ij->i", hx, hx).reshape(-1, HIST)
         z_all = np.concatenate([zh, z_new], axis=1)  # (rows, HIST + nsub, 8)
@@ -606,29 +614,52 @@ class InbandDetector:
         quiet = (act >= 0) & (absent == 0) & (cand < 0) & (taint < 0) & present.all(axis=0)
         looking = np.flatnonzero(~quiet)
         if 4 * looking.size < 3 * rows:  # only these: the gather costs less than the rest
-            win = _Windows((nsub, rows))
-            win.fill(looking, _windows(zt[:, :, looking], et[:, looking], nsub))
+            win = _windows(zt[:, :, looking], et[:, looking], nsub)
+            seen = looking  # the channels of win's columns
         else:
             win = _windows(zt, et, nsub)
+            seen = np.arange(rows)
             if looking.size < rows:
                 win.digit[:, quiet] = -1
                 win.pair[:, quiet] = -1
                 win.glide[:, quiet] = False
-        idle = (act < 0) & (cand < 0) & (taint < 0) & ~(win.digit >= 0).any(axis=0)
-        idle &= ~(win.pair >= 0).any(axis=0) & ~win.glide.any(axis=0)
-        if (quiet | idle).all():  # digits going on, the rest idle: no state machine needed
-            last = np.flatnonzero(quiet)
-            if last.size:  # their tones end, for now, where the last sub-block has them end
-                end = (pos0[last] + (nsub - 1) * SUB).astype(np.float64) + SUB * cover[-1, last]
-                self._act_end[slots[last]] = end
-            return
-        self._decide(
-            slots, win, present, cover, zt, et, hot_frame, history, flat, pos0, base, events
+        eventful = np.zeros(rows, dtype=bool)  # a hit, a pattern or a glide in a window
+        eventful[seen] = (
+            (win.digit >= 0).any(axis=0) | (win.pair >= 0).any(axis=0) | win.glide.any(axis=0)
         )
+        idle = (act < 0) & (cand < 0) & (taint < 0) & ~eventful
+        # Digits going on without a break, and idle channels, need no state machine (there it
+        # would only move their tones' end along): it runs on the rest alone.
+        last = np.flatnonzero(quiet)
+        if last.size:  # their tones end, for now, where the last sub-block has them end
+            end = (pos0[last] + (nsub - 1) * SUB).astype(np.float64) + SUB * cover[-1, last]
+            self._act_end[slots[last]] = end
+        rest = np.flatnonzero(~(quiet | idle))  # all among those seen (the others are quiet)
+        if not rest.size:
+            return
+        if rest.size < seen.size:
+            column = np.zeros(rows, dtype=np.intp)
+            column[seen] = np.arange(seen.size)
+            win = win.take(column[rest])
+        if rest.size < rows:
+            present, cover, hot_frame = present[:, rest], cover[:, rest], hot_frame[:, rest]
+        may_start = (
+            (win.digit >= 0)
+            & (win.last_cover >= _MIN_LAST_COVER)
+            & (win.fraction >= _START_FRACTION)
+        ).any(axis=0)  # what a start needs of its window, whatever the state
+        fetch = rest[may_start & self._zvalid[slots[rest]]]  # (the stale ones have theirs)
+        if fetch.size:
+            history[fetch] = self._history(slots[fetch])
+        self._decide(
+            slots[rest], rest, win, present, cover, zt, et, hot_frame, history, flat, pos0[rest],
+            base[rest], events,
+        )  # fmt: skip
 
     def _decide(
         self,
         slots: Idx,
+        cols: Idx,
         win: _Windows,
         present: Bools,
         cover: F32,
@@ -642,7 +673,11 @@ class InbandDetector:
         events: Events,
     ) -> None:
         """The state machine, sub-block by sub-block, vectorised over channels. Each channel's
-        audio is its `history` (HIST sub-blocks, where needed) then this call's samples."""
+        audio is its `history` (HIST sub-blocks, where needed) then this call's samples.
+
+        `slots` are the channels decided on; zt, et, history and flat hold more (all those
+        analysed), `cols` are the slots' columns (rows of history and flat) in them. The other
+        arguments are for `slots` alone."""
         nsub = present.shape[0]
         act = self._act[slots]
         act_on = self._act_on[slots]
@@ -654,6 +689,25 @@ class InbandDetector:
         cand_miss = self._cand_miss[slots]
         cand_need = self._cand_need[slots]
         taint = self._taint[slots]
+
+        # A start's checks (timing, spectrum) read its window alone: they are made at once, in
+        # one batch instead of one per sub-block, for each channel's first window that may
+        # start a digit (its spectrum in the next window where the tones were timed short of
+        # _START_MS: that is where they are checked again); nearly all digits start in one of
+        # these. In the loop for the others.
+        may_start = (
+            (win.digit >= 0)
+            & (win.last_cover >= _MIN_LAST_COVER)
+            & (win.fraction >= _START_FRACTION)
+            & (win.digit != act)  # a digit going on is not started again
+        )
+        ahead = np.where(may_start.any(axis=0), may_start.argmax(axis=0), -1)
+        # Timed there unless a candidate of that digit is already timed, or needs no timing.
+        seen = (cand >= 0) & (cand == win.digit[np.maximum(ahead, 0), np.arange(ahead.size)])
+        to_time = ~(seen & (cand_need != _START_ROUGH_SAMPLES))
+        timing_sub, at_timing, pre_onset, pre_length, pure_sub, at_pure, pre_pure = _start_checks(
+            history, flat, cols, ahead, to_time, win
+        )
 
         for j in range(nsub):
             on = act >= 0
@@ -715,31 +769,38 @@ class InbandDetector:
             begun = np.flatnonzero(ready & (win.fraction[j] >= _START_FRACTION))
             if not begun.size:
                 continue
-            audio = np.concatenate([history[begun], flat[begun]], axis=1)
-            freq = win.freq[:, j, begun].T
+            known = timing_sub[begun] == j  # timed before the loop
+            checked = at_timing[begun[known]]
+            timed = cand_need[begun] == _START_ROUGH_SAMPLES
             # Tones that began abruptly are timed to the sample, from the audio of the window
             # and the LOOK sub-blocks before it: they start once they have lasted _START_MS.
-            timed = cand_need[begun] == _START_ROUGH_SAMPLES
             if timed.any():
-                first = HIST * SUB + (j + 1 - WIN - LOOK) * SUB
-                digit = cand[begun[timed]]
-                onset, length = _timing(
-                    audio[timed, first : first + (WIN + LOOK) * SUB],
-                    _DIGIT_TONES[digit],
-                    freq[timed],
+                onset = np.empty(begun.size)
+                length = np.empty(begun.size)
+                onset[known], length[known] = pre_onset[checked], pre_length[checked]
+                late = np.flatnonzero(timed & ~known)
+                if late.size:
+                    onset[late], length[late] = _start_timing(
+                        history, flat, cols[begun[late]], j, win, begun[late]
+                    )
+                early = length[timed] < _START_SAMPLES
+                cand_on[begun[timed]] = (
+                    sub_start[begun[timed]] + (SUB - (WIN + LOOK) * SUB) + onset[timed]
                 )
-                early = length < _START_SAMPLES
-                cand_on[begun[timed]] = sub_start[begun[timed]] + (SUB - (WIN + LOOK) * SUB) + onset
                 cand_need[begun[timed]] = _START_SAMPLES  # timed: the onset is known from now on
                 if early.any():  # not yet
                     keep = ~timed
                     keep[timed] = ~early
-                    begun, audio, freq = begun[keep], audio[keep], freq[keep]
+                    begun = begun[keep]
                     if not begun.size:
                         continue
             # Last check, on the spectrum of the window: nothing but the two tones.
-            first = HIST * SUB + (j + 1 - WIN) * SUB
-            pure = _pure(audio[:, first : first + WIN * SUB], freq) & ~_harmonics(freq)
+            pure = np.empty(begun.size, dtype=bool)
+            known = pure_sub[begun] == j
+            pure[known] = pre_pure[at_pure[begun[known]]]
+            late = np.flatnonzero(~known)
+            if late.size:
+                pure[late] = _start_purity(history, flat, cols[begun[late]], j, win, begun[late])
             if not pure.all():  # more than two tones, or a voice: not again in this pattern
                 refused = begun[~pure]
                 taint[refused] = cand[refused]
@@ -767,8 +828,9 @@ class InbandDetector:
             cand[begun] = -1
             if j + 1 < nsub:  # the new digits' presence for the rest of this call
                 later = HIST + j + 1
+                source = cols[begun]
                 present[j + 1 :, begun], cover[j + 1 :, begun] = _presence(
-                    zt[:, later:, begun], et[later:, begun], act[begun], act_ref[:, begun]
+                    zt[:, later:, source], et[later:, source], act[begun], act_ref[:, begun]
                 )
 
         self._act[slots] = act
@@ -781,6 +843,100 @@ class InbandDetector:
         self._cand_miss[slots] = np.minimum(cand_miss, 100)
         self._cand_need[slots] = cand_need
         self._taint[slots] = taint
+
+
+def _start_checks(
+    history: npt.NDArray[np.int16],
+    flat: npt.NDArray[np.int16],
+    cols: Idx,
+    ahead: I64,
+    timed: Bools,
+    win: _Windows,
+) -> tuple[I64, Idx, F64, F64, I64, Idx, Bools]:
+    """The checks of a start in one batch, for the window ending at sub-block ahead[i] of
+    channel i (-1: none): the timing there where timed[i], and the spectrum there, or in the
+    next window where the tones were timed short of _START_MS (they are checked again there).
+    Returns per channel the sub-block of its timing (-1: none) and where that is in onset and
+    length (as `_timing`), those, then the same for its spectrum and pure (`_purity`)."""
+    rows, nsub = ahead.size, win.digit.shape[0]
+    timing_sub = np.full(rows, -1)
+    at_timing = np.zeros(rows, dtype=np.intp)
+    pure_sub = np.full(rows, -1)
+    at_pure = np.zeros(rows, dtype=np.intp)
+    first = np.flatnonzero(ahead >= 0)
+    if not first.size:
+        none = np.zeros(0)
+        return timing_sub, at_timing, none, none, pure_sub, at_pure, np.zeros(0, dtype=bool)
+    spans = _spans(history, flat, cols[first])
+    subs = ahead[first]
+    clocked = np.flatnonzero(timed[first])  # (of first)
+    timing_sub[first[clocked]] = subs[clocked]
+    at_timing[first[clocked]] = np.arange(clocked.size)
+    at = subs[clocked]
+    freq = win.freq[:, at, first[clocked]].T
+    tones = _DIGIT_TONES[win.digit[at, first[clocked]]]
+    onset, length = _timing(spans[clocked, at], tones, freq)
+    subs[clocked[length < _START_SAMPLES]] += 1
+    checked = np.flatnonzero(subs < nsub)  # (of first)
+    subs = subs[checked]
+    pure_sub[first[checked]] = subs
+    at_pure[first[checked]] = np.arange(checked.size)
+    audio = spans[checked, subs, LOOK * SUB :]
+    pure = _purity(audio, win.freq[:, subs, first[checked]].T)
+    return timing_sub, at_timing, onset, length, pure_sub, at_pure, pure
+
+
+def _spans(
+    history: npt.NDArray[np.int16], flat: npt.NDArray[np.int16], rows: Idx
+) -> npt.NDArray[np.int16]:
+    """These rows' audio (history + flat) as (k × windows × 240), a view: [i, j] is the audio
+    of the decision window ending at sub-block j with the LOOK sub-blocks before it."""
+    audio = np.concatenate([history[rows], flat[rows]], axis=1)
+    size = (WIN + LOOK) * SUB
+    count = (audio.shape[1] - size) // SUB + 1
+    step = audio.strides[1]
+    shape, strides = (rows.size, count, size), (audio.strides[0], SUB * step, step)
+    spans: npt.NDArray[np.int16] = np.lib.stride_tricks.as_strided(
+        audio, shape, strides, writeable=False
+    )
+    return spans
+
+
+def _start_timing(
+    history: npt.NDArray[np.int16],
+    flat: npt.NDArray[np.int16],
+    rows: Idx,
+    sub: int,
+    win: _Windows,
+    columns: Idx,
+) -> tuple[F64, F64]:
+    """`_timing` of the windows ending at `sub` of these rows (their `columns` in win)."""
+    if not rows.size:
+        return np.zeros(0), np.zeros(0)
+    tones = _DIGIT_TONES[win.digit[sub, columns]]
+    freq = win.freq[:, sub, columns].T
+    return _timing(_spans(history, flat, rows)[:, sub], tones, freq)
+
+
+def _start_purity(
+    history: npt.NDArray[np.int16],
+    flat: npt.NDArray[np.int16],
+    rows: Idx,
+    sub: int,
+    win: _Windows,
+    columns: Idx,
+) -> Bools:
+    """Whether the windows ending at `sub` of these rows hold two tones and nothing else
+    (`_pure`), and no voice's harmonics (`_harmonics`)."""
+    freq = win.freq[:, sub, columns].T
+    return _purity(_spans(history, flat, rows)[:, sub, LOOK * SUB :], freq)
+
+
+def _purity(samples: npt.NDArray[np.int16], freq: F32) -> Bools:
+    """`_pure` and no voice's harmonics (`_harmonics`)."""
+    if not samples.shape[0]:
+        return np.zeros(0, dtype=bool)
+    return np.asarray(_pure(samples, freq) & ~_harmonics(freq))
 
 
 class _Scratch:
@@ -971,8 +1127,10 @@ def _timing(samples: npt.NDArray[np.int16], tones: I64, freq: F32) -> tuple[F64,
     # cos and sin of each tone for n = -count … -1 (0 just after the end), from the table:
     # (k, 4, count), rows cos_r, sin_r, cos_c, sin_c.
     step = np.rint((freq - _TIMING_BASE[tones]) / _TIMING_STEP_HZ).astype(np.intp)
-    basis = _TIMING_TABLE[tones, np.clip(step, 0, _TIMING_TABLE.shape[1] - 1)]
-    basis = basis.reshape(rows, 4, count)
+    np.maximum(step, 0, out=step)  # (np.clip costs three times as much on small arrays)
+    np.minimum(step, _TIMING_STEPS - 1, out=step)
+    step += tones * _TIMING_STEPS  # one row of the table, flattened over tones and steps
+    basis = _TIMING_ROWS.take(step, axis=0).reshape(rows, 4, count)
     # Least squares of u_r z_r + u_c z_c (z = cos + i sin) on the last _FIT_SAMPLES (the
     # tones' images are left out: they correlate under 2.5 % with them over 10 ms): with
     # b = sum x z* and g = sum z_r* z_c, u = [[N, g], [g*, N]]^-1 b; the model is 2 Re(u z).
@@ -984,7 +1142,9 @@ def _timing(samples: npt.NDArray[np.int16], tones: I64, freq: F32) -> tuple[F64,
     g = (cross[:, 0, 0] + cross[:, 1, 1]) + 1j * (cross[:, 0, 1] - cross[:, 1, 0])
     size = float(_FIT_SAMPLES)
     det = size * size - (g.real**2 + g.imag**2)
-    u = np.stack([(size * b_r - g * b_c) / det, (size * b_c - g.conj() * b_r) / det], axis=1)
+    u = np.empty((rows, 2), dtype=np.complex64)
+    u[:, 0] = (size * b_r - g * b_c) / det
+    u[:, 1] = (size * b_c - g.conj() * b_r) / det
     coef = 2.0 * u.conj().view(np.float32)  # (k, 4): 2 Re u_r, -2 Im u_r, 2 Re u_c, -2 Im u_c
     model = (coef[:, None, :] @ basis)[:, 0]  # (k, count)
     # The running sum P of m² - 2xm: the onset where it peaks, the end where it bottoms.
@@ -1015,6 +1175,8 @@ def _timing_table() -> tuple[F32, F64]:
 _TIMING_SPAN: Final = 0.03
 _TIMING_STEP_HZ: Final = 0.5
 _TIMING_TABLE, _TIMING_BASE = _timing_table()
+_TIMING_STEPS: Final = _TIMING_TABLE.shape[1]
+_TIMING_ROWS: Final = _TIMING_TABLE.reshape(-1, 2, (WIN + LOOK) * SUB)  # (8 × steps, 2, 240)
 _FIT_SAMPLES: Final = 2 * SUB
 _DIGIT_TONES: Final = np.array([(d // 4, d % 4 + 4) for d in range(16)])  # row and column tone
 
@@ -1061,11 +1223,14 @@ class _Windows:
         self.ref = np.zeros((2, *shape), dtype=np.float32)  # their amplitude per sub-block
         self.freq = np.zeros((2, *shape), dtype=np.float32)  # their frequencies, Hz
 
-    def fill(self, columns: Idx, other: _Windows) -> None:
+    def take(self, columns: Idx) -> _Windows:
+        """These channels' windows."""
+        part = _Windows.__new__(_Windows)
         for name in self._FIELDS:
-            getattr(self, name)[:, columns] = getattr(other, name)
-        self.ref[:, :, columns] = other.ref
-        self.freq[:, :, columns] = other.freq
+            setattr(part, name, getattr(self, name)[:, columns])
+        part.ref = self.ref[:, :, columns]
+        part.freq = self.freq[:, :, columns]
+        return part
 
 
 def _argmax4(values: F32) -> I64:
@@ -1133,7 +1298,7 @@ def _windows(zt: C64, energy: F32, nwin: int) -> _Windows:
     cover = np.minimum(0.5 * (m[0] / ref[0] + m[1] / ref[1]), 1.0)  # (6, nwin, n)
     inside = cover[LOOK:]
     digit = tone[0] * 4 + tone[1] - 4
-    result = _Windows((nwin, n))
+    result = _Windows.__new__(_Windows)  # every field set below
     result.digit = np.where(loud & on_frequency & (fraction >= _MIN_FRACTION), digit, -1)
     result.pair = np.where(loud & (fraction >= _PATTERN_FRACTION), digit, -1)
     result.fraction = fraction.astype(np.float32)

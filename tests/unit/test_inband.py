@@ -357,6 +357,43 @@ def test_many_channels_at_once_same_as_one_at_a_time() -> None:
         assert single  # every stream has digits
 
 
+def test_starts_checked_in_one_batch_same_as_one_at_a_time() -> None:
+    # A start's checks are made for many channels at once, ahead of the sub-block where they
+    # count; tones ramping up and digits back to back without a gap take the other path
+    # (checks made in the loop), as do more of the starts in calls of 10 sub-blocks: each
+    # channel's events must not depend on the others or on the path.
+    rng = np.random.default_rng(21)
+    channels, length = 16, 6400
+    streams = []
+    for c in range(channels):
+        parts = [silence(20 + 9 * c)]
+        for digit in rng.choice(list(KEYS), 3):
+            burst = tone(str(digit), 60 + 3 * c, level=-8 - c, rng=rng)
+            if c % 3 == 1:  # no abrupt onset: the tones ramp up over 15 ms
+                burst[:120] *= np.linspace(0.0, 1.0, 120)
+            parts += [burst, silence(0 if c % 3 == 2 else 50)]  # back to back on every third
+        audio = with_noise(np.concatenate(parts), 25, dbm0_power(-8 - c), seed=c)
+        streams.append(np.rint(np.resize(audio, length)).astype(np.int16))
+    block = np.stack(streams)
+
+    def run(rows: list[int], size: int) -> dict[int, list[tuple[str, str, float]]]:
+        detector = InbandDetector()
+        slots = [detector.add_channel() for _ in rows]
+        seen: dict[int, list[tuple[str, str, float]]] = {row: [] for row in rows}
+        for begin in range(0, length, size):
+            now = (begin + size) / RATE
+            for slot, event in detector.process(slots, block[rows, begin : begin + size], now):
+                seen[rows[slot]].append((event.kind, event.digit, round(event.at, 4)))
+        return seen
+
+    everyone = list(range(channels))
+    for size in (160, 400):
+        together = run(everyone, size)
+        for c in everyone:
+            assert together[c] == run([c], size)[c], (size, c)
+            assert together[c], (size, c)  # every stream has digits
+
+
 def test_same_digits_whether_the_other_channels_are_quiet_or_busy() -> None:
     # With most channels quiet the screen first glances at every 4th sample; with most busy it
     # skips that glance: a channel's digits must not depend on which.
