@@ -3,7 +3,8 @@
 Every command turns bad arguments or config into one line on stderr and exit status 2, never a
 traceback. `demo` runs a whole payment call on loopback: a node on built-in defaults (free ports),
 the in-process sandbox platform, and our test caller keying a card as RFC 4733 events (or as
-in-band tones with `--inband`). `dtmf-scan` prints the digits found in a recording.
+in-band tones with `--inband`; over SIP/TLS with SRTP media and a throwaway self-signed
+certificate with `--srtp`). `dtmf-scan` prints the digits found in a recording.
 """
 
 from __future__ import annotations
