@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from spg_media.config import Config, ConfigError, load_config, parse_listen
+from spg_media.payment.sandbox import DEMO_CARD
 
 
 class UsageError(Exception):
@@ -51,7 +52,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="a complete payment call on loopback")
     demo.add_argument("--inband", action="store_true", help="key the card as in-band tones")
     demo.add_argument("--srtp", action="store_true", help="run the call over TLS + SRTP")
-    demo.add_argument("--card", default="4111111111111111", help="card number to key")
+    demo.add_argument("--card", default=DEMO_CARD, help="card number to key")
     demo.add_argument("--expiry", default="1230", help="expiry MMYY to key")
     demo.add_argument("--lang", default=None, help="prompt language (en, es)")
 

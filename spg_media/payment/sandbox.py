@@ -82,6 +82,7 @@ TEST_CARDS: dict[str, tuple[str, str]] = {
     "4000000000000119": (FAIL, ""),
     "4000000000000341": (SLOW, ""),
 }
+DEMO_CARD = "4111111111111111"  # what `spg-media demo` keys unless told otherwise: approves
 
 _ALNUM_UPPER = string.ascii_uppercase + string.digits
 _ALNUM_LOWER = string.ascii_lowercase + string.digits
