@@ -93,6 +93,7 @@ from typing import IO, Any, Self
 from harness import (
     HOST,
     SIPP_DIR,
+    SipText,
     SpgNode,
     free_port,
     stop_process,
@@ -562,42 +563,13 @@ class Baresip:
 
 
 @dataclasses.dataclass(frozen=True)
-class TracedMessage:
+class TracedMessage(SipText):
     """One message of baresip's SIP trace: `TLS 127.0.0.1:5061 -> 127.0.0.1:40000` + text."""
 
     transport: str
     source: str
     destination: str
     text: str
-
-    @property
-    def first_line(self) -> str:
-        return self.text.split("\n", 1)[0].strip()
-
-    @property
-    def method(self) -> str | None:
-        line = self.first_line
-        return None if line.startswith("SIP/2.0") else line.split(" ", 1)[0]
-
-    @property
-    def status(self) -> int | None:
-        parts = self.first_line.split()
-        if self.first_line.startswith("SIP/2.0") and len(parts) > 1 and parts[1].isdigit():
-            return int(parts[1])
-        return None
-
-    def header(self, name: str) -> str | None:
-        head = self.text.split("\n\n", 1)[0]
-        for line in head.split("\n")[1:]:
-            key, sep, value = line.partition(":")
-            if sep and key.strip().lower() == name.lower():
-                return value.strip()
-        return None
-
-    @property
-    def cseq_method(self) -> str | None:
-        cseq = self.header("CSeq")
-        return cseq.split()[-1] if cseq else None
 
 
 # the trace: ESC[36;1m "#" NL "<transport> <src> -> <dst>" NL <message> ESC[;m

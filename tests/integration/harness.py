@@ -228,9 +228,10 @@ class KamailioProxy:
 # ---- SIPp -----------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class SipMessage:
-    direction: str  # "sent" or "received" (from SIPp's point of view)
+class SipText:
+    """Reading one SIP message's `text` (LF line ends): first line, method or status, headers.
+    Mixed into the message records of each trace format (SIPp's here, baresip's in baresip.py)."""
+
     text: str
 
     @property
@@ -245,23 +246,33 @@ class SipMessage:
 
     @property
     def status(self) -> int | None:
-        line = self.first_line
-        return int(line.split()[1]) if line.startswith("SIP/2.0") else None
+        parts = self.first_line.split()
+        if self.first_line.startswith("SIP/2.0") and len(parts) > 1 and parts[1].isdigit():
+            return int(parts[1])
+        return None
 
     def header(self, name: str) -> str | None:
-        for line in self.text.split("\n"):
+        """The first value of header `name` (case-insensitive), looked for in the head only."""
+        head = self.text.split("\n\n", 1)[0]
+        for line in head.split("\n")[1:]:
             key, sep, value = line.partition(":")
             if sep and key.strip().lower() == name.lower():
                 return value.strip()
         return None
 
-    def is_(self, what: str | int) -> bool:
-        return self.method == what if isinstance(what, str) else self.status == what
-
     @property
     def cseq_method(self) -> str | None:
         cseq = self.header("CSeq")
         return cseq.split()[-1] if cseq else None
+
+
+@dataclasses.dataclass
+class SipMessage(SipText):
+    direction: str  # "sent" or "received" (from SIPp's point of view)
+    text: str
+
+    def is_(self, what: str | int) -> bool:
+        return self.method == what if isinstance(what, str) else self.status == what
 
 
 _MSG_RE = re.compile(

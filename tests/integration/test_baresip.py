@@ -196,6 +196,25 @@ def pay(phone: Baresip, node: SpgTlsNode, transport: str, agent: SippProcess) ->
     return Payment(call_id, txn, transfer, result, cdr_for(node, call_id))
 
 
+def pay_captured(
+    phone: Baresip, node: SpgTlsNode, agent: SippProcess, pcap: Path
+) -> tuple[Payment, Capture | None]:
+    """`pay` over TLS while tshark captures the node's TLS port and the phone's RTP ports (no
+    capture, None, without root or tshark)."""
+    capture = None
+    if capture_missing() is None:
+        low, high = phone.rtp_ports
+        capture = Capture(pcap, f"port {node.tls_port} or portrange {low}-{high}")
+        capture.start()
+    try:
+        with phone:
+            payment = pay(phone, node, "tls", agent)
+    finally:
+        if capture is not None:
+            capture.stop()
+    return payment, capture
+
+
 def check_approved(payment: Payment, phone: Baresip, node: SpgTlsNode) -> None:
     """CDR approved, REFER to the agent with the result, the agent got baresip's INVITE."""
     cdr = payment.cdr
@@ -250,19 +269,7 @@ def test_tls_plain_rtp_payment_approved_and_returned_to_agent(
 ) -> None:
     agent = start_agent(tmp_path / "agent")
     phone = Baresip(tmp_path / "baresip", Account(transport="tls"), cafile=cert.cert)
-    capture = None
-    if capture_missing() is None:
-        low, high = phone.rtp_ports
-        capture = Capture(
-            tmp_path / "tls.pcapng", f"port {node.tls_port} or portrange {low}-{high}"
-        )
-        capture.start()
-    try:
-        with phone:
-            payment = pay(phone, node, "tls", agent)
-    finally:
-        if capture is not None:
-            capture.stop()
+    payment, capture = pay_captured(phone, node, agent, tmp_path / "tls.pcapng")
     check_approved(payment, phone, node)
 
     # the dialog ran over TLS both ways, on baresip's own connection (connection reuse), and
@@ -333,19 +340,7 @@ def test_tls_srtp_payment_approved_with_nothing_in_clear(
     phone = Baresip(
         tmp_path / "baresip", Account(transport="tls", mediaenc="srtp-mand"), cafile=cert.cert
     )
-    capture = None
-    if capture_missing() is None:
-        low, high = phone.rtp_ports
-        capture = Capture(
-            tmp_path / "srtp.pcapng", f"port {node.tls_port} or portrange {low}-{high}"
-        )
-        capture.start()
-    try:
-        with phone:
-            payment = pay(phone, node, "tls", agent)
-    finally:
-        if capture is not None:
-            capture.stop()
+    payment, capture = pay_captured(phone, node, agent, tmp_path / "srtp.pcapng")
     check_approved(payment, phone, node)
     answer = next(
         m
