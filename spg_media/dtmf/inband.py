@@ -37,7 +37,8 @@ follows what is on the line, not the number of channels.
    harmonics).
 
 Decisions, per sub-block, vectorised over the channels analysed where something may happen
-(a digit going on steadily only has its end moved along, idle channels skip them). A start's
+(a digit going on steadily, its tones alone and each at its own frequency, only has its end
+moved along; idle channels skip them). A start's
 last checks (timing, spectrum) read its window alone, so they are made before the sub-block
 loop, in one batch, for each channel's first window that may start a digit (where nearly all
 digits start); the loop makes them itself only for the others:
@@ -57,11 +58,14 @@ digits start); the loop makes them itself only for the others:
   Keypad tones start abruptly: when the tones were not below half their level in the two
   sub-blocks before the first hit window, 35 ms are required (by the first estimate).
 * speech and music that glide through the accepted band are held off: a steady two-tone pattern
-  seen off frequency (or refused by the spectrum check) "taints" that pair for as long as it lasts.
+  seen off frequency (or refused by the spectrum check) "taints" that pair for as long as it lasts
+  (not while a digit is going on: there, a window across a change of key looks like a glide).
 * a started digit lasts while each 5 ms sub-block holds both its tones at half their start
   amplitude or more, with half the sub-block's energy (a phase jump from a lost packet or a
   sample slip does not stop it); it *ends* after 20 ms without them, dated where the tones
   stopped. So breaks of up to 15 ms are bridged and gaps of 20 ms or more split repeated digits.
+  Another digit keyed with no gap at all starts as usual and ends the old one where it began
+  (the old one may still look present: a 5 ms correlator hears its group's neighbouring tones).
 * a channel whose audio stops for more than `GAP_BREAK_S` (as `now` tells) ends its digit where
   the audio stopped and starts afresh: a long outage is never bridged into one press.
 
@@ -584,14 +588,13 @@ class InbandDetector:
         act_ref = self._act_ref[:, slots]
         zh = self._zh[slots]
         eh = self._eh[slots]
-        # The history is fetched from the ring only for the rows that read it: those gone
-        # stale now, those whose windows may start a digit below.
-        history = np.zeros((rows, HIST * SUB), dtype=np.int16)
+        # The history is fetched from the ring once for every row (one pass over the ring
+        # costs about the same for a few rows or all): those gone stale rebuild their
+        # correlations from it, and the windows that may start a digit read it below.
+        history = self._history(slots)
         gone_stale = np.flatnonzero(~self._zvalid[slots])
         if gone_stale.size:
-            before = self._history(slots[gone_stale])
-            history[gone_stale] = before
-            hx = before.reshape(-1, SUB).astype(np.float32)
+            hx = history[gone_stale].reshape(-1, SUB).astype(np.float32)
             zh[gone_stale] = (hx @ _SUB_BASIS).view(np.complex64).reshape(-1, HIST, 8)
             eh[gone_stale] = np.einsum("ij,ij->i", hx, hx).reshape(-1, HIST)
         z_all = np.concatenate([zh, z_new], axis=1)  # (rows, HIST + nsub, 8)
@@ -604,14 +607,17 @@ class InbandDetector:
         # Is the digit in progress still there, sub-block by sub-block? (nsub × rows)
         present = np.zeros((nsub, rows), dtype=bool)
         cover = np.zeros((nsub, rows), dtype=np.float32)
+        steady = np.zeros(rows, dtype=bool)
         going = np.flatnonzero(act >= 0)
         if going.size:
             present[:, going], cover[:, going] = _presence(
                 zt[:, HIST:, going], et[HIST:, going], act[going], act_ref[:, going]
             )
+            steady[going] = _steady(zt[:, HIST - 1 :, going], act[going])
         # Decision windows count wherever a digit may begin: not where a digit's tones go on
-        # without a break (there they would only show that digit).
+        # without a break, each at its own frequency (there they would only show that digit).
         quiet = (act >= 0) & (absent == 0) & (cand < 0) & (taint < 0) & present.all(axis=0)
+        quiet &= steady
         looking = np.flatnonzero(~quiet)
         if 4 * looking.size < 3 * rows:  # only these: the gather costs less than the rest
             win = _windows(zt[:, :, looking], et[:, looking], nsub)
@@ -643,14 +649,6 @@ class InbandDetector:
             win = win.take(column[rest])
         if rest.size < rows:
             present, cover, hot_frame = present[:, rest], cover[:, rest], hot_frame[:, rest]
-        may_start = (
-            (win.digit >= 0)
-            & (win.last_cover >= _MIN_LAST_COVER)
-            & (win.fraction >= _START_FRACTION)
-        ).any(axis=0)  # what a start needs of its window, whatever the state
-        fetch = rest[may_start & self._zvalid[slots[rest]]]  # (the stale ones have theirs)
-        if fetch.size:
-            history[fetch] = self._history(slots[fetch])
         self._decide(
             slots[rest], rest, win, present, cover, zt, et, hot_frame, history, flat, pos0[rest],
             base[rest], events,
@@ -747,7 +745,7 @@ class InbandDetector:
             # start in it.
             pair = np.where(looked, win.pair[j], -1)
             taint = np.where(pair != taint, -1, taint)
-            taint = np.where(looked & win.glide[j], pair, taint)
+            taint = np.where(looked & win.glide[j] & (act < 0), pair, taint)
             hit = np.where(looked, win.digit[j], -1)
             hit = np.where((hit == taint) | ((act >= 0) & (hit == act)), -1, hit)
             same = (hit >= 0) & (hit == cand)
@@ -809,9 +807,13 @@ class InbandDetector:
                 if not begun.size:
                     continue
             again = begun[act[begun] >= 0]  # another digit without a gap: the old one ends first
-            if again.size:
+            if again.size:  # at the latest where the new one began (a shared tone goes on)
                 events += _end_events(
-                    slots[again], act[again], base[again], act_on[again], act_end[again]
+                    slots[again],
+                    act[again],
+                    base[again],
+                    act_on[again],
+                    np.minimum(act_end[again], cand_on[again]),
                 )
             for slot, digit, at in zip(
                 slots[begun].tolist(),
@@ -1088,6 +1090,50 @@ def _presence(zt: C64, energy: F32, digit: I64, ref: F32) -> tuple[Bools, F32]:
     )
     cover = np.minimum(0.5 * (mr / ref_r + mc / ref_c), 1.0).astype(np.float32)
     return present, cover
+
+
+def _steady(zt: C64, digit: I64) -> Bools:
+    """Whether a digit's tones go on alone, each at its own frequency, from sub-block to
+    sub-block (zt is 8 × k × n, the sub-block before the first one included).
+
+    A 5 ms correlator also hears the neighbouring tones of its group, at up to its own gain:
+    another digit that shares a tone and replaces this one without a gap keeps it "present".
+    Then either the replaced tone's correlator turns at its neighbour's frequency (more than
+    _STEADY_HZ off, modulo the 200 Hz a sub-block cannot tell apart), or a correlator of its
+    group hears more than the digit's tone can leak into it (770 Hz after 941 Hz: 171 Hz off,
+    which looks like 29 Hz)."""
+    every = np.arange(digit.size)
+    rot = _ROT_SUB.astype(np.complex64)
+    magnitude = np.abs(zt[:, 1:])  # (8, k, n)
+    steady = np.ones(digit.size, dtype=bool)
+    for tone, group in ((digit // 4, slice(0, 4)), (digit % 4 + 4, slice(4, 8))):
+        z = zt[tone, :, every]  # (n, k + 1)
+        turn = z[:, 1:] * z[:, :-1].conj() * rot[tone][:, None]  # phase advance, less nominal
+        steady &= (turn.real >= _STEADY_COS * np.abs(turn)).all(axis=1)
+        own = magnitude[tone, :, every].T  # (k, n)
+        limit = (_LEAK[group, tone] + _LEAK_MARGIN)[:, None, :] * own  # (4, k, n)
+        steady &= (magnitude[group] <= limit).all(axis=(0, 1))
+    return steady
+
+
+def _leakage() -> F64:
+    """_LEAK[k, t]: the most correlator k hears of tone t (relative to tone t's own gain),
+    over t's accepted offsets."""
+    basis = _SUB_BASIS.astype(np.float64)
+    h = basis[:, 0::2] + 1j * basis[:, 1::2]  # (40, 8)
+    n = np.arange(SUB)
+    leak = np.zeros((8, 8))
+    for t in range(8):
+        for offset in np.linspace(-_MAX_OFFSET, _MAX_OFFSET, 11):
+            probe = np.exp(1j * _W[t] * (1 + offset) * n)
+            leak[:, t] = np.maximum(leak[:, t], np.abs(probe @ h) / SUB)
+    return leak
+
+
+_STEADY_HZ: Final = 40.0  # a tone 2.5 % off moves 24 Hz; the nearest other tone is 73 Hz away
+_STEADY_COS: Final = math.cos(2.0 * math.pi * _STEADY_HZ * SUB / RATE)
+_LEAK: Final = _leakage()
+_LEAK_MARGIN: Final = 0.3  # of the tone's amplitude: noise and the tone's own image
 
 
 _FFT_SIZE: Final = 256  # 31 Hz bins

@@ -394,6 +394,45 @@ def test_starts_checked_in_one_batch_same_as_one_at_a_time() -> None:
             assert together[c], (size, c)  # every stream has digits
 
 
+def test_digits_back_to_back_sharing_a_tone_each_start_whatever_the_block_size() -> None:
+    # No gap between digits that share a row or a column tone ('4' then '5' share 770 Hz): a
+    # 5 ms correlator still hears the old digit's lost tone in its neighbour, so the old digit
+    # looks present throughout, and the windows across the change look like a glide. The new
+    # digit must still start, the old one end where the new one began, and the events must
+    # not depend on the size of the blocks fed. (Out of spec, as keypads leave a gap: a digit
+    # after a change is dated within 5 ms, the first one within 2; the old one may seem to end
+    # a few ms after the new one began.)
+    rng = np.random.default_rng(8)
+    cases = ["456", "*70", "2580", "147*", "3692", "BC"]  # along a row, down a column, both
+    for n, keys in enumerate(cases):
+        for level in (-8.0, -22.0, -33.0):
+            parts = [silence(45)] + [tone(key, 90, level=level, rng=rng) for key in keys]
+            audio = with_noise(
+                np.concatenate([*parts, silence(120)]), 25, dbm0_power(level), seed=n
+            )
+            seen = []
+            for size in (80, 160, 400):
+                detector = InbandDetector()
+                slot = detector.add_channel()
+                events = []
+                for begin in range(0, audio.size, size):
+                    chunk = audio[None, begin : begin + size]
+                    now = (begin + chunk.shape[1]) / RATE
+                    events += [e for _, e in detector.process([slot], chunk, now)]
+                starts = [e for e in events if e.kind == "start"]
+                ends = [e for e in events if e.kind == "end"]
+                assert "".join(e.digit for e in starts) == keys, (keys, level, size)
+                assert starts[0].at == pytest.approx(0.045, abs=0.002)
+                assert ends[-1].at == pytest.approx(0.045 + 0.09 * len(keys), abs=0.002)
+                for i, start in enumerate(starts):
+                    assert start.at == pytest.approx(0.045 + 0.09 * i, abs=0.0055), (keys, i)
+                    duration = (ends[i].duration_ms or 0.0) / 1000
+                    assert ends[i].at - start.at == pytest.approx(duration, abs=1e-4)
+                    assert ends[i].at <= (starts[i + 1].at + 0.008 if i + 1 < len(keys) else 1.0)
+                seen.append([(e.kind, e.digit, round(e.at, 4)) for e in events])
+            assert seen[0] == seen[1] == seen[2], (keys, level)
+
+
 def test_same_digits_whether_the_other_channels_are_quiet_or_busy() -> None:
     # With most channels quiet the screen first glances at every 4th sample; with most busy it
     # skips that glance: a channel's digits must not depend on which.
