@@ -1140,13 +1140,13 @@ def _steady(zt: C64, digit: I64) -> Bools:
         turn = z[:, 1:] * z[:, :-1].conj() * rot[tone][:, None]  # phase advance, less nominal
         steady &= (turn.real >= _STEADY_COS * np.abs(turn)).all(axis=1)
         own = magnitude[tone, :, every].T  # (k, n)
-        limit = (_LEAK[group, tone] + _LEAK_MARGIN)[:, None, :] * own  # (4, k, n)
+        limit = _LEAK_LIMIT[group, tone][:, None, :] * own  # (4, k, n)
         steady &= (magnitude[group] <= limit).all(axis=(0, 1))
     return steady
 
 
 def _leakage() -> F64:
-    """_LEAK[k, t]: the most correlator k hears of tone t (relative to tone t's own gain),
+    """[k, t]: the most correlator k hears of tone t (relative to tone t's own gain),
     over t's accepted offsets."""
     basis = _SUB_BASIS.astype(np.float64)
     h = basis[:, 0::2] + 1j * basis[:, 1::2]  # (40, 8)
@@ -1161,8 +1161,8 @@ def _leakage() -> F64:
 
 _STEADY_HZ: Final = 40.0  # a tone 2.5 % off moves 24 Hz; the nearest other tone is 73 Hz away
 _STEADY_COS: Final = math.cos(2.0 * math.pi * _STEADY_HZ * SUB / RATE)
-_LEAK: Final = _leakage()
 _LEAK_MARGIN: Final = 0.3  # of the tone's amplitude: noise and the tone's own image
+_LEAK_LIMIT: Final = (_leakage() + _LEAK_MARGIN).astype(np.float32)
 
 
 _FFT_SIZE: Final = 256  # 31 Hz bins
