@@ -1,6 +1,7 @@
 """Benchmark: in-band DTMF channels per core in real time, against spandsp's dtmf_rx, and latency.
 
 Run:  .venv/bin/python bench/bench_inband.py [--quick] [--channels 4000] [--seconds 3]
+      .venv/bin/python bench/bench_inband.py --scaling 200,1000,4000,20000
 
 Throughput, on one core (the process pins itself to the last CPU; BLAS threads = 1). Every
 scenario is C channels × S seconds of the same int16 audio, fed
@@ -265,6 +266,39 @@ def throughput(
         print(line)
 
 
+def scaling(counts: list[int], seconds: float, repeats: int, talk: npt.NDArray[np.float64]) -> None:
+    """Share of a core that N payment-call channels take, for several N: a node's real load is
+    hundreds of in-band calls, not tens of thousands, and our cost per call has a fixed part."""
+    print(f"\nscaling: payment calls, {seconds:g} s of audio, one core, best of {repeats}")
+    print("| channels | ours, ms a 20 ms tick | ours, share of a core | spandsp large chunks |"
+          " spandsp 20 ms frames | ours / large |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    rng = np.random.default_rng(3)
+    pool = scenario_pool("payment calls", talk, rng)
+    samples = int(seconds * RATE) // TICK * TICK
+    ticks = samples // TICK
+    for channels in counts:
+        audio = channels_audio(pool, channels, samples, rng)
+        blocks = np.ascontiguousarray(audio.reshape(channels, ticks, TICK).transpose(1, 0, 2))
+        t_ours, _ = best_of(
+            repeats, lambda c=channels: ours_ready(c), lambda r, b=blocks: run_ours(b, r)
+        )
+        t_large, _ = best_of(
+            repeats,
+            lambda c=channels: spandsp_ready(c),
+            lambda r, a=audio: run_spandsp_chunks(a, r),
+        )
+        t_frames, _ = best_of(
+            repeats,
+            lambda c=channels: spandsp_ready(c),
+            lambda r, a=audio: run_spandsp_frames(a, r),
+        )
+        print(
+            f"| {channels:,} | {t_ours / ticks * 1000:.2f} | {t_ours / seconds:.1%} "
+            f"| {t_large / seconds:.1%} | {t_frames / seconds:.1%} | {t_large / t_ours:.2f}x |"
+        )
+
+
 # ---- latency -------------------------------------------------------------------------------------
 
 
@@ -338,6 +372,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--baseline", help="another copy of inband.py, timed alongside ours")
+    parser.add_argument(
+        "--scaling",
+        metavar="N,N,...",
+        help="instead: the share of a core N payment-call channels take, for each N",
+    )
     args = parser.parse_args()
     baseline = load_baseline(args.baseline) if args.baseline else None
     channels, seconds, repeats, count = args.channels, args.seconds, args.repeats, 2000
@@ -348,6 +387,10 @@ def main() -> None:
     print("$ " + shlex.join([Path(sys.executable).name, *sys.argv]))
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}, pinned to CPU {cpu}")
     talk = speech(60, seed=5)
+    if args.scaling:
+        counts = [int(n) for n in args.scaling.split(",")]
+        scaling(counts, seconds, repeats, talk)
+        return
     throughput(channels, seconds, repeats, talk, baseline)
     latency(count)
 
