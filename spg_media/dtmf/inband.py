@@ -36,12 +36,14 @@ follows what is on the line, not the number of channels.
    and the two tones hold 75 % of the window's energy (speech and music spread theirs over
    harmonics).
 
-Decisions, per sub-block, vectorised over the channels analysed where something may happen
-(a digit going on steadily, its tones alone and each at its own frequency, only has its end
-moved along; idle channels skip them). A start's
-last checks (timing, spectrum) read its window alone, so they are made before the sub-block
-loop, in one batch, for each channel's first window that may start a digit (where nearly all
-digits start); the loop makes them itself only for the others:
+Decisions, per sub-block, for the channels analysed where something may happen (a digit
+going on steadily, its tones alone and each at its own frequency, only has its end moved
+along; idle channels skip them): vectorised over them, or, up to _ROWS_ONE_BY_ONE of them (a
+node's usual load), one at a time on Python scalars, which is cheaper than ~80 array calls a
+sub-block; both make exactly the same decisions (a test holds them to it). A start's last
+checks (timing, spectrum) read its window alone, so they are made before the sub-block loop,
+in one batch, for each channel's first window that may start a digit (where nearly all digits
+start); the loop makes them itself only for the others:
 
 * a digit *starts* when hit windows of one digit (one miss tolerated) have seen its tones for
   19.875 ms, the tones still fill the last sub-block and hold 85 % of the last window's energy,
@@ -677,13 +679,13 @@ class InbandDetector:
         base: F64,
         events: Events,
     ) -> None:
-        """The state machine, sub-block by sub-block, vectorised over channels. Each channel's
-        audio is its `history` (HIST sub-blocks, where needed) then this call's samples.
+        """The state machine, sub-block by sub-block (`_decide_vectorised` or, for a few
+        channels, `_decide_each`). Each channel's audio is its `history` (HIST sub-blocks,
+        where needed) then this call's samples.
 
         `slots` are the channels decided on; zt, et, history and flat hold more (all those
         analysed), `cols` are the slots' columns (rows of history and flat) in them. The other
         arguments are for `slots` alone."""
-        nsub = present.shape[0]
         act = self._act[slots]
         act_on = self._act_on[slots]
         act_end = self._act_end[slots]
@@ -713,134 +715,14 @@ class InbandDetector:
         timing_sub, at_timing, pre_onset, pre_length, pure_sub, at_pure, pre_pure = _start_checks(
             history, flat, cols, ahead, to_time, win
         )
-
-        for j in range(nsub):
-            on = act >= 0
-            if not (
-                hot_frame[j // SUBS_PER_FRAME].any()
-                or on.any()
-                or (cand >= 0).any()
-                or (taint >= 0).any()
-            ):
-                continue  # nothing to look at or to carry on with in this sub-block
-            sub_start = (pos0 + j * SUB).astype(np.float64)
-            end_here = sub_start + SUB
-
-            # -- the digit in progress: still there, or gone for long enough to end?
-            if on.any():
-                here = present[j] & on
-                gone = on & ~here
-                c = cover[j]
-                # Where the tones stopped: the end of the last sub-block holding them, plus
-                # what they fill of the first one without them.
-                act_end = np.where(here, sub_start + SUB * c, act_end)
-                first_gone = gone & (absent == 0) & (act_end >= sub_start - 0.5)
-                act_end = np.where(first_gone, act_end + SUB * c, act_end)
-                absent = np.where(here, 0, np.where(gone, absent + 1, absent))
-                ended = np.flatnonzero(gone & (absent >= _END_SUBS))
-                if ended.size:
-                    events += _end_events(
-                        slots[ended], act[ended], base[ended], act_on[ended], act_end[ended]
-                    )
-                    act[ended] = -1
-                    absent[ended] = 0
-
-            # -- hits, glides and candidates
-            looked = hot_frame[j // SUBS_PER_FRAME] | (act >= 0) | (cand >= 0) | (taint >= 0)
-            # A steady two-tone pattern seen off frequency (or not clean) taints that pair
-            # while it lasts: speech and music glide into the accepted band, keypad tones
-            # start in it.
-            pair = np.where(looked, win.pair[j], -1)
-            taint = np.where(pair != taint, -1, taint)
-            taint = np.where(looked & win.glide[j] & (act < 0), pair, taint)
-            hit = np.where(looked, win.digit[j], -1)
-            hit = np.where((hit == taint) | ((act >= 0) & (hit == act)), -1, hit)
-            same = (hit >= 0) & (hit == cand)
-            fresh = (hit >= 0) & (hit != cand)
-            cand_on = np.where(fresh, end_here - win.covered[j], cand_on)
-            cand_need = np.where(
-                fresh,
-                np.where(win.onset[j], _START_ROUGH_SAMPLES, _START_NO_ONSET_SAMPLES),
-                cand_need,
-            )
-            cand = np.where(fresh, hit, cand)
-            cand_miss = np.where(hit >= 0, 0, cand_miss + 1)
-            cand = np.where((hit < 0) & (cand_miss > _CAND_MISSES), -1, cand)
-            ready = (
-                (same | fresh)
-                & (end_here - cand_on >= cand_need)
-                & (win.last_cover[j] >= _MIN_LAST_COVER)
-            )
-            begun = np.flatnonzero(ready & (win.fraction[j] >= _START_FRACTION))
-            if not begun.size:
-                continue
-            known = timing_sub[begun] == j  # timed before the loop
-            checked = at_timing[begun[known]]
-            timed = cand_need[begun] == _START_ROUGH_SAMPLES
-            # Tones that began abruptly are timed to the sample, from the audio of the window
-            # and the LOOK sub-blocks before it: they start once they have lasted _START_MS.
-            if timed.any():
-                onset = np.empty(begun.size)
-                length = np.empty(begun.size)
-                onset[known], length[known] = pre_onset[checked], pre_length[checked]
-                late = np.flatnonzero(timed & ~known)
-                if late.size:
-                    onset[late], length[late] = _start_timing(
-                        history, flat, cols[begun[late]], j, win, begun[late]
-                    )
-                early = length[timed] < _START_SAMPLES
-                cand_on[begun[timed]] = (
-                    sub_start[begun[timed]] + (SUB - (WIN + LOOK) * SUB) + onset[timed]
-                )
-                cand_need[begun[timed]] = _START_SAMPLES  # timed: the onset is known from now on
-                if early.any():  # not yet
-                    keep = ~timed
-                    keep[timed] = ~early
-                    begun = begun[keep]
-                    if not begun.size:
-                        continue
-            # Last check, on the spectrum of the window: nothing but the two tones.
-            pure = np.empty(begun.size, dtype=bool)
-            known = pure_sub[begun] == j
-            pure[known] = pre_pure[at_pure[begun[known]]]
-            late = np.flatnonzero(~known)
-            if late.size:
-                pure[late] = _start_purity(history, flat, cols[begun[late]], j, win, begun[late])
-            if not pure.all():  # more than two tones, or a voice: not again in this pattern
-                refused = begun[~pure]
-                taint[refused] = cand[refused]
-                cand[refused] = -1
-                begun = begun[pure]
-                if not begun.size:
-                    continue
-            again = begun[act[begun] >= 0]  # another digit without a gap: the old one ends first
-            if again.size:  # at the latest where the new one began (a shared tone goes on)
-                events += _end_events(
-                    slots[again],
-                    act[again],
-                    base[again],
-                    act_on[again],
-                    np.minimum(act_end[again], cand_on[again]),
-                )
-            for slot, digit, at in zip(
-                slots[begun].tolist(),
-                cand[begun].tolist(),
-                (base[begun] + cand_on[begun] / RATE).tolist(),
-                strict=True,
-            ):
-                events.append((slot, _event(KEYS[digit], "start", at, None)))
-            act[begun] = cand[begun]
-            act_on[begun] = cand_on[begun]
-            act_end[begun] = end_here[begun]
-            act_ref[:, begun] = win.ref[:, j, begun]
-            absent[begun] = 0
-            cand[begun] = -1
-            if j + 1 < nsub:  # the new digits' presence for the rest of this call
-                later = HIST + j + 1
-                source = cols[begun]
-                present[j + 1 :, begun], cover[j + 1 :, begun] = _presence(
-                    zt[:, later:, source], et[later:, source], act[begun], act_ref[:, begun]
-                )
+        state = (act, act_on, act_end, absent, cand, cand_on, cand_miss, cand_need, taint)
+        checks = (timing_sub, at_timing, pre_onset, pre_length, pure_sub, at_pure, pre_pure)
+        # Few channels: a loop over them costs less than the array calls (the same decisions).
+        decide = _decide_each if slots.size <= _ROWS_ONE_BY_ONE else _decide_vectorised
+        decide(
+            slots, cols, win, present, cover, zt, et, hot_frame, history, flat, pos0, base,
+            state, act_ref, checks, events,
+        )  # fmt: skip
 
         self._act[slots] = act
         self._act_on[slots] = act_on
@@ -852,6 +734,321 @@ class InbandDetector:
         self._cand_miss[slots] = np.minimum(cand_miss, 100)
         self._cand_need[slots] = cand_need
         self._taint[slots] = taint
+
+
+def _decide_vectorised(
+    slots: Idx,
+    cols: Idx,
+    win: _Windows,
+    present: Bools,
+    cover: F32,
+    zt: C64,
+    et: F32,
+    hot_frame: Bools,
+    history: npt.NDArray[np.int16],
+    flat: npt.NDArray[np.int16],
+    pos0: I64,
+    base: F64,
+    state: tuple[I64, F64, F64, I64, I64, F64, I64, F64, I64],
+    act_ref: F32,
+    checks: tuple[I64, Idx, F64, F64, I64, Idx, Bools],
+    events: Events,
+) -> None:
+    """InbandDetector._decide's state machine, sub-block by sub-block, vectorised over the
+    channels; arguments as `_decide_each`."""
+    nsub = present.shape[0]
+    timing_sub, at_timing, pre_onset, pre_length, pure_sub, at_pure, pre_pure = checks
+    act, act_on, act_end, absent, cand, cand_on, cand_miss, cand_need, taint = state
+    for j in range(nsub):
+        on = act >= 0
+        if not (
+            hot_frame[j // SUBS_PER_FRAME].any()
+            or on.any()
+            or (cand >= 0).any()
+            or (taint >= 0).any()
+        ):
+            continue  # nothing to look at or to carry on with in this sub-block
+        sub_start = (pos0 + j * SUB).astype(np.float64)
+        end_here = sub_start + SUB
+
+        # -- the digit in progress: still there, or gone for long enough to end?
+        if on.any():
+            here = present[j] & on
+            gone = on & ~here
+            c = cover[j]
+            # Where the tones stopped: the end of the last sub-block holding them, plus
+            # what they fill of the first one without them.
+            act_end = np.where(here, sub_start + SUB * c, act_end)
+            first_gone = gone & (absent == 0) & (act_end >= sub_start - 0.5)
+            act_end = np.where(first_gone, act_end + SUB * c, act_end)
+            absent = np.where(here, 0, np.where(gone, absent + 1, absent))
+            ended = np.flatnonzero(gone & (absent >= _END_SUBS))
+            if ended.size:
+                events += _end_events(
+                    slots[ended], act[ended], base[ended], act_on[ended], act_end[ended]
+                )
+                act[ended] = -1
+                absent[ended] = 0
+
+        # -- hits, glides and candidates
+        looked = hot_frame[j // SUBS_PER_FRAME] | (act >= 0) | (cand >= 0) | (taint >= 0)
+        # A steady two-tone pattern seen off frequency (or not clean) taints that pair
+        # while it lasts: speech and music glide into the accepted band, keypad tones
+        # start in it.
+        pair = np.where(looked, win.pair[j], -1)
+        taint = np.where(pair != taint, -1, taint)
+        taint = np.where(looked & win.glide[j] & (act < 0), pair, taint)
+        hit = np.where(looked, win.digit[j], -1)
+        hit = np.where((hit == taint) | ((act >= 0) & (hit == act)), -1, hit)
+        same = (hit >= 0) & (hit == cand)
+        fresh = (hit >= 0) & (hit != cand)
+        cand_on = np.where(fresh, end_here - win.covered[j], cand_on)
+        cand_need = np.where(
+            fresh,
+            np.where(win.onset[j], _START_ROUGH_SAMPLES, _START_NO_ONSET_SAMPLES),
+            cand_need,
+        )
+        cand = np.where(fresh, hit, cand)
+        cand_miss = np.where(hit >= 0, 0, cand_miss + 1)
+        cand = np.where((hit < 0) & (cand_miss > _CAND_MISSES), -1, cand)
+        ready = (
+            (same | fresh)
+            & (end_here - cand_on >= cand_need)
+            & (win.last_cover[j] >= _MIN_LAST_COVER)
+        )
+        begun = np.flatnonzero(ready & (win.fraction[j] >= _START_FRACTION))
+        if not begun.size:
+            continue
+        known = timing_sub[begun] == j  # timed before the loop
+        checked = at_timing[begun[known]]
+        timed = cand_need[begun] == _START_ROUGH_SAMPLES
+        # Tones that began abruptly are timed to the sample, from the audio of the window
+        # and the LOOK sub-blocks before it: they start once they have lasted _START_MS.
+        if timed.any():
+            onset = np.empty(begun.size)
+            length = np.empty(begun.size)
+            onset[known], length[known] = pre_onset[checked], pre_length[checked]
+            late = np.flatnonzero(timed & ~known)
+            if late.size:
+                onset[late], length[late] = _start_timing(
+                    history, flat, cols[begun[late]], j, win, begun[late]
+                )
+            early = length[timed] < _START_SAMPLES
+            cand_on[begun[timed]] = (
+                sub_start[begun[timed]] + (SUB - (WIN + LOOK) * SUB) + onset[timed]
+            )
+            cand_need[begun[timed]] = _START_SAMPLES  # timed: the onset is known from now on
+            if early.any():  # not yet
+                keep = ~timed
+                keep[timed] = ~early
+                begun = begun[keep]
+                if not begun.size:
+                    continue
+        # Last check, on the spectrum of the window: nothing but the two tones.
+        pure = np.empty(begun.size, dtype=bool)
+        known = pure_sub[begun] == j
+        pure[known] = pre_pure[at_pure[begun[known]]]
+        late = np.flatnonzero(~known)
+        if late.size:
+            pure[late] = _start_purity(history, flat, cols[begun[late]], j, win, begun[late])
+        if not pure.all():  # more than two tones, or a voice: not again in this pattern
+            refused = begun[~pure]
+            taint[refused] = cand[refused]
+            cand[refused] = -1
+            begun = begun[pure]
+            if not begun.size:
+                continue
+        again = begun[act[begun] >= 0]  # another digit without a gap: the old one ends first
+        if again.size:  # at the latest where the new one began (a shared tone goes on)
+            events += _end_events(
+                slots[again],
+                act[again],
+                base[again],
+                act_on[again],
+                np.minimum(act_end[again], cand_on[again]),
+            )
+        for slot, digit, at in zip(
+            slots[begun].tolist(),
+            cand[begun].tolist(),
+            (base[begun] + cand_on[begun] / RATE).tolist(),
+            strict=True,
+        ):
+            events.append((slot, _event(KEYS[digit], "start", at, None)))
+        act[begun] = cand[begun]
+        act_on[begun] = cand_on[begun]
+        act_end[begun] = end_here[begun]
+        act_ref[:, begun] = win.ref[:, j, begun]
+        absent[begun] = 0
+        cand[begun] = -1
+        if j + 1 < nsub:  # the new digits' presence for the rest of this call
+            later = HIST + j + 1
+            source = cols[begun]
+            present[j + 1 :, begun], cover[j + 1 :, begun] = _presence(
+                zt[:, later:, source], et[later:, source], act[begun], act_ref[:, begun]
+            )
+    for array, value in zip(
+        state,
+        (act, act_on, act_end, absent, cand, cand_on, cand_miss, cand_need, taint),
+        strict=True,
+    ):
+        array[:] = value
+
+
+_ROWS_ONE_BY_ONE: Final = 120  # up to this many channels, _decide_each (crossover: ~130)
+_F32_LAST_COVER: Final = float(np.float32(_MIN_LAST_COVER))  # the thresholds as the arrays
+_F32_START_FRACTION: Final = float(np.float32(_START_FRACTION))  # compare them (float32)
+
+
+def _decide_each(
+    slots: Idx,
+    cols: Idx,
+    win: _Windows,
+    present: Bools,
+    cover: F32,
+    zt: C64,
+    et: F32,
+    hot_frame: Bools,
+    history: npt.NDArray[np.int16],
+    flat: npt.NDArray[np.int16],
+    pos0: I64,
+    base: F64,
+    state: tuple[I64, F64, F64, I64, I64, F64, I64, F64, I64],
+    act_ref: F32,
+    checks: tuple[I64, Idx, F64, F64, I64, Idx, Bools],
+    events: Events,
+) -> None:
+    """InbandDetector._decide's state machine, one channel at a time on Python scalars: the
+    same decisions, without ~80 array calls a sub-block, which is what a few channels cost.
+    `state` (act, act_on, act_end, absent, cand, cand_on, cand_miss, cand_need, taint) and
+    act_ref are updated in place. Values are read as the arrays hold them (float32 ones
+    exactly) and compared as the arrays would be (against float32 thresholds); a new digit's
+    presence comes from one batch made for the windows where starts were checked ahead."""
+    nsub, rows = present.shape
+    timing_sub, at_timing, pre_onset, pre_length, pure_sub, at_pure, pre_pure = checks
+    # The presence, over this call, of the digit each start window checked ahead would start.
+    ahead = np.flatnonzero(pure_sub >= 0)
+    at = pure_sub[ahead]
+    ahead_present, ahead_cover = _presence(
+        zt[:, HIST:, cols[ahead]],
+        et[HIST:, cols[ahead]],
+        win.digit[at, ahead],
+        win.ref[:, at, ahead],
+    )
+    ahead_present_t, ahead_filled_t = ahead_present.T.tolist(), (SUB * ahead_cover).T.tolist()
+    looked_frames = hot_frame.T.tolist()  # (rows × F)
+    w_digit, w_pair, w_glide = win.digit.T.tolist(), win.pair.T.tolist(), win.glide.T.tolist()
+    w_covered, w_onset = win.covered.T.tolist(), win.onset.T.tolist()
+    w_last, w_fraction = win.last_cover.T.tolist(), win.fraction.T.tolist()
+    present_t, filled_t = present.T.tolist(), (SUB * cover).T.tolist()  # float32 products
+    timing_at, pure_at = timing_sub.tolist(), pure_sub.tolist()
+    lists = [array.tolist() for array in state]
+    acts, act_ons, act_ends, absents, cands, cand_ons, misses, needs, taints = lists
+    starts0, bases, ahead_at = pos0.tolist(), base.tolist(), at_pure.tolist()
+    records: list[tuple[int, int, float, float | None]] = []  # row, digit, onset, end (None: start)
+    started: list[tuple[int, int]] = []  # (row, sub-block)
+    for r in range(rows):
+        act, act_on, act_end, absent = acts[r], act_ons[r], act_ends[r], absents[r]
+        cand, cand_on, miss, need, taint = cands[r], cand_ons[r], misses[r], needs[r], taints[r]
+        here_of, filled = present_t[r], filled_t[r]
+        for j in range(nsub):
+            sub_start = float(starts0[r] + j * SUB)
+            end_here = sub_start + SUB
+            if act >= 0:  # the digit in progress: still there, or gone for long enough?
+                if here_of[j]:
+                    act_end = sub_start + filled[j]
+                    absent = 0
+                else:
+                    if absent == 0 and act_end >= sub_start - 0.5:
+                        act_end = act_end + filled[j]
+                    absent += 1
+                    if absent >= _END_SUBS:
+                        records.append((r, act, act_on, act_end))
+                        act, absent = -1, 0
+            looked = looked_frames[r][j // SUBS_PER_FRAME] or act >= 0 or cand >= 0 or taint >= 0
+            pair = w_pair[r][j] if looked else -1
+            if pair != taint:
+                taint = -1
+            if looked and w_glide[r][j] and act < 0:
+                taint = pair
+            hit = w_digit[r][j] if looked else -1
+            if hit == taint or (act >= 0 and hit == act):
+                hit = -1
+            same = hit >= 0 and hit == cand
+            fresh = hit >= 0 and hit != cand
+            if fresh:
+                cand_on = end_here - w_covered[r][j]
+                need = _START_ROUGH_SAMPLES if w_onset[r][j] else _START_NO_ONSET_SAMPLES
+                cand = hit
+            miss = 0 if hit >= 0 else miss + 1
+            if hit < 0 and miss > _CAND_MISSES:
+                cand = -1
+            if not (
+                (same or fresh)
+                and end_here - cand_on >= need
+                and w_last[r][j] >= _F32_LAST_COVER
+                and w_fraction[r][j] >= _F32_START_FRACTION
+            ):
+                continue
+            if need == _START_ROUGH_SAMPLES:  # timed to the sample (see _decide_vectorised)
+                if timing_at[r] == j:
+                    onset, length = float(pre_onset[at_timing[r]]), float(pre_length[at_timing[r]])
+                else:
+                    late = _start_timing(history, flat, cols[r : r + 1], j, win, np.array([r]))
+                    onset, length = float(late[0][0]), float(late[1][0])
+                cand_on = sub_start + (SUB - (WIN + LOOK) * SUB) + onset
+                need = _START_SAMPLES
+                if length < _START_SAMPLES:
+                    continue
+            if pure_at[r] == j:
+                pure = bool(pre_pure[ahead_at[r]])
+            else:
+                pure = bool(_start_purity(history, flat, cols[r : r + 1], j, win, np.array([r]))[0])
+            if not pure:  # more than two tones, or a voice: not again in this pattern
+                taint, cand = cand, -1
+                continue
+            if act >= 0:  # another digit without a gap: the old one ends first
+                records.append((r, act, act_on, min(act_end, cand_on)))
+            records.append((r, cand, cand_on, None))
+            act, act_on, act_end, absent, cand = cand, cand_on, end_here, 0, -1
+            started.append((r, j))
+            if j + 1 < nsub:  # the new digit's presence for the rest of this call
+                if pure_at[r] == j:
+                    here_of = ahead_present_t[ahead_at[r]]
+                    filled = ahead_filled_t[ahead_at[r]]
+                else:
+                    later, source = HIST + j + 1, cols[r : r + 1]
+                    now_present, now_cover = _presence(
+                        zt[:, later:, source], et[later:, source], np.array([act]),
+                        win.ref[:, j, r : r + 1],
+                    )  # fmt: skip
+                    here_of = here_of[: j + 1] + now_present[:, 0].tolist()
+                    filled = filled[: j + 1] + (SUB * now_cover[:, 0]).tolist()
+        acts[r], act_ons[r], act_ends[r], absents[r] = act, act_on, act_end, absent
+        cands[r], cand_ons[r], misses[r], needs[r], taints[r] = cand, cand_on, miss, need, taint
+    for array, values in zip(state, lists, strict=True):
+        array[:] = values
+    if started:
+        rows_started, subs_started = np.array(started).T
+        act_ref[:, rows_started] = win.ref[:, subs_started, rows_started]
+    # The events, in order: ends made in one batch (as _decide_vectorised makes them).
+    ended = [record for record in records if record[3] is not None]
+    end_events = iter(
+        _end_events(
+            slots[[r for r, _, _, _ in ended]],
+            np.array([digit for _, digit, _, _ in ended], dtype=np.int64),
+            base[[r for r, _, _, _ in ended]],
+            np.array([onset for _, _, onset, _ in ended]),
+            np.array([end for _, _, _, end in ended]),
+        )
+        if ended
+        else []
+    )
+    for r, digit, onset, end in records:
+        if end is not None:
+            events.append(next(end_events))
+        else:
+            at_time = bases[r] + onset / RATE
+            events.append((int(slots[r]), _event(KEYS[digit], "start", at_time, None)))
 
 
 def _start_checks(

@@ -433,6 +433,73 @@ def test_digits_back_to_back_sharing_a_tone_each_start_whatever_the_block_size()
             assert seen[0] == seen[1] == seen[2], (keys, level)
 
 
+def test_state_machine_one_channel_at_a_time_decides_as_the_vectorised_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Up to _ROWS_ONE_BY_ONE channels the state machine runs on Python scalars, beyond on
+    # arrays: each must give exactly the same events (times included), whatever happens on
+    # the line: keys with gaps, keys changing with no gap (sharing a tone or not), ramped
+    # onsets, short dropouts early in a key and late in it, a third tone that makes a key
+    # impure, keys too short, keys in noise, and music gliding into the band.
+    from spg_media.dtmf import inband
+
+    rng = np.random.default_rng(31)
+    length = 16000
+
+    def key(digit: str, ms: float, level: float) -> Audio:
+        return tone(digit, ms, level=level, rng=rng)
+
+    def gapped(c: int, level: float) -> Audio:
+        parts: list[Audio] = [silence(15 + 7 * c)]
+        for digit in rng.choice(list(KEYS), 5):
+            burst = key(str(digit), rng.uniform(35, 110), level)
+            kind = c % 6
+            if kind == 1:  # ramped onset
+                burst[:120] *= np.linspace(0.0, 1.0, 120)
+            elif kind == 2:  # a 5-9 ms burst of noise 8-30 ms in, or near the end
+                at = int(rng.uniform(64, 240)) if rng.random() < 0.7 else burst.size - 120
+                span = slice(at, at + int(rng.uniform(40, 72)))
+                loud = DBM0_PEAK * 10 ** (level / 20) * 2.0
+                burst[span] += rng.standard_normal(burst[span].size) * loud
+            elif kind == 3:  # a third tone over the first half of the key: impure, then not
+                t = np.arange(burst.size // 2) / RATE
+                third = DBM0_PEAK * 10 ** (level / 20) * 0.5 * np.sin(2 * np.pi * 1100 * t)
+                burst[: t.size] += third
+            parts += [burst, silence(rng.uniform(15, 80))]
+        return np.concatenate(parts)
+
+    streams = []
+    changes = ["456", "*70", "2580", "147*", "3692", "1593", "BCD#", "A3"]
+    for c in range(24):
+        level = -6.0 - c
+        if c % 8 == 7:
+            audio = music(2.0, seed=c)
+        elif c % 4 == 2:  # keys changing with no gap at all
+            keys = changes[c // 4]
+            parts = [silence(30)] + [key(k, rng.uniform(50, 100), level) for k in keys]
+            audio = with_noise(np.concatenate([*parts, silence(60)]), 25, dbm0_power(level), c)
+        else:
+            audio = with_noise(gapped(c, level), 18 + c % 7, dbm0_power(level), seed=c)
+        streams.append(np.rint(np.resize(audio, length)).astype(np.int16))
+    block = np.stack(streams)
+
+    def run(one_by_one: int, size: int) -> list[tuple[int, str, str, float, float | None]]:
+        monkeypatch.setattr(inband, "_ROWS_ONE_BY_ONE", one_by_one)
+        detector = InbandDetector()
+        slots = [detector.add_channel() for _ in range(block.shape[0])]
+        seen = []
+        for begin in range(0, length, size):
+            now = (begin + size) / RATE
+            for slot, e in detector.process(slots, block[:, begin : begin + size], now):
+                seen.append((slot, e.kind, e.digit, e.at, e.duration_ms))
+        return sorted(seen, key=lambda event: event[0])  # each channel's in order
+
+    for size in (160, 400):
+        vectorised = run(0, size)
+        assert len(vectorised) > 100
+        assert run(10**6, size) == vectorised, size
+
+
 def test_same_digits_whether_the_other_channels_are_quiet_or_busy() -> None:
     # With most channels quiet the screen first glances at every 4th sample; with most busy it
     # skips that glance: a channel's digits must not depend on which.
