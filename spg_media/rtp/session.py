@@ -39,6 +39,7 @@ log = logging.getLogger("spg.rtp")
 
 SILENCE_BYTE = {"PCMU": 0xFF, "PCMA": 0xD5}
 MAX_PENDING_FRAMES = 10  # audio kept for the detector between ticks (a stalled tick drops more)
+INBAND_FEED = 160  # samples (20 ms) each in-band channel gives the detector a tick
 PAYLOAD_TYPE = {"PCMU": 0, "PCMA": 8}
 
 
@@ -197,7 +198,7 @@ class MediaSession:
         self.stop()
         if rest:
             self.play(rest)
-        self.pending_audio.clear()  # the detector's block is grouped by codec
+        self.pending_audio.clear()  # those bytes are in the old codec
 
     def stop(self) -> None:
         self._frames = []
@@ -328,14 +329,17 @@ class MediaEngine:
             self._tick_task.cancel()
 
     def _detect_inband(self) -> None:
-        """Run the in-band detector once over the audio every channel received since last tick.
+        """Run the in-band detector over the audio the channels received since the last tick.
 
-        Channels are grouped by codec and by how many samples they have (a tick usually brings
-        one 20 ms packet per channel), so each group is one (channels × samples) block and one
-        detector call: the per-call cost in Python is collecting bytes.
+        One detector call a tick, as a call has a fixed cost (hundreds of numpy calls): each
+        channel gives INBAND_FEED samples and what is over waits for the next tick, so channels
+        whose packets land either side of the tick boundary (none in one tick, two in the next)
+        and channels of both codecs still make one (channels × 160) block. A channel three
+        ticks behind (a stalled loop, a sender's faster clock) gives all it has, in a second
+        call. The rest of the cost in Python is collecting bytes.
         """
         assert self.inband is not None
-        groups: dict[tuple[str, int], list[MediaSession]] = {}
+        groups: dict[int, list[tuple[MediaSession, bytes, float]]] = {}
         for session in self.sessions.values():
             if session.inband_slot is None:
                 continue
@@ -344,18 +348,30 @@ class MediaEngine:
                 session.inband_slot = None
                 session.pending_audio.clear()
                 continue
-            if session.pending_audio:
-                size = sum(len(p) for p in session.pending_audio)
-                groups.setdefault((session.codec, size), []).append(session)
-        for (codec, size), members in groups.items():
-            joined = b"".join(b"".join(m.pending_audio) for m in members)
-            codes = np.frombuffer(joined, dtype=np.uint8).reshape(len(members), size)
-            block = decode_array(codes, codec)
-            slots = [cast(int, m.inband_slot) for m in members]
-            now = max(m.pending_audio_at for m in members)
-            by_slot = {cast(int, m.inband_slot): m for m in members}
-            for m in members:
-                m.pending_audio.clear()
+            if not session.pending_audio:
+                continue
+            pending = b"".join(session.pending_audio)  # G.711: a byte a sample
+            if len(pending) < INBAND_FEED:
+                session.pending_audio = [pending]
+                continue
+            take = INBAND_FEED
+            if len(pending) >= 3 * INBAND_FEED:
+                take = len(pending) // INBAND_FEED * INBAND_FEED
+            rest = pending[take:]
+            session.pending_audio = [rest] if rest else []
+            until = session.pending_audio_at - len(rest) / 8000.0  # when the fed audio ended
+            groups.setdefault(take, []).append((session, pending[:take], until))
+        for size, members in groups.items():
+            codes = np.frombuffer(b"".join(fed for _, fed, _ in members), dtype=np.uint8)
+            codes = codes.reshape(len(members), size)
+            block = np.empty((len(members), size), dtype=np.int16)
+            codecs = np.array([m.codec for m, _, _ in members])
+            for codec in np.unique(codecs).tolist():
+                rows = np.flatnonzero(codecs == codec)
+                block[rows] = decode_array(codes[rows], codec)
+            slots = [cast(int, m.inband_slot) for m, _, _ in members]
+            now = max(until for _, _, until in members)
+            by_slot = {cast(int, m.inband_slot): m for m, _, _ in members}
             try:
                 found = self.inband.process(slots, block, now)
             except Exception:  # a detector bug must not stop the media of every call

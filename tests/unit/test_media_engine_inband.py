@@ -136,3 +136,92 @@ def test_sessions_without_inband_cost_the_detector_nothing() -> None:
         engine._tick_task.cancel()
 
     run_in_loop(test)
+
+
+def test_packets_either_side_of_the_tick_boundary_still_make_one_detector_call() -> None:
+    # Packets land either side of a tick: a channel has none in one tick and two in the next.
+    # With both codecs too, each tick is still one (channels × 160) block and one call (a call
+    # has a fixed cost); each channel's digits are read exactly.
+    def test() -> None:
+        engine = MediaEngine("127.0.0.1", 40000, 40100)
+        assert engine.inband is None
+        sessions = []
+        keys = ["4111", "0731#", "5", "", "96*", "2580"]
+        for n, digits in enumerate(keys):
+            heard: list[DtmfEvent] = []
+            session = make_session("PCMU" if n % 2 else "PCMA", heard)
+            engine.attach(50000 + 2 * n, session)
+            sessions.append((session, keyed_audio(digits, session.codec), heard, digits))
+        assert engine.inband is not None
+        calls: list[int] = []
+        process = engine.inband.process
+
+        def counted(slots: list[int], block: np.ndarray, now: float) -> list:  # type: ignore[type-arg]
+            calls.append(len(slots))
+            return process(slots, block, now)
+
+        engine.inband.process = counted  # type: ignore[method-assign]
+        ticks = max(len(frames) for _, frames, _, _ in sessions) + 2
+        for tick in range(ticks):
+            for n, (session, frames, _, _) in enumerate(sessions):
+                # Packet i arrives in tick i, or one tick late when (i + n) % 3 == 0.
+                for i in (tick - 1, tick):
+                    late = (i + n) % 3 == 0
+                    if 0 <= i < len(frames) and (i == tick - 1) == late:
+                        pt = 0 if session.codec == "PCMU" else 8
+                        packet = build_rtp(pt, i, i * FRAME, 0x10 + n, frames[i], i == 0)
+                        session.receive(packet, CALLER, tick * 0.02)
+            before = len(calls)
+            engine._detect_inband()
+            assert len(calls) - before <= 1, tick
+        assert max(calls) == len(sessions)  # both codecs in one block
+        for _, _, heard, digits in sessions:
+            assert starts(heard) == digits
+        for n in range(len(sessions)):
+            engine.close(50000 + 2 * n)
+        assert engine._tick_task is not None
+        engine._tick_task.cancel()
+
+    run_in_loop(test)
+
+
+def test_a_channel_ticks_behind_catches_up_in_one_more_call() -> None:
+    # A sender whose packets come four at a time (a stalled path): that channel gives all it
+    # has, in a second call beside the others' 20 ms block, and is read exactly.
+    def test() -> None:
+        engine = MediaEngine("127.0.0.1", 40000, 40100)
+        heard_steady: list[DtmfEvent] = []
+        heard_bursty: list[DtmfEvent] = []
+        steady = make_session("PCMU", heard_steady)
+        bursty = make_session("PCMU", heard_bursty)
+        engine.attach(50000, steady)
+        engine.attach(50002, bursty)
+        frames_steady = keyed_audio("12", "PCMU")
+        frames_bursty = keyed_audio("369", "PCMU")
+        assert engine.inband is not None
+        sizes: list[int] = []
+        process = engine.inband.process
+
+        def counted(slots: list[int], block: np.ndarray, now: float) -> list:  # type: ignore[type-arg]
+            sizes.append(block.shape[1])
+            return process(slots, block, now)
+
+        engine.inband.process = counted  # type: ignore[method-assign]
+        for tick in range(max(len(frames_steady), len(frames_bursty)) + 8):
+            if tick < len(frames_steady):
+                packet = build_rtp(0, tick, tick * FRAME, 1, frames_steady[tick], tick == 0)
+                steady.receive(packet, CALLER, tick * 0.02)
+            if tick % 4 == 3:
+                for i in range(tick - 3, min(tick + 1, len(frames_bursty))):
+                    packet = build_rtp(0, i, i * FRAME, 2, frames_bursty[i], i == 0)
+                    bursty.receive(packet, CALLER, tick * 0.02)
+            engine._detect_inband()
+        assert 4 * FRAME in sizes  # the bursts, each in one more call
+        assert starts(heard_steady) == "12"
+        assert starts(heard_bursty) == "369"
+        engine.close(50000)
+        engine.close(50002)
+        assert engine._tick_task is not None
+        engine._tick_task.cancel()
+
+    run_in_loop(test)
