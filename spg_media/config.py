@@ -7,8 +7,8 @@ each key must satisfy. Every section validates itself in `__post_init__`, so a c
 Every problem is a `ConfigError` whose message is one line naming the key
 (`ivr.max_attempts: must be an integer >= 1, got "x"`), fit for the CLI's exit status 2.
 
-Paths in the config (`sip.tls_cert`, `sip.tls_key`, `log.cdr_path`, `tts.cache_dir`) are
-relative to the working directory of the process, as the server opens them.
+Paths in the config (`sip.tls_cert`, `sip.tls_key`, `sip.tls_ca`, `log.cdr_path`,
+`tts.cache_dir`) are relative to the working directory of the process, as the server opens them.
 """
 
 from __future__ import annotations
@@ -324,6 +324,7 @@ class SipConfig(_Section):
     trusted_sources: tuple[str, ...] = _rule_list(("127.0.0.0/8",), _StrList())
     tls_cert: str = _rule("", _Str())
     tls_key: str = _rule("", _Str())
+    tls_ca: str = _rule("", _Str())  # CAs our own TLS connections trust ("": the system's)
 
     def _validate(self) -> None:
         if not self.listen:
@@ -357,7 +358,7 @@ class SipConfig(_Section):
                 raise _key_error(
                     key, f"{_show(source)} has host bits set (did you mean {_show(str(loose))}?)"
                 ) from None
-        for name in ("tls_cert", "tls_key"):
+        for name in ("tls_cert", "tls_key", "tls_ca"):
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 raise _key_error(f"sip.{name}", f"file not found: {path}")
@@ -365,6 +366,19 @@ class SipConfig(_Section):
             problem = _tls_pair_problem(self.tls_cert, self.tls_key)
             if problem:
                 raise _key_error("sip.tls_cert", problem)
+        if self.tls_ca:
+            problem = _tls_ca_problem(self.tls_ca)
+            if problem:
+                raise _key_error("sip.tls_ca", problem)
+
+    def client_tls(self) -> ssl.SSLContext | None:
+        """The context our own TLS connections use (they verify the peer's certificate and
+        name): the CAs of sip.tls_ca, or None for the system's."""
+        if not self.tls_ca:
+            return None
+        context = ssl.create_default_context(cafile=self.tls_ca)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
 
 
 def _tls_pair_problem(cert: str, key: str) -> str | None:
@@ -376,6 +390,19 @@ def _tls_pair_problem(cert: str, key: str) -> str | None:
         return f"cannot load with sip.tls_key: {exc.reason or 'not a PEM certificate and key'}"
     except OSError as exc:
         return f"cannot load with sip.tls_key: {exc.strerror or exc}"
+    return None
+
+
+def _tls_ca_problem(path: str) -> str | None:
+    """Why this file cannot serve as the CAs to trust, or None."""
+    try:
+        context = ssl.create_default_context(cafile=path)
+    except ssl.SSLError as exc:
+        return f"cannot load: {exc.reason or 'not PEM certificates'}"
+    except OSError as exc:
+        return f"cannot load: {exc.strerror or exc}"
+    if not context.get_ca_certs():
+        return "cannot load: no CA certificate in it"
     return None
 
 
@@ -576,8 +603,18 @@ def _all_keys() -> list[str]:
 
 
 def _unknown(key: str, origin: str = "") -> ConfigError:
-    candidates = _all_keys() if "." in key else list(_SECTIONS)
-    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    section, dot, name = key.partition(".")
+    if dot and section in _SECTIONS:
+        # Its own section's keys by name (with the shared "sip." prefix any key looked close),
+        # then the same name in another section (a key put in the wrong table).
+        own = [f.name for f in dataclasses.fields(_SECTIONS[section])]  # type: ignore[arg-type]
+        close = [f"{section}.{m}" for m in difflib.get_close_matches(name, own, n=1, cutoff=0.6)]
+        if not close:
+            elsewhere = {k.partition(".")[2]: k for k in _all_keys() if k.split(".")[0] != section}
+            close = [elsewhere[m] for m in difflib.get_close_matches(name, elsewhere, 1, 0.8)]
+    else:
+        candidates = _all_keys() if dot else list(_SECTIONS)
+        close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
     hint = f" (did you mean {_show(close[0])}?)" if close else ""
     where = f" (from {origin})" if origin else ""
     return ConfigError(f"unknown key {_show(key)}{hint}{where}", key)

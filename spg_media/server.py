@@ -65,7 +65,11 @@ class Server:
             ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
             ssl_context.load_cert_chain(config.sip.tls_cert, config.sip.tls_key)
         ua = SipUserAgent(
-            self.listen, config.sip.public_host, config.sip.trusted_sources, ssl_context
+            self.listen,
+            config.sip.public_host,
+            config.sip.trusted_sources,
+            ssl_context,
+            client_ssl_context=config.sip.client_tls(),
         )
         media = MediaEngine(config.rtp.address, config.rtp.port_min, config.rtp.port_max)
         connector = make_connector(

@@ -148,8 +148,8 @@ class SipUserAgent:
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in trusted_sources]
         self.ssl_context = ssl_context  # our TLS listeners' certificate
         # For TLS connections we open: by default the system's CAs and the peer's name or
-        # address checked (a card-data path never trusts an unverified peer); tests pass a
-        # context that trusts their self-signed certificate.
+        # address checked (a card-data path never trusts an unverified peer); `sip.tls_ca`
+        # gives a context that trusts a private CA instead (SipConfig.client_tls).
         self.client_ssl_context = client_ssl_context
         self.transactions = TransactionLayer()
         self.dialogs: dict[str, DialogHandler] = {}

@@ -114,6 +114,26 @@ def test_check_config_refuses_a_certificate_that_cannot_be_loaded(
         assert "PRIVATE KEY" not in err
 
 
+def test_check_config_takes_a_tls_ca_it_can_load_and_refuses_one_it_cannot(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    try:
+        pair = make_self_signed(tmp_path)
+    except OpensslMissing:
+        pytest.skip("openssl not installed")
+    path = tmp_path / "spg.toml"
+    path.write_text(f'[sip]\ntls_ca = "{pair.cert}"\n')
+    code, out, _ = run(capsys, "check-config", "-c", str(path))
+    assert code == 0 and "ok" in out
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    for bad in (garbage, pair.key):  # not PEM; a private key, no certificate
+        path.write_text(f'[sip]\ntls_ca = "{bad}"\n')
+        code, _, err = run(capsys, "check-config", "-c", str(path))
+        assert_one_line_error(code, err, "sip.tls_ca", "cannot load")
+        assert "PRIVATE KEY" not in err
+
+
 def test_serve_on_a_port_in_use_is_one_line_and_exit_2(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -376,6 +376,10 @@ def test_unknown_keys(tmp_path: Path, text: str, expected: str) -> None:
             '[sip]\ntls_key = "/nonexistent/key.pem"',
             "sip.tls_key: file not found: /nonexistent/key.pem",
         ),
+        (
+            '[sip]\ntls_ca = "/nonexistent/ca.pem"',
+            "sip.tls_ca: file not found: /nonexistent/ca.pem",
+        ),
         # rtp
         (
             '[rtp]\naddress = "rtp.example.com"',

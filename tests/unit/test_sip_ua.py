@@ -191,3 +191,67 @@ def test_ua_can_be_built_outside_a_running_loop() -> None:
     assert ua.contact("udp") == "<sip:spg@127.0.0.1:5080>"
     with pytest.raises(RuntimeError):
         _ = ua.loop  # only inside the loop that runs it
+
+
+# ---- TLS connections we open: verified, against the system's CAs or sip.tls_ca --------------
+
+
+async def _outgoing_tls(cert: Path, key: Path, client: ssl.SSLContext | None) -> int:
+    """A BYE of ours to a TLS peer whose certificate is `cert`: the final status we get (the
+    peer answers 200; 503 when our side refuses the connection)."""
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    received: list[bytes] = []
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            message = await _read_message(reader, StreamFramer())
+        except (AssertionError, OSError, ssl.SSLError):  # our side gave up the handshake
+            return
+        received.append(message)
+        request = parse_message(message)
+        assert isinstance(request, SipRequest)
+        writer.write(make_response(request, 200).to_bytes())
+        await writer.drain()
+
+    server = await asyncio.start_server(peer, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    ua = SipUserAgent([Listen("tcp", "127.0.0.1", 0)], "127.0.0.1", client_ssl_context=client)
+    await ua.start()
+    try:
+        request = parse_message(
+            _msg(
+                f"BYE sip:t@127.0.0.1:{port};transport=tls SIP/2.0\n"
+                "Via: SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bK-out-1;rport\n"
+                "Max-Forwards: 70\nFrom: <sip:pay@127.0.0.1>;tag=c\nTo: <sip:t@127.0.0.1>;tag=b\n"
+                "Call-ID: out-1\nCSeq: 2 BYE\n\n"
+            )
+        )
+        assert isinstance(request, SipRequest)
+        final = await asyncio.wait_for(ua.request(request, Address("tls", "127.0.0.1", port)), 10)
+        assert bool(received) == (final.status == 200)
+        return final.status
+    finally:
+        await ua.close()
+        server.close()
+        await server.wait_closed()
+
+
+def test_tls_we_open_trusts_sip_tls_ca_and_not_an_unknown_certificate(tmp_path: Path) -> None:
+    from spg_media.config import SipConfig
+
+    try:
+        pair = make_self_signed(tmp_path)
+    except OpensslMissing:
+        pytest.skip("openssl not installed")
+    # No sip.tls_ca: the system's CAs, which do not know a self-signed certificate.
+    assert SipConfig().client_tls() is None
+    assert asyncio.run(_outgoing_tls(pair.cert, pair.key, None)) == 503
+    # sip.tls_ca naming it: verified (chain and address), and the BYE gets its answer.
+    trusted = SipConfig(tls_ca=str(pair.cert)).client_tls()
+    assert trusted is not None and trusted.verify_mode == ssl.CERT_REQUIRED
+    assert asyncio.run(_outgoing_tls(pair.cert, pair.key, trusted)) == 200
+    # Another CA's certificate is still refused.
+    other = make_self_signed(tmp_path / "other")
+    refused = SipConfig(tls_ca=str(other.cert)).client_tls()
+    assert asyncio.run(_outgoing_tls(pair.cert, pair.key, refused)) == 503
