@@ -14,9 +14,12 @@ the agent must get baresip's INVITE, carrying the result in the Request-URI (CON
 - an SRTP (`mediaenc=srtp-mand`) offer over TLS: the SDES key and the handoff never appear
   on the wire (root and tshark);
 - a whole payment over TLS + SRTP (no key, digit or handoff readable on the wire), and
-  `rtp.srtp = required` refusing a plain offer with 488 while still taking an SRTP one.
+  `rtp.srtp = required` refusing a plain offer with 488 while still taking an SRTP one;
+- the same through kamailio/kamailio.cfg run with `-A WITH_TLS` (TLS on both legs, the node
+  trusting Kamailio's certificate with `sip.tls_ca`): nothing in clear on either leg.
 
-Skipped (never failed) when baresip, sipp or spg-media are missing.
+Skipped (never failed) when baresip, sipp or spg-media (or, for the last, kamailio's tls
+module) are missing.
 """
 
 from __future__ import annotations
@@ -42,7 +45,17 @@ from baresip import (
     capture_missing,
     sdp_crypto_keys,
 )
-from harness import HOST, SIPP, SippProcess, SippResult, spg_media_available, wait_for
+from harness import (
+    HOST,
+    KAMAILIO,
+    SIPP,
+    KamailioProxy,
+    SippProcess,
+    SippResult,
+    free_port,
+    spg_media_available,
+    wait_for,
+)
 
 from spg_media.tlscert import CertPair, TlsCertError, make_self_signed
 
@@ -102,13 +115,20 @@ def token() -> str:
     return f"sbx-4990-EUR-{uuid.uuid4().hex[:8]}"
 
 
-def pay_uri(node: SpgTlsNode, transport: str, txn: str, agent_port: int | None = None) -> str:
-    """The URI baresip dials: the handoff as Request-URI parameters (CONTRACT §2).
+def pay_uri(
+    node: SpgTlsNode,
+    transport: str,
+    txn: str,
+    agent_port: int | None = None,
+    port: int | None = None,
+) -> str:
+    """The URI baresip dials: the handoff as Request-URI parameters (CONTRACT §2), to the
+    node's port for `transport` or to `port` (a proxy in front).
 
     No `;transport=` here: it comes from the account (baresip pitfall 6). `@` is not allowed
     in a URI parameter value, so the return URI's is escaped.
     """
-    port = node.tls_port if transport == "tls" else node.sip_port
+    port = port or (node.tls_port if transport == "tls" else node.sip_port)
     uri = f"sip:pay@{HOST}:{port};x-spg-transaction={txn}"
     if agent_port is not None:
         uri += f";x-spg-return-to=sip:agent%40{HOST}:{agent_port}"
@@ -168,11 +188,14 @@ class Payment:
     cdr: dict[str, Any]
 
 
-def pay(phone: Baresip, node: SpgTlsNode, transport: str, agent: SippProcess) -> Payment:
-    """One whole payment: dial, key the card, follow the REFER to the agent, hang up there."""
+def pay(
+    phone: Baresip, node: SpgTlsNode, transport: str, agent: SippProcess, port: int | None = None
+) -> Payment:
+    """One whole payment: dial (the node, or `port`: a proxy in front), key the card, follow
+    the REFER to the agent, hang up there."""
     txn = token()
     since = phone.cursor
-    first = dial(phone, pay_uri(node, transport, txn, agent.port))
+    first = dial(phone, pay_uri(node, transport, txn, agent.port, port))
     assert first.type == "CALL_ESTABLISHED", f"call refused: {first.param}\n{explain(phone, node)}"
     call_id = first.call_id
     # The node is speaking (the announcement) once RTP arrives; keys may barge in from then on.
@@ -384,3 +407,102 @@ def test_srtp_required_refuses_plain_offer_with_488(
             phone.hangup()
     finally:
         strict.stop()
+
+
+# ---- Kamailio in front, TLS on both legs ------------------------------------------------------
+
+
+def _kamailio_tls_missing() -> str | None:
+    if KAMAILIO is None:
+        return "kamailio is not installed"
+    if not list(Path("/usr/lib").glob("*/kamailio/modules/tls.so")):
+        return "kamailio's tls module is not installed (Debian kamailio-tls-modules)"
+    return None
+
+
+@dataclass
+class TlsFront:
+    proxy: KamailioProxy
+    node: SpgTlsNode
+    port: int  # the proxy's tls listener
+
+
+@pytest.fixture(scope="module")
+def tls_front(
+    tools: None, cert: CertPair, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TlsFront]:
+    """kamailio/kamailio.cfg with -A WITH_TLS in front of a node reached over TLS; the node
+    trusts the proxy's certificate (sip.tls_ca) for the connections it opens to it."""
+    reason = _kamailio_tls_missing()
+    if reason:
+        pytest.skip(reason)
+    node = _start_node(tmp_path_factory, cert, {"SPG_SIP__TLS_CA": str(cert.cert)})
+    work = tmp_path_factory.mktemp("kamailio-tls")
+    tls_cfg = work / "tls.cfg"
+    tls_cfg.write_text(
+        "[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\n"
+        f"require_certificate = no\ncertificate = {cert.cert}\nprivate_key = {cert.key}\n\n"
+        "[client:default]\nmethod = TLSv1.2+\nverify_certificate = yes\n"
+        f"require_certificate = yes\nca_list = {cert.cert}\n"
+    )
+    port = free_port()
+    defines = {"WITH_TLS": "1", "TLS_PORT": str(port), "TLS_CFG": f'"{tls_cfg}"'}
+    proxy = KamailioProxy(work, [f"sip:{HOST}:{node.tls_port};transport=tls"], defines=defines)
+    try:
+        proxy.start()
+    except BaseException:
+        node.stop()
+        raise
+    yield TlsFront(proxy, node, port)
+    proxy.stop()
+    node.stop()
+
+
+def test_kamailio_tls_front_srtp_payment_with_nothing_in_clear(
+    tls_front: TlsFront, cert: CertPair, tmp_path: Path
+) -> None:
+    """baresip (TLS + SRTP) pays through Kamailio's tls listener, Kamailio reaching the node
+    over TLS: approved, the REFER comes back through Kamailio on baresip's own connection, and
+    neither leg shows an SDES key, a digit, the handoff or the result in clear."""
+    node, front = tls_front.node, tls_front.port
+    agent = start_agent(tmp_path / "agent", srtp=True)
+    phone = Baresip(
+        tmp_path / "baresip", Account(transport="tls", mediaenc="srtp-mand"), cafile=cert.cert
+    )
+    capture = None
+    if capture_missing() is None:
+        low, high = phone.rtp_ports
+        # both TLS legs, and the proxy's and the node's plain ports (nothing may go there)
+        ports = f"port {front} or port {tls_front.proxy.port} or port {node.tls_port}"
+        ports += f" or port {node.sip_port} or portrange {low}-{high}"
+        capture = Capture(tmp_path / "front.pcapng", ports)
+        capture.start()
+    try:
+        with phone:
+            payment = pay(phone, node, "tls", agent, port=front)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- kamailio\n{tls_front.proxy.log()[-4000:]}") from None
+    finally:
+        if capture is not None:
+            capture.stop()
+    check_approved(payment, phone, node)
+
+    proxy_addr = f"{HOST}:{front}"
+    trace = phone.sip_trace()
+    invite = next(m for m in trace if m.method == "INVITE" and m.destination == proxy_addr)
+    assert invite.transport == "TLS"
+    refers = [m for m in trace if m.method == "REFER"]
+    assert len(refers) == 1, [m.first_line for m in trace]
+    # through the proxy, over TLS, on the connection baresip's INVITE opened
+    assert (refers[0].transport, refers[0].source) == ("TLS", proxy_addr), refers[0].text
+    assert refers[0].header("X-SPG-Result") == "approved"
+    assert f"SIP/2.0/TLS {proxy_addr};" in refers[0].text, refers[0].text  # the proxy's Via
+    assert f"SIP/2.0/TLS {HOST}:{node.tls_port};" in refers[0].text, refers[0].text  # the node's
+    if capture is not None:
+        assert capture.count("tls.handshake.type == 1") >= 2, "not two TLS legs"
+        digits = capture.rtp_event_digits()
+        assert CARD[:8] not in digits, f"card digits readable in the RTP: {digits}"
+        keys = sdp_crypto_keys("\n".join(m.text for m in trace))
+        assert keys
+        for clear in (*keys, "a=crypto", "INVITE sip:", payment.txn, "X-SPG-Result"):
+            assert not capture.contains(clear), f"{clear!r} in clear on the wire"
