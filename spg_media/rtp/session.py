@@ -40,6 +40,7 @@ log = logging.getLogger("spg.rtp")
 SILENCE_BYTE = {"PCMU": 0xFF, "PCMA": 0xD5}
 MAX_PENDING_FRAMES = 10  # audio kept for the detector between ticks (a stalled tick drops more)
 INBAND_FEED = 160  # samples (20 ms) each in-band channel gives the detector a tick
+REORDER_WINDOW = 50  # packets: an audio packet this far behind the newest is late, not a new run
 PAYLOAD_TYPE = {"PCMU": 0, "PCMA": 8}
 
 
@@ -53,6 +54,7 @@ class MediaStats:
     rtcp: int = 0
     audio: int = 0
     events: int = 0
+    audio_late: int = 0  # audio packets the in-band detector had already gone past (reordered)
 
 
 @dataclass
@@ -86,8 +88,10 @@ class MediaSession:
         self.next_send_at: float | None = None
         self._reported = MediaStats()
         self.inband_slot: int | None = None  # the detector channel, while attached
-        self.pending_audio: list[bytes] = []  # payloads not yet given to the detector
+        self.pending_audio: list[bytes] = []  # payloads not yet given to the detector, in order
+        self.pending_seqs: list[int] = []  # their RTP sequence numbers
         self.pending_audio_at = 0.0  # arrival time of the newest of them
+        self.fed_through: int | None = None  # sequence number of the last audio given to it
 
     def report_stats(self) -> None:
         """Add what changed since the last report to the process's RTP counters."""
@@ -149,10 +153,58 @@ class MediaSession:
                 and self.inband_slot is not None
                 and len(self.pending_audio) < MAX_PENDING_FRAMES
             ):
-                self.pending_audio.append(packet.payload)
+                self._queue_audio(packet.sequence, packet.payload)
                 self.pending_audio_at = now
             if self.on_audio is not None:
                 self.on_audio(packet.payload, now)
+
+    def _queue_audio(self, sequence: int, payload: bytes) -> None:
+        """Queue a payload for the in-band detector in RTP sequence order: a packet the network
+        reordered would otherwise move 20 ms of tone into a gap (a key read twice, or cut).
+        One that comes after the detector was given audio past it is dropped, as is a repeat.
+        A sequence number further back than REORDER_WINDOW is a new run (a new SSRC, a
+        sender's restart), not a late packet: queued as it comes."""
+        seqs = self.pending_seqs
+        newest = seqs[-1] if seqs else self.fed_through
+        if newest is None or (newest - sequence) & 0xFFFF >= REORDER_WINDOW:  # the usual case
+            self.pending_audio.append(payload)
+            seqs.append(sequence)
+            return
+        fed = self.fed_through
+        if sequence in seqs or (fed is not None and (fed - sequence) & 0xFFFF < REORDER_WINDOW):
+            self.stats.audio_late += 1  # a repeat, or behind what the detector already has
+            return
+        at = len(seqs)
+        while at > 0 and 0 < (seqs[at - 1] - sequence) & 0xFFFF < REORDER_WINDOW:
+            at -= 1  # older than seqs[at - 1]: before it
+        self.pending_audio.insert(at, payload)
+        seqs.insert(at, sequence)
+
+    def take_audio(self, count: int) -> bytes:
+        """The first `count` bytes (samples) queued for the detector, which must hold them; a
+        payload cut in two keeps its rest queued (ahead of anything reordered behind it)."""
+        parts: list[bytes] = []
+        need = count
+        used = 0
+        pending, seqs = self.pending_audio, self.pending_seqs
+        while need:
+            part = pending[used]
+            self.fed_through = seqs[used]
+            if len(part) <= need:
+                parts.append(part)
+                need -= len(part)
+                used += 1
+            else:
+                parts.append(part[:need])
+                pending[used] = part[need:]
+                need = 0
+        del pending[:used]
+        del seqs[:used]
+        return b"".join(parts)
+
+    def clear_audio(self) -> None:
+        self.pending_audio.clear()
+        self.pending_seqs.clear()
 
     def poll(self, now: float) -> None:
         """Timers of the DTMF receiver (a lost end packet)."""
@@ -163,7 +215,7 @@ class MediaSession:
     def stop_inband(self) -> None:
         """No more audio for the detector (e.g. RFC 4733 events seen and `dtmf.inband = auto`)."""
         self.inband = False
-        self.pending_audio.clear()
+        self.clear_audio()
 
     def _deliver(self, events: list[DtmfEvent]) -> None:
         if self.on_dtmf is not None:
@@ -198,7 +250,7 @@ class MediaSession:
         self.stop()
         if rest:
             self.play(rest)
-        self.pending_audio.clear()  # those bytes are in the old codec
+        self.clear_audio()  # those bytes are in the old codec
 
     def stop(self) -> None:
         self._frames = []
@@ -346,21 +398,18 @@ class MediaEngine:
             if not session.inband:  # switched off mid-call: give the slot back
                 self.inband.remove_channel(session.inband_slot)
                 session.inband_slot = None
-                session.pending_audio.clear()
+                session.clear_audio()
                 continue
             if not session.pending_audio:
                 continue
-            pending = b"".join(session.pending_audio)  # G.711: a byte a sample
-            if len(pending) < INBAND_FEED:
-                session.pending_audio = [pending]
+            queued = sum(len(p) for p in session.pending_audio)  # G.711: a byte a sample
+            if queued < INBAND_FEED:
                 continue
             take = INBAND_FEED
-            if len(pending) >= 3 * INBAND_FEED:
-                take = len(pending) // INBAND_FEED * INBAND_FEED
-            rest = pending[take:]
-            session.pending_audio = [rest] if rest else []
-            until = session.pending_audio_at - len(rest) / 8000.0  # when the fed audio ended
-            groups.setdefault(take, []).append((session, pending[:take], until))
+            if queued >= 3 * INBAND_FEED:
+                take = queued // INBAND_FEED * INBAND_FEED
+            until = session.pending_audio_at - (queued - take) / 8000.0  # the fed audio's end
+            groups.setdefault(take, []).append((session, session.take_audio(take), until))
         for size, members in groups.items():
             codes = np.frombuffer(b"".join(fed for _, fed, _ in members), dtype=np.uint8)
             codes = codes.reshape(len(members), size)

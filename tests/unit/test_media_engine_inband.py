@@ -225,3 +225,64 @@ def test_a_channel_ticks_behind_catches_up_in_one_more_call() -> None:
         engine._tick_task.cancel()
 
     run_in_loop(test)
+
+
+def _events_fed(
+    schedule: list[list[int]], seq_of: list[int], keys: str
+) -> tuple[list[DtmfEvent], int]:
+    """One PCMU session fed keyed_audio(keys): at tick t the packets schedule[t] (indexes into
+    the audio, in that order), with RTP sequence numbers seq_of[index]. Returns the events
+    heard and the session's count of audio packets dropped as late."""
+    heard: list[DtmfEvent] = []
+    late: list[int] = []
+
+    def test() -> None:
+        engine = MediaEngine("127.0.0.1", 40000, 40100)
+        session = make_session("PCMU", heard)
+        engine.attach(50000, session)
+        frames = keyed_audio(keys, "PCMU")
+        for tick, indexes in enumerate(schedule):
+            for i in indexes:
+                packet = build_rtp(0, seq_of[i], i * FRAME, 7, frames[i], i == 0)
+                session.receive(packet, CALLER, tick * 0.02)
+            engine._detect_inband()
+        late.append(session.stats.audio_late)
+        engine.close(50000)
+        assert engine._tick_task is not None
+        engine._tick_task.cancel()
+
+    run_in_loop(test)
+    return heard, late[0]
+
+
+def test_audio_reordered_within_a_tick_is_put_back_in_sequence() -> None:
+    # Two packets every other tick, the second sent before the first: without reordering,
+    # 20 ms of tone would land in the silence between keys and silence inside them.
+    count = len(keyed_audio("5858", "PCMU"))
+    seq = [1000 + i for i in range(count)]
+    pairs = [[i, i + 1] if i + 1 < count else [i] for i in range(0, count, 2)]
+    in_order = [ticks for pair in pairs for ticks in (pair, [])]
+    swapped = [ticks for pair in pairs for ticks in (pair[::-1], [])]
+    reordered, late = _events_fed(swapped, seq, "5858")
+    assert starts(reordered) == "5858"
+    assert late == 0
+    reference, _ = _events_fed(in_order, seq, "5858")
+    assert [(e.kind, e.digit, e.at, e.duration_ms) for e in reordered] == [
+        (e.kind, e.digit, e.at, e.duration_ms) for e in reference
+    ]
+
+
+def test_audio_too_late_is_dropped_and_counted_and_a_new_run_is_taken() -> None:
+    count = len(keyed_audio("14", "PCMU"))
+    seq = [65530 + i for i in range(count)]  # wrapping through 65535 -> 0
+    half = count // 2
+    seq[half:] = [64000 + i for i in range(count - half)]  # a restart: far behind, a new run
+    schedule = [[i] for i in range(count)]
+    schedule[3], schedule[4] = [], [4, 3]  # 3 (silence) comes in the same tick after 4
+    heard, late = _events_fed(schedule, seq, "14")
+    assert starts(heard) == "14"
+    assert late == 0  # put back in place
+    schedule[4], schedule[5] = [4], [5, 3]  # after 4 was given to the detector: dropped
+    heard, late = _events_fed(schedule, seq, "14")
+    assert starts(heard) == "14"
+    assert late == 1
