@@ -153,6 +153,12 @@ I64 = npt.NDArray[np.int64]
 Idx = npt.NDArray[np.intp]
 Bools = npt.NDArray[np.bool_]
 Events = list[tuple[int, DtmfEvent]]
+# The state machine's per-channel state, as arrays over the channels decided on: act, act_on,
+# act_end, absent, cand, cand_on, cand_miss, cand_need, taint (see InbandDetector).
+_State = tuple[I64, F64, F64, I64, I64, F64, I64, F64, I64]
+# A start's checks made ahead (`_start_checks`): timing_sub, at_timing, onset, length, pure_sub,
+# at_pure, pure.
+_Checks = tuple[I64, Idx, F64, F64, I64, Idx, Bools]
 
 
 def _basis(positions: npt.NDArray[np.int64], scale: float = 1.0) -> F32:
@@ -712,11 +718,8 @@ class InbandDetector:
         # Timed there unless a candidate of that digit is already timed, or needs no timing.
         seen = (cand >= 0) & (cand == win.digit[np.maximum(ahead, 0), np.arange(ahead.size)])
         to_time = ~(seen & (cand_need != _START_ROUGH_SAMPLES))
-        timing_sub, at_timing, pre_onset, pre_length, pure_sub, at_pure, pre_pure = _start_checks(
-            history, flat, cols, ahead, to_time, win
-        )
-        state = (act, act_on, act_end, absent, cand, cand_on, cand_miss, cand_need, taint)
-        checks = (timing_sub, at_timing, pre_onset, pre_length, pure_sub, at_pure, pre_pure)
+        checks = _start_checks(history, flat, cols, ahead, to_time, win)
+        state: _State = (act, act_on, act_end, absent, cand, cand_on, cand_miss, cand_need, taint)
         # Few channels: a loop over them costs less than the array calls (the same decisions).
         decide = _decide_each if slots.size <= _ROWS_ONE_BY_ONE else _decide_vectorised
         decide(
@@ -749,9 +752,9 @@ def _decide_vectorised(
     flat: npt.NDArray[np.int16],
     pos0: I64,
     base: F64,
-    state: tuple[I64, F64, F64, I64, I64, F64, I64, F64, I64],
+    state: _State,
     act_ref: F32,
-    checks: tuple[I64, Idx, F64, F64, I64, Idx, Bools],
+    checks: _Checks,
     events: Events,
 ) -> None:
     """InbandDetector._decide's state machine, sub-block by sub-block, vectorised over the
@@ -912,9 +915,9 @@ def _decide_each(
     flat: npt.NDArray[np.int16],
     pos0: I64,
     base: F64,
-    state: tuple[I64, F64, F64, I64, I64, F64, I64, F64, I64],
+    state: _State,
     act_ref: F32,
-    checks: tuple[I64, Idx, F64, F64, I64, Idx, Bools],
+    checks: _Checks,
     events: Events,
 ) -> None:
     """InbandDetector._decide's state machine, one channel at a time on Python scalars: the
@@ -1058,7 +1061,7 @@ def _start_checks(
     ahead: I64,
     timed: Bools,
     win: _Windows,
-) -> tuple[I64, Idx, F64, F64, I64, Idx, Bools]:
+) -> _Checks:
     """The checks of a start in one batch, for the window ending at sub-block ahead[i] of
     channel i (-1: none): the timing there where timed[i], and the spectrum there, or in the
     next window where the tones were timed short of _START_MS (they are checked again there).
