@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from spg_media.config import SipConfig
 from spg_media.sip.message import (
     SipRequest,
     SipResponse,
@@ -19,7 +20,7 @@ from spg_media.sip.message import (
 from spg_media.sip.transaction import Address
 from spg_media.sip.ua import Listen, SipUserAgent, _message_kind
 from spg_media.sip.uri import NameAddr
-from spg_media.tlscert import OpensslMissing, make_self_signed
+from spg_media.tlscert import CertPair, OpensslMissing, make_self_signed
 
 
 @pytest.mark.parametrize(
@@ -81,6 +82,22 @@ def test_contact_and_sent_by_use_the_tls_listener_port() -> None:
 # ---- TLS on loopback: listener, answers on the same connection, requests reuse it ----------
 
 
+@pytest.fixture
+def pair(tmp_path: Path) -> CertPair:
+    """A self-signed certificate for 127.0.0.1 (the test is skipped without openssl)."""
+    try:
+        return make_self_signed(tmp_path)
+    except OpensslMissing:
+        pytest.skip("openssl not installed")
+
+
+def _server_context(cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
+
+
 def _msg(text: str) -> bytes:
     head, _, body = text.partition("\n\n")
     lines = [line for line in head.strip("\n").split("\n")]
@@ -107,9 +124,7 @@ async def _read_message(reader: asyncio.StreamReader, framer: StreamFramer) -> b
 
 
 async def _tls_round_trip(cert: Path, key: Path) -> None:
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    server_ctx.load_cert_chain(cert, key)
+    server_ctx = _server_context(cert, key)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -177,11 +192,7 @@ async def _tls_round_trip(cert: Path, key: Path) -> None:
         await ua.close()
 
 
-def test_tls_listener_answers_and_reuses_the_connection(tmp_path: Path) -> None:
-    try:
-        pair = make_self_signed(tmp_path)
-    except OpensslMissing:
-        pytest.skip("openssl not installed")
+def test_tls_listener_answers_and_reuses_the_connection(pair: CertPair) -> None:
     asyncio.run(_tls_round_trip(pair.cert, pair.key))
 
 
@@ -199,8 +210,7 @@ def test_ua_can_be_built_outside_a_running_loop() -> None:
 async def _outgoing_tls(cert: Path, key: Path, client: ssl.SSLContext | None) -> int:
     """A BYE of ours to a TLS peer whose certificate is `cert`: the final status we get (the
     peer answers 200; 503 when our side refuses the connection)."""
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert, key)
+    server_ctx = _server_context(cert, key)
     received: list[bytes] = []
 
     async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -237,13 +247,9 @@ async def _outgoing_tls(cert: Path, key: Path, client: ssl.SSLContext | None) ->
         await server.wait_closed()
 
 
-def test_tls_we_open_trusts_sip_tls_ca_and_not_an_unknown_certificate(tmp_path: Path) -> None:
-    from spg_media.config import SipConfig
-
-    try:
-        pair = make_self_signed(tmp_path)
-    except OpensslMissing:
-        pytest.skip("openssl not installed")
+def test_tls_we_open_trusts_sip_tls_ca_and_not_an_unknown_certificate(
+    pair: CertPair, tmp_path: Path
+) -> None:
     # No sip.tls_ca: the system's CAs, which do not know a self-signed certificate.
     assert SipConfig().client_tls() is None
     assert asyncio.run(_outgoing_tls(pair.cert, pair.key, None)) == 503
