@@ -428,7 +428,6 @@ class Call:
             headers=[
                 ("Contact", contact),
                 ("Allow", ALLOW),
-                ("Supported", "replaces"),
                 *[("Record-Route", rr) for rr in self.invite.headers.get_all("Record-Route")],
             ],
             body=answer,

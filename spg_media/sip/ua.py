@@ -53,6 +53,8 @@ from spg_media.sip.uri import SipUri
 log = logging.getLogger("spg.sip")
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REFER, NOTIFY, UPDATE"
+# SIP extensions (option tags) we implement: none. A request that Requires one gets 420.
+SUPPORTED_EXTENSIONS: frozenset[str] = frozenset()
 SERVER = "spg-media"
 
 
@@ -394,6 +396,18 @@ class SipUserAgent:
                 handler.on_ack_timeout()
 
     def _route_request(self, request: SipRequest, source: Address) -> None:
+        # RFC 3261 §8.2.2.3: an extension the request Requires and we do not implement (timer,
+        # 100rel, replaces ...) is refused, in a dialog or not, before anything acts on it.
+        unknown = [
+            tag
+            for tag in request.headers.get_all("Require")
+            if tag and tag.lower() not in SUPPORTED_EXTENSIONS
+        ]
+        if unknown:
+            self.respond(
+                request, make_response(request, 420, headers=[("Unsupported", ", ".join(unknown))])
+            )
+            return
         to_tag = request.to.tag
         handler = self.dialogs.get(request.call_id)
         if to_tag:

@@ -261,3 +261,63 @@ def test_tls_we_open_trusts_sip_tls_ca_and_not_an_unknown_certificate(
     other = make_self_signed(tmp_path / "other")
     refused = SipConfig(tls_ca=str(other.cert)).client_tls()
     assert asyncio.run(_outgoing_tls(pair.cert, pair.key, refused)) == 503
+
+
+# ---- extensions (RFC 3261 §8.2.2.3) -------------------------------------------------------
+
+
+async def _udp_exchange(messages: list[bytes]) -> tuple[list[SipResponse], _Handler]:
+    """Send each message to a UA on loopback UDP; the first response to each."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ua = SipUserAgent([Listen("udp", "127.0.0.1", port)], "127.0.0.1")
+    handler = _Handler()
+    ua.invite_handler = handler
+    await ua.start()
+    answers: list[SipResponse] = []
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.bind(("127.0.0.1", 0))
+            peer.setblocking(False)
+            loop = asyncio.get_running_loop()
+            for message in messages:
+                await loop.sock_sendto(peer, message, ("127.0.0.1", port))
+                while True:
+                    data = await asyncio.wait_for(loop.sock_recv(peer, 65536), 5)
+                    answer = parse_message(data)
+                    assert isinstance(answer, SipResponse)
+                    if answer.status >= 200:
+                        answers.append(answer)
+                        break
+    finally:
+        await ua.close()
+    return answers, handler
+
+
+def _request(method: str, call_id: str, extra: str, to_tag: str = "") -> bytes:
+    tag = f";tag={to_tag}" if to_tag else ""
+    return _msg(
+        f"{method} sip:pay@127.0.0.1 SIP/2.0\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK-{call_id}-{method};rport\n"
+        f"Max-Forwards: 70\nFrom: <sip:t@127.0.0.1>;tag=a\nTo: <sip:pay@127.0.0.1>{tag}\n"
+        f"Call-ID: {call_id}\nCSeq: 1 {method}\nContact: <sip:t@127.0.0.1:5999>\n{extra}\n"
+    )
+
+
+def test_a_required_extension_we_lack_is_refused_with_420_naming_it() -> None:
+    answers, handler = asyncio.run(
+        _udp_exchange(
+            [
+                _request("INVITE", "req-1", "Require: timer\nRequire: 100rel, Replaces\n"),
+                _request("OPTIONS", "req-2", "Require: x-frob\n"),
+                _request("BYE", "req-3", "Require: timer\n", to_tag="b"),
+                _request("OPTIONS", "req-4", "Supported: timer, 100rel\n"),  # only offered
+            ]
+        )
+    )
+    assert [a.status for a in answers] == [420, 420, 420, 200]
+    assert answers[0].headers.get_all("Unsupported") == ["timer", "100rel", "Replaces"]
+    assert answers[1].headers.get_all("Unsupported") == ["x-frob"]
+    assert answers[2].headers.get_all("Unsupported") == ["timer"]
+    assert not handler.invites  # the refused INVITE never became a call
