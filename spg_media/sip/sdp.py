@@ -20,6 +20,9 @@ Decisions (CONTRACT §3):
   is accepted; "optional": either, SAVP preferred when both are offered. RTP/SAVP(F) needs an
   `a=crypto` line that `srtp.select_offered` accepts (the first such, in offer order); our
   answer line is a fresh key with its tag and suite (`NegotiatedAudio.local_crypto`).
+- RTCP: sent to the offer's `a=rtcp` port and address (RFC 3605), else to the RTP port + 1 at the
+  RTP address; `a=rtcp-mux` offered is accepted (RFC 5761 §5.1.1): RTCP then shares the RTP port
+  both ways, and the answer says `a=rtcp-mux`.
 - Re-INVITE (`previous=`): a call that is SRTP stays SRTP (a plain re-offer is refused, whatever
   the policy), and when the peer keeps its key our answer keeps ours, so neither direction's
   SRTP context restarts (RFC 4568 §7.1.4).
@@ -135,6 +138,9 @@ class MediaDescription:
     format_tokens: list[str] = field(default_factory=list)  # the m= formats as written
     port_count: int = 1
     mid: str | None = None
+    rtcp_port: int | None = None  # a=rtcp (RFC 3605): where the offerer wants RTCP
+    rtcp_address: str | None = None
+    rtcp_mux: bool = False  # a=rtcp-mux (RFC 5761)
 
     def encoding(self, payload_type: int) -> tuple[str, int] | None:
         """(upper-case encoding name, clock rate) of a format, from rtpmap or the static table."""
@@ -279,6 +285,18 @@ def _apply_media_attribute(media: MediaDescription, name: str, value: str) -> No
         media.crypto.append(Crypto.parse(value))
     elif name == "mid":
         media.mid = value.strip()
+    elif name == "rtcp":
+        # Only a hint (without it: the RTP port + 1), so a line we cannot read is passed over
+        # rather than refusing the call for it.
+        port_text, _, address = value.strip().partition(" ")
+        try:
+            port = _parse_int(port_text, "a=rtcp port", 1, 65535)
+            media.rtcp_address = _parse_connection(address) if address.strip() else None
+            media.rtcp_port = port
+        except SdpError:
+            pass
+    elif name == "rtcp-mux":
+        media.rtcp_mux = True
 
 
 @dataclass
@@ -304,6 +322,18 @@ class NegotiatedAudio:
     # the keys. `srtp.SrtpContext(neg.local_crypto, neg.remote_crypto)` runs the media.
     remote_crypto: CryptoAttribute | None = None
     local_crypto: CryptoAttribute | None = None
+    # Where the peer takes RTCP: a=rtcp, else the RTP port + 1 (0: nowhere, the RTP port
+    # being 65535); rtcp_mux: on its RTP port, as we take it on ours.
+    remote_rtcp_address: str = ""
+    remote_rtcp_port: int = 0
+    rtcp_mux: bool = False
+
+    @property
+    def remote_rtcp(self) -> tuple[str, int]:
+        """Where we send RTCP (until the peer's own RTCP shows where it really is)."""
+        if self.rtcp_mux:
+            return self.remote_address, self.remote_port
+        return self.remote_rtcp_address or self.remote_address, self.remote_rtcp_port
 
     @property
     def answer_direction(self) -> str:
@@ -461,6 +491,9 @@ def negotiate(
         offered_streams=[(m.media, m.proto, " ".join(m.format_tokens)) for m in offer.media],
         remote_crypto=remote_crypto,
         local_crypto=local_crypto,
+        remote_rtcp_address=media.rtcp_address or media.connection,
+        remote_rtcp_port=media.rtcp_port or (media.port + 1 if media.port < 65535 else 0),
+        rtcp_mux=media.rtcp_mux,
     )
 
 
@@ -523,6 +556,8 @@ def build_answer(
             lines.append(f"a=fmtp:{neg.dtmf_payload_type} 0-16")
         lines.append(f"a=ptime:{neg.ptime}")
         lines.append(f"a={neg.answer_direction}")
+        if neg.rtcp_mux:
+            lines.append("a=rtcp-mux")
         if crypto_line and neg.srtp_offered:
             lines.append(_crypto_attribute(crypto_line))
     return ("\r\n".join(lines) + "\r\n").encode("ascii")

@@ -788,3 +788,45 @@ def test_reinvite_keeps_the_call_codec_while_it_is_offered() -> None:
     assert changed.codec == "PCMU"
     # a first offer (no previous) takes the offerer's first choice
     assert negotiate(SessionDescription.parse(offer("m=audio 4000 RTP/AVP 0 8"))).codec == "PCMU"
+
+
+# ---- RTCP (RFC 3605 a=rtcp, RFC 5761 a=rtcp-mux) ---------------------------------------------
+
+
+def test_rtcp_goes_to_the_rtp_port_plus_one_by_default():
+    neg = negotiate(SessionDescription.parse(SIPP_PCMU_DTMF))
+    assert neg.remote_rtcp == ("127.0.0.1", 6001) and not neg.rtcp_mux
+    assert b"rtcp" not in build_answer(neg, local_address="127.0.0.1", local_port=20000,
+                                       session_id=1, version=1)  # fmt: skip
+
+
+def test_rtcp_attribute_gives_port_and_address():
+    neg = negotiate(SessionDescription.parse(offer("m=audio 4000 RTP/AVP 0", "a=rtcp:4005")))
+    assert neg.remote_rtcp == ("192.0.2.10", 4005)
+    neg = negotiate(
+        SessionDescription.parse(
+            offer("m=audio 4000 RTP/AVP 0", "a=rtcp:53020 IN IP4 198.51.100.7")
+        )
+    )
+    assert neg.remote_rtcp == ("198.51.100.7", 53020)
+
+
+@pytest.mark.parametrize("line", ["a=rtcp:", "a=rtcp:x", "a=rtcp:0", "a=rtcp:70000", "a=rtcp:9 IN"])
+def test_an_unreadable_rtcp_attribute_is_passed_over(line):
+    neg = negotiate(SessionDescription.parse(offer("m=audio 4000 RTP/AVP 0", line)))
+    assert neg.remote_rtcp == ("192.0.2.10", 4001)
+
+
+def test_rtp_port_65535_leaves_no_rtcp_port():
+    neg = negotiate(SessionDescription.parse(offer("m=audio 65535 RTP/AVP 0")))
+    assert neg.remote_rtcp == ("192.0.2.10", 0)
+
+
+def test_rtcp_mux_offered_is_accepted_and_answered():
+    neg = negotiate(
+        SessionDescription.parse(offer("m=audio 4000 RTP/AVP 0", "a=rtcp:4000", "a=rtcp-mux"))
+    )
+    assert neg.rtcp_mux and neg.remote_rtcp == ("192.0.2.10", 4000)
+    answer = build_answer(neg, local_address="127.0.0.1", local_port=20000, session_id=1, version=1)
+    assert b"a=rtcp-mux\r\n" in answer
+    assert SessionDescription.parse(answer).media[0].rtcp_mux
