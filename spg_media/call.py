@@ -411,6 +411,8 @@ class Call:
             on_dtmf=self._on_dtmf,
             on_playback_done=self._on_playback_done,
             inband=self.config.dtmf.inband != "off",
+            rtcp_remote=neg.remote_rtcp,
+            rtcp_mux=neg.rtcp_mux,
         )
         if neg.local_crypto is not None and neg.remote_crypto is not None:
             self.media.srtp = SrtpContext(neg.local_crypto, neg.remote_crypto)
@@ -532,6 +534,9 @@ class Call:
         if (neg.remote_address, neg.remote_port) != self.media.remote:
             self.media.remote = (neg.remote_address, neg.remote_port)
             self.media.latched = None
+            self.media.rtcp_remote = neg.remote_rtcp
+            self.media.rtcp_latched = None
+        self.media.rtcp_mux = neg.rtcp_mux
         self.media.dtmf_payload_type = neg.dtmf_payload_type
         self.media.renegotiate(neg.codec, neg.ptime)
         if neg.local_crypto is not None and neg.remote_crypto is not None:
@@ -734,6 +739,9 @@ class Call:
                 task.cancel()
         if self.rtp_port is not None:
             self.services.media.close(self.rtp_port)
+            quality = self._media_quality()
+            if quality is not None:
+                log.info("media quality", extra={"call_id": self.call_id, **quality})
         self.ua.dialogs.pop(self.call_id, None)
         self.services.calls.pop(self.call_id, None)
 
@@ -749,6 +757,7 @@ class Call:
             # what protects the call: an operator can check no card is keyed in clear
             "signalling": self.transport,
             "media": self._media_security(),
+            "quality": self._media_quality(),
         }
 
     def _media_security(self) -> dict[str, Any] | None:
@@ -759,6 +768,29 @@ class Call:
             "srtp": srtp.suite.name if srtp is not None else None,
             "srtp_drops": srtp.drops.as_dict() if srtp is not None else {},
             "dropped_foreign": self.media.stats.dropped_foreign,
+        }
+
+    def _media_quality(self) -> dict[str, Any] | None:
+        """The call's RTCP view of both streams: ours as the caller's side reports it."""
+        if self.media is None or self.media.rtcp is None:
+            return None
+        quality = self.media.rtcp.summary
+
+        def rounded(value: float | None) -> float | None:
+            return None if value is None else round(value, 1)
+
+        return {
+            "received": quality.received,
+            "lost": quality.lost,
+            "jitter_ms": rounded(quality.jitter_ms),
+            "peer_lost": quality.peer_lost,
+            "peer_lost_percent": rounded(
+                None if quality.peer_fraction_lost is None else 100 * quality.peer_fraction_lost
+            ),
+            "peer_jitter_ms": rounded(quality.peer_jitter_ms),
+            "rtt_ms": rounded(quality.rtt_ms),
+            "rtcp_sent": quality.reports_sent,
+            "rtcp_received": quality.reports_received,
         }
 
 

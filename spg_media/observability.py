@@ -537,6 +537,20 @@ RTP_DROPPED_TOTAL = METRICS.counter(
     "Received RTP packets dropped, by reason (e.g. wrong source, malformed, srtp).",
     ("reason",),
 )
+RTCP_PACKETS_TOTAL = METRICS.counter(
+    "spg_rtcp_packets_total",
+    "RTCP compound packets by direction (in: accepted from callers, out: our reports).",
+    ("direction",),
+)
+RTP_LOST_TOTAL = METRICS.counter(
+    "spg_rtp_lost_total",
+    "RTP packets callers sent that never arrived (RTCP reception statistics, at call end).",
+)
+RTP_JITTER_SECONDS = METRICS.histogram(
+    "spg_rtp_jitter_seconds",
+    "Interarrival jitter of each call's incoming RTP at its end (RFC 3550 A.8).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32),
+)
 DTMF_DIGITS_TOTAL = METRICS.counter(
     "spg_dtmf_digits_total", "DTMF digits detected, by source (rfc4733, inband, info).", ("source",)
 )

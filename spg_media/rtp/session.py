@@ -12,6 +12,13 @@ sends every due packet each 20 ms tick (DESIGN principle 3), so per-call work in
 dictionary walk and a `sendto`. The same tick runs the in-band DTMF detector once over the audio
 all `inband` sessions received since the previous tick (grouped into one numpy block per codec
 and size), and hands the events to each session's `on_dtmf` like RFC 4733 events.
+
+RTCP (RFC 3550 §6): each session keeps an `RtcpSession` from `attach` on, fed every RTP packet
+it accepts and sends. The engine binds the odd port above each RTP port for RTCP; reports go
+out from the tick when due (SRTCP for an SRTP call), to the peer's RTCP port (`rtcp_remote`:
+a=rtcp or its RTP port + 1, then wherever its RTCP really comes from), or over the RTP port
+with `rtcp_mux`; a BYE goes out when the session closes. RTCP on the RTCP port is taken only
+from the address the call's RTP comes from.
 """
 
 from __future__ import annotations
@@ -20,8 +27,10 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import math
 import random
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
@@ -30,9 +39,16 @@ import numpy as np
 
 from spg_media.dtmf.inband import InbandDetector
 from spg_media.dtmf.rfc4733 import DtmfEvent, Rfc4733Receiver
-from spg_media.observability import RTP_DROPPED_TOTAL, RTP_PACKETS_TOTAL
+from spg_media.observability import (
+    RTCP_PACKETS_TOTAL,
+    RTP_DROPPED_TOTAL,
+    RTP_JITTER_SECONDS,
+    RTP_LOST_TOTAL,
+    RTP_PACKETS_TOTAL,
+)
 from spg_media.rtp.g711 import decode_array, encode
 from spg_media.rtp.packet import RtpError, RtpPacket, build_rtp, is_rtcp
+from spg_media.rtp.rtcp import RtcpError, RtcpSession
 from spg_media.rtp.srtp import SrtpContext
 
 log = logging.getLogger("spg.rtp")
@@ -51,7 +67,8 @@ class MediaStats:
     dropped_foreign: int = 0
     dropped_malformed: int = 0
     dropped_srtp: int = 0  # refused by SRTP: forged, replayed, truncated, expired key
-    rtcp: int = 0
+    rtcp: int = 0  # RTCP compound packets received and accepted
+    rtcp_sent: int = 0
     audio: int = 0
     events: int = 0
     audio_late: int = 0  # audio packets the in-band detector had already gone past (reordered)
@@ -74,6 +91,8 @@ class MediaSession:
     hold: bool = False
     inband: bool = False  # collect the caller's audio for the engine's in-band DTMF detector
     srtp: SrtpContext | None = None  # SDES-SRTP keys of the call; None for plain RTP
+    rtcp_remote: tuple[str, int] | None = None  # where our RTCP goes (port 0 or None: nowhere)
+    rtcp_mux: bool = False  # RTCP shares the RTP port (RFC 5761)
 
     def __post_init__(self) -> None:
         self.payload_type = PAYLOAD_TYPE[self.codec]
@@ -92,6 +111,14 @@ class MediaSession:
         self.pending_seqs: list[int] = []  # their RTP sequence numbers
         self.pending_audio_at = 0.0  # arrival time of the newest of them
         self.fed_through: int | None = None  # sequence number of the last audio given to it
+        self.rtcp: RtcpSession | None = None  # from start_rtcp (the engine's attach) on
+        self.rtcp_due = math.inf  # when the next report is (read by the tick for every session)
+        self.rtcp_latched: tuple[str, int] | None = None  # the source of the peer's RTCP
+        self._wall_offset = 0.0  # wall clock minus `now`, for RTCP's NTP timestamps
+        # What a sender report says of our stream: payload octets sent, and the timestamp and
+        # send time of the latest packet (counted here: a call into RTCP per packet costs more).
+        self._octets_sent = 0
+        self._last_sent: tuple[int, float] | None = None
 
     def report_stats(self) -> None:
         """Add what changed since the last report to the process's RTP counters."""
@@ -108,7 +135,21 @@ class MediaSession:
             )
         if now.dropped_srtp != last.dropped_srtp:
             RTP_DROPPED_TOTAL.inc(now.dropped_srtp - last.dropped_srtp, reason="srtp")
+        if now.rtcp != last.rtcp:
+            RTCP_PACKETS_TOTAL.inc(now.rtcp - last.rtcp, direction="in")
+        if now.rtcp_sent != last.rtcp_sent:
+            RTCP_PACKETS_TOTAL.inc(now.rtcp_sent - last.rtcp_sent, direction="out")
         self._reported = dataclasses.replace(now)
+
+    def report_quality(self) -> None:
+        """At the call's end: its incoming stream's loss and jitter to the process's metrics."""
+        if self.rtcp is None:
+            return
+        quality = self.rtcp.summary
+        if quality.lost:
+            RTP_LOST_TOTAL.inc(quality.lost)
+        if quality.received:
+            RTP_JITTER_SECONDS.observe(quality.jitter_ms / 1000)
 
     # ---- receiving --------------------------------------------------------------------------
 
@@ -126,13 +167,16 @@ class MediaSession:
                 return
             data = plain
         if self.latched is None:
+            if source != self.remote and not self.rtcp_mux and self.rtcp_latched is None:
+                # Behind a NAT: its RTCP most likely leaves from the port above its RTP's.
+                self.rtcp_remote = (source[0], source[1] + 1) if source[1] < 65535 else None
             self.latched = source
             self.remote = source  # symmetric RTP: answer where the caller really is
         elif source != self.latched:
             self.stats.dropped_foreign += 1
             return
         if rtcp:
-            self.stats.rtcp += 1
+            self._take_rtcp(data, now)
             return
         try:
             packet = RtpPacket.parse(data)
@@ -140,6 +184,14 @@ class MediaSession:
             self.stats.dropped_malformed += 1
             return
         self.stats.received += 1
+        if self.rtcp is not None:
+            self.rtcp.rtp_received(
+                packet.ssrc,
+                packet.sequence,
+                packet.timestamp,
+                now,
+                packet.payload_type != self.dtmf_payload_type,  # audio: jitter counts
+            )
         if self.dtmf_payload_type is not None and packet.payload_type == self.dtmf_payload_type:
             self.stats.events += 1
             events = self.receiver.receive(
@@ -157,6 +209,83 @@ class MediaSession:
                 self.pending_audio_at = now
             if self.on_audio is not None:
                 self.on_audio(packet.payload, now)
+
+    def receive_rtcp(self, data: bytes, source: tuple[str, int], now: float) -> None:
+        """A datagram on the RTCP port: taken from the address the call's RTP comes from (its
+        first accepted packet sets where our reports go), SRTCP-checked for an SRTP call."""
+        if self.rtcp_latched is not None:
+            foreign = source != self.rtcp_latched
+        else:
+            foreign = source[0] != (self.latched or self.remote)[0]
+        if foreign:
+            self.stats.dropped_foreign += 1
+            return
+        if self.srtp is not None:
+            plain = self.srtp.unprotect_rtcp(data)
+            if plain is None:
+                self.stats.dropped_srtp += 1
+                return
+            data = plain
+        if self._take_rtcp(data, now) and self.rtcp_latched is None:
+            self.rtcp_latched = source
+            self.rtcp_remote = source  # symmetric RTCP (RFC 4961)
+
+    def _take_rtcp(self, data: bytes, now: float) -> bool:
+        """A plain RTCP compound packet from the peer: counted, and read for its reports."""
+        if self.rtcp is not None:
+            try:
+                self.rtcp.receive(data, now, now + self._wall_offset)
+            except RtcpError:
+                self.stats.dropped_malformed += 1
+                return False
+        self.stats.rtcp += 1
+        return True
+
+    def start_rtcp(self, now: float, wall: float, rng: random.Random | None = None) -> None:
+        """Start RTCP: statistics from now on, the first report in 1 to 3 s (`rng` draws the
+        randomised intervals)."""
+        self.rtcp = RtcpSession(self.ssrc, now, rng=rng)
+        self.rtcp_due = self.rtcp.next_report_at()
+        self._wall_offset = wall - now
+
+    def rtcp_report(self, now: float) -> bytes | None:
+        """The RTCP report due now (SRTCP for an SRTP call), or None."""
+        if self.rtcp is None or now < self.rtcp_due:
+            return None
+        self._tell_rtcp_sent()
+        packet = self.rtcp.report(now, now + self._wall_offset)
+        self.rtcp_due = self.rtcp.next_report_at()
+        return self._protect_rtcp(packet) if packet is not None else None
+
+    def rtcp_bye(self, now: float) -> bytes | None:
+        """The last RTCP packet of the call: a report and a BYE."""
+        if self.rtcp is None:
+            return None
+        self._tell_rtcp_sent()
+        packet = self.rtcp.bye(now, now + self._wall_offset)
+        self.rtcp_due = self.rtcp.next_report_at()
+        return self._protect_rtcp(packet)
+
+    def _tell_rtcp_sent(self) -> None:
+        if self.rtcp is not None and self._last_sent is not None:
+            self.rtcp.sent_so_far(self.stats.sent, self._octets_sent, *self._last_sent)
+
+    def _protect_rtcp(self, packet: bytes) -> bytes | None:
+        if self.srtp is not None:
+            protected = self.srtp.protect_rtcp(packet)
+            if protected is None:
+                return None
+            packet = protected
+        self.stats.rtcp_sent += 1
+        return packet
+
+    @property
+    def rtcp_target(self) -> tuple[str, int] | None:
+        """Where our RTCP goes now, or None."""
+        target = self.remote if self.rtcp_mux else self.rtcp_remote
+        if target is None or not target[1] or target[0] in ("0.0.0.0", "::"):
+            return None  # no port, or RFC 2543 hold: "send me nothing" (0.0.0.0 is this host)
+        return target
 
     def _queue_audio(self, sequence: int, payload: bytes) -> None:
         """Queue a payload for the in-band detector in RTP sequence order: a packet the network
@@ -260,9 +389,10 @@ class MediaSession:
     def playing(self) -> bool:
         return self._frame_index < len(self._frames)
 
-    def next_packet(self) -> bytes | None:
+    def next_packet(self, due: float | None = None) -> bytes | None:
         """The next outgoing packet: prompt audio while playing, else silence (SRTP-protected
-        when the call has keys; None in the never-expected case that protection fails)."""
+        when the call has keys; None in the never-expected case that protection fails).
+        `due`: when it is meant to leave, for RTCP's sender reports."""
         if self._frame_index < len(self._frames):
             payload = self._frames[self._frame_index]
             self._frame_index += 1
@@ -274,6 +404,9 @@ class MediaSession:
         else:
             payload = self._silence
         packet = build_rtp(self.payload_type, self._seq, self._ts, self.ssrc, payload, self._marker)
+        self._octets_sent += len(payload)
+        if due is not None:
+            self._last_sent = (self._ts, due)
         self._marker = False
         self._seq = (self._seq + 1) & 0xFFFF
         self._ts = (self._ts + self.samples_per_packet) & 0xFFFFFFFF
@@ -287,15 +420,21 @@ class MediaSession:
 
 
 class _SessionProtocol(asyncio.DatagramProtocol):
-    def __init__(self, engine: MediaEngine, port: int) -> None:
+    """The RTP port of a session (`port`), or with `rtcp` the RTCP port above it."""
+
+    def __init__(self, engine: MediaEngine, port: int, rtcp: bool = False) -> None:
         self.engine = engine
         self.port = port
+        self.rtcp = rtcp
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:  # type: ignore[override]
         session = self.engine.sessions.get(self.port)
         if session is not None:
             source = (str(addr[0]), int(cast(int, addr[1])))
-            session.receive(data, source, self.engine.loop.time())
+            if self.rtcp:
+                session.receive_rtcp(data, source, self.engine.loop.time())
+            else:
+                session.receive(data, source, self.engine.loop.time())
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable while the peer is gone: not worth more than a debug line.
@@ -315,6 +454,7 @@ class MediaEngine:
         self.port_max = port_max
         self.sessions: dict[int, MediaSession] = {}
         self.transports: dict[int, asyncio.DatagramTransport] = {}
+        self.rtcp_transports: dict[int, asyncio.DatagramTransport] = {}  # by RTP port
         self._next_port = self.port_min
         self._tick_task: asyncio.Task[None] | None = None
         # The loop that runs the engine, taken on first use: asking for it here would fail,
@@ -329,32 +469,42 @@ class MediaEngine:
         return self._loop
 
     async def open(self) -> int:
-        """Bind a free even port from the range and return it (the session is attached later)."""
+        """Bind a free even port from the range, and the odd one above it for RTCP, and return
+        the even one (the session is attached later)."""
         self._loop = asyncio.get_running_loop()
-        span = (self.port_max - self.port_min) // 2 + 1
+        span = (self.port_max - 1 - self.port_min) // 2 + 1  # even ports with an odd one above
         for _ in range(span):
             port = self._next_port
             self._next_port += 2
-            if self._next_port > self.port_max:
+            if self._next_port + 1 > self.port_max:
                 self._next_port = self.port_min
             if port in self.transports:
                 continue
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sockets: list[socket.socket] = []
             try:
-                sock.bind((self.address, port))
-            except OSError:
-                sock.close()
+                for number in (port, port + 1):
+                    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    sockets.append(sock)
+                    sock.bind((self.address, number))
+                    sock.setblocking(False)
+            except OSError:  # either taken: the next pair
+                for sock in sockets:
+                    sock.close()
                 continue
-            sock.setblocking(False)
             transport, _ = await self.loop.create_datagram_endpoint(
-                functools.partial(_SessionProtocol, self, port), sock=sock
+                functools.partial(_SessionProtocol, self, port), sock=sockets[0]
+            )
+            rtcp, _ = await self.loop.create_datagram_endpoint(
+                functools.partial(_SessionProtocol, self, port, True), sock=sockets[1]
             )
             self.transports[port] = transport
+            self.rtcp_transports[port] = rtcp
             return port
         raise PortRangeExhausted(f"no free RTP port in {self.port_min}-{self.port_max}")
 
     def attach(self, port: int, session: MediaSession) -> None:
         session.next_send_at = self.loop.time()
+        session.start_rtcp(self.loop.time(), time.time())
         self.sessions[port] = session
         if session.inband:
             if self.inband is None:
@@ -366,13 +516,24 @@ class MediaEngine:
     def close(self, port: int) -> None:
         session = self.sessions.pop(port, None)
         if session is not None:
+            self._send_rtcp(port, session, session.rtcp_bye(self.loop.time()))
             session.report_stats()
+            session.report_quality()
             if session.inband_slot is not None and self.inband is not None:
                 self.inband.remove_channel(session.inband_slot)
                 session.inband_slot = None
-        transport = self.transports.pop(port, None)
+        for transports in (self.transports, self.rtcp_transports):
+            transport = transports.pop(port, None)
+            if transport is not None:
+                transport.close()
+
+    def _send_rtcp(self, port: int, session: MediaSession, packet: bytes | None) -> None:
+        target = session.rtcp_target
+        if packet is None or target is None:
+            return
+        transport = (self.transports if session.rtcp_mux else self.rtcp_transports).get(port)
         if transport is not None:
-            transport.close()
+            transport.sendto(packet, target)
 
     async def aclose(self) -> None:
         for port in list(self.transports):
@@ -441,13 +602,15 @@ class MediaEngine:
                 self._detect_inband()
             for port, session in list(self.sessions.items()):
                 session.poll(now)
+                if now >= session.rtcp_due:
+                    self._send_rtcp(port, session, session.rtcp_report(now))
                 if session.hold or session.next_send_at is None:
                     continue
                 transport = self.transports.get(port)
                 sent = 0
                 # Catch up after a late tick, but never burst more than 3 packets.
                 while session.next_send_at <= now + 0.001 and sent < 3:
-                    packet = session.next_packet()
+                    packet = session.next_packet(session.next_send_at)
                     if transport is not None and packet is not None:
                         transport.sendto(packet, session.remote)
                     session.next_send_at += session.ptime_ms / 1000

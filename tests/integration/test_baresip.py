@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -380,6 +381,57 @@ def test_tls_srtp_payment_approved_with_nothing_in_clear(
         keys = sdp_crypto_keys("\n".join(m.text for m in phone.sip_trace()))
         for clear in (*keys, "a=crypto", payment.txn, "X-SPG-Result"):
             assert not capture.contains(clear), f"{clear!r} in clear on the wire"
+
+
+# ---- RTCP ------------------------------------------------------------------------------------
+
+
+def _rtcp_member(phone: Baresip) -> dict[str, Any] | None:
+    """baresip's RTCP view of us (`audio_debug`): RTP/RTCP ports it sends to, our SR's packet
+    count (psent) and its round trip from our report blocks' LSR/DLSR; None until it has both."""
+    text = phone.command("audio_debug").data
+    remote = re.search(r"remote: [\d.]+:(\d+)/[\d.]+:(\d+)", text)
+    member = re.search(r"member 0x[0-9a-f]+: .*RTT=([\d.]+)ms\s+IP=\S+ psent=(\d+)", text)
+    if remote is None or member is None or float(member[1]) <= 0 or int(member[2]) <= 0:
+        return None
+    return {"rtp": int(remote[1]), "rtcp": int(remote[2]), "psent": int(member[2])}
+
+
+def _quality(node: SpgTlsNode, call_id: str) -> dict[str, Any] | None:
+    for line in node.logs().splitlines():
+        if '"media quality"' in line and call_id in line:
+            entry: dict[str, Any] = json.loads(line)
+            return entry
+    return None
+
+
+@pytest.mark.parametrize(
+    ("mediaenc", "mux"), [(None, "no"), ("srtp-mand", "no"), ("srtp-mand", "yes")]
+)
+def test_rtcp_reports_go_both_ways(
+    node: SpgTlsNode, tmp_path: Path, mediaenc: str | None, mux: str
+) -> None:
+    """baresip reads our reports (SRTCP on an SRTP call; on the RTP port with rtcp-mux) and we
+    read its: each side's round trip needs the other's report about its own."""
+    account = Account(transport="udp", mediaenc=mediaenc)
+    with Baresip(tmp_path / "baresip", account, extra_config={"rtcp_mux": mux}) as phone:
+        first = dial(phone, pay_uri(node, "udp", token()))
+        assert first.type == "CALL_ESTABLISHED", explain(phone, node)
+        ports: dict[str, Any] = {}
+
+        def reported() -> bool:
+            ports.update(_rtcp_member(phone) or {})
+            return bool(ports)
+
+        # reports every 2-6 s each way: a round trip within ~13 s
+        assert wait_for(reported, 25), explain(phone, node)
+        assert ports["rtcp"] == ports["rtp"] + (0 if mux == "yes" else 1), ports
+        phone.hangup()
+        phone.wait_event(lambda e: e.type == "CALL_CLOSED" and e.call_id == first.call_id, 10)
+    assert wait_for(lambda: _quality(node, first.call_id), 5), node.logs()[-2000:]
+    quality = _quality(node, first.call_id) or {}
+    assert quality["rtcp_received"] >= 1 and quality["rtcp_sent"] >= 2, quality
+    assert quality["peer_lost"] == 0 and quality["received"] > 100, quality  # its word on us
 
 
 def test_srtp_required_refuses_plain_offer_with_488(
