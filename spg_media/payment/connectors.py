@@ -45,8 +45,6 @@ VALID_TOKEN = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 VALID_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # visible ASCII: safe in a header
 TRANSACTION_STATUS = re.compile(r"[a-z][a-z_-]{0,31}")
 CURRENCY = re.compile(r"[A-Z]{3}")
-# The last-resort card guard of the CDR (cdr.py) refuses these; refuse them at the source.
-CARD_LIKE_RUN = re.compile(r"[0-9]{12,}")
 MAX_ANSWER_BYTES = 64 * 1024
 MAX_FIELD_CHARS = 256
 SANDBOX_BASE_URL = "http://sandbox.spg.invalid"
@@ -188,6 +186,25 @@ class HttpConnector:
         except InvalidAnswer as exc:
             log.warning("authorize %s attempt %d: invalid answer (%s)", tx.token, attempt, exc)
             return _error(f"platform answer invalid: {exc}")
+        echoed = _echoing_card(result, card)
+        if echoed:
+            # A platform that echoes the card number: those fields go, the result stays (the
+            # card may be charged: calling that an error would invite a second charge).
+            log.warning(
+                "authorize %s attempt %d: the card number in %s, dropped",
+                tx.token,
+                attempt,
+                ", ".join(echoed),
+            )
+            result = AuthorizationResult(
+                result.result,
+                reference="" if "reference" in echoed else result.reference,
+                authorization_code=""
+                if "authorization_code" in echoed
+                else result.authorization_code,
+                card_token="" if "card_token" in echoed else result.card_token,
+                decline_code="" if "decline_code" in echoed else result.decline_code,
+            )
         log.info(
             "authorize %s attempt %d (%s): %s %s",
             tx.token,
@@ -271,9 +288,21 @@ def _text(data: dict[str, Any], name: str, *, required: bool) -> str:
         return ""
     if not isinstance(value, str) or len(value) > MAX_FIELD_CHARS or not value.isprintable():
         raise InvalidAnswer(f"{name} is not a short string")
-    if CARD_LIKE_RUN.search(value):
-        raise InvalidAnswer(f"{name} holds a card-number-like digit run")
     return value
+
+
+def _echoing_card(result: AuthorizationResult, card: CardData) -> list[str]:
+    """The answer's fields that hold the card number, separators or not. A long digit run alone
+    is no reason (numeric references, tokens and order numbers are common): only this card's
+    number, which must not reach headers, CDRs or logs through the platform's answer."""
+    return [
+        name
+        for name in _ANSWER_FIELDS
+        if card.pan.occurs_in(re.sub(r"[^0-9]", "", getattr(result, name)))
+    ]
+
+
+_ANSWER_FIELDS = ("reference", "authorization_code", "card_token", "decline_code")
 
 
 def _authorization_result(content: bytes) -> AuthorizationResult:

@@ -38,6 +38,10 @@ class SecretDigits:
         """The first n digits, for brand detection by IIN (n <= 8)."""
         return self._buf[:n].decode("ascii")
 
+    def occurs_in(self, digits: str) -> bool:
+        """Whether these digits appear in `digits` (compared in place, no copy made)."""
+        return len(self._buf) > 0 and self._buf in digits.encode("ascii", "ignore")
+
     def reveal(self) -> str:
         """The digits as a string: only for the payment request and card rules."""
         return self._buf.decode("ascii")

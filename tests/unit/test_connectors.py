@@ -575,8 +575,6 @@ def test_null_optional_fields_are_empty() -> None:
         ({"result": "approved", "reference": "R", "card_token": ["x"]}, "card_token"),
         ({"result": "approved", "reference": "R", "authorization_code": 123456}, "authorization"),
         ({"result": "declined", "reference": "R", "decline_code": {}}, "decline_code"),
-        ({"result": "approved", "reference": "4111111111111111"}, "digit run"),
-        ({"result": "approved", "reference": "R", "card_token": "tok_5555555555554444"}, "digit"),
     ],
 )
 def test_invalid_answers_are_errors(payload: Any, detail: str) -> None:
@@ -584,6 +582,65 @@ def test_invalid_answers_are_errors(payload: Any, detail: str) -> None:
     assert outcome.result is Result.ERROR
     assert outcome.detail.startswith("platform answer invalid")
     assert detail in outcome.detail
+
+
+def test_long_numbers_in_an_answer_are_kept_and_the_result_stands() -> None:
+    # Numeric references (16 digits, this one Luhn-valid), tokens that hold another card's
+    # number: the platform's data, not the caller's card. The payment stands.
+    payload = {
+        "result": "approved",
+        "reference": "4539578763621486",
+        "authorization_code": "000123456789012",
+        "card_token": "tok_5555555555554444",
+    }
+    outcome = authorize_with(answer(payload))
+    assert outcome.result is Result.APPROVED
+    assert outcome.reference == "4539578763621486"
+    assert outcome.authorization_code == "000123456789012"
+    assert outcome.card_token == "tok_5555555555554444"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("reference", "4111111111111111"),
+        ("reference", "ref-4111 1111 1111 1111"),
+        ("card_token", "tok_4111-1111-1111-1111"),
+        ("authorization_code", "A4111111111111111Z"),
+    ],
+)
+def test_the_callers_card_number_echoed_back_is_dropped_and_the_result_stands(
+    field: str, value: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    payload = {"result": "approved", "reference": "R-1", field: value}
+    with caplog.at_level(logging.DEBUG):
+        outcome = authorize_with(answer(payload))
+    assert outcome.result is Result.APPROVED
+    assert getattr(outcome, field) == ""
+    if field != "reference":
+        assert outcome.reference == "R-1"
+    assert f"the card number in {field}, dropped" in caplog.text
+    assert_no_card_data(repr(outcome) + caplog.text)
+    declined = authorize_with(answer({"result": "declined", "reference": value}))
+    assert declined.result is Result.DECLINED and declined.reference == ""
+
+
+def test_long_numbers_in_a_transaction_are_kept() -> None:
+    order = "ORD-20261127000123"
+    info = lookup_with(
+        answer(
+            {
+                "token": "tok-1",
+                "operation": "sale",
+                "amount_minor": 4990,
+                "currency": "EUR",
+                "order": order,
+                "merchant": "Shop 123456789012",
+                "status": "pending",
+            }
+        )
+    )
+    assert info is not None and info.order == order and info.merchant == "Shop 123456789012"
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 400, 401, 404, 409, 422, 201, 302])
