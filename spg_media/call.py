@@ -61,6 +61,7 @@ from spg_media.sip.sdp import (
 from spg_media.sip.transaction import Address
 from spg_media.sip.ua import ALLOW, SipUserAgent
 from spg_media.sip.uri import NameAddr, SipSyntaxError, SipUri
+from spg_media.tts.phrases import SUPPORTED_LANGUAGES
 from spg_media.tts.prompts import PromptLibrary
 
 log = logging.getLogger("spg.call")
@@ -170,6 +171,9 @@ class Call:
             await self._run()
         except Exception:
             log.exception("call failed", extra={"call_id": self.call_id})
+            if self.outcome is None:  # a bug of ours: the call still has a result
+                self.outcome = Outcome(Result.ERROR)
+                self._record(self.outcome)
             if self.answered and not self.hung_up and self.dialog is not None:
                 with contextlib.suppress(Exception):
                     await self._bye(self._result_headers(Result.ERROR))
@@ -192,18 +196,20 @@ class Call:
         failure = self._check_handoff()
         if failure is None:
             failure = await self._lookup()
-        if self.cancelled:
+        if self.cancelled:  # the caller gave up while it rang: still a result to record
+            self._end_early(Result.HUNG_UP)
             return
-        if self.transaction is not None and self.transaction.language:
-            self.language = self.transaction.language
-        if self.handoff.language:
-            self.language = self.handoff.language
-        if self.language not in ("en", "es"):
-            self.language = self.config.ivr.language
+        self.language = prompt_language(
+            self.handoff.language or "",
+            (self.transaction.language if self.transaction is not None else None) or "",
+            self.config.ivr.language,
+        )
 
         # 3. Answer.
         await self._answer()
         if self.cancelled or self.hung_up:
+            # No media port (our failure), or the caller gone before the journey began.
+            self._end_early(Result.HUNG_UP if self.answered or self.cancelled else Result.ERROR)
             return
 
         # 4. The caller's journey.
@@ -230,6 +236,12 @@ class Call:
         if not self.hung_up:
             self.phase = "returning"
             await self._return_caller(outcome)
+
+    def _end_early(self, result: Result) -> None:
+        """A call that ends before its journey: recorded all the same (CDR, callback)."""
+        self.outcome = Outcome(result)
+        self.marks["finished"] = time.monotonic()
+        self._record(self.outcome)
 
     async def _drive(self, journey: Journey) -> Outcome:
         loop = asyncio.get_running_loop()
@@ -792,6 +804,17 @@ class Call:
             "rtcp_sent": quality.reports_sent,
             "rtcp_received": quality.reports_received,
         }
+
+
+def prompt_language(*candidates: str) -> str:
+    """The first of the candidates (X-SPG-Language, the transaction's, the configured one) that
+    we have prompts for, by its primary subtag: "es-ES", "ES" and "es_MX" are "es". The last
+    one (the configuration's, validated) when none is."""
+    for tag in candidates:
+        primary = tag.strip().replace("_", "-").split("-", 1)[0].lower()
+        if primary in SUPPORTED_LANGUAGES:
+            return primary
+    return candidates[-1]
 
 
 def _sipfrag_status(body: bytes) -> int | None:

@@ -408,3 +408,105 @@ def test_tls_srtp_payment_survives_forged_truncated_and_replayed_packets(tmp_pat
     ok = next(b for b in blobs if b.startswith("SIP/2.0 200") and "1 INVITE" in b)
     node_port = config.sip.listen[0].rsplit(":", 1)[1]
     assert f"Contact: <sips:spg@127.0.0.1:{node_port}>" in ok, ok
+
+
+# ---- calls that end before their journey -----------------------------------------------------
+
+SDP_OFFER = (
+    "v=0\r\no=t 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    "m=audio 40000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n"
+    "a=rtpmap:101 telephone-event/8000\r\n"
+)
+
+
+def sip_request(method: str, port: int, call_id: str, cseq: str, to_tag: str = "") -> bytes:
+    body = SDP_OFFER if method == "INVITE" else ""
+    lines = [
+        f"{method} sip:pay@127.0.0.1:{port};x-spg-transaction=sbx-100-EUR-{call_id} SIP/2.0",
+        f"Via: SIP/2.0/UDP 127.0.0.1:{port + 1000};branch=z9hG4bK-{call_id}-{cseq.split()[0]}",
+        "Max-Forwards: 70",
+        f"From: <sip:caller@127.0.0.1>;tag=t-{call_id}",
+        f"To: <sip:pay@127.0.0.1>{';tag=' + to_tag if to_tag else ''}",
+        f"Call-ID: {call_id}",
+        f"CSeq: {cseq}",
+        f"Contact: <sip:caller@127.0.0.1:{port + 1000}>",
+        "X-SPG-Callback: https://merchant.test/result",
+    ]
+    if body:
+        lines.append("Content-Type: application/sdp")
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
+
+
+async def final_answer(sock: socket.socket, method: str) -> str:
+    """The first final response to `method` on the caller's socket (text)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        text = (await asyncio.wait_for(loop.sock_recv(sock, 65536), 10)).decode()
+        status = int(text.split(" ", 2)[1])
+        cseq = re.search(r"^CSeq:\s*\d+\s+(\w+)", text, re.MULTILINE)
+        if status >= 200 and cseq is not None and cseq[1] == method:
+            return text
+
+
+@pytest.mark.timeout(60)
+def test_calls_ended_before_their_journey_are_recorded_hung_up(tmp_path):
+    """A CANCEL while the transaction is looked up, and a BYE before the ACK: each call is
+    still a CDR line and a callback (CONTRACT §5, §8: `hung-up`)."""
+    config = node_config(tmp_path)
+    capture = Capture()
+
+    async def scenario() -> tuple[str, str, str]:
+        server, port = await start_node(config, capture)
+        assert server.services is not None
+        services = server.services
+        connector = services.connector
+        looking = asyncio.Event()
+        release = asyncio.Event()
+
+        class SlowLookup:
+            """The platform takes its time over the lookup (until released)."""
+
+            async def lookup(self, token: str) -> Any:
+                looking.set()
+                await release.wait()
+                return await connector.lookup(token)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(connector, name)
+
+        services.connector = SlowLookup()  # type: ignore[assignment]
+        loop = asyncio.get_running_loop()
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.bind(("127.0.0.1", port + 1000))
+                sock.setblocking(False)
+                node = ("127.0.0.1", port)
+                await loop.sock_sendto(sock, sip_request("INVITE", port, "gone1", "1 INVITE"), node)
+                await asyncio.wait_for(looking.wait(), 5)
+                await loop.sock_sendto(sock, sip_request("CANCEL", port, "gone1", "1 CANCEL"), node)
+                cancel = await final_answer(sock, "CANCEL")
+                release.set()
+                invite = await final_answer(sock, "INVITE")
+
+                # the second caller: answered, then gone before its ACK
+                await loop.sock_sendto(sock, sip_request("INVITE", port, "gone2", "1 INVITE"), node)
+                answered = await final_answer(sock, "INVITE")
+                to_tag = answered.split("\r\nTo:", 1)[1].split("tag=", 1)[1].split("\r\n", 1)[0]
+                bye = sip_request("BYE", port, "gone2", "2 BYE", to_tag=to_tag)
+                await loop.sock_sendto(sock, bye, node)
+                await final_answer(sock, "BYE")
+                for _ in range(100):
+                    if len(cdr_lines(config)) == 2 and len(capture.callbacks) == 2:
+                        break
+                    await asyncio.sleep(0.05)
+                return cancel, invite, answered
+        finally:
+            await server.stop(grace_s=5)
+
+    cancel, invite, answered = asyncio.run(scenario())
+    assert cancel.startswith("SIP/2.0 200") and invite.startswith("SIP/2.0 487"), invite
+    assert answered.startswith("SIP/2.0 200")
+    results = {r["call_id"]: r["result"] for r in cdr_lines(config)}
+    assert results == {"gone1": "hung-up", "gone2": "hung-up"}
+    assert sorted(json.loads(c)["result"] for c in capture.callbacks) == ["hung-up", "hung-up"]
