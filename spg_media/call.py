@@ -160,6 +160,7 @@ class Call:
         self._play_generation = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self.authorizations = 0
+        self.return_to_trusted = True  # False when the handoff's signature fails
 
     # ---- the story --------------------------------------------------------------------------
 
@@ -389,6 +390,9 @@ class Call:
         )
         if not ok:
             log.warning("handoff signature missing or invalid", extra={"call_id": self.call_id})
+            # What it signs cannot be trusted: the caller is not sent to its X-SPG-Return-To
+            # (the callback still goes only to an allowed URL, with the result).
+            self.return_to_trusted = False
             return Result.INVALID_HANDOFF
         return None
 
@@ -585,7 +589,7 @@ class Call:
         return headers
 
     def _return_target(self) -> str | None:
-        candidates = [self.handoff.return_to]
+        candidates = [self.handoff.return_to if self.return_to_trusted else None]
         referred_by = self.invite.headers.get("Referred-By")
         if referred_by:
             with contextlib.suppress(SipSyntaxError):

@@ -90,12 +90,15 @@ class TestCaller:
         transport: str = "udp",
         srtp: bool = False,
         tls_ca_file: str | None = None,
+        handoff_signature: Callable[[str], str] | None = None,
     ) -> None:
         self.target = target
         self.transaction = transaction
         self.local_host = local_host
         self.return_to = return_to
         self.extra_headers = extra_headers or []
+        # The PBX's X-SPG-Signature for a Call-ID (`payment.signing.sign_handoff`), if any.
+        self.handoff_signature = handoff_signature
         self.on_progress = on_progress or (lambda _msg: None)
         self.request_uri = request_uri or f"sip:pay@{target[0]}:{target[1]}"
         self.inband = inband
@@ -323,6 +326,8 @@ class TestCaller:
             headers.add("X-SPG-Return-To", self.return_to)
         for name, value in self.extra_headers:
             headers.add(name, value)
+        if self.handoff_signature is not None:
+            headers.add("X-SPG-Signature", self.handoff_signature(call_id))
         headers.add("Content-Type", "application/sdp")
         offered = srtp_keys.offer_attributes() if self.use_srtp else []
         self._offered = offered

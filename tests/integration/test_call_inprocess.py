@@ -13,6 +13,8 @@ import json
 import logging
 import re
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ import pytest
 from spg_media import observability as obs
 from spg_media.cdr import CallbackSender
 from spg_media.config import Config, load_config
+from spg_media.payment.signing import sign_handoff
 from spg_media.server import Server
 from spg_media.testcaller import CallerReport, TestCaller
 
@@ -510,3 +513,81 @@ def test_calls_ended_before_their_journey_are_recorded_hung_up(tmp_path):
     results = {r["call_id"]: r["result"] for r in cdr_lines(config)}
     assert results == {"gone1": "hung-up", "gone2": "hung-up"}
     assert sorted(json.loads(c)["result"] for c in capture.callbacks) == ["hung-up", "hung-up"]
+
+
+@pytest.mark.timeout(120)
+def test_signed_handoffs_pay_and_bad_signatures_end_invalid_handoff(tmp_path):
+    """`handoff.signing_secret` set: a good X-SPG-Signature pays; a stale, a forged or a
+    missing one ends `invalid-handoff`, and the caller is not sent to the X-SPG-Return-To it
+    failed to vouch for."""
+    secret = "pbx-and-node-share-this"
+    config = node_config(tmp_path)
+    config = dataclasses.replace(
+        config, handoff=dataclasses.replace(config.handoff, signing_secret=secret)
+    )
+    return_to = "sip:agent@127.0.0.1:5999"
+    callback = "https://merchant.test/result"
+    capture = Capture()
+
+    def signer(key: str, age_s: float) -> Callable[[str], str]:
+        def sign(call_id: str) -> str:
+            txn = f"sbx-4990-EUR-sig-{key}"
+            return sign_handoff(
+                key if key == "forged" else secret,
+                int(time.time() - age_s),
+                call_id,
+                txn,
+                return_to,
+                callback,
+            )
+
+        return sign
+
+    async def one(key: str, age_s: float | None, fields: list[str]) -> CallerReport:
+        caller = TestCaller(
+            ("127.0.0.1", port_box[0]),
+            f"sbx-4990-EUR-sig-{key}",
+            return_to=return_to,
+            extra_headers=[("X-SPG-Callback", callback)],
+            handoff_signature=None if age_s is None else signer(key, age_s),
+        )
+        try:
+            await caller.start()
+            assert await caller.call() == 200
+            await asyncio.sleep(0.3)
+            for keys in fields:
+                await caller.key(keys, gap_s=0.06)
+            return await caller.wait_end(90)
+        finally:
+            await caller.close()
+
+    port_box: list[int] = []
+
+    async def scenario() -> list[CallerReport]:
+        server, port = await start_node(config, capture)
+        port_box.append(port)
+        try:
+            return list(
+                await asyncio.gather(
+                    one("good", 1.0, ["4111111111111111#", "1230", "123"]),
+                    one("stale", 3600.0, []),
+                    one("forged", 1.0, []),
+                    one("none", None, []),
+                )
+            )
+        finally:
+            await server.stop(grace_s=10)
+
+    good, stale, forged, unsigned = asyncio.run(scenario())
+    assert good.result_headers.get("X-SPG-Result") == "approved"
+    assert good.ended_by == "refer" and good.refer_to.startswith(f"<{return_to};")
+    for report in (stale, forged, unsigned):
+        assert report.result_headers.get("X-SPG-Result") == "invalid-handoff"
+        assert report.ended_by == "bye"  # not REFERred to the unverified Return-To
+    results = {r["transaction"]: r["result"] for r in cdr_lines(config)}
+    assert results == {
+        "sbx-4990-EUR-sig-good": "approved",
+        "sbx-4990-EUR-sig-stale": "invalid-handoff",
+        "sbx-4990-EUR-sig-forged": "invalid-handoff",
+        "sbx-4990-EUR-sig-none": "invalid-handoff",
+    }
