@@ -32,8 +32,8 @@ States and transitions (every one of them is below, and `_TRANSITIONS` enforces 
     CONFIRM ──'1'──▶ PROCESSING                  Play(processing), Authorize(card, 1)
     CONFIRM ──'2'──▶ CARD                        every field cleared and wiped, counters reset
     any field ──'*' on empty / max failures──▶ CLOSING    Play(cancelled|too_many_attempts, goodbye)
-    PROCESSING ──authorized──▶ RESULT            Play(approved|tokenized + press_9_to_repeat
-                                                      | declined | payment_error)
+    PROCESSING ──authorized──▶ RESULT            Play(approved|tokenized|declined, with the
+                                                 reference, + press_9_to_repeat | payment_error)
     PROCESSING ──hangup──▶ HUNG_UP_AUTHORIZING ──authorized──▶ FINISHED (the platform's
                                                  result, reference, codes and token kept)
     RESULT ──prompt_done──▶ REPEAT_WAIT ──'9'──▶ RESULT (replayed, at most MAX_RESULT_REPEATS)
@@ -367,7 +367,7 @@ class Journey:
             name = "tokenized" if tokenize else "approved"
             parts = (_part(name, reference=result.reference), _part("press_9_to_repeat"))
         elif result.result is Result.DECLINED:
-            parts = (_part("declined"),)
+            parts = (_part("declined", reference=result.reference), _part("press_9_to_repeat"))
         else:
             parts = (_part("payment_error"),)
         self._result_parts = parts

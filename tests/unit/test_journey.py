@@ -884,7 +884,9 @@ def test_each_confirm_prompt_gets_a_fresh_copy_of_the_expiry() -> None:
 def test_declined() -> None:
     caller = Caller()
     caller.to_authorize("4000000000000002")
-    assert caller.authorized(DECLINED) == [Play((part("declined"),), False)]
+    # the result and its reference, and how to hear it again (CONTRACT §4 step 6)
+    declined = Play((part("declined", reference="R124"), part("press_9_to_repeat")), False)
+    assert caller.authorized(DECLINED) == [declined]
     outcome = caller.finish_result()
     assert (outcome.result, outcome.reference, outcome.decline_code) == (
         Result.DECLINED,
@@ -932,7 +934,8 @@ def test_repeat_also_after_a_decline() -> None:
     caller.to_authorize()
     caller.authorized(DECLINED)
     caller.done()
-    assert caller.keys("9") == [Play((part("declined"),), False)]
+    declined = Play((part("declined", reference="R124"), part("press_9_to_repeat")), False)
+    assert caller.keys("9") == [declined]
 
 
 def test_repeats_are_limited() -> None:

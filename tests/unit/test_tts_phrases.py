@@ -60,6 +60,7 @@ SAMPLE_PARAMS: dict[str, dict[str, object]] = {
     "confirm": {"last4": "4242", "expiry": SecretDigits("0731")},
     "approved": {"reference": "R123"},
     "tokenized": {"reference": "T9"},
+    "declined": {"reference": "D7"},
 }
 
 
@@ -351,6 +352,11 @@ def test_spell(reference: str, spelled: str) -> None:
     [
         ("approved", "Payment approved.", "Pago aprobado."),
         ("tokenized", "Your card has been saved.", "Su tarjeta se ha guardado correctamente."),
+        (
+            "declined",
+            "Sorry, your card was declined. No payment has been taken.",
+            "Lo sentimos, su tarjeta ha sido rechazada. No se ha realizado ningún cargo.",
+        ),
     ],
 )
 def test_result_reads_reference_one_by_one(name: str, first_en: str, first_es: str) -> None:
