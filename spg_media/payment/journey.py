@@ -57,7 +57,8 @@ Inside a field state (CARD, EXPIRY, CVC, CONFIRM):
 - '*' on a field with digits wipes them and asks again (not a failed attempt); '*' on an empty
   field cancels the payment. In CONFIRM, which holds no digits, '*' therefore cancels too.
 - Each invalid entry has its own prompt (card_invalid, card_brand_not_accepted, expiry_invalid,
-  expiry_past, expiry_too_far, cvc_invalid, empty_entry, no_input) followed by the field's ask.
+  expiry_past, expiry_too_far, cvc_invalid, empty_entry, no_input; in CONFIRM another key
+  than 1, 2 or '*': confirm_invalid) followed by the field's ask.
   In CONFIRM a key other than 1/2/* is a failed attempt answered by the confirm prompt again.
 - Failures are counted per field; `max_attempts` on one field ends with too-many-attempts.
   Failures on different fields do not add up. '2' at confirm starts over with fresh counters.
@@ -482,7 +483,7 @@ class Journey:
             return self._ask_next(State.CARD)
         if key == "*":
             return self._cancel()
-        return self._failed(now, None)
+        return self._failed(now, "confirm_invalid")
 
     def _ask(self) -> PromptPart:
         """The prompt asking for the current field."""
@@ -506,7 +507,7 @@ class Journey:
         self._deadline = None
         return [self._play((self._ask(),), barge_in=True)]
 
-    def _failed(self, now: float, prompt: str | None) -> list[Action]:
+    def _failed(self, now: float, prompt: str) -> list[Action]:
         """A failed attempt on the current field: say why and ask again, or give up."""
         self._entry.wipe()
         self._deadline = None
@@ -517,7 +518,7 @@ class Journey:
             return self._close(
                 Result.TOO_MANY_ATTEMPTS, (_part("too_many_attempts"), _part("goodbye"))
             )
-        parts = (self._ask(),) if prompt is None else (_part(prompt), self._ask())
+        parts = (_part(prompt), self._ask())
         return [self._play(parts, barge_in=True)]
 
     def _cancel(self) -> list[Action]:

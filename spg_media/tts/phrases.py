@@ -43,6 +43,7 @@ PROMPT_NAMES: tuple[str, ...] = (
     "no_input",
     "empty_entry",
     "confirm",
+    "confirm_invalid",
     "processing",
     "approved",
     "tokenized",
@@ -443,6 +444,7 @@ _WORDING: Mapping[str, _Wording] = {
             "cvc_invalid": "That security code is not valid.",
             "no_input": "Sorry, we did not receive your entry.",
             "empty_entry": "You pressed the hash key without entering any digits.",
+            "confirm_invalid": "That key is not one of the choices.",
             "processing": "Thank you. Please hold while we process your request.",
             "declined": "Sorry, your card was declined. No payment has been taken.",
             "payment_error": (
@@ -505,6 +507,7 @@ _WORDING: Mapping[str, _Wording] = {
             "cvc_invalid": "El código de seguridad no es válido.",
             "no_input": "Lo sentimos, no hemos recibido ningún dato.",
             "empty_entry": "Ha pulsado la almohadilla sin introducir ningún dígito.",
+            "confirm_invalid": "Esa tecla no es una de las opciones.",
             "processing": "Gracias. Espere un momento mientras procesamos su solicitud.",
             "declined": (
                 "Lo sentimos, su tarjeta ha sido rechazada. No se ha realizado ningún cargo."

@@ -837,8 +837,8 @@ def test_confirm_other_keys_and_timeouts_are_failed_attempts() -> None:
     caller = Caller(JourneyConfig(confirm=True))
     confirming(caller)
     caller.done()
-    again = Play((part("confirm", last4="1111", expiry=SecretDigits(EXPIRY)),), True)
-    assert caller.keys("5") == [again]
+    confirm = part("confirm", last4="1111", expiry=SecretDigits(EXPIRY))
+    assert caller.keys("5") == [Play((part("confirm_invalid"), confirm), True)]  # its own prompt
     caller.done()
     assert caller.wait(10) == [
         Play((part("no_input"), part("confirm", last4="1111", expiry=SecretDigits(EXPIRY))), True)
@@ -873,7 +873,8 @@ def test_each_confirm_prompt_gets_a_fresh_copy_of_the_expiry() -> None:
     copy.wipe()  # the renderer may wipe its copy
     caller.done()
     second = only_play(caller.keys("7"))
-    assert dict(second.parts[0].params)["expiry"] == SecretDigits(EXPIRY)
+    assert [p.name for p in second.parts] == ["confirm_invalid", "confirm"]
+    assert dict(second.parts[1].params)["expiry"] == SecretDigits(EXPIRY)
     card = authorize_of(caller.keys("1")).card
     assert (card.exp_month, card.exp_year) == (12, 2030)
 

@@ -419,11 +419,12 @@ def test_prompt_names_are_the_shared_list() -> None:
     assert set(PROMPT_NAMES) == {
         "announce_sale", "announce_tokenize", "enter_card", "enter_expiry", "enter_cvc",
         "card_invalid", "card_brand_not_accepted", "expiry_invalid", "expiry_past",
-        "expiry_too_far", "cvc_invalid", "no_input", "empty_entry", "confirm", "processing",
+        "expiry_too_far", "cvc_invalid", "no_input", "empty_entry", "confirm", "confirm_invalid",
+        "processing",
         "approved", "tokenized", "declined", "payment_error", "press_9_to_repeat",
         "too_many_attempts", "cancelled", "invalid_transaction", "invalid_handoff", "goodbye",
     }  # fmt: skip
-    assert len(PROMPT_NAMES) == 25
+    assert len(PROMPT_NAMES) == 26
 
 
 @pytest.mark.parametrize("lang", SUPPORTED_LANGUAGES)
@@ -449,6 +450,7 @@ def test_failures_each_have_their_own_message() -> None:
         "card_invalid", "card_brand_not_accepted", "expiry_invalid", "expiry_past",
         "expiry_too_far", "cvc_invalid", "no_input", "empty_entry", "declined", "payment_error",
         "too_many_attempts", "cancelled", "invalid_transaction", "invalid_handoff",
+        "confirm_invalid",
     ]  # fmt: skip
     for lang in SUPPORTED_LANGUAGES:
         messages = [texts(build(part(name), lang))[0] for name in failures]
