@@ -59,6 +59,12 @@ def _build_parser() -> argparse.ArgumentParser:
     sandbox = sub.add_parser("sandbox", help="the sandbox payment platform alone")
     sandbox.add_argument("--listen", default="127.0.0.1:8480", help="HOST:PORT")
     sandbox.add_argument("--secret", default="", help="request signing secret")
+    sandbox.add_argument(
+        "--slow-s",
+        default="12",
+        help="seconds the slow test card (4000000000000341) takes to answer: set it above the "
+        "node's gateway.timeout_s (default 12)",
+    )
 
     prompts = sub.add_parser("prompts", help="render and cache every prompt")
     prompts.add_argument("--lang", action="append", help="language (repeatable); default all")
@@ -318,6 +324,14 @@ async def _demo_call(args: argparse.Namespace, workdir: Path) -> str:
 
 def _sandbox(args: argparse.Namespace) -> int:
     host, port = _host_port(args.listen, "--listen")
+    try:
+        slow_s = float(args.slow_s)
+    except ValueError:
+        slow_s = -1.0
+    if not 0 < slow_s <= 3600:
+        raise UsageError(
+            f"--slow-s: must be seconds, above 0 and at most 3600, not {args.slow_s!r}"
+        )
     from spg_media.observability import setup_logging
     from spg_media.payment.sandbox import serve_sandbox
 
@@ -325,7 +339,7 @@ def _sandbox(args: argparse.Namespace) -> int:
     print(f"spg-media sandbox platform on http://{host}:{port}", flush=True)
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve_sandbox(host, port, args.secret))
+            asyncio.run(serve_sandbox(host, port, args.secret, slow_delay_s=slow_s))
     except OSError as exc:
         raise UsageError(
             f"--listen: cannot listen on {host}:{port}: {exc.strerror or exc}"
