@@ -61,6 +61,9 @@ class CallerReport:
     refer_to: str = ""
     ended_by: str = ""  # "refer" | "bye" | "timeout"
     audio_packets: int = 0
+    bye_headers: dict[str, str] = field(default_factory=dict)  # the X-SPG-* of the BYE
+
+TRANSFER_MODES = ("ok", "refuse", "fail", "silent")
 
 
 class _RtpEndpoint(asyncio.DatagramProtocol):
@@ -91,6 +94,7 @@ class TestCaller:
         srtp: bool = False,
         tls_ca_file: str | None = None,
         handoff_signature: Callable[[str], str] | None = None,
+        transfer: str = "ok",
     ) -> None:
         self.target = target
         self.transaction = transaction
@@ -99,6 +103,12 @@ class TestCaller:
         self.extra_headers = extra_headers or []
         # The PBX's X-SPG-Signature for a Call-ID (`payment.signing.sign_handoff`), if any.
         self.handoff_signature = handoff_signature
+        # How we take the REFER back: "ok" (202, then NOTIFY 200: the agent answered),
+        # "refuse" (403), "fail" (202, then NOTIFY 486: the agent was busy), "silent" (no
+        # answer at all: the REFER times out).
+        if transfer not in TRANSFER_MODES:
+            raise ValueError(f"transfer must be one of {TRANSFER_MODES}, not {transfer!r}")
+        self.transfer = transfer
         self.on_progress = on_progress or (lambda _msg: None)
         self.request_uri = request_uri or f"sip:pay@{target[0]}:{target[1]}"
         self.inband = inband
@@ -390,12 +400,23 @@ class TestCaller:
         if request.method == "REFER":
             self._note_result(request)
             self.report.refer_to = request.headers.get("Refer-To") or ""
+            if self.transfer == "silent":
+                return
+            if self.transfer == "refuse":
+                self.ua.respond(request, make_response(request, 403, "Forbidden"))
+                return
             self.ua.respond(request, make_response(request, 202, "Accepted"))
             self.on_progress(f"REFER back to {self.report.refer_to}")
-            asyncio.get_running_loop().create_task(self._notify_transfer_done())
+            status = "200 OK" if self.transfer == "ok" else "486 Busy Here"
+            asyncio.get_running_loop().create_task(self._notify_transfer_done(status))
         elif request.method == "BYE":
             if not self.report.result_headers:
                 self._note_result(request)
+            self.report.bye_headers = {
+                name: value
+                for name, value in request.headers.items()
+                if name.lower().startswith("x-spg-")
+            }
             self.ua.respond(request, make_response(request, 200))
             if not self.report.ended_by:
                 self.report.ended_by = "refer" if self.report.refer_to else "bye"
@@ -409,8 +430,9 @@ class TestCaller:
             if name.lower().startswith("x-spg-"):
                 self.report.result_headers[name] = value
 
-    async def _notify_transfer_done(self) -> None:
-        """As a transferee whose new call to the agent was answered (RFC 3515 §2.4.5)."""
+    async def _notify_transfer_done(self, status: str) -> None:
+        """As a transferee whose new call to the agent was answered, or failed with `status`
+        (RFC 3515 §2.4.5)."""
         assert self.ua is not None and self.dialog is not None
         notify = self.dialog.new_request(
             "NOTIFY",
@@ -420,7 +442,7 @@ class TestCaller:
                 ("Event", "refer"),
                 ("Subscription-State", "terminated;reason=noresource"),
             ],
-            body=b"SIP/2.0 200 OK\r\n",
+            body=f"SIP/2.0 {status}\r\n".encode(),
             content_type="message/sipfrag;version=2.0",
         )
         await self.ua.request(notify, await self.ua.resolve(self.dialog.next_hop()))

@@ -591,3 +591,40 @@ def test_signed_handoffs_pay_and_bad_signatures_end_invalid_handoff(tmp_path):
         "sbx-4990-EUR-sig-forged": "invalid-handoff",
         "sbx-4990-EUR-sig-none": "invalid-handoff",
     }
+
+
+@pytest.mark.timeout(150)
+def test_a_failed_transfer_back_ends_with_a_bye_carrying_the_result(tmp_path):
+    """CONTRACT §6: REFER refused, REFER unanswered (it times out), NOTIFY reporting failure:
+    each time a BYE carries the same X-SPG-* headers the REFER did."""
+    config = node_config(tmp_path)
+    capture = Capture()
+
+    async def one(port: int, mode: str) -> CallerReport:
+        caller = TestCaller(
+            ("127.0.0.1", port),
+            f"sbx-100-EUR-transfer-{mode}",
+            return_to="sip:agent@127.0.0.1:5999",
+            transfer=mode,
+        )
+        try:
+            await caller.start()
+            assert await caller.call() == 200
+            await asyncio.sleep(0.3)
+            await caller.key("*")  # cancelled: a result at once
+            return await caller.wait_end(80)
+        finally:
+            await caller.close()
+
+    async def scenario() -> list[CallerReport]:
+        server, port = await start_node(config, capture)
+        try:
+            return list(await asyncio.gather(*(one(port, m) for m in ("refuse", "fail", "silent"))))
+        finally:
+            await server.stop(grace_s=10)
+
+    for report in asyncio.run(scenario()):
+        assert report.refer_to.startswith("<sip:agent@127.0.0.1:5999;x-spg-result=cancelled")
+        assert report.bye_headers, report  # ended by our BYE, not by the transfer
+        assert report.bye_headers.get("X-SPG-Result") == "cancelled"
+        assert report.bye_headers == report.result_headers  # the same as the REFER's
