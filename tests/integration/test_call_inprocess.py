@@ -628,3 +628,45 @@ def test_a_failed_transfer_back_ends_with_a_bye_carrying_the_result(tmp_path):
         assert report.bye_headers, report  # ended by our BYE, not by the transfer
         assert report.bye_headers.get("X-SPG-Result") == "cancelled"
         assert report.bye_headers == report.result_headers  # the same as the REFER's
+
+
+@pytest.mark.timeout(120)
+def test_where_the_caller_is_returned(tmp_path):
+    """CONTRACT §2: X-SPG-Return-To, as a header or a Request-URI parameter (the header wins),
+    else the Referred-By of the transferred INVITE."""
+    config = node_config(tmp_path)
+    capture = Capture()
+
+    async def one(port: int, name: str, **options: Any) -> CallerReport:
+        caller = TestCaller(("127.0.0.1", port), f"sbx-100-EUR-return-{name}", **options)
+        try:
+            await caller.start()
+            assert await caller.call() == 200
+            await asyncio.sleep(0.3)
+            await caller.key("*")  # cancelled: a result at once
+            return await caller.wait_end(60)
+        finally:
+            await caller.close()
+
+    async def scenario() -> list[CallerReport]:
+        server, port = await start_node(config, capture)
+        uri = f"sip:pay@127.0.0.1:{port};x-spg-return-to=sip:queue@127.0.0.1:5997"
+        try:
+            return list(
+                await asyncio.gather(
+                    one(port, "param", request_uri=uri),
+                    one(port, "both", request_uri=uri, return_to="sip:agent@127.0.0.1:5999"),
+                    one(
+                        port,
+                        "referred",
+                        extra_headers=[("Referred-By", "<sip:agent7@127.0.0.1:5996>")],
+                    ),
+                )
+            )
+        finally:
+            await server.stop(grace_s=10)
+
+    param, both, referred = asyncio.run(scenario())
+    assert param.refer_to.startswith("<sip:queue@127.0.0.1:5997;x-spg-result=cancelled")
+    assert both.refer_to.startswith("<sip:agent@127.0.0.1:5999;x-spg-result=cancelled")
+    assert referred.refer_to.startswith("<sip:agent7@127.0.0.1:5996;x-spg-result=cancelled")
