@@ -48,6 +48,7 @@ from spg_media.payment.model import AuthorizationResult, Result, TransactionInfo
 from spg_media.payment.signing import verify_handoff
 from spg_media.rtp.session import MediaEngine, MediaSession
 from spg_media.rtp.srtp import SrtpContext
+from spg_media.sip import session_timer
 from spg_media.sip.dialog import Dialog
 from spg_media.sip.message import SipRequest, SipResponse, make_response, new_tag
 from spg_media.sip.sdp import (
@@ -161,6 +162,7 @@ class Call:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.authorizations = 0
         self.return_to_trusted = True  # False when the handoff's signature fails
+        self.session_timer: session_timer.SessionTimer | None = None  # RFC 4028, when asked
 
     # ---- the story --------------------------------------------------------------------------
 
@@ -192,6 +194,14 @@ class Call:
             detail = getattr(exc, "detail", None) or str(exc)
             self._reject(488, "Not Acceptable Here", detail)
             return
+        timer = session_timer.negotiate(self.invite.headers, asyncio.get_running_loop().time())
+        if isinstance(timer, session_timer.TooSmall):
+            self._reject(
+                422, "Session Interval Too Small", "session interval too small",
+                timer.response_headers(),
+            )  # fmt: skip
+            return
+        self.session_timer = timer
 
         # 2. The handoff and the transaction it names.
         failure = self._check_handoff()
@@ -214,6 +224,8 @@ class Call:
             return
 
         # 4. The caller's journey.
+        if self.session_timer is not None:
+            self._spawn(self._keep_session(self.session_timer))
         self.phase = "journey"
         self._emit("answered", language=self.language)
         journey = Journey(
@@ -396,14 +408,23 @@ class Call:
             return Result.INVALID_HANDOFF
         return None
 
-    def _reject(self, status: int, reason: str, detail: str) -> None:
+    def _reject(
+        self,
+        status: int,
+        reason: str,
+        detail: str,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
         log.info("rejecting call: %d %s", status, detail, extra={"call_id": self.call_id})
         response = make_response(
             self.invite,
             status,
             reason,
             to_tag=self.local_tag,
-            headers=[("Warning", f'399 {self.config.sip.public_host} "{detail[:120]}"')],
+            headers=[
+                ("Warning", f'399 {self.config.sip.public_host} "{detail[:120]}"'),
+                *(headers or []),
+            ],
         )
         self.ua.respond(self.invite, response)
         CALLS_REJECTED_TOTAL.inc(status=str(status))
@@ -446,6 +467,8 @@ class Call:
             headers=[
                 ("Contact", contact),
                 ("Allow", ALLOW),
+                ("Supported", "timer"),
+                *(self.session_timer.response_headers() if self.session_timer else []),
                 *[("Record-Route", rr) for rr in self.invite.headers.get_all("Record-Route")],
             ],
             body=answer,
@@ -511,7 +534,12 @@ class Call:
         elif method == "NOTIFY":
             self.ua.respond(request, make_response(request, 200))
             self.inbox.put_nowait(("notify", request))
-        elif method in ("OPTIONS", "UPDATE"):
+        elif method == "UPDATE":  # no SDP offer taken in an UPDATE: a session refresh
+            self.ua.respond(
+                request,
+                make_response(request, 200, headers=[("Allow", ALLOW), *self._refreshed(request)]),
+            )
+        elif method == "OPTIONS":
             self.ua.respond(request, make_response(request, 200, headers=[("Allow", ALLOW)]))
         else:
             self.ua.respond(request, make_response(request, 405, headers=[("Allow", ALLOW)]))
@@ -568,7 +596,11 @@ class Call:
             make_response(
                 request,
                 200,
-                headers=[("Contact", self.dialog.local_contact), ("Allow", ALLOW)],
+                headers=[
+                    ("Contact", self.dialog.local_contact),
+                    ("Allow", ALLOW),
+                    *self._refreshed(request),
+                ],
                 body=self._sdp_answer(),
                 content_type="application/sdp",
             ),
@@ -675,6 +707,39 @@ class Call:
         if destination is None:
             destination = await self.ua.resolve(self.dialog.next_hop())
         return await self.ua.request(request, destination)
+
+    # ---- session timer (RFC 4028) -----------------------------------------------------------
+
+    def _refreshed(self, request: SipRequest) -> list[tuple[str, str]]:
+        """A re-INVITE or UPDATE refreshes the session: the headers for its 2xx."""
+        if self.session_timer is None:
+            return []
+        return self.session_timer.refreshed(request.headers, asyncio.get_running_loop().time())
+
+    async def _keep_session(self, timer: session_timer.SessionTimer) -> None:
+        """Refresh the session when we are the refresher; end the call when it expires."""
+        loop = asyncio.get_running_loop()
+        while not self.hung_up:
+            wake = timer.next_wake()
+            if wake is None:
+                return
+            await asyncio.sleep(max(0.0, wake - loop.time()))
+            due = timer.due(loop.time())
+            if due == "refresh":
+                headers = timer.refresh_headers()
+                response = await self._send_in_dialog(self._in_dialog("UPDATE", headers))
+                if timer.refresh_answered(response.status, response.headers, loop.time()):
+                    continue
+                log.warning("session refresh failed: %d", response.status,
+                            extra={"call_id": self.call_id})  # fmt: skip
+            elif due == "expired":
+                log.warning("session expired: no refresh", extra={"call_id": self.call_id})
+            else:
+                continue
+            # RFC 4028 §10: the session is over; so is the call (its result stands if known).
+            await self._bye([])
+            self.inbox.put_nowait(("bye", None))
+            return
 
     async def _bye(self, headers: list[tuple[str, str]]) -> None:
         if self.dialog is None or self.hung_up:

@@ -53,8 +53,8 @@ from spg_media.sip.uri import SipUri
 log = logging.getLogger("spg.sip")
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REFER, NOTIFY, UPDATE"
-# SIP extensions (option tags) we implement: none. A request that Requires one gets 420.
-SUPPORTED_EXTENSIONS: frozenset[str] = frozenset()
+# SIP extensions (option tags) we implement; a request that Requires another gets 420.
+SUPPORTED_EXTENSIONS: frozenset[str] = frozenset({"timer"})  # RFC 4028, sip/session_timer.py
 SERVER = "spg-media"
 
 

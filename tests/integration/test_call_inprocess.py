@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import re
@@ -26,6 +27,7 @@ from spg_media.cdr import CallbackSender
 from spg_media.config import Config, load_config
 from spg_media.payment.signing import sign_handoff
 from spg_media.server import Server
+from spg_media.sip.message import SipRequest, SipResponse, make_response, parse_message
 from spg_media.testcaller import CallerReport, TestCaller
 
 REPO = Path(__file__).resolve().parents[2]
@@ -670,3 +672,135 @@ def test_where_the_caller_is_returned(tmp_path):
     assert param.refer_to.startswith("<sip:queue@127.0.0.1:5997;x-spg-result=cancelled")
     assert both.refer_to.startswith("<sip:agent@127.0.0.1:5999;x-spg-result=cancelled")
     assert referred.refer_to.startswith("<sip:agent7@127.0.0.1:5996;x-spg-result=cancelled")
+
+
+# ---- session timers (RFC 4028) ---------------------------------------------------------------
+
+
+class RawPeer:
+    """A caller's SIP side as raw UDP on loopback: what it sends is written out here."""
+
+    def __init__(self, node_port: int, call_id: str) -> None:
+        self.node = ("127.0.0.1", node_port)
+        self.call_id = call_id
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+        self.to_tag = ""
+        self.cseq = 1
+
+    def request(self, method: str, extra: list[str], body: str = "", cseq: int = 0) -> bytes:
+        tag = f";tag={self.to_tag}" if self.to_tag else ""
+        lines = [
+            f"{method} sip:pay@127.0.0.1:{self.node[1]};x-spg-transaction=sbx-100-EUR-"
+            f"{self.call_id} SIP/2.0",
+            f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK-{self.call_id}-"
+            f"{method}-{cseq or self.cseq}",
+            "Max-Forwards: 70",
+            f"From: <sip:caller@127.0.0.1>;tag=c-{self.call_id}",
+            f"To: <sip:pay@127.0.0.1>{tag}",
+            f"Call-ID: {self.call_id}",
+            f"CSeq: {cseq or self.cseq} {method}",
+            f"Contact: <sip:caller@127.0.0.1:{self.port}>",
+            *extra,
+        ]
+        if body:
+            lines.append("Content-Type: application/sdp")
+        lines.append(f"Content-Length: {len(body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
+
+    async def send(self, data: bytes) -> None:
+        await asyncio.get_running_loop().sock_sendto(self.sock, data, self.node)
+
+    async def receive(self, timeout: float) -> Any:
+        loop = asyncio.get_running_loop()
+        while True:
+            message = parse_message(
+                await asyncio.wait_for(loop.sock_recv(self.sock, 65536), timeout)
+            )
+            if isinstance(message, SipResponse) and message.status < 200:
+                continue
+            return message
+
+    async def answer(self, request: SipRequest, status: int) -> None:
+        await self.send(make_response(request, status).to_bytes())
+
+    async def invite(self, extra: list[str]) -> SipResponse:
+        await self.send(self.request("INVITE", extra, SDP_OFFER))
+        answer = await self.receive(10)
+        assert isinstance(answer, SipResponse)
+        if answer.status == 200:
+            self.to_tag = answer.to.tag or ""
+            await self.send(self.request("ACK", [], cseq=1))
+        return answer
+
+    async def expect(self, method: str, timeout: float) -> SipRequest:
+        message = await self.receive(timeout)
+        assert isinstance(message, SipRequest) and message.method == method, message
+        return message
+
+
+@pytest.mark.timeout(60)
+def test_session_timers_refresh_expire_and_refuse_too_small(tmp_path, monkeypatch):
+    """With intervals of seconds (our minimum lowered to 2 for the test): as refresher (uas)
+    the node UPDATEs at half the interval and ends the call when a refresh gets 481; with the
+    caller refreshing (uac), a refresh is answered with the interval and silence ends the call
+    by BYE; an interval under the minimum gets 422 with Min-SE."""
+    from spg_media.sip import session_timer
+
+    monkeypatch.setattr(session_timer, "MIN_SE", 2)
+    monkeypatch.setattr(
+        session_timer, "negotiate", functools.partial(session_timer.negotiate, min_se=2)
+    )
+    config = node_config(tmp_path)
+    capture = Capture()
+    timer_headers = ["Supported: timer", "Allow: INVITE, ACK, BYE, CANCEL, UPDATE"]
+
+    async def we_refresh(port: int) -> list[str]:
+        peer = RawPeer(port, "st-uas")
+        answer = await peer.invite([*timer_headers, "Session-Expires: 4;refresher=uas"])
+        assert answer.status == 200 and answer.headers.get("Require") == "timer"
+        seen = [answer.headers.get("Session-Expires") or ""]
+        started = time.monotonic()
+        first = await peer.expect("UPDATE", 4)
+        seen.append(f"{round(time.monotonic() - started)}s {first.headers.get('Session-Expires')}")
+        assert not first.body  # a refresh, no offer
+        await peer.answer(first, 200)
+        second = await peer.expect("UPDATE", 4)
+        await peer.answer(second, 481)
+        await peer.answer(await peer.expect("BYE", 4), 200)
+        return seen
+
+    async def they_refresh(port: int) -> list[str]:
+        peer = RawPeer(port, "st-uac")
+        answer = await peer.invite([*timer_headers, "Session-Expires: 6"])
+        seen = [answer.headers.get("Session-Expires") or ""]
+        await asyncio.sleep(1)
+        peer.cseq = 2
+        await peer.send(peer.request("UPDATE", ["Session-Expires: 6;refresher=uac"]))
+        refreshed = await peer.receive(4)
+        assert isinstance(refreshed, SipResponse) and refreshed.status == 200
+        seen.append(refreshed.headers.get("Session-Expires") or "")
+        started = time.monotonic()
+        await peer.answer(await peer.expect("BYE", 8), 200)  # 6 - min(32, 6 / 3) s later
+        seen.append(f"{round(time.monotonic() - started)}s")
+        return seen
+
+    async def too_small(port: int) -> SipResponse:
+        peer = RawPeer(port, "st-small")
+        return await peer.invite([*timer_headers, "Session-Expires: 1"])
+
+    async def scenario() -> tuple[list[str], list[str], SipResponse]:
+        server, port = await start_node(config, capture)
+        try:
+            return await asyncio.gather(we_refresh(port), they_refresh(port), too_small(port))
+        finally:
+            await server.stop(grace_s=5)
+
+    ours, theirs, small = asyncio.run(scenario())
+    assert ours == ["4;refresher=uas", "2s 4;refresher=uas"]
+    assert theirs == ["6;refresher=uac", "6;refresher=uac", "4s"]
+    assert small.status == 422 and small.headers.get("Min-SE") == "2"
+    results = {r["call_id"]: r["result"] for r in cdr_lines(config)}
+    assert results == {"st-uas": "hung-up", "st-uac": "hung-up"}
