@@ -404,6 +404,30 @@ def test_spg_cancelled_by_star_on_empty_field(stack: Stack, sipp_dir: Path) -> N
     assert cdr_for(stack.node, call_id)["result"] == "cancelled"
 
 
+def test_spg_session_timer_through_kamailio(stack: Stack, sipp_dir: Path) -> None:
+    """A caller's side that supports RFC 4028 session timers and asks for one: the 200 names
+    the interval and the refresher (the caller's, as it asked) and Requires timer."""
+    uac, call_id = call(
+        stack.kam,
+        sipp_dir,
+        "*",
+        token=token(),
+        expect_result="cancelled",
+        headers={
+            "X-SPG-Transaction": "[spg_transaction]",
+            "Supported": "timer, replaces",
+            "Session-Expires": "1800;refresher=uac",
+            "Min-SE": "90",
+        },
+    )
+    assert uac.returncode == 0, uac.explain() + stack.node.logs()[-4000:]
+    ok = next(m for m in uac.received(200) if m.cseq_method == "INVITE")
+    assert ok.header("Session-Expires") == "1800;refresher=uac"
+    assert ok.header("Require") == "timer"
+    assert "timer" in (ok.header("Supported") or "")
+    assert cdr_for(stack.node, call_id)["result"] == "cancelled"
+
+
 def test_spg_invalid_transaction(stack: Stack, sipp_dir: Path) -> None:
     uac, call_id = call(
         stack.kam, sipp_dir, "", token="nope-123", expect_result="invalid-transaction"
