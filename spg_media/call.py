@@ -534,7 +534,9 @@ class Call:
         elif method == "NOTIFY":
             self.ua.respond(request, make_response(request, 200))
             self.inbox.put_nowait(("notify", request))
-        elif method == "UPDATE":  # no SDP offer taken in an UPDATE: a session refresh
+        elif method == "UPDATE" and request.body:  # an offer (RFC 3311): as a re-INVITE's
+            self._reinvite(request)
+        elif method == "UPDATE":  # without an offer: a session refresh
             self.ua.respond(
                 request,
                 make_response(request, 200, headers=[("Allow", ALLOW), *self._refreshed(request)]),
@@ -560,7 +562,8 @@ class Call:
         self.inbox.put_nowait(("ack_timeout", None))
 
     def _reinvite(self, request: SipRequest) -> None:
-        """Hold, unhold or a media change: answer from the same port (RFC 3264 §8)."""
+        """Hold, unhold or a media change, by re-INVITE or UPDATE: answer from the same port
+        (RFC 3264 §8)."""
         assert self.dialog is not None and self.media is not None
         try:
             offer = SessionDescription.parse(request.body)

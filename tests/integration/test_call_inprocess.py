@@ -804,3 +804,31 @@ def test_session_timers_refresh_expire_and_refuse_too_small(tmp_path, monkeypatc
     assert small.status == 422 and small.headers.get("Min-SE") == "2"
     results = {r["call_id"]: r["result"] for r in cdr_lines(config)}
     assert results == {"st-uas": "hung-up", "st-uac": "hung-up"}
+
+
+@pytest.mark.timeout(60)
+def test_an_update_with_an_offer_gets_an_answer(tmp_path):
+    """RFC 3311: an UPDATE may carry an SDP offer (here: hold); its 2xx carries the answer."""
+    config = node_config(tmp_path)
+    capture = Capture()
+
+    async def scenario() -> tuple[SipResponse, SipResponse]:
+        server, port = await start_node(config, capture)
+        try:
+            peer = RawPeer(port, "upd-offer")
+            assert (await peer.invite([])).status == 200
+            peer.cseq = 2
+            hold = SDP_OFFER.replace("o=t 1 1", "o=t 1 2") + "a=sendonly\r\n"
+            await peer.send(peer.request("UPDATE", [], hold))
+            held = await peer.receive(5)
+            peer.cseq = 3
+            await peer.send(peer.request("UPDATE", []))  # no offer: a refresh
+            refreshed = await peer.receive(5)
+            assert isinstance(held, SipResponse) and isinstance(refreshed, SipResponse)
+            return held, refreshed
+        finally:
+            await server.stop(grace_s=5)
+
+    held, refreshed = asyncio.run(scenario())
+    assert held.status == 200 and b"a=recvonly" in held.body and b"m=audio" in held.body
+    assert refreshed.status == 200 and not refreshed.body
