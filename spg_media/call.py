@@ -162,6 +162,7 @@ class Call:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.authorizations = 0
         self.return_to_trusted = True  # False when the handoff's signature fails
+        self.rejected = False  # a final non-2xx answer went to the INVITE
         self.session_timer: session_timer.SessionTimer | None = None  # RFC 4028, when asked
 
     # ---- the story --------------------------------------------------------------------------
@@ -177,6 +178,9 @@ class Call:
             if self.outcome is None:  # a bug of ours: the call still has a result
                 self.outcome = Outcome(Result.ERROR)
                 self._record(self.outcome)
+            if not self.answered and not self.cancelled and not self.rejected:
+                with contextlib.suppress(Exception):  # the INVITE still gets a final answer
+                    self._reject(500, "Server Internal Error", "internal error")
             if self.answered and not self.hung_up and self.dialog is not None:
                 with contextlib.suppress(Exception):
                     await self._bye(self._result_headers(Result.ERROR))
@@ -427,6 +431,7 @@ class Call:
             ],
         )
         self.ua.respond(self.invite, response)
+        self.rejected = True
         CALLS_REJECTED_TOTAL.inc(status=str(status))
 
     async def _answer(self) -> None:

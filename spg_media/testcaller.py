@@ -63,6 +63,7 @@ class CallerReport:
     audio_packets: int = 0
     bye_headers: dict[str, str] = field(default_factory=dict)  # the X-SPG-* of the BYE
 
+
 TRANSFER_MODES = ("ok", "refuse", "fail", "silent")
 
 

@@ -832,3 +832,45 @@ def test_an_update_with_an_offer_gets_an_answer(tmp_path):
     held, refreshed = asyncio.run(scenario())
     assert held.status == 200 and b"a=recvonly" in held.body and b"m=audio" in held.body
     assert refreshed.status == 200 and not refreshed.body
+
+
+@pytest.mark.timeout(60)
+def test_a_failure_of_ours_still_answers_the_invite_and_records_the_call(tmp_path, caplog):
+    """Something in the node raises (here the connector, with an exception it should never
+    raise): the INVITE gets 500, the call an `error` record, and the node carries on."""
+    config = node_config(tmp_path)
+    capture = Capture()
+
+    async def scenario() -> tuple[SipResponse, CallerReport]:
+        server, port = await start_node(config, capture)
+        assert server.services is not None
+        services = server.services
+        connector = services.connector
+
+        class Broken:
+            calls = 0
+
+            async def lookup(self, token: str) -> Any:
+                Broken.calls += 1
+                if Broken.calls == 1:
+                    raise RuntimeError("a bug")
+                return await connector.lookup(token)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(connector, name)
+
+        services.connector = Broken()  # type: ignore[assignment]
+        try:
+            peer = RawPeer(port, "bug-1")
+            failed = await peer.invite([])
+            after = await pay(port, "sbx-100-EUR-after-bug", ["*"])  # the next call is fine
+            return failed, after
+        finally:
+            await server.stop(grace_s=5)
+
+    failed, after = asyncio.run(scenario())
+    assert failed.status == 500
+    assert after.result_headers.get("X-SPG-Result") == "cancelled"
+    results = {r["call_id"]: r["result"] for r in cdr_lines(config)}
+    assert results["bug-1"] == "error"
+    assert "call failed" in caplog.text
