@@ -417,11 +417,15 @@ class RtpConfig(_Section):
 
     def _validate(self) -> None:
         try:
-            ipaddress.ip_address(self.address)
+            address = ipaddress.ip_address(self.address)
         except ValueError:
             raise _key_error(
                 "rtp.address", f"must be an IP address, got {_show(self.address)}"
             ) from None
+        if address.version != 4:  # the media engine opens IPv4 sockets only
+            raise _key_error(
+                "rtp.address", f"must be an IPv4 address (media is IPv4), got {_show(self.address)}"
+            )
         if self.port_max <= self.port_min:
             raise _key_error(
                 "rtp.port_max", f"must be above rtp.port_min ({self.port_min}), got {self.port_max}"

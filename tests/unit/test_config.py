@@ -122,7 +122,7 @@ listen = ["udp:[::1]:5070", "tcp:pbx.example.com:5070"]
 public_host = "spg.example.com"
 trusted_sources = ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"]
 [rtp]
-address = "::1"
+address = "192.0.2.10"
 port_min = 30001
 port_max = 30010
 srtp = "required"
@@ -384,6 +384,10 @@ def test_unknown_keys(tmp_path: Path, text: str, expected: str) -> None:
         (
             '[rtp]\naddress = "rtp.example.com"',
             'rtp.address: must be an IP address, got "rtp.example.com"',
+        ),
+        (
+            '[rtp]\naddress = "::1"',
+            'rtp.address: must be an IPv4 address (media is IPv4), got "::1"',
         ),
         ("[rtp]\nport_min = 80", "rtp.port_min: must be an integer from 1024 to 65535, got 80"),
         (
