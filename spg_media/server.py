@@ -88,6 +88,11 @@ class Server:
             callbacks=CallbackSender(config.gateway.secret, config.handoff.callback_allow),
             observer=self.observer,
         )
+        if config.handoff.callback_allow and not config.gateway.secret:
+            log.warning(
+                "result callbacks are signed with gateway.secret, which is empty: "
+                "merchants cannot check them"
+            )
         ua.invite_handler = self
         await ua.start()
         if config.admin.listen:

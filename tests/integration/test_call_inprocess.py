@@ -874,3 +874,22 @@ def test_a_failure_of_ours_still_answers_the_invite_and_records_the_call(tmp_pat
     results = {r["call_id"]: r["result"] for r in cdr_lines(config)}
     assert results["bug-1"] == "error"
     assert "call failed" in caplog.text
+
+
+@pytest.mark.timeout(60)
+def test_callbacks_allowed_with_no_signing_key_are_warned_about(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="spg.server")
+
+    async def start(secret: str) -> None:
+        config = node_config(tmp_path)  # callbacks allowed to https://merchant.test/
+        config = dataclasses.replace(
+            config, gateway=dataclasses.replace(config.gateway, secret=secret)
+        )
+        server, _ = await start_node(config, Capture())
+        await server.stop(grace_s=1)
+
+    asyncio.run(start(""))
+    assert "signed with gateway.secret, which is empty" in caplog.text
+    caplog.clear()
+    asyncio.run(start("merchant-and-node-share-this"))
+    assert "gateway.secret" not in caplog.text
