@@ -61,6 +61,26 @@ def free_port(host: str = HOST) -> int:
     raise RuntimeError("no free UDP+TCP port")
 
 
+def free_media_port(host: str = HOST) -> int:
+    """An even port P with P to P+3 free for UDP right now: SIPp's `-mp` takes P for audio,
+    P+2 for video and the odd ones above them for RTCP."""
+    for _ in range(50):
+        base = free_port(host) & ~1
+        sockets: list[socket.socket] = []
+        try:
+            for port in range(base, base + 4):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sockets.append(sock)
+                sock.bind((host, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError("no four free UDP ports in a row")
+
+
 def free_ports(count: int, host: str = HOST) -> list[int]:
     """`count` distinct ports free for UDP and TCP."""
     ports: list[int] = []
@@ -337,9 +357,37 @@ def run_sipp(
 
     `keys` become `-key name value` ([name] in the scenario). Returns when SIPp exits;
     SIPp's own `-timeout` ends it after `timeout_s`, and the process is killed 5 s later.
+    A SIPp that could not bind its ports at start (another process on this shared machine
+    took one between our check and its bind; nothing was sent) is run again on new ports.
     """
     if SIPP is None:
         raise RuntimeError("sipp not installed")
+    for attempt in range(3):
+        result = _run_sipp_once(
+            scenario_xml, target, extra_args, timeout_s, workdir=workdir,
+            local_port=local_port, media_port=media_port, keys=keys, transport=transport,
+            name=name if attempt == 0 or name is None else f"{name}-{attempt}",
+        )  # fmt: skip
+        if result.returncode == 0 or "Unable to bind" not in result.stderr or result.messages:
+            return result
+        if local_port is not None and media_port is not None:
+            return result  # fixed ports: nothing to choose again
+    return result
+
+
+def _run_sipp_once(
+    scenario_xml: Path,
+    target: str,
+    extra_args: Sequence[str],
+    timeout_s: float,
+    *,
+    workdir: Path,
+    local_port: int | None,
+    media_port: int | None,
+    keys: Mapping[str, str] | None,
+    transport: str,
+    name: str | None,
+) -> SippResult:
     workdir.mkdir(parents=True, exist_ok=True)
     name = name or f"{scenario_xml.stem}-{uuid.uuid4().hex[:6]}"
     message_file = workdir / f"{name}.messages.log"
@@ -354,7 +402,7 @@ def run_sipp(
         "-i", HOST,
         "-mi", HOST,
         "-p", str(local_port or free_port()),
-        "-mp", str(media_port or free_port()),
+        "-mp", str(media_port or free_media_port()),
         "-nostdin",
         "-timeout", f"{int(timeout_s)}s",
         "-timeout_error",
