@@ -107,6 +107,11 @@ def mask_value(value: Any) -> tuple[Any, int]:
     return (masked if count else value), count
 
 
+# Extras that are identifiers from SIP signalling, never built from keyed digits: left as they
+# are, so that a Call-ID with a long digit run ("c1e123456789010712", ~2 % of random hex ones)
+# still correlates a call's lines (and does not count as a masking).
+_IDENTIFIER_EXTRAS = frozenset({"call_id"})
+
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "message",
@@ -135,7 +140,9 @@ class CardDataFilter(logging.Filter):
         masked_runs += count
         record.msg, record.args = message, None
 
-        for key in [k for k in record.__dict__ if k not in _RECORD_ATTRS]:
+        for key in [
+            k for k in record.__dict__ if k not in _RECORD_ATTRS and k not in _IDENTIFIER_EXTRAS
+        ]:
             value, count = mask_value(record.__dict__[key])
             if count:
                 record.__dict__[key] = value

@@ -155,6 +155,21 @@ def test_json_pan_in_msg_args_extra_and_exception_is_masked() -> None:
 
 
 @pytest.mark.usefixtures("restore_root")
+def test_a_call_id_with_a_long_digit_run_is_kept_but_the_message_is_still_masked() -> None:
+    stream = io.StringIO()
+    setup_logging("json", "info", stream)
+    before = LOG_MASKED_TOTAL.get()
+    call_id = "c1e123456789010712"  # a random hex Call-ID can hold 12+ decimal digits in a row
+    logging.getLogger("spg.call").info("call result approved", extra={"call_id": call_id})
+    assert LOG_MASKED_TOTAL.get() == before
+    logging.getLogger("spg.call").info(f"oops {PAN}", extra={"call_id": call_id, "x": PAN})
+    first, second = json_lines(stream)
+    assert first["call_id"] == second["call_id"] == call_id
+    assert second["msg"] == f"oops {MASKED}" and second["x"] == MASKED
+    assert LOG_MASKED_TOTAL.get() - before == 1
+
+
+@pytest.mark.usefixtures("restore_root")
 def test_clean_records_do_not_count() -> None:
     stream = io.StringIO()
     setup_logging("json", "info", stream)
