@@ -7,7 +7,8 @@ a status line (400, 404, 405, 408, 431, 500, 503) or a closed connection, never 
 the loop. It is meant for loopback or a management network: it has no authentication.
 
 /calls returns what `calls_provider` gives (already masked by the call layer) passed once more
-through the card-number masking of `observability`, so a mistake there still shows no PAN.
+through the card-number masking of `observability`, so a mistake there still shows no PAN (each
+call's `call_id`, an identifier from signalling, is left as it is, as in the logs).
 """
 
 from __future__ import annotations
@@ -143,15 +144,11 @@ class AdminServer:
             return 503, b"unavailable\n", TEXT_CONTENT_TYPE, []
         if path == "/calls":
             try:
-                calls = self.calls_provider()
-                masked, count = mask_value(list(calls))
-                body = json.dumps(masked, default=str, ensure_ascii=False)
+                text, count = _calls_json(list(self.calls_provider()))
             except Exception:
                 log.exception("calls listing failed")
                 return 500, b"internal error\n", TEXT_CONTENT_TYPE, []
-            # default=str may have printed an object: mask the final text too.
-            text, late_count = mask_value(body)
-            if count or late_count:
+            if count:
                 LOG_MASKED_TOTAL.inc()
                 log.warning("card-number-like digits masked in /calls output")
             no_store = [("Cache-Control", "no-store")]
@@ -230,3 +227,24 @@ async def _read_request_head(reader: asyncio.StreamReader) -> tuple[str, str]:
         raise _BadRequest(400)
     path = target.split("?", 1)[0].split("#", 1)[0]
     return method, path
+
+
+def _calls_json(calls: list[Any]) -> tuple[str, int]:
+    """The /calls body, masked, and how many digit runs were masked. Each call's `call_id` (an
+    identifier from signalling, never built from keyed digits) is left as it is, like in the
+    logs; everything else is masked as a structure, then as text (`default=str` may have
+    printed an object)."""
+    entries: list[str] = []
+    total = 0
+    for call in calls:
+        keyed = isinstance(call, dict) and "call_id" in call
+        call_id = call["call_id"] if keyed else None
+        rest = {k: v for k, v in call.items() if k != "call_id"} if keyed else call
+        masked, count = mask_value(rest)
+        text, late = mask_value(json.dumps(masked, default=str, ensure_ascii=False))
+        total += count + late
+        if keyed:
+            head = '{"call_id": ' + json.dumps(call_id, default=str, ensure_ascii=False)
+            text = head + ("}" if text == "{}" else ", " + text[1:])
+        entries.append(text)
+    return "[" + ", ".join(entries) + "]", total

@@ -161,6 +161,22 @@ def test_calls_endpoint_masks_a_leaked_pan_and_counts_it() -> None:
     serve(scenario)
 
 
+def test_calls_endpoint_keeps_call_ids_with_long_digit_runs() -> None:
+    async def scenario(server: AdminServer, node: Node) -> None:
+        call_id = "c1e123456789010712"  # 12+ decimal digits in a row, as random hex can be
+        node.calls = [{"call_id": call_id, "phase": "card"}, {"call_id": "c2"}, {"no": "id"}]
+        before = LOG_MASKED_TOTAL.get()
+        status, _, body = await get(server, "/calls")
+        assert status == 200 and json.loads(body) == node.calls
+        assert LOG_MASKED_TOTAL.get() == before
+        node.calls = [{"call_id": call_id, "oops": PAN}]
+        calls = json.loads((await get(server, "/calls"))[2])
+        assert calls == [{"call_id": call_id, "oops": "************1111"}]
+        assert LOG_MASKED_TOTAL.get() == before + 1
+
+    serve(scenario)
+
+
 def test_calls_provider_failure_is_500_without_detail() -> None:
     async def scenario(server: AdminServer, node: Node) -> None:
         def broken() -> list[dict[str, Any]]:
