@@ -595,6 +595,19 @@ def test_signed_handoffs_pay_and_bad_signatures_end_invalid_handoff(tmp_path):
     }
 
 
+async def cancel_at_once(port: int, token: str, **options: Any) -> CallerReport:
+    """A call whose caller keys '*' on the empty card field: `cancelled`, a result at once."""
+    caller = TestCaller(("127.0.0.1", port), token, **options)
+    try:
+        await caller.start()
+        assert await caller.call() == 200
+        await asyncio.sleep(0.3)
+        await caller.key("*")
+        return await caller.wait_end(80)
+    finally:
+        await caller.close()
+
+
 @pytest.mark.timeout(150)
 def test_a_failed_transfer_back_ends_with_a_bye_carrying_the_result(tmp_path):
     """CONTRACT §6: REFER refused, REFER unanswered (it times out), NOTIFY reporting failure:
@@ -603,20 +616,12 @@ def test_a_failed_transfer_back_ends_with_a_bye_carrying_the_result(tmp_path):
     capture = Capture()
 
     async def one(port: int, mode: str) -> CallerReport:
-        caller = TestCaller(
-            ("127.0.0.1", port),
+        return await cancel_at_once(
+            port,
             f"sbx-100-EUR-transfer-{mode}",
             return_to="sip:agent@127.0.0.1:5999",
             transfer=mode,
         )
-        try:
-            await caller.start()
-            assert await caller.call() == 200
-            await asyncio.sleep(0.3)
-            await caller.key("*")  # cancelled: a result at once
-            return await caller.wait_end(80)
-        finally:
-            await caller.close()
 
     async def scenario() -> list[CallerReport]:
         server, port = await start_node(config, capture)
@@ -640,15 +645,7 @@ def test_where_the_caller_is_returned(tmp_path):
     capture = Capture()
 
     async def one(port: int, name: str, **options: Any) -> CallerReport:
-        caller = TestCaller(("127.0.0.1", port), f"sbx-100-EUR-return-{name}", **options)
-        try:
-            await caller.start()
-            assert await caller.call() == 200
-            await asyncio.sleep(0.3)
-            await caller.key("*")  # cancelled: a result at once
-            return await caller.wait_end(60)
-        finally:
-            await caller.close()
+        return await cancel_at_once(port, f"sbx-100-EUR-return-{name}", **options)
 
     async def scenario() -> list[CallerReport]:
         server, port = await start_node(config, capture)
