@@ -7,8 +7,8 @@ a status line (400, 404, 405, 408, 431, 500, 503) or a closed connection, never 
 the loop. It is meant for loopback or a management network: it has no authentication.
 
 /calls returns what `calls_provider` gives (already masked by the call layer) passed once more
-through the card-number masking of `observability`, so a mistake there still shows no PAN (each
-call's `call_id`, an identifier from signalling, is left as it is, as in the logs).
+through the card-number masking of `observability`, so a mistake there still shows no PAN (a
+call's identifiers, `IDENTIFIER_FIELDS`, are left as they are, as in the logs).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from spg_media.observability import LOG_MASKED_TOTAL, Metrics, mask_value
+from spg_media.observability import IDENTIFIER_FIELDS, LOG_MASKED_TOTAL, Metrics, mask_value
 
 log = logging.getLogger("spg.admin")
 
@@ -230,21 +230,22 @@ async def _read_request_head(reader: asyncio.StreamReader) -> tuple[str, str]:
 
 
 def _calls_json(calls: list[Any]) -> tuple[str, int]:
-    """The /calls body, masked, and how many digit runs were masked. Each call's `call_id` (an
-    identifier from signalling, never built from keyed digits) is left as it is, like in the
-    logs; everything else is masked as a structure, then as text (`default=str` may have
-    printed an object)."""
+    """The /calls body, masked, and how many digit runs were masked. A call's identifiers
+    (`IDENTIFIER_FIELDS`: from signalling, never built from keyed digits) are left as they are,
+    as in the logs; everything else is masked as a structure, then as text (`default=str` may
+    have printed an object)."""
     entries: list[str] = []
     total = 0
     for call in calls:
-        keyed = isinstance(call, dict) and "call_id" in call
-        call_id = call["call_id"] if keyed else None
-        rest = {k: v for k, v in call.items() if k != "call_id"} if keyed else call
+        kept = (
+            {k: call[k] for k in IDENTIFIER_FIELDS if k in call} if isinstance(call, dict) else {}
+        )
+        rest = {k: v for k, v in call.items() if k not in kept} if kept else call
         masked, count = mask_value(rest)
         text, late = mask_value(json.dumps(masked, default=str, ensure_ascii=False))
         total += count + late
-        if keyed:
-            head = '{"call_id": ' + json.dumps(call_id, default=str, ensure_ascii=False)
+        if kept:  # the identifiers first, then the masked rest of the object
+            head = json.dumps(kept, default=str, ensure_ascii=False)[:-1]
             text = head + ("}" if text == "{}" else ", " + text[1:])
         entries.append(text)
     return "[" + ", ".join(entries) + "]", total

@@ -176,8 +176,7 @@ class Call:
         except Exception:
             log.exception("call failed", extra={"call_id": self.call_id})
             if self.outcome is None:  # a bug of ours: the call still has a result
-                self.outcome = Outcome(Result.ERROR)
-                self._record(self.outcome)
+                self._end_early(Result.ERROR)
             if not self.answered and not self.cancelled and not self.rejected:
                 with contextlib.suppress(Exception):  # the INVITE still gets a final answer
                     self._reject(500, "Server Internal Error", "internal error")

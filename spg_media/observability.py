@@ -110,7 +110,7 @@ def mask_value(value: Any) -> tuple[Any, int]:
 # Extras that are identifiers from SIP signalling, never built from keyed digits: left as they
 # are, so that a Call-ID with a long digit run ("c1e123456789010712", ~2 % of random hex ones)
 # still correlates a call's lines (and does not count as a masking).
-_IDENTIFIER_EXTRAS = frozenset({"call_id"})
+IDENTIFIER_FIELDS = frozenset({"call_id"})
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
@@ -141,7 +141,7 @@ class CardDataFilter(logging.Filter):
         record.msg, record.args = message, None
 
         for key in [
-            k for k in record.__dict__ if k not in _RECORD_ATTRS and k not in _IDENTIFIER_EXTRAS
+            k for k in record.__dict__ if k not in _RECORD_ATTRS and k not in IDENTIFIER_FIELDS
         ]:
             value, count = mask_value(record.__dict__[key])
             if count:

@@ -93,12 +93,19 @@ class SessionTimer:
         """A re-INVITE or UPDATE from the caller's side: the session goes on. Its
         Session-Expires (if any, and not under our minimum) and refresher are taken. Returns
         the headers for its 2xx."""
-        parsed = parse_session_expires(headers.get("Session-Expires") or "")
-        if parsed is not None and parsed[0] >= MIN_SE:
-            self.interval = parsed[0]
-            self.refresher = "uas" if parsed[1] == "uas" else "uac"
+        self._adopt(headers, default_refresher="uac")
         self.last_refresh = now
         return self.response_headers()
+
+    def _adopt(self, headers: _Headers, default_refresher: Literal["uac", "uas"]) -> None:
+        """Take a refresh's (or its answer's) Session-Expires, unless unreadable or under our
+        minimum; a refresher it does not name is `default_refresher`."""
+        parsed = parse_session_expires(headers.get("Session-Expires") or "")
+        if parsed is None or parsed[0] < MIN_SE:
+            return
+        self.interval = parsed[0]
+        refresher = parsed[1] or default_refresher
+        self.refresher = "uas" if refresher == "uas" else "uac"
 
     def next_wake(self) -> float | None:
         if self.ended:
@@ -128,11 +135,7 @@ class SessionTimer:
     def refresh_answered(self, status: int, headers: _Headers, now: float) -> bool:
         """The answer to our refresh; False when the session is over (408, 481)."""
         if 200 <= status < 300:
-            parsed = parse_session_expires(headers.get("Session-Expires") or "")
-            if parsed is not None and parsed[0] >= MIN_SE:
-                self.interval = parsed[0]
-                if parsed[1] is not None:
-                    self.refresher = "uas" if parsed[1] == "uas" else "uac"
+            self._adopt(headers, default_refresher=self.refresher)
             self.last_refresh = now
             return True
         if status in (408, 481):
