@@ -15,7 +15,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -415,7 +415,7 @@ def test_tls_srtp_payment_survives_forged_truncated_and_replayed_packets(tmp_pat
     assert f"Contact: <sips:spg@127.0.0.1:{node_port}>" in ok, ok
 
 
-# ---- calls that end before their journey -----------------------------------------------------
+# ---- raw SIP: calls that end before their journey, session timers, UPDATE ------------------------
 
 SDP_OFFER = (
     "v=0\r\no=t 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
@@ -424,34 +424,84 @@ SDP_OFFER = (
 )
 
 
-def sip_request(method: str, port: int, call_id: str, cseq: str, to_tag: str = "") -> bytes:
-    body = SDP_OFFER if method == "INVITE" else ""
-    lines = [
-        f"{method} sip:pay@127.0.0.1:{port};x-spg-transaction=sbx-100-EUR-{call_id} SIP/2.0",
-        f"Via: SIP/2.0/UDP 127.0.0.1:{port + 1000};branch=z9hG4bK-{call_id}-{cseq.split()[0]}",
-        "Max-Forwards: 70",
-        f"From: <sip:caller@127.0.0.1>;tag=t-{call_id}",
-        f"To: <sip:pay@127.0.0.1>{';tag=' + to_tag if to_tag else ''}",
-        f"Call-ID: {call_id}",
-        f"CSeq: {cseq}",
-        f"Contact: <sip:caller@127.0.0.1:{port + 1000}>",
-        "X-SPG-Callback: https://merchant.test/result",
-    ]
-    if body:
-        lines.append("Content-Type: application/sdp")
-    lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
+class RawPeer:
+    """A caller's SIP side as raw UDP on loopback: what it sends is written out here."""
 
+    def __init__(self, node_port: int, call_id: str, extra: Sequence[str] = ()) -> None:
+        self.node = ("127.0.0.1", node_port)
+        self.call_id = call_id
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+        self.to_tag = ""
+        self.cseq = 1
+        self.extra = list(extra)  # header lines on every request
 
-async def final_answer(sock: socket.socket, method: str) -> str:
-    """The first final response to `method` on the caller's socket (text)."""
-    loop = asyncio.get_running_loop()
-    while True:
-        text = (await asyncio.wait_for(loop.sock_recv(sock, 65536), 10)).decode()
-        status = int(text.split(" ", 2)[1])
-        cseq = re.search(r"^CSeq:\s*\d+\s+(\w+)", text, re.MULTILINE)
-        if status >= 200 and cseq is not None and cseq[1] == method:
-            return text
+    def __enter__(self) -> RawPeer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def request(self, method: str, extra: list[str], body: str = "", cseq: int = 0) -> bytes:
+        tag = f";tag={self.to_tag}" if self.to_tag else ""
+        branch_method = "INVITE" if method == "CANCEL" else method  # a CANCEL is its INVITE's
+        lines = [
+            f"{method} sip:pay@127.0.0.1:{self.node[1]};x-spg-transaction=sbx-100-EUR-"
+            f"{self.call_id} SIP/2.0",
+            f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK-{self.call_id}-"
+            f"{branch_method}-{cseq or self.cseq}",
+            "Max-Forwards: 70",
+            f"From: <sip:caller@127.0.0.1>;tag=c-{self.call_id}",
+            f"To: <sip:pay@127.0.0.1>{tag}",
+            f"Call-ID: {self.call_id}",
+            f"CSeq: {cseq or self.cseq} {method}",
+            f"Contact: <sip:caller@127.0.0.1:{self.port}>",
+            *self.extra,
+            *extra,
+        ]
+        if body:
+            lines.append("Content-Type: application/sdp")
+        lines.append(f"Content-Length: {len(body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
+
+    async def send(self, data: bytes) -> None:
+        await asyncio.get_running_loop().sock_sendto(self.sock, data, self.node)
+
+    async def receive(self, timeout: float) -> Any:
+        loop = asyncio.get_running_loop()
+        while True:
+            message = parse_message(
+                await asyncio.wait_for(loop.sock_recv(self.sock, 65536), timeout)
+            )
+            if isinstance(message, SipResponse) and message.status < 200:
+                continue
+            return message
+
+    async def final(self, method: str, timeout: float = 10) -> SipResponse:
+        """The next final response to a `method` request (others are passed over)."""
+        while True:
+            message = await self.receive(timeout)
+            if isinstance(message, SipResponse) and message.cseq[1] == method:
+                return message
+
+    async def answer(self, request: SipRequest, status: int) -> None:
+        await self.send(make_response(request, status).to_bytes())
+
+    async def invite(self, extra: list[str]) -> SipResponse:
+        await self.send(self.request("INVITE", extra, SDP_OFFER))
+        answer = await self.receive(10)
+        assert isinstance(answer, SipResponse)
+        if answer.status == 200:
+            self.to_tag = answer.to.tag or ""
+            await self.send(self.request("ACK", [], cseq=1))
+        return answer
+
+    async def expect(self, method: str, timeout: float) -> SipRequest:
+        message = await self.receive(timeout)
+        assert isinstance(message, SipRequest) and message.method == method, message
+        return message
 
 
 @pytest.mark.timeout(60)
@@ -481,26 +531,26 @@ def test_calls_ended_before_their_journey_are_recorded_hung_up(tmp_path):
                 return getattr(connector, name)
 
         services.connector = SlowLookup()  # type: ignore[assignment]
-        loop = asyncio.get_running_loop()
+        callback = ["X-SPG-Callback: https://merchant.test/result"]
         try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                sock.bind(("127.0.0.1", port + 1000))
-                sock.setblocking(False)
-                node = ("127.0.0.1", port)
-                await loop.sock_sendto(sock, sip_request("INVITE", port, "gone1", "1 INVITE"), node)
+            with (
+                RawPeer(port, "gone1", callback) as first,
+                RawPeer(port, "gone2", callback) as second,
+            ):
+                await first.send(first.request("INVITE", [], SDP_OFFER))
                 await asyncio.wait_for(looking.wait(), 5)
-                await loop.sock_sendto(sock, sip_request("CANCEL", port, "gone1", "1 CANCEL"), node)
-                cancel = await final_answer(sock, "CANCEL")
+                await first.send(first.request("CANCEL", []))
+                cancel = (await first.final("CANCEL")).to_bytes().decode()
                 release.set()
-                invite = await final_answer(sock, "INVITE")
+                invite = (await first.final("INVITE")).to_bytes().decode()
 
                 # the second caller: answered, then gone before its ACK
-                await loop.sock_sendto(sock, sip_request("INVITE", port, "gone2", "1 INVITE"), node)
-                answered = await final_answer(sock, "INVITE")
-                to_tag = answered.split("\r\nTo:", 1)[1].split("tag=", 1)[1].split("\r\n", 1)[0]
-                bye = sip_request("BYE", port, "gone2", "2 BYE", to_tag=to_tag)
-                await loop.sock_sendto(sock, bye, node)
-                await final_answer(sock, "BYE")
+                await second.send(second.request("INVITE", [], SDP_OFFER))
+                ok = await second.final("INVITE")
+                answered = ok.to_bytes().decode()
+                second.to_tag = ok.to.tag or ""
+                await second.send(second.request("BYE", [], cseq=2))
+                await second.final("BYE")
                 for _ in range(100):
                     if len(cdr_lines(config)) == 2 and len(capture.callbacks) == 2:
                         break
@@ -671,73 +721,6 @@ def test_where_the_caller_is_returned(tmp_path):
     assert referred.refer_to.startswith("<sip:agent7@127.0.0.1:5996;x-spg-result=cancelled")
 
 
-# ---- session timers (RFC 4028) ---------------------------------------------------------------
-
-
-class RawPeer:
-    """A caller's SIP side as raw UDP on loopback: what it sends is written out here."""
-
-    def __init__(self, node_port: int, call_id: str) -> None:
-        self.node = ("127.0.0.1", node_port)
-        self.call_id = call_id
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.setblocking(False)
-        self.port = self.sock.getsockname()[1]
-        self.to_tag = ""
-        self.cseq = 1
-
-    def request(self, method: str, extra: list[str], body: str = "", cseq: int = 0) -> bytes:
-        tag = f";tag={self.to_tag}" if self.to_tag else ""
-        lines = [
-            f"{method} sip:pay@127.0.0.1:{self.node[1]};x-spg-transaction=sbx-100-EUR-"
-            f"{self.call_id} SIP/2.0",
-            f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK-{self.call_id}-"
-            f"{method}-{cseq or self.cseq}",
-            "Max-Forwards: 70",
-            f"From: <sip:caller@127.0.0.1>;tag=c-{self.call_id}",
-            f"To: <sip:pay@127.0.0.1>{tag}",
-            f"Call-ID: {self.call_id}",
-            f"CSeq: {cseq or self.cseq} {method}",
-            f"Contact: <sip:caller@127.0.0.1:{self.port}>",
-            *extra,
-        ]
-        if body:
-            lines.append("Content-Type: application/sdp")
-        lines.append(f"Content-Length: {len(body)}")
-        return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
-
-    async def send(self, data: bytes) -> None:
-        await asyncio.get_running_loop().sock_sendto(self.sock, data, self.node)
-
-    async def receive(self, timeout: float) -> Any:
-        loop = asyncio.get_running_loop()
-        while True:
-            message = parse_message(
-                await asyncio.wait_for(loop.sock_recv(self.sock, 65536), timeout)
-            )
-            if isinstance(message, SipResponse) and message.status < 200:
-                continue
-            return message
-
-    async def answer(self, request: SipRequest, status: int) -> None:
-        await self.send(make_response(request, status).to_bytes())
-
-    async def invite(self, extra: list[str]) -> SipResponse:
-        await self.send(self.request("INVITE", extra, SDP_OFFER))
-        answer = await self.receive(10)
-        assert isinstance(answer, SipResponse)
-        if answer.status == 200:
-            self.to_tag = answer.to.tag or ""
-            await self.send(self.request("ACK", [], cseq=1))
-        return answer
-
-    async def expect(self, method: str, timeout: float) -> SipRequest:
-        message = await self.receive(timeout)
-        assert isinstance(message, SipRequest) and message.method == method, message
-        return message
-
-
 @pytest.mark.timeout(60)
 def test_session_timers_refresh_expire_and_refuse_too_small(tmp_path, monkeypatch):
     """With intervals of seconds (our minimum lowered to 2 for the test): as refresher (uas)
@@ -755,38 +738,40 @@ def test_session_timers_refresh_expire_and_refuse_too_small(tmp_path, monkeypatc
     timer_headers = ["Supported: timer", "Allow: INVITE, ACK, BYE, CANCEL, UPDATE"]
 
     async def we_refresh(port: int) -> list[str]:
-        peer = RawPeer(port, "st-uas")
-        answer = await peer.invite([*timer_headers, "Session-Expires: 4;refresher=uas"])
-        assert answer.status == 200 and answer.headers.get("Require") == "timer"
-        seen = [answer.headers.get("Session-Expires") or ""]
-        started = time.monotonic()
-        first = await peer.expect("UPDATE", 4)
-        seen.append(f"{round(time.monotonic() - started)}s {first.headers.get('Session-Expires')}")
-        assert not first.body  # a refresh, no offer
-        await peer.answer(first, 200)
-        second = await peer.expect("UPDATE", 4)
-        await peer.answer(second, 481)
-        await peer.answer(await peer.expect("BYE", 4), 200)
-        return seen
+        with RawPeer(port, "st-uas") as peer:
+            answer = await peer.invite([*timer_headers, "Session-Expires: 4;refresher=uas"])
+            assert answer.status == 200 and answer.headers.get("Require") == "timer"
+            seen = [answer.headers.get("Session-Expires") or ""]
+            started = time.monotonic()
+            first = await peer.expect("UPDATE", 4)
+            seen.append(
+                f"{round(time.monotonic() - started)}s {first.headers.get('Session-Expires')}"
+            )
+            assert not first.body  # a refresh, no offer
+            await peer.answer(first, 200)
+            second = await peer.expect("UPDATE", 4)
+            await peer.answer(second, 481)
+            await peer.answer(await peer.expect("BYE", 4), 200)
+            return seen
 
     async def they_refresh(port: int) -> list[str]:
-        peer = RawPeer(port, "st-uac")
-        answer = await peer.invite([*timer_headers, "Session-Expires: 6"])
-        seen = [answer.headers.get("Session-Expires") or ""]
-        await asyncio.sleep(1)
-        peer.cseq = 2
-        await peer.send(peer.request("UPDATE", ["Session-Expires: 6;refresher=uac"]))
-        refreshed = await peer.receive(4)
-        assert isinstance(refreshed, SipResponse) and refreshed.status == 200
-        seen.append(refreshed.headers.get("Session-Expires") or "")
-        started = time.monotonic()
-        await peer.answer(await peer.expect("BYE", 8), 200)  # 6 - min(32, 6 / 3) s later
-        seen.append(f"{round(time.monotonic() - started)}s")
-        return seen
+        with RawPeer(port, "st-uac") as peer:
+            answer = await peer.invite([*timer_headers, "Session-Expires: 6"])
+            seen = [answer.headers.get("Session-Expires") or ""]
+            await asyncio.sleep(1)
+            peer.cseq = 2
+            await peer.send(peer.request("UPDATE", ["Session-Expires: 6;refresher=uac"]))
+            refreshed = await peer.receive(4)
+            assert isinstance(refreshed, SipResponse) and refreshed.status == 200
+            seen.append(refreshed.headers.get("Session-Expires") or "")
+            started = time.monotonic()
+            await peer.answer(await peer.expect("BYE", 8), 200)  # 6 - min(32, 6 / 3) s later
+            seen.append(f"{round(time.monotonic() - started)}s")
+            return seen
 
     async def too_small(port: int) -> SipResponse:
-        peer = RawPeer(port, "st-small")
-        return await peer.invite([*timer_headers, "Session-Expires: 1"])
+        with RawPeer(port, "st-small") as peer:
+            return await peer.invite([*timer_headers, "Session-Expires: 1"])
 
     async def scenario() -> tuple[list[str], list[str], SipResponse]:
         server, port = await start_node(config, capture)
@@ -812,17 +797,17 @@ def test_an_update_with_an_offer_gets_an_answer(tmp_path):
     async def scenario() -> tuple[SipResponse, SipResponse]:
         server, port = await start_node(config, capture)
         try:
-            peer = RawPeer(port, "upd-offer")
-            assert (await peer.invite([])).status == 200
-            peer.cseq = 2
-            hold = SDP_OFFER.replace("o=t 1 1", "o=t 1 2") + "a=sendonly\r\n"
-            await peer.send(peer.request("UPDATE", [], hold))
-            held = await peer.receive(5)
-            peer.cseq = 3
-            await peer.send(peer.request("UPDATE", []))  # no offer: a refresh
-            refreshed = await peer.receive(5)
-            assert isinstance(held, SipResponse) and isinstance(refreshed, SipResponse)
-            return held, refreshed
+            with RawPeer(port, "upd-offer") as peer:
+                assert (await peer.invite([])).status == 200
+                peer.cseq = 2
+                hold = SDP_OFFER.replace("o=t 1 1", "o=t 1 2") + "a=sendonly\r\n"
+                await peer.send(peer.request("UPDATE", [], hold))
+                held = await peer.receive(5)
+                peer.cseq = 3
+                await peer.send(peer.request("UPDATE", []))  # no offer: a refresh
+                refreshed = await peer.receive(5)
+                assert isinstance(held, SipResponse) and isinstance(refreshed, SipResponse)
+                return held, refreshed
         finally:
             await server.stop(grace_s=5)
 
@@ -858,10 +843,10 @@ def test_a_failure_of_ours_still_answers_the_invite_and_records_the_call(tmp_pat
 
         services.connector = Broken()  # type: ignore[assignment]
         try:
-            peer = RawPeer(port, "bug-1")
-            failed = await peer.invite([])
-            after = await pay(port, "sbx-100-EUR-after-bug", ["*"])  # the next call is fine
-            return failed, after
+            with RawPeer(port, "bug-1") as peer:
+                failed = await peer.invite([])
+                after = await pay(port, "sbx-100-EUR-after-bug", ["*"])  # the next call is fine
+                return failed, after
         finally:
             await server.stop(grace_s=5)
 
