@@ -39,6 +39,7 @@ __all__ = [
     "ListenSpec",
     "LogConfig",
     "RtpConfig",
+    "SecurityConfig",
     "SipConfig",
     "TtsConfig",
     "load_config",
@@ -325,6 +326,10 @@ class SipConfig(_Section):
     tls_cert: str = _rule("", _Str())
     tls_key: str = _rule("", _Str())
     tls_ca: str = _rule("", _Str())  # CAs our own TLS connections trust ("": the system's)
+    max_connections: int = _rule(1024, _Int(1))  # open TCP/TLS connections, in and out
+    tls_handshake_timeout_s: float = _rule(5.0, _PositiveNumber())
+    idle_timeout_s: float = _rule(60.0, _PositiveNumber())  # a connection no call is using
+    header_timeout_s: float = _rule(10.0, _PositiveNumber())  # first byte to end of a message head
 
     def _validate(self) -> None:
         if not self.listen:
@@ -346,18 +351,7 @@ class SipConfig(_Section):
         problem = _host_problem(self.public_host)
         if problem:
             raise _key_error("sip.public_host", problem)
-        for index, source in enumerate(self.trusted_sources):
-            key = f"sip.trusted_sources[{index}]"
-            try:
-                ipaddress.ip_network(source)
-            except ValueError:
-                try:
-                    loose = ipaddress.ip_network(source, strict=False)
-                except ValueError:
-                    raise _key_error(key, f"bad CIDR {_show(source)}") from None
-                raise _key_error(
-                    key, f"{_show(source)} has host bits set (did you mean {_show(str(loose))}?)"
-                ) from None
+        _check_cidrs("sip.trusted_sources", self.trusted_sources)
         for name in ("tls_cert", "tls_key", "tls_ca"):
             path = getattr(self, name)
             if path and not Path(path).is_file():
@@ -379,6 +373,22 @@ class SipConfig(_Section):
         context = ssl.create_default_context(cafile=self.tls_ca)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         return context
+
+
+def _check_cidrs(key: str, values: tuple[str, ...]) -> None:
+    """Each value a network in CIDR form without host bits, else a ConfigError naming it."""
+    for index, source in enumerate(values):
+        item = f"{key}[{index}]"
+        try:
+            ipaddress.ip_network(source)
+        except ValueError:
+            try:
+                loose = ipaddress.ip_network(source, strict=False)
+            except ValueError:
+                raise _key_error(item, f"bad CIDR {_show(source)}") from None
+            raise _key_error(
+                item, f"{_show(source)} has host bits set (did you mean {_show(str(loose))}?)"
+            ) from None
 
 
 def _tls_pair_problem(cert: str, key: str) -> str | None:
@@ -414,8 +424,16 @@ class RtpConfig(_Section):
     port_min: int = _rule(20000, _Int(1024, 65535))
     port_max: int = _rule(29999, _Int(1024, 65535))
     srtp: str = _rule("optional", _Choice("off", "optional", "required"))
+    # Where media may come from before a call has latched: CIDRs of a media relay in front
+    # (empty: only the address of the caller's SDP c= line).
+    media_sources: tuple[str, ...] = _rule_list((), _StrList())
+    # Sources whose SDES keys may arrive over cleartext SIP (UDP/TCP): a private link from
+    # your own Kamailio. Empty: RTP/SAVP offers are taken over TLS only.
+    sdes_cleartext_sources: tuple[str, ...] = _rule_list((), _StrList())
 
     def _validate(self) -> None:
+        _check_cidrs("rtp.media_sources", self.media_sources)
+        _check_cidrs("rtp.sdes_cleartext_sources", self.sdes_cleartext_sources)
         try:
             address = ipaddress.ip_address(self.address)
         except ValueError:
@@ -484,6 +502,9 @@ class GatewayConfig(_Section):
     url: str = _rule("", _Str())
     secret: str = _rule("", _Str(), secret=True)
     timeout_s: float = _rule(10.0, _PositiveNumber())
+    # After a timeout, reset or 5xx on an authorisation: how long to keep asking the platform
+    # whether it charged, before the result stays error with the charge state unknown.
+    reconcile_s: float = _rule(20.0, _PositiveNumber())
 
     def _validate(self) -> None:
         if self.connector == "http":
@@ -536,13 +557,18 @@ class LogConfig(_Section):
     format: str = _rule("json", _Choice("json", "text"))
     level: str = _rule("info", _Choice("debug", "info", "warning", "error"))
     cdr_path: str = _rule("cdr.jsonl", _Str())
+    # Authorisations in flight: a line before each request to the platform and one after its
+    # answer (no card data), fsync'd, for `spg-media reconcile` after a crash.
+    journal_path: str = _rule("journal.jsonl", _Str())
 
     def _validate(self) -> None:
-        if not self.cdr_path:
-            raise _key_error("log.cdr_path", "must be a file path")
-        parent = Path(self.cdr_path).parent
-        if not parent.is_dir():
-            raise _key_error("log.cdr_path", f"directory not found: {parent}")
+        for key in ("cdr_path", "journal_path"):
+            path = getattr(self, key)
+            if not path:
+                raise _key_error(f"log.{key}", "must be a file path")
+            parent = Path(path).parent
+            if not parent.is_dir():
+                raise _key_error(f"log.{key}", f"directory not found: {parent}")
 
 
 @dataclass(frozen=True)
@@ -554,6 +580,15 @@ class TtsConfig(_Section):
     def _validate(self) -> None:
         if not self.cache_dir:
             raise _key_error("tts.cache_dir", "must be a directory path")
+
+
+@dataclass(frozen=True)
+class SecurityConfig(_Section):
+    SECTION: ClassVar[str] = "security"
+
+    # mlockall(MCL_CURRENT | MCL_FUTURE) at start: card data never reaches swap. Needs
+    # CAP_IPC_LOCK or a large enough RLIMIT_MEMLOCK; a failure stops the start.
+    lock_memory: bool = _rule(False, _Bool())
 
 
 _SECTIONS: dict[str, type[_Section]] = {
@@ -568,6 +603,7 @@ _SECTIONS: dict[str, type[_Section]] = {
         AdminConfig,
         LogConfig,
         TtsConfig,
+        SecurityConfig,
     )
 }
 
@@ -585,6 +621,7 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     log: LogConfig = field(default_factory=LogConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
     def with_overrides(self, **section_changes: Mapping[str, Any]) -> Config:
         """A validated copy with keys changed: `with_overrides(admin={"listen": ""})`."""

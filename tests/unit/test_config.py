@@ -364,6 +364,16 @@ def test_unknown_keys(tmp_path: Path, text: str, expected: str) -> None:
             'sip.trusted_sources[0]: bad CIDR "10.0.0.0/33"',
         ),
         ('[sip]\ntrusted_sources = ["any"]', 'sip.trusted_sources[0]: bad CIDR "any"'),
+        ('[rtp]\nmedia_sources = ["relay"]', 'rtp.media_sources[0]: bad CIDR "relay"'),
+        (
+            '[rtp]\nsdes_cleartext_sources = ["10.0.0.0/8", "10.1.2.3/16"]',
+            'rtp.sdes_cleartext_sources[1]: "10.1.2.3/16" has host bits set'
+            ' (did you mean "10.1.0.0/16"?)',
+        ),
+        ("[sip]\nmax_connections = 0", "sip.max_connections: must be an integer >= 1, got 0"),
+        ("[sip]\nidle_timeout_s = 0", "sip.idle_timeout_s: must be a number > 0, got 0"),
+        ("[gateway]\nreconcile_s = -1", "gateway.reconcile_s: must be a number > 0, got -1"),
+        ("[security]\nlock_memory = 1", "security.lock_memory: must be true or false, got 1"),
         (
             '[sip]\ntrusted_sources = ["127.0.0.0/8", "10.1.2.3/8"]',
             'sip.trusted_sources[1]: "10.1.2.3/8" has host bits set (did you mean "10.0.0.0/8"?)',
@@ -518,6 +528,7 @@ def test_unknown_keys(tmp_path: Path, text: str, expected: str) -> None:
             'log.level: must be one of debug, info, warning, error, got "verbose"',
         ),
         ('[log]\ncdr_path = ""', "log.cdr_path: must be a file path"),
+        ('[log]\njournal_path = ""', "log.journal_path: must be a file path"),
         (
             '[log]\ncdr_path = "/nonexistent/dir/cdr.jsonl"',
             "log.cdr_path: directory not found: /nonexistent/dir",
