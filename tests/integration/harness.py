@@ -485,6 +485,79 @@ class SippProcess:
         return self.result
 
 
+@dataclasses.dataclass
+class SippLoadResult:
+    """What a SIPp load run (`run_sipp_load`) ended with, from its statistics file."""
+
+    returncode: int | None
+    succeeded: int
+    failed: int
+    peak_concurrent: int
+    stderr: str
+
+
+def run_sipp_load(
+    scenario_xml: Path,
+    target: str,
+    calls: int,
+    rate: float,
+    *,
+    workdir: Path,
+    limit: int = 0,
+    timeout_s: float = 300.0,
+    keys: Mapping[str, str] | None = None,
+) -> SippLoadResult:
+    """`calls` calls of `scenario_xml` at `rate` calls/s (at most `limit` at once when set)
+    towards `target`; returns when SIPp is done (or after `timeout_s`, killed)."""
+    if SIPP is None:
+        raise RuntimeError("sipp not installed")
+    workdir.mkdir(parents=True, exist_ok=True)
+    name = f"{scenario_xml.stem}-{uuid.uuid4().hex[:6]}"
+    stats_file = workdir / f"{name}.stats.csv"
+    args = [
+        str(SIPP), target,
+        "-sf", str(scenario_xml),
+        "-m", str(calls), "-r", str(rate),
+        "-t", "u1", "-i", HOST, "-mi", HOST,
+        "-p", str(free_port()), "-mp", str(free_media_port()),
+        "-nostdin",
+        "-timeout", f"{int(timeout_s)}s",
+        "-max_recv_loops", "10000",
+        # the node's BYE may pass the 200 of SIPp's NOTIFY: logged, not a failed call
+        "-default_behaviors", "all,-abortunexp",
+        "-trace_stat", "-stf", str(stats_file), "-fd", "1",
+        "-trace_err", "-error_file", str(workdir / f"{name}.errors.log"),
+    ]  # fmt: skip
+    if limit:
+        args += ["-l", str(limit)]
+    for key, value in (keys or {}).items():
+        args += ["-key", key, value]
+    proc = subprocess.Popen(
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=workdir,
+        start_new_session=True,
+    )
+    try:
+        _, stderr = proc.communicate(timeout=timeout_s + 10)
+    except subprocess.TimeoutExpired:
+        stop_process(proc, 2)
+        _, stderr = proc.communicate()
+    import csv
+
+    rows = list(csv.DictReader(stats_file.open(), delimiter=";")) if stats_file.exists() else []
+    last = rows[-1] if rows else {}
+    return SippLoadResult(
+        returncode=proc.returncode,
+        succeeded=int(last.get("SuccessfulCall(C)", 0) or 0),
+        failed=int(last.get("FailedCall(C)", 0) or 0),
+        peak_concurrent=max((int(r.get("CurrentCall", 0) or 0) for r in rows), default=0),
+        stderr=stderr.decode(errors="replace"),
+    )
+
+
 def _udp_port_in_use(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         try:
@@ -865,6 +938,73 @@ class SpgNode:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.stop()
+
+
+class SandboxProcess:
+    """`spg-media sandbox` as a subprocess on 127.0.0.1: the payment platform of a node whose
+    connector is `http` (`node_env()` gives the node's settings for it)."""
+
+    def __init__(self, workdir: Path, secret: str = "sandbox-secret", slow_s: float = 12.0):
+        self.workdir = workdir
+        self.secret = secret
+        self.slow_s = slow_s
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / "sandbox.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def node_env(self) -> dict[str, str]:
+        return {
+            "SPG_GATEWAY__CONNECTOR": "http",
+            "SPG_GATEWAY__URL": self.url,
+            "SPG_GATEWAY__SECRET": self.secret,
+        }
+
+    def start(self, timeout_s: float = 20.0) -> None:
+        import urllib.request
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        command = [
+            str(SPG_MEDIA), "sandbox",
+            "--listen", f"{HOST}:{self.port}",
+            "--secret", self.secret,
+            "--slow-s", str(self.slow_s),
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+        def up() -> bool:
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as resp:
+                    return int(resp.status) == 200
+            except OSError:
+                return False
+
+        if not wait_for(up, timeout_s):
+            self.stop()
+            raise RuntimeError(f"the sandbox did not come up on {self.url}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
