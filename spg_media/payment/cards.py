@@ -1,10 +1,10 @@
 """Card rules: Luhn, brand by IIN range and length, expiry window, security-code length.
 
-This module owns the answer to "is this what a card looks like?" for the caller's journey
-(CONTRACT §4). It does no I/O and keeps nothing: PANs come in as `SecretDigits` and are only
-revealed inside `check_pan`, for as long as the check takes.
+This module owns the answer to "is this what a card looks like?" for the caller's journey.
+It does no I/O and keeps nothing: a keyed card number comes in as `SecretDigits` and is checked
+digit by digit (Luhn) and by its first digits (brand), never turned into a string.
 
-Brand names are exactly those of CONTRACT §10 `ivr.card_brands`.
+Brand names are exactly those of the `ivr.card_brands` setting.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from spg_media.payment.model import SecretDigits
 PAN_MIN_LENGTH = 12
 PAN_MAX_LENGTH = 19
 EXPIRY_MAX_YEARS_AHEAD = 20
+IIN_DIGITS = 6  # a brand is told by at most the first six digits (the longest range below)
 
 BRANDS = ("visa", "mastercard", "amex", "discover", "diners", "jcb", "unionpay", "maestro")
 
@@ -31,12 +32,14 @@ class _BrandRule:
     ranges: tuple[tuple[str, str], ...]
     lengths: frozenset[int]
 
-    def matches(self, digits: str) -> bool:
-        if len(digits) not in self.lengths:
+    def matches(self, head: str, length: int) -> bool:
+        """Whether a card number of `length` digits starting with `head` (its first digits,
+        at least as many as the longest range here) is of this brand."""
+        if length not in self.lengths:
             return False
         for low, high in self.ranges:
-            head = digits[: len(low)]
-            if len(head) == len(low) and int(low) <= int(head) <= int(high):
+            start = head[: len(low)]
+            if len(start) == len(low) and int(low) <= int(start) <= int(high):
                 return True
         return False
 
@@ -88,9 +91,12 @@ def luhn_valid(digits: str) -> bool:
     """True if `digits` (ASCII decimal, non-empty) passes the Luhn mod-10 check."""
     if not _is_decimal(digits):
         return False
+    return _luhn_ok([ord(char) - 48 for char in digits])
+
+
+def _luhn_ok(values: list[int]) -> bool:
     total = 0
-    for position, char in enumerate(reversed(digits)):
-        value = ord(char) - 48
+    for position, value in enumerate(reversed(values)):
         if position % 2 == 1:
             value *= 2
             if value > 9:
@@ -103,8 +109,12 @@ def detect_brand(digits: str) -> str | None:
     """The brand whose IIN range and length both fit `digits`, or None."""
     if not _is_decimal(digits):
         return None
+    return _brand_of(digits[:IIN_DIGITS], len(digits))
+
+
+def _brand_of(head: str, length: int) -> str | None:
     for rule in _RULES:
-        if rule.matches(digits):
+        if rule.matches(head, length):
             return rule.brand
     return None
 
@@ -126,11 +136,9 @@ def check_pan(pan: SecretDigits, allowed_brands: Collection[str]) -> PanVerdict:
     """Whether a keyed card number can be taken: valid, and of a brand in `allowed_brands`."""
     if not PAN_MIN_LENGTH <= len(pan) <= PAN_MAX_LENGTH:
         return PanVerdict(PanCheck.INVALID)
-    digits = pan.reveal()  # lives only for this check
-    if not luhn_valid(digits):
+    if not _luhn_ok(pan.values()):
         return PanVerdict(PanCheck.INVALID)
-    brand = detect_brand(digits)
-    del digits
+    brand = _brand_of(pan.prefix(IIN_DIGITS), len(pan))
     if brand is None:
         return PanVerdict(PanCheck.INVALID)
     if brand not in allowed_brands:

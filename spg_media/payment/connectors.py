@@ -1,10 +1,11 @@
-"""Payment platform connectors: the generic HTTP protocol of CONTRACT §7 over httpx.
+"""Payment platform connectors: the generic HTTP protocol of the payment platform.
 
-This module owns the one place where card data leaves the process: `HttpConnector.authorize`
-turns the card into a JSON body (the only `SecretDigits.reveal()` calls in the gateway), signs
-it, posts it, and drops it. Everything else a connector hands back — `TransactionInfo`,
-`AuthorizationResult`, `ConnectorError`, log records — is built from the platform's answer,
-status codes and exception *type names*, never from the request.
+This module owns talking to the payment platform. `HttpConnector.authorize` is the one place
+where card data leaves the process: it has `card_request` write the card into one body buffer,
+signs it, posts it (over a connection of its own, not httpx: see `card_request`), and wipes
+it. Everything else a connector hands back — `TransactionInfo`, `AuthorizationResult`,
+`ConnectorError`, log records — is built from the platform's answer, status codes and
+exception *type names*, never from the request.
 
 `make_connector("sandbox", ...)` runs the same `HttpConnector` over `httpx.ASGITransport` to
 an in-process `SandboxApp`, so the default setup exercises exactly the production protocol.
@@ -22,14 +23,17 @@ import ipaddress
 import json
 import logging
 import re
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
+import certifi
 import httpx
 
 from spg_media.observability import CONNECTOR_LATENCY_SECONDS, CONNECTOR_REQUESTS_TOTAL
+from spg_media.payment import card_request
 from spg_media.payment.model import (
     AuthorizationResult,
     CardData,
@@ -48,6 +52,7 @@ CURRENCY = re.compile(r"[A-Z]{3}")
 MAX_ANSWER_BYTES = 64 * 1024
 MAX_FIELD_CHARS = 256
 SANDBOX_BASE_URL = "http://sandbox.spg.invalid"
+_HEADERS = {"User-Agent": "spg-media", "Accept": "application/json"}
 
 
 class ConnectorError(Exception):
@@ -98,13 +103,19 @@ class HttpConnector:
         self.secret = secret
         self.timeout_s = timeout_s
         self.clock = clock
+        self._transport = transport
+        # One trust for both requests: the CAs of certifi (which httpx ships with), not the
+        # environment's SSL_CERT_FILE/SSL_CERT_DIR, which ssl's defaults would read.
+        self._ssl_context = ssl.create_default_context(cafile=certifi.where())
+        self._ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
         # No event hooks, no redirects (a redirect would re-send the card elsewhere), no cookies
         # to keep; the body is built per request and not kept.
         self._client = httpx.AsyncClient(
             transport=transport,
+            verify=self._ssl_context,
             timeout=httpx.Timeout(timeout_s),
             follow_redirects=False,
-            headers={"User-Agent": "spg-media", "Accept": "application/json"},
+            headers=_HEADERS,
         )
 
     # ---- lookup -------------------------------------------------------------------------------
@@ -218,29 +229,28 @@ class HttpConnector:
     async def _post_card(
         self, url: str, card: CardData, attempt: int, idempotency_key: str
     ) -> tuple[int, bytes | None]:
-        # The only place card digits become strings. The body lives in this frame and in the
-        # httpx request for the duration of the exchange; neither outlives this call.
-        body = json.dumps(
-            {
-                "card": {
-                    "number": card.pan.reveal(),
-                    "exp_month": card.exp_month,
-                    "exp_year": card.exp_year,
-                    "cvc": card.cvc.reveal(),
-                },
-                "attempt": attempt,
-            },
-            separators=(",", ":"),
-        ).encode("utf-8")
-        headers = self._signed(body)
-        headers["Content-Type"] = "application/json"
-        headers["Idempotency-Key"] = idempotency_key
-        request = self._client.build_request("POST", url, content=body, headers=headers)
-        del body
+        # The only place card digits leave the card type: into one buffer (card_request), which
+        # is signed and sent as it is and wiped here, whatever happens.
+        body = card_request.build_body(card, attempt)
         try:
+            headers = self._signed(body)
+            headers["Content-Type"] = "application/json"
+            headers["Idempotency-Key"] = idempotency_key
+            if self._transport is None:
+                return await card_request.post(
+                    url,
+                    [*_HEADERS.items(), *headers.items()],
+                    body,
+                    ssl_context=self._ssl_context,
+                    max_answer_bytes=MAX_ANSWER_BYTES,
+                )
+            # An httpx transport given (the in-process sandbox, tests): it needs its own copy.
+            request = self._client.build_request(
+                "POST", url, content=bytes(body), headers=headers
+            )
             return await self._exchange(request)
         finally:
-            del request
+            card_request.wipe(body)
 
     async def _exchange(self, request: httpx.Request) -> tuple[int, bytes | None]:
         """(status, body or None when above MAX_ANSWER_BYTES); the response is not kept."""
@@ -255,7 +265,7 @@ class HttpConnector:
         finally:
             await response.aclose()
 
-    def _signed(self, body: bytes) -> dict[str, str]:
+    def _signed(self, body: bytes | bytearray) -> dict[str, str]:
         return {SIGNATURE_HEADER: sign(self.secret, body, int(self.clock()))}
 
     async def aclose(self) -> None:

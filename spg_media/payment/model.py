@@ -1,66 +1,118 @@
 """Shared payment types: card data as a secret, transactions, results.
 
-Card data is a type (DESIGN principle 4): digits live in a bytearray that never prints
-itself, can be wiped, and becomes a `str` only through `reveal()`, which only the
-connector's request building may call.
+Card data is a type: digits live in a fixed bytearray that never prints itself, is never
+copied out as a string, and is wiped after use; the payment request is built from it into one
+buffer of its own (`payment.card_request`).
 """
 
 from __future__ import annotations
 
 import enum
+import hmac
 from dataclasses import dataclass, field
 
 
 class SecretDigits:
-    """Keypad digits that must never be logged: repr/str show only a mask."""
+    """Keypad digits that must never be logged or copied: repr/str show only a mask.
 
-    __slots__ = ("_buf",)
+    The digits live in one bytearray of `CAPACITY` bytes, allocated once and never resized: a
+    buffer that grows is copied to a larger one by the allocator, and the old one, freed
+    without being cleared, would keep the digits keyed so far where a memory dump finds them.
+    Nothing here returns more than four digits as a `str`; the digits leave the buffer only
+    into another buffer (`write_into`, for the payment request) or as one-character strings
+    (`characters`, to pick the clips of a spoken expiry), and `wipe()` zeroes the buffer.
+    """
+
+    __slots__ = ("_buf", "_len")
+    CAPACITY = 24  # above the longest field keyed (a 19-digit card number)
 
     def __init__(self, digits: str | bytes | bytearray = b"") -> None:
-        raw = digits.encode("ascii") if isinstance(digits, str) else bytes(digits)
-        if raw and not raw.isdigit():
-            raise ValueError("secret digits must be decimal digits")
-        self._buf = bytearray(raw)
+        self._buf = bytearray(self.CAPACITY)
+        self._len = 0
+        for code in digits.encode("ascii") if isinstance(digits, str) else digits:
+            if not 48 <= code <= 57:
+                self.wipe()
+                raise ValueError("secret digits must be decimal digits")
+            self._push(code)
+
+    def _push(self, code: int) -> None:
+        if self._len >= self.CAPACITY:
+            raise ValueError(f"at most {self.CAPACITY} secret digits")
+        self._buf[self._len] = code
+        self._len += 1
 
     def append(self, digit: str) -> None:
-        if len(digit) != 1 or not digit.isdigit():
+        if len(digit) != 1 or not "0" <= digit <= "9":
             raise ValueError("only one decimal digit can be appended")
-        self._buf.append(ord(digit))
+        self._push(ord(digit))
 
     def __len__(self) -> int:
-        return len(self._buf)
+        return self._len
 
     def last(self, n: int) -> str:
-        """The last n digits (n <= 4 for a PAN)."""
-        return self._buf[-n:].decode("ascii") if n else ""
+        """The last n digits (n <= 4 for a card number)."""
+        if not 0 <= n <= 4:
+            raise ValueError("at most the last four digits can be shown")
+        return self._buf[max(0, self._len - n) : self._len].decode("ascii") if n else ""
 
     def prefix(self, n: int) -> str:
-        """The first n digits, for brand detection by IIN (n <= 8)."""
-        return self._buf[:n].decode("ascii")
+        """The first n digits, for brand detection by IIN (n <= 8) and an expiry's month."""
+        if not 0 <= n <= 8:
+            raise ValueError("at most the first eight digits can be shown")
+        return self._buf[: min(n, self._len)].decode("ascii")
+
+    def values(self) -> list[int]:
+        """The digits as small ints (0-9): Python shares those objects, so nothing is copied
+        that a memory dump could read back as the number."""
+        return [code - 48 for code in memoryview(self._buf)[: self._len]]
+
+    def characters(self) -> tuple[str, ...]:
+        """The digits as one-character strings, which Python shares too (for picking the
+        clips of a prompt that speaks them)."""
+        return tuple(chr(code) for code in memoryview(self._buf)[: self._len])
+
+    def matches(self, digits: str) -> bool:
+        """Whether these are exactly `digits` (compared in constant time)."""
+        with memoryview(self._buf) as view:
+            return hmac.compare_digest(view[: self._len], digits.encode("ascii", "replace"))
 
     def occurs_in(self, digits: str) -> bool:
         """Whether these digits appear in `digits` (compared in place, no copy made)."""
-        return len(self._buf) > 0 and self._buf in digits.encode("ascii", "ignore")
+        if not self._len:
+            return False
+        with memoryview(self._buf) as view:
+            return digits.encode("ascii", "ignore").find(view[: self._len]) >= 0
 
-    def reveal(self) -> str:
-        """The digits as a string: only for the payment request and card rules."""
-        return self._buf.decode("ascii")
+    def write_into(self, target: bytearray, offset: int) -> int:
+        """Copy the digits into `target` at `offset` (which must have room: it is not grown);
+        returns the offset after them."""
+        end = offset + self._len
+        if end > len(target):
+            raise ValueError("no room for the digits in the target buffer")
+        target[offset:end] = memoryview(self._buf)[: self._len]
+        return end
 
     def copy(self) -> SecretDigits:
-        return SecretDigits(self._buf)
+        twin = SecretDigits()
+        twin._buf[:] = self._buf
+        twin._len = self._len
+        return twin
 
     def wipe(self) -> None:
-        for i in range(len(self._buf)):
-            self._buf[i] = 0
-        self._buf.clear()
+        self._buf[:] = bytes(self.CAPACITY)
+        self._len = 0
 
     def __repr__(self) -> str:
-        return f"SecretDigits(<{len(self._buf)} digits>)"
+        return f"SecretDigits(<{self._len} digits>)"
 
     __str__ = __repr__
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, SecretDigits) and self._buf == other._buf
+        return (
+            isinstance(other, SecretDigits)
+            and self._len == other._len
+            and hmac.compare_digest(self._buf, other._buf)
+        )
 
     __hash__ = None  # type: ignore[assignment]
 

@@ -27,17 +27,26 @@ _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _MAX_HEADER_LEN = 1024  # several v1 values during a secret rotation, never kilobytes
 
 
-def _digest(secret: str, message: bytes) -> str:
-    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
+Buffer = bytes | bytearray | memoryview
 
 
-def _body_message(t: int, body: bytes) -> bytes:
-    return f"{t}.".encode("ascii") + body
+def _digest(secret: str, *parts: Buffer) -> str:
+    """HMAC-SHA256 of the parts, fed one after the other: a body is never copied into a
+    joined message (a card payment's body must exist in its one buffer only)."""
+    mac = hmac.new(secret.encode("utf-8"), digestmod=hashlib.sha256)
+    for part in parts:
+        mac.update(part)
+    return mac.hexdigest()
 
 
-def sign(secret: str, body: bytes, t: int) -> str:
+def _body_message(t: int) -> bytes:
+    """What precedes the body in the signed message: `t` and a dot."""
+    return f"{t}.".encode("ascii")
+
+
+def sign(secret: str, body: Buffer, t: int) -> str:
     """`t=<t>,v1=<hex HMAC-SHA256(secret, f"{t}." + body)>` for the exact body bytes."""
-    return f"t={t},v1={_digest(secret, _body_message(t, body))}"
+    return f"t={t},v1={_digest(secret, _body_message(t), body)}"
 
 
 def parse_signature(header: str) -> tuple[int, list[str]] | None:
@@ -71,7 +80,7 @@ def parse_signature(header: str) -> tuple[int, list[str]] | None:
 def _check(
     secret: str,
     header: str,
-    message_for: Callable[[int], bytes],
+    message_for: Callable[[int], tuple[Buffer, ...]],
     now: float,
     max_age_s: float,
 ) -> bool:
@@ -85,7 +94,7 @@ def _check(
     # Both directions: an old signature is a replay, one from the future a skewed or forged clock.
     if abs(now - t) > max_age_s:
         return False
-    expected = _digest(secret, message_for(t))
+    expected = _digest(secret, *message_for(t))
     matched = False
     for digest in digests:  # no early exit: the time taken does not say which one matched
         matched |= hmac.compare_digest(expected, digest)
@@ -100,7 +109,7 @@ def verify(
     max_age_s: float = DEFAULT_MAX_AGE_S,
 ) -> bool:
     """True when `header` signs exactly `body` with `secret` and is at most `max_age_s` old."""
-    return _check(secret, header, lambda t: _body_message(t, body), now, max_age_s)
+    return _check(secret, header, lambda t: (_body_message(t), body), now, max_age_s)
 
 
 def handoff_canonical(
@@ -142,7 +151,7 @@ def verify_handoff(
     return _check(
         secret,
         header,
-        lambda t: handoff_canonical(t, call_id, transaction, return_to, callback),
+        lambda t: (handoff_canonical(t, call_id, transaction, return_to, callback),),
         now,
         max_age_s,
     )

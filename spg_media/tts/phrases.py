@@ -9,9 +9,9 @@ This module owns the words. `build(part, lang)` turns one prompt part of the cal
 
 PCI rule: anything that comes from the card (the last four digits, the expiry) only ever
 becomes `Symbol`s. No `Phrase` text, and so no synthesiser input, cache key or log line, is ever
-built from card digits; the expiry's `SecretDigits.reveal()` is called only to pick the clips,
-and `Symbol` does not show its character in its repr. Error messages name the prompt and the
-parameter, never a value.
+built from card digits; the expiry's digits are taken one character at a time
+(`SecretDigits.characters()`) only to pick the clips, and `Symbol` does not show its
+character in its repr. Error messages name the prompt and the parameter, never a value.
 
 Amounts, references and merchant names are not card data: an announcement with its amount and
 merchant is one `Phrase` (its own cache entry, keyed by a hash).
@@ -76,12 +76,10 @@ class PartLike(Protocol):
     def params(self) -> tuple[tuple[str, object], ...]: ...
 
 
-class RevealsDigits(Protocol):
-    """`SecretDigits` as seen here: only `reveal()` (to pick clips) and `len()`."""
+class SpellsDigits(Protocol):
+    """`SecretDigits` as seen here: its digits one character at a time (to pick clips)."""
 
-    def reveal(self) -> str: ...
-
-    def __len__(self) -> int: ...
+    def characters(self) -> tuple[str, ...]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -631,12 +629,13 @@ class _Params:
             raise ValueError(f"prompt {self._part!r}: parameter {key!r} must be a str")
         return value
 
-    def digits(self, key: str, length: int) -> str:
-        """Card digits (last4, expiry): a str or anything with reveal(). Never echoed."""
+    def digits(self, key: str, length: int) -> tuple[str, ...]:
+        """Card digits (last4, expiry), one character each: from a str or anything with
+        characters() (never joined into one string). Never echoed."""
         value = self.require(key)
-        reveal = getattr(value, "reveal", None)
-        digits = reveal() if callable(reveal) else value
-        if not isinstance(digits, str) or len(digits) != length or not digits.isdigit():
+        spell = getattr(value, "characters", None)
+        digits = spell() if callable(spell) else tuple(value) if isinstance(value, str) else ()
+        if len(digits) != length or not all("0" <= d <= "9" for d in digits):
             raise ValueError(f"prompt {self._part!r}: parameter {key!r} must be {length} digits")
         return digits
 

@@ -202,7 +202,13 @@ def test_sale_happy_path() -> None:
     authorize = authorize_of(actions)
     assert authorize.attempt == 1
     card = authorize.card
-    assert (card.pan.reveal(), card.exp_month, card.exp_year, card.cvc.reveal(), card.brand) == (
+    assert (
+        "".join(card.pan.characters()),
+        card.exp_month,
+        card.exp_year,
+        "".join(card.cvc.characters()),
+        card.brand,
+    ) == (
         VISA,
         12,
         2030,
@@ -266,7 +272,7 @@ def test_amex_asks_for_and_takes_four_digits() -> None:
     assert caller.expiry() == [Play((part("enter_cvc", digits=4),), True)]
     assert caller.cvc(AMEX_CVC[:3]) == []  # three digits are not the end of it
     authorize = authorize_of(caller.keys(AMEX_CVC[3]))
-    assert authorize.card.cvc.reveal() == AMEX_CVC
+    assert "".join(authorize.card.cvc.characters()) == AMEX_CVC
     assert authorize.card.brand == "amex"
     caller.authorized()
     assert (caller.finish_result().brand, caller.journey.outcome.last4) == (  # type: ignore[union-attr]
@@ -290,7 +296,7 @@ def test_amex_asks_for_and_takes_four_digits() -> None:
 def test_other_brands_go_through(pan: str, brand: str) -> None:
     authorize = Caller().to_authorize(pan)
     assert authorize.card.brand == brand
-    assert authorize.card.pan.reveal() == pan
+    assert "".join(authorize.card.pan.characters()) == pan
 
 
 def test_card_ends_by_itself_at_the_nineteenth_digit() -> None:
@@ -301,7 +307,7 @@ def test_card_ends_by_itself_at_the_nineteenth_digit() -> None:
     assert caller.keys(pan[:18]) == []
     assert plays(caller.keys(pan[18])) == [("enter_expiry",)]
     caller.expiry()
-    assert authorize_of(caller.cvc()).card.pan.reveal() == pan
+    assert "".join(authorize_of(caller.cvc()).card.pan.characters()) == pan
 
 
 def test_twelve_digit_maestro_is_long_enough() -> None:
@@ -476,9 +482,9 @@ def test_star_clears_the_field_and_asks_again(field: str) -> None:
         card = authorize_of(caller.cvc()).card
     else:
         card = authorize_of(caller.cvc("123")).card
-    assert card.pan.reveal() == VISA
+    assert "".join(card.pan.characters()) == VISA
     assert (card.exp_month, card.exp_year) == ((1, 2031) if field == "expiry" else (12, 2030))
-    assert card.cvc.reveal() == ("123" if field == "cvc" else CVC)
+    assert "".join(card.cvc.characters()) == ("123" if field == "cvc" else CVC)
 
 
 @pytest.mark.parametrize("field", ["card", "expiry", "cvc"])
@@ -701,7 +707,12 @@ def test_whole_card_keyed_during_the_announcement() -> None:
     assert actions[3:5] == [Play((part("enter_cvc", digits=3),), True), StopPlayback()]
     assert actions[5] == Play((part("processing"),), False)
     card = authorize_of(actions).card
-    assert (card.pan.reveal(), card.exp_month, card.exp_year, card.cvc.reveal()) == (
+    assert (
+        "".join(card.pan.characters()),
+        card.exp_month,
+        card.exp_year,
+        "".join(card.cvc.characters()),
+    ) == (
         VISA,
         12,
         2030,
@@ -767,10 +778,14 @@ def test_confirm_prompt_and_one_proceeds() -> None:
     actions = caller.keys("1")
     assert actions[0] == Play((part("processing"),), False)
     card = authorize_of(actions).card
-    assert (card.pan.reveal(), card.cvc.reveal(), card.exp_month) == (VISA, CVC, 12)
+    assert ("".join(card.pan.characters()), "".join(card.cvc.characters()), card.exp_month) == (
+        VISA,
+        CVC,
+        12,
+    )
     # The prompt's copy of the expiry is its own: it survives the hand-over.
     expiry = dict(play.parts[0].params)["expiry"]
-    assert isinstance(expiry, SecretDigits) and expiry.reveal() == EXPIRY
+    assert isinstance(expiry, SecretDigits) and "".join(expiry.characters()) == EXPIRY
 
 
 def test_confirm_barged_in_by_one() -> None:
@@ -805,7 +820,12 @@ def test_confirm_two_then_a_new_card() -> None:
         (part("confirm", last4="4444", expiry=SecretDigits("0128")),), True
     )
     card = authorize_of(caller.keys("1")).card
-    assert (card.pan.reveal(), card.exp_year, card.cvc.reveal(), card.brand) == (
+    assert (
+        "".join(card.pan.characters()),
+        card.exp_year,
+        "".join(card.cvc.characters()),
+        card.brand,
+    ) == (
         MASTERCARD,
         2028,
         "321",
@@ -1050,7 +1070,7 @@ def test_hangup_during_authorization_waits_for_the_answer() -> None:
     assert caller.journey.state is State.HUNG_UP_AUTHORIZING
     assert caller.hangup() == []
     assert caller.done() == [] and caller.keys("9") == []
-    assert authorize.card.pan.reveal() == VISA  # the call still has what it needs
+    assert "".join(authorize.card.pan.characters()) == VISA  # the call still has what it needs
     outcome = outcome_of(caller.authorized(after=2.0))
     assert outcome.result is Result.APPROVED  # the answer outranks the hang-up
     assert (outcome.reference, outcome.authorization_code, outcome.card_token) == (

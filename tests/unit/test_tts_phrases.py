@@ -535,7 +535,7 @@ def test_confirm_reads_card_digits_only_as_symbols(lang: str) -> None:
         assert not any(c.isdigit() for c in text)
     assert "1111" not in repr(segments) and "1230" not in repr(segments)
     assert repr(Symbol("7")) == "Symbol(<masked>)"
-    assert expiry.reveal() == "1230"  # only read, not wiped or changed
+    assert "".join(expiry.characters()) == "1230"  # only read, not wiped or changed
 
 
 def test_confirm_wording_en() -> None:
