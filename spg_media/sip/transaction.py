@@ -22,6 +22,7 @@ mapped onto the INVITE they belong to.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import heapq
 import itertools
@@ -311,6 +312,9 @@ class TransactionLayer:
         else:
             tx.state = State.COMPLETED
             tx.expires_at = now + (0.0 if reliable else 64 * self.t1)
+            # Timer J keeps the transaction for retransmissions, which need only the response:
+            # an INFO's body is a key press, and 32 s of them would be the caller's whole card.
+            tx.request = dataclasses.replace(tx.request, body=b"")
         if tx.retransmit_at is not None:
             self._arm(tx, tx.retransmit_at)
         self._arm(tx, tx.expires_at)

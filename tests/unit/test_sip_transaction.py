@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from spg_media.sip.message import SipRequest, SipResponse, make_response, parse_message
 from spg_media.sip.transaction import (
     T1,
@@ -148,6 +150,30 @@ def test_non_invite_response_cached_for_retransmissions():
     layer.receive_request(request("BYE", branch="z9hG4bK-bye", cseq=2, to_tag="t"), PEER, 0.6)
     assert statuses(layer) == [200]
     assert len(layer.take_events()) == 1
+
+
+def test_an_answered_info_keeps_no_key_press_for_its_retransmissions():
+    """Timer J holds a non-INVITE transaction 32 s over UDP: an INFO's body (a key press)
+    must not stay with it, or the transactions of one card would spell the card."""
+    layer = TransactionLayer()
+    presses = []
+    for n, key in enumerate("4111"):
+        info = dataclasses.replace(
+            request("INFO", branch=f"z9hG4bK-info{n}", cseq=2 + n, to_tag="t"),
+            body=f"Signal={key}\r\nDuration=160\r\n".encode(),
+        )
+        presses.append(info)
+        layer.receive_request(info, PEER, 0.0)
+        layer.respond(info, make_response(info, 200), 0.1)
+    assert statuses(layer) == [200] * 4
+    assert [event.request.body for event in layer.take_events()] == [  # type: ignore[attr-defined]
+        p.body for p in presses
+    ]
+    assert all(tx.request.body == b"" for tx in layer.server.values())
+    assert not any(b"Signal" in tx.last_response_bytes for tx in layer.server.values())
+    # a retransmission is still answered from what is kept
+    layer.receive_request(presses[0], PEER, 1.0)
+    assert statuses(layer) == [200] and layer.take_events() == []
 
 
 def test_cancel_matches_pending_invite():
