@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from spg_media.config import Config, ConfigError, load_config, parse_listen
-from spg_media.payment.sandbox import DEMO_CARD
 
 
 class UsageError(Exception):
@@ -52,7 +51,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="a complete payment call on loopback")
     demo.add_argument("--inband", action="store_true", help="key the card as in-band tones")
     demo.add_argument("--srtp", action="store_true", help="run the call over TLS + SRTP")
-    demo.add_argument("--card", default=DEMO_CARD, help="card number to key")
+    demo.add_argument("--card", help="card number to key (default: a sandbox card that approves)")
     demo.add_argument("--expiry", default="1230", help="expiry MMYY to key")
     demo.add_argument("--lang", default=None, help="prompt language (en, es)")
 
@@ -151,8 +150,21 @@ def _serve(args: argparse.Namespace) -> int:
     from spg_media.observability import setup_logging
 
     setup_logging(config.log.format, config.log.level)
+    _harden(config)
     _run(_serve_async(config))
     return 0
+
+
+def _harden(config: Config) -> None:
+    """No core dumps, no reading of this process's memory by others, no swap if asked: before
+    the first call, so card data is never where those would find it."""
+    from spg_media.hardening import HardeningError, harden_process
+
+    try:
+        protections = harden_process(config.security.lock_memory)
+    except HardeningError as exc:
+        raise UsageError(str(exc)) from None
+    logging.getLogger("spg.server").info("process hardening: %s", ", ".join(protections))
 
 
 async def _serve_async(config: Config) -> None:
@@ -193,6 +205,12 @@ def _demo(args: argparse.Namespace) -> int:
 
         if openssl_binary() is None:
             raise UsageError("--srtp: needs the openssl command to make the demo's certificate")
+    if args.card is None:
+        # Imported here, not at the top: a node that serves must not load the sandbox's test
+        # card numbers into its memory (a scan for card data would find them there).
+        from spg_media.payment.sandbox import DEMO_CARD
+
+        args.card = DEMO_CARD
     if not args.card.isdigit() or not 12 <= len(args.card) <= 19:
         raise UsageError("--card: expected 12 to 19 digits")
     if not args.expiry.isdigit() or len(args.expiry) != 4:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from spg_media import hardening
 from spg_media.cli import main
 from spg_media.rtp.g711 import encode
 from spg_media.testcaller import dtmf_tone
@@ -138,8 +139,10 @@ def test_check_config_takes_a_tls_ca_it_can_load_and_refuses_one_it_cannot(
 
 
 def test_serve_on_a_port_in_use_is_one_line_and_exit_2(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # (not hardened: that would make this test process undumpable for the rest of the run)
+    monkeypatch.setattr(hardening, "harden_process", lambda lock_memory: ["core dumps off"])
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
@@ -149,6 +152,18 @@ def test_serve_on_a_port_in_use_is_one_line_and_exit_2(
             capsys, "serve", "-c", str(config), "--sip", f"udp:127.0.0.1:{port}", "--admin", ""
         )
     assert_one_line_error(code, err.splitlines()[-1] + "\n", "cannot listen")
+
+
+def test_serve_that_cannot_lock_its_memory_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(lock_memory: bool) -> list[str]:
+        raise hardening.HardeningError("security.lock_memory: mlockall failed: no (grant ...)")
+
+    monkeypatch.setattr(hardening, "harden_process", refuse)
+    monkeypatch.setenv("SPG_SECURITY__LOCK_MEMORY", "true")
+    code, _, err = run(capsys, "serve", "--admin", "")
+    assert_one_line_error(code, err, "security.lock_memory", "mlockall failed")
 
 
 def alaw_wav(path: Path, samples: np.ndarray) -> Path:
