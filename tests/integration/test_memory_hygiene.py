@@ -1,0 +1,101 @@
+"""Card data leaves no trace in a node's memory.
+
+SIPp callers pay 50 calls into `spg-media serve` on the `http` connector, talking to a separate
+`spg-media sandbox` (as in production), keying two cards as RFC 4733 events. Then the node's
+whole memory is read as an attacker with root would read it (every readable mapping through
+/proc/PID/mem; see memscan.py): no complete card number, no security code next to an expiry.
+The sandbox's memory, read the same way, is the check that the scan finds card data where it
+is (the platform parses every request). The node also says at start-up that it cannot dump
+core or be read by other processes, and its limits show it.
+
+Needs root: SIPp's pcap play, and reading a process that is not dumpable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+from harness import (
+    HOST,
+    SIPP,
+    SandboxProcess,
+    SippLoadResult,
+    SpgNode,
+    make_pay_scenario,
+    run_sipp_load,
+    spg_media_available,
+)
+from memscan import KnownCard, scan_process
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+CARDS = [
+    KnownCard("4111111111111111", "1230", "123"),
+    KnownCard("378282246310005", "0929", "7890"),
+]
+CALLS_PER_CARD = 25
+
+
+@pytest.fixture(autouse=True)
+def _need_root_and_sipp() -> None:
+    if SIPP is None or not spg_media_available():
+        pytest.skip("needs sipp and .venv/bin/spg-media")
+    if os.geteuid() != 0:
+        pytest.skip("needs root (SIPp pcap play, reading a non-dumpable process)")
+
+
+def test_fifty_payments_leave_no_card_in_the_nodes_memory(tmp_path: Path) -> None:
+    run = uuid.uuid4().hex[:6]
+    with SandboxProcess(tmp_path / "sandbox") as sandbox:
+        env = {**sandbox.node_env(), "SPG_IVR__RETURN_URI": f"sip:agent@{HOST}:5999"}
+        with SpgNode(tmp_path / "node", env=env) as node:
+            assert node.proc is not None and sandbox.proc is not None
+            results: list[SippLoadResult] = []
+
+            def calls(index: int, card: KnownCard) -> None:
+                scenario = make_pay_scenario(
+                    [card.number + "#", card.expiry, card.cvc],
+                    tmp_path / f"pay{index}.xml",
+                    headers={"X-SPG-Transaction": f"sbx-4990-EUR-mem{run}c{index}-[call_number]"},
+                    result_timeout_ms=90_000,
+                )
+                results.append(
+                    run_sipp_load(
+                        scenario,
+                        f"{HOST}:{node.sip_port}",
+                        CALLS_PER_CARD,
+                        5.0,
+                        workdir=tmp_path / "sipp",
+                        timeout_s=200,
+                    )
+                )
+
+            threads = [
+                threading.Thread(target=calls, args=(i, card)) for i, card in enumerate(CARDS)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            cdrs = [json.loads(line) for line in node.cdr_lines()]
+            node_scan = scan_process(node.proc.pid, CARDS)
+            sandbox_scan = scan_process(sandbox.proc.pid, CARDS)
+            limits = Path(f"/proc/{node.proc.pid}/limits").read_text()
+            logs = node.logs()
+
+    assert [r.succeeded for r in results] == [CALLS_PER_CARD] * len(CARDS), results
+    assert sum(1 for r in cdrs if r["result"] == "approved") == CALLS_PER_CARD * len(CARDS)
+    # the scan sees card data where it is: the platform's end holds some
+    assert sandbox_scan.total_numbers > 0, sandbox_scan.summary()
+    assert node_scan.total_numbers == 0, node_scan.summary()
+    assert node_scan.total_codes == 0, node_scan.summary()
+    core_limit = next(line for line in limits.splitlines() if line.startswith("Max core file size"))
+    assert core_limit.split()[4:6] == ["0", "0"]
+    assert "process hardening: core dumps off, memory unreadable by other processes" in logs
+    for card in CARDS:
+        assert card.number not in logs
