@@ -18,7 +18,8 @@ RTCP on the RTCP port and with rtcp-mux alike. Once latched, the check is one tu
 A re-INVITE or UPDATE that moves the media (`move`) unlatches the session and filters on the new
 address; a hold address (`c=0.0.0.0`, `::`) matches no source, so nothing new can latch.
 
-`MediaEngine` is the asyncio shell: one UDP socket per session and ONE timer for all sessions that
+`MediaEngine` is the asyncio shell: one UDP socket per session (an even port drawn at random from
+the range, so that a call's port cannot be guessed) and ONE timer for all sessions that
 sends every due packet each 20 ms tick (DESIGN principle 3), so per-call work in the hot path is a
 dictionary walk and a `sendto`. The same tick runs the in-band DTMF detector once over the audio
 all `inband` sessions received since the previous tick (grouped into one numpy block per codec
@@ -43,7 +44,7 @@ import math
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -521,14 +522,18 @@ class PortRangeExhausted(Exception):
 class MediaEngine:
     """All RTP sockets of the process and the single 20 ms send tick."""
 
-    def __init__(self, address: str, port_min: int, port_max: int) -> None:
+    def __init__(
+        self, address: str, port_min: int, port_max: int, *, rng: random.Random | None = None
+    ) -> None:
         self.address = address
         self.port_min = port_min + (port_min % 2)
         self.port_max = port_max
         self.sessions: dict[int, MediaSession] = {}
         self.transports: dict[int, asyncio.DatagramTransport] = {}
         self.rtcp_transports: dict[int, asyncio.DatagramTransport] = {}  # by RTP port
-        self._next_port = self.port_min
+        # Ports are drawn at random (a tests' seeded Random, else the OS's): the next call's
+        # port cannot be guessed from the last one's.
+        self._rng = rng if rng is not None else random.SystemRandom()
         self._tick_task: asyncio.Task[None] | None = None
         # The loop that runs the engine, taken on first use: asking for it here would fail,
         # or make a stray loop, when the engine is built outside a running loop.
@@ -542,27 +547,17 @@ class MediaEngine:
         return self._loop
 
     async def open(self) -> int:
-        """Bind a free even port from the range, and the odd one above it for RTCP, and return
-        the even one (the session is attached later)."""
+        """Bind a free even port drawn at random from the range, and the odd one above it for
+        RTCP, and return the even one (the session is attached later). A pair taken (by us or
+        by another process) is skipped; after a few random draws the range is walked from a
+        random place, so every free pair is found while one is left."""
         self._loop = asyncio.get_running_loop()
         span = (self.port_max - 1 - self.port_min) // 2 + 1  # even ports with an odd one above
-        for _ in range(span):
-            port = self._next_port
-            self._next_port += 2
-            if self._next_port + 1 > self.port_max:
-                self._next_port = self.port_min
+        for port in self._candidates(span):
             if port in self.transports:
                 continue
-            sockets: list[socket.socket] = []
-            try:
-                for number in (port, port + 1):
-                    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                    sockets.append(sock)
-                    sock.bind((self.address, number))
-                    sock.setblocking(False)
-            except OSError:  # either taken: the next pair
-                for sock in sockets:
-                    sock.close()
+            sockets = self._bind_pair(port)
+            if sockets is None:  # either taken: another pair
                 continue
             transport, _ = await self.loop.create_datagram_endpoint(
                 functools.partial(_SessionProtocol, self, port), sock=sockets[0]
@@ -574,6 +569,31 @@ class MediaEngine:
             self.rtcp_transports[port] = rtcp
             return port
         raise PortRangeExhausted(f"no free RTP port in {self.port_min}-{self.port_max}")
+
+    _RANDOM_DRAWS = 8  # before walking the range: enough while it is mostly free
+
+    def _candidates(self, span: int) -> Iterator[int]:
+        """RTP ports to try: random draws, then every pair once from a random place."""
+        for _ in range(min(self._RANDOM_DRAWS, span)):
+            yield self.port_min + 2 * self._rng.randrange(span)
+        start = self._rng.randrange(span)
+        for index in range(span):
+            yield self.port_min + 2 * ((start + index) % span)
+
+    def _bind_pair(self, port: int) -> list[socket.socket] | None:
+        """Non-blocking sockets bound to `port` and `port + 1`, or None when either is taken."""
+        sockets: list[socket.socket] = []
+        try:
+            for number in (port, port + 1):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sockets.append(sock)
+                sock.bind((self.address, number))
+                sock.setblocking(False)
+        except OSError:
+            for sock in sockets:
+                sock.close()
+            return None
+        return sockets
 
     def attach(self, port: int, session: MediaSession) -> None:
         session.next_send_at = self.loop.time()
