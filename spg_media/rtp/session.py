@@ -16,7 +16,8 @@ neither key digits into the call nor hear its prompts. The check is made before 
 stranger's packets cost no decryption and cannot use up a genuine packet's replay slot), for
 RTCP on the RTCP port and with rtcp-mux alike. Once latched, the check is one tuple comparison.
 A re-INVITE or UPDATE that moves the media (`move`) unlatches the session and filters on the new
-address; a hold address (`c=0.0.0.0`, `::`) matches no source, so nothing new can latch.
+address; one that moves nothing keeps the latch. A hold address (`c=0.0.0.0`, `::`) matches no
+source: nothing new can latch (a stream already latched, the caller's own, is still taken).
 
 `MediaEngine` is the asyncio shell: one UDP socket per session (an even port drawn at random from
 the range, so that a call's port cannot be guessed) and ONE timer for all sessions that
