@@ -454,6 +454,7 @@ class Call:
             inband=self.config.dtmf.inband != "off",
             rtcp_remote=neg.remote_rtcp,
             rtcp_mux=neg.rtcp_mux,
+            media_sources=self.config.rtp.media_sources,  # a relay's; else the c= address only
         )
         if neg.local_crypto is not None and neg.remote_crypto is not None:
             self.media.srtp = SrtpContext(neg.local_crypto, neg.remote_crypto)
@@ -582,11 +583,7 @@ class Call:
         self.dialog.update_target(request)
         self.negotiated = neg
         self.media.hold = neg.direction in ("sendonly", "inactive")
-        if (neg.remote_address, neg.remote_port) != self.media.remote:
-            self.media.remote = (neg.remote_address, neg.remote_port)
-            self.media.latched = None
-            self.media.rtcp_remote = neg.remote_rtcp
-            self.media.rtcp_latched = None
+        self.media.move((neg.remote_address, neg.remote_port), neg.remote_rtcp)
         self.media.rtcp_mux = neg.rtcp_mux
         self.media.dtmf_payload_type = neg.dtmf_payload_type
         self.media.renegotiate(neg.codec, neg.ptime)

@@ -7,32 +7,53 @@ returns the digit to deliver on the start of a new press, or None.
 
 Rules:
 
-* A start of digit D from source S is the same key press as an accepted press of D from another
-  source when it begins within `window_s` of that press's start, or while that press is still
-  in progress (its source has not reported the end yet; a press reported with a duration and no
-  end, as SIP INFO is, lasts that duration, or `window_s` when none is given).
+* A start of digit D from source S is the same key press as an accepted press from another
+  source that is still in progress with digit D (its source has not reported the end yet).
+* It is also the same key press as an accepted press from another source that has ended, when
+  it begins within `window_s` of that press's start or before its end (a press reported with a
+  duration and no end, as SIP INFO is, lasts that duration, or `window_s` when none is given),
+  whatever its digit: keys do not overlap, and a press starting that close to another's start
+  is the other source's report of it (or its misreading), not a new key.
 * Presses from the same source are never merged: that source already tells presses apart.
 * In-band: "off" ignores the detector; "auto" ignores it once an RFC 4733 event has been seen on
   the call (a sender that sends events may leave the tones in the audio too, and events are the
   more reliable report); "on" merges it like the other sources.
+
+Card data: the keys are the card. Only a press in progress knows its digit (one per source at
+most); an ended press is kept as its source and times only, and only while it can still be
+matched (`_FORGET_AFTER_S` past its window), so nothing here reads back as the keys pressed.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 from spg_media.dtmf.rfc4733 import DtmfEvent
 
 InbandMode = Literal["auto", "on", "off"]
 
+# How long past its window an ended press is kept: a source may date its start well before the
+# events fed before it (the in-band detector dates a start at the tone's onset).
+_FORGET_AFTER_S: Final = 1.0
+_MAX_ENDED: Final = 16  # and never more than this many
+
 
 @dataclass(slots=True)
-class _AcceptedPress:  # holds no digit: it is filed under one
+class _OpenPress:  # an accepted press in progress: the one place a digit is kept
+    digit: str
+    started_at: float
+
+
+@dataclass(slots=True)
+class _EndedPress:  # holds no digit
     source: str
     started_at: float
-    ends_at: float | None  # None while in progress until its source reports the end
+    ends_at: float
+
+    def forget_at(self, window_s: float) -> float:
+        return max(self.started_at + window_s, self.ends_at) + _FORGET_AFTER_S
 
 
 class DtmfMerger:
@@ -49,16 +70,20 @@ class DtmfMerger:
         self.accepted: Counter[str] = Counter()  # digits delivered, per source
         self.duplicates: Counter[str] = Counter()  # starts dropped as another source's press
         self.ignored: Counter[str] = Counter()  # events dropped by the in-band policy
-        self._last: dict[str, _AcceptedPress] = {}  # per digit: the latest accepted press
+        self._open: dict[str, _OpenPress] = {}  # per source: its accepted press in progress
+        self._ended: deque[_EndedPress] = deque(maxlen=_MAX_ENDED)  # in the order they ended
+        self._latest = float("-inf")  # the latest event time fed
 
     def feed(self, event: DtmfEvent) -> str | None:
         """The digit to deliver for this event, or None (an end, a duplicate, an ignored source)."""
-        previous = self._last.get(event.digit)
+        self._latest = max(self._latest, event.at)
+        self._forget()
         if event.kind == "end":
             # Ends are applied whatever the in-band policy: an in-band press accepted before the
             # first RFC 4733 event must still finish, or it would swallow later presses.
-            if previous is not None and previous.source == event.source:
-                previous.ends_at = event.at
+            pending = self._open.get(event.source)
+            if pending is not None and pending.digit == event.digit:
+                self._close(event.source, event.at)
             return None
         if event.source == "rfc4733":
             self.rfc4733_seen = True
@@ -67,18 +92,37 @@ class DtmfMerger:
         ):
             self.ignored[event.source] += 1
             return None
-        if previous is not None and previous.source != event.source:
-            within_window = abs(event.at - previous.started_at) <= self.window_s
-            in_progress = previous.ends_at is None or event.at <= previous.ends_at
-            if within_window or in_progress:
-                self.duplicates[event.source] += 1
-                return None
-        if event.duration_ms is not None:
-            ends_at: float | None = event.at + event.duration_ms / 1000.0
-        elif event.source == "info":
-            ends_at = event.at + self.window_s  # INFO never reports the end of a press
+        if self._is_duplicate(event):
+            self.duplicates[event.source] += 1
+            return None
+        if event.source in self._open:  # its end was never reported: it ends here
+            self._close(event.source, event.at)
+        if event.duration_ms is not None or event.source == "info":
+            # Known in full at its start (INFO never reports the end of a press).
+            length_s = self.window_s if event.duration_ms is None else event.duration_ms / 1000
+            self._ended.append(_EndedPress(event.source, event.at, event.at + length_s))
         else:
-            ends_at = None
-        self._last[event.digit] = _AcceptedPress(event.source, event.at, ends_at)
+            self._open[event.source] = _OpenPress(event.digit, event.at)
         self.accepted[event.source] += 1
         return event.digit
+
+    def _is_duplicate(self, event: DtmfEvent) -> bool:
+        for source, pending in self._open.items():
+            if source != event.source and pending.digit == event.digit:
+                return True
+        for ended in self._ended:
+            if ended.source != event.source and (
+                abs(event.at - ended.started_at) <= self.window_s or event.at <= ended.ends_at
+            ):
+                return True
+        return False
+
+    def _close(self, source: str, at: float) -> None:
+        pending = self._open.pop(source)
+        self._ended.append(_EndedPress(source, pending.started_at, at))
+
+    def _forget(self) -> None:
+        """Drop the ended presses nothing can be matched with any more."""
+        ended = self._ended
+        while ended and ended[0].forget_at(self.window_s) < self._latest:
+            ended.popleft()

@@ -1,13 +1,26 @@
 """Per-call RTP sessions and the shared media tick.
 
 `MediaSession` is the sans-IO state of one call's media: it latches onto the first source that
-sends RTP to its port (symmetric RTP; other sources are dropped and counted), hands telephone-event
-payloads to the RFC 4733 receiver, and produces the call's outgoing packets — prompt audio encoded
-once per codec, packetised here, or silence — one packet per `ptime`. With an `srtp` context,
-incoming packets are authenticated and decrypted BEFORE anything else looks at them (so a forged
-packet can neither latch the session nor reach the DTMF receivers) and outgoing ones protected.
+sends RTP to its port (symmetric RTP: our packets go back there; other sources are dropped and
+counted), hands telephone-event payloads to the RFC 4733 receiver, and produces the call's
+outgoing packets — prompt audio encoded once per codec, packetised here, or silence — one packet
+per `ptime`. With an `srtp` context, incoming packets are authenticated and decrypted BEFORE
+anything else looks at them (so a forged packet can neither latch the session nor reach the DTMF
+receivers) and outgoing ones protected.
 
-`MediaEngine` is the asyncio shell: one UDP socket per session and ONE timer for all sessions that
+Who may latch: only a source at the address of the caller's SDP `c=` line (any port: a NAT may
+change it), or inside one of `media_sources` (the CIDRs of a media relay in front of the node,
+`rtp.media_sources`). Anyone else who finds the port is dropped and counted (`dropped_foreign`,
+`spg_rtp_dropped_total{reason="source"}`) and never gets a packet from us: a stranger can
+neither key digits into the call nor hear its prompts. The check is made before SRTP (a
+stranger's packets cost no decryption and cannot use up a genuine packet's replay slot), for
+RTCP on the RTCP port and with rtcp-mux alike. Once latched, the check is one tuple comparison.
+A re-INVITE or UPDATE that moves the media (`move`) unlatches the session and filters on the new
+address; one that moves nothing keeps the latch. A hold address (`c=0.0.0.0`, `::`) matches no
+source: nothing new can latch (a stream already latched, the caller's own, is still taken).
+
+`MediaEngine` is the asyncio shell: one UDP socket per session (an even port drawn at random from
+the range, so that a call's port cannot be guessed) and ONE timer for all sessions that
 sends every due packet each 20 ms tick (DESIGN principle 3), so per-call work in the hot path is a
 dictionary walk and a `sendto`. The same tick runs the in-band DTMF detector once over the audio
 all `inband` sessions received since the previous tick (grouped into one numpy block per codec
@@ -26,12 +39,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import ipaddress
 import logging
 import math
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -58,6 +72,29 @@ MAX_PENDING_FRAMES = 10  # audio kept for the detector between ticks (a stalled 
 INBAND_FEED = 160  # samples (20 ms) each in-band channel gives the detector a tick
 REORDER_WINDOW = 50  # packets: an audio packet this far behind the newest is late, not a new run
 PAYLOAD_TYPE = {"PCMU": 0, "PCMA": 8}
+HOLD_ADDRESSES = frozenset(("0.0.0.0", "::"))  # RFC 2543 hold: "send me nothing"
+
+
+@functools.cache
+def _networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(cidr) for cidr in cidrs)
+
+
+@functools.lru_cache(maxsize=4096)  # a relay's few addresses, or a flood's: either is cheap
+def in_sources(address: str, cidrs: tuple[str, ...]) -> bool:
+    """Is `address` (a socket's source) inside one of the networks `cidrs` (as config.py
+    checked them: `rtp.media_sources`)?"""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in _networks(cidrs))
+
+
+def literal_address(address: str) -> str:
+    """`address` as an IP literal in its canonical form; ValueError for anything else (a
+    hostname would be resolved, blocking, by `sendto` in the media tick)."""
+    return str(ipaddress.ip_address(address))
 
 
 @dataclass
@@ -93,8 +130,16 @@ class MediaSession:
     srtp: SrtpContext | None = None  # SDES-SRTP keys of the call; None for plain RTP
     rtcp_remote: tuple[str, int] | None = None  # where our RTCP goes (port 0 or None: nowhere)
     rtcp_mux: bool = False  # RTCP shares the RTP port (RFC 5761)
+    media_sources: tuple[str, ...] = ()  # CIDRs (a media relay) media may also come from
 
     def __post_init__(self) -> None:
+        # The SDP's address and port: before latching, media is taken only from that address
+        # (any port) or from `media_sources`.
+        self.remote = (literal_address(self.remote[0]), self.remote[1])
+        if self.rtcp_remote is not None:
+            self.rtcp_remote = (literal_address(self.rtcp_remote[0]), self.rtcp_remote[1])
+        self.offered = self.remote
+        self.media_sources = tuple(self.media_sources)
         self.payload_type = PAYLOAD_TYPE[self.codec]
         self.samples_per_packet = 8 * self.ptime_ms
         self._seq = random.getrandbits(16)
@@ -153,28 +198,36 @@ class MediaSession:
 
     # ---- receiving --------------------------------------------------------------------------
 
+    def may_latch(self, address: str) -> bool:
+        """May media from `address` latch the session (the SDP's address, or a relay's)?"""
+        if address == self.offered[0]:
+            return True
+        return bool(self.media_sources) and in_sources(address, self.media_sources)
+
     def receive(self, data: bytes, source: tuple[str, int], now: float) -> None:
-        rtcp = is_rtcp(data)
-        if self.srtp is not None:
-            if self.latched is not None and source != self.latched:
-                # Checked first: unprotecting a stranger's copy of a genuine packet would use
-                # up its replay slot before the real one arrives.
+        # The source first, before SRTP: unprotecting a stranger's copy of a genuine packet
+        # would use up its replay slot before the real one arrives.
+        latched = self.latched
+        if latched is None:
+            if source[0] != self.offered[0] and not self.may_latch(source[0]):
                 self.stats.dropped_foreign += 1
                 return
+        elif source != latched:
+            self.stats.dropped_foreign += 1
+            return
+        rtcp = is_rtcp(data)
+        if self.srtp is not None:
             plain = self.srtp.unprotect_rtcp(data) if rtcp else self.srtp.unprotect_rtp(data)
             if plain is None:
                 self.stats.dropped_srtp += 1
                 return
             data = plain
-        if self.latched is None:
+        if latched is None:
             if source != self.remote and not self.rtcp_mux and self.rtcp_latched is None:
                 # Behind a NAT: its RTCP most likely leaves from the port above its RTP's.
                 self.rtcp_remote = (source[0], source[1] + 1) if source[1] < 65535 else None
             self.latched = source
             self.remote = source  # symmetric RTP: answer where the caller really is
-        elif source != self.latched:
-            self.stats.dropped_foreign += 1
-            return
         if rtcp:
             self._take_rtcp(data, now)
             return
@@ -211,12 +264,15 @@ class MediaSession:
                 self.on_audio(packet.payload, now)
 
     def receive_rtcp(self, data: bytes, source: tuple[str, int], now: float) -> None:
-        """A datagram on the RTCP port: taken from the address the call's RTP comes from (its
-        first accepted packet sets where our reports go), SRTCP-checked for an SRTP call."""
+        """A datagram on the RTCP port: taken from the address the call's RTP comes from (before
+        any RTP: from an address that may latch), SRTCP-checked for an SRTP call; its first
+        accepted packet sets where our reports go."""
         if self.rtcp_latched is not None:
             foreign = source != self.rtcp_latched
+        elif self.latched is not None:
+            foreign = source[0] != self.latched[0]
         else:
-            foreign = source[0] != (self.latched or self.remote)[0]
+            foreign = not self.may_latch(source[0])
         if foreign:
             self.stats.dropped_foreign += 1
             return
@@ -240,6 +296,25 @@ class MediaSession:
                 return False
         self.stats.rtcp += 1
         return True
+
+    def move(self, remote: tuple[str, int], rtcp_remote: tuple[str, int] | None) -> None:
+        """A re-INVITE or UPDATE answered: `remote` is its SDP's RTP address and port,
+        `rtcp_remote` where its RTCP goes. Unchanged: nothing happens (the latch stays). Moved:
+        the session is unlatched and takes media only from the new address (or a relay's);
+        moved to a hold address (0.0.0.0): nothing is sent there and nothing new can latch,
+        while a source already latched (the caller's own stream) is still taken."""
+        remote = (literal_address(remote[0]), remote[1])
+        if rtcp_remote is not None:
+            rtcp_remote = (literal_address(rtcp_remote[0]), rtcp_remote[1])
+        if remote == self.offered:
+            return
+        self.offered = remote
+        self.remote = remote
+        self.rtcp_remote = rtcp_remote
+        if remote[0] in HOLD_ADDRESSES:
+            return
+        self.latched = None
+        self.rtcp_latched = None
 
     def start_rtcp(self, now: float, wall: float, rng: random.Random | None = None) -> None:
         """Start RTCP: statistics from now on, the first report in 1 to 3 s (`rng` draws the
@@ -283,7 +358,7 @@ class MediaSession:
     def rtcp_target(self) -> tuple[str, int] | None:
         """Where our RTCP goes now, or None."""
         target = self.remote if self.rtcp_mux else self.rtcp_remote
-        if target is None or not target[1] or target[0] in ("0.0.0.0", "::"):
+        if target is None or not target[1] or target[0] in HOLD_ADDRESSES:
             return None  # no port, or RFC 2543 hold: "send me nothing" (0.0.0.0 is this host)
         return target
 
@@ -448,14 +523,18 @@ class PortRangeExhausted(Exception):
 class MediaEngine:
     """All RTP sockets of the process and the single 20 ms send tick."""
 
-    def __init__(self, address: str, port_min: int, port_max: int) -> None:
+    def __init__(
+        self, address: str, port_min: int, port_max: int, *, rng: random.Random | None = None
+    ) -> None:
         self.address = address
         self.port_min = port_min + (port_min % 2)
         self.port_max = port_max
         self.sessions: dict[int, MediaSession] = {}
         self.transports: dict[int, asyncio.DatagramTransport] = {}
         self.rtcp_transports: dict[int, asyncio.DatagramTransport] = {}  # by RTP port
-        self._next_port = self.port_min
+        # Ports are drawn at random (a tests' seeded Random, else the OS's): the next call's
+        # port cannot be guessed from the last one's.
+        self._rng = rng if rng is not None else random.SystemRandom()
         self._tick_task: asyncio.Task[None] | None = None
         # The loop that runs the engine, taken on first use: asking for it here would fail,
         # or make a stray loop, when the engine is built outside a running loop.
@@ -469,27 +548,17 @@ class MediaEngine:
         return self._loop
 
     async def open(self) -> int:
-        """Bind a free even port from the range, and the odd one above it for RTCP, and return
-        the even one (the session is attached later)."""
+        """Bind a free even port drawn at random from the range, and the odd one above it for
+        RTCP, and return the even one (the session is attached later). A pair taken (by us or
+        by another process) is skipped; after a few random draws the range is walked from a
+        random place, so every free pair is found while one is left."""
         self._loop = asyncio.get_running_loop()
         span = (self.port_max - 1 - self.port_min) // 2 + 1  # even ports with an odd one above
-        for _ in range(span):
-            port = self._next_port
-            self._next_port += 2
-            if self._next_port + 1 > self.port_max:
-                self._next_port = self.port_min
+        for port in self._candidates(span):
             if port in self.transports:
                 continue
-            sockets: list[socket.socket] = []
-            try:
-                for number in (port, port + 1):
-                    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                    sockets.append(sock)
-                    sock.bind((self.address, number))
-                    sock.setblocking(False)
-            except OSError:  # either taken: the next pair
-                for sock in sockets:
-                    sock.close()
+            sockets = self._bind_pair(port)
+            if sockets is None:  # either taken: another pair
                 continue
             transport, _ = await self.loop.create_datagram_endpoint(
                 functools.partial(_SessionProtocol, self, port), sock=sockets[0]
@@ -501,6 +570,31 @@ class MediaEngine:
             self.rtcp_transports[port] = rtcp
             return port
         raise PortRangeExhausted(f"no free RTP port in {self.port_min}-{self.port_max}")
+
+    _RANDOM_DRAWS = 8  # before walking the range: enough while it is mostly free
+
+    def _candidates(self, span: int) -> Iterator[int]:
+        """RTP ports to try: random draws, then every pair once from a random place."""
+        for _ in range(min(self._RANDOM_DRAWS, span)):
+            yield self.port_min + 2 * self._rng.randrange(span)
+        start = self._rng.randrange(span)
+        for index in range(span):
+            yield self.port_min + 2 * ((start + index) % span)
+
+    def _bind_pair(self, port: int) -> list[socket.socket] | None:
+        """Non-blocking sockets bound to `port` and `port + 1`, or None when either is taken."""
+        sockets: list[socket.socket] = []
+        try:
+            for number in (port, port + 1):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sockets.append(sock)
+                sock.bind((self.address, number))
+                sock.setblocking(False)
+        except OSError:
+            for sock in sockets:
+                sock.close()
+            return None
+        return sockets
 
     def attach(self, port: int, session: MediaSession) -> None:
         session.next_send_at = self.loop.time()

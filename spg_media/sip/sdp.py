@@ -23,6 +23,10 @@ Decisions (CONTRACT §3):
 - RTCP: sent to the offer's `a=rtcp` port and address (RFC 3605), else to the RTP port + 1 at the
   RTP address; `a=rtcp-mux` offered is accepted (RFC 5761 §5.1.1): RTCP then shares the RTP port
   both ways, and the answer says `a=rtcp-mux`.
+- Addresses: the chosen stream's `c=` must be an IP literal (IPv4, or IPv6 under `IN IP6`),
+  given back in canonical form; a host name is refused (488), never resolved: resolving it
+  would block the media tick, and media is taken only from that address. An `a=rtcp` line
+  whose address is not an IP literal is passed over, like any `a=rtcp` line we cannot read.
 - Re-INVITE (`previous=`): a call that is SRTP stays SRTP (a plain re-offer is refused, whatever
   the policy), and when the peer keeps its key our answer keeps ours, so neither direction's
   SRTP context restarts (RFC 4568 §7.1.4).
@@ -31,6 +35,7 @@ Decisions (CONTRACT §3):
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
@@ -223,6 +228,14 @@ def _parse_connection(value: str) -> str:
     return parts[2].split("/", 1)[0]  # drop a multicast TTL / address count
 
 
+def _ip_literal(address: str) -> str | None:
+    """`address` in canonical form when it is an IP literal, else None (a host name)."""
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return None
+
+
 def _parse_int(text: str, what: str, low: int, high: int) -> int:
     text = text.strip()
     if not text.isascii() or not text.isdigit():
@@ -291,10 +304,15 @@ def _apply_media_attribute(media: MediaDescription, name: str, value: str) -> No
         port_text, _, address = value.strip().partition(" ")
         try:
             port = _parse_int(port_text, "a=rtcp port", 1, 65535)
-            media.rtcp_address = _parse_connection(address) if address.strip() else None
-            media.rtcp_port = port
+            rtcp_address = _parse_connection(address) if address.strip() else None
         except SdpError:
-            pass
+            return
+        if rtcp_address is not None:
+            rtcp_address = _ip_literal(rtcp_address)
+            if rtcp_address is None:  # a host name: never resolved
+                return
+        media.rtcp_address = rtcp_address
+        media.rtcp_port = port
     elif name == "rtcp-mux":
         media.rtcp_mux = True
 
@@ -462,8 +480,11 @@ def negotiate(
     index, media, (payload_type, codec, dtmf, crypto, remote_crypto) = choice
     if not media.connection:
         raise NotAcceptable("no connection address (c=) for the audio stream")
+    connection = _ip_literal(media.connection)
+    if connection is None:
+        raise NotAcceptable("c= address is not an IP address (host names are not resolved)")
     direction = media.direction
-    if media.connection in ("0.0.0.0", "::"):  # RFC 2543 hold: "do not send to me"
+    if connection in ("0.0.0.0", "::"):  # RFC 2543 hold: "do not send to me"
         direction = {"sendrecv": "sendonly", "recvonly": "inactive"}.get(direction, direction)
     local_crypto: CryptoAttribute | None = None
     if remote_crypto is not None:
@@ -476,7 +497,7 @@ def negotiate(
         else:
             local_crypto = srtp.answer_for(remote_crypto)
     return NegotiatedAudio(
-        remote_address=media.connection,
+        remote_address=connection,
         remote_port=media.port,
         codec=codec,
         payload_type=payload_type,
@@ -491,7 +512,7 @@ def negotiate(
         offered_streams=[(m.media, m.proto, " ".join(m.format_tokens)) for m in offer.media],
         remote_crypto=remote_crypto,
         local_crypto=local_crypto,
-        remote_rtcp_address=media.rtcp_address or media.connection,
+        remote_rtcp_address=media.rtcp_address or connection,
         remote_rtcp_port=media.rtcp_port or (media.port + 1 if media.port < 65535 else 0),
         rtcp_mux=media.rtcp_mux,
     )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import types
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -196,6 +199,17 @@ CASES: list[tuple[str, str, list[DtmfEvent], str]] = [
         [start("1", 0.0, "rfc4733"), start("2", 0.0, "inband")],
         "12",
     ),
+    (
+        "on-other-digit-misread-in-band-right-after-a-short-press-is-that-press",
+        "on",
+        [
+            start("5", 0.0, "rfc4733"),
+            end("5", 0.05, "rfc4733"),
+            start("8", 0.02, "inband"),  # dated at its onset, during the press
+            end("8", 0.06, "inband"),
+        ],
+        "5",
+    ),
 ]
 
 
@@ -329,3 +343,68 @@ def test_keyed_card_never_appears_in_reprs() -> None:
     assert delivered == pan
     assert pan not in printed and pan[-4:] not in printed
     assert "digit=" not in printed
+
+
+# ---- card data: nothing of an ended press's digit is kept ---------------------------------------
+
+
+def reachable(root: object) -> list[str]:
+    """Everything reachable from `root` (not into classes, modules or functions), as values and
+    type names in the order the garbage collector's referents give them."""
+    out: list[str] = []
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        obj = stack.pop()
+        if obj is None or isinstance(obj, int | float | str | bytes):
+            out.append(repr(obj))
+            continue
+        if id(obj) in seen:
+            out.append("<again>")
+            continue
+        seen.add(id(obj))
+        if isinstance(
+            obj, type | types.ModuleType | types.FunctionType | types.BuiltinFunctionType
+        ):
+            out.append(f"<{type(obj).__name__}>")
+            continue
+        out.append(type(obj).__name__)
+        stack.extend(reversed(gc.get_referents(obj)))
+    return out
+
+
+def keyed(merger: DtmfMerger, keys: str) -> str:
+    """Each key as RFC 4733 (start, end), its in-band echo and an INFO, 0.4 s apart."""
+    events: list[DtmfEvent] = []
+    for n, key in enumerate(keys):
+        t = n * 0.4
+        events += [
+            start(key, t, "rfc4733"),
+            start(key, t + 0.03, "inband"),
+            start(key, t + 0.05, "info", 100),
+            end(key, t + 0.1, "rfc4733"),
+            end(key, t + 0.12, "inband"),
+        ]
+    return run(merger, events)
+
+
+def test_after_the_presses_nothing_reachable_holds_the_keys() -> None:
+    """Two callers key different cards with the same timing: afterwards everything reachable
+    from their mergers is the same (the old one kept the latest press of every digit)."""
+    cards = ["4111111111111111#1230#737", "5555555555554444#0731#123"]
+    states = []
+    for keys in cards:
+        merger = DtmfMerger(inband_mode="on")
+        assert keyed(merger, keys) == keys
+        states.append(reachable(merger))
+    assert states[0] == states[1]
+    assert "'4111111111111111'" not in states[0]
+
+
+def test_ended_presses_are_forgotten_and_bounded() -> None:
+    merger = DtmfMerger(inband_mode="on")
+    keyed(merger, "0123456789" * 20)
+    assert len(merger._ended) <= 4  # the last second or so of presses, not the 200 keyed
+    assert merger._open == {}
+    merger.feed(start("1", 100.0, "rfc4733"))
+    assert len(merger._ended) == 0 and [p.digit for p in merger._open.values()] == ["1"]

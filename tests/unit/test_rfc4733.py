@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import re
 import struct
+import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -660,3 +663,156 @@ def test_keyed_card_never_appears_in_reprs() -> None:
     assert "digit=" not in printed
     for secret in (pan, pan[:6], expiry, cvc, "'4'", "'1'"):
         assert secret not in printed
+
+
+# ---- memory: bounded, and no keys once a press has ended ----------------------------------------
+
+
+def reachable(root: object) -> list[str]:
+    """Everything reachable from `root` (not into classes, modules or functions), as a list of
+    values and type names in the order the garbage collector's referents give them."""
+    out: list[str] = []
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        obj = stack.pop()
+        if obj is None or isinstance(obj, int | float | str | bytes):
+            out.append(repr(obj))
+            continue
+        if id(obj) in seen:
+            out.append("<again>")
+            continue
+        seen.add(id(obj))
+        if isinstance(
+            obj, type | types.ModuleType | types.FunctionType | types.BuiltinFunctionType
+        ):
+            out.append(f"<{type(obj).__name__}>")
+            continue
+        out.append(type(obj).__name__)
+        stack.extend(reversed(gc.get_referents(obj)))
+    return out
+
+
+def deep_size(root: object) -> int:
+    total, seen, stack = 0, set(), [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, type | types.ModuleType | types.FunctionType):
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        stack.extend(gc.get_referents(obj))
+    return total
+
+
+def key_presses(keys: str) -> list[Pkt]:
+    """SIPp-shaped presses of `keys`, 0.5 s apart; numbering and timing depend only on position."""
+    packets: list[Pkt] = []
+    for n, key in enumerate(keys):
+        packets += press(key, (n * 20) & 0xFFFF, 160_000 + n * 4000, n * 0.5)
+    return packets
+
+
+def test_after_the_presses_nothing_reachable_holds_the_keys() -> None:
+    """Two callers key different cards with the same timing: afterwards everything reachable
+    from their receivers is the same, so nothing in it tells which keys were pressed (the old
+    history, keyed (timestamp, event), gave back the whole sequence in order)."""
+    cards = ["4111111111111111#1230#737", "5555555555554444#0731#123"]
+    states = []
+    for keys in cards:
+        receiver = Rfc4733Receiver()
+        events = feed(receiver, key_presses(keys))
+        events += receiver.poll(100.0)
+        assert "".join(e.digit for e in events if e.kind == "start") == keys
+        state = reachable(receiver)
+        codes = [repr(CODES[key]) for key in keys]
+        assert "'4111111111111111'" not in state and "'5555555555554444'" not in state
+        states.append((state, codes))
+    assert states[0][0] == states[1][0]
+    assert len(states[0][0]) > 100  # the walk did go through the history
+
+
+def test_an_active_press_alone_knows_its_key() -> None:
+    receiver = Rfc4733Receiver()
+    feed(receiver, key_presses("41"))
+    receiver.receive(event_payload("7", 0), 500, 999_000, True, 5.0)  # 7 held down
+    assert sum(p.event is not None for p in receiver._history.values()) == 1
+    assert receiver._active is not None and receiver._active.event == CODES["7"]
+
+
+def test_a_long_press_keeps_memory_bounded_and_still_tells_duplicates() -> None:
+    """One press of 70,000 packets (the sequence numbers wrap): the old receiver kept every
+    number, 65,536 of them; the window keeps the newest 64."""
+    receiver = Rfc4733Receiver()
+    events = receiver.receive(event_payload("5", 0), 0, 1000, True, 0.0)
+    size_early = 0
+    for n in range(1, 70_000):
+        events += receiver.receive(
+            event_payload("5", (160 * n) & 0xFFFF), n & 0xFFFF, 1000, False, n * 0.02
+        )
+        if n == 100:
+            size_early = deep_size(receiver)
+    assert deep_size(receiver) <= size_early + 64  # a few more bits in one int at most
+    last = 69_999
+    events += receiver.receive(event_payload("5", 0), (last - 3) & 0xFFFF, 1000, False, 1400.0)
+    assert receiver.stats.duplicates == 1  # a recent number again: a duplicate
+    end = event_payload("5", 1000, end=True)
+    for _ in range(3):
+        events += receiver.receive(end, (last + 1) & 0xFFFF, 1000, False, 1400.01)
+    assert summary(events) == ["+5", "-5"]
+    assert receiver.stats.duplicates == 3  # and the end packet's retransmissions
+    events += receiver.receive(event_payload("5", 160), 5, 1000, False, 1401.0)
+    assert summary(events) == ["+5", "-5"] and receiver.stats.stale == 1  # far behind: stale
+
+
+def test_a_late_update_just_inside_the_window_is_still_recognised() -> None:
+    receiver = Rfc4733Receiver()
+    packets = press("3", 100, 7000, 0.0, updates=70, ends=1)
+    held_back = packets[5]
+    events = feed(receiver, [p for p in packets[:69] if p is not held_back])
+    late = Pkt(held_back.key, held_back.seq, held_back.ts, held_back.duration, at=1.39)
+    events += feed(receiver, [late, late])  # 63 numbers behind the newest: taken, then repeated
+    assert receiver.stats.duplicates == 1 and receiver.stats.stale == 0
+    events += feed(receiver, packets[69:])
+    assert summary(events) == ["+3", "-3"]
+
+
+def test_a_sender_reusing_a_timestamp_for_the_next_key_still_gets_both_presses() -> None:
+    """Against RFC 4733, some senders keep the timestamp: the next key comes with newer
+    sequence numbers, after the first's end packet. Late packets of the first stay stale."""
+    receiver = Rfc4733Receiver()
+    first = press("1", 100, 5000, 0.0, ends=3)
+    second = press("2", 110, 5000, 0.3, ends=3)
+    late = Pkt("1", 103, 5000, 480, False, False, 0.35)
+    events = feed(receiver, first + second[:2] + [late] + second[2:])
+    assert summary(events) == ["+1", "-1", "+2", "-2"]
+    assert receiver.stats.stale == 1
+
+
+def test_another_key_under_the_active_timestamp_is_a_new_press_unless_older() -> None:
+    receiver = Rfc4733Receiver()
+    events = feed(receiver, press("1", 100, 5000, 0.0, ends=0)[:3])
+    events += receiver.receive(event_payload("9", 0), 90, 5000, False, 0.05)  # older: stale
+    events += receiver.receive(event_payload("9", 0), 110, 5000, True, 0.1)  # newer: a press
+    assert summary(events) == ["+1", "-1", "+9"]
+    assert receiver.stats.stale == 1 and receiver.stats.lost_end == 1
+
+
+@pytest.mark.skipif(not SIPP_DIR.is_dir(), reason="sip-tester pcaps not installed")
+def test_sipp_pcaps_give_every_key_its_own_timestamp() -> None:
+    """The receiver identifies an ended press by its timestamp alone: in SIPp's pcaps no two
+    keys share one (each pcap is one key, one timestamp)."""
+    stamps: dict[int, set[str]] = {}
+    for path in sorted(SIPP_DIR.glob("dtmf_2833_*.pcap")):
+        data = path.read_bytes()
+        offset, found = 24, set()
+        while offset < len(data):
+            length = struct.unpack_from("<I", data, offset + 8)[0]
+            frame = data[offset + 16 : offset + 16 + length]
+            offset += 16 + length
+            rtp = frame[14 + (frame[14] & 0x0F) * 4 + 8 :]
+            found.add((struct.unpack_from("!I", rtp, 4)[0], rtp[12]))
+        assert len(found) == 1, path.name  # one timestamp and one event code per pcap
+        ((stamp, code),) = found
+        stamps.setdefault(stamp, set()).add(DTMF_KEYS[code])
+    assert len(stamps) == 12 and all(len(keys) == 1 for keys in stamps.values())

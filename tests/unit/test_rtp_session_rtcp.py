@@ -218,4 +218,5 @@ def test_the_engine_takes_ports_in_pairs_inside_the_range() -> None:
         assert bound == {31200, 31201, 31204, 31205}
         return got
 
-    assert asyncio.run(body()) == [31200, 31204, "exhausted"]
+    got = asyncio.run(body())
+    assert sorted(got[:2]) == [31200, 31204] and got[2] == "exhausted"  # drawn in any order

@@ -830,3 +830,68 @@ def test_rtcp_mux_offered_is_accepted_and_answered():
     answer = build_answer(neg, local_address="127.0.0.1", local_port=20000, session_id=1, version=1)
     assert b"a=rtcp-mux\r\n" in answer
     assert SessionDescription.parse(answer).media[0].rtcp_mux
+
+
+# ---- connection addresses: IP literals only -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("session", "media"),
+    [
+        (("c=IN IP4 media.example.com",), ()),  # session level
+        (("c=IN IP4 192.0.2.10",), ("c=IN IP4 media.example.com",)),  # media level
+        (("c=IN IP6 media.example.com",), ()),
+        (("c=IN IP4 localhost",), ()),
+        (("c=IN IP4 127.0.0.01",), ()),  # leading zeros: not a literal (inet_aton reads octal)
+        (("c=IN IP4 999.1.1.1",), ()),
+    ],
+)
+def test_a_host_name_in_c_is_refused_never_resolved(session, media):
+    body = offer("m=audio 4000 RTP/AVP 0", *media, session=session)
+    with pytest.raises(NotAcceptable) as info:
+        negotiate(SessionDescription.parse(body))
+    assert "not an IP address" in info.value.detail
+    assert "example" not in info.value.detail  # the Warning does not echo the caller's text
+
+
+def test_a_host_name_in_a_reoffer_is_refused_too():
+    first = negotiate(SessionDescription.parse(offer("m=audio 4000 RTP/AVP 0")))
+    moved = offer("m=audio 4002 RTP/AVP 0", session=("c=IN IP4 moved.example.com",))
+    with pytest.raises(NotAcceptable):
+        negotiate(SessionDescription.parse(moved), previous=first)
+
+
+def test_a_host_name_on_a_stream_we_do_not_take_is_no_reason_to_refuse():
+    body = offer(
+        "m=video 5000 RTP/AVP 96",
+        "c=IN IP4 video.example.com",
+        "m=audio 4000 RTP/AVP 0",
+        "c=IN IP4 198.51.100.7",
+        session=("c=IN IP4 session.example.com",),
+    )
+    assert negotiate(SessionDescription.parse(body)).remote_address == "198.51.100.7"
+
+
+@pytest.mark.parametrize(
+    ("line", "address"),
+    [
+        ("c=IN IP4 192.0.2.10", "192.0.2.10"),
+        ("c=IN IP6 2001:db8::1", "2001:db8::1"),
+        ("c=IN IP6 2001:DB8:0:0:0:0:0:1", "2001:db8::1"),  # canonical form
+        ("c=IN IP4 0.0.0.0", "0.0.0.0"),
+        ("c=IN IP6 ::", "::"),
+    ],
+)
+def test_ip_literals_are_taken_in_canonical_form(line, address):
+    neg = negotiate(SessionDescription.parse(offer("m=audio 4000 RTP/AVP 0", session=(line,))))
+    assert neg.remote_address == address
+    assert neg.remote_rtcp == (address, 4001)
+
+
+def test_an_rtcp_attribute_with_a_host_name_is_passed_over():
+    neg = negotiate(
+        SessionDescription.parse(
+            offer("m=audio 4000 RTP/AVP 0", "a=rtcp:53020 IN IP4 rtcp.example.com")
+        )
+    )
+    assert neg.remote_rtcp == ("192.0.2.10", 4001)
