@@ -884,6 +884,20 @@ def test_framer_bad_content_length_is_400_and_endless_headers_513():
     assert info.value.status == 513
 
 
+def test_framer_hands_over_complete_messages_before_a_framing_error():
+    # Found by fuzzing (fuzz/run.py sip_framer): a complete message and a broken one in one read
+    # lost the complete one, which one read per message would have delivered.
+    one = build("BYE")
+    broken = build(content_length="x1")
+    framer = StreamFramer()
+    assert framer.feed(one + broken) == [one]
+    with pytest.raises(SipParseError) as info:
+        framer.feed(b"")
+    assert info.value.status == 400
+    with pytest.raises(SipParseError):
+        framer.feed(b"more")
+
+
 # ---- identifiers --------------------------------------------------------------------------------
 
 
