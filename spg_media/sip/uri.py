@@ -371,9 +371,12 @@ class Via:
 
     @property
     def rport(self) -> int | None:
-        """The filled-in rport value (None when absent or still empty)."""
+        """The filled-in rport value (None when absent, still empty, or not a port number)."""
         value = self.params.get("rport")
-        return int(value) if value and value.isdigit() else None
+        if not value or not value.isascii() or not value.isdigit() or len(value) > 5:
+            return None  # the sender wrote it: "abc", "99999" or "²" is no port to answer to
+        port = int(value)
+        return port if 0 < port <= 65535 else None
 
     @property
     def wants_rport(self) -> bool:

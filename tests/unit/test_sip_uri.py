@@ -356,6 +356,14 @@ def test_via_properties_and_printing():
     assert str(plain) == "SIP/2.0/UDP h"
 
 
+def test_via_rport_that_is_no_port_number_is_none():
+    # Found by fuzzing (fuzz/run.py sip_transaction): "²" passes isdigit() and int() refused it.
+    for value in ("\u00b2", "abc", "99999", "0", "123456"):
+        via = Via.parse(f"SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bK1;rport={value}")
+        assert via.rport is None
+        assert via.response_target() == ("192.0.2.1", 5070)
+
+
 def test_via_apply_source_rport_rfc3581():
     via = Via.parse("SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bK1;rport")
     assert via.apply_source("192.0.2.7", 40000) is True
