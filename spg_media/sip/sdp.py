@@ -286,7 +286,7 @@ def _apply_media_attribute(media: MediaDescription, name: str, value: str) -> No
         media.rtpmap[payload_type] = (pieces[0], clock, pieces[2] if len(pieces) > 2 else None)
     elif name == "fmtp":
         pt_text, _, params = value.partition(" ")
-        if pt_text.isdigit():
+        if pt_text.isascii() and pt_text.isdigit():  # "²" is a digit to isdigit(), not to int()
             media.fmtp[int(pt_text)] = params.strip()
     elif name == "ptime":
         media.ptime = _parse_ptime(value)

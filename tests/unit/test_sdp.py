@@ -780,6 +780,13 @@ def test_sdp_objects_do_not_show_keys():
     assert ("crypto", "<hidden>") in session.media[0].attributes
 
 
+def test_fmtp_payload_type_must_be_ascii_digits():
+    # Found while writing the sdp fuzz target: isdigit() let "²" through to int(), whose
+    # ValueError is no SdpError (the INVITE got a 500 instead of a 488).
+    session = SessionDescription.parse(offer("m=audio 4000 RTP/AVP 0", "a=fmtp:\u00b2 0-16"))
+    assert session.media[0].fmtp == {}
+
+
 def test_crypto_tag_must_be_ascii_digits():
     with pytest.raises(SdpError):
         SessionDescription.parse(
