@@ -329,7 +329,7 @@ def _transaction_info(token: str, content: bytes) -> TransactionInfo:
     if data.get("token") != token:
         raise InvalidAnswer("token does not match the one looked up")
     operation_name = data.get("operation")
-    if operation_name not in {op.value for op in Operation}:
+    if not isinstance(operation_name, str) or operation_name not in {op.value for op in Operation}:
         raise InvalidAnswer("operation")
     operation = Operation(operation_name)
     amount = data.get("amount_minor")

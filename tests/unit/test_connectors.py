@@ -448,6 +448,9 @@ def test_lookup_accepts_null_optional_fields_and_tokenize_with_zero() -> None:
         LOOKUP_ANSWER | {"token": "other"},
         LOOKUP_ANSWER | {"operation": "refund"},
         LOOKUP_ANSWER | {"operation": None},
+        # found by fuzzing (fuzz/run.py connector_json): unhashable, it raised TypeError
+        LOOKUP_ANSWER | {"operation": {"sale": 1}},
+        LOOKUP_ANSWER | {"operation": ["sale"]},
         LOOKUP_ANSWER | {"amount_minor": "4990"},
         LOOKUP_ANSWER | {"amount_minor": 49.9},
         LOOKUP_ANSWER | {"amount_minor": True},
