@@ -272,7 +272,7 @@ def _error(detail: str) -> AuthorizationResult:
 def _json_object(content: bytes) -> dict[str, Any]:
     try:
         data = json.loads(content)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         raise InvalidAnswer("not JSON") from None
     if not isinstance(data, dict):
         raise InvalidAnswer("not a JSON object")
