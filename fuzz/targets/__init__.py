@@ -1,0 +1,12 @@
+"""The fuzz targets, registered in `fuzz.harness.TARGETS` when this package is imported.
+
+`fuzz/run.py` imports it inside `atheris.instrument_imports()`, so that every spg_media module
+the targets import is instrumented for coverage.
+"""
+
+from fuzz.harness import capture_logs
+from fuzz.targets import media, sip, web
+
+capture_logs()
+
+__all__ = ["media", "sip", "web"]
