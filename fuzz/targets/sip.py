@@ -138,7 +138,8 @@ def _check_uri(uri: SipUri) -> None:
 def sip_uri(data: bytes) -> None:
     """The same text as a SIP URI, a name-addr, a Via, a CSeq and a header list: each parser
     returns or raises SipSyntaxError only, and (as the module promises) every parsed value prints
-    back as text that parses to a value printing the same."""
+    back as text that parses to a value printing the same, and that a header list (Via,
+    Contact) reads as one value."""
     text = data.decode("utf-8", errors="replace")
     split_header_list(text)
     try:
@@ -166,6 +167,8 @@ def sip_uri(data: bytes) -> None:
         except SipSyntaxError as exc:
             raise Finding(f"a parsed name-addr does not parse once printed: {exc}") from exc
         expect(str(again_address) == printed, "a name-addr prints differently after a round trip")
+        # Contact, Route, Record-Route are lists: a printed value must stay one element
+        expect(split_header_list(printed) == [printed], "a printed name-addr splits in a list")
     try:
         via = Via.parse(text)
     except SipSyntaxError:
@@ -180,6 +183,7 @@ def sip_uri(data: bytes) -> None:
         except SipSyntaxError as exc:
             raise Finding(f"a parsed Via does not parse once printed: {exc}") from exc
         expect(str(again_via) == printed, "a Via prints differently after a round trip")
+        expect(split_header_list(printed) == [printed], "a printed Via splits in a header list")
         via.apply_source("192.0.2.1", 5062)
         Via.parse(str(via))
     try:
