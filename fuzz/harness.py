@@ -9,7 +9,8 @@ does not parse back, a card number in a log line).
 
 `TimedRunner` wraps a target, times every input with `time.perf_counter` and raises `Hang` for
 one that takes over `HANG_S` (100 ms) after a warm-up, confirmed by running it again: a shared
-machine can stall any single call, a real hang is slow every time.
+machine can stall any single call, a real hang is slow every time. It also keeps the slowest
+input's CPU time (`time.thread_time`), which such stalls do not inflate.
 
 Two drivers use the same targets: `fuzz/run.py` under atheris (coverage-guided, libFuzzer's
 mutations) for the long runs, and `replay` (the seed corpus plus seeded random mutations of it,
@@ -189,15 +190,18 @@ class TimedRunner:
         self.total = total
         self.inputs = 0
         self.slowest_s = 0.0  # after the warm-up (for a re-run input: its fastest run)
+        self.slowest_cpu_s = 0.0  # CPU time of the input that used the most, after the warm-up
         self.false_alarms = 0  # inputs slow once and fast when run again
         self._warmup_slow: list[bytes] = []
         self._started = time.monotonic()
 
     def __call__(self, data: bytes) -> None:
         LOGS.messages.clear()
+        cpu_started = time.thread_time()
         started = time.perf_counter()
         self.target.run(data)
         elapsed = time.perf_counter() - started
+        cpu = time.thread_time() - cpu_started
         self.inputs += 1
         if self.inputs <= self.warmup:
             if elapsed > self.hang_s and len(self._warmup_slow) < 16:
@@ -206,10 +210,12 @@ class TimedRunner:
                 for slow in self._warmup_slow:  # judged now that the imports are done
                     self._confirm(slow)
                 self._warmup_slow.clear()
-        elif elapsed > self.hang_s:
-            self._confirm(data)
-        elif elapsed > self.slowest_s:
-            self.slowest_s = elapsed
+        else:
+            self.slowest_cpu_s = max(self.slowest_cpu_s, cpu)
+            if elapsed > self.hang_s:
+                self._confirm(data)
+            elif elapsed > self.slowest_s:
+                self.slowest_s = elapsed
         if self.stats_path is not None and (
             self.inputs % STATS_EVERY == 0 or self.inputs == self.total
         ):
@@ -238,6 +244,7 @@ class TimedRunner:
             "target": self.target.name,
             "inputs": self.inputs,
             "slowest_ms": round(self.slowest_s * 1000, 2),
+            "slowest_cpu_ms": round(self.slowest_cpu_s * 1000, 2),
             "false_alarms": self.false_alarms,
             "wall_s": round(time.monotonic() - self._started, 2),
         }

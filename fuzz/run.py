@@ -137,8 +137,9 @@ _DONE_RE = re.compile(rb"^#(\d+)\s+DONE\s+cov: (\d+) ft: (\d+) corp: (\d+)/", re
 def summary(work_dir: Path) -> str:
     """A Markdown table of the runs whose logs and stats are in `work_dir`."""
     rows = [
-        "| target | inputs | execs/s | cov | ft | corpus | slowest input | findings | wall |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
+        "| target | inputs | execs/s | cov | ft | corpus | slowest input (CPU) | slow once "
+        "| findings | wall |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for name in _target_names():
         log_path, stats_path = work_dir / f"{name}.log", work_dir / f"{name}.stats.json"
@@ -153,7 +154,8 @@ def summary(work_dir: Path) -> str:
         inputs, wall = int(stats["inputs"]), float(stats["wall_s"]) or 1.0
         rows.append(
             f"| {name} | {inputs:,} | {inputs / wall:,.0f} | {cov.decode()} | {ft.decode()} "
-            f"| {corpus.decode()} | {stats['slowest_ms']} ms | {finding} "
+            f"| {corpus.decode()} | {stats['slowest_ms']} ms ({stats.get('slowest_cpu_ms')} ms) "
+            f"| {stats['false_alarms']} | {finding} "
             f"| {wall:,.0f} s |"
         )
     return "\n".join(rows)

@@ -229,12 +229,12 @@ def rtcp(data: bytes) -> None:
 _RECORD = 8
 
 
-@target("rfc4733")
+@target("rfc4733", max_len=1024)
 def rfc4733(data: bytes) -> None:
-    """The telephone-event receiver fed a sequence of packets (8 bytes each: event, E bit and
-    volume, duration, sequence step, timestamp mode, time step, marker and payload length), with
-    polls at its wake-ups. Nothing raises; presses alternate start/end with one digit each, end
-    with a non-negative duration, and none is left open after a long silence."""
+    """The telephone-event receiver fed a sequence of up to 128 packets (8 bytes each: event, E
+    bit and volume, duration, sequence step, timestamp mode, time step, marker and payload
+    length), with polls at its wake-ups. Nothing raises; presses alternate start/end with one
+    digit each, end with a non-negative duration, and none is left open after a long silence."""
     receiver = Rfc4733Receiver()
     now = 0.0
     sequence = 1000

@@ -288,7 +288,7 @@ _SOURCES = (
     Address("tls", "127.0.0.1", 40001),
 )
 _CALL_IDS = ("call-a@h", "call-b@h", "call-c@h")
-_MAX_OPERATIONS = 64
+_MAX_OPERATIONS = 32
 
 
 def _request_bytes(reader: Reader, method: str, transport: str) -> bytes:
@@ -339,13 +339,13 @@ def _check_outgoing(layer: TransactionLayer) -> None:
             ) from exc
 
 
-@target("sip_transaction", dictionary="sip.dict")
+@target("sip_transaction", max_len=1024, dictionary="sip.dict")
 def sip_transaction(data: bytes) -> None:
-    """The transaction layer fed a sequence of parseable requests and responses (methods,
+    """The transaction layer fed a sequence of up to 32 steps: parseable requests (methods,
     branches, Via sent-by/rport/received and CSeq from the input, plus a fuzzed Via parameter),
-    with our answers, our own requests and time passing. Nothing raises; everything it sends
-    parses and goes to a port a socket can send to; our client transactions all end within
-    64*T1."""
+    responses to our requests, our answers, our own requests, time passing. Nothing raises;
+    everything it sends parses and goes to a port a socket can send to; our client
+    transactions all end within 64*T1."""
     reader = Reader(data)
     layer = TransactionLayer()
     now = 0.0
