@@ -19,13 +19,14 @@ no atheris needed) for the short run in the unit tests.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import random
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -148,13 +149,20 @@ class LogCapture(logging.Handler):
 LOGS = LogCapture()
 
 
-def capture_logs() -> None:
-    """Route the `spg` loggers into LOGS only (no output: a fuzz run would drown in it)."""
+@contextlib.contextmanager
+def capture_logs() -> Iterator[None]:
+    """Route the `spg` loggers into LOGS only while in it (no output: a fuzz run would drown in
+    it); the logger is as it was afterwards (the replay runs inside the test session)."""
     logger = logging.getLogger("spg")
-    if LOGS not in logger.handlers:
-        logger.addHandler(LOGS)
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    logger.handlers = [LOGS]
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.handlers, logger.propagate = saved[0], saved[2]
+        logger.setLevel(saved[1])
 
 
 # ---- timing -------------------------------------------------------------------------------------
@@ -358,12 +366,13 @@ def replay_inputs(target: Target, count: int, seed: int = 0) -> Iterable[bytes]:
 def replay(target: Target, count: int, seed: int = 0) -> TimedRunner:
     """Run a target on its corpus and `count` mutations; `ReplayFailure` on the first failure."""
     runner = TimedRunner(target, warmup=min(WARMUP_INPUTS, 20))
-    for data in replay_inputs(target, count, seed):
-        try:
-            runner(data)
-        except Exception as exc:
-            raise ReplayFailure(
-                f"{target.name}: {type(exc).__name__}: {exc}\n"
-                f"input ({len(data)} bytes): {data[:2048].hex()}"
-            ) from exc
+    with capture_logs():
+        for data in replay_inputs(target, count, seed):
+            try:
+                runner(data)
+            except Exception as exc:
+                raise ReplayFailure(
+                    f"{target.name}: {type(exc).__name__}: {exc}\n"
+                    f"input ({len(data)} bytes): {data[:2048].hex()}"
+                ) from exc
     return runner

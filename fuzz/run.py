@@ -96,7 +96,8 @@ def fuzz(name: str, options: list[str], fresh: bool, work_dir: Path) -> None:
         argv = [sys.argv[0], *options, str(work), str(target.corpus_dir)]
     print(f"fuzz/run.py: {name}: {' '.join(argv[1:])}", flush=True)
     atheris.Setup(argv, runner)
-    atheris.Fuzz()
+    with harness.capture_logs():  # for the whole process: libFuzzer ends it
+        atheris.Fuzz()
 
 
 def fuzz_all(options: list[str], fresh: bool, work_dir: Path, jobs: int) -> int:

@@ -4,9 +4,6 @@
 the targets import is instrumented for coverage.
 """
 
-from fuzz.harness import capture_logs
 from fuzz.targets import media, sip, web
-
-capture_logs()
 
 __all__ = ["media", "sip", "web"]

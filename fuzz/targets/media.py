@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import math
+import os
 import random
 import tempfile
 from pathlib import Path
@@ -283,9 +285,17 @@ def rfc4733(data: bytes) -> None:
 
 # ---- recordings ---------------------------------------------------------------------------------
 
-_RECORDING_DIR = Path(
-    tempfile.mkdtemp(prefix="spg-fuzz-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None)
-)
+
+@functools.cache
+def _recording_dir() -> Path:
+    """Where the input file is written (in memory where /dev/shm exists); each file is removed
+    after its read (libFuzzer ends the process without running exit handlers)."""
+    shm = Path("/dev/shm")
+    path = (shm if shm.is_dir() else Path(tempfile.gettempdir())) / f"spg-fuzz-{os.getuid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
 _SUFFIXES = (".wav", ".al", ".ul", ".raw", ".bin")
 _RATES = (None, None, 8000, 16000, 11025, 44100, 999, 384001)
 
@@ -297,7 +307,7 @@ def recording(data: bytes) -> None:
     int16 samples at 8 kHz, or RecordingError."""
     reader = Reader(data)
     control = reader.byte()
-    path = _RECORDING_DIR / ("input" + _SUFFIXES[control % 5])
+    path = _recording_dir() / f"input-{os.getpid()}{_SUFFIXES[control % 5]}"
     audio_format = (None, *FORMATS)[(control // 5) % 5]
     rate = _RATES[(control // 25) % len(_RATES)]
     path.write_bytes(reader.rest())
@@ -306,4 +316,6 @@ def recording(data: bytes) -> None:
     except RecordingError as exc:
         expect("\n" not in str(exc), "a RecordingError of more than one line")
         return
+    finally:
+        path.unlink()
     expect(samples.dtype == np.int16 and samples.ndim == 1, "not int16 mono samples")

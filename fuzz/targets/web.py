@@ -4,6 +4,8 @@ to the connector, the admin endpoint's request head, and the sandbox platform's 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import functools
 import json
 import re
 from collections.abc import Coroutine, MutableMapping
@@ -114,7 +116,15 @@ def connector_json(data: bytes) -> None:
 
 # ---- the admin endpoint -------------------------------------------------------------------------
 
-_LOOP = asyncio.new_event_loop()
+
+@functools.cache
+def _loop() -> asyncio.AbstractEventLoop:
+    """A loop for the StreamReader to belong to; nothing ever runs on it."""
+    loop = asyncio.new_event_loop()
+    atexit.register(loop.close)
+    return loop
+
+
 _PAN = "4111111111111111"
 
 
@@ -150,7 +160,7 @@ def admin_head(data: bytes) -> None:
     (method, path), or the `_BadRequest` it answers (400/431), or IncompleteReadError for a
     client gone before sending a byte; then the route taken for it answers a status of the
     endpoint's set, and /calls never shows a card number."""
-    reader = asyncio.StreamReader(limit=admin.MAX_REQUEST_HEAD_BYTES, loop=_LOOP)
+    reader = asyncio.StreamReader(limit=admin.MAX_REQUEST_HEAD_BYTES, loop=_loop())
     reader.feed_data(data)
     reader.feed_eof()
     try:
