@@ -24,4 +24,8 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,fast]" 2>&1 \
     | grep -v -e "^WARNING: Location" -e "is ignored" || true
+# The fuzzing harness's engine (fuzz/README.md); a platform without an atheris wheel still runs
+# the short fuzz replay of the unit tests, only not the atheris check.
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[fuzz]" >/dev/null 2>&1 \
+    || echo "setup: atheris not installed (no wheel for this platform?): fuzz/run.py needs it"
 echo "setup: ready (.venv/bin/spg-media)"

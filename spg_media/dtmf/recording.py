@@ -9,8 +9,8 @@ files SIPp streams). Supported WAV encodings: PCM 8/16/24/32-bit, IEEE float 32/
 
 from __future__ import annotations
 
-import math
 import struct
+from fractions import Fraction
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +24,11 @@ AudioFormat = Literal["wav", "alaw", "ulaw", "s16"]
 FORMATS: tuple[AudioFormat, ...] = ("wav", "alaw", "ulaw", "s16")
 TARGET_RATE = 8000
 MAX_BYTES = 2 * 1024**3  # refuse absurd inputs instead of exhausting memory
+MIN_RATE, MAX_RATE = 1000, 384000  # Hz, for --rate and for a WAV header's rate alike
+# Largest up/down factor of the resampler: its filter grows with them, and the exact ratio of an
+# odd rate (383,993 Hz: 8000/383993) took seconds for a few samples. Rates whose ratio needs
+# more are resampled within 0.1 %, far inside a DTMF tone's tolerance.
+MAX_RESAMPLE_FACTOR = 1000
 
 _WAVE_PCM, _WAVE_FLOAT, _WAVE_ALAW, _WAVE_MULAW, _WAVE_EXTENSIBLE = 1, 3, 6, 7, 0xFFFE
 _EXTENSION_FORMATS: dict[str, AudioFormat] = {
@@ -77,12 +82,17 @@ def read_recording(
         raise RecordingError(f"{path}: is a directory") from None
     except OSError as exc:
         raise RecordingError(f"{path}: {exc.strerror or exc}") from None
-    if rate is not None and not 1000 <= rate <= 384000:
-        raise RecordingError(f"--rate must be 1000..384000 Hz, got {rate}")
+    if rate is not None and not MIN_RATE <= rate <= MAX_RATE:
+        raise RecordingError(f"--rate must be {MIN_RATE}..{MAX_RATE} Hz, got {rate}")
     fmt = audio_format or guess_format(path, data[:12])
     if fmt == "wav":
         samples, file_rate = _parse_wav(data, path.name)
         source_rate = rate or file_rate
+        if not MIN_RATE <= source_rate <= MAX_RATE:
+            raise RecordingError(
+                f"{path.name}: WAV sample rate {source_rate} Hz is not {MIN_RATE}..{MAX_RATE}; "
+                "give --rate"
+            )
     else:
         samples = _parse_raw(data, fmt, path.name)
         source_rate = rate or TARGET_RATE
@@ -150,6 +160,6 @@ def _parse_wav(data: bytes, name: str) -> tuple[npt.NDArray[np.float64], int]:
 
 def _to_8k(samples: npt.NDArray[np.float64], rate: int) -> npt.NDArray[np.int16]:
     if rate != TARGET_RATE and samples.size:
-        common = math.gcd(rate, TARGET_RATE)
-        samples = resample_poly(samples, TARGET_RATE // common, rate // common)
+        ratio = Fraction(TARGET_RATE, rate).limit_denominator(MAX_RESAMPLE_FACTOR)
+        samples = resample_poly(samples, ratio.numerator, ratio.denominator)
     return np.clip(np.rint(samples), -32768, 32767).astype(np.int16)

@@ -282,7 +282,7 @@ def _error(detail: str) -> AuthorizationResult:
 def _json_object(content: bytes) -> dict[str, Any]:
     try:
         data = json.loads(content)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         raise InvalidAnswer("not JSON") from None
     if not isinstance(data, dict):
         raise InvalidAnswer("not a JSON object")
@@ -339,7 +339,7 @@ def _transaction_info(token: str, content: bytes) -> TransactionInfo:
     if data.get("token") != token:
         raise InvalidAnswer("token does not match the one looked up")
     operation_name = data.get("operation")
-    if operation_name not in {op.value for op in Operation}:
+    if not isinstance(operation_name, str) or operation_name not in {op.value for op in Operation}:
         raise InvalidAnswer("operation")
     operation = Operation(operation_name)
     amount = data.get("amount_minor")

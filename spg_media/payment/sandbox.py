@@ -455,7 +455,7 @@ def _declined(code: str) -> dict[str, Any]:
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         raise BadRequest("JSON") from None  # the decoder's message would quote the body
     if not isinstance(data, dict):
         raise BadRequest("JSON")

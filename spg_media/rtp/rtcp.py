@@ -400,11 +400,11 @@ class RtcpSession:
                 transit = arrival - timestamp
                 last = source.transit
                 if last is not None:
-                    delta = transit - last
+                    # Signed modulo 2^32, as in _update_jitter: the timestamps may wrap between
+                    # the two while the arrivals move on (|transit - last| can pass 2^32).
+                    delta = (transit - last + _HALF_WRAP) % _WRAP - _HALF_WRAP
                     if delta < 0:
                         delta = -delta
-                    if delta > _HALF_WRAP:  # the timestamps wrapped between the two
-                        delta = _WRAP - delta
                     source.jitter += (delta - source.jitter) * 0.0625  # 1/16
                 source.transit = transit
             return

@@ -687,12 +687,14 @@ class StreamFramer:
     CRLF keep-alives between messages (RFC 5626 §4.4.1) are skipped. A message without
     Content-Length has an empty body. A Content-Length over MAX_MESSAGE_SIZE raises
     SipParseError(413), a header section that never ends SipParseError(513); the stream cannot
-    be resynchronised after either, so the caller should close the connection.
+    be resynchronised after either, so the caller should close the connection. Messages complete
+    before the error in the same data are still returned, and the error raised by the next call.
     """
 
     def __init__(self, max_message_size: int = MAX_MESSAGE_SIZE) -> None:
         self._buffer = bytearray()
         self.max_message_size = max_message_size
+        self._error: SipParseError | None = None
 
     @property
     def pending(self) -> int:
@@ -700,9 +702,21 @@ class StreamFramer:
         return len(self._buffer)
 
     def feed(self, data: bytes) -> list[bytes]:
+        if self._error is not None:
+            raise self._error
+        messages: list[bytes] = []
+        try:
+            self._cut(data, messages)
+        except SipParseError as exc:
+            if not messages:
+                raise
+            # Whether a complete message is handled must not depend on how TCP cut the stream.
+            self._error = exc
+        return messages
+
+    def _cut(self, data: bytes, messages: list[bytes]) -> None:
         self._buffer += data
         buffer = self._buffer
-        messages: list[bytes] = []
         while True:
             skip = 0
             while buffer[skip : skip + 2] == b"\r\n" or buffer[skip : skip + 1] == b"\n":
@@ -713,7 +727,7 @@ class StreamFramer:
             if end < 0:
                 if len(buffer) > self.max_message_size:
                     raise SipParseError(513, "Message Too Large", "header section too long")
-                return messages
+                return
             head = bytes(buffer[:end])
             match = _CONTENT_LENGTH_RE.search(head)
             length = 0
@@ -728,7 +742,7 @@ class StreamFramer:
             if len(buffer) < total:
                 if end + 4 > self.max_message_size:
                     raise SipParseError(513, "Message Too Large", "header section too long")
-                return messages
+                return
             messages.append(bytes(buffer[:total]))
             del buffer[:total]
 

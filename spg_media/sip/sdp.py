@@ -36,6 +36,7 @@ Decisions (CONTRACT §3):
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
@@ -72,6 +73,10 @@ DEFAULT_PTIME = 20
 _SECRET_ATTRIBUTES = frozenset(("crypto", "key-mgmt"))  # their values carry keys
 MIN_PTIME = 10
 MAX_PTIME = 60
+# RFC 4566 §9 token (and proto, tokens joined by "/"): what an m= line and a=mid are made of.
+# They are echoed in our answer, which must stay plain ASCII text.
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+")
+_PROTO_RE = re.compile(r"[!#$%&'*+\-./0-9A-Z^_`a-z{|}~]+")
 
 
 class Crypto:
@@ -251,6 +256,12 @@ def _parse_media_line(value: str) -> MediaDescription:
     if len(parts) < 4:
         raise SdpError("m= line needs media, port, proto and formats")
     media, port_text, proto, tokens = parts[0], parts[1], parts[2], parts[3:]
+    if not (
+        _TOKEN_RE.fullmatch(media)
+        and _PROTO_RE.fullmatch(proto)
+        and all(_TOKEN_RE.fullmatch(token) for token in tokens)
+    ):
+        raise SdpError("m= line with characters outside the SDP token set")
     port_text, slash, count_text = port_text.partition("/")
     port = _parse_int(port_text, "m= port", 0, 65535)
     port_count = _parse_int(count_text, "m= port count", 1, 65535) if slash else 1
@@ -288,7 +299,7 @@ def _apply_media_attribute(media: MediaDescription, name: str, value: str) -> No
         media.rtpmap[payload_type] = (pieces[0], clock, pieces[2] if len(pieces) > 2 else None)
     elif name == "fmtp":
         pt_text, _, params = value.partition(" ")
-        if pt_text.isdigit():
+        if pt_text.isascii() and pt_text.isdigit():  # "²" is a digit to isdigit(), not to int()
             media.fmtp[int(pt_text)] = params.strip()
     elif name == "ptime":
         media.ptime = _parse_ptime(value)
@@ -297,7 +308,8 @@ def _apply_media_attribute(media: MediaDescription, name: str, value: str) -> No
     elif name == "crypto":
         media.crypto.append(Crypto.parse(value))
     elif name == "mid":
-        media.mid = value.strip()
+        mid = value.strip()
+        media.mid = mid if _TOKEN_RE.fullmatch(mid) else None  # not a tag we can echo: none
     elif name == "rtcp":
         # Only a hint (without it: the RTP port + 1), so a line we cannot read is passed over
         # rather than refusing the call for it.

@@ -462,6 +462,5 @@ def response_address(request: SipRequest, source: Address) -> Address:
         return source
     via: Via = request.top_via
     host = via.params.get("received") or via.host
-    rport = via.params.get("rport")
-    port = int(rport) if rport else via.port or 5060
+    port = via.rport or via.port or 5060
     return Address(source.transport, host, port)

@@ -35,6 +35,7 @@ _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
 _URI_FORBIDDEN_RE = re.compile(r"[\x00-\x20\x7f<>\"{}|\\^`]")
 # Characters left unescaped in URI header values: unreserved and hnv-unreserved (RFC 3261 §25.1).
 _COLON_LWS_RE = re.compile(r"[ \t]*:[ \t]*")
+_SPLITTING_RE = re.compile(r'[",<>]')
 _HVALUE_SAFE = "-_.!~*'()[]/?:+$"
 
 
@@ -128,8 +129,13 @@ def _parse_header_params(text: str, what: str) -> dict[str, str | None]:
             value = value.strip()
             if not value:
                 raise SipSyntaxError(f"empty parameter value in {what}")
-            if value[0] == '"' and (len(value) < 2 or value[-1] != '"'):
-                raise SipSyntaxError(f"bad quoted parameter value in {what}")
+            if value[0] == '"':
+                if not _QUOTED_RE.fullmatch(value):
+                    raise SipSyntaxError(f"bad quoted parameter value in {what}")
+            elif _SPLITTING_RE.search(value):
+                # Outside a quoted string these change where a printed header list splits: the
+                # value would not come back as it went (a Via we copy into a response).
+                raise SipSyntaxError(f"quote, comma or angle bracket in a parameter in {what}")
             params[name.lower()] = value
         else:
             params[name.lower()] = None
@@ -371,9 +377,12 @@ class Via:
 
     @property
     def rport(self) -> int | None:
-        """The filled-in rport value (None when absent or still empty)."""
+        """The filled-in rport value (None when absent, still empty, or not a port number)."""
         value = self.params.get("rport")
-        return int(value) if value and value.isdigit() else None
+        if not value or not value.isascii() or not value.isdigit() or len(value) > 5:
+            return None  # the sender wrote it: "abc", "99999" or "²" is no port to answer to
+        port = int(value)
+        return port if 0 < port <= 65535 else None
 
     @property
     def wants_rport(self) -> bool:

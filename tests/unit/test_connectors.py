@@ -448,6 +448,9 @@ def test_lookup_accepts_null_optional_fields_and_tokenize_with_zero() -> None:
         LOOKUP_ANSWER | {"token": "other"},
         LOOKUP_ANSWER | {"operation": "refund"},
         LOOKUP_ANSWER | {"operation": None},
+        # found by fuzzing (fuzz/run.py connector_json): unhashable, it raised TypeError
+        LOOKUP_ANSWER | {"operation": {"sale": 1}},
+        LOOKUP_ANSWER | {"operation": ["sale"]},
         LOOKUP_ANSWER | {"amount_minor": "4990"},
         LOOKUP_ANSWER | {"amount_minor": 49.9},
         LOOKUP_ANSWER | {"amount_minor": True},
@@ -565,6 +568,7 @@ def test_null_optional_fields_are_empty() -> None:
         (b"", "not JSON"),
         (b"\xff", "not JSON"),
         (b'"approved"', "not a JSON object"),
+        (b"[" * 5_000, "not JSON"),  # nested too deep: RecursionError escaped authorize()
         ({"result": "ok", "reference": "R"}, "result"),
         ({"result": "APPROVED", "reference": "R"}, "result"),
         ({"result": "error", "reference": "R"}, "result"),

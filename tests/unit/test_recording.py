@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,27 @@ def test_other_rates_are_resampled(tmp_path: Path) -> None:
     assert got.size == 8000
     spectrum = np.abs(np.fft.rfft(got.astype(float)))
     assert abs(int(np.argmax(spectrum)) - 1000) <= 1  # still 1000 Hz after resampling
+
+
+def test_a_wav_header_rate_is_bounded_and_odd_rates_are_quick(tmp_path: Path) -> None:
+    # Found by fuzzing (fuzz/run.py recording): the header's rate went to the resampler as it
+    # was: 12,079,816,021 Hz asked for a 90 GiB filter (MemoryError), and a prime rate such as
+    # 383,993 Hz took seconds for a few samples (a filter of 7.7 million taps).
+    frames = TONE[:100].astype("<i2").tobytes()
+    for rate in (0x7FFFFFFF, 999, 1):
+        path = write(tmp_path, "r.wav", wav_bytes(1, 1, rate, 16, frames))
+        with pytest.raises(RecordingError, match="sample rate") as failure:
+            read_recording(path)
+        assert "\n" not in str(failure.value)
+        assert read_recording(path, rate=8000).size == 100  # --rate overrides a broken header
+    started = time.perf_counter()
+    t = np.arange(38399) / 383993
+    tone = np.round(8000 * np.sin(2 * np.pi * 1000 * t)).astype("<i2")
+    got = read_recording(write(tmp_path, "odd.wav", wav_bytes(1, 1, 383993, 16, tone.tobytes())))
+    assert time.perf_counter() - started < 1.0
+    assert abs(got.size - 800) <= 1
+    spectrum = np.abs(np.fft.rfft(got.astype(float), 8000))
+    assert abs(int(np.argmax(spectrum)) - 1000) <= 2  # still 1000 Hz (within 0.1 %)
 
 
 @pytest.mark.parametrize(("name", "fmt"), [("a.al", "alaw"), ("u.ul", "ulaw"), ("s.raw", "s16")])

@@ -308,6 +308,24 @@ def test_jitter_follows_the_a8_recurrence() -> None:
     assert report_blocks(report)[0][4] == int(jitter)
 
 
+def test_a_late_packet_across_a_timestamp_wrap_keeps_jitter_positive() -> None:
+    # Found by fuzzing (fuzz/run.py rtcp): the per-packet path folded |D| only once, so a packet
+    # late by more than its timestamp step across the 2^32 wrap made the jitter negative, and
+    # the next report raised struct.error (in the media tick that serves every call).
+    rtcp = rtcp_session()
+    first = 2**32 - 480
+    arrivals = [0.0, 0.02, 0.04, 1.06]  # the fourth, stamped 0 after the wrap, 1 s late
+    timestamps = [(first + 160 * n) & 0xFFFFFFFF for n in range(4)]
+    for n in range(4):
+        rtcp.rtp_received(PEER, 100 + n, timestamps[n], arrivals[n])
+    unwrapped = [first + 160 * n for n in range(4)]
+    assert rtcp.summary.jitter_ms == pytest.approx(expected_jitter(arrivals, unwrapped) / 8)
+    report = rtcp.report(10.0, WALL)
+    assert report is not None
+    assert report_blocks(report)[0][4] == int(expected_jitter(arrivals, unwrapped))
+    assert rtcp.bye(11.0, WALL + 1)
+
+
 def test_alternating_delay_converges_to_its_swing() -> None:
     rtcp = rtcp_session()
     for n in range(400):

@@ -538,6 +538,26 @@ def test_answer_rejects_other_streams_in_place_and_echoes_mid():
     assert [(m.media, m.port) for m in media] == [("video", 0), ("audio", 20000), ("audio", 0)]
 
 
+def test_offer_text_echoed_in_the_answer_is_plain_tokens():
+    # Found by fuzzing (fuzz/run.py sdp): a rejected m-line or an a=mid with a non-ASCII or
+    # control character was echoed into the answer, whose ASCII encoding then raised
+    # UnicodeEncodeError (the INVITE got a 500 instead of an answer or a 488).
+    for bad in (
+        "m=audio 0 R\u00d4P/SAVP 8",
+        "m=vid\u00e9o 0 RTP/AVP 96",
+        "m=audio 0 RTP/AVP 8\x07",
+    ):
+        with pytest.raises(SdpError):
+            SessionDescription.parse(offer("m=audio 4000 RTP/AVP 0", bad))
+    for mid in ("caf\u00e9", "a\rc=IN IP4 203.0.113.9", "a\x00"):
+        neg = negotiate(SessionDescription.parse(offer("m=audio 4000 RTP/AVP 0", f"a=mid:{mid}")))
+        assert neg.mid is None
+        answer = build_answer(
+            neg, local_address="198.51.100.1", local_port=20000, session_id=1, version=1
+        )
+        assert b"a=mid" not in answer and b"203.0.113.9" not in answer
+
+
 def test_srtp_answer_carries_crypto_and_needs_it():
     neg = negotiate(SessionDescription.parse(BARESIP_SRTP))
     without_key = dataclasses.replace(neg, local_crypto=None)
@@ -758,6 +778,13 @@ def test_sdp_objects_do_not_show_keys():
     for text in (repr(session), str(session), repr(neg), str(dataclasses.asdict(neg))):
         assert "WVNfX19" not in text and "d0RmdmcmVC" not in text and ours not in text
     assert ("crypto", "<hidden>") in session.media[0].attributes
+
+
+def test_fmtp_payload_type_must_be_ascii_digits():
+    # Found while writing the sdp fuzz target: isdigit() let "²" through to int(), whose
+    # ValueError is no SdpError (the INVITE got a 500 instead of a 488).
+    session = SessionDescription.parse(offer("m=audio 4000 RTP/AVP 0", "a=fmtp:\u00b2 0-16"))
+    assert session.media[0].fmtp == {}
 
 
 def test_crypto_tag_must_be_ascii_digits():

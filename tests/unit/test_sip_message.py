@@ -884,6 +884,31 @@ def test_framer_bad_content_length_is_400_and_endless_headers_513():
     assert info.value.status == 513
 
 
+def test_a_via_whose_printed_form_would_not_parse_is_refused():
+    # Found by fuzzing (fuzz/run.py sip_transaction): this Via parsed (the trailing comma makes a
+    # list of one), and our 481 to the CANCEL, which copies it, did not.
+    via = 'Via: SIP/2.0/UDP pbx.example:5060;rport=9999912<.;branch=0.0.1">x",'
+    data = build("CANCEL", headers=[via, "To: <sip:b@h>", "From: <sip:a@h>;tag=1",
+                                    "Call-ID: c@h", "CSeq: 1 CANCEL"])  # fmt: skip
+    with pytest.raises(SipParseError) as info:
+        parse_message(data)
+    assert info.value.status == 400
+
+
+def test_framer_hands_over_complete_messages_before_a_framing_error():
+    # Found by fuzzing (fuzz/run.py sip_framer): a complete message and a broken one in one read
+    # lost the complete one, which one read per message would have delivered.
+    one = build("BYE")
+    broken = build(content_length="x1")
+    framer = StreamFramer()
+    assert framer.feed(one + broken) == [one]
+    with pytest.raises(SipParseError) as info:
+        framer.feed(b"")
+    assert info.value.status == 400
+    with pytest.raises(SipParseError):
+        framer.feed(b"more")
+
+
 # ---- identifiers --------------------------------------------------------------------------------
 
 

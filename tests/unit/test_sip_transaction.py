@@ -255,3 +255,17 @@ def test_response_address_uses_rport_and_received():
     invite = request()
     assert response_address(invite, PEER) == Address("udp", "127.0.0.1", 5062)
     assert response_address(invite, PEER_TCP) == PEER_TCP
+
+
+def test_response_address_ignores_an_rport_that_is_no_port():
+    # Found by fuzzing (fuzz/run.py sip_transaction): the sender's own rport value went to
+    # int(): "abc" raised (the request got no answer at all) and 99999 made an address no
+    # socket can send to (plain asyncio then closes the node's whole UDP transport).
+    for rport in ("abc", "99999", "\u00b2", "0"):
+        text = request().to_bytes().replace(b"rport=5062", f"rport={rport}".encode())
+        invite = parse_message(text)
+        assert isinstance(invite, SipRequest)
+        assert response_address(invite, PEER) == Address("udp", "127.0.0.1", 5062)
+        layer = TransactionLayer()
+        layer.receive_request(invite, PEER, 0.0)
+        assert [out.address.port for out in layer.take_outgoing()] == [5062]

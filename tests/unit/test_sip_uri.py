@@ -356,6 +356,29 @@ def test_via_properties_and_printing():
     assert str(plain) == "SIP/2.0/UDP h"
 
 
+def test_a_parameter_value_that_would_split_differently_once_printed_is_refused():
+    # Found by fuzzing (fuzz/run.py sip_transaction): a Via parameter holding a quote and a comma
+    # (or an angle bracket) outside a quoted string was accepted, and the printed Via, copied
+    # into our response, split into two values there: a response that does not parse.
+    for value in ('0.0.1">x",', "1<.", "a>b", 'x"y', "a,b"):
+        with pytest.raises(SipSyntaxError):
+            Via.parse(f"SIP/2.0/UDP pbx.example;branch=z9hG4bK1;x={value}")
+        with pytest.raises(SipSyntaxError):
+            NameAddr.parse(f"<sip:a@h>;x={value}")
+    for value in ('"a,<b>"', '"q \\" q"'):  # quoted: anything goes
+        assert Via.parse(f"SIP/2.0/UDP h;x={value}").params["x"] == value
+    with pytest.raises(SipSyntaxError):
+        Via.parse('SIP/2.0/UDP h;x="a"b"')
+
+
+def test_via_rport_that_is_no_port_number_is_none():
+    # Found by fuzzing (fuzz/run.py sip_transaction): "²" passes isdigit() and int() refused it.
+    for value in ("\u00b2", "abc", "99999", "0", "123456"):
+        via = Via.parse(f"SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bK1;rport={value}")
+        assert via.rport is None
+        assert via.response_target() == ("192.0.2.1", 5070)
+
+
 def test_via_apply_source_rport_rfc3581():
     via = Via.parse("SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bK1;rport")
     assert via.apply_source("192.0.2.7", 40000) is True

@@ -1,0 +1,321 @@
+"""Targets for the media side: SDP and offer/answer, SDES keys and SRTP, RTP, RTCP, RFC 4733
+telephone events, and the recordings `dtmf-scan` reads."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import functools
+import math
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from fuzz.harness import Finding, Reader, expect, target
+from spg_media.dtmf.recording import FORMATS, RecordingError, read_recording
+from spg_media.dtmf.rfc4733 import DTMF_KEYS, Rfc4733Receiver
+from spg_media.rtp.packet import RtpError, RtpPacket, is_rtcp
+from spg_media.rtp.rtcp import RtcpError, RtcpSession
+from spg_media.rtp.srtp import (
+    SUPPORTED_SUITES,
+    CryptoAttribute,
+    CryptoAttributeError,
+    SrtpContext,
+    answer_for,
+    select_offered,
+)
+from spg_media.sip.sdp import (
+    DIRECTIONS,
+    MAX_PTIME,
+    MIN_PTIME,
+    SRTP_POLICIES,
+    NegotiatedAudio,
+    NotAcceptable,
+    SdpError,
+    SessionDescription,
+    build_answer,
+    negotiate,
+)
+
+# ---- SDP ----------------------------------------------------------------------------------------
+
+
+def _check_negotiated(neg: NegotiatedAudio) -> None:
+    expect(neg.codec in ("PCMU", "PCMA"), "codec other than G.711")
+    expect(0 <= neg.payload_type <= 127, "payload type out of range")
+    expect(neg.dtmf_payload_type is None or 0 <= neg.dtmf_payload_type <= 127, "DTMF type")
+    expect(MIN_PTIME <= neg.ptime <= MAX_PTIME, f"ptime {neg.ptime} outside 10-60")
+    expect(neg.direction in DIRECTIONS, "unknown direction")
+    expect(0 < neg.remote_port <= 65535, "remote RTP port out of range")
+    expect(0 <= neg.remote_rtcp_port <= 65535, "remote RTCP port out of range")
+    expect(bool(neg.remote_address), "no remote address")
+    expect((neg.remote_crypto is None) == (not neg.srtp_offered), "SRTP offered without keys")
+
+
+def _check_answer(answer: bytes, offer: SessionDescription) -> None:
+    text = answer.decode("ascii")
+    lines = text.split("\r\n")
+    expect(lines[-1] == "", "answer does not end with CRLF")
+    for line in lines[:-1]:
+        expect(line.isprintable(), "a control character in our SDP answer")
+    try:
+        parsed = SessionDescription.parse(answer)
+    except SdpError as exc:
+        raise Finding(f"our SDP answer does not parse: {exc}") from exc
+    expect(len(parsed.media) == max(len(offer.media), 1), "answer m-lines differ from the offer's")
+
+
+@target("sdp", dictionary="sdp.dict")
+def sdp(data: bytes) -> None:
+    """`SessionDescription.parse` (SdpError only), then `negotiate` under each `rtp.srtp` policy
+    (NotAcceptable only): what it chooses is within the contract (G.711, ptime 10-60, ports),
+    `build_answer` writes an answer that is printable, parses, and has the offer's m-lines;
+    the same offer again as a re-INVITE keeps the codec and, for SRTP, our key."""
+    try:
+        offer = SessionDescription.parse(data)
+    except SdpError:
+        return
+    for policy in SRTP_POLICIES:
+        try:
+            neg = negotiate(offer, srtp_policy=policy)
+        except NotAcceptable as exc:
+            expect(bool(exc.detail) and isinstance(exc.detail, str), "488 without a reason")
+            continue
+        _check_negotiated(neg)
+        _check_answer(
+            build_answer(neg, local_address="127.0.0.1", local_port=20000, session_id=1, version=1),
+            offer,
+        )
+        try:
+            again = negotiate(offer, srtp_policy=policy, previous=neg)
+        except NotAcceptable as exc:
+            raise Finding(f"the same offer refused as a re-INVITE: {exc.detail}") from exc
+        expect(again.codec == neg.codec, "a re-INVITE with the same offer changed the codec")
+        expect(again.local_crypto is neg.local_crypto, "the same offer re-keyed our side")
+
+
+# ---- SDES and SRTP ------------------------------------------------------------------------------
+
+_SUITE_CHOICES: tuple[tuple[str, ...] | None, ...] = (
+    None,
+    SUPPORTED_SUITES,
+    ("AES_CM_128_HMAC_SHA1_80",),
+    ("AES_CM_128_HMAC_SHA1_32", "AEAD_AES_128_GCM"),
+)
+
+
+def _key_texts(line: str) -> list[str]:
+    """The key texts of a line that must never show in an error or a repr: those longer than
+    the 32 characters up to which the module echoes a token (a suite or parameter name) in an
+    error; every real key is longer (base64 of 28 to 44 bytes)."""
+    texts = []
+    for part in line.split():
+        if part.lower().startswith("inline:"):
+            texts.append(part[7:].split("|", 1)[0])
+    return [text for text in texts if len(text) > 32]
+
+
+def _check_secret(text: str, key_texts: list[str], key: bytes | None = None) -> None:
+    for key_text in key_texts:
+        expect(key_text not in text, "an a=crypto key shown in an error or repr")
+    if key is not None:
+        expect(base64.b64encode(key).decode() not in text, "a key shown in a repr")
+
+
+@target("sdes", dictionary="sdes.dict")
+def sdes(data: bytes) -> None:
+    """SDES `a=crypto` values (RFC 4568): the text before the first NUL is lines of offer
+    values, the bytes after it a packet. `CryptoAttribute.parse` and `select_offered` raise
+    CryptoAttributeError only, whose reason never holds the key; an accepted line prints back
+    to an equal one and its repr hides the key; an SrtpContext from it unprotects the fuzzed
+    packet (None or bytes, never an exception) and round-trips a packet its peer protects."""
+    reader = Reader(data)
+    suites = reader.choice(_SUITE_CHOICES)
+    text, _, packet = reader.rest().partition(b"\0")
+    lines = text.decode("utf-8", errors="replace").split("\n")[:8]
+    first: CryptoAttribute | None = None
+    for line in lines:
+        secrets = _key_texts(line)
+        try:
+            attribute = CryptoAttribute.parse(line, suites=suites)
+        except CryptoAttributeError as exc:
+            _check_secret(exc.reason, secrets)
+            expect(exc.reason.isprintable() and len(exc.reason) < 200, "unfit Warning text")
+            continue
+        _check_secret(repr(attribute), secrets, attribute.key)
+        try:
+            again = CryptoAttribute.parse(attribute.sdp_value(), suites=suites)
+        except CryptoAttributeError as exc:
+            raise Finding(f"an accepted a=crypto does not parse once printed: {exc}") from exc
+        expect(again == attribute, "an a=crypto line changed in a round trip")
+        first = first or attribute
+    try:
+        chosen = select_offered(lines, suites=suites)
+    except CryptoAttributeError as exc:
+        expect(first is None, f"select_offered refused a line parse accepts: {exc.reason}")
+        return
+    expect(chosen == first, "select_offered did not take the first usable line")
+    ours = answer_for(chosen)
+    expect(ours.suite == chosen.suite and ours.tag == chosen.tag, "answer suite or tag differs")
+    context = SrtpContext(ours, chosen)
+    for plain in (context.unprotect_rtp(packet), context.unprotect_rtcp(packet)):
+        expect(plain is None or isinstance(plain, bytes), "unprotect returned something else")
+    peer = SrtpContext(chosen, ours)  # the caller's side: protects with the offered key
+    if len(packet) >= 12 and packet[0] >> 6 == 2:
+        fresh = SrtpContext(ours, chosen)
+        protected = peer.protect_rtp(packet)
+        if protected is not None:
+            expect(fresh.unprotect_rtp(protected) == packet, "an SRTP round trip failed")
+
+
+# ---- RTP ----------------------------------------------------------------------------------------
+
+
+@target("rtp_packet")
+def rtp_packet(data: bytes) -> None:
+    """`RtpPacket.parse` (RtpError only) and `is_rtcp`; a parsed packet serialises to bytes that
+    parse to the same packet."""
+    is_rtcp(data)
+    try:
+        packet = RtpPacket.parse(data)
+    except RtpError:
+        return
+    expect(0 <= packet.payload_type <= 127 and len(packet.csrcs) <= 15, "header out of range")
+    try:
+        again = RtpPacket.parse(packet.serialize())
+    except RtpError as exc:
+        raise Finding(f"a parsed RTP packet does not parse once serialised: {exc}") from exc
+    expect(again == packet, "an RTP packet changed in a round trip")
+
+
+_RTCP_OURS = 0x11111111
+_RTCP_SSRCS = (0x22222222, 0x33333333, _RTCP_OURS)
+
+
+@target("rtcp")
+def rtcp(data: bytes) -> None:
+    """`RtcpSession.receive` on a compound packet (RtcpError only), after up to 7 RTP packets of
+    the peer (SSRC, sequence, timestamp, arrival from the input); then our report and BYE, which
+    a peer's session must accept, and the summary."""
+    reader = Reader(data)
+    session = RtcpSession(_RTCP_OURS, 0.0, rng=random.Random(1), cname="fuzz")
+    now = 0.0
+    for _ in range(reader.byte() % 8):
+        ssrc = reader.choice(_RTCP_SSRCS)
+        sequence, timestamp = reader.uint(2), reader.uint(4)
+        step = reader.byte()
+        now += step / 1000
+        session.rtp_received(ssrc, sequence, timestamp, now, audio=bool(step & 1))
+        session.rtp_sent(timestamp, 160, now)
+    wall = 1_700_000_000.0 + now
+    with contextlib.suppress(RtcpError):
+        session.receive(reader.rest(), now, wall)
+    peer = RtcpSession(0x22222222, 0.0, rng=random.Random(2), cname="peer")
+    for packet in (session.report(now + 10, wall + 10), session.bye(now + 11, wall + 11, "bye")):
+        expect(packet is not None, "no report due 10 s after the start")
+        assert packet is not None
+        try:
+            peer.receive(packet, now + 11, wall + 11)
+        except RtcpError as exc:
+            raise Finding(f"our own RTCP packet is refused by a peer: {exc}") from exc
+    summary = session.summary
+    expect(summary.lost >= 0 and summary.received >= 0, "negative counts")
+    expect(math.isfinite(summary.jitter_ms), "jitter not finite")
+
+
+# ---- RFC 4733 -----------------------------------------------------------------------------------
+
+_RECORD = 8
+
+
+@target("rfc4733", max_len=1024)
+def rfc4733(data: bytes) -> None:
+    """The telephone-event receiver fed a sequence of up to 128 packets (8 bytes each: event, E
+    bit and volume, duration, sequence step, timestamp mode, time step, marker and payload
+    length), with polls at its wake-ups. Nothing raises; presses alternate start/end with one
+    digit each, end with a non-negative duration, and none is left open after a long silence."""
+    receiver = Rfc4733Receiver()
+    now = 0.0
+    sequence = 1000
+    timestamp = 16000
+    duration = 0
+    events = []
+    for at in range(0, len(data) - _RECORD + 1, _RECORD):
+        record = data[at : at + _RECORD]
+        event, flags, step, ts_mode, time_step, shape = (
+            record[0] % 20,
+            record[1],
+            record[4],
+            record[5],
+            record[6],
+            record[7],
+        )
+        sequence = (sequence + (step if step < 128 else step - 256)) & 0xFFFF
+        if ts_mode >= 192:  # a new event, timestamp far away
+            timestamp = (timestamp + ts_mode * 997) & 0xFFFFFFFF
+        elif ts_mode >= 128:  # the next segment of a long event
+            timestamp = (timestamp + duration) & 0xFFFFFFFF
+        duration = int.from_bytes(record[2:4], "big")
+        now += time_step / 1000
+        wake = receiver.next_wake()
+        if wake is not None and wake <= now:
+            events += receiver.poll(now)
+        payload = bytes((event, flags)) + record[2:4]
+        payload = (payload + b"\0\0")[: (shape >> 1) % 7] if shape & 0x40 else payload
+        events += receiver.receive(payload, sequence, timestamp, bool(shape & 1), now)
+    wake = receiver.next_wake()
+    events += receiver.poll(max(now, wake or now) + 10.0)
+    expect(receiver.next_wake() is None, "a press still open after 10 s of silence")
+    open_digit = None
+    for item in events:
+        expect(item.digit in DTMF_KEYS and len(item.digit) == 1, "not a DTMF key")
+        if item.kind == "start":
+            expect(open_digit is None, "two starts without an end")
+            open_digit = item.digit
+        else:
+            expect(open_digit == item.digit, "an end without its start")
+            expect(item.duration_ms is not None and item.duration_ms >= 0, "bad duration")
+            open_digit = None
+    expect(open_digit is None, "a start without an end")
+    expect(receiver.stats.presses == sum(e.kind == "start" for e in events), "presses miscounted")
+
+
+# ---- recordings ---------------------------------------------------------------------------------
+
+
+@functools.cache
+def _recording_dir() -> Path:
+    """Where the input file is written (in memory where /dev/shm exists); each file is removed
+    after its read (libFuzzer ends the process without running exit handlers)."""
+    shm = Path("/dev/shm")
+    path = (shm if shm.is_dir() else Path(tempfile.gettempdir())) / f"spg-fuzz-{os.getuid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+_SUFFIXES = (".wav", ".al", ".ul", ".raw", ".bin")
+_RATES = (None, None, 8000, 16000, 11025, 44100, 999, 384001)
+
+
+@target("recording", max_len=16384)
+def recording(data: bytes) -> None:
+    """`read_recording` as `dtmf-scan FILE [--format F] [--rate R]` calls it, on a file holding
+    the input after its first byte (which picks the name's extension, the format and the rate):
+    int16 samples at 8 kHz, or RecordingError."""
+    reader = Reader(data)
+    control = reader.byte()
+    path = _recording_dir() / f"input-{os.getpid()}{_SUFFIXES[control % 5]}"
+    audio_format = (None, *FORMATS)[(control // 5) % 5]
+    rate = _RATES[(control // 25) % len(_RATES)]
+    path.write_bytes(reader.rest())
+    try:
+        samples = read_recording(path, audio_format, rate)
+    except RecordingError as exc:
+        expect("\n" not in str(exc), "a RecordingError of more than one line")
+        return
+    finally:
+        path.unlink()
+    expect(samples.dtype == np.int16 and samples.ndim == 1, "not int16 mono samples")
