@@ -102,7 +102,7 @@ SIP_CONNECTIONS_REFUSED_TOTAL = METRICS.counter(
 SIP_CONNECTIONS_CLOSED_TOTAL = METRICS.counter(
     "spg_sip_connections_closed_total",
     "SIP TCP/TLS connections the node closed, by reason "
-    "(idle, header, handshake, malformed, unread).",
+    "(idle, header, handshake, malformed, unread, replaced).",
     ("reason",),
 )
 SIP_DROPPED_TOTAL = METRICS.counter(
@@ -243,21 +243,23 @@ class _Stream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self.open or self.address is None:
             return
+        peer_closed = False
         if self.tls is not None:
-            data = self._decrypt(data)
-            if not data:
+            data, peer_closed = self._decrypt(data)
+        if data:
+            try:
+                messages = self.framer.feed(data)
+            except SipParseError as exc:
+                log.info("closing %s: %s", self.address, exc.reason)
+                self.close("malformed")
                 return
-        try:
-            messages = self.framer.feed(data)
-        except SipParseError as exc:
-            log.info("closing %s: %s", self.address, exc.reason)
-            self.close("malformed")
-            return
-        self.ua._received(self, len(messages), self.framer.pending > 0)
-        for message in messages:
-            if not self.open:
-                break
-            self.ua.on_bytes(message, self.address)
+            self.ua._received(self, len(messages), self.framer.pending > 0)
+            for message in messages:
+                if not self.open:
+                    break
+                self.ua.on_bytes(message, self.address)
+        if peer_closed:  # TLS close_notify, after what came with it
+            self.close("eof")
 
     def eof_received(self) -> bool | None:
         return False  # the peer is done: close our side too
@@ -269,8 +271,9 @@ class _Stream(asyncio.Protocol):
 
     # ---- ours ------------------------------------------------------------------------------
 
-    def _decrypt(self, data: bytes) -> bytes:
-        """TLS records in, application data out (b"" while the handshake runs)."""
+    def _decrypt(self, data: bytes) -> tuple[bytes, bool]:
+        """TLS records in: the application data out (b"" while the handshake runs), and
+        whether the peer closed TLS."""
         tls = self.tls
         assert tls is not None and self.transport is not None and self.address is not None
         was_established = tls.established
@@ -280,16 +283,14 @@ class _Stream(asyncio.Protocol):
             log.debug("TLS with %s failed: %s", self.address, exc)
             self.transport.write(tls.output())  # the alert, if any
             self.close("handshake" if not was_established else "malformed")
-            return b""
+            return b"", False
         self.transport.write(tls.output())
         if tls.established and not was_established:
             self.ua.connections.established(self.address)
             unsent, self._unsent = self._unsent, []
             for message in unsent:
                 self.send(message)
-        if peer_closed:
-            self.close("eof")
-        return plain
+        return plain, peer_closed
 
     def get_extra_info(self, name: str) -> Any:
         if name == "ssl_object" and self.tls is not None:
@@ -475,7 +476,7 @@ class SipUserAgent:
             stream = self.streams.get(address)
             if stream is None:
                 continue
-            log.info("closing %s: %s", address, _CLOSE_REASONS[reason])
+            log.debug("closing %s: %s", address, _CLOSE_REASONS[reason])  # counted; a line each at debug only
             SIP_CONNECTIONS_CLOSED_TOTAL.inc(reason=reason)
             stream.open = False  # already out of the table: counted once, here
             del self.streams[address]
