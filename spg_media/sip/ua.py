@@ -476,7 +476,8 @@ class SipUserAgent:
             stream = self.streams.get(address)
             if stream is None:
                 continue
-            log.debug("closing %s: %s", address, _CLOSE_REASONS[reason])  # counted; a line each at debug only
+            # counted; one line each at debug only (thousands may go at once)
+            log.debug("closing %s: %s", address, _CLOSE_REASONS[reason])
             SIP_CONNECTIONS_CLOSED_TOTAL.inc(reason=reason)
             stream.open = False  # already out of the table: counted once, here
             del self.streams[address]
