@@ -26,6 +26,7 @@ call uses): the bookkeeping is `sip/limits.py`, this module closes what it says 
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import ipaddress
 import logging
@@ -42,6 +43,7 @@ from spg_media.observability import (
 )
 from spg_media.sip.limits import (
     LIMIT,
+    UNTRUSTED,
     ConnectionLimits,
     ConnectionTable,
     LogThrottle,
@@ -360,6 +362,7 @@ class SipUserAgent:
         self._forbidden = TokenBucket(FORBIDDEN_PER_S, FORBIDDEN_BURST)
         self._stranger_log = LogThrottle(STRANGER_LOG_PERIOD_S)
         self._refused_log = LogThrottle(STRANGER_LOG_PERIOD_S)
+        self._refused: collections.Counter[str] = collections.Counter()  # since the last line
         # The loop is the one `start()` (or the first use) runs in: asking for it here would
         # fail, or make a stray loop, when the UA is built outside a running loop.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -441,15 +444,18 @@ class SipUserAgent:
             SIP_CONNECTIONS_OPEN.set(len(self.connections))
 
     def _note_refused(self, address: Address, reason: str) -> None:
+        self._refused[reason] += 1
         count = self._refused_log.note(self.loop.time())
         if count is not None:
-            what = "over sip.max_connections" if reason == LIMIT else "outside sip.trusted_sources"
             log.warning(
-                "closed %d SIP connections at accept since the last report (%s; latest from %s)",
+                "closed %d SIP connections at accept since the last report: %d from outside "
+                "sip.trusted_sources, %d over sip.max_connections (latest from %s)",
                 count,
-                what,
+                self._refused[UNTRUSTED],
+                self._refused[LIMIT],
                 address.host,
             )
+            self._refused.clear()
 
     def _busy_connections(self) -> set[Address]:
         """Connections a call uses: its INVITE's, or one a request of ours waits on."""
