@@ -424,7 +424,7 @@ class SipUserAgent:
         stream.open = True
         self.streams[stream.address] = stream
         self.connections.opened(stream.address, self.loop.time(), handshake=handshake)
-        SIP_CONNECTIONS_OPEN.set(len(self.connections))
+        SIP_CONNECTIONS_OPEN.inc()  # inc/dec, not set: a process may run more than one UA
         self._schedule_sweep()
 
     def _received(self, stream: _Stream, messages: int, incomplete: bool) -> None:
@@ -436,12 +436,11 @@ class SipUserAgent:
         if not stream.open:
             return
         stream.open = False
+        SIP_CONNECTIONS_OPEN.dec()
         address = stream.address
-        if address is not None:
-            if self.streams.get(address) is stream:
-                del self.streams[address]
-                self.connections.closed(address)
-            SIP_CONNECTIONS_OPEN.set(len(self.connections))
+        if address is not None and self.streams.get(address) is stream:
+            del self.streams[address]
+            self.connections.closed(address)
 
     def _note_refused(self, address: Address, reason: str) -> None:
         self._refused[reason] += 1
@@ -486,10 +485,10 @@ class SipUserAgent:
             log.debug("closing %s: %s", address, _CLOSE_REASONS[reason])
             SIP_CONNECTIONS_CLOSED_TOTAL.inc(reason=reason)
             stream.open = False  # already out of the table: counted once, here
+            SIP_CONNECTIONS_OPEN.dec()
             del self.streams[address]
             if stream.transport is not None:
                 stream.transport.abort()
-        SIP_CONNECTIONS_OPEN.set(len(self.connections))
         self._schedule_sweep()
 
     # ---- identity -------------------------------------------------------------------------

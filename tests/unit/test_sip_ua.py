@@ -465,10 +465,11 @@ async def _connection_cap() -> tuple[bytes, list[int], float, float]:
         [Listen("tcp", "127.0.0.1", port)], "127.0.0.1", limits=ConnectionLimits(max_connections=3)
     )
     await ua.start()
+    before = ua_module.SIP_CONNECTIONS_OPEN.get()
     try:
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
         await asyncio.sleep(0.1)
-        open_now = ua_module.SIP_CONNECTIONS_OPEN.get()
+        open_now = ua_module.SIP_CONNECTIONS_OPEN.get() - before
         reader, writer = await asyncio.open_connection("127.0.0.1", port)  # one too many
         writer.write(_options("over"))
         over, _ = await _closed_within(reader, 5)
@@ -489,7 +490,8 @@ async def _connection_cap() -> tuple[bytes, list[int], float, float]:
         writer.close()
         for _, held_writer in held[1:]:
             held_writer.close()
-        return over, statuses, open_now, ua_module.SIP_CONNECTIONS_OPEN.get()
+        await asyncio.sleep(0.1)
+        return over, statuses, open_now, ua_module.SIP_CONNECTIONS_OPEN.get() - before
     finally:
         await ua.close()
 
@@ -499,7 +501,7 @@ def test_connections_past_max_connections_are_closed_at_accept(loop: str) -> Non
     over, statuses, open_then, open_at_end = run(loop, _connection_cap())
     assert over == b""
     assert statuses == [200, 200, 200, 200]
-    assert open_then == 3 and open_at_end <= 3
+    assert open_then == 3 and open_at_end == 0  # the gauge follows opens and closes
     assert ua_module.SIP_CONNECTIONS_REFUSED_TOTAL.get(reason="limit") - refused == 1
 
 
@@ -606,8 +608,9 @@ def test_slow_heads_and_idle_connections_are_closed_but_not_a_calls(loop: str) -
         for reason in ("idle", "header")
     }
     closed = run(loop, _deadlines())
-    assert 0.6 <= closed["slow"] < 1.0, closed  # the head's deadline, well before idle
-    assert 1.0 <= closed["idle"] < 1.4, closed
+    # (uvloop's clock is libuv's, cached to the millisecond: a little slack below)
+    assert 0.55 <= closed["slow"] < 1.0, closed  # the head's deadline, well before idle
+    assert 0.95 <= closed["idle"] < 1.4, closed
     # a message every 0.4 s until 2.8 s: open until it had been quiet a whole idle period
     assert closed["chatty"] >= 3.7, closed
     assert closed["waiting"] == float("inf"), closed  # our BYE waits for its answer there
