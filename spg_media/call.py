@@ -50,8 +50,11 @@ from spg_media.rtp.session import MediaEngine, MediaSession
 from spg_media.rtp.srtp import SrtpContext
 from spg_media.sip import session_timer
 from spg_media.sip.dialog import Dialog
+from spg_media.sip.limits import address_in, parse_networks
 from spg_media.sip.message import SipRequest, SipResponse, make_response, new_tag
 from spg_media.sip.sdp import (
+    PLAIN_PROTOS,
+    SRTP_PROTOS,
     NegotiatedAudio,
     NotAcceptable,
     SdpError,
@@ -192,7 +195,8 @@ class Call:
             offer = SessionDescription.parse(self.invite.body) if self.invite.body else None
             if offer is None:
                 raise NotAcceptable("an SDP offer is required in the INVITE")
-            self.negotiated = negotiate(offer, srtp_policy=self._srtp_policy())
+            policy = self._offer_policy(offer, self.source)
+            self.negotiated = negotiate(offer, srtp_policy=policy)
         except (SdpError, NotAcceptable) as exc:
             detail = getattr(exc, "detail", None) or str(exc)
             self._reject(488, "Not Acceptable Here", detail)
@@ -389,6 +393,28 @@ class Call:
     def _srtp_policy(self) -> str:
         return self.config.rtp.srtp
 
+    def _offer_policy(self, offer: SessionDescription, source: Address) -> str:
+        """The SRTP policy to negotiate `offer` under, given where it came from.
+
+        SDES keys (`a=crypto` of an RTP/SAVP(F) stream) that crossed UDP or TCP were readable
+        by anyone on the path: such an offer is refused (NotAcceptable: 488) unless it came
+        over TLS or from `rtp.sdes_cleartext_sources` (a private link from our own proxy). When
+        the offer also has a plain RTP stream and plain RTP is allowed (the policy is not
+        `required` and the call is not already SRTP), that stream is answered instead.
+        """
+        policy = self._srtp_policy()
+        if policy == "off" or not _offers_sdes_keys(offer) or self._sdes_allowed(source):
+            return policy
+        already_srtp = self.negotiated is not None and self.negotiated.remote_crypto is not None
+        if policy != "required" and not already_srtp and _offers_plain_audio(offer):
+            return "off"
+        raise NotAcceptable(SDES_NEEDS_TLS)
+
+    def _sdes_allowed(self, source: Address) -> bool:
+        if source.transport == "tls":
+            return True
+        return address_in(source.host, parse_networks(self.config.rtp.sdes_cleartext_sources))
+
     def _check_handoff(self) -> Result | None:
         secret = self.config.handoff.signing_secret
         if not secret:
@@ -528,7 +554,7 @@ class Call:
             self._emit("hangup")
             self.inbox.put_nowait(("bye", None))
         elif method == "INVITE":
-            self._reinvite(request)
+            self._reinvite(request, source)
         elif method == "INFO":
             parsed = parse_info_dtmf(request.headers.get("Content-Type") or "", request.body)
             self.ua.respond(request, make_response(request, 200))
@@ -540,7 +566,7 @@ class Call:
             self.ua.respond(request, make_response(request, 200))
             self.inbox.put_nowait(("notify", request))
         elif method == "UPDATE" and request.body:  # an offer (RFC 3311): as a re-INVITE's
-            self._reinvite(request)
+            self._reinvite(request, source)
         elif method == "UPDATE":  # without an offer: a session refresh
             self.ua.respond(
                 request,
@@ -566,19 +592,22 @@ class Call:
     def on_ack_timeout(self) -> None:
         self.inbox.put_nowait(("ack_timeout", None))
 
-    def _reinvite(self, request: SipRequest) -> None:
+    def _reinvite(self, request: SipRequest, source: Address) -> None:
         """Hold, unhold or a media change, by re-INVITE or UPDATE: answer from the same port
         (RFC 3264 §8)."""
         assert self.dialog is not None and self.media is not None
         try:
             offer = SessionDescription.parse(request.body)
-            neg = negotiate(offer, srtp_policy=self._srtp_policy(), previous=self.negotiated)
+            policy = self._offer_policy(offer, source)
+            neg = negotiate(offer, srtp_policy=policy, previous=self.negotiated)
         except (SdpError, NotAcceptable) as exc:
             detail = getattr(exc, "detail", None) or str(exc)
-            self.ua.respond(
-                request,
-                make_response(request, 488, headers=[("Warning", f'399 spg "{detail[:120]}"')]),
-            )
+            log.info(
+                "refusing a %s offer: 488 %s", request.method, detail,
+                extra={"call_id": self.call_id},
+            )  # fmt: skip
+            warning = f'399 {self.config.sip.public_host} "{detail[:120]}"'
+            self.ua.respond(request, make_response(request, 488, headers=[("Warning", warning)]))
             return
         self.dialog.update_target(request)
         self.negotiated = neg
@@ -877,6 +906,24 @@ class Call:
             "rtcp_sent": quality.reports_sent,
             "rtcp_received": quality.reports_received,
         }
+
+
+SDES_NEEDS_TLS = "SDES keys (a=crypto) need TLS signalling: offer RTP/SAVP over TLS only"
+
+
+def _offers_sdes_keys(offer: SessionDescription) -> bool:
+    """Whether an active stream of `offer` carries SRTP keys in `a=crypto` lines."""
+    return any(
+        media.port != 0 and media.proto.upper() in SRTP_PROTOS and media.crypto
+        for media in offer.media
+    )
+
+
+def _offers_plain_audio(offer: SessionDescription) -> bool:
+    return any(
+        media.port != 0 and media.media.lower() == "audio" and media.proto.upper() in PLAIN_PROTOS
+        for media in offer.media
+    )
 
 
 def prompt_language(*candidates: str) -> str:

@@ -9,7 +9,9 @@ INVITE becomes a `Call` task. `stop()` drains: new INVITEs get 503 while running
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import resource
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +23,7 @@ from spg_media.config import Config, parse_listen
 from spg_media.observability import CALLS_REJECTED_TOTAL
 from spg_media.payment.connectors import make_connector
 from spg_media.rtp.session import MediaEngine
+from spg_media.sip.limits import ConnectionLimits
 from spg_media.sip.message import SipRequest, make_response
 from spg_media.sip.transaction import Address
 from spg_media.sip.ua import Listen, SipUserAgent
@@ -61,15 +64,20 @@ class Server:
         ]
         ssl_context = None
         if any(spec.transport == "tls" for spec in self.listen):
-            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
-            ssl_context.load_cert_chain(config.sip.tls_cert, config.sip.tls_key)
+            ssl_context = server_tls_context(config.sip.tls_cert, config.sip.tls_key)
+        raise_open_file_limit(config.sip.max_connections)
         ua = SipUserAgent(
             self.listen,
             config.sip.public_host,
             config.sip.trusted_sources,
             ssl_context,
             client_ssl_context=config.sip.client_tls(),
+            limits=ConnectionLimits(
+                max_connections=config.sip.max_connections,
+                idle_timeout_s=config.sip.idle_timeout_s,
+                header_timeout_s=config.sip.header_timeout_s,
+                tls_handshake_timeout_s=config.sip.tls_handshake_timeout_s,
+            ),
         )
         media = MediaEngine(config.rtp.address, config.rtp.port_min, config.rtp.port_max)
         connector = make_connector(
@@ -105,6 +113,12 @@ class Server:
         assert self.services is not None
         services = self.services
         host, _, port = self.config.admin.listen.rpartition(":")
+        if not _is_loopback(host.strip("[]")):
+            log.warning(
+                "admin.listen %s is not a loopback address: /metrics, /healthz and /calls "
+                "have no authentication; keep that address on a private network",
+                self.config.admin.listen,
+            )
         self.admin = AdminServer(
             METRICS,
             lambda: [call.summary() for call in services.calls.values()],
@@ -142,3 +156,51 @@ class Server:
             await self.services.connector.aclose()
         if self.admin is not None:
             await self.admin.close()
+
+
+def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """The context of our TLS listeners: TLS 1.2 at least, and no session tickets (a ticket is
+    the session's keys sealed under a key the process keeps for its whole life: one leak of it
+    would open every recorded session; without tickets each connection has its own keys)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_TICKET  # TLS 1.2
+    context.num_tickets = 0  # TLS 1.3
+    context.load_cert_chain(cert, key)
+    return context
+
+
+# Beyond the SIP connections: media sockets (two a call), the admin endpoint, logs, connector.
+_OTHER_FILES = 4096
+
+
+def raise_open_file_limit(max_connections: int) -> int:
+    """Raise the soft RLIMIT_NOFILE towards the hard one so that `sip.max_connections`, and
+    not the open-file limit, is what refuses connections; the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max_connections + _OTHER_FILES
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit to %d: %s", wanted, exc)
+    if soft != resource.RLIM_INFINITY and soft < max_connections + 256:
+        log.warning(
+            "open-file limit %d leaves little room above sip.max_connections %d: "
+            "raise the hard limit (LimitNOFILE=) or lower sip.max_connections",
+            soft,
+            max_connections,
+        )
+    return soft
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name, or "" (every address)

@@ -261,7 +261,7 @@ class TestCaller:
         parts = []
         if self.transport == "tls" and self.ua is not None:
             stream = self.ua.streams.get(Address("tls", self.target[0], self.target[1]))
-            tls = stream.writer.get_extra_info("ssl_object") if stream is not None else None
+            tls = stream.get_extra_info("ssl_object") if stream is not None else None
             if tls is not None:
                 parts.append(f"{tls.version()} {tls.cipher()[0]}")
         if self.srtp is not None:
@@ -396,6 +396,11 @@ class TestCaller:
             await self.ua.close()
 
     # DialogHandler protocol: requests spg-media sends us
+    @property
+    def source(self) -> Address:
+        """The node: over TCP/TLS, the connection this caller's dialog lives on."""
+        return Address(self.transport, self.target[0], self.target[1])
+
     def on_request(self, request: SipRequest, source: Address) -> None:
         assert self.ua is not None
         if request.method == "REFER":

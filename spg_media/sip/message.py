@@ -689,12 +689,19 @@ class StreamFramer:
     SipParseError(413), a header section that never ends SipParseError(513); the stream cannot
     be resynchronised after either, so the caller should close the connection. Messages complete
     before the error in the same data are still returned, and the error raised by the next call.
+
+    The search for the end of a head resumes where the last read left it, and a head once
+    found is not searched again while its body arrives: a peer sending a byte at a time costs
+    work in proportion to what it sends (`bytes_scanned` counts the search's work).
     """
 
     def __init__(self, max_message_size: int = MAX_MESSAGE_SIZE) -> None:
         self._buffer = bytearray()
         self.max_message_size = max_message_size
         self._error: SipParseError | None = None
+        self._scanned = 0  # bytes at the buffer's start already searched for the head's end
+        self._total: int | None = None  # the whole message's length, once its head is whole
+        self.bytes_scanned = 0
 
     @property
     def pending(self) -> int:
@@ -718,33 +725,48 @@ class StreamFramer:
         self._buffer += data
         buffer = self._buffer
         while True:
-            skip = 0
-            while buffer[skip : skip + 2] == b"\r\n" or buffer[skip : skip + 1] == b"\n":
-                skip += 2 if buffer[skip : skip + 1] == b"\r" else 1
-            if skip:
-                del buffer[:skip]
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buffer) > self.max_message_size:
-                    raise SipParseError(513, "Message Too Large", "header section too long")
-                return
-            head = bytes(buffer[:end])
-            match = _CONTENT_LENGTH_RE.search(head)
-            length = 0
-            if match is not None:
-                text = match.group(1)
-                if not text.isdigit():
-                    raise _bad("malformed Content-Length")
-                length = int(text)
-                if length > self.max_message_size:
-                    raise SipParseError(413, "Request Entity Too Large", "Content-Length too large")
-            total = end + 4 + length
+            if self._total is None:
+                self._total = self._find_head(buffer)
+                if self._total is None:
+                    return
+            total = self._total
             if len(buffer) < total:
-                if end + 4 > self.max_message_size:
-                    raise SipParseError(513, "Message Too Large", "header section too long")
                 return
             messages.append(bytes(buffer[:total]))
             del buffer[:total]
+            self._total = None
+            self._scanned = 0
+
+    def _find_head(self, buffer: bytearray) -> int | None:
+        """The length of the message whose head the buffer now holds whole, or None."""
+        skip = 0
+        while buffer[skip : skip + 2] == b"\r\n" or buffer[skip : skip + 1] == b"\n":
+            skip += 2 if buffer[skip : skip + 1] == b"\r" else 1
+        if skip:
+            del buffer[:skip]
+            self._scanned = max(0, self._scanned - skip)
+        start = max(0, self._scanned - 3)  # "\r\n\r\n" may straddle the last read
+        end = buffer.find(b"\r\n\r\n", start)
+        if end < 0:
+            self.bytes_scanned += len(buffer) - start
+            self._scanned = len(buffer)
+            if len(buffer) > self.max_message_size:
+                raise SipParseError(513, "Message Too Large", "header section too long")
+            return None
+        self.bytes_scanned += end + 4 - start
+        self._scanned = end + 4
+        match = _CONTENT_LENGTH_RE.search(bytes(buffer[:end]))
+        length = 0
+        if match is not None:
+            text = match.group(1)
+            if not text.isdigit():
+                raise _bad("malformed Content-Length")
+            length = int(text)
+            if length > self.max_message_size:
+                raise SipParseError(413, "Request Entity Too Large", "Content-Length too large")
+        if end + 4 > self.max_message_size and len(buffer) < end + 4 + length:
+            raise SipParseError(513, "Message Too Large", "header section too long")
+        return end + 4 + length
 
 
 # ---- responses and identifiers ------------------------------------------------------------------

@@ -14,20 +14,43 @@ TCP/TLS: responses go back on the connection the request came on, and a request 
 we already have a connection with (the `source` of a call's INVITE) reuses it; a new connection
 is opened only when there is none (RFC 3261 §18, RFC 5923-style reuse). `contact()` gives
 `sip:...;transport=tls` over TLS, and `sips:` only for a dialog whose INVITE was `sips:`.
+
+Strangers (sources outside `sip.trusted_sources`) cost little: a TCP or TLS connection from one
+is closed at accept, before any TLS handshake (the listeners accept plain TCP and upgrade it
+themselves); a UDP packet from one is dropped unparsed and counted, except an INVITE, which gets
+`403` while a small token bucket allows it. Connections are bounded (`sip.max_connections`, a
+TLS handshake timeout, a deadline for a message's head, an idle timeout for connections no
+call uses): the bookkeeping is `sip/limits.py`, this module closes what it says to.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import ipaddress
 import logging
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
-from spg_media.observability import SIP_MESSAGES_TOTAL, SIP_PARSE_ERRORS_TOTAL
+from spg_media.observability import (
+    CALLS_REJECTED_TOTAL,
+    METRICS,
+    SIP_MESSAGES_TOTAL,
+    SIP_PARSE_ERRORS_TOTAL,
+)
+from spg_media.sip.limits import (
+    LIMIT,
+    UNTRUSTED,
+    ConnectionLimits,
+    ConnectionTable,
+    LogThrottle,
+    TokenBucket,
+    address_in,
+    parse_networks,
+)
 from spg_media.sip.message import (
     Headers,
     SipParseError,
@@ -35,6 +58,7 @@ from spg_media.sip.message import (
     SipResponse,
     StreamFramer,
     make_response,
+    new_tag,
     parse_message,
     partial_request_info,
 )
@@ -46,7 +70,9 @@ from spg_media.sip.transaction import (
     ClientTimeout,
     RequestReceived,
     ResponseReceived,
+    State,
     TransactionLayer,
+    response_address,
 )
 from spg_media.sip.uri import SipUri
 
@@ -56,6 +82,36 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REFER, NOTIFY, UPDATE"
 # SIP extensions (option tags) we implement; a request that Requires another gets 420.
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset({"timer"})  # RFC 4028, sip/session_timer.py
 SERVER = "spg-media"
+
+# A stranger's INVITE is answered 403 (the external contract) at most this often, all strangers
+# together: past it, dropped like everything else they send. Never an amplifier or a flood.
+FORBIDDEN_PER_S = 5.0
+FORBIDDEN_BURST = 20.0
+STRANGER_LOG_PERIOD_S = 10.0
+# A peer that does not read what we send: its connection is closed past this much unsent.
+MAX_WRITE_BUFFER = 1 << 20
+LISTEN_BACKLOG = 1024
+CONNECT_TIMEOUT_S = 5.0  # a connection we open: TCP connect (plus the TLS handshake timeout)
+
+SIP_CONNECTIONS_OPEN = METRICS.gauge(
+    "spg_sip_connections_open", "Open SIP TCP/TLS connections, inbound and outbound."
+)
+SIP_CONNECTIONS_REFUSED_TOTAL = METRICS.counter(
+    "spg_sip_connections_refused_total",
+    "Inbound SIP TCP/TLS connections closed at accept, by reason (untrusted, limit).",
+    ("reason",),
+)
+SIP_CONNECTIONS_CLOSED_TOTAL = METRICS.counter(
+    "spg_sip_connections_closed_total",
+    "SIP TCP/TLS connections the node closed, by reason "
+    "(idle, header, handshake, malformed, unread, replaced).",
+    ("reason",),
+)
+SIP_DROPPED_TOTAL = METRICS.counter(
+    "spg_sip_dropped_total",
+    "SIP messages dropped unanswered, by reason (untrusted: from outside sip.trusted_sources).",
+    ("reason",),
+)
 
 
 @dataclass(frozen=True)
@@ -67,6 +123,12 @@ class Listen:
 
 class DialogHandler(Protocol):
     """What a call must offer to receive the requests of its dialog."""
+
+    @property
+    def source(self) -> Address:
+        """Where the dialog's INVITE came from (or went to): over TCP/TLS, that connection
+        carries the call and is never closed for idleness while the dialog lives."""
+        ...
 
     def on_request(self, request: SipRequest, source: Address) -> None: ...
     def on_ack(self, ack: SipRequest) -> None: ...
@@ -95,43 +157,173 @@ class _Udp(asyncio.DatagramProtocol):
         log.debug("sip udp error: %s", exc)
 
 
-class _Stream:
-    """One TCP or TLS connection, in or out; messages framed by Content-Length."""
+class _ServerTls:
+    """The server side of TLS over memory buffers (`ssl.SSLObject`), for an accepted connection.
 
-    def __init__(
-        self,
-        ua: SipUserAgent,
-        address: Address,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> None:
-        self.ua = ua
-        self.address = address
-        self.reader = reader
-        self.writer = writer
-        self.framer = StreamFramer()
+    The stream feeds it what it reads and writes out what it returns. TLS is done here, and not
+    with the loop's `start_tls`, so that the peer is checked before the handshake on every
+    event loop alike: uvloop starts reading a new connection right after `connection_made`, so
+    a client's first flight could reach the plain protocol before a `start_tls` took over.
+    """
 
-    async def run(self) -> None:
-        try:
-            while True:
-                data = await self.reader.read(65536)
-                if not data:
-                    break
-                try:
-                    messages = self.framer.feed(data)
-                except SipParseError as exc:
-                    log.info("closing %s: %s", self.address, exc.reason)
-                    break
-                for message in messages:
-                    self.ua.on_bytes(message, self.address)
-        except (ConnectionError, ssl.SSLError, OSError) as exc:
-            log.debug("stream %s ended: %s", self.address, exc)
-        finally:
-            self.ua.streams.pop(self.address, None)
-            self.writer.close()
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self.ssl_object = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self.established = False
+
+    def receive(self, data: bytes) -> tuple[bytes, bool]:
+        """Feed bytes read from the peer: (the application data they completed, whether the
+        peer closed TLS). Raises ssl.SSLError on a failed handshake or a bad record; `output()`
+        then holds the alert for the peer."""
+        self._incoming.write(data)
+        if not self.established:
+            try:
+                self.ssl_object.do_handshake()
+            except ssl.SSLWantReadError:
+                return b"", False
+            self.established = True
+        plain = bytearray()
+        while True:
+            try:
+                chunk = self.ssl_object.read(65536)
+            except ssl.SSLWantReadError:
+                return bytes(plain), False
+            except ssl.SSLZeroReturnError:  # close_notify
+                return bytes(plain), True
+            if not chunk:
+                return bytes(plain), True
+            plain += chunk
 
     def send(self, data: bytes) -> None:
-        self.writer.write(data)
+        self.ssl_object.write(data)
+
+    def output(self) -> bytes:
+        """The TLS bytes waiting to go to the peer."""
+        return self._outgoing.read()
+
+
+class _Stream(asyncio.Protocol):
+    """One TCP or TLS connection, in or out; messages framed by Content-Length.
+
+    An inbound one is accepted as plain TCP: the UA's connection table decides at once whether
+    it may stay (trusted source, under the connection limit), and only then does a `tls`
+    listener's connection start its TLS handshake (`_ServerTls`, within the handshake timeout).
+    An outbound one (`SipUserAgent._connect`) is TLS from its first byte when it is `tls`.
+    """
+
+    def __init__(self, ua: SipUserAgent, kind: str, address: Address | None = None) -> None:
+        self.ua = ua
+        self.kind = kind  # tcp | tls
+        self.address = address  # outbound: where we connected; inbound: set at accept
+        self.transport: asyncio.Transport | None = None
+        self.framer = StreamFramer()
+        self.tls: _ServerTls | None = None  # inbound TLS
+        self.open = False  # in the UA's table (admitted, not yet closed)
+        self._unsent: list[bytes] = []  # answers to a request read with the handshake's end
+
+    # ---- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        if self.address is not None:  # outbound: already verified and handshaken
+            self.ua._opened(self, handshake=False)
+            return
+        peer = transport.get_extra_info("peername")
+        self.address = Address(self.kind, str(peer[0]), int(peer[1]))
+        refusal = self.ua.connections.admit(self.address.host)
+        if refusal is not None:
+            SIP_CONNECTIONS_REFUSED_TOTAL.inc(reason=refusal)
+            self.ua._note_refused(self.address, refusal)
+            self.transport.abort()  # no handshake, nothing read or answered, the fd freed now
+            return
+        if self.kind == "tls":
+            assert self.ua.ssl_context is not None
+            self.tls = _ServerTls(self.ua.ssl_context)
+        self.ua._opened(self, handshake=self.tls is not None)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.open or self.address is None:
+            return
+        peer_closed = False
+        if self.tls is not None:
+            data, peer_closed = self._decrypt(data)
+        if data:
+            try:
+                messages = self.framer.feed(data)
+            except SipParseError as exc:
+                log.info("closing %s: %s", self.address, exc.reason)
+                self.close("malformed")
+                return
+            self.ua._received(self, len(messages), self.framer.pending > 0)
+            for message in messages:
+                if not self.open:
+                    break
+                self.ua.on_bytes(message, self.address)
+        if peer_closed:  # TLS close_notify, after what came with it
+            self.close("eof")
+
+    def eof_received(self) -> bool | None:
+        return False  # the peer is done: close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            log.debug("stream %s ended: %s", self.address, exc)
+        self.ua._closed(self)
+
+    # ---- ours ------------------------------------------------------------------------------
+
+    def _decrypt(self, data: bytes) -> tuple[bytes, bool]:
+        """TLS records in: the application data out (b"" while the handshake runs), and
+        whether the peer closed TLS."""
+        tls = self.tls
+        assert tls is not None and self.transport is not None and self.address is not None
+        was_established = tls.established
+        try:
+            plain, peer_closed = tls.receive(data)
+        except ssl.SSLError as exc:
+            log.debug("TLS with %s failed: %s", self.address, exc)
+            self.transport.write(tls.output())  # the alert, if any
+            self.close("handshake" if not was_established else "malformed")
+            return b"", False
+        self.transport.write(tls.output())
+        if tls.established and not was_established:
+            self.ua.connections.established(self.address)
+            unsent, self._unsent = self._unsent, []
+            for message in unsent:
+                self.send(message)
+        return plain, peer_closed
+
+    def get_extra_info(self, name: str) -> Any:
+        if name == "ssl_object" and self.tls is not None:
+            return self.tls.ssl_object if self.tls.established else None
+        return None if self.transport is None else self.transport.get_extra_info(name)
+
+    def send(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.tls is not None:
+            if not self.tls.established:
+                self._unsent.append(data)
+                return
+            self.tls.send(data)
+            data = self.tls.output()
+        transport.write(data)
+        if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+            log.info("closing %s: it does not read what we send", self.address)
+            self.close("unread")
+
+    def close(self, reason: str) -> None:
+        """Close the connection now (counted by `reason` unless it is the peer's doing)."""
+        if self.open and reason != "eof":
+            SIP_CONNECTIONS_CLOSED_TOTAL.inc(reason=reason)
+        if self.transport is not None:
+            if reason == "eof":
+                self.transport.close()
+            else:
+                self.transport.abort()
+        self.ua._closed(self)
 
 
 class SipUserAgent:
@@ -144,15 +336,18 @@ class SipUserAgent:
         trusted_sources: Iterable[str] = ("127.0.0.0/8",),
         ssl_context: ssl.SSLContext | None = None,
         client_ssl_context: ssl.SSLContext | None = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.listen = list(listen)
         self.public_host = public_host
-        self.trusted = [ipaddress.ip_network(n, strict=False) for n in trusted_sources]
+        self.trusted = parse_networks(trusted_sources)
         self.ssl_context = ssl_context  # our TLS listeners' certificate
         # For TLS connections we open: by default the system's CAs and the peer's name or
         # address checked (a card-data path never trusts an unverified peer); `sip.tls_ca`
         # gives a context that trusts a private CA instead (SipConfig.client_tls).
         self.client_ssl_context = client_ssl_context
+        self.limits = limits or ConnectionLimits()
+        self.connections: ConnectionTable[Address] = ConnectionTable(self.limits, self.trusted)
         self.transactions = TransactionLayer()
         self.dialogs: dict[str, DialogHandler] = {}
         self.invite_handler: InviteHandler | None = None
@@ -162,7 +357,12 @@ class SipUserAgent:
         self.parse_errors = 0
         self._pending: dict[tuple[str, str], asyncio.Future[SipResponse]] = {}
         self._timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._sweep: asyncio.TimerHandle | None = None
+        self._sweep_at: float | None = None
+        self._forbidden = TokenBucket(FORBIDDEN_PER_S, FORBIDDEN_BURST)
+        self._stranger_log = LogThrottle(STRANGER_LOG_PERIOD_S)
+        self._refused_log = LogThrottle(STRANGER_LOG_PERIOD_S)
+        self._refused: collections.Counter[str] = collections.Counter()  # since the last line
         # The loop is the one `start()` (or the first use) runs in: asking for it here would
         # fail, or make a stray loop, when the UA is built outside a running loop.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -185,11 +385,14 @@ class SipUserAgent:
                 self.udp[spec.host] = protocol
                 self.udp.setdefault("*", protocol)
             else:
-                server = await asyncio.start_server(
-                    self._accept_stream(spec.transport),
+                if spec.transport == "tls" and self.ssl_context is None:
+                    raise ValueError("a tls listener needs a certificate (ssl_context)")
+                # Plain TCP for tls too: the peer is checked before any handshake.
+                server = await self.loop.create_server(
+                    functools.partial(_Stream, self, spec.transport),
                     spec.host,
                     spec.port,
-                    ssl=self.ssl_context if spec.transport == "tls" else None,
+                    backlog=LISTEN_BACKLOG,
                 )
                 self.servers.append(server)
             log.info("listening on %s:%s:%d", spec.transport, spec.host, spec.port)
@@ -197,35 +400,96 @@ class SipUserAgent:
     async def close(self) -> None:
         for server in self.servers:
             server.close()
-        for stream in list(self.streams.values()):
-            stream.writer.close()
         for protocol in self.udp.values():
             if protocol.transport is not None:
                 protocol.transport.close()
         if self._timer is not None:
             self._timer.cancel()
-        # Let the stream readers see their end (else the loop cancels them mid-read and
-        # asyncio's start_server callback logs the CancelledError as an error).
-        current = asyncio.current_task()
-        tasks = {task for task in self._tasks if task is not current and not task.done()}
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=2)
-            for task in pending:
-                task.cancel()
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        for stream in list(self.streams.values()):
+            if stream.transport is not None:
+                stream.transport.close()  # what is queued is still sent
+            self._closed(stream)
+        await asyncio.sleep(0)  # the transports' connection_lost callbacks run
 
-    def _accept_stream(self, transport: str):  # type: ignore[no-untyped-def]
-        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            task = asyncio.current_task()
-            if task is not None:  # tracked so that close() can wait for it
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-            peer = writer.get_extra_info("peername")
-            address = Address(transport, str(peer[0]), int(peer[1]))
-            stream = _Stream(self, address, reader, writer)
-            self.streams[address] = stream
-            await stream.run()
+    # ---- connections: admitted, counted, timed out --------------------------------------------
 
-        return accept
+    def _opened(self, stream: _Stream, handshake: bool) -> None:
+        assert stream.address is not None
+        old = self.streams.get(stream.address)
+        if old is not None and old is not stream:  # the same address again: the new one wins
+            old.close("replaced")
+        stream.open = True
+        self.streams[stream.address] = stream
+        self.connections.opened(stream.address, self.loop.time(), handshake=handshake)
+        SIP_CONNECTIONS_OPEN.inc()  # inc/dec, not set: a process may run more than one UA
+        self._schedule_sweep()
+
+    def _received(self, stream: _Stream, messages: int, incomplete: bool) -> None:
+        assert stream.address is not None
+        self.connections.received(stream.address, self.loop.time(), messages, incomplete)
+        self._schedule_sweep()
+
+    def _closed(self, stream: _Stream) -> None:
+        if not stream.open:
+            return
+        stream.open = False
+        SIP_CONNECTIONS_OPEN.dec()
+        address = stream.address
+        if address is not None and self.streams.get(address) is stream:
+            del self.streams[address]
+            self.connections.closed(address)
+
+    def _note_refused(self, address: Address, reason: str) -> None:
+        self._refused[reason] += 1
+        count = self._refused_log.note(self.loop.time())
+        if count is not None:
+            log.warning(
+                "closed %d SIP connections at accept since the last report: %d from outside "
+                "sip.trusted_sources, %d over sip.max_connections (latest from %s)",
+                count,
+                self._refused[UNTRUSTED],
+                self._refused[LIMIT],
+                address.host,
+            )
+            self._refused.clear()
+
+    def _busy_connections(self) -> set[Address]:
+        """Connections a call uses: its INVITE's, or one a request of ours waits on."""
+        busy = {handler.source for handler in self.dialogs.values() if handler.source.reliable}
+        for tx in self.transactions.client.values():
+            if tx.destination.reliable and tx.state in _CLIENT_PENDING:
+                busy.add(tx.destination)
+        return busy
+
+    def _schedule_sweep(self) -> None:
+        wake = self.connections.next_wake()
+        if wake is None or (self._sweep_at is not None and self._sweep_at <= wake):
+            return
+        if self._sweep is not None:
+            self._sweep.cancel()
+        self._sweep_at = wake
+        self._sweep = self.loop.call_at(wake, self._on_sweep)
+
+    def _on_sweep(self) -> None:
+        self._sweep = None
+        self._sweep_at = None
+        busy = self._busy_connections()
+        for address, reason in self.connections.expired(self.loop.time(), busy.__contains__):
+            stream = self.streams.get(address)
+            if stream is None:
+                continue
+            # counted; one line each at debug only (thousands may go at once)
+            log.debug("closing %s: %s", address, _CLOSE_REASONS[reason])
+            SIP_CONNECTIONS_CLOSED_TOTAL.inc(reason=reason)
+            stream.open = False  # already out of the table: counted once, here
+            SIP_CONNECTIONS_OPEN.dec()
+            del self.streams[address]
+            if stream.transport is not None:
+                stream.transport.abort()
+        self._schedule_sweep()
 
     # ---- identity -------------------------------------------------------------------------
 
@@ -258,6 +522,10 @@ class SipUserAgent:
     def on_bytes(self, data: bytes, source: Address) -> None:
         if not data.strip(b"\r\n\x00 "):
             return  # keepalive (RFC 5626 CRLF ping) or padding
+        if source.transport == "udp" and not self._is_trusted(source.host):
+            # TCP/TLS strangers never get this far: their connections are closed at accept.
+            self._from_stranger(data, source)
+            return
         now = self.loop.time()
         try:
             message = parse_message(data)
@@ -274,11 +542,6 @@ class SipUserAgent:
         SIP_MESSAGES_TOTAL.inc(direction="in", kind=_message_kind(data))
         try:
             if isinstance(message, SipRequest):
-                if not self._is_trusted(source.host):
-                    log.warning("refused %s from untrusted %s", message.method, source)
-                    if message.method != "ACK":
-                        self._send(make_response(message, 403, "Forbidden").to_bytes(), source)
-                    return
                 self._apply_rport(message, source)
                 self.transactions.receive_request(message, source, now)
             else:
@@ -286,6 +549,35 @@ class SipUserAgent:
             self._pump()
         except Exception:
             log.exception("error handling a message from %s", source)
+
+    def _from_stranger(self, data: bytes, source: Address) -> None:
+        """A UDP packet from outside `sip.trusted_sources`: an INVITE gets 403 while the token
+        bucket allows (the contract's answer to strangers); all else is dropped and counted,
+        with a log line every so often (never one per packet: no amplifier, no log flood)."""
+        now = self.loop.time()
+        answered = False
+        if data.startswith(b"INVITE ") and self._forbidden.take(now):
+            try:
+                message = parse_message(data)
+            except Exception:  # SipParseError, or a parser bug: a stranger gets nothing
+                message = None
+            if isinstance(message, SipRequest) and message.method == "INVITE":
+                response = make_response(message, 403, "Forbidden", to_tag=new_tag())
+                response.headers.add("Server", SERVER)
+                self._send(response.to_bytes(), source)  # to the packet's source, not its Via
+                CALLS_REJECTED_TOTAL.inc(status="403")
+                answered = True
+        if not answered:
+            SIP_DROPPED_TOTAL.inc(reason="untrusted")
+        count = self._stranger_log.note(now)
+        if count is not None:
+            log.warning(
+                "%d SIP messages from outside sip.trusted_sources since the last report "
+                "(latest from %s): INVITEs answered 403 at most %g/s, the rest dropped",
+                count,
+                source.host,
+                FORBIDDEN_PER_S,
+            )
 
     def _answer_malformed(self, data: bytes, source: Address, exc: SipParseError) -> None:
         request = partial_request_info(data)
@@ -302,18 +594,12 @@ class SipUserAgent:
                     ("Warning", f'399 {self.public_host} "{_quote(exc.detail or exc.reason)}"')
                 ],
             )
-            from spg_media.sip.transaction import response_address
-
             self._send(response.to_bytes(), response_address(request, source))
         except Exception:  # the partial request may be too broken to answer
             log.debug("could not answer a malformed message from %s", source)
 
     def _is_trusted(self, host: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(ip in net for net in self.trusted)
+        return address_in(host, self.trusted)
 
     @staticmethod
     def _apply_rport(request: SipRequest, source: Address) -> None:
@@ -486,12 +772,14 @@ class SipUserAgent:
                 self.client_ssl_context = ssl.create_default_context()
                 self.client_ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
             ctx = self.client_ssl_context
-        reader, writer = await asyncio.open_connection(destination.host, destination.port, ssl=ctx)
-        stream = _Stream(self, destination, reader, writer)
-        self.streams[destination] = stream
-        task = self.loop.create_task(stream.run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        async with asyncio.timeout(CONNECT_TIMEOUT_S + self.limits.tls_handshake_timeout_s):
+            await self.loop.create_connection(
+                functools.partial(_Stream, self, destination.transport, destination),
+                destination.host,
+                destination.port,
+                ssl=ctx,
+                ssl_handshake_timeout=self.limits.tls_handshake_timeout_s if ctx else None,
+            )
 
     def _send(self, data: bytes, address: Address) -> None:
         SIP_MESSAGES_TOTAL.inc(direction="out", kind=_message_kind(data))
@@ -509,6 +797,13 @@ class SipUserAgent:
             return
         stream.send(data)
 
+
+_CLIENT_PENDING = frozenset({State.CALLING, State.TRYING, State.PROCEEDING})
+_CLOSE_REASONS = {
+    "idle": "no message and no call for sip.idle_timeout_s",
+    "header": "a message not whole within sip.header_timeout_s",
+    "handshake": "TLS handshake not done within sip.tls_handshake_timeout_s",
+}
 
 _METRIC_METHODS = frozenset(
     {"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "REFER", "NOTIFY", "UPDATE", "PRACK"}

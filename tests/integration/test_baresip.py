@@ -409,13 +409,17 @@ def _quality(node: SpgTlsNode, call_id: str) -> dict[str, Any] | None:
     ("mediaenc", "mux"), [(None, "no"), ("srtp-mand", "no"), ("srtp-mand", "yes")]
 )
 def test_rtcp_reports_go_both_ways(
-    node: SpgTlsNode, tmp_path: Path, mediaenc: str | None, mux: str
+    node: SpgTlsNode, cert: CertPair, tmp_path: Path, mediaenc: str | None, mux: str
 ) -> None:
     """baresip reads our reports (SRTCP on an SRTP call; on the RTP port with rtcp-mux) and we
-    read its: each side's round trip needs the other's report about its own."""
-    account = Account(transport="udp", mediaenc=mediaenc)
-    with Baresip(tmp_path / "baresip", account, extra_config={"rtcp_mux": mux}) as phone:
-        first = dial(phone, pay_uri(node, "udp", token()))
+    read its: each side's round trip needs the other's report about its own. SRTP calls
+    signal over TLS (SDES keys are refused over UDP)."""
+    transport = "tls" if mediaenc else "udp"
+    account = Account(transport=transport, mediaenc=mediaenc)
+    with Baresip(
+        tmp_path / "baresip", account, cafile=cert.cert, extra_config={"rtcp_mux": mux}
+    ) as phone:
+        first = dial(phone, pay_uri(node, transport, token()))
         assert first.type == "CALL_ESTABLISHED", explain(phone, node)
         ports: dict[str, Any] = {}
 
@@ -461,6 +465,36 @@ def test_srtp_required_refuses_plain_offer_with_488(
         strict.stop()
 
 
+def test_sdes_keys_over_udp_are_refused_with_488_and_taken_over_tls(
+    node: SpgTlsNode, cert: CertPair, tmp_path: Path
+) -> None:
+    """baresip's SRTP offer (`srtp-mand`: RTP/SAVP with its key in a=crypto) over UDP put the
+    key on the wire in clear: 488 with a Warning saying why. The same phone over TLS pays."""
+    with Baresip(tmp_path / "baresip-udp", Account(transport="udp", mediaenc="srtp-mand")) as phone:
+        first = dial(phone, pay_uri(node, "udp", token()))
+        assert first.type == "CALL_CLOSED", explain(phone, node)
+        assert first.param.startswith("488"), first.param
+        answer = next(m for m in phone.sip_trace() if m.status == 488)
+        warning = answer.header("Warning") or ""
+        assert warning.startswith(f'399 {HOST} "SDES keys'), answer.text
+        assert "TLS" in warning, answer.text
+        invite = next(m for m in phone.sip_trace() if m.method == "INVITE")
+        assert "RTP/SAVP" in invite.text and sdp_crypto_keys(invite.text)
+    agent = start_agent(tmp_path / "agent", srtp=True)
+    phone = Baresip(
+        tmp_path / "baresip-tls", Account(transport="tls", mediaenc="srtp-mand"), cafile=cert.cert
+    )
+    with phone:
+        payment = pay(phone, node, "tls", agent)
+    check_approved(payment, phone, node)
+    answer = next(
+        m
+        for m in phone.sip_trace()
+        if m.source == f"{HOST}:{node.tls_port}" and m.status == 200 and m.cseq_method == "INVITE"
+    )
+    assert "RTP/SAVP" in answer.text and "a=crypto:" in answer.text, answer.text
+
+
 # ---- Kamailio in front, TLS on both legs ------------------------------------------------------
 
 
@@ -489,6 +523,19 @@ def tls_front(
     if reason:
         pytest.skip(reason)
     node = _start_node(tmp_path_factory, cert, {"SPG_SIP__TLS_CA": str(cert.cert)})
+    front = _kamailio_with_tls(
+        tmp_path_factory, cert, node, f"sip:{HOST}:{node.tls_port};transport=tls"
+    )
+    yield front
+    front.proxy.stop()
+    node.stop()
+
+
+def _kamailio_with_tls(
+    tmp_path_factory: pytest.TempPathFactory, cert: CertPair, node: SpgTlsNode, destination: str
+) -> TlsFront:
+    """kamailio/kamailio.cfg with -A WITH_TLS (callers on its tls listener) dispatching to
+    `destination`, the node (stopped when the proxy cannot start)."""
     work = tmp_path_factory.mktemp("kamailio-tls")
     tls_cfg = work / "tls.cfg"
     tls_cfg.write_text(
@@ -499,15 +546,13 @@ def tls_front(
     )
     port = free_port()
     defines = {"WITH_TLS": "1", "TLS_PORT": str(port), "TLS_CFG": f'"{tls_cfg}"'}
-    proxy = KamailioProxy(work, [f"sip:{HOST}:{node.tls_port};transport=tls"], defines=defines)
+    proxy = KamailioProxy(work, [destination], defines=defines)
     try:
         proxy.start()
     except BaseException:
         node.stop()
         raise
-    yield TlsFront(proxy, node, port)
-    proxy.stop()
-    node.stop()
+    return TlsFront(proxy, node, port)
 
 
 def test_kamailio_tls_front_srtp_payment_with_nothing_in_clear(
@@ -558,3 +603,57 @@ def test_kamailio_tls_front_srtp_payment_with_nothing_in_clear(
         assert keys
         for clear in (*keys, "a=crypto", "INVITE sip:", payment.txn, "X-SPG-Result"):
             assert not capture.contains(clear), f"{clear!r} in clear on the wire"
+
+
+# ---- Kamailio in front, TLS to callers, a private link to the node ----------------------------
+
+
+@pytest.fixture(scope="module")
+def private_link(
+    tools: None, cert: CertPair, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TlsFront]:
+    """kamailio/kamailio.cfg with -A WITH_TLS for callers, forwarding to a node over plain UDP
+    (a private link): the node takes SDES keys in clear from Kamailio's address only,
+    `rtp.sdes_cleartext_sources`. (On loopback that address is every test peer's too.)"""
+    reason = _kamailio_tls_missing()
+    if reason:
+        pytest.skip(reason)
+    node = _start_node(tmp_path_factory, cert, {"SPG_RTP__SDES_CLEARTEXT_SOURCES": f"{HOST}/32"})
+    front = _kamailio_with_tls(tmp_path_factory, cert, node, f"sip:{HOST}:{node.sip_port}")
+    yield front
+    front.proxy.stop()
+    node.stop()
+
+
+def test_kamailio_private_link_srtp_payment_and_cleartext_keys_refused_at_the_edge(
+    private_link: TlsFront, cert: CertPair, tmp_path: Path
+) -> None:
+    """baresip (TLS + SRTP) pays through Kamailio, which reaches the node over UDP: the node
+    takes the keys because they come from Kamailio's address. The same offer sent to Kamailio
+    over UDP is refused there (488 and its Warning), and never reaches the node."""
+    node, front = private_link.node, private_link.port
+    agent = start_agent(tmp_path / "agent", srtp=True)
+    phone = Baresip(
+        tmp_path / "baresip", Account(transport="tls", mediaenc="srtp-mand"), cafile=cert.cert
+    )
+    try:
+        with phone:
+            payment = pay(phone, node, "tls", agent, port=front)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- kamailio\n{private_link.proxy.log()[-4000:]}") from None
+    check_approved(payment, phone, node)
+    refers = [m for m in phone.sip_trace() if m.method == "REFER"]
+    assert len(refers) == 1, [m.first_line for m in phone.sip_trace()]
+    assert refers[0].transport == "TLS"  # Kamailio to baresip
+    assert f"SIP/2.0/UDP {HOST}:{node.sip_port};" in refers[0].text, refers[0].text  # the node's
+
+    before = len(node.cdr_lines())
+    with Baresip(tmp_path / "baresip-udp", Account(transport="udp", mediaenc="srtp-mand")) as phone:
+        first = dial(phone, pay_uri(node, "udp", token(), port=private_link.proxy.port))
+        assert first.type == "CALL_CLOSED", explain(phone, node)
+        assert first.param.startswith("488"), first.param
+        answer = next(m for m in phone.sip_trace() if m.status == 488)
+        assert answer.source == f"{HOST}:{private_link.proxy.port}", answer.text
+        assert "SDES keys (a=crypto) need TLS signalling" in (answer.header("Warning") or "")
+    assert "refused SDES keys from" in private_link.proxy.log()
+    assert len(node.cdr_lines()) == before

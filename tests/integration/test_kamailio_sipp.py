@@ -12,6 +12,7 @@ message the node sent.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -237,6 +238,68 @@ def test_allow_list_refuses_other_sources(sip_tools: None, tmp_path: Path) -> No
         assert sip_options(HOST, kam.port, source="127.0.0.2") == "SIP/2.0 200 Keepalive"
         assert sip_options(HOST, kam.port, source=HOST) == "SIP/2.0 403 Forbidden"
         assert _invite_status(kam.port) == 403
+
+
+SDES_KEY = "YUJjRGVGZ2hJaktsTW5PcFFyU3R1VndYeVphYmNkZWZnaGlqa2w"
+
+
+def _sdes_invite(port: int, lport: int) -> bytes:
+    """An INVITE whose offer is RTP/SAVP with its SRTP key in a=crypto (what baresip's
+    mediaenc=srtp-mand sends)."""
+    sdp = (
+        f"v=0\r\no=p 1 1 IN IP4 {HOST}\r\ns=-\r\nc=IN IP4 {HOST}\r\nt=0 0\r\n"
+        "m=audio 40000 RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+        f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{SDES_KEY}\r\n"
+    )
+    return (
+        f"INVITE sip:pay@{HOST}:{port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {HOST}:{lport};branch=z9hG4bK{uuid.uuid4().hex[:12]};rport\r\n"
+        "Max-Forwards: 70\r\n"
+        f"From: <sip:probe@{HOST}>;tag=1\r\nTo: <sip:pay@{HOST}>\r\n"
+        f"Call-ID: {uuid.uuid4().hex}\r\nCSeq: 1 INVITE\r\n"
+        f"Contact: <sip:probe@{HOST}:{lport}>\r\nContent-Type: application/sdp\r\n"
+        f"Content-Length: {len(sdp)}\r\n\r\n{sdp}"
+    ).encode()
+
+
+@pytest.mark.parametrize("cleartext_allowed", [False, True])
+def test_sdes_keys_in_clear_are_refused_before_any_node(
+    sip_tools: None, tmp_path: Path, cleartext_allowed: bool
+) -> None:
+    """A caller's RTP/SAVP offer over UDP: 488 from Kamailio with a Warning, and the node never
+    sees it (it could only see that Kamailio's hop was TLS or trusted). -A WITH_SDES_CLEARTEXT
+    turns the check off."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as node:
+        node.bind((HOST, 0))
+        node.settimeout(1.5)
+        defines = dict(STANDIN_DEFINES)
+        if cleartext_allowed:
+            defines["WITH_SDES_CLEARTEXT"] = "1"
+        nodes: list[str | tuple[str, int]] = [f"sip:{HOST}:{node.getsockname()[1]}"]
+        with (
+            KamailioProxy(tmp_path / "kamailio", nodes, defines=defines) as kam,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as caller,
+        ):
+            caller.bind((HOST, 0))
+            caller.settimeout(2)
+            caller.sendto(_sdes_invite(kam.port, caller.getsockname()[1]), (HOST, kam.port))
+            try:
+                forwarded = node.recvfrom(65535)[0]
+            except OSError:
+                forwarded = b""
+            answers = []
+            with contextlib.suppress(OSError):
+                while not answers or answers[-1].startswith(b"SIP/2.0 1"):
+                    answers.append(caller.recvfrom(65535)[0])
+            log = kam.log()
+    if cleartext_allowed:
+        assert forwarded.startswith(b"INVITE ") and SDES_KEY.encode() in forwarded
+        return
+    assert forwarded == b"", forwarded[:200]
+    final = answers[-1].decode()
+    assert final.startswith("SIP/2.0 488 "), final
+    assert f'Warning: 399 {HOST} "SDES keys (a=crypto) need TLS signalling' in final, final
+    assert "refused SDES keys from" in log
 
 
 def _invite_status(port: int) -> int | None:

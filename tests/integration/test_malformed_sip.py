@@ -167,7 +167,7 @@ def test_malformed_requests_get_answers_and_node_keeps_serving(tmp_path):
 
 
 @pytest.mark.timeout(30)
-def test_untrusted_source_gets_403(tmp_path):
+def test_an_untrusted_source_gets_403_to_an_invite_and_nothing_else(tmp_path):
     base = load_config(None, env={})
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -181,19 +181,23 @@ def test_untrusted_source_gets_403(tmp_path):
         log=dataclasses.replace(base.log, cdr_path=str(tmp_path / "cdr.jsonl")),
     )
 
-    async def scenario() -> list[int]:
+    async def scenario() -> dict[str, list[int]]:
         server = Server(config, prerender=False)
         await server.start()
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind(("127.0.0.1", 0))
         sock.setblocking(False)
-        me = sock.getsockname()[1]
+        me = str(sock.getsockname()[1]).encode()
         try:
-            return await exchange(
-                sock, port, message("OPTIONS").replace(b"{port}", str(me).encode())
-            )
+            return {
+                method: await exchange(
+                    sock, port, message(method, call_id=f"u-{method}").replace(b"{port}", me)
+                )
+                for method in ("OPTIONS", "BYE", "INVITE")
+            }
         finally:
             sock.close()
             await server.stop(grace_s=1)
 
-    assert asyncio.run(scenario()) == [403]
+    # an INVITE from a stranger is refused 403 (the external contract); all else gets nothing
+    assert asyncio.run(scenario()) == {"OPTIONS": [], "BYE": [], "INVITE": [403]}

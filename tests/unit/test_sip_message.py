@@ -909,6 +909,31 @@ def test_framer_hands_over_complete_messages_before_a_framing_error():
         framer.feed(b"more")
 
 
+def test_framer_work_is_linear_for_a_head_sent_a_byte_at_a_time():
+    """A slow sender costs work in proportion to its bytes: the search for the end of the head
+    resumes where it stopped instead of rescanning the whole buffer on every read."""
+    head = build(extra=tuple(f"X-Slow-{i}: {'a' * 60}" for i in range(800)), body="")
+    assert 50_000 < len(head) < MAX_MESSAGE_SIZE
+    framer = StreamFramer()
+    out: list[bytes] = []
+    for i in range(len(head)):
+        out += framer.feed(head[i : i + 1])
+    assert out == [head]
+    # every byte searched once (plus the 3 re-read where a CRLFCRLF may straddle two reads);
+    # rescanning the whole buffer would be len(head) ** 2 / 2, about 1.5e9 here
+    assert framer.bytes_scanned <= 4 * len(head)
+
+
+def test_framer_does_not_search_a_found_head_again_while_its_body_arrives():
+    one = build(body="x" * 30_000)
+    framer = StreamFramer()
+    out: list[bytes] = []
+    for i in range(0, len(one), 10):
+        out += framer.feed(one[i : i + 10])
+    assert out == [one]
+    assert framer.bytes_scanned <= 2 * (len(one) - 30_000)
+
+
 # ---- identifiers --------------------------------------------------------------------------------
 
 

@@ -1,15 +1,25 @@
-"""The UA shell: its pure helpers, Contact forms, and a TLS listener on loopback."""
+"""The UA shell: its pure helpers, Contact forms, a TLS listener on loopback, and what strangers
+and slow or idle peers can cost it (closed at accept, connection limit, deadlines, untrusted
+UDP). The socket tests run on both event loops the node may use: asyncio's and uvloop's."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import socket
 import ssl
+import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
+from spg_media import observability as obs
 from spg_media.config import SipConfig
+from spg_media.sip import ua as ua_module
+from spg_media.sip.limits import ConnectionLimits
 from spg_media.sip.message import (
     SipRequest,
     SipResponse,
@@ -21,6 +31,8 @@ from spg_media.sip.transaction import Address
 from spg_media.sip.ua import Listen, SipUserAgent, _message_kind
 from spg_media.sip.uri import NameAddr
 from spg_media.tlscert import CertPair, OpensslMissing, make_self_signed
+
+T = TypeVar("T")
 
 
 @pytest.mark.parametrize(
@@ -38,6 +50,26 @@ from spg_media.tlscert import CertPair, OpensslMissing, make_self_signed
 )
 def test_message_kind_is_a_small_fixed_set(data: bytes, kind: str) -> None:
     assert _message_kind(data) == kind
+
+
+# ---- both event loops ------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop(request: pytest.FixtureRequest) -> str:
+    """The event loop a socket test runs on (uvloop: skipped when it is not installed)."""
+    if request.param == "uvloop":
+        pytest.importorskip("uvloop")
+    return str(request.param)
+
+
+def run(loop: str, coro: Coroutine[Any, Any, T]) -> T:
+    if loop == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(coro)
+    return asyncio.run(coro)
 
 
 # ---- Contact per transport (RFC 3261 §12.1.1, RFC 5630) -------------------------------------
@@ -192,8 +224,8 @@ async def _tls_round_trip(cert: Path, key: Path) -> None:
         await ua.close()
 
 
-def test_tls_listener_answers_and_reuses_the_connection(pair: CertPair) -> None:
-    asyncio.run(_tls_round_trip(pair.cert, pair.key))
+def test_tls_listener_answers_and_reuses_the_connection(pair: CertPair, loop: str) -> None:
+    run(loop, _tls_round_trip(pair.cert, pair.key))
 
 
 def test_ua_can_be_built_outside_a_running_loop() -> None:
@@ -322,3 +354,366 @@ def test_a_required_extension_we_lack_is_refused_with_420_naming_it() -> None:
     assert answers[1].headers.get_all("Unsupported") == ["x-frob"]
     assert answers[2].headers.get_all("Unsupported") == ["100rel"]
     assert not handler.invites  # the refused INVITE never became a call
+
+
+# ---- connections: strangers closed at accept, a cap, deadlines --------------------------------
+
+
+def _free_tcp_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _options(call_id: str, port: int = 5999, transport: str = "TCP") -> bytes:
+    return _msg(
+        "OPTIONS sip:127.0.0.1 SIP/2.0\n"
+        f"Via: SIP/2.0/{transport} 127.0.0.1:{port};branch=z9hG4bK-{call_id};rport\n"
+        "Max-Forwards: 70\nFrom: <sip:t@127.0.0.1>;tag=a\nTo: <sip:127.0.0.1>\n"
+        f"Call-ID: {call_id}\nCSeq: 1 OPTIONS\n\n"
+    )
+
+
+async def _closed_within(reader: asyncio.StreamReader, timeout: float) -> tuple[bytes, float]:
+    """Everything read until the peer closed the connection, and when (monotonic seconds);
+    TimeoutError when it stays open `timeout` seconds."""
+    got = b""
+    try:
+        async with asyncio.timeout(timeout):
+            while data := await reader.read(65536):
+                got += data
+    except ConnectionResetError:
+        pass
+    return got, time.monotonic()
+
+
+async def _client_hello() -> bytes:
+    """The first flight of a TLS client (a ClientHello), as bytes."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    context = ssl.create_default_context()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+async def _stranger_at_accept(cert: Path, key: Path) -> tuple[bytes, bytes, int, int]:
+    """A stranger (127.0.0.2) sends a ClientHello to a TLS listener that trusts 127.0.0.1
+    only: what it gets back, what an untrusted plain TCP peer gets, the trusted client's
+    OPTIONS status over TLS, and how many TLS sessions the node began."""
+    port = _free_tcp_port()
+    plain_port = _free_tcp_port()
+    ua = SipUserAgent(
+        [Listen("tls", "127.0.0.1", port), Listen("tcp", "127.0.0.1", plain_port)],
+        "127.0.0.1",
+        trusted_sources=["127.0.0.1/32"],
+        ssl_context=_server_context(cert, key),
+    )
+    await ua.start()
+    try:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, local_addr=("127.0.0.2", 0)
+        )
+        writer.write(await _client_hello())
+        tls_answer, _ = await _closed_within(reader, 5)
+        writer.close()
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", plain_port, local_addr=("127.0.0.2", 0)
+        )
+        writer.write(_options("stranger-tcp"))
+        tcp_answer, _ = await _closed_within(reader, 5)
+        writer.close()
+        began = _CountingTls.made
+        # a trusted client: handshake and answer as usual
+        client_ctx = ssl.create_default_context(cafile=str(cert))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx)
+        writer.write(_options("trusted-tls", transport="TLS"))
+        answer = parse_message(await _read_message(reader, StreamFramer()))
+        assert isinstance(answer, SipResponse)
+        writer.close()
+        assert _CountingTls.made == began + 1
+        return tls_answer, tcp_answer, answer.status, began
+    finally:
+        await ua.close()
+
+
+class _CountingTls(ua_module._ServerTls):
+    made = 0
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        type(self).made += 1
+        super().__init__(context)
+
+
+def test_a_stranger_is_closed_at_accept_before_any_tls_handshake(
+    pair: CertPair, loop: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ua_module, "_ServerTls", _CountingTls)
+    _CountingTls.made = 0
+    refused = ua_module.SIP_CONNECTIONS_REFUSED_TOTAL.get(reason="untrusted")
+    tls_answer, tcp_answer, status, sessions = run(loop, _stranger_at_accept(pair.cert, pair.key))
+    assert tls_answer == b""  # no ServerHello, no alert: closed unread
+    assert sessions == 0  # no TLS session was even begun for the stranger
+    assert tcp_answer == b""  # and no 403 either: nothing at all
+    assert status == 200
+    assert ua_module.SIP_CONNECTIONS_REFUSED_TOTAL.get(reason="untrusted") - refused == 2
+
+
+async def _connection_cap() -> tuple[bytes, list[int], float, float]:
+    port = _free_tcp_port()
+    ua = SipUserAgent(
+        [Listen("tcp", "127.0.0.1", port)], "127.0.0.1", limits=ConnectionLimits(max_connections=3)
+    )
+    await ua.start()
+    before = ua_module.SIP_CONNECTIONS_OPEN.get()
+    try:
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+        await asyncio.sleep(0.1)
+        open_now = ua_module.SIP_CONNECTIONS_OPEN.get() - before
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # one too many
+        writer.write(_options("over"))
+        over, _ = await _closed_within(reader, 5)
+        writer.close()
+        statuses = []
+        for n, (held_reader, held_writer) in enumerate(held):  # the first three are served
+            held_writer.write(_options(f"held-{n}"))
+            answer = parse_message(await _read_message(held_reader, StreamFramer()))
+            assert isinstance(answer, SipResponse)
+            statuses.append(answer.status)
+        held[0][1].close()  # one leaves: a new one is taken
+        await asyncio.sleep(0.1)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(_options("after"))
+        answer = parse_message(await _read_message(reader, StreamFramer()))
+        assert isinstance(answer, SipResponse)
+        statuses.append(answer.status)
+        writer.close()
+        for _, held_writer in held[1:]:
+            held_writer.close()
+        await asyncio.sleep(0.1)
+        return over, statuses, open_now, ua_module.SIP_CONNECTIONS_OPEN.get() - before
+    finally:
+        await ua.close()
+
+
+def test_connections_past_max_connections_are_closed_at_accept(loop: str) -> None:
+    refused = ua_module.SIP_CONNECTIONS_REFUSED_TOTAL.get(reason="limit")
+    over, statuses, open_then, open_at_end = run(loop, _connection_cap())
+    assert over == b""
+    assert statuses == [200, 200, 200, 200]
+    assert open_then == 3 and open_at_end == 0  # the gauge follows opens and closes
+    assert ua_module.SIP_CONNECTIONS_REFUSED_TOTAL.get(reason="limit") - refused == 1
+
+
+class _FakeCall:
+    """A dialog as the UA sees it: requests of the call and the connection it came on."""
+
+    def __init__(self, source: Address) -> None:
+        self.source = source
+
+    def on_request(self, request: SipRequest, source: Address) -> None:
+        pass
+
+    def on_ack(self, ack: SipRequest) -> None:
+        pass
+
+    def on_cancel(self, invite: SipRequest) -> None:
+        pass
+
+    def on_ack_timeout(self) -> None:
+        pass
+
+
+async def _deadlines() -> dict[str, float]:
+    """When (seconds after they opened) the node closed each kind of connection; inf: never
+    within the test."""
+    port = _free_tcp_port()
+    ua = SipUserAgent(
+        [Listen("tcp", "127.0.0.1", port)],
+        "127.0.0.1",
+        limits=ConnectionLimits(idle_timeout_s=1.0, header_timeout_s=0.6),
+    )
+    ua.connections.resolution_s = 0.05
+    await ua.start()
+    handler = _Handler()
+    ua.invite_handler = handler
+    start = time.monotonic()
+    closed: dict[str, float] = {}
+    tasks = []
+
+    async def watch(name: str, reader: asyncio.StreamReader, timeout: float = 4.5) -> None:
+        try:
+            _, when = await _closed_within(reader, timeout)
+            closed[name] = when - start
+        except TimeoutError:
+            closed[name] = float("inf")
+
+    try:
+        conns = {
+            name: await asyncio.open_connection("127.0.0.1", port)
+            for name in ("idle", "slow", "chatty", "call", "waiting")
+        }
+        for name, (reader, _) in conns.items():
+            tasks.append(asyncio.ensure_future(watch(name, reader)))
+        # call: an INVITE whose dialog lives (the UA routes its requests by Call-ID)
+        call_writer = conns["call"][1]
+        call_writer.write(
+            _msg(
+                "INVITE sip:pay@127.0.0.1 SIP/2.0\n"
+                "Via: SIP/2.0/TCP 127.0.0.1:5999;branch=z9hG4bK-call-1;rport\n"
+                "Max-Forwards: 70\nFrom: <sip:t@127.0.0.1>;tag=a\nTo: <sip:pay@127.0.0.1>\n"
+                "Call-ID: call-1\nCSeq: 1 INVITE\nContact: <sip:t@127.0.0.1:5999;transport=tcp>\n\n"
+            )
+        )
+        while not handler.invites:
+            await asyncio.sleep(0.01)
+        ua.dialogs["call-1"] = _FakeCall(handler.invites[0][1])
+        # waiting: a request of ours on it has no answer yet (a client transaction pending)
+        waiting_port = conns["waiting"][1].get_extra_info("sockname")[1]
+        waiting = Address("tcp", "127.0.0.1", waiting_port)
+        while waiting not in ua.streams:
+            await asyncio.sleep(0.01)
+        bye = parse_message(
+            _msg(
+                "BYE sip:t@127.0.0.1:5999;transport=tcp SIP/2.0\n"
+                f"Via: SIP/2.0/TCP {ua.sent_by('tcp')};branch=z9hG4bK-wait-1;rport\n"
+                "Max-Forwards: 70\nFrom: <sip:pay@127.0.0.1>;tag=c\nTo: <sip:t@127.0.0.1>;tag=b\n"
+                "Call-ID: wait-1\nCSeq: 2 BYE\n\n"
+            )
+        )
+        assert isinstance(bye, SipRequest)
+        pending = asyncio.ensure_future(ua.request(bye, waiting))
+        # slow: a head a byte at a time, never whole; chatty: a whole message every 0.4 s
+        head = _options("slow")[:-10]
+        for tick in range(30):
+            if "slow" not in closed:
+                conns["slow"][1].write(head[tick : tick + 1])
+            if tick % 4 == 0 and "chatty" not in closed:
+                conns["chatty"][1].write(_options(f"chatty-{tick}"))
+            await asyncio.sleep(0.1)
+        ua.dialogs.pop("call-1")  # the call ends: its connection idles like any other
+        closed["call ended"] = time.monotonic() - start
+        await asyncio.gather(*tasks)
+        pending.cancel()
+        for _, writer in conns.values():
+            writer.close()
+        return closed
+    finally:
+        await ua.close()
+
+
+def test_slow_heads_and_idle_connections_are_closed_but_not_a_calls(loop: str) -> None:
+    before = {
+        reason: ua_module.SIP_CONNECTIONS_CLOSED_TOTAL.get(reason=reason)
+        for reason in ("idle", "header")
+    }
+    closed = run(loop, _deadlines())
+    # (uvloop's clock is libuv's, cached to the millisecond: a little slack below)
+    assert 0.55 <= closed["slow"] < 1.0, closed  # the head's deadline, well before idle
+    assert 0.95 <= closed["idle"] < 1.4, closed
+    # a message every 0.4 s until 2.8 s: open until it had been quiet a whole idle period
+    assert closed["chatty"] >= 3.7, closed
+    assert closed["waiting"] == float("inf"), closed  # our BYE waits for its answer there
+    # the call's connection outlived three idle periods, and was closed within one of its end
+    assert 3.0 <= closed["call ended"] < closed["call"] < closed["call ended"] + 1.2, closed
+    assert ua_module.SIP_CONNECTIONS_CLOSED_TOTAL.get(reason="header") - before["header"] == 1
+    assert ua_module.SIP_CONNECTIONS_CLOSED_TOTAL.get(reason="idle") - before["idle"] == 3
+
+
+async def _half_handshake(cert: Path, key: Path) -> float:
+    port = _free_tcp_port()
+    ua = SipUserAgent(
+        [Listen("tls", "127.0.0.1", port)],
+        "127.0.0.1",
+        ssl_context=_server_context(cert, key),
+        limits=ConnectionLimits(tls_handshake_timeout_s=0.5, idle_timeout_s=30),
+    )
+    await ua.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        hello = await _client_hello()
+        started = time.monotonic()
+        writer.write(hello[: len(hello) // 2])  # half a ClientHello, then nothing
+        _, when = await _closed_within(reader, 5)
+        writer.close()
+        await asyncio.sleep(0.05)
+        assert not ua.streams
+        return when - started
+    finally:
+        await ua.close()
+
+
+def test_a_tls_handshake_that_does_not_finish_in_time_is_closed(pair: CertPair, loop: str) -> None:
+    before = ua_module.SIP_CONNECTIONS_CLOSED_TOTAL.get(reason="handshake")
+    took = run(loop, _half_handshake(pair.cert, pair.key))
+    assert 0.3 <= took < 1.5, took  # the node's clock started at accept, a little earlier
+    assert ua_module.SIP_CONNECTIONS_CLOSED_TOTAL.get(reason="handshake") - before == 1
+
+
+# ---- untrusted UDP: dropped and counted; an INVITE gets a rationed 403 ----------------------
+
+
+async def _strangers_on_udp() -> tuple[list[int], int]:
+    """From 127.0.0.2 (untrusted): an OPTIONS, a response, junk, then 30 INVITEs at once. The
+    statuses received back, and how many packets came back in all."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ua = SipUserAgent([Listen("udp", "127.0.0.1", port)], "127.0.0.1", ["127.0.0.1/32"])
+    handler = _Handler()
+    ua.invite_handler = handler
+    await ua.start()
+    loop = asyncio.get_running_loop()
+    received: list[bytes] = []
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+            stranger.bind(("127.0.0.2", 0))
+            stranger.setblocking(False)
+            me = stranger.getsockname()[1]
+            packets = [
+                _request("OPTIONS", "s-1", "").replace(b"5999", str(me).encode()),
+                b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK-x\r\n"
+                b"From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: r\r\nCSeq: 1 BYE\r\n"
+                b"Content-Length: 0\r\n\r\n",
+                b"\x16\x03\x01 not SIP at all",
+                *[
+                    _request("INVITE", f"s-inv-{n}", "").replace(b"5999", str(me).encode())
+                    for n in range(30)
+                ],
+            ]
+            for packet in packets:
+                await loop.sock_sendto(stranger, packet, ("127.0.0.1", port))
+            while True:
+                try:
+                    received.append(await asyncio.wait_for(loop.sock_recv(stranger, 65536), 0.5))
+                except TimeoutError:
+                    break
+    finally:
+        await ua.close()
+    assert not handler.invites
+    statuses = []
+    for data in received:
+        answer = parse_message(data)
+        assert isinstance(answer, SipResponse)
+        assert answer.cseq[1] == "INVITE"
+        statuses.append(answer.status)
+    return statuses, len(received)
+
+
+def test_strangers_on_udp_get_nothing_but_a_rationed_403_to_invites(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    dropped = ua_module.SIP_DROPPED_TOTAL.get(reason="untrusted")
+    forbidden = obs.CALLS_REJECTED_TOTAL.get(status="403")
+    with caplog.at_level(logging.INFO, logger="spg.sip"):
+        statuses, count = asyncio.run(_strangers_on_udp())
+    # the bucket's burst of 403s (INVITEs only), then nothing: no answer to OPTIONS, none to
+    # the response or the junk
+    assert statuses == [403] * int(ua_module.FORBIDDEN_BURST)
+    assert count == ua_module.FORBIDDEN_BURST
+    assert obs.CALLS_REJECTED_TOTAL.get(status="403") - forbidden == ua_module.FORBIDDEN_BURST
+    assert ua_module.SIP_DROPPED_TOTAL.get(reason="untrusted") - dropped == 3 + 30 - 20
+    # 33 packets, one log line (the next would come 10 s later with the count since)
+    lines = [r for r in caplog.records if "trusted_sources" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    assert lines[0].levelno == logging.WARNING
