@@ -66,8 +66,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument(
         "--slow-s",
         default="12",
-        help="seconds the slow test card (4000000000000341) takes to answer: set it above the "
-        "node's gateway.timeout_s (default 12)",
+        help="seconds the slow test card (4000000000000341) takes to charge and answer: above "
+        "the node's gateway.timeout_s, the node finds the charge by reconciliation if it is "
+        "within gateway.reconcile_s after that (default 12)",
     )
 
     prompts = sub.add_parser("prompts", help="render and cache every prompt")
@@ -413,9 +414,12 @@ def _reconcile(args: argparse.Namespace) -> int:
         ) from None
     if not entries:
         return 0
+    from spg_media.cdr import mask_card_like
+
     reports = _run(_settle_entries(config, journal, entries))
     for report in reports:
-        print(json.dumps(report, separators=(",", ":")), flush=True)
+        # The platform's reference is printed: guarded like the CDR against an echoed card.
+        print(json.dumps(mask_card_like(report, "reconcile"), separators=(",", ":")), flush=True)
     return 0 if all(report["settled"] for report in reports) else 1
 
 

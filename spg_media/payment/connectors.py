@@ -69,7 +69,8 @@ SANDBOX_BASE_URL = "http://sandbox.spg.invalid"
 DEFAULT_RECONCILE_S = 20.0
 RECONCILE_FIRST_DELAY_S = 0.25  # then doubling, up to RECONCILE_MAX_DELAY_S
 RECONCILE_MAX_DELAY_S = 2.0
-# Statuses of a proxy in front of the platform: the platform behind it may still be working.
+# Answers after which our request may still be in progress: 409 (a request with our key is
+# being processed) and a proxy's 502/504 (the platform behind it may still be working on it).
 IN_FLIGHT_STATUSES = frozenset({409, 502, 504})
 
 

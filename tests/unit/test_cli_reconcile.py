@@ -243,3 +243,33 @@ def test_demo_does_not_warn_about_its_sandbox(
     monkeypatch.setattr(cli, "_demo_async", demo_call)
     assert main(["demo"]) == 0
     assert "sandbox" not in capsys.readouterr().err
+
+
+def test_a_card_number_echoed_in_the_platforms_reference_is_not_printed(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    paid = {
+        "token": "sbx-100-EUR-e",
+        "operation": "sale",
+        "amount_minor": 100,
+        "currency": "EUR",
+        "order": "o",
+        "merchant": "m",
+        "status": "paid",
+        "payment": {
+            "idempotency_key": "key-e",
+            "result": "approved",
+            "reference": "r4111111111111111",
+        },
+    }
+
+    def make(kind: str, url: str, secret: str, timeout_s: float, reconcile_s: float) -> Any:
+        transport = httpx.MockTransport(lambda request: httpx.Response(200, json=paid))
+        return HttpConnector(url, secret, timeout_s, transport=transport)
+
+    monkeypatch.setattr(connectors, "make_connector", make)
+    PaymentJournal(tmp_path / "journal.jsonl").begin(entry("key-e", "sbx-100-EUR-e"))
+    code, reports, _ = reconcile(capsys, write_config(tmp_path))
+    assert code == 0 and reports[0]["charge_state"] == "charged"
+    assert reports[0]["reference"] == "r************1111"
+    assert "4111111111111111" not in (tmp_path / "journal.jsonl").read_text()
