@@ -909,7 +909,7 @@ def test_pending_after_the_platform_answered_5xx_did_not_charge(status: int) -> 
     outcome, elapsed, methods = reconcile(platform(status_answer(status), LOOKUP_ANSWER), 5.0)
     assert outcome.charge_state is ChargeState.NOT_CHARGED
     assert methods == ["POST", "GET"]
-    assert elapsed < 1
+    assert elapsed < 2.5  # one look, not the 5 s window
 
 
 def test_pending_after_an_unreadable_200_did_not_charge() -> None:
@@ -926,7 +926,7 @@ def test_still_pending_at_the_end_of_the_window_is_unknown(failure: Handler) -> 
     assert outcome.result is Result.ERROR
     assert outcome.charge_state is ChargeState.UNKNOWN
     assert outcome.charge_unknown and "charge state unknown" in outcome.detail
-    assert 0.75 <= elapsed < 1.5
+    assert 0.75 <= elapsed < 3  # the 0.8 s window, with room for a loaded machine
     assert methods.count("POST") == 1 and methods.count("GET") >= 3
 
 
@@ -946,7 +946,7 @@ def test_still_pending_at_the_end_of_the_window_is_unknown(failure: Handler) -> 
 def test_a_platform_that_cannot_say_leaves_the_charge_unknown(get_answer: Any) -> None:
     outcome, elapsed, _ = reconcile(platform(times_out, get_answer), 0.5)
     assert (outcome.result, outcome.charge_state) == (Result.ERROR, ChargeState.UNKNOWN)
-    assert elapsed < 1.2
+    assert elapsed < 3
 
 
 def test_a_refused_connection_never_sent_anything_and_is_not_reconciled() -> None:
