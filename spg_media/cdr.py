@@ -1,6 +1,6 @@
 """The result of a call, as a record: its JSON, the CDR file, and the signed result callback.
 
-This module owns CONTRACT §8: `CallRecord` (the contract's fields, and `charge_state`),
+This module owns the call record: `CallRecord` (the documented fields, and `charge_state`),
 `CdrWriter` (one JSON line per call appended to `log.cdr_path`), and `CallbackSender` (the POST
 of the same JSON to the handoff's `X-SPG-Callback`, signed like every platform request).
 
