@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import hashlib
+import heapq
 import logging
 import random
 import time
@@ -35,6 +37,12 @@ from spg_media.observability import (
     DTMF_DIGITS_TOTAL,
 )
 from spg_media.payment.connectors import Connector, ConnectorError
+from spg_media.payment.journal import (
+    JournalEntry,
+    PaymentJournal,
+    new_idempotency_key,
+    utc_now_iso,
+)
 from spg_media.payment.journey import (
     Authorize,
     Finish,
@@ -44,8 +52,8 @@ from spg_media.payment.journey import (
     Play,
     StopPlayback,
 )
-from spg_media.payment.model import AuthorizationResult, Result, TransactionInfo
-from spg_media.payment.signing import verify_handoff
+from spg_media.payment.model import AuthorizationResult, ChargeState, Result, TransactionInfo
+from spg_media.payment.signing import handoff_canonical, parse_signature, verify_handoff
 from spg_media.rtp.session import MediaEngine, MediaSession
 from spg_media.rtp.srtp import SrtpContext
 from spg_media.sip import session_timer
@@ -80,7 +88,9 @@ HANDOFF_HEADERS = (
 LOOKUP_TIMEOUT_S = 5.0
 ACK_WAIT_S = 32.0
 NOTIFY_WAIT_S = 32.0
-AUTHORIZATION_GRACE_S = 5.0  # beyond the connector's own timeout, before giving up on it
+# Beyond the connector's own timeout and reconciliation window, before giving up on it.
+AUTHORIZATION_GRACE_S = 5.0
+MAX_SEEN_HANDOFFS = 100_000
 
 
 @dataclass
@@ -115,6 +125,40 @@ def _unescape(value: str) -> str:
     return unquote(value)
 
 
+class SeenHandoffs:
+    """Signed handoffs already accepted, so that one cannot be used for a second call.
+
+    A handoff signature is valid for `max_age_s` around its `t`; an accepted one is kept until
+    then (`t + max_age_s`), keyed by a hash of what it signs (t, Call-ID, transaction, return
+    URI, callback), so neither another formatting of the header nor extra `v1` values make a
+    replay look new. Only verified handoffs are kept, so only a holder of the signing secret can
+    fill it; past `limit` the ones that expire first are forgotten.
+    """
+
+    def __init__(self, limit: int = MAX_SEEN_HANDOFFS) -> None:
+        self.limit = limit
+        self._expiry: dict[bytes, float] = {}
+        self._heap: list[tuple[float, bytes]] = []
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def first_use(self, signed: bytes, expires_at: float, now: float) -> bool:
+        """True (and remembered) the first time `signed` is seen; False for a replay."""
+        while self._heap and self._heap[0][0] < now:
+            _, digest = heapq.heappop(self._heap)
+            self._expiry.pop(digest, None)
+        digest = hashlib.sha256(signed).digest()
+        if digest in self._expiry:
+            return False
+        self._expiry[digest] = expires_at
+        heapq.heappush(self._heap, (expires_at, digest))
+        if len(self._expiry) > self.limit:
+            _, oldest = heapq.heappop(self._heap)
+            self._expiry.pop(oldest, None)
+        return True
+
+
 @dataclass
 class CallServices:
     """What every call shares: the process's UA, media, prompts, connector and records."""
@@ -128,6 +172,9 @@ class CallServices:
     callbacks: CallbackSender
     calls: dict[str, Call] = field(default_factory=dict)
     observer: Callable[[str, str, dict[str, Any]], None] | None = None  # (call_id, kind, details)
+    # Written before every authorisation request; None only in tests that send none.
+    journal: PaymentJournal | None = None
+    seen_handoffs: SeenHandoffs = field(default_factory=SeenHandoffs)
 
 
 class Call:
@@ -164,15 +211,29 @@ class Call:
         self._play_generation = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self.authorizations = 0
+        self.charge_state = ChargeState.NOT_CHARGED  # until an authorisation says otherwise
         self.return_to_trusted = True  # False when the handoff's signature fails
         self.rejected = False  # a final non-2xx answer went to the INVITE
         self.session_timer: session_timer.SessionTimer | None = None  # RFC 4028, when asked
 
     # ---- the story --------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    def register(self) -> None:
+        """Claim the Call-ID: the UA routes its requests here from now on, and refuses another
+        INVITE with it (482). The server calls this when the INVITE arrives, before the call's
+        task first runs, so two INVITEs in one read cannot both start a call."""
         self.services.calls[self.call_id] = self
         self.ua.dialogs[self.call_id] = self
+
+    def unregister(self) -> None:
+        """Give the Call-ID back (idempotent; never another call's registration)."""
+        if self.ua.dialogs.get(self.call_id) is self:
+            del self.ua.dialogs[self.call_id]
+        if self.services.calls.get(self.call_id) is self:
+            del self.services.calls[self.call_id]
+
+    async def run(self) -> None:
+        self.register()
         CALLS_ACTIVE.inc()
         try:
             await self._run()
@@ -371,22 +432,71 @@ class Call:
 
     async def _authorize(self, action: Authorize) -> None:
         assert self.transaction is not None
-        key = f"{self.call_id}:{action.attempt}"
+        tx = self.transaction
+        # Ours, random, one per authorisation: what keeps the platform from charging twice must
+        # not be a Call-ID the peer chose. Reconciliation asks about this same key.
+        key = new_idempotency_key()
+        self.charge_state = ChargeState.UNKNOWN  # while the request may be at the platform
+        journal = self.services.journal
+        journaled = False
         try:
-            async with asyncio.timeout(self.config.gateway.timeout_s + AUTHORIZATION_GRACE_S):
-                result = await self.services.connector.authorize(
+            if journal is not None:
+                entry = JournalEntry(
+                    key, tx.token, self.call_id, action.attempt, tx.amount_minor, tx.currency,
+                    utc_now_iso(),
+                )  # fmt: skip
+                await asyncio.to_thread(journal.begin, entry)
+                journaled = True
+            result = await self._authorize_with(key, action)
+        except OSError as exc:  # the journal line could not be written: nothing is sent
+            log.error(
+                "payment journal not writable (%s): authorisation not sent",
+                exc.strerror or type(exc).__name__,
+                extra={"call_id": self.call_id},
+            )
+            result = AuthorizationResult(Result.ERROR, detail="payment journal not writable")
+        finally:
+            action.card.wipe()
+        self.charge_state = result.charge_state
+        if journaled and journal is not None and result.charge_state is not ChargeState.UNKNOWN:
+            try:
+                await asyncio.to_thread(
+                    journal.settle, key, tx.token, str(result.result), result.reference,
+                    result.charge_state,
+                )  # fmt: skip
+            except OSError as exc:  # the entry stays open: reconcile settles it later
+                log.error(
+                    "payment journal: closing line not written (%s)",
+                    exc.strerror or type(exc).__name__,
+                    extra={"call_id": self.call_id},
+                )
+        self.marks["authorized"] = time.monotonic()
+        self._emit(
+            "authorized",
+            result=str(result.result),
+            reference=result.reference,
+            charge_state=str(result.charge_state),
+        )
+        self.inbox.put_nowait(("authorized", result))
+
+    async def _authorize_with(self, key: str, action: Authorize) -> AuthorizationResult:
+        """The connector's answer (reconciled by it when uncertain), within a bound of ours."""
+        assert self.transaction is not None
+        gateway = self.config.gateway
+        try:
+            async with asyncio.timeout(
+                gateway.timeout_s + gateway.reconcile_s + AUTHORIZATION_GRACE_S
+            ):
+                return await self.services.connector.authorize(
                     self.transaction, action.card, action.attempt, key
                 )
         except TimeoutError:
-            result = AuthorizationResult(Result.ERROR, detail="authorisation timed out")
+            detail = "authorisation timed out"
         except Exception as exc:  # a connector bug must still end in a result
             log.error("connector failed: %s", type(exc).__name__, extra={"call_id": self.call_id})
-            result = AuthorizationResult(Result.ERROR, detail="connector failure")
-        finally:
-            action.card.wipe()
-        self.marks["authorized"] = time.monotonic()
-        self._emit("authorized", result=str(result.result), reference=result.reference)
-        self.inbox.put_nowait(("authorized", result))
+            detail = "connector failure"
+        # Whether the request reached the platform is not known: neither is the charge.
+        return AuthorizationResult(Result.ERROR, detail=detail, charge_unknown=True)
 
     # ---- SIP: the INVITE --------------------------------------------------------------------
 
@@ -419,6 +529,8 @@ class Call:
         secret = self.config.handoff.signing_secret
         if not secret:
             return None
+        now = time.time()
+        max_age_s = self.config.handoff.max_age_s
         ok = bool(self.handoff.signature) and verify_handoff(
             secret,
             self.handoff.signature or "",
@@ -426,9 +538,21 @@ class Call:
             self.handoff.transaction or "",
             self.handoff.return_to or "",
             self.handoff.callback or "",
-            time.time(),
-            self.config.handoff.max_age_s,
+            now,
+            max_age_s,
         )
+        parsed = parse_signature(self.handoff.signature or "") if ok else None
+        if parsed is not None:
+            t = parsed[0]
+            signed = handoff_canonical(
+                t, self.call_id, self.handoff.transaction, self.handoff.return_to,
+                self.handoff.callback,
+            )  # fmt: skip
+            # A signed handoff opens one call: the same one again (a new INVITE, not a
+            # retransmission, which the transaction layer absorbs) is a replay.
+            if not self.services.seen_handoffs.first_use(signed, t + max_age_s, now):
+                log.warning("handoff signature already used", extra={"call_id": self.call_id})
+                ok = False
         if not ok:
             log.warning("handoff signature missing or invalid", extra={"call_id": self.call_id})
             # What it signs cannot be trusted: the caller is not sent to its X-SPG-Return-To
@@ -805,6 +929,7 @@ class Call:
             started_at=_iso(self.started_at),
             ended_at=_iso(datetime.datetime.now(datetime.UTC)),
             durations=durations,
+            charge_state=str(self.charge_state),
         )
         try:
             self.services.cdr.write(record)
@@ -856,8 +981,7 @@ class Call:
             quality = self._media_quality()
             if quality is not None:
                 log.info("media quality", extra={"call_id": self.call_id, **quality})
-        self.ua.dialogs.pop(self.call_id, None)
-        self.services.calls.pop(self.call_id, None)
+        self.unregister()
 
     def summary(self) -> dict[str, Any]:
         """For the admin /calls page: nothing from the card but what the CDR may show."""

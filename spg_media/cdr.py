@@ -1,8 +1,12 @@
 """The result of a call, as a record: its JSON, the CDR file, and the signed result callback.
 
-This module owns CONTRACT §8: `CallRecord` (exactly the contract's fields), `CdrWriter` (one
-JSON line per call appended to `log.cdr_path`), and `CallbackSender` (the POST of the same JSON
-to the handoff's `X-SPG-Callback`, signed like every platform request).
+This module owns the call record: `CallRecord` (the documented fields, and `charge_state`),
+`CdrWriter` (one JSON line per call appended to `log.cdr_path`), and `CallbackSender` (the POST
+of the same JSON to the handoff's `X-SPG-Callback`, signed like every platform request).
+
+`charge_state` says whether the platform took the payment: `charged` (approved), `not-charged`
+(declined, refused, never sent, or no card read), `unknown` (the platform may have charged and
+could not say in time: the result is `error`, and `spg-media reconcile` settles it later).
 
 Card guard: a record holds a card only as `{brand, last4}` (anything else there is a bug and
 raises ValueError). As a last resort, `to_json` (and so the CDR line and the callback) masks any
@@ -60,6 +64,8 @@ class CallRecord:
     started_at: str
     ended_at: str
     durations: dict[str, float] = field(default_factory=dict)
+    # charged | not-charged | unknown; "" takes it from the result, unknown for an error.
+    charge_state: str = ""
 
     def __repr__(self) -> str:  # short, and it cannot show what the guard would refuse
         return f"CallRecord(call_id={self.call_id!r}, result={self.result!r})"
@@ -79,6 +85,7 @@ class CallRecord:
             "transaction": self.transaction,
             "order": self.order,
             "result": self.result,
+            "charge_state": self.charge_state or _charge_state_of(self.result),
             "reference": self.reference,
             "authorization_code": self.authorization_code,
             "card": card,
@@ -88,8 +95,15 @@ class CallRecord:
             "ended_at": self.ended_at,
             "durations": {str(k): round(float(v), 3) for k, v in self.durations.items()},
         }
-        masked: dict[str, Any] = _mask_card_like(data, "")
+        masked: dict[str, Any] = mask_card_like(data, "")
         return masked
+
+
+def _charge_state_of(result: str) -> str:
+    """For a record made without one: approved charged, an error perhaps, the rest not."""
+    if result == "approved":
+        return "charged"
+    return "unknown" if result == "error" else "not-charged"
 
 
 def _luhn(digits: str) -> bool:
@@ -102,7 +116,7 @@ def _luhn(digits: str) -> bool:
     return total % 10 == 0
 
 
-def _mask_card_like(value: Any, where: str) -> Any:
+def mask_card_like(value: Any, where: str) -> Any:
     """`value` with every Luhn-valid 12–19 digit run cut to its last four (warning logged)."""
     if isinstance(value, str):
 
@@ -116,13 +130,13 @@ def _mask_card_like(value: Any, where: str) -> Any:
         return CARD_LIKE_RUN.sub(mask, value)
     if isinstance(value, dict):
         return {
-            _mask_card_like(key, f"a key of {where or 'the record'}"): _mask_card_like(
+            mask_card_like(key, f"a key of {where or 'the record'}"): mask_card_like(
                 item, f"{where}.{key}" if where else str(key)
             )
             for key, item in value.items()
         }
     if isinstance(value, list | tuple):
-        return [_mask_card_like(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        return [mask_card_like(item, f"{where}[{i}]") for i, item in enumerate(value)]
     return value
 
 
@@ -229,6 +243,9 @@ class CallbackSender:
             transport=transport,
             timeout=httpx.Timeout(self.timeout_s),
             follow_redirects=False,
+            # No proxy or CA bundle from the environment (HTTPS_PROXY, SSL_CERT_FILE...): what
+            # the process inherited must not redirect or re-trust the merchant's results.
+            trust_env=False,
         ) as client:
             for attempt in range(1 + self.retries):
                 if attempt:

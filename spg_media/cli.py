@@ -4,7 +4,8 @@ Every command turns bad arguments or config into one line on stderr and exit sta
 traceback. `demo` runs a whole payment call on loopback: a node on built-in defaults (free ports),
 the in-process sandbox platform, and our test caller keying a card as RFC 4733 events (or as
 in-band tones with `--inband`; over SIP/TLS with SRTP media and a throwaway self-signed
-certificate with `--srtp`). `dtmf-scan` prints the digits found in a recording.
+certificate with `--srtp`). `dtmf-scan` prints the digits found in a recording. `reconcile`
+settles the payment journal's open entries against the platform after a crash.
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from spg_media.config import Config, ConfigError, load_config, parse_listen
+
+if TYPE_CHECKING:
+    from spg_media.payment.journal import JournalEntry, PaymentJournal
 
 
 class UsageError(Exception):
@@ -61,8 +65,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument(
         "--slow-s",
         default="12",
-        help="seconds the slow test card (4000000000000341) takes to answer: set it above the "
-        "node's gateway.timeout_s (default 12)",
+        help="seconds the slow test card (4000000000000341) takes to charge and answer: above "
+        "the node's gateway.timeout_s, the node finds the charge by reconciliation if it is "
+        "within gateway.reconcile_s after that (default 12)",
     )
 
     prompts = sub.add_parser("prompts", help="render and cache every prompt")
@@ -80,6 +85,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("-c", "--config", required=True, help="TOML config file")
+
+    reconcile = sub.add_parser(
+        "reconcile", help="settle the payment journal's open entries against the platform"
+    )
+    reconcile.add_argument("-c", "--config", help="TOML config file")
     return parser
 
 
@@ -93,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "prompts": _prompts,
             "dtmf-scan": _dtmf_scan,
             "check-config": _check_config,
+            "reconcile": _reconcile,
         }[args.command]
         return handler(args)
     except (UsageError, ConfigError) as exc:
@@ -151,6 +162,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     setup_logging(config.log.format, config.log.level)
     _harden(config)
+    if config.gateway.connector == "sandbox":
+        logging.getLogger("spg.server").warning(
+            'gateway.connector is "sandbox": every Luhn-valid card is approved and nothing is '
+            'charged; set gateway.connector = "http" to take real payments'
+        )
     _run(_serve_async(config))
     return 0
 
@@ -392,6 +408,104 @@ def _prompts(args: argparse.Namespace) -> int:
             )
         )
     return 0
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    """One JSON line per open journal entry; 0 when all are settled, 1 when some stay open."""
+    config = _load(args.config)
+    if config.gateway.connector != "http":
+        raise UsageError(
+            'reconcile: gateway.connector is "sandbox": the in-process sandbox kept its payments '
+            "in the memory of the node that made them, so there is nothing to ask; set "
+            'gateway.connector = "http" (for the sandbox: gateway.url of `spg-media sandbox`)'
+        )
+    from spg_media.observability import setup_logging
+    from spg_media.payment.journal import PaymentJournal
+
+    setup_logging(config.log.format, "warning")
+    journal = PaymentJournal(config.log.journal_path)
+    try:
+        entries = journal.open_entries()
+    except OSError as exc:
+        raise UsageError(
+            f"log.journal_path: cannot read {config.log.journal_path}: {exc.strerror or exc}"
+        ) from None
+    if not entries:
+        return 0
+    from spg_media.cdr import mask_card_like
+
+    reports = _run(_settle_entries(config, journal, entries))
+    for report in reports:
+        # The platform's reference is printed: guarded like the CDR against an echoed card.
+        print(json.dumps(mask_card_like(report, "reconcile"), separators=(",", ":")), flush=True)
+    return 0 if all(report["settled"] for report in reports) else 1
+
+
+async def _settle_entries(
+    config: Config, journal: PaymentJournal, entries: list[JournalEntry]
+) -> list[dict[str, Any]]:
+    from spg_media.payment.connectors import ConnectorError, make_connector
+    from spg_media.payment.model import ChargeState
+
+    gateway = config.gateway
+    connector = make_connector(
+        gateway.connector, gateway.url, gateway.secret, gateway.timeout_s, gateway.reconcile_s
+    )
+    # A pending transaction is only called not charged once the node that sent it would have
+    # given up on it: until then the platform may still be working on the request.
+    settle_after_s = gateway.timeout_s + gateway.reconcile_s
+    reports = []
+    try:
+        for entry in entries:
+            report: dict[str, Any] = {
+                **entry.to_json(),
+                "charge_state": str(ChargeState.UNKNOWN),
+                "reference": "",
+                "settled": False,
+                "detail": "",
+            }
+            try:
+                check = await connector.check_payment(entry.token, entry.key)
+            except ConnectorError as exc:
+                report["detail"] = f"cannot tell: {exc}"
+                reports.append(report)
+                continue
+            state: ChargeState | None = None
+            if check.state == "charged" and check.result is not None:
+                state = ChargeState.CHARGED
+                report["reference"] = check.result.reference
+                report["detail"] = "paid under this entry's idempotency key"
+            elif check.state == "not-charged":
+                state = ChargeState.NOT_CHARGED
+                report["detail"] = check.reason
+            elif check.state == "pending":
+                age = entry.age_s()
+                if age is not None and age >= settle_after_s:
+                    state = ChargeState.NOT_CHARGED
+                    report["detail"] = "the transaction is still pending: this one never charged"
+                else:
+                    report["detail"] = (
+                        "the transaction is pending and the authorisation recent: the platform "
+                        f"may still be processing it; run again after {settle_after_s:g} s"
+                    )
+            else:
+                report["detail"] = f"cannot tell: {check.reason}"
+            if state is not None:
+                result = "approved" if state is ChargeState.CHARGED else "error"
+                try:
+                    await asyncio.to_thread(
+                        journal.settle, entry.key, entry.token, result, report["reference"],
+                        state, by="reconcile",
+                    )  # fmt: skip
+                except OSError as exc:  # known now, but the entry stays open
+                    report["detail"] += f"; closing line not written: {exc.strerror or exc}"
+                else:
+                    report["settled"] = True
+                report["charge_state"] = str(state)
+            reports.append(report)
+    finally:
+        await connector.aclose()
+    return reports
 
 
 def _check_config(args: argparse.Namespace) -> int:

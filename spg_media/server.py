@@ -19,9 +19,10 @@ from typing import Any
 
 from spg_media.call import Call, CallServices
 from spg_media.cdr import CallbackSender, CdrWriter
-from spg_media.config import Config, parse_listen
+from spg_media.config import Config, ConfigError, parse_listen
 from spg_media.observability import CALLS_REJECTED_TOTAL
 from spg_media.payment.connectors import make_connector
+from spg_media.payment.journal import PaymentJournal
 from spg_media.rtp.session import MediaEngine
 from spg_media.sip.limits import ConnectionLimits
 from spg_media.sip.message import SipRequest, make_response
@@ -53,6 +54,12 @@ class Server:
 
     async def start(self) -> None:
         config = self.config
+        journal = PaymentJournal(config.log.journal_path)
+        try:  # no authorisation is sent without its journal line: refuse to start without one
+            journal.check()
+        except OSError as exc:
+            problem = f"cannot write {config.log.journal_path}: {exc.strerror or exc}"
+            raise ConfigError(f"log.journal_path: {problem}", "log.journal_path") from None
         renderer = PromptRenderer(Path(config.tts.cache_dir))
         prompts = PromptLibrary(renderer)
         if self.prerender:
@@ -85,6 +92,7 @@ class Server:
             config.gateway.url,
             config.gateway.secret,
             config.gateway.timeout_s,
+            config.gateway.reconcile_s,
         )
         self.services = CallServices(
             config=config,
@@ -95,6 +103,7 @@ class Server:
             cdr=CdrWriter(config.log.cdr_path),
             callbacks=CallbackSender(config.gateway.secret, config.handoff.callback_allow),
             observer=self.observer,
+            journal=journal,
         )
         if config.handoff.callback_allow and not config.gateway.secret:
             log.warning(
@@ -136,9 +145,13 @@ class Server:
             CALLS_REJECTED_TOTAL.inc(status="503")
             return
         call = Call(self.services, invite, source)
+        # Registered now, not when its task first runs: another INVITE with this Call-ID in
+        # the same read (or the same loop iteration) gets 482 instead of starting a second call.
+        call.register()
         task = asyncio.get_running_loop().create_task(call.run())
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(lambda _: call.unregister())  # a task cancelled before it ran
 
     async def stop(self, grace_s: float = 30.0) -> None:
         self.draining = True

@@ -39,6 +39,11 @@ _HEAD_ATTEMPT = b'"},"attempt":'
 _TAIL = b"}"
 
 
+class NotSent(ConnectionError):
+    """No connection to the platform could be made (refused, unreachable, TLS handshake
+    failed): the request never left, so nothing can have been charged."""
+
+
 def _int_digits(value: int) -> int:
     return len(str(value))
 
@@ -95,7 +100,8 @@ async def post(
 ) -> tuple[int, bytes | None]:
     """POST `body` to `url` on a new connection (TLS verified for https): (status, answer body,
     or None when it is longer than `max_answer_bytes`). Raises OSError/ssl.SSLError on network
-    failures and h11.ProtocolError on a broken answer; the caller bounds the time taken."""
+    failures after the connection was made, NotSent when it could not be made, and
+    h11.ProtocolError on a broken answer; the caller bounds the time taken."""
     parts = urlsplit(url)
     secure = parts.scheme == "https"
     host = parts.hostname or ""
@@ -103,9 +109,15 @@ async def post(
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     if secure and ssl_context is None:
         raise ValueError("an https URL needs an SSL context")
-    reader, writer = await asyncio.open_connection(
-        host, port, ssl=ssl_context if secure else None, server_hostname=host if secure else None
-    )
+    try:
+        reader, writer = await asyncio.open_connection(
+            host,
+            port,
+            ssl=ssl_context if secure else None,
+            server_hostname=host if secure else None,
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise NotSent(type(exc).__name__) from exc
     try:
         connection = h11.Connection(h11.CLIENT)
         request = h11.Request(

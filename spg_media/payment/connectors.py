@@ -12,13 +12,31 @@ an in-process `SandboxApp`, so the default setup exercises exactly the productio
 
 Failure rules: `lookup` returns None for an unknown token (404, or a token that is not a
 URL-safe word, which is never sent) and raises `ConnectorError` when it cannot tell;
-`authorize` never raises — timeouts, 5xx, resets, non-200 answers and malformed JSON all end
-as `Result.ERROR`, and a retry is only ever made by the caller with a new attempt number.
+`authorize` never raises and never sends the card twice: the POST is made once, and an answer
+that leaves open whether the platform charged is settled by asking it (`check_payment`).
+
+Reconciliation. After a timeout, a reset or any other transport failure, a 5xx, a 409 (our key
+still being processed) or a 200 that cannot be read, the platform may have charged. The
+connector then looks the transaction up, polling with a short backoff for at most
+`reconcile_s`: the GET answer of a paid transaction carries `payment: {idempotency_key, result,
+reference, authorization_code?, card_token?}`.
+
+- paid under OUR idempotency key: `approved`, with the payment's reference and codes;
+- paid under another key, or expired: ours did not charge (`error`, not charged);
+- pending: when the platform answered our POST (a 500, 501, 503, or an unreadable 200) nothing
+  of ours is left in flight, so not charged; when it may still be working on it (a timeout, a
+  reset, 502, 504, 409), ask again until the window ends;
+- still undecided at the end of the window, or paid without a `payment` object: `error` with
+  `charge_unknown` (charge state `unknown`).
+
+A refused connection (connect error, TLS handshake failure) never reached the platform and a
+4xx other than 409 is a refusal: both are `error`, not charged, without reconciliation.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -53,10 +71,31 @@ MAX_ANSWER_BYTES = 64 * 1024
 MAX_FIELD_CHARS = 256
 SANDBOX_BASE_URL = "http://sandbox.spg.invalid"
 _HEADERS = {"User-Agent": "spg-media", "Accept": "application/json"}
+DEFAULT_RECONCILE_S = 20.0
+RECONCILE_FIRST_DELAY_S = 0.25  # then doubling, up to RECONCILE_MAX_DELAY_S
+RECONCILE_MAX_DELAY_S = 2.0
+# Answers after which our request may still be in progress: 409 (a request with our key is
+# being processed) and a proxy's 502/504 (the platform behind it may still be working on it).
+IN_FLIGHT_STATUSES = frozenset({409, 502, 504})
 
 
 class ConnectorError(Exception):
     """The platform could not answer a lookup. The message never contains card data."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PaymentCheck:
+    """What the platform's transaction says about the authorisation made with one key.
+
+    `state`: "charged" (paid under this key: `result` is its approved answer), "not-charged"
+    (expired, or paid under another key), "pending" (not paid yet), "unknown" (paid, but the
+    answer does not say under which key; or a status outside the protocol).
+    """
+
+    state: str
+    status: str
+    result: AuthorizationResult | None = None
+    reason: str = ""
 
 
 class Connector(Protocol):
@@ -67,7 +106,13 @@ class Connector(Protocol):
     async def authorize(
         self, tx: TransactionInfo, card: CardData, attempt: int, idempotency_key: str
     ) -> AuthorizationResult:
-        """Approved, declined, or ERROR with an operator-facing detail; never raises."""
+        """Approved, declined, or ERROR with an operator-facing detail; never raises. Settles
+        an uncertain answer by reconciliation (module docstring) before returning."""
+        ...
+
+    async def check_payment(self, token: str, idempotency_key: str) -> PaymentCheck:
+        """One look at the transaction for the payment made with `idempotency_key`;
+        ConnectorError when the platform cannot be asked or its answer cannot be read."""
         ...
 
     async def aclose(self) -> None: ...
@@ -92,6 +137,7 @@ class HttpConnector:
         timeout_s: float,
         transport: httpx.AsyncBaseTransport | None = None,
         *,
+        reconcile_s: float = DEFAULT_RECONCILE_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         parts = urlsplit(url)
@@ -102,6 +148,7 @@ class HttpConnector:
         self.base_url = url.rstrip("/")
         self.secret = secret
         self.timeout_s = timeout_s
+        self.reconcile_s = reconcile_s
         self.clock = clock
         self._transport = transport
         # One trust for both requests: the CAs of certifi (which httpx ships with), not the
@@ -109,12 +156,15 @@ class HttpConnector:
         self._ssl_context = ssl.create_default_context(cafile=certifi.where())
         self._ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
         # No event hooks, no redirects (a redirect would re-send the card elsewhere), no cookies
-        # to keep; the body is built per request and not kept.
+        # to keep; the body is built per request and not kept. Nothing from the environment:
+        # an HTTPS_PROXY or SSL_CERT_FILE the process inherited must not route the card through
+        # a proxy or trust another CA.
         self._client = httpx.AsyncClient(
             transport=transport,
             verify=self._ssl_context,
             timeout=httpx.Timeout(timeout_s),
             follow_redirects=False,
+            trust_env=False,
             headers=_HEADERS,
         )
 
@@ -135,13 +185,23 @@ class HttpConnector:
         if not valid_token(token):
             log.info("transaction token rejected without a request: not a URL-safe word")
             return None
+        content = await self._get_transaction(token, self.timeout_s)
+        if content is None:
+            return None
+        try:
+            return _transaction_info(token, content)
+        except InvalidAnswer as exc:
+            raise ConnectorError(f"lookup answer invalid: {exc}") from None
+
+    async def _get_transaction(self, token: str, timeout_s: float) -> bytes | None:
+        """The GET answer's body; None for 404; ConnectorError when the platform cannot tell."""
         url = f"{self.base_url}/v1/transactions/{quote(token, safe='')}"
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(timeout_s):
                 request = self._client.build_request("GET", url, headers=self._signed(b""))
                 status, content = await self._exchange(request)
         except TimeoutError:
-            raise ConnectorError(f"lookup timed out after {self.timeout_s:g} s") from None
+            raise ConnectorError(f"lookup timed out after {timeout_s:g} s") from None
         except Exception as exc:  # network, TLS, protocol, a broken transport: all "cannot tell"
             raise ConnectorError(f"lookup failed: {type(exc).__name__}") from None
         if status == 404:
@@ -150,10 +210,31 @@ class HttpConnector:
             raise ConnectorError(f"lookup answered HTTP {status}")
         if content is None:
             raise ConnectorError("lookup answer too large")
+        return content
+
+    # ---- what the platform says about one payment ---------------------------------------------
+
+    async def check_payment(self, token: str, idempotency_key: str) -> PaymentCheck:
+        return await self._check_payment(token, idempotency_key, self.timeout_s)
+
+    async def _check_payment(
+        self, token: str, idempotency_key: str, timeout_s: float
+    ) -> PaymentCheck:
+        outcome = "error"
         try:
-            return _transaction_info(token, content)
-        except InvalidAnswer as exc:
-            raise ConnectorError(f"lookup answer invalid: {exc}") from None
+            if not valid_token(token):
+                raise ConnectorError("transaction token is not a URL-safe word")
+            content = await self._get_transaction(token, timeout_s)
+            if content is None:
+                raise ConnectorError("the platform does not know the transaction (HTTP 404)")
+            try:
+                check = _payment_check(token, idempotency_key, content)
+            except InvalidAnswer as exc:
+                raise ConnectorError(f"lookup answer invalid: {exc}") from None
+            outcome = check.state
+            return check
+        finally:
+            CONNECTOR_REQUESTS_TOTAL.inc(op="check", outcome=outcome)
 
     # ---- authorisation ------------------------------------------------------------------------
 
@@ -183,20 +264,18 @@ class HttpConnector:
                 status, content = await self._post_card(url, card, attempt, idempotency_key)
         except TimeoutError:
             log.warning("authorize %s attempt %d: timed out", tx.token, attempt)
-            return _error(f"platform did not answer within {self.timeout_s:g} s")
-        except Exception as exc:  # resets, TLS, protocol errors, a broken transport: all ERROR
+            why = f"platform did not answer within {self.timeout_s:g} s"
+            result = await self._reconcile(tx.token, idempotency_key, attempt, why, in_flight=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout, card_request.NotSent) as exc:
+            # No connection, no request: the platform cannot have charged.
             log.warning("authorize %s attempt %d: %s", tx.token, attempt, type(exc).__name__)
-            return _error(f"request failed: {type(exc).__name__}")
-        if status != 200:
-            log.warning("authorize %s attempt %d: HTTP %d", tx.token, attempt, status)
-            return _error(f"platform answered HTTP {status}")
-        if content is None:
-            return _error("platform answer too large")
-        try:
-            result = _authorization_result(content)
-        except InvalidAnswer as exc:
-            log.warning("authorize %s attempt %d: invalid answer (%s)", tx.token, attempt, exc)
-            return _error(f"platform answer invalid: {exc}")
+            return _error(f"cannot reach the platform: {type(exc).__name__}")
+        except Exception as exc:  # resets, TLS, protocol errors, a broken transport
+            log.warning("authorize %s attempt %d: %s", tx.token, attempt, type(exc).__name__)
+            why = f"request failed: {type(exc).__name__}"
+            result = await self._reconcile(tx.token, idempotency_key, attempt, why, in_flight=True)
+        else:
+            result = await self._answer(tx.token, idempotency_key, attempt, status, content)
         echoed = _echoing_card(result, card)
         if echoed:
             # A platform that echoes the card number: those fields go, the result stays (the
@@ -207,8 +286,8 @@ class HttpConnector:
                 attempt,
                 ", ".join(echoed),
             )
-            result = AuthorizationResult(
-                result.result,
+            result = dataclasses.replace(
+                result,
                 reference="" if "reference" in echoed else result.reference,
                 authorization_code=""
                 if "authorization_code" in echoed
@@ -216,6 +295,8 @@ class HttpConnector:
                 card_token="" if "card_token" in echoed else result.card_token,
                 decline_code="" if "decline_code" in echoed else result.decline_code,
             )
+        if result.result is Result.ERROR:
+            return result
         log.info(
             "authorize %s attempt %d (%s): %s %s",
             tx.token,
@@ -225,6 +306,73 @@ class HttpConnector:
             result.reference,
         )
         return result
+
+    async def _answer(
+        self, token: str, key: str, attempt: int, status: int, content: bytes | None
+    ) -> AuthorizationResult:
+        """The platform's answer to our POST, reconciled when it leaves the charge open."""
+        if status != 200:
+            log.warning("authorize %s attempt %d: HTTP %d", token, attempt, status)
+            why = f"platform answered HTTP {status}"
+            if status >= 500 or status in IN_FLIGHT_STATUSES:
+                in_flight = status in IN_FLIGHT_STATUSES
+                return await self._reconcile(token, key, attempt, why, in_flight=in_flight)
+            return _error(why)  # a refusal: nothing was charged
+        if content is None:
+            why = "platform answer too large"
+            return await self._reconcile(token, key, attempt, why, in_flight=False)
+        try:
+            return _authorization_result(content)
+        except InvalidAnswer as exc:
+            log.warning("authorize %s attempt %d: invalid answer (%s)", token, attempt, exc)
+            why = f"platform answer invalid: {exc}"
+            return await self._reconcile(token, key, attempt, why, in_flight=False)
+
+    async def _reconcile(
+        self, token: str, key: str, attempt: int, why: str, *, in_flight: bool
+    ) -> AuthorizationResult:
+        """Ask the platform whether our key charged, for at most `reconcile_s`.
+
+        `in_flight`: our request may still be processed (so "pending" is no answer yet).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reconcile_s
+        delay = RECONCILE_FIRST_DELAY_S
+        last = "no answer"
+        while (remaining := deadline - loop.time()) > 0:
+            try:
+                check = await self._check_payment(token, key, min(self.timeout_s, remaining))
+            except ConnectorError as exc:
+                last = str(exc)
+            else:
+                if check.state == "charged" and check.result is not None:
+                    log.warning(
+                        "authorize %s attempt %d: %s, but the platform charged it: %s",
+                        token, attempt, why, check.result.reference,
+                    )  # fmt: skip
+                    return check.result
+                if check.state == "not-charged" or (check.state == "pending" and not in_flight):
+                    reason = check.reason or "the transaction is still pending"
+                    log.warning(
+                        "authorize %s attempt %d: %s; not charged (%s)", token, attempt, why, reason
+                    )
+                    return _error(f"{why}; not charged: {reason}")
+                if check.state == "unknown":
+                    last = check.reason
+                    break  # the answer will not change by asking again
+                last = f"the transaction is {check.status}"
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, RECONCILE_MAX_DELAY_S)
+        log.error(
+            "authorize %s attempt %d: %s; charge state unknown after %g s of reconciliation (%s)",
+            token, attempt, why, self.reconcile_s, last,
+        )  # fmt: skip
+        return AuthorizationResult(
+            Result.ERROR, detail=f"{why}; charge state unknown ({last})", charge_unknown=True
+        )
 
     async def _post_card(
         self, url: str, card: CardData, attempt: int, idempotency_key: str
@@ -316,7 +464,10 @@ _ANSWER_FIELDS = ("reference", "authorization_code", "card_token", "decline_code
 
 
 def _authorization_result(content: bytes) -> AuthorizationResult:
-    data = _json_object(content)
+    return _authorization_fields(_json_object(content))
+
+
+def _authorization_fields(data: dict[str, Any]) -> AuthorizationResult:
     result = data.get("result")
     if result not in ("approved", "declined"):
         raise InvalidAnswer("result is not approved or declined")
@@ -332,6 +483,39 @@ def _authorization_result(content: bytes) -> AuthorizationResult:
             card_token=card_token,
         )
     return AuthorizationResult(Result.DECLINED, reference=reference, decline_code=decline_code)
+
+
+def _payment_check(token: str, key: str, content: bytes) -> PaymentCheck:
+    """The GET answer read for the payment made with `key` (module docstring)."""
+    data = _json_object(content)
+    if data.get("token") != token:
+        raise InvalidAnswer("token does not match the one looked up")
+    status = data.get("status")
+    if not isinstance(status, str) or not TRANSACTION_STATUS.fullmatch(status):
+        raise InvalidAnswer("status")
+    if status == "pending":
+        return PaymentCheck("pending", status)
+    if status == "expired":
+        return PaymentCheck("not-charged", status, reason="the transaction expired")
+    if status != "paid":
+        return PaymentCheck("unknown", status, reason=f"status {status} is not in the protocol")
+    payment = data.get("payment")
+    if payment is None:
+        return PaymentCheck("unknown", status, reason="paid, but the answer names no payment")
+    if not isinstance(payment, dict):
+        raise InvalidAnswer("payment is not an object")
+    paid_key = payment.get("idempotency_key")
+    if not isinstance(paid_key, str) or not paid_key:
+        raise InvalidAnswer("payment.idempotency_key")
+    if paid_key != key:
+        return PaymentCheck("not-charged", status, reason="paid by another authorisation")
+    try:
+        result = _authorization_fields(payment)
+    except InvalidAnswer as exc:
+        raise InvalidAnswer(f"payment.{exc}") from None
+    if result.result is not Result.APPROVED:
+        raise InvalidAnswer("payment.result of a paid transaction is not approved")
+    return PaymentCheck("charged", status, result=result)
 
 
 def _transaction_info(token: str, content: bytes) -> TransactionInfo:
@@ -377,18 +561,30 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def make_connector(kind: str, url: str, secret: str, timeout_s: float) -> Connector:
+def make_connector(
+    kind: str,
+    url: str,
+    secret: str,
+    timeout_s: float,
+    reconcile_s: float = DEFAULT_RECONCILE_S,
+) -> Connector:
     """`sandbox`: the sandbox platform in-process over ASGI; `http`: the platform at `url`."""
     if kind == "sandbox":
         from spg_media.payment.sandbox import SandboxApp
 
-        # The slow test card must answer after the connector's timeout, whatever it is.
-        app = SandboxApp(secret=secret, slow_delay_s=max(12.0, timeout_s + 2.0))
+        # The slow test card charges after the connector's timeout, whatever it is, and within
+        # the reconciliation window, where the node finds the charge.
+        slow_delay_s = timeout_s + min(2.0, reconcile_s / 2)
+        app = SandboxApp(secret=secret, slow_delay_s=slow_delay_s)
         return HttpConnector(
-            SANDBOX_BASE_URL, secret, timeout_s, transport=httpx.ASGITransport(app=app)
+            SANDBOX_BASE_URL,
+            secret,
+            timeout_s,
+            transport=httpx.ASGITransport(app=app),
+            reconcile_s=reconcile_s,
         )
     if kind == "http":
         if not url:
             raise ValueError("the http connector needs gateway.url")
-        return HttpConnector(url, secret, timeout_s)
+        return HttpConnector(url, secret, timeout_s, reconcile_s=reconcile_s)
     raise ValueError(f"unknown connector kind {kind!r} (sandbox or http)")

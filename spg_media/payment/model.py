@@ -163,6 +163,20 @@ class Result(enum.StrEnum):
     HUNG_UP = "hung-up"
 
 
+class ChargeState(enum.StrEnum):
+    """Whether the platform took the payment, as far as the node knows (CDR, callback, journal).
+
+    `charged`: the platform approved it (a tokenisation: stored the card); `not-charged`: it
+    declined, refused the request, or shows the transaction unpaid or paid by another
+    authorisation; `unknown`: it may have charged and could not be asked in time (the journal
+    entry stays open for `spg-media reconcile`).
+    """
+
+    CHARGED = "charged"
+    NOT_CHARGED = "not-charged"
+    UNKNOWN = "unknown"
+
+
 class Operation(enum.StrEnum):
     SALE = "sale"
     SALE_TOKENIZE = "sale+tokenize"
@@ -194,3 +208,11 @@ class AuthorizationResult:
     card_token: str = ""
     decline_code: str = ""
     detail: str = field(default="", compare=False)  # operator-facing, never card data
+    # ERROR only: the request may have reached the platform and whether it charged is not known.
+    charge_unknown: bool = False
+
+    @property
+    def charge_state(self) -> ChargeState:
+        if self.result is Result.APPROVED:
+            return ChargeState.CHARGED
+        return ChargeState.UNKNOWN if self.charge_unknown else ChargeState.NOT_CHARGED

@@ -15,6 +15,10 @@ Protocol (all under /v1, every request signed with `X-SPG-Signature` when a secr
   `sbx-<amount_minor>-<CUR>[-anything]` exist without being created: a pending sale of that
   amount (`sbx-0-<CUR>...` is tokenize-only), order = the token, merchant "Sandbox Shop".
   A suffix starting with `expired` (`sbx-100-EUR-expired-1`) gives status `expired`.
+  A paid transaction carries `payment: {idempotency_key, result, reference, authorization_code,
+  card_token?}` (the authorisation that paid it: how a node that lost the answer finds out
+  whether its own key charged) and, sandbox only, `charges`: how many charges the sandbox made
+  on the token (1; a second would be a bug, and tests read it here).
 - `POST /v1/transactions/{token}/authorize`, header `Idempotency-Key` (required, else 400),
   `{card: {number, exp_month, exp_year, cvc}, attempt}` → 200 `{result, reference,
   authorization_code?, card_token?, decline_code?}`.
@@ -24,13 +28,20 @@ Decisions the contract leaves open, written down:
 - A token can be paid once. Authorising a paid token with a new Idempotency-Key answers 200
   `declined` with decline_code `already_paid` (a definitive "no charge", which is what a
   decline means), and `expired` for an expired one; neither charges.
+- Authorisations of one token are decided one at a time, in the order they arrive: a second
+  key arriving while the first is processed (the slow card) waits for it, then gets
+  `already_paid` if the first charged. So two keys never both charge, concurrent or not.
 - The same (token, Idempotency-Key) returns the first *200* answer byte for byte and never
   charges again. 400/500 answers are not remembered (nothing was charged, a retry may succeed).
   A second request with a key whose first request is still being processed gets 409.
+- An authorisation, once its request is read and valid, is carried through even when the
+  client goes away (a connector's timeout, a node killed mid-request): like a real platform,
+  the sandbox charges and remembers the answer; the node finds it with the GET.
 - Cards: 4111111111111111, 5555555555554444, 378282246310005 approve; 4000000000000002 declines
   `generic`; 4000000000009995 declines `insufficient_funds`; 4000000000000119 answers 500;
-  4000000000000341 approves after `slow_delay_s` (set it above the connector's timeout);
-  any other Luhn-valid number approves; a number failing Luhn gets 400.
+  4000000000000341 takes `slow_delay_s` to decide, then charges and answers (set it above the
+  connector's timeout: the node reconciles and finds the charge); any other Luhn-valid number
+  approves; a number failing Luhn gets 400.
 
 Card data is read from the request, checked, and dropped: nothing of it is logged, stored
 (charges keep the last four only) or echoed in any answer, error bodies included.
@@ -39,6 +50,7 @@ Card data is read from the request, checked, and dropped: nothing of it is logge
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -46,7 +58,7 @@ import secrets
 import socket
 import string
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -148,6 +160,20 @@ class Charge:
     amount_minor: int
     currency: str
     last4: str
+    authorization_code: str = ""
+    card_token: str = ""
+
+    def payment_json(self) -> dict[str, Any]:
+        """The `payment` object of the paid transaction's GET answer (no card data)."""
+        payment: dict[str, Any] = {
+            "idempotency_key": self.idempotency_key,
+            "result": "approved",
+            "reference": self.reference,
+            "authorization_code": self.authorization_code,
+        }
+        if self.card_token:
+            payment["card_token"] = self.card_token
+        return payment
 
 
 class SandboxApp:
@@ -168,6 +194,22 @@ class SandboxApp:
         self._transactions: dict[str, SandboxTransaction] = {}
         self._answers: dict[tuple[str, str], tuple[int, bytes]] = {}
         self._in_flight: set[tuple[str, str]] = set()
+        # One authorisation of a token at a time; a lock lives while someone holds or awaits it.
+        self._token_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        # Carried through after the client went away; kept referenced until done.
+        self._processing: set[asyncio.Task[tuple[int, bytes]]] = set()
+
+    def charges_of(self, token: str) -> list[Charge]:
+        return [charge for charge in self.charges if charge.token == token]
+
+    def transaction_json(self, transaction: SandboxTransaction) -> dict[str, Any]:
+        """The GET answer: the transaction, and for a paid one its payment and charge count."""
+        answer = transaction.to_json()
+        charges = self.charges_of(transaction.token)
+        if transaction.status == "paid" and charges:
+            answer["payment"] = charges[0].payment_json()
+            answer["charges"] = len(charges)
+        return answer
 
     # ---- ASGI ---------------------------------------------------------------------------------
 
@@ -243,7 +285,7 @@ class SandboxApp:
             if transaction is None:
                 await _respond(send, 404, {"error": "unknown transaction"})
                 return
-            await _respond(send, 200, transaction.to_json())
+            await _respond(send, 200, self.transaction_json(transaction))
             return
 
         if segments[3] != "authorize":
@@ -383,33 +425,70 @@ class SandboxApp:
         behaviour, decline_code = TEST_CARDS.get(number, (APPROVE, ""))
         del number  # the card is not needed beyond this point
 
+        # From here the platform has the request: it is carried through even if the client
+        # goes away (shielded), like a real platform that charges and keeps the answer.
         self._in_flight.add(slot)
+        task = asyncio.get_running_loop().create_task(
+            self._decide(slot, attempt, behaviour, decline_code, last4)
+        )
+        self._processing.add(task)
+        task.add_done_callback(self._processing.discard)
+        return await asyncio.shield(task)
+
+    async def _decide(
+        self,
+        slot: tuple[str, str],
+        attempt: int,
+        behaviour: str,
+        decline_code: str,
+        last4: str,
+    ) -> tuple[int, bytes]:
+        token, key = slot
         try:
-            if behaviour == FAIL:
-                log.info("authorize %s attempt %d: simulated platform failure", token, attempt)
-                return _encode(500, {"error": "simulated platform failure"})
-            if behaviour == SLOW:
-                await asyncio.sleep(self.slow_delay_s)
-                # Another key may have paid the token meanwhile: look again after waiting.
-                transaction = self._resolve(token) or transaction
-            if transaction.status != "pending":
-                code = "already_paid" if transaction.status == "paid" else transaction.status
-                log.info("authorize %s attempt %d: token is %s", token, attempt, transaction.status)
-                return self._remember(slot, _declined(code))
-            if decline_code:
-                answer = _declined(decline_code)
-            else:
-                answer = self._approve(transaction, key, last4)
-            log.info(
-                "authorize %s attempt %d: %s %s",
-                token,
-                attempt,
-                answer["result"],
-                answer["reference"],
-            )
-            return self._remember(slot, answer)
+            async with self._token_lock(token):
+                if behaviour == FAIL:
+                    log.info("authorize %s attempt %d: simulated platform failure", token, attempt)
+                    return _encode(500, {"error": "simulated platform failure"})
+                if behaviour == SLOW:
+                    await asyncio.sleep(self.slow_delay_s)
+                # Looked at under the token's lock: another key may have paid it meanwhile.
+                transaction = self._resolve(token)
+                if transaction is None:
+                    return _encode(404, {"error": "unknown transaction"})
+                if transaction.status != "pending":
+                    code = "already_paid" if transaction.status == "paid" else transaction.status
+                    log.info(
+                        "authorize %s attempt %d: token is %s", token, attempt, transaction.status
+                    )
+                    return self._remember(slot, _declined(code))
+                if decline_code:
+                    answer = _declined(decline_code)
+                else:
+                    answer = self._approve(transaction, key, last4)
+                log.info(
+                    "authorize %s attempt %d: %s %s",
+                    token,
+                    attempt,
+                    answer["result"],
+                    answer["reference"],
+                )
+                return self._remember(slot, answer)
         finally:
             self._in_flight.discard(slot)
+
+    @contextlib.asynccontextmanager
+    async def _token_lock(self, token: str) -> AsyncIterator[None]:
+        lock, users = self._token_locks.get(token, (asyncio.Lock(), 0))
+        self._token_locks[token] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._token_locks[token]
+            if users <= 1:
+                del self._token_locks[token]
+            else:
+                self._token_locks[token] = (lock, users - 1)
 
     def _approve(self, transaction: SandboxTransaction, key: str, last4: str) -> dict[str, Any]:
         answer: dict[str, Any] = {
@@ -431,6 +510,8 @@ class SandboxApp:
                 amount_minor=transaction.amount_minor,
                 currency=transaction.currency,
                 last4=last4,
+                authorization_code=answer["authorization_code"],
+                card_token=answer.get("card_token", ""),
             )
         )
         return answer

@@ -78,7 +78,11 @@ def node_config(tmp_path: Path, **ivr: Any) -> Config:
             base.ivr, first_digit_timeout_s=3.0, inter_digit_timeout_s=2.0, **ivr
         ),
         handoff=dataclasses.replace(base.handoff, callback_allow=("https://merchant.test/",)),
-        log=dataclasses.replace(base.log, cdr_path=str(tmp_path / "cdr.jsonl")),
+        log=dataclasses.replace(
+            base.log,
+            cdr_path=str(tmp_path / "cdr.jsonl"),
+            journal_path=str(tmp_path / "journal.jsonl"),
+        ),
         tts=dataclasses.replace(base.tts, cache_dir=str(REPO / ".spg-cache" / "prompts")),
     )
 

@@ -23,7 +23,14 @@ import uvicorn
 
 from spg_media.payment import card_request
 from spg_media.payment.connectors import HttpConnector
-from spg_media.payment.model import CardData, Result, SecretDigits, TransactionInfo
+from spg_media.payment.model import (
+    AuthorizationResult,
+    CardData,
+    ChargeState,
+    Result,
+    SecretDigits,
+    TransactionInfo,
+)
 from spg_media.payment.sandbox import SandboxApp
 from spg_media.payment.signing import sign, verify
 
@@ -314,7 +321,7 @@ def test_the_body_is_wiped_when_the_request_fails(
 ) -> None:
     tx = TransactionInfo("sbx-1-EUR", "sale", 1, "EUR", "o", "m")  # type: ignore[arg-type]
 
-    async def main() -> Result:
+    async def main() -> AuthorizationResult:
         if direct:  # nobody listens there
             connector = HttpConnector(f"http://127.0.0.1:{_free_port()}", SECRET, 5)
         else:
@@ -326,11 +333,13 @@ def test_the_body_is_wiped_when_the_request_fails(
                 "http://platform.test", SECRET, 5, transport=httpx.MockTransport(broken)
             )
         try:
-            return (await connector.authorize(tx, card(), 1, "key-1")).result
+            return await connector.authorize(tx, card(), 1, "key-1")
         finally:
             await connector.aclose()
 
-    assert asyncio.run(main()) is Result.ERROR
+    outcome = asyncio.run(main())
+    # no connection, no request: known not charged at once, without reconciliation
+    assert outcome.result is Result.ERROR and outcome.charge_state is ChargeState.NOT_CHARGED
     assert len(built_bodies) == 1 and built_bodies[0] == bytearray(len(built_bodies[0]))
 
 

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Awaitable
@@ -66,6 +67,7 @@ def test_the_record_has_exactly_the_contract_fields() -> None:
         "started_at",
         "ended_at",
         "durations",
+        "charge_state",
     ]
 
 
@@ -75,6 +77,7 @@ def test_to_json() -> None:
         "transaction": "sbx-4990-EUR-1",
         "order": "R-1001",
         "result": "approved",
+        "charge_state": "charged",
         "reference": "SBXAB12CD34",
         "authorization_code": "123456",
         "card": {"brand": "visa", "last4": "1111"},
@@ -84,6 +87,27 @@ def test_to_json() -> None:
         "ended_at": "2024-05-01T10:01:02.345Z",
         "durations": {"setup": 0.012, "ivr": 41.5, "authorization": 0.25},
     }
+
+
+@pytest.mark.parametrize(
+    ("result", "given", "charge_state"),
+    [
+        ("approved", "", "charged"),
+        ("declined", "", "not-charged"),
+        ("cancelled", "", "not-charged"),
+        ("hung-up", "", "not-charged"),
+        ("error", "", "unknown"),  # a record made without one: the careful guess
+        ("error", "not-charged", "not-charged"),
+        ("error", "unknown", "unknown"),
+        ("hung-up", "charged", "charged"),  # hung up, the platform's answer came after
+    ],
+)
+def test_every_record_carries_a_charge_state(result: str, given: str, charge_state: str) -> None:
+    data = record(result=result, charge_state=given).to_json()
+    assert data["charge_state"] == charge_state
+    assert json.loads(record_bytes(record(result=result, charge_state=given)))["charge_state"] == (
+        charge_state
+    )
 
 
 def test_to_json_without_a_card_and_with_no_durations() -> None:
@@ -321,6 +345,48 @@ def test_send_posts_the_signed_record() -> None:
     assert json.loads(request.content) == record().to_json()
     assert verify(SECRET, request.headers["X-SPG-Signature"], request.content, NOW)
     assert not verify("other", request.headers["X-SPG-Signature"], request.content, NOW)
+
+
+def test_callbacks_take_no_proxy_or_ca_bundle_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A receiver on loopback, a "proxy" beside it, and proxy/CA variables set as a compromised
+    # environment would: the result goes straight to the receiver.
+    got: dict[str, int] = {"receiver": 0, "proxy": 0}
+
+    async def serve(name: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        got[name] += 1
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length: *([0-9]+)", head).group(1))  # type: ignore[union-attr]
+            await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+        finally:
+            writer.close()
+
+    async def main() -> bool:
+        receiver = await asyncio.start_server(lambda r, w: serve("receiver", r, w), "127.0.0.1", 0)
+        proxy = await asyncio.start_server(lambda r, w: serve("proxy", r, w), "127.0.0.1", 0)
+        port = receiver.sockets[0].getsockname()[1]
+        proxy_url = f"http://127.0.0.1:{proxy.sockets[0].getsockname()[1]}"
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+            monkeypatch.setenv(name, proxy_url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        bundle = tmp_path / "not-a-ca.pem"
+        bundle.write_text("not a certificate\n")
+        monkeypatch.setenv("SSL_CERT_FILE", str(bundle))  # would break client creation if read
+        sender = CallbackSender(SECRET, [f"http://127.0.0.1:{port}/"], backoff_s=0, retries=0)
+        try:
+            return await sender.send(f"http://127.0.0.1:{port}/result", record())
+        finally:
+            for server in (receiver, proxy):
+                server.close()
+                await server.wait_closed()
+
+    assert run(main()) is True
+    assert got == {"receiver": 1, "proxy": 0}
 
 
 @pytest.mark.parametrize("status", [200, 201, 202, 204])

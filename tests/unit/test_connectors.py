@@ -14,6 +14,7 @@ import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpcore
@@ -29,6 +30,7 @@ from spg_media.payment.connectors import (
 from spg_media.payment.model import (
     AuthorizationResult,
     CardData,
+    ChargeState,
     Operation,
     Result,
     SecretDigits,
@@ -61,11 +63,17 @@ def tx(token: str = "sbx-4990-EUR-1", operation: Operation = Operation.SALE) -> 
 
 
 def over_sandbox(
-    app: SandboxApp | None = None, timeout_s: float = 2.0, secret: str = ""
+    app: SandboxApp | None = None,
+    timeout_s: float = 2.0,
+    secret: str = "",
+    reconcile_s: float = 2.0,
 ) -> tuple[HttpConnector, SandboxApp]:
     app = app or SandboxApp(secret=secret)
     transport = httpx.ASGITransport(app=app)
-    return HttpConnector("http://sandbox.test", secret, timeout_s, transport=transport), app
+    connector = HttpConnector(
+        "http://sandbox.test", secret, timeout_s, transport=transport, reconcile_s=reconcile_s
+    )
+    return connector, app
 
 
 class Scripted:
@@ -82,8 +90,15 @@ class Scripted:
 
         return httpx.MockTransport(handle)
 
-    def connector(self, timeout_s: float = 2.0) -> HttpConnector:
-        return HttpConnector(BASE, SECRET, timeout_s, transport=self.transport(), clock=lambda: NOW)
+    def connector(self, timeout_s: float = 2.0, reconcile_s: float = 0.3) -> HttpConnector:
+        return HttpConnector(
+            BASE,
+            SECRET,
+            timeout_s,
+            transport=self.transport(),
+            reconcile_s=reconcile_s,
+            clock=lambda: NOW,
+        )
 
 
 def answer(payload: Any, status: int = 200) -> Handler:
@@ -166,22 +181,50 @@ def test_every_sandbox_card(number: str, cvc: str, result: Result, decline_code:
         assert outcome.detail.startswith("platform answered HTTP")
 
 
-def test_the_slow_card_times_out_as_error() -> None:
-    connector, app = over_sandbox(SandboxApp(slow_delay_s=5), timeout_s=0.1)
+def test_the_slow_card_charged_after_the_timeout_is_found_and_approved_once() -> None:
+    # The platform charges after the connector gave up waiting: reconciliation finds it.
+    connector, app = over_sandbox(SandboxApp(slow_delay_s=0.4), timeout_s=0.1, reconcile_s=3)
 
-    async def main() -> tuple[AuthorizationResult, float]:
+    async def main() -> tuple[AuthorizationResult, float, dict[str, Any]]:
+        start = time.monotonic()
+        try:
+            outcome = await connector.authorize(tx(), card("4000000000000341"), 1, "key-1")
+            elapsed = time.monotonic() - start
+            answer = await connector._client.get(
+                "http://sandbox.test/v1/transactions/" + tx().token
+            )
+            return outcome, elapsed, answer.json()
+        finally:
+            await connector.aclose()
+
+    outcome, elapsed, answer = run(main())
+    assert outcome.result is Result.APPROVED
+    assert outcome.charge_state is ChargeState.CHARGED
+    assert 0.4 <= elapsed < 2.5
+    assert [charge.idempotency_key for charge in app.charges] == ["key-1"]
+    assert outcome.reference == app.charges[0].reference
+    assert answer["payment"]["idempotency_key"] == "key-1" and answer["charges"] == 1
+
+
+def test_the_slow_card_beyond_the_window_is_an_error_with_the_charge_unknown() -> None:
+    connector, app = over_sandbox(SandboxApp(slow_delay_s=1.0), timeout_s=0.1, reconcile_s=0.3)
+
+    async def main() -> tuple[AuthorizationResult, float, int]:
         start = time.monotonic()
         try:
             outcome = await connector.authorize(tx(), card("4000000000000341"), 1, "k")
+            elapsed = time.monotonic() - start
+            await asyncio.sleep(1.2)  # the platform carries it through all the same
+            return outcome, elapsed, len(app.charges)
         finally:
             await connector.aclose()
-        return outcome, time.monotonic() - start
 
-    outcome, elapsed = run(main())
+    outcome, elapsed, charges_later = run(main())
     assert outcome.result is Result.ERROR
-    assert "did not answer within 0.1 s" in outcome.detail
-    assert elapsed < 1.0
-    assert app.charges == []
+    assert outcome.charge_state is ChargeState.UNKNOWN
+    assert "did not answer within 0.1 s" in outcome.detail and "unknown" in outcome.detail
+    assert 0.4 <= elapsed < 1.0
+    assert charges_later == 1  # why "unknown" and not "not charged"
 
 
 def test_the_slow_card_within_the_timeout_approves() -> None:
@@ -651,7 +694,7 @@ def test_long_numbers_in_a_transaction_are_kept() -> None:
 def test_non_200_answers_are_errors(status: int) -> None:
     outcome = authorize_with(answer({"result": "approved", "reference": "R"}, status))
     assert outcome.result is Result.ERROR
-    assert outcome.detail == f"platform answered HTTP {status}"
+    assert outcome.detail.startswith(f"platform answered HTTP {status}")
 
 
 def test_redirects_are_not_followed() -> None:
@@ -672,7 +715,8 @@ def test_redirects_are_not_followed() -> None:
 
 def test_an_answer_too_large_is_an_error() -> None:
     outcome = authorize_with(answer(b'{"result":"approved","reference":"' + b"R" * 70_000 + b'"}'))
-    assert (outcome.result, outcome.detail) == (Result.ERROR, "platform answer too large")
+    assert outcome.result is Result.ERROR
+    assert outcome.detail.startswith("platform answer too large")
 
 
 @pytest.mark.parametrize(
@@ -692,7 +736,12 @@ def test_network_failures_are_errors(error: Exception) -> None:
 
     outcome = authorize_with(handler)
     assert outcome.result is Result.ERROR
-    assert outcome.detail == f"request failed: {type(error).__name__}"
+    if isinstance(error, httpx.ConnectError):  # never sent: known not to have charged
+        assert outcome.detail == "cannot reach the platform: ConnectError"
+        assert outcome.charge_state is ChargeState.NOT_CHARGED
+    else:
+        assert outcome.detail.startswith(f"request failed: {type(error).__name__}")
+        assert outcome.charge_state is ChargeState.UNKNOWN
 
 
 def test_a_hanging_platform_is_cut_at_the_timeout() -> None:
@@ -701,7 +750,9 @@ def test_a_hanging_platform_is_cut_at_the_timeout() -> None:
         return httpx.Response(200, json={"result": "approved", "reference": "R"})
 
     async def main() -> tuple[AuthorizationResult, float]:
-        connector = HttpConnector(BASE, SECRET, 0.05, transport=httpx.MockTransport(handler))
+        connector = HttpConnector(
+            BASE, SECRET, 0.05, transport=httpx.MockTransport(handler), reconcile_s=0.2
+        )
         start = time.monotonic()
         try:
             return await connector.authorize(tx("t"), card(), 1, "k"), time.monotonic() - start
@@ -710,6 +761,7 @@ def test_a_hanging_platform_is_cut_at_the_timeout() -> None:
 
     outcome, elapsed = run(main())
     assert outcome.result is Result.ERROR
+    assert outcome.charge_state is ChargeState.UNKNOWN
     assert elapsed < 1
 
 
@@ -742,6 +794,323 @@ def test_authorize_leaves_the_card_intact_for_the_caller_to_wipe() -> None:
 
     run(main())
     assert "".join(the_card.pan.characters()) == "4111111111111111"
+
+
+# ---- reconciliation: did the platform charge under OUR key? ------------------------------------
+
+KEY = "0123456789abcdef0123456789abcdef"
+
+
+def paid(key: str = KEY, **payment: Any) -> dict[str, Any]:
+    return {
+        **LOOKUP_ANSWER,
+        "status": "paid",
+        "payment": {
+            "idempotency_key": key,
+            "result": "approved",
+            "reference": "R-PAID",
+            "authorization_code": "654321",
+            **payment,
+        },
+    }
+
+
+def platform(post: Handler, *gets: Any) -> Scripted:
+    """POST answered by `post`; the GETs in turn by `gets` (JSON bodies, or exceptions), the
+    last one repeated."""
+    answers = list(gets)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return post(request)
+        got = answers.pop(0) if len(answers) > 1 else answers[0]
+        if isinstance(got, Exception):
+            raise got
+        if isinstance(got, int):
+            return httpx.Response(got)
+        return httpx.Response(200, json=got)
+
+    return Scripted(handle)
+
+
+def times_out(request: httpx.Request) -> httpx.Response:
+    raise httpx.ReadTimeout("no answer")
+
+
+def reset(request: httpx.Request) -> httpx.Response:
+    raise httpx.ReadError("connection reset by peer")
+
+
+def status_answer(status: int) -> Handler:
+    return lambda request: httpx.Response(status, json={"error": "x"})
+
+
+def reconcile(
+    scripted: Scripted, reconcile_s: float = 1.0, the_card: CardData | None = None
+) -> tuple[AuthorizationResult, float, list[str]]:
+    async def main() -> tuple[AuthorizationResult, float]:
+        connector = scripted.connector(reconcile_s=reconcile_s)
+        start = time.monotonic()
+        try:
+            outcome = await connector.authorize(tx("tok-1"), the_card or card(), 1, KEY)
+            return outcome, time.monotonic() - start
+        finally:
+            await connector.aclose()
+
+    outcome, elapsed = run(main())
+    return outcome, elapsed, [request.method for request in scripted.requests]
+
+
+@pytest.mark.parametrize("failure", [times_out, reset, status_answer(500), status_answer(504)])
+def test_paid_under_our_key_after_a_failure_is_approved_with_the_payments_reference(
+    failure: Handler,
+) -> None:
+    outcome, _, methods = reconcile(platform(failure, paid(card_token="tok_x")))
+    assert outcome == AuthorizationResult(
+        Result.APPROVED, reference="R-PAID", authorization_code="654321", card_token="tok_x"
+    )
+    assert outcome.charge_state is ChargeState.CHARGED
+    assert methods == ["POST", "GET"]  # never a second POST
+
+
+def test_the_lookup_is_signed_and_names_the_transaction() -> None:
+    scripted = platform(times_out, paid())
+    reconcile(scripted)
+    get = scripted.requests[1]
+    assert get.url == f"{BASE}/v1/transactions/tok-1"
+    assert verify(SECRET, get.headers["X-SPG-Signature"], b"", NOW)
+
+
+def test_pending_then_paid_is_found_by_polling() -> None:
+    pending = {**LOOKUP_ANSWER}
+    outcome, elapsed, methods = reconcile(platform(times_out, pending, pending, paid()), 3.0)
+    assert outcome.result is Result.APPROVED
+    assert methods == ["POST", "GET", "GET", "GET"]
+    assert 0.25 + 0.5 <= elapsed < 2  # backoff 0.25 s, then 0.5 s
+
+
+@pytest.mark.parametrize(
+    ("answer_", "reason"),
+    [
+        (paid(key="someone-else"), "paid by another authorisation"),
+        ({**LOOKUP_ANSWER, "status": "expired"}, "the transaction expired"),
+    ],
+)
+def test_paid_under_another_key_or_expired_did_not_charge(
+    answer_: dict[str, Any], reason: str
+) -> None:
+    outcome, _, methods = reconcile(platform(times_out, answer_))
+    assert outcome.result is Result.ERROR
+    assert outcome.charge_state is ChargeState.NOT_CHARGED
+    assert outcome.detail.endswith(f"not charged: {reason}")
+    assert outcome.reference == ""
+    assert methods == ["POST", "GET"]
+
+
+@pytest.mark.parametrize("status", [500, 501, 503])
+def test_pending_after_the_platform_answered_5xx_did_not_charge(status: int) -> None:
+    # The platform answered: nothing of ours is in flight, so pending means not paid by us.
+    outcome, elapsed, methods = reconcile(platform(status_answer(status), LOOKUP_ANSWER), 5.0)
+    assert outcome.charge_state is ChargeState.NOT_CHARGED
+    assert methods == ["POST", "GET"]
+    assert elapsed < 2.5  # one look, not the 5 s window
+
+
+def test_pending_after_an_unreadable_200_did_not_charge() -> None:
+    outcome, _, methods = reconcile(platform(answer(b"{bad"), LOOKUP_ANSWER))
+    assert (outcome.result, outcome.charge_state) == (Result.ERROR, ChargeState.NOT_CHARGED)
+    assert outcome.detail.startswith("platform answer invalid: not JSON; not charged")
+    assert methods == ["POST", "GET"]
+
+
+@pytest.mark.parametrize("failure", [times_out, reset, status_answer(502), status_answer(409)])
+def test_still_pending_at_the_end_of_the_window_is_unknown(failure: Handler) -> None:
+    # Our request may still be processed: pending is no answer; the window bounds the wait.
+    outcome, elapsed, methods = reconcile(platform(failure, LOOKUP_ANSWER), 0.8)
+    assert outcome.result is Result.ERROR
+    assert outcome.charge_state is ChargeState.UNKNOWN
+    assert outcome.charge_unknown and "charge state unknown" in outcome.detail
+    assert 0.75 <= elapsed < 3  # the 0.8 s window, with room for a loaded machine
+    assert methods.count("POST") == 1 and methods.count("GET") >= 3
+
+
+@pytest.mark.parametrize(
+    "get_answer",
+    [
+        httpx.ConnectError("down"),
+        503,
+        404,
+        {**LOOKUP_ANSWER, "status": "paid"},  # paid, no payment object: whose?
+        {**LOOKUP_ANSWER, "status": "refunded"},
+        paid(result="declined"),
+        {**paid(), "payment": "yes"},
+        {**paid(), "token": "tok-2"},
+    ],
+)
+def test_a_platform_that_cannot_say_leaves_the_charge_unknown(get_answer: Any) -> None:
+    outcome, elapsed, _ = reconcile(platform(times_out, get_answer), 0.5)
+    assert (outcome.result, outcome.charge_state) == (Result.ERROR, ChargeState.UNKNOWN)
+    assert elapsed < 3
+
+
+def test_a_refused_connection_never_sent_anything_and_is_not_reconciled() -> None:
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused")
+
+    outcome, _, methods = reconcile(platform(refused, paid()))
+    assert outcome.charge_state is ChargeState.NOT_CHARGED
+    assert methods == ["POST"]
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 422])
+def test_a_refusal_is_not_charged_and_not_reconciled(status: int) -> None:
+    outcome, _, methods = reconcile(platform(status_answer(status), paid()))
+    assert outcome.charge_state is ChargeState.NOT_CHARGED
+    assert methods == ["POST"]
+
+
+def test_a_reconciled_answer_echoing_the_card_loses_those_fields() -> None:
+    echo = paid(reference="ref 4111 1111 1111 1111", card_token="tok-4111111111111111")
+    outcome, _, _ = reconcile(platform(times_out, echo))
+    assert outcome.result is Result.APPROVED
+    assert (outcome.reference, outcome.card_token) == ("", "")
+    assert outcome.authorization_code == "654321"
+
+
+def test_check_payment_reads_each_state() -> None:
+    scripted = platform(
+        times_out, paid(), paid(key="other"), LOOKUP_ANSWER, {**LOOKUP_ANSWER, "status": "x"}
+    )
+
+    async def main() -> list[str]:
+        connector = scripted.connector()
+        try:
+            return [(await connector.check_payment("tok-1", KEY)).state for _ in range(4)]
+        finally:
+            await connector.aclose()
+
+    assert run(main()) == ["charged", "not-charged", "pending", "unknown"]
+
+
+# ---- answers nested too deep --------------------------------------------------------------------
+
+# Within the size limit (64 KiB), far beyond the JSON decoder's recursion limit.
+NESTED = b"[" * 30_000 + b"]" * 30_000
+NESTED_OBJECTS = b'{"a":' * 10_000 + b"1" + b"}" * 10_000
+
+
+@pytest.mark.parametrize("body", [NESTED, NESTED_OBJECTS, b"[" * 100_000 + b"]" * 100_000])
+def test_a_deeply_nested_authorize_answer_is_an_error_not_a_recursion_error(body: bytes) -> None:
+    outcome = authorize_with(answer(body))
+    assert outcome.result is Result.ERROR
+    assert "platform answer" in outcome.detail
+
+
+@pytest.mark.parametrize("body", [NESTED, NESTED_OBJECTS, b"[" * 100_000 + b"]" * 100_000])
+def test_a_deeply_nested_lookup_answer_is_a_connector_error(body: bytes) -> None:
+    with pytest.raises(ConnectorError, match="lookup answer"):
+        lookup_with(answer(body))
+
+
+def test_a_deeply_nested_reconciliation_answer_leaves_the_charge_unknown() -> None:
+    scripted = Scripted(
+        lambda request: httpx.Response(504 if request.method == "POST" else 200, content=NESTED)
+    )
+    outcome, _, _ = reconcile(scripted, 0.3)
+    assert outcome.charge_state is ChargeState.UNKNOWN
+
+
+# ---- nothing from the environment on the card path ---------------------------------------------
+
+
+class Listener:
+    """A loopback TCP server that counts connections and answers one JSON body over HTTP/1.1."""
+
+    def __init__(self, body: bytes, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.body = body
+        self.ssl_context = ssl_context
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Listener:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.ssl_context)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(self.body)}\r\nConnection: close\r\n\r\n".encode()
+                + self.body
+            )
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+
+def test_proxy_variables_in_the_environment_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    answer_ = json.dumps(LOOKUP_ANSWER).encode()
+
+    async def main() -> tuple[TransactionInfo | None, int, int]:
+        async with Listener(answer_) as platform_, Listener(b"{}") as proxy:
+            for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+                for variant in (name, name.lower()):
+                    monkeypatch.setenv(variant, f"http://127.0.0.1:{proxy.port}")
+            monkeypatch.delenv("NO_PROXY", raising=False)
+            monkeypatch.delenv("no_proxy", raising=False)
+            connector = HttpConnector(f"http://127.0.0.1:{platform_.port}", SECRET, 2)
+            try:
+                info = await connector.lookup("tok-1")
+            finally:
+                await connector.aclose()
+            return info, platform_.connections, proxy.connections
+
+    info, platform_connections, proxy_connections = run(main())
+    assert info is not None and info.order == "R-1"
+    assert (platform_connections, proxy_connections) == (1, 0)
+
+
+def test_a_ca_bundle_from_the_environment_is_not_trusted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # SSL_CERT_FILE naming an attacker's certificate must not make it trusted on the card path.
+    from spg_media.tlscert import OpensslMissing, make_self_signed
+
+    try:
+        pair = make_self_signed(tmp_path, name="intruder", common_name="127.0.0.1", days=1)
+    except OpensslMissing:
+        pytest.skip("openssl is not installed")
+    monkeypatch.setenv("SSL_CERT_FILE", str(pair.cert))
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path))
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(pair.cert, pair.key)
+
+    async def main() -> str:
+        async with Listener(json.dumps(LOOKUP_ANSWER).encode(), server_context) as intruder:
+            connector = HttpConnector(f"https://127.0.0.1:{intruder.port}", SECRET, 2)
+            try:
+                await connector.lookup("tok-1")
+            except ConnectorError as exc:
+                return str(exc)
+            finally:
+                await connector.aclose()
+            return "trusted"
+
+    assert run(main()) == "lookup failed: ConnectError"  # certificate verify failed
 
 
 # ---- make_connector -----------------------------------------------------------------------------
@@ -848,11 +1217,16 @@ def test_no_card_data_in_logs_exceptions_or_results(caplog: pytest.LogCaptureFix
         raise RuntimeError(f"bug with {request.content!r}")
 
     async def main() -> None:
+        def scripted(handler: Handler) -> HttpConnector:
+            return HttpConnector(
+                BASE, SECRET, 1, transport=httpx.MockTransport(handler), reconcile_s=0.1
+            )
+
         connectors: list[HttpConnector] = [
-            over_sandbox(SandboxApp(secret=SECRET, slow_delay_s=1), 0.05, SECRET)[0],
-            HttpConnector(BASE, SECRET, 1, transport=httpx.MockTransport(leaky_reset)),
-            HttpConnector(BASE, SECRET, 1, transport=httpx.MockTransport(leaky_bug)),
-            HttpConnector(BASE, SECRET, 1, transport=httpx.MockTransport(answer(b"{bad"))),
+            over_sandbox(SandboxApp(secret=SECRET, slow_delay_s=0.1), 0.05, SECRET, 0.5)[0],
+            scripted(leaky_reset),
+            scripted(leaky_bug),
+            scripted(answer(b"{bad")),
         ]
         for index, (number, cvc) in enumerate(LEAK_CARDS):
             the_card = card(number, cvc, "amex" if number.startswith("37") else "visa")
@@ -863,7 +1237,9 @@ def test_no_card_data_in_logs_exceptions_or_results(caplog: pytest.LogCaptureFix
                 texts.extend([repr(outcome), outcome.detail, str(outcome)])
             # httpx and httpcore for real (HTTP/1.1 framing, their DEBUG logs), scripted network.
             for status, body in ((200, b'{"result":"approved","reference":"R1"}'), (500, b"{}")):
-                real = HttpConnector(BASE, SECRET, 1, transport=httpcore_transport(status, body))
+                real = HttpConnector(
+                    BASE, SECRET, 1, transport=httpcore_transport(status, body), reconcile_s=0.1
+                )
                 try:
                     outcome = await real.authorize(tx("t"), the_card, 1, "k")
                 finally:

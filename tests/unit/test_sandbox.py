@@ -516,32 +516,100 @@ def test_the_same_key_in_flight_gets_409() -> None:
     assert len(app.charges) == 1
 
 
-def test_a_slow_authorization_does_not_charge_a_token_paid_meanwhile() -> None:
+def test_a_second_key_while_the_slow_one_is_processed_waits_and_is_declined() -> None:
+    # One token, two keys, concurrently: decided in the order they came, one charge.
     app = SandboxApp(slow_delay_s=0.1)
 
-    async def body(p: Platform) -> list[str]:
+    async def body(p: Platform) -> list[Any]:
         slow = asyncio.create_task(p.authorize("sbx-100-EUR", "4000000000000341", key="k1"))
         await asyncio.sleep(0.02)
-        fast = await p.authorize("sbx-100-EUR", "4111111111111111", key="k2")
+        fast = (await p.authorize("sbx-100-EUR", "4111111111111111", key="k2")).json()
         slow_answer = (await slow).json()
-        return [fast.json()["result"], slow_answer["result"], slow_answer["decline_code"]]
+        return [slow_answer["result"], fast["result"], fast["decline_code"]]
 
     assert scenario(body, app) == ["approved", "declined", "already_paid"]
+    assert [charge.idempotency_key for charge in app.charges] == ["k1"]
+
+
+@pytest.mark.parametrize("cards", [("4000000000000341",) * 2, ("4111111111111111",) * 8])
+def test_concurrent_authorizations_of_one_token_charge_once(cards: tuple[str, ...]) -> None:
+    app = SandboxApp(slow_delay_s=0.05)
+
+    async def body(p: Platform) -> list[str]:
+        answers = await asyncio.gather(
+            *(p.authorize("sbx-100-EUR-c", n, key=f"k{i}") for i, n in enumerate(cards))
+        )
+        return sorted(answer.json()["result"] for answer in answers)
+
+    assert scenario(body, app) == ["approved"] + ["declined"] * (len(cards) - 1)
     assert len(app.charges) == 1
 
 
-def test_a_cancelled_slow_request_charges_nothing_and_frees_its_key() -> None:
-    app = SandboxApp(slow_delay_s=5)
+def test_a_slow_request_whose_client_went_away_still_charges_once() -> None:
+    # Like a real platform: the node's timeout (or its death) does not undo the payment; the
+    # same key then gets the first answer, and the GET shows the payment under that key.
+    app = SandboxApp(slow_delay_s=0.2)
 
-    async def body(p: Platform) -> int:
+    async def body(p: Platform) -> tuple[int, int, dict[str, Any], dict[str, Any]]:
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.05):
                 await p.authorize("sbx-100-EUR", "4000000000000341", key="k")
-        app.slow_delay_s = 0
-        return (await p.authorize("sbx-100-EUR", "4000000000000341", key="k")).status_code
+        in_flight = await p.authorize("sbx-100-EUR", "4000000000000341", key="k")
+        await asyncio.sleep(0.3)
+        again = await p.authorize("sbx-100-EUR", "4000000000000341", key="k")
+        looked_up = (await p.get("/v1/transactions/sbx-100-EUR")).json()
+        return in_flight.status_code, again.status_code, again.json(), looked_up
 
-    assert scenario(body, app) == 200
+    in_flight, status, again, looked_up = scenario(body, app)
+    assert (in_flight, status, again["result"]) == (409, 200, "approved")
     assert len(app.charges) == 1
+    assert looked_up["status"] == "paid" and looked_up["charges"] == 1
+    assert looked_up["payment"] == {
+        "idempotency_key": "k",
+        "result": "approved",
+        "reference": again["reference"],
+        "authorization_code": again["authorization_code"],
+    }
+
+
+def test_the_paid_lookup_names_the_payment_and_the_others_do_not() -> None:
+    app = SandboxApp()
+
+    async def body(p: Platform) -> list[dict[str, Any]]:
+        await p.authorize("sbx-0-EUR-t", "5555555555554444", key="tok-key")
+        await p.authorize("sbx-100-EUR-d", "4000000000000002", key="declined-key")
+        return [
+            (await p.get(f"/v1/transactions/{token}")).json()
+            for token in ("sbx-0-EUR-t", "sbx-100-EUR-d", "sbx-100-EUR-expired", "sbx-1-EUR")
+        ]
+
+    tokenized, declined, expired, pending = scenario(body, app)
+    assert tokenized["status"] == "paid" and tokenized["charges"] == 1
+    payment = tokenized["payment"]
+    assert payment["idempotency_key"] == "tok-key" and payment["result"] == "approved"
+    assert re.fullmatch(r"tok_[A-Za-z]{20}", payment["card_token"])
+    assert payment["reference"] == app.charges[0].reference
+    for other in (declined, expired, pending):
+        assert "payment" not in other and "charges" not in other
+    assert [declined["status"], expired["status"], pending["status"]] == [
+        "pending",
+        "expired",
+        "pending",
+    ]
+    assert not re.search(r"5555|4444|0002", json.dumps([tokenized, declined]))
+
+
+@pytest.mark.parametrize(
+    "raw", [b"[" * 30_000 + b"]" * 30_000, b'{"card":' * 6_000 + b"1" + b"}" * 6_000]
+)
+def test_a_deeply_nested_body_is_400(raw: bytes) -> None:
+    async def body(p: Platform) -> list[int]:
+        headers = {"Idempotency-Key": "k"}
+        authorize = await p.post("/v1/transactions/sbx-100-EUR/authorize", raw, **headers)
+        create = await p.post("/v1/transactions", raw)
+        return [authorize.status_code, create.status_code]
+
+    assert scenario(body) == [400, 400]
 
 
 def test_references_and_tokens_never_hold_a_card_like_digit_run() -> None:
