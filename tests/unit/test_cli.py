@@ -139,10 +139,8 @@ def test_check_config_takes_a_tls_ca_it_can_load_and_refuses_one_it_cannot(
 
 
 def test_serve_on_a_port_in_use_is_one_line_and_exit_2(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    # (not hardened: that would make this test process undumpable for the rest of the run)
-    monkeypatch.setattr(hardening, "harden_process", lambda lock_memory: ["core dumps off"])
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
