@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from spg_media.call import Call, CallServices
+from spg_media.call import Call, CallServices, authorization_bound_s
 from spg_media.cdr import CallbackSender, CdrWriter
 from spg_media.config import Config, ConfigError, parse_listen
 from spg_media.observability import CALLS_REJECTED_TOTAL
@@ -32,6 +32,8 @@ from spg_media.tts.prompts import PromptLibrary
 from spg_media.tts.render import PromptRenderer
 
 log = logging.getLogger("spg.server")
+
+DRAIN_S = 30.0  # what calls in progress get to finish when the node stops
 
 
 class Server:
@@ -153,7 +155,12 @@ class Server:
         task.add_done_callback(self.tasks.discard)
         task.add_done_callback(lambda _: call.unregister())  # a task cancelled before it ran
 
-    async def stop(self, grace_s: float = 30.0) -> None:
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drain: new INVITEs get 503 while the calls in progress finish, for `grace_s` at
+        most (by default DRAIN_S, or longer when an authorisation in flight may take longer:
+        a call cut short in it would leave its charge unknown)."""
+        if grace_s is None:
+            grace_s = max(DRAIN_S, authorization_bound_s(self.config))
         self.draining = True
         if self.tasks:
             log.info("draining %d calls", len(self.tasks))
