@@ -257,7 +257,7 @@ def _host_problem(host: str) -> str | None:
 
 
 def _port_problem(text: str) -> str | None:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
         return f"bad port {_show(text)} (1-65535)"
     return None
 
