@@ -952,6 +952,7 @@ class SandboxProcess:
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "sandbox.log"
+        self._log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -974,10 +975,11 @@ class SandboxProcess:
             "--secret", self.secret,
             "--slow-s", str(self.slow_s),
         ]  # fmt: skip
+        self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
-            stdout=self.log_path.open("wb"),
+            stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -993,9 +995,27 @@ class SandboxProcess:
             self.stop()
             raise RuntimeError(f"the sandbox did not come up on {self.url}")
 
+    def transaction(self, token: str) -> dict[str, Any]:
+        """The platform's answer to a (signed) lookup of `token`."""
+        import json
+        import urllib.request
+
+        from spg_media.payment.signing import sign
+
+        request = urllib.request.Request(
+            f"{self.url}/v1/transactions/{token}",
+            headers={"X-SPG-Signature": sign(self.secret, b"", int(time.time()))},
+        )
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            data: dict[str, Any] = json.loads(answer.read())
+        return data
+
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
