@@ -329,7 +329,7 @@ class SipConfig(_Section):
     max_connections: int = _rule(1024, _Int(1))  # open TCP/TLS connections, in and out
     tls_handshake_timeout_s: float = _rule(5.0, _PositiveNumber())
     idle_timeout_s: float = _rule(60.0, _PositiveNumber())  # a connection no call is using
-    header_timeout_s: float = _rule(10.0, _PositiveNumber())  # first byte to end of a message head
+    header_timeout_s: float = _rule(10.0, _PositiveNumber())  # first byte to a whole message
 
     def _validate(self) -> None:
         if not self.listen:
