@@ -284,7 +284,8 @@ def parse_listen(spec: str) -> ListenSpec:
     return ListenSpec(transport.lower(), host, port)
 
 
-def _is_loopback_host(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """localhost, *.localhost, or a loopback address (127.x, ::1); not a name or "" (any)."""
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
@@ -305,7 +306,7 @@ def _url_problem(url: str) -> str | None:
         return f"bad URL {_show(url)}"
     if parts.scheme not in ("https", "http") or not host or any(c.isspace() for c in url):
         return f"must be an https:// URL, got {_show(url)}"
-    if parts.scheme == "http" and not _is_loopback_host(host):
+    if parts.scheme == "http" and not is_loopback_host(host):
         return (
             f"must be an https:// URL (http:// is allowed only for 127.x, ::1 or localhost), "
             f"got {_show(url)}"

@@ -9,7 +9,6 @@ INVITE becomes a `Call` task. `stop()` drains: new INVITEs get 503 while running
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import resource
 import ssl
@@ -19,7 +18,7 @@ from typing import Any
 
 from spg_media.call import Call, CallServices, authorization_bound_s
 from spg_media.cdr import CallbackSender, CdrWriter
-from spg_media.config import Config, ConfigError, parse_listen
+from spg_media.config import Config, ConfigError, is_loopback_host, parse_listen
 from spg_media.observability import CALLS_REJECTED_TOTAL
 from spg_media.payment.connectors import make_connector
 from spg_media.payment.journal import PaymentJournal
@@ -124,7 +123,7 @@ class Server:
         assert self.services is not None
         services = self.services
         host, _, port = self.config.admin.listen.rpartition(":")
-        if not _is_loopback(host.strip("[]")):
+        if not is_loopback_host(host.strip("[]")):
             log.warning(
                 "admin.listen %s is not a loopback address: /metrics, /healthz and /calls "
                 "have no authentication; keep that address on a private network",
@@ -217,10 +216,3 @@ def raise_open_file_limit(max_connections: int) -> int:
     return soft
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name, or "" (every address)
