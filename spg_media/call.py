@@ -482,11 +482,8 @@ class Call:
     async def _authorize_with(self, key: str, action: Authorize) -> AuthorizationResult:
         """The connector's answer (reconciled by it when uncertain), within a bound of ours."""
         assert self.transaction is not None
-        gateway = self.config.gateway
         try:
-            async with asyncio.timeout(
-                gateway.timeout_s + gateway.reconcile_s + AUTHORIZATION_GRACE_S
-            ):
+            async with asyncio.timeout(authorization_bound_s(self.config)):
                 return await self.services.connector.authorize(
                     self.transaction, action.card, action.attempt, key
                 )
@@ -1048,6 +1045,13 @@ def _offers_plain_audio(offer: SessionDescription) -> bool:
         media.port != 0 and media.media.lower() == "audio" and media.proto.upper() in PLAIN_PROTOS
         for media in offer.media
     )
+
+
+def authorization_bound_s(config: Config) -> float:
+    """The longest an authorisation may take, reconciliation included, before the call gives
+    up on the connector."""
+    gateway = config.gateway
+    return gateway.timeout_s + gateway.reconcile_s + AUTHORIZATION_GRACE_S
 
 
 def prompt_language(*candidates: str) -> str:

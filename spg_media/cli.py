@@ -119,7 +119,7 @@ def _load(path: str | None) -> Config:
 
 def _host_port(text: str, what: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise UsageError(f"{what}: expected HOST:PORT, got {text!r}")
     return host.strip("[]"), int(port)
 
@@ -227,9 +227,9 @@ def _demo(args: argparse.Namespace) -> int:
         from spg_media.payment.sandbox import DEMO_CARD
 
         args.card = DEMO_CARD
-    if not args.card.isdigit() or not 12 <= len(args.card) <= 19:
+    if not (args.card.isascii() and args.card.isdigit()) or not 12 <= len(args.card) <= 19:
         raise UsageError("--card: expected 12 to 19 digits")
-    if not args.expiry.isdigit() or len(args.expiry) != 4:
+    if not (args.expiry.isascii() and args.expiry.isdigit()) or len(args.expiry) != 4:
         raise UsageError("--expiry: expected MMYY")
     if args.lang is not None and args.lang not in ("en", "es"):
         raise UsageError(f"--lang: unsupported language {args.lang!r} (en, es)")

@@ -257,7 +257,7 @@ def _host_problem(host: str) -> str | None:
 
 
 def _port_problem(text: str) -> str | None:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
         return f"bad port {_show(text)} (1-65535)"
     return None
 
@@ -284,7 +284,8 @@ def parse_listen(spec: str) -> ListenSpec:
     return ListenSpec(transport.lower(), host, port)
 
 
-def _is_loopback_host(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """localhost, *.localhost, or a loopback address (127.x, ::1); not a name or "" (any)."""
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
@@ -305,7 +306,7 @@ def _url_problem(url: str) -> str | None:
         return f"bad URL {_show(url)}"
     if parts.scheme not in ("https", "http") or not host or any(c.isspace() for c in url):
         return f"must be an https:// URL, got {_show(url)}"
-    if parts.scheme == "http" and not _is_loopback_host(host):
+    if parts.scheme == "http" and not is_loopback_host(host):
         return (
             f"must be an https:// URL (http:// is allowed only for 127.x, ::1 or localhost), "
             f"got {_show(url)}"
@@ -329,7 +330,7 @@ class SipConfig(_Section):
     max_connections: int = _rule(1024, _Int(1))  # open TCP/TLS connections, in and out
     tls_handshake_timeout_s: float = _rule(5.0, _PositiveNumber())
     idle_timeout_s: float = _rule(60.0, _PositiveNumber())  # a connection no call is using
-    header_timeout_s: float = _rule(10.0, _PositiveNumber())  # first byte to end of a message head
+    header_timeout_s: float = _rule(10.0, _PositiveNumber())  # first byte to a whole message
 
     def _validate(self) -> None:
         if not self.listen:

@@ -9,7 +9,6 @@ INVITE becomes a `Call` task. `stop()` drains: new INVITEs get 503 while running
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import resource
 import ssl
@@ -17,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from spg_media.call import Call, CallServices
+from spg_media.call import Call, CallServices, authorization_bound_s
 from spg_media.cdr import CallbackSender, CdrWriter
-from spg_media.config import Config, ConfigError, parse_listen
+from spg_media.config import Config, ConfigError, is_loopback_host, parse_listen
 from spg_media.observability import CALLS_REJECTED_TOTAL
 from spg_media.payment.connectors import make_connector
 from spg_media.payment.journal import PaymentJournal
@@ -32,6 +31,8 @@ from spg_media.tts.prompts import PromptLibrary
 from spg_media.tts.render import PromptRenderer
 
 log = logging.getLogger("spg.server")
+
+DRAIN_S = 30.0  # what calls in progress get to finish when the node stops
 
 
 class Server:
@@ -122,7 +123,7 @@ class Server:
         assert self.services is not None
         services = self.services
         host, _, port = self.config.admin.listen.rpartition(":")
-        if not _is_loopback(host.strip("[]")):
+        if not is_loopback_host(host.strip("[]")):
             log.warning(
                 "admin.listen %s is not a loopback address: /metrics, /healthz and /calls "
                 "have no authentication; keep that address on a private network",
@@ -153,7 +154,12 @@ class Server:
         task.add_done_callback(self.tasks.discard)
         task.add_done_callback(lambda _: call.unregister())  # a task cancelled before it ran
 
-    async def stop(self, grace_s: float = 30.0) -> None:
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drain: new INVITEs get 503 while the calls in progress finish, for `grace_s` at
+        most (by default DRAIN_S, or longer when an authorisation in flight may take longer:
+        a call cut short in it would leave its charge unknown)."""
+        if grace_s is None:
+            grace_s = max(DRAIN_S, authorization_bound_s(self.config))
         self.draining = True
         if self.tasks:
             log.info("draining %d calls", len(self.tasks))
@@ -210,10 +216,3 @@ def raise_open_file_limit(max_connections: int) -> int:
     return soft
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name, or "" (every address)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import ipaddress
 import json
 import logging
 import re
@@ -50,6 +49,7 @@ from urllib.parse import quote, urlsplit
 import certifi
 import httpx
 
+from spg_media.config import is_loopback_host
 from spg_media.observability import CONNECTOR_LATENCY_SECONDS, CONNECTOR_REQUESTS_TOTAL
 from spg_media.payment import card_request
 from spg_media.payment.model import (
@@ -143,7 +143,7 @@ class HttpConnector:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("connector url must be an http:// or https:// URL with a host")
-        if parts.scheme == "http" and transport is None and not _is_loopback(parts.hostname):
+        if parts.scheme == "http" and transport is None and not is_loopback_host(parts.hostname):
             log.warning("payment platform URL is plain http to %s: use https", parts.hostname)
         self.base_url = url.rstrip("/")
         self.secret = secret
@@ -550,15 +550,6 @@ def _transaction_info(token: str, content: bytes) -> TransactionInfo:
         language=_text(data, "language", required=False) or None,
         return_uri=_text(data, "return_uri", required=False) or None,
     )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def make_connector(

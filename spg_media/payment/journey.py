@@ -32,6 +32,8 @@ States and transitions (every one of them is below, and `_TRANSITIONS` enforces 
     CONFIRM ──'1'──▶ PROCESSING                  Play(processing), Authorize(card, 1)
     CONFIRM ──'2'──▶ CARD                        every field cleared and wiped, counters reset
     any field ──'*' on empty / max failures──▶ CLOSING    Play(cancelled|too_many_attempts, goodbye)
+    PROCESSING ──prompt_done, then timer──▶ PROCESSING    Play(still_processing), every
+                                                 processing_reminder_s of silence
     PROCESSING ──authorized──▶ RESULT            Play(approved|tokenized|declined, with the
                                                  reference, + press_9_to_repeat | payment_error)
     PROCESSING ──hangup──▶ HUNG_UP_AUTHORIZING ──authorized──▶ FINISHED (the platform's
@@ -188,6 +190,9 @@ class JourneyConfig:
         "maestro",
     )
     repeat_window_s: float = 4.0  # after the result prompt, time to press 9 to hear it again
+    # while the platform is asked (a slow answer, a reconciliation): silence this long, then
+    # "still processing", again and again, so the caller does not hang up on a payment
+    processing_reminder_s: float = 8.0
 
 
 # ---- states ----------------------------------------------------------------------------------
@@ -337,6 +342,8 @@ class Journey:
         if self._state is State.CLOSING:
             assert self._closing_result is not None
             return self._finish(self._closing_result, now)
+        if self._state is State.PROCESSING:
+            self._deadline = now + self._config.processing_reminder_s
         return []
 
     def timer(self, now: float) -> list[Action]:
@@ -347,6 +354,8 @@ class Journey:
             return self._failed(now, "no_input")
         if self._state is State.REPEAT_WAIT:
             return self._goodbye_after_result()
+        if self._state is State.PROCESSING:
+            return [self._play((_part("still_processing"),), barge_in=False)]
         return []
 
     def authorized(self, result: AuthorizationResult, now: float) -> list[Action]:
@@ -360,6 +369,7 @@ class Journey:
             return []
         self._auth = result
         self._t_authorized = now
+        self._deadline = None  # no more "still processing"
         parts: tuple[PromptPart, ...]
         if result.result is Result.APPROVED:
             tokenize = (
@@ -383,6 +393,7 @@ class Journey:
             # reference (the call always reports authorized()).
             self._goto(State.HUNG_UP_AUTHORIZING)
             self._playing = False
+            self._deadline = None
             return []
         if self._auth is not None:  # hung up during the result: the result stands
             return self._finish(self._auth.result, now)

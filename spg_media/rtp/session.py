@@ -686,6 +686,25 @@ class MediaEngine:
                 if target is not None:
                     target._deliver([event])
 
+    def _serve(self, port: int, session: MediaSession, now: float) -> None:
+        """One session's part of a tick: its timers, its RTCP report and its due packets."""
+        session.poll(now)
+        if now >= session.rtcp_due:
+            self._send_rtcp(port, session, session.rtcp_report(now))
+        if session.hold or session.next_send_at is None:
+            return
+        transport = self.transports.get(port)
+        sent = 0
+        # Catch up after a late tick, but never burst more than 3 packets.
+        while session.next_send_at <= now + 0.001 and sent < 3:
+            packet = session.next_packet(session.next_send_at)
+            if transport is not None and packet is not None:
+                transport.sendto(packet, session.remote)
+            session.next_send_at += session.ptime_ms / 1000
+            sent += 1
+        if session.next_send_at < now - 0.1:
+            session.next_send_at = now
+
     async def _tick(self) -> None:
         interval = 0.02
         ticks = 0
@@ -695,22 +714,13 @@ class MediaEngine:
             if self.inband is not None:
                 self._detect_inband()
             for port, session in list(self.sessions.items()):
-                session.poll(now)
-                if now >= session.rtcp_due:
-                    self._send_rtcp(port, session, session.rtcp_report(now))
-                if session.hold or session.next_send_at is None:
-                    continue
-                transport = self.transports.get(port)
-                sent = 0
-                # Catch up after a late tick, but never burst more than 3 packets.
-                while session.next_send_at <= now + 0.001 and sent < 3:
-                    packet = session.next_packet(session.next_send_at)
-                    if transport is not None and packet is not None:
-                        transport.sendto(packet, session.remote)
-                    session.next_send_at += session.ptime_ms / 1000
-                    sent += 1
-                if session.next_send_at < now - 0.1:
-                    session.next_send_at = now
+                try:
+                    self._serve(port, session, now)
+                except Exception:
+                    # A bug in one call's media must not stop every call's: that call loses its
+                    # media (its journey times out and it ends with a result), the others go on.
+                    log.exception("media of the session on port %d failed; it is stopped", port)
+                    self.sessions.pop(port, None)
             ticks += 1
             if ticks % 50 == 0:  # once a second: the counters stay current at 1/50 of the cost
                 for session in self.sessions.values():

@@ -45,6 +45,7 @@ PROMPT_NAMES: tuple[str, ...] = (
     "confirm",
     "confirm_invalid",
     "processing",
+    "still_processing",
     "approved",
     "tokenized",
     "declined",
@@ -444,6 +445,7 @@ _WORDING: Mapping[str, _Wording] = {
             "empty_entry": "You pressed the hash key without entering any digits.",
             "confirm_invalid": "That key is not one of the choices.",
             "processing": "Thank you. Please hold while we process your request.",
+            "still_processing": "We are still processing your payment. Please stay on the line.",
             "declined": "Sorry, your card was declined. No payment has been taken.",
             "payment_error": (
                 "Sorry, we could not complete your payment because of a technical problem. "
@@ -507,6 +509,7 @@ _WORDING: Mapping[str, _Wording] = {
             "empty_entry": "Ha pulsado la almohadilla sin introducir ningún dígito.",
             "confirm_invalid": "Esa tecla no es una de las opciones.",
             "processing": "Gracias. Espere un momento mientras procesamos su solicitud.",
+            "still_processing": "Seguimos procesando su pago. Por favor, no cuelgue.",
             "declined": (
                 "Lo sentimos, su tarjeta ha sido rechazada. No se ha realizado ningún cargo."
             ),

@@ -61,14 +61,14 @@ def free_port(host: str = HOST) -> int:
     raise RuntimeError("no free UDP+TCP port")
 
 
-def free_media_port(host: str = HOST) -> int:
-    """An even port P with P to P+3 free for UDP right now: SIPp's `-mp` takes P for audio,
-    P+2 for video and the odd ones above them for RTCP."""
-    for _ in range(50):
+def free_media_port(host: str = HOST, count: int = 4) -> int:
+    """An even port P with P to P+count-1 free for UDP right now. The default fits SIPp's `-mp`,
+    which takes P for audio, P+2 for video and the odd ones above them for RTCP."""
+    for _ in range(100):
         base = free_port(host) & ~1
         sockets: list[socket.socket] = []
         try:
-            for port in range(base, base + 4):
+            for port in range(base, base + count):
                 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 sockets.append(sock)
                 sock.bind((host, port))
@@ -78,7 +78,7 @@ def free_media_port(host: str = HOST) -> int:
         finally:
             for sock in sockets:
                 sock.close()
-    raise RuntimeError("no four free UDP ports in a row")
+    raise RuntimeError(f"no {count} free UDP ports in a row")
 
 
 def free_ports(count: int, host: str = HOST) -> list[int]:
@@ -414,25 +414,13 @@ def _run_sipp_once(
     for key, value in (keys or {}).items():
         args += ["-key", key, value]
     args += list(extra_args)
-    proc = subprocess.Popen(
-        args,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=workdir,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout_s + 5)
-    except subprocess.TimeoutExpired:
-        stop_process(proc, 2)
-        stdout, stderr = proc.communicate()
+    returncode, stdout, stderr = _run_sipp_process(args, workdir, timeout_s + 5)
 
     def read(path: Path) -> str:
         return path.read_text(errors="replace") if path.exists() else ""
 
     return SippResult(
-        returncode=proc.returncode,
+        returncode=returncode,
         stdout=stdout.decode(errors="replace"),
         stderr=stderr.decode(errors="replace"),
         messages_log=read(message_file),
@@ -485,6 +473,26 @@ class SippProcess:
         return self.result
 
 
+def _run_sipp_process(
+    args: Sequence[str], workdir: Path, timeout_s: float
+) -> tuple[int | None, bytes, bytes]:
+    """Run SIPp in its own session; (exit status, stdout, stderr), stopped after `timeout_s`."""
+    proc = subprocess.Popen(
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=workdir,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        stop_process(proc, 2)
+        stdout, stderr = proc.communicate()
+    return proc.returncode, stdout, stderr
+
+
 @dataclasses.dataclass
 class SippLoadResult:
     """What a SIPp load run (`run_sipp_load`) ended with, from its statistics file."""
@@ -532,25 +540,13 @@ def run_sipp_load(
         args += ["-l", str(limit)]
     for key, value in (keys or {}).items():
         args += ["-key", key, value]
-    proc = subprocess.Popen(
-        args,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=workdir,
-        start_new_session=True,
-    )
-    try:
-        _, stderr = proc.communicate(timeout=timeout_s + 10)
-    except subprocess.TimeoutExpired:
-        stop_process(proc, 2)
-        _, stderr = proc.communicate()
+    returncode, _, stderr = _run_sipp_process(args, workdir, timeout_s + 10)
     import csv
 
     rows = list(csv.DictReader(stats_file.open(), delimiter=";")) if stats_file.exists() else []
     last = rows[-1] if rows else {}
     return SippLoadResult(
-        returncode=proc.returncode,
+        returncode=returncode,
         succeeded=int(last.get("SuccessfulCall(C)", 0) or 0),
         failed=int(last.get("FailedCall(C)", 0) or 0),
         peak_concurrent=max((int(r.get("CurrentCall", 0) or 0) for r in rows), default=0),
@@ -952,6 +948,7 @@ class SandboxProcess:
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "sandbox.log"
+        self._log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -974,10 +971,11 @@ class SandboxProcess:
             "--secret", self.secret,
             "--slow-s", str(self.slow_s),
         ]  # fmt: skip
+        self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
-            stdout=self.log_path.open("wb"),
+            stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -993,9 +991,27 @@ class SandboxProcess:
             self.stop()
             raise RuntimeError(f"the sandbox did not come up on {self.url}")
 
+    def transaction(self, token: str) -> dict[str, Any]:
+        """The platform's answer to a (signed) lookup of `token`."""
+        import json
+        import urllib.request
+
+        from spg_media.payment.signing import sign
+
+        request = urllib.request.Request(
+            f"{self.url}/v1/transactions/{token}",
+            headers={"X-SPG-Signature": sign(self.secret, b"", int(time.time()))},
+        )
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            data: dict[str, Any] = json.loads(answer.read())
+        return data
+
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import HOST, SpgNode, free_port, make_pay_scenario, run_sipp, wait_for
+from harness import (
+    HOST,
+    SpgNode,
+    free_media_port,
+    free_port,
+    make_pay_scenario,
+    run_sipp,
+    wait_for,
+)
 from test_call_inprocess import SDP_OFFER, Capture, RawPeer, node_config, start_node
 
 from spg_media.sip.message import SipResponse
@@ -33,25 +41,6 @@ pytestmark = pytest.mark.integration
 
 STRANGER_HOST = "127.0.0.2"
 RANGE_PORTS = 8  # four RTP/RTCP pairs
-
-
-def free_port_range(count: int) -> int:
-    """An even port P with P .. P+count-1 free for UDP on 127.0.0.1 right now."""
-    for _ in range(100):
-        base = free_port() & ~1
-        sockets: list[socket.socket] = []
-        try:
-            for port in range(base, base + count):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                sockets.append(sock)
-                sock.bind((HOST, port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise RuntimeError(f"no {count} free UDP ports in a row")
 
 
 class Stranger:
@@ -132,7 +121,7 @@ def dropped_for_source(node: SpgNode) -> float:
 def test_a_stranger_flooding_every_rtp_port_gets_nothing_in_and_nothing_out(
     sip_tools: None, spg_node_factory: Callable[..., SpgNode], sipp_dir: Path
 ) -> None:
-    low = free_port_range(RANGE_PORTS)
+    low = free_media_port(count=RANGE_PORTS)
     node = spg_node_factory(
         {
             "SPG_RTP__PORT_MIN": str(low),

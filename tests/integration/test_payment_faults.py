@@ -20,18 +20,17 @@ import re
 import signal
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from harness import (
     HOST,
     SIPP,
     SPG_MEDIA,
+    SandboxProcess,
     SippResult,
     SpgNode,
     free_port,
@@ -40,8 +39,6 @@ from harness import (
     spg_media_available,
     wait_for,
 )
-
-from spg_media.payment.signing import sign
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
@@ -60,64 +57,14 @@ def _peers() -> None:
         pytest.skip(".venv/bin/spg-media missing")
 
 
-class Sandbox:
-    """`spg-media sandbox` as a separate process on loopback."""
-
-    def __init__(self, workdir: Path, slow_s: float) -> None:
-        self.port = free_port()
-        self.url = f"http://{HOST}:{self.port}"
-        self.log_path = workdir / "sandbox.log"
-        self._log = self.log_path.open("wb")
-        args = [
-            str(SPG_MEDIA), "sandbox", "--listen", f"{HOST}:{self.port}",
-            "--secret", SECRET, "--slow-s", str(slow_s),
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(
-            args,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("the sandbox did not come up")
-
-    def transaction(self, token: str) -> dict[str, Any]:
-        """The platform's GET answer (signed, as the protocol requires)."""
-        headers = {"X-SPG-Signature": sign(SECRET, b"", int(time.time()))}
-        answer = httpx.get(f"{self.url}/v1/transactions/{token}", headers=headers, timeout=5)
-        assert answer.status_code == 200, answer.text
-        data: dict[str, Any] = answer.json()
-        return data
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self._log.close()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
 @contextlib.contextmanager
 def platform_and_node(
     tmp_path: Path, *, slow_s: float, timeout_s: float, reconcile_s: float = 20
-) -> Iterator[tuple[Sandbox, SpgNode, dict[str, str]]]:
-    sandbox = Sandbox(tmp_path, slow_s)
+) -> Iterator[tuple[SandboxProcess, SpgNode, dict[str, str]]]:
+    sandbox = SandboxProcess(tmp_path / "sandbox", SECRET, slow_s)
+    sandbox.start()
     env = {
-        "SPG_GATEWAY__CONNECTOR": "http",
-        "SPG_GATEWAY__URL": sandbox.url,
-        "SPG_GATEWAY__SECRET": SECRET,
+        **sandbox.node_env(),
         "SPG_GATEWAY__TIMEOUT_S": str(timeout_s),
         "SPG_GATEWAY__RECONCILE_S": str(reconcile_s),
         "SPG_LOG__JOURNAL_PATH": str(tmp_path / "node" / "journal.jsonl"),

@@ -676,12 +676,13 @@ def test_configured_timeouts() -> None:
     assert caller.journey.next_wake() == caller.now + 1.5
 
 
-def test_no_timer_while_processing_or_closing() -> None:
+def test_no_timer_while_closing_and_only_the_reminder_while_processing() -> None:
     caller = Caller()
     caller.to_authorize()
     assert caller.journey.next_wake() is None
     caller.done()
-    assert caller.wait(600) == []
+    # one reminder: the next waits for its end (never reported here)
+    assert plays(caller.wait(600)) == [("still_processing",)]
     caller = Caller()
     caller.start()
     caller.done()
@@ -1291,3 +1292,31 @@ def test_any_sequence_of_events_is_safe(
     texts = [repr(a) for a in caller.actions] + [repr(caller.journey.outcome)]
     for text in texts:
         assert VISA[:7] not in text and EXPIRY not in text
+
+
+# ---- a slow platform ---------------------------------------------------------------------------
+
+
+def test_a_slow_authorisation_tells_the_caller_to_stay_on_the_line() -> None:
+    """A timeout and a reconciliation can keep the caller waiting half a minute: silence that
+    long makes callers hang up on a payment that may go through."""
+    caller = Caller(JourneyConfig(processing_reminder_s=8.0))
+    caller.to_authorize()
+    assert caller.wait(20) == []  # the processing prompt still plays: no reminder over it
+    assert caller.done() == []
+    assert plays(caller.wait(7.5)) == []
+    assert plays(caller.wait(1.0)) == [("still_processing",)]
+    assert only_play(caller.actions[-1:]).barge_in is False
+    assert plays(caller.keys("123")) == []  # keys do not stop it
+    assert caller.done() == [] and plays(caller.wait(8.5)) == [("still_processing",)]
+    caller.done()
+    assert plays(caller.authorized(after=2.0)) == [("approved", "press_9_to_repeat")]
+    assert caller.journey.next_wake() is None  # no reminder over the result
+
+
+def test_no_reminder_after_a_hang_up_while_authorising() -> None:
+    caller = Caller()
+    caller.to_authorize()
+    caller.done()
+    assert caller.hangup() == [] and caller.journey.next_wake() is None
+    assert caller.wait(30) == []

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reachable import reachable
 
 from spg_media.dtmf.rfc4733 import DTMF_KEYS, DtmfEvent, Rfc4733Receiver
 
@@ -666,31 +667,6 @@ def test_keyed_card_never_appears_in_reprs() -> None:
 
 
 # ---- memory: bounded, and no keys once a press has ended ----------------------------------------
-
-
-def reachable(root: object) -> list[str]:
-    """Everything reachable from `root` (not into classes, modules or functions), as a list of
-    values and type names in the order the garbage collector's referents give them."""
-    out: list[str] = []
-    seen: set[int] = set()
-    stack = [root]
-    while stack:
-        obj = stack.pop()
-        if obj is None or isinstance(obj, int | float | str | bytes):
-            out.append(repr(obj))
-            continue
-        if id(obj) in seen:
-            out.append("<again>")
-            continue
-        seen.add(id(obj))
-        if isinstance(
-            obj, type | types.ModuleType | types.FunctionType | types.BuiltinFunctionType
-        ):
-            out.append(f"<{type(obj).__name__}>")
-            continue
-        out.append(type(obj).__name__)
-        stack.extend(reversed(gc.get_referents(obj)))
-    return out
 
 
 def deep_size(root: object) -> int:

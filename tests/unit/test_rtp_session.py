@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import socket
 import struct
 
 import numpy as np
+import pytest
 
 from spg_media import observability as obs
 from spg_media.dtmf.rfc4733 import DtmfEvent
 from spg_media.rtp.packet import RtpPacket, build_rtp
-from spg_media.rtp.session import MediaSession
+from spg_media.rtp.session import MediaEngine, MediaSession
 
 CALLER = ("127.0.0.1", 40000)
 OTHER = ("127.0.0.1", 40002)
@@ -132,3 +136,38 @@ def test_renegotiate_transcodes_the_rest_of_the_prompt_and_recuts_it() -> None:
     assert silence.payload == b"\xd5" * 320 and not media.playing
     media.renegotiate("PCMA", 40)  # nothing changes: nothing happens
     assert not media.playing
+
+
+def test_one_sessions_failure_in_the_tick_stops_its_media_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bug in one call's media (an exception in the tick) used to end the tick task, and with
+    it the media of every call on the node."""
+
+    class Broken(MediaSession):
+        def next_packet(self, due: float | None = None) -> bytes | None:
+            raise RuntimeError("a bug")
+
+    async def body() -> tuple[int, bool]:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as caller:
+            caller.bind(("127.0.0.1", 0))
+            caller.setblocking(False)
+            engine = MediaEngine("127.0.0.1", 31400, 31420)
+            good_port, bad_port = await engine.open(), await engine.open()
+            bad = Broken(codec="PCMU", remote=("127.0.0.1", 9), dtmf_payload_type=101)
+            engine.attach(bad_port, bad)
+            good = MediaSession(codec="PCMU", remote=caller.getsockname(), dtmf_payload_type=101)
+            engine.attach(good_port, good)
+            loop = asyncio.get_running_loop()
+            received = 0
+            for _ in range(10):  # 10 packets: 200 ms of the good call's media
+                await asyncio.wait_for(loop.sock_recv(caller, 2048), 1.0)
+                received += 1
+            still_ticking = bad_port not in engine.sessions and good_port in engine.sessions
+            await engine.aclose()
+            return received, still_ticking
+
+    with caplog.at_level(logging.ERROR, logger="spg.rtp"):
+        received, still_ticking = asyncio.run(body())
+    assert received == 10 and still_ticking
+    assert sum("media of the session" in r.getMessage() for r in caplog.records) == 1

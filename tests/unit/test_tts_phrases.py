@@ -420,11 +420,11 @@ def test_prompt_names_are_the_shared_list() -> None:
         "announce_sale", "announce_tokenize", "enter_card", "enter_expiry", "enter_cvc",
         "card_invalid", "card_brand_not_accepted", "expiry_invalid", "expiry_past",
         "expiry_too_far", "cvc_invalid", "no_input", "empty_entry", "confirm", "confirm_invalid",
-        "processing",
+        "processing", "still_processing",
         "approved", "tokenized", "declined", "payment_error", "press_9_to_repeat",
         "too_many_attempts", "cancelled", "invalid_transaction", "invalid_handoff", "goodbye",
     }  # fmt: skip
-    assert len(PROMPT_NAMES) == 26
+    assert len(PROMPT_NAMES) == 27
 
 
 @pytest.mark.parametrize("lang", SUPPORTED_LANGUAGES)
