@@ -2,7 +2,7 @@
 
 Run:  .venv/bin/python bench/inband_accuracy.py [--quick] [--talk-off-minutes 30]
 
-Every accuracy case of issue 3 (frequency tolerance for all eight tones, duration, interruption,
+Every accuracy case (frequency tolerance for all eight tones, duration, interruption,
 gap, digit rate, twist, level, noise, G.711) is generated several times with random phases and
 run through ours (`spg_media.dtmf.inband.scan`) and spandsp (ctypes, bench/spandsp.py); the table
 shows how many trials each got right. Then talk-off: the false digits each detector finds in

@@ -1,4 +1,4 @@
-"""The admin HTTP endpoint (CONTRACT §10 `[admin]`): GET /metrics, /healthz and /calls.
+"""The admin HTTP endpoint (`[admin]` in the config): GET /metrics, /healthz and /calls.
 
 A deliberately small HTTP/1.x server on raw asyncio streams: one request per connection
 (`Connection: close`), GET only, no request bodies, a bounded request head, a deadline for the

@@ -1,9 +1,9 @@
 """One payment call, from the transferred INVITE to the BYE, readable top to bottom.
 
-`Call.run()` is the whole story: read the handoff (CONTRACT §2), negotiate media, look the
+`Call.run()` is the whole story: read the handoff (the `X-SPG-*` headers), negotiate media, look the
 transaction up, answer, run the caller's journey (a sans-IO machine fed digits, prompt ends,
 timers and the connector's answer through one inbox), record the result (CDR, callback), and send
-the caller back with REFER, or end with BYE (CONTRACT §6). SIP requests of the dialog arrive through
+the caller back with REFER, or end with BYE. SIP requests of the dialog arrive through
 `on_request` (the UA routes them here by Call-ID) and become inbox items too, so nothing else in
 the process runs call logic.
 

@@ -15,7 +15,7 @@ four, and logs a warning naming the field, never the value. It masks rather than
 no call's result is ever lost; it checks Luhn so that numeric platform references and Call-IDs
 (most of which fail it) pass untouched.
 
-Callback allow-list (decided here, CONTRACT §2 leaves the detail open): a URL is allowed when
+Callback allow-list (decided here): a URL is allowed when
 it matches a prefix of `handoff.callback_allow` as a URL, not as text: same scheme, same host
 (case-insensitive), same effective port, and the URL's path starts with the prefix's path.
 The scheme must be http or https, and http is only ever allowed when an operator listed an
@@ -50,7 +50,8 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 @dataclass
 class CallRecord:
-    """One call's result (CONTRACT §8). Times are ISO 8601 UTC strings, durations seconds."""
+    """One call's result, as the CDR line and the callback carry it. Times are ISO 8601 UTC
+    strings, durations seconds."""
 
     call_id: str
     transaction: str

@@ -1,4 +1,4 @@
-"""The `spg-media` command line (CONTRACT §9).
+"""The `spg-media` command line.
 
 Every command turns bad arguments or config into one line on stderr and exit status 2, never a
 traceback. `demo` runs a whole payment call on loopback: a node on built-in defaults (free ports),

@@ -1,8 +1,9 @@
 """Configuration: the TOML file, `SPG_SECTION__KEY` environment overrides, and validation.
 
-This module owns CONTRACT §10: one frozen dataclass per section, their defaults, and the rules
-each key must satisfy. Every section validates itself in `__post_init__`, so a config built by
-`load_config`, by `Config.with_overrides` or by `dataclasses.replace` is always a valid one.
+This module owns the configuration's shape: one frozen dataclass per section, their defaults,
+and the rules each key must satisfy. Every section validates itself in `__post_init__`, so a
+config built by `load_config`, by `Config.with_overrides` or by `dataclasses.replace` is always
+a valid one.
 
 Every problem is a `ConfigError` whose message is one line naming the key
 (`ivr.max_attempts: must be an integer >= 1, got "x"`), fit for the CLI's exit status 2.

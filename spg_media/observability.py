@@ -4,9 +4,9 @@ Logs. `setup_logging` installs one handler on the root logger writing JSON lines
 (`{ts, level, logger, msg, call_id?, ...extra, exc?}`) or plain text. A `CardDataFilter` on that
 handler rewrites every record before it is written: any run of 12–19 digits (spaces or dashes
 allowed between groups) in the message, the extra fields, the exception text or the stack text
-becomes `************1111`. Card data should never get that far (DESIGN principle 4); when the
-filter does mask something it counts it in `spg_log_masked_total`, so an operator sees that a
-code path leaked and the digits did not.
+becomes `************1111`. Card data should never get that far (it is a type of its own,
+`SecretDigits`); when the filter does mask something it counts it in `spg_log_masked_total`, so
+an operator sees that a code path leaked and the digits did not.
 
 Metrics. `Metrics` is a small registry of counters, gauges and histograms rendered in the
 Prometheus text format (version 0.0.4) for the admin endpoint's `/metrics`. The process-wide
@@ -519,9 +519,7 @@ class Metrics:
 
 METRICS = Metrics()
 
-CALLS_TOTAL = METRICS.counter(
-    "spg_calls_total", "Calls ended, by result (CONTRACT section 5).", ("result",)
-)
+CALLS_TOTAL = METRICS.counter("spg_calls_total", "Calls ended, by result.", ("result",))
 CALLS_ACTIVE = METRICS.gauge("spg_calls_active", "Calls in progress.")
 CALLS_REJECTED_TOTAL = METRICS.counter(
     "spg_calls_rejected_total",

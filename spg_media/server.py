@@ -214,5 +214,3 @@ def raise_open_file_limit(max_connections: int) -> int:
             max_connections,
         )
     return soft
-
-

@@ -393,9 +393,7 @@ class HttpConnector:
                     max_answer_bytes=MAX_ANSWER_BYTES,
                 )
             # An httpx transport given (the in-process sandbox, tests): it needs its own copy.
-            request = self._client.build_request(
-                "POST", url, content=bytes(body), headers=headers
-            )
+            request = self._client.build_request("POST", url, content=bytes(body), headers=headers)
             return await self._exchange(request)
         finally:
             card_request.wipe(body)

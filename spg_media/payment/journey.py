@@ -1,4 +1,4 @@
-"""The caller's journey (CONTRACT §4) as a sans-IO state machine.
+"""The caller's journey as a sans-IO state machine.
 
 This module owns what the caller hears and when, which keys count, the attempt and timeout
 rules, and the moment card data is handed to the connector. It does no I/O: the call feeds it

@@ -151,7 +151,7 @@ class CardData:
 
 
 class Result(enum.StrEnum):
-    """Final results of a call (CONTRACT §5)."""
+    """Final results of a call."""
 
     APPROVED = "approved"
     DECLINED = "declined"
@@ -185,7 +185,7 @@ class Operation(enum.StrEnum):
 
 @dataclass(frozen=True)
 class TransactionInfo:
-    """A payment at the merchant platform, as its lookup returns it (CONTRACT §7)."""
+    """A payment at the merchant platform, as its lookup returns it."""
 
     token: str
     operation: Operation

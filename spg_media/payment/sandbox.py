@@ -1,4 +1,4 @@
-"""The sandbox payment platform: the generic HTTP protocol of CONTRACT §7 with test data.
+"""The sandbox payment platform: the generic HTTP protocol of the payment platform, with test data.
 
 This module owns `SandboxApp`, a raw ASGI application (no framework) that speaks exactly the
 protocol `HttpConnector` speaks, so the default in-process connector exercises the same URLs,

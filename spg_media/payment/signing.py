@@ -2,9 +2,9 @@
 
 This module owns the two signatures of the external contract:
 
-- body signatures (CONTRACT §7, §8): every request to the payment platform and every result
+- body signatures: every request to the payment platform and every result
   callback carries `X-SPG-Signature: t=..,v1=HMAC-SHA256(secret, f"{t}." + body)`;
-- the handoff signature (CONTRACT §2): the PBX signs the transferred INVITE's
+- the handoff signature: the PBX signs the transferred INVITE's
   `t\\ncall-id\\nX-SPG-Transaction\\nX-SPG-Return-To\\nX-SPG-Callback`.
 
 Verification is pure (the caller passes `now`), compares in constant time, and answers False

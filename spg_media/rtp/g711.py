@@ -2,9 +2,9 @@
 
 This module owns the G.711 conversion. Decoding is one fancy-indexing lookup in a 256-entry
 int16 table, so a whole tick of channels (channels × 160 bytes) decodes in a single numpy call
-(DESIGN principle 3). Encoding uses 65536-entry uint8 tables indexed by the int16 sample
-reinterpreted as uint16, so it is a lookup as well; prompts are encoded once per codec at render
-time.
+(the media tick batches every channel). Encoding uses 65536-entry uint8 tables indexed by the
+int16 sample reinterpreted as uint16, so it is a lookup as well; prompts are encoded once per
+codec at render time.
 
 The tables are built at import from the ITU-T G.711 reference algorithm as implemented in the
 classic Sun `g711.c` and CPython's `audioop` (`ulaw2lin`/`lin2ulaw`, `alaw2lin`/`lin2alaw` with

@@ -21,7 +21,7 @@ source: nothing new can latch (a stream already latched, the caller's own, is st
 
 `MediaEngine` is the asyncio shell: one UDP socket per session (an even port drawn at random from
 the range, so that a call's port cannot be guessed) and ONE timer for all sessions that
-sends every due packet each 20 ms tick (DESIGN principle 3), so per-call work in the hot path is a
+sends every due packet each 20 ms tick, so per-call work in the hot path is a
 dictionary walk and a `sendto`. The same tick runs the in-band DTMF detector once over the audio
 all `inband` sessions received since the previous tick (grouped into one numpy block per codec
 and size), and hands the events to each session's `on_dtmf` like RFC 4733 events.

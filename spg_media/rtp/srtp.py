@@ -17,7 +17,7 @@ Keys are secrets like card data: the peer's key decrypts the digits the caller k
 str, exception text or comparison output holds one; `CryptoAttribute` is deliberately not a
 dataclass, so `dataclasses.asdict` of a structure holding it cannot spill the key either.
 
-Decisions (CONTRACT §3, issue 4):
+Decisions:
 - Suites: AES_CM_128_HMAC_SHA1_80, AES_CM_128_HMAC_SHA1_32, AEAD_AES_128_GCM and
   AEAD_AES_256_GCM (RFC 7714), each only if the libsrtp inside pylibsrtp can build it
   (checked once at import: a libsrtp built without a GCM backend drops the AEAD suites).

@@ -6,7 +6,7 @@ datagram or one framed stream message, `StreamFramer` for cutting a TCP/TLS byte
 messages by Content-Length, and `make_response` (§8.2.6). It is sans-IO: bytes in, objects out.
 
 `parse_message` never raises anything but `SipParseError`, whose `status`/`reason`/`detail` are
-what a UAS answers a broken request with (DESIGN principle 5: every bad input has an answer). The
+what a UAS answers a broken request with (every bad input has an answer). The
 detail names what is wrong, never the offending text, so no header content (which could carry
 anything a caller keyed) reaches logs through it. When a request is too broken to parse,
 `partial_request_info` digs out the Via/From/To/Call-ID/CSeq needed to send the 400 back anyway.

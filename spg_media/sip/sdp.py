@@ -6,7 +6,7 @@ own offer), `build_answer` and `build_offer` write SDP. `a=crypto` lines (RFC 45
 raw as `Crypto` values; checking them and making keys is `spg_media.rtp.srtp`'s business, which
 `negotiate` asks for the line to use and for our answer's key.
 
-Decisions (CONTRACT §3):
+Decisions:
 - Codec: the first of the offerer's formats that is PCMU or PCMA, by rtpmap or by static payload
   type 0/8 without rtpmap. DTMF: the first `telephone-event/8000` format, whatever its number.
 - ptime: the offer's `a=ptime` (20 when absent). 10–60 ms is used as offered; a value outside is

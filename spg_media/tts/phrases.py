@@ -708,7 +708,7 @@ def build(part: PartLike, lang: str) -> list[Segment]:
     """The segments that say one prompt part in `lang`."""
     w = _WORDING[_check_language(lang)]
     name = part.name
-    if name == "declined":  # a decline has a reference too (CONTRACT §4 step 6)
+    if name == "declined":  # a decline has a reference too, read like an approval's
         return _result_with_reference(w.simple[name], w, _Params(part))
     if name in w.simple:
         return [Phrase(w.simple[name])]

@@ -54,7 +54,7 @@ Facts and pitfalls of baresip 1.0.0 (Debian 12, libre 1.1.0), found by running i
     status (`200 OK`, or e.g. `487`) when that call is answered or fails. The Refer-To's
     `?X-SPG-Result=...` URI headers are NOT turned into header fields: they stay in the
     Request-URI and the To of the new INVITE (`INVITE sip:agent@h:p;x-spg-result=approved
-    ?X-SPG-Result=approved&X-SPG-Reference=R SIP/2.0`), which is why CONTRACT §6 also puts
+    ?X-SPG-Result=approved&X-SPG-Reference=R SIP/2.0`), which is why the REFER also puts
     the result in the URI parameter `x-spg-result`. The new INVITE has no Referred-By.
 11. `mediaenc=srtp-mand` applies to every call of the account, the transferred one too: the
     agent must answer `RTP/SAVP` with an `a=crypto` line.

@@ -1,10 +1,10 @@
-"""baresip, a real third-party phone, pays through spg-media and is returned to an agent (issue 4).
+"""baresip, a real third-party phone, pays through spg-media and is returned to an agent.
 
 baresip 1.0 (driven over ctrl_tcp, see baresip.py) cannot add custom headers, so it dials the
-node with the handoff in the Request-URI (CONTRACT §2): `x-spg-transaction` and
+node with the handoff in the Request-URI: `x-spg-transaction` and
 `x-spg-return-to` (the agent, a SIPp UAS on another loopback port). It keys the card with
 `sndcode` (RFC 4733 events), the sandbox approves, and the node REFERs baresip to the agent:
-the agent must get baresip's INVITE, carrying the result in the Request-URI (CONTRACT §6).
+the agent must get baresip's INVITE, carrying the result in the Request-URI.
 
 - plain UDP signalling, plain RTP;
 - SIP over TLS (`tls:` listener with the certificate of `spg_media.tlscert`), plain RTP; with
@@ -123,7 +123,7 @@ def pay_uri(
     agent_port: int | None = None,
     port: int | None = None,
 ) -> str:
-    """The URI baresip dials: the handoff as Request-URI parameters (CONTRACT §2), to the
+    """The URI baresip dials: the handoff as Request-URI parameters, to the
     node's port for `transport` or to `port` (a proxy in front).
 
     No `;transport=` here: it comes from the account (baresip pitfall 6). `@` is not allowed
@@ -202,7 +202,7 @@ def pay(
     # The node is speaking (the announcement) once RTP arrives; keys may barge in from then on.
     phone.wait_event(lambda e: e.type == "CALL_RTPESTAB" and e.call_id == call_id, 10, since)
     phone.sndcode(CARD + "#")
-    time.sleep(0.6)  # pace between fields like a person; type-ahead is allowed (CONTRACT §4)
+    time.sleep(0.6)  # pace between fields like a person; type-ahead is allowed
     phone.sndcode(EXPIRY)
     time.sleep(0.6)
     phone.sndcode(CVC)

@@ -511,7 +511,7 @@ class RawPeer:
 @pytest.mark.timeout(60)
 def test_calls_ended_before_their_journey_are_recorded_hung_up(tmp_path):
     """A CANCEL while the transaction is looked up, and a BYE before the ACK: each call is
-    still a CDR line and a callback (CONTRACT §5, §8: `hung-up`)."""
+    still a CDR line and a callback (`hung-up`)."""
     config = node_config(tmp_path)
     capture = Capture()
 
@@ -664,7 +664,7 @@ async def cancel_at_once(port: int, token: str, **options: Any) -> CallerReport:
 
 @pytest.mark.timeout(150)
 def test_a_failed_transfer_back_ends_with_a_bye_carrying_the_result(tmp_path):
-    """CONTRACT §6: REFER refused, REFER unanswered (it times out), NOTIFY reporting failure:
+    """REFER refused, REFER unanswered (it times out), NOTIFY reporting failure:
     each time a BYE carries the same X-SPG-* headers the REFER did."""
     config = node_config(tmp_path)
     capture = Capture()
@@ -693,7 +693,7 @@ def test_a_failed_transfer_back_ends_with_a_bye_carrying_the_result(tmp_path):
 
 @pytest.mark.timeout(120)
 def test_where_the_caller_is_returned(tmp_path):
-    """CONTRACT §2: X-SPG-Return-To, as a header or a Request-URI parameter (the header wins),
+    """X-SPG-Return-To, as a header or a Request-URI parameter (the header wins),
     else the Referred-By of the transferred INVITE."""
     config = node_config(tmp_path)
     capture = Capture()

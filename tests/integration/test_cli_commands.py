@@ -1,4 +1,4 @@
-"""The commands as an operator runs them (CONTRACT §9), each a subprocess on loopback.
+"""The commands as an operator runs them, each a subprocess on loopback.
 
 - `demo`: the README's first command, a whole payment call on built-in defaults, ends approved
   and shows no card digit beyond the last four;

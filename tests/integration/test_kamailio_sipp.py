@@ -1,4 +1,4 @@
-"""Payment calls through Kamailio, with SIPp as the transferring party (CONTRACT §2, §4, §6).
+"""Payment calls through Kamailio, with SIPp as the transferring party.
 
 Part 1 proves the harness and kamailio/kamailio.cfg with a SIPp UAS standing in for spg-media
 (sipp/uas_*.xml): the call goes through, the stand-in's REFER/NOTIFY/BYE come back through the

@@ -1,4 +1,4 @@
-"""Bad SIP gets the right answer and the node keeps serving (DESIGN principle 5).
+"""Bad SIP gets the right answer and the node keeps serving (every bad input has an answer).
 
 Each case is sent as raw bytes over loopback UDP to a running node; after every case an OPTIONS
 must still be answered 200.

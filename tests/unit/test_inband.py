@@ -1,4 +1,4 @@
-"""In-band DTMF detector: the accuracy targets of issue 3, each over generated signals.
+"""In-band DTMF detector: the accuracy targets, each over generated signals.
 
 Levels are in dBm0 as in the module (0 dBm0 sine peak = 32767 × 10^(-3.14/20)), for the two
 tones together; twist is row (low group) minus column (high group) level, so +8 dB is "normal"

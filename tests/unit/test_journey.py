@@ -906,7 +906,7 @@ def test_each_confirm_prompt_gets_a_fresh_copy_of_the_expiry() -> None:
 def test_declined() -> None:
     caller = Caller()
     caller.to_authorize("4000000000000002")
-    # the result and its reference, and how to hear it again (CONTRACT §4 step 6)
+    # the result and its reference, and how to hear it again
     declined = Play((part("declined", reference="R124"), part("press_9_to_repeat")), False)
     assert caller.authorized(DECLINED) == [declined]
     outcome = caller.finish_result()

@@ -663,7 +663,7 @@ def test_not_acceptable_carries_detail():
     assert error.detail == "no common codec" and str(error) == "no common codec"
 
 
-# ---- SRTP: choosing the crypto line, our key in the answer (issue 4) --------------------------
+# ---- SRTP: choosing the crypto line, our key in the answer -------------------------------
 
 
 def srtp_offer(*crypto: str, proto: str = "RTP/SAVP") -> bytes:

@@ -261,7 +261,7 @@ def exchange(
 
 def test_suites_match_libsrtp() -> None:
     assert ALL_SUITES[:2] == ["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"]
-    assert "AEAD_AES_128_GCM" in SUITES  # CONTRACT §3: where libsrtp offers it (this one does)
+    assert "AEAD_AES_128_GCM" in SUITES  # offered where libsrtp has it (this one does)
     for suite in SUITES.values():
         assert suite.key_length == pylibsrtp.lib.srtp_profile_get_master_key_length(suite.profile)
         assert suite.salt_length == pylibsrtp.lib.srtp_profile_get_master_salt_length(suite.profile)
