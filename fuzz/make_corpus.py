@@ -605,7 +605,7 @@ seed("admin_head", "calls-query", b"\r\nGET /calls?x=1#y HTTP/1.0\r\n\r\n")
 seed("admin_head", "healthz-lf", b"GET /healthz HTTP/1.1\nUser-Agent: curl\n\n")
 seed("admin_head", "post", b"POST /metrics HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}")
 
-CARD = {"number": "4111111111111111", "exp_month": 12, "exp_year": 2030, "cvc": "123"}
+CARD = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"}
 
 
 def http(method: str, path: str, headers: dict[str, str], body: bytes | str = b"") -> bytes:
@@ -650,7 +650,7 @@ seed(
                 "/v1/transactions/sbx-0-EUR-tok/authorize",
                 {"Idempotency-Key": "k"},
                 json.dumps(
-                    {"card": dict(CARD, number="378282246310005", cvc="1234"), "attempt": 2}
+                    {"card": dict(CARD, number="371449635398431", cvc="1234"), "attempt": 2}
                 ),
             ),
             http("GET", "/healthz", {}),

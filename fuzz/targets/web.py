@@ -67,7 +67,7 @@ def handoff_signature(data: bytes) -> None:
 # ---- the platform's answers ---------------------------------------------------------------------
 
 _TOKEN = "sbx-4990-EUR-1"
-_CARD = CardData(SecretDigits("4111111111111111"), 12, 2030, SecretDigits("123"), "visa")
+_CARD = CardData(SecretDigits("4242424242424242"), 12, 2030, SecretDigits("123"), "visa")
 _SHORT_TEXT = re.compile(r"[A-Za-z_ ]{1,60}")
 
 
@@ -125,7 +125,7 @@ def _loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-_PAN = "4111111111111111"
+_PAN = "4242424242424242"
 
 
 def _drive(coroutine: Coroutine[Any, Any, Any]) -> Any:
