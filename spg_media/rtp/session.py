@@ -37,19 +37,25 @@ from the address the call's RTP comes from.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import ipaddress
 import logging
 import math
+import platform
 import random
+import select
 import socket
+import struct
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import cast
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from spg_media.dtmf.inband import InbandDetector
 from spg_media.dtmf.rfc4733 import DtmfEvent, Rfc4733Receiver
@@ -73,6 +79,15 @@ INBAND_FEED = 160  # samples (20 ms) each in-band channel gives the detector a t
 REORDER_WINDOW = 50  # packets: an audio packet this far behind the newest is late, not a new run
 PAYLOAD_TYPE = {"PCMU": 0, "PCMA": 8}
 HOLD_ADDRESSES = frozenset(("0.0.0.0", "::"))  # RFC 2543 hold: "send me nothing"
+RECV_SIZE = 4096  # the largest datagram read: G.711 at a 200 ms ptime with SRTP fits
+READ_ROUNDS = 64  # per tick, datagrams read at most from one socket (a flood waits its turn)
+# Arrival times from the kernel (SO_TIMESTAMPNS, a struct timespec of the wall clock) where the
+# constant and layout are the generic Linux ones; elsewhere a datagram is dated by the tick.
+_SO_TIMESTAMPNS: int | None = (
+    35 if sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64") else None
+)
+_TIMESPEC = struct.Struct("@qq")
+_ANCILLARY_SIZE = socket.CMSG_SPACE(_TIMESPEC.size) if _SO_TIMESTAMPNS is not None else 0
 
 
 @functools.cache
@@ -95,6 +110,15 @@ def literal_address(address: str) -> str:
     """`address` as an IP literal in its canonical form; ValueError for anything else (a
     hostname would be resolved, blocking, by `sendto` in the media tick)."""
     return str(ipaddress.ip_address(address))
+
+
+@functools.cache
+def single_threaded_blas() -> None:
+    """One BLAS thread for the process, once. The in-band detector's matrix products are small
+    and run on the event loop's thread each tick; OpenBLAS's worker threads gain nothing on
+    them and spin between calls (measured: about a third of a loaded node's CPU, a core's
+    worth on a 2-core machine, for nothing)."""
+    threadpool_limits(limits=1, user_api="blas")
 
 
 @dataclass
@@ -494,28 +518,6 @@ class MediaSession:
         return encode(samples, self.codec)
 
 
-class _SessionProtocol(asyncio.DatagramProtocol):
-    """The RTP port of a session (`port`), or with `rtcp` the RTCP port above it."""
-
-    def __init__(self, engine: MediaEngine, port: int, rtcp: bool = False) -> None:
-        self.engine = engine
-        self.port = port
-        self.rtcp = rtcp
-
-    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:  # type: ignore[override]
-        session = self.engine.sessions.get(self.port)
-        if session is not None:
-            source = (str(addr[0]), int(cast(int, addr[1])))
-            if self.rtcp:
-                session.receive_rtcp(data, source, self.engine.loop.time())
-            else:
-                session.receive(data, source, self.engine.loop.time())
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable while the peer is gone: not worth more than a debug line.
-        log.debug("rtp socket error on port %d: %s", self.port, exc)
-
-
 class PortRangeExhausted(Exception):
     pass
 
@@ -530,8 +532,12 @@ class MediaEngine:
         self.port_min = port_min + (port_min % 2)
         self.port_max = port_max
         self.sessions: dict[int, MediaSession] = {}
-        self.transports: dict[int, asyncio.DatagramTransport] = {}
-        self.rtcp_transports: dict[int, asyncio.DatagramTransport] = {}  # by RTP port
+        self.sockets: dict[int, tuple[socket.socket, socket.socket]] = {}  # RTP port: RTP, RTCP
+        # Every socket's descriptor: (its socket, the session's RTP port, is it the RTCP one).
+        self._readers: dict[int, tuple[socket.socket, int, bool]] = {}
+        # Which sockets have datagrams waiting, asked once per tick (level-triggered).
+        self._epoll = hasattr(select, "epoll")  # else poll(): same calls, no maxevents
+        self._poller = select.epoll() if self._epoll else select.poll()
         # Ports are drawn at random (a tests' seeded Random, else the OS's): the next call's
         # port cannot be guessed from the last one's.
         self._rng = rng if rng is not None else random.SystemRandom()
@@ -540,6 +546,7 @@ class MediaEngine:
         # or make a stray loop, when the engine is built outside a running loop.
         self._loop: asyncio.AbstractEventLoop | None = None
         self.inband: InbandDetector | None = None  # one detector serves every channel
+        self.send_errors = 0  # packets the kernel would not take (a full buffer: dropped)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -555,19 +562,16 @@ class MediaEngine:
         self._loop = asyncio.get_running_loop()
         span = (self.port_max - 1 - self.port_min) // 2 + 1  # even ports with an odd one above
         for port in self._candidates(span):
-            if port in self.transports:
+            if port in self.sockets:
                 continue
             sockets = self._bind_pair(port)
             if sockets is None:  # either taken: another pair
                 continue
-            transport, _ = await self.loop.create_datagram_endpoint(
-                functools.partial(_SessionProtocol, self, port), sock=sockets[0]
-            )
-            rtcp, _ = await self.loop.create_datagram_endpoint(
-                functools.partial(_SessionProtocol, self, port, True), sock=sockets[1]
-            )
-            self.transports[port] = transport
-            self.rtcp_transports[port] = rtcp
+            rtp, rtcp = sockets
+            self.sockets[port] = (rtp, rtcp)
+            for sock, for_rtcp in ((rtp, False), (rtcp, True)):
+                self._readers[sock.fileno()] = (sock, port, for_rtcp)
+                self._poller.register(sock.fileno(), select.POLLIN)
             return port
         raise PortRangeExhausted(f"no free RTP port in {self.port_min}-{self.port_max}")
 
@@ -590,6 +594,8 @@ class MediaEngine:
                 sockets.append(sock)
                 sock.bind((self.address, number))
                 sock.setblocking(False)
+                if _SO_TIMESTAMPNS is not None:  # the kernel dates each datagram's arrival
+                    sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
         except OSError:
             for sock in sockets:
                 sock.close()
@@ -602,6 +608,7 @@ class MediaEngine:
         self.sessions[port] = session
         if session.inband:
             if self.inband is None:
+                single_threaded_blas()
                 self.inband = InbandDetector()
             session.inband_slot = self.inband.add_channel()
         if self._tick_task is None or self._tick_task.done():
@@ -616,21 +623,27 @@ class MediaEngine:
             if session.inband_slot is not None and self.inband is not None:
                 self.inband.remove_channel(session.inband_slot)
                 session.inband_slot = None
-        for transports in (self.transports, self.rtcp_transports):
-            transport = transports.pop(port, None)
-            if transport is not None:
-                transport.close()
+        for sock in self.sockets.pop(port, ()):
+            self._readers.pop(sock.fileno(), None)
+            with contextlib.suppress(OSError, ValueError):
+                self._poller.unregister(sock.fileno())
+            sock.close()
 
     def _send_rtcp(self, port: int, session: MediaSession, packet: bytes | None) -> None:
         target = session.rtcp_target
-        if packet is None or target is None:
+        pair = self.sockets.get(port)
+        if packet is None or target is None or pair is None:
             return
-        transport = (self.transports if session.rtcp_mux else self.rtcp_transports).get(port)
-        if transport is not None:
-            transport.sendto(packet, target)
+        self._sendto(pair[0] if session.rtcp_mux else pair[1], packet, target)
+
+    def _sendto(self, sock: socket.socket, packet: bytes, target: tuple[str, int]) -> None:
+        try:
+            sock.sendto(packet, target)
+        except OSError:  # a full buffer (a packet late is worth nothing), a vanished route
+            self.send_errors += 1
 
     async def aclose(self) -> None:
-        for port in list(self.transports):
+        for port in list(self.sockets):
             self.close(port)
         if self._tick_task is not None:
             self._tick_task.cancel()
@@ -686,6 +699,53 @@ class MediaEngine:
                 if target is not None:
                     target._deliver([event])
 
+    def _receive(self, now: float) -> None:
+        """Read every datagram waiting on the sessions' sockets and feed it to its session.
+
+        Once a tick instead of a callback per datagram: the poller says which sockets have
+        datagrams, one is read from each, and it is asked again, until none is left or a
+        socket has given READ_ROUNDS this tick (a flood cannot hold the tick: what is over
+        waits, and the kernel drops what its buffer cannot hold). A datagram is dated by the
+        kernel's arrival stamp (wall clock, moved onto the loop's clock), so the RTCP jitter,
+        the RFC 4733 receiver's timing and DTMF latency see when it came, not when it was read.
+        """
+        readers, sessions = self._readers, self.sessions
+        poll, epoll = self._poller.poll, self._epoll
+        wall_offset = time.time() - time.monotonic()  # kernel stamps are wall-clock times
+        ancillary, unpack = _ANCILLARY_SIZE, _TIMESPEC.unpack
+        for _ in range(READ_ROUNDS):
+            ready = poll(0, len(readers) + 1) if epoll else poll(0)  # type: ignore[call-arg]
+            if not ready:
+                return
+            for fd, _events in ready:
+                reader = readers.get(fd)
+                if reader is None:
+                    continue
+                sock, port, rtcp = reader
+                try:
+                    data, cmsgs, _flags, source = sock.recvmsg(RECV_SIZE, ancillary)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as exc:  # an ICMP error queued on the socket
+                    log.debug("rtp socket error on port %d: %s", port, exc)
+                    continue
+                session = sessions.get(port)
+                if session is None:  # not attached yet, or closed: dropped
+                    continue
+                arrival = now
+                if cmsgs and len(cmsgs[0][2]) == _TIMESPEC.size:
+                    seconds, nanoseconds = unpack(cmsgs[0][2])
+                    arrival = min(seconds + nanoseconds * 1e-9 - wall_offset, now)
+                try:
+                    if rtcp:
+                        session.receive_rtcp(data, source, arrival)
+                    else:
+                        session.receive(data, source, arrival)
+                except Exception:
+                    # As in _tick: a bug in one call's media stops that call's media only.
+                    log.exception("media of the session on port %d failed; it is stopped", port)
+                    sessions.pop(port, None)
+
     def _serve(self, port: int, session: MediaSession, now: float) -> None:
         """One session's part of a tick: its timers, its RTCP report and its due packets."""
         session.poll(now)
@@ -693,13 +753,16 @@ class MediaEngine:
             self._send_rtcp(port, session, session.rtcp_report(now))
         if session.hold or session.next_send_at is None:
             return
-        transport = self.transports.get(port)
+        pair = self.sockets.get(port)
         sent = 0
         # Catch up after a late tick, but never burst more than 3 packets.
         while session.next_send_at <= now + 0.001 and sent < 3:
             packet = session.next_packet(session.next_send_at)
-            if transport is not None and packet is not None:
-                transport.sendto(packet, session.remote)
+            if pair is not None and packet is not None:
+                try:
+                    pair[0].sendto(packet, session.remote)
+                except OSError:  # see _sendto
+                    self.send_errors += 1
             session.next_send_at += session.ptime_ms / 1000
             sent += 1
         if session.next_send_at < now - 0.1:
@@ -711,6 +774,9 @@ class MediaEngine:
         next_tick = self.loop.time()
         while self.sessions:
             now = self.loop.time()
+            self._receive(now)
+            # The calls take their digits now, not after the rest of the tick's work.
+            await asyncio.sleep(0)
             if self.inband is not None:
                 self._detect_inband()
             for port, session in list(self.sessions.items()):

@@ -19,8 +19,7 @@ LOW, HIGH = 31300, 31339  # 20 pairs: 31300/31301 ... 31338/31339
 
 def bound_ports(engine: MediaEngine) -> set[int]:
     return {
-        t.get_extra_info("sockname")[1]
-        for t in [*engine.transports.values(), *engine.rtcp_transports.values()]
+        sock.getsockname()[1] for pair in engine.sockets.values() for sock in pair
     }
 
 

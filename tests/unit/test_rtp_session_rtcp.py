@@ -173,7 +173,7 @@ def test_the_engine_sends_reports_from_the_rtcp_port_and_a_bye_at_the_end() -> N
             port = await engine.open()
             assert (
                 port % 2 == 0
-                and port + 1 == engine.rtcp_transports[port].get_extra_info("sockname")[1]
+                and port + 1 == engine.sockets[port][1].getsockname()[1]
             )
             media = MediaSession(
                 codec="PCMU",
@@ -211,8 +211,9 @@ def test_the_engine_takes_ports_in_pairs_inside_the_range() -> None:
                 except PortRangeExhausted:
                     got.append("exhausted")  # 31206 has no odd port above it in the range
         bound = {
-            t.get_extra_info("sockname")[1]
-            for t in [*engine.transports.values(), *engine.rtcp_transports.values()]
+            sock.getsockname()[1]
+            for pair in engine.sockets.values()
+            for sock in pair
         }
         await engine.aclose()
         assert bound == {31200, 31201, 31204, 31205}

@@ -1,0 +1,324 @@
+"""Benchmark: node CPU per RTP packet under many full-duplex calls, against a baseline tree.
+
+Run:  .venv/bin/python bench/bench_media_load.py [--sessions 500] [--seconds 10] [--rounds 2]
+          [--baseline-ref main | --baseline-tree PATH] [--no-inband] [--dtmf] [--profile FILE]
+
+Drives N `MediaSession`s through the real `MediaEngine` (uvloop, loopback sockets, the 20 ms
+tick) in a node process, while a generator process plays N callers: 50 packets/s each of
+G.711 noise (PCMU, random bytes: in-band screening of loud noise on every channel unless
+--no-inband), their phases spread over the 20 ms, reading and discarding the node's packets.
+With --dtmf each caller also keys an RFC 4733 press every ~2 s (5 event packets and 3 end
+packets, audio paused meanwhile); the delay from the press's first packet leaving the
+generator to the session's `on_dtmf` start is reported (both sides read CLOCK_MONOTONIC).
+
+The node's CPU (user + system, getrusage) over --seconds after a warm-up is divided by the
+packets it received and sent. The same run measures the baseline: the same node code imported
+from another tree (`--baseline-ref`: a temporary `git worktree` of that ref, removed at the
+end; or `--baseline-tree`), alternating rounds, so both see the same machine. Prints µs per
+packet (in + out averaged), the ratio, and what that means in calls per core at 50+50 pps.
+The machine is shared: compare the ratio, not the absolute figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import random
+import resource
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parents[1]
+DTMF_PT = 101
+PRESS_EVERY_S = 2.0
+
+
+# ---- the node ---------------------------------------------------------------------------------
+
+
+def node(args: argparse.Namespace) -> None:
+    """Runs in the child: the engine of `args.tree`, N sessions, CPU measured over a window."""
+    sys.path.insert(0, str(Path(args.tree).resolve()))
+    import asyncio
+
+    import uvloop
+
+    from spg_media.rtp.session import MediaEngine, MediaSession
+
+    delivered: list[list[float]] = [[] for _ in range(args.sessions)]
+
+    async def main() -> dict[str, Any]:
+        base = random.randrange(20000, 50000, 2)
+        engine = MediaEngine("127.0.0.1", base, base + 6 * args.sessions)
+        ports = []
+        for index in range(args.sessions):
+            port = await engine.open()
+
+            def on_dtmf(event: Any, index: int = index) -> None:
+                if event.kind == "start":
+                    delivered[index].append(time.monotonic())
+
+            engine.attach(
+                port,
+                MediaSession(
+                    codec="PCMU",
+                    remote=("127.0.0.1", 9),  # the caller's c= address; it latches on its port
+                    dtmf_payload_type=DTMF_PT,
+                    on_dtmf=on_dtmf,
+                    inband=args.inband,
+                ),
+            )
+            ports.append(port)
+        print(json.dumps({"ports": ports}), flush=True)
+        await asyncio.sleep(args.warmup)
+        sessions = list(engine.sessions.values())
+        received0 = sum(s.stats.received for s in sessions)
+        sent0 = sum(s.stats.sent for s in sessions)
+        usage0 = resource.getrusage(resource.RUSAGE_SELF)
+        wall0 = time.monotonic()
+        profiler = None
+        if args.profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+        await asyncio.sleep(args.seconds)
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(args.profile)
+        usage1 = resource.getrusage(resource.RUSAGE_SELF)
+        wall1 = time.monotonic()
+        received = sum(s.stats.received for s in sessions) - received0
+        sent = sum(s.stats.sent for s in sessions) - sent0
+        cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+        result = {
+            "cpu": cpu,
+            "wall": wall1 - wall0,
+            "received": received,
+            "sent": sent,
+            "dropped": sum(s.stats.dropped_foreign for s in sessions),
+            "window": [wall0, wall1],
+            "delivered": delivered,
+        }
+        await engine.aclose()
+        return result
+
+    result = uvloop.run(main())
+    print(json.dumps(result), flush=True)
+
+
+# ---- the callers ------------------------------------------------------------------------------
+
+
+def generator(args: argparse.Namespace) -> None:
+    """Runs in the child: N callers at 50 packets/s each, for --duration seconds."""
+    ports = json.loads(args.ports)
+    rng = random.Random(7)
+    socks = []
+    for _ in range(8):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+        socks.append(sock)
+    noise = [bytes(rng.getrandbits(8) for _ in range(160)) for _ in range(64)]
+    callers = []
+    for index, port in enumerate(ports):
+        callers.append(
+            {
+                "dest": ("127.0.0.1", port),
+                "sock": socks[index % len(socks)],
+                "seq": rng.getrandbits(16),
+                "ts": rng.getrandbits(32),
+                "ssrc": rng.getrandbits(32),
+                "next_press": rng.uniform(0.5, 0.5 + PRESS_EVERY_S),
+                "press": None,  # packets of the press in progress
+            }
+        )
+    header = struct.Struct("!BBHII")
+    groups = 4  # phases spread over the 20 ms
+    start = time.monotonic()
+    sent_presses: list[list[float]] = [[] for _ in ports]
+    step = 0
+    while True:
+        due = start + step * 0.02 / groups
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        elapsed = time.monotonic() - start
+        if elapsed > args.duration:
+            break
+        group = step % groups
+        for index in range(group, len(callers), groups):
+            caller = callers[index]
+            seq = caller["seq"] = (caller["seq"] + 1) & 0xFFFF
+            if args.dtmf and caller["press"] is None and elapsed >= caller["next_press"]:
+                caller["next_press"] += PRESS_EVERY_S
+                event = rng.randrange(10)
+                caller["press"] = [(event, 0x0A, 160 * (n + 1), n == 0) for n in range(5)] + [
+                    (event, 0x8A, 800, False)
+                ] * 3
+                caller["press_ts"] = caller["ts"]
+                sent_presses[index].append(time.monotonic())
+            press = caller["press"]
+            if press:
+                event, flags, duration, marker = press.pop(0)
+                payload = struct.pack("!BBH", event, flags, duration)
+                packet = header.pack(0x80, DTMF_PT | (0x80 if marker else 0), seq,
+                                     caller["press_ts"], caller["ssrc"]) + payload  # fmt: skip
+                if not press:
+                    caller["press"] = None
+            else:
+                packet = header.pack(0x80, 0, seq, caller["ts"], caller["ssrc"]) + noise[seq & 63]
+            caller["ts"] = (caller["ts"] + 160) & 0xFFFFFFFF
+            with contextlib.suppress(OSError):
+                caller["sock"].sendto(packet, caller["dest"])
+        for sock in socks:  # the node's packets: read and dropped
+            try:
+                while True:
+                    sock.recv(2048)
+            except OSError:
+                pass
+        step += 1
+    print(json.dumps({"presses": sent_presses}), flush=True)
+
+
+# ---- the parent -------------------------------------------------------------------------------
+
+
+def measure(tree: Path, args: argparse.Namespace, profile: str | None) -> dict[str, Any]:
+    script = str(Path(__file__).resolve())
+    node_cmd = [sys.executable, script, "--node", "--tree", str(tree),
+                "--sessions", str(args.sessions), "--seconds", str(args.seconds),
+                "--warmup", str(args.warmup)]  # fmt: skip
+    if not args.inband:
+        node_cmd.append("--no-inband")
+    if profile:
+        node_cmd += ["--profile", profile]
+    proc = subprocess.Popen(node_cmd, stdout=subprocess.PIPE, text=True)
+    gen = None
+    try:
+        assert proc.stdout is not None
+        ports = json.loads(proc.stdout.readline())["ports"]
+        gen_cmd = [sys.executable, script, "--generator", "--ports", json.dumps(ports),
+                   "--duration", str(args.warmup + args.seconds + 1)]  # fmt: skip
+        if args.dtmf:
+            gen_cmd.append("--dtmf")
+        gen = subprocess.Popen(gen_cmd, stdout=subprocess.PIPE, text=True)
+        result = json.loads(proc.stdout.readline())
+        out, _ = gen.communicate(timeout=args.warmup + args.seconds + 60)
+        result["presses"] = json.loads(out)["presses"]
+        proc.wait(timeout=30)
+        return result
+    finally:
+        for child in (gen, proc):
+            if child is not None and child.poll() is None:
+                child.kill()
+                child.wait()
+
+
+def latencies(result: dict[str, Any]) -> list[float]:
+    """Press to on_dtmf, ms, for presses sent inside the measured window (k-th to k-th)."""
+    lo, hi = result["window"]
+    found = []
+    for sent, got in zip(result["presses"], result["delivered"], strict=True):
+        for at, delivered in zip(sent, got, strict=False):
+            if lo <= at <= hi - 0.1:
+                found.append((delivered - at) * 1000)
+    return sorted(found)
+
+
+def percentile(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def summary(name: str, runs: list[dict[str, Any]]) -> tuple[float, str]:
+    best = min(runs, key=lambda r: r["cpu"] / (r["received"] + r["sent"]))
+    per_packet = best["cpu"] / (best["received"] + best["sent"]) * 1e6
+    calls = 1e6 / (100 * per_packet)
+    lat = latencies(best)
+    line = (
+        f"| {name} | {per_packet:.2f} | {best['cpu'] / best['wall'] * 100:.0f} % | "
+        f"{best['received'] / best['wall']:,.0f} / {best['sent'] / best['wall']:,.0f} | "
+        f"{calls:,.0f} |"
+    )
+    if lat:
+        p50, p99 = percentile(lat, 0.5), percentile(lat, 0.99)
+        line += f" {p50:.1f} / {p99:.1f} / {lat[-1]:.1f} ({len(lat)}) |"
+    return per_packet, line
+
+
+def parent(args: argparse.Namespace) -> None:
+    cleanup = None
+    if args.baseline_tree:
+        baseline = Path(args.baseline_tree)
+    else:
+        baseline = Path(tempfile.mkdtemp(prefix="spg-baseline-")) / "tree"
+        subprocess.run(["git", "-C", str(HERE), "worktree", "add", "--detach", "-q",
+                        str(baseline), args.baseline_ref], check=True)  # fmt: skip
+        cleanup = baseline
+    try:
+        runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "this tree": []}
+        for round_ in range(args.rounds):
+            for name, tree in (("baseline", baseline), ("this tree", HERE)):
+                profile = None
+                if args.profile and round_ == 0:
+                    profile = f"{args.profile}.{'baseline' if tree == baseline else 'new'}"
+                runs[name].append(measure(tree, args, profile))
+        print(
+            f"{args.sessions} full-duplex sessions, 50 + 50 packets/s each, "
+            f"in-band {'on' if args.inband else 'off'}, {args.seconds:g} s measured after "
+            f"{args.warmup:g} s, best of {args.rounds}; baseline: "
+            f"{args.baseline_tree or args.baseline_ref}"
+        )
+        head = "| node | CPU µs per packet | node CPU | packets/s in / out | calls per core |"
+        if args.dtmf:
+            head += " RFC 4733 press → on_dtmf ms p50 / p99 / max (presses) |"
+        print(head)
+        print("|---" * (head.count("|") - 1) + "|")
+        base, base_line = summary("baseline", runs["baseline"])
+        ours, our_line = summary("this tree", runs["this tree"])
+        print(base_line)
+        print(our_line)
+        print(f"CPU per packet: {ours / base:.2f}x the baseline's ({base / ours:.2f}x cheaper)")
+    finally:
+        if cleanup is not None:
+            subprocess.run(["git", "-C", str(HERE), "worktree", "remove", "--force",
+                            str(cleanup)], check=False)  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", type=int, default=500)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--baseline-ref", default="main")
+    parser.add_argument("--baseline-tree")
+    parser.add_argument("--no-inband", dest="inband", action="store_false")
+    parser.add_argument("--dtmf", action="store_true", help="RFC 4733 presses, latency reported")
+    parser.add_argument("--profile", help="cProfile each's first round: FILE.{baseline,new}")
+    # the children
+    parser.add_argument("--node", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--tree", help=argparse.SUPPRESS)
+    parser.add_argument("--generator", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--ports", help=argparse.SUPPRESS)
+    parser.add_argument("--duration", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.node:
+        node(args)
+    elif args.generator:
+        generator(args)
+    else:
+        parent(args)
+
+
+if __name__ == "__main__":
+    main()
