@@ -104,6 +104,7 @@ def node(args: argparse.Namespace) -> None:
             "received": received,
             "sent": sent,
             "dropped": sum(s.stats.dropped_foreign for s in sessions),
+            "send_errors": getattr(engine, "send_errors", 0),
             "window": [wall0, wall1],
             "delivered": delivered,
         }
@@ -213,6 +214,8 @@ def measure(tree: Path, args: argparse.Namespace, profile: str | None) -> dict[s
             gen_cmd.append("--dtmf")
         gen = subprocess.Popen(gen_cmd, stdout=subprocess.PIPE, text=True)
         result = json.loads(proc.stdout.readline())
+        if result.get("send_errors") or result.get("dropped"):
+            print(f"note: {result['send_errors']} send errors, {result['dropped']} dropped")
         out, _ = gen.communicate(timeout=args.warmup + args.seconds + 60)
         result["presses"] = json.loads(out)["presses"]
         proc.wait(timeout=30)

@@ -35,6 +35,7 @@ from spg_media.observability import (
     CALLS_REJECTED_TOTAL,
     CALLS_TOTAL,
     DTMF_DIGITS_TOTAL,
+    DTMF_LATENCY_SECONDS,
 )
 from spg_media.payment.connectors import Connector, ConnectorError
 from spg_media.payment.journal import (
@@ -339,8 +340,12 @@ class Call:
                 continue
             now = loop.time()
             if kind == "digit":
-                self._emit("digit", digit="*" if value.isdigit() else value)
-                self._apply(journey, journey.digit(value, now))
+                digit, source, arrived_at = value
+                # How long the press took from reaching the node to the journey (the time in
+                # the socket's buffer until the media tick read it included).
+                DTMF_LATENCY_SECONDS.observe(max(0.0, now - arrived_at), source=source)
+                self._emit("digit", digit="*" if digit.isdigit() else digit)
+                self._apply(journey, journey.digit(digit, now))
             elif kind == "prompt_done":
                 if value == self._play_generation:
                     self._apply(journey, journey.prompt_done(now))
@@ -405,7 +410,8 @@ class Call:
         digit = self.merger.feed(event)
         if digit is not None:
             DTMF_DIGITS_TOTAL.inc(source=event.source)
-            self.inbox.put_nowait(("digit", digit))
+            arrived_at = event.at if event.arrived_at is None else event.arrived_at
+            self.inbox.put_nowait(("digit", (digit, event.source, arrived_at)))
 
     # ---- the connector ------------------------------------------------------------------------
 

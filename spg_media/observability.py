@@ -559,6 +559,14 @@ RTP_JITTER_SECONDS = METRICS.histogram(
 DTMF_DIGITS_TOTAL = METRICS.counter(
     "spg_dtmf_digits_total", "DTMF digits detected, by source (rfc4733, inband, info).", ("source",)
 )
+DTMF_LATENCY_SECONDS = METRICS.histogram(
+    "spg_dtmf_latency_seconds",
+    "From a key press reaching the node to the caller's journey taking its digit, by source: "
+    "rfc4733 from its first packet's arrival, inband from the arrival of the packet carrying "
+    "the tones' onset, info from the request's arrival.",
+    ("source",),
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.2),
+)
 CONNECTOR_REQUESTS_TOTAL = METRICS.counter(
     "spg_connector_requests_total",
     "Payment platform requests by operation (lookup, authorize) and outcome.",

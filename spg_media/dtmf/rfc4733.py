@@ -77,6 +77,10 @@ class DtmfEvent:
     at: float
     duration_ms: float | None = None
     source: str = "rfc4733"
+    # When the press reached the node, where that is not `at`: for an in-band start, the
+    # arrival of the packet that carried the tones' onset (`at` is the onset on the audio's
+    # clock). None: `at` is the arrival (an RFC 4733 start: its first packet's; an INFO's).
+    arrived_at: float | None = field(default=None, compare=False)
 
 
 @dataclass

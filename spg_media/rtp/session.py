@@ -50,6 +50,7 @@ import socket
 import struct
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import cast
@@ -75,6 +76,8 @@ log = logging.getLogger("spg.rtp")
 
 SILENCE_BYTE = {"PCMU": 0xFF, "PCMA": 0xD5}
 MAX_PENDING_FRAMES = 10  # audio kept for the detector between ticks (a stalled tick drops more)
+FED_LOG = 32  # payloads fed to the detector remembered for dating digits (a start comes 20-40 ms
+# after its onset: at a 10 ms ptime, that is 4 payloads back at most)
 INBAND_FEED = 160  # samples (20 ms) each in-band channel gives the detector a tick
 REORDER_WINDOW = 50  # packets: an audio packet this far behind the newest is late, not a new run
 PAYLOAD_TYPE = {"PCMU": 0, "PCMA": 8}
@@ -178,6 +181,11 @@ class MediaSession:
         self.inband_slot: int | None = None  # the detector channel, while attached
         self.pending_audio: list[bytes] = []  # payloads not yet given to the detector, in order
         self.pending_seqs: list[int] = []  # their RTP sequence numbers
+        self.pending_arrivals: list[float] = []  # and when they arrived
+        # What the detector was given, to date an in-band digit by the packet that carried its
+        # onset: samples fed in all, and (first sample's position, arrival) of the last payloads.
+        self.fed_samples = 0
+        self.fed_log: deque[tuple[int, float]] = deque(maxlen=FED_LOG)
         self.pending_audio_at = 0.0  # arrival time of the newest of them
         self.fed_through: int | None = None  # sequence number of the last audio given to it
         self.rtcp: RtcpSession | None = None  # from start_rtcp (the engine's attach) on
@@ -282,7 +290,7 @@ class MediaSession:
                 and self.inband_slot is not None
                 and len(self.pending_audio) < MAX_PENDING_FRAMES
             ):
-                self._queue_audio(packet.sequence, packet.payload)
+                self._queue_audio(packet.sequence, packet.payload, now)
                 self.pending_audio_at = now
             if self.on_audio is not None:
                 self.on_audio(packet.payload, now)
@@ -386,7 +394,7 @@ class MediaSession:
             return None  # no port, or RFC 2543 hold: "send me nothing" (0.0.0.0 is this host)
         return target
 
-    def _queue_audio(self, sequence: int, payload: bytes) -> None:
+    def _queue_audio(self, sequence: int, payload: bytes, arrival: float) -> None:
         """Queue a payload for the in-band detector in RTP sequence order: a packet the network
         reordered would otherwise move 20 ms of tone into a gap (a key read twice, or cut).
         One that comes after the detector was given audio past it is dropped, as is a repeat.
@@ -397,6 +405,7 @@ class MediaSession:
         if newest is None or (newest - sequence) & 0xFFFF >= REORDER_WINDOW:  # the usual case
             self.pending_audio.append(payload)
             seqs.append(sequence)
+            self.pending_arrivals.append(arrival)
             return
         fed = self.fed_through
         if sequence in seqs or (fed is not None and (fed - sequence) & 0xFFFF < REORDER_WINDOW):
@@ -407,32 +416,55 @@ class MediaSession:
             at -= 1  # older than seqs[at - 1]: before it
         self.pending_audio.insert(at, payload)
         seqs.insert(at, sequence)
+        self.pending_arrivals.insert(at, arrival)
 
     def take_audio(self, count: int) -> bytes:
         """The first `count` bytes (samples) queued for the detector, which must hold them; a
         payload cut in two keeps its rest queued (ahead of anything reordered behind it)."""
+        pending, seqs, arrivals = self.pending_audio, self.pending_seqs, self.pending_arrivals
+        log = self.fed_log
+        if len(pending[0]) == count:  # the usual tick: one 20 ms payload
+            part = pending.pop(0)
+            self.fed_through = seqs.pop(0)
+            log.append((self.fed_samples, arrivals.pop(0)))
+            self.fed_samples += count
+            return part
         parts: list[bytes] = []
         need = count
         used = 0
-        pending, seqs = self.pending_audio, self.pending_seqs
         while need:
             part = pending[used]
             self.fed_through = seqs[used]
+            log.append((self.fed_samples, arrivals[used]))
             if len(part) <= need:
                 parts.append(part)
                 need -= len(part)
+                self.fed_samples += len(part)
                 used += 1
             else:
                 parts.append(part[:need])
                 pending[used] = part[need:]
+                self.fed_samples += need
                 need = 0
         del pending[:used]
         del seqs[:used]
+        del arrivals[:used]
         return b"".join(parts)
+
+    def arrival_of_fed_sample(self, position: int) -> float | None:
+        """When the packet carrying sample `position` (counted over all audio given to the
+        detector) arrived; None when it is older than FED_LOG payloads or not fed yet."""
+        if not 0 <= position < self.fed_samples:
+            return None
+        for start, arrival in reversed(self.fed_log):
+            if start <= position:
+                return arrival
+        return None
 
     def clear_audio(self) -> None:
         self.pending_audio.clear()
         self.pending_seqs.clear()
+        self.pending_arrivals.clear()
 
     def poll(self, now: float) -> None:
         """Timers of the DTMF receiver (a lost end packet)."""
@@ -696,8 +728,16 @@ class MediaEngine:
                 continue
             for slot, event in found:
                 target = by_slot.get(slot)
-                if target is not None:
-                    target._deliver([event])
+                if target is None:
+                    continue
+                if event.kind == "start":
+                    # The detector dates the onset back from `now`, the end of what it was
+                    # given: that sample's position, and so the packet that carried it.
+                    back = round((now - event.at) * 8000.0)
+                    arrival = target.arrival_of_fed_sample(target.fed_samples - back)
+                    if arrival is not None:
+                        event = dataclasses.replace(event, arrived_at=arrival)
+                target._deliver([event])
 
     def _receive(self, now: float) -> None:
         """Read every datagram waiting on the sessions' sockets and feed it to its session.
