@@ -68,7 +68,7 @@ from spg_media.observability import (
     RTP_PACKETS_TOTAL,
 )
 from spg_media.rtp.g711 import decode_array, encode
-from spg_media.rtp.packet import RtpError, RtpPacket, build_rtp, is_rtcp
+from spg_media.rtp.packet import RTP_HEADER_SIZE, RtpError, RtpPacket, build_rtp, is_rtcp
 from spg_media.rtp.rtcp import RtcpError, RtcpSession
 from spg_media.rtp.srtp import SrtpContext
 
@@ -82,6 +82,8 @@ INBAND_FEED = 160  # samples (20 ms) each in-band channel gives the detector a t
 REORDER_WINDOW = 50  # packets: an audio packet this far behind the newest is late, not a new run
 PAYLOAD_TYPE = {"PCMU": 0, "PCMA": 8}
 HOLD_ADDRESSES = frozenset(("0.0.0.0", "::"))  # RFC 2543 hold: "send me nothing"
+_PLAIN_FIRST_BYTE = 0x80  # RTP version 2, no padding, no extension, no CSRCs
+_PLAIN_HEADER = struct.Struct("!BHII")  # the rest of such a header: M+PT, sequence, time, SSRC
 RECV_SIZE = 4096  # the largest datagram read: G.711 at a 200 ms ptime with SRTP fits
 READ_ROUNDS = 64  # per tick, datagrams read at most from one socket (a flood waits its turn)
 # Arrival times from the kernel (SO_TIMESTAMPNS, a struct timespec of the wall clock) where the
@@ -263,37 +265,44 @@ class MediaSession:
         if rtcp:
             self._take_rtcp(data, now)
             return
-        try:
-            packet = RtpPacket.parse(data)
-        except RtpError:
-            self.stats.dropped_malformed += 1
-            return
-        self.stats.received += 1
-        if self.rtcp is not None:
-            self.rtcp.rtp_received(
-                packet.ssrc,
+        if len(data) >= RTP_HEADER_SIZE and data[0] == _PLAIN_FIRST_BYTE:
+            # Nearly every packet: version 2, no padding, extension or CSRCs, so all of
+            # RtpPacket.parse's checks hold; read without building an RtpPacket.
+            second, sequence, timestamp, ssrc = _PLAIN_HEADER.unpack_from(data, 1)
+            payload_type = second & 0x7F
+            marker = second > 0x7F
+            payload = data[RTP_HEADER_SIZE:]
+        else:
+            try:
+                packet = RtpPacket.parse(data)
+            except RtpError:
+                self.stats.dropped_malformed += 1
+                return
+            payload_type, sequence, timestamp = (
+                packet.payload_type,
                 packet.sequence,
                 packet.timestamp,
-                now,
-                packet.payload_type != self.dtmf_payload_type,  # audio: jitter counts
             )
-        if self.dtmf_payload_type is not None and packet.payload_type == self.dtmf_payload_type:
+            ssrc, marker, payload = packet.ssrc, packet.marker, packet.payload
+        self.stats.received += 1
+        dtmf = self.dtmf_payload_type is not None and payload_type == self.dtmf_payload_type
+        if self.rtcp is not None:
+            # audio: jitter counts (an event keeps one timestamp for a whole press)
+            self.rtcp.rtp_received(ssrc, sequence, timestamp, now, not dtmf)
+        if dtmf:
             self.stats.events += 1
-            events = self.receiver.receive(
-                packet.payload, packet.sequence, packet.timestamp, packet.marker, now
-            )
-            self._deliver(events)
-        elif packet.payload_type == self.payload_type:
+            self._deliver(self.receiver.receive(payload, sequence, timestamp, marker, now))
+        elif payload_type == self.payload_type:
             self.stats.audio += 1
             if (
                 self.inband
                 and self.inband_slot is not None
                 and len(self.pending_audio) < MAX_PENDING_FRAMES
             ):
-                self._queue_audio(packet.sequence, packet.payload, now)
+                self._queue_audio(sequence, payload, now)
                 self.pending_audio_at = now
             if self.on_audio is not None:
-                self.on_audio(packet.payload, now)
+                self.on_audio(payload, now)
 
     def receive_rtcp(self, data: bytes, source: tuple[str, int], now: float) -> None:
         """A datagram on the RTCP port: taken from the address the call's RTP comes from (before

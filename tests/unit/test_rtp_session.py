@@ -45,6 +45,22 @@ def test_malformed_and_rtcp_are_counted_not_fatal() -> None:
     assert media.stats.received == 0
 
 
+def test_packets_with_csrcs_an_extension_or_padding_are_read_like_plain_ones() -> None:
+    """The plain header is read without RtpPacket.parse; every other layout goes through it."""
+    got: list[DtmfEvent] = []
+    heard: list[bytes] = []
+    media = session(on_dtmf=got.append, on_audio=lambda payload, now: heard.append(payload))
+    press = struct.pack("!BBH", 7, 10, 160)
+    fancy = RtpPacket(2, True, True, True, 101, 5, 800, 0x1234, (9, 10), press, 0xBEDE, b"abcd")
+    media.receive(fancy.serialize(), CALLER, 0.0)
+    media.receive(build_rtp(0, 6, 960, 0x1234, b"\x55" * 160), CALLER, 0.02)
+    short = RtpPacket(2, False, False, False, 0, 7, 1120, 0x1234, (1,), b"").serialize()[:14]
+    media.receive(short, CALLER, 0.04)  # its CSRC list runs past the end
+    assert [(e.digit, e.kind) for e in got] == [("7", "start")]
+    assert heard == [b"\x55" * 160]
+    assert media.stats.received == 2 and media.stats.dropped_malformed == 1
+
+
 def test_telephone_events_become_one_press() -> None:
     got: list[DtmfEvent] = []
     media = session(on_dtmf=got.append)
