@@ -709,16 +709,23 @@ class MediaEngine:
                 session.inband_slot = None
                 session.clear_audio()
                 continue
-            if not session.pending_audio:
+            pending = session.pending_audio
+            if not pending:
                 continue
-            queued = sum(len(p) for p in session.pending_audio)  # G.711: a byte a sample
-            if queued < INBAND_FEED:
-                continue
-            take = INBAND_FEED
-            if queued >= 3 * INBAND_FEED:
-                take = queued // INBAND_FEED * INBAND_FEED
+            if len(pending) == 1 and len(pending[0]) == INBAND_FEED:  # the usual tick
+                take = queued = INBAND_FEED
+            else:
+                queued = sum(map(len, pending))  # G.711: a byte a sample
+                if queued < INBAND_FEED:
+                    continue
+                take = INBAND_FEED
+                if queued >= 3 * INBAND_FEED:
+                    take = queued // INBAND_FEED * INBAND_FEED
             until = session.pending_audio_at - (queued - take) / 8000.0  # the fed audio's end
-            groups.setdefault(take, []).append((session, session.take_audio(take), until))
+            group = groups.get(take)
+            if group is None:
+                group = groups[take] = []
+            group.append((session, session.take_audio(take), until))
         for size, members in groups.items():
             codes = np.frombuffer(b"".join(fed for _, fed, _ in members), dtype=np.uint8)
             codes = codes.reshape(len(members), size)
