@@ -319,7 +319,10 @@ async def _demo_call(args: argparse.Namespace, workdir: Path) -> str:
         srtp=args.srtp,
         tls_ca_file=ca_file,
     )
-    cvc = "1234" if args.card.startswith(("34", "37")) else "123"
+    from spg_media.payment.cards import cvc_length, detect_brand
+
+    # The code's length by the card rules (4 digits for American Express); "" for no brand.
+    cvc = "1234"[: cvc_length(detect_brand(args.card) or "")]
     try:
         await caller.start()
         if await caller.call() != 200:
