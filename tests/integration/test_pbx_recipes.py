@@ -142,3 +142,33 @@ def test_asterisk_pjsip(node: SpgNode, sipp_dir: Path) -> None:
         "SIP/2.0 200 OK",
     ]
     assert pbx.received("BYE")
+
+
+# ---- FreeSWITCH (mod_sofia) ------------------------------------------------------------------
+
+
+def fs_refer_params(refer_to: str) -> str:
+    """What mod_sofia's blind transfer puts in sip_h_X-FS-Refer-Params: the Refer-To URI's
+    parameters as written (url_params of sofia-sip: after the first ';' of the host part, up to
+    any '?')."""
+    uri = refer_to.strip().removeprefix("<").removesuffix(">").split("?", 1)[0]
+    host_part = uri.split("@", 1)[-1]
+    return host_part.split(";", 1)[1] if ";" in host_part else ""
+
+
+def test_freeswitch_mod_sofia(node: SpgNode, sipp_dir: Path) -> None:
+    """Token as sip_h_X-SPG-Transaction, return to the Referred-By agent; 202 with Expires,
+    one NOTIFY `refer;id=N` terminated 200; the result as X-FS-Refer-Params reads it."""
+    tok = token()
+    pbx, call_id = run_pbx(
+        "pbx_freeswitch.xml", f"{HOST}:{node.sip_port}", sipp_dir, {"spg_transaction": tok}
+    )
+    assert pbx.returncode == 0, pbx.explain() + node.logs()[-4000:]
+    cdr = assert_paid(node, pbx, call_id, tok)
+
+    refer = pbx.received("REFER")[0]
+    params = fs_refer_params(refer.header("Refer-To") or "")
+    # what the recipe's dialplan regex reads from ${sip_h_X-FS-Refer-Params}
+    assert params == f"x-spg-result=approved;x-spg-reference={cdr['reference']}", params
+    assert refer.header("X-SPG-Result") == "approved"
+    assert pbx.received("BYE")
