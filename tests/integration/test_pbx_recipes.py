@@ -26,6 +26,7 @@ from harness import (
     HOST,
     REPO,
     SIPP_DIR,
+    KamailioProxy,
     SippResult,
     SpgNode,
     run_sipp,
@@ -172,3 +173,36 @@ def test_freeswitch_mod_sofia(node: SpgNode, sipp_dir: Path) -> None:
     assert params == f"x-spg-result=approved;x-spg-reference={cdr['reference']}", params
     assert refer.header("X-SPG-Result") == "approved"
     assert pbx.received("BYE")
+
+
+# ---- Kamailio alone: the call center's proxy adds the header -----------------------------
+
+
+def test_kamailio_callcenter_proxy(node: SpgNode, sipp_dir: Path, tmp_path: Path) -> None:
+    """kamailio/callcenter-proxy.cfg as shipped: the caller's side follows the agent's REFER to
+    sip:pay-<token>@proxy; the proxy turns the user part into X-SPG-Transaction (append_hf),
+    strips the caller's own X-SPG-*, record-routes; the REFER comes back through it."""
+    tok = token()
+    defines = {"SPG_URI": f'"{node.uri}"'}
+    with KamailioProxy(
+        tmp_path / "kamailio", [node.uri], cfg=CALLCENTER_CFG, defines=defines
+    ) as kam:
+        pbx, call_id = run_pbx(
+            "pbx_kamailio.xml",
+            f"{HOST}:{kam.port}",
+            sipp_dir,
+            {"spg_transaction": tok},
+            # the proxy's workers may pass the node's BYE before its 200 to the last NOTIFY
+            ["-default_behaviors", "all,-abortunexp"],
+        )
+        log = kam.log()
+    assert pbx.returncode == 0, pbx.explain() + node.logs()[-4000:] + log[-2000:]
+    # the node saw the token only as the header the proxy added (the URI user was pay-<token>)
+    cdr = assert_paid(node, pbx, call_id, tok)
+
+    refer = pbx.received("REFER")[0]
+    assert f"{HOST}:{kam.port}" in (refer.header("Via") or "")  # back through the proxy
+    uri, params = refer_to_params(pbx)
+    assert uri.user == "1001"
+    assert params["x-spg-reference"] == cdr["reference"]
+    assert [m.cseq_method for m in pbx.received(200)] == ["INVITE", "NOTIFY", "NOTIFY"]
