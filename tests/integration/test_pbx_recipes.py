@@ -206,3 +206,24 @@ def test_kamailio_callcenter_proxy(node: SpgNode, sipp_dir: Path, tmp_path: Path
     assert uri.user == "1001"
     assert params["x-spg-reference"] == cdr["reference"]
     assert [m.cseq_method for m in pbx.received(200)] == ["INVITE", "NOTIFY", "NOTIFY"]
+
+
+# ---- A generic SBC: handoff in the Request-URI, REFER refused --------------------------------
+
+
+def test_generic_sbc_refer_refused(node: SpgNode, sipp_dir: Path) -> None:
+    """Token and return target as Request-URI parameters through a topology-hiding SBC that
+    answers REFER 405: the node ends with a BYE carrying the X-SPG-* headers (SIPp checks them)."""
+    tok = token()
+    pbx, call_id = run_pbx(
+        "pbx_sbc.xml", f"{HOST}:{node.sip_port}", sipp_dir, {"spg_transaction": tok}
+    )
+    assert pbx.returncode == 0, pbx.explain() + node.logs()[-4000:]
+    cdr = assert_paid(node, pbx, call_id, tok)
+
+    assert pbx.sent(405)
+    bye = pbx.received("BYE")[0]
+    assert bye.header("X-SPG-Result") == "approved"
+    assert bye.header("X-SPG-Reference") == cdr["reference"]
+    assert bye.header("X-SPG-Transaction") == tok
+    assert bye.header("X-SPG-Card") == "visa 1111"
