@@ -61,6 +61,32 @@ def free_port(host: str = HOST) -> int:
     raise RuntimeError("no free UDP+TCP port")
 
 
+def free_port_run(count: int, host: str = HOST) -> int:
+    """The first of `count` consecutive ports free for UDP and TCP (a node's workers)."""
+    for _ in range(200):
+        first = free_port(host)
+        if first + count - 1 > 65535:
+            continue
+        if all(_port_free(first + i, host) for i in range(1, count)):
+            return first
+    raise RuntimeError(f"no {count} consecutive free UDP+TCP ports")
+
+
+def _port_free(port: int, host: str) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        try:
+            udp.bind((host, port))
+        except OSError:
+            return False
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            tcp.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def free_media_port(host: str = HOST, count: int = 4) -> int:
     """An even port P with P to P+count-1 free for UDP right now. The default fits SIPp's `-mp`,
     which takes P for audio, P+2 for video and the odd ones above them for RTCP."""
@@ -834,8 +860,10 @@ class SpgNode:
         env: Mapping[str, str] | None = None,
         sip_port: int | None = None,
         admin_port: int | None = None,
+        workers: int = 1,
     ) -> None:
         self.workdir = workdir
+        self.workers = workers  # > 1: a supervisor, worker i on sip_port + i
         self.sip_port = sip_port or free_port()
         self.admin_port = admin_port or free_port()
         self.cdr_path = workdir / "cdr.jsonl"
@@ -868,6 +896,7 @@ class SpgNode:
             "--sip", f"tcp:{HOST}:{self.sip_port}",
             *[arg for spec in self.extra_listeners() for arg in ("--sip", spec)],
             "--admin", f"{HOST}:{self.admin_port}",
+            "--workers", str(self.workers),
         ]  # fmt: skip
         out = self.stdout_path.open("wb")
         err = self.stderr_path.open("wb")
