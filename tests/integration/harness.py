@@ -864,7 +864,10 @@ class SpgNode:
     ) -> None:
         self.workdir = workdir
         self.workers = workers  # > 1: a supervisor, worker i on sip_port + i
-        self.sip_port = sip_port or free_port()
+        # Ports we chose may be taken by another process before the node binds them (other
+        # test runs share the machine): those are chosen again, given ones are not.
+        self._choose_ports = sip_port is None and admin_port is None
+        self.sip_port = sip_port or (free_port_run(workers) if workers > 1 else free_port())
         self.admin_port = admin_port or free_port()
         self.cdr_path = workdir / "cdr.jsonl"
         self.stdout_path = workdir / "spg-media.stdout.log"
@@ -878,6 +881,18 @@ class SpgNode:
         return f"sip:{HOST}:{self.sip_port}"
 
     def start(self, timeout_s: float = 30.0) -> None:
+        for attempt in range(3):
+            try:
+                self._start_once(timeout_s)
+                return
+            except RuntimeError:
+                lost_race = "cannot listen" in self.logs() and self._choose_ports
+                if not lost_race or attempt == 2:
+                    raise RuntimeError(f"spg-media did not start:\n{self.logs()[-2000:]}") from None
+                self.sip_port = free_port_run(self.workers) if self.workers > 1 else free_port()
+                self.admin_port = free_port()
+
+    def _start_once(self, timeout_s: float) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,

@@ -20,7 +20,6 @@ from harness import (
     SPG_MEDIA,
     KamailioProxy,
     SpgNode,
-    free_port_run,
     make_pay_scenario,
     run_sipp_load,
     sip_options,
@@ -41,7 +40,6 @@ def node(sip_tools: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             "SPG_IVR__RETURN_URI": f"sip:agent@{HOST}:5999",
             "SPG_GATEWAY__CONNECTOR": "sandbox",
         },
-        sip_port=free_port_run(2),
         workers=2,
     )
     spg.start(timeout_s=60)
