@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -80,6 +81,15 @@ class AdminServer:
         self.host, self.port = str(sockname[0]), int(sockname[1])
         shown = f"[{self.host}]" if ":" in self.host else self.host
         log.info("admin endpoint on http://%s:%d", shown, self.port)
+
+    async def start_unix(self, path: str) -> None:
+        """Listen on a Unix socket (a worker's, asked by its supervisor), readable by us only."""
+        self._server = await asyncio.start_unix_server(
+            self._on_connection, path, limit=MAX_REQUEST_HEAD_BYTES
+        )
+        os.chmod(path, 0o600)
+        self.host = f"unix:{path}"
+        log.info("admin endpoint on %s", self.host)
 
     async def close(self) -> None:
         if self._server is None:
