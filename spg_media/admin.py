@@ -9,6 +9,9 @@ connections (503 above `MAX_CONNECTIONS`) and request heads (`MAX_REQUEST_HEAD_B
 has no such deadline, and idle connections would otherwise fill the cap). It is meant for
 loopback or a management network: it has no authentication.
 
+/healthz asks `health`: a bool (200 "ok" / 503 "unavailable"), or a mapping (a node's admission
+state) sent as JSON, 200 when its "status" is "ok" and 503 otherwise.
+
 /calls returns what `calls_provider` gives (already masked by the call layer) passed once more
 through the card-number masking of `observability`, so a mistake there still shows no PAN (a
 call's identifiers, `IDENTIFIER_FIELDS`, are left as they are, as in the logs).
@@ -22,7 +25,7 @@ import json
 import logging
 import math
 import socket
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 import uvicorn
@@ -50,6 +53,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Response = tuple[int, bytes, str, list[tuple[str, str]]]
+Health = Callable[[], bool | Mapping[str, Any]]
+CallsProvider = Callable[[], list[dict[str, Any]]]
 
 
 class AdminApp:
@@ -59,8 +64,8 @@ class AdminApp:
     def __init__(
         self,
         metrics: Metrics,
-        calls_provider: Callable[[], list[dict[str, Any]]],
-        health: Callable[[], bool],
+        calls_provider: CallsProvider,
+        health: Health,
     ) -> None:
         self.metrics = metrics
         self.calls_provider = calls_provider
@@ -96,14 +101,7 @@ class AdminApp:
         if path == "/metrics":
             return 200, self.metrics.render_prometheus().encode(), PROMETHEUS_CONTENT_TYPE, []
         if path == "/healthz":
-            try:
-                healthy = bool(self.health())
-            except Exception:
-                log.exception("health check failed")
-                healthy = False
-            if healthy:
-                return 200, b"ok\n", TEXT_CONTENT_TYPE, []
-            return 503, b"unavailable\n", TEXT_CONTENT_TYPE, []
+            return self._healthz()
         if path == "/calls":
             try:
                 text, count = _calls_json(list(self.calls_provider()))
@@ -116,6 +114,20 @@ class AdminApp:
             no_store = [("cache-control", "no-store")]
             return 200, (text + "\n").encode(), JSON_CONTENT_TYPE, no_store
         return 404, b"not found\n", TEXT_CONTENT_TYPE, []
+
+    def _healthz(self) -> Response:
+        try:
+            state = self.health()
+        except Exception:
+            log.exception("health check failed")
+            state = False
+        if isinstance(state, Mapping):
+            status = 200 if state.get("status") == "ok" else 503
+            body = (json.dumps(dict(state), default=str) + "\n").encode()
+            return status, body, JSON_CONTENT_TYPE, [("cache-control", "no-store")]
+        if state:
+            return 200, b"ok\n", TEXT_CONTENT_TYPE, []
+        return 503, b"unavailable\n", TEXT_CONTENT_TYPE, []
 
 
 _REQUEST_TIMEOUT = (
@@ -162,8 +174,8 @@ class AdminServer:
     def __init__(
         self,
         metrics: Metrics,
-        calls_provider: Callable[[], list[dict[str, Any]]],
-        health: Callable[[], bool],
+        calls_provider: CallsProvider,
+        health: Health,
         request_deadline_s: float = REQUEST_DEADLINE_S,
     ) -> None:
         self.app = AdminApp(metrics, calls_provider, health)
@@ -172,6 +184,22 @@ class AdminServer:
         self._serving: asyncio.Task[None] | None = None
         self.host = ""
         self.port = 0  # the bound port once started (useful with port 0)
+
+    @property
+    def health(self) -> Health:
+        return self.app.health
+
+    @health.setter
+    def health(self, health: Health) -> None:
+        self.app.health = health
+
+    @property
+    def calls_provider(self) -> CallsProvider:
+        return self.app.calls_provider
+
+    @calls_provider.setter
+    def calls_provider(self, calls_provider: CallsProvider) -> None:
+        self.app.calls_provider = calls_provider
 
     async def start(self, host: str, port: int) -> None:
         listener = _bind(host, port)
