@@ -461,4 +461,3 @@ def test_the_node_registry_has_process_metrics_and_is_private() -> None:
     assert "spg_" not in prometheus_client.generate_latest().decode()
     assert "process_" not in Metrics().render_prometheus()
     assert "_created" not in text
-
