@@ -34,10 +34,9 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -411,14 +410,6 @@ def supervisor_admin_app(supervisor: Supervisor) -> Callable[..., Any]:
     async def app(
         scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]
     ) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
         if scope["type"] != "http":
             return
         status, body, content_type = 404, b"not found\n", "text/plain; charset=utf-8"
@@ -453,47 +444,16 @@ def supervisor_admin_app(supervisor: Supervisor) -> Callable[..., Any]:
 
 
 class SupervisorAdmin:
-    """`supervisor_admin_app` under uvicorn, inside the supervisor's event loop. The socket is
-    bound here (a port in use is an OSError, not uvicorn's exit) and uvicorn installs no signal
-    handlers (SIGTERM is the supervisor's: it drains the workers)."""
+    """`supervisor_admin_app` served like a node's admin endpoint (`admin.AsgiServer`)."""
 
     def __init__(self, supervisor: Supervisor, host: str, port: int) -> None:
-        import uvicorn
-
-        class _Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self) -> Iterator[None]:
-                yield
+        from spg_media.admin import AsgiServer
 
         self.host, self.port = host, port
-        self.server = _Server(
-            uvicorn.Config(
-                supervisor_admin_app(supervisor),
-                log_config=None,
-                access_log=False,
-                lifespan="off",
-            )
-        )
-        self._task: asyncio.Task[None] | None = None
+        self.server = AsgiServer(supervisor_admin_app(supervisor))
 
     async def start(self) -> None:
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        listener = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind((self.host, self.port))
-            listener.listen(128)
-        except OSError:
-            listener.close()
-            raise
-        self._task = asyncio.create_task(self.server.serve(sockets=[listener]))
-        while not self.server.started:
-            if self._task.done():
-                self._task.result()
-                raise OSError("the admin endpoint did not start")
-            await asyncio.sleep(0.02)
+        await self.server.start(self.host, self.port)
 
     async def close(self) -> None:
-        self.server.should_exit = True
-        if self._task is not None:
-            await self._task
+        await self.server.close()
