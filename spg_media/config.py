@@ -542,10 +542,15 @@ class HandoffConfig(_Section):
 class AdminConfig(_Section):
     SECTION: ClassVar[str] = "admin"
 
-    listen: str = _rule("127.0.0.1:9180", _Str())  # "" disables the admin endpoint
+    # HOST:PORT; "" disables the admin endpoint; unix:PATH is how a worker of `serve --workers`
+    # answers its supervisor
+    listen: str = _rule("127.0.0.1:9180", _Str())
 
     def _validate(self) -> None:
-        if self.listen:
+        if self.listen.startswith("unix:"):
+            if len(self.listen) == len("unix:"):
+                raise _key_error("admin.listen", "unix: needs a socket path")
+        elif self.listen:
             try:
                 parse_host_port(self.listen)
             except ConfigError as exc:
@@ -593,6 +598,15 @@ class SecurityConfig(_Section):
     lock_memory: bool = _rule(False, _Bool())
 
 
+@dataclass(frozen=True)
+class ProcessConfig(_Section):
+    SECTION: ClassVar[str] = "process"
+
+    # Worker processes of `serve` (each a whole node on its own SIP ports and RTP slice, under
+    # one supervisor): 0 = one per core, 1 = a single process with no supervisor.
+    workers: int = _rule(0, _Int(0, 256))
+
+
 _SECTIONS: dict[str, type[_Section]] = {
     cls.SECTION: cls
     for cls in (
@@ -606,6 +620,7 @@ _SECTIONS: dict[str, type[_Section]] = {
         LogConfig,
         TtsConfig,
         SecurityConfig,
+        ProcessConfig,
     )
 }
 
@@ -624,6 +639,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    process: ProcessConfig = field(default_factory=ProcessConfig)
 
     def with_overrides(self, **section_changes: Mapping[str, Any]) -> Config:
         """A validated copy with keys changed: `with_overrides(admin={"listen": ""})`."""

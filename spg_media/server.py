@@ -122,18 +122,22 @@ class Server:
 
         assert self.services is not None
         services = self.services
-        host, _, port = self.config.admin.listen.rpartition(":")
+        listen = self.config.admin.listen
+        self.admin = AdminServer(
+            METRICS,
+            lambda: [call.summary() for call in services.calls.values()],
+            lambda: not self.draining,
+        )
+        if listen.startswith("unix:"):
+            await self.admin.start_unix(listen.removeprefix("unix:"))
+            return
+        host, _, port = listen.rpartition(":")
         if not is_loopback_host(host.strip("[]")):
             log.warning(
                 "admin.listen %s is not a loopback address: /metrics, /healthz and /calls "
                 "have no authentication; keep that address on a private network",
                 self.config.admin.listen,
             )
-        self.admin = AdminServer(
-            METRICS,
-            lambda: [call.summary() for call in services.calls.values()],
-            lambda: not self.draining,
-        )
         await self.admin.start(host.strip("[]"), int(port))
 
     def on_invite(self, invite: SipRequest, source: Address) -> None:

@@ -61,6 +61,32 @@ def free_port(host: str = HOST) -> int:
     raise RuntimeError("no free UDP+TCP port")
 
 
+def free_port_run(count: int, host: str = HOST) -> int:
+    """The first of `count` consecutive ports free for UDP and TCP (a node's workers)."""
+    for _ in range(200):
+        first = free_port(host)
+        if first + count - 1 > 65535:
+            continue
+        if all(_port_free(first + i, host) for i in range(1, count)):
+            return first
+    raise RuntimeError(f"no {count} consecutive free UDP+TCP ports")
+
+
+def _port_free(port: int, host: str) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        try:
+            udp.bind((host, port))
+        except OSError:
+            return False
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            tcp.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def free_media_port(host: str = HOST, count: int = 4) -> int:
     """An even port P with P to P+count-1 free for UDP right now. The default fits SIPp's `-mp`,
     which takes P for audio, P+2 for video and the odd ones above them for RTCP."""
@@ -834,9 +860,14 @@ class SpgNode:
         env: Mapping[str, str] | None = None,
         sip_port: int | None = None,
         admin_port: int | None = None,
+        workers: int = 1,
     ) -> None:
         self.workdir = workdir
-        self.sip_port = sip_port or free_port()
+        self.workers = workers  # > 1: a supervisor, worker i on sip_port + i
+        # Ports we chose may be taken by another process before the node binds them (other
+        # test runs share the machine): those are chosen again, given ones are not.
+        self._choose_ports = sip_port is None and admin_port is None
+        self.sip_port = sip_port or (free_port_run(workers) if workers > 1 else free_port())
         self.admin_port = admin_port or free_port()
         self.cdr_path = workdir / "cdr.jsonl"
         self.stdout_path = workdir / "spg-media.stdout.log"
@@ -850,6 +881,18 @@ class SpgNode:
         return f"sip:{HOST}:{self.sip_port}"
 
     def start(self, timeout_s: float = 30.0) -> None:
+        for attempt in range(3):
+            try:
+                self._start_once(timeout_s)
+                return
+            except RuntimeError:
+                lost_race = "cannot listen" in self.logs() and self._choose_ports
+                if not lost_race or attempt == 2:
+                    raise RuntimeError(f"spg-media did not start:\n{self.logs()[-2000:]}") from None
+                self.sip_port = free_port_run(self.workers) if self.workers > 1 else free_port()
+                self.admin_port = free_port()
+
+    def _start_once(self, timeout_s: float) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,
@@ -868,6 +911,7 @@ class SpgNode:
             "--sip", f"tcp:{HOST}:{self.sip_port}",
             *[arg for spec in self.extra_listeners() for arg in ("--sip", spec)],
             "--admin", f"{HOST}:{self.admin_port}",
+            "--workers", str(self.workers),
         ]  # fmt: skip
         out = self.stdout_path.open("wb")
         err = self.stderr_path.open("wb")
