@@ -24,9 +24,6 @@ COMING = {
     "spg_admission_accepting",
     "spg_media_tick_lag_seconds",
     "spg_event_loop_lag_seconds",
-    "spg_dtmf_latency_seconds_bucket",
-    "spg_dtmf_latency_seconds_sum",
-    "spg_dtmf_latency_seconds_count",
 }
 SCRAPE_SERIES = {"up", "scrape_duration_seconds"}  # what Prometheus adds to every target
 

@@ -432,6 +432,7 @@ def test_process_metrics_are_registered() -> None:
         ("spg_rtp_packets_total", "counter"),
         ("spg_rtp_dropped_total", "counter"),
         ("spg_dtmf_digits_total", "counter"),
+        ("spg_dtmf_latency_seconds", "histogram"),
         ("spg_connector_requests_total", "counter"),
         ("spg_connector_latency_seconds", "histogram"),
         ("spg_log_masked_total", "counter"),
