@@ -85,6 +85,7 @@ HOLD_ADDRESSES = frozenset(("0.0.0.0", "::"))  # RFC 2543 hold: "send me nothing
 _PLAIN_FIRST_BYTE = 0x80  # RTP version 2, no padding, no extension, no CSRCs
 _PLAIN_HEADER = struct.Struct("!BHII")  # the rest of such a header: M+PT, sequence, time, SSRC
 RECV_SIZE = 4096  # the largest datagram read: G.711 at a 200 ms ptime with SRTP fits
+RECEIVE_PASSES = 4  # a tick's receive pass and three between ticks: 5 ms at most in a socket
 READ_ROUNDS = 64  # per tick, datagrams read at most from one socket (a flood waits its turn)
 # Arrival times from the kernel (SO_TIMESTAMPNS, a struct timespec of the wall clock) where the
 # constant and layout are the generic Linux ones; elsewhere a datagram is dated by the tick.
@@ -848,12 +849,14 @@ class MediaEngine:
                 for session in self.sessions.values():
                     session.report_stats()
             next_tick += interval
-            # A receive pass halfway to the next tick too, when the loop has the time: an RFC
-            # 4733 press then waits at most half a tick in its socket, for an epoll call.
-            halfway = next_tick - interval / 2 - self.loop.time()
-            if halfway > 0.002:
-                await asyncio.sleep(halfway)
-                self._receive(self.loop.time())
+            # Receive passes between the ticks too, when the loop has the time: an RFC 4733
+            # press waits at most interval / RECEIVE_PASSES in its socket, for an epoll call a
+            # pass (each datagram is read once whichever pass reads it).
+            for k in range(1, RECEIVE_PASSES):
+                wait = next_tick - interval + k * interval / RECEIVE_PASSES - self.loop.time()
+                if wait > 0.001:
+                    await asyncio.sleep(wait)
+                    self._receive(self.loop.time())
             delay = next_tick - self.loop.time()
             if delay < -0.1:
                 next_tick = self.loop.time()
