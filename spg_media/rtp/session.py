@@ -53,7 +53,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import cast
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -560,6 +559,17 @@ class MediaSession:
         return encode(samples, self.codec)
 
 
+@dataclass(slots=True)
+class _InbandFeed:
+    """The channels that give the in-band detector the same number of samples this tick."""
+
+    sessions: list[MediaSession] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)
+    audio: list[bytes] = field(default_factory=list)
+    codecs: set[str] = field(default_factory=set)
+    now: float = -math.inf  # the end of the newest audio given (its arrival)
+
+
 class PortRangeExhausted(Exception):
     pass
 
@@ -701,12 +711,13 @@ class MediaEngine:
         call. The rest of the cost in Python is collecting bytes.
         """
         assert self.inband is not None
-        groups: dict[int, list[tuple[MediaSession, bytes, float]]] = {}
+        groups: dict[int, _InbandFeed] = {}  # by samples given: INBAND_FEED, or a backlog
         for session in self.sessions.values():
-            if session.inband_slot is None:
+            slot = session.inband_slot
+            if slot is None:
                 continue
             if not session.inband:  # switched off mid-call: give the slot back
-                self.inband.remove_channel(session.inband_slot)
+                self.inband.remove_channel(slot)
                 session.inband_slot = None
                 session.clear_audio()
                 continue
@@ -723,26 +734,31 @@ class MediaEngine:
                 if queued >= 3 * INBAND_FEED:
                     take = queued // INBAND_FEED * INBAND_FEED
             until = session.pending_audio_at - (queued - take) / 8000.0  # the fed audio's end
-            group = groups.get(take)
-            if group is None:
-                group = groups[take] = []
-            group.append((session, session.take_audio(take), until))
-        for size, members in groups.items():
-            codes = np.frombuffer(b"".join(fed for _, fed, _ in members), dtype=np.uint8)
+            feed = groups.get(take)
+            if feed is None:
+                feed = groups[take] = _InbandFeed()
+            feed.sessions.append(session)
+            feed.slots.append(slot)
+            feed.audio.append(session.take_audio(take))
+            feed.codecs.add(session.codec)
+            feed.now = max(feed.now, until)
+        for size, feed in groups.items():
+            members, slots, now = feed.sessions, feed.slots, feed.now
+            codes = np.frombuffer(b"".join(feed.audio), dtype=np.uint8)
             codes = codes.reshape(len(members), size)
-            block = np.empty((len(members), size), dtype=np.int16)
-            codecs = np.array([m.codec for m, _, _ in members])
-            for codec in np.unique(codecs).tolist():
-                rows = np.flatnonzero(codecs == codec)
-                block[rows] = decode_array(codes[rows], codec)
-            slots = [cast(int, m.inband_slot) for m, _, _ in members]
-            now = max(until for _, _, until in members)
-            by_slot = {cast(int, m.inband_slot): m for m, _, _ in members}
+            if len(feed.codecs) == 1:  # the usual node: one codec, one lookup
+                block = decode_array(codes, next(iter(feed.codecs)))
+            else:
+                block = np.empty((len(members), size), dtype=np.int16)
+                for codec in feed.codecs:
+                    rows = np.flatnonzero([m.codec == codec for m in members])
+                    block[rows] = decode_array(codes[rows], codec)
             try:
                 found = self.inband.process(slots, block, now)
             except Exception:  # a detector bug must not stop the media of every call
                 log.exception("in-band detector failed; in-band DTMF is off for this tick")
                 continue
+            by_slot = dict(zip(slots, members, strict=True)) if found else {}
             for slot, event in found:
                 target = by_slot.get(slot)
                 if target is None:
