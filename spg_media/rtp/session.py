@@ -20,11 +20,15 @@ address; one that moves nothing keeps the latch. A hold address (`c=0.0.0.0`, `:
 source: nothing new can latch (a stream already latched, the caller's own, is still taken).
 
 `MediaEngine` is the asyncio shell: one UDP socket per session (an even port drawn at random from
-the range, so that a call's port cannot be guessed) and ONE timer for all sessions that
-sends every due packet each 20 ms tick, so per-call work in the hot path is a
-dictionary walk and a `sendto`. The same tick runs the in-band DTMF detector once over the audio
-all `inband` sessions received since the previous tick (grouped into one numpy block per codec
-and size), and hands the events to each session's `on_dtmf` like RFC 4733 events.
+the range, so that a call's port cannot be guessed) and ONE timer for all sessions. The sockets
+are not the event loop's: the 20 ms tick asks one epoll which have datagrams and reads them
+(`_receive`: `recvmsg`, each dated by the kernel's arrival stamp, at most READ_ROUNDS a socket a
+tick), lets the calls take their digits, and sends every due packet with the socket's `sendto`;
+three more receive passes run between ticks (RECEIVE_PASSES), so a datagram waits at most 5 ms.
+The same tick runs the in-band DTMF detector once over the audio all `inband` sessions received
+since the previous tick (grouped into one numpy block per size, one decode per codec), and
+hands the events to each session's `on_dtmf` like RFC 4733 events; a start is dated by the
+arrival of the packet that carried the tones' onset (`arrived_at`).
 
 RTCP (RFC 3550 §6): each session keeps an `RtcpSession` from `attach` on, fed every RTP packet
 it accepts and sends. The engine binds the odd port above each RTP port for RTCP; reports go
