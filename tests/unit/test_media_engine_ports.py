@@ -18,9 +18,7 @@ LOW, HIGH = 31300, 31339  # 20 pairs: 31300/31301 ... 31338/31339
 
 
 def bound_ports(engine: MediaEngine) -> set[int]:
-    return {
-        sock.getsockname()[1] for pair in engine.sockets.values() for sock in pair
-    }
+    return {sock.getsockname()[1] for pair in engine.sockets.values() for sock in pair}
 
 
 def test_ports_are_even_with_rtcp_above_and_not_handed_out_in_order() -> None:

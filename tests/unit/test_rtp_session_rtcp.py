@@ -171,10 +171,7 @@ def test_the_engine_sends_reports_from_the_rtcp_port_and_a_bye_at_the_end() -> N
             rtcp.setblocking(False)
             engine = MediaEngine("127.0.0.1", 31000, 31100)
             port = await engine.open()
-            assert (
-                port % 2 == 0
-                and port + 1 == engine.sockets[port][1].getsockname()[1]
-            )
+            assert port % 2 == 0 and port + 1 == engine.sockets[port][1].getsockname()[1]
             media = MediaSession(
                 codec="PCMU",
                 remote=rtp.getsockname(),
@@ -210,11 +207,7 @@ def test_the_engine_takes_ports_in_pairs_inside_the_range() -> None:
                     got.append(await engine.open())
                 except PortRangeExhausted:
                     got.append("exhausted")  # 31206 has no odd port above it in the range
-        bound = {
-            sock.getsockname()[1]
-            for pair in engine.sockets.values()
-            for sock in pair
-        }
+        bound = {sock.getsockname()[1] for pair in engine.sockets.values() for sock in pair}
         await engine.aclose()
         assert bound == {31200, 31201, 31204, 31205}
         return got
