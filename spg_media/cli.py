@@ -90,6 +90,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "reconcile", help="settle the payment journal's open entries against the platform"
     )
     reconcile.add_argument("-c", "--config", help="TOML config file")
+
+    init = sub.add_parser(
+        "init", help="write a starting spg.toml and the Kamailio configuration to a directory"
+    )
+    init.add_argument("directory", help="where to write (created if missing)")
+    init.add_argument("--force", action="store_true", help="overwrite files that exist")
     return parser
 
 
@@ -104,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "dtmf-scan": _dtmf_scan,
             "check-config": _check_config,
             "reconcile": _reconcile,
+            "init": _init,
         }[args.command]
         return handler(args)
     except (UsageError, ConfigError) as exc:
@@ -506,6 +513,19 @@ async def _settle_entries(
     finally:
         await connector.aclose()
     return reports
+
+
+def _init(args: argparse.Namespace) -> int:
+    from spg_media.shipped import StarterError, write_starter_files
+
+    try:
+        written = write_starter_files(args.directory, force=args.force)
+    except StarterError as exc:
+        raise UsageError(str(exc)) from None
+    for path in written:
+        print(f"wrote {path}")
+    print(f"next: edit {written[0]}, then spg-media check-config -c {written[0]}")
+    return 0
 
 
 def _check_config(args: argparse.Namespace) -> int:
