@@ -51,6 +51,18 @@ def _build_parser() -> argparse.ArgumentParser:
         "--sip", action="append", default=[], help="listen spec udp|tcp|tls:HOST:PORT"
     )
     serve.add_argument("--admin", help="admin HTTP HOST:PORT ('' disables)")
+    serve.add_argument(
+        "--drain-s",
+        help="on SIGTERM/SIGINT, how long calls in progress get to finish (default 30); never "
+        "less than an authorisation with its reconciliation may take (gateway.timeout_s + "
+        "gateway.reconcile_s + 5) unless --drain-exact",
+    )
+    serve.add_argument(
+        "--drain-exact",
+        action="store_true",
+        help="drain for --drain-s even when shorter than an authorisation may take (a call cut "
+        "short then may leave its charge unknown: run spg-media reconcile)",
+    )
 
     demo = sub.add_parser("demo", help="a complete payment call on loopback")
     demo.add_argument("--inband", action="store_true", help="key the card as in-band tones")
@@ -165,6 +177,7 @@ def _serve(args: argparse.Namespace) -> int:
             _host_port(args.admin, "--admin")
         admin = dataclasses.replace(config.admin, listen=args.admin)
     config = dataclasses.replace(config, sip=sip, admin=admin)
+    drain_s = _drain_seconds(args)
     from spg_media.observability import setup_logging
 
     setup_logging(config.log.format, config.log.level)
@@ -174,8 +187,24 @@ def _serve(args: argparse.Namespace) -> int:
             'gateway.connector is "sandbox": every Luhn-valid card is approved and nothing is '
             'charged; set gateway.connector = "http" to take real payments'
         )
-    _run(_serve_async(config))
+    _run(_serve_async(config, drain_s, not args.drain_exact))
     return 0
+
+
+def _drain_seconds(args: argparse.Namespace) -> float:
+    from spg_media.server import DRAIN_S
+
+    if args.drain_s is None:
+        if args.drain_exact:
+            raise UsageError("--drain-exact: needs --drain-s SECONDS")
+        return DRAIN_S
+    try:
+        seconds = float(args.drain_s)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 86400:  # also refuses nan and inf
+        raise UsageError(f"--drain-s: must be seconds from 0 to 86400, not {args.drain_s!r}")
+    return seconds
 
 
 def _harden(config: Config) -> None:
@@ -190,10 +219,11 @@ def _harden(config: Config) -> None:
     logging.getLogger("spg.server").info("process hardening: %s", ", ".join(protections))
 
 
-async def _serve_async(config: Config) -> None:
+async def _serve_async(config: Config, drain_s: float, drain_floor: bool) -> None:
+    from spg_media.call import authorization_bound_s
     from spg_media.server import Server
 
-    server = Server(config)
+    server = Server(config, drain_s=drain_s, drain_floor=drain_floor)
     try:
         await server.start()
     except OSError as exc:  # a port in use or an address not ours: the operator's to fix
@@ -205,7 +235,16 @@ async def _serve_async(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    logging.getLogger("spg.server").info("spg-media serving on %s", ", ".join(config.sip.listen))
+    log = logging.getLogger("spg.server")
+    log.info("spg-media serving on %s", ", ".join(config.sip.listen))
+    log.info("on SIGTERM, calls in progress get up to %g s to finish", server.drain_s)
+    if server.drain_s < authorization_bound_s(config):
+        log.warning(
+            "--drain-exact %g s is shorter than an authorisation with its reconciliation may take "
+            "(%g s): a call stopped in one may leave its charge unknown (spg-media reconcile)",
+            server.drain_s,
+            authorization_bound_s(config),
+        )
     await stop.wait()
     await server.stop()
 
