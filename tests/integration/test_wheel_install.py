@@ -10,6 +10,7 @@ config that `check-config` accepts and the Kamailio files, all from the package'
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -131,3 +132,64 @@ def test_init_writes_a_config_the_installed_node_accepts(installed: Path, tmp_pa
         timeout=60,
     )
     assert again.returncode == 2 and again.stderr.count("\n") == 1, again.stderr
+
+
+def test_install_script_into_temporary_directories(tmp_path: Path) -> None:
+    """deploy/install.sh --no-system: the venv, the config from init, the units rewritten to
+    name them (systemd accepts them as installed), and a second run keeps the config."""
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text(_pip(Path(sys.executable), "freeze", "--exclude-editable", cwd=tmp_path))
+    places = {
+        "SPG_PREFIX": tmp_path / "opt",
+        "SPG_CONFIG_DIR": tmp_path / "etc",
+        "SPG_UNIT_DIR": tmp_path / "units",
+    }
+    env = {
+        **_clean_env(tmp_path),
+        **{name: str(path) for name, path in places.items()},
+        "PIP_CONSTRAINT": str(constraints),  # the project venv's versions: from pip's cache
+        "PYTHON": sys.executable,
+    }
+
+    def install() -> str:
+        done = subprocess.run(
+            [str(REPO / "deploy" / "install.sh"), "--no-system"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        return done.stdout
+
+    install()
+    program = places["SPG_PREFIX"] / "bin" / "spg-media"
+    config = places["SPG_CONFIG_DIR"] / "spg.toml"
+    unit = (places["SPG_UNIT_DIR"] / "spg-media.service").read_text()
+    assert f"ExecStart={program} serve -c {config}\n" in unit
+    assert "/opt/spg-media" not in unit and "/etc/spg-media" not in unit
+    secret_line = next(
+        line for line in config.read_text().splitlines() if line.startswith("secret")
+    )
+    analyze = shutil.which("systemd-analyze")
+    if analyze:
+        for name in ("spg-media.service", "spg-media@.service"):
+            installed = places["SPG_UNIT_DIR"] / name
+            verified = tmp_path / name.replace("@", "@node1")
+            verified.write_text(installed.read_text())
+            done = subprocess.run(
+                [analyze, "verify", str(verified)], capture_output=True, text=True, timeout=60
+            )
+            assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    check = subprocess.run(
+        [str(program), "check-config", "-c", str(config)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0, check.stderr
+    assert "keeping" in install()  # an upgrade: the config and its secrets stay
+    assert secret_line in config.read_text().splitlines()
