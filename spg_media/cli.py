@@ -237,12 +237,12 @@ async def _serve_async(config: Config, drain_s: float, drain_floor: bool) -> Non
             loop.add_signal_handler(sig, stop.set)
     log = logging.getLogger("spg.server")
     log.info("spg-media serving on %s", ", ".join(config.sip.listen))
-    log.info("on SIGTERM, calls in progress get up to %g s to finish", server.drain_s)
-    if server.drain_s < authorization_bound_s(config):
+    log.info("on SIGTERM, calls in progress get up to %g s to finish", server.grace_s)
+    if server.grace_s < authorization_bound_s(config):
         log.warning(
             "--drain-exact %g s is shorter than an authorisation with its reconciliation may take "
             "(%g s): a call stopped in one may leave its charge unknown (spg-media reconcile)",
-            server.drain_s,
+            server.grace_s,
             authorization_bound_s(config),
         )
     await stop.wait()

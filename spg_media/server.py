@@ -54,7 +54,7 @@ class Server:
         drain_floor: bool = True,
     ) -> None:
         self.config = config
-        self.drain_s = drain_grace_s(config, drain_s, drain_floor)  # the grace of stop()
+        self.grace_s = drain_grace_s(config, drain_s, drain_floor)  # what stop() waits
         self.observer = observer
         self.prerender = prerender
         self.draining = False
@@ -166,9 +166,9 @@ class Server:
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: new INVITEs get 503 while the calls in progress finish, for `grace_s` at
-        most (by default `self.drain_s`: see `drain_grace_s`)."""
+        most (by default `self.grace_s`: see `drain_grace_s`)."""
         if grace_s is None:
-            grace_s = self.drain_s
+            grace_s = self.grace_s
         self.draining = True
         if self.tasks:
             log.info("draining %d calls", len(self.tasks))

@@ -56,7 +56,7 @@ def test_drain_s_replaces_the_30_s_minimum_and_keeps_the_floor_unless_exact(
     config = Config()  # timeout_s 10, reconcile_s 20
     assert drain_grace_s(config, drain_s, floor) == expected
     node = Server(config, prerender=False, drain_s=drain_s, drain_floor=floor)
-    assert node.drain_s == expected
+    assert node.grace_s == expected
     waited: list[float] = []
 
     async def wait(tasks: set[Any], timeout: float) -> tuple[set[Any], set[Any]]:
