@@ -34,6 +34,14 @@ def _clean_env(home: Path) -> dict[str, str]:
     return env
 
 
+def _run(
+    argv: list[str | Path], cwd: Path, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(a) for a in argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def _pip(python: Path, *args: str, cwd: Path) -> str:
     done = subprocess.run(
         [str(python), "-m", "pip", "--disable-pip-version-check", *args],
@@ -66,13 +74,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def test_the_installed_package_is_the_wheels_not_the_checkout(
     installed: Path, tmp_path: Path
 ) -> None:
-    done = subprocess.run(
-        [str(installed / "python"), "-c", "import spg_media; print(spg_media.__file__)"],
-        cwd=tmp_path,
-        env=_clean_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
+    done = _run(
+        [installed / "python", "-c", "import spg_media; print(spg_media.__file__)"],
+        tmp_path,
+        _clean_env(tmp_path),
     )
     assert done.returncode == 0, done.stderr
     location = Path(done.stdout.strip()).resolve()
@@ -83,14 +88,7 @@ def test_the_installed_package_is_the_wheels_not_the_checkout(
 def test_demo_from_an_empty_directory_is_approved(installed: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    done = subprocess.run(
-        [str(installed / "spg-media"), "demo"],
-        cwd=empty,
-        env=_clean_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    done = _run([str(installed / "spg-media"), "demo"], empty, _clean_env(tmp_path), timeout=180)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "result handed back to the agent: approved" in done.stdout
     assert "4111111111111111" not in done.stdout + done.stderr
@@ -101,36 +99,19 @@ def test_demo_from_an_empty_directory_is_approved(installed: Path, tmp_path: Pat
 def test_init_writes_a_config_the_installed_node_accepts(installed: Path, tmp_path: Path) -> None:
     env = _clean_env(tmp_path)
     target = tmp_path / "etc"
-    done = subprocess.run(
-        [str(installed / "spg-media"), "init", str(target)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _run([str(installed / "spg-media"), "init", str(target)], tmp_path, env)
     assert done.returncode == 0, done.stderr
     assert (target / "kamailio" / "kamailio.cfg").read_text() == (
         REPO / "kamailio" / "kamailio.cfg"
     ).read_text()
     assert (target / "kamailio" / "dispatcher.list").is_file()
-    check = subprocess.run(
+    check = _run(
         [str(installed / "spg-media"), "check-config", "-c", str(target / "spg.toml")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        tmp_path,
+        env,
     )
     assert check.returncode == 0, check.stderr
-    again = subprocess.run(
-        [str(installed / "spg-media"), "init", str(target)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    again = _run([str(installed / "spg-media"), "init", str(target)], tmp_path, env)
     assert again.returncode == 2 and again.stderr.count("\n") == 1, again.stderr
 
 
@@ -152,13 +133,8 @@ def test_install_script_into_temporary_directories(tmp_path: Path) -> None:
     }
 
     def install() -> str:
-        done = subprocess.run(
-            [str(REPO / "deploy" / "install.sh"), "--no-system"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=400,
+        done = _run(
+            [str(REPO / "deploy" / "install.sh"), "--no-system"], tmp_path, env, timeout=400
         )
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         return done.stdout
@@ -178,18 +154,9 @@ def test_install_script_into_temporary_directories(tmp_path: Path) -> None:
             installed = places["SPG_UNIT_DIR"] / name
             verified = tmp_path / name.replace("@", "@node1")
             verified.write_text(installed.read_text())
-            done = subprocess.run(
-                [analyze, "verify", str(verified)], capture_output=True, text=True, timeout=60
-            )
+            done = _run([analyze, "verify", verified], tmp_path, env)
             assert (done.returncode, done.stderr) == (0, ""), done.stderr
-    check = subprocess.run(
-        [str(program), "check-config", "-c", str(config)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    check = _run([program, "check-config", "-c", config], tmp_path, env)
     assert check.returncode == 0, check.stderr
     assert "keeping" in install()  # an upgrade: the config and its secrets stay
     assert secret_line in config.read_text().splitlines()

@@ -7,8 +7,8 @@ import stat
 from pathlib import Path
 
 import pytest
+from test_cli import assert_one_line_error, run
 
-from spg_media.cli import main
 from spg_media.config import Config, load_config
 from spg_media.shipped import (
     KAMAILIO_FILES,
@@ -19,19 +19,6 @@ from spg_media.shipped import (
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "spg_media" / "data"
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, *words: str) -> None:
-    assert code == 2
-    assert err.startswith("spg-media: ") and err.count("\n") == 1, err
-    for word in words:
-        assert word in err, err
 
 
 # ---- the shipped files are the repository's, not copies that could drift ----------------------
