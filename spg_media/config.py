@@ -9,7 +9,11 @@ Every problem is a `ConfigError` whose message is one line naming the key
 (`ivr.max_attempts: must be an integer >= 1, got "x"`), fit for the CLI's exit status 2.
 
 Paths in the config (`sip.tls_cert`, `sip.tls_key`, `sip.tls_ca`, `log.cdr_path`,
-`tts.cache_dir`) are relative to the working directory of the process, as the server opens them.
+`log.journal_path`, `tts.cache_dir`) are relative to the working directory of the process, as
+the server opens them; except that under a service manager that names the service's directories
+(systemd's `StateDirectory=` and `CacheDirectory=` set `$STATE_DIRECTORY`, `$CACHE_DIRECTORY`),
+relative `log.cdr_path` and `log.journal_path` are under `$STATE_DIRECTORY` and a relative
+`tts.cache_dir` under `$CACHE_DIRECTORY`.
 """
 
 from __future__ import annotations
@@ -722,6 +726,39 @@ def _env_overrides(env: Mapping[str, str]) -> dict[tuple[str, str], tuple[str, s
     return found
 
 
+# The keys whose relative paths go under a directory the service manager made for the service:
+# a service's working directory is / (read-only under ProtectSystem=strict), and its records
+# (CDR, journal) and its prompt cache have their own places (/var/lib/..., /var/cache/...).
+SERVICE_DIRECTORIES: dict[tuple[str, str], str] = {
+    ("log", "cdr_path"): "STATE_DIRECTORY",
+    ("log", "journal_path"): "STATE_DIRECTORY",
+    ("tts", "cache_dir"): "CACHE_DIRECTORY",
+}
+
+
+def _place_in_service_directories(
+    values: dict[str, dict[str, Any]], env: Mapping[str, str], origins: dict[str, str]
+) -> None:
+    """Put the relative paths of SERVICE_DIRECTORIES (from the file, an override or the
+    default) under `$STATE_DIRECTORY` / `$CACHE_DIRECTORY` when those are set (an error about
+    such a path then names the variable too)."""
+    for (section, key), variable in SERVICE_DIRECTORIES.items():
+        # systemd lists one directory per StateDirectory= entry, colon-separated: ours is first
+        base = env.get(variable, "").split(":")[0]
+        if not base:
+            continue
+        default = next(
+            f.default
+            for f in dataclasses.fields(_SECTIONS[section])  # type: ignore[arg-type]
+            if f.name == key
+        )
+        value = values.get(section, {}).get(key, default)
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            values.setdefault(section, {})[key] = os.path.join(base, value)
+            name = f"{section}.{key}"
+            origins[name] = f"{origins[name]} under {variable}" if name in origins else variable
+
+
 def load_config(path: str | Path | None, env: Mapping[str, str] = os.environ) -> Config:
     """The config from `path` (None: defaults only), then `SPG_SECTION__KEY` overrides from env."""
     raw: dict[str, Any] = _read_toml(Path(path)) if path is not None else {}
@@ -740,6 +777,8 @@ def load_config(path: str | Path | None, env: Mapping[str, str] = os.environ) ->
         rule: _Rule = f.metadata["rule"]
         values.setdefault(section, {})[key] = rule.from_env(text)
         origins[f"{section}.{key}"] = variable
+
+    _place_in_service_directories(values, env, origins)
 
     sections: dict[str, _Section] = {}
     for section, cls in _SECTIONS.items():
