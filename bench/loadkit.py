@@ -147,8 +147,10 @@ def plan_key_presses(
     take(journey.start(start_s), start_s)
     presses: list[KeyPress] = []
     for entry in fields:
-        if authorized or play_end is None:
-            raise ValueError("keys left over after the journey stopped asking")
+        if authorized:
+            raise ValueError("keys left over after the authorisation")
+        if play_end is None:
+            raise ValueError("a field did not end: the keys do not reach the authorisation")
         take(journey.prompt_done(play_end), play_end)
         at = play_end + think_s
         play_end = None
