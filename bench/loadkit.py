@@ -603,6 +603,15 @@ class Kit:
         raise ValueError(f"unknown kind of caller {kind!r}")
 
 
+def _tag(phase: str, run: str, kind: str) -> str:
+    """What a group's transaction tokens hold, so that its CDRs can be told apart."""
+    return f"{phase}{run}{kind}"
+
+
+def _of_tag(records: Iterable[Mapping[str, Any]], tag: str) -> list[Mapping[str, Any]]:
+    return [r for r in records if f"-{tag}-" in str(r.get("transaction", ""))]
+
+
 def _kinds(media: str) -> list[str]:
     return ["rfc4733", "inband"] if media == "mixed" else [media]
 
@@ -662,18 +671,21 @@ def run_load(spec: LoadSpec, work: Path | None = None) -> dict[str, Any]:
         if spec.baseline:
             lat_before = _latency(stack.nodes)
             cdr_seen = len(_cdrs(stack.nodes))
-            for kind in kinds:
-                group = _Group(kind, 1, 1.0, 0, kit.scenario(kind, f"base{run}{kind[0]}"),
-                               work / f"base-{kind}.csv")  # fmt: skip
-                _run_groups([group], target, work, kit.audio_s + 60)
-                _wait_idle(stack.nodes)
-                stats = _sipp_stats(group.stats)
-                records = _cdrs(stack.nodes)[cdr_seen:]
-                cdr_seen += len(records)
-                journey = _journey_seconds(records)
-                baseline[kind] = {
-                    "succeeded": stats["succeeded"],
-                    "results": dict(Counter(str(r.get("result")) for r in records)),
+            # one call of each kind, all at once (at most two calls: still unloaded)
+            base_groups = [
+                _Group(kind, 1, 1.0, 0, kit.scenario(kind, _tag("base", run, kind)),
+                       work / f"base-{kind}.csv")
+                for kind in kinds
+            ]  # fmt: skip
+            _run_groups(base_groups, target, work, kit.audio_s + 60)
+            _wait_idle(stack.nodes)
+            records = _cdrs(stack.nodes)[cdr_seen:]
+            for group in base_groups:
+                mine = _of_tag(records, _tag("base", run, group.kind))
+                journey = _journey_seconds(mine)
+                baseline[group.kind] = {
+                    "succeeded": _sipp_stats(group.stats)["succeeded"],
+                    "results": dict(Counter(str(r.get("result")) for r in mine)),
                     "journey_s": journey[0] if journey else None,
                 }
             baseline["dtmf_latency_s"] = latency_summary(
@@ -693,7 +705,7 @@ def run_load(spec: LoadSpec, work: Path | None = None) -> dict[str, Any]:
         shares = zip(kinds, _split(spec.calls, n), _split(spec.limit, n), strict=True)
         for kind, calls, limit in shares:
             if calls:
-                scenario = kit.scenario(kind, f"load{run}{kind[0]}")
+                scenario = kit.scenario(kind, _tag("load", run, kind))
                 rate = spec.rate * calls / spec.calls
                 groups.append(_Group(kind, calls, rate, limit, scenario, work / f"load-{kind}.csv"))
         sampler = _Sampler(stack.nodes)
@@ -734,6 +746,14 @@ def run_load(spec: LoadSpec, work: Path | None = None) -> dict[str, Any]:
             "sipp_failed": sum(s["failed"] for s in sipp.values()),
             "cdr_total": len(records),
             "cdr_results": dict(results),
+            "cdr_results_by_kind": {
+                g.kind: dict(
+                    Counter(
+                        str(r.get("result")) for r in _of_tag(records, _tag("load", run, g.kind))
+                    )
+                )
+                for g in groups
+            },
             "approved": results.get("approved", 0),
             "peak_concurrent": sampler.peak_active,
             "peak_concurrent_sipp": sum(s["peak_concurrent"] for s in sipp.values()),
@@ -809,6 +829,12 @@ def report_text(result: Mapping[str, Any]) -> str:
         f"SIPp: {result['sipp_succeeded']} succeeded, {result['sipp_failed']} failed; "
         f"node CDRs: {result['cdr_total']} ({results})"
     )
+    by_kind = result.get("cdr_results_by_kind", {})
+    if len(by_kind) > 1:
+        out.append("  by caller: " + "; ".join(
+            f"{kind}: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none")
+            for kind, counts in by_kind.items()
+        ))  # fmt: skip
     out.append(
         f"peak concurrent calls {result['peak_concurrent']} (node /metrics; SIPp says "
         f"{result['peak_concurrent_sipp']})"
