@@ -442,8 +442,9 @@ def _sipp_command(group: _Group, target: str, timeout_s: float, errors: Path) ->
         "-trace_stat", "-stf", str(group.stats), "-fd", "1",
         "-trace_err", "-error_file", str(errors),
     ]  # fmt: skip
-    if group.limit:
-        args += ["-l", str(group.limit)]
+    # always a limit: SIPp's default (3 x rate x a call's length as its pauses add up) is a
+    # handful of calls for a scenario whose length is in the audio it streams
+    args += ["-l", str(group.limit or group.calls)]
     return args
 
 
@@ -845,6 +846,8 @@ def report_text(result: Mapping[str, Any]) -> str:
         f"Kamailio {cpu['kamailio']:.1f}; per call: spg-media {per['spg']:.0f} ms, "
         f"SIPp {per['sipp']:.0f} ms, Kamailio {per['kamailio']:.0f} ms"
     )
+    if per["sipp"]:
+        out.append(f"spg / SIPp per call: {per['spg'] / per['sipp']:.1f}x")
     if result["calls_per_core"]:
         out.append(f"concurrent calls per node core (journey / CPU per call): "
                    f"{result['calls_per_core']}")  # fmt: skip

@@ -5,7 +5,9 @@
   dispatcher list chosen by the test, waits until it answers OPTIONS, stops it at the end.
 - `run_sipp()` runs one SIPp call (`-m 1`) and returns its exit code, output and message trace.
 - `make_pay_scenario()` writes the caller's scenario: SIPp cannot loop over a string, so the keys
-  to press become one `play_pcap_audio` action (RFC 4733 pcap) per key.
+  to press become one `play_pcap_audio` action (RFC 4733 pcap) per key, at fixed gaps or at
+  given times, optionally over audio streamed for the whole call (or the keys as in-band tones
+  in a streamed recording).
 - `SpgNode` runs `spg-media serve` as a subprocess with env-var config (`SPG_SECTION__KEY`).
 
 Only 127.0.0.0/8 addresses are used.
