@@ -586,22 +586,22 @@ class Kit:
 
     def scenario(self, kind: str, tag: str) -> Path:
         """SIPp's scenario for one kind of caller; `tag` keeps its transactions apart."""
-        common: dict[str, Any] = {
-            "headers": {"X-SPG-Transaction": f"sbx-{AMOUNT_MINOR}-{CURRENCY}-{tag}-[call_number]"},
-            "result_timeout_ms": 120_000,
-            "initial_pause_ms": 0,
-        }
-        path = self.work / f"pay-{tag}.xml"
-        if kind == "inband":
-            return make_pay_scenario(self.fields, path, inband_wav=self.inband_audio, **common)
+        if kind not in ("inband", "rfc4733", "silent"):
+            raise ValueError(f"unknown kind of caller {kind!r}")
         times = [round(p.at_s * 1000) for p in self.plan.presses]
-        if kind == "rfc4733":
-            return make_pay_scenario(
-                self.fields, path, caller_audio=self.noise_audio, key_times_ms=times, **common
-            )
-        if kind == "silent":
-            return make_pay_scenario(self.fields, path, key_times_ms=times, **common)
-        raise ValueError(f"unknown kind of caller {kind!r}")
+        scenario: Path = make_pay_scenario(
+            self.fields,
+            self.work / f"pay-{tag}.xml",
+            headers={"X-SPG-Transaction": f"sbx-{AMOUNT_MINOR}-{CURRENCY}-{tag}-[call_number]"},
+            result_timeout_ms=120_000,
+            initial_pause_ms=0,
+            # in-band: the whole call's audio, tones included, streamed once, PCMA only offered
+            inband_wav=self.inband_audio if kind == "inband" else None,
+            # RFC 4733: noise streamed in a loop while the pcaps key the card
+            caller_audio=self.noise_audio if kind == "rfc4733" else None,
+            key_times_ms=None if kind == "inband" else times,
+        )
+        return scenario
 
 
 def _tag(phase: str, run: str, kind: str) -> str:

@@ -166,3 +166,29 @@ def test_gauge_value_by_labels() -> None:
     assert gauge_value(METRICS_BEFORE, "spg_rtp_packets_total") == 107.0
     assert gauge_value(METRICS_BEFORE, "spg_rtp_packets_total", direction="in") == 100.0
     assert gauge_value(METRICS_BEFORE, "spg_missing") is None
+
+
+def test_latency_table_per_load_with_na_for_a_missing_metric() -> None:
+    import bench_dtmf_latency
+
+    def run(limit: int, latency: dict[str, object]) -> dict[str, object]:
+        return {
+            "limit": limit,
+            "peak_concurrent": limit - 2,
+            "approved": 2 * limit,
+            "calls": 2 * limit,
+            "journey_s": {"median": 44.0, "baseline": 40.0},
+            "dtmf_latency_s": latency,
+            "baseline": {"dtmf_latency_s": latency_summary({})},
+        }
+
+    measured = {"count": 24.0, "p50": 0.031, "p95": 0.05, "p99": 0.0625}
+    runs = [run(10, {"rfc4733": measured, "inband": None, "info": None}), run(30, {})]
+    rows = bench_dtmf_latency.rows_of(runs, nodes=2)
+    assert [r["load"] for r in rows] == ["unloaded", 10, 30]
+    assert rows[1]["per_core"] == 4.0 and rows[1]["journey_ratio"] == pytest.approx(1.1)
+    table = bench_dtmf_latency.markdown(rows, "$ bench --loads 10,30").splitlines()
+    assert table[0] == "`bench --loads 10,30`"
+    assert table[4].startswith("| unloaded | - |")
+    assert table[5] == "| 10 | 4 | 20/20 | 31 | 62 | n/a | n/a | n/a | n/a |"
+    assert table[6] == "| 30 | 14 | 60/60 | n/a | n/a | n/a | n/a | n/a | n/a |"
