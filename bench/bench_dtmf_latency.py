@@ -175,6 +175,8 @@ def main() -> int:
     print(command)
     runs = []
     for spec in specs:
+        if runs:  # the unloaded call ran before the first load only
+            spec.journey_baseline_s = runs[0]["journey_s"]["baseline"]
         print(f"\n== at most {spec.limit} calls at once ({spec.calls} calls at {spec.rate:g}/s)")
         result = run_load(spec)
         result.pop("samples", None)

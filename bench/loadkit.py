@@ -380,6 +380,7 @@ class LoadSpec:
     limit: int = 0  # SIPp -l: at most this many calls at once (0: no limit)
     think_s: float = 0.8
     baseline: bool = True  # one unloaded call of each kind first
+    journey_baseline_s: float | None = None  # without: the unloaded journey measured before
     node_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -501,6 +502,15 @@ def _rtp_in(nodes: Sequence[SpgNode]) -> float:
     """RTP packets the nodes have taken from callers so far."""
     texts = [fetch_metrics(n.admin_port) for n in nodes]
     return sum(gauge_value(t, "spg_rtp_packets_total", direction="in") or 0.0 for t in texts)
+
+
+def _digits(nodes: Sequence[SpgNode]) -> dict[str, float]:
+    """Digits the nodes have detected so far, by source."""
+    texts = [fetch_metrics(n.admin_port) for n in nodes]
+    return {
+        source: sum(gauge_value(t, "spg_dtmf_digits_total", source=source) or 0.0 for t in texts)
+        for source in DTMF_SOURCES
+    }
 
 
 def _latency(nodes: Sequence[SpgNode]) -> Histogram:
@@ -700,6 +710,7 @@ def run_load(spec: LoadSpec, work: Path | None = None) -> dict[str, Any]:
         cdr_seen = len(_cdrs(stack.nodes))
         lat_before = _latency(stack.nodes)
         rtp_before = _rtp_in(stack.nodes)
+        digits_before = _digits(stack.nodes)
         cpu_before = {"spg": stack.node_cpu(), "kamailio": stack.proxy_cpu()}
         groups = []
         n = len(kinds)
@@ -721,6 +732,7 @@ def run_load(spec: LoadSpec, work: Path | None = None) -> dict[str, Any]:
         cpu_after = {"spg": stack.node_cpu(), "kamailio": stack.proxy_cpu()}
         latency = latency_summary(histogram_delta(_latency(stack.nodes), lat_before))
         rtp_in = _rtp_in(stack.nodes) - rtp_before
+        digits = {k: v - digits_before[k] for k, v in _digits(stack.nodes).items()}
         records = _cdrs(stack.nodes)[cdr_seen:]
     finally:
         stack.stop()
@@ -764,9 +776,12 @@ def run_load(spec: LoadSpec, work: Path | None = None) -> dict[str, Any]:
             "journey_s": {
                 "median": median,
                 "p95": percentile(journey, 0.95),
-                "baseline": statistics.mean(base_journeys) if base_journeys else None,
+                "baseline": (
+                    statistics.mean(base_journeys) if base_journeys else spec.journey_baseline_s
+                ),
             },
             "dtmf_latency_s": latency,
+            "digits_by_source": digits,
             # the callers' packets per second of call (50 for 20 ms audio the whole call)
             "rtp_in_per_call_s": round(rtp_in / call_s, 1) if call_s else None,
             "rss": {
@@ -857,6 +872,8 @@ def report_text(result: Mapping[str, Any]) -> str:
         f"journey: median {fmt_s(j['median'])}, p95 {fmt_s(j['p95'])}; one unloaded call "
         f"{fmt_s(j['baseline'])}{ratio}"
     )
+    digits = result["digits_by_source"]
+    out.append("digits detected: " + ", ".join(f"{k} {v:.0f}" for k, v in digits.items()))
     out.append("digit latency under load (node histogram deltas):")
     out += latency_text(result["dtmf_latency_s"])
     base = result.get("baseline", {}).get("dtmf_latency_s")
