@@ -13,6 +13,7 @@ import wave
 from collections.abc import Iterable
 from dataclasses import replace
 from io import BytesIO
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -436,12 +437,12 @@ def test_digits_back_to_back_sharing_a_tone_each_start_whatever_the_block_size()
 def test_state_machine_one_channel_at_a_time_decides_as_the_vectorised_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Up to _ROWS_ONE_BY_ONE channels the state machine runs on Python scalars, beyond on
+    # Up to ROWS_ONE_BY_ONE channels the state machine runs on Python scalars, beyond on
     # arrays: each must give exactly the same events (times included), whatever happens on
     # the line: keys with gaps, keys changing with no gap (sharing a tone or not), ramped
     # onsets, short dropouts early in a key and late in it, a third tone that makes a key
     # impure, keys too short, keys in noise, and music gliding into the band.
-    from spg_media.dtmf import inband
+    from spg_media.dtmf.inband import decisions
 
     rng = np.random.default_rng(31)
     length = 16000
@@ -483,8 +484,21 @@ def test_state_machine_one_channel_at_a_time_decides_as_the_vectorised_one(
         streams.append(np.rint(np.resize(audio, length)).astype(np.int16))
     block = np.stack(streams)
 
+    machines_run: list[str] = []
+
+    def counted(machine: Any) -> Any:
+        def run_machine(*args: Any) -> None:
+            machines_run.append(machine.__name__)
+            machine(*args)
+
+        return run_machine
+
+    for machine in (decisions.decide_each, decisions.decide_vectorised):
+        monkeypatch.setattr(decisions, machine.__name__, counted(machine))
+
     def run(one_by_one: int, size: int) -> list[tuple[int, str, str, float, float | None]]:
-        monkeypatch.setattr(inband, "_ROWS_ONE_BY_ONE", one_by_one)
+        monkeypatch.setattr(decisions, "ROWS_ONE_BY_ONE", one_by_one)
+        machines_run.clear()
         detector = InbandDetector()
         slots = [detector.add_channel() for _ in range(block.shape[0])]
         seen = []
@@ -492,6 +506,8 @@ def test_state_machine_one_channel_at_a_time_decides_as_the_vectorised_one(
             now = (begin + size) / RATE
             for slot, e in detector.process(slots, block[:, begin : begin + size], now):
                 seen.append((slot, e.kind, e.digit, e.at, e.duration_ms))
+        # The machine asked for, and it alone, made the decisions.
+        assert set(machines_run) == {"decide_each" if one_by_one else "decide_vectorised"}
         return sorted(seen, key=lambda event: event[0])  # each channel's in order
 
     for size in (160, 400):
