@@ -118,7 +118,10 @@ class Windows:
 
     def take(self, columns: Idx) -> Windows:
         """These channels' windows."""
-        return Windows(**{f.name: getattr(self, f.name)[..., columns] for f in fields(self)})
+        return Windows(*[getattr(self, name)[..., columns] for name in _WINDOW_FIELDS])
+
+
+_WINDOW_FIELDS: Final = tuple(field.name for field in fields(Windows))
 
 
 def _argmax4(values: F32) -> I64:

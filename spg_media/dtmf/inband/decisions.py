@@ -101,19 +101,19 @@ class DigitState:
     def grown(self, capacity: int) -> DigitState:
         """A copy with room for `capacity` channels, the new ones idle."""
         bigger = DigitState.empty(capacity)
-        for field in fields(self):
-            old = getattr(self, field.name)
-            getattr(bigger, field.name)[..., : old.shape[-1]] = old
+        for name in _DIGIT_FIELDS:
+            old = getattr(self, name)
+            getattr(bigger, name)[..., : old.shape[-1]] = old
         return bigger
 
     def take(self, slots: Idx | slice) -> DigitState:
         """These channels' state (copies when `slots` is an index array)."""
-        return DigitState(**{f.name: getattr(self, f.name)[..., slots] for f in fields(self)})
+        return DigitState(*[getattr(self, name)[..., slots] for name in _DIGIT_FIELDS])
 
     def put(self, slots: Idx | slice, part: DigitState) -> None:
         """Store these channels' state."""
-        for field in fields(self):
-            getattr(self, field.name)[..., slots] = getattr(part, field.name)
+        for name in _DIGIT_FIELDS:
+            getattr(self, name)[..., slots] = getattr(part, name)
 
     def reset(self, slots: Idx) -> None:
         """Nothing in progress on these channels."""
@@ -128,6 +128,9 @@ class DigitState:
         return np.asarray(
             (self.digit[slots] >= 0) | (self.candidate[slots] >= 0) | (self.taint[slots] >= 0)
         )
+
+
+_DIGIT_FIELDS: Final = tuple(field.name for field in fields(DigitState))
 
 
 @dataclass

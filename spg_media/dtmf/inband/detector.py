@@ -301,7 +301,7 @@ class InbandDetector:
         if hot.size:
             hot_slots = slots[hot]
             self._analyse(
-                batch._replace(slots=hot_slots, sel=hot_slots, frames=frames[hot]),
+                _Frames(hot_slots, hot_slots, frames[hot], batch.now, batch.left),
                 hot_frame[:, hot],
                 events,
             )
