@@ -225,7 +225,10 @@ class InbandDetector:
         instead of gathers and scatters of the state: the usual case, all channels in order)."""
         alive = self._channels.alive
         first, last = int(index[0]), int(index[-1])
-        if last - first == index.size - 1 and (index.size == 1 or (np.diff(index) == 1).all()):
+        # (index[1:] - index[:-1] is np.diff without its ~2 µs of Python around it.)
+        if last - first == index.size - 1 and (
+            index.size == 1 or (index[1:] - index[:-1] == 1).all()
+        ):
             if first < 0 or last >= self._size or not alive[first : last + 1].all():
                 raise ValueError("process: unknown or removed slot")
             return slice(first, last + 1)
