@@ -118,10 +118,15 @@ class Windows:
 
     def take(self, columns: Idx) -> Windows:
         """These channels' windows."""
-        return Windows(*[getattr(self, name)[..., columns] for name in _WINDOW_FIELDS])
+        return Windows(
+            *[getattr(self, name)[:, columns] for name in _WINDOW_FIELDS[:-2]],
+            self.ref[:, :, columns],
+            self.freq[:, :, columns],
+        )
 
 
 _WINDOW_FIELDS: Final = tuple(field.name for field in fields(Windows))
+assert _WINDOW_FIELDS[-2:] == ("ref", "freq")  # (2 × windows × channels; the others 2-D)
 
 
 def _argmax4(values: F32) -> I64:

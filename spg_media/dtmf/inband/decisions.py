@@ -106,14 +106,23 @@ class DigitState:
             getattr(bigger, name)[..., : old.shape[-1]] = old
         return bigger
 
+    # (take and put index each field as it is shaped: a[..., i] costs eight times a[i].)
+
     def take(self, slots: Idx | slice) -> DigitState:
         """These channels' state (copies when `slots` is an index array)."""
-        return DigitState(*[getattr(self, name)[..., slots] for name in _DIGIT_FIELDS])
+        return DigitState(
+            *[getattr(self, name)[slots] for name in _DIGIT_FIELDS[:3]],
+            self.ref[:, slots],
+            *[getattr(self, name)[slots] for name in _DIGIT_FIELDS[4:]],
+        )
 
     def put(self, slots: Idx | slice, part: DigitState) -> None:
         """Store these channels' state."""
         for name in _DIGIT_FIELDS:
-            getattr(self, name)[..., slots] = getattr(part, name)
+            if name == "ref":
+                self.ref[:, slots] = part.ref
+            else:
+                getattr(self, name)[slots] = getattr(part, name)
 
     def reset(self, slots: Idx) -> None:
         """Nothing in progress on these channels."""
@@ -131,6 +140,7 @@ class DigitState:
 
 
 _DIGIT_FIELDS: Final = tuple(field.name for field in fields(DigitState))
+assert _DIGIT_FIELDS[3] == "ref"  # the one field with the channels on its second axis
 
 
 @dataclass
