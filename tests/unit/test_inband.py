@@ -530,6 +530,7 @@ def test_both_state_machines_leave_the_same_state_call_by_call(
     # make the same events, in the same order for each channel (the scalar machine makes them
     # channel by channel, the vectorised one sub-block by sub-block).
     import copy
+    import dataclasses
 
     from spg_media.dtmf.inband import decisions
 
@@ -542,8 +543,9 @@ def test_both_state_machines_leave_the_same_state_call_by_call(
         vectorised(copy.deepcopy(evidence), twin_state, copy.deepcopy(checks), twin_events)
         before = len(events)
         scalar(evidence, state, checks, events)
-        for name in decisions._DIGIT_FIELDS:
-            assert np.array_equal(getattr(state, name), getattr(twin_state, name)), name
+        for field in dataclasses.fields(state):
+            mine, twin_value = getattr(state, field.name), getattr(twin_state, field.name)
+            assert np.array_equal(mine, twin_value), field.name
         made = [(slot, e.kind, e.digit, e.at, e.duration_ms) for slot, e in events[before:]]
         twin = [(slot, e.kind, e.digit, e.at, e.duration_ms) for slot, e in twin_events]
         assert sorted(made, key=lambda event: event[0]) == sorted(twin, key=lambda e: e[0])

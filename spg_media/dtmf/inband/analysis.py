@@ -11,7 +11,7 @@ their own frequencies (`steady`). It decides nothing: `decisions` does.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
@@ -119,14 +119,16 @@ class Windows:
     def take(self, columns: Idx) -> Windows:
         """These channels' windows."""
         return Windows(
-            *[getattr(self, name)[:, columns] for name in _WINDOW_FIELDS[:-2]],
-            self.ref[:, :, columns],
-            self.freq[:, :, columns],
+            digit=self.digit[:, columns],
+            pair=self.pair[:, columns],
+            fraction=self.fraction[:, columns],
+            covered=self.covered[:, columns],
+            last_cover=self.last_cover[:, columns],
+            onset=self.onset[:, columns],
+            glide=self.glide[:, columns],
+            ref=self.ref[:, :, columns],
+            freq=self.freq[:, :, columns],
         )
-
-
-_WINDOW_FIELDS: Final = tuple(field.name for field in fields(Windows))
-assert _WINDOW_FIELDS[-2:] == ("ref", "freq")  # (2 × windows × channels; the others 2-D)
 
 
 def _argmax4(values: F32) -> I64:

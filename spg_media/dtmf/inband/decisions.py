@@ -111,9 +111,16 @@ class DigitState:
     def take(self, slots: Idx | slice) -> DigitState:
         """These channels' state (copies when `slots` is an index array)."""
         return DigitState(
-            *[getattr(self, name)[slots] for name in _DIGIT_FIELDS[:3]],
-            self.ref[:, slots],
-            *[getattr(self, name)[slots] for name in _DIGIT_FIELDS[4:]],
+            digit=self.digit[slots],
+            onset=self.onset[slots],
+            end=self.end[slots],
+            ref=self.ref[:, slots],
+            absent=self.absent[slots],
+            candidate=self.candidate[slots],
+            candidate_onset=self.candidate_onset[slots],
+            candidate_misses=self.candidate_misses[slots],
+            candidate_need=self.candidate_need[slots],
+            taint=self.taint[slots],
         )
 
     def put(self, slots: Idx | slice, part: DigitState) -> None:
@@ -140,7 +147,6 @@ class DigitState:
 
 
 _DIGIT_FIELDS: Final = tuple(field.name for field in fields(DigitState))
-assert _DIGIT_FIELDS[3] == "ref"  # the one field with the channels on its second axis
 
 
 @dataclass
