@@ -6,6 +6,9 @@ client to send it, and a bounded number of connections at once. Whatever arrives
 a status line (400, 404, 405, 408, 431, 500, 503) or a closed connection, never an exception in
 the loop. It is meant for loopback or a management network: it has no authentication.
 
+/healthz asks `health`: a bool (200 "ok" / 503 "unavailable"), or a mapping — the node's
+admission state — sent as JSON, 200 when its "status" is "ok" and 503 otherwise.
+
 /calls returns what `calls_provider` gives (already masked by the call layer) passed once more
 through the card-number masking of `observability`, so a mistake there still shows no PAN (a
 call's identifiers, `IDENTIFIER_FIELDS`, are left as they are, as in the logs).
@@ -17,7 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from spg_media.observability import IDENTIFIER_FIELDS, LOG_MASKED_TOTAL, Metrics, mask_value
@@ -60,7 +63,7 @@ class AdminServer:
         self,
         metrics: Metrics,
         calls_provider: Callable[[], list[dict[str, Any]]],
-        health: Callable[[], bool],
+        health: Callable[[], bool | Mapping[str, Any]],
         request_deadline_s: float = REQUEST_DEADLINE_S,
     ) -> None:
         self.metrics = metrics
@@ -134,14 +137,7 @@ class AdminServer:
         if path == "/metrics":
             return 200, self.metrics.render_prometheus().encode(), PROMETHEUS_CONTENT_TYPE, []
         if path == "/healthz":
-            try:
-                healthy = bool(self.health())
-            except Exception:
-                log.exception("health check failed")
-                healthy = False
-            if healthy:
-                return 200, b"ok\n", TEXT_CONTENT_TYPE, []
-            return 503, b"unavailable\n", TEXT_CONTENT_TYPE, []
+            return self._healthz()
         if path == "/calls":
             try:
                 text, count = _calls_json(list(self.calls_provider()))
@@ -154,6 +150,22 @@ class AdminServer:
             no_store = [("Cache-Control", "no-store")]
             return 200, (text + "\n").encode(), JSON_CONTENT_TYPE, no_store
         return 404, b"not found\n", TEXT_CONTENT_TYPE, []
+
+    def _healthz(self) -> tuple[int, bytes, str, list[tuple[str, str]]]:
+        """200 when `health()` says so, else 503. A mapping from it (the node's admission
+        state) is the JSON body, healthy when its "status" is "ok"; a bool gives ok/unavailable."""
+        try:
+            state = self.health()
+        except Exception:
+            log.exception("health check failed")
+            state = False
+        if isinstance(state, Mapping):
+            status = 200 if state.get("status") == "ok" else 503
+            body = (json.dumps(dict(state), default=str) + "\n").encode()
+            return status, body, JSON_CONTENT_TYPE, [("Cache-Control", "no-store")]
+        if state:
+            return 200, b"ok\n", TEXT_CONTENT_TYPE, []
+        return 503, b"unavailable\n", TEXT_CONTENT_TYPE, []
 
     async def _respond(
         self,

@@ -109,6 +109,22 @@ def test_healthz() -> None:
     serve(scenario)
 
 
+def test_healthz_with_a_state_reports_it_as_json() -> None:
+    """The node's admission state: 200 with its JSON while "status" is "ok", else 503."""
+
+    async def scenario(server: AdminServer, node: Node) -> None:
+        state: dict[str, Any] = {"status": "ok", "reason": None, "media_tick_lag_ms": 0.4}
+        server.health = lambda: state
+        status, headers, body = await get(server, "/healthz")
+        assert (status, json.loads(body)) == (200, state)
+        assert headers["content-type"] == "application/json"
+        state = {"status": "overloaded", "reason": "lag", "media_tick_lag_ms": 31.5}
+        status, _, body = await get(server, "/healthz")
+        assert (status, json.loads(body)) == (503, state)
+
+    serve(scenario)
+
+
 def test_healthz_raising_is_unhealthy() -> None:
     async def scenario(server: AdminServer, node: Node) -> None:
         def broken() -> bool:

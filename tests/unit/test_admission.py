@@ -3,8 +3,10 @@ number (no clock, no sleeps)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
+import time
 
 import pytest
 
@@ -189,3 +191,62 @@ def test_no_cap_by_default_and_lag_outranks_the_cap() -> None:
     control = AdmissionControl(dataclasses.replace(POLICY, max_calls=1))
     control.note_loop_lag(1.0, 0.0)
     assert control.admit(5, 0.0) == LAG
+
+
+# ---- the shell's samplers, on a real event loop -------------------------------------------------
+
+
+def test_the_loop_probe_sees_a_blocked_loop() -> None:
+    """The real sampler: a callback scheduled every 10 ms runs ~100 ms late when the loop is
+    blocked for 100 ms, and the node refuses (a 30 ms limit, no smoothing to speak of)."""
+    from spg_media.server import LagMonitor
+
+    policy = AdmissionPolicy(max_tick_lag_s=0, max_loop_lag_s=0.03, smoothing_s=0.01)
+    control = AdmissionControl(policy)
+    probes: list[float] = []
+
+    async def body() -> tuple[float, float, bool]:
+        monitor = LagMonitor(
+            control, on_probe=lambda: probes.append(control.loop_lag.last_sample), interval_s=0.01
+        )
+        monitor.start()
+        try:
+            await asyncio.sleep(0.2)
+            calm = max(probes)
+            time.sleep(0.1)  # the loop blocked: nothing runs for 100 ms
+            await asyncio.sleep(0)
+            await asyncio.sleep(0.005)
+            return calm, max(probes), control.lagging
+        finally:
+            monitor.stop()
+
+    calm, blocked, refusing = asyncio.run(body())
+    assert len(probes) >= 5
+    assert blocked >= 0.08  # the probe that was due in the blocked 100 ms
+    assert calm < blocked
+    assert refusing
+
+
+def test_the_media_tick_reports_how_late_it_starts() -> None:
+    """The real sampler of the media tick: with one session attached, each 20 ms tick reports its
+    lateness; blocking the loop for 100 ms makes the next tick ~100 ms late."""
+    from spg_media.rtp.session import MediaEngine, MediaSession
+
+    samples: list[float] = []
+
+    async def body() -> None:
+        engine = MediaEngine("127.0.0.1", 31400, 31439)
+        engine.on_tick_lag = lambda lag, now: samples.append(lag)
+        session = MediaSession(
+            codec="PCMU", remote=("127.0.0.1", 9), dtmf_payload_type=101, on_dtmf=lambda e: None
+        )
+        engine.attach(31400, session)  # no socket under it: nothing is sent
+        await asyncio.sleep(0.2)
+        time.sleep(0.1)
+        await asyncio.sleep(0.1)
+        await engine.aclose()
+
+    asyncio.run(body())
+    assert len(samples) >= 10
+    assert max(samples[:5]) < 0.05  # on schedule while the loop is free (a loaded machine: slack)
+    assert max(samples) >= 0.08
