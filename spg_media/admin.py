@@ -1,13 +1,16 @@
 """The admin HTTP endpoint (`[admin]` in the config): GET /metrics, /healthz and /calls.
 
-A deliberately small HTTP/1.x server on raw asyncio streams: one request per connection
-(`Connection: close`), GET only, no request bodies, a bounded request head, a deadline for the
-client to send it, and a bounded number of connections at once. Whatever arrives, the answer is
-a status line (400, 404, 405, 408, 431, 500, 503) or a closed connection, never an exception in
-the loop. It is meant for loopback or a management network: it has no authentication.
+`AdminApp` is a plain ASGI app: the three routes, GET only, every answer with
+`Connection: close`. `AdminServer` serves it with uvicorn (h11) as a task of the node's own
+event loop: it binds the socket itself (a port in use is an OSError for the caller, not
+uvicorn's `sys.exit`), installs no signal handlers (the node owns SIGTERM and its drain), caps
+connections (503 above `MAX_CONNECTIONS`) and request heads (`MAX_REQUEST_HEAD_BYTES`, else
+400), and gives a client `REQUEST_DEADLINE_S` to send its request (then 408 and close: uvicorn
+has no such deadline, and idle connections would otherwise fill the cap). It is meant for
+loopback or a management network: it has no authentication.
 
-/healthz asks `health`: a bool (200 "ok" / 503 "unavailable"), or a mapping — the node's
-admission state — sent as JSON, 200 when its "status" is "ok" and 503 otherwise.
+/healthz asks `health`: a bool (200 "ok" / 503 "unavailable"), or a mapping (a node's admission
+state) sent as JSON, 200 when its "status" is "ok" and 503 otherwise.
 
 /calls returns what `calls_provider` gives (already masked by the call layer) passed once more
 through the card-number masking of `observability`, so a mistake there still shows no PAN (a
@@ -20,120 +23,82 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Mapping
+import math
+import os
+import socket
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
-from spg_media.observability import IDENTIFIER_FIELDS, LOG_MASKED_TOTAL, Metrics, mask_value
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from spg_media.observability import (
+    IDENTIFIER_FIELDS,
+    LOG_MASKED_TOTAL,
+    PROMETHEUS_CONTENT_TYPE,
+    Metrics,
+    mask_value,
+)
 
 log = logging.getLogger("spg.admin")
 
 MAX_REQUEST_HEAD_BYTES = 8192  # request line plus headers
-MAX_HEADER_LINES = 64
-REQUEST_DEADLINE_S = 5.0  # for the client to send its whole request head
+REQUEST_DEADLINE_S = 5.0  # for the client to send its request, and to read the answer
 MAX_CONNECTIONS = 32
-LINGER_S = 1.0  # after answering, read what the client still sends so closing does not reset
-LINGER_BYTES = 65536
 
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
-
-PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 JSON_CONTENT_TYPE = "application/json"
 
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Response = tuple[int, bytes, str, list[tuple[str, str]]]
+Health = Callable[[], bool | Mapping[str, Any]]
+CallsProvider = Callable[[], list[dict[str, Any]]]
 
-class _BadRequest(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
 
-
-class AdminServer:
-    """Serves the node's metrics, health and calls over HTTP."""
+class AdminApp:
+    """The admin routes as an ASGI app (no I/O of its own: testable with httpx's ASGI
+    transport)."""
 
     def __init__(
         self,
         metrics: Metrics,
-        calls_provider: Callable[[], list[dict[str, Any]]],
-        health: Callable[[], bool | Mapping[str, Any]],
-        request_deadline_s: float = REQUEST_DEADLINE_S,
+        calls_provider: CallsProvider,
+        health: Health,
     ) -> None:
         self.metrics = metrics
         self.calls_provider = calls_provider
         self.health = health
-        self.request_deadline_s = request_deadline_s
-        self._server: asyncio.Server | None = None
-        self._connections: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
-        self.host = ""
-        self.port = 0  # the bound port once started (useful with port 0)
 
-    async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(
-            self._on_connection, host, port, limit=MAX_REQUEST_HEAD_BYTES
-        )
-        sockname = self._server.sockets[0].getsockname()
-        self.host, self.port = str(sockname[0]), int(sockname[1])
-        shown = f"[{self.host}]" if ":" in self.host else self.host
-        log.info("admin endpoint on http://%s:%d", shown, self.port)
-
-    async def close(self) -> None:
-        if self._server is None:
-            return
-        self._server.close()
-        # Abort rather than cancel the handlers: their reads end, they finish on their own (a
-        # cancelled stream handler makes Python 3.11 log a spurious error).
-        for writer in list(self._connections.values()):
-            writer.transport.abort()
-        if self._connections:
-            await asyncio.wait(set(self._connections), timeout=self.request_deadline_s)
-        await self._server.wait_closed()
-        self._server = None
-
-    # ---- one connection ------------------------------------------------------------------------
-
-    async def _on_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections[task] = writer
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return  # no lifespan or websocket here
         try:
-            if len(self._connections) > MAX_CONNECTIONS:
-                await self._respond(writer, 503, b"busy\n", TEXT_CONTENT_TYPE)
-                return
-            try:
-                async with asyncio.timeout(self.request_deadline_s):
-                    method, path = await _read_request_head(reader)
-            except _BadRequest as exc:
-                await self._respond(writer, exc.status, f"{_REASONS[exc.status]}\n".encode())
-                return
-            except TimeoutError:
-                await self._respond(writer, 408, b"request timeout\n")
-                return
-            except (ConnectionError, asyncio.IncompleteReadError):
-                return  # the client went away before finishing its request
-            status, body, content_type, extra = self._route(method, path)
-            await self._respond(writer, status, body, content_type, extra)
-        except Exception:  # never let one connection take the server down
-            log.exception("admin connection failed")
-        finally:
-            await _linger(reader, writer)
-            self._connections.pop(task, None)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            status, body, content_type, extra = self.route(scope["method"], scope["path"])
+        except Exception:  # never let one request take the server down
+            log.exception("admin request failed")
+            status, body, content_type, extra = 500, b"internal error\n", TEXT_CONTENT_TYPE, []
+        headers = [
+            ("content-type", content_type),
+            ("content-length", str(len(body))),
+            ("connection", "close"),
+            *extra,
+        ]
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
 
-    def _route(self, method: str, path: str) -> tuple[int, bytes, str, list[tuple[str, str]]]:
+    def route(self, method: str, path: str) -> Response:
+        """Status, body, content type and extra headers for a request."""
         if method != "GET":
-            return 405, b"method not allowed\n", TEXT_CONTENT_TYPE, [("Allow", "GET")]
+            return 405, b"method not allowed\n", TEXT_CONTENT_TYPE, [("allow", "GET")]
         if path == "/metrics":
             return 200, self.metrics.render_prometheus().encode(), PROMETHEUS_CONTENT_TYPE, []
         if path == "/healthz":
@@ -147,13 +112,11 @@ class AdminServer:
             if count:
                 LOG_MASKED_TOTAL.inc()
                 log.warning("card-number-like digits masked in /calls output")
-            no_store = [("Cache-Control", "no-store")]
+            no_store = [("cache-control", "no-store")]
             return 200, (text + "\n").encode(), JSON_CONTENT_TYPE, no_store
         return 404, b"not found\n", TEXT_CONTENT_TYPE, []
 
-    def _healthz(self) -> tuple[int, bytes, str, list[tuple[str, str]]]:
-        """200 when `health()` says so, else 503. A mapping from it (the node's admission
-        state) is the JSON body, healthy when its "status" is "ok"; a bool gives ok/unavailable."""
+    def _healthz(self) -> Response:
         try:
             state = self.health()
         except Exception:
@@ -162,83 +125,172 @@ class AdminServer:
         if isinstance(state, Mapping):
             status = 200 if state.get("status") == "ok" else 503
             body = (json.dumps(dict(state), default=str) + "\n").encode()
-            return status, body, JSON_CONTENT_TYPE, [("Cache-Control", "no-store")]
+            return status, body, JSON_CONTENT_TYPE, [("cache-control", "no-store")]
         if state:
             return 200, b"ok\n", TEXT_CONTENT_TYPE, []
         return 503, b"unavailable\n", TEXT_CONTENT_TYPE, []
 
-    async def _respond(
+
+_REQUEST_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 16\r\nconnection: close\r\n\r\nrequest timeout\n"
+)
+
+
+def _protocol_with_deadline(deadline_s: float) -> type[H11Protocol]:
+    """uvicorn's h11 protocol, closing a connection `deadline_s` after it opened: with 408 when
+    no whole request head came by then; an answer still unread is cut (every answer closes
+    its connection, so a connection that lasts that long is stuck)."""
+
+    class DeadlineH11Protocol(H11Protocol):  # type: ignore[misc]
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._deadline = self.loop.call_later(deadline_s, self._deadline_passed)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def _deadline_passed(self) -> None:
+            if self.transport.is_closing():
+                return
+            if self.cycle is None:
+                self.transport.write(_REQUEST_TIMEOUT)
+            self.transport.close()
+
+    return DeadlineH11Protocol
+
+
+class _NodeServer(uvicorn.Server):  # type: ignore[misc]
+    """uvicorn without its signal handlers: SIGTERM and SIGINT are the node's (drain first)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class AsgiServer:
+    """An ASGI app served by uvicorn as a task of the running event loop, on a TCP port or a
+    Unix socket we bind ourselves, with the caps and deadline above (the node's admin endpoint,
+    and the supervisor's of `serve --workers`)."""
+
+    def __init__(self, app: Any, request_deadline_s: float = REQUEST_DEADLINE_S) -> None:
+        self.app = app
+        self.request_deadline_s = request_deadline_s
+        self._server: _NodeServer | None = None
+        self._serving: asyncio.Task[None] | None = None
+        self.host = ""
+        self.port = 0  # the bound port once started (useful with port 0)
+
+    async def start(self, host: str, port: int) -> None:
+        listener = _bind(host, port)
+        await self._serve(listener, f"{host}:{port}")
+        sockname = listener.getsockname()
+        self.host, self.port = str(sockname[0]), int(sockname[1])
+        shown = f"[{self.host}]" if ":" in self.host else self.host
+        log.info("admin endpoint on http://%s:%d", shown, self.port)
+
+    async def start_unix(self, path: str) -> None:
+        """Listen on a Unix socket only this user may open (a worker answering its
+        supervisor)."""
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # left by a worker that died
+            listener.bind(path)
+            os.chmod(path, 0o600)
+            listener.listen(128)
+        except OSError:
+            listener.close()
+            raise
+        await self._serve(listener, path)
+        self.host = f"unix:{path}"
+        log.info("admin endpoint on %s", self.host)
+
+    async def _serve(self, listener: socket.socket, where: str) -> None:
+        config = uvicorn.Config(
+            self.app,
+            http=_protocol_with_deadline(self.request_deadline_s),
+            ws="none",
+            lifespan="off",
+            log_config=None,  # the process's logging (JSON lines, card masking) as it is
+            access_log=False,
+            server_header=False,
+            proxy_headers=False,
+            limit_concurrency=MAX_CONNECTIONS,
+            h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
+            timeout_graceful_shutdown=math.ceil(self.request_deadline_s),
+        )
+        server = _NodeServer(config)
+        serving = asyncio.get_running_loop().create_task(server.serve(sockets=[listener]))
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.005)
+        if serving.done():
+            listener.close()
+            await serving  # its error, if it had one
+            raise OSError(f"admin endpoint on {where} did not start")
+        self._server, self._serving = server, serving
+
+    async def close(self) -> None:
+        """Stop listening, close open connections (answers in progress get the deadline to
+        finish), free the port."""
+        server, serving = self._server, self._serving
+        if server is None or serving is None:
+            return
+        self._server = self._serving = None
+        server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(serving), self.request_deadline_s + 1)
+        except TimeoutError:
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+
+
+class AdminServer(AsgiServer):
+    """Serves the node's metrics, health and calls over HTTP (`AdminApp`)."""
+
+    app: AdminApp
+
+    def __init__(
         self,
-        writer: asyncio.StreamWriter,
-        status: int,
-        body: bytes,
-        content_type: str = TEXT_CONTENT_TYPE,
-        extra_headers: list[tuple[str, str]] | None = None,
+        metrics: Metrics,
+        calls_provider: CallsProvider,
+        health: Health,
+        request_deadline_s: float = REQUEST_DEADLINE_S,
     ) -> None:
-        headers = [
-            ("Content-Type", content_type),
-            ("Content-Length", str(len(body))),
-            ("Connection", "close"),
-            *(extra_headers or []),
-        ]
-        head = f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
-        head += "".join(f"{name}: {value}\r\n" for name, value in headers) + "\r\n"
-        try:
-            writer.write(head.encode("ascii") + body)
-            async with asyncio.timeout(self.request_deadline_s):
-                await writer.drain()
-        except (ConnectionError, TimeoutError):
-            pass  # the client is gone or not reading: nothing more to do
+        super().__init__(AdminApp(metrics, calls_provider, health), request_deadline_s)
+
+    @property
+    def health(self) -> Health:
+        return self.app.health
+
+    @health.setter
+    def health(self, health: Health) -> None:
+        self.app.health = health
+
+    @property
+    def calls_provider(self) -> CallsProvider:
+        return self.app.calls_provider
+
+    @calls_provider.setter
+    def calls_provider(self, calls_provider: CallsProvider) -> None:
+        self.app.calls_provider = calls_provider
 
 
-async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Half-close, then discard unread input for a moment: closing a socket with unread data
-    sends a reset, which can destroy our response before the client has read it."""
-    if writer.transport.is_closing():
-        return
+def _bind(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    listener = socket.socket(family, kind, proto)
     try:
-        if writer.can_write_eof():
-            writer.write_eof()
-        discarded = 0
-        async with asyncio.timeout(LINGER_S):
-            while discarded < LINGER_BYTES:
-                chunk = await reader.read(4096)
-                if not chunk:
-                    break
-                discarded += len(chunk)
-    except (OSError, TimeoutError, RuntimeError, ValueError):
-        pass  # reset, slow or gone: close anyway
-
-
-async def _read_request_head(reader: asyncio.StreamReader) -> tuple[str, str]:
-    """The method and path of a request; headers are read (to stay bounded) and ignored."""
-    total = 0
-    lines: list[bytes] = []
-    while True:
-        try:
-            line = await reader.readuntil(b"\n")
-        except asyncio.LimitOverrunError:
-            raise _BadRequest(431) from None
-        except asyncio.IncompleteReadError as exc:
-            if not exc.partial and not lines:
-                raise  # connected and closed without a byte
-            raise _BadRequest(400) from None
-        total += len(line)
-        if total > MAX_REQUEST_HEAD_BYTES or len(lines) > MAX_HEADER_LINES:
-            raise _BadRequest(431)
-        if line in (b"\r\n", b"\n"):
-            if not lines:
-                continue  # RFC 9112 §2.2: ignore empty lines before the request line
-            break
-        lines.append(line)
-    parts = lines[0].decode("latin-1").split()
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise _BadRequest(400)
-    method, target, _ = parts
-    if not method.isascii() or not method.isalpha() or not target.startswith("/"):
-        raise _BadRequest(400)
-    path = target.split("?", 1)[0].split("#", 1)[0]
-    return method, path
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(128)
+    except OSError:
+        listener.close()
+        raise
+    return listener
 
 
 def _calls_json(calls: list[Any]) -> tuple[str, int]:

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from spg_media.cdr import CallbackSender, CallRecord, CdrWriter
 from spg_media.config import Config
@@ -117,6 +118,28 @@ class Handoff:
                 value = _unescape(param) if param else None
             values.append(value.strip() if value else None)
         return cls(*values)
+
+
+def refer_to_uri(target: str, result: Result, reference: str = "") -> SipUri:
+    """The Refer-To URI that sends the caller back to `target` with the result.
+
+    The result and reference go twice: as URI parameters (`x-spg-result`, `x-spg-reference`),
+    which survive a PBX that keeps only the URI (Asterisk's `SIPREFERTOHDR` drops `?headers`;
+    FreeSWITCH passes the parameters on as `X-FS-Refer-Params`), and as `?headers`, which a
+    phone following the REFER copies into its INVITE.
+    """
+    uri = SipUri.parse(target)
+    uri.params["x-spg-result"] = str(result)
+    uri.headers["X-SPG-Result"] = str(result)
+    if reference:
+        # the platform's reference is free text: escaped to what a URI parameter may hold
+        uri.params["x-spg-reference"] = quote(reference, safe=_PARAM_SAFE)
+        uri.headers["X-SPG-Reference"] = reference
+    return uri
+
+
+# RFC 3261 param-unreserved and unreserved marks: what a URI parameter value holds unescaped
+_PARAM_SAFE = "-_.!~*'()[]/:&+$"
 
 
 def _unescape(value: str) -> str:
@@ -804,11 +827,7 @@ class Call:
             self._emit("bye", reason="no return target")
             await self._bye(headers)
             return
-        refer_to = SipUri.parse(target)
-        refer_to.params["x-spg-result"] = str(outcome.result)
-        refer_to.headers["X-SPG-Result"] = str(outcome.result)
-        if outcome.reference:
-            refer_to.headers["X-SPG-Reference"] = outcome.reference
+        refer_to = refer_to_uri(target, outcome.result, outcome.reference)
         request = self._in_dialog(
             "REFER",
             [

@@ -40,6 +40,7 @@ from urllib.parse import SplitResult, urlsplit
 
 import httpx
 
+from spg_media.payment.cards import luhn_valid
 from spg_media.payment.signing import SIGNATURE_HEADER, sign
 
 log = logging.getLogger("spg.cdr")
@@ -107,23 +108,13 @@ def _charge_state_of(result: str) -> str:
     return "unknown" if result == "error" else "not-charged"
 
 
-def _luhn(digits: str) -> bool:
-    total = 0
-    for index, char in enumerate(reversed(digits)):
-        value = ord(char) - 48
-        if index % 2:
-            value = value * 2 - 9 if value > 4 else value * 2
-        total += value
-    return total % 10 == 0
-
-
 def mask_card_like(value: Any, where: str) -> Any:
     """`value` with every Luhn-valid 12–19 digit run cut to its last four (warning logged)."""
     if isinstance(value, str):
 
         def mask(match: re.Match[str]) -> str:
             run = match.group(0)
-            if not _luhn(run):
+            if not luhn_valid(run):
                 return run
             log.warning("card-like number masked in call record field %s", where or "?")
             return "*" * (len(run) - 4) + run[-4:]

@@ -51,6 +51,39 @@ def _build_parser() -> argparse.ArgumentParser:
         "--sip", action="append", default=[], help="listen spec udp|tcp|tls:HOST:PORT"
     )
     serve.add_argument("--admin", help="admin HTTP HOST:PORT ('' disables)")
+    serve.add_argument(
+        "--workers",
+        help="worker processes, each on its own SIP ports (listener port + index) and slice of "
+        "the RTP range: 0 = one per core (default: process.workers), 1 = one process",
+    )
+    serve.add_argument(
+        "--drain-s",
+        help="on SIGTERM/SIGINT, how long calls in progress get to finish (default 30); never "
+        "less than an authorisation with its reconciliation may take (gateway.timeout_s + "
+        "gateway.reconcile_s + 5) unless --drain-exact",
+    )
+    serve.add_argument(
+        "--drain-exact",
+        action="store_true",
+        help="drain for --drain-s even when shorter than an authorisation may take (a call cut "
+        "short then may leave its charge unknown: run spg-media reconcile)",
+    )
+    # How the supervisor tells a worker which it is (its log lines carry the number).
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+
+    dispatcher = sub.add_parser(
+        "kamailio-dispatcher",
+        help="Kamailio dispatcher.list entries for the workers of `serve`",
+    )
+    dispatcher.add_argument("-c", "--config", help="TOML config file")
+    dispatcher.add_argument("--workers", help="worker count (default: process.workers)")
+    dispatcher.add_argument("--setid", default="1", help="dispatcher set id (default 1)")
+
+    init = sub.add_parser(
+        "init", help="write a starting spg.toml and the Kamailio configuration to a directory"
+    )
+    init.add_argument("directory", help="where to write (created if missing)")
+    init.add_argument("--force", action="store_true", help="overwrite files that exist")
 
     demo = sub.add_parser("demo", help="a complete payment call on loopback")
     demo.add_argument("--inband", action="store_true", help="key the card as in-band tones")
@@ -98,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _build_parser().parse_args(argv)
         handler = {
             "serve": _serve,
+            "kamailio-dispatcher": _kamailio_dispatcher,
+            "init": _init,
             "demo": _demo,
             "sandbox": _sandbox,
             "prompts": _prompts,
@@ -154,21 +189,151 @@ def _serve(args: argparse.Namespace) -> int:
     sip = dataclasses.replace(config.sip, listen=tuple(args.sip)) if args.sip else config.sip
     admin = config.admin
     if args.admin is not None:
-        if args.admin:
+        if args.admin and not args.admin.startswith("unix:"):
             _host_port(args.admin, "--admin")
         admin = dataclasses.replace(config.admin, listen=args.admin)
     config = dataclasses.replace(config, sip=sip, admin=admin)
+    count = _worker_count(args.workers, config)
+    drain_s = _drain_seconds(args)
     from spg_media.observability import setup_logging
 
-    setup_logging(config.log.format, config.log.level)
+    handler = setup_logging(config.log.format, config.log.level)
+    if args.worker_index is not None:
+        handler.addFilter(_WorkerField(args.worker_index))
     _harden(config)
-    if config.gateway.connector == "sandbox":
+    if config.gateway.connector == "sandbox" and args.worker_index is None:
         logging.getLogger("spg.server").warning(
             'gateway.connector is "sandbox": every Luhn-valid card is approved and nothing is '
             'charged; set gateway.connector = "http" to take real payments'
         )
-    _run(_serve_async(config))
+    if count == 1:
+        _run(_serve_async(config, drain_s, not args.drain_exact))
+    else:
+        drain = ["--drain-s", str(args.drain_s)] if args.drain_s is not None else []
+        drain += ["--drain-exact"] if args.drain_exact else []
+        _run(_supervise_async(config, args.config, count, drain))
     return 0
+
+
+def _worker_count(given: str | None, config: Config) -> int:
+    from spg_media.workers import plan_workers, worker_count
+
+    if given is None:
+        setting = config.process.workers
+    elif given.isascii() and given.isdigit() and int(given) <= 256:
+        setting = int(given)
+    else:
+        raise UsageError(f"--workers: expected 0 (one per core) to 256, got {given!r}")
+    count = worker_count(setting)
+    if count > 1:
+        plan_workers(config, count, Path("/nonexistent"))  # ports and RTP slices fit: else exit 2
+    return count
+
+
+class _WorkerField(logging.Filter):
+    """Adds `worker` to every record of a worker process, so merged logs say whose line it is."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.index
+        return True
+
+
+async def _supervise_async(
+    config: Config, config_path: str | None, count: int, worker_args: list[str]
+) -> None:
+    from spg_media.tts.prompts import PromptLibrary
+    from spg_media.tts.render import PromptRenderer
+    from spg_media.workers import Supervisor
+
+    logger = logging.getLogger("spg.server")
+    # Rendered once here, so N workers starting together do not each synthesise every prompt.
+    prompts = PromptLibrary(PromptRenderer(Path(config.tts.cache_dir)))
+    rendered = await asyncio.to_thread(prompts.prerender, config.ivr.language)
+    logger.info("prompts ready: %d clips for %s", rendered, config.ivr.language)
+    supervisor = Supervisor(config, config_path, count, worker_args)
+    await supervisor.start()
+    admin = None
+    if config.admin.listen:
+        admin = await _start_supervisor_admin(supervisor, config.admin.listen)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    waits = [asyncio.create_task(stop.wait()), asyncio.create_task(supervisor.failed.wait())]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for task in waits:
+        task.cancel()
+    logger.info("stopping: the workers drain their calls")
+    await supervisor.stop()
+    if admin is not None:
+        await admin.close()
+    if supervisor.failure:
+        raise UsageError(supervisor.failure)
+
+
+async def _start_supervisor_admin(supervisor: Any, listen: str) -> Any:
+    from spg_media.config import is_loopback_host, parse_host_port
+    from spg_media.workers import SupervisorAdmin
+
+    host, port = parse_host_port(listen)
+    if not is_loopback_host(host):
+        logging.getLogger("spg.server").warning(
+            "admin.listen %s is not a loopback address: /metrics, /healthz and /calls "
+            "have no authentication; keep that address on a private network",
+            listen,
+        )
+    admin = SupervisorAdmin(supervisor, host, port)
+    try:
+        await admin.start()
+    except (OSError, SystemExit) as exc:
+        await supervisor.stop()
+        raise UsageError(f"cannot listen on admin.listen {listen}: {exc}") from None
+    return admin
+
+
+def _init(args: argparse.Namespace) -> int:
+    from spg_media.shipped import StarterError, write_starter_files
+
+    try:
+        written = write_starter_files(args.directory, force=args.force)
+    except StarterError as exc:
+        raise UsageError(str(exc)) from None
+    for path in written:
+        print(f"wrote {path}")
+    print(f"next: edit {written[0]}, then spg-media check-config -c {written[0]}")
+    return 0
+
+
+def _kamailio_dispatcher(args: argparse.Namespace) -> int:
+    from spg_media.workers import dispatcher_lines
+
+    config = _load(args.config)
+    count = _worker_count(args.workers, config)
+    if not (args.setid.isascii() and args.setid.isdigit()):
+        raise UsageError(f"--setid: expected a number, got {args.setid!r}")
+    print("\n".join(dispatcher_lines(config, count, int(args.setid))))
+    return 0
+
+
+def _drain_seconds(args: argparse.Namespace) -> float:
+    from spg_media.server import DRAIN_S
+
+    if args.drain_s is None:
+        if args.drain_exact:
+            raise UsageError("--drain-exact: needs --drain-s SECONDS")
+        return DRAIN_S
+    try:
+        seconds = float(args.drain_s)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 86400:  # also refuses nan and inf
+        raise UsageError(f"--drain-s: must be seconds from 0 to 86400, not {args.drain_s!r}")
+    return seconds
 
 
 def _harden(config: Config) -> None:
@@ -183,10 +348,11 @@ def _harden(config: Config) -> None:
     logging.getLogger("spg.server").info("process hardening: %s", ", ".join(protections))
 
 
-async def _serve_async(config: Config) -> None:
+async def _serve_async(config: Config, drain_s: float, drain_floor: bool) -> None:
+    from spg_media.call import authorization_bound_s
     from spg_media.server import Server
 
-    server = Server(config)
+    server = Server(config, drain_s=drain_s, drain_floor=drain_floor)
     try:
         await server.start()
     except OSError as exc:  # a port in use or an address not ours: the operator's to fix
@@ -198,7 +364,16 @@ async def _serve_async(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    logging.getLogger("spg.server").info("spg-media serving on %s", ", ".join(config.sip.listen))
+    log = logging.getLogger("spg.server")
+    log.info("spg-media serving on %s", ", ".join(config.sip.listen))
+    log.info("on SIGTERM, calls in progress get up to %g s to finish", server.grace_s)
+    if server.grace_s < authorization_bound_s(config):
+        log.warning(
+            "--drain-exact %g s is shorter than an authorisation with its reconciliation may take "
+            "(%g s): a call stopped in one may leave its charge unknown (spg-media reconcile)",
+            server.grace_s,
+            authorization_bound_s(config),
+        )
     await stop.wait()
     await server.stop()
 
@@ -319,7 +494,10 @@ async def _demo_call(args: argparse.Namespace, workdir: Path) -> str:
         srtp=args.srtp,
         tls_ca_file=ca_file,
     )
-    cvc = "1234" if args.card.startswith(("34", "37")) else "123"
+    from spg_media.payment.cards import cvc_length, detect_brand
+
+    # The code's length by the card rules (4 digits for American Express); "" for no brand.
+    cvc = "1234"[: cvc_length(detect_brand(args.card) or "")]
     try:
         await caller.start()
         if await caller.call() != 200:

@@ -9,7 +9,11 @@ Every problem is a `ConfigError` whose message is one line naming the key
 (`ivr.max_attempts: must be an integer >= 1, got "x"`), fit for the CLI's exit status 2.
 
 Paths in the config (`sip.tls_cert`, `sip.tls_key`, `sip.tls_ca`, `log.cdr_path`,
-`tts.cache_dir`) are relative to the working directory of the process, as the server opens them.
+`log.journal_path`, `tts.cache_dir`) are relative to the working directory of the process, as
+the server opens them; except that under a service manager that names the service's directories
+(systemd's `StateDirectory=` and `CacheDirectory=` set `$STATE_DIRECTORY`, `$CACHE_DIRECTORY`),
+relative `log.cdr_path` and `log.journal_path` are under `$STATE_DIRECTORY` and a relative
+`tts.cache_dir` under `$CACHE_DIRECTORY`.
 """
 
 from __future__ import annotations
@@ -552,10 +556,15 @@ class HandoffConfig(_Section):
 class AdminConfig(_Section):
     SECTION: ClassVar[str] = "admin"
 
-    listen: str = _rule("127.0.0.1:9180", _Str())  # "" disables the admin endpoint
+    # HOST:PORT; "" disables the admin endpoint; unix:PATH is how a worker of `serve --workers`
+    # answers its supervisor
+    listen: str = _rule("127.0.0.1:9180", _Str())
 
     def _validate(self) -> None:
-        if self.listen:
+        if self.listen.startswith("unix:"):
+            if len(self.listen) == len("unix:"):
+                raise _key_error("admin.listen", "unix: needs a socket path")
+        elif self.listen:
             try:
                 parse_host_port(self.listen)
             except ConfigError as exc:
@@ -624,6 +633,15 @@ class SecurityConfig(_Section):
     lock_memory: bool = _rule(False, _Bool())
 
 
+@dataclass(frozen=True)
+class ProcessConfig(_Section):
+    SECTION: ClassVar[str] = "process"
+
+    # Worker processes of `serve` (each a whole node on its own SIP ports and RTP slice, under
+    # one supervisor): 0 = one per core, 1 = a single process with no supervisor.
+    workers: int = _rule(0, _Int(0, 256))
+
+
 _SECTIONS: dict[str, type[_Section]] = {
     cls.SECTION: cls
     for cls in (
@@ -638,6 +656,7 @@ _SECTIONS: dict[str, type[_Section]] = {
         LogConfig,
         TtsConfig,
         SecurityConfig,
+        ProcessConfig,
     )
 }
 
@@ -657,6 +676,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    process: ProcessConfig = field(default_factory=ProcessConfig)
 
     def with_overrides(self, **section_changes: Mapping[str, Any]) -> Config:
         """A validated copy with keys changed: `with_overrides(admin={"listen": ""})`."""
@@ -739,6 +759,39 @@ def _env_overrides(env: Mapping[str, str]) -> dict[tuple[str, str], tuple[str, s
     return found
 
 
+# The keys whose relative paths go under a directory the service manager made for the service:
+# a service's working directory is / (read-only under ProtectSystem=strict), and its records
+# (CDR, journal) and its prompt cache have their own places (/var/lib/..., /var/cache/...).
+SERVICE_DIRECTORIES: dict[tuple[str, str], str] = {
+    ("log", "cdr_path"): "STATE_DIRECTORY",
+    ("log", "journal_path"): "STATE_DIRECTORY",
+    ("tts", "cache_dir"): "CACHE_DIRECTORY",
+}
+
+
+def _place_in_service_directories(
+    values: dict[str, dict[str, Any]], env: Mapping[str, str], origins: dict[str, str]
+) -> None:
+    """Put the relative paths of SERVICE_DIRECTORIES (from the file, an override or the
+    default) under `$STATE_DIRECTORY` / `$CACHE_DIRECTORY` when those are set (an error about
+    such a path then names the variable too)."""
+    for (section, key), variable in SERVICE_DIRECTORIES.items():
+        # systemd lists one directory per StateDirectory= entry, colon-separated: ours is first
+        base = env.get(variable, "").split(":")[0]
+        if not base:
+            continue
+        default = next(
+            f.default
+            for f in dataclasses.fields(_SECTIONS[section])  # type: ignore[arg-type]
+            if f.name == key
+        )
+        value = values.get(section, {}).get(key, default)
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            values.setdefault(section, {})[key] = os.path.join(base, value)
+            name = f"{section}.{key}"
+            origins[name] = f"{origins[name]} under {variable}" if name in origins else variable
+
+
 def load_config(path: str | Path | None, env: Mapping[str, str] = os.environ) -> Config:
     """The config from `path` (None: defaults only), then `SPG_SECTION__KEY` overrides from env."""
     raw: dict[str, Any] = _read_toml(Path(path)) if path is not None else {}
@@ -757,6 +810,8 @@ def load_config(path: str | Path | None, env: Mapping[str, str] = os.environ) ->
         rule: _Rule = f.metadata["rule"]
         values.setdefault(section, {})[key] = rule.from_env(text)
         origins[f"{section}.{key}"] = variable
+
+    _place_in_service_directories(values, env, origins)
 
     sections: dict[str, _Section] = {}
     for section, cls in _SECTIONS.items():

@@ -8,9 +8,11 @@ becomes `************1111`. Card data should never get that far (it is a type of
 `SecretDigits`); when the filter does mask something it counts it in `spg_log_masked_total`, so
 an operator sees that a code path leaked and the digits did not.
 
-Metrics. `Metrics` is a small registry of counters, gauges and histograms rendered in the
-Prometheus text format (version 0.0.4) for the admin endpoint's `/metrics`. The process-wide
-registry is `METRICS`; the metrics the call layer updates are module-level objects below.
+Metrics. `Metrics` is a registry of counters, gauges and histograms kept by prometheus_client
+in a private `CollectorRegistry` and rendered in the Prometheus text format (version 0.0.4) for
+the admin endpoint's `/metrics`. The process-wide registry is `METRICS` (with the library's
+`process_*` and `python_*` collectors); the metrics the call layer updates are module-level
+objects below, and other modules add theirs with `METRICS.counter/gauge/histogram(...)`.
 Label values are refused (ValueError) when they hold a run of 6 or more digits: a label must
 never be able to carry a card number, and the error text never repeats the value. Callers pass
 label values from small fixed sets (a SIP method not in the known list becomes "other", say):
@@ -26,8 +28,18 @@ import math
 import re
 import sys
 import threading
-from collections.abc import Iterable, Sequence
-from typing import Any, TextIO
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal, TextIO, TypeVar
+
+import prometheus_client
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.metrics import MetricWrapperBase
 
 __all__ = [
     "CALLS_ACTIVE",
@@ -250,6 +262,13 @@ def setup_logging(format: str, level: str, stream: TextIO | None = None) -> logg
 
 
 # ---- metrics -----------------------------------------------------------------------------------
+#
+# prometheus_client counts and writes the text format; the classes below are a thin facade that
+# adds the two rules a payment node needs (no digit runs in label values, a bounded number of
+# label sets) and keeps the call style the code uses: `metric.inc(**labels)`, `metric.get()`.
+
+# No `*_created` series: they would double every series to say when the process started.
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -257,37 +276,18 @@ _LABEL_DIGIT_RUN = re.compile(r"\d(?:[ -]?\d){5,}")
 
 MAX_SERIES_PER_METRIC = 1000  # label values must come from small fixed sets; this bounds a mistake
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 LabelKey = tuple[str, ...]
-
-
-def _format_number(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == int(value) and abs(value) < 1e15:
-        return str(int(value))
-    return repr(float(value))
-
-
-def _escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _label_text(names: Sequence[str], values: Sequence[str]) -> str:
-    if not names:
-        return ""
-    pairs = ",".join(f'{n}="{_escape_label(v)}"' for n, v in zip(names, values, strict=True))
-    return "{" + pairs + "}"
+_M = TypeVar("_M", bound="_Metric")
+GaugeMode = Literal["livesum", "liveall", "livemax", "livemin", "sum", "all", "max", "min"]
 
 
 class _Metric:
+    """One metric of a `Metrics` registry: name and label checks, and its label sets."""
+
     kind = ""
+    _sample_suffix = ""  # of the sample `get` reads: "" for a gauge, "_total" for a counter
 
     def __init__(self, name: str, help: str, labelnames: Iterable[str] = ()) -> None:
         if not _METRIC_NAME.fullmatch(name):
@@ -301,103 +301,115 @@ class _Metric:
         if len(set(self.labelnames)) != len(self.labelnames):
             raise ValueError(f"{name}: duplicate label names")
         self._lock = threading.Lock()
-        self._known: set[LabelKey] = set()
+        # Label set -> prometheus_client child: one check per new label set, then a dict lookup.
+        self._children: dict[LabelKey, Any] = {}
 
-    def _key(self, labels: dict[str, Any], register: bool = True) -> LabelKey:
+    def _adopt(self, metric: MetricWrapperBase) -> None:
+        self._metric = metric
+        if not self.labelnames:
+            self._children[()] = metric  # an unlabelled series exists from the start
+
+    def _child(self, labels: dict[str, Any], create: bool = True) -> Any:
+        """The prometheus_client child of a label set (None for an unknown one if not
+        `create`: a read does not take one of the label sets)."""
         if len(labels) != len(self.labelnames) or set(labels) != set(self.labelnames):
             raise ValueError(
                 f"{self.name}: expected labels ({', '.join(self.labelnames)}), "
                 f"got ({', '.join(sorted(labels))})"
             )
         key = tuple(str(labels[n]) for n in self.labelnames)
-        if key not in self._known:  # check each new label set once, not on every update
-            for label, value in zip(self.labelnames, key, strict=True):
-                if _LABEL_DIGIT_RUN.search(value):
-                    # The value is not repeated: it could be card data.
-                    raise ValueError(
-                        f"{self.name}: value of label {label!r} refused "
-                        "(it holds a run of 6 or more digits)"
-                    )
-            if not register:
-                return key  # a read: does not take one of the label sets
-            if len(self._known) >= MAX_SERIES_PER_METRIC:
+        child = self._children.get(key)
+        if child is not None:
+            return child
+        for label, value in zip(self.labelnames, key, strict=True):
+            if _LABEL_DIGIT_RUN.search(value):
+                # The value is not repeated: it could be card data.
                 raise ValueError(
-                    f"{self.name}: more than {MAX_SERIES_PER_METRIC} label sets "
-                    "(label values must come from a small fixed set)"
+                    f"{self.name}: value of label {label!r} refused "
+                    "(it holds a run of 6 or more digits)"
                 )
-            self._known.add(key)
-        return key
+        if not create:
+            return None
+        with self._lock:
+            child = self._children.get(key)
+            if child is None:
+                if len(self._children) >= MAX_SERIES_PER_METRIC:
+                    raise ValueError(
+                        f"{self.name}: more than {MAX_SERIES_PER_METRIC} label sets "
+                        "(label values must come from a small fixed set)"
+                    )
+                child = self._children[key] = self._metric.labels(*key)
+        return child
 
-    def _header(self) -> list[str]:
-        return [f"# HELP {self.name} {_escape_help(self.help)}", f"# TYPE {self.name} {self.kind}"]
-
-    def render(self) -> list[str]:
-        raise NotImplementedError
+    def _read(self, labels: dict[str, Any], suffix: str) -> float:
+        child = self._child(labels, create=False)
+        if child is None:
+            return 0.0
+        for family in child.collect():
+            for sample in family.samples:
+                if sample.name == family.name + suffix:
+                    return float(sample.value)
+        return 0.0
 
 
 class _Scalar(_Metric):
     """Counter and gauge: one number per label set."""
 
-    def __init__(self, name: str, help: str, labelnames: Iterable[str] = ()) -> None:
-        super().__init__(name, help, labelnames)
-        self._values: dict[LabelKey, float] = {}
-        if not self.labelnames:
-            self._values[()] = 0.0  # an unlabelled series exists from the start
-
     def get(self, **labels: Any) -> float:
-        key = self._key(labels, register=False)
-        with self._lock:
-            return self._values.get(key, 0.0)
-
-    def _add(self, amount: float, labels: dict[str, Any]) -> None:
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def render(self) -> list[str]:
-        with self._lock:
-            series = sorted(self._values.items())
-        lines = self._header()
-        for key, value in series:
-            lines.append(f"{self.name}{_label_text(self.labelnames, key)} {_format_number(value)}")
-        return lines
+        return self._read(labels, self._sample_suffix)
 
 
 class Counter(_Scalar):
-    """A number that only goes up."""
+    """A number that only goes up (exposed as `<name>_total`: name it so)."""
 
     kind = "counter"
+    _sample_suffix = "_total"
+
+    def __init__(
+        self,
+        name: str,
+        help: str,
+        labelnames: Iterable[str] = (),
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        super().__init__(name, help, labelnames)
+        self._adopt(prometheus_client.Counter(name, help, self.labelnames, registry=registry))
 
     def inc(self, amount: float = 1.0, **labels: Any) -> None:
         if amount < 0:
             raise ValueError(f"{self.name}: a counter cannot decrease")
-        self._add(amount, labels)
+        self._child(labels).inc(amount)
 
 
 class Gauge(_Scalar):
-    """A number that goes up and down."""
+    """A number that goes up and down. `multiprocess_mode` says how several worker processes'
+    values combine (prometheus_client's multiprocess mode; ignored in a single process)."""
 
     kind = "gauge"
 
+    def __init__(
+        self,
+        name: str,
+        help: str,
+        labelnames: Iterable[str] = (),
+        registry: CollectorRegistry | None = None,
+        multiprocess_mode: GaugeMode = "livesum",
+    ) -> None:
+        super().__init__(name, help, labelnames)
+        self._adopt(
+            prometheus_client.Gauge(
+                name, help, self.labelnames, registry=registry, multiprocess_mode=multiprocess_mode
+            )
+        )
+
     def inc(self, amount: float = 1.0, **labels: Any) -> None:
-        self._add(amount, labels)
+        self._child(labels).inc(amount)
 
     def dec(self, amount: float = 1.0, **labels: Any) -> None:
-        self._add(-amount, labels)
+        self._child(labels).dec(amount)
 
     def set(self, value: float, **labels: Any) -> None:
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = float(value)
-
-
-class _HistogramSeries:
-    __slots__ = ("bucket_counts", "count", "total")
-
-    def __init__(self, buckets: int) -> None:
-        self.bucket_counts = [0] * buckets  # per bucket, not cumulative
-        self.count = 0
-        self.total = 0.0
+        self._child(labels).set(value)
 
 
 class Histogram(_Metric):
@@ -411,6 +423,7 @@ class Histogram(_Metric):
         help: str,
         labelnames: Iterable[str] = (),
         buckets: Sequence[float] = DEFAULT_BUCKETS,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         super().__init__(name, help, labelnames)
         if "le" in self.labelnames:
@@ -419,77 +432,61 @@ class Histogram(_Metric):
         if not bounds or len(set(bounds)) != len(bounds):
             raise ValueError(f"{name}: buckets must be distinct numbers")
         self.buckets = tuple(bounds)
-        self._series: dict[LabelKey, _HistogramSeries] = {}
-        if not self.labelnames:
-            self._series[()] = _HistogramSeries(len(self.buckets))
+        self._adopt(
+            prometheus_client.Histogram(
+                name, help, self.labelnames, registry=registry, buckets=self.buckets
+            )
+        )
 
     def observe(self, value: float, **labels: Any) -> None:
-        key = self._key(labels)
-        with self._lock:
-            series = self._series.get(key)
-            if series is None:
-                series = self._series[key] = _HistogramSeries(len(self.buckets))
-            for index, bound in enumerate(self.buckets):
-                if value <= bound:
-                    series.bucket_counts[index] += 1
-                    break
-            series.count += 1
-            series.total += value
+        self._child(labels).observe(value)
 
     def get_count(self, **labels: Any) -> int:
-        key = self._key(labels, register=False)
-        with self._lock:
-            series = self._series.get(key)
-            return series.count if series else 0
+        return int(self._read(labels, "_count"))
 
     def get_sum(self, **labels: Any) -> float:
-        key = self._key(labels, register=False)
-        with self._lock:
-            series = self._series.get(key)
-            return series.total if series else 0.0
-
-    def render(self) -> list[str]:
-        with self._lock:
-            snapshot = sorted(
-                (key, list(s.bucket_counts), s.count, s.total) for key, s in self._series.items()
-            )
-        lines = self._header()
-        names = (*self.labelnames, "le")
-        for key, bucket_counts, count, total in snapshot:
-            cumulative = 0
-            for bound, in_bucket in zip(self.buckets, bucket_counts, strict=True):
-                cumulative += in_bucket
-                labels = _label_text(names, (*key, _format_number(bound)))
-                lines.append(f"{self.name}_bucket{labels} {cumulative}")
-            lines.append(f"{self.name}_bucket{_label_text(names, (*key, '+Inf'))} {count}")
-            plain = _label_text(self.labelnames, key)
-            lines.append(f"{self.name}_sum{plain} {_format_number(total)}")
-            lines.append(f"{self.name}_count{plain} {count}")
-        return lines
+        return self._read(labels, "_sum")
 
 
 class Metrics:
-    """A registry: creates metrics once by name and renders them all for Prometheus."""
+    """A registry: creates metrics once by name and renders them all for Prometheus.
 
-    def __init__(self) -> None:
+    Each `Metrics` has its own prometheus_client `CollectorRegistry` (`registry`), never the
+    library's global one. `process_metrics=True` adds the library's process (`process_*`: open
+    file descriptors, resident memory, CPU), platform (`python_info`) and garbage collector
+    (`python_gc_*`) collectors.
+    """
+
+    def __init__(self, process_metrics: bool = False) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
         self._metrics: dict[str, _Metric] = {}
         self._lock = threading.Lock()
+        if process_metrics:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
 
-    def _register(self, metric: _Metric) -> None:
+    def _add(self, name: str, make: Callable[[], _M]) -> _M:
         with self._lock:
-            if metric.name in self._metrics:
-                raise ValueError(f"metric {metric.name!r} is already registered")
-            self._metrics[metric.name] = metric
+            if name in self._metrics:
+                raise ValueError(f"metric {name!r} is already registered")
+            metric = make()
+            self._metrics[name] = metric
+            return metric
 
     def counter(self, name: str, help: str, labelnames: Iterable[str] = ()) -> Counter:
-        metric = Counter(name, help, labelnames)
-        self._register(metric)
-        return metric
+        return self._add(name, lambda: Counter(name, help, labelnames, self.registry))
 
-    def gauge(self, name: str, help: str, labelnames: Iterable[str] = ()) -> Gauge:
-        metric = Gauge(name, help, labelnames)
-        self._register(metric)
-        return metric
+    def gauge(
+        self,
+        name: str,
+        help: str,
+        labelnames: Iterable[str] = (),
+        multiprocess_mode: GaugeMode = "livesum",
+    ) -> Gauge:
+        return self._add(
+            name, lambda: Gauge(name, help, labelnames, self.registry, multiprocess_mode)
+        )
 
     def histogram(
         self,
@@ -498,26 +495,19 @@ class Metrics:
         labelnames: Iterable[str] = (),
         buckets: Sequence[float] = DEFAULT_BUCKETS,
     ) -> Histogram:
-        metric = Histogram(name, help, labelnames, buckets)
-        self._register(metric)
-        return metric
+        return self._add(name, lambda: Histogram(name, help, labelnames, buckets, self.registry))
 
     def get(self, name: str) -> _Metric | None:
         return self._metrics.get(name)
 
     def render_prometheus(self) -> str:
         """All metrics in the Prometheus text exposition format 0.0.4."""
-        with self._lock:
-            metrics = list(self._metrics.values())
-        lines: list[str] = []
-        for metric in metrics:
-            lines.extend(metric.render())
-        return "\n".join(lines) + "\n" if lines else ""
+        return generate_latest(self.registry).decode("utf-8")
 
 
 # ---- the process's metrics ---------------------------------------------------------------------
 
-METRICS = Metrics()
+METRICS = Metrics(process_metrics=True)
 
 CALLS_TOTAL = METRICS.counter("spg_calls_total", "Calls ended, by result.", ("result",))
 CALLS_ACTIVE = METRICS.gauge("spg_calls_active", "Calls in progress.")

@@ -38,7 +38,16 @@ from spg_media.tts.render import PromptRenderer
 
 log = logging.getLogger("spg.server")
 
-DRAIN_S = 30.0  # what calls in progress get to finish when the node stops
+DRAIN_S = 30.0  # what calls in progress get to finish when the node stops (`serve --drain-s`)
+
+
+def drain_grace_s(config: Config, drain_s: float = DRAIN_S, keep_floor: bool = True) -> float:
+    """How long calls in progress get to finish when the node stops: `drain_s`, and never less
+    than an authorisation with its reconciliation may take (a call cut short in it would leave
+    its charge unknown), unless `keep_floor` is False."""
+    return max(drain_s, authorization_bound_s(config)) if keep_floor else drain_s
+
+
 DRAIN_RETRY_AFTER_S = 5  # the Retry-After of a draining node's 503
 DRAINING = "draining"  # a refusal reason beside admission.LAG and admission.MAX_CALLS
 LAG_PROBE_INTERVAL_S = 0.1  # how often the event loop's lag is sampled
@@ -151,8 +160,11 @@ class Server:
         config: Config,
         observer: Callable[[str, str, dict[str, Any]], None] | None = None,
         prerender: bool = True,
+        drain_s: float = DRAIN_S,
+        drain_floor: bool = True,
     ) -> None:
         self.config = config
+        self.grace_s = drain_grace_s(config, drain_s, drain_floor)  # what stop() waits
         self.observer = observer
         self.prerender = prerender
         self.draining = False
@@ -236,18 +248,22 @@ class Server:
 
         assert self.services is not None
         services = self.services
-        host, _, port = self.config.admin.listen.rpartition(":")
+        listen = self.config.admin.listen
+        self.admin = AdminServer(
+            METRICS,
+            lambda: [call.summary() for call in services.calls.values()],
+            self.health,
+        )
+        if listen.startswith("unix:"):
+            await self.admin.start_unix(listen.removeprefix("unix:"))
+            return
+        host, _, port = listen.rpartition(":")
         if not is_loopback_host(host.strip("[]")):
             log.warning(
                 "admin.listen %s is not a loopback address: /metrics, /healthz and /calls "
                 "have no authentication; keep that address on a private network",
                 self.config.admin.listen,
             )
-        self.admin = AdminServer(
-            METRICS,
-            lambda: [call.summary() for call in services.calls.values()],
-            self.health,
-        )
         await self.admin.start(host.strip("[]"), int(port))
 
     # ---- admission ----------------------------------------------------------------------------
@@ -329,10 +345,9 @@ class Server:
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: new INVITEs get 503 while the calls in progress finish, for `grace_s` at
-        most (by default DRAIN_S, or longer when an authorisation in flight may take longer:
-        a call cut short in it would leave its charge unknown)."""
+        most (by default `self.grace_s`: see `drain_grace_s`)."""
         if grace_s is None:
-            grace_s = max(DRAIN_S, authorization_bound_s(self.config))
+            grace_s = self.grace_s
         self.draining = True
         ADMISSION_ACCEPTING.set(0)
         if self.tasks:

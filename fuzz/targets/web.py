@@ -4,12 +4,13 @@ to the connector, the admin endpoint's request head, and the sandbox platform's 
 from __future__ import annotations
 
 import asyncio
-import atexit
-import functools
 import json
 import re
+import urllib.parse
 from collections.abc import Coroutine, MutableMapping
 from typing import Any
+
+import h11
 
 from fuzz.harness import LOGS, Finding, Reader, expect, target
 from spg_media import admin
@@ -116,15 +117,6 @@ def connector_json(data: bytes) -> None:
 
 # ---- the admin endpoint -------------------------------------------------------------------------
 
-
-@functools.cache
-def _loop() -> asyncio.AbstractEventLoop:
-    """A loop for the StreamReader to belong to; nothing ever runs on it."""
-    loop = asyncio.new_event_loop()
-    atexit.register(loop.close)
-    return loop
-
-
 _PAN = "4242424242424242"
 
 
@@ -151,30 +143,56 @@ class _AdminNode:
         return [{"call_id": "a@b", "phase": "journey", "note": f"card {_PAN}", "n": int(_PAN)}]
 
 
-_ADMIN = admin.AdminServer(_AdminNode().metrics, _AdminNode.calls, lambda: True)
+_ADMIN = admin.AdminApp(_AdminNode().metrics, _AdminNode.calls, lambda: True)
+_ADMIN_STATUSES = (200, 404, 405, 500, 503)
 
 
 @target("admin_head", max_len=10240, dictionary="http.dict")
 def admin_head(data: bytes) -> None:
-    """The admin endpoint's request head read from a stream holding the input then EOF:
-    (method, path), or the `_BadRequest` it answers (400/431), or IncompleteReadError for a
-    client gone before sending a byte; then the route taken for it answers a status of the
-    endpoint's set, and /calls never shows a card number."""
-    reader = asyncio.StreamReader(limit=admin.MAX_REQUEST_HEAD_BYTES, loop=_loop())
-    reader.feed_data(data)
-    reader.feed_eof()
+    """The admin endpoint's request head as uvicorn reads it (h11, the head bounded by
+    `MAX_REQUEST_HEAD_BYTES`) from a stream holding the input then EOF: a request, h11's
+    RemoteProtocolError (uvicorn's 400), or nothing yet (closed without an answer); a request
+    becomes the ASGI scope uvicorn builds, and the app answers one response of the endpoint's
+    statuses, with a Content-Length that fits its body, and /calls never shows a card number."""
+    connection = h11.Connection(h11.SERVER, max_incomplete_event_size=admin.MAX_REQUEST_HEAD_BYTES)
+    connection.receive_data(data)
+    connection.receive_data(b"")
     try:
-        method, path = _drive(admin._read_request_head(reader))
-    except admin._BadRequest as exc:
-        expect(exc.status in (400, 431), f"request head refused with {exc.status}")
+        event = connection.next_event()
+    except h11.RemoteProtocolError:
+        return  # uvicorn answers 400
+    if not isinstance(event, h11.Request):
+        expect(
+            event in (h11.NEED_DATA, h11.PAUSED) or isinstance(event, h11.ConnectionClosed),
+            f"h11 gave {event!r} before a request",
+        )
         return
-    except asyncio.IncompleteReadError:
-        expect(not data.strip(b"\r\n"), "IncompleteReadError for a client that sent a request")
-        return
-    expect(method.isascii() and method.isalpha(), "method not ASCII letters")
-    expect(path.startswith("/"), "path not absolute")
-    status, body, _, _ = _ADMIN._route(method, path)
-    expect(status in admin._REASONS, f"status {status} has no reason phrase")
+    raw_path, _, query = event.target.partition(b"?")
+    scope = {
+        "type": "http",
+        "method": event.method.decode("ascii"),
+        "path": urllib.parse.unquote(raw_path.decode("ascii")),
+        "query_string": query,
+        "headers": [(name.lower(), value) for name, value in event.headers],
+    }
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> MutableMapping[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    _drive(_ADMIN(scope, receive, send))
+    expect(
+        [m["type"] for m in sent] == ["http.response.start", "http.response.body"],
+        "not one response",
+    )
+    status, body = sent[0]["status"], sent[1]["body"]
+    expect(status in _ADMIN_STATUSES, f"status {status} not one of the endpoint's")
+    headers = dict(sent[0]["headers"])
+    expect(int(headers[b"content-length"]) == len(body), "Content-Length does not fit the body")
+    expect(headers[b"connection"] == b"close", "an answer that keeps the connection")
     expect(_PAN.encode() not in body, "a card number in an admin answer")
 
 

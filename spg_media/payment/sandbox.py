@@ -105,7 +105,11 @@ class BadRequest(Exception):
 
 
 def luhn_valid(number: str) -> bool:
-    """The Luhn check (the card rules module is not ours to import here)."""
+    """The Luhn check, written here on purpose rather than imported from `payment.cards`.
+
+    The sandbox stands for an external payment platform, which checks the card with its own
+    code: a second, independent Luhn means a fault in the node's card rules shows up as a
+    disagreement in the tests instead of being shared by both sides of the protocol."""
     if not number.isdigit():
         return False
     total = 0

@@ -5,7 +5,9 @@
   dispatcher list chosen by the test, waits until it answers OPTIONS, stops it at the end.
 - `run_sipp()` runs one SIPp call (`-m 1`) and returns its exit code, output and message trace.
 - `make_pay_scenario()` writes the caller's scenario: SIPp cannot loop over a string, so the keys
-  to press become one `play_pcap_audio` action (RFC 4733 pcap) per key.
+  to press become one `play_pcap_audio` action (RFC 4733 pcap) per key, at fixed gaps or at
+  given times, optionally over audio streamed for the whole call (or the keys as in-band tones
+  in a streamed recording).
 - `SpgNode` runs `spg-media serve` as a subprocess with env-var config (`SPG_SECTION__KEY`).
 
 Only 127.0.0.0/8 addresses are used.
@@ -59,6 +61,32 @@ def free_port(host: str = HOST) -> int:
                     continue
                 return port
     raise RuntimeError("no free UDP+TCP port")
+
+
+def free_port_run(count: int, host: str = HOST) -> int:
+    """The first of `count` consecutive ports free for UDP and TCP (a node's workers)."""
+    for _ in range(200):
+        first = free_port(host)
+        if first + count - 1 > 65535:
+            continue
+        if all(_port_free(first + i, host) for i in range(1, count)):
+            return first
+    raise RuntimeError(f"no {count} consecutive free UDP+TCP ports")
+
+
+def _port_free(port: int, host: str) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        try:
+            udp.bind((host, port))
+        except OSError:
+            return False
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            tcp.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def free_media_port(host: str = HOST, count: int = 4) -> int:
@@ -686,6 +714,8 @@ def make_pay_scenario(
     result_timeout_ms: int = 30000,
     hangup_pause_ms: int = 300,
     inband_wav: Path | None = None,
+    caller_audio: Path | None = None,
+    key_times_ms: Sequence[int] | None = None,
 ) -> Path:
     """Write the caller's scenario to `path` and return it.
 
@@ -703,6 +733,13 @@ def make_pay_scenario(
     With `inband_wav` (an 8 kHz A-law WAV, see `write_dtmf_wav`) the INVITE offers PCMA only, no
     telephone-event, and instead of pcaps SIPp streams that file (`rtp_stream`) once: the keys
     are in-band tones in the audio and `keys` only names what the file holds.
+
+    With `caller_audio` (8 kHz A-law) the INVITE offers PCMA and telephone-event, and SIPp
+    streams that file in a loop from the ACK to the end of the call while the keys go as RFC
+    4733 pcaps: a caller who talks (or hisses) the whole call, as real phones do.
+    `key_times_ms` (one per key, in order, counted from the ACK) replaces the fixed gaps: each
+    key's pcap starts at its time. SIPp 3.6.1 streams a file's bytes as they are (a WAV
+    header is played as a few samples of audio).
     """
     fields = [keys] if isinstance(keys, str) else list(keys)
     for field in fields:
@@ -723,6 +760,15 @@ def make_pay_scenario(
             "m=audio [media_port] RTP/AVP 8\na=rtpmap:8 PCMA/8000\n",
         )
         assert "PCMA" in invite
+    elif caller_audio is not None:
+        invite = invite.replace(
+            "m=audio [media_port] RTP/AVP 0 101\na=rtpmap:0 PCMU/8000\n",
+            "m=audio [media_port] RTP/AVP 8 101\na=rtpmap:8 PCMA/8000\n",
+        )
+        assert "PCMA" in invite
+    all_keys = [key for field in fields for key in field]
+    if key_times_ms is not None and len(key_times_ms) != len(all_keys):
+        raise ValueError(f"{len(key_times_ms)} key times for {len(all_keys)} keys")
     out.append(_send(invite, retrans_ms=500))
     out.append('  <recv response="100" optional="true"/>\n')
     out.append('  <recv response="180" optional="true"/>\n')
@@ -734,6 +780,20 @@ def make_pay_scenario(
     if inband_wav is not None:
         wav = escape(str(inband_wav))
         out.append(f'  <nop><action><exec rtp_stream="{wav},1,8"/></action></nop>\n')
+        fields = []
+    elif caller_audio is not None:
+        audio = escape(str(caller_audio))
+        out.append(f'  <nop><action><exec rtp_stream="{audio},-1,8"/></action></nop>\n')
+    if key_times_ms is not None and fields:
+        at_ms = initial_pause_ms
+        for key, key_ms in zip(all_keys, key_times_ms, strict=True):
+            if key_ms > at_ms:
+                out.append(f'  <pause milliseconds="{key_ms - at_ms}"/>\n')
+                at_ms = key_ms
+            pcap = escape(str(PCAP_DIR / f"dtmf_2833_{PCAP_NAMES[key]}.pcap"))
+            out.append(f'  <nop><action><exec play_pcap_audio="{pcap}"/></action></nop>\n')
+        # the last key's pcap plays out before anything else happens
+        out.append(f'  <pause milliseconds="{key_gap_ms}"/>\n')
         fields = []
     for n, field in enumerate(fields):
         if n and field_gap_ms:
@@ -834,9 +894,14 @@ class SpgNode:
         env: Mapping[str, str] | None = None,
         sip_port: int | None = None,
         admin_port: int | None = None,
+        workers: int = 1,
     ) -> None:
         self.workdir = workdir
-        self.sip_port = sip_port or free_port()
+        self.workers = workers  # > 1: a supervisor, worker i on sip_port + i
+        # Ports we chose may be taken by another process before the node binds them (other
+        # test runs share the machine): those are chosen again, given ones are not.
+        self._choose_ports = sip_port is None and admin_port is None
+        self.sip_port = sip_port or (free_port_run(workers) if workers > 1 else free_port())
         self.admin_port = admin_port or free_port()
         self.cdr_path = workdir / "cdr.jsonl"
         self.stdout_path = workdir / "spg-media.stdout.log"
@@ -850,6 +915,18 @@ class SpgNode:
         return f"sip:{HOST}:{self.sip_port}"
 
     def start(self, timeout_s: float = 30.0) -> None:
+        for attempt in range(3):
+            try:
+                self._start_once(timeout_s)
+                return
+            except RuntimeError:
+                lost_race = "cannot listen" in self.logs() and self._choose_ports
+                if not lost_race or attempt == 2:
+                    raise RuntimeError(f"spg-media did not start:\n{self.logs()[-2000:]}") from None
+                self.sip_port = free_port_run(self.workers) if self.workers > 1 else free_port()
+                self.admin_port = free_port()
+
+    def _start_once(self, timeout_s: float) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,
@@ -868,6 +945,7 @@ class SpgNode:
             "--sip", f"tcp:{HOST}:{self.sip_port}",
             *[arg for spec in self.extra_listeners() for arg in ("--sip", spec)],
             "--admin", f"{HOST}:{self.admin_port}",
+            "--workers", str(self.workers),
         ]  # fmt: skip
         out = self.stdout_path.open("wb")
         err = self.stderr_path.open("wb")

@@ -151,7 +151,16 @@ def test_serve_on_a_port_in_use_is_one_line_and_exit_2(
         config = tmp_path / "spg.toml"
         config.write_text(f'[tts]\ncache_dir = "{REPO / ".spg-cache" / "prompts"}"\n')
         code, _, err = run(
-            capsys, "serve", "-c", str(config), "--sip", f"udp:127.0.0.1:{port}", "--admin", ""
+            capsys,
+            "serve",
+            "-c",
+            str(config),
+            "--sip",
+            f"udp:127.0.0.1:{port}",
+            "--admin",
+            "",
+            "--workers",
+            "1",
         )
     assert_one_line_error(code, err.splitlines()[-1] + "\n", "cannot listen")
 

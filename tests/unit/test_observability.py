@@ -286,23 +286,25 @@ def test_render_counters_gauges_histograms() -> None:
     latency.observe(0.05)
     latency.observe(0.5)
     latency.observe(3)
+    # prometheus_client's text format: values as floats, no *_created series.
     assert metrics.render_prometheus() == (
         "# HELP t_calls_total Calls.\n"
         "# TYPE t_calls_total counter\n"
-        't_calls_total{result="approved"} 2\n'
-        't_calls_total{result="declined"} 2\n'
+        't_calls_total{result="approved"} 2.0\n'
+        't_calls_total{result="declined"} 2.0\n'
         "# HELP t_active Active calls.\n"
         "# TYPE t_active gauge\n"
-        "t_active 1\n"
+        "t_active 1.0\n"
         "# HELP t_latency_seconds Latency.\n"
         "# TYPE t_latency_seconds histogram\n"
-        't_latency_seconds_bucket{le="0.1"} 1\n'
-        't_latency_seconds_bucket{le="1"} 2\n'
-        't_latency_seconds_bucket{le="+Inf"} 3\n'
+        't_latency_seconds_bucket{le="0.1"} 1.0\n'
+        't_latency_seconds_bucket{le="1.0"} 2.0\n'
+        't_latency_seconds_bucket{le="+Inf"} 3.0\n'
+        "t_latency_seconds_count 3.0\n"
         "t_latency_seconds_sum 3.55\n"
-        "t_latency_seconds_count 3\n"
     )
     assert calls.get(result="approved") == 2
+    assert active.get() == 1
     assert latency.get_count() == 3
     assert latency.get_sum() == pytest.approx(3.55)
 
@@ -313,7 +315,7 @@ def test_unlabelled_metrics_render_zero_and_labelled_render_header_only() -> Non
     metrics.counter("t_by_kind_total", "By kind.", ("kind",))
     metrics.histogram("t_h", "H.", ("op",), buckets=(1,))
     assert metrics.render_prometheus() == (
-        "# HELP t_errors_total Errors.\n# TYPE t_errors_total counter\nt_errors_total 0\n"
+        "# HELP t_errors_total Errors.\n# TYPE t_errors_total counter\nt_errors_total 0.0\n"
         "# HELP t_by_kind_total By kind.\n# TYPE t_by_kind_total counter\n"
         "# HELP t_h H.\n# TYPE t_h histogram\n"
     )
@@ -327,12 +329,14 @@ def test_labelled_histogram_and_gauge_set() -> None:
     gauge = metrics.gauge("t_g", "G.", ("pool",))
     gauge.set(2.5, pool="rtp")
     text = metrics.render_prometheus()
-    assert 't_h_bucket{op="lookup",le="0.5"} 0\n' in text
-    assert 't_h_bucket{op="lookup",le="1"} 1\n' in text
-    assert 't_h_bucket{op="lookup",le="+Inf"} 1\n' in text
+    assert 't_h_bucket{le="0.5",op="lookup"} 0.0\n' in text
+    assert 't_h_bucket{le="1.0",op="lookup"} 1.0\n' in text
+    assert 't_h_bucket{le="+Inf",op="lookup"} 1.0\n' in text
     assert 't_h_sum{op="lookup"} 0.7\n' in text
-    assert 't_h_count{op="lookup"} 1\n' in text
+    assert 't_h_count{op="lookup"} 1.0\n' in text
     assert 't_g{pool="rtp"} 2.5\n' in text
+    assert hist.get_count(op="lookup") == 1 and hist.get_count(op="other") == 0
+    assert gauge.get(pool="rtp") == 2.5
 
 
 def test_label_and_help_escaping() -> None:
@@ -341,7 +345,7 @@ def test_label_and_help_escaping() -> None:
     counter.inc(reason='a "quoted" \\ back\nslash')
     text = metrics.render_prometheus()
     assert '# HELP t_esc_total Help with \\\\ and\\nnewline "quoted".\n' in text
-    assert 't_esc_total{reason="a \\"quoted\\" \\\\ back\\nslash"} 1\n' in text
+    assert 't_esc_total{reason="a \\"quoted\\" \\\\ back\\nslash"} 1.0\n' in text
 
 
 @pytest.mark.parametrize(
@@ -413,7 +417,7 @@ def test_number_formatting() -> None:
     text = metrics.render_prometheus()
     assert 't_num{k="inf"} +Inf\n' in text
     assert 't_num{k="nan"} NaN\n' in text
-    assert 't_num{k="neg"} -3\n' in text
+    assert 't_num{k="neg"} -3.0\n' in text
     assert 't_num{k="frac"} 0.25\n' in text
     assert 't_num{k="big"} 1e+20\n' in text
 
@@ -440,3 +444,20 @@ def test_process_metrics_are_registered() -> None:
     assert 'spg_sip_messages_total{direction="in",kind="INVITE"}' in text
     assert 'spg_connector_requests_total{op="authorize",outcome="approved"}' in text
     assert 'spg_connector_latency_seconds_bucket{le="0.25"}' in text
+
+
+def test_the_node_registry_has_process_metrics_and_is_private() -> None:
+    import prometheus_client
+
+    text = METRICS.render_prometheus()
+    for name in ("process_open_fds", "process_max_fds", "process_resident_memory_bytes"):
+        assert f"# TYPE {name} gauge\n" in text
+    assert "# TYPE process_cpu_seconds_total counter\n" in text
+    assert "python_info{" in text
+    assert "python_gc_objects_collected_total{" in text
+    open_fds = [line for line in text.splitlines() if line.startswith("process_open_fds ")]
+    assert len(open_fds) == 1 and float(open_fds[0].split()[1]) >= 3  # stdin, stdout, stderr
+    # Nothing of ours in the library's global registry, nothing of its in a plain Metrics.
+    assert "spg_" not in prometheus_client.generate_latest().decode()
+    assert "process_" not in Metrics().render_prometheus()
+    assert "_created" not in text
