@@ -7,11 +7,12 @@
 # to the second node and the calls it took keep their digits.
 #
 # Run as root on a machine with /sys/fs/cgroup/cpu (cgroup v1):
-#   bench/admission_cpu_quota.sh [QUOTA_US=1000] [CALLS=240] [RATE=8]
+#   bench/admission_cpu_quota.sh [QUOTA_US=1000] [CALLS=240] [RATE=8] [MEDIA=silent]
+# (MEDIA: bench_sipp_load.py --media; silent callers are what bench/RESULTS.md reports)
 # Prints bench_sipp_load.py's summary, then each node's CDR results and the first node's
 # refusals. Timing-sensitive: one run is one sample.
 set -euo pipefail
-QUOTA=${1:-1000}; CALLS=${2:-240}; RATE=${3:-8}
+QUOTA=${1:-1000}; CALLS=${2:-240}; RATE=${3:-8}; MEDIA=${4:-silent}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 CG=/sys/fs/cgroup/cpu/spg_admission_bench_$$
 mkdir "$CG"
@@ -19,7 +20,7 @@ trap 'for p in $(cat "$CG/cgroup.procs" 2>/dev/null); do echo "$p" > /sys/fs/cgr
 echo 10000 > "$CG/cpu.cfs_period_us"
 echo "$QUOTA" > "$CG/cpu.cfs_quota_us"
 OUT=$(mktemp)
-"$REPO/.venv/bin/python" "$REPO/bench/bench_sipp_load.py" --nodes 2 --calls "$CALLS" --rate "$RATE" >"$OUT" 2>&1 &
+"$REPO/.venv/bin/python" "$REPO/bench/bench_sipp_load.py" --media "$MEDIA" --nodes 2 --calls "$CALLS" --rate "$RATE" >"$OUT" 2>&1 &
 BENCH=$!
 NODE=""
 for _ in $(seq 1 300); do  # the first node started: its process goes into the cgroup
