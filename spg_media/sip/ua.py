@@ -3,7 +3,8 @@
 Bytes from a socket are parsed (`message.parse_message`), checked (trusted sources, RFC 3581
 rport), and fed to the `TransactionLayer`; what it asks to send goes out on the right socket or
 stream; its events are routed to the call that owns the dialog (by Call-ID) or, for a new INVITE,
-to the `InviteHandler`. Out-of-dialog OPTIONS (Kamailio's keepalive pings) are answered here.
+to the `InviteHandler`. Out-of-dialog OPTIONS (Kamailio's keepalive pings) are answered here:
+200, or 503 with Retry-After while the node refuses new calls (`refusing_calls`).
 Malformed requests get a 400 with a Warning whenever enough of them can be read to answer; the
 loop never sees the exception.
 
