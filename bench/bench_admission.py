@@ -65,7 +65,11 @@ def free_udp_port() -> int:
 
 
 async def measure() -> dict[str, float]:
-    work = Path(tempfile.mkdtemp(prefix="spg-bench-admission-"))
+    with tempfile.TemporaryDirectory(prefix="spg-bench-admission-") as work:
+        return await measure_in(Path(work))
+
+
+async def measure_in(work: Path) -> dict[str, float]:
     base = load_config(None, env={})
     config = dataclasses.replace(
         base,
