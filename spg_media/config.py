@@ -35,6 +35,7 @@ from typing import Any, ClassVar, NamedTuple
 __all__ = [
     "CARD_BRANDS",
     "AdminConfig",
+    "AdmissionConfig",
     "Config",
     "ConfigError",
     "DtmfConfig",
@@ -165,6 +166,15 @@ class _PositiveNumber(_Rule):
             return float(text.strip())
         except ValueError:
             return text
+
+
+class _NonNegativeNumber(_PositiveNumber):
+    describe = "a number >= 0"
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        return math.isfinite(value) and value >= 0
 
 
 _BOOL_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
@@ -562,6 +572,27 @@ class AdminConfig(_Section):
 
 
 @dataclass(frozen=True)
+class AdmissionConfig(_Section):
+    """When the node refuses new calls (503 with Retry-After) rather than degrade the calls it
+    has: its smoothed media-tick and event-loop lags past their limits, or a call cap."""
+
+    SECTION: ClassVar[str] = "admission"
+
+    max_tick_lag_ms: float = _rule(20.0, _NonNegativeNumber())  # 0: not checked
+    max_loop_lag_ms: float = _rule(50.0, _NonNegativeNumber())  # 0: not checked
+    resume_ratio: float = _rule(0.5, _PositiveNumber())  # accept again below ratio x limit
+    smoothing_s: float = _rule(1.0, _PositiveNumber())
+    retry_after_s: int = _rule(5, _Int(1, 3600))
+    max_calls: int = _rule(0, _Int(0))  # 0: no cap
+
+    def _validate(self) -> None:
+        if self.resume_ratio > 1:
+            raise _key_error(
+                "admission.resume_ratio", f"must be a number > 0 and <= 1, got {self.resume_ratio}"
+            )
+
+
+@dataclass(frozen=True)
 class LogConfig(_Section):
     SECTION: ClassVar[str] = "log"
 
@@ -621,6 +652,7 @@ _SECTIONS: dict[str, type[_Section]] = {
         GatewayConfig,
         HandoffConfig,
         AdminConfig,
+        AdmissionConfig,
         LogConfig,
         TtsConfig,
         SecurityConfig,
@@ -640,6 +672,7 @@ class Config:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     handoff: HandoffConfig = field(default_factory=HandoffConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     log: LogConfig = field(default_factory=LogConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)

@@ -540,6 +540,9 @@ class MediaEngine:
         # or make a stray loop, when the engine is built outside a running loop.
         self._loop: asyncio.AbstractEventLoop | None = None
         self.inband: InbandDetector | None = None  # one detector serves every channel
+        # Told at the start of every tick how late it starts against its schedule (seconds,
+        # and the loop's time): the node's admission control (server.LagMonitor).
+        self.on_tick_lag: Callable[[float, float], None] | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -711,6 +714,11 @@ class MediaEngine:
         next_tick = self.loop.time()
         while self.sessions:
             now = self.loop.time()
+            if self.on_tick_lag is not None:
+                try:
+                    self.on_tick_lag(now - next_tick, now)
+                except Exception:  # the measurement must never stop the media
+                    log.exception("tick lag observer failed")
             if self.inband is not None:
                 self._detect_inband()
             for port, session in list(self.sessions.items()):

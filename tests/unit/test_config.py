@@ -535,10 +535,52 @@ def test_unknown_keys(tmp_path: Path, text: str, expected: str) -> None:
         ),
         # tts
         ('[tts]\ncache_dir = ""', "tts.cache_dir: must be a directory path"),
+        # admission
+        (
+            "[admission]\nmax_tick_lag_ms = -1",
+            "admission.max_tick_lag_ms: must be a number >= 0, got -1",
+        ),
+        (
+            '[admission]\nmax_loop_lag_ms = "50"',
+            'admission.max_loop_lag_ms: must be a number >= 0, got "50"',
+        ),
+        (
+            "[admission]\nmax_loop_lag_ms = nan",
+            "admission.max_loop_lag_ms: must be a number >= 0, got nan",
+        ),
+        ("[admission]\nresume_ratio = 0", "admission.resume_ratio: must be a number > 0, got 0"),
+        (
+            "[admission]\nresume_ratio = 1.5",
+            "admission.resume_ratio: must be a number > 0 and <= 1, got 1.5",
+        ),
+        ("[admission]\nsmoothing_s = 0", "admission.smoothing_s: must be a number > 0, got 0"),
+        (
+            "[admission]\nretry_after_s = 0",
+            "admission.retry_after_s: must be an integer from 1 to 3600, got 0",
+        ),
+        (
+            "[admission]\nretry_after_s = 2.5",
+            "admission.retry_after_s: must be an integer from 1 to 3600, got 2.5",
+        ),
+        ("[admission]\nmax_calls = -1", "admission.max_calls: must be an integer >= 0, got -1"),
+        (
+            "[admission]\nmax_call = 5",
+            'unknown key "admission.max_call" (did you mean "admission.max_calls"?)',
+        ),
     ],
 )
 def test_validation_messages(tmp_path: Path, text: str, expected: str) -> None:
     assert error_of(tmp_path, text + "\n") == expected
+
+
+def test_admission_defaults_and_env() -> None:
+    admission = Config().admission
+    assert (admission.max_tick_lag_ms, admission.max_loop_lag_ms) == (20.0, 50.0)
+    assert (admission.resume_ratio, admission.smoothing_s) == (0.5, 1.0)
+    assert (admission.retry_after_s, admission.max_calls) == (5, 0)
+    env = {"SPG_ADMISSION__MAX_CALLS": "200", "SPG_ADMISSION__MAX_TICK_LAG_MS": "0"}
+    loaded = load_config(None, env=env).admission
+    assert (loaded.max_calls, loaded.max_tick_lag_ms) == (200, 0.0)
 
 
 def test_error_key_attribute(tmp_path: Path) -> None:

@@ -17,13 +17,9 @@ from spg_media.observability import METRICS
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PROMTOOL = shutil.which("promtool")
 
-# Metrics the dashboard and alerts may name before they exist in this tree: admission control
-# (refused calls, accepting, media tick and event loop lag) and the DTMF latency histogram.
+# Metrics the dashboard and alerts may name before they exist in this tree: the DTMF latency
+# histogram.
 COMING = {
-    "spg_calls_refused_total",
-    "spg_admission_accepting",
-    "spg_media_tick_lag_seconds",
-    "spg_event_loop_lag_seconds",
     "spg_dtmf_latency_seconds_bucket",
     "spg_dtmf_latency_seconds_sum",
     "spg_dtmf_latency_seconds_count",
