@@ -137,6 +137,9 @@ def main() -> int:
                         help="concurrent calls to hold, comma-separated")  # fmt: skip
     parser.add_argument("--media", choices=MEDIA_MODES, default="mixed")
     parser.add_argument("--nodes", type=int, default=1)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="serve --workers of each node (through Kamailio)"
+    )
     parser.add_argument("--direct", action="store_true", help="SIPp calls the node, no Kamailio")
     parser.add_argument("--ramp-s", type=float, default=20.0,
                         help="seconds to reach each load")  # fmt: skip
@@ -161,6 +164,7 @@ def main() -> int:
             rate=load / args.ramp_s,
             limit=load,
             nodes=args.nodes,
+            workers=args.workers,
             direct=args.direct,
             baseline=(n == 0),
         )
@@ -182,7 +186,7 @@ def main() -> int:
         result.pop("samples", None)
         print(report_text(result), flush=True)
         runs.append(result)
-    rows = rows_of(runs, args.nodes)
+    rows = rows_of(runs, args.nodes * args.workers)  # a worker process per core
     table = markdown(rows, command)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latency.md").write_text(table)

@@ -46,6 +46,9 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=100)
     parser.add_argument("--rate", type=float, default=4.0, help="new calls per second")
     parser.add_argument("--nodes", type=int, default=1)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="serve --workers of each node (through Kamailio)"
+    )
     parser.add_argument("--direct", action="store_true", help="SIPp calls the node, no Kamailio")
     parser.add_argument("--limit", type=int, default=0, help="SIPp -l: calls at once (0: no limit)")
     parser.add_argument(
@@ -61,6 +64,7 @@ def main() -> int:
         calls=args.calls,
         rate=args.rate,
         nodes=args.nodes,
+        workers=args.workers,
         direct=args.direct,
         limit=args.limit,
         think_s=args.think_s,

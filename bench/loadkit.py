@@ -59,7 +59,9 @@ from harness import (
     free_media_port,
     free_port,
     make_pay_scenario,
+    sip_options,
     stop_process,
+    wait_for,
 )
 
 from spg_media.payment.journey import (
@@ -376,6 +378,7 @@ class LoadSpec:
     calls: int = 20
     rate: float = 2.0
     nodes: int = 1
+    workers: int = 1  # serve --workers of each node (worker i on its SIP port + i)
     direct: bool = False
     limit: int = 0  # SIPp -l: at most this many calls at once (0: no limit)
     think_s: float = 0.8
@@ -538,14 +541,23 @@ class Stack:
             "SPG_IVR__RETURN_URI": f"sip:agent@{HOST}:5999",
             **spec.node_env,
         }
-        self.nodes = [SpgNode(work / f"node{i}", env=env) for i in range(spec.nodes)]
+        self.nodes = [
+            SpgNode(work / f"node{i}", env=env, workers=spec.workers) for i in range(spec.nodes)
+        ]
         self.proxy: KamailioProxy | None = None
         if not spec.direct:
-            self.proxy = KamailioProxy(work / "kamailio", [n.uri for n in self.nodes])
+            destinations = [
+                f"sip:{HOST}:{n.sip_port + w}" for n in self.nodes for w in range(spec.workers)
+            ]
+            self.proxy = KamailioProxy(work / "kamailio", destinations)
 
     def start(self) -> None:
         for node in self.nodes:
-            node.start()
+            node.start(timeout_s=90)
+            for worker in range(1, self.spec.workers):
+                port = node.sip_port + worker
+                if not wait_for(lambda p=port: sip_options(HOST, p) == "SIP/2.0 200 OK", 90):
+                    raise RuntimeError(f"worker {worker} of {node.uri} did not answer OPTIONS")
         if self.proxy is not None:
             self.proxy.start()
 
@@ -639,8 +651,10 @@ def check_spec(spec: LoadSpec) -> str | None:
         return "needs sipp (Debian sip-tester)"
     if not spec.direct and KAMAILIO is None:
         return "needs kamailio (or --direct)"
-    if spec.direct and spec.nodes != 1:
-        return "--direct calls one node: use --nodes 1"
+    if spec.direct and (spec.nodes != 1 or spec.workers != 1):
+        return "--direct calls one node's one SIP port: use --nodes 1 --workers 1"
+    if spec.workers < 1:
+        return "--workers must be positive"
     if spec.calls < 1 or spec.rate <= 0 or spec.nodes < 1:
         return "--calls, --rate and --nodes must be positive"
     if spec.media != "inband" and os.geteuid() != 0:
@@ -663,6 +677,7 @@ def run_load(spec: LoadSpec, work: Path | None = None) -> dict[str, Any]:
         "rate": spec.rate,
         "limit": spec.limit,
         "nodes": spec.nodes,
+        "workers": spec.workers,
         "path": "direct" if spec.direct else "kamailio",
         "cpus": os.cpu_count(),
         "work": str(work),
