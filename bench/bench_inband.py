@@ -18,8 +18,10 @@ then card number, expiry and security code keyed at a caller's pace, 25 digits a
 (continuous, several languages and voices), "keying" (continuous digits, 7 a second: the worst
 case for us, whose costly work is per digit) and "silence" (idle line, -70 dBm0).
 
-With --baseline FILE (another copy of spg_media/dtmf/inband.py, e.g. the last commit's:
-`git show HEAD:spg_media/dtmf/inband.py > /tmp/inband_head.py`), that detector is timed too,
+With --baseline PATH (another copy of the detector package spg_media/dtmf/inband, e.g. the last
+commit's: `mkdir -p /tmp/head && git archive HEAD spg_media/dtmf/inband | tar -x -C /tmp/head`,
+then PATH is /tmp/head/spg_media/dtmf/inband; or the single file it was until the package,
+`git show 59121c3:spg_media/dtmf/inband.py > /tmp/inband_file.py`), that detector is timed too,
 alternating run by run with ours (the machine is shared: runs far apart can differ by 10 % and
 more), and its figures and ours over it are added to the table.
 
@@ -164,10 +166,20 @@ def alternating(
 
 
 def load_baseline(path: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("inband_baseline", path)
+    """Another copy of the detector, under the name inband_baseline: a copy of the package
+    directory spg_media/dtmf/inband (its modules import each other relatively), or of the
+    single file it was before (inband.py)."""
+    location = Path(path)
+    if location.is_dir():
+        spec = importlib.util.spec_from_file_location(
+            "inband_baseline", location / "__init__.py", submodule_search_locations=[str(location)]
+        )
+    else:
+        spec = importlib.util.spec_from_file_location("inband_baseline", location)
     if spec is None or spec.loader is None:
         raise SystemExit(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["inband_baseline"] = module  # for the package's relative imports
     spec.loader.exec_module(module)
     return module
 
@@ -371,7 +383,9 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=4000)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--baseline", help="another copy of inband.py, timed alongside ours")
+    parser.add_argument(
+        "--baseline", help="another copy of the detector (package directory or inband.py)"
+    )
     parser.add_argument(
         "--scaling",
         metavar="N,N,...",

@@ -1,14 +1,14 @@
 """Keys back to back with no gap at all: read exactly, and the same whatever the block size.
 
-Run:  .venv/bin/python bench/inband_back_to_back.py [--count 300] [--seed 99] [--baseline FILE]
+Run:  .venv/bin/python bench/inband_back_to_back.py [--count 300] [--seed 99] [--baseline PATH]
 
 Each case is 3 random keys (the same key twice in a row counts once), 60-110 ms each with no
 gap between them, -33 to -5 dBm0, 25 dB SNR. Out of spec (keypads and dialers leave a pause),
 but where a detector that hears a 5 ms correlator's neighbouring tones as its own goes wrong:
 two keys sharing a row or a column tone. Counted: cases read exactly fed 20 ms blocks, and
 cases whose events (digit, kind, time) are the same fed 20 ms and 50 ms blocks; spandsp's
-`dtmf_rx` on the same audio for comparison (whole recording in one call). With --baseline FILE
-(another copy of spg_media/dtmf/inband.py) that detector is counted too.
+`dtmf_rx` on the same audio for comparison (whole recording in one call). With --baseline PATH
+(another copy of the detector, as bench_inband.py takes it) that detector is counted too.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=300)
     parser.add_argument("--seed", type=int, default=99)
-    parser.add_argument("--baseline", help="another copy of inband.py, counted alongside ours")
+    parser.add_argument("--baseline", help="another copy of the detector, counted alongside ours")
     args = parser.parse_args()
     print("$ " + shlex.join([Path(sys.executable).name, *sys.argv]))
     detectors: dict[str, Any] = {"ours": InbandDetector}

@@ -56,6 +56,18 @@ def _build_parser() -> argparse.ArgumentParser:
         help="worker processes, each on its own SIP ports (listener port + index) and slice of "
         "the RTP range: 0 = one per core (default: process.workers), 1 = one process",
     )
+    serve.add_argument(
+        "--drain-s",
+        help="on SIGTERM/SIGINT, how long calls in progress get to finish (default 30); never "
+        "less than an authorisation with its reconciliation may take (gateway.timeout_s + "
+        "gateway.reconcile_s + 5) unless --drain-exact",
+    )
+    serve.add_argument(
+        "--drain-exact",
+        action="store_true",
+        help="drain for --drain-s even when shorter than an authorisation may take (a call cut "
+        "short then may leave its charge unknown: run spg-media reconcile)",
+    )
     # How the supervisor tells a worker which it is (its log lines carry the number).
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
 
@@ -66,6 +78,12 @@ def _build_parser() -> argparse.ArgumentParser:
     dispatcher.add_argument("-c", "--config", help="TOML config file")
     dispatcher.add_argument("--workers", help="worker count (default: process.workers)")
     dispatcher.add_argument("--setid", default="1", help="dispatcher set id (default 1)")
+
+    init = sub.add_parser(
+        "init", help="write a starting spg.toml and the Kamailio configuration to a directory"
+    )
+    init.add_argument("directory", help="where to write (created if missing)")
+    init.add_argument("--force", action="store_true", help="overwrite files that exist")
 
     demo = sub.add_parser("demo", help="a complete payment call on loopback")
     demo.add_argument("--inband", action="store_true", help="key the card as in-band tones")
@@ -114,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = {
             "serve": _serve,
             "kamailio-dispatcher": _kamailio_dispatcher,
+            "init": _init,
             "demo": _demo,
             "sandbox": _sandbox,
             "prompts": _prompts,
@@ -175,6 +194,7 @@ def _serve(args: argparse.Namespace) -> int:
         admin = dataclasses.replace(config.admin, listen=args.admin)
     config = dataclasses.replace(config, sip=sip, admin=admin)
     count = _worker_count(args.workers, config)
+    drain_s = _drain_seconds(args)
     from spg_media.observability import setup_logging
 
     handler = setup_logging(config.log.format, config.log.level)
@@ -187,9 +207,11 @@ def _serve(args: argparse.Namespace) -> int:
             'charged; set gateway.connector = "http" to take real payments'
         )
     if count == 1:
-        _run(_serve_async(config))
+        _run(_serve_async(config, drain_s, not args.drain_exact))
     else:
-        _run(_supervise_async(config, args.config, count))
+        drain = ["--drain-s", str(args.drain_s)] if args.drain_s is not None else []
+        drain += ["--drain-exact"] if args.drain_exact else []
+        _run(_supervise_async(config, args.config, count, drain))
     return 0
 
 
@@ -220,7 +242,9 @@ class _WorkerField(logging.Filter):
         return True
 
 
-async def _supervise_async(config: Config, config_path: str | None, count: int) -> None:
+async def _supervise_async(
+    config: Config, config_path: str | None, count: int, worker_args: list[str]
+) -> None:
     from spg_media.tts.prompts import PromptLibrary
     from spg_media.tts.render import PromptRenderer
     from spg_media.workers import Supervisor
@@ -230,7 +254,7 @@ async def _supervise_async(config: Config, config_path: str | None, count: int) 
     prompts = PromptLibrary(PromptRenderer(Path(config.tts.cache_dir)))
     rendered = await asyncio.to_thread(prompts.prerender, config.ivr.language)
     logger.info("prompts ready: %d clips for %s", rendered, config.ivr.language)
-    supervisor = Supervisor(config, config_path, count)
+    supervisor = Supervisor(config, config_path, count, worker_args)
     await supervisor.start()
     admin = None
     if config.admin.listen:
@@ -272,6 +296,19 @@ async def _start_supervisor_admin(supervisor: Any, listen: str) -> Any:
     return admin
 
 
+def _init(args: argparse.Namespace) -> int:
+    from spg_media.shipped import StarterError, write_starter_files
+
+    try:
+        written = write_starter_files(args.directory, force=args.force)
+    except StarterError as exc:
+        raise UsageError(str(exc)) from None
+    for path in written:
+        print(f"wrote {path}")
+    print(f"next: edit {written[0]}, then spg-media check-config -c {written[0]}")
+    return 0
+
+
 def _kamailio_dispatcher(args: argparse.Namespace) -> int:
     from spg_media.workers import dispatcher_lines
 
@@ -281,6 +318,22 @@ def _kamailio_dispatcher(args: argparse.Namespace) -> int:
         raise UsageError(f"--setid: expected a number, got {args.setid!r}")
     print("\n".join(dispatcher_lines(config, count, int(args.setid))))
     return 0
+
+
+def _drain_seconds(args: argparse.Namespace) -> float:
+    from spg_media.server import DRAIN_S
+
+    if args.drain_s is None:
+        if args.drain_exact:
+            raise UsageError("--drain-exact: needs --drain-s SECONDS")
+        return DRAIN_S
+    try:
+        seconds = float(args.drain_s)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 86400:  # also refuses nan and inf
+        raise UsageError(f"--drain-s: must be seconds from 0 to 86400, not {args.drain_s!r}")
+    return seconds
 
 
 def _harden(config: Config) -> None:
@@ -295,10 +348,11 @@ def _harden(config: Config) -> None:
     logging.getLogger("spg.server").info("process hardening: %s", ", ".join(protections))
 
 
-async def _serve_async(config: Config) -> None:
+async def _serve_async(config: Config, drain_s: float, drain_floor: bool) -> None:
+    from spg_media.call import authorization_bound_s
     from spg_media.server import Server
 
-    server = Server(config)
+    server = Server(config, drain_s=drain_s, drain_floor=drain_floor)
     try:
         await server.start()
     except OSError as exc:  # a port in use or an address not ours: the operator's to fix
@@ -310,7 +364,16 @@ async def _serve_async(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    logging.getLogger("spg.server").info("spg-media serving on %s", ", ".join(config.sip.listen))
+    log = logging.getLogger("spg.server")
+    log.info("spg-media serving on %s", ", ".join(config.sip.listen))
+    log.info("on SIGTERM, calls in progress get up to %g s to finish", server.grace_s)
+    if server.grace_s < authorization_bound_s(config):
+        log.warning(
+            "--drain-exact %g s is shorter than an authorisation with its reconciliation may take "
+            "(%g s): a call stopped in one may leave its charge unknown (spg-media reconcile)",
+            server.grace_s,
+            authorization_bound_s(config),
+        )
     await stop.wait()
     await server.stop()
 

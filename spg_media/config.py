@@ -9,7 +9,11 @@ Every problem is a `ConfigError` whose message is one line naming the key
 (`ivr.max_attempts: must be an integer >= 1, got "x"`), fit for the CLI's exit status 2.
 
 Paths in the config (`sip.tls_cert`, `sip.tls_key`, `sip.tls_ca`, `log.cdr_path`,
-`tts.cache_dir`) are relative to the working directory of the process, as the server opens them.
+`log.journal_path`, `tts.cache_dir`) are relative to the working directory of the process, as
+the server opens them; except that under a service manager that names the service's directories
+(systemd's `StateDirectory=` and `CacheDirectory=` set `$STATE_DIRECTORY`, `$CACHE_DIRECTORY`),
+relative `log.cdr_path` and `log.journal_path` are under `$STATE_DIRECTORY` and a relative
+`tts.cache_dir` under `$CACHE_DIRECTORY`.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any, ClassVar, NamedTuple
 __all__ = [
     "CARD_BRANDS",
     "AdminConfig",
+    "AdmissionConfig",
     "Config",
     "ConfigError",
     "DtmfConfig",
@@ -161,6 +166,15 @@ class _PositiveNumber(_Rule):
             return float(text.strip())
         except ValueError:
             return text
+
+
+class _NonNegativeNumber(_PositiveNumber):
+    describe = "a number >= 0"
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        return math.isfinite(value) and value >= 0
 
 
 _BOOL_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
@@ -558,6 +572,27 @@ class AdminConfig(_Section):
 
 
 @dataclass(frozen=True)
+class AdmissionConfig(_Section):
+    """When the node refuses new calls (503 with Retry-After) rather than degrade the calls it
+    has: its smoothed media-tick and event-loop lags past their limits, or a call cap."""
+
+    SECTION: ClassVar[str] = "admission"
+
+    max_tick_lag_ms: float = _rule(20.0, _NonNegativeNumber())  # 0: not checked
+    max_loop_lag_ms: float = _rule(50.0, _NonNegativeNumber())  # 0: not checked
+    resume_ratio: float = _rule(0.5, _PositiveNumber())  # accept again below ratio x limit
+    smoothing_s: float = _rule(1.0, _PositiveNumber())
+    retry_after_s: int = _rule(5, _Int(1, 3600))
+    max_calls: int = _rule(0, _Int(0))  # 0: no cap
+
+    def _validate(self) -> None:
+        if self.resume_ratio > 1:
+            raise _key_error(
+                "admission.resume_ratio", f"must be a number > 0 and <= 1, got {self.resume_ratio}"
+            )
+
+
+@dataclass(frozen=True)
 class LogConfig(_Section):
     SECTION: ClassVar[str] = "log"
 
@@ -617,6 +652,7 @@ _SECTIONS: dict[str, type[_Section]] = {
         GatewayConfig,
         HandoffConfig,
         AdminConfig,
+        AdmissionConfig,
         LogConfig,
         TtsConfig,
         SecurityConfig,
@@ -636,6 +672,7 @@ class Config:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     handoff: HandoffConfig = field(default_factory=HandoffConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     log: LogConfig = field(default_factory=LogConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
@@ -722,6 +759,39 @@ def _env_overrides(env: Mapping[str, str]) -> dict[tuple[str, str], tuple[str, s
     return found
 
 
+# The keys whose relative paths go under a directory the service manager made for the service:
+# a service's working directory is / (read-only under ProtectSystem=strict), and its records
+# (CDR, journal) and its prompt cache have their own places (/var/lib/..., /var/cache/...).
+SERVICE_DIRECTORIES: dict[tuple[str, str], str] = {
+    ("log", "cdr_path"): "STATE_DIRECTORY",
+    ("log", "journal_path"): "STATE_DIRECTORY",
+    ("tts", "cache_dir"): "CACHE_DIRECTORY",
+}
+
+
+def _place_in_service_directories(
+    values: dict[str, dict[str, Any]], env: Mapping[str, str], origins: dict[str, str]
+) -> None:
+    """Put the relative paths of SERVICE_DIRECTORIES (from the file, an override or the
+    default) under `$STATE_DIRECTORY` / `$CACHE_DIRECTORY` when those are set (an error about
+    such a path then names the variable too)."""
+    for (section, key), variable in SERVICE_DIRECTORIES.items():
+        # systemd lists one directory per StateDirectory= entry, colon-separated: ours is first
+        base = env.get(variable, "").split(":")[0]
+        if not base:
+            continue
+        default = next(
+            f.default
+            for f in dataclasses.fields(_SECTIONS[section])  # type: ignore[arg-type]
+            if f.name == key
+        )
+        value = values.get(section, {}).get(key, default)
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            values.setdefault(section, {})[key] = os.path.join(base, value)
+            name = f"{section}.{key}"
+            origins[name] = f"{origins[name]} under {variable}" if name in origins else variable
+
+
 def load_config(path: str | Path | None, env: Mapping[str, str] = os.environ) -> Config:
     """The config from `path` (None: defaults only), then `SPG_SECTION__KEY` overrides from env."""
     raw: dict[str, Any] = _read_toml(Path(path)) if path is not None else {}
@@ -740,6 +810,8 @@ def load_config(path: str | Path | None, env: Mapping[str, str] = os.environ) ->
         rule: _Rule = f.metadata["rule"]
         values.setdefault(section, {})[key] = rule.from_env(text)
         origins[f"{section}.{key}"] = variable
+
+    _place_in_service_directories(values, env, origins)
 
     sections: dict[str, _Section] = {}
     for section, cls in _SECTIONS.items():

@@ -4,6 +4,11 @@
 wait for synthesis), opens the SIP listeners, the media engine and the admin endpoint; each new
 INVITE becomes a `Call` task. `stop()` drains: new INVITEs get 503 while running calls finish
 (up to a grace period), then everything closes.
+
+Admission: a new INVITE is answered `503` with `Retry-After` before anything is allocated for it
+while the node drains, lags (`admission.AdmissionControl`, fed by `LagMonitor`: the media
+tick's lateness and the event loop's) or holds `admission.max_calls` calls; the calls in
+progress are not touched. `/healthz` and out-of-dialog OPTIONS say the same (`health()`).
 """
 
 from __future__ import annotations
@@ -16,14 +21,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from spg_media.admission import AdmissionControl, AdmissionPolicy
 from spg_media.call import Call, CallServices, authorization_bound_s
 from spg_media.cdr import CallbackSender, CdrWriter
-from spg_media.config import Config, ConfigError, is_loopback_host, parse_listen
-from spg_media.observability import CALLS_REJECTED_TOTAL
+from spg_media.config import AdmissionConfig, Config, ConfigError, is_loopback_host, parse_listen
+from spg_media.observability import CALLS_REJECTED_TOTAL, METRICS
 from spg_media.payment.connectors import make_connector
 from spg_media.payment.journal import PaymentJournal
 from spg_media.rtp.session import MediaEngine
-from spg_media.sip.limits import ConnectionLimits
+from spg_media.sip.limits import ConnectionLimits, LogThrottle
 from spg_media.sip.message import SipRequest, make_response
 from spg_media.sip.transaction import Address
 from spg_media.sip.ua import Listen, SipUserAgent
@@ -32,7 +38,118 @@ from spg_media.tts.render import PromptRenderer
 
 log = logging.getLogger("spg.server")
 
-DRAIN_S = 30.0  # what calls in progress get to finish when the node stops
+DRAIN_S = 30.0  # what calls in progress get to finish when the node stops (`serve --drain-s`)
+
+
+def drain_grace_s(config: Config, drain_s: float = DRAIN_S, keep_floor: bool = True) -> float:
+    """How long calls in progress get to finish when the node stops: `drain_s`, and never less
+    than an authorisation with its reconciliation may take (a call cut short in it would leave
+    its charge unknown), unless `keep_floor` is False."""
+    return max(drain_s, authorization_bound_s(config)) if keep_floor else drain_s
+
+
+DRAIN_RETRY_AFTER_S = 5  # the Retry-After of a draining node's 503
+DRAINING = "draining"  # a refusal reason beside admission.LAG and admission.MAX_CALLS
+LAG_PROBE_INTERVAL_S = 0.1  # how often the event loop's lag is sampled
+REFUSED_LOG_PERIOD_S = 10.0
+
+ADMISSION_ACCEPTING = METRICS.gauge(
+    "spg_admission_accepting",
+    "1 while the node takes new calls; 0 while it answers them 503 (lag, max_calls, draining).",
+)
+MEDIA_TICK_LAG_SECONDS = METRICS.gauge(
+    "spg_media_tick_lag_seconds",
+    "How late the 20 ms media tick starts against its schedule, smoothed (admission).",
+)
+EVENT_LOOP_LAG_SECONDS = METRICS.gauge(
+    "spg_event_loop_lag_seconds",
+    "How late a callback scheduled on the event loop runs, smoothed (admission).",
+)
+CALLS_REFUSED_TOTAL = METRICS.counter(
+    "spg_calls_refused_total",
+    "New INVITEs answered 503 Service Unavailable, by reason (lag, max_calls, draining).",
+    ("reason",),
+)
+
+
+def admission_policy(config: AdmissionConfig) -> AdmissionPolicy:
+    return AdmissionPolicy(
+        max_tick_lag_s=config.max_tick_lag_ms / 1000,
+        max_loop_lag_s=config.max_loop_lag_ms / 1000,
+        resume_ratio=config.resume_ratio,
+        smoothing_s=config.smoothing_s,
+        max_calls=config.max_calls,
+    )
+
+
+class LagMonitor:
+    """The shell of admission control: samples the event loop's lag (how late its own callback,
+    scheduled every `interval_s`, runs) and takes the media tick's (`on_tick_lag`, which the
+    `MediaEngine` calls every tick), feeds them to the `AdmissionControl`, logs when the node
+    starts or stops refusing, and calls `on_probe` after every loop sample (gauges)."""
+
+    def __init__(
+        self,
+        control: AdmissionControl,
+        on_probe: Callable[[], None] | None = None,
+        interval_s: float = LAG_PROBE_INTERVAL_S,
+    ) -> None:
+        self.control = control
+        self.on_probe = on_probe
+        self.interval_s = interval_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._schedule(self._loop.time())
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _schedule(self, now: float) -> None:
+        assert self._loop is not None
+        # From now, not from the last due time: a stall gives one late sample, not a burst.
+        self._due = now + self.interval_s
+        self._handle = self._loop.call_at(self._due, self._probe)
+
+    def _probe(self) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        try:
+            self._noted(self.control.note_loop_lag(now - self._due, now), now)
+            if self.on_probe is not None:
+                self.on_probe()
+        except Exception:  # a failed measurement must not end the measuring
+            log.exception("event loop lag probe failed")
+        self._schedule(now)
+
+    def on_tick_lag(self, lag_s: float, now: float) -> None:
+        self._noted(self.control.note_tick_lag(lag_s, now), now)
+
+    def _noted(self, changed: bool, now: float) -> None:
+        if not changed:
+            return
+        tick, loop = self.control.lags(now)
+        policy = self.control.policy
+        if self.control.lagging:
+            log.warning(
+                "refusing new calls (503): media tick %.1f ms late, event loop %.1f ms "
+                "(smoothed; limits admission.max_tick_lag_ms %g, max_loop_lag_ms %g)",
+                tick * 1000,
+                loop * 1000,
+                policy.max_tick_lag_s * 1000,
+                policy.max_loop_lag_s * 1000,
+            )
+        else:
+            log.info(
+                "accepting new calls again: media tick %.1f ms late, event loop %.1f ms",
+                tick * 1000,
+                loop * 1000,
+            )
 
 
 class Server:
@@ -43,8 +160,11 @@ class Server:
         config: Config,
         observer: Callable[[str, str, dict[str, Any]], None] | None = None,
         prerender: bool = True,
+        drain_s: float = DRAIN_S,
+        drain_floor: bool = True,
     ) -> None:
         self.config = config
+        self.grace_s = drain_grace_s(config, drain_s, drain_floor)  # what stop() waits
         self.observer = observer
         self.prerender = prerender
         self.draining = False
@@ -52,6 +172,9 @@ class Server:
         self.services: CallServices | None = None
         self.admin: Any = None
         self.listen: list[Listen] = []
+        self.admission = AdmissionControl(admission_policy(config.admission))
+        self.lag_monitor = LagMonitor(self.admission, on_probe=self._update_admission_gauges)
+        self._refused_log = LogThrottle(REFUSED_LOG_PERIOD_S)
 
     async def start(self) -> None:
         config = self.config
@@ -88,6 +211,7 @@ class Server:
             ),
         )
         media = MediaEngine(config.rtp.address, config.rtp.port_min, config.rtp.port_max)
+        media.on_tick_lag = self.lag_monitor.on_tick_lag
         connector = make_connector(
             config.gateway.connector,
             config.gateway.url,
@@ -112,13 +236,15 @@ class Server:
                 "merchants cannot check them"
             )
         ua.invite_handler = self
+        ua.refusing_calls = self._retry_after_if_refusing
+        self.lag_monitor.start()
+        self._update_admission_gauges()
         await ua.start()
         if config.admin.listen:
             await self._start_admin()
 
     async def _start_admin(self) -> None:
         from spg_media.admin import AdminServer
-        from spg_media.observability import METRICS
 
         assert self.services is not None
         services = self.services
@@ -126,7 +252,7 @@ class Server:
         self.admin = AdminServer(
             METRICS,
             lambda: [call.summary() for call in services.calls.values()],
-            lambda: not self.draining,
+            self.health,
         )
         if listen.startswith("unix:"):
             await self.admin.start_unix(listen.removeprefix("unix:"))
@@ -140,14 +266,73 @@ class Server:
             )
         await self.admin.start(host.strip("[]"), int(port))
 
+    # ---- admission ----------------------------------------------------------------------------
+
+    def refusal(self) -> str | None:
+        """Why a new INVITE would be refused now (DRAINING, admission.LAG, admission.MAX_CALLS),
+        or None when it would be taken."""
+        if self.draining:
+            return DRAINING
+        active = len(self.services.calls) if self.services is not None else 0
+        return self.admission.admit(active, asyncio.get_running_loop().time())
+
+    def _retry_after(self, reason: str) -> int:
+        return DRAIN_RETRY_AFTER_S if reason == DRAINING else self.config.admission.retry_after_s
+
+    def _retry_after_if_refusing(self) -> int | None:
+        reason = self.refusal()
+        return None if reason is None else self._retry_after(reason)
+
+    def health(self) -> dict[str, Any]:
+        """What /healthz answers: `status` ok (200) while new calls are taken, else overloaded
+        or draining (503), with the reason and the smoothed lags."""
+        reason = self.refusal()
+        tick, loop = self.admission.lags(asyncio.get_running_loop().time())
+        status = "ok" if reason is None else (DRAINING if reason == DRAINING else "overloaded")
+        return {
+            "status": status,
+            "reason": reason,
+            "calls": len(self.services.calls) if self.services is not None else 0,
+            "max_calls": self.config.admission.max_calls,
+            "media_tick_lag_ms": round(tick * 1000, 2),
+            "event_loop_lag_ms": round(loop * 1000, 2),
+        }
+
+    def _update_admission_gauges(self) -> None:
+        tick, loop = self.admission.lags(asyncio.get_running_loop().time())
+        MEDIA_TICK_LAG_SECONDS.set(tick)
+        EVENT_LOOP_LAG_SECONDS.set(loop)
+        ADMISSION_ACCEPTING.set(1 if self.refusal() is None else 0)
+
+    def _refuse(self, invite: SipRequest, reason: str) -> None:
+        """503 with Retry-After: nothing was allocated for this INVITE, and nothing will be."""
+        assert self.services is not None
+        retry_after = str(self._retry_after(reason))
+        self.services.ua.respond(
+            invite,
+            make_response(
+                invite, 503, "Service Unavailable", headers=[("Retry-After", retry_after)]
+            ),
+        )
+        CALLS_REJECTED_TOTAL.inc(status="503")
+        CALLS_REFUSED_TOTAL.inc(reason=reason)
+        ADMISSION_ACCEPTING.set(0)
+        if reason == DRAINING:
+            return  # the drain is logged once, when it starts
+        count = self._refused_log.note(asyncio.get_running_loop().time())
+        if count is not None:
+            log.warning(
+                "%d new INVITEs answered 503 since the last report (%s; %d calls in progress)",
+                count,
+                reason,
+                len(self.services.calls),
+            )
+
     def on_invite(self, invite: SipRequest, source: Address) -> None:
         assert self.services is not None
-        if self.draining:
-            self.services.ua.respond(
-                invite,
-                make_response(invite, 503, "Service Unavailable", headers=[("Retry-After", "5")]),
-            )
-            CALLS_REJECTED_TOTAL.inc(status="503")
+        reason = self.refusal()
+        if reason is not None:
+            self._refuse(invite, reason)
             return
         call = Call(self.services, invite, source)
         # Registered now, not when its task first runs: another INVITE with this Call-ID in
@@ -160,16 +345,17 @@ class Server:
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: new INVITEs get 503 while the calls in progress finish, for `grace_s` at
-        most (by default DRAIN_S, or longer when an authorisation in flight may take longer:
-        a call cut short in it would leave its charge unknown)."""
+        most (by default `self.grace_s`: see `drain_grace_s`)."""
         if grace_s is None:
-            grace_s = max(DRAIN_S, authorization_bound_s(self.config))
+            grace_s = self.grace_s
         self.draining = True
+        ADMISSION_ACCEPTING.set(0)
         if self.tasks:
             log.info("draining %d calls", len(self.tasks))
             _, pending = await asyncio.wait(set(self.tasks), timeout=grace_s)
             for task in pending:
                 task.cancel()
+        self.lag_monitor.stop()
         if self.services is not None:
             background = self.services.__dict__.get("_background", set())
             if background:

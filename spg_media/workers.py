@@ -260,11 +260,13 @@ class Supervisor:
         config: Config,
         config_path: str | None,
         count: int,
+        worker_args: Sequence[str] = (),
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
         self.count = count
+        self.worker_args = list(worker_args)  # passed on to every worker (--drain-s ...)
         self.runtime_dir = runtime_directory()
         self.plans = plan_workers(config, count, self.runtime_dir)
         self.processes: dict[int, asyncio.subprocess.Process | None] = {}
@@ -302,7 +304,10 @@ class Supervisor:
                 plan.admin_socket.unlink()
             started = self._now()
             process = await asyncio.create_subprocess_exec(
-                *worker_command(plan, self.config_path), env=env, stdin=asyncio.subprocess.DEVNULL
+                *worker_command(plan, self.config_path),
+                *self.worker_args,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
             )
             self.processes[plan.index] = process
             code = await process.wait()

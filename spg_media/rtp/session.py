@@ -603,6 +603,9 @@ class MediaEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.inband: InbandDetector | None = None  # one detector serves every channel
         self.send_errors = 0  # packets the kernel would not take (a full buffer: dropped)
+        # Told at the start of every tick how late it starts against its schedule (seconds,
+        # and the loop's time): the node's admission control (server.LagMonitor).
+        self.on_tick_lag: Callable[[float, float], None] | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -851,6 +854,11 @@ class MediaEngine:
         next_tick = self.loop.time()
         while self.sessions:
             now = self.loop.time()
+            if self.on_tick_lag is not None:
+                try:
+                    self.on_tick_lag(now - next_tick, now)
+                except Exception:  # the measurement must never stop the media
+                    log.exception("tick lag observer failed")
             self._receive(now)
             # The calls take their digits now, not after the rest of the tick's work.
             await asyncio.sleep(0)

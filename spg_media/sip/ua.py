@@ -3,7 +3,8 @@
 Bytes from a socket are parsed (`message.parse_message`), checked (trusted sources, RFC 3581
 rport), and fed to the `TransactionLayer`; what it asks to send goes out on the right socket or
 stream; its events are routed to the call that owns the dialog (by Call-ID) or, for a new INVITE,
-to the `InviteHandler`. Out-of-dialog OPTIONS (Kamailio's keepalive pings) are answered here.
+to the `InviteHandler`. Out-of-dialog OPTIONS (Kamailio's keepalive pings) are answered here:
+200, or 503 with Retry-After while the node refuses new calls (`refusing_calls`).
 Malformed requests get a 400 with a Warning whenever enough of them can be read to answer; the
 loop never sees the exception.
 
@@ -31,7 +32,7 @@ import functools
 import ipaddress
 import logging
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -351,6 +352,10 @@ class SipUserAgent:
         self.transactions = TransactionLayer()
         self.dialogs: dict[str, DialogHandler] = {}
         self.invite_handler: InviteHandler | None = None
+        # While the node takes no new calls: the Retry-After seconds its 503 carries, else None.
+        # Out-of-dialog OPTIONS then get that 503 too, as an INVITE would (RFC 3261 §11.2), so a
+        # dispatcher's keepalive takes the node out of its pool until it accepts again.
+        self.refusing_calls: Callable[[], int | None] | None = None
         self.streams: dict[Address, _Stream] = {}
         self.udp: dict[str, _Udp] = {}
         self.servers: list[asyncio.Server] = []
@@ -712,14 +717,14 @@ class SipUserAgent:
             else:
                 self.invite_handler.on_invite(request, source)
         elif request.method == "OPTIONS":
-            self.respond(
-                request,
-                make_response(
-                    request,
-                    200,
-                    headers=[("Allow", ALLOW), ("Accept", "application/sdp"), ("Server", SERVER)],
-                ),
-            )
+            headers = [("Allow", ALLOW), ("Accept", "application/sdp"), ("Server", SERVER)]
+            retry_after = self.refusing_calls() if self.refusing_calls is not None else None
+            if retry_after is not None:
+                headers.append(("Retry-After", str(retry_after)))
+                refusal = make_response(request, 503, "Service Unavailable", headers=headers)
+                self.respond(request, refusal)
+            else:
+                self.respond(request, make_response(request, 200, headers=headers))
         elif request.method in ("BYE", "INFO", "NOTIFY", "REFER", "UPDATE", "PRACK"):
             self.respond(request, make_response(request, 481, "Call/Transaction Does Not Exist"))
         else:

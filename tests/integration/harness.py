@@ -5,7 +5,9 @@
   dispatcher list chosen by the test, waits until it answers OPTIONS, stops it at the end.
 - `run_sipp()` runs one SIPp call (`-m 1`) and returns its exit code, output and message trace.
 - `make_pay_scenario()` writes the caller's scenario: SIPp cannot loop over a string, so the keys
-  to press become one `play_pcap_audio` action (RFC 4733 pcap) per key.
+  to press become one `play_pcap_audio` action (RFC 4733 pcap) per key, at fixed gaps or at
+  given times, optionally over audio streamed for the whole call (or the keys as in-band tones
+  in a streamed recording).
 - `SpgNode` runs `spg-media serve` as a subprocess with env-var config (`SPG_SECTION__KEY`).
 
 Only 127.0.0.0/8 addresses are used.
@@ -712,6 +714,8 @@ def make_pay_scenario(
     result_timeout_ms: int = 30000,
     hangup_pause_ms: int = 300,
     inband_wav: Path | None = None,
+    caller_audio: Path | None = None,
+    key_times_ms: Sequence[int] | None = None,
 ) -> Path:
     """Write the caller's scenario to `path` and return it.
 
@@ -729,6 +733,13 @@ def make_pay_scenario(
     With `inband_wav` (an 8 kHz A-law WAV, see `write_dtmf_wav`) the INVITE offers PCMA only, no
     telephone-event, and instead of pcaps SIPp streams that file (`rtp_stream`) once: the keys
     are in-band tones in the audio and `keys` only names what the file holds.
+
+    With `caller_audio` (8 kHz A-law) the INVITE offers PCMA and telephone-event, and SIPp
+    streams that file in a loop from the ACK to the end of the call while the keys go as RFC
+    4733 pcaps: a caller who talks (or hisses) the whole call, as real phones do.
+    `key_times_ms` (one per key, in order, counted from the ACK) replaces the fixed gaps: each
+    key's pcap starts at its time. SIPp 3.6.1 streams a file's bytes as they are (a WAV
+    header is played as a few samples of audio).
     """
     fields = [keys] if isinstance(keys, str) else list(keys)
     for field in fields:
@@ -749,6 +760,15 @@ def make_pay_scenario(
             "m=audio [media_port] RTP/AVP 8\na=rtpmap:8 PCMA/8000\n",
         )
         assert "PCMA" in invite
+    elif caller_audio is not None:
+        invite = invite.replace(
+            "m=audio [media_port] RTP/AVP 0 101\na=rtpmap:0 PCMU/8000\n",
+            "m=audio [media_port] RTP/AVP 8 101\na=rtpmap:8 PCMA/8000\n",
+        )
+        assert "PCMA" in invite
+    all_keys = [key for field in fields for key in field]
+    if key_times_ms is not None and len(key_times_ms) != len(all_keys):
+        raise ValueError(f"{len(key_times_ms)} key times for {len(all_keys)} keys")
     out.append(_send(invite, retrans_ms=500))
     out.append('  <recv response="100" optional="true"/>\n')
     out.append('  <recv response="180" optional="true"/>\n')
@@ -760,6 +780,20 @@ def make_pay_scenario(
     if inband_wav is not None:
         wav = escape(str(inband_wav))
         out.append(f'  <nop><action><exec rtp_stream="{wav},1,8"/></action></nop>\n')
+        fields = []
+    elif caller_audio is not None:
+        audio = escape(str(caller_audio))
+        out.append(f'  <nop><action><exec rtp_stream="{audio},-1,8"/></action></nop>\n')
+    if key_times_ms is not None and fields:
+        at_ms = initial_pause_ms
+        for key, key_ms in zip(all_keys, key_times_ms, strict=True):
+            if key_ms > at_ms:
+                out.append(f'  <pause milliseconds="{key_ms - at_ms}"/>\n')
+                at_ms = key_ms
+            pcap = escape(str(PCAP_DIR / f"dtmf_2833_{PCAP_NAMES[key]}.pcap"))
+            out.append(f'  <nop><action><exec play_pcap_audio="{pcap}"/></action></nop>\n')
+        # the last key's pcap plays out before anything else happens
+        out.append(f'  <pause milliseconds="{key_gap_ms}"/>\n')
         fields = []
     for n, field in enumerate(fields):
         if n and field_gap_ms:

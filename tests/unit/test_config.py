@@ -535,10 +535,52 @@ def test_unknown_keys(tmp_path: Path, text: str, expected: str) -> None:
         ),
         # tts
         ('[tts]\ncache_dir = ""', "tts.cache_dir: must be a directory path"),
+        # admission
+        (
+            "[admission]\nmax_tick_lag_ms = -1",
+            "admission.max_tick_lag_ms: must be a number >= 0, got -1",
+        ),
+        (
+            '[admission]\nmax_loop_lag_ms = "50"',
+            'admission.max_loop_lag_ms: must be a number >= 0, got "50"',
+        ),
+        (
+            "[admission]\nmax_loop_lag_ms = nan",
+            "admission.max_loop_lag_ms: must be a number >= 0, got nan",
+        ),
+        ("[admission]\nresume_ratio = 0", "admission.resume_ratio: must be a number > 0, got 0"),
+        (
+            "[admission]\nresume_ratio = 1.5",
+            "admission.resume_ratio: must be a number > 0 and <= 1, got 1.5",
+        ),
+        ("[admission]\nsmoothing_s = 0", "admission.smoothing_s: must be a number > 0, got 0"),
+        (
+            "[admission]\nretry_after_s = 0",
+            "admission.retry_after_s: must be an integer from 1 to 3600, got 0",
+        ),
+        (
+            "[admission]\nretry_after_s = 2.5",
+            "admission.retry_after_s: must be an integer from 1 to 3600, got 2.5",
+        ),
+        ("[admission]\nmax_calls = -1", "admission.max_calls: must be an integer >= 0, got -1"),
+        (
+            "[admission]\nmax_call = 5",
+            'unknown key "admission.max_call" (did you mean "admission.max_calls"?)',
+        ),
     ],
 )
 def test_validation_messages(tmp_path: Path, text: str, expected: str) -> None:
     assert error_of(tmp_path, text + "\n") == expected
+
+
+def test_admission_defaults_and_env() -> None:
+    admission = Config().admission
+    assert (admission.max_tick_lag_ms, admission.max_loop_lag_ms) == (20.0, 50.0)
+    assert (admission.resume_ratio, admission.smoothing_s) == (0.5, 1.0)
+    assert (admission.retry_after_s, admission.max_calls) == (5, 0)
+    env = {"SPG_ADMISSION__MAX_CALLS": "200", "SPG_ADMISSION__MAX_TICK_LAG_MS": "0"}
+    loaded = load_config(None, env=env).admission
+    assert (loaded.max_calls, loaded.max_tick_lag_ms) == (200, 0.0)
 
 
 def test_error_key_attribute(tmp_path: Path) -> None:
@@ -681,3 +723,55 @@ def test_sections_are_frozen_and_lists_become_tuples() -> None:
         sip.public_host = "x"  # type: ignore[misc]
     assert AdminConfig(listen="").listen == ""
     assert set(IvrConfig().card_brands) == set(CARD_BRANDS)
+
+
+# ---- under a service manager: records in $STATE_DIRECTORY, prompt cache in $CACHE_DIRECTORY ----
+
+
+def test_without_service_directories_paths_stay_relative_to_the_working_directory() -> None:
+    config = load_config(None, env={})
+    assert (config.log.cdr_path, config.log.journal_path) == ("cdr.jsonl", "journal.jsonl")
+    assert config.tts.cache_dir == ".spg-cache/prompts"
+
+
+def test_service_directories_hold_the_records_and_the_prompt_cache(tmp_path: Path) -> None:
+    state, cache = tmp_path / "lib", tmp_path / "cache"
+    state.mkdir()
+    cache.mkdir()
+    # systemd's own form: one directory per StateDirectory= entry, colon-separated
+    env = {"STATE_DIRECTORY": f"{state}:{tmp_path / 'other'}", "CACHE_DIRECTORY": str(cache)}
+    config = load_config(None, env=env)
+    assert config.log.cdr_path == str(state / "cdr.jsonl")
+    assert config.log.journal_path == str(state / "journal.jsonl")
+    assert config.tts.cache_dir == str(cache / ".spg-cache" / "prompts")
+    # the example file's relative values and overrides go there too; absolute paths are kept
+    (state / "records").mkdir()
+    text = '[log]\ncdr_path = "records/cdr.jsonl"\njournal_path = "journal.jsonl"\n'
+    config = load_config(write(tmp_path, text), env={**env, "SPG_TTS__CACHE_DIR": "tts"})
+    assert config.log.cdr_path == str(state / "records" / "cdr.jsonl")
+    assert config.log.journal_path == str(state / "journal.jsonl")
+    assert config.tts.cache_dir == str(cache / "tts")
+    absolute = f'[log]\ncdr_path = "{tmp_path}/cdr.jsonl"\n[tts]\ncache_dir = "/var/tmp/p"\n'
+    config = load_config(write(tmp_path, absolute), env=env)
+    assert (config.log.cdr_path, config.tts.cache_dir) == (f"{tmp_path}/cdr.jsonl", "/var/tmp/p")
+    assert load_config(REPO / "spg.example.toml", env=env) == load_config(None, env=env)
+
+
+def test_only_its_own_variable_moves_a_path(tmp_path: Path) -> None:
+    config = load_config(None, env={"CACHE_DIRECTORY": str(tmp_path), "STATE_DIRECTORY": ""})
+    assert config.log.cdr_path == "cdr.jsonl"
+    assert config.tts.cache_dir == str(tmp_path / ".spg-cache" / "prompts")
+
+
+def test_a_missing_state_directory_is_named(tmp_path: Path) -> None:
+    message = error_of(tmp_path, "", env={"STATE_DIRECTORY": "/nonexistent/spg"})
+    assert message == ("log.cdr_path: directory not found: /nonexistent/spg (from STATE_DIRECTORY)")
+    message = error_of(
+        tmp_path,
+        "",
+        env={"STATE_DIRECTORY": str(tmp_path), "SPG_LOG__JOURNAL_PATH": "gone/journal.jsonl"},
+    )
+    assert message == (
+        f"log.journal_path: directory not found: {tmp_path}/gone "
+        "(from SPG_LOG__JOURNAL_PATH under STATE_DIRECTORY)"
+    )

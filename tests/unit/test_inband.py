@@ -13,6 +13,7 @@ import wave
 from collections.abc import Iterable
 from dataclasses import replace
 from io import BytesIO
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -433,18 +434,12 @@ def test_digits_back_to_back_sharing_a_tone_each_start_whatever_the_block_size()
             assert seen[0] == seen[1] == seen[2], (keys, level)
 
 
-def test_state_machine_one_channel_at_a_time_decides_as_the_vectorised_one(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Up to _ROWS_ONE_BY_ONE channels the state machine runs on Python scalars, beyond on
-    # arrays: each must give exactly the same events (times included), whatever happens on
-    # the line: keys with gaps, keys changing with no gap (sharing a tone or not), ramped
-    # onsets, short dropouts early in a key and late in it, a third tone that makes a key
-    # impure, keys too short, keys in noise, and music gliding into the band.
-    from spg_media.dtmf import inband
-
+def varied_lines(length: int = 16000) -> npt.NDArray[np.int16]:
+    """24 channels (rows) of what may happen on a line: keys with gaps, keys changing with no gap
+    (sharing a tone or not), ramped onsets, short dropouts early in a key and late in it, a third
+    tone that makes a key impure, keys too short, keys in noise, and music gliding into the
+    band."""
     rng = np.random.default_rng(31)
-    length = 16000
 
     def key(digit: str, ms: float, level: float) -> Audio:
         return tone(digit, ms, level=level, rng=rng)
@@ -481,10 +476,34 @@ def test_state_machine_one_channel_at_a_time_decides_as_the_vectorised_one(
         else:
             audio = with_noise(gapped(c, level), 18 + c % 7, dbm0_power(level), seed=c)
         streams.append(np.rint(np.resize(audio, length)).astype(np.int16))
-    block = np.stack(streams)
+    return np.stack(streams)
+
+
+def test_state_machine_one_channel_at_a_time_decides_as_the_vectorised_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Up to ROWS_ONE_BY_ONE channels the state machine runs on Python scalars, beyond on
+    # arrays: each must give exactly the same events (times included), whatever happens on
+    # the line (varied_lines).
+    from spg_media.dtmf.inband import decisions
+
+    block = varied_lines()
+    length = block.shape[1]
+    machines_run: list[str] = []
+
+    def counted(machine: Any) -> Any:
+        def run_machine(*args: Any) -> None:
+            machines_run.append(machine.__name__)
+            machine(*args)
+
+        return run_machine
+
+    for machine in (decisions.decide_each, decisions.decide_vectorised):
+        monkeypatch.setattr(decisions, machine.__name__, counted(machine))
 
     def run(one_by_one: int, size: int) -> list[tuple[int, str, str, float, float | None]]:
-        monkeypatch.setattr(inband, "_ROWS_ONE_BY_ONE", one_by_one)
+        monkeypatch.setattr(decisions, "ROWS_ONE_BY_ONE", one_by_one)
+        machines_run.clear()
         detector = InbandDetector()
         slots = [detector.add_channel() for _ in range(block.shape[0])]
         seen = []
@@ -492,12 +511,55 @@ def test_state_machine_one_channel_at_a_time_decides_as_the_vectorised_one(
             now = (begin + size) / RATE
             for slot, e in detector.process(slots, block[:, begin : begin + size], now):
                 seen.append((slot, e.kind, e.digit, e.at, e.duration_ms))
+        # The machine asked for, and it alone, made the decisions.
+        assert set(machines_run) == {"decide_each" if one_by_one else "decide_vectorised"}
         return sorted(seen, key=lambda event: event[0])  # each channel's in order
 
     for size in (160, 400):
         vectorised = run(0, size)
         assert len(vectorised) > 100
         assert run(10**6, size) == vectorised, size
+
+
+def test_both_state_machines_leave_the_same_state_call_by_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Stricter than the events alone: at every call of the decision machine, both machines,
+    # given the same evidence and state, leave every field of the state equal (digit, onset,
+    # end, reference amplitudes, absences, candidate, its onset, misses and need, taint) and
+    # make the same events, in the same order for each channel (the scalar machine makes them
+    # channel by channel, the vectorised one sub-block by sub-block).
+    import copy
+    import dataclasses
+
+    from spg_media.dtmf.inband import decisions
+
+    compared: list[int] = []
+    scalar, vectorised = decisions.decide_each, decisions.decide_vectorised
+
+    def both(evidence: Any, state: Any, checks: Any, events: Any) -> None:
+        twin_state = copy.deepcopy(state)
+        twin_events: list[Any] = []
+        vectorised(copy.deepcopy(evidence), twin_state, copy.deepcopy(checks), twin_events)
+        before = len(events)
+        scalar(evidence, state, checks, events)
+        for field in dataclasses.fields(state):
+            mine, twin_value = getattr(state, field.name), getattr(twin_state, field.name)
+            assert np.array_equal(mine, twin_value), field.name
+        made = [(slot, e.kind, e.digit, e.at, e.duration_ms) for slot, e in events[before:]]
+        twin = [(slot, e.kind, e.digit, e.at, e.duration_ms) for slot, e in twin_events]
+        assert sorted(made, key=lambda event: event[0]) == sorted(twin, key=lambda e: e[0])
+        compared.append(len(made))
+
+    monkeypatch.setattr(decisions, "decide_each", both)
+    monkeypatch.setattr(decisions, "ROWS_ONE_BY_ONE", 10**6)
+    block = varied_lines()
+    for size in (160, 240):
+        detector = InbandDetector()
+        slots = [detector.add_channel() for _ in range(block.shape[0])]
+        for begin in range(0, block.shape[1], size):
+            detector.process(slots, block[:, begin : begin + size], (begin + size) / RATE)
+    assert len(compared) > 100 and sum(compared) > 100
 
 
 def test_same_digits_whether_the_other_channels_are_quiet_or_busy() -> None:
