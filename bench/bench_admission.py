@@ -104,7 +104,7 @@ async def measure_in(work: Path) -> dict[str, float]:
                 elapsed = (time.perf_counter() - started) / COUNT * 1e6
                 best[name] = min(best.get(name, elapsed), elapsed)
                 ua.transactions = TransactionLayer()  # drop the kept transactions
-        assert not server.tasks and not server.services.media.transports  # nothing allocated
+        assert not server.tasks and not server.services.media.sockets  # nothing allocated
     finally:
         server.services.calls.clear()
         await server.stop(grace_s=0)

@@ -144,7 +144,7 @@ async def node_and_peer(config: Config) -> AsyncIterator[tuple[Server, Peer]]:
 
 def media_ports(server: Server) -> int:
     assert server.services is not None
-    return len(server.services.media.transports)
+    return len(server.services.media.sockets)
 
 
 def test_at_max_calls_a_new_invite_gets_503_and_the_running_call_keeps_every_digit(
