@@ -286,6 +286,8 @@ def test_inband_tones_alone_pay_and_leak_nothing(tmp_path, caplog):
     capture = Capture()
     pan, (expiry, cvc) = "5555555555554444", CARDS["5555555555554444"]
     before = obs.DTMF_DIGITS_TOTAL.get(source="inband")
+    latencies = obs.DTMF_LATENCY_SECONDS.get_count(source="inband")
+    latency_sum = obs.DTMF_LATENCY_SECONDS.get_sum(source="inband")
 
     async def scenario() -> CallerReport:
         server, port = await start_node(config, capture)
@@ -297,7 +299,13 @@ def test_inband_tones_alone_pay_and_leak_nothing(tmp_path, caplog):
     report = asyncio.run(scenario())
     assert report.result_headers.get("X-SPG-Result") == "approved"
     assert report.result_headers["X-SPG-Card"] == "mastercard 4444"
-    assert obs.DTMF_DIGITS_TOTAL.get(source="inband") - before == len(pan) + 1 + 4 + 3
+    keyed = len(pan) + 1 + 4 + 3
+    assert obs.DTMF_DIGITS_TOTAL.get(source="inband") - before == keyed
+    # Every digit's latency observed, from the packet carrying its onset: a tone needs about
+    # 20-40 ms of audio to be told from speech, then the tick, then the call's inbox.
+    assert obs.DTMF_LATENCY_SECONDS.get_count(source="inband") - latencies == keyed
+    mean = (obs.DTMF_LATENCY_SECONDS.get_sum(source="inband") - latency_sum) / keyed
+    assert 0.01 < mean < 0.2, mean
     [record] = cdr_lines(config)
     assert record["result"] == "approved"
     blobs = [data.decode("utf-8", "replace") for data in capture.sip]
