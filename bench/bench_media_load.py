@@ -27,6 +27,7 @@ import contextlib
 import json
 import random
 import resource
+import shutil
 import socket
 import struct
 import subprocess
@@ -306,6 +307,7 @@ def parent(args: argparse.Namespace) -> None:
         if cleanup is not None:
             subprocess.run(["git", "-C", str(HERE), "worktree", "remove", "--force",
                             str(cleanup)], check=False)  # fmt: skip
+            shutil.rmtree(cleanup.parent, ignore_errors=True)
 
 
 def main() -> None:
