@@ -200,6 +200,12 @@ def _serve(args: argparse.Namespace) -> int:
     handler = setup_logging(config.log.format, config.log.level)
     if args.worker_index is not None:
         handler.addFilter(_WorkerField(args.worker_index))
+        from spg_media.hardening import end_with_parent
+
+        # A worker ends with its supervisor: else it would keep its ports and take calls that
+        # no supervisor watches (and a restarted supervisor could not bind them).
+        if not end_with_parent():
+            raise UsageError("worker: its supervisor is gone")
     _harden(config)
     if config.gateway.connector == "sandbox" and args.worker_index is None:
         logging.getLogger("spg.server").warning(

@@ -19,6 +19,7 @@ import ctypes
 import ctypes.util
 import os
 import resource
+import signal
 import sys
 
 PR_SET_DUMPABLE = 4
@@ -69,3 +70,17 @@ def dumpable() -> bool | None:
     if not sys.platform.startswith("linux"):
         return None
     return bool(_libc().prctl(PR_GET_DUMPABLE, 0, 0, 0, 0))
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def end_with_parent() -> bool:
+    """Ask Linux to send us SIGTERM when our parent (a worker's supervisor) dies, so no worker
+    outlives it holding its ports; False when the parent is already gone."""
+    parent = os.getppid()
+    if parent == 1:
+        return False  # orphaned already
+    if sys.platform == "linux" and _libc().prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        return False
+    return os.getppid() == parent  # it may have died before the prctl took effect

@@ -154,3 +154,22 @@ def test_sigterm_ends_every_worker(node: SpgNode) -> None:
     node.proc.send_signal(signal.SIGTERM)
     assert node.proc.wait(timeout=60) == 0
     assert all(not Path(f"/proc/{pid}").exists() for pid in pids.values())
+
+
+def test_workers_end_when_their_supervisor_is_killed(
+    sip_tools: None, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    spg = SpgNode(
+        tmp_path_factory.mktemp("orphans"), {"SPG_GATEWAY__CONNECTOR": "sandbox"}, workers=2
+    )
+    spg.start(timeout_s=60)
+    try:
+        assert wait_for(lambda: len(worker_pids(spg)) == 2, 30)
+        pids = worker_pids(spg).values()
+        assert spg.proc is not None
+        spg.proc.send_signal(signal.SIGKILL)  # the supervisor alone, not its process group
+        spg.proc.wait(5)
+        assert wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), 40)
+        assert wait_for(lambda: sip_options(HOST, spg.sip_port) is None, 5)
+    finally:
+        spg.stop(timeout_s=30)
