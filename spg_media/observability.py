@@ -29,7 +29,7 @@ import re
 import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal, TextIO, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import prometheus_client
 from prometheus_client import (
@@ -280,7 +280,6 @@ PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 LabelKey = tuple[str, ...]
 _M = TypeVar("_M", bound="_Metric")
-GaugeMode = Literal["livesum", "liveall", "livemax", "livemin", "sum", "all", "max", "min"]
 
 
 class _Metric:
@@ -382,8 +381,7 @@ class Counter(_Scalar):
 
 
 class Gauge(_Scalar):
-    """A number that goes up and down. `multiprocess_mode` says how several worker processes'
-    values combine (prometheus_client's multiprocess mode; ignored in a single process)."""
+    """A number that goes up and down."""
 
     kind = "gauge"
 
@@ -393,14 +391,9 @@ class Gauge(_Scalar):
         help: str,
         labelnames: Iterable[str] = (),
         registry: CollectorRegistry | None = None,
-        multiprocess_mode: GaugeMode = "livesum",
     ) -> None:
         super().__init__(name, help, labelnames)
-        self._adopt(
-            prometheus_client.Gauge(
-                name, help, self.labelnames, registry=registry, multiprocess_mode=multiprocess_mode
-            )
-        )
+        self._adopt(prometheus_client.Gauge(name, help, self.labelnames, registry=registry))
 
     def inc(self, amount: float = 1.0, **labels: Any) -> None:
         self._child(labels).inc(amount)
@@ -482,11 +475,8 @@ class Metrics:
         name: str,
         help: str,
         labelnames: Iterable[str] = (),
-        multiprocess_mode: GaugeMode = "livesum",
     ) -> Gauge:
-        return self._add(
-            name, lambda: Gauge(name, help, labelnames, self.registry, multiprocess_mode)
-        )
+        return self._add(name, lambda: Gauge(name, help, labelnames, self.registry))
 
     def histogram(
         self,
