@@ -229,7 +229,9 @@ def test_a_payment_goes_through_2000_held_connections_and_the_files_come_back(
     assert all(flood.opened[kind] for kind in KINDS), flood.opened
     # never more connections than the cap (plus the call's media and the node's own files)
     assert peak <= idle_files + MAX_CONNECTIONS + 16, (peak, idle_files)
-    assert back <= IDLE_S + 1.0, f"open files not back to {idle_files} in time"
+    # back after the idle deadline, not never: the slack is for the sweep (every 0.25 s) and
+    # closing 2000 sockets on a busy machine (a CI run once took 7.14 s)
+    assert back <= IDLE_S + 4.0, f"open files not back to {idle_files} in time"
     # strangers were closed at accept; each kind went at its own deadline
     assert max(flood.closed_after["untrusted-tcp"]) < 1.0
     assert max(flood.closed_after["untrusted-tls"]) < 1.0
