@@ -278,7 +278,6 @@ class Supervisor:
         self.failure = ""
         self._clock = clock
         self._tasks: list[asyncio.Task[None]] = []
-        self._admin: Any = None
 
     def _now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
