@@ -491,6 +491,9 @@ class IvrConfig(_Section):
     confirm: bool = _rule(False, _Bool())
     return_uri: str = _rule("", _Str())
     card_brands: tuple[str, ...] = _rule_list(CARD_BRANDS, _StrList())
+    # "dtmf": keys only; "dtmf speech": callers may also say their digits (recognised offline in
+    # the node, for languages with a speech model; the others stay keypad-only)
+    input: str = _rule("dtmf", _Choice("dtmf", "dtmf speech"))
 
     def _validate(self) -> None:
         uri = self.return_uri
@@ -634,6 +637,46 @@ class SecurityConfig(_Section):
 
 
 @dataclass(frozen=True)
+class AssistConfig(_Section):
+    """Agent-assisted mode: calls bridged to an agent while the node masks the customer's keys."""
+
+    SECTION: ClassVar[str] = "assist"
+
+    # Request-URI users that enter assisted mode (as does an INVITE with X-SPG-Mode: assist)
+    users: tuple[str, ...] = _rule_list(("assist",), _StrList())
+    # where the agent leg goes when neither X-SPG-Agent nor the x-spg-agent URI parameter says
+    agent_uri: str = _rule("", _Str())
+    # HOST:PORT of the payment-session API and the agent page; "" disables assisted mode's API
+    listen: str = _rule("127.0.0.1:9280", _Str())
+    api_token: str = _rule("", _Str(), secret=True)  # bearer token of the API; required to serve it
+    mask: str = _rule("tone", _Choice("tone", "silence", "noise"))  # what replaces a key's tone
+
+    def _validate(self) -> None:
+        uri = self.agent_uri
+        if uri and (
+            not re.match(r"(?i)sips?:[^\s<>]+$", uri) or uri.split(":", 1)[1].startswith("@")
+        ):
+            raise _key_error(
+                "assist.agent_uri", f'must be a sip: or sips: URI or "", got {_show(uri)}'
+            )
+        if self.listen:
+            try:
+                parse_host_port(self.listen)
+            except ConfigError as exc:
+                raise _key_error("assist.listen", f'{exc} ("" disables)') from None
+
+
+@dataclass(frozen=True)
+class SpeechConfig(_Section):
+    """Voice entry of card digits (with ivr.input = "dtmf speech")."""
+
+    SECTION: ClassVar[str] = "speech"
+
+    # recognitions running at once in this process; a caller past it is asked for keys only
+    max_concurrent: int = _rule(8, _Int(1, 1024))
+
+
+@dataclass(frozen=True)
 class ProcessConfig(_Section):
     SECTION: ClassVar[str] = "process"
 
@@ -656,6 +699,8 @@ _SECTIONS: dict[str, type[_Section]] = {
         LogConfig,
         TtsConfig,
         SecurityConfig,
+        AssistConfig,
+        SpeechConfig,
         ProcessConfig,
     )
 }
@@ -676,6 +721,8 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    assist: AssistConfig = field(default_factory=AssistConfig)
+    speech: SpeechConfig = field(default_factory=SpeechConfig)
     process: ProcessConfig = field(default_factory=ProcessConfig)
 
     def with_overrides(self, **section_changes: Mapping[str, Any]) -> Config:
