@@ -16,7 +16,8 @@ Both decoders hear the same utterances:
   `best_reading` with the field's rules (brand prefix, length, Luhn on the complete card with
   the confirmed groups as prefix, expiry month and window, code length); a reading that is
   not valid or below `--threshold` confidence is asked again without a read-back.
-* baseline: the plain grammar (any digits), its best path, no rules.
+* baseline: the plain grammar (any digits), one decode with the same front end (resampling,
+  noise floor), its best path, no rules: every reading is read back.
 
 Reported: per-digit error at first try (edit distance), whole field right at first try (the
 card: every group right the first time), and with the read-back dialogue the share of
@@ -146,7 +147,8 @@ _recognisers: dict[str, DigitRecogniser] = {}
 
 def _init() -> None:
     _recognisers["constrained"] = DigitRecogniser()
-    _recognisers["baseline"] = DigitRecogniser(PLAIN_DIGIT_GRAMMAR)
+    # the same front end (resampling, noise floor), one pass, no rules
+    _recognisers["baseline"] = DigitRecogniser(PLAIN_DIGIT_GRAMMAR, passes=1)
 
 
 class Payment:
@@ -250,6 +252,8 @@ class Payment:
                         first_all &= right
                     if not read_back:
                         continue
+                    self.counts[f"{decoder}.read_backs"] += 1
+                    self.counts[f"{decoder}.read_backs_right"] += digits == truth
                     heard = self.answer(decoder, "yes" if digits == truth else "no")
                     if heard == "yes":
                         confirmed = digits
@@ -310,9 +314,9 @@ def main() -> int:
     )
     print(
         "| condition | decoder | digit error, 1st try | card right 1st try | expiry 1st | "
-        "code 1st | paid within attempts | CPU s per s of speech |"
+        "code 1st | paid within attempts | read-backs right | CPU s per s of speech |"
     )
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for condition in conditions:
         t = totals[condition]
         n = max(t["payments"], 1)
@@ -323,6 +327,7 @@ def main() -> int:
                 f"| {condition} | {decoder} | {t[f'{decoder}.digit_errors'] / digits:.1%} | "
                 f"{t[f'{decoder}.card_first'] / n:.0%} | {t[f'{decoder}.expiry_first'] / n:.0%} | "
                 f"{t[f'{decoder}.code_first'] / n:.0%} | {t[f'{decoder}.paid'] / n:.0%} | "
+                f"{t[f'{decoder}.read_backs_right'] / max(t[f'{decoder}.read_backs'], 1):.0%} | "
                 f"{t[f'{decoder}.cpu'] / speech:.3f} |"
             )
     print(
