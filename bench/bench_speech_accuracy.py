@@ -228,7 +228,6 @@ class Payment:
 
         for decoder in DECODERS:
             ok = True
-            first_all = True
             card_first = True
             for position, (field, truth, _) in enumerate(fields):
                 confirmed = None
@@ -249,7 +248,6 @@ class Payment:
                             card_first &= right
                         else:
                             self.counts[f"{decoder}.{field}_first"] += right
-                        first_all &= right
                     if not read_back:
                         continue
                     self.counts[f"{decoder}.read_backs"] += 1
@@ -258,9 +256,9 @@ class Payment:
                     if heard == "yes":
                         confirmed = digits
                         break
-                if confirmed != truth:
-                    ok = False
-                    break
+                # a failed field fails the payment; the rest are still said, so that the
+                # first-try figures cover every field
+                ok &= confirmed == truth
             self.counts[f"{decoder}.card_first"] += card_first
             self.counts[f"{decoder}.paid"] += ok
         self.counts["payments"] += 1
