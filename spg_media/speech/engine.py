@@ -54,6 +54,10 @@ def _worker_init() -> None:
     _worker_recogniser = DigitRecogniser()
 
 
+def _worker_ready() -> bool:
+    return _worker_recogniser is not None
+
+
 def _worker_recognise(samples: npt.NDArray[np.int16], length: int | None) -> tuple[Hypothesis, ...]:
     if _worker_recogniser is None:  # pragma: no cover - the initializer ran
         _worker_init()
@@ -81,9 +85,9 @@ class SpeechEngine:
         """Start the workers now (each loads the model, about a second) rather than at the
         first caller's first utterance."""
         pool = self._ensure_pool()
-        # one no-op task per worker, so that every worker has loaded its model
+        # a task per worker makes the pool start them all (each loads its model on start)
         for _ in range(self._workers):
-            pool.submit(_worker_init)
+            pool.submit(_worker_ready)
 
     def _ensure_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:

@@ -150,6 +150,10 @@ class DigitRecogniser:
     def _decode(self, audio: bytes) -> dict[tuple[str, ...], float]:
         """One pass: its distinct readings with probabilities (softmax of the path scores)."""
         decoder = self._decoder
+        # The front end's noise estimate and cepstral mean carry over from one utterance to
+        # the next; each decode starts afresh (0.1 ms), so that one caller's voice and line
+        # do not bias another's and a result depends on its audio alone.
+        decoder.reinit_feat()
         decoder.start_utt()
         decoder.process_raw(audio, no_search=False, full_utt=True)
         decoder.end_utt()

@@ -150,3 +150,14 @@ def test_engine_delivers_utterances_on_the_loop_and_bounds_calls() -> None:
             engine.close()
 
     asyncio.run(scenario())
+
+
+@needs_espeak
+def test_recognition_is_repeatable_and_gives_probabilities() -> None:
+    audio = np.concatenate((noise(0.3), spoken("3 7 8 2"), noise(0.3)))
+    recogniser = DigitRecogniser()
+    first = recogniser.recognise(audio, length=4)
+    assert first == recogniser.recognise(audio, length=4)  # seeded noise floors
+    total = sum(float(np.exp(h.score)) for h in first)
+    assert abs(total - 1.0) < 1e-6  # the passes' pooled probabilities
+    assert [h.score for h in first] == sorted((h.score for h in first), reverse=True)
