@@ -12,6 +12,7 @@ pocketsphinx's own logging is turned off (it would print the words).
 from __future__ import annotations
 
 import math
+import time
 from fractions import Fraction
 
 import numpy as np
@@ -28,6 +29,9 @@ NBEST = 40  # lattice paths read; many differ only in word timing and are merged
 # softmax of `best_reading` wants (set from the benchmark's confusions: see bench/RESULTS.md).
 SCORE_SCALE = 200.0
 PASSES = 3  # decodes of each utterance, each over another noise floor (see `recognise`)
+# CPU budget per second of speech: a further pass runs only if it fits, judged by what the
+# passes so far took (noisy audio keeps more of the search alive and costs 3x clean audio)
+CPU_PER_SPEECH_SECOND = 0.15
 NOISE_FLOOR_SNR_DB = 20.0
 
 _DIGITS = "zero | oh | one | two | three | four | five | six | seven | eight | nine"
@@ -104,7 +108,12 @@ def with_noise_floor(
 class DigitRecogniser:
     """A pocketsphinx decoder on the digit grammar. Not thread-safe: one per worker."""
 
-    def __init__(self, grammar: str = DIGIT_GRAMMAR, passes: int = PASSES) -> None:
+    def __init__(
+        self,
+        grammar: str = DIGIT_GRAMMAR,
+        passes: int = PASSES,
+        cpu_per_speech_second: float | None = CPU_PER_SPEECH_SECOND,
+    ) -> None:
         try:
             from pocketsphinx import Decoder
         except ImportError as exc:  # pragma: no cover - a dependency of the package
@@ -113,6 +122,7 @@ class DigitRecogniser:
             ) from exc
         self._searches: dict[int | None, str] = {None: "digits"}
         self.passes = passes
+        self.cpu_per_speech_second = cpu_per_speech_second  # None: always every pass
         # loglevel FATAL: pocketsphinx logs hypotheses at INFO; none may reach a log.
         self._decoder = Decoder(loglevel="FATAL", bestpath=True)
         self._decoder.add_jsgf_string("digits", grammar)
@@ -124,8 +134,9 @@ class DigitRecogniser:
         """The n-best readings of one utterance, best first (empty if nothing fits).
         `length`: the utterance is exactly that many digits (or an answer).
 
-        The utterance is decoded `passes` times, each over its own noise floor; each pass's
-        n-best is turned into probabilities and the passes are averaged. Where the passes
+        The utterance is decoded up to `passes` times (fewer when another would take the CPU
+        past `CPU_PER_SPEECH_SECOND`), each over its own noise floor; each pass's n-best is
+        turned into probabilities and the passes are averaged. Where the passes
         disagree, that is where the recogniser is unsure: the pooled probabilities say so
         better than one pass's path scores, and the alternatives are real ones for the field's
         rules to choose among.
@@ -140,10 +151,22 @@ class DigitRecogniser:
         if decoder.current_search() != search:
             decoder.activate_search(search)
         audio = resample_to_model(samples, rate)
+        budget = (
+            math.inf
+            if self.cpu_per_speech_second is None
+            else self.cpu_per_speech_second * len(samples) / rate
+        )
+        started = time.thread_time()
         pooled: dict[tuple[str, ...], float] = {}
+        passes = 0
         for seed in range(self.passes):
             for words, probability in self._decode(with_noise_floor(audio, seed)).items():
-                pooled[words] = pooled.get(words, 0.0) + probability / self.passes
+                pooled[words] = pooled.get(words, 0.0) + probability
+            passes += 1
+            spent = time.thread_time() - started
+            if spent + spent / passes > budget:
+                break
+        pooled = {words: mass / passes for words, mass in pooled.items()}
         ranked = sorted(pooled.items(), key=lambda item: -item[1])
         return tuple(Hypothesis(words, math.log(p)) for words, p in ranked if p > 0.0)
 
