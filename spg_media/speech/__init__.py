@@ -4,7 +4,10 @@
 * `digits`: sans-IO constrained decoding (`words_to_digits`, `best_reading`, `answer_of`).
 * `engine`: `SpeechEngine` (one per process, a bounded pool of recognitions) and `SpeechInput`
   (one per call: voice-activity detection on the call's 8 kHz samples, then recognition of each
-  stretch of speech off the event loop).
+  stretch of speech off the event loop; `expect(length)` narrows the grammar to that many
+  digits when the dialogue knows it).
+* `vad`, `recogniser`, `scan`: the voice-activity detector, the pocketsphinx recogniser, and
+  `spg-media speech-scan`.
 
 Audio is never written to disk and recognised words are never logged.
 """
