@@ -119,7 +119,17 @@ class SpeechEngine:
     def _submit(
         self, samples: npt.NDArray[np.int16], length: int | None
     ) -> Future[tuple[Hypothesis, ...]]:
-        return self._ensure_pool().submit(_worker_recognise, samples, length)
+        try:
+            return self._ensure_pool().submit(_worker_recognise, samples, length)
+        except BrokenProcessPool:
+            self._pool_broken()
+            raise
+
+    def _pool_broken(self) -> None:
+        """A worker died (killed, out of memory): the next utterance gets a new pool."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     def close(self) -> None:
         for speech_input in list(self._inputs):
@@ -194,6 +204,8 @@ class SpeechInput:
         if self._closed or result.cancelled():
             return
         error = result.exception()
+        if isinstance(error, BrokenProcessPool):
+            self._engine._pool_broken()
         if error is not None:
             # the type only: a message could carry what was said
             log.error("speech recognition failed: %s", type(error).__name__)

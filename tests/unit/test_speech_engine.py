@@ -161,3 +161,43 @@ def test_recognition_is_repeatable_and_gives_probabilities() -> None:
     total = sum(float(np.exp(h.score)) for h in first)
     assert abs(total - 1.0) < 1e-6  # the passes' pooled probabilities
     assert [h.score for h in first] == sorted((h.score for h in first), reverse=True)
+
+
+@needs_espeak
+def test_a_dead_worker_costs_one_utterance_not_the_engine() -> None:
+    async def scenario() -> None:
+        engine = SpeechEngine(max_concurrent=2, workers=1)
+        try:
+            got: list[Utterance] = []
+            arrived = asyncio.Event()
+
+            def on_utterance(utterance: Utterance) -> None:
+                got.append(utterance)
+                arrived.set()
+
+            speech_input = engine.open_input("en", on_utterance)
+            assert speech_input is not None
+            engine.start()
+            pool = engine._pool
+            assert pool is not None
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: pool.submit(int).result()
+            )
+            for process in list(pool._processes.values()):
+                process.kill()
+            now = 0.0
+            audio = np.concatenate((noise(0.5), spoken("yes"), noise(1.0, seed=4)))
+            for _ in range(3):  # the first utterance may meet the broken pool
+                for chunk in ticks(audio):
+                    now += len(chunk) / RATE
+                    speech_input.feed(chunk, now)
+                try:
+                    await asyncio.wait_for(arrived.wait(), 8.0)
+                    break
+                except TimeoutError:
+                    continue
+            assert got and answer_of(got[0]) == "yes"
+        finally:
+            engine.close()
+
+    asyncio.run(scenario())
