@@ -201,3 +201,16 @@ def test_a_dead_worker_costs_one_utterance_not_the_engine() -> None:
             engine.close()
 
     asyncio.run(scenario())
+
+
+def test_endless_sound_is_cut_into_bounded_stretches() -> None:
+    t = np.arange(int(30 * RATE)) / RATE
+    tone = (3000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+    vad = VoiceActivity()
+    now = 0.0
+    found = []
+    for chunk in ticks(np.concatenate((noise(0.5), tone))):
+        now += len(chunk) / RATE
+        found += vad.feed(chunk, now)
+    assert len(found) == 2  # 12 s each, the rest still in progress
+    assert all(len(segment.samples) <= 12.3 * RATE for segment in found)
