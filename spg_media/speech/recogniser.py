@@ -19,20 +19,23 @@ import numpy as np
 import numpy.typing as npt
 from scipy.signal import resample_poly
 
+from spg_media.speech.digits import words_to_digits
 from spg_media.speech.model import Hypothesis
 
 LANGUAGES = ("en",)
 MODEL_RATE = 16000
 NBEST = 40  # lattice paths read; many differ only in word timing and are merged
-# Path scores come as the exponential of a scaled-down log-likelihood, so the natural log of
-# two paths' scores differ by hundredths; this factor turns that into the log-odds the
-# softmax of `best_reading` wants (set from the benchmark's confusions: see bench/RESULTS.md).
+# Path scores come as the exponential of a scaled-down log-likelihood, so the natural logs of
+# two paths' scores differ by hundredths; this factor makes them log-odds in which a pass's
+# runner-up readings keep some weight. Chosen by eye on a few utterances, not calibrated: the
+# spread between the pooled passes carries most of the confidence.
 SCORE_SCALE = 200.0
 PASSES = 3  # decodes of each utterance, each over another noise floor (see `recognise`)
 # CPU budget per second of speech: a further pass runs only if it fits, judged by what the
 # passes so far took (noisy audio keeps more of the search alive and costs 3x clean audio)
 CPU_PER_SPEECH_SECOND = 0.15
 NOISE_FLOOR_SNR_DB = 20.0
+REPEATS_UP_TO = 8  # digits an exact-length grammar allows "double"/"triple" in
 
 _DIGITS = "zero | oh | one | two | three | four | five | six | seven | eight | nine"
 DIGIT_GRAMMAR = f"""#JSGF V1.0;
@@ -46,13 +49,28 @@ public <utterance> = <digits> [hash | pound] | yes | no | repeat | start again |
 
 def exact_length_grammar(length: int) -> str:
     """Exactly `length` digits (a card group, an expiry, a code the dialogue knows the length
-    of), or a yes/no/repeat answer: the grammar itself rules out insertions and deletions."""
+    of), "double"/"triple" counting two and three, or an answer: the grammar itself rules out
+    inserted and dropped digits."""
     if not 1 <= length <= 19:
         raise ValueError("digit count must be 1..19")
+    # <nK> = K digits: one digit and K-1 more, or a double and K-2 more, or a triple and K-3.
+    # The grammar compiler inlines rules, so the paths grow as a tribonacci sequence: past
+    # REPEATS_UP_TO digits (longer than any group said at once) the digits are said one by one.
+    repeats = length <= REPEATS_UP_TO
+    rules = []
+    for count in range(1, length + 1):
+        ways = [f"<digit> <n{count - 1}>" if count > 1 else "<digit>"]
+        for word, size in (("double", 2), ("triple", 3)) if repeats else ():
+            if count == size:
+                ways.append(f"{word} <digit>")
+            elif count > size:
+                ways.append(f"{word} <digit> <n{count - size}>")
+        rules.append(f"<n{count}> = {' | '.join(ways)};")
+    body = "\n".join(rules)
     return f"""#JSGF V1.0;
 grammar exact;
-public <utterance> = {" ".join(["<digit>"] * length)} [hash | pound] | yes | no | repeat
-    | start again;
+public <utterance> = <n{length}> [hash | pound] | yes | no | repeat | start again;
+{body}
 <digit> = {_DIGITS};
 """
 
@@ -158,15 +176,21 @@ class DigitRecogniser:
         )
         started = time.thread_time()
         pooled: dict[tuple[str, ...], float] = {}
-        passes = 0
         for seed in range(self.passes):
             for words, probability in self._decode(with_noise_floor(audio, seed)).items():
                 pooled[words] = pooled.get(words, 0.0) + probability
-            passes += 1
             spent = time.thread_time() - started
-            if spent + spent / passes > budget:
+            if spent + spent / (seed + 1) > budget:
                 break
-        pooled = {words: mass / passes for words, mass in pooled.items()}
+        if length is not None:
+            # a decode that never reached the grammar's end hands out its best partial path
+            pooled = {
+                words: mass
+                for words, mass in pooled.items()
+                if len(words_to_digits(words) or "x" * length) == length
+            }
+        total = sum(pooled.values())
+        pooled = {words: mass / total for words, mass in pooled.items() if total > 0.0}
         ranked = sorted(pooled.items(), key=lambda item: -item[1])
         return tuple(Hypothesis(words, math.log(p)) for words, p in ranked if p > 0.0)
 

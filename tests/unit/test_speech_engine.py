@@ -11,7 +11,13 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from spg_media.speech import SpeechEngine, Utterance, answer_of, speech_available
+from spg_media.speech import (
+    SpeechEngine,
+    Utterance,
+    answer_of,
+    speech_available,
+    words_to_digits,
+)
 from spg_media.speech.recogniser import DigitRecogniser
 from spg_media.speech.vad import VoiceActivity
 
@@ -101,7 +107,18 @@ def test_exact_length_grammar_gives_that_many_digits() -> None:
     )
     assert hypotheses
     for hypothesis in hypotheses:
-        assert len(hypothesis.words) == 4 or hypothesis.words[-1] in ("hash", "pound")
+        digits = words_to_digits(hypothesis.words)
+        assert digits is None or len(digits) == 4
+    assert any(words_to_digits(h.words) for h in hypotheses)
+
+
+@pytest.mark.parametrize("length", [1, 3, 8, 19])
+def test_exact_length_grammars_compile_and_count_double_and_triple(length: int) -> None:
+    recogniser = DigitRecogniser(passes=1)
+    audio = np.concatenate((noise(0.3), (noise(0.6) * 40).astype(np.int16), noise(0.3)))
+    for hypothesis in recogniser.recognise(audio, length=length):
+        digits = words_to_digits(hypothesis.words)
+        assert digits is None or len(digits) == length
 
 
 def test_speech_available() -> None:
