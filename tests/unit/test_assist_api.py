@@ -8,11 +8,13 @@ authorisation path, journal included).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import json
 import logging
 import re
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
+from spg_media.admin import AsgiServer
 from spg_media.assist.api import build_app
 from spg_media.assist.service import AssistService
 from spg_media.cdr import CallbackSender, CallRecord, CdrWriter, record_bytes
@@ -29,6 +32,7 @@ from spg_media.config import Config, load_config
 from spg_media.payment.connectors import make_connector
 from spg_media.payment.journal import PaymentJournal
 from spg_media.payment.journey import Play
+from spg_media.server import Server
 
 TOKEN = "test-token-7f3a"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -323,9 +327,10 @@ def test_a_payment_active_when_the_call_ends_is_hung_up_without_a_charge(tmp_pat
         assert record["result"] == "hung-up" and record["charge_state"] == "not-charged"
         assert record["mode"] == "assist"
         assert (await r.client.get("/v1/calls", headers=AUTH)).json() == []
-        assert not Path(r.config.log.journal_path).exists() or not Path(
-            r.config.log.journal_path
-        ).read_text()
+        assert (
+            not Path(r.config.log.journal_path).exists()
+            or not Path(r.config.log.journal_path).read_text()
+        )
 
     run(tmp_path, scenario)
 
@@ -360,6 +365,106 @@ def test_the_page_is_served_without_the_token_and_holds_no_data(tmp_path):
         assert moved.status_code == 308 and moved.headers["location"] == "/assist/"
 
     run(tmp_path, scenario)
+
+
+def free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_the_node_serves_the_api_when_a_token_is_set(tmp_path, caplog):
+    """The node serves the API and page on assist.listen with its token, an event stream
+    included, and ends the stream when it stops; nothing without a token."""
+    caplog.set_level(logging.INFO)
+    sip_port, api_port = free_tcp_port(), free_tcp_port()
+    base = config_for(tmp_path)
+    config = dataclasses.replace(
+        base,
+        sip=dataclasses.replace(base.sip, listen=(f"udp:127.0.0.1:{sip_port}",)),
+        admin=dataclasses.replace(base.admin, listen=""),
+        assist=dataclasses.replace(base.assist, listen=f"127.0.0.1:{api_port}", api_token=TOKEN),
+        tts=dataclasses.replace(base.tts, cache_dir=str(tmp_path / "prompts")),
+    )
+    frames: list[bytes] = []
+
+    async def main() -> None:
+        server = Server(config, prerender=False)
+        await server.start()
+        try:
+            assert server.assist is not None and server.assist_server is not None
+            call = FakeCall()
+            server.assist.call_started(call)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}") as client:
+                assert (await client.get("/v1/calls")).status_code == 401
+                assert (await client.get("/assist/")).status_code == 200
+                body = {"transaction": "sbx-4990-EUR-n1", "idempotency_key": "k1"}
+                created = await client.post("/v1/calls/call-1/payments", json=body, headers=AUTH)
+                payment_id = created.json()["payment_id"]
+                path = f"/v1/payments/{payment_id}/events"
+                async with client.stream("GET", path, headers=AUTH) as stream:
+                    chunks = stream.aiter_bytes()
+                    frames.append(await anext(chunks))
+                    server.assist.call_ended("call-1", asyncio.get_running_loop().time())
+                    async for chunk in chunks:
+                        frames.append(chunk)
+        finally:
+            await server.stop(grace_s=1)
+
+    asyncio.run(main())
+    text = b"".join(frames).decode()
+    assert '"status":"active"' in text and '"result":"hung-up"' in text
+    assert any("agent-assisted API and page on" in r.getMessage() for r in caplog.records)
+
+    async def without_token() -> None:
+        plain = dataclasses.replace(config, assist=dataclasses.replace(config.assist, api_token=""))
+        server = Server(plain, prerender=False)
+        await server.start()
+        try:
+            assert server.assist is None
+            with pytest.raises(httpx.ConnectError):
+                async with httpx.AsyncClient() as client:
+                    await client.get(f"http://127.0.0.1:{api_port}/assist/")
+        finally:
+            await server.stop(grace_s=0)
+
+    asyncio.run(without_token())
+    assert any("api_token is empty" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_an_event_stream_outlives_the_request_deadline_only_on_a_streaming_server(
+    tmp_path, streaming
+):
+    """The admin endpoint's deadline cuts any connection that lasts; the API's server keeps
+    it for the request head only, so an event stream stays open."""
+    received: list[bytes] = []
+
+    async def main() -> None:
+        async with rig(tmp_path) as r:
+            payment_id = await r.start()
+            server = AsgiServer(build_app(r.service, TOKEN), 0.3, streaming=streaming)
+            await server.start("127.0.0.1", 0)
+            try:
+                url = f"http://127.0.0.1:{server.port}/v1/payments/{payment_id}/events"
+                async with (
+                    httpx.AsyncClient() as client,
+                    client.stream("GET", url, headers=AUTH) as stream,
+                ):
+                    chunks = stream.aiter_bytes()
+                    received.append(await anext(chunks))
+                    await asyncio.sleep(0.8)  # past the deadline
+                    await r.post(payment_id, {"status": "cancel"})
+                    with contextlib.suppress(httpx.HTTPError):
+                        async for chunk in chunks:
+                            received.append(chunk)
+            finally:
+                await server.close()
+
+    asyncio.run(main())
+    text = b"".join(received).decode()
+    assert '"status":"active"' in text
+    assert ('"result":"cancelled"' in text) is streaming
 
 
 @pytest.fixture(autouse=True)
