@@ -27,12 +27,14 @@ import pytest
 from spg_media.admin import AsgiServer
 from spg_media.assist.api import build_app
 from spg_media.assist.service import AssistService
+from spg_media.cli import _worker_count
 from spg_media.cdr import CallbackSender, CallRecord, CdrWriter, record_bytes
-from spg_media.config import Config, load_config
+from spg_media.config import Config, ConfigError, load_config
 from spg_media.payment.connectors import make_connector
 from spg_media.payment.journal import PaymentJournal
 from spg_media.payment.journey import Play
 from spg_media.server import Server
+from spg_media.workers import plan_workers
 
 TOKEN = "test-token-7f3a"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -465,6 +467,18 @@ def test_an_event_stream_outlives_the_request_deadline_only_on_a_streaming_serve
     text = b"".join(received).decode()
     assert '"status":"active"' in text
     assert ('"result":"cancelled"' in text) is streaming
+
+
+def test_workers_refuse_the_assist_api_which_runs_in_one_process(tmp_path):
+    base = config_for(tmp_path)
+    config = dataclasses.replace(base, assist=dataclasses.replace(base.assist, api_token=TOKEN))
+    with pytest.raises(ConfigError, match=r"assist.api_token: .*process.workers = 1"):
+        plan_workers(config, 2, tmp_path)
+    assert len(plan_workers(config, 1, tmp_path)) == 1
+    assert len(plan_workers(base, 2, tmp_path)) == 2
+    assert _worker_count(None, config) == 1  # process.workers = 0: one process then
+    with pytest.raises(ConfigError):
+        _worker_count("2", config)
 
 
 @pytest.fixture(autouse=True)
