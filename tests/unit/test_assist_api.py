@@ -27,8 +27,8 @@ import pytest
 from spg_media.admin import AsgiServer
 from spg_media.assist.api import build_app
 from spg_media.assist.service import AssistService
-from spg_media.cli import _worker_count
 from spg_media.cdr import CallbackSender, CallRecord, CdrWriter, record_bytes
+from spg_media.cli import _worker_count
 from spg_media.config import Config, ConfigError, load_config
 from spg_media.payment.connectors import make_connector
 from spg_media.payment.journal import PaymentJournal
