@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from spg_media.cdr import CallbackSender, CallRecord, CdrWriter
@@ -194,6 +194,12 @@ class SeenHandoffs:
         return True
 
 
+class ActiveCall(Protocol):
+    """A call in progress as the server sees it: an IVR `Call` or an assisted call."""
+
+    def summary(self) -> dict[str, Any]: ...
+
+
 @dataclass
 class CallServices:
     """What every call shares: the process's UA, media, prompts, connector and records."""
@@ -205,7 +211,7 @@ class CallServices:
     connector: Connector
     cdr: CdrWriter
     callbacks: CallbackSender
-    calls: dict[str, Call] = field(default_factory=dict)
+    calls: dict[str, ActiveCall] = field(default_factory=dict)  # by the customer's Call-ID
     observer: Callable[[str, str, dict[str, Any]], None] | None = None  # (call_id, kind, details)
     # Written before every authorisation request; None only in tests that send none.
     journal: PaymentJournal | None = None
@@ -558,30 +564,9 @@ class Call:
 
     # ---- SIP: the INVITE --------------------------------------------------------------------
 
-    def _srtp_policy(self) -> str:
-        return self.config.rtp.srtp
-
     def _offer_policy(self, offer: SessionDescription, source: Address) -> str:
-        """The SRTP policy to negotiate `offer` under, given where it came from.
-
-        SDES keys (`a=crypto` of an RTP/SAVP(F) stream) that crossed UDP or TCP were readable
-        by anyone on the path: such an offer is refused (NotAcceptable: 488) unless it came
-        over TLS or from `rtp.sdes_cleartext_sources` (a private link from our own proxy). When
-        the offer also has a plain RTP stream and plain RTP is allowed (the policy is not
-        `required` and the call is not already SRTP), that stream is answered instead.
-        """
-        policy = self._srtp_policy()
-        if policy == "off" or not _offers_sdes_keys(offer) or self._sdes_allowed(source):
-            return policy
-        already_srtp = self.negotiated is not None and self.negotiated.remote_crypto is not None
-        if policy != "required" and not already_srtp and _offers_plain_audio(offer):
-            return "off"
-        raise NotAcceptable(SDES_NEEDS_TLS)
-
-    def _sdes_allowed(self, source: Address) -> bool:
-        if source.transport == "tls":
-            return True
-        return address_in(source.host, parse_networks(self.config.rtp.sdes_cleartext_sources))
+        """The SRTP policy for `offer` from `source` (`offer_policy`: 488 for SDES in clear)."""
+        return offer_policy(self.config, offer, source, self.negotiated)
 
     def _check_handoff(self) -> Result | None:
         secret = self.config.handoff.signing_secret
@@ -753,18 +738,7 @@ class Call:
             )  # fmt: skip
             return Refusal(488, detail)
         self.negotiated = neg
-        self.media.hold = neg.direction in ("sendonly", "inactive")
-        self.media.move((neg.remote_address, neg.remote_port), neg.remote_rtcp)
-        self.media.rtcp_mux = neg.rtcp_mux
-        self.media.dtmf_payload_type = neg.dtmf_payload_type
-        self.media.renegotiate(neg.codec, neg.ptime)
-        if neg.local_crypto is not None and neg.remote_crypto is not None:
-            # New keys from the peer (or the first ones): the old receiving key stays valid for
-            # packets in flight until the first packet under the new one authenticates.
-            if self.media.srtp is None:
-                self.media.srtp = SrtpContext(neg.local_crypto, neg.remote_crypto)
-            else:
-                self.media.srtp = self.media.srtp.rekey(neg.local_crypto, neg.remote_crypto)
+        renegotiate_media(self.media, neg)
         self.sdp_version += 1
         return self._sdp_answer()
 
@@ -992,6 +966,51 @@ class Call:
 
 
 SDES_NEEDS_TLS = "SDES keys (a=crypto) need TLS signalling: offer RTP/SAVP over TLS only"
+
+
+def offer_policy(
+    config: Config,
+    offer: SessionDescription,
+    source: Address,
+    current: NegotiatedAudio | None = None,
+) -> str:
+    """The SRTP policy to negotiate `offer` under, given where it came from.
+
+    SDES keys (`a=crypto` of an RTP/SAVP(F) stream) that crossed UDP or TCP were readable
+    by anyone on the path: such an offer is refused (NotAcceptable: 488) unless it came
+    over TLS or from `rtp.sdes_cleartext_sources` (a private link from our own proxy). When
+    the offer also has a plain RTP stream and plain RTP is allowed (the policy is not
+    `required` and the call, `current`, is not already SRTP), that stream is answered instead.
+    """
+    policy = config.rtp.srtp
+    if policy == "off" or not _offers_sdes_keys(offer) or _sdes_allowed(config, source):
+        return policy
+    already_srtp = current is not None and current.remote_crypto is not None
+    if policy != "required" and not already_srtp and _offers_plain_audio(offer):
+        return "off"
+    raise NotAcceptable(SDES_NEEDS_TLS)
+
+
+def _sdes_allowed(config: Config, source: Address) -> bool:
+    if source.transport == "tls":
+        return True
+    return address_in(source.host, parse_networks(config.rtp.sdes_cleartext_sources))
+
+
+def renegotiate_media(media: MediaSession, neg: NegotiatedAudio) -> None:
+    """A re-INVITE's or UPDATE's accepted offer applied to the call's media (same port)."""
+    media.hold = neg.direction in ("sendonly", "inactive")
+    media.move((neg.remote_address, neg.remote_port), neg.remote_rtcp)
+    media.rtcp_mux = neg.rtcp_mux
+    media.dtmf_payload_type = neg.dtmf_payload_type
+    media.renegotiate(neg.codec, neg.ptime)
+    if neg.local_crypto is not None and neg.remote_crypto is not None:
+        # New keys from the peer (or the first ones): the old receiving key stays valid for
+        # packets in flight until the first packet under the new one authenticates.
+        if media.srtp is None:
+            media.srtp = SrtpContext(neg.local_crypto, neg.remote_crypto)
+        else:
+            media.srtp = media.srtp.rekey(neg.local_crypto, neg.remote_crypto)
 
 
 def _offers_sdes_keys(offer: SessionDescription) -> bool:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spg_media.admission import AdmissionControl, AdmissionPolicy
+from spg_media.assist.bridge_call import AssistCall, is_assist_invite
 from spg_media.call import Call, CallServices, authorization_bound_s
 from spg_media.cdr import CallbackSender, CdrWriter
 from spg_media.config import (
@@ -376,7 +377,11 @@ class Server:
         if reason is not None:
             self._refuse(invite, reason)
             return
-        call = Call(self.services, invite, source)
+        call: Call | AssistCall
+        if is_assist_invite(invite, self.config):  # bridged to an agent, before any IVR
+            call = AssistCall(self.services, self.assist, invite, source)
+        else:
+            call = Call(self.services, invite, source)
         # Registered now, not when its task first runs: another INVITE with this Call-ID in
         # the same read (or the same loop iteration) gets 482 instead of starting a second call.
         call.register()
