@@ -68,6 +68,10 @@ class CallRecord:
     durations: dict[str, float] = field(default_factory=dict)
     # charged | not-charged | unknown; "" takes it from the result, unknown for an error.
     charge_state: str = ""
+    # "assist" for a payment taken with the agent on the call (with its payment_id); the IVR's
+    # records leave both out.
+    mode: str = ""
+    payment_id: str = ""
 
     def __repr__(self) -> str:  # short, and it cannot show what the guard would refuse
         return f"CallRecord(call_id={self.call_id!r}, result={self.result!r})"
@@ -97,6 +101,10 @@ class CallRecord:
             "ended_at": self.ended_at,
             "durations": {str(k): round(float(v), 3) for k, v in self.durations.items()},
         }
+        if self.mode:
+            data["mode"] = self.mode
+        if self.payment_id:
+            data["payment_id"] = self.payment_id
         masked: dict[str, Any] = mask_card_like(data, "")
         return masked
 

@@ -85,6 +85,13 @@ def plan_workers(config: Config, count: int, runtime_dir: Path) -> list[WorkerPl
     too small to cut)."""
     if count < 1:
         raise ConfigError("process.workers: must be 0 (one per core) or more", "process.workers")
+    if count > 1 and config.assist.listen and config.assist.api_token:
+        # One registry of assisted calls and payments, one API port: a single process.
+        raise ConfigError(
+            "assist.api_token: agent-assisted payments run in a single process; "
+            "set process.workers = 1 (or leave assist.api_token empty)",
+            "assist.api_token",
+        )
     specs = [parse_listen(text) for text in config.sip.listen]
     taken: dict[tuple[str, str, int], int] = {}
     for spec in specs:
