@@ -285,6 +285,7 @@ class Supervisor:
         self.failure = ""
         self._clock = clock
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = asyncio.Event()  # wakes a worker's restart delay when the node stops
 
     def _now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
@@ -333,7 +334,8 @@ class Supervisor:
                 delay,
                 extra={"worker": plan.index, "exit_code": code},
             )
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), delay)
 
     def signal_workers(self, sig: int = signal.SIGTERM) -> None:
         for process in self.processes.values():
@@ -344,6 +346,7 @@ class Supervisor:
     async def stop(self) -> None:
         """Drain: every worker gets SIGTERM and finishes its calls; returns when all exited."""
         self.stopping = True
+        self._stopped.set()
         self.signal_workers(signal.SIGTERM)
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for plan in self.plans:
