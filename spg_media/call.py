@@ -707,7 +707,8 @@ class Call:
             elif event.reason == "session-expired":
                 log.warning("session expired: no refresh", extra={"call_id": self.call_id})
             else:
-                log.warning("session refresh failed", extra={"call_id": self.call_id})
+                log.warning("session refresh failed: %d", event.status or 0,
+                            extra={"call_id": self.call_id})  # fmt: skip
             if self.media is not None:
                 self.media.stop()
             self.inbox.put_nowait(("bye", None))

@@ -54,7 +54,9 @@ _TOKEN = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 
 
 class AssistCallHandle(Protocol):
-    """The call side of one bridged call (implemented by the assisted call)."""
+    """The call side of one bridged call (implemented by the assisted call). It reports to
+    the service every customer key (`digit`, merged), `prompt_done` only for a `Play` that
+    finished by itself (not one stopped or replaced), and `call_ended` once."""
 
     call_id: str  # the id sent to the agent in X-SPG-Assist-Call
     from_uri: str

@@ -68,7 +68,7 @@ GATE_POWER: Final = dbm0(-46.0)  # windows quieter than this hold no tone worth 
 MIN_TONE_POWER: Final = dbm0(-48.0)  # each tone (-30 dBm0 keyed with 10 dB twist: -41)
 MIN_PAIR_POWER: Final = dbm0(-45.0)  # both: tones below -40 dBm0 are masked too
 MAX_TWIST_DB: Final = 10.0
-MIN_FRACTION: Final = 0.6  # the two tones' share of the window's energy
+MIN_FRACTION: Final = 0.8  # the two tones' share of the window's energy
 
 MASK_TONE_HZ: Final = 440.0
 MASK_TONE_PEAK: Final = DBM0_PEAK * 10.0 ** (-20.0 / 20.0)  # -20 dBm0

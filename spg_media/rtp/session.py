@@ -880,7 +880,7 @@ class MediaEngine:
                         event = dataclasses.replace(event, arrived_at=arrival)
                 target._deliver([event])
 
-    def _relay(self) -> None:
+    def _relay(self, now: float) -> None:
         """Cross the audio the bridged sessions received since the last tick.
 
         Agent to customer: transcoded when the codecs differ, queued on the customer's session
@@ -891,6 +891,14 @@ class MediaEngine:
         masker = self.masker
         assert masker is not None
         sessions = self.sessions
+        for bridge in self.bridges.values():
+            for session in (bridge.customer, bridge.agent):
+                # A session's packets leave from the first tick at or after they are due: one
+                # due just after the tick would carry audio a tick old. Its packet time moves
+                # once (as a jitter buffer sees a sender's restart) onto the tick's.
+                due = session.next_send_at
+                if due is not None and due > now + 0.001 and due - now < 0.0199:
+                    session.next_send_at = now
         groups: dict[int, list[tuple[_Bridge, bytes]]] = {}
         for bridge in self.bridges.values():
             customer, agent = bridge.customer, bridge.agent
@@ -1019,7 +1027,7 @@ class MediaEngine:
                 self._detect_inband()
             if self.bridges:
                 try:
-                    self._relay()
+                    self._relay(now)
                 except Exception:  # a bug here must not stop the media of every call
                     log.exception("bridged audio failed; nothing crosses this tick")
             for port, session in list(self.sessions.items()):

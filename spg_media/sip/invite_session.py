@@ -139,6 +139,7 @@ class Ended:
 
     reason: EndReason
     request: SipRequest | None = None  # the peer's BYE
+    status: int | None = None  # the answer to our refresh, for refresh-failed
 
 
 @dataclass(frozen=True)
@@ -404,7 +405,7 @@ class InviteSession:
             assert self.timer is not None
             alive = self.timer.refresh_answered(response.status, response.headers, now)
             if not alive and self.state != "ended":
-                self._end_with_bye("refresh-failed")
+                self._end_with_bye("refresh-failed", response.status)
             return
         if request.method == "CANCEL":
             return
@@ -531,9 +532,9 @@ class InviteSession:
         self.state = "ended"
         self._events.append(Failed(status, response.reason, response))
 
-    def _end_with_bye(self, reason: EndReason) -> None:
+    def _end_with_bye(self, reason: EndReason, status: int | None = None) -> None:
         self.bye()
-        self._events.append(Ended(reason))
+        self._events.append(Ended(reason, status=status))
 
     def _finish(self) -> None:
         self.state = "ended"

@@ -237,6 +237,9 @@ class TransactionLayer:
                 self._outgoing.append(
                     Outgoing(self._ack_for(tx, response).to_bytes(), tx.destination)
                 )
+            elif tx.is_invite and response.status >= 200:
+                # A 2xx again (RFC 6026 Accepted): the TU's ACK was lost; it sends it again.
+                self._events.append(ResponseReceived(response, tx.request))
             return
         if response.status < 200:
             if tx.state in (State.CALLING, State.TRYING):

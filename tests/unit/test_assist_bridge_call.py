@@ -12,8 +12,9 @@ import pytest
 
 from spg_media.assist.bridge_call import AssistCall, agent_target, is_assist_invite
 from spg_media.config import load_config
+from spg_media.rtp.sdes import offer_attributes
 from spg_media.sip.message import SipRequest, SipResponse, make_response, parse_message
-from spg_media.sip.sdp import SessionDescription, build_offer
+from spg_media.sip.sdp import SessionDescription, build_answer, build_offer, negotiate
 from spg_media.sip.transaction import Address
 
 CUSTOMER = Address("udp", "192.0.2.1", 5060)
@@ -54,7 +55,8 @@ class FakeUa:
 
     async def resolve(self, uri: Any) -> Address:
         self.resolved.append(str(uri))
-        return AGENT if uri.host == "192.0.2.50" else CUSTOMER
+        peer = AGENT if uri.host == "192.0.2.50" else CUSTOMER
+        return Address(uri.params.get("transport", "udp"), peer.host, peer.port)
 
     def contact(self, transport: str, user: str = "spg", *, secure: bool = False) -> str:
         return "<sip:spg@192.0.2.9:5060>"
@@ -119,10 +121,12 @@ class FakeAssist:
         self.seen.append(("ended", call_id))
 
 
-def customer_invite(extra: str = "", uri: str = "sip:assist@192.0.2.9") -> SipRequest:
+def customer_invite(
+    extra: str = "", uri: str = "sip:assist@192.0.2.9", crypto: list[Any] | None = None
+) -> SipRequest:
     body = build_offer(
         local_address="192.0.2.1", local_port=30000, session_id=1, version=1,
-        codecs=("PCMA",), dtmf_pt=101,
+        codecs=("PCMA",), dtmf_pt=101, crypto_lines=crypto or [],
     )  # fmt: skip
     text = (
         f"INVITE {uri} SIP/2.0\r\n"
@@ -174,9 +178,11 @@ async def settle() -> None:
 
 async def started_call(
     invite: SipRequest | None = None,
+    source: Address = CUSTOMER,
+    env: dict[str, str] | None = None,
 ) -> tuple[AssistCall, asyncio.Task[None], FakeUa, FakeMedia, FakeAssist]:
-    services, ua, media, assist = node()
-    call = AssistCall(services, assist, invite or customer_invite(), CUSTOMER)  # type: ignore[arg-type]
+    services, ua, media, assist = node(env)
+    call = AssistCall(services, assist, invite or customer_invite(), source)  # type: ignore[arg-type]
     task = asyncio.get_running_loop().create_task(call.run())
     await settle()
     return call, task, ua, media, assist
@@ -341,3 +347,60 @@ def test_entry_and_agent_target() -> None:
         "sip:assist@192.0.2.9;x-spg-agent=sip%3A2001%40pbx.example",
     )
     assert agent_target(both, config) == "sip:2002@pbx.example"
+
+
+def test_each_leg_has_its_own_srtp_keys() -> None:
+    """The customer's SDES offer over TLS is answered with SRTP; the agent, over TLS, is offered
+    SRTP with keys of our own; both contexts run, with different keys."""
+
+    async def body() -> None:
+        offered = offer_attributes(["AES_CM_128_HMAC_SHA1_80"])
+        invite = customer_invite(crypto=offered)
+        tls_agent = {"SPG_ASSIST__AGENT_URI": "sip:queue@192.0.2.50:5081;transport=tls"}
+        call, task, ua, media, _assist = await started_call(
+            invite, Address("tls", "192.0.2.1", 40123), tls_agent
+        )
+        ((agent_invite, _),) = ua.sent("INVITE")
+        agent_offer = SessionDescription.parse(agent_invite.body)
+        assert agent_offer.media[0].proto == "RTP/SAVP" and agent_offer.media[0].crypto
+        agent_answer = build_answer(
+            negotiate(agent_offer), local_address="192.0.2.50", local_port=50000,
+            session_id=9, version=1,
+        )  # fmt: skip
+        ua.answer("INVITE", 200, agent_answer)
+        await settle()
+        ok = ua.responses[-1]
+        assert ok.status == 200 and b"RTP/SAVP" in ok.body and b"a=crypto:1 " in ok.body
+        customer_srtp = media.attached[40000].srtp
+        agent_srtp = media.attached[40002].srtp
+        assert customer_srtp is not None and agent_srtp is not None
+        assert customer_srtp.remote.same_key(offered[0])
+        assert not customer_srtp.local.same_key(agent_srtp.local)
+        call.customer_leg.on_request(
+            in_dialog("BYE", 11, invite.call_id, call.customer.local_tag), CUSTOMER
+        )
+        await settle()
+        ua.answer("BYE", 200)
+        await asyncio.wait_for(task, 2)
+
+    asyncio.run(body())
+
+
+def test_a_failure_of_ours_when_the_agent_answers_ends_both_legs() -> None:
+    async def body() -> None:
+        _call, task, ua, media, _assist = await started_call()
+
+        def broken(customer_port: int, agent_port: int, mask: str) -> None:
+            raise KeyError("no media session")
+
+        media.bridge = broken  # type: ignore[method-assign]
+        ua.answer("INVITE", 200, AGENT_ANSWER)
+        await settle()
+        assert statuses(ua) == [500]
+        ((bye, _),) = ua.sent("BYE")
+        assert bye.call_id == ua.sent("INVITE")[0][0].call_id
+        ua.answer("BYE", 200)
+        await asyncio.wait_for(task, 2)
+        assert sorted(media.closed) == [40000, 40002]
+
+    asyncio.run(body())

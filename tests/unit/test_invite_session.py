@@ -212,7 +212,7 @@ def test_session_timer_we_refresh_and_a_481_ends_the_call() -> None:
     (second,) = sent(session.take_actions())
     session.response(second, make_response(second, 481), 121.0)
     (bye,) = sent(session.take_actions())
-    assert bye.method == "BYE" and session.take_events() == [Ended("refresh-failed")]
+    assert bye.method == "BYE" and session.take_events() == [Ended("refresh-failed", status=481)]
 
 
 def test_session_timer_a_silent_refresher_ends_the_call_and_a_refresh_keeps_it() -> None:

@@ -83,7 +83,7 @@ def run_ticks(
         if extra is not None:
             extra(tick)
         engine._detect_inband()
-        engine._relay()
+        engine._relay(now)
         for session, sent in ((agent, to_agent), (customer, to_customer)):
             packet = RtpPacket.parse(session.next_packet(now) or b"")
             assert packet.payload_type == PT[session.codec]
