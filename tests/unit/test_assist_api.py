@@ -222,6 +222,38 @@ def test_idempotent_creation_and_a_second_active_payment_409(tmp_path):
     run(tmp_path, scenario)
 
 
+def test_reused_key_elsewhere_callback_outside_the_allow_list_and_capture_in_progress(tmp_path):
+    async def scenario(r: Rig) -> None:
+        r.service.call_started(FakeCall(call_id="call-2"))
+        payment_id = await r.start(key="shared")
+        body = {"transaction": "sbx-4990-EUR-a1", "idempotency_key": "shared"}
+        answer = await r.client.post("/v1/calls/call-2/payments", json=body, headers=AUTH)
+        assert answer.status_code == 409 and answer.json()["error"] == "idempotency-key-reused"
+        body = {
+            "transaction": "sbx-4990-EUR-a3",
+            "idempotency_key": "k3",
+            "callback": "https://evil.example/results",
+        }
+        answer = await r.client.post("/v1/calls/call-2/payments", json=body, headers=AUTH)
+        assert answer.status_code == 422 and answer.json()["error"] == "callback-not-allowed"
+        for name, keyed in [
+            ("payment-card-number", PAN + "#"),
+            ("expiration-date", EXPIRY),
+            ("security-code", CVC),
+        ]:
+            await r.post(payment_id, {"capture": name, "prompt": False})
+            r.keys(keyed)
+        await r.post(payment_id, {"capture": "security-code"})
+        answer = await r.post(payment_id, {"status": "complete"})
+        assert answer.status_code == 409 and answer.json()["error"] == "capture-in-progress"
+        answer = await r.post(payment_id, {"status": "complete", "capture": "security-code"})
+        assert answer.status_code == 400
+        answer = await r.client.put(f"/v1/payments/{payment_id}", headers=AUTH)
+        assert answer.status_code == 405 and answer.json()["error"] == "method-not-allowed"
+
+    run(tmp_path, scenario)
+
+
 def test_complete_with_fields_missing_is_409_with_required(tmp_path):
     async def scenario(r: Rig) -> None:
         payment_id = await r.start()
