@@ -26,7 +26,7 @@ import pytest
 
 from spg_media.admin import AsgiServer
 from spg_media.assist.api import build_app
-from spg_media.assist.service import AssistService
+from spg_media.assist.service import ASSIST_PAYMENTS_TOTAL, AssistService
 from spg_media.cdr import CallbackSender, CallRecord, CdrWriter, record_bytes
 from spg_media.cli import _worker_count
 from spg_media.config import Config, ConfigError, load_config
@@ -285,6 +285,7 @@ def test_a_whole_payment_streams_its_states_records_assist_and_leaks_nothing(tmp
             "idempotency_key": "k1",
             "callback": "https://merchant.example/results/1",
         }
+        approved_before = ASSIST_PAYMENTS_TOTAL.get(result="approved")
         created = await r.client.post("/v1/calls/call-1/payments", json=body, headers=AUTH)
         answers.append(created.text)
         payment_id = created.json()["payment_id"]
@@ -320,6 +321,7 @@ def test_a_whole_payment_streams_its_states_records_assist_and_leaks_nothing(tmp
         assert record["mode"] == "assist" and record["payment_id"] == payment_id
         assert record["result"] == "approved" and record["card"]["last4"] == "4444"
         assert record["charge_state"] == "charged" and record["call_id"] == "call-1"
+        assert ASSIST_PAYMENTS_TOTAL.get(result="approved") == approved_before + 1
         [callback] = r.callbacks.bodies
         assert json.loads(callback)["mode"] == "assist"
         answers.append(callback.decode())
