@@ -119,6 +119,22 @@ def _brand_of(head: str, length: int) -> str | None:
     return None
 
 
+def possible_lengths(head: str) -> frozenset[int]:
+    """The lengths a card number starting with `head` (its first digits so far, any number of
+    them) can have: the union over the brands whose IIN ranges `head` can still be in.
+    Empty when no brand starts that way. Used to check a card number heard in parts."""
+    if not _is_decimal(head):
+        return frozenset()
+    lengths: set[int] = set()
+    for rule in _RULES:
+        for low, high in rule.ranges:
+            n = min(len(low), len(head))
+            if low[:n] <= head[:n] <= high[:n]:
+                lengths |= rule.lengths
+                break
+    return frozenset(length for length in lengths if length >= len(head))
+
+
 class PanCheck(enum.Enum):
     OK = "ok"
     INVALID = "invalid"  # length not 12–19, Luhn fails, or no brand has that prefix and length
