@@ -220,3 +220,15 @@ def test_bridge_refuses_unknown_ports_and_masks() -> None:
             engine.bridge(50000, 50002, "music")
         with pytest.raises(ValueError):
             engine.bridge(50000, 50000, "tone")
+
+
+def test_the_customer_leg_always_runs_the_inband_detector_and_the_agent_leg_none() -> None:
+    with bridged("PCMU", "PCMU", inband=False) as (engine, customer, agent):
+        assert customer.inband and customer.inband_slot is not None
+        assert not agent.inband and agent.inband_slot is None  # never attached one
+        engine.unbridge(50000)
+        engine.bridge(50002, 50000, "silence")  # the other way round: roles swap
+        assert agent.inband and agent.inband_slot is not None
+        assert not customer.inband
+        engine._detect_inband()  # the slot is given back by the tick's in-band step
+        assert customer.inband_slot is None
