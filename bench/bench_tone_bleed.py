@@ -1,14 +1,16 @@
 """Tone bleed in agent-assisted mode: how much of a customer's key press reaches the agent.
 
 Run:  .venv/bin/python bench/bench_tone_bleed.py [--digits 1000] [--speech-seconds 120]
-          [--delay-clicks 150] [--seed 2026]
+          [--delay-clicks 150] [--mask tone|silence|noise] [--noise-dbm0 -65] [--keys-only]
+          [--seed 2026]
 
 1. **Keyed digits.** `--digits` key presses in 20 streams (random key, level 0 to -30 dBm0
    for the pair, twist -4 to +8 dB, each tone up to ±1.5 % off frequency, 40 to 120 ms long,
    60 to 150 ms apart); half of them right after speech (espeak-ng, 0 to 10 ms between the
-   speech's end and the tone), over noise at -65 dBm0. Each stream is the customer leg (PCMU)
-   of a bridge in the real `MediaEngine` (sessions fed RTP a tick at a time, no sockets, the
-   tick's in-band and relay steps called by hand, as tests/unit/test_media_bridge.py does);
+   speech's end and the tone), over white noise at -65 dBm0 (`--noise-dbm0`). Each stream is
+   the customer leg (PCMU) of a bridge in the real `MediaEngine` (sessions fed RTP a tick at a
+   time, no sockets, the tick's in-band and relay steps called by hand, as
+   tests/unit/test_media_bridge.py does);
    the agent leg (PCMA) sends what the engine gives it, mask "tone". On the agent's audio:
    the DTMF band (650-1700 Hz, 6th-order Butterworth, zero phase) in 5 ms windows slid a sample
    at a time over each key's interval, the longest stretch above -40 dBm0 and the loudest
@@ -72,7 +74,7 @@ Samples = npt.NDArray[np.int16]
 
 
 def keyed_stream(
-    count: int, rng: np.random.Generator, talk: npt.NDArray[np.float64]
+    count: int, rng: np.random.Generator, talk: npt.NDArray[np.float64], noise_dbm0: float
 ) -> tuple[npt.NDArray[np.float64], list[tuple[int, int, str]]]:
     """`count` keys as described in the module docstring: the audio and (onset, end, key)."""
     parts: list[npt.NDArray[np.float64]] = [np.zeros(1600)]
@@ -99,7 +101,7 @@ def keyed_stream(
         at += sound.size + after
     parts.append(np.zeros(4000))
     audio = np.concatenate(parts)
-    audio += rng.standard_normal(audio.size) * np.sqrt(dbm0_power(-65.0))
+    audio += rng.standard_normal(audio.size) * np.sqrt(dbm0_power(noise_dbm0))
     return audio, keys
 
 
@@ -177,7 +179,7 @@ def run_keyed(args: argparse.Namespace, talk: npt.NDArray[np.float64]) -> None:
     all_keys: list[list[tuple[int, int, str]]] = []
     remaining = args.digits
     for _ in range(STREAMS):
-        audio, keys = keyed_stream(min(per_stream, remaining), rng, talk)
+        audio, keys = keyed_stream(min(per_stream, remaining), rng, talk, args.noise_dbm0)
         remaining -= len(keys)
         streams.append(to_int16(audio))
         all_keys.append(keys)
@@ -217,7 +219,8 @@ def run_keyed(args: argparse.Namespace, talk: npt.NDArray[np.float64]) -> None:
         out_sp = sum(len(spandsp.spandsp_scan(h)) for h in heard)
     delays = sorted(d for s, k in zip(customer_audio, all_keys, strict=True)
                     for d in onset_to_detection(s, k))  # fmt: skip
-    print(f"## Keyed digits: {digits} keys in {STREAMS} bridged calls, mask {args.mask!r}")
+    print(f"## Keyed digits: {digits} keys in {STREAMS} bridged calls, mask {args.mask!r}, "
+          f"white noise at {args.noise_dbm0:g} dBm0")  # fmt: skip
     print(f"(bridged through MediaEngine in {elapsed:.1f} s; look-ahead delay found by "
           f"cross-correlation: {sorted(set(lags))} samples, expected {LOOKAHEAD})")  # fmt: skip
     print()
@@ -394,9 +397,13 @@ def main() -> None:
     parser.add_argument("--delay-clicks", type=int, default=150)
     parser.add_argument("--mask", default="tone", choices=("tone", "silence", "noise"))
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--noise-dbm0", type=float, default=-65.0, help="the line's noise")
+    parser.add_argument("--keys-only", action="store_true", help="part 1 only")
     args = parser.parse_args()
     talk = speech(max(args.speech_seconds, 60.0), seed=args.seed)
     run_keyed(args, talk)
+    if args.keys_only:
+        return
     run_speech(args, talk[: int(args.speech_seconds * RATE)])
     if args.delay_clicks:
         run_delay(args)
