@@ -119,6 +119,20 @@ def _brand_of(head: str, length: int) -> str | None:
     return None
 
 
+def longest_pan_length(pan: SecretDigits) -> int:
+    """The longest card number that begins like `pan` (its first digits, at least a brand's
+    longest IIN range): a number said in groups is taken once it is valid or this long. 0 when
+    no brand begins so (more digits cannot make it a card)."""
+    head = pan.prefix(IIN_DIGITS)
+    longest = 0
+    for rule in _RULES:
+        for low, high in rule.ranges:
+            start = head[: len(low)]
+            if len(start) == len(low) and int(low) <= int(start) <= int(high):
+                longest = max(longest, max(rule.lengths))
+    return longest
+
+
 class PanCheck(enum.Enum):
     OK = "ok"
     INVALID = "invalid"  # length not 12–19, Luhn fails, or no brand has that prefix and length

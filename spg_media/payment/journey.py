@@ -96,6 +96,7 @@ from spg_media.payment.cards import (
     check_expiry,
     check_pan,
     cvc_length,
+    longest_pan_length,
 )
 from spg_media.payment.model import (
     AuthorizationResult,
@@ -112,6 +113,10 @@ MAX_RESULT_REPEATS = 5
 EXPIRY_LENGTH = 4
 DIGITS = frozenset("0123456789")
 KEYS = DIGITS | {"*", "#"}
+# Keys that answer a read-back of spoken digits, as the words would.
+_READBACK_KEYS = {"1": "yes", "2": "no", "*": "start-again"}
+# What the recogniser is asked for in each field (the constraints it applies).
+_SPOKEN_FIELD = {"card": "card-group", "expiry": "expiry", "security_code": "code"}
 
 
 # ---- actions ---------------------------------------------------------------------------------
@@ -161,6 +166,9 @@ class Outcome:
     attempts: int = 0
     decline_code: str = ""
     durations: tuple[tuple[str, float], ...] = ()
+    # How each field that was taken was entered: ("card" | "expiry" | "security_code",
+    # "dtmf" | "speech" | "mixed"), in the order they were taken.
+    inputs: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -193,6 +201,12 @@ class JourneyConfig:
     # while the platform is asked (a slow answer, a reconciliation): silence this long, then
     # "still processing", again and again, so the caller does not hang up on a payment
     processing_reminder_s: float = 8.0
+    # Voice entry: the caller may also say the digits (the call turns it on only where a
+    # recogniser listens to this call: `ivr.input = "dtmf speech"`, a language with a model,
+    # a recognition slot free, and never in agent-assisted mode).
+    speech: bool = False
+    # A reading less sure than this is not read back: "sorry, I did not understand" (an attempt)
+    speech_min_confidence: float = 0.5
 
 
 # ---- states ----------------------------------------------------------------------------------
@@ -271,6 +285,14 @@ class Journey:
         self._brand = ""
         self._last4 = ""
 
+        # Voice entry (config.speech): spoken digits read back and waiting for yes or no, how
+        # the digits of the entry came (dtmf, speech), and how each field taken was entered.
+        self._speech = config.speech
+        self._heard: SecretDigits | None = None
+        self._entry_inputs: set[str] = set()
+        self._inputs: dict[str, str] = {}
+        self._last_key_at: float | None = None
+
         self._field_failures: dict[State, int] = {}
         self._failed_total = 0
         self._authorizations = 0
@@ -314,11 +336,12 @@ class Journey:
         assert self._transaction is not None
         self._t_entry = now
         self._goto(State.CARD)
-        return [self._play((self._announcement(), _part("enter_card")), barge_in=True)]
+        return [self._play((self._announcement(), self._ask()), barge_in=True)]
 
     def digit(self, key: str, now: float) -> list[Action]:
         if key not in KEYS:
             return []
+        self._last_key_at = now
         if self._state in FIELD_STATES:
             return self._field_key(key, now)
         if self._state in (State.RESULT, State.REPEAT_WAIT) and key == "9":
@@ -330,7 +353,10 @@ class Journey:
             return []  # stale: that prompt was stopped or replaced
         self._playing = False
         if self._state in FIELD_STATES:
-            if len(self._entry) == 0 and self._deadline is None:
+            # Keys typed during the prompt already run the inter-digit timer; otherwise the
+            # caller now has the first-digit time to key, to say the next digits, or to answer
+            # a read-back.
+            if self._deadline is None:
                 self._deadline = now + self._config.first_digit_timeout_s
             return []
         if self._state is State.RESULT:
@@ -351,7 +377,8 @@ class Journey:
             return []
         self._deadline = None
         if self._state in FIELD_STATES:
-            return self._failed(now, "no_input")
+            # An unanswered read-back keeps what was said: it is asked again.
+            return self._failed(now, "no_input", keep=self._heard is not None)
         if self._state is State.REPEAT_WAIT:
             return self._goodbye_after_result()
         if self._state is State.PROCESSING:
@@ -411,12 +438,17 @@ class Journey:
             actions.append(StopPlayback())
         if self._state is State.CONFIRM:
             actions += self._confirm_key(key, now)
+        elif self._heard is not None and key in _READBACK_KEYS:
+            actions += self._answer_heard(_READBACK_KEYS[key], now)
         elif key == "*":
             actions += self._cancel() if len(self._entry) == 0 else self._clear()
         elif key == "#":
+            self._drop_heard()
             actions += self._hash(now)
         else:
+            self._drop_heard()  # keys win: what was said and not yet confirmed is dropped
             self._entry.append(key)
+            self._entry_inputs.add("dtmf")
             self._deadline = now + self._config.inter_digit_timeout_s
             if len(self._entry) == self._field_length():
                 self._hash_grace_until = now + self._config.inter_digit_timeout_s
@@ -458,6 +490,7 @@ class Journey:
         if verdict.check is not PanCheck.OK or verdict.brand is None:
             return self._failed(now, "card_invalid")
         self._pan, self._entry = self._entry, SecretDigits()
+        self._take_inputs("card")
         self._brand = verdict.brand
         self._last4 = self._pan.last(4)
         return self._ask_next(State.EXPIRY)
@@ -474,11 +507,13 @@ class Journey:
             }[check]
             return self._failed(now, prompt)
         self._expiry, self._entry = self._entry, SecretDigits()
+        self._take_inputs("expiry")
         self._exp_month, self._exp_year = month, 2000 + year
         return self._ask_next(State.CVC)
 
     def _complete_cvc(self, now: float) -> list[Action]:
         self._cvc, self._entry = self._entry, SecretDigits()
+        self._take_inputs("security_code")
         if self._config.confirm:
             return self._ask_next(State.CONFIRM)
         return self._authorize(now)
@@ -489,6 +524,7 @@ class Journey:
         if key == "2":
             self._wipe_card()
             self._brand = self._last4 = ""
+            self._inputs.clear()
             self._field_failures.clear()  # a fresh start; the total still counts them
             self._deadline = None
             return self._ask_next(State.CARD)
@@ -496,17 +532,137 @@ class Journey:
             return self._cancel()
         return self._failed(now, "confirm_invalid")
 
-    def _ask(self) -> PromptPart:
-        """The prompt asking for the current field."""
+    # ---- voice entry --------------------------------------------------------------------------
+
+    def speech(self, utterance: Utterance, now: float) -> list[Action]:
+        """The caller said something (one utterance, its n-best hypotheses)."""
+        if not self._speech or self._state not in FIELD_STATES:
+            return []
+        if self._last_key_at is not None and self._last_key_at >= utterance.started:
+            return []  # a key pressed while the caller spoke (or since) wins
+        self._hash_grace_until = None
+        actions: list[Action] = []
+        if self._playing:
+            self._playing = False
+            actions.append(StopPlayback())
+        answer = answer_of(utterance)
+        if self._state is State.CONFIRM:
+            key = {"yes": "1", "no": "2", "start-again": "2"}.get(answer or "")
+            if key is not None:
+                return actions + self._confirm_key(key, now)
+            if answer == "repeat":
+                self._deadline = None
+                return [*actions, self._play((self._ask(),), barge_in=True)]
+            return actions + self._failed(now, "not_understood")
+        if answer == "repeat":
+            self._deadline = None
+            return [*actions, self._play((self._again(),), barge_in=True)]
+        if answer is not None and (self._heard is not None or answer == "start-again"):
+            return actions + self._answer_heard(answer, now)
+        digits = self._reading(utterance)
+        if digits is None:
+            # Kept: the card's digits confirmed so far, a read-back waiting for its answer.
+            keep = self._heard is not None or self._state is State.CARD
+            return actions + self._failed(now, "not_understood", keep=keep)
+        self._drop_heard()  # a new reading replaces one not yet answered
+        self._heard = digits
+        self._deadline = None
+        return [*actions, self._play((self._read_back(),), barge_in=True)]
+
+    def _field_name(self) -> str:
         if self._state is State.CARD:
-            return _part("enter_card")
+            return "card"
+        return "expiry" if self._state is State.EXPIRY else "security_code"
+
+    def _reading(self, utterance: Utterance) -> SecretDigits | None:
+        """The digits the caller most likely said for this field, under its rules (length;
+        Luhn and brand when they complete a card number), or None when nothing fits well
+        enough to read back."""
+        remaining = self._field_length() - len(self._entry)
+        if remaining <= 0:
+            return None
+        field = self._field_name()
+        expected: int | None = None
+        if field == "expiry" and len(self._entry):
+            field, expected = "security_code", remaining  # the rest of a keyed date: digits
+        elif field != "card":
+            expected = remaining
+        reading = best_reading(
+            utterance, _SPOKEN_FIELD[field], expected_length=expected, prefix=self._entry
+        )
+        if reading is None or reading.confidence < self._config.speech_min_confidence:
+            return None
+        count = len(reading.digits)
+        if not 1 <= count <= remaining or (expected is not None and count != expected):
+            return None
+        try:
+            return SecretDigits(reading.digits)
+        except ValueError:
+            return None
+
+    def _read_back(self) -> PromptPart:
+        assert self._heard is not None
+        group = 2 if self._state is State.EXPIRY and len(self._heard) == EXPIRY_LENGTH else 4
+        # The prompt owns its copy (whoever renders it may wipe it).
+        return _part("heard", digits=self._heard.copy(), group=group)
+
+    def _answer_heard(self, answer: str, now: float) -> list[Action]:
+        """yes / no / start again, said or keyed (1, 2, *), to a read-back."""
+        if answer == "start-again":
+            return self._clear()  # never a cancellation, even on an empty field
+        if self._heard is None:
+            return self._failed(now, "not_understood", keep=self._state is State.CARD)
+        if answer == "no":
+            self._drop_heard()
+            self._deadline = None
+            if self._count_failure():
+                return self._too_many_attempts()
+            return [self._play((_part("say_again"),), barge_in=True)]
+        if answer != "yes":
+            return self._failed(now, "not_understood", keep=True)
+        heard, self._heard = self._heard, None
+        for digit in heard.characters():
+            self._entry.append(digit)
+        heard.wipe()
+        self._entry_inputs.add("speech")
+        self._deadline = None
+        if self._state is State.CARD:
+            taken = len(self._entry) >= PAN_MIN_LENGTH and (
+                check_pan(self._entry, self._config.card_brands).check is PanCheck.OK
+                or len(self._entry) >= longest_pan_length(self._entry)
+            )
+        else:
+            taken = len(self._entry) >= self._field_length()
+        if taken:
+            return self._complete(now)
+        return [self._play((_part("next_digits"),), barge_in=True)]
+
+    def _drop_heard(self) -> None:
+        if self._heard is not None:
+            self._heard.wipe()
+            self._heard = None
+
+    def _ask(self) -> PromptPart:
+        """The prompt asking for the current field ("key or say" with voice entry)."""
+        spoken = "_speech" if self._speech else ""
+        if self._state is State.CARD:
+            return _part("enter_card" + spoken)
         if self._state is State.EXPIRY:
-            return _part("enter_expiry")
+            return _part("enter_expiry" + spoken)
         if self._state is State.CVC:
-            return _part("enter_cvc", digits=cvc_length(self._brand))
+            return _part("enter_cvc" + spoken, digits=cvc_length(self._brand))
         assert self._expiry is not None
         # The prompt owns its copy: whoever renders it may wipe it, ours stays until Authorize.
-        return _part("confirm", last4=self._last4, expiry=self._expiry.copy())
+        return _part("confirm" + spoken, last4=self._last4, expiry=self._expiry.copy())
+
+    def _again(self) -> PromptPart:
+        """What to ask after a failure that kept the entry: the read-back waiting for its
+        answer, the next digits of a card number begun, else the field."""
+        if self._heard is not None:
+            return self._read_back()
+        if self._speech and self._state is State.CARD and len(self._entry):
+            return _part("next_digits")
+        return self._ask()
 
     def _ask_next(self, state: State) -> list[Action]:
         self._goto(state)
@@ -514,23 +670,44 @@ class Journey:
         return [self._play((self._ask(),), barge_in=True)]
 
     def _clear(self) -> list[Action]:
-        self._entry.wipe()
+        """'*' on a field with digits, or "start again": wipe it and ask for it again."""
+        self._wipe_entry()
         self._deadline = None
         return [self._play((self._ask(),), barge_in=True)]
 
-    def _failed(self, now: float, prompt: str) -> list[Action]:
-        """A failed attempt on the current field: say why and ask again, or give up."""
-        self._entry.wipe()
+    def _failed(self, now: float, prompt: str, *, keep: bool = False) -> list[Action]:
+        """A failed attempt on the current field: say why and ask again, or give up. `keep`:
+        the entry (digits said and confirmed, a read-back waiting) stays, and is asked on."""
+        if not keep:
+            self._wipe_entry()
         self._deadline = None
+        if self._count_failure():
+            return self._too_many_attempts()
+        parts = (_part(prompt), self._again())
+        return [self._play(parts, barge_in=True)]
+
+    def _count_failure(self) -> bool:
+        """Count a failed attempt on the current field; True when that was the last allowed."""
         count = self._field_failures.get(self._state, 0) + 1
         self._field_failures[self._state] = count
         self._failed_total += 1
-        if count >= self._config.max_attempts:
-            return self._close(
-                Result.TOO_MANY_ATTEMPTS, (_part("too_many_attempts"), _part("goodbye"))
-            )
-        parts = (_part(prompt), self._ask())
-        return [self._play(parts, barge_in=True)]
+        return count >= self._config.max_attempts
+
+    def _too_many_attempts(self) -> list[Action]:
+        return self._close(
+            Result.TOO_MANY_ATTEMPTS, (_part("too_many_attempts"), _part("goodbye"))
+        )
+
+    def _wipe_entry(self) -> None:
+        self._entry.wipe()
+        self._entry_inputs.clear()
+        self._drop_heard()
+
+    def _take_inputs(self, field: str) -> None:
+        """The field was taken: remember how its digits came (keys, voice or both)."""
+        inputs = self._entry_inputs
+        self._inputs[field] = "mixed" if len(inputs) > 1 else next(iter(inputs), "dtmf")
+        self._entry_inputs = set()
 
     def _cancel(self) -> list[Action]:
         return self._close(Result.CANCELLED, (_part("cancelled"), _part("goodbye")))
@@ -602,6 +779,7 @@ class Journey:
             attempts=self._failed_total + self._authorizations,
             decline_code=auth.decline_code if auth else "",
             durations=self._durations(now),
+            inputs=tuple(self._inputs.items()),
         )
         self._goto(State.FINISHED)
         return [Finish(self._outcome)]
@@ -645,6 +823,7 @@ class Journey:
     def _wipe_card(self) -> None:
         """Wipe every card digit the journey still holds (not one handed to `Authorize`)."""
         self._entry.wipe()
+        self._drop_heard()
         for buffer in (self._pan, self._expiry, self._cvc):
             if buffer is not None:
                 buffer.wipe()
