@@ -119,18 +119,20 @@ def _brand_of(head: str, length: int) -> str | None:
     return None
 
 
-def longest_pan_length(pan: SecretDigits) -> int:
-    """The longest card number that begins like `pan` (its first digits, at least a brand's
-    longest IIN range): a number said in groups is taken once it is valid or this long. 0 when
-    no brand begins so (more digits cannot make it a card)."""
-    head = pan.prefix(IIN_DIGITS)
-    longest = 0
+def possible_lengths(head: str) -> frozenset[int]:
+    """The lengths a card number starting with `head` (its first digits so far, any number of
+    them) can have: the union over the brands whose IIN ranges `head` can still be in.
+    Empty when no brand starts that way. Used to check a card number heard in parts."""
+    if not _is_decimal(head):
+        return frozenset()
+    lengths: set[int] = set()
     for rule in _RULES:
         for low, high in rule.ranges:
-            start = head[: len(low)]
-            if len(start) == len(low) and int(low) <= int(start) <= int(high):
-                longest = max(longest, max(rule.lengths))
-    return longest
+            n = min(len(low), len(head))
+            if low[:n] <= head[:n] <= high[:n]:
+                lengths |= rule.lengths
+                break
+    return frozenset(length for length in lengths if length >= len(head))
 
 
 class PanCheck(enum.Enum):
