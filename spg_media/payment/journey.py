@@ -96,7 +96,8 @@ from spg_media.payment.cards import (
     check_expiry,
     check_pan,
     cvc_length,
-    longest_pan_length,
+    possible_lengths,
+    rules_surrogate,
 )
 from spg_media.payment.model import (
     AuthorizationResult,
@@ -106,6 +107,8 @@ from spg_media.payment.model import (
     SecretDigits,
     TransactionInfo,
 )
+from spg_media.speech.digits import answer_of, best_reading
+from spg_media.speech.model import Utterance
 
 # A stuck or playful '9' must not keep the call in the IVR forever.
 MAX_RESULT_REPEATS = 5
@@ -115,6 +118,8 @@ DIGITS = frozenset("0123456789")
 KEYS = DIGITS | {"*", "#"}
 # Keys that answer a read-back of spoken digits, as the words would.
 _READBACK_KEYS = {"1": "yes", "2": "no", "*": "start-again"}
+CARD_GROUP = 4  # digits of a card number the prompt asks to say at a time
+SPEECH_HOLD_S = 1.0  # a field's timer waits this long again while the caller is talking
 # What the recogniser is asked for in each field (the constraints it applies).
 _SPOKEN_FIELD = {"card": "card-group", "expiry": "expiry", "security_code": "code"}
 
@@ -569,6 +574,12 @@ class Journey:
         self._deadline = None
         return [*actions, self._play((self._read_back(),), barge_in=True)]
 
+    def speaking(self, now: float) -> None:
+        """The caller is talking (the recogniser hears speech): a field's timer due now waits
+        SPEECH_HOLD_S more, so a caller is not cut off mid-sentence; what they said decides."""
+        if self._speech and self._state in FIELD_STATES and self._deadline is not None:
+            self._deadline = max(self._deadline, now + SPEECH_HOLD_S)
+
     def _field_name(self) -> str:
         if self._state is State.CARD:
             return "card"
@@ -582,15 +593,27 @@ class Journey:
         if remaining <= 0:
             return None
         field = self._field_name()
-        expected: int | None = None
-        if field == "expiry" and len(self._entry):
-            field, expected = "security_code", remaining  # the rest of a keyed date: digits
-        elif field != "card":
+        least = self._config.speech_min_confidence
+        if field == "card":
+            # The card's rules judge the digits heard after those taken; they are given a
+            # stand-in for those (same brand, length and Luhn sums), never the number.
+            prefix = rules_surrogate(self._entry)
+            reading = None
+            if remaining >= CARD_GROUP:  # the groups of four the prompt asks for, first
+                reading = best_reading(
+                    utterance, "card-group", expected_length=CARD_GROUP, prefix=prefix
+                )
+            if reading is None or not reading.valid or reading.confidence < least:
+                reading = best_reading(utterance, "card-group", prefix=prefix)
+            expected: int | None = None
+        else:
             expected = remaining
-        reading = best_reading(
-            utterance, _SPOKEN_FIELD[field], expected_length=expected, prefix=self._entry
-        )
-        if reading is None or reading.confidence < self._config.speech_min_confidence:
+            if field == "expiry" and len(self._entry):
+                field = "security_code"  # the rest of a date begun on the keypad: digits
+            reading = best_reading(
+                utterance, _SPOKEN_FIELD[field], expected_length=expected, today=self._today
+            )
+        if reading is None or reading.confidence < least:
             return None
         count = len(reading.digits)
         if not 1 <= count <= remaining or (expected is not None and count != expected):
@@ -629,7 +652,7 @@ class Journey:
         if self._state is State.CARD:
             taken = len(self._entry) >= PAN_MIN_LENGTH and (
                 check_pan(self._entry, self._config.card_brands).check is PanCheck.OK
-                or len(self._entry) >= longest_pan_length(self._entry)
+                or len(self._entry) >= max(possible_lengths(self._entry.prefix(6)), default=0)
             )
         else:
             taken = len(self._entry) >= self._field_length()
@@ -694,9 +717,7 @@ class Journey:
         return count >= self._config.max_attempts
 
     def _too_many_attempts(self) -> list[Action]:
-        return self._close(
-            Result.TOO_MANY_ATTEMPTS, (_part("too_many_attempts"), _part("goodbye"))
-        )
+        return self._close(Result.TOO_MANY_ATTEMPTS, (_part("too_many_attempts"), _part("goodbye")))
 
     def _wipe_entry(self) -> None:
         self._entry.wipe()

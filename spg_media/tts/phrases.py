@@ -607,9 +607,7 @@ _SPEECH_WORDING: Mapping[str, _SpeechWording] = {
             "say_again": "Sorry. Please say those digits again.",
         },
         cvc_back="Please key in or say the three digit security code on the back of your card.",
-        cvc_front=(
-            "Please key in or say the four digit security code on the front of your card."
-        ),
+        cvc_front="Please key in or say the four digit security code on the front of your card.",
         cvc_other="Please key in or say the {digits} digit security code of your card.",
         heard="I heard",
         yes_or_no="If that is right, say yes or press one. If not, say no or press two.",
@@ -716,9 +714,7 @@ class _Params:
         spell = getattr(value, "characters", None)
         digits = spell() if callable(spell) else tuple(value) if isinstance(value, str) else ()
         if not 1 <= len(digits) <= most or not all("0" <= d <= "9" for d in digits):
-            raise ValueError(
-                f"prompt {self._part!r}: parameter {key!r} must be 1 to {most} digits"
-            )
+            raise ValueError(f"prompt {self._part!r}: parameter {key!r} must be 1 to {most} digits")
         return digits
 
 
