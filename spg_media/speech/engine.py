@@ -54,11 +54,11 @@ def _worker_init() -> None:
     _worker_recogniser = DigitRecogniser()
 
 
-def _worker_recognise(samples: npt.NDArray[np.int16]) -> tuple[Hypothesis, ...]:
+def _worker_recognise(samples: npt.NDArray[np.int16], length: int | None) -> tuple[Hypothesis, ...]:
     if _worker_recogniser is None:  # pragma: no cover - the initializer ran
         _worker_init()
     assert _worker_recogniser is not None
-    return _worker_recogniser.recognise(samples)
+    return _worker_recogniser.recognise(samples, length=length)
 
 
 class SpeechEngine:
@@ -112,8 +112,10 @@ class SpeechEngine:
     def _release(self, speech_input: SpeechInput) -> None:
         self._inputs.discard(speech_input)
 
-    def _submit(self, samples: npt.NDArray[np.int16]) -> Future[tuple[Hypothesis, ...]]:
-        return self._ensure_pool().submit(_worker_recognise, samples)
+    def _submit(
+        self, samples: npt.NDArray[np.int16], length: int | None
+    ) -> Future[tuple[Hypothesis, ...]]:
+        return self._ensure_pool().submit(_worker_recognise, samples, length)
 
     def close(self) -> None:
         for speech_input in list(self._inputs):
@@ -138,11 +140,20 @@ class SpeechInput:
         self._vad = VoiceActivity()
         self._queued = 0
         self._closed = False
+        self._length: int | None = None
 
     @property
     def in_speech(self) -> bool:
         """Whether the caller is talking now (the dialogue may hold a prompt's timeout)."""
         return self._vad.in_speech
+
+    def expect(self, length: int | None) -> None:
+        """The next utterances are exactly `length` digits (or an answer: yes, no, repeat,
+        start again); None: any number of digits. Optional: a grammar that knows the length
+        rules out the recogniser's commonest errors, inserted and dropped digits."""
+        if length is not None and not 1 <= length <= 19:
+            raise ValueError("digit count must be 1..19")
+        self._length = length
 
     def feed(self, samples: npt.NDArray[np.int16], now: float) -> None:
         """The call's received audio, int16 at 8 kHz, ending at loop time `now`."""
@@ -157,7 +168,7 @@ class SpeechInput:
             return
         self._queued += 1
         try:
-            future = self._engine._submit(segment.samples)
+            future = self._engine._submit(segment.samples, self._length)
         except (BrokenProcessPool, RuntimeError) as exc:
             self._queued -= 1
             log.error("speech recognition unavailable: %s", type(exc).__name__)

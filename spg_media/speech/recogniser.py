@@ -35,6 +35,21 @@ public <utterance> = <digits> [hash | pound] | yes | no | repeat | start again |
 <item> = {_DIGITS} | double <digit> | triple <digit>;
 <digit> = {_DIGITS};
 """
+
+
+def exact_length_grammar(length: int) -> str:
+    """Exactly `length` digits (a card group, an expiry, a code the dialogue knows the length
+    of), or a yes/no/repeat answer: the grammar itself rules out insertions and deletions."""
+    if not 1 <= length <= 19:
+        raise ValueError("digit count must be 1..19")
+    return f"""#JSGF V1.0;
+grammar exact;
+public <utterance> = {" ".join(["<digit>"] * length)} [hash | pound] | yes | no | repeat
+    | start again;
+<digit> = {_DIGITS};
+"""
+
+
 # The unconstrained baseline of the benchmark: any sequence of digit words, nothing else.
 PLAIN_DIGIT_GRAMMAR = f"""#JSGF V1.0;
 grammar plain;
@@ -67,6 +82,7 @@ class DigitRecogniser:
     """A pocketsphinx decoder on the digit grammar. Not thread-safe: one per worker."""
 
     def __init__(self, grammar: str = DIGIT_GRAMMAR) -> None:
+        self._searches: dict[int | None, str] = {None: "digits"}
         try:
             from pocketsphinx import Decoder
         except ImportError as exc:  # pragma: no cover - a dependency of the package
@@ -77,12 +93,22 @@ class DigitRecogniser:
         self._decoder = Decoder(loglevel="FATAL", bestpath=True)
         self._decoder.add_jsgf_string("digits", grammar)
         self._decoder.activate_search("digits")
-        self._ln_per_log = self._decoder.get_logmath().log_to_ln(1)
 
-    def recognise(self, samples: npt.NDArray[np.int16], rate: int = 8000) -> tuple[Hypothesis, ...]:
-        """The n-best readings of one utterance, best first (empty if nothing fits)."""
+    def recognise(
+        self, samples: npt.NDArray[np.int16], rate: int = 8000, length: int | None = None
+    ) -> tuple[Hypothesis, ...]:
+        """The n-best readings of one utterance, best first (empty if nothing fits).
+        `length`: the utterance is exactly that many digits (or an answer)."""
         audio = resample_to_model(samples, rate)
         decoder = self._decoder
+        search = self._searches.get(length)
+        if search is None:
+            assert length is not None
+            search = f"exact{length}"
+            decoder.add_jsgf_string(search, exact_length_grammar(length))
+            self._searches[length] = search
+        if decoder.current_search() != search:
+            decoder.activate_search(search)
         decoder.start_utt()
         decoder.process_raw(audio, no_search=False, full_utt=True)
         decoder.end_utt()
@@ -91,7 +117,7 @@ class DigitRecogniser:
             return ()
         scores: dict[tuple[str, ...], float] = {}
         for index, path in enumerate(decoder.nbest()):
-            if index >= NBEST:
+            if index >= NBEST or path is None:
                 break
             words = tuple(path.hypstr.split())
             if not words:
