@@ -390,8 +390,11 @@ class Call:
                 self._apply(journey, journey.hangup(now))
             if wake is not None and loop.time() >= wake and journey.outcome is None:
                 self._timer(journey, loop.time())
-            if self.speech_input is not None and journey.state not in FIELD_STATES:
-                self._close_speech()  # the card is taken (or the call ends): stop listening
+            if self.speech_input is not None:
+                if journey.state not in FIELD_STATES:
+                    self._close_speech()  # the card is taken (or the call ends): stop listening
+                else:
+                    self.speech_input.expect(journey.expected_digits())
         self._close_speech()
         return journey.outcome
 
@@ -459,6 +462,7 @@ class Call:
             )
             return False
         self.speech_input = speech_input
+        speech_input.expect(4)  # the first group of a card number
         self.media.on_audio = self._on_audio
         return True
 

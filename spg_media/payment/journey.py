@@ -118,7 +118,10 @@ DIGITS = frozenset("0123456789")
 KEYS = DIGITS | {"*", "#"}
 # Keys that answer a read-back of spoken digits, as the words would.
 _READBACK_KEYS = {"1": "yes", "2": "no", "*": "start-again"}
-CARD_GROUP = 4  # digits of a card number the prompt asks to say at a time
+# A card number is said in the groups printed on the card: American Express 4-6-5, the
+# others fours (and three for the last of a 19-digit number).
+CARD_GROUPS = (4, 4, 4, 4, 3)
+AMEX_GROUPS = (4, 6, 5)
 SPEECH_HOLD_S = 1.0  # a field's timer waits this long again while the caller is talking
 # What the recogniser is asked for in each field (the constraints it applies).
 _SPOKEN_FIELD = {"card": "card-group", "expiry": "expiry", "security_code": "code"}
@@ -297,6 +300,7 @@ class Journey:
         self._entry_inputs: set[str] = set()
         self._inputs: dict[str, str] = {}
         self._last_key_at: float | None = None
+        self._free_grouping = False  # a card group failed: the next may have any length
 
         self._field_failures: dict[State, int] = {}
         self._failed_total = 0
@@ -574,6 +578,31 @@ class Journey:
         self._deadline = None
         return [*actions, self._play((self._read_back(),), barge_in=True)]
 
+    def expected_digits(self) -> int | None:
+        """How many digits the caller's next words should hold, for the recogniser (a grammar
+        of that length rules out its commonest errors, digits inserted or dropped); None: any
+        number. A card number goes by the groups printed on it; after a group went wrong
+        (not understood, or "no") the next may be grouped as the caller likes."""
+        if not self._speech or self._state not in (State.CARD, State.EXPIRY, State.CVC):
+            return None
+        taken = len(self._entry)
+        if self._state is not State.CARD:
+            remaining = self._field_length() - taken
+            return remaining if remaining > 0 else None
+        if self._free_grouping:
+            return None
+        groups = (
+            AMEX_GROUPS
+            if taken and possible_lengths(self._entry.prefix(6)) == {15}
+            else CARD_GROUPS
+        )
+        end = 0
+        for group in groups:
+            if end == taken:
+                return group
+            end += group
+        return None  # keyed digits between groups: any number
+
     def speaking(self, now: float) -> None:
         """The caller is talking (the recogniser hears speech): a field's timer due now waits
         SPEECH_HOLD_S more, so a caller is not cut off mid-sentence; what they said decides."""
@@ -599,9 +628,10 @@ class Journey:
             # stand-in for those (same brand, length and Luhn sums), never the number.
             prefix = rules_surrogate(self._entry)
             reading = None
-            if remaining >= CARD_GROUP:  # the groups of four the prompt asks for, first
+            group = self.expected_digits()
+            if group is not None:  # the group as printed on the card, first
                 reading = best_reading(
-                    utterance, "card-group", expected_length=CARD_GROUP, prefix=prefix
+                    utterance, "card-group", expected_length=group, prefix=prefix
                 )
             if reading is None or not reading.valid or reading.confidence < least:
                 reading = best_reading(utterance, "card-group", prefix=prefix)
@@ -648,6 +678,7 @@ class Journey:
             self._entry.append(digit)
         heard.wipe()
         self._entry_inputs.add("speech")
+        self._free_grouping = False
         self._deadline = None
         if self._state is State.CARD:
             taken = len(self._entry) >= PAN_MIN_LENGTH and (
@@ -711,6 +742,7 @@ class Journey:
 
     def _count_failure(self) -> bool:
         """Count a failed attempt on the current field; True when that was the last allowed."""
+        self._free_grouping = self._state is State.CARD
         count = self._field_failures.get(self._state, 0) + 1
         self._field_failures[self._state] = count
         self._failed_total += 1

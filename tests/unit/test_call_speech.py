@@ -44,6 +44,7 @@ class FakeInput:
         self.fed = 0
         self.closed = False
         self.in_speech = False
+        self.expected: list[int | None] = []
 
     def feed(self, samples: np.ndarray, now: float) -> None:
         assert samples.dtype == np.int16 and samples.ndim == 1
@@ -52,6 +53,9 @@ class FakeInput:
 
     def close(self) -> None:
         self.closed = True
+
+    def expect(self, length: int | None) -> None:
+        self.expected.append(length)
 
     def say(self, text: str) -> None:
         words = tuple(WORDS[int(c)] for c in text) if text.isdigit() else tuple(text.split())
@@ -181,6 +185,12 @@ def test_a_card_said_pays_and_the_cdr_says_speech(
     prompts = events.prompts()
     assert "enter_card_speech" in prompts and "heard" in prompts and "enter_card" not in prompts
     assert [kind for _, kind, _ in events.items].count("speech") == 6
+    # the recogniser was told the length of each: card group, then the whole card was said
+    # (free grouping after the 16 digits would not fit a group of 4), the expiry, the code
+    assert engine_inputs(fake_speech)[0].expected[:1] == [4]
+    assert (
+        4 in engine_inputs(fake_speech)[0].expected and 3 in engine_inputs(fake_speech)[0].expected
+    )
     (record,) = cdr_lines(config)
     assert record["result"] == "approved"
     assert record["input"] == {"card": "speech", "expiry": "speech", "security_code": "speech"}
@@ -188,6 +198,10 @@ def test_a_card_said_pays_and_the_cdr_says_speech(
     text += json.dumps(events.items, default=str) + json.dumps(record)
     for secret in (PAN, PAN[:12], "four one one one"):
         assert secret not in text
+
+
+def engine_inputs(engine: type[FakeEngine]) -> list[FakeInput]:
+    return engine.engines[0].inputs
 
 
 def test_no_recognition_slot_or_a_keypad_only_language_asks_for_keys(

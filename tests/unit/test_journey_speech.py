@@ -534,3 +534,68 @@ def test_amex_said_in_its_own_groups() -> None:
 def test_journey_is_sans_io_with_speech() -> None:
     journey = Journey(dataclasses.replace(SPEECH), None, None, TODAY)
     assert journey.speech(utterance((words("4111"), 0.0), at=1.0), 1.0) == []
+
+
+# ---- what the recogniser is told to expect -----------------------------------------------------
+
+
+def test_expected_digits_follow_the_groups_printed_on_the_card() -> None:
+    speaker = Speaker()
+    assert speaker.journey.expected_digits() is None  # before the journey
+    speaker.start()
+    seen = []
+    for group in ("4111", "1111", "1111", "1111"):
+        seen.append(speaker.journey.expected_digits())
+        speaker.group(group)
+    assert seen == [4, 4, 4, 4]
+    assert speaker.journey.expected_digits() == 4  # the expiry
+    speaker.group(EXPIRY)
+    assert speaker.journey.expected_digits() == 3
+    speaker.group(CVC)
+    assert speaker.journey.expected_digits() is None  # processing
+
+
+def test_expected_digits_for_amex_are_four_six_five() -> None:
+    speaker = Speaker()
+    speaker.start()
+    seen = []
+    for group in ("3782", "822463", "10005"):
+        seen.append(speaker.journey.expected_digits())
+        speaker.group(group)
+    assert seen == [4, 6, 5]
+    speaker.group(EXPIRY)
+    assert speaker.journey.expected_digits() == 4  # the code on the front
+
+
+def test_after_a_group_went_wrong_any_grouping_is_heard() -> None:
+    speaker = Speaker()
+    speaker.start()
+    speaker.done()
+    speaker.say("4111")
+    speaker.done()
+    speaker.say("no")
+    assert speaker.journey.expected_digits() is None
+    speaker.done()
+    speaker.say("41111111")  # the caller groups by eight
+    speaker.done()
+    speaker.say("yes")
+    assert speaker.journey.expected_digits() == 4  # back to the card's groups
+
+
+def test_keyed_digits_between_groups_leave_the_length_open() -> None:
+    speaker = Speaker()
+    speaker.start()
+    speaker.done()
+    speaker.keys("41")
+    assert speaker.journey.expected_digits() is None
+    speaker.keys("11")
+    assert speaker.journey.expected_digits() == 4
+    speaker.keys("111111111111#")
+    speaker.keys("1")
+    assert speaker.journey.expected_digits() == 3  # the rest of the expiry
+
+
+def test_no_expected_digits_without_speech() -> None:
+    caller = Caller()
+    caller.start()
+    assert caller.journey.expected_digits() is None
