@@ -577,6 +577,8 @@ def _prompts(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"--lang: unsupported language {lang!r} ({', '.join(SUPPORTED_LANGUAGES)})"
             )
+    from spg_media.call import voice_entry_offered
+
     library = PromptLibrary(PromptRenderer(Path(config.tts.cache_dir)))
     for lang in languages:
         started = time.monotonic()
@@ -588,6 +590,9 @@ def _prompts(args: argparse.Namespace) -> int:
                     "clips": count,
                     "seconds": round(time.monotonic() - started, 2),
                     "cache_dir": config.tts.cache_dir,
+                    # callers may say their digits in it (ivr.input = "dtmf speech"): a speech
+                    # model is installed and the prompts offer it; else keypad only
+                    "voice_entry": voice_entry_offered(lang),
                 }
             )
         )

@@ -610,7 +610,7 @@ _SPEECH_WORDING: Mapping[str, _SpeechWording] = {
         cvc_front="Please key in or say the four digit security code on the front of your card.",
         cvc_other="Please key in or say the {digits} digit security code of your card.",
         heard="I heard",
-        yes_or_no="If that is right, say yes or press one. If not, say no or press two.",
+        yes_or_no="Is that right? Say yes or press one, or no or press two.",
         confirm_keys="Say yes or press one to confirm. Say no or press two to start again.",
     ),
 }

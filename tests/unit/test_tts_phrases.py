@@ -624,7 +624,7 @@ def test_read_back_in_groups_as_digit_clips_only() -> None:
     segments = build(part("heard", digits=heard), "en")
     assert texts(segments) == [
         "I heard",
-        "If that is right, say yes or press one. If not, say no or press two.",
+        "Is that right? Say yes or press one, or no or press two.",
     ]
     assert chars(segments).split() == ["4111", "1111", "1111", "1111"]
     assert segments.count(Pause(GROUP_PAUSE_MS)) == 3
