@@ -7,7 +7,7 @@ events with the current time and carries out the actions it returns.
 Theory of operation
 ===================
 
-The call drives one `Journey` with six kinds of event, each taking `now` (seconds, any
+The call drives one `Journey` with these events, each taking `now` (seconds, any
 monotonic clock) and returning a list of actions to carry out in order:
 
     start()          once, after the call is answered
@@ -17,6 +17,10 @@ monotonic clock) and returning a list of actions to carry out in order:
     authorized(r)    the connector answered the last `Authorize` (the call always reports it,
                      an `ERROR` result included, even after the caller hung up)
     hangup()         the caller left
+    speech(u)        with voice entry (config.speech): the caller said something (one
+                     `Utterance`, its n-best hypotheses); see "Voice entry" below
+    speaking()       with voice entry: the caller is talking now (returns nothing; a field's
+                     timer due now waits a second more)
 
 Actions: `Play(parts, barge_in)` replaces whatever is playing; `StopPlayback()` stops it because
 a key barged in; `Authorize(card, attempt)` hands the card to the connector; `Finish(outcome)`
@@ -75,11 +79,44 @@ Outcome.durations holds, in seconds from the `now` values: "card_entry" (start t
 to the end when there was none), "authorization" (Authorize to authorized), "result" (authorized
 to the end) and "journey" (start to the end); a phase that did not happen is left out.
 
+Voice entry (config.speech, which the call sets only when a recogniser listens to it)
+--------------------------------------------------------------------------------------
+
+The field prompts become "key in or say" (`*_speech` prompt names). In a field, an utterance
+is decoded under the field's rules (`speech.digits.best_reading`: a card group by brand,
+length and Luhn on what was taken so far, given as `cards.rules_surrogate`, never the number
+itself; the expiry's window; the code's length) and, when its confidence reaches
+`speech_min_confidence`, read back as digit clips ("I heard 4 1 1 1. Is that right? Say yes or
+press one, or no or press two."): `heard` holds it meanwhile. Then:
+
+- "yes" or '1': the digits join the field. A card number is taken once it is valid (Luhn,
+  brand, length) or as long as its brand allows (then checked as a keyed one is); else "and
+  the next digits?". The expiry and the code are then checked exactly as when keyed.
+- "no" or '2': dropped, "please say those digits again"; a failed attempt (the card's
+  confirmed groups stay).
+- "start again" or '*': the field is wiped and asked again (never a cancellation).
+- "repeat": the read-back (or the field's prompt) again; new digits replace the read-back.
+- not sure enough, or words that are no digits: "sorry, I did not understand", a failed
+  attempt (a card's confirmed groups and a waiting read-back stay).
+- a read-back not answered within `first_digit_timeout_s`: no_input, asked again, a failed
+  attempt. The other timers and `max_attempts` are the keypad's.
+
+Keys and speech mix freely: a key is always taken as on the keypad, except that '1', '2' and
+'*' answer a read-back; any other key drops a read-back not yet answered (keys win), and an
+utterance that began before the latest key press is ignored. `expected_digits()` tells the
+call how many digits the next words should hold (the card's printed groups: 4-6-5 for
+American Express, fours otherwise; the expiry's or code's remaining digits; None after a card
+group went wrong, so the caller may group as they like), for the recogniser's grammar. In
+CONFIRM, "yes"/"no"/"start again" answer as '1'/'2'. Outcome.inputs says how each field
+taken came: dtmf, speech, or mixed (both in one field; a read-back confirmed by '1' is speech).
+Speech is never on in agent-assisted mode (JourneyConfig.speech defaults to False).
+
 Card data: digits are kept in `SecretDigits` buffers only while they are needed. A buffer of an
 abandoned entry (failed, cleared by '*', restarted with '2') is wiped at once; when the card is
 handed over in `Authorize`, the journey drops its references (the call owns and wipes the card);
 on every way out all remaining buffers are wiped. The confirm prompt gets its own copy of the
-expiry digits. No action or outcome repr shows more than brand and last four.
+expiry digits, a read-back its own copy of the digits heard. No action or outcome repr shows
+more than brand and last four.
 """
 
 from __future__ import annotations

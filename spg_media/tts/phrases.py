@@ -13,6 +13,12 @@ built from card digits; the expiry's digits are taken one character at a time
 (`SecretDigits.characters()`) only to pick the clips, and `Symbol` does not show its
 character in its repr. Error messages name the prompt and the parameter, never a value.
 
+Voice entry (`ivr.input = "dtmf speech"`) has its own prompts (`SPEECH_PROMPT_NAMES`: "key in
+or say" asks, the read-back "I heard 4 1 1 1. Is that right? ...", "and the next digits?")
+worded only in `SPEECH_LANGUAGES`; a language without them stays keypad-only and its prompts
+never mention speech (building one there is an error). The digits read back are `Symbol`s,
+as the confirmation's are.
+
 Amounts, references and merchant names are not card data: an announcement with its amount and
 merchant is one `Phrase` (its own cache entry, keyed by a hash).
 """
