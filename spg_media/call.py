@@ -3,8 +3,10 @@
 `Call.run()` is the whole story: read the handoff (the `X-SPG-*` headers), negotiate media, look the
 transaction up, answer, run the caller's journey (a sans-IO machine fed digits, prompt ends,
 timers and the connector's answer through one inbox), record the result (CDR, callback), and send
-the caller back with REFER, or end with BYE. SIP requests of the dialog arrive through
-`on_request` (the UA routes them here by Call-ID) and become inbox items too, so nothing else in
+the caller back with REFER, or end with BYE. The SIP side of the call is its `InviteSession`
+(`sip/invite_session.py`: the answer, the ACK wait, re-INVITE/UPDATE, the session timer, BYE,
+CANCEL) run by a `SessionLeg`; the UA routes the dialog's requests here by Call-ID, and the
+session's events (ACK, hang-up, INFO key presses, NOTIFY) become inbox items, so nothing else in
 the process runs call logic.
 
 Card digits exist here only inside the journey and the `Authorize` action handed to the connector.
@@ -23,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import numpy as np
@@ -64,8 +66,18 @@ from spg_media.rtp.session import MediaEngine, MediaSession
 from spg_media.rtp.srtp import SrtpContext
 from spg_media.sip import session_timer
 from spg_media.sip.dialog import Dialog
+from spg_media.sip.invite_session import (
+    Acked,
+    Cancelled,
+    Ended,
+    Event,
+    InDialogRequest,
+    InviteSession,
+    Refusal,
+)
+from spg_media.sip.leg import SessionLeg
 from spg_media.sip.limits import address_in, parse_networks
-from spg_media.sip.message import SipRequest, SipResponse, make_response, new_tag
+from spg_media.sip.message import SipRequest, new_tag
 from spg_media.sip.sdp import (
     PLAIN_PROTOS,
     SRTP_PROTOS,
@@ -77,7 +89,7 @@ from spg_media.sip.sdp import (
     negotiate,
 )
 from spg_media.sip.transaction import Address
-from spg_media.sip.ua import ALLOW, SipUserAgent
+from spg_media.sip.ua import SipUserAgent
 from spg_media.sip.uri import NameAddr, SipSyntaxError, SipUri
 from spg_media.speech import SpeechEngine, SpeechInput, Utterance, speech_available
 from spg_media.tts.phrases import SPEECH_LANGUAGES, SUPPORTED_LANGUAGES
@@ -93,7 +105,6 @@ HANDOFF_HEADERS = (
     "X-SPG-Signature",
 )
 LOOKUP_TIMEOUT_S = 5.0
-ACK_WAIT_S = 32.0
 NOTIFY_WAIT_S = 32.0
 # Beyond the connector's own timeout and reconciliation window, before giving up on it.
 AUTHORIZATION_GRACE_S = 5.0
@@ -188,6 +199,12 @@ class SeenHandoffs:
         return True
 
 
+class ActiveCall(Protocol):
+    """A call in progress as the server sees it: an IVR `Call` or an assisted call."""
+
+    def summary(self) -> dict[str, Any]: ...
+
+
 @dataclass
 class CallServices:
     """What every call shares: the process's UA, media, prompts, connector and records."""
@@ -199,7 +216,7 @@ class CallServices:
     connector: Connector
     cdr: CdrWriter
     callbacks: CallbackSender
-    calls: dict[str, Call] = field(default_factory=dict)
+    calls: dict[str, ActiveCall] = field(default_factory=dict)  # by the customer's Call-ID
     observer: Callable[[str, str, dict[str, Any]], None] | None = None  # (call_id, kind, details)
     # Written before every authorisation request; None only in tests that send none.
     journal: PaymentJournal | None = None
@@ -220,22 +237,25 @@ class Call:
         self.call_id = invite.call_id
         self.transport = source.transport
         self.inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        self.dialog: Dialog | None = None
         self.media: MediaSession | None = None
         self.rtp_port: int | None = None
         self.negotiated: NegotiatedAudio | None = None
         self.sdp_version = 1
         self.session_id = random.randint(1, 2**31)
         self.local_tag = new_tag()
+        self.session = InviteSession.as_uas(
+            invite,
+            local_tag=self.local_tag,
+            via_transport=self.transport,
+            answer_offer=self._answer_offer,
+            public_host=self.config.sip.public_host,
+        )
+        self.leg = SessionLeg(self.ua, self.session, source, self._on_session_event)
         self.handoff = Handoff.from_invite(invite)
         self.transaction: TransactionInfo | None = None
         self.language = self.config.ivr.language
         self.merger = DtmfMerger(inband_mode=self.config.dtmf.inband)  # type: ignore[arg-type]
         self.started_at = datetime.datetime.now(datetime.UTC)
-        self.answered = False
-        self.acked = False
-        self.hung_up = False
-        self.cancelled = False
         self.outcome: Outcome | None = None
         self.phase = "setup"
         self.marks: dict[str, float] = {"invite": time.monotonic()}
@@ -244,9 +264,29 @@ class Call:
         self.authorizations = 0
         self.charge_state = ChargeState.NOT_CHARGED  # until an authorisation says otherwise
         self.return_to_trusted = True  # False when the handoff's signature fails
-        self.rejected = False  # a final non-2xx answer went to the INVITE
+        self.rejected = False  # a final non-2xx answer of ours went to the INVITE
         self.session_timer: session_timer.SessionTimer | None = None  # RFC 4028, when asked
         self.speech_input: SpeechInput | None = None  # voice entry's recogniser, while it listens
+
+    # What the call knows of its dialog is its session's.
+    @property
+    def dialog(self) -> Dialog | None:
+        return self.session.dialog
+
+    @property
+    def answered(self) -> bool:
+        """Our 200 went to the INVITE."""
+        return self.session.answered
+
+    @property
+    def hung_up(self) -> bool:
+        """The dialog is over (either side's BYE, no ACK, session expired), or never was."""
+        return self.session.ended
+
+    @property
+    def cancelled(self) -> bool:
+        """The caller cancelled the INVITE before our answer."""
+        return self.session.ended and not self.session.answered and not self.rejected
 
     # ---- the story --------------------------------------------------------------------------
 
@@ -276,7 +316,7 @@ class Call:
             if not self.answered and not self.cancelled and not self.rejected:
                 with contextlib.suppress(Exception):  # the INVITE still gets a final answer
                     self._reject(500, "Server Internal Error", "internal error")
-            if self.answered and not self.hung_up and self.dialog is not None:
+            if self.answered and not self.hung_up:
                 with contextlib.suppress(Exception):
                     await self._bye(self._result_headers(Result.ERROR))
         finally:
@@ -324,8 +364,6 @@ class Call:
             return
 
         # 4. The caller's journey.
-        if self.session_timer is not None:
-            self._spawn(self._keep_session(self.session_timer))
         self.phase = "journey"
         self._emit("answered", language=self.language)
         journey = Journey(
@@ -597,30 +635,9 @@ class Call:
 
     # ---- SIP: the INVITE --------------------------------------------------------------------
 
-    def _srtp_policy(self) -> str:
-        return self.config.rtp.srtp
-
     def _offer_policy(self, offer: SessionDescription, source: Address) -> str:
-        """The SRTP policy to negotiate `offer` under, given where it came from.
-
-        SDES keys (`a=crypto` of an RTP/SAVP(F) stream) that crossed UDP or TCP were readable
-        by anyone on the path: such an offer is refused (NotAcceptable: 488) unless it came
-        over TLS or from `rtp.sdes_cleartext_sources` (a private link from our own proxy). When
-        the offer also has a plain RTP stream and plain RTP is allowed (the policy is not
-        `required` and the call is not already SRTP), that stream is answered instead.
-        """
-        policy = self._srtp_policy()
-        if policy == "off" or not _offers_sdes_keys(offer) or self._sdes_allowed(source):
-            return policy
-        already_srtp = self.negotiated is not None and self.negotiated.remote_crypto is not None
-        if policy != "required" and not already_srtp and _offers_plain_audio(offer):
-            return "off"
-        raise NotAcceptable(SDES_NEEDS_TLS)
-
-    def _sdes_allowed(self, source: Address) -> bool:
-        if source.transport == "tls":
-            return True
-        return address_in(source.host, parse_networks(self.config.rtp.sdes_cleartext_sources))
+        """The SRTP policy for `offer` from `source` (`offer_policy`: 488 for SDES in clear)."""
+        return offer_policy(self.config, offer, source, self.negotiated)
 
     def _check_handoff(self) -> Result | None:
         secret = self.config.handoff.signing_secret
@@ -666,18 +683,13 @@ class Call:
         headers: list[tuple[str, str]] | None = None,
     ) -> None:
         log.info("rejecting call: %d %s", status, detail, extra={"call_id": self.call_id})
-        response = make_response(
-            self.invite,
+        self.rejected = True
+        self.session.reject(
             status,
             reason,
-            to_tag=self.local_tag,
-            headers=[
-                ("Warning", f'399 {self.config.sip.public_host} "{detail[:120]}"'),
-                *(headers or []),
-            ],
+            [("Warning", f'399 {self.config.sip.public_host} "{detail[:120]}"'), *(headers or [])],
         )
-        self.ua.respond(self.invite, response)
-        self.rejected = True
+        self.leg.pump()
         CALLS_REJECTED_TOTAL.inc(status=str(status))
 
     async def _answer(self) -> None:
@@ -686,7 +698,6 @@ class Call:
             self.rtp_port = await self.services.media.open()
         except Exception as exc:
             self._reject(503, "Service Unavailable", f"no media port: {exc}")
-            self.hung_up = True
             return
         if self.cancelled:
             return
@@ -708,46 +719,25 @@ class Call:
         self.media.hold = neg.direction in ("sendonly", "inactive")
         # A sips: Request-URI asks for a sips: dialog (RFC 3261 §12.1.1); else sip:, even on TLS.
         secure = self.invite.uri.lower().startswith("sips:")
-        contact = self.ua.contact(self.transport, secure=secure)
-        self.dialog = Dialog.as_uas(self.invite, self.local_tag, contact)
-        answer = self._sdp_answer()
-        response = make_response(
-            self.invite,
-            200,
-            "OK",
-            to_tag=self.local_tag,
-            headers=[
-                ("Contact", contact),
-                ("Allow", ALLOW),
-                ("Supported", "timer"),
-                *(self.session_timer.response_headers() if self.session_timer else []),
-                *[("Record-Route", rr) for rr in self.invite.headers.get_all("Record-Route")],
-            ],
-            body=answer,
-            content_type="application/sdp",
-        )
+        self.session.via_sent_by = self.ua.sent_by(self.transport)
         self.services.media.attach(self.rtp_port, self.media)
-        self.ua.respond(self.invite, response)
-        self.answered = True
+        self.session.accept(
+            self._sdp_answer(),
+            asyncio.get_running_loop().time(),
+            contact=self.ua.contact(self.transport, secure=secure),
+            timer=self.session_timer,
+        )
+        self.leg.pump()
         self.marks["answered"] = time.monotonic()
-        # Wait for the ACK (or anything that shows the caller is there) before speaking.
-        try:
-            async with asyncio.timeout(ACK_WAIT_S):
-                while not self.acked and not self.hung_up:
-                    kind, value = await self.inbox.get()
-                    if kind in ("ack", "ack_timeout"):
-                        if kind == "ack_timeout":
-                            log.warning("no ACK for our 200", extra={"call_id": self.call_id})
-                            await self._bye([])
-                            self.hung_up = True
-                        break
-                    if kind == "bye":
-                        self.hung_up = True
-                    elif kind == "digit":  # type-ahead before the ACK: keep it
-                        self.inbox.put_nowait((kind, value))
-                        break
-        except TimeoutError:
-            self.hung_up = True
+        # Wait for the ACK (or anything that shows the caller is there) before speaking; the
+        # session ends the call (BYE) when no ACK comes.
+        while not self.hung_up:
+            kind, value = await self.inbox.get()
+            if kind == "ack":
+                break
+            if kind == "digit":  # type-ahead before the ACK: keep it
+                self.inbox.put_nowait((kind, value))
+                break
 
     def _sdp_answer(self) -> bytes:
         assert self.negotiated is not None and self.rtp_port is not None
@@ -761,65 +751,56 @@ class Call:
 
     # ---- SIP: in-dialog requests (called by the UA) -------------------------------------------
 
+    # The UA's DialogHandler: the session answers, its events come back below.
+
     def on_request(self, request: SipRequest, source: Address) -> None:
-        if self.dialog is None or request.to.tag != self.local_tag:
-            self.ua.respond(request, make_response(request, 481))
-            return
-        if not self.dialog.accept_remote_cseq(request):
-            self.ua.respond(request, make_response(request, 500, "Server Internal Error"))
-            return
-        method = request.method
-        if method == "BYE":
-            self.ua.respond(request, make_response(request, 200))
-            self.hung_up = True
-            self._emit("hangup")
+        self.leg.on_request(request, source)
+
+    def on_ack(self, ack: SipRequest) -> None:
+        self.leg.on_ack(ack)
+
+    def on_cancel(self, invite: SipRequest) -> None:
+        self.leg.on_cancel(invite)
+
+    def on_ack_timeout(self) -> None:
+        self.leg.on_ack_timeout()
+
+    def _on_session_event(self, event: Event) -> None:
+        if isinstance(event, Acked):
+            self.inbox.put_nowait(("ack", None))
+        elif isinstance(event, Cancelled):
             self.inbox.put_nowait(("bye", None))
-        elif method == "INVITE":
-            self._reinvite(request, source)
-        elif method == "INFO":
+        elif isinstance(event, Ended):
+            if event.reason == "bye":
+                self._emit("hangup")
+            elif event.reason == "no-ack":
+                log.warning("no ACK for our 200", extra={"call_id": self.call_id})
+            elif event.reason == "session-expired":
+                log.warning("session expired: no refresh", extra={"call_id": self.call_id})
+            else:
+                log.warning("session refresh failed: %d", event.status or 0,
+                            extra={"call_id": self.call_id})  # fmt: skip
+            if self.media is not None:
+                self.media.stop()
+            self.inbox.put_nowait(("bye", None))
+        elif isinstance(event, InDialogRequest) and event.request.method == "INFO":
+            request = event.request
             parsed = parse_info_dtmf(request.headers.get("Content-Type") or "", request.body)
-            self.ua.respond(request, make_response(request, 200))
             if parsed is not None:
                 now = asyncio.get_running_loop().time()
                 key, duration_ms = parsed
                 self._on_dtmf(DtmfEvent(key, "start", now, duration_ms, "info"))
-        elif method == "NOTIFY":
-            self.ua.respond(request, make_response(request, 200))
-            self.inbox.put_nowait(("notify", request))
-        elif method == "UPDATE" and request.body:  # an offer (RFC 3311): as a re-INVITE's
-            self._reinvite(request, source)
-        elif method == "UPDATE":  # without an offer: a session refresh
-            self.ua.respond(
-                request,
-                make_response(request, 200, headers=[("Allow", ALLOW), *self._refreshed(request)]),
-            )
-        elif method == "OPTIONS":
-            self.ua.respond(request, make_response(request, 200, headers=[("Allow", ALLOW)]))
-        else:
-            self.ua.respond(request, make_response(request, 405, headers=[("Allow", ALLOW)]))
+        elif isinstance(event, InDialogRequest) and event.request.method == "NOTIFY":
+            self.inbox.put_nowait(("notify", event.request))
 
-    def on_ack(self, ack: SipRequest) -> None:
-        if not self.acked:
-            self.acked = True
-            self.inbox.put_nowait(("ack", None))
-
-    def on_cancel(self, invite: SipRequest) -> None:
-        if self.answered:
-            return
-        self.cancelled = True
-        self.ua.respond(invite, make_response(invite, 487, to_tag=self.local_tag))
-        self.inbox.put_nowait(("bye", None))
-
-    def on_ack_timeout(self) -> None:
-        self.inbox.put_nowait(("ack_timeout", None))
-
-    def _reinvite(self, request: SipRequest, source: Address) -> None:
-        """Hold, unhold or a media change, by re-INVITE or UPDATE: answer from the same port
-        (RFC 3264 §8)."""
-        assert self.dialog is not None and self.media is not None
+    def _answer_offer(self, request: SipRequest) -> bytes | Refusal:
+        """Hold, unhold or a media change, by re-INVITE or UPDATE: answered from the same port
+        (RFC 3264 §8); the session sends the 200 or the refusal."""
+        if self.media is None:
+            return Refusal(488, "no media session")
         try:
             offer = SessionDescription.parse(request.body)
-            policy = self._offer_policy(offer, source)
+            policy = self._offer_policy(offer, self.leg.last_source)
             neg = negotiate(offer, srtp_policy=policy, previous=self.negotiated)
         except (SdpError, NotAcceptable) as exc:
             detail = getattr(exc, "detail", None) or str(exc)
@@ -827,38 +808,11 @@ class Call:
                 "refusing a %s offer: 488 %s", request.method, detail,
                 extra={"call_id": self.call_id},
             )  # fmt: skip
-            warning = f'399 {self.config.sip.public_host} "{detail[:120]}"'
-            self.ua.respond(request, make_response(request, 488, headers=[("Warning", warning)]))
-            return
-        self.dialog.update_target(request)
+            return Refusal(488, detail)
         self.negotiated = neg
-        self.media.hold = neg.direction in ("sendonly", "inactive")
-        self.media.move((neg.remote_address, neg.remote_port), neg.remote_rtcp)
-        self.media.rtcp_mux = neg.rtcp_mux
-        self.media.dtmf_payload_type = neg.dtmf_payload_type
-        self.media.renegotiate(neg.codec, neg.ptime)
-        if neg.local_crypto is not None and neg.remote_crypto is not None:
-            # New keys from the peer (or the first ones): the old receiving key stays valid for
-            # packets in flight until the first packet under the new one authenticates.
-            if self.media.srtp is None:
-                self.media.srtp = SrtpContext(neg.local_crypto, neg.remote_crypto)
-            else:
-                self.media.srtp = self.media.srtp.rekey(neg.local_crypto, neg.remote_crypto)
+        renegotiate_media(self.media, neg)
         self.sdp_version += 1
-        self.ua.respond(
-            request,
-            make_response(
-                request,
-                200,
-                headers=[
-                    ("Contact", self.dialog.local_contact),
-                    ("Allow", ALLOW),
-                    *self._refreshed(request),
-                ],
-                body=self._sdp_answer(),
-                content_type="application/sdp",
-            ),
-        )
+        return self._sdp_answer()
 
     # ---- the result ---------------------------------------------------------------------------
 
@@ -905,7 +859,7 @@ class Call:
             await self._bye(headers)
             return
         refer_to = refer_to_uri(target, outcome.result, outcome.reference)
-        request = self._in_dialog(
+        request = self.session.request(
             "REFER",
             [
                 ("Refer-To", f"<{refer_to}>"),
@@ -914,9 +868,11 @@ class Call:
             ],
         )
         self._emit("refer", target=target, result=str(outcome.result))
-        response = await self._send_in_dialog(request)
-        if not 200 <= response.status < 300:
-            log.info("REFER refused: %d", response.status, extra={"call_id": self.call_id})
+        self.leg.pump()
+        response = await self.leg.answer(request)
+        if response is None or not 200 <= response.status < 300:
+            refusal = response.status if response is not None else 0
+            log.info("REFER refused: %d", refusal, extra={"call_id": self.call_id})
             await self._bye(headers)
             return
         status = await self._wait_transfer_outcome()
@@ -945,60 +901,15 @@ class Call:
             log.info("no final NOTIFY for the REFER", extra={"call_id": self.call_id})
             return None
 
-    def _in_dialog(self, method: str, headers: list[tuple[str, str]]) -> SipRequest:
-        assert self.dialog is not None
-        return self.dialog.new_request(
-            method, self.transport, self.ua.sent_by(self.transport), headers=headers
-        )
-
-    async def _send_in_dialog(self, request: SipRequest) -> SipResponse:
-        assert self.dialog is not None
-        destination = self.source if self.source.reliable else None
-        if destination is None:
-            destination = await self.ua.resolve(self.dialog.next_hop())
-        return await self.ua.request(request, destination)
-
-    # ---- session timer (RFC 4028) -----------------------------------------------------------
-
-    def _refreshed(self, request: SipRequest) -> list[tuple[str, str]]:
-        """A re-INVITE or UPDATE refreshes the session: the headers for its 2xx."""
-        if self.session_timer is None:
-            return []
-        return self.session_timer.refreshed(request.headers, asyncio.get_running_loop().time())
-
-    async def _keep_session(self, timer: session_timer.SessionTimer) -> None:
-        """Refresh the session when we are the refresher; end the call when it expires."""
-        loop = asyncio.get_running_loop()
-        while not self.hung_up:
-            wake = timer.next_wake()
-            if wake is None:
-                return
-            await asyncio.sleep(max(0.0, wake - loop.time()))
-            due = timer.due(loop.time())
-            if due == "refresh":
-                headers = timer.refresh_headers()
-                response = await self._send_in_dialog(self._in_dialog("UPDATE", headers))
-                if timer.refresh_answered(response.status, response.headers, loop.time()):
-                    continue
-                log.warning("session refresh failed: %d", response.status,
-                            extra={"call_id": self.call_id})  # fmt: skip
-            elif due == "expired":
-                log.warning("session expired: no refresh", extra={"call_id": self.call_id})
-            else:
-                continue
-            # RFC 4028 §10: the session is over; so is the call (its result stands if known).
-            await self._bye([])
-            self.inbox.put_nowait(("bye", None))
-            return
-
     async def _bye(self, headers: list[tuple[str, str]]) -> None:
-        if self.dialog is None or self.hung_up:
+        if self.hung_up:
             return
-        self.hung_up = True
         if self.media is not None:
             self.media.stop()
-        response = await self._send_in_dialog(self._in_dialog("BYE", headers))
-        self._emit("ended", status=response.status)
+        request = self.session.bye(headers)
+        self.leg.pump()
+        response = await self.leg.answer(request)
+        self._emit("ended", status=response.status if response is not None else 0)
 
     def _record(self, outcome: Outcome) -> None:
         durations = dict(outcome.durations)
@@ -1068,6 +979,7 @@ class Call:
     def _cleanup(self) -> None:
         CALLS_ACTIVE.dec()
         self._close_speech()
+        self.leg.close()
         for task in self._tasks:
             if not task.done() and task.get_coro().__name__ != "_authorize":  # type: ignore[union-attr]
                 task.cancel()
@@ -1128,6 +1040,51 @@ class Call:
 
 
 SDES_NEEDS_TLS = "SDES keys (a=crypto) need TLS signalling: offer RTP/SAVP over TLS only"
+
+
+def offer_policy(
+    config: Config,
+    offer: SessionDescription,
+    source: Address,
+    current: NegotiatedAudio | None = None,
+) -> str:
+    """The SRTP policy to negotiate `offer` under, given where it came from.
+
+    SDES keys (`a=crypto` of an RTP/SAVP(F) stream) that crossed UDP or TCP were readable
+    by anyone on the path: such an offer is refused (NotAcceptable: 488) unless it came
+    over TLS or from `rtp.sdes_cleartext_sources` (a private link from our own proxy). When
+    the offer also has a plain RTP stream and plain RTP is allowed (the policy is not
+    `required` and the call, `current`, is not already SRTP), that stream is answered instead.
+    """
+    policy = config.rtp.srtp
+    if policy == "off" or not _offers_sdes_keys(offer) or _sdes_allowed(config, source):
+        return policy
+    already_srtp = current is not None and current.remote_crypto is not None
+    if policy != "required" and not already_srtp and _offers_plain_audio(offer):
+        return "off"
+    raise NotAcceptable(SDES_NEEDS_TLS)
+
+
+def _sdes_allowed(config: Config, source: Address) -> bool:
+    if source.transport == "tls":
+        return True
+    return address_in(source.host, parse_networks(config.rtp.sdes_cleartext_sources))
+
+
+def renegotiate_media(media: MediaSession, neg: NegotiatedAudio) -> None:
+    """A re-INVITE's or UPDATE's accepted offer applied to the call's media (same port)."""
+    media.hold = neg.direction in ("sendonly", "inactive")
+    media.move((neg.remote_address, neg.remote_port), neg.remote_rtcp)
+    media.rtcp_mux = neg.rtcp_mux
+    media.dtmf_payload_type = neg.dtmf_payload_type
+    media.renegotiate(neg.codec, neg.ptime)
+    if neg.local_crypto is not None and neg.remote_crypto is not None:
+        # New keys from the peer (or the first ones): the old receiving key stays valid for
+        # packets in flight until the first packet under the new one authenticates.
+        if media.srtp is None:
+            media.srtp = SrtpContext(neg.local_crypto, neg.remote_crypto)
+        else:
+            media.srtp = media.srtp.rekey(neg.local_crypto, neg.remote_crypto)
 
 
 def _offers_sdes_keys(offer: SessionDescription) -> bool:

@@ -73,6 +73,10 @@ class CallRecord:
     durations: dict[str, float] = field(default_factory=dict)
     # charged | not-charged | unknown; "" takes it from the result, unknown for an error.
     charge_state: str = ""
+    # "assist" for a payment taken with the agent on the call (with its payment_id); the IVR's
+    # records leave both out.
+    mode: str = ""
+    payment_id: str = ""
     # How each field taken was entered: {"card" | "expiry" | "security_code":
     # "dtmf" | "speech" | "mixed"}; a field not taken is absent.
     input: dict[str, str] = field(default_factory=dict)
@@ -112,6 +116,10 @@ class CallRecord:
             "ended_at": self.ended_at,
             "durations": {str(k): round(float(v), 3) for k, v in self.durations.items()},
         }
+        if self.mode:
+            data["mode"] = self.mode
+        if self.payment_id:
+            data["payment_id"] = self.payment_id
         masked: dict[str, Any] = mask_card_like(data, "")
         return masked
 

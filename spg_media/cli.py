@@ -230,7 +230,10 @@ def _worker_count(given: str | None, config: Config) -> int:
         setting = int(given)
     else:
         raise UsageError(f"--workers: expected 0 (one per core) to 256, got {given!r}")
-    count = worker_count(setting)
+    # The agent-assisted API keeps its calls and payments in one process: "one per core"
+    # means one then (an explicit count above 1 is refused by plan_workers).
+    assisted = bool(config.assist.listen and config.assist.api_token)
+    count = 1 if setting == 0 and assisted else worker_count(setting)
     if count > 1:
         plan_workers(config, count, Path("/nonexistent"))  # ports and RTP slices fit: else exit 2
     return count

@@ -123,7 +123,9 @@ from __future__ import annotations
 
 import datetime
 import enum
+from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Literal
 
 from spg_media.payment.cards import (
     PAN_MAX_LENGTH,
@@ -254,6 +256,73 @@ class JourneyConfig:
     speech_min_confidence: float = 0.5
 
 
+# ---- the key rules of a field (shared with agent-assisted payment sessions) --------------------
+
+EntryField = Literal["card", "expiry", "cvc"]
+
+
+def field_length(field: EntryField, brand: str) -> int:
+    """Digits at which a field ends by itself: 19 for a card number (shorter ones end on '#'),
+    4 for an expiry MMYY, the brand's security-code length (4 when the brand is not known yet:
+    a 3-digit code then ends on '#')."""
+    if field == "card":
+        return PAN_MAX_LENGTH
+    if field == "expiry":
+        return EXPIRY_LENGTH
+    return cvc_length(brand) if brand else 4
+
+
+def hash_failure(field: EntryField, length: int, brand: str = "") -> str | None:
+    """The failure prompt for a '#' ending a field of `length` digits, None when '#' ends it
+    well (a card number of any length: checked next; a security code of 3 digits when the
+    brand is not known yet). A full fixed-length field has ended by itself before any '#'."""
+    if length == 0:
+        return "empty_entry"
+    if field == "expiry":
+        return "expiry_invalid"  # short: a full one ended by itself
+    if field == "cvc" and (brand or length != 3):
+        return "cvc_invalid"
+    return None
+
+
+def check_card_entry(entry: SecretDigits, brands: Collection[str]) -> tuple[str | None, str]:
+    """(failure prompt or None, brand) of a keyed card number."""
+    if len(entry) < PAN_MIN_LENGTH:
+        return "card_invalid", ""
+    verdict = check_pan(entry, brands)
+    if verdict.check is PanCheck.BRAND_NOT_ACCEPTED:
+        return "card_brand_not_accepted", ""
+    if verdict.check is not PanCheck.OK or verdict.brand is None:
+        return "card_invalid", ""
+    return None, verdict.brand
+
+
+_EXPIRY_FAILURES = {
+    ExpiryCheck.INVALID: "expiry_invalid",
+    ExpiryCheck.PAST: "expiry_past",
+    ExpiryCheck.TOO_FAR: "expiry_too_far",
+}
+
+
+def check_expiry_entry(entry: SecretDigits, today: datetime.date) -> tuple[str | None, int, int]:
+    """(failure prompt or None, month, four-digit year) of a keyed MMYY expiry."""
+    month = int(entry.prefix(2))
+    year = int(entry.last(2))
+    check = check_expiry(month, year, today)
+    if check is not ExpiryCheck.OK:
+        return _EXPIRY_FAILURES[check], 0, 0
+    return None, month, 2000 + year
+
+
+def ask_part(field: EntryField, brand: str) -> PromptPart:
+    """The prompt part asking for a field."""
+    if field == "card":
+        return _part("enter_card")
+    if field == "expiry":
+        return _part("enter_expiry")
+    return _part("enter_cvc", digits=cvc_length(brand) if brand else 3)
+
+
 # ---- states ----------------------------------------------------------------------------------
 
 
@@ -285,6 +354,12 @@ _TRANSITIONS: dict[State, frozenset[State]] = {
     State.REPEAT_WAIT: frozenset({State.RESULT, State.CLOSING, State.FINISHED}),
     State.CLOSING: frozenset({State.FINISHED}),
     State.FINISHED: frozenset(),
+}
+
+_FIELD_OF_STATE: dict[State, EntryField] = {
+    State.CARD: "card",
+    State.EXPIRY: "expiry",
+    State.CVC: "cvc",
 }
 
 _FAILURE_PROMPTS = {
@@ -503,19 +578,15 @@ class Journey:
 
     def _field_length(self) -> int:
         """Digits at which the field ends by itself."""
-        if self._state is State.CARD:
-            return PAN_MAX_LENGTH
-        if self._state is State.EXPIRY:
-            return EXPIRY_LENGTH
-        return cvc_length(self._brand)
+        return field_length(self._field(), self._brand)
+
+    def _field(self) -> EntryField:
+        return _FIELD_OF_STATE[self._state]
 
     def _hash(self, now: float) -> list[Action]:
-        if len(self._entry) == 0:
-            return self._failed(now, "empty_entry")
-        if self._state is State.EXPIRY:
-            return self._failed(now, "expiry_invalid")  # short: a full one ended by itself
-        if self._state is State.CVC:
-            return self._failed(now, "cvc_invalid")
+        failure = hash_failure(self._field(), len(self._entry), self._brand)
+        if failure is not None:
+            return self._failed(now, failure)
         return self._complete(now)
 
     def _complete(self, now: float) -> list[Action]:
@@ -528,33 +599,22 @@ class Journey:
         return self._complete_cvc(now)
 
     def _complete_card(self, now: float) -> list[Action]:
-        if len(self._entry) < PAN_MIN_LENGTH:
-            return self._failed(now, "card_invalid")
-        verdict = check_pan(self._entry, self._config.card_brands)
-        if verdict.check is PanCheck.BRAND_NOT_ACCEPTED:
-            return self._failed(now, "card_brand_not_accepted")
-        if verdict.check is not PanCheck.OK or verdict.brand is None:
-            return self._failed(now, "card_invalid")
+        failure, brand = check_card_entry(self._entry, self._config.card_brands)
+        if failure is not None:
+            return self._failed(now, failure)
         self._pan, self._entry = self._entry, SecretDigits()
         self._take_inputs("card")
-        self._brand = verdict.brand
+        self._brand = brand
         self._last4 = self._pan.last(4)
         return self._ask_next(State.EXPIRY)
 
     def _complete_expiry(self, now: float) -> list[Action]:
-        month = int(self._entry.prefix(2))
-        year = int(self._entry.last(2))
-        check = check_expiry(month, year, self._today)
-        if check is not ExpiryCheck.OK:
-            prompt = {
-                ExpiryCheck.INVALID: "expiry_invalid",
-                ExpiryCheck.PAST: "expiry_past",
-                ExpiryCheck.TOO_FAR: "expiry_too_far",
-            }[check]
-            return self._failed(now, prompt)
+        failure, month, year = check_expiry_entry(self._entry, self._today)
+        if failure is not None:
+            return self._failed(now, failure)
         self._expiry, self._entry = self._entry, SecretDigits()
         self._take_inputs("expiry")
-        self._exp_month, self._exp_year = month, 2000 + year
+        self._exp_month, self._exp_year = month, year
         return self._ask_next(State.CVC)
 
     def _complete_cvc(self, now: float) -> list[Action]:
@@ -736,12 +796,9 @@ class Journey:
     def _ask(self) -> PromptPart:
         """The prompt asking for the current field ("key or say" with voice entry)."""
         spoken = "_speech" if self._speech else ""
-        if self._state is State.CARD:
-            return _part("enter_card" + spoken)
-        if self._state is State.EXPIRY:
-            return _part("enter_expiry" + spoken)
-        if self._state is State.CVC:
-            return _part("enter_cvc" + spoken, digits=cvc_length(self._brand))
+        if self._state in _FIELD_OF_STATE:
+            part = ask_part(self._field(), self._brand)
+            return PromptPart(part.name + spoken, part.params)
         assert self._expiry is not None
         # The prompt owns its copy: whoever renders it may wipe it, ours stays until Authorize.
         return _part("confirm" + spoken, last4=self._last4, expiry=self._expiry.copy())

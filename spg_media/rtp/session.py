@@ -70,7 +70,8 @@ from spg_media.observability import (
     RTP_LOST_TOTAL,
     RTP_PACKETS_TOTAL,
 )
-from spg_media.rtp.g711 import decode_array, encode
+from spg_media.rtp.g711 import decode, decode_array, encode
+from spg_media.rtp.masking import BLOCK, MASKS, ToneMasker
 from spg_media.rtp.packet import RTP_HEADER_SIZE, RtpError, RtpPacket, build_rtp, is_rtcp
 from spg_media.rtp.rtcp import RtcpError, RtcpSession
 from spg_media.rtp.srtp import SrtpContext
@@ -81,6 +82,7 @@ SILENCE_BYTE = {"PCMU": 0xFF, "PCMA": 0xD5}
 MAX_PENDING_FRAMES = 10  # audio kept for the detector between ticks (a stalled tick drops more)
 FED_LOG = 32  # payloads fed to the detector remembered for dating digits (a start comes 20-40 ms
 # after its onset: at a 10 ms ptime, that is 4 payloads back at most)
+RELAY_SLACK = 160  # samples of bridged audio queued beyond a packet before the oldest is dropped
 INBAND_FEED = 160  # samples (20 ms) each in-band channel gives the detector a tick
 REORDER_WINDOW = 50  # packets: an audio packet this far behind the newest is late, not a new run
 PAYLOAD_TYPE = {"PCMU": 0, "PCMA": 8}
@@ -202,6 +204,11 @@ class MediaSession:
         # send time of the latest packet (counted here: a call into RTCP per packet costs more).
         self._octets_sent = 0
         self._last_sent: tuple[int, float] | None = None
+        # Bridged (agent-assisted mode, MediaEngine.bridge): the audio payloads received since
+        # the last tick, for the other leg (None: not bridged), and the other leg's audio, in
+        # this session's codec, waiting to be sent (a prompt playing goes first).
+        self.relay_in: list[bytes] | None = None
+        self.relay_out = bytearray()
 
     def report_stats(self) -> None:
         """Add what changed since the last report to the process's RTP counters."""
@@ -307,6 +314,9 @@ class MediaSession:
                 self.pending_audio_at = now
             if self.on_audio is not None:
                 self.on_audio(payload, now)
+            relay = self.relay_in
+            if relay is not None and len(relay) < MAX_PENDING_FRAMES:
+                relay.append(payload)
 
     def receive_rtcp(self, data: bytes, source: tuple[str, int], now: float) -> None:
         """A datagram on the RTCP port: taken from the address the call's RTP comes from (before
@@ -505,6 +515,20 @@ class MediaSession:
         self._frames = [audio_g711[i : i + n] for i in range(0, len(audio_g711), n)]
         self._frame_index = 0
         self._marker = True
+        self.relay_out.clear()  # the prompt goes first; the bridged audio queued is stale
+
+    def relay(self, audio: bytes) -> None:
+        """Queue the bridged leg's audio (in this session's codec) to be sent after what is
+        queued. Dropped while a prompt plays (the prompt wins); what is queued beyond
+        RELAY_SLACK samples more than a packet is dropped from the front, so that a late tick
+        or a peer's faster clock cannot build up delay."""
+        if self._frame_index < len(self._frames):
+            return
+        out = self.relay_out
+        out += audio
+        excess = len(out) - self.samples_per_packet - RELAY_SLACK
+        if excess > 0:
+            del out[:excess]
 
     def renegotiate(self, codec: str, ptime_ms: int) -> None:
         """A re-INVITE changed the codec or the packet time. What is left of the prompt playing
@@ -524,6 +548,9 @@ class MediaSession:
         if rest:
             self.play(rest)
         self.clear_audio()  # those bytes are in the old codec
+        self.relay_out.clear()  # ... and these
+        if self.relay_in is not None:
+            self.relay_in.clear()
 
     def stop(self) -> None:
         self._frames = []
@@ -545,6 +572,9 @@ class MediaSession:
                 self._frame_index = 0
                 if self.on_playback_done is not None:
                     self.on_playback_done()
+        elif len(self.relay_out) >= self.samples_per_packet:
+            payload = bytes(self.relay_out[: self.samples_per_packet])
+            del self.relay_out[: self.samples_per_packet]
         else:
             payload = self._silence
         packet = build_rtp(self.payload_type, self._seq, self._ts, self.ssrc, payload, self._marker)
@@ -572,6 +602,17 @@ class _InbandFeed:
     audio: list[bytes] = field(default_factory=list)
     codecs: set[str] = field(default_factory=set)
     now: float = -math.inf  # the end of the newest audio given (its arrival)
+
+
+@dataclass(slots=True)
+class _Bridge:
+    """Two sessions whose audio crosses (agent-assisted mode), and the customer's masker slot."""
+
+    customer_port: int
+    agent_port: int
+    customer: MediaSession
+    agent: MediaSession
+    mask_slot: int
 
 
 class PortRangeExhausted(Exception):
@@ -602,6 +643,9 @@ class MediaEngine:
         # or make a stray loop, when the engine is built outside a running loop.
         self._loop: asyncio.AbstractEventLoop | None = None
         self.inband: InbandDetector | None = None  # one detector serves every channel
+        self.masker: ToneMasker | None = None  # one masker serves every bridged customer leg
+        self.bridges: dict[int, _Bridge] = {}  # by the customer's port
+        self._bridged_agents: dict[int, int] = {}  # agent's port: customer's port
         self.send_errors = 0  # packets the kernel would not take (a full buffer: dropped)
         # Told at the start of every tick how late it starts against its schedule (seconds,
         # and the loop's time): the node's admission control (server.LagMonitor).
@@ -666,14 +710,71 @@ class MediaEngine:
         session.start_rtcp(self.loop.time(), time.time())
         self.sessions[port] = session
         if session.inband:
-            if self.inband is None:
-                single_threaded_blas()
-                self.inband = InbandDetector()
-            session.inband_slot = self.inband.add_channel()
+            self._start_inband(session)
         if self._tick_task is None or self._tick_task.done():
             self._tick_task = self.loop.create_task(self._tick())
 
+    def _start_inband(self, session: MediaSession) -> None:
+        if self.inband is None:
+            single_threaded_blas()
+            self.inband = InbandDetector()
+        session.inband = True
+        if session.inband_slot is None:
+            session.inband_slot = self.inband.add_channel()
+
+    def bridge(self, customer_port: int, agent_port: int, mask: str) -> None:
+        """Cross the audio of two attached sessions (agent-assisted mode). From the next tick,
+        the customer's audio goes to the agent's session LOOKAHEAD (30 ms) late with every
+        keypad tone replaced by `mask` ("tone", "silence" or "noise"; spg_media.rtp.masking),
+        and the agent's audio to the customer's session; each transcoded to the other's codec
+        and sent at the other's packet time. Only decoded audio crosses: RFC 4733 events and
+        anything else never do. A prompt playing on the customer's session is heard instead
+        of the agent. The customer's in-band detector runs whatever `dtmf.inband` said (its
+        digits reach its `on_dtmf` as before); the agent's session runs none. A port already
+        bridged is unbridged first."""
+        if mask not in MASKS:
+            raise ValueError(f"mask must be one of {', '.join(MASKS)}, got {mask!r}")
+        if customer_port == agent_port:
+            raise ValueError("a session cannot be bridged to itself")
+        customer = self.sessions.get(customer_port)
+        agent = self.sessions.get(agent_port)
+        if customer is None or agent is None:
+            missing = customer_port if customer is None else agent_port
+            raise KeyError(f"no media session on port {missing}")
+        for port in (customer_port, agent_port):
+            self._unbridge_port(port)
+        if self.masker is None:
+            single_threaded_blas()
+            self.masker = ToneMasker()
+        self._start_inband(customer)
+        if agent.inband:
+            agent.stop_inband()
+        for session in (customer, agent):
+            session.relay_in = []
+            session.relay_out.clear()
+        slot = self.masker.add_channel(mask)
+        self.bridges[customer_port] = _Bridge(customer_port, agent_port, customer, agent, slot)
+        self._bridged_agents[agent_port] = customer_port
+
+    def unbridge(self, customer_port: int) -> None:
+        """Stop crossing the audio of the customer's session on `customer_port` and its agent's
+        (each session sends silence, or its prompts, again). Not bridged: nothing happens."""
+        bridge = self.bridges.pop(customer_port, None)
+        if bridge is None:
+            return
+        self._bridged_agents.pop(bridge.agent_port, None)
+        if self.masker is not None:
+            self.masker.remove_channel(bridge.mask_slot)
+        for session in (bridge.customer, bridge.agent):
+            session.relay_in = None
+            session.relay_out.clear()
+
+    def _unbridge_port(self, port: int) -> None:
+        """Unbridge whichever bridge `port` is a leg of."""
+        self.unbridge(self._bridged_agents.get(port, port))
+
     def close(self, port: int) -> None:
+        self._unbridge_port(port)
         session = self.sessions.pop(port, None)
         if session is not None:
             self._send_rtcp(port, session, session.rtcp_bye(self.loop.time()))
@@ -779,6 +880,66 @@ class MediaEngine:
                         event = dataclasses.replace(event, arrived_at=arrival)
                 target._deliver([event])
 
+    def _relay(self, now: float) -> None:
+        """Cross the audio the bridged sessions received since the last tick.
+
+        Agent to customer: transcoded when the codecs differ, queued on the customer's session
+        (dropped while a prompt plays there). Customer to agent: whole 5 ms blocks of it (the
+        rest waits a tick) go through the masker, one call for all bridges that give the same
+        number of samples (nearly always 160), decoded per codec, re-encoded in the agent's.
+        """
+        masker = self.masker
+        assert masker is not None
+        sessions = self.sessions
+        for bridge in self.bridges.values():
+            for session in (bridge.customer, bridge.agent):
+                # A session's packets leave from the first tick at or after they are due: one
+                # due just after the tick would carry audio a tick old. Its packet time moves
+                # once (as a jitter buffer sees a sender's restart) onto the tick's.
+                due = session.next_send_at
+                if due is not None and due > now + 0.001 and due - now < 0.0199:
+                    session.next_send_at = now
+        groups: dict[int, list[tuple[_Bridge, bytes]]] = {}
+        for bridge in self.bridges.values():
+            customer, agent = bridge.customer, bridge.agent
+            if sessions.get(bridge.customer_port) is not customer:
+                continue  # its tick work failed and it was stopped: nothing crosses
+            if sessions.get(bridge.agent_port) is not agent:
+                continue
+            heard = agent.relay_in
+            if heard:
+                audio = heard[0] if len(heard) == 1 else b"".join(heard)
+                heard.clear()
+                if agent.codec != customer.codec:
+                    audio = encode(decode(audio, agent.codec), customer.codec)
+                customer.relay(audio)
+            said = customer.relay_in
+            if not said:
+                continue
+            audio = said[0] if len(said) == 1 else b"".join(said)
+            said.clear()
+            whole = len(audio) - len(audio) % BLOCK
+            if whole < len(audio):
+                said.append(audio[whole:])
+            if whole:
+                groups.setdefault(whole, []).append((bridge, audio[:whole]))
+        for size, members in groups.items():
+            codes = np.frombuffer(b"".join(audio for _, audio in members), dtype=np.uint8)
+            codes = codes.reshape(len(members), size)
+            block = np.empty((len(members), size), dtype=np.int16)
+            for codec in ("PCMU", "PCMA"):
+                rows = [i for i, (b, _) in enumerate(members) if b.customer.codec == codec]
+                if rows:
+                    block[rows] = decode_array(codes[rows], codec)
+            masked = masker.process([b.mask_slot for b, _ in members], block)
+            for codec in ("PCMU", "PCMA"):
+                rows = [i for i, (b, _) in enumerate(members) if b.agent.codec == codec]
+                if not rows:
+                    continue
+                encoded = encode(masked[rows], codec)
+                for n, row in enumerate(rows):
+                    members[row][0].agent.relay(encoded[n * size : (n + 1) * size])
+
     def _receive(self, now: float) -> None:
         """Read every datagram waiting on the sessions' sockets and feed it to its session.
 
@@ -864,6 +1025,11 @@ class MediaEngine:
             await asyncio.sleep(0)
             if self.inband is not None:
                 self._detect_inband()
+            if self.bridges:
+                try:
+                    self._relay(now)
+                except Exception:  # a bug here must not stop the media of every call
+                    log.exception("bridged audio failed; nothing crosses this tick")
             for port, session in list(self.sessions.items()):
                 try:
                     self._serve(port, session, now)

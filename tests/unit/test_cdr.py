@@ -68,8 +68,17 @@ def test_the_record_has_exactly_the_contract_fields() -> None:
         "ended_at",
         "durations",
         "charge_state",
+        "mode",  # agent-assisted payments only, with their payment_id
+        "payment_id",
         "input",
     ]
+
+
+def test_an_assisted_payment_says_so_and_an_ivr_call_does_not() -> None:
+    assert "mode" not in record().to_json() and "payment_id" not in record().to_json()
+    assisted = dataclasses.replace(record(), mode="assist", payment_id="pay_1")
+    assert assisted.to_json()["mode"] == "assist"
+    assert assisted.to_json()["payment_id"] == "pay_1"
 
 
 def test_to_json() -> None:

@@ -1,0 +1,222 @@
+"""MediaEngine.bridge: two sessions' audio crossing, transcoded, the customer's keys masked.
+
+No sockets: the sessions are attached under ports the engine never opened, RTP is handed to
+`MediaSession.receive` as the socket would, and each 20 ms tick's steps (`_detect_inband`,
+`_relay`) are called by hand, then the agent's and customer's next packets taken as `_serve`
+would send them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+
+from spg_media.dtmf.inband import DBM0_PEAK, scan
+from spg_media.dtmf.rfc4733 import DtmfEvent
+from spg_media.rtp.g711 import decode, encode
+from spg_media.rtp.masking import LOOKAHEAD
+from spg_media.rtp.packet import RtpPacket, build_rtp
+from spg_media.rtp.session import MediaEngine, MediaSession
+
+CUSTOMER = ("127.0.0.1", 40000)
+AGENT = ("127.0.0.1", 40002)
+FRAME = 160
+PT = {"PCMU": 0, "PCMA": 8}
+
+
+def make_session(codec: str, remote: tuple[str, int], **kwargs: object) -> MediaSession:
+    return MediaSession(codec=codec, remote=remote, dtmf_payload_type=101, **kwargs)  # type: ignore[arg-type]
+
+
+@contextmanager
+def bridged(
+    customer_codec: str, agent_codec: str, mask: str = "tone", **customer_kwargs: object
+) -> Iterator[tuple[MediaEngine, MediaSession, MediaSession]]:
+    loop = asyncio.new_event_loop()
+    try:
+        engine = MediaEngine("127.0.0.1", 40000, 40100)
+        engine._loop = loop
+        customer = make_session(customer_codec, CUSTOMER, **customer_kwargs)
+        agent = make_session(agent_codec, AGENT)
+        engine.attach(50000, customer)
+        engine.attach(50002, agent)
+        engine.bridge(50000, 50002, mask)
+        yield engine, customer, agent
+        engine.close(50000)
+        engine.close(50002)
+        assert engine._tick_task is not None
+        engine._tick_task.cancel()
+        loop.run_until_complete(asyncio.sleep(0))
+    finally:
+        loop.close()
+
+
+def run_ticks(
+    engine: MediaEngine,
+    customer: MediaSession,
+    agent: MediaSession,
+    customer_audio: np.ndarray,
+    agent_audio: np.ndarray | None = None,
+    extra: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Feed both legs 20 ms a tick; return what each leg sends (decoded), tick by tick."""
+    ticks = customer_audio.size // FRAME
+    if agent_audio is None:
+        agent_audio = np.zeros(customer_audio.size, dtype=np.int16)
+    to_agent: list[np.ndarray] = []
+    to_customer: list[np.ndarray] = []
+    for tick in range(ticks):
+        now = tick * 0.02
+        part = slice(tick * FRAME, (tick + 1) * FRAME)
+        for session, source, samples in (
+            (customer, CUSTOMER, customer_audio),
+            (agent, AGENT, agent_audio),
+        ):
+            payload = encode(samples[part], session.codec)
+            packet = build_rtp(PT[session.codec], tick, tick * FRAME, 0x77, payload, tick == 0)
+            session.receive(packet, source, now)
+        if extra is not None:
+            extra(tick)
+        engine._detect_inband()
+        engine._relay(now)
+        for session, sent in ((agent, to_agent), (customer, to_customer)):
+            packet = RtpPacket.parse(session.next_packet(now) or b"")
+            assert packet.payload_type == PT[session.codec]
+            sent.append(decode(packet.payload, session.codec))
+    return np.concatenate(to_agent), np.concatenate(to_customer)
+
+
+def speech_like(seconds: float, seed: int = 7) -> np.ndarray:
+    """Band-limited noise with a syllabic envelope: loud, broadband, no keypad pattern."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * 8000)
+    noise = np.convolve(rng.normal(0, 3000, n), np.ones(4) / 4, mode="same")
+    envelope = 0.6 + 0.4 * np.sin(2 * np.pi * 4 * np.arange(n) / 8000)
+    return np.round(noise * envelope).astype(np.int16)
+
+
+def key_tone(low: float, high: float, samples: int, level_dbm0: float) -> np.ndarray:
+    amplitude = DBM0_PEAK * 10 ** (level_dbm0 / 20) / np.sqrt(2)  # the pair at level_dbm0
+    t = np.arange(samples) / 8000
+    return amplitude * (np.sin(2 * np.pi * low * t) + np.sin(2 * np.pi * high * t))
+
+
+def test_customer_speech_reaches_the_agent_late_by_the_lookahead_and_otherwise_intact() -> None:
+    speech = speech_like(1.0)
+    with bridged("PCMU", "PCMU") as (engine, customer, agent):
+        to_agent, _ = run_ticks(engine, customer, agent, speech)
+    heard = decode(encode(speech, "PCMU"), "PCMU")  # the customer's own G.711
+    assert np.array_equal(to_agent[LOOKAHEAD:], heard[: heard.size - LOOKAHEAD])
+    assert not to_agent[:LOOKAHEAD].any()
+
+
+def test_each_direction_is_transcoded_to_the_other_legs_codec() -> None:
+    speech = speech_like(0.6, seed=1)
+    reply = speech_like(0.6, seed=2)
+    with bridged("PCMA", "PCMU") as (engine, customer, agent):
+        to_agent, to_customer = run_ticks(engine, customer, agent, speech, reply)
+    said = decode(encode(speech, "PCMA"), "PCMA")
+    assert np.array_equal(
+        to_agent[LOOKAHEAD:], decode(encode(said[: said.size - LOOKAHEAD], "PCMU"), "PCMU")
+    )
+    answered = decode(encode(reply, "PCMU"), "PCMU")
+    # The agent's audio: no look-ahead; it leaves in the tick it came in.
+    assert np.array_equal(to_customer, decode(encode(answered, "PCMA"), "PCMA"))
+
+
+def test_a_prompt_on_the_customer_leg_is_heard_instead_of_the_agent() -> None:
+    reply = speech_like(0.4, seed=3)
+    prompt = encode(np.full(800, 1000, dtype=np.int16), "PCMU")  # 100 ms
+    with bridged("PCMU", "PCMU") as (engine, customer, agent):
+
+        def start_prompt(tick: int) -> None:
+            if tick == 5:
+                customer.play(prompt)
+
+        _, to_customer = run_ticks(engine, customer, agent, speech_like(0.4), reply, start_prompt)
+    answered = decode(encode(reply, "PCMU"), "PCMU")
+    assert np.array_equal(to_customer[:800], answered[:800])
+    assert (to_customer[800:1600] == decode(prompt, "PCMU")).all()
+    # After the prompt: the agent again, from what the agent says then.
+    assert np.array_equal(to_customer[1760:], answered[1760:])
+
+
+def test_a_keyed_tone_never_reaches_the_agent_and_still_reaches_the_customer_leg() -> None:
+    digits: list[DtmfEvent] = []
+    audio = speech_like(1.2).astype(np.float64) * 0.3
+    onset, length = 3000 + 17, 640
+    audio[onset : onset + length] = key_tone(852, 1477, length, -10)  # "9", 80 ms
+    audio[onset + length : onset + length + 400] = 0
+    samples = np.round(audio).astype(np.int16)
+    with bridged("PCMU", "PCMA", on_dtmf=digits.append) as (engine, customer, agent):
+        to_agent, _ = run_ticks(engine, customer, agent, samples)
+    assert [e.digit for e in digits if e.kind == "start"] == ["9"]
+    assert scan(to_agent) == []
+    keyed = to_agent[LOOKAHEAD + onset : LOOKAHEAD + onset + length].astype(np.float64)
+    # The mask: a 440 Hz tone at -20 dBm0, nothing of the key's 852 and 1477 Hz.
+    t = np.arange(keyed.size) / 8000
+    for freq, present in ((440.0, True), (852.0, False), (1477.0, False)):
+        amplitude = 2 * abs(np.dot(keyed, np.exp(-2j * np.pi * freq * t))) / keyed.size
+        level = 20 * np.log10(max(amplitude, 1e-9) / DBM0_PEAK)
+        assert (level > -22) if present else (level < -50), (freq, level)
+
+
+@pytest.mark.parametrize("mask", ["silence", "noise"])
+def test_other_masks(mask: str) -> None:
+    audio = np.zeros(8000)
+    audio[2000:2800] = key_tone(697, 1209, 800, 0)
+    with bridged("PCMU", "PCMU", mask=mask) as (engine, customer, agent):
+        to_agent, _ = run_ticks(engine, customer, agent, np.round(audio).astype(np.int16))
+    keyed = to_agent[LOOKAHEAD + 2000 : LOOKAHEAD + 2800].astype(np.float64)
+    rms = np.sqrt(np.mean(keyed**2))
+    if mask == "silence":
+        assert rms == 0
+    else:
+        assert 0 < rms < DBM0_PEAK * 10 ** (-40 / 20)
+    assert scan(to_agent) == []
+
+
+def test_telephone_events_are_not_forwarded() -> None:
+    digits: list[DtmfEvent] = []
+    with bridged("PCMU", "PCMU", on_dtmf=digits.append) as (engine, customer, agent):
+
+        def press(tick: int) -> None:
+            if 5 <= tick < 10:
+                payload = struct.pack("!BBH", 7, (0x80 if tick == 9 else 0) | 10, 160 * (tick - 4))
+                packet = build_rtp(101, 1000 + tick, 8000, 0x77, payload, tick == 5)
+                customer.receive(packet, CUSTOMER, tick * 0.02 + 0.01)
+
+        to_agent, _ = run_ticks(
+            engine, customer, agent, np.zeros(4000, dtype=np.int16), None, press
+        )
+    assert [(e.digit, e.kind) for e in digits] == [("7", "start"), ("7", "end")]
+    assert not to_agent.any()  # the silence the customer sent, nothing else
+
+
+def test_unbridge_and_close_stop_the_crossing() -> None:
+    with bridged("PCMU", "PCMU") as (engine, customer, agent):
+        engine.unbridge(50000)
+        assert customer.relay_in is None and agent.relay_in is None
+        to_agent, to_customer = run_ticks(
+            engine, customer, agent, speech_like(0.2), speech_like(0.2, seed=5)
+        )
+        assert not to_agent.any() and not to_customer.any()  # silence both ways
+        engine.bridge(50000, 50002, "tone")
+        engine.close(50002)  # the agent's leg goes: the bridge with it
+        assert engine.bridges == {} and customer.relay_in is None
+        engine.attach(50002, agent)
+
+
+def test_bridge_refuses_unknown_ports_and_masks() -> None:
+    with bridged("PCMU", "PCMU") as (engine, _customer, _agent):
+        with pytest.raises(KeyError):
+            engine.bridge(50000, 50010, "tone")
+        with pytest.raises(ValueError):
+            engine.bridge(50000, 50002, "music")
+        with pytest.raises(ValueError):
+            engine.bridge(50000, 50000, "tone")
