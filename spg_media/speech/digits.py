@@ -47,7 +47,8 @@ _CONTINUES_WEIGHT = 0.05
 @dataclass(frozen=True)
 class Reading:
     """The chosen digits of an utterance for a field, how sure, and whether the field's rules
-    accept them (`valid` False: the best there was, but no hypothesis fits the rules)."""
+    accept them (`valid` False: the best there was, but no hypothesis fits the rules; its
+    confidence is then 0)."""
 
     digits: str = field(repr=False)
     confidence: float  # 0..1
@@ -130,9 +131,8 @@ def best_reading(
     `expected_length`, when given, is the number of digits this utterance must have.
     `today` (default: the current date) places the expiry window.
 
-    None when no hypothesis reads as digits at all; a Reading with valid False when some do
-    but none fits the rules (the most probable of those, for the dialogue to read back or ask
-    again).
+    None when no hypothesis reads as digits at all; a Reading with valid False and confidence
+    0 when some do but none fits the rules (the most probable of those).
     """
     if field not in FIELDS:
         raise ValueError(f"unknown field {field!r}; expected one of {', '.join(FIELDS)}")
@@ -156,8 +156,8 @@ def best_reading(
         else:
             leaked += mass * leak
     if not weighted:
-        digits, mass = max(pooled.items(), key=lambda item: item[1])
-        return Reading(digits, _share(mass, sum(pooled.values())), valid=False)
+        digits, _ = max(pooled.items(), key=lambda item: item[1])
+        return Reading(digits, 0.0, valid=False)
     digits, mass = max(weighted.items(), key=lambda item: item[1])
     return Reading(digits, _share(mass, sum(weighted.values()) + leaked), valid=True)
 

@@ -32,7 +32,7 @@ from spg_media.speech.model import Hypothesis, Utterance
 from spg_media.speech.recogniser import DigitRecogniser, language_supported
 from spg_media.speech.vad import SpeechSegment, VoiceActivity
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("spg.speech")
 
 MAX_QUEUED_PER_CALL = 2
 

@@ -94,6 +94,7 @@ def test_brand_and_length_rule_out_readings() -> None:
     # nothing valid: the best reading comes back marked invalid
     invalid = best_reading(utterance(("1234", 0.0), ("1235", -1.0)), "card")
     assert invalid is not None and not invalid.valid and invalid.digits == "1234"
+    assert invalid.confidence == 0.0
 
 
 def test_card_groups_check_the_prefix_and_the_complete_number() -> None:
