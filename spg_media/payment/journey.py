@@ -146,7 +146,7 @@ from spg_media.payment.model import (
     SecretDigits,
     TransactionInfo,
 )
-from spg_media.speech.digits import answer_of, best_reading
+from spg_media.speech.digits import answer_of, best_reading, words_to_digits
 from spg_media.speech.model import Utterance
 
 # A stuck or playful '9' must not keep the call in the IVR forever.
@@ -366,6 +366,19 @@ _FAILURE_PROMPTS = {
     Result.INVALID_TRANSACTION: "invalid_transaction",
     Result.INVALID_HANDOFF: "invalid_handoff",
 }
+
+
+def _plain_reading(utterance: Utterance, length: int | None) -> tuple[str, float] | None:
+    """The digits most probably said (of `length`, when given), by no rule but the words, and
+    their share of the utterance's probability."""
+    pooled: dict[str, float] = {}
+    for hypothesis, posterior in zip(utterance.hypotheses, utterance.posteriors(), strict=True):
+        digits = words_to_digits(hypothesis.words)
+        if digits is not None and (length is None or len(digits) == length):
+            pooled[digits] = pooled.get(digits, 0.0) + posterior
+    if not pooled:
+        return None
+    return max(pooled.items(), key=lambda item: item[1])
 
 
 def _part(name: str, **params: ParamValue) -> PromptPart:
@@ -712,43 +725,48 @@ class Journey:
         return "expiry" if self._state is State.EXPIRY else "security_code"
 
     def _reading(self, utterance: Utterance) -> SecretDigits | None:
-        """The digits the caller most likely said for this field, under its rules (length;
-        Luhn and brand when they complete a card number), or None when nothing fits well
-        enough to read back."""
+        """The digits the caller most likely said for this field, or None when nothing is
+        sure enough to read back. First under the field's rules (a card group: brand, length,
+        and Luhn once it can complete the number; the expiry's window; the code's length);
+        failing that, what was heard all the same: the caller says "no" to a mishearing, and a
+        real but invalid entry, once confirmed, gets its own failure prompt as keyed."""
         remaining = self._field_length() - len(self._entry)
         if remaining <= 0:
             return None
         field = self._field_name()
-        least = self._config.speech_min_confidence
+        expected = self.expected_digits()  # a card's printed group; an expiry's or code's rest
+        candidates: list[tuple[str, float]] = []
         if field == "card":
             # The card's rules judge the digits heard after those taken; they are given a
             # stand-in for those (same brand, length and Luhn sums), never the number.
             prefix = rules_surrogate(self._entry)
-            reading = None
-            group = self.expected_digits()
-            if group is not None:  # the group as printed on the card, first
+            for length in (expected, None) if expected is not None else (None,):
                 reading = best_reading(
-                    utterance, "card-group", expected_length=group, prefix=prefix
+                    utterance, "card-group", expected_length=length, prefix=prefix
                 )
-            if reading is None or not reading.valid or reading.confidence < least:
-                reading = best_reading(utterance, "card-group", prefix=prefix)
-            expected: int | None = None
-        else:
-            expected = remaining
-            if field == "expiry" and len(self._entry):
-                field = "security_code"  # the rest of a date begun on the keypad: digits
+                if reading is not None and reading.valid:
+                    candidates.append((reading.digits, reading.confidence))
+        elif not len(self._entry):  # a whole expiry or code (not the rest of a keyed one)
             reading = best_reading(
-                utterance, _SPOKEN_FIELD[field], expected_length=expected, today=self._today
+                utterance, _SPOKEN_FIELD[field], expected_length=remaining, today=self._today
             )
-        if reading is None or reading.confidence < least:
-            return None
-        count = len(reading.digits)
-        if not 1 <= count <= remaining or (expected is not None and count != expected):
-            return None
-        try:
-            return SecretDigits(reading.digits)
-        except ValueError:
-            return None
+            if reading is not None and reading.valid:
+                candidates.append((reading.digits, reading.confidence))
+        heard = _plain_reading(utterance, expected)
+        if heard is not None:
+            candidates.append(heard)
+        for digits, confidence in candidates:
+            if confidence < self._config.speech_min_confidence:
+                continue
+            if not 1 <= len(digits) <= remaining:
+                continue
+            if field != "card" and len(digits) != remaining:
+                continue
+            try:
+                return SecretDigits(digits)
+            except ValueError:
+                continue
+        return None
 
     def _read_back(self) -> PromptPart:
         assert self._heard is not None
