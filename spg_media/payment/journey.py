@@ -85,9 +85,10 @@ Voice entry (config.speech, which the call sets only when a recogniser listens t
 The field prompts become "key in or say" (`*_speech` prompt names). In a field, an utterance
 is decoded under the field's rules (`speech.digits.best_reading`: a card group by brand,
 length and Luhn on what was taken so far, given as `cards.rules_surrogate`, never the number
-itself; the expiry's window; the code's length) and, when its confidence reaches
-`speech_min_confidence`, read back as digit clips ("I heard 4 1 1 1. Is that right? Say yes or
-press one, or no or press two."): `heard` holds it meanwhile. Then:
+itself; the expiry's window; the code's length), failing that by the words alone (a real but
+invalid entry then gets its own failure prompt once confirmed), and, when its confidence
+reaches `speech_min_confidence`, read back as digit clips ("I heard 4 1 1 1. Is that right? Say
+yes or press one, or no or press two."): `heard` holds it meanwhile. Then:
 
 - "yes" or '1': the digits join the field. A card number is taken once it is valid (Luhn,
   brand, length) or as long as its brand allows (then checked as a keyed one is); else "and
