@@ -247,3 +247,49 @@ def test_no_recognition_slot_or_a_keypad_only_language_asks_for_keys(
     ]
     assert not {n for names in by_call.values() for n in names[2:]} & set(SPEECH_PROMPT_NAMES)
     assert "no recognition slot free" in caplog.text
+
+
+def test_a_failing_recogniser_leaves_the_call_on_keys(
+    tmp_path: Path,
+    fake_speech: type[FakeEngine],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug feeding one call's audio to its recogniser: logged by type, that input closed, the
+    call's media and journey go on (the caller keys)."""
+    caplog.set_level(logging.INFO)
+    config = node_config(tmp_path)
+    events = Events()
+
+    def broken_feed(self: FakeInput, samples: np.ndarray, now: float) -> None:
+        raise RuntimeError("4111 1111 1111 1111")  # a message that must not be logged
+
+    monkeypatch.setattr(FakeInput, "feed", broken_feed)
+
+    async def scenario() -> None:
+        server = Server(config, observer=events)
+        await server.start()
+        assert server.services is not None
+        port = int(config.sip.listen[0].rsplit(":", 1)[1])
+        caller = TestCaller(("127.0.0.1", port), "sbx-4990-EUR-voice9", inband=True)
+        try:
+            await caller.start()
+            assert await caller.call() == 200
+            engine = fake_speech.engines[0]
+            await until(lambda: engine.inputs and engine.inputs[0].closed)
+            await asyncio.sleep(0.5)
+            (call,) = server.services.calls.values()
+            assert call.speech_input is None and call.media is not None
+            assert call.media.on_audio is None
+            assert call.rtp_port in server.services.media.sessions  # the media goes on
+            assert call.phase == "journey"
+            await caller.hangup()
+            await until(lambda: cdr_lines(config))
+        finally:
+            await caller.close()
+            await server.stop(grace_s=0)
+
+    asyncio.run(scenario())
+    assert "voice entry failed (RuntimeError): keys only" in caplog.text
+    assert "4111" not in caplog.text
+    assert cdr_lines(config)[0]["result"] == "hung-up"
