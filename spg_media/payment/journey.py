@@ -700,8 +700,12 @@ class Journey:
         if self._state is not State.CARD:
             remaining = self._field_length() - taken
             return remaining if remaining > 0 else None
-        if self._free_grouping:
-            return None
+        return None if self._free_grouping else self._printed_group()
+
+    def _printed_group(self) -> int | None:
+        """The length of the card number's next group as printed on the card; None when keyed
+        digits left the number between groups."""
+        taken = len(self._entry)
         groups = (
             AMEX_GROUPS
             if taken and possible_lengths(self._entry.prefix(6)) == {15}
@@ -712,7 +716,7 @@ class Journey:
             if end == taken:
                 return group
             end += group
-        return None  # keyed digits between groups: any number
+        return None
 
     def speaking(self, now: float) -> None:
         """The caller is talking (the recogniser hears speech): a field's timer due now waits
@@ -735,27 +739,33 @@ class Journey:
         if remaining <= 0:
             return None
         field = self._field_name()
-        expected = self.expected_digits()  # a card's printed group; an expiry's or code's rest
         candidates: list[tuple[str, float]] = []
         if field == "card":
+            # The group printed next on the card first, even when the grammar was left open
+            # after a group went wrong (the caller most likely says one again), then any.
+            group = self._printed_group()
+            lengths: tuple[int | None, ...] = (group, None) if group is not None else (None,)
             # The card's rules judge the digits heard after those taken; they are given a
             # stand-in for those (same brand, length and Luhn sums), never the number.
             prefix = rules_surrogate(self._entry)
-            for length in (expected, None) if expected is not None else (None,):
+            for length in lengths:
                 reading = best_reading(
                     utterance, "card-group", expected_length=length, prefix=prefix
                 )
                 if reading is not None and reading.valid:
                     candidates.append((reading.digits, reading.confidence))
-        elif not len(self._entry):  # a whole expiry or code (not the rest of a keyed one)
-            reading = best_reading(
-                utterance, _SPOKEN_FIELD[field], expected_length=remaining, today=self._today
-            )
-            if reading is not None and reading.valid:
-                candidates.append((reading.digits, reading.confidence))
-        heard = _plain_reading(utterance, expected)
-        if heard is not None:
-            candidates.append(heard)
+        else:
+            lengths = (remaining,)
+            if not len(self._entry):  # a whole expiry or code (not the rest of a keyed one)
+                reading = best_reading(
+                    utterance, _SPOKEN_FIELD[field], expected_length=remaining, today=self._today
+                )
+                if reading is not None and reading.valid:
+                    candidates.append((reading.digits, reading.confidence))
+        for length in lengths:
+            heard = _plain_reading(utterance, length)
+            if heard is not None:
+                candidates.append(heard)
         for digits, confidence in candidates:
             if confidence < self._config.speech_min_confidence:
                 continue

@@ -599,3 +599,17 @@ def test_no_expected_digits_without_speech() -> None:
     caller = Caller()
     caller.start()
     assert caller.journey.expected_digits() is None
+
+
+def test_after_a_no_a_group_of_the_printed_length_is_still_preferred() -> None:
+    """The grammar is left open after a "no"; an inserted digit in the best guess does not
+    win over the group of four the caller most likely said again."""
+    speaker = Speaker()
+    speaker.start()
+    speaker.done()
+    speaker.say("4112")
+    speaker.done()
+    speaker.say("no")
+    assert speaker.journey.expected_digits() is None
+    speaker.done()
+    assert heard_digits(speaker.say("41118", also=(("4111", -0.2),))) == "4111"
