@@ -25,9 +25,10 @@ Events (each takes `now`, returns a list of actions):
 Key rules of a capture (the IVR's): the field's prompt plays with barge-in (a key stops it and
 counts); with `prompt=False` nothing plays and the first-digit timer starts at once. '#' ends
 the field; the expiry (MMYY) ends on its 4th digit, the security code on its 3rd (4th for
-amex; 4th when no card number is captured yet: then '#' ends a 3-digit one), a card number on
-its 19th; a '#' right after a field ended by itself belongs to it. '*' clears the field and
-asks again; '*' on an empty field cancels the payment (result `cancelled`), as in the IVR.
+amex; 4th when no card number is captured yet: then '#' ends a 3-digit one, and the prompt
+asks for 3 digits), a card number on its 19th; a '#' right after a field ended by itself
+belongs to it. '*' clears the field and asks again; '*' on an empty field cancels the payment
+(result `cancelled`), as in the IVR.
 The first-digit and inter-digit timeouts and each invalid entry are failed attempts: the
 customer hears why and is asked again, and the state shows `error_type`. After
 `max_attempts` failed attempts of one capture the capture stops (the failure prompt plays,

@@ -1,8 +1,11 @@
 """The caller's journey as a sans-IO state machine.
 
 This module owns what the caller hears and when, which keys count, the attempt and timeout
-rules, and the moment card data is handed to the connector. It does no I/O: the call feeds it
-events with the current time and carries out the actions it returns.
+rules, and the moment card data is handed to the connector. The key rules of one field
+(`field_length`, `hash_failure`, `check_card_entry`, `check_expiry_entry`, `ask_part`) are
+module functions, shared with the agent-assisted payment sessions (`spg_media.assist`).
+It does no I/O: the call feeds it events with the current time and carries out the actions
+it returns.
 
 Theory of operation
 ===================
