@@ -619,7 +619,7 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 
 def _prompts(args: argparse.Namespace) -> int:
-    from spg_media.speech import speech_available
+    from spg_media.call import voice_entry_offered
     from spg_media.tts.phrases import SUPPORTED_LANGUAGES
     from spg_media.tts.prompts import PromptLibrary
     from spg_media.tts.render import PromptRenderer
@@ -642,7 +642,9 @@ def _prompts(args: argparse.Namespace) -> int:
                     "clips": count,
                     "seconds": round(time.monotonic() - started, 2),
                     "cache_dir": config.tts.cache_dir,
-                    "speech": speech_available(lang),
+                    # callers may say their digits in it (ivr.input = "dtmf speech"): a speech
+                    # model is installed and the prompts offer it; else keypad only
+                    "speech": voice_entry_offered(lang),
                 }
             )
         )
