@@ -51,6 +51,7 @@ from spg_media.payment.journal import (
 )
 from spg_media.payment.journey import (
     FIELD_STATES,
+    Action,
     Authorize,
     Finish,
     Journey,
@@ -199,6 +200,71 @@ class SeenHandoffs:
         return True
 
 
+# ---- what can happen to a call: the items of its inbox ------------------------------------------
+
+
+@dataclass(frozen=True)
+class CallerAcked:
+    """The ACK for our 200: the caller is there."""
+
+
+@dataclass(frozen=True)
+class SessionOver:
+    """The session ended without our asking: CANCEL before the answer, the caller's BYE, no
+    ACK for our 200, the session expired or its refresh failed (the session logged which)."""
+
+
+@dataclass(frozen=True)
+class KeyPressed:
+    """A key the DTMF merger let through (RFC 4733, in-band or INFO), and when the press
+    reached the node (for `spg_dtmf_latency_seconds`)."""
+
+    digit: str
+    source: str
+    arrived_at: float
+
+
+@dataclass(frozen=True)
+class Spoken:
+    """An utterance of voice entry's recogniser (what was said stays between it and the
+    journey)."""
+
+    utterance: Utterance
+
+
+@dataclass(frozen=True)
+class PromptDone:
+    """The media session played a prompt to its end; `generation` tells a stale one (a later
+    `Play` or `StopPlayback` came) from the current one."""
+
+    generation: int
+
+
+@dataclass(frozen=True)
+class TimerDue:
+    """The journey's `next_wake()` came with nothing else in the inbox."""
+
+
+@dataclass(frozen=True)
+class AuthorizationAnswered:
+    """The connector's answer to the journey's `Authorize` (journaled, card wiped)."""
+
+    result: AuthorizationResult
+
+
+@dataclass(frozen=True)
+class TransferNotify:
+    """A NOTIFY of the REFER subscription (already answered 200 by the session)."""
+
+    request: SipRequest
+
+
+InboxItem = (
+    CallerAcked | SessionOver | KeyPressed | Spoken | PromptDone | TimerDue
+    | AuthorizationAnswered | TransferNotify
+)  # fmt: skip
+
+
 class ActiveCall(Protocol):
     """A call in progress as the server sees it: an IVR `Call` or an assisted call."""
 
@@ -236,7 +302,7 @@ class Call:
         self.source = source
         self.call_id = invite.call_id
         self.transport = source.transport
-        self.inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.inbox: asyncio.Queue[InboxItem] = asyncio.Queue()
         self.media: MediaSession | None = None
         self.rtp_port: int | None = None
         self.negotiated: NegotiatedAudio | None = None
@@ -261,11 +327,8 @@ class Call:
         self.marks: dict[str, float] = {"invite": time.monotonic()}
         self._play_generation = 0
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.authorizations = 0
         self.charge_state = ChargeState.NOT_CHARGED  # until an authorisation says otherwise
         self.return_to_trusted = True  # False when the handoff's signature fails
-        self.rejected = False  # a final non-2xx answer of ours went to the INVITE
-        self.session_timer: session_timer.SessionTimer | None = None  # RFC 4028, when asked
         self.speech_input: SpeechInput | None = None  # voice entry's recogniser, while it listens
 
     # What the call knows of its dialog is its session's.
@@ -282,11 +345,6 @@ class Call:
     def hung_up(self) -> bool:
         """The dialog is over (either side's BYE, no ACK, session expired), or never was."""
         return self.session.ended
-
-    @property
-    def cancelled(self) -> bool:
-        """The caller cancelled the INVITE before our answer."""
-        return self.session.ended and not self.session.answered and not self.rejected
 
     # ---- the story --------------------------------------------------------------------------
 
@@ -313,7 +371,7 @@ class Call:
             log.exception("call failed", extra={"call_id": self.call_id})
             if self.outcome is None:  # a bug of ours: the call still has a result
                 self._end_early(Result.ERROR)
-            if not self.answered and not self.cancelled and not self.rejected:
+            if self.session.state == "early":
                 with contextlib.suppress(Exception):  # the INVITE still gets a final answer
                     self._reject(500, "Server Internal Error", "internal error")
             if self.answered and not self.hung_up:
@@ -341,13 +399,12 @@ class Call:
                 timer.response_headers(),
             )  # fmt: skip
             return
-        self.session_timer = timer
 
         # 2. The handoff and the transaction it names.
         failure = self._check_handoff()
         if failure is None:
             failure = await self._lookup()
-        if self.cancelled:  # the caller gave up while it rang: still a result to record
+        if self.hung_up:  # the caller cancelled while it rang: still a result to record
             self._end_early(Result.HUNG_UP)
             return
         self.language = prompt_language(
@@ -357,10 +414,11 @@ class Call:
         )
 
         # 3. Answer.
-        await self._answer()
-        if self.cancelled or self.hung_up:
-            # No media port (our failure), or the caller gone before the journey began.
-            self._end_early(Result.HUNG_UP if self.answered or self.cancelled else Result.ERROR)
+        unanswered = await self._answer(timer)
+        if unanswered is None and self.hung_up:  # the caller gone before the journey began
+            unanswered = Result.HUNG_UP
+        if unanswered is not None:
+            self._end_early(unanswered)
             return
 
         # 4. The caller's journey.
@@ -396,38 +454,23 @@ class Call:
         self._record(self.outcome)
 
     async def _drive(self, journey: Journey) -> Outcome:
+        """Session events → journey → actions: every inbox item is fed to the journey and its
+        actions carried out, until the journey has an outcome."""
         loop = asyncio.get_running_loop()
-        self._apply(journey, journey.start(loop.time()))
+        self._apply(journey.start(loop.time()))
         if self.hung_up:  # BYE came before the journey started
-            self._apply(journey, journey.hangup(loop.time()))
+            self._apply(journey.hangup(loop.time()))
         while journey.outcome is None:
             wake = journey.next_wake()
-            timeout = None if wake is None else max(0.0, wake - loop.time())
-            try:
-                kind, value = await asyncio.wait_for(self.inbox.get(), timeout)
-            except TimeoutError:
-                self._timer(journey, loop.time())
-                continue
-            now = loop.time()
-            if kind == "digit":
-                digit, source, arrived_at = value
-                # How long the press took from reaching the node to the journey (the time in
-                # the socket's buffer until the media tick read it included).
-                DTMF_LATENCY_SECONDS.observe(max(0.0, now - arrived_at), source=source)
-                self._emit("digit", digit="*" if digit.isdigit() else digit)
-                self._apply(journey, journey.digit(digit, now))
-            elif kind == "speech":
-                self._emit("speech")  # that something was said: never what
-                self._apply(journey, journey.speech(value, now))
-            elif kind == "prompt_done":
-                if value == self._play_generation:
-                    self._apply(journey, journey.prompt_done(now))
-            elif kind == "authorized":
-                self._apply(journey, journey.authorized(value, now))
-            elif kind == "bye":
-                self._apply(journey, journey.hangup(now))
-            if wake is not None and loop.time() >= wake and journey.outcome is None:
-                self._timer(journey, loop.time())
+            item = await self._next_item(wake)
+            self._feed(journey, item, loop.time())
+            if (
+                wake is not None
+                and not isinstance(item, TimerDue)
+                and loop.time() >= wake
+                and journey.outcome is None
+            ):
+                self._feed(journey, TimerDue(), loop.time())  # an item came just as it fell due
             if self.speech_input is not None:
                 if journey.state not in FIELD_STATES:
                     self._close_speech()  # the card is taken (or the call ends): stop listening
@@ -436,25 +479,55 @@ class Call:
         self._close_speech()
         return journey.outcome
 
-    def _timer(self, journey: Journey, now: float) -> None:
-        if self.speech_input is not None and self.speech_input.in_speech:
-            journey.speaking(now)  # a caller in mid-sentence is not timed out
-        self._apply(journey, journey.timer(now))
+    async def _next_item(self, wake: float | None) -> InboxItem:
+        """The inbox's next item, or `TimerDue` when the loop reaches `wake` first."""
+        loop = asyncio.get_running_loop()
+        timeout = None if wake is None else max(0.0, wake - loop.time())
+        try:
+            return await asyncio.wait_for(self.inbox.get(), timeout)
+        except TimeoutError:
+            return TimerDue()
 
-    def _apply(self, journey: Journey, actions: list[Any]) -> None:
+    def _feed(self, journey: Journey, item: InboxItem, now: float) -> None:
+        """One item to the journey, and the journey's actions carried out."""
+        match item:
+            case KeyPressed(digit, source, arrived_at):
+                # How long the press took from reaching the node to the journey (the time in
+                # the socket's buffer until the media tick read it included).
+                DTMF_LATENCY_SECONDS.observe(max(0.0, now - arrived_at), source=source)
+                self._emit("digit", digit="*" if digit.isdigit() else digit)
+                actions = journey.digit(digit, now)
+            case Spoken(utterance):
+                self._emit("speech")  # that something was said: never what
+                actions = journey.speech(utterance, now)
+            case PromptDone(generation) if generation == self._play_generation:
+                actions = journey.prompt_done(now)
+            case TimerDue():
+                if self.speech_input is not None and self.speech_input.in_speech:
+                    journey.speaking(now)  # a caller in mid-sentence is not timed out
+                actions = journey.timer(now)
+            case AuthorizationAnswered(result):
+                actions = journey.authorized(result, now)
+            case SessionOver():
+                actions = journey.hangup(now)
+            case _:  # a stale prompt's end, the ACK after type-ahead, a NOTIFY: not the journey's
+                return
+        self._apply(actions)
+
+    def _apply(self, actions: list[Action]) -> None:
         for action in actions:
-            if isinstance(action, Play):
-                self._play(action)
-            elif isinstance(action, StopPlayback):
-                self._play_generation += 1
-                if self.media is not None:
-                    self.media.stop()
-            elif isinstance(action, Authorize):
-                self.authorizations += 1
-                self.marks.setdefault("authorize", time.monotonic())
-                self._spawn(self._authorize(action))
-            elif isinstance(action, Finish):
-                pass  # journey.outcome carries it
+            match action:
+                case Play():
+                    self._play(action)
+                case StopPlayback():
+                    self._play_generation += 1
+                    if self.media is not None:
+                        self.media.stop()
+                case Authorize():
+                    self.marks.setdefault("authorize", time.monotonic())
+                    self._spawn(self._authorize(action))
+                case Finish():
+                    pass  # journey.outcome carries it
 
     # ---- prompts ----------------------------------------------------------------------------
 
@@ -479,7 +552,7 @@ class Call:
         self.media.play(self.media.encode_prompt(samples))
 
     def _on_playback_done(self) -> None:
-        self.inbox.put_nowait(("prompt_done", self._play_generation))
+        self.inbox.put_nowait(PromptDone(self._play_generation))
 
     # ---- voice entry ------------------------------------------------------------------------
 
@@ -520,7 +593,7 @@ class Call:
             self._close_speech()
 
     def _on_utterance(self, utterance: Utterance) -> None:
-        self.inbox.put_nowait(("speech", utterance))
+        self.inbox.put_nowait(Spoken(utterance))
 
     def _close_speech(self) -> None:
         speech_input, self.speech_input = self.speech_input, None
@@ -543,7 +616,7 @@ class Call:
         if digit is not None:
             DTMF_DIGITS_TOTAL.inc(source=event.source)
             arrived_at = event.at if event.arrived_at is None else event.arrived_at
-            self.inbox.put_nowait(("digit", (digit, event.source, arrived_at)))
+            self.inbox.put_nowait(KeyPressed(digit, event.source, arrived_at))
 
     # ---- the connector ------------------------------------------------------------------------
 
@@ -615,7 +688,7 @@ class Call:
             reference=result.reference,
             charge_state=str(result.charge_state),
         )
-        self.inbox.put_nowait(("authorized", result))
+        self.inbox.put_nowait(AuthorizationAnswered(result))
 
     async def _authorize_with(self, key: str, action: Authorize) -> AuthorizationResult:
         """The connector's answer (reconciled by it when uncertain), within a bound of ours."""
@@ -683,7 +756,6 @@ class Call:
         headers: list[tuple[str, str]] | None = None,
     ) -> None:
         log.info("rejecting call: %d %s", status, detail, extra={"call_id": self.call_id})
-        self.rejected = True
         self.session.reject(
             status,
             reason,
@@ -692,15 +764,18 @@ class Call:
         self.leg.pump()
         CALLS_REJECTED_TOTAL.inc(status=str(status))
 
-    async def _answer(self) -> None:
+    async def _answer(self, timer: session_timer.SessionTimer | None) -> Result | None:
+        """Open the media, answer 200 (with the session timer, RFC 4028, when the INVITE asked
+        for one) and wait for the ACK. None when answered; else the call's result: `error`
+        without a media port (the INVITE gets 503), `hung-up` when the caller cancelled."""
         assert self.negotiated is not None
         try:
             self.rtp_port = await self.services.media.open()
         except Exception as exc:
             self._reject(503, "Service Unavailable", f"no media port: {exc}")
-            return
-        if self.cancelled:
-            return
+            return Result.ERROR
+        if self.hung_up:  # cancelled while the port was opened
+            return Result.HUNG_UP
         neg = self.negotiated
         self.media = MediaSession(
             codec=neg.codec,
@@ -725,19 +800,20 @@ class Call:
             self._sdp_answer(),
             asyncio.get_running_loop().time(),
             contact=self.ua.contact(self.transport, secure=secure),
-            timer=self.session_timer,
+            timer=timer,
         )
         self.leg.pump()
         self.marks["answered"] = time.monotonic()
         # Wait for the ACK (or anything that shows the caller is there) before speaking; the
         # session ends the call (BYE) when no ACK comes.
         while not self.hung_up:
-            kind, value = await self.inbox.get()
-            if kind == "ack":
+            item = await self.inbox.get()
+            if isinstance(item, CallerAcked):
                 break
-            if kind == "digit":  # type-ahead before the ACK: keep it
-                self.inbox.put_nowait((kind, value))
+            if isinstance(item, KeyPressed):  # type-ahead before the ACK: keep it
+                self.inbox.put_nowait(item)
                 break
+        return None
 
     def _sdp_answer(self) -> bytes:
         assert self.negotiated is not None and self.rtp_port is not None
@@ -766,32 +842,33 @@ class Call:
         self.leg.on_ack_timeout()
 
     def _on_session_event(self, event: Event) -> None:
-        if isinstance(event, Acked):
-            self.inbox.put_nowait(("ack", None))
-        elif isinstance(event, Cancelled):
-            self.inbox.put_nowait(("bye", None))
-        elif isinstance(event, Ended):
-            if event.reason == "bye":
-                self._emit("hangup")
-            elif event.reason == "no-ack":
-                log.warning("no ACK for our 200", extra={"call_id": self.call_id})
-            elif event.reason == "session-expired":
-                log.warning("session expired: no refresh", extra={"call_id": self.call_id})
-            else:
-                log.warning("session refresh failed: %d", event.status or 0,
-                            extra={"call_id": self.call_id})  # fmt: skip
-            if self.media is not None:
-                self.media.stop()
-            self.inbox.put_nowait(("bye", None))
-        elif isinstance(event, InDialogRequest) and event.request.method == "INFO":
-            request = event.request
-            parsed = parse_info_dtmf(request.headers.get("Content-Type") or "", request.body)
-            if parsed is not None:
-                now = asyncio.get_running_loop().time()
-                key, duration_ms = parsed
-                self._on_dtmf(DtmfEvent(key, "start", now, duration_ms, "info"))
-        elif isinstance(event, InDialogRequest) and event.request.method == "NOTIFY":
-            self.inbox.put_nowait(("notify", event.request))
+        """What the session tells the call, as inbox items (INFO keys through the merger)."""
+        match event:
+            case Acked():
+                self.inbox.put_nowait(CallerAcked())
+            case Cancelled():
+                self.inbox.put_nowait(SessionOver())
+            case Ended(reason=reason, status=status):
+                if reason == "bye":
+                    self._emit("hangup")
+                elif reason == "no-ack":
+                    log.warning("no ACK for our 200", extra={"call_id": self.call_id})
+                elif reason == "session-expired":
+                    log.warning("session expired: no refresh", extra={"call_id": self.call_id})
+                else:
+                    log.warning("session refresh failed: %d", status or 0,
+                                extra={"call_id": self.call_id})  # fmt: skip
+                if self.media is not None:
+                    self.media.stop()
+                self.inbox.put_nowait(SessionOver())
+            case InDialogRequest(request) if request.method == "INFO":
+                parsed = parse_info_dtmf(request.headers.get("Content-Type") or "", request.body)
+                if parsed is not None:
+                    now = asyncio.get_running_loop().time()
+                    key, duration_ms = parsed
+                    self._on_dtmf(DtmfEvent(key, "start", now, duration_ms, "info"))
+            case InDialogRequest(request) if request.method == "NOTIFY":
+                self.inbox.put_nowait(TransferNotify(request))
 
     def _answer_offer(self, request: SipRequest) -> bytes | Refusal:
         """Hold, unhold or a media change, by re-INVITE or UPDATE: answered from the same port
@@ -886,13 +963,13 @@ class Call:
         try:
             async with asyncio.timeout(NOTIFY_WAIT_S):
                 while True:
-                    kind, value = await self.inbox.get()
-                    if kind == "bye":
+                    item = await self.inbox.get()
+                    if isinstance(item, SessionOver):
                         return None
-                    if kind != "notify":
+                    if not isinstance(item, TransferNotify):
                         continue
-                    status = _sipfrag_status(value.body)
-                    state = (value.headers.get("Subscription-State") or "").lower()
+                    status = _sipfrag_status(item.request.body)
+                    state = (item.request.headers.get("Subscription-State") or "").lower()
                     if status is not None and status >= 200:
                         return status
                     if state.startswith("terminated"):
