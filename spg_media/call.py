@@ -42,13 +42,9 @@ from spg_media.observability import (
     DTMF_DIGITS_TOTAL,
     DTMF_LATENCY_SECONDS,
 )
+from spg_media.payment.authorization import authorize_journaled
 from spg_media.payment.connectors import Connector, ConnectorError
-from spg_media.payment.journal import (
-    JournalEntry,
-    PaymentJournal,
-    new_idempotency_key,
-    utc_now_iso,
-)
+from spg_media.payment.journal import PaymentJournal
 from spg_media.payment.journey import (
     FIELD_STATES,
     Action,
@@ -642,45 +638,16 @@ class Call:
         return None
 
     async def _authorize(self, action: Authorize) -> None:
+        """The journey's `Authorize`, as every authorisation goes (`authorize_journaled`: a
+        random idempotency key, the journal's line first, a bounded wait, the card wiped); the
+        answer comes back through the inbox."""
         assert self.transaction is not None
-        tx = self.transaction
-        # Ours, random, one per authorisation: what keeps the platform from charging twice must
-        # not be a Call-ID the peer chose. Reconciliation asks about this same key.
-        key = new_idempotency_key()
         self.charge_state = ChargeState.UNKNOWN  # while the request may be at the platform
-        journal = self.services.journal
-        journaled = False
-        try:
-            if journal is not None:
-                entry = JournalEntry(
-                    key, tx.token, self.call_id, action.attempt, tx.amount_minor, tx.currency,
-                    utc_now_iso(),
-                )  # fmt: skip
-                await asyncio.to_thread(journal.begin, entry)
-                journaled = True
-            result = await self._authorize_with(key, action)
-        except OSError as exc:  # the journal line could not be written: nothing is sent
-            log.error(
-                "payment journal not writable (%s): authorisation not sent",
-                exc.strerror or type(exc).__name__,
-                extra={"call_id": self.call_id},
-            )
-            result = AuthorizationResult(Result.ERROR, detail="payment journal not writable")
-        finally:
-            action.card.wipe()
+        result = await authorize_journaled(
+            self.services.connector, self.services.journal, self.transaction, action.card,
+            action.attempt, self.call_id, authorization_bound_s(self.config),
+        )  # fmt: skip
         self.charge_state = result.charge_state
-        if journaled and journal is not None and result.charge_state is not ChargeState.UNKNOWN:
-            try:
-                await asyncio.to_thread(
-                    journal.settle, key, tx.token, str(result.result), result.reference,
-                    result.charge_state,
-                )  # fmt: skip
-            except OSError as exc:  # the entry stays open: reconcile settles it later
-                log.error(
-                    "payment journal: closing line not written (%s)",
-                    exc.strerror or type(exc).__name__,
-                    extra={"call_id": self.call_id},
-                )
         self.marks["authorized"] = time.monotonic()
         self._emit(
             "authorized",
@@ -689,22 +656,6 @@ class Call:
             charge_state=str(result.charge_state),
         )
         self.inbox.put_nowait(AuthorizationAnswered(result))
-
-    async def _authorize_with(self, key: str, action: Authorize) -> AuthorizationResult:
-        """The connector's answer (reconciled by it when uncertain), within a bound of ours."""
-        assert self.transaction is not None
-        try:
-            async with asyncio.timeout(authorization_bound_s(self.config)):
-                return await self.services.connector.authorize(
-                    self.transaction, action.card, action.attempt, key
-                )
-        except TimeoutError:
-            detail = "authorisation timed out"
-        except Exception as exc:  # a connector bug must still end in a result
-            log.error("connector failed: %s", type(exc).__name__, extra={"call_id": self.call_id})
-            detail = "connector failure"
-        # Whether the request reached the platform is not known: neither is the charge.
-        return AuthorizationResult(Result.ERROR, detail=detail, charge_unknown=True)
 
     # ---- SIP: the INVITE --------------------------------------------------------------------
 

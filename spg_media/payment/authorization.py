@@ -1,7 +1,7 @@
 """One authorisation as the node sends it: journal line, random idempotency key, bounded wait.
 
-This module owns the sequence every authorisation follows, whatever asked for it (an
-agent-assisted payment session; the IVR call runs the same sequence in `call.py`):
+This module owns the sequence every authorisation follows, whatever asked for it (the IVR
+call's journey in `call.py`, an agent-assisted payment session):
 
 1. a fresh random idempotency key (never a Call-ID or anything a peer chose);
 2. the journal's open line, made durable before anything is sent (no line, no request:
