@@ -1,13 +1,16 @@
 """One payment call, from the transferred INVITE to the BYE, readable top to bottom.
 
 `Call.run()` is the whole story: read the handoff (the `X-SPG-*` headers), negotiate media, look the
-transaction up, answer, run the caller's journey (a sans-IO machine fed digits, prompt ends,
-timers and the connector's answer through one inbox), record the result (CDR, callback), and send
-the caller back with REFER, or end with BYE. The SIP side of the call is its `InviteSession`
+transaction up, answer, run the caller's journey, record the result (CDR, callback), and send the
+caller back with REFER, or end with BYE. The SIP side of the call is its `InviteSession`
 (`sip/invite_session.py`: the answer, the ACK wait, re-INVITE/UPDATE, the session timer, BYE,
-CANCEL) run by a `SessionLeg`; the UA routes the dialog's requests here by Call-ID, and the
-session's events (ACK, hang-up, INFO key presses, NOTIFY) become inbox items, so nothing else in
-the process runs call logic.
+CANCEL) run by a `SessionLeg`, to which the UA routes the dialog's requests by Call-ID.
+
+The journey reads as session events → journey → actions: whatever happens to the call (the
+session's events, key presses, utterances, prompt ends, the journey's timer, the connector's
+answer) becomes one typed item of the call's inbox (`InboxItem`), `_feed` hands each to the
+`Journey` (a sans-IO machine), and `_apply` carries out the actions it returns. Authorisations
+go through `payment/authorization.py`, as agent-assisted ones do.
 
 Card digits exist here only inside the journey and the `Authorize` action handed to the connector.
 """
@@ -22,11 +25,10 @@ import heapq
 import logging
 import random
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import numpy as np
 
@@ -62,7 +64,6 @@ from spg_media.rtp.g711 import decode_array
 from spg_media.rtp.session import MediaEngine, MediaSession
 from spg_media.rtp.srtp import SrtpContext
 from spg_media.sip import session_timer
-from spg_media.sip.dialog import Dialog
 from spg_media.sip.invite_session import (
     Acked,
     Cancelled,
@@ -129,7 +130,7 @@ class Handoff:
             value = invite.headers.get(name)
             if value is None:
                 param = uri_params.get(name.lower())
-                value = _unescape(param) if param else None
+                value = unquote(param) if param else None
             values.append(value.strip() if value else None)
         return cls(*values)
 
@@ -154,12 +155,6 @@ def refer_to_uri(target: str, result: Result, reference: str = "") -> SipUri:
 
 # RFC 3261 param-unreserved and unreserved marks: what a URI parameter value holds unescaped
 _PARAM_SAFE = "-_.!~*'()[]/:&+$"
-
-
-def _unescape(value: str) -> str:
-    from urllib.parse import unquote
-
-    return unquote(value)
 
 
 class SeenHandoffs:
@@ -285,6 +280,8 @@ class CallServices:
     seen_handoffs: SeenHandoffs = field(default_factory=SeenHandoffs)
     # Voice entry's recognisers (with ivr.input = "dtmf speech"); None: keys only.
     speech: SpeechEngine | None = None
+    # What outlives its call (callback retries): the server waits for them when it stops.
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
 class Call:
@@ -322,16 +319,14 @@ class Call:
         self.phase = "setup"
         self.marks: dict[str, float] = {"invite": time.monotonic()}
         self._play_generation = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()  # cancelled when the call ends
+        # Never cancelled: an authorisation finishes its journal line whatever the call does.
+        self._authorizing: set[asyncio.Task[Any]] = set()
         self.charge_state = ChargeState.NOT_CHARGED  # until an authorisation says otherwise
         self.return_to_trusted = True  # False when the handoff's signature fails
         self.speech_input: SpeechInput | None = None  # voice entry's recogniser, while it listens
 
     # What the call knows of its dialog is its session's.
-    @property
-    def dialog(self) -> Dialog | None:
-        return self.session.dialog
-
     @property
     def answered(self) -> bool:
         """Our 200 went to the INVITE."""
@@ -349,11 +344,11 @@ class Call:
         INVITE with it (482). The server calls this when the INVITE arrives, before the call's
         task first runs, so two INVITEs in one read cannot both start a call."""
         self.services.calls[self.call_id] = self
-        self.ua.dialogs[self.call_id] = self
+        self.ua.dialogs[self.call_id] = self.leg
 
     def unregister(self) -> None:
         """Give the Call-ID back (idempotent; never another call's registration)."""
-        if self.ua.dialogs.get(self.call_id) is self:
+        if self.ua.dialogs.get(self.call_id) is self.leg:
             del self.ua.dialogs[self.call_id]
         if self.services.calls.get(self.call_id) is self:
             del self.services.calls[self.call_id]
@@ -521,7 +516,7 @@ class Call:
                         self.media.stop()
                 case Authorize():
                     self.marks.setdefault("authorize", time.monotonic())
-                    self._spawn(self._authorize(action))
+                    self._spawn(self._authorize(action), self._authorizing)
                 case Finish():
                     pass  # journey.outcome carries it
 
@@ -776,21 +771,10 @@ class Call:
             version=self.sdp_version,
         )
 
-    # ---- SIP: in-dialog requests (called by the UA) -------------------------------------------
+    # ---- SIP: the session's events -------------------------------------------------------------
 
-    # The UA's DialogHandler: the session answers, its events come back below.
-
-    def on_request(self, request: SipRequest, source: Address) -> None:
-        self.leg.on_request(request, source)
-
-    def on_ack(self, ack: SipRequest) -> None:
-        self.leg.on_ack(ack)
-
-    def on_cancel(self, invite: SipRequest) -> None:
-        self.leg.on_cancel(invite)
-
-    def on_ack_timeout(self) -> None:
-        self.leg.on_ack_timeout()
+    # The UA hands the dialog's requests to the leg (`register`); the session answers them and
+    # tells the call what matters here.
 
     def _on_session_event(self, event: Event) -> None:
         """What the session tells the call, as inbox items (INFO keys through the merger)."""
@@ -992,25 +976,23 @@ class Call:
             except Exception:
                 log.exception("observer failed")
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any, tasks: set[asyncio.Task[Any]] | None = None) -> None:
+        tasks = self._tasks if tasks is None else tasks
         task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     def _spawn_detached(self, coro: Any) -> None:
-        # Outlives the call (callback retries); the server keeps a reference until done.
         task = asyncio.get_running_loop().create_task(coro)
-        background = self.services.__dict__.setdefault("_background", set())
-        background.add(task)
-        task.add_done_callback(background.discard)
+        self.services.background.add(task)
+        task.add_done_callback(self.services.background.discard)
 
     def _cleanup(self) -> None:
         CALLS_ACTIVE.dec()
         self._close_speech()
         self.leg.close()
         for task in self._tasks:
-            if not task.done() and task.get_coro().__name__ != "_authorize":  # type: ignore[union-attr]
-                task.cancel()
+            task.cancel()
         if self.rtp_port is not None:
             self.services.media.close(self.rtp_port)
             quality = self._media_quality()
@@ -1164,7 +1146,3 @@ def _sipfrag_status(body: bytes) -> int | None:
 
 def _iso(moment: datetime.datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def new_call_id() -> str:
-    return uuid.uuid4().hex

@@ -426,7 +426,7 @@ class Server:
                 task.cancel()
         self.lag_monitor.stop()
         if self.services is not None:
-            background = self.services.__dict__.get("_background", set())
+            background = self.services.background
             if background:
                 await asyncio.wait(set(background), timeout=5)
             await self.services.ua.close()

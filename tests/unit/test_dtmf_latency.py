@@ -197,7 +197,7 @@ def test_info_from_the_requests_arrival_to_the_journey() -> None:
         call.session.state = "confirmed"  # answered and ACKed
         count, total = observed("info")
         before = loop.time()
-        call.on_request(info(call.local_tag, "9"), SOURCE)
+        call.leg.on_request(info(call.local_tag, "9"), SOURCE)
         after = loop.time()
         assert [r.status for r in call.ua.responses] == [200]  # type: ignore[attr-defined]
         await asyncio.sleep(0.03)  # the journey busy elsewhere for 30 ms
