@@ -298,7 +298,9 @@ class Server:
         if not spoken:
             log.warning("ivr.input is 'dtmf speech' but no language has a speech model: keys only")
             return None
-        engine = SpeechEngine(self.config.speech.max_concurrent)
+        engine = SpeechEngine(
+            self.config.speech.max_concurrent, lock_memory=self.config.security.lock_memory
+        )
         engine.start()
         others = [language for language in LANGUAGES if language not in spoken]
         log.info(

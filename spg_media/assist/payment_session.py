@@ -173,6 +173,9 @@ class PaymentSession:
         self._error_type: str | None = None
 
         self._pan: SecretDigits | None = None
+        # the fields taken, as the CDR's `input` says them: always keys here (the agent would
+        # hear speech, so voice entry is off in assisted mode)
+        self._taken: dict[str, str] = {}
         self._brand = ""
         self._last4 = ""
         self._exp_month = 0
@@ -370,6 +373,7 @@ class PaymentSession:
                 return self._failed(failure)
             self._pan, self._entry = self._entry, SecretDigits()
             self._brand, self._last4 = brand, self._pan.last(4)
+            self._taken["card"] = "dtmf"
             if self._cvc is not None and len(self._cvc) != cvc_length(brand):
                 self._drop("cvc")  # keyed before the card: too short or long for this brand
                 self._error_type = "invalid-security-code"
@@ -379,10 +383,12 @@ class PaymentSession:
                 return self._failed(failure)
             self._entry.wipe()  # month and year are kept as numbers, as the card carries them
             self._exp_month, self._exp_year = month, year
+            self._taken["expiry"] = "dtmf"
         else:
             if self._brand and len(self._entry) != cvc_length(self._brand):
                 return self._failed("cvc_invalid")
             self._cvc, self._entry = self._entry, SecretDigits()
+            self._taken["security_code"] = "dtmf"
         self._capture = None
         return []
 
@@ -437,6 +443,7 @@ class PaymentSession:
             attempts=self._failed_total + self._authorizations,
             decline_code=auth.decline_code if auth else "",
             durations=self._durations(now),
+            inputs=tuple(self._taken.items()),
         )
         actions.append(Finish(self._outcome))
         return actions

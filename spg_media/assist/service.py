@@ -431,6 +431,7 @@ class AssistService:
             charge_state=str(payment.charge_state),
             mode="assist",
             payment_id=payment.session.payment_id,
+            input=dict(outcome.inputs),
         )
         try:
             self.cdr.write(record)

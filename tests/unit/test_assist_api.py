@@ -321,6 +321,8 @@ def test_a_whole_payment_streams_its_states_records_assist_and_leaks_nothing(tmp
         assert record["mode"] == "assist" and record["payment_id"] == payment_id
         assert record["result"] == "approved" and record["card"]["last4"] == "4444"
         assert record["charge_state"] == "charged" and record["call_id"] == "call-1"
+        # every field came from the keypad (no voice entry with an agent on the line)
+        assert record["input"] == {"card": "dtmf", "expiry": "dtmf", "security_code": "dtmf"}
         assert ASSIST_PAYMENTS_TOTAL.get(result="approved") == approved_before + 1
         [callback] = r.callbacks.bodies
         assert json.loads(callback)["mode"] == "assist"
@@ -361,7 +363,7 @@ def test_a_payment_active_when_the_call_ends_is_hung_up_without_a_charge(tmp_pat
         assert state["status"] == "cancelled" and state["result"] == "hung-up"
         [record] = r.cdr()
         assert record["result"] == "hung-up" and record["charge_state"] == "not-charged"
-        assert record["mode"] == "assist"
+        assert record["mode"] == "assist" and record["input"] == {}  # nothing taken yet
         assert (await r.client.get("/v1/calls", headers=AUTH)).json() == []
         assert (
             not Path(r.config.log.journal_path).exists()
