@@ -66,7 +66,7 @@ class FakeInput:
 class FakeEngine:
     engines: ClassVar[list[FakeEngine]] = []
 
-    def __init__(self, max_concurrent: int = 8) -> None:
+    def __init__(self, max_concurrent: int = 8, lock_memory: bool = False) -> None:
         self.max_concurrent = max_concurrent
         self.inputs: list[FakeInput] = []
         self.refused = 0
