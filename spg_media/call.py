@@ -44,7 +44,7 @@ from spg_media.observability import (
     DTMF_DIGITS_TOTAL,
     DTMF_LATENCY_SECONDS,
 )
-from spg_media.payment.authorization import authorize_journaled
+from spg_media.payment.authorization import authorization_bound_s, authorize_journaled
 from spg_media.payment.connectors import Connector, ConnectorError
 from spg_media.payment.journal import PaymentJournal
 from spg_media.payment.journey import (
@@ -105,7 +105,6 @@ HANDOFF_HEADERS = (
 LOOKUP_TIMEOUT_S = 5.0
 NOTIFY_WAIT_S = 32.0
 # Beyond the connector's own timeout and reconciliation window, before giving up on it.
-AUTHORIZATION_GRACE_S = 5.0
 MAX_SEEN_HANDOFFS = 100_000
 
 
@@ -1110,13 +1109,6 @@ def _offers_plain_audio(offer: SessionDescription) -> bool:
         media.port != 0 and media.media.lower() == "audio" and media.proto.upper() in PLAIN_PROTOS
         for media in offer.media
     )
-
-
-def authorization_bound_s(config: Config) -> float:
-    """The longest an authorisation may take, reconciliation included, before the call gives
-    up on the connector."""
-    gateway = config.gateway
-    return gateway.timeout_s + gateway.reconcile_s + AUTHORIZATION_GRACE_S
 
 
 def voice_entry_offered(language: str) -> bool:

@@ -408,7 +408,7 @@ def _harden(config: Config) -> None:
 
 
 async def _serve_async(config: Config, drain_s: float, drain_floor: bool) -> None:
-    from spg_media.call import authorization_bound_s
+    from spg_media.payment.authorization import authorization_bound_s
     from spg_media.server import Server
 
     server = Server(config, drain_s=drain_s, drain_floor=drain_floor)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from spg_media.admission import AdmissionControl, AdmissionPolicy
 from spg_media.assist.bridge_call import AssistCall, is_assist_invite
-from spg_media.call import Call, CallServices, authorization_bound_s, voice_entry_offered
+from spg_media.call import Call, CallServices, voice_entry_offered
 from spg_media.cdr import CallbackSender, CdrWriter
 from spg_media.config import (
     LANGUAGES,
@@ -35,6 +35,7 @@ from spg_media.config import (
     parse_listen,
 )
 from spg_media.observability import CALLS_REJECTED_TOTAL, METRICS
+from spg_media.payment.authorization import authorization_bound_s
 from spg_media.payment.connectors import make_connector
 from spg_media.payment.journal import PaymentJournal
 from spg_media.rtp.session import MediaEngine

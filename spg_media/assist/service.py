@@ -38,7 +38,7 @@ from spg_media.assist.payment_session import (
 from spg_media.cdr import CallbackSender, CallRecord, CdrWriter
 from spg_media.config import Config
 from spg_media.observability import METRICS
-from spg_media.payment.authorization import authorize_journaled
+from spg_media.payment.authorization import authorization_bound_s, authorize_journaled
 from spg_media.payment.connectors import Connector, ConnectorError
 from spg_media.payment.journal import PaymentJournal
 from spg_media.payment.journey import Action, Authorize, Finish, Play, StopPlayback
@@ -47,7 +47,6 @@ from spg_media.payment.model import AuthorizationResult, ChargeState, Result
 log = logging.getLogger("spg.assist")
 
 LOOKUP_TIMEOUT_S = 5.0  # beyond the connector's own timeout
-AUTHORIZATION_GRACE_S = 5.0  # beyond the connector's timeout and reconciliation window
 MAX_FINISHED_PAYMENTS = 1000  # kept for GET after their end; the oldest are forgotten first
 KEEPALIVE_S = 15.0  # an SSE comment this often, so proxies keep a quiet stream open
 ASSIST_PAYMENTS_TOTAL = METRICS.counter(
@@ -134,8 +133,7 @@ class AssistService:
             max_attempts=ivr.max_attempts,
             card_brands=tuple(ivr.card_brands),
         )
-        gateway = config.gateway
-        self.authorization_bound_s = gateway.timeout_s + gateway.reconcile_s + AUTHORIZATION_GRACE_S
+        self.authorization_bound_s = authorization_bound_s(config)
         self._calls: dict[str, _Call] = {}
         self._payments: collections.OrderedDict[str, _Payment] = collections.OrderedDict()
         self._by_key: dict[str, str] = {}  # idempotency key -> payment_id

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from spg_media.config import Config
 from spg_media.payment.connectors import Connector
 from spg_media.payment.journal import (
     JournalEntry,
@@ -34,6 +35,15 @@ from spg_media.payment.model import (
 )
 
 log = logging.getLogger("spg.authorization")
+
+AUTHORIZATION_GRACE_S = 5.0  # beyond the connector's timeout and reconciliation window
+
+
+def authorization_bound_s(config: Config) -> float:
+    """The longest an authorisation may take, reconciliation included, before the call or the
+    assisted payment gives up on the connector (and a draining node waits for it)."""
+    gateway = config.gateway
+    return gateway.timeout_s + gateway.reconcile_s + AUTHORIZATION_GRACE_S
 
 
 async def authorize_journaled(

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from spg_media import call as call_module
 from spg_media.call import AuthorizationAnswered, Call, SeenHandoffs
 from spg_media.config import Config, ConfigError, load_config
+from spg_media.payment import authorization as authorization_module
 from spg_media.payment.connectors import PaymentCheck
 from spg_media.payment.journey import Authorize, Outcome
 from spg_media.payment.model import (
@@ -305,7 +305,7 @@ def test_the_calls_bound_covers_the_timeout_and_the_reconciliation_window(
 ) -> None:
     # The connector may take its timeout plus its whole reconciliation window: its answer
     # must still count (a charge found late is approved, not cut off as an error).
-    monkeypatch.setattr(call_module, "AUTHORIZATION_GRACE_S", 0.1)
+    monkeypatch.setattr(authorization_module, "AUTHORIZATION_GRACE_S", 0.1)
     approved = AuthorizationResult(Result.APPROVED, reference="R-LATE")
 
     async def body(server: Server, config: Config) -> AuthorizationResult:
@@ -322,7 +322,7 @@ def test_the_calls_bound_covers_the_timeout_and_the_reconciliation_window(
 def test_a_connector_that_never_answers_is_cut_off_with_the_charge_unknown(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(call_module, "AUTHORIZATION_GRACE_S", 0.1)
+    monkeypatch.setattr(authorization_module, "AUTHORIZATION_GRACE_S", 0.1)
 
     async def body(server: Server, config: Config) -> tuple[AuthorizationResult, float]:
         assert server.services is not None
