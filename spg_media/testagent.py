@@ -36,18 +36,13 @@ _AUDIO_PT = {0: ULAW_TO_LINEAR, 8: ALAW_TO_LINEAR}
 
 
 @dataclass
-class AgentCall:
-    """One call the agent answered: what it was told and what it heard."""
+class RtpRecording:
+    """What one RTP stream brought: audio decoded and laid out by RTP timestamp, and the
+    packets that were not audio."""
 
-    assist_call: str  # X-SPG-Assist-Call of the INVITE ("" when absent)
-    transaction: str  # X-SPG-Transaction of the INVITE ("" when absent)
-    invite: SipRequest
-    codec: str = ""
     audio_packets: int = 0
     other_packets: int = 0  # RTP that is not PCMU/PCMA: telephone-event would land here
     other_payload_types: set[int] = field(default_factory=set)
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
-    ended_by: str = ""  # "node" (BYE from the node) | "agent" (ours)
     _chunks: dict[int, npt.NDArray[np.int16]] = field(default_factory=dict)  # by RTP timestamp
     _first_ts: int | None = None
 
@@ -65,6 +60,16 @@ class AgentCall:
             samples = table[np.frombuffer(packet.payload, dtype=np.uint8)].astype(np.int16)
             self._chunks[offset] = samples
 
+    def receive_bytes(self, data: bytes) -> None:
+        """A datagram as it came (RTCP and anything unreadable ignored)."""
+        if is_rtcp(data):
+            return
+        try:
+            packet = RtpPacket.parse(data)
+        except RtpError:
+            return
+        self.receive(packet)
+
     def audio(self) -> npt.NDArray[np.int16]:
         """Everything heard, int16 at 8 kHz, each packet at its RTP timestamp (gaps silent)."""
         if not self._chunks:
@@ -76,19 +81,26 @@ class AgentCall:
         return out
 
 
+@dataclass
+class AgentCall:
+    """One call the agent answered: what it was told and what it heard."""
+
+    assist_call: str  # X-SPG-Assist-Call of the INVITE ("" when absent)
+    transaction: str  # X-SPG-Transaction of the INVITE ("" when absent)
+    invite: SipRequest
+    codec: str = ""
+    recording: RtpRecording = field(default_factory=RtpRecording)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    ended_by: str = ""  # "node" (BYE from the node) | "agent" (ours)
+
+
 class _Media(asyncio.DatagramProtocol):
     def __init__(self, agent: TestAgent, call: AgentCall) -> None:
         self.agent = agent
         self.call = call
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:  # type: ignore[override]
-        if is_rtcp(data):
-            return
-        try:
-            packet = RtpPacket.parse(data)
-        except RtpError:
-            return
-        self.call.receive(packet)
+        self.call.recording.receive_bytes(data)
 
 
 class TestAgent:

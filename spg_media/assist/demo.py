@@ -318,11 +318,11 @@ async def run(args: argparse.Namespace, *, barge_in_s: float | None = None) -> s
         await customer.close()
         await server.stop(grace_s=5)
         await agent.close()
-    heard = call.audio()
+    heard = call.recording.audio()
     digits = scan(heard)
     say("agent", f"heard {speech_seconds(heard):.1f} s of the customer's voice")
     say("agent", f"heard {mask_tones(heard)} key tones: {len(digits)} digits detected")
-    say("agent", f"telephone-event packets received: {call.other_packets}")
+    say("agent", f"telephone-event packets received: {call.recording.other_packets}")
     say("demo", f"result: {result} (reference {final.get('reference', '-')})")
     cdr = Path(config.log.cdr_path)
     if cdr.exists():
