@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote
 
+import numpy as np
+
 from spg_media.cdr import CallbackSender, CallRecord, CdrWriter
 from spg_media.config import Config
 from spg_media.dtmf.merge import DtmfMerger
@@ -48,6 +50,7 @@ from spg_media.payment.journal import (
     utc_now_iso,
 )
 from spg_media.payment.journey import (
+    FIELD_STATES,
     Authorize,
     Finish,
     Journey,
@@ -58,6 +61,7 @@ from spg_media.payment.journey import (
 )
 from spg_media.payment.model import AuthorizationResult, ChargeState, Result, TransactionInfo
 from spg_media.payment.signing import handoff_canonical, parse_signature, verify_handoff
+from spg_media.rtp.g711 import decode_array
 from spg_media.rtp.session import MediaEngine, MediaSession
 from spg_media.rtp.srtp import SrtpContext
 from spg_media.sip import session_timer
@@ -87,7 +91,8 @@ from spg_media.sip.sdp import (
 from spg_media.sip.transaction import Address
 from spg_media.sip.ua import SipUserAgent
 from spg_media.sip.uri import NameAddr, SipSyntaxError, SipUri
-from spg_media.tts.phrases import SUPPORTED_LANGUAGES
+from spg_media.speech import SpeechEngine, SpeechInput, Utterance, speech_available
+from spg_media.tts.phrases import SPEECH_LANGUAGES, SUPPORTED_LANGUAGES
 from spg_media.tts.prompts import PromptLibrary
 
 log = logging.getLogger("spg.call")
@@ -216,6 +221,8 @@ class CallServices:
     # Written before every authorisation request; None only in tests that send none.
     journal: PaymentJournal | None = None
     seen_handoffs: SeenHandoffs = field(default_factory=SeenHandoffs)
+    # Voice entry's recognisers (with ivr.input = "dtmf speech"); None: keys only.
+    speech: SpeechEngine | None = None
 
 
 class Call:
@@ -259,6 +266,7 @@ class Call:
         self.return_to_trusted = True  # False when the handoff's signature fails
         self.rejected = False  # a final non-2xx answer of ours went to the INVITE
         self.session_timer: session_timer.SessionTimer | None = None  # RFC 4028, when asked
+        self.speech_input: SpeechInput | None = None  # voice entry's recogniser, while it listens
 
     # What the call knows of its dialog is its session's.
     @property
@@ -365,6 +373,7 @@ class Call:
                 max_attempts=self.config.ivr.max_attempts,
                 confirm=self.config.ivr.confirm,
                 card_brands=tuple(self.config.ivr.card_brands),
+                speech=self._open_speech(),
             ),
             self.transaction,
             failure,
@@ -397,7 +406,7 @@ class Call:
             try:
                 kind, value = await asyncio.wait_for(self.inbox.get(), timeout)
             except TimeoutError:
-                self._apply(journey, journey.timer(loop.time()))
+                self._timer(journey, loop.time())
                 continue
             now = loop.time()
             if kind == "digit":
@@ -407,6 +416,9 @@ class Call:
                 DTMF_LATENCY_SECONDS.observe(max(0.0, now - arrived_at), source=source)
                 self._emit("digit", digit="*" if digit.isdigit() else digit)
                 self._apply(journey, journey.digit(digit, now))
+            elif kind == "speech":
+                self._emit("speech")  # that something was said: never what
+                self._apply(journey, journey.speech(value, now))
             elif kind == "prompt_done":
                 if value == self._play_generation:
                     self._apply(journey, journey.prompt_done(now))
@@ -415,8 +427,19 @@ class Call:
             elif kind == "bye":
                 self._apply(journey, journey.hangup(now))
             if wake is not None and loop.time() >= wake and journey.outcome is None:
-                self._apply(journey, journey.timer(loop.time()))
+                self._timer(journey, loop.time())
+            if self.speech_input is not None:
+                if journey.state not in FIELD_STATES:
+                    self._close_speech()  # the card is taken (or the call ends): stop listening
+                else:
+                    self.speech_input.expect(journey.expected_digits())
+        self._close_speech()
         return journey.outcome
+
+    def _timer(self, journey: Journey, now: float) -> None:
+        if self.speech_input is not None and self.speech_input.in_speech:
+            journey.speaking(now)  # a caller in mid-sentence is not timed out
+        self._apply(journey, journey.timer(now))
 
     def _apply(self, journey: Journey, actions: list[Any]) -> None:
         for action in actions:
@@ -457,6 +480,54 @@ class Call:
 
     def _on_playback_done(self) -> None:
         self.inbox.put_nowait(("prompt_done", self._play_generation))
+
+    # ---- voice entry ------------------------------------------------------------------------
+
+    def _open_speech(self) -> bool:
+        """Whether this caller may also say the digits: `ivr.input = "dtmf speech"`, a language
+        with a model, and a recognition slot free (`speech.max_concurrent`; else keys only).
+        The caller's audio then goes to the recogniser, in memory only."""
+        engine = self.services.speech
+        if self.config.ivr.input != "dtmf speech" or engine is None or self.media is None:
+            return False
+        if not voice_entry_offered(self.language):
+            return False
+        speech_input = engine.open_input(self.language, self._on_utterance)
+        if speech_input is None:
+            log.info(
+                "voice entry: no recognition slot free (speech.max_concurrent): keys only",
+                extra={"call_id": self.call_id},
+            )
+            return False
+        self.speech_input = speech_input
+        speech_input.expect(4)  # the first group of a card number
+        self.media.on_audio = self._on_audio
+        return True
+
+    def _on_audio(self, payload: bytes, now: float) -> None:
+        """One RTP payload of the caller's audio (from the media tick) to the recogniser."""
+        speech_input, media = self.speech_input, self.media
+        if speech_input is None or media is None:
+            return
+        try:
+            samples = decode_array(np.frombuffer(payload, dtype=np.uint8), media.codec)
+            speech_input.feed(samples, now)
+        except Exception as exc:  # never the call's media: voice entry stops, keys go on
+            log.error(
+                "voice entry failed (%s): keys only", type(exc).__name__,
+                extra={"call_id": self.call_id},
+            )  # fmt: skip
+            self._close_speech()
+
+    def _on_utterance(self, utterance: Utterance) -> None:
+        self.inbox.put_nowait(("speech", utterance))
+
+    def _close_speech(self) -> None:
+        speech_input, self.speech_input = self.speech_input, None
+        if speech_input is not None:
+            speech_input.close()
+        if self.media is not None:
+            self.media.on_audio = None
 
     # ---- DTMF -------------------------------------------------------------------------------
 
@@ -863,6 +934,7 @@ class Call:
             ended_at=_iso(datetime.datetime.now(datetime.UTC)),
             durations=durations,
             charge_state=str(self.charge_state),
+            input=dict(outcome.inputs),
         )
         try:
             self.services.cdr.write(record)
@@ -906,6 +978,7 @@ class Call:
 
     def _cleanup(self) -> None:
         CALLS_ACTIVE.dec()
+        self._close_speech()
         self.leg.close()
         for task in self._tasks:
             if not task.done() and task.get_coro().__name__ != "_authorize":  # type: ignore[union-attr]
@@ -1034,6 +1107,12 @@ def authorization_bound_s(config: Config) -> float:
     up on the connector."""
     gateway = config.gateway
     return gateway.timeout_s + gateway.reconcile_s + AUTHORIZATION_GRACE_S
+
+
+def voice_entry_offered(language: str) -> bool:
+    """Whether callers in `language` may say their digits: a recognition model is installed
+    and the prompts have "key or say" wording for it. Other languages stay keypad-only."""
+    return language in SPEECH_LANGUAGES and speech_available(language)
 
 
 def prompt_language(*candidates: str) -> str:

@@ -4,7 +4,8 @@ Every command turns bad arguments or config into one line on stderr and exit sta
 traceback. `demo` runs a whole payment call on loopback: a node on built-in defaults (free ports),
 the in-process sandbox platform, and our test caller keying a card as RFC 4733 events (or as
 in-band tones with `--inband`; over SIP/TLS with SRTP media and a throwaway self-signed
-certificate with `--srtp`). `dtmf-scan` prints the digits found in a recording. `reconcile`
+certificate with `--srtp`). `dtmf-scan` prints the digits found in a recording, `speech-scan`
+the digits a caller says in one (the same recogniser and constraints as a call). `reconcile`
 settles the payment journal's open entries against the platform after a crash.
 """
 
@@ -122,6 +123,24 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     scan.add_argument("--rate", type=int, help="sample rate in Hz of a raw file (default 8000)")
 
+    speech = sub.add_parser(
+        "speech-scan", help="the digits a caller says in a recording, as one JSON line"
+    )
+    speech.add_argument("file", help="the recording of one field said (WAV, or raw with --format)")
+    speech.add_argument(
+        "--field",
+        choices=("card", "expiry", "code"),
+        default="card",
+        help="what is said: card number, expiry MMYY or security code (default card)",
+    )
+    speech.add_argument("--lang", default="en", help="language spoken (default en)")
+    speech.add_argument(
+        "--format",
+        choices=("wav", "alaw", "ulaw", "s16"),
+        help="audio format (default: from the content or the file extension)",
+    )
+    speech.add_argument("--rate", type=int, help="sample rate in Hz of a raw file (default 8000)")
+
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("-c", "--config", required=True, help="TOML config file")
 
@@ -143,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sandbox": _sandbox,
             "prompts": _prompts,
             "dtmf-scan": _dtmf_scan,
+            "speech-scan": _speech_scan,
             "check-config": _check_config,
             "reconcile": _reconcile,
         }[args.command]
@@ -179,6 +199,36 @@ def _dtmf_scan(args: argparse.Namespace) -> int:
     for digit, start_ms, end_ms in scan(samples):
         line = {"digit": digit, "start_ms": round(start_ms), "end_ms": round(end_ms)}
         print(json.dumps(line), flush=True)
+    return 0
+
+
+# ---- speech-scan ------------------------------------------------------------------------------
+
+
+def _speech_scan(args: argparse.Namespace) -> int:
+    from spg_media.dtmf.recording import RecordingError, read_recording
+    from spg_media.speech.recogniser import LANGUAGES, language_supported
+    from spg_media.speech.scan import NoSpeech, scan_field
+
+    if not language_supported(args.lang):
+        raise UsageError(
+            f"--lang: no speech model for {args.lang!r} (installed: {', '.join(LANGUAGES)})"
+        )
+    try:
+        samples = read_recording(args.file, args.format, args.rate)
+    except RecordingError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        reading = scan_field(samples, args.field)
+    except NoSpeech as exc:
+        raise UsageError(f"{Path(args.file).name}: {exc}") from None
+    line = {
+        "field": args.field,
+        "digits": reading.digits,
+        "valid": reading.valid,
+        "confidence": round(reading.confidence, 3),
+    }
+    print(json.dumps(line), flush=True)
     return 0
 
 
@@ -579,6 +629,7 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 
 def _prompts(args: argparse.Namespace) -> int:
+    from spg_media.call import voice_entry_offered
     from spg_media.tts.phrases import SUPPORTED_LANGUAGES
     from spg_media.tts.prompts import PromptLibrary
     from spg_media.tts.render import PromptRenderer
@@ -601,6 +652,9 @@ def _prompts(args: argparse.Namespace) -> int:
                     "clips": count,
                     "seconds": round(time.monotonic() - started, 2),
                     "cache_dir": config.tts.cache_dir,
+                    # callers may say their digits in it (ivr.input = "dtmf speech"): a speech
+                    # model is installed and the prompts offer it; else keypad only
+                    "speech": voice_entry_offered(lang),
                 }
             )
         )
@@ -706,9 +760,16 @@ async def _settle_entries(
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from spg_media.speech import speech_languages
+    from spg_media.tts.phrases import SUPPORTED_LANGUAGES
+
     config = _load(args.config)
     listeners = len(config.sip.listen)
-    print(f"{args.config}: ok ({listeners} SIP listeners, connector {config.gateway.connector})")
+    spoken = ", ".join(speech_languages(SUPPORTED_LANGUAGES)) or "none"
+    print(
+        f"{args.config}: ok ({listeners} SIP listeners, connector {config.gateway.connector}; "
+        f"speech model for: {spoken})"
+    )
     return 0
 
 

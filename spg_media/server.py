@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 from spg_media.admission import AdmissionControl, AdmissionPolicy
 from spg_media.assist.bridge_call import AssistCall, is_assist_invite
-from spg_media.call import Call, CallServices, authorization_bound_s
+from spg_media.call import Call, CallServices, authorization_bound_s, voice_entry_offered
 from spg_media.cdr import CallbackSender, CdrWriter
 from spg_media.config import (
+    LANGUAGES,
     AdmissionConfig,
     Config,
     ConfigError,
@@ -41,6 +42,7 @@ from spg_media.sip.limits import ConnectionLimits, LogThrottle
 from spg_media.sip.message import SipRequest, make_response
 from spg_media.sip.transaction import Address
 from spg_media.sip.ua import Listen, SipUserAgent
+from spg_media.speech import SpeechEngine
 from spg_media.tts.prompts import PromptLibrary
 from spg_media.tts.render import PromptRenderer
 
@@ -243,6 +245,7 @@ class Server:
             callbacks=CallbackSender(config.gateway.secret, config.handoff.callback_allow),
             observer=self.observer,
             journal=journal,
+            speech=self._speech_engine(),
         )
         if config.handoff.callback_allow and not config.gateway.secret:
             log.warning(
@@ -285,6 +288,27 @@ class Server:
                 assist.listen,
             )
         await self.assist_server.start(host, port)
+
+    def _speech_engine(self) -> SpeechEngine | None:
+        """Voice entry's recognisers, with `ivr.input = "dtmf speech"` (started now: each
+        worker loads its model once, not at a caller's first word)."""
+        if self.config.ivr.input != "dtmf speech":
+            return None
+        spoken = [language for language in LANGUAGES if voice_entry_offered(language)]
+        if not spoken:
+            log.warning("ivr.input is 'dtmf speech' but no language has a speech model: keys only")
+            return None
+        engine = SpeechEngine(
+            self.config.speech.max_concurrent, lock_memory=self.config.security.lock_memory
+        )
+        engine.start()
+        others = [language for language in LANGUAGES if language not in spoken]
+        log.info(
+            "voice entry: callers may say their digits in %s (keypad only: %s); "
+            "%d recognitions at once",
+            ", ".join(spoken), ", ".join(others) or "none", self.config.speech.max_concurrent,
+        )  # fmt: skip
+        return engine
 
     async def _start_admin(self) -> None:
         from spg_media.admin import AdminServer
@@ -412,6 +436,8 @@ class Server:
             if self.assist is not None:  # its streams end, its authorisations settle
                 await self.assist.aclose(grace_s)
             await self.services.connector.aclose()
+            if self.services.speech is not None:
+                self.services.speech.close()
         if self.admin is not None:
             await self.admin.close()
         if self.assist_server is not None:

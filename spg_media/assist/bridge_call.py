@@ -318,7 +318,13 @@ class AssistCall:
             self.customer.provisional(status if status in RELAYED_PROVISIONAL else 180)
             self.customer_leg.pump()
         elif isinstance(event, Established):
-            self._agent_answered(event, now)
+            try:
+                self._agent_answered(event, now)
+            except Exception:  # a bug of ours: neither leg may be left hanging
+                log.exception("assisted call failed", extra={"call_id": self.call_id})
+                if self.customer.state == "early":
+                    self._reject(500, "internal error")
+                self._end_both()
         elif isinstance(event, Failed):
             status = event.status
             if status < 400:

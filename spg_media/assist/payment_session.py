@@ -25,9 +25,10 @@ Events (each takes `now`, returns a list of actions):
 Key rules of a capture (the IVR's): the field's prompt plays with barge-in (a key stops it and
 counts); with `prompt=False` nothing plays and the first-digit timer starts at once. '#' ends
 the field; the expiry (MMYY) ends on its 4th digit, the security code on its 3rd (4th for
-amex; 4th when no card number is captured yet: then '#' ends a 3-digit one), a card number on
-its 19th; a '#' right after a field ended by itself belongs to it. '*' clears the field and
-asks again; '*' on an empty field cancels the payment (result `cancelled`), as in the IVR.
+amex; 4th when no card number is captured yet: then '#' ends a 3-digit one, and the prompt
+asks for 3 digits), a card number on its 19th; a '#' right after a field ended by itself
+belongs to it. '*' clears the field and asks again; '*' on an empty field cancels the payment
+(result `cancelled`), as in the IVR.
 The first-digit and inter-digit timeouts and each invalid entry are failed attempts: the
 customer hears why and is asked again, and the state shows `error_type`. After
 `max_attempts` failed attempts of one capture the capture stops (the failure prompt plays,
@@ -172,6 +173,9 @@ class PaymentSession:
         self._error_type: str | None = None
 
         self._pan: SecretDigits | None = None
+        # the fields taken, as the CDR's `input` says them: always keys here (the agent would
+        # hear speech, so voice entry is off in assisted mode)
+        self._taken: dict[str, str] = {}
         self._brand = ""
         self._last4 = ""
         self._exp_month = 0
@@ -369,6 +373,7 @@ class PaymentSession:
                 return self._failed(failure)
             self._pan, self._entry = self._entry, SecretDigits()
             self._brand, self._last4 = brand, self._pan.last(4)
+            self._taken["card"] = "dtmf"
             if self._cvc is not None and len(self._cvc) != cvc_length(brand):
                 self._drop("cvc")  # keyed before the card: too short or long for this brand
                 self._error_type = "invalid-security-code"
@@ -378,10 +383,12 @@ class PaymentSession:
                 return self._failed(failure)
             self._entry.wipe()  # month and year are kept as numbers, as the card carries them
             self._exp_month, self._exp_year = month, year
+            self._taken["expiry"] = "dtmf"
         else:
             if self._brand and len(self._entry) != cvc_length(self._brand):
                 return self._failed("cvc_invalid")
             self._cvc, self._entry = self._entry, SecretDigits()
+            self._taken["security_code"] = "dtmf"
         self._capture = None
         return []
 
@@ -436,6 +443,7 @@ class PaymentSession:
             attempts=self._failed_total + self._authorizations,
             decline_code=auth.decline_code if auth else "",
             durations=self._durations(now),
+            inputs=tuple(self._taken.items()),
         )
         actions.append(Finish(self._outcome))
         return actions

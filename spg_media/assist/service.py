@@ -37,6 +37,7 @@ from spg_media.assist.payment_session import (
 )
 from spg_media.cdr import CallbackSender, CallRecord, CdrWriter
 from spg_media.config import Config
+from spg_media.observability import METRICS
 from spg_media.payment.authorization import authorize_journaled
 from spg_media.payment.connectors import Connector, ConnectorError
 from spg_media.payment.journal import PaymentJournal
@@ -49,6 +50,11 @@ LOOKUP_TIMEOUT_S = 5.0  # beyond the connector's own timeout
 AUTHORIZATION_GRACE_S = 5.0  # beyond the connector's timeout and reconciliation window
 MAX_FINISHED_PAYMENTS = 1000  # kept for GET after their end; the oldest are forgotten first
 KEEPALIVE_S = 15.0  # an SSE comment this often, so proxies keep a quiet stream open
+ASSIST_PAYMENTS_TOTAL = METRICS.counter(
+    "spg_assist_payments_total",
+    "Agent-assisted payments ended, by result (approved, declined, error, cancelled, hung-up).",
+    ("result",),
+)
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
 _TOKEN = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 
@@ -425,6 +431,7 @@ class AssistService:
             charge_state=str(payment.charge_state),
             mode="assist",
             payment_id=payment.session.payment_id,
+            input=dict(outcome.inputs),
         )
         try:
             self.cdr.write(record)
@@ -432,6 +439,7 @@ class AssistService:
             log.exception("CDR write failed", extra={"call_id": payment.call_id})
         if payment.callback:
             self._spawn(self.callbacks.send(payment.callback, record))
+        ASSIST_PAYMENTS_TOTAL.inc(result=str(outcome.result))
         log.info(
             "assisted payment result %s",
             outcome.result,

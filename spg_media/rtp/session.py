@@ -59,6 +59,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 from threadpoolctl import threadpool_limits
 
 from spg_media.dtmf.inband import InbandDetector
@@ -83,6 +84,7 @@ MAX_PENDING_FRAMES = 10  # audio kept for the detector between ticks (a stalled 
 FED_LOG = 32  # payloads fed to the detector remembered for dating digits (a start comes 20-40 ms
 # after its onset: at a 10 ms ptime, that is 4 payloads back at most)
 RELAY_SLACK = 160  # samples of bridged audio queued beyond a packet before the oldest is dropped
+QUIET_PEAK = 128  # bridged audio no louder than this (-45 dBm0 peak) is a pause: may be dropped
 INBAND_FEED = 160  # samples (20 ms) each in-band channel gives the detector a tick
 REORDER_WINDOW = 50  # packets: an audio packet this far behind the newest is late, not a new run
 PAYLOAD_TYPE = {"PCMU": 0, "PCMA": 8}
@@ -519,16 +521,22 @@ class MediaSession:
 
     def relay(self, audio: bytes) -> None:
         """Queue the bridged leg's audio (in this session's codec) to be sent after what is
-        queued. Dropped while a prompt plays (the prompt wins); what is queued beyond
-        RELAY_SLACK samples more than a packet is dropped from the front, so that a late tick
-        or a peer's faster clock cannot build up delay."""
+        queued; called in the tick before its packet is sent. Dropped while a prompt plays
+        (the prompt wins). A tick that got no packet from the other leg and then one that got
+        two leave audio queued beyond this tick's packet, a packet of delay from then on: it
+        is dropped as soon as it is quiet (a pause), and at once beyond RELAY_SLACK."""
         if self._frame_index < len(self._frames):
             return
         out = self.relay_out
         out += audio
-        excess = len(out) - self.samples_per_packet - RELAY_SLACK
-        if excess > 0:
-            del out[:excess]
+        over = len(out) - self.samples_per_packet
+        if over <= 0:
+            return
+        if over > RELAY_SLACK:
+            del out[: over - RELAY_SLACK]
+            over = RELAY_SLACK
+        if int(np.abs(decode(bytes(out[:over]), self.codec)).max()) <= QUIET_PEAK:
+            del out[:over]
 
     def renegotiate(self, codec: str, ptime_ms: int) -> None:
         """A re-INVITE changed the codec or the packet time. What is left of the prompt playing
@@ -613,6 +621,28 @@ class _Bridge:
     customer: MediaSession
     agent: MediaSession
     mask_slot: int
+
+
+@dataclass(slots=True)
+class _RelayFeed:
+    """The bridges whose customers give the masker the same number of samples this tick."""
+
+    slots: list[int] = field(default_factory=list)
+    audio: list[bytes] = field(default_factory=list)
+    customers: list[str] = field(default_factory=list)  # the customers' codecs
+    agents: list[MediaSession] = field(default_factory=list)
+
+
+def _decode_rows(codes: npt.NDArray[np.uint8], codecs: list[str]) -> npt.NDArray[np.int16]:
+    """(rows × samples) G.711 codes, each row in its own codec, as int16 samples."""
+    kinds = set(codecs)
+    if len(kinds) == 1:
+        return decode_array(codes, codecs[0])
+    block = np.empty(codes.shape, dtype=np.int16)
+    for codec in kinds:
+        rows = [n for n, c in enumerate(codecs) if c == codec]
+        block[rows] = decode_array(codes[rows], codec)
+    return block
 
 
 class PortRangeExhausted(Exception):
@@ -891,21 +921,21 @@ class MediaEngine:
         masker = self.masker
         assert masker is not None
         sessions = self.sessions
-        for bridge in self.bridges.values():
-            for session in (bridge.customer, bridge.agent):
-                # A session's packets leave from the first tick at or after they are due: one
-                # due just after the tick would carry audio a tick old. Its packet time moves
-                # once (as a jitter buffer sees a sender's restart) onto the tick's.
-                due = session.next_send_at
-                if due is not None and due > now + 0.001 and due - now < 0.0199:
-                    session.next_send_at = now
-        groups: dict[int, list[tuple[_Bridge, bytes]]] = {}
+        soon = now + 0.001
+        groups: dict[int, _RelayFeed] = {}  # by samples given: nearly always one, 160
         for bridge in self.bridges.values():
             customer, agent = bridge.customer, bridge.agent
             if sessions.get(bridge.customer_port) is not customer:
                 continue  # its tick work failed and it was stopped: nothing crosses
             if sessions.get(bridge.agent_port) is not agent:
                 continue
+            for session in (customer, agent):
+                # A session's packets leave from the first tick at or after they are due: one
+                # due just after the tick would carry audio a tick old. Its packet time moves
+                # once (as a jitter buffer sees a sender's restart) onto the tick's.
+                due = session.next_send_at
+                if due is not None and due > soon and due - now < 0.0199:
+                    session.next_send_at = now
             heard = agent.relay_in
             if heard:
                 audio = heard[0] if len(heard) == 1 else b"".join(heard)
@@ -921,24 +951,32 @@ class MediaEngine:
             whole = len(audio) - len(audio) % BLOCK
             if whole < len(audio):
                 said.append(audio[whole:])
-            if whole:
-                groups.setdefault(whole, []).append((bridge, audio[:whole]))
-        for size, members in groups.items():
-            codes = np.frombuffer(b"".join(audio for _, audio in members), dtype=np.uint8)
-            codes = codes.reshape(len(members), size)
-            block = np.empty((len(members), size), dtype=np.int16)
-            for codec in ("PCMU", "PCMA"):
-                rows = [i for i, (b, _) in enumerate(members) if b.customer.codec == codec]
-                if rows:
-                    block[rows] = decode_array(codes[rows], codec)
-            masked = masker.process([b.mask_slot for b, _ in members], block)
-            for codec in ("PCMU", "PCMA"):
-                rows = [i for i, (b, _) in enumerate(members) if b.agent.codec == codec]
-                if not rows:
-                    continue
+                audio = audio[:whole]
+            if not whole:
+                continue
+            feed = groups.get(whole)
+            if feed is None:
+                feed = groups[whole] = _RelayFeed()
+            feed.slots.append(bridge.mask_slot)
+            feed.audio.append(audio)
+            feed.customers.append(customer.codec)
+            feed.agents.append(agent)
+        for size, feed in groups.items():
+            count = len(feed.slots)
+            codes = np.frombuffer(b"".join(feed.audio), dtype=np.uint8).reshape(count, size)
+            block = _decode_rows(codes, feed.customers)
+            masked = masker.process(feed.slots, block)
+            codecs = [agent.codec for agent in feed.agents]
+            if len(set(codecs)) == 1:
+                encoded = encode(masked, codecs[0])
+                for n, agent in enumerate(feed.agents):
+                    agent.relay(encoded[n * size : (n + 1) * size])
+                continue
+            for codec in set(codecs):
+                rows = [n for n, c in enumerate(codecs) if c == codec]
                 encoded = encode(masked[rows], codec)
                 for n, row in enumerate(rows):
-                    members[row][0].agent.relay(encoded[n * size : (n + 1) * size])
+                    feed.agents[row].relay(encoded[n * size : (n + 1) * size])
 
     def _receive(self, now: float) -> None:
         """Read every datagram waiting on the sessions' sockets and feed it to its session.

@@ -22,6 +22,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,6 +83,27 @@ class RecordingCallbacks(CallbackSender):
         return True
 
 
+def recording(app: Any, answers: list[str]) -> Any:
+    """`app`, keeping the body of every /v1 answer it sends (event streams included)."""
+
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await app(scope, receive, send)
+            return
+        body = bytearray()
+
+        async def keep(message: Any) -> None:
+            if message["type"] == "http.response.body":
+                body.extend(message.get("body", b""))
+                if not message.get("more_body"):
+                    answers.append(body.decode())
+            await send(message)
+
+        await app(scope, receive, keep)
+
+    return wrapped
+
+
 def test_agent_clicks_through_a_payment_while_the_customer_keys(tmp_path, caplog):
     if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
         pytest.skip("chromium is not installed (Debian package chromium)")
@@ -110,7 +132,8 @@ def test_agent_clicks_through_a_payment_while_the_customer_keys(tmp_path, caplog
             config, connector, CdrWriter(config.log.cdr_path), callbacks,
             PaymentJournal(config.log.journal_path),
         )  # fmt: skip
-        server = AsgiServer(build_app(service, TOKEN), streaming=True, label="assist test")
+        app = recording(build_app(service, TOKEN), answers)
+        server = AsgiServer(app, streaming=True, label="assist test")
         await server.start("127.0.0.1", 0)
         service.call_started(call)
         loop = asyncio.get_running_loop()
@@ -125,7 +148,6 @@ def test_agent_clicks_through_a_payment_while_the_customer_keys(tmp_path, caplog
             browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             try:
                 page = await browser.new_page()
-                page.on("response", lambda r: answers.append(r.url))
                 await page.goto(f"http://127.0.0.1:{server.port}/assist/")
                 await page.fill("#token", TOKEN)
                 await page.click("#token-save")
@@ -181,6 +203,7 @@ def test_agent_clicks_through_a_payment_while_the_customer_keys(tmp_path, caplog
                 doms.append(await page.content())
                 doms.append(await page.inner_text("body"))
                 assert call.played[-1] == "approved"
+                assert any('"digits_entered":16' in text for text in answers)  # the stream
             finally:
                 await browser.close()
                 await service.aclose()

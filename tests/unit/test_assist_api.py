@@ -26,7 +26,7 @@ import pytest
 
 from spg_media.admin import AsgiServer
 from spg_media.assist.api import build_app
-from spg_media.assist.service import AssistService
+from spg_media.assist.service import ASSIST_PAYMENTS_TOTAL, AssistService
 from spg_media.cdr import CallbackSender, CallRecord, CdrWriter, record_bytes
 from spg_media.cli import _worker_count
 from spg_media.config import Config, ConfigError, load_config
@@ -222,6 +222,38 @@ def test_idempotent_creation_and_a_second_active_payment_409(tmp_path):
     run(tmp_path, scenario)
 
 
+def test_reused_key_elsewhere_callback_outside_the_allow_list_and_capture_in_progress(tmp_path):
+    async def scenario(r: Rig) -> None:
+        r.service.call_started(FakeCall(call_id="call-2"))
+        payment_id = await r.start(key="shared")
+        body = {"transaction": "sbx-4990-EUR-a1", "idempotency_key": "shared"}
+        answer = await r.client.post("/v1/calls/call-2/payments", json=body, headers=AUTH)
+        assert answer.status_code == 409 and answer.json()["error"] == "idempotency-key-reused"
+        body = {
+            "transaction": "sbx-4990-EUR-a3",
+            "idempotency_key": "k3",
+            "callback": "https://evil.example/results",
+        }
+        answer = await r.client.post("/v1/calls/call-2/payments", json=body, headers=AUTH)
+        assert answer.status_code == 422 and answer.json()["error"] == "callback-not-allowed"
+        for name, keyed in [
+            ("payment-card-number", PAN + "#"),
+            ("expiration-date", EXPIRY),
+            ("security-code", CVC),
+        ]:
+            await r.post(payment_id, {"capture": name, "prompt": False})
+            r.keys(keyed)
+        await r.post(payment_id, {"capture": "security-code"})
+        answer = await r.post(payment_id, {"status": "complete"})
+        assert answer.status_code == 409 and answer.json()["error"] == "capture-in-progress"
+        answer = await r.post(payment_id, {"status": "complete", "capture": "security-code"})
+        assert answer.status_code == 400
+        answer = await r.client.put(f"/v1/payments/{payment_id}", headers=AUTH)
+        assert answer.status_code == 405 and answer.json()["error"] == "method-not-allowed"
+
+    run(tmp_path, scenario)
+
+
 def test_complete_with_fields_missing_is_409_with_required(tmp_path):
     async def scenario(r: Rig) -> None:
         payment_id = await r.start()
@@ -253,6 +285,7 @@ def test_a_whole_payment_streams_its_states_records_assist_and_leaks_nothing(tmp
             "idempotency_key": "k1",
             "callback": "https://merchant.example/results/1",
         }
+        approved_before = ASSIST_PAYMENTS_TOTAL.get(result="approved")
         created = await r.client.post("/v1/calls/call-1/payments", json=body, headers=AUTH)
         answers.append(created.text)
         payment_id = created.json()["payment_id"]
@@ -288,6 +321,9 @@ def test_a_whole_payment_streams_its_states_records_assist_and_leaks_nothing(tmp
         assert record["mode"] == "assist" and record["payment_id"] == payment_id
         assert record["result"] == "approved" and record["card"]["last4"] == "4444"
         assert record["charge_state"] == "charged" and record["call_id"] == "call-1"
+        # every field came from the keypad (no voice entry with an agent on the line)
+        assert record["input"] == {"card": "dtmf", "expiry": "dtmf", "security_code": "dtmf"}
+        assert ASSIST_PAYMENTS_TOTAL.get(result="approved") == approved_before + 1
         [callback] = r.callbacks.bodies
         assert json.loads(callback)["mode"] == "assist"
         answers.append(callback.decode())
@@ -327,7 +363,7 @@ def test_a_payment_active_when_the_call_ends_is_hung_up_without_a_charge(tmp_pat
         assert state["status"] == "cancelled" and state["result"] == "hung-up"
         [record] = r.cdr()
         assert record["result"] == "hung-up" and record["charge_state"] == "not-charged"
-        assert record["mode"] == "assist"
+        assert record["mode"] == "assist" and record["input"] == {}  # nothing taken yet
         assert (await r.client.get("/v1/calls", headers=AUTH)).json() == []
         assert (
             not Path(r.config.log.journal_path).exists()

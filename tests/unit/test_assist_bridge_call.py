@@ -384,3 +384,23 @@ def test_each_leg_has_its_own_srtp_keys() -> None:
         await asyncio.wait_for(task, 2)
 
     asyncio.run(body())
+
+
+def test_a_failure_of_ours_when_the_agent_answers_ends_both_legs() -> None:
+    async def body() -> None:
+        _call, task, ua, media, _assist = await started_call()
+
+        def broken(customer_port: int, agent_port: int, mask: str) -> None:
+            raise KeyError("no media session")
+
+        media.bridge = broken  # type: ignore[method-assign]
+        ua.answer("INVITE", 200, AGENT_ANSWER)
+        await settle()
+        assert statuses(ua) == [500]
+        ((bye, _),) = ua.sent("BYE")
+        assert bye.call_id == ua.sent("INVITE")[0][0].call_id
+        ua.answer("BYE", 200)
+        await asyncio.wait_for(task, 2)
+        assert sorted(media.closed) == [40000, 40002]
+
+    asyncio.run(body())

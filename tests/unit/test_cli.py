@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import struct
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +55,9 @@ def assert_one_line_error(code: int, err: str, *words: str) -> None:
         (["sandbox", "--slow-s", "nan"], ["--slow-s"]),
         (["dtmf-scan", "/nonexistent/rec.wav"], ["no such file"]),
         (["dtmf-scan", "x.wav", "--format", "mp3"], ["--format"]),
+        (["speech-scan", "/nonexistent/rec.wav"], ["no such file"]),
+        (["speech-scan", "x.wav", "--lang", "es"], ["--lang", "no speech model"]),
+        (["speech-scan", "x.wav", "--field", "pin"], ["--field"]),
         (["check-config"], ["-c/--config"]),
     ],
 )
@@ -224,3 +229,27 @@ def test_dtmf_scan_of_silence_prints_nothing(
 ) -> None:
     path = alaw_wav(tmp_path / "quiet.wav", np.zeros(8000, dtype=np.int16))
     assert run(capsys, "dtmf-scan", str(path)) == (0, "", "")
+
+
+def test_speech_scan_of_silence_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "quiet.s16"
+    path.write_bytes(bytes(16000))
+    code, out, err = run(capsys, "speech-scan", str(path))
+    assert_one_line_error(code, err, "no speech")
+    assert out == ""
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+def test_speech_scan_prints_one_json_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "code.wav"  # the test's own rendering, removed with tmp_path
+    subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(path), "1 2 3"], check=True)
+    code, out, err = run(capsys, "speech-scan", str(path), "--field", "code")
+    assert code == 0 and err == ""
+    line = json.loads(out)
+    assert set(line) == {"field", "digits", "valid", "confidence"}
+    assert line["field"] == "code" and line["digits"].isdigit()
+    assert 0.0 <= line["confidence"] <= 1.0

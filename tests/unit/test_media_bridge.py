@@ -220,3 +220,36 @@ def test_bridge_refuses_unknown_ports_and_masks() -> None:
             engine.bridge(50000, 50002, "music")
         with pytest.raises(ValueError):
             engine.bridge(50000, 50000, "tone")
+
+
+def test_the_customer_leg_always_runs_the_inband_detector_and_the_agent_leg_none() -> None:
+    with bridged("PCMU", "PCMU", inband=False) as (engine, customer, agent):
+        assert customer.inband and customer.inband_slot is not None
+        assert not agent.inband and agent.inband_slot is None  # never attached one
+        engine.unbridge(50000)
+        engine.bridge(50002, 50000, "silence")  # the other way round: roles swap
+        assert agent.inband and agent.inband_slot is not None
+        assert not customer.inband
+        engine._detect_inband()  # the slot is given back by the tick's in-band step
+        assert customer.inband_slot is None
+
+
+def test_audio_queued_beyond_a_packet_is_dropped_in_the_next_pause() -> None:
+    session = make_session("PCMU", AGENT)
+    loud = [encode(np.full(FRAME, 3000 + n, dtype=np.int16), "PCMU") for n in range(3)]
+    quiet = encode(np.zeros(FRAME, dtype=np.int16), "PCMU")
+
+    def sent() -> bytes:
+        return RtpPacket.parse(session.next_packet() or b"").payload
+
+    assert sent() == b"\xff" * FRAME  # nothing queued: silence (a tick without a packet)
+    session.relay(loud[0])
+    session.relay(loud[1])  # two in the next tick: a packet more than it sends
+    assert sent() == loud[0]
+    session.relay(quiet)  # the older of what is queued is speech: kept, a packet late
+    assert sent() == loud[1]
+    session.relay(loud[2])  # the older is a pause now: dropped, back to no delay
+    assert sent() == loud[2]
+    for _ in range(4):
+        session.relay(loud[0])  # a burst: at most a packet queued beyond this tick's
+    assert len(session.relay_out) == 2 * FRAME

@@ -241,7 +241,7 @@ def test_stop_does_not_wait_out_a_dead_workers_restart_delay(
     monkeypatch.setattr(
         workers, "worker_command", lambda plan, path: [sys.executable, "-c", "raise SystemExit(1)"]
     )
-    monkeypatch.setattr(workers.RestartPolicy, "first_s", 30.0)
+    monkeypatch.setattr(workers.RestartPolicy, "delay", lambda self, started, died: 30.0)
 
     async def body() -> float:
         supervisor = workers.Supervisor(load_config(None, env={}), None, 1)

@@ -190,13 +190,15 @@ async function capture(field) {
   if (!payment) return;
   const answer = await api("POST", "/v1/payments/" + encodeURIComponent(payment.payment_id),
                            { capture: field, prompt: $("prompt").checked });
-  if (answer.status === 200) render(answer.data); else $("error").textContent = describeError(answer.data);
+  // The state is drawn from the event stream only, which is in order: an answer to a POST
+  // can arrive after a newer state from the stream.
+  if (answer.status !== 200) $("error").textContent = describeError(answer.data);
 }
 
 async function setStatus(status) {
   if (!payment) return;
   const answer = await api("POST", "/v1/payments/" + encodeURIComponent(payment.payment_id), { status });
-  if (answer.status === 200) render(answer.data); else $("error").textContent = describeError(answer.data);
+  if (answer.status !== 200) $("error").textContent = describeError(answer.data);
 }
 
 // ---- wiring ---------------------------------------------------------------------------------
