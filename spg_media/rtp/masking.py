@@ -20,7 +20,10 @@ so off-frequency keypads are caught at full level). The window is *keyed* when t
 row probe and the strongest column probe are both above MIN_TONE_POWER, together above
 MIN_PAIR_POWER, within MAX_TWIST_DB of each other, and hold MIN_FRACTION of the window's
 energy (speech spreads its energy over harmonics and formants; a keypad puts it in two tones).
-Windows below the energy gate are not analysed at all (silence costs a comparison).
+The line's steady noise is not held against a tone: each channel keeps a noise floor (its
+quietest window, rising slowly when the line gets noisier, held while a key is masked), and up
+to half a window's energy is discounted as that noise. Windows below the energy gate are not
+analysed at all (silence costs a comparison).
 
 Every block from GUARD_BEFORE blocks before a keyed window to GUARD_AFTER blocks after it is
 masked. A tone of 25 ms or more fills at least one window entirely (a 20 ms window starts at
@@ -68,7 +71,10 @@ GATE_POWER: Final = dbm0(-46.0)  # windows quieter than this hold no tone worth 
 MIN_TONE_POWER: Final = dbm0(-48.0)  # each tone (-30 dBm0 keyed with 10 dB twist: -41)
 MIN_PAIR_POWER: Final = dbm0(-45.0)  # both: tones below -40 dBm0 are masked too
 MAX_TWIST_DB: Final = 10.0
-MIN_FRACTION: Final = 0.8  # the two tones' share of the window's energy
+MIN_FRACTION: Final = 0.8  # the two tones' share of the window's energy (less the line's noise)
+FLOOR_START: Final = dbm0(0.0)  # a new channel's: its first quiet window sets it
+FLOOR_MIN: Final = dbm0(-70.0)  # never lower (a floor of 0 could not rise again)
+FLOOR_RISE: Final = 1.0155  # per 5 ms window: ~13 dB a second
 
 MASK_TONE_HZ: Final = 440.0
 MASK_TONE_PEAK: Final = DBM0_PEAK * 10.0 ** (-20.0 / 20.0)  # -20 dBm0
@@ -103,14 +109,25 @@ _TWIST: Final = 10.0 ** (MAX_TWIST_DB / 10.0)
 _FADE_IN: Final = (0.5 - 0.5 * np.cos(np.pi * (np.arange(RAMP) + 0.5) / RAMP)).astype(np.float32)
 
 
-def keyed_windows(windows: F32) -> Bools:
-    """For (n × WINDOW) float audio: is each window keyed (see the module docstring)?"""
-    weighted = windows * windows
-    energy = (weighted @ _HANN_SQ) * _ENERGY_WEIGHTS_NORM
+def window_energy(windows: F32) -> F32:
+    """The Hann-weighted power of each of (n × WINDOW) windows (a sine's power for a sine)."""
+    return np.asarray(((windows * windows) @ _HANN_SQ) * _ENERGY_WEIGHTS_NORM, dtype=np.float32)
+
+
+def keyed_windows(windows: F32, energy: F32 | None = None, floor: F32 | None = None) -> Bools:
+    """For (n × WINDOW) float audio: is each window keyed (see the module docstring)?
+    `energy`: `window_energy(windows)` if already known. `floor`: each window's channel's noise
+    floor; up to half a window's energy is taken for noise (never more: so a floor can only
+    make a window more likely keyed, never less)."""
+    if energy is None:
+        energy = window_energy(windows)
     keyed = np.zeros(len(windows), dtype=np.bool_)
     loud = np.flatnonzero(energy >= GATE_POWER)
     if loud.size == 0:
         return keyed
+    base = energy[loud]
+    if floor is not None:
+        base = base - np.minimum(floor[loud], 0.5 * base)
     parts = windows[loud] @ _PROBES
     half = parts.shape[1] // 2
     power = (parts[:, :half] ** 2 + parts[:, half:] ** 2) * _PROBE_NORM
@@ -124,7 +141,7 @@ def keyed_windows(windows: F32) -> Bools:
         & (pair >= MIN_PAIR_POWER)
         & (row <= col * _TWIST)
         & (col <= row * _TWIST)
-        & (pair >= MIN_FRACTION * energy[loud])
+        & (pair >= MIN_FRACTION * base)
     )
     return keyed
 
@@ -144,6 +161,7 @@ class ToneMasker:
         self._was_masked = np.zeros(0, dtype=np.bool_)
         self._phase = np.zeros(0, dtype=np.int64)  # mask tone position (samples) per slot
         self._mask_kind = np.zeros(0, dtype=np.int8)
+        self._floor = np.zeros(0, dtype=np.float32)  # the line's noise power per slot
         self._free: list[int] = []
         self._used = 0
         self._rng = np.random.default_rng(seed)
@@ -159,6 +177,7 @@ class ToneMasker:
         self._was_masked = np.concatenate([self._was_masked, np.zeros(extra, np.bool_)])
         self._phase = np.concatenate([self._phase, np.zeros(extra, np.int64)])
         self._mask_kind = np.concatenate([self._mask_kind, np.zeros(extra, np.int8)])
+        self._floor = np.concatenate([self._floor, np.zeros(extra, np.float32)])
         self._capacity = capacity
 
     def add_channel(self, mask: str = "tone") -> int:
@@ -177,6 +196,7 @@ class ToneMasker:
         self._was_masked[slot] = False
         self._phase[slot] = 0
         self._mask_kind[slot] = MASKS.index(mask)
+        self._floor[slot] = FLOOR_START
         return slot
 
     def remove_channel(self, slot: int) -> None:
@@ -203,7 +223,16 @@ class ToneMasker:
         first = LOOKAHEAD - (WINDOW_BLOCKS - 1) * BLOCK
         span = audio[:, first:].astype(np.float32)
         views = np.lib.stride_tricks.sliding_window_view(span, WINDOW, axis=1)[:, ::BLOCK]
-        keyed = keyed_windows(views.reshape(channels * m, WINDOW)).reshape(channels, m)
+        windows = views.reshape(channels * m, WINDOW)
+        energy = window_energy(windows)
+        floor = self._floor[rows]
+        keyed = keyed_windows(windows, energy, np.repeat(floor, m)).reshape(channels, m)
+        # The noise floor: the quietest window of each call, rising back by FLOOR_RISE a window
+        # (about 13 dB a second) when the line gets noisier; held while a key is masked.
+        quietest = energy.reshape(channels, m).min(axis=1)
+        risen = floor * np.float32(FLOOR_RISE**m)
+        lowered = np.maximum(np.minimum(risen, quietest), FLOOR_MIN)  # digital silence: 0
+        self._floor[rows] = np.where(keyed.any(axis=1), floor, lowered)
         flags = np.concatenate([self._flags[rows], keyed], axis=1)  # (C, FLAG_HISTORY + m)
         # Output block k is masked if a window starting from WINDOW_BLOCKS - 1 + GUARD_AFTER
         # blocks before it to GUARD_BEFORE blocks after it is keyed. The new windows start at

@@ -86,6 +86,25 @@ def test_a_tone_is_replaced_from_its_first_sample_to_its_last(
     assert masker.masked_blocks > 0
 
 
+def test_a_quiet_tone_on_a_noisy_line_is_masked() -> None:
+    # -30 dBm0 keys over white noise at -35 dBm0: the noise alone would hold the tones' share
+    # of a window under 80 %; the line's noise floor is not held against them.
+    rng = np.random.default_rng(11)
+    masker = ToneMasker()
+    slot = masker.add_channel("silence")
+    noise_rms = DBM0_PEAK * 10 ** (-35 / 20) / np.sqrt(2)
+    for trial in range(4):
+        onset = 24000 + int(rng.integers(0, BLOCK))  # after 3 s of the line's noise
+        audio = rng.normal(0, noise_rms, onset + 4000)
+        audio[onset : onset + 480] += key_tone(ROWS[trial], COLS[3 - trial], 480, -30, 4.0)
+        out = run(masker, slot, audio)
+        assert not out[onset : onset + 480].any(), trial
+    noise = np.round(rng.normal(0, noise_rms, 16000))
+    fresh = ToneMasker()
+    assert np.array_equal(run(fresh, fresh.add_channel(), noise), noise.astype(np.int16))
+    assert fresh.masked_blocks == 0  # the noise alone is not a key
+
+
 def test_the_mask_tone_covers_the_key_at_440_hz() -> None:
     masker = ToneMasker()
     slot = masker.add_channel("tone")
