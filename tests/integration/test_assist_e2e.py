@@ -8,8 +8,8 @@ One node, three calls at once (a module fixture runs them; each test checks its 
 - `rfc4733`: the customer talks (an espeak-ng sentence before the keys and one between the
   card number and the expiry, streamed by SIPp as PCMA) and keys RFC 4733 events (SIPp's
   pcaps); in the middle of the card number it puts the call on hold and resumes it
-  (re-INVITEs on its leg). Approved; the call goes on after the result until the customer's
-  BYE, which ends the agent's leg too.
+  (re-INVITEs on its leg). Approved; the call goes on after the result (a key sent as SIP
+  INFO then is not passed on) until the customer's BYE, which ends the agent's leg too.
 - `inband`: the same sentences, the keys as DTMF tones in the audio, no telephone-event
   offered. Approved.
 - `agent_bye`: the agent hangs up while the card number is being keyed: the payment ends
@@ -148,12 +148,13 @@ def customer_scenario(
     audio: Path | None,
     keys: list[tuple[int, str]],
     hold_after: int | None = None,
+    info: bool = False,
     bye_at: int | None = None,
 ) -> Path:
     """INVITE sip:assist@node (X-SPG-Transaction, X-SPG-Agent from -key), 200, ACK; `audio`
     streamed from the ACK; RFC 4733 pcaps for `keys` (when `events`) at their times, with a
-    hold and a resume re-INVITE after `hold_after` keys; then BYE at `bye_at`, or (None)
-    wait for the node's BYE."""
+    hold and a resume re-INVITE after `hold_after` keys; with `info`, a SIP INFO key a
+    second before BYE at `bye_at`, or (None) wait for the node's BYE."""
     formats = "8 101" if events else "8"
     sdp = {"formats": formats, "events": _EVENTS if events else ""}
     invite = (
@@ -210,6 +211,18 @@ def customer_scenario(
                 wait_until(now + 300)
             shift = now - at_ms
     if bye_at is not None:
+        if info:  # a key as SIP INFO too (answered by the node, never passed to the agent)
+            wait_until(bye_at + shift - 1000)
+            cseq += 1
+            head = in_dialog("INFO", cseq).replace("Content-Length: 0\n", "")
+            body = "Signal=5\nDuration=160\n"
+            out.append(
+                _send(
+                    head + "Content-Type: application/dtmf-relay\nContent-Length: [len]\n\n" + body,
+                    retrans=True,
+                )
+            )
+            out.append('  <recv response="200" crlf="true"/>\n')
         wait_until(bye_at + shift)
         out.append(_send(in_dialog("BYE", cseq + 1), retrans=True))
         out.append('  <recv response="200" crlf="true"/>\n')
@@ -462,6 +475,7 @@ def _one_call(
         audio=audio,
         keys=keys,
         hold_after=HOLD_AFTER if name == "rfc4733" else None,
+        info=name == "rfc4733",
         bye_at=BYE_AT if name != "agent_bye" else None,
     )
     desk = Desk(api, transaction)
@@ -588,6 +602,9 @@ def test_rfc4733_customer_pays_while_talking_and_holding(runs: Runs) -> None:
     assert run.desk.result_at is not None
     assert run.customer_done_at - run.desk.result_at > 2.0
     assert run.agent.received("BYE") and not run.customer.received("BYE")
+    # the INFO key was answered on the customer's leg and not passed on
+    assert [m.cseq_method for m in run.customer.received(200)].count("INFO") >= 1
+    assert not run.agent.received("INFO")
     check_agent_heard_no_key(run)
 
 
