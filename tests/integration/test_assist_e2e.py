@@ -3,7 +3,7 @@ SIPp as the agent (its media answered by a Python RTP recorder), and the assist 
 with httpx as the agent's desktop would (payment, a capture per field while the customer keys,
 complete), all on loopback.
 
-One node, three calls at once (a module fixture runs them; each test checks its part):
+One node, four calls at once (a module fixture runs them; each test checks its part):
 
 - `rfc4733`: the customer talks (an espeak-ng sentence before the keys and one between the
   card number and the expiry, streamed by SIPp as PCMA) and keys RFC 4733 events (SIPp's
@@ -14,6 +14,9 @@ One node, three calls at once (a module fixture runs them; each test checks its 
   offered. Approved.
 - `agent_bye`: the agent hangs up while the card number is being keyed: the payment ends
   `hung-up`, nothing charged, the customer gets BYE.
+- `srtp`: baresip as the customer over SIP/TLS with SRTP (the transaction and the agent in
+  its Request-URI), keying RFC 4733 events; the agent's leg is plain RTP. Approved. Skipped
+  when baresip or openssl (the test certificate) is missing.
 
 On what the agent received: neither the node's in-band detector nor spandsp's `dtmf_rx` finds a
 digit, no packet but audio arrived (the agent's answer offered telephone-event, so any event
@@ -24,6 +27,7 @@ SIPps saw, the event streams and API answers): no card number, expiry or securit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -36,11 +40,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 from xml.sax.saxutils import escape
 
 import httpx
 import numpy as np
 import pytest
+from baresip import Account, Baresip, SpgTlsNode, baresip_missing
 from harness import (
     HOST,
     PCAP_DIR,
@@ -60,6 +66,7 @@ from spg_media.dtmf.inband import scan
 from spg_media.rtp.g711 import decode, encode
 from spg_media.testagent import RtpRecording
 from spg_media.testcaller import dtmf_tone
+from spg_media.tlscert import TlsCertError, make_self_signed
 
 pytestmark = [
     pytest.mark.integration,
@@ -75,7 +82,9 @@ CARDS = {
     "rfc4733": "4111111111111111",
     "inband": "5555555555554444",
     "agent_bye": "4111111111111111",
+    "srtp": "4111111111111111",
 }
+SIPP_CALLS = ("rfc4733", "inband", "agent_bye")
 EXPIRY, CVC = "0731", "098"
 SENTENCES = ("Hello, I would like to pay my invoice, please.", "One moment, I am getting my card.")
 RATE = 8000
@@ -430,7 +439,7 @@ class Desk:
 
 @dataclass
 class CallRun:
-    customer: SippResult
+    customer: SippResult | None  # None: the customer was baresip
     agent: SippResult
     desk: Desk
     final: dict[str, Any]
@@ -438,6 +447,7 @@ class CallRun:
     spoken: list[np.ndarray]
     sent: np.ndarray | None  # the customer's audio (keys as tones for the in-band one)
     customer_done_at: float
+    phone_log: str = ""  # baresip's log and SIP trace
 
 
 @dataclass
@@ -500,6 +510,50 @@ def _one_call(
     return CallRun(customer, agent, desk, final, recording, spoken, sent, done_at)
 
 
+def _baresip_call(node: SpgTlsNode, api: str, workdir: Path, cafile: Path) -> CallRun:
+    """The customer is baresip over SIP/TLS with SRTP (`srtp-mand`), keying RFC 4733 events
+    with `sndcode` as the desk captures each field; the agent leg is plain RTP. baresip adds
+    no headers: the transaction and the agent go in the Request-URI."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    recorder = RtpRecorder()
+    agent_sipp = SippProcess(
+        agent_scenario(workdir / "agent-srtp.xml", recorder.port, None), workdir, timeout_s=60
+    )
+    transaction = f"sbx-4990-EUR-e2e-srtp-{uuid.uuid4().hex[:6]}"
+    agent = quote(f"sip:agent@{HOST}:{agent_sipp.port}", safe=":")
+    phone = Baresip(
+        workdir / "baresip", Account(transport="tls", mediaenc="srtp-mand"), cafile=cafile
+    )
+    desk = Desk(api, transaction)
+    card = CARDS["srtp"]
+    with phone:
+        since = phone.cursor
+        phone.dial(
+            f"sip:assist@{HOST}:{node.tls_port};x-spg-transaction={transaction};x-spg-agent={agent}"
+        )
+        phone.wait_event(lambda e: e.type in ("CALL_ESTABLISHED", "CALL_CLOSED"), 15, since)
+        payment_id = desk.start(desk.call_id())
+        for name, keys in (
+            ("payment-card-number", card + "#"),
+            ("expiration-date", EXPIRY),
+            ("security-code", CVC),
+        ):
+            desk.post(payment_id, {"capture": name})
+            time.sleep(0.5)  # the customer hears the prompt start, then keys over it
+            phone.sndcode(keys)
+            desk.until(_captured(name), 20)
+        desk.post(payment_id, {"status": "complete"})
+        final = desk.until(lambda s: s["status"] in ("complete", "cancelled"), 30)
+        time.sleep(2.0)  # the call goes on with the agent
+        phone.hangup()
+        phone.wait_event("CALL_CLOSED", 10, since)
+        done_at = time.monotonic()
+    desk.client.close()
+    result = agent_sipp.wait(60)
+    log = phone.log() + "\n".join(m.text for m in phone.sip_trace())
+    return CallRun(None, result, desk, final, recorder.stop(), [], None, done_at, log)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
     import os
@@ -514,15 +568,23 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
         "SPG_ASSIST__LISTEN": f"{HOST}:{api_port}",
         "SPG_LOG__JOURNAL_PATH": str(workdir / "journal.jsonl"),
     }
-    with SpgNode(workdir, env=env) as node:
+    api = f"http://{HOST}:{api_port}"
+    cert = None
+    with contextlib.suppress(TlsCertError):
+        cert = make_self_signed(workdir / "tls")
+    node = (
+        SpgTlsNode(workdir, cert.cert, cert.key, env) if cert is not None else SpgNode(workdir, env)
+    )
+    with node:
         started = time.monotonic()
-        with ThreadPoolExecutor(3) as pool:
+        with ThreadPoolExecutor(4) as pool:
             futures = {
-                name: pool.submit(
-                    _one_call, name, node, f"http://{HOST}:{api_port}", workdir / name, spoken
-                )
-                for name in CARDS
+                name: pool.submit(_one_call, name, node, api, workdir / name, spoken)
+                for name in SIPP_CALLS
             }
+            if cert is not None and baresip_missing() is None:
+                assert isinstance(node, SpgTlsNode)
+                futures["srtp"] = pool.submit(_baresip_call, node, api, workdir / "srtp", cert.cert)
             calls = {name: future.result() for name, future in futures.items()}
         seconds = time.monotonic() - started
         time.sleep(0.5)  # the CDR lines of the last payments
@@ -652,7 +714,10 @@ def test_no_card_data_anywhere(runs: Runs) -> None:
     assert "Traceback" not in node_logs
     blobs = {"node logs": node_logs, "CDR": "\n".join(runs.node.cdr_lines())}
     for name, run in runs.calls.items():
-        blobs[f"{name} customer SIP"] = run.customer.messages_log + run.customer.logs
+        if run.customer is not None:
+            blobs[f"{name} customer SIP"] = run.customer.messages_log + run.customer.logs
+        else:
+            blobs[f"{name} customer SIP"] = run.phone_log
         blobs[f"{name} agent SIP"] = run.agent.messages_log + run.agent.logs
         blobs[f"{name} events"] = json.dumps(run.desk.states)
         blobs[f"{name} API answers"] = "\n".join(run.desk.answers)
@@ -663,3 +728,21 @@ def test_no_card_data_anywhere(runs: Runs) -> None:
         assert not re.search(rf"(?<![0-9.,:]){EXPIRY}(?![0-9])", blob), what
         assert not re.search(rf"(?<![0-9.,:]){CVC}(?![0-9])", blob), what
     print(f"three assisted calls at once: {runs.seconds:.1f} s")
+
+
+def test_tls_srtp_customer_pays_and_the_agent_leg_is_plain_rtp(runs: Runs) -> None:
+    if "srtp" not in runs.calls:
+        pytest.skip("baresip or the test certificate (openssl) is missing")
+    run = runs.calls["srtp"]
+    assert run.agent.returncode == 0, run.agent.explain()
+    assert run.final["status"] == "complete" and run.final["result"] == "approved", run.final
+    assert run.final["card_brand"] == "visa" and run.final["last4"] == "1111"
+    answer = re.search(r"SIP/2.0 200 OK.*?CSeq: \d+ INVITE.*?m=audio[^\r\n]*", run.phone_log, re.S)
+    assert answer and "RTP/SAVP" in answer[0], "the customer's leg is not SRTP"
+    (invite,) = run.agent.received("INVITE")
+    assert re.search(r"^m=audio \d+ RTP/AVP ", invite.text, re.M) and "a=crypto" not in invite.text
+    assert run.agent.received("BYE")  # the customer's hang-up ended the agent's leg
+    audio = run.recording.audio()
+    assert audio.size > 5 * RATE and run.recording.other_packets == 0
+    ours, theirs = digits_heard(audio)
+    assert ours == [] and theirs in ([], None)
