@@ -621,6 +621,7 @@ class _Bridge:
     customer: MediaSession
     agent: MediaSession
     mask_slot: int
+    align: bool = True  # the sessions' packet times are still to be moved onto the tick's
 
 
 @dataclass(slots=True)
@@ -929,13 +930,16 @@ class MediaEngine:
                 continue  # its tick work failed and it was stopped: nothing crosses
             if sessions.get(bridge.agent_port) is not agent:
                 continue
-            for session in (customer, agent):
+            if bridge.align:
                 # A session's packets leave from the first tick at or after they are due: one
                 # due just after the tick would carry audio a tick old. Its packet time moves
-                # once (as a jitter buffer sees a sender's restart) onto the tick's.
-                due = session.next_send_at
-                if due is not None and due > soon and due - now < 0.0199:
-                    session.next_send_at = now
+                # once, when bridged (as a jitter buffer sees a sender's restart), onto the
+                # tick's (a 30 ms packet time cannot stay on a 20 ms tick: moved once only).
+                bridge.align = False
+                for session in (customer, agent):
+                    due = session.next_send_at
+                    if due is not None and soon < due < now + 0.0199:
+                        session.next_send_at = now
             heard = agent.relay_in
             if heard:
                 audio = heard[0] if len(heard) == 1 else b"".join(heard)
