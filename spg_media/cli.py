@@ -92,6 +92,12 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--card", help="card number to key (default: a sandbox card that approves)")
     demo.add_argument("--expiry", default="1230", help="expiry MMYY to key")
     demo.add_argument("--lang", default=None, help="prompt language (en, es)")
+    demo.add_argument(
+        "--assist",
+        action="store_true",
+        help="an agent-assisted payment: the customer bridged to an agent whose desktop drives "
+        "the assist API; shows what the agent hears and sees",
+    )
 
     sandbox = sub.add_parser("sandbox", help="the sandbox payment platform alone")
     sandbox.add_argument("--listen", default="127.0.0.1:8480", help="HOST:PORT")
@@ -470,6 +476,10 @@ def _demo(args: argparse.Namespace) -> int:
     from spg_media.observability import setup_logging
 
     setup_logging("text", "warning")
+    if args.assist:
+        from spg_media.assist import demo
+
+        return 0 if asyncio.run(demo.run(args)) == "approved" else 1
     result = asyncio.run(_demo_async(args))
     return 0 if result in ("approved", "declined") else 1
 

@@ -781,6 +781,13 @@ class SipUserAgent:
         self._pending[key] = future
         if on_provisional is not None:
             self._provisional[key] = on_provisional
+        if destination.transport == "udp" and self.udp.get("*") is None:
+            # no UDP listener (a TLS-only node calling a UDP agent): nothing could ever leave,
+            # so say so now rather than retransmit into the void until timer B
+            log.warning("cannot reach %s: no UDP listener", destination)
+            self._pending.pop(key, None)
+            self._provisional.pop(key, None)
+            return make_response(request, 503, "Service Unavailable")
         if destination.reliable and destination not in self.streams:
             try:
                 await self._connect(destination)

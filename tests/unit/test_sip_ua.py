@@ -297,6 +297,29 @@ def test_tls_we_open_trusts_sip_tls_ca_and_not_an_unknown_certificate(
     assert asyncio.run(_outgoing_tls(pair.cert, pair.key, refused)) == 503
 
 
+def test_a_request_over_udp_without_a_udp_listener_gets_503_at_once() -> None:
+    async def scenario() -> int:
+        ua = SipUserAgent([Listen("tcp", "127.0.0.1", 0)], "127.0.0.1")
+        await ua.start()
+        try:
+            request = parse_message(
+                _msg(
+                    "BYE sip:t@127.0.0.1:5999 SIP/2.0\n"
+                    "Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-noudp-1;rport\n"
+                    "Max-Forwards: 70\nFrom: <sip:pay@127.0.0.1>;tag=c\n"
+                    "To: <sip:t@127.0.0.1>;tag=b\nCall-ID: noudp-1\nCSeq: 2 BYE\n\n"
+                )
+            )
+            assert isinstance(request, SipRequest)
+            answer = ua.request(request, Address("udp", "127.0.0.1", 5999))
+            final = await asyncio.wait_for(answer, 1)  # not timer F's 32 s
+            return final.status
+        finally:
+            await ua.close()
+
+    assert asyncio.run(scenario()) == 503
+
+
 # ---- extensions (RFC 3261 §8.2.2.3) -------------------------------------------------------
 
 
