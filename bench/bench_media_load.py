@@ -1,7 +1,8 @@
 """Benchmark: node CPU per RTP packet under many full-duplex calls, against a baseline tree.
 
 Run:  .venv/bin/python bench/bench_media_load.py [--sessions 500] [--seconds 10] [--rounds 2]
-          [--baseline-ref main | --baseline-tree PATH] [--no-inband] [--dtmf] [--profile FILE]
+          [--baseline-ref main | --baseline-tree PATH] [--no-inband] [--dtmf] [--bridged]
+          [--profile FILE]
 
 Drives N `MediaSession`s through the real `MediaEngine` (uvloop, loopback sockets, the 20 ms
 tick) in a node process, while a generator process plays N callers: 50 packets/s each of
@@ -10,6 +11,12 @@ G.711 noise (PCMU, random bytes: in-band screening of loud noise on every channe
 With --dtmf each caller also keys an RFC 4733 press every ~2 s (5 event packets and 3 end
 packets, audio paused meanwhile); the delay from the press's first packet leaving the
 generator to the session's `on_dtmf` start is reported (both sides read CLOCK_MONOTONIC).
+
+With --bridged, the node bridges its sessions in pairs (`MediaEngine.bridge`, agent-assisted
+mode: the first of a pair the customer, with in-band detection, the second the agent; each
+direction masked, or only the customer's in a tree before the agent's was) and the calls per
+core are bridged calls (two sessions, 200 packets/s); a baseline tree without
+`MediaEngine.bridge` runs the same sessions unbridged (each with in-band detection).
 
 The node's CPU (user + system, getrusage) over --seconds after a warm-up is divided by the
 packets it received and sent (the best of the rounds in which it kept up: sent its 50
@@ -78,6 +85,9 @@ def node(args: argparse.Namespace) -> None:
                 ),
             )
             ports.append(port)
+        if args.bridged and hasattr(engine, "bridge"):  # the baseline tree may have none
+            for customer, agent in zip(ports[::2], ports[1::2], strict=False):
+                engine.bridge(customer, agent, "tone")
         print(json.dumps({"ports": ports}), flush=True)
         await asyncio.sleep(args.warmup)
         sessions = list(engine.sessions.values())
@@ -203,6 +213,8 @@ def measure(tree: Path, args: argparse.Namespace, profile: str | None) -> dict[s
                 "--warmup", str(args.warmup)]  # fmt: skip
     if not args.inband:
         node_cmd.append("--no-inband")
+    if args.bridged:
+        node_cmd.append("--bridged")
     if profile:
         node_cmd += ["--profile", profile]
     proc = subprocess.Popen(node_cmd, stdout=subprocess.PIPE, text=True)
@@ -250,11 +262,13 @@ def kept_up(run: dict[str, Any], sessions: int) -> bool:
     return run["sent"] >= 0.97 * 50 * sessions * run["wall"]
 
 
-def summary(name: str, runs: list[dict[str, Any]], sessions: int) -> tuple[float, str]:
+def summary(
+    name: str, runs: list[dict[str, Any]], sessions: int, bridged: bool = False
+) -> tuple[float, str]:
     fair = [r for r in runs if kept_up(r, sessions)] or runs
     best = min(fair, key=lambda r: r["cpu"] / (r["received"] + r["sent"]))
     per_packet = best["cpu"] / (best["received"] + best["sent"]) * 1e6
-    calls = 1e6 / (100 * per_packet)
+    calls = 1e6 / (100 * per_packet) / (2 if bridged else 1)
     lat = latencies(best)
     line = (
         f"| {name} | {per_packet:.2f} | {best['cpu'] / best['wall'] * 100:.0f} % | "
@@ -286,20 +300,23 @@ def parent(args: argparse.Namespace) -> None:
                 runs[name].append(measure(tree, args, profile))
         print(
             f"{args.sessions} full-duplex sessions, 50 + 50 packets/s each, "
-            f"in-band {'on' if args.inband else 'off'}, {args.seconds:g} s measured after "
+            f"in-band {'on' if args.inband else 'off'}, "
+            f"{'bridged in pairs, masking, ' if args.bridged else ''}"
+            f"{args.seconds:g} s measured after "
             f"{args.warmup:g} s, best of {args.rounds}; baseline: "
             f"{args.baseline_tree or args.baseline_ref}"
         )
         head = (
-            "| node | CPU µs per packet | node CPU | packets/s in / out | calls per core "
-            "| runs that kept up |"
+            "| node | CPU µs per packet | node CPU | packets/s in / out | "
+            + ("bridged calls (2 sessions) per core" if args.bridged else "calls per core")
+            + " | runs that kept up |"
         )
         if args.dtmf:
             head += " RFC 4733 press → on_dtmf ms p50 / p99 / max (presses) |"
         print(head)
         print("|---" * (head.count("|") - 1) + "|")
-        base, base_line = summary("baseline", runs["baseline"], args.sessions)
-        ours, our_line = summary("this tree", runs["this tree"], args.sessions)
+        base, base_line = summary("baseline", runs["baseline"], args.sessions, args.bridged)
+        ours, our_line = summary("this tree", runs["this tree"], args.sessions, args.bridged)
         print(base_line)
         print(our_line)
         print(f"CPU per packet: {ours / base:.2f}x the baseline's ({base / ours:.2f}x cheaper)")
@@ -320,6 +337,11 @@ def main() -> None:
     parser.add_argument("--baseline-tree")
     parser.add_argument("--no-inband", dest="inband", action="store_false")
     parser.add_argument("--dtmf", action="store_true", help="RFC 4733 presses, latency reported")
+    parser.add_argument(
+        "--bridged",
+        action="store_true",
+        help="this tree bridges the sessions in pairs (agent-assisted mode, masking on)",
+    )
     parser.add_argument("--profile", help="cProfile each's first round: FILE.{baseline,new}")
     # the children
     parser.add_argument("--node", action="store_true", help=argparse.SUPPRESS)

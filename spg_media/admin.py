@@ -137,10 +137,11 @@ _REQUEST_TIMEOUT = (
 )
 
 
-def _protocol_with_deadline(deadline_s: float) -> type[H11Protocol]:
+def _protocol_with_deadline(deadline_s: float, streaming: bool = False) -> type[H11Protocol]:
     """uvicorn's h11 protocol, closing a connection `deadline_s` after it opened: with 408 when
     no whole request head came by then; an answer still unread is cut (every answer closes
-    its connection, so a connection that lasts that long is stuck)."""
+    its connection, so a connection that lasts that long is stuck) unless `streaming` (an app
+    whose answers may last, such as an event stream: then only the head has the deadline)."""
 
     class DeadlineH11Protocol(H11Protocol):  # type: ignore[misc]
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -152,7 +153,7 @@ def _protocol_with_deadline(deadline_s: float) -> type[H11Protocol]:
             super().connection_lost(exc)
 
         def _deadline_passed(self) -> None:
-            if self.transport.is_closing():
+            if self.transport.is_closing() or (streaming and self.cycle is not None):
                 return
             if self.cycle is None:
                 self.transport.write(_REQUEST_TIMEOUT)
@@ -174,9 +175,18 @@ class AsgiServer:
     Unix socket we bind ourselves, with the caps and deadline above (the node's admin endpoint,
     and the supervisor's of `serve --workers`)."""
 
-    def __init__(self, app: Any, request_deadline_s: float = REQUEST_DEADLINE_S) -> None:
+    def __init__(
+        self,
+        app: Any,
+        request_deadline_s: float = REQUEST_DEADLINE_S,
+        *,
+        streaming: bool = False,
+        label: str = "admin endpoint",
+    ) -> None:
         self.app = app
         self.request_deadline_s = request_deadline_s
+        self.streaming = streaming  # answers may last (event streams): the deadline is the head's
+        self.label = label  # what the log lines call it
         self._server: _NodeServer | None = None
         self._serving: asyncio.Task[None] | None = None
         self.host = ""
@@ -188,7 +198,7 @@ class AsgiServer:
         sockname = listener.getsockname()
         self.host, self.port = str(sockname[0]), int(sockname[1])
         shown = f"[{self.host}]" if ":" in self.host else self.host
-        log.info("admin endpoint on http://%s:%d", shown, self.port)
+        log.info("%s on http://%s:%d", self.label, shown, self.port)
 
     async def start_unix(self, path: str) -> None:
         """Listen on a Unix socket only this user may open (a worker answering its
@@ -205,12 +215,12 @@ class AsgiServer:
             raise
         await self._serve(listener, path)
         self.host = f"unix:{path}"
-        log.info("admin endpoint on %s", self.host)
+        log.info("%s on %s", self.label, self.host)
 
     async def _serve(self, listener: socket.socket, where: str) -> None:
         config = uvicorn.Config(
             self.app,
-            http=_protocol_with_deadline(self.request_deadline_s),
+            http=_protocol_with_deadline(self.request_deadline_s, self.streaming),
             ws="none",
             lifespan="off",
             log_config=None,  # the process's logging (JSON lines, card masking) as it is
@@ -228,7 +238,7 @@ class AsgiServer:
         if serving.done():
             listener.close()
             await serving  # its error, if it had one
-            raise OSError(f"admin endpoint on {where} did not start")
+            raise OSError(f"{self.label} on {where} did not start")
         self._server, self._serving = server, serving
 
     async def close(self) -> None:

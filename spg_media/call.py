@@ -1,11 +1,16 @@
 """One payment call, from the transferred INVITE to the BYE, readable top to bottom.
 
 `Call.run()` is the whole story: read the handoff (the `X-SPG-*` headers), negotiate media, look the
-transaction up, answer, run the caller's journey (a sans-IO machine fed digits, prompt ends,
-timers and the connector's answer through one inbox), record the result (CDR, callback), and send
-the caller back with REFER, or end with BYE. SIP requests of the dialog arrive through
-`on_request` (the UA routes them here by Call-ID) and become inbox items too, so nothing else in
-the process runs call logic.
+transaction up, answer, run the caller's journey, record the result (CDR, callback), and send the
+caller back with REFER, or end with BYE. The SIP side of the call is its `InviteSession`
+(`sip/invite_session.py`: the answer, the ACK wait, re-INVITE/UPDATE, the session timer, BYE,
+CANCEL) run by a `SessionLeg`, to which the UA routes the dialog's requests by Call-ID.
+
+The journey reads as session events → journey → actions: whatever happens to the call (the
+session's events, key presses, utterances, prompt ends, the journey's timer, the connector's
+answer) becomes one typed item of the call's inbox (`InboxItem`), `_feed` hands each to the
+`Journey` (a sans-IO machine), and `_apply` carries out the actions it returns. Authorisations
+go through `payment/authorization.py`, as agent-assisted ones do.
 
 Card digits exist here only inside the journey and the `Authorize` action handed to the connector.
 """
@@ -20,11 +25,12 @@ import heapq
 import logging
 import random
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import quote
+from typing import Any, Protocol
+from urllib.parse import quote, unquote
+
+import numpy as np
 
 from spg_media.cdr import CallbackSender, CallRecord, CdrWriter
 from spg_media.config import Config
@@ -38,14 +44,12 @@ from spg_media.observability import (
     DTMF_DIGITS_TOTAL,
     DTMF_LATENCY_SECONDS,
 )
+from spg_media.payment.authorization import authorization_bound_s, authorize_journaled
 from spg_media.payment.connectors import Connector, ConnectorError
-from spg_media.payment.journal import (
-    JournalEntry,
-    PaymentJournal,
-    new_idempotency_key,
-    utc_now_iso,
-)
+from spg_media.payment.journal import PaymentJournal
 from spg_media.payment.journey import (
+    FIELD_STATES,
+    Action,
     Authorize,
     Finish,
     Journey,
@@ -56,12 +60,22 @@ from spg_media.payment.journey import (
 )
 from spg_media.payment.model import AuthorizationResult, ChargeState, Result, TransactionInfo
 from spg_media.payment.signing import handoff_canonical, parse_signature, verify_handoff
+from spg_media.rtp.g711 import decode_array
 from spg_media.rtp.session import MediaEngine, MediaSession
 from spg_media.rtp.srtp import SrtpContext
 from spg_media.sip import session_timer
-from spg_media.sip.dialog import Dialog
+from spg_media.sip.invite_session import (
+    Acked,
+    Cancelled,
+    Ended,
+    Event,
+    InDialogRequest,
+    InviteSession,
+    Refusal,
+)
+from spg_media.sip.leg import SessionLeg
 from spg_media.sip.limits import address_in, parse_networks
-from spg_media.sip.message import SipRequest, SipResponse, make_response, new_tag
+from spg_media.sip.message import SipRequest, new_tag
 from spg_media.sip.sdp import (
     PLAIN_PROTOS,
     SRTP_PROTOS,
@@ -73,9 +87,10 @@ from spg_media.sip.sdp import (
     negotiate,
 )
 from spg_media.sip.transaction import Address
-from spg_media.sip.ua import ALLOW, SipUserAgent
+from spg_media.sip.ua import SipUserAgent
 from spg_media.sip.uri import NameAddr, SipSyntaxError, SipUri
-from spg_media.tts.phrases import SUPPORTED_LANGUAGES
+from spg_media.speech import SpeechEngine, SpeechInput, Utterance, speech_available
+from spg_media.tts.phrases import SPEECH_LANGUAGES, SUPPORTED_LANGUAGES
 from spg_media.tts.prompts import PromptLibrary
 
 log = logging.getLogger("spg.call")
@@ -88,10 +103,8 @@ HANDOFF_HEADERS = (
     "X-SPG-Signature",
 )
 LOOKUP_TIMEOUT_S = 5.0
-ACK_WAIT_S = 32.0
 NOTIFY_WAIT_S = 32.0
 # Beyond the connector's own timeout and reconciliation window, before giving up on it.
-AUTHORIZATION_GRACE_S = 5.0
 MAX_SEEN_HANDOFFS = 100_000
 
 
@@ -116,7 +129,7 @@ class Handoff:
             value = invite.headers.get(name)
             if value is None:
                 param = uri_params.get(name.lower())
-                value = _unescape(param) if param else None
+                value = unquote(param) if param else None
             values.append(value.strip() if value else None)
         return cls(*values)
 
@@ -141,12 +154,6 @@ def refer_to_uri(target: str, result: Result, reference: str = "") -> SipUri:
 
 # RFC 3261 param-unreserved and unreserved marks: what a URI parameter value holds unescaped
 _PARAM_SAFE = "-_.!~*'()[]/:&+$"
-
-
-def _unescape(value: str) -> str:
-    from urllib.parse import unquote
-
-    return unquote(value)
 
 
 class SeenHandoffs:
@@ -183,6 +190,77 @@ class SeenHandoffs:
         return True
 
 
+# ---- what can happen to a call: the items of its inbox ------------------------------------------
+
+
+@dataclass(frozen=True)
+class CallerAcked:
+    """The ACK for our 200: the caller is there."""
+
+
+@dataclass(frozen=True)
+class SessionOver:
+    """The session ended without our asking: CANCEL before the answer, the caller's BYE, no
+    ACK for our 200, the session expired or its refresh failed (the session logged which)."""
+
+
+@dataclass(frozen=True)
+class KeyPressed:
+    """A key the DTMF merger let through (RFC 4733, in-band or INFO), and when the press
+    reached the node (for `spg_dtmf_latency_seconds`)."""
+
+    digit: str
+    source: str
+    arrived_at: float
+
+
+@dataclass(frozen=True)
+class Spoken:
+    """An utterance of voice entry's recogniser (what was said stays between it and the
+    journey)."""
+
+    utterance: Utterance
+
+
+@dataclass(frozen=True)
+class PromptDone:
+    """The media session played a prompt to its end; `generation` tells a stale one (a later
+    `Play` or `StopPlayback` came) from the current one."""
+
+    generation: int
+
+
+@dataclass(frozen=True)
+class TimerDue:
+    """The journey's `next_wake()` came with nothing else in the inbox."""
+
+
+@dataclass(frozen=True)
+class AuthorizationAnswered:
+    """The connector's answer to the journey's `Authorize` (journaled, card wiped)."""
+
+    result: AuthorizationResult
+
+
+@dataclass(frozen=True)
+class TransferNotify:
+    """A NOTIFY of the REFER subscription (already answered 200 by the session)."""
+
+    request: SipRequest
+
+
+InboxItem = (
+    CallerAcked | SessionOver | KeyPressed | Spoken | PromptDone | TimerDue
+    | AuthorizationAnswered | TransferNotify
+)  # fmt: skip
+
+
+class ActiveCall(Protocol):
+    """A call in progress as the server sees it: an IVR `Call` or an assisted call."""
+
+    def summary(self) -> dict[str, Any]: ...
+
+
 @dataclass
 class CallServices:
     """What every call shares: the process's UA, media, prompts, connector and records."""
@@ -194,11 +272,15 @@ class CallServices:
     connector: Connector
     cdr: CdrWriter
     callbacks: CallbackSender
-    calls: dict[str, Call] = field(default_factory=dict)
+    calls: dict[str, ActiveCall] = field(default_factory=dict)  # by the customer's Call-ID
     observer: Callable[[str, str, dict[str, Any]], None] | None = None  # (call_id, kind, details)
     # Written before every authorisation request; None only in tests that send none.
     journal: PaymentJournal | None = None
     seen_handoffs: SeenHandoffs = field(default_factory=SeenHandoffs)
+    # Voice entry's recognisers (with ivr.input = "dtmf speech"); None: keys only.
+    speech: SpeechEngine | None = None
+    # What outlives its call (callback retries): the server waits for them when it stops.
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
 class Call:
@@ -212,33 +294,47 @@ class Call:
         self.source = source
         self.call_id = invite.call_id
         self.transport = source.transport
-        self.inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        self.dialog: Dialog | None = None
+        self.inbox: asyncio.Queue[InboxItem] = asyncio.Queue()
         self.media: MediaSession | None = None
         self.rtp_port: int | None = None
         self.negotiated: NegotiatedAudio | None = None
         self.sdp_version = 1
         self.session_id = random.randint(1, 2**31)
         self.local_tag = new_tag()
+        self.session = InviteSession.as_uas(
+            invite,
+            local_tag=self.local_tag,
+            via_transport=self.transport,
+            answer_offer=self._answer_offer,
+            public_host=self.config.sip.public_host,
+        )
+        self.leg = SessionLeg(self.ua, self.session, source, self._on_session_event)
         self.handoff = Handoff.from_invite(invite)
         self.transaction: TransactionInfo | None = None
         self.language = self.config.ivr.language
         self.merger = DtmfMerger(inband_mode=self.config.dtmf.inband)  # type: ignore[arg-type]
         self.started_at = datetime.datetime.now(datetime.UTC)
-        self.answered = False
-        self.acked = False
-        self.hung_up = False
-        self.cancelled = False
         self.outcome: Outcome | None = None
         self.phase = "setup"
         self.marks: dict[str, float] = {"invite": time.monotonic()}
         self._play_generation = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self.authorizations = 0
+        self._tasks: set[asyncio.Task[Any]] = set()  # cancelled when the call ends
+        # Never cancelled: an authorisation finishes its journal line whatever the call does.
+        self._authorizing: set[asyncio.Task[Any]] = set()
         self.charge_state = ChargeState.NOT_CHARGED  # until an authorisation says otherwise
         self.return_to_trusted = True  # False when the handoff's signature fails
-        self.rejected = False  # a final non-2xx answer went to the INVITE
-        self.session_timer: session_timer.SessionTimer | None = None  # RFC 4028, when asked
+        self.speech_input: SpeechInput | None = None  # voice entry's recogniser, while it listens
+
+    # What the call knows of its dialog is its session's.
+    @property
+    def answered(self) -> bool:
+        """Our 200 went to the INVITE."""
+        return self.session.answered
+
+    @property
+    def hung_up(self) -> bool:
+        """The dialog is over (either side's BYE, no ACK, session expired), or never was."""
+        return self.session.ended
 
     # ---- the story --------------------------------------------------------------------------
 
@@ -247,11 +343,11 @@ class Call:
         INVITE with it (482). The server calls this when the INVITE arrives, before the call's
         task first runs, so two INVITEs in one read cannot both start a call."""
         self.services.calls[self.call_id] = self
-        self.ua.dialogs[self.call_id] = self
+        self.ua.dialogs[self.call_id] = self.leg
 
     def unregister(self) -> None:
         """Give the Call-ID back (idempotent; never another call's registration)."""
-        if self.ua.dialogs.get(self.call_id) is self:
+        if self.ua.dialogs.get(self.call_id) is self.leg:
             del self.ua.dialogs[self.call_id]
         if self.services.calls.get(self.call_id) is self:
             del self.services.calls[self.call_id]
@@ -265,10 +361,10 @@ class Call:
             log.exception("call failed", extra={"call_id": self.call_id})
             if self.outcome is None:  # a bug of ours: the call still has a result
                 self._end_early(Result.ERROR)
-            if not self.answered and not self.cancelled and not self.rejected:
+            if self.session.state == "early":
                 with contextlib.suppress(Exception):  # the INVITE still gets a final answer
                     self._reject(500, "Server Internal Error", "internal error")
-            if self.answered and not self.hung_up and self.dialog is not None:
+            if self.answered and not self.hung_up:
                 with contextlib.suppress(Exception):
                     await self._bye(self._result_headers(Result.ERROR))
         finally:
@@ -293,13 +389,12 @@ class Call:
                 timer.response_headers(),
             )  # fmt: skip
             return
-        self.session_timer = timer
 
         # 2. The handoff and the transaction it names.
         failure = self._check_handoff()
         if failure is None:
             failure = await self._lookup()
-        if self.cancelled:  # the caller gave up while it rang: still a result to record
+        if self.hung_up:  # the caller cancelled while it rang: still a result to record
             self._end_early(Result.HUNG_UP)
             return
         self.language = prompt_language(
@@ -309,15 +404,14 @@ class Call:
         )
 
         # 3. Answer.
-        await self._answer()
-        if self.cancelled or self.hung_up:
-            # No media port (our failure), or the caller gone before the journey began.
-            self._end_early(Result.HUNG_UP if self.answered or self.cancelled else Result.ERROR)
+        unanswered = await self._answer(timer)
+        if unanswered is None and self.hung_up:  # the caller gone before the journey began
+            unanswered = Result.HUNG_UP
+        if unanswered is not None:
+            self._end_early(unanswered)
             return
 
         # 4. The caller's journey.
-        if self.session_timer is not None:
-            self._spawn(self._keep_session(self.session_timer))
         self.phase = "journey"
         self._emit("answered", language=self.language)
         journey = Journey(
@@ -327,6 +421,7 @@ class Call:
                 max_attempts=self.config.ivr.max_attempts,
                 confirm=self.config.ivr.confirm,
                 card_brands=tuple(self.config.ivr.card_brands),
+                speech=self._open_speech(),
             ),
             self.transaction,
             failure,
@@ -349,51 +444,80 @@ class Call:
         self._record(self.outcome)
 
     async def _drive(self, journey: Journey) -> Outcome:
+        """Session events → journey → actions: every inbox item is fed to the journey and its
+        actions carried out, until the journey has an outcome."""
         loop = asyncio.get_running_loop()
-        self._apply(journey, journey.start(loop.time()))
+        self._apply(journey.start(loop.time()))
         if self.hung_up:  # BYE came before the journey started
-            self._apply(journey, journey.hangup(loop.time()))
+            self._apply(journey.hangup(loop.time()))
         while journey.outcome is None:
             wake = journey.next_wake()
-            timeout = None if wake is None else max(0.0, wake - loop.time())
-            try:
-                kind, value = await asyncio.wait_for(self.inbox.get(), timeout)
-            except TimeoutError:
-                self._apply(journey, journey.timer(loop.time()))
-                continue
-            now = loop.time()
-            if kind == "digit":
-                digit, source, arrived_at = value
+            item = await self._next_item(wake)
+            self._feed(journey, item, loop.time())
+            if (
+                wake is not None
+                and not isinstance(item, TimerDue)
+                and loop.time() >= wake
+                and journey.outcome is None
+            ):
+                self._feed(journey, TimerDue(), loop.time())  # an item came just as it fell due
+            if self.speech_input is not None:
+                if journey.state not in FIELD_STATES:
+                    self._close_speech()  # the card is taken (or the call ends): stop listening
+                else:
+                    self.speech_input.expect(journey.expected_digits())
+        self._close_speech()
+        return journey.outcome
+
+    async def _next_item(self, wake: float | None) -> InboxItem:
+        """The inbox's next item, or `TimerDue` when the loop reaches `wake` first."""
+        loop = asyncio.get_running_loop()
+        timeout = None if wake is None else max(0.0, wake - loop.time())
+        try:
+            return await asyncio.wait_for(self.inbox.get(), timeout)
+        except TimeoutError:
+            return TimerDue()
+
+    def _feed(self, journey: Journey, item: InboxItem, now: float) -> None:
+        """One item to the journey, and the journey's actions carried out."""
+        match item:
+            case KeyPressed(digit, source, arrived_at):
                 # How long the press took from reaching the node to the journey (the time in
                 # the socket's buffer until the media tick read it included).
                 DTMF_LATENCY_SECONDS.observe(max(0.0, now - arrived_at), source=source)
                 self._emit("digit", digit="*" if digit.isdigit() else digit)
-                self._apply(journey, journey.digit(digit, now))
-            elif kind == "prompt_done":
-                if value == self._play_generation:
-                    self._apply(journey, journey.prompt_done(now))
-            elif kind == "authorized":
-                self._apply(journey, journey.authorized(value, now))
-            elif kind == "bye":
-                self._apply(journey, journey.hangup(now))
-            if wake is not None and loop.time() >= wake and journey.outcome is None:
-                self._apply(journey, journey.timer(loop.time()))
-        return journey.outcome
+                actions = journey.digit(digit, now)
+            case Spoken(utterance):
+                self._emit("speech")  # that something was said: never what
+                actions = journey.speech(utterance, now)
+            case PromptDone(generation) if generation == self._play_generation:
+                actions = journey.prompt_done(now)
+            case TimerDue():
+                if self.speech_input is not None and self.speech_input.in_speech:
+                    journey.speaking(now)  # a caller in mid-sentence is not timed out
+                actions = journey.timer(now)
+            case AuthorizationAnswered(result):
+                actions = journey.authorized(result, now)
+            case SessionOver():
+                actions = journey.hangup(now)
+            case _:  # a stale prompt's end, the ACK after type-ahead, a NOTIFY: not the journey's
+                return
+        self._apply(actions)
 
-    def _apply(self, journey: Journey, actions: list[Any]) -> None:
+    def _apply(self, actions: list[Action]) -> None:
         for action in actions:
-            if isinstance(action, Play):
-                self._play(action)
-            elif isinstance(action, StopPlayback):
-                self._play_generation += 1
-                if self.media is not None:
-                    self.media.stop()
-            elif isinstance(action, Authorize):
-                self.authorizations += 1
-                self.marks.setdefault("authorize", time.monotonic())
-                self._spawn(self._authorize(action))
-            elif isinstance(action, Finish):
-                pass  # journey.outcome carries it
+            match action:
+                case Play():
+                    self._play(action)
+                case StopPlayback():
+                    self._play_generation += 1
+                    if self.media is not None:
+                        self.media.stop()
+                case Authorize():
+                    self.marks.setdefault("authorize", time.monotonic())
+                    self._spawn(self._authorize(action), self._authorizing)
+                case Finish():
+                    pass  # journey.outcome carries it
 
     # ---- prompts ----------------------------------------------------------------------------
 
@@ -418,7 +542,55 @@ class Call:
         self.media.play(self.media.encode_prompt(samples))
 
     def _on_playback_done(self) -> None:
-        self.inbox.put_nowait(("prompt_done", self._play_generation))
+        self.inbox.put_nowait(PromptDone(self._play_generation))
+
+    # ---- voice entry ------------------------------------------------------------------------
+
+    def _open_speech(self) -> bool:
+        """Whether this caller may also say the digits: `ivr.input = "dtmf speech"`, a language
+        with a model, and a recognition slot free (`speech.max_concurrent`; else keys only).
+        The caller's audio then goes to the recogniser, in memory only."""
+        engine = self.services.speech
+        if self.config.ivr.input != "dtmf speech" or engine is None or self.media is None:
+            return False
+        if not voice_entry_offered(self.language):
+            return False
+        speech_input = engine.open_input(self.language, self._on_utterance)
+        if speech_input is None:
+            log.info(
+                "voice entry: no recognition slot free (speech.max_concurrent): keys only",
+                extra={"call_id": self.call_id},
+            )
+            return False
+        self.speech_input = speech_input
+        speech_input.expect(4)  # the first group of a card number
+        self.media.on_audio = self._on_audio
+        return True
+
+    def _on_audio(self, payload: bytes, now: float) -> None:
+        """One RTP payload of the caller's audio (from the media tick) to the recogniser."""
+        speech_input, media = self.speech_input, self.media
+        if speech_input is None or media is None:
+            return
+        try:
+            samples = decode_array(np.frombuffer(payload, dtype=np.uint8), media.codec)
+            speech_input.feed(samples, now)
+        except Exception as exc:  # never the call's media: voice entry stops, keys go on
+            log.error(
+                "voice entry failed (%s): keys only", type(exc).__name__,
+                extra={"call_id": self.call_id},
+            )  # fmt: skip
+            self._close_speech()
+
+    def _on_utterance(self, utterance: Utterance) -> None:
+        self.inbox.put_nowait(Spoken(utterance))
+
+    def _close_speech(self) -> None:
+        speech_input, self.speech_input = self.speech_input, None
+        if speech_input is not None:
+            speech_input.close()
+        if self.media is not None:
+            self.media.on_audio = None
 
     # ---- DTMF -------------------------------------------------------------------------------
 
@@ -434,7 +606,7 @@ class Call:
         if digit is not None:
             DTMF_DIGITS_TOTAL.inc(source=event.source)
             arrived_at = event.at if event.arrived_at is None else event.arrived_at
-            self.inbox.put_nowait(("digit", (digit, event.source, arrived_at)))
+            self.inbox.put_nowait(KeyPressed(digit, event.source, arrived_at))
 
     # ---- the connector ------------------------------------------------------------------------
 
@@ -460,45 +632,16 @@ class Call:
         return None
 
     async def _authorize(self, action: Authorize) -> None:
+        """The journey's `Authorize`, as every authorisation goes (`authorize_journaled`: a
+        random idempotency key, the journal's line first, a bounded wait, the card wiped); the
+        answer comes back through the inbox."""
         assert self.transaction is not None
-        tx = self.transaction
-        # Ours, random, one per authorisation: what keeps the platform from charging twice must
-        # not be a Call-ID the peer chose. Reconciliation asks about this same key.
-        key = new_idempotency_key()
         self.charge_state = ChargeState.UNKNOWN  # while the request may be at the platform
-        journal = self.services.journal
-        journaled = False
-        try:
-            if journal is not None:
-                entry = JournalEntry(
-                    key, tx.token, self.call_id, action.attempt, tx.amount_minor, tx.currency,
-                    utc_now_iso(),
-                )  # fmt: skip
-                await asyncio.to_thread(journal.begin, entry)
-                journaled = True
-            result = await self._authorize_with(key, action)
-        except OSError as exc:  # the journal line could not be written: nothing is sent
-            log.error(
-                "payment journal not writable (%s): authorisation not sent",
-                exc.strerror or type(exc).__name__,
-                extra={"call_id": self.call_id},
-            )
-            result = AuthorizationResult(Result.ERROR, detail="payment journal not writable")
-        finally:
-            action.card.wipe()
+        result = await authorize_journaled(
+            self.services.connector, self.services.journal, self.transaction, action.card,
+            action.attempt, self.call_id, authorization_bound_s(self.config),
+        )  # fmt: skip
         self.charge_state = result.charge_state
-        if journaled and journal is not None and result.charge_state is not ChargeState.UNKNOWN:
-            try:
-                await asyncio.to_thread(
-                    journal.settle, key, tx.token, str(result.result), result.reference,
-                    result.charge_state,
-                )  # fmt: skip
-            except OSError as exc:  # the entry stays open: reconcile settles it later
-                log.error(
-                    "payment journal: closing line not written (%s)",
-                    exc.strerror or type(exc).__name__,
-                    extra={"call_id": self.call_id},
-                )
         self.marks["authorized"] = time.monotonic()
         self._emit(
             "authorized",
@@ -506,50 +649,13 @@ class Call:
             reference=result.reference,
             charge_state=str(result.charge_state),
         )
-        self.inbox.put_nowait(("authorized", result))
-
-    async def _authorize_with(self, key: str, action: Authorize) -> AuthorizationResult:
-        """The connector's answer (reconciled by it when uncertain), within a bound of ours."""
-        assert self.transaction is not None
-        try:
-            async with asyncio.timeout(authorization_bound_s(self.config)):
-                return await self.services.connector.authorize(
-                    self.transaction, action.card, action.attempt, key
-                )
-        except TimeoutError:
-            detail = "authorisation timed out"
-        except Exception as exc:  # a connector bug must still end in a result
-            log.error("connector failed: %s", type(exc).__name__, extra={"call_id": self.call_id})
-            detail = "connector failure"
-        # Whether the request reached the platform is not known: neither is the charge.
-        return AuthorizationResult(Result.ERROR, detail=detail, charge_unknown=True)
+        self.inbox.put_nowait(AuthorizationAnswered(result))
 
     # ---- SIP: the INVITE --------------------------------------------------------------------
 
-    def _srtp_policy(self) -> str:
-        return self.config.rtp.srtp
-
     def _offer_policy(self, offer: SessionDescription, source: Address) -> str:
-        """The SRTP policy to negotiate `offer` under, given where it came from.
-
-        SDES keys (`a=crypto` of an RTP/SAVP(F) stream) that crossed UDP or TCP were readable
-        by anyone on the path: such an offer is refused (NotAcceptable: 488) unless it came
-        over TLS or from `rtp.sdes_cleartext_sources` (a private link from our own proxy). When
-        the offer also has a plain RTP stream and plain RTP is allowed (the policy is not
-        `required` and the call is not already SRTP), that stream is answered instead.
-        """
-        policy = self._srtp_policy()
-        if policy == "off" or not _offers_sdes_keys(offer) or self._sdes_allowed(source):
-            return policy
-        already_srtp = self.negotiated is not None and self.negotiated.remote_crypto is not None
-        if policy != "required" and not already_srtp and _offers_plain_audio(offer):
-            return "off"
-        raise NotAcceptable(SDES_NEEDS_TLS)
-
-    def _sdes_allowed(self, source: Address) -> bool:
-        if source.transport == "tls":
-            return True
-        return address_in(source.host, parse_networks(self.config.rtp.sdes_cleartext_sources))
+        """The SRTP policy for `offer` from `source` (`offer_policy`: 488 for SDES in clear)."""
+        return offer_policy(self.config, offer, source, self.negotiated)
 
     def _check_handoff(self) -> Result | None:
         secret = self.config.handoff.signing_secret
@@ -595,30 +701,26 @@ class Call:
         headers: list[tuple[str, str]] | None = None,
     ) -> None:
         log.info("rejecting call: %d %s", status, detail, extra={"call_id": self.call_id})
-        response = make_response(
-            self.invite,
+        self.session.reject(
             status,
             reason,
-            to_tag=self.local_tag,
-            headers=[
-                ("Warning", f'399 {self.config.sip.public_host} "{detail[:120]}"'),
-                *(headers or []),
-            ],
+            [("Warning", f'399 {self.config.sip.public_host} "{detail[:120]}"'), *(headers or [])],
         )
-        self.ua.respond(self.invite, response)
-        self.rejected = True
+        self.leg.pump()
         CALLS_REJECTED_TOTAL.inc(status=str(status))
 
-    async def _answer(self) -> None:
+    async def _answer(self, timer: session_timer.SessionTimer | None) -> Result | None:
+        """Open the media, answer 200 (with the session timer, RFC 4028, when the INVITE asked
+        for one) and wait for the ACK. None when answered; else the call's result: `error`
+        without a media port (the INVITE gets 503), `hung-up` when the caller cancelled."""
         assert self.negotiated is not None
         try:
             self.rtp_port = await self.services.media.open()
         except Exception as exc:
             self._reject(503, "Service Unavailable", f"no media port: {exc}")
-            self.hung_up = True
-            return
-        if self.cancelled:
-            return
+            return Result.ERROR
+        if self.hung_up:  # cancelled while the port was opened
+            return Result.HUNG_UP
         neg = self.negotiated
         self.media = MediaSession(
             codec=neg.codec,
@@ -637,46 +739,26 @@ class Call:
         self.media.hold = neg.direction in ("sendonly", "inactive")
         # A sips: Request-URI asks for a sips: dialog (RFC 3261 §12.1.1); else sip:, even on TLS.
         secure = self.invite.uri.lower().startswith("sips:")
-        contact = self.ua.contact(self.transport, secure=secure)
-        self.dialog = Dialog.as_uas(self.invite, self.local_tag, contact)
-        answer = self._sdp_answer()
-        response = make_response(
-            self.invite,
-            200,
-            "OK",
-            to_tag=self.local_tag,
-            headers=[
-                ("Contact", contact),
-                ("Allow", ALLOW),
-                ("Supported", "timer"),
-                *(self.session_timer.response_headers() if self.session_timer else []),
-                *[("Record-Route", rr) for rr in self.invite.headers.get_all("Record-Route")],
-            ],
-            body=answer,
-            content_type="application/sdp",
-        )
+        self.session.via_sent_by = self.ua.sent_by(self.transport)
         self.services.media.attach(self.rtp_port, self.media)
-        self.ua.respond(self.invite, response)
-        self.answered = True
+        self.session.accept(
+            self._sdp_answer(),
+            asyncio.get_running_loop().time(),
+            contact=self.ua.contact(self.transport, secure=secure),
+            timer=timer,
+        )
+        self.leg.pump()
         self.marks["answered"] = time.monotonic()
-        # Wait for the ACK (or anything that shows the caller is there) before speaking.
-        try:
-            async with asyncio.timeout(ACK_WAIT_S):
-                while not self.acked and not self.hung_up:
-                    kind, value = await self.inbox.get()
-                    if kind in ("ack", "ack_timeout"):
-                        if kind == "ack_timeout":
-                            log.warning("no ACK for our 200", extra={"call_id": self.call_id})
-                            await self._bye([])
-                            self.hung_up = True
-                        break
-                    if kind == "bye":
-                        self.hung_up = True
-                    elif kind == "digit":  # type-ahead before the ACK: keep it
-                        self.inbox.put_nowait((kind, value))
-                        break
-        except TimeoutError:
-            self.hung_up = True
+        # Wait for the ACK (or anything that shows the caller is there) before speaking; the
+        # session ends the call (BYE) when no ACK comes.
+        while not self.hung_up:
+            item = await self.inbox.get()
+            if isinstance(item, CallerAcked):
+                break
+            if isinstance(item, KeyPressed):  # type-ahead before the ACK: keep it
+                self.inbox.put_nowait(item)
+                break
+        return None
 
     def _sdp_answer(self) -> bytes:
         assert self.negotiated is not None and self.rtp_port is not None
@@ -688,67 +770,48 @@ class Call:
             version=self.sdp_version,
         )
 
-    # ---- SIP: in-dialog requests (called by the UA) -------------------------------------------
+    # ---- SIP: the session's events -------------------------------------------------------------
 
-    def on_request(self, request: SipRequest, source: Address) -> None:
-        if self.dialog is None or request.to.tag != self.local_tag:
-            self.ua.respond(request, make_response(request, 481))
-            return
-        if not self.dialog.accept_remote_cseq(request):
-            self.ua.respond(request, make_response(request, 500, "Server Internal Error"))
-            return
-        method = request.method
-        if method == "BYE":
-            self.ua.respond(request, make_response(request, 200))
-            self.hung_up = True
-            self._emit("hangup")
-            self.inbox.put_nowait(("bye", None))
-        elif method == "INVITE":
-            self._reinvite(request, source)
-        elif method == "INFO":
-            parsed = parse_info_dtmf(request.headers.get("Content-Type") or "", request.body)
-            self.ua.respond(request, make_response(request, 200))
-            if parsed is not None:
-                now = asyncio.get_running_loop().time()
-                key, duration_ms = parsed
-                self._on_dtmf(DtmfEvent(key, "start", now, duration_ms, "info"))
-        elif method == "NOTIFY":
-            self.ua.respond(request, make_response(request, 200))
-            self.inbox.put_nowait(("notify", request))
-        elif method == "UPDATE" and request.body:  # an offer (RFC 3311): as a re-INVITE's
-            self._reinvite(request, source)
-        elif method == "UPDATE":  # without an offer: a session refresh
-            self.ua.respond(
-                request,
-                make_response(request, 200, headers=[("Allow", ALLOW), *self._refreshed(request)]),
-            )
-        elif method == "OPTIONS":
-            self.ua.respond(request, make_response(request, 200, headers=[("Allow", ALLOW)]))
-        else:
-            self.ua.respond(request, make_response(request, 405, headers=[("Allow", ALLOW)]))
+    # The UA hands the dialog's requests to the leg (`register`); the session answers them and
+    # tells the call what matters here.
 
-    def on_ack(self, ack: SipRequest) -> None:
-        if not self.acked:
-            self.acked = True
-            self.inbox.put_nowait(("ack", None))
+    def _on_session_event(self, event: Event) -> None:
+        """What the session tells the call, as inbox items (INFO keys through the merger)."""
+        match event:
+            case Acked():
+                self.inbox.put_nowait(CallerAcked())
+            case Cancelled():
+                self.inbox.put_nowait(SessionOver())
+            case Ended(reason=reason, status=status):
+                if reason == "bye":
+                    self._emit("hangup")
+                elif reason == "no-ack":
+                    log.warning("no ACK for our 200", extra={"call_id": self.call_id})
+                elif reason == "session-expired":
+                    log.warning("session expired: no refresh", extra={"call_id": self.call_id})
+                else:
+                    log.warning("session refresh failed: %d", status or 0,
+                                extra={"call_id": self.call_id})  # fmt: skip
+                if self.media is not None:
+                    self.media.stop()
+                self.inbox.put_nowait(SessionOver())
+            case InDialogRequest(request) if request.method == "INFO":
+                parsed = parse_info_dtmf(request.headers.get("Content-Type") or "", request.body)
+                if parsed is not None:
+                    now = asyncio.get_running_loop().time()
+                    key, duration_ms = parsed
+                    self._on_dtmf(DtmfEvent(key, "start", now, duration_ms, "info"))
+            case InDialogRequest(request) if request.method == "NOTIFY":
+                self.inbox.put_nowait(TransferNotify(request))
 
-    def on_cancel(self, invite: SipRequest) -> None:
-        if self.answered:
-            return
-        self.cancelled = True
-        self.ua.respond(invite, make_response(invite, 487, to_tag=self.local_tag))
-        self.inbox.put_nowait(("bye", None))
-
-    def on_ack_timeout(self) -> None:
-        self.inbox.put_nowait(("ack_timeout", None))
-
-    def _reinvite(self, request: SipRequest, source: Address) -> None:
-        """Hold, unhold or a media change, by re-INVITE or UPDATE: answer from the same port
-        (RFC 3264 §8)."""
-        assert self.dialog is not None and self.media is not None
+    def _answer_offer(self, request: SipRequest) -> bytes | Refusal:
+        """Hold, unhold or a media change, by re-INVITE or UPDATE: answered from the same port
+        (RFC 3264 §8); the session sends the 200 or the refusal."""
+        if self.media is None:
+            return Refusal(488, "no media session")
         try:
             offer = SessionDescription.parse(request.body)
-            policy = self._offer_policy(offer, source)
+            policy = self._offer_policy(offer, self.leg.last_source)
             neg = negotiate(offer, srtp_policy=policy, previous=self.negotiated)
         except (SdpError, NotAcceptable) as exc:
             detail = getattr(exc, "detail", None) or str(exc)
@@ -756,38 +819,11 @@ class Call:
                 "refusing a %s offer: 488 %s", request.method, detail,
                 extra={"call_id": self.call_id},
             )  # fmt: skip
-            warning = f'399 {self.config.sip.public_host} "{detail[:120]}"'
-            self.ua.respond(request, make_response(request, 488, headers=[("Warning", warning)]))
-            return
-        self.dialog.update_target(request)
+            return Refusal(488, detail)
         self.negotiated = neg
-        self.media.hold = neg.direction in ("sendonly", "inactive")
-        self.media.move((neg.remote_address, neg.remote_port), neg.remote_rtcp)
-        self.media.rtcp_mux = neg.rtcp_mux
-        self.media.dtmf_payload_type = neg.dtmf_payload_type
-        self.media.renegotiate(neg.codec, neg.ptime)
-        if neg.local_crypto is not None and neg.remote_crypto is not None:
-            # New keys from the peer (or the first ones): the old receiving key stays valid for
-            # packets in flight until the first packet under the new one authenticates.
-            if self.media.srtp is None:
-                self.media.srtp = SrtpContext(neg.local_crypto, neg.remote_crypto)
-            else:
-                self.media.srtp = self.media.srtp.rekey(neg.local_crypto, neg.remote_crypto)
+        renegotiate_media(self.media, neg)
         self.sdp_version += 1
-        self.ua.respond(
-            request,
-            make_response(
-                request,
-                200,
-                headers=[
-                    ("Contact", self.dialog.local_contact),
-                    ("Allow", ALLOW),
-                    *self._refreshed(request),
-                ],
-                body=self._sdp_answer(),
-                content_type="application/sdp",
-            ),
-        )
+        return self._sdp_answer()
 
     # ---- the result ---------------------------------------------------------------------------
 
@@ -834,7 +870,7 @@ class Call:
             await self._bye(headers)
             return
         refer_to = refer_to_uri(target, outcome.result, outcome.reference)
-        request = self._in_dialog(
+        request = self.session.request(
             "REFER",
             [
                 ("Refer-To", f"<{refer_to}>"),
@@ -843,9 +879,11 @@ class Call:
             ],
         )
         self._emit("refer", target=target, result=str(outcome.result))
-        response = await self._send_in_dialog(request)
-        if not 200 <= response.status < 300:
-            log.info("REFER refused: %d", response.status, extra={"call_id": self.call_id})
+        self.leg.pump()
+        response = await self.leg.answer(request)
+        if response is None or not 200 <= response.status < 300:
+            refusal = response.status if response is not None else 0
+            log.info("REFER refused: %d", refusal, extra={"call_id": self.call_id})
             await self._bye(headers)
             return
         status = await self._wait_transfer_outcome()
@@ -859,13 +897,13 @@ class Call:
         try:
             async with asyncio.timeout(NOTIFY_WAIT_S):
                 while True:
-                    kind, value = await self.inbox.get()
-                    if kind == "bye":
+                    item = await self.inbox.get()
+                    if isinstance(item, SessionOver):
                         return None
-                    if kind != "notify":
+                    if not isinstance(item, TransferNotify):
                         continue
-                    status = _sipfrag_status(value.body)
-                    state = (value.headers.get("Subscription-State") or "").lower()
+                    status = _sipfrag_status(item.request.body)
+                    state = (item.request.headers.get("Subscription-State") or "").lower()
                     if status is not None and status >= 200:
                         return status
                     if state.startswith("terminated"):
@@ -874,60 +912,15 @@ class Call:
             log.info("no final NOTIFY for the REFER", extra={"call_id": self.call_id})
             return None
 
-    def _in_dialog(self, method: str, headers: list[tuple[str, str]]) -> SipRequest:
-        assert self.dialog is not None
-        return self.dialog.new_request(
-            method, self.transport, self.ua.sent_by(self.transport), headers=headers
-        )
-
-    async def _send_in_dialog(self, request: SipRequest) -> SipResponse:
-        assert self.dialog is not None
-        destination = self.source if self.source.reliable else None
-        if destination is None:
-            destination = await self.ua.resolve(self.dialog.next_hop())
-        return await self.ua.request(request, destination)
-
-    # ---- session timer (RFC 4028) -----------------------------------------------------------
-
-    def _refreshed(self, request: SipRequest) -> list[tuple[str, str]]:
-        """A re-INVITE or UPDATE refreshes the session: the headers for its 2xx."""
-        if self.session_timer is None:
-            return []
-        return self.session_timer.refreshed(request.headers, asyncio.get_running_loop().time())
-
-    async def _keep_session(self, timer: session_timer.SessionTimer) -> None:
-        """Refresh the session when we are the refresher; end the call when it expires."""
-        loop = asyncio.get_running_loop()
-        while not self.hung_up:
-            wake = timer.next_wake()
-            if wake is None:
-                return
-            await asyncio.sleep(max(0.0, wake - loop.time()))
-            due = timer.due(loop.time())
-            if due == "refresh":
-                headers = timer.refresh_headers()
-                response = await self._send_in_dialog(self._in_dialog("UPDATE", headers))
-                if timer.refresh_answered(response.status, response.headers, loop.time()):
-                    continue
-                log.warning("session refresh failed: %d", response.status,
-                            extra={"call_id": self.call_id})  # fmt: skip
-            elif due == "expired":
-                log.warning("session expired: no refresh", extra={"call_id": self.call_id})
-            else:
-                continue
-            # RFC 4028 §10: the session is over; so is the call (its result stands if known).
-            await self._bye([])
-            self.inbox.put_nowait(("bye", None))
-            return
-
     async def _bye(self, headers: list[tuple[str, str]]) -> None:
-        if self.dialog is None or self.hung_up:
+        if self.hung_up:
             return
-        self.hung_up = True
         if self.media is not None:
             self.media.stop()
-        response = await self._send_in_dialog(self._in_dialog("BYE", headers))
-        self._emit("ended", status=response.status)
+        request = self.session.bye(headers)
+        self.leg.pump()
+        response = await self.leg.answer(request)
+        self._emit("ended", status=response.status if response is not None else 0)
 
     def _record(self, outcome: Outcome) -> None:
         durations = dict(outcome.durations)
@@ -952,6 +945,7 @@ class Call:
             ended_at=_iso(datetime.datetime.now(datetime.UTC)),
             durations=durations,
             charge_state=str(self.charge_state),
+            input=dict(outcome.inputs),
         )
         try:
             self.services.cdr.write(record)
@@ -981,23 +975,23 @@ class Call:
             except Exception:
                 log.exception("observer failed")
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any, tasks: set[asyncio.Task[Any]] | None = None) -> None:
+        tasks = self._tasks if tasks is None else tasks
         task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     def _spawn_detached(self, coro: Any) -> None:
-        # Outlives the call (callback retries); the server keeps a reference until done.
         task = asyncio.get_running_loop().create_task(coro)
-        background = self.services.__dict__.setdefault("_background", set())
-        background.add(task)
-        task.add_done_callback(background.discard)
+        self.services.background.add(task)
+        task.add_done_callback(self.services.background.discard)
 
     def _cleanup(self) -> None:
         CALLS_ACTIVE.dec()
+        self._close_speech()
+        self.leg.close()
         for task in self._tasks:
-            if not task.done() and task.get_coro().__name__ != "_authorize":  # type: ignore[union-attr]
-                task.cancel()
+            task.cancel()
         if self.rtp_port is not None:
             self.services.media.close(self.rtp_port)
             quality = self._media_quality()
@@ -1057,6 +1051,51 @@ class Call:
 SDES_NEEDS_TLS = "SDES keys (a=crypto) need TLS signalling: offer RTP/SAVP over TLS only"
 
 
+def offer_policy(
+    config: Config,
+    offer: SessionDescription,
+    source: Address,
+    current: NegotiatedAudio | None = None,
+) -> str:
+    """The SRTP policy to negotiate `offer` under, given where it came from.
+
+    SDES keys (`a=crypto` of an RTP/SAVP(F) stream) that crossed UDP or TCP were readable
+    by anyone on the path: such an offer is refused (NotAcceptable: 488) unless it came
+    over TLS or from `rtp.sdes_cleartext_sources` (a private link from our own proxy). When
+    the offer also has a plain RTP stream and plain RTP is allowed (the policy is not
+    `required` and the call, `current`, is not already SRTP), that stream is answered instead.
+    """
+    policy = config.rtp.srtp
+    if policy == "off" or not _offers_sdes_keys(offer) or _sdes_allowed(config, source):
+        return policy
+    already_srtp = current is not None and current.remote_crypto is not None
+    if policy != "required" and not already_srtp and _offers_plain_audio(offer):
+        return "off"
+    raise NotAcceptable(SDES_NEEDS_TLS)
+
+
+def _sdes_allowed(config: Config, source: Address) -> bool:
+    if source.transport == "tls":
+        return True
+    return address_in(source.host, parse_networks(config.rtp.sdes_cleartext_sources))
+
+
+def renegotiate_media(media: MediaSession, neg: NegotiatedAudio) -> None:
+    """A re-INVITE's or UPDATE's accepted offer applied to the call's media (same port)."""
+    media.hold = neg.direction in ("sendonly", "inactive")
+    media.move((neg.remote_address, neg.remote_port), neg.remote_rtcp)
+    media.rtcp_mux = neg.rtcp_mux
+    media.dtmf_payload_type = neg.dtmf_payload_type
+    media.renegotiate(neg.codec, neg.ptime)
+    if neg.local_crypto is not None and neg.remote_crypto is not None:
+        # New keys from the peer (or the first ones): the old receiving key stays valid for
+        # packets in flight until the first packet under the new one authenticates.
+        if media.srtp is None:
+            media.srtp = SrtpContext(neg.local_crypto, neg.remote_crypto)
+        else:
+            media.srtp = media.srtp.rekey(neg.local_crypto, neg.remote_crypto)
+
+
 def _offers_sdes_keys(offer: SessionDescription) -> bool:
     """Whether an active stream of `offer` carries SRTP keys in `a=crypto` lines."""
     return any(
@@ -1072,11 +1111,10 @@ def _offers_plain_audio(offer: SessionDescription) -> bool:
     )
 
 
-def authorization_bound_s(config: Config) -> float:
-    """The longest an authorisation may take, reconciliation included, before the call gives
-    up on the connector."""
-    gateway = config.gateway
-    return gateway.timeout_s + gateway.reconcile_s + AUTHORIZATION_GRACE_S
+def voice_entry_offered(language: str) -> bool:
+    """Whether callers in `language` may say their digits: a recognition model is installed
+    and the prompts have "key or say" wording for it. Other languages stay keypad-only."""
+    return language in SPEECH_LANGUAGES and speech_available(language)
 
 
 def prompt_language(*candidates: str) -> str:
@@ -1100,7 +1138,3 @@ def _sipfrag_status(body: bytes) -> int | None:
 
 def _iso(moment: datetime.datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def new_call_id() -> str:
-    return uuid.uuid4().hex

@@ -4,6 +4,9 @@ This module owns the call record: `CallRecord` (the documented fields, and `char
 `CdrWriter` (one JSON line per call appended to `log.cdr_path`), and `CallbackSender` (the POST
 of the same JSON to the handoff's `X-SPG-Callback`, signed like every platform request).
 
+`input` says how each field the caller entered came: `dtmf` (keys), `speech` (said, with voice
+entry) or `mixed` (both in one field); never what was entered.
+
 `charge_state` says whether the platform took the payment: `charged` (approved), `not-charged`
 (declined, refused, never sent, or no card read), `unknown` (the platform may have charged and
 could not say in time: the result is `error`, and `spg-media reconcile` settles it later).
@@ -47,6 +50,8 @@ log = logging.getLogger("spg.cdr")
 
 CARD_LIKE_RUN = re.compile(r"(?<![0-9])[0-9]{12,19}(?![0-9])")
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+INPUT_FIELDS = frozenset({"card", "expiry", "security_code"})
+INPUT_KINDS = frozenset({"dtmf", "speech", "mixed"})
 
 
 @dataclass
@@ -68,6 +73,13 @@ class CallRecord:
     durations: dict[str, float] = field(default_factory=dict)
     # charged | not-charged | unknown; "" takes it from the result, unknown for an error.
     charge_state: str = ""
+    # "assist" for a payment taken with the agent on the call (with its payment_id); the IVR's
+    # records leave both out.
+    mode: str = ""
+    payment_id: str = ""
+    # How each field taken was entered: {"card" | "expiry" | "security_code":
+    # "dtmf" | "speech" | "mixed"}; a field not taken is absent.
+    input: dict[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # short, and it cannot show what the guard would refuse
         return f"CallRecord(call_id={self.call_id!r}, result={self.result!r})"
@@ -82,6 +94,12 @@ class CallRecord:
             if not isinstance(last4, str) or not re.fullmatch(r"[0-9]{0,4}", last4):
                 raise ValueError("call record refused: card.last4 must be at most 4 digits")
             card = {"brand": str(self.card["brand"]), "last4": last4}
+        inputs = dict(self.input)
+        for name, kind in inputs.items():
+            if name not in INPUT_FIELDS or kind not in INPUT_KINDS:
+                raise ValueError(
+                    "call record refused: input must map card fields to dtmf/speech/mixed"
+                )
         data: dict[str, Any] = {
             "call_id": self.call_id,
             "transaction": self.transaction,
@@ -93,10 +111,15 @@ class CallRecord:
             "card": card,
             "card_token": self.card_token,
             "attempts": int(self.attempts),
+            "input": inputs,
             "started_at": self.started_at,
             "ended_at": self.ended_at,
             "durations": {str(k): round(float(v), 3) for k, v in self.durations.items()},
         }
+        if self.mode:
+            data["mode"] = self.mode
+        if self.payment_id:
+            data["payment_id"] = self.payment_id
         masked: dict[str, Any] = mask_card_like(data, "")
         return masked
 

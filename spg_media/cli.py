@@ -92,6 +92,12 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--card", help="card number to key (default: a sandbox card that approves)")
     demo.add_argument("--expiry", default="1230", help="expiry MMYY to key")
     demo.add_argument("--lang", default=None, help="prompt language (en, es)")
+    demo.add_argument(
+        "--assist",
+        action="store_true",
+        help="an agent-assisted payment: the customer bridged to an agent whose desktop drives "
+        "the assist API; shows what the agent hears and sees",
+    )
 
     sandbox = sub.add_parser("sandbox", help="the sandbox payment platform alone")
     sandbox.add_argument("--listen", default="127.0.0.1:8480", help="HOST:PORT")
@@ -280,7 +286,10 @@ def _worker_count(given: str | None, config: Config) -> int:
         setting = int(given)
     else:
         raise UsageError(f"--workers: expected 0 (one per core) to 256, got {given!r}")
-    count = worker_count(setting)
+    # The agent-assisted API keeps its calls and payments in one process: "one per core"
+    # means one then (an explicit count above 1 is refused by plan_workers).
+    assisted = bool(config.assist.listen and config.assist.api_token)
+    count = 1 if setting == 0 and assisted else worker_count(setting)
     if count > 1:
         plan_workers(config, count, Path("/nonexistent"))  # ports and RTP slices fit: else exit 2
     return count
@@ -405,7 +414,7 @@ def _harden(config: Config) -> None:
 
 
 async def _serve_async(config: Config, drain_s: float, drain_floor: bool) -> None:
-    from spg_media.call import authorization_bound_s
+    from spg_media.payment.authorization import authorization_bound_s
     from spg_media.server import Server
 
     server = Server(config, drain_s=drain_s, drain_floor=drain_floor)
@@ -467,6 +476,10 @@ def _demo(args: argparse.Namespace) -> int:
     from spg_media.observability import setup_logging
 
     setup_logging("text", "warning")
+    if args.assist:
+        from spg_media.assist import demo
+
+        return 0 if asyncio.run(demo.run(args)) == "approved" else 1
     result = asyncio.run(_demo_async(args))
     return 0 if result in ("approved", "declined") else 1
 
@@ -616,7 +629,7 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 
 def _prompts(args: argparse.Namespace) -> int:
-    from spg_media.speech import speech_available
+    from spg_media.call import voice_entry_offered
     from spg_media.tts.phrases import SUPPORTED_LANGUAGES
     from spg_media.tts.prompts import PromptLibrary
     from spg_media.tts.render import PromptRenderer
@@ -639,7 +652,9 @@ def _prompts(args: argparse.Namespace) -> int:
                     "clips": count,
                     "seconds": round(time.monotonic() - started, 2),
                     "cache_dir": config.tts.cache_dir,
-                    "speech": speech_available(lang),
+                    # callers may say their digits in it (ivr.input = "dtmf speech"): a speech
+                    # model is installed and the prompts offer it; else keypad only
+                    "speech": voice_entry_offered(lang),
                 }
             )
         )

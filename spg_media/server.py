@@ -19,13 +19,23 @@ import resource
 import ssl
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spg_media.admission import AdmissionControl, AdmissionPolicy
-from spg_media.call import Call, CallServices, authorization_bound_s
+from spg_media.assist.bridge_call import AssistCall, is_assist_invite
+from spg_media.call import Call, CallServices, voice_entry_offered
 from spg_media.cdr import CallbackSender, CdrWriter
-from spg_media.config import AdmissionConfig, Config, ConfigError, is_loopback_host, parse_listen
+from spg_media.config import (
+    LANGUAGES,
+    AdmissionConfig,
+    Config,
+    ConfigError,
+    is_loopback_host,
+    parse_host_port,
+    parse_listen,
+)
 from spg_media.observability import CALLS_REJECTED_TOTAL, METRICS
+from spg_media.payment.authorization import authorization_bound_s
 from spg_media.payment.connectors import make_connector
 from spg_media.payment.journal import PaymentJournal
 from spg_media.rtp.session import MediaEngine
@@ -33,8 +43,13 @@ from spg_media.sip.limits import ConnectionLimits, LogThrottle
 from spg_media.sip.message import SipRequest, make_response
 from spg_media.sip.transaction import Address
 from spg_media.sip.ua import Listen, SipUserAgent
+from spg_media.speech import SpeechEngine
 from spg_media.tts.prompts import PromptLibrary
 from spg_media.tts.render import PromptRenderer
+
+if TYPE_CHECKING:
+    from spg_media.admin import AsgiServer
+    from spg_media.assist.service import AssistService
 
 log = logging.getLogger("spg.server")
 
@@ -171,6 +186,8 @@ class Server:
         self.tasks: set[asyncio.Task[None]] = set()
         self.services: CallServices | None = None
         self.admin: Any = None
+        self.assist: AssistService | None = None  # agent-assisted payments (assist.api_token)
+        self.assist_server: AsgiServer | None = None
         self.listen: list[Listen] = []
         self.admission = AdmissionControl(admission_policy(config.admission))
         self.lag_monitor = LagMonitor(self.admission, on_probe=self._update_admission_gauges)
@@ -229,6 +246,7 @@ class Server:
             callbacks=CallbackSender(config.gateway.secret, config.handoff.callback_allow),
             observer=self.observer,
             journal=journal,
+            speech=self._speech_engine(),
         )
         if config.handoff.callback_allow and not config.gateway.secret:
             log.warning(
@@ -242,6 +260,56 @@ class Server:
         await ua.start()
         if config.admin.listen:
             await self._start_admin()
+        if config.assist.listen and config.assist.api_token:
+            await self._start_assist()
+        elif config.assist.listen:
+            log.info("assist.api_token is empty: the agent-assisted API and page are off")
+
+    async def _start_assist(self) -> None:
+        """The payment-session service of assisted calls, and its API and agent page."""
+        from spg_media.admin import AsgiServer
+        from spg_media.assist.api import build_app
+        from spg_media.assist.service import AssistService
+
+        assert self.services is not None
+        services, assist = self.services, self.config.assist
+        self.assist = AssistService(
+            self.config, services.connector, services.cdr, services.callbacks, services.journal
+        )
+        self.assist_server = AsgiServer(
+            build_app(self.assist, assist.api_token),
+            streaming=True,
+            label="agent-assisted API and page",
+        )
+        host, port = parse_host_port(assist.listen)
+        if not is_loopback_host(host):
+            log.warning(
+                "assist.listen %s is not a loopback address: the API token and payment states "
+                "travel as plain HTTP; put a TLS proxy in front",
+                assist.listen,
+            )
+        await self.assist_server.start(host, port)
+
+    def _speech_engine(self) -> SpeechEngine | None:
+        """Voice entry's recognisers, with `ivr.input = "dtmf speech"` (started now: each
+        worker loads its model once, not at a caller's first word)."""
+        if self.config.ivr.input != "dtmf speech":
+            return None
+        spoken = [language for language in LANGUAGES if voice_entry_offered(language)]
+        if not spoken:
+            log.warning("ivr.input is 'dtmf speech' but no language has a speech model: keys only")
+            return None
+        engine = SpeechEngine(
+            self.config.speech.max_concurrent, lock_memory=self.config.security.lock_memory
+        )
+        engine.start()
+        others = [language for language in LANGUAGES if language not in spoken]
+        log.info(
+            "voice entry: callers may say their digits in %s (keypad only: %s); "
+            "%d recognitions at once",
+            ", ".join(spoken), ", ".join(others) or "none", self.config.speech.max_concurrent,
+        )  # fmt: skip
+        return engine
 
     async def _start_admin(self) -> None:
         from spg_media.admin import AdminServer
@@ -334,7 +402,11 @@ class Server:
         if reason is not None:
             self._refuse(invite, reason)
             return
-        call = Call(self.services, invite, source)
+        call: Call | AssistCall
+        if is_assist_invite(invite, self.config):  # bridged to an agent, before any IVR
+            call = AssistCall(self.services, self.assist, invite, source)
+        else:
+            call = Call(self.services, invite, source)
         # Registered now, not when its task first runs: another INVITE with this Call-ID in
         # the same read (or the same loop iteration) gets 482 instead of starting a second call.
         call.register()
@@ -357,14 +429,20 @@ class Server:
                 task.cancel()
         self.lag_monitor.stop()
         if self.services is not None:
-            background = self.services.__dict__.get("_background", set())
+            background = self.services.background
             if background:
                 await asyncio.wait(set(background), timeout=5)
             await self.services.ua.close()
             await self.services.media.aclose()
+            if self.assist is not None:  # its streams end, its authorisations settle
+                await self.assist.aclose(grace_s)
             await self.services.connector.aclose()
+            if self.services.speech is not None:
+                self.services.speech.close()
         if self.admin is not None:
             await self.admin.close()
+        if self.assist_server is not None:
+            await self.assist_server.close()
 
 
 def server_tls_context(cert: str, key: str) -> ssl.SSLContext:

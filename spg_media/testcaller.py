@@ -7,8 +7,11 @@ telephone-event, as a PSTN gateway would — and
 plays the transferee's part of the REFER (202, then a NOTIFY whose sipfrag says the return call
 was answered) before accepting the BYE. With `transport="tls"` it signals over TLS (trusting
 only the certificate file it is given) and with `srtp=True` it offers RTP/SAVP with fresh SDES
-keys and protects and checks every packet, as a secure phone does. It serves `spg-media demo`
-and unit tests; integration tests use real peers (SIPp, baresip) instead.
+keys and protects and checks every packet, as a secure phone does. With `stream_audio=True` it
+sends a continuous audio stream even when keying RFC 4733 events, `say()` speaks into it, and
+each key's tone is played in it too (a phone whose keypad tones reach the line as well as its
+events: what agent-assisted mode must mask). It serves `spg-media demo` and unit tests;
+integration tests use real peers (SIPp, baresip) instead.
 """
 
 from __future__ import annotations
@@ -96,6 +99,7 @@ class TestCaller:
         tls_ca_file: str | None = None,
         handoff_signature: Callable[[str], str] | None = None,
         transfer: str = "ok",
+        stream_audio: bool = False,
     ) -> None:
         self.target = target
         self.transaction = transaction
@@ -113,6 +117,7 @@ class TestCaller:
         self.on_progress = on_progress or (lambda _msg: None)
         self.request_uri = request_uri or f"sip:pay@{target[0]}:{target[1]}"
         self.inband = inband
+        self.stream_audio = stream_audio or inband  # in-band keys need the audio stream
         if transport not in ("udp", "tcp", "tls"):
             raise ValueError(f"transport must be udp, tcp or tls, not {transport!r}")
         self.transport = transport
@@ -169,6 +174,14 @@ class TestCaller:
                 return
             await asyncio.sleep(0.05)
 
+    async def wait_prompt_start(self, limit_s: float = 20.0) -> None:
+        """Wait until something loud (a prompt) is heard from now on."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit_s
+        self._heard_speech = False
+        while loop.time() < deadline and not self._ended.is_set() and not self._heard_speech:
+            await asyncio.sleep(0.02)
+
     async def key(self, keys: str, gap_s: float = 0.12) -> None:
         """Key digits as RFC 4733 events: 7 updates then the end packet three times.
 
@@ -180,15 +193,37 @@ class TestCaller:
             return
         for key in keys:
             event = DTMF_EVENTS[key]
-            self._ts = (self._ts + 1600) & 0xFFFFFFFF
+            if self.stream_audio:
+                # The event is dated in the audio's timeline, and its tone goes in the audio.
+                event_ts = self._ts
+                self._queue_audio(dtmf_tone(key, 0.14))
+            else:
+                self._ts = (self._ts + 1600) & 0xFFFFFFFF
+                event_ts = self._ts
             for i in range(1, 8):
                 payload = struct.pack("!BBH", event, 10, 160 * i)
-                self._send_rtp(payload, marker=(i == 1))
+                self._send_rtp(payload, marker=(i == 1), ts=event_ts)
                 await asyncio.sleep(0.02)
             end = struct.pack("!BBH", event, 0x80 | 10, 160 * 8)
             for _ in range(3):
-                self._send_rtp(end, marker=False)
+                self._send_rtp(end, marker=False, ts=event_ts)
             await asyncio.sleep(gap_s)
+
+    def _queue_audio(self, samples: np.ndarray) -> None:
+        from spg_media.rtp.g711 import encode
+
+        samples = np.concatenate([samples, np.zeros((-samples.size) % FRAME, np.int16)])
+        encoded = encode(samples, "PCMU")
+        self._audio_out.extend(encoded[i : i + FRAME] for i in range(0, len(encoded), FRAME))
+
+    async def say(self, samples: np.ndarray) -> None:
+        """Speak `samples` (int16, 8 kHz) into the audio stream (`stream_audio`); returns when
+        they have been sent."""
+        if not self.stream_audio:
+            raise RuntimeError("say() needs stream_audio=True")
+        self._queue_audio(np.asarray(samples, dtype=np.int16))
+        while self._audio_out and not self._ended.is_set():
+            await asyncio.sleep(0.02)
 
     async def _key_inband(self, keys: str, gap_s: float) -> None:
         from spg_media.rtp.g711 import encode
@@ -217,9 +252,10 @@ class TestCaller:
             next_at += 0.02
             await asyncio.sleep(max(0.0, next_at - loop.time()))
 
-    def _send_rtp(self, payload: bytes, marker: bool) -> None:
+    def _send_rtp(self, payload: bytes, marker: bool, ts: int | None = None) -> None:
         assert self.rtp is not None and self.remote_rtp is not None
-        packet = build_rtp(DTMF_PT, self._seq, self._ts, self._ssrc, payload, marker)
+        stamp = self._ts if ts is None else ts
+        packet = build_rtp(DTMF_PT, self._seq, stamp, self._ssrc, payload, marker)
         self._seq = (self._seq + 1) & 0xFFFF
         self._send_packet(packet)
 
@@ -368,7 +404,7 @@ class TestCaller:
         ack = self.dialog.new_request("ACK", self.transport, self._sent_by, cseq=invite.cseq[0])
         self.ua.send_ack(ack, await self.ua.resolve(self.dialog.next_hop()))
         self.on_progress("answered (200 OK, ACK sent)" + self._security())
-        if self.inband:
+        if self.stream_audio:
             self._audio_task = asyncio.get_running_loop().create_task(self._send_audio())
         return 200
 

@@ -85,6 +85,13 @@ def plan_workers(config: Config, count: int, runtime_dir: Path) -> list[WorkerPl
     too small to cut)."""
     if count < 1:
         raise ConfigError("process.workers: must be 0 (one per core) or more", "process.workers")
+    if count > 1 and config.assist.listen and config.assist.api_token:
+        # One registry of assisted calls and payments, one API port: a single process.
+        raise ConfigError(
+            "assist.api_token: agent-assisted payments run in a single process; "
+            "set process.workers = 1 (or leave assist.api_token empty)",
+            "assist.api_token",
+        )
     specs = [parse_listen(text) for text in config.sip.listen]
     taken: dict[tuple[str, str, int], int] = {}
     for spec in specs:
@@ -278,6 +285,7 @@ class Supervisor:
         self.failure = ""
         self._clock = clock
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = asyncio.Event()  # wakes a worker's restart delay when the node stops
 
     def _now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
@@ -326,7 +334,8 @@ class Supervisor:
                 delay,
                 extra={"worker": plan.index, "exit_code": code},
             )
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), delay)
 
     def signal_workers(self, sig: int = signal.SIGTERM) -> None:
         for process in self.processes.values():
@@ -337,6 +346,7 @@ class Supervisor:
     async def stop(self) -> None:
         """Drain: every worker gets SIGTERM and finishes its calls; returns when all exited."""
         self.stopping = True
+        self._stopped.set()
         self.signal_workers(signal.SIGTERM)
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for plan in self.plans:

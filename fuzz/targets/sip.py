@@ -22,6 +22,7 @@ from spg_media.sip.message import (
 from spg_media.sip.transaction import (
     Address,
     RequestReceived,
+    State,
     TransactionLayer,
 )
 from spg_media.sip.uri import NameAddr, SipSyntaxError, SipUri, Via, parse_cseq, split_header_list
@@ -404,4 +405,10 @@ def sip_transaction(data: bytes) -> None:
     layer.handle_timer(now)
     _check_outgoing(layer)
     layer.take_events()
+    # A ringing INVITE of ours waits for its answer as long as its TU lets it (timer B stops
+    # on a provisional); the TU ends it with CANCEL and then `abandon`. Every other client
+    # transaction ends by itself.
+    for tx in list(layer.client.values()):
+        if tx.is_invite and tx.state is State.PROCEEDING:
+            layer.abandon(tx.request)
     expect(not layer.client, "a client transaction outlived 64*T1")

@@ -185,3 +185,48 @@ def check_expiry(mm: int, yy: int, today: datetime.date) -> ExpiryCheck:
 def cvc_length(brand: str) -> int:
     """Digits of the security code: 4 for American Express, else 3."""
     return 4 if brand == "amex" else 3
+
+
+def _double(value: int) -> int:
+    return value * 2 - 9 if value > 4 else value * 2
+
+
+def _luhn_sums(values: list[int]) -> tuple[int, int]:
+    """The Luhn sums of `values` (mod 10) when its last digit is at an even position from the
+    number's end (an even count of digits follows) and when it is at an odd one."""
+    even = odd = 0
+    for position, value in enumerate(reversed(values)):
+        if position % 2:
+            even += _double(value)
+            odd += value
+        else:
+            even += value
+            odd += _double(value)
+    return even % 10, odd % 10
+
+
+# The last three digits that give each pair of Luhn sums (every pair has one: checked by a test).
+_SUM_TAILS: dict[tuple[int, int], tuple[int, int, int]] = {}
+for _tail in ((a, b, c) for a in range(10) for b in range(10) for c in range(10)):
+    _SUM_TAILS.setdefault(_luhn_sums(list(_tail)), _tail)
+del _tail
+
+SURROGATE_KEPT = IIN_DIGITS + 2  # a prefix this short is given as it is (3 digits are needed)
+
+
+def rules_surrogate(prefix: SecretDigits) -> str:
+    """A stand-in for the first digits of a card number that every card rule judges as it
+    would the real ones, whatever digits follow: same length, same first six (the brand), and
+    the same Luhn sums (zeros, then three digits chosen for them). So a recogniser can weigh
+    the next digits it heard by brand, length and Luhn without being given a string of the
+    caller's number. Up to `SURROGATE_KEPT` digits it is the prefix itself (the brand's six
+    digits and two more at most: no card number)."""
+    values = prefix.values()
+    if len(values) <= SURROGATE_KEPT:
+        return "".join(chr(48 + value) for value in values)
+    head = values[:IIN_DIGITS]
+    head_sums = _luhn_sums(head + [0] * (len(values) - IIN_DIGITS))
+    want = _luhn_sums(values)
+    tail = _SUM_TAILS[((want[0] - head_sums[0]) % 10, (want[1] - head_sums[1]) % 10)]
+    digits = head + [0] * (len(values) - IIN_DIGITS - 3) + list(tail)
+    return "".join(chr(48 + value) for value in digits)

@@ -1,13 +1,16 @@
 """The caller's journey as a sans-IO state machine.
 
 This module owns what the caller hears and when, which keys count, the attempt and timeout
-rules, and the moment card data is handed to the connector. It does no I/O: the call feeds it
-events with the current time and carries out the actions it returns.
+rules, and the moment card data is handed to the connector. The key rules of one field
+(`field_length`, `hash_failure`, `check_card_entry`, `check_expiry_entry`, `ask_part`) are
+module functions, shared with the agent-assisted payment sessions (`spg_media.assist`).
+It does no I/O: the call feeds it events with the current time and carries out the actions
+it returns.
 
 Theory of operation
 ===================
 
-The call drives one `Journey` with six kinds of event, each taking `now` (seconds, any
+The call drives one `Journey` with these events, each taking `now` (seconds, any
 monotonic clock) and returning a list of actions to carry out in order:
 
     start()          once, after the call is answered
@@ -17,6 +20,10 @@ monotonic clock) and returning a list of actions to carry out in order:
     authorized(r)    the connector answered the last `Authorize` (the call always reports it,
                      an `ERROR` result included, even after the caller hung up)
     hangup()         the caller left
+    speech(u)        with voice entry (config.speech): the caller said something (one
+                     `Utterance`, its n-best hypotheses); see "Voice entry" below
+    speaking()       with voice entry: the caller is talking now (returns nothing; a field's
+                     timer due now waits a second more)
 
 Actions: `Play(parts, barge_in)` replaces whatever is playing; `StopPlayback()` stops it because
 a key barged in; `Authorize(card, attempt)` hands the card to the connector; `Finish(outcome)`
@@ -75,18 +82,54 @@ Outcome.durations holds, in seconds from the `now` values: "card_entry" (start t
 to the end when there was none), "authorization" (Authorize to authorized), "result" (authorized
 to the end) and "journey" (start to the end); a phase that did not happen is left out.
 
+Voice entry (config.speech, which the call sets only when a recogniser listens to it)
+--------------------------------------------------------------------------------------
+
+The field prompts become "key in or say" (`*_speech` prompt names). In a field, an utterance
+is decoded under the field's rules (`speech.digits.best_reading`: a card group by brand,
+length and Luhn on what was taken so far, given as `cards.rules_surrogate`, never the number
+itself; the expiry's window; the code's length), failing that by the words alone (a real but
+invalid entry then gets its own failure prompt once confirmed), and, when its confidence
+reaches `speech_min_confidence`, read back as digit clips ("I heard 4 1 1 1. Is that right? Say
+yes or press one, or no or press two."): `heard` holds it meanwhile. Then:
+
+- "yes" or '1': the digits join the field. A card number is taken once it is valid (Luhn,
+  brand, length) or as long as its brand allows (then checked as a keyed one is); else "and
+  the next digits?". The expiry and the code are then checked exactly as when keyed.
+- "no" or '2': dropped, "please say those digits again"; a failed attempt (the card's
+  confirmed groups stay).
+- "start again" or '*': the field is wiped and asked again (never a cancellation).
+- "repeat": the read-back (or the field's prompt) again; new digits replace the read-back.
+- not sure enough, or words that are no digits: "sorry, I did not understand", a failed
+  attempt (a card's confirmed groups and a waiting read-back stay).
+- a read-back not answered within `first_digit_timeout_s`: no_input, asked again, a failed
+  attempt. The other timers and `max_attempts` are the keypad's.
+
+Keys and speech mix freely: a key is always taken as on the keypad, except that '1', '2' and
+'*' answer a read-back; any other key drops a read-back not yet answered (keys win), and an
+utterance that began before the latest key press is ignored. `expected_digits()` tells the
+call how many digits the next words should hold (the card's printed groups: 4-6-5 for
+American Express, fours otherwise; the expiry's or code's remaining digits; None after a card
+group went wrong, so the caller may group as they like), for the recogniser's grammar. In
+CONFIRM, "yes"/"no"/"start again" answer as '1'/'2'. Outcome.inputs says how each field
+taken came: dtmf, speech, or mixed (both in one field; a read-back confirmed by '1' is speech).
+Speech is never on in agent-assisted mode (JourneyConfig.speech defaults to False).
+
 Card data: digits are kept in `SecretDigits` buffers only while they are needed. A buffer of an
 abandoned entry (failed, cleared by '*', restarted with '2') is wiped at once; when the card is
 handed over in `Authorize`, the journey drops its references (the call owns and wipes the card);
 on every way out all remaining buffers are wiped. The confirm prompt gets its own copy of the
-expiry digits. No action or outcome repr shows more than brand and last four.
+expiry digits, a read-back its own copy of the digits heard. No action or outcome repr shows
+more than brand and last four.
 """
 
 from __future__ import annotations
 
 import datetime
 import enum
+from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Literal
 
 from spg_media.payment.cards import (
     PAN_MAX_LENGTH,
@@ -96,6 +139,8 @@ from spg_media.payment.cards import (
     check_expiry,
     check_pan,
     cvc_length,
+    possible_lengths,
+    rules_surrogate,
 )
 from spg_media.payment.model import (
     AuthorizationResult,
@@ -105,6 +150,8 @@ from spg_media.payment.model import (
     SecretDigits,
     TransactionInfo,
 )
+from spg_media.speech.digits import answer_of, best_reading, words_to_digits
+from spg_media.speech.model import Utterance
 
 # A stuck or playful '9' must not keep the call in the IVR forever.
 MAX_RESULT_REPEATS = 5
@@ -112,6 +159,15 @@ MAX_RESULT_REPEATS = 5
 EXPIRY_LENGTH = 4
 DIGITS = frozenset("0123456789")
 KEYS = DIGITS | {"*", "#"}
+# Keys that answer a read-back of spoken digits, as the words would.
+_READBACK_KEYS = {"1": "yes", "2": "no", "*": "start-again"}
+# A card number is said in the groups printed on the card: American Express 4-6-5, the
+# others fours (and three for the last of a 19-digit number).
+CARD_GROUPS = (4, 4, 4, 4, 3)
+AMEX_GROUPS = (4, 6, 5)
+SPEECH_HOLD_S = 1.0  # a field's timer waits this long again while the caller is talking
+# What the recogniser is asked for in each field (the constraints it applies).
+_SPOKEN_FIELD = {"card": "card-group", "expiry": "expiry", "security_code": "code"}
 
 
 # ---- actions ---------------------------------------------------------------------------------
@@ -161,6 +217,9 @@ class Outcome:
     attempts: int = 0
     decline_code: str = ""
     durations: tuple[tuple[str, float], ...] = ()
+    # How each field that was taken was entered: ("card" | "expiry" | "security_code",
+    # "dtmf" | "speech" | "mixed"), in the order they were taken.
+    inputs: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -193,6 +252,79 @@ class JourneyConfig:
     # while the platform is asked (a slow answer, a reconciliation): silence this long, then
     # "still processing", again and again, so the caller does not hang up on a payment
     processing_reminder_s: float = 8.0
+    # Voice entry: the caller may also say the digits (the call turns it on only where a
+    # recogniser listens to this call: `ivr.input = "dtmf speech"`, a language with a model,
+    # a recognition slot free, and never in agent-assisted mode).
+    speech: bool = False
+    # A reading less sure than this is not read back: "sorry, I did not understand" (an attempt)
+    speech_min_confidence: float = 0.5
+
+
+# ---- the key rules of a field (shared with agent-assisted payment sessions) --------------------
+
+EntryField = Literal["card", "expiry", "cvc"]
+
+
+def field_length(field: EntryField, brand: str) -> int:
+    """Digits at which a field ends by itself: 19 for a card number (shorter ones end on '#'),
+    4 for an expiry MMYY, the brand's security-code length (4 when the brand is not known yet:
+    a 3-digit code then ends on '#')."""
+    if field == "card":
+        return PAN_MAX_LENGTH
+    if field == "expiry":
+        return EXPIRY_LENGTH
+    return cvc_length(brand) if brand else 4
+
+
+def hash_failure(field: EntryField, length: int, brand: str = "") -> str | None:
+    """The failure prompt for a '#' ending a field of `length` digits, None when '#' ends it
+    well (a card number of any length: checked next; a security code of 3 digits when the
+    brand is not known yet). A full fixed-length field has ended by itself before any '#'."""
+    if length == 0:
+        return "empty_entry"
+    if field == "expiry":
+        return "expiry_invalid"  # short: a full one ended by itself
+    if field == "cvc" and (brand or length != 3):
+        return "cvc_invalid"
+    return None
+
+
+def check_card_entry(entry: SecretDigits, brands: Collection[str]) -> tuple[str | None, str]:
+    """(failure prompt or None, brand) of a keyed card number."""
+    if len(entry) < PAN_MIN_LENGTH:
+        return "card_invalid", ""
+    verdict = check_pan(entry, brands)
+    if verdict.check is PanCheck.BRAND_NOT_ACCEPTED:
+        return "card_brand_not_accepted", ""
+    if verdict.check is not PanCheck.OK or verdict.brand is None:
+        return "card_invalid", ""
+    return None, verdict.brand
+
+
+_EXPIRY_FAILURES = {
+    ExpiryCheck.INVALID: "expiry_invalid",
+    ExpiryCheck.PAST: "expiry_past",
+    ExpiryCheck.TOO_FAR: "expiry_too_far",
+}
+
+
+def check_expiry_entry(entry: SecretDigits, today: datetime.date) -> tuple[str | None, int, int]:
+    """(failure prompt or None, month, four-digit year) of a keyed MMYY expiry."""
+    month = int(entry.prefix(2))
+    year = int(entry.last(2))
+    check = check_expiry(month, year, today)
+    if check is not ExpiryCheck.OK:
+        return _EXPIRY_FAILURES[check], 0, 0
+    return None, month, 2000 + year
+
+
+def ask_part(field: EntryField, brand: str) -> PromptPart:
+    """The prompt part asking for a field."""
+    if field == "card":
+        return _part("enter_card")
+    if field == "expiry":
+        return _part("enter_expiry")
+    return _part("enter_cvc", digits=cvc_length(brand) if brand else 3)
 
 
 # ---- states ----------------------------------------------------------------------------------
@@ -228,10 +360,29 @@ _TRANSITIONS: dict[State, frozenset[State]] = {
     State.FINISHED: frozenset(),
 }
 
+_FIELD_OF_STATE: dict[State, EntryField] = {
+    State.CARD: "card",
+    State.EXPIRY: "expiry",
+    State.CVC: "cvc",
+}
+
 _FAILURE_PROMPTS = {
     Result.INVALID_TRANSACTION: "invalid_transaction",
     Result.INVALID_HANDOFF: "invalid_handoff",
 }
+
+
+def _plain_reading(utterance: Utterance, length: int | None) -> tuple[str, float] | None:
+    """The digits most probably said (of `length`, when given), by no rule but the words, and
+    their share of the utterance's probability."""
+    pooled: dict[str, float] = {}
+    for hypothesis, posterior in zip(utterance.hypotheses, utterance.posteriors(), strict=True):
+        digits = words_to_digits(hypothesis.words)
+        if digits is not None and (length is None or len(digits) == length):
+            pooled[digits] = pooled.get(digits, 0.0) + posterior
+    if not pooled:
+        return None
+    return max(pooled.items(), key=lambda item: item[1])
 
 
 def _part(name: str, **params: ParamValue) -> PromptPart:
@@ -270,6 +421,15 @@ class Journey:
         self._cvc: SecretDigits | None = None
         self._brand = ""
         self._last4 = ""
+
+        # Voice entry (config.speech): spoken digits read back and waiting for yes or no, how
+        # the digits of the entry came (dtmf, speech), and how each field taken was entered.
+        self._speech = config.speech
+        self._heard: SecretDigits | None = None
+        self._entry_inputs: set[str] = set()
+        self._inputs: dict[str, str] = {}
+        self._last_key_at: float | None = None
+        self._free_grouping = False  # a card group failed: the next may have any length
 
         self._field_failures: dict[State, int] = {}
         self._failed_total = 0
@@ -314,11 +474,12 @@ class Journey:
         assert self._transaction is not None
         self._t_entry = now
         self._goto(State.CARD)
-        return [self._play((self._announcement(), _part("enter_card")), barge_in=True)]
+        return [self._play((self._announcement(), self._ask()), barge_in=True)]
 
     def digit(self, key: str, now: float) -> list[Action]:
         if key not in KEYS:
             return []
+        self._last_key_at = now
         if self._state in FIELD_STATES:
             return self._field_key(key, now)
         if self._state in (State.RESULT, State.REPEAT_WAIT) and key == "9":
@@ -330,7 +491,10 @@ class Journey:
             return []  # stale: that prompt was stopped or replaced
         self._playing = False
         if self._state in FIELD_STATES:
-            if len(self._entry) == 0 and self._deadline is None:
+            # Keys typed during the prompt already run the inter-digit timer; otherwise the
+            # caller now has the first-digit time to key, to say the next digits, or to answer
+            # a read-back.
+            if self._deadline is None:
                 self._deadline = now + self._config.first_digit_timeout_s
             return []
         if self._state is State.RESULT:
@@ -351,7 +515,8 @@ class Journey:
             return []
         self._deadline = None
         if self._state in FIELD_STATES:
-            return self._failed(now, "no_input")
+            # An unanswered read-back keeps what was said: it is asked again.
+            return self._failed(now, "no_input", keep=self._heard is not None)
         if self._state is State.REPEAT_WAIT:
             return self._goodbye_after_result()
         if self._state is State.PROCESSING:
@@ -411,12 +576,17 @@ class Journey:
             actions.append(StopPlayback())
         if self._state is State.CONFIRM:
             actions += self._confirm_key(key, now)
+        elif self._heard is not None and key in _READBACK_KEYS:
+            actions += self._answer_heard(_READBACK_KEYS[key], now)
         elif key == "*":
             actions += self._cancel() if len(self._entry) == 0 else self._clear()
         elif key == "#":
+            self._drop_heard()
             actions += self._hash(now)
         else:
+            self._drop_heard()  # keys win: what was said and not yet confirmed is dropped
             self._entry.append(key)
+            self._entry_inputs.add("dtmf")
             self._deadline = now + self._config.inter_digit_timeout_s
             if len(self._entry) == self._field_length():
                 self._hash_grace_until = now + self._config.inter_digit_timeout_s
@@ -425,19 +595,15 @@ class Journey:
 
     def _field_length(self) -> int:
         """Digits at which the field ends by itself."""
-        if self._state is State.CARD:
-            return PAN_MAX_LENGTH
-        if self._state is State.EXPIRY:
-            return EXPIRY_LENGTH
-        return cvc_length(self._brand)
+        return field_length(self._field(), self._brand)
+
+    def _field(self) -> EntryField:
+        return _FIELD_OF_STATE[self._state]
 
     def _hash(self, now: float) -> list[Action]:
-        if len(self._entry) == 0:
-            return self._failed(now, "empty_entry")
-        if self._state is State.EXPIRY:
-            return self._failed(now, "expiry_invalid")  # short: a full one ended by itself
-        if self._state is State.CVC:
-            return self._failed(now, "cvc_invalid")
+        failure = hash_failure(self._field(), len(self._entry), self._brand)
+        if failure is not None:
+            return self._failed(now, failure)
         return self._complete(now)
 
     def _complete(self, now: float) -> list[Action]:
@@ -450,35 +616,27 @@ class Journey:
         return self._complete_cvc(now)
 
     def _complete_card(self, now: float) -> list[Action]:
-        if len(self._entry) < PAN_MIN_LENGTH:
-            return self._failed(now, "card_invalid")
-        verdict = check_pan(self._entry, self._config.card_brands)
-        if verdict.check is PanCheck.BRAND_NOT_ACCEPTED:
-            return self._failed(now, "card_brand_not_accepted")
-        if verdict.check is not PanCheck.OK or verdict.brand is None:
-            return self._failed(now, "card_invalid")
+        failure, brand = check_card_entry(self._entry, self._config.card_brands)
+        if failure is not None:
+            return self._failed(now, failure)
         self._pan, self._entry = self._entry, SecretDigits()
-        self._brand = verdict.brand
+        self._take_inputs("card")
+        self._brand = brand
         self._last4 = self._pan.last(4)
         return self._ask_next(State.EXPIRY)
 
     def _complete_expiry(self, now: float) -> list[Action]:
-        month = int(self._entry.prefix(2))
-        year = int(self._entry.last(2))
-        check = check_expiry(month, year, self._today)
-        if check is not ExpiryCheck.OK:
-            prompt = {
-                ExpiryCheck.INVALID: "expiry_invalid",
-                ExpiryCheck.PAST: "expiry_past",
-                ExpiryCheck.TOO_FAR: "expiry_too_far",
-            }[check]
-            return self._failed(now, prompt)
+        failure, month, year = check_expiry_entry(self._entry, self._today)
+        if failure is not None:
+            return self._failed(now, failure)
         self._expiry, self._entry = self._entry, SecretDigits()
-        self._exp_month, self._exp_year = month, 2000 + year
+        self._take_inputs("expiry")
+        self._exp_month, self._exp_year = month, year
         return self._ask_next(State.CVC)
 
     def _complete_cvc(self, now: float) -> list[Action]:
         self._cvc, self._entry = self._entry, SecretDigits()
+        self._take_inputs("security_code")
         if self._config.confirm:
             return self._ask_next(State.CONFIRM)
         return self._authorize(now)
@@ -489,6 +647,7 @@ class Journey:
         if key == "2":
             self._wipe_card()
             self._brand = self._last4 = ""
+            self._inputs.clear()
             self._field_failures.clear()  # a fresh start; the total still counts them
             self._deadline = None
             return self._ask_next(State.CARD)
@@ -496,17 +655,194 @@ class Journey:
             return self._cancel()
         return self._failed(now, "confirm_invalid")
 
-    def _ask(self) -> PromptPart:
-        """The prompt asking for the current field."""
+    # ---- voice entry --------------------------------------------------------------------------
+
+    def speech(self, utterance: Utterance, now: float) -> list[Action]:
+        """The caller said something (one utterance, its n-best hypotheses)."""
+        if not self._speech or self._state not in FIELD_STATES:
+            return []
+        if self._last_key_at is not None and self._last_key_at >= utterance.started:
+            return []  # a key pressed while the caller spoke (or since) wins
+        self._hash_grace_until = None
+        actions: list[Action] = []
+        if self._playing:
+            self._playing = False
+            actions.append(StopPlayback())
+        answer = answer_of(utterance)
+        if self._state is State.CONFIRM:
+            key = {"yes": "1", "no": "2", "start-again": "2"}.get(answer or "")
+            if key is not None:
+                return actions + self._confirm_key(key, now)
+            if answer == "repeat":
+                self._deadline = None
+                return [*actions, self._play((self._ask(),), barge_in=True)]
+            return actions + self._failed(now, "not_understood")
+        if answer == "repeat":
+            self._deadline = None
+            return [*actions, self._play((self._again(),), barge_in=True)]
+        if answer is not None and (self._heard is not None or answer == "start-again"):
+            return actions + self._answer_heard(answer, now)
+        digits = self._reading(utterance)
+        if digits is None:
+            # Kept: the card's digits confirmed so far, a read-back waiting for its answer.
+            keep = self._heard is not None or self._state is State.CARD
+            return actions + self._failed(now, "not_understood", keep=keep)
+        self._drop_heard()  # a new reading replaces one not yet answered
+        self._heard = digits
+        self._deadline = None
+        return [*actions, self._play((self._read_back(),), barge_in=True)]
+
+    def expected_digits(self) -> int | None:
+        """How many digits the caller's next words should hold, for the recogniser (a grammar
+        of that length rules out its commonest errors, digits inserted or dropped); None: any
+        number. A card number goes by the groups printed on it; after a group went wrong
+        (not understood, or "no") the next may be grouped as the caller likes."""
+        if not self._speech or self._state not in (State.CARD, State.EXPIRY, State.CVC):
+            return None
+        taken = len(self._entry)
+        if self._state is not State.CARD:
+            remaining = self._field_length() - taken
+            return remaining if remaining > 0 else None
+        return None if self._free_grouping else self._printed_group()
+
+    def _printed_group(self) -> int | None:
+        """The length of the card number's next group as printed on the card; None when keyed
+        digits left the number between groups."""
+        taken = len(self._entry)
+        groups = (
+            AMEX_GROUPS
+            if taken and possible_lengths(self._entry.prefix(6)) == {15}
+            else CARD_GROUPS
+        )
+        end = 0
+        for group in groups:
+            if end == taken:
+                return group
+            end += group
+        return None
+
+    def speaking(self, now: float) -> None:
+        """The caller is talking (the recogniser hears speech): a field's timer due now waits
+        SPEECH_HOLD_S more, so a caller is not cut off mid-sentence; what they said decides."""
+        if self._speech and self._state in FIELD_STATES and self._deadline is not None:
+            self._deadline = max(self._deadline, now + SPEECH_HOLD_S)
+
+    def _field_name(self) -> str:
         if self._state is State.CARD:
-            return _part("enter_card")
-        if self._state is State.EXPIRY:
-            return _part("enter_expiry")
-        if self._state is State.CVC:
-            return _part("enter_cvc", digits=cvc_length(self._brand))
+            return "card"
+        return "expiry" if self._state is State.EXPIRY else "security_code"
+
+    def _reading(self, utterance: Utterance) -> SecretDigits | None:
+        """The digits the caller most likely said for this field, or None when nothing is
+        sure enough to read back. First under the field's rules (a card group: brand, length,
+        and Luhn once it can complete the number; the expiry's window; the code's length);
+        failing that, what was heard all the same: the caller says "no" to a mishearing, and a
+        real but invalid entry, once confirmed, gets its own failure prompt as keyed."""
+        remaining = self._field_length() - len(self._entry)
+        if remaining <= 0:
+            return None
+        field = self._field_name()
+        candidates: list[tuple[str, float]] = []
+        if field == "card":
+            # The group printed next on the card first, even when the grammar was left open
+            # after a group went wrong (the caller most likely says one again), then any.
+            group = self._printed_group()
+            lengths: tuple[int | None, ...] = (group, None) if group is not None else (None,)
+            # The card's rules judge the digits heard after those taken; they are given a
+            # stand-in for those (same brand, length and Luhn sums), never the number.
+            prefix = rules_surrogate(self._entry)
+            for length in lengths:
+                reading = best_reading(
+                    utterance, "card-group", expected_length=length, prefix=prefix
+                )
+                if reading is not None and reading.valid:
+                    candidates.append((reading.digits, reading.confidence))
+        else:
+            lengths = (remaining,)
+            if not len(self._entry):  # a whole expiry or code (not the rest of a keyed one)
+                reading = best_reading(
+                    utterance, _SPOKEN_FIELD[field], expected_length=remaining, today=self._today
+                )
+                if reading is not None and reading.valid:
+                    candidates.append((reading.digits, reading.confidence))
+        for length in lengths:
+            heard = _plain_reading(utterance, length)
+            if heard is not None:
+                candidates.append(heard)
+        for digits, confidence in candidates:
+            if confidence < self._config.speech_min_confidence:
+                continue
+            if not 1 <= len(digits) <= remaining:
+                continue
+            if field != "card" and len(digits) != remaining:
+                continue
+            try:
+                return SecretDigits(digits)
+            except ValueError:
+                continue
+        return None
+
+    def _read_back(self) -> PromptPart:
+        assert self._heard is not None
+        group = 2 if self._state is State.EXPIRY and len(self._heard) == EXPIRY_LENGTH else 4
+        # The prompt owns its copy (whoever renders it may wipe it).
+        return _part("heard", digits=self._heard.copy(), group=group)
+
+    def _answer_heard(self, answer: str, now: float) -> list[Action]:
+        """yes / no / start again, said or keyed (1, 2, *), to a read-back."""
+        if answer == "start-again":
+            return self._clear()  # never a cancellation, even on an empty field
+        if self._heard is None:
+            return self._failed(now, "not_understood", keep=self._state is State.CARD)
+        if answer == "no":
+            self._drop_heard()
+            self._deadline = None
+            if self._count_failure():
+                return self._too_many_attempts()
+            return [self._play((_part("say_again"),), barge_in=True)]
+        if answer != "yes":
+            return self._failed(now, "not_understood", keep=True)
+        heard, self._heard = self._heard, None
+        for digit in heard.characters():
+            self._entry.append(digit)
+        heard.wipe()
+        self._entry_inputs.add("speech")
+        self._free_grouping = False
+        self._deadline = None
+        if self._state is State.CARD:
+            taken = len(self._entry) >= PAN_MIN_LENGTH and (
+                check_pan(self._entry, self._config.card_brands).check is PanCheck.OK
+                or len(self._entry) >= max(possible_lengths(self._entry.prefix(6)), default=0)
+            )
+        else:
+            taken = len(self._entry) >= self._field_length()
+        if taken:
+            return self._complete(now)
+        return [self._play((_part("next_digits"),), barge_in=True)]
+
+    def _drop_heard(self) -> None:
+        if self._heard is not None:
+            self._heard.wipe()
+            self._heard = None
+
+    def _ask(self) -> PromptPart:
+        """The prompt asking for the current field ("key or say" with voice entry)."""
+        spoken = "_speech" if self._speech else ""
+        if self._state in _FIELD_OF_STATE:
+            part = ask_part(self._field(), self._brand)
+            return PromptPart(part.name + spoken, part.params)
         assert self._expiry is not None
         # The prompt owns its copy: whoever renders it may wipe it, ours stays until Authorize.
-        return _part("confirm", last4=self._last4, expiry=self._expiry.copy())
+        return _part("confirm" + spoken, last4=self._last4, expiry=self._expiry.copy())
+
+    def _again(self) -> PromptPart:
+        """What to ask after a failure that kept the entry: the read-back waiting for its
+        answer, the next digits of a card number begun, else the field."""
+        if self._heard is not None:
+            return self._read_back()
+        if self._speech and self._state is State.CARD and len(self._entry):
+            return _part("next_digits")
+        return self._ask()
 
     def _ask_next(self, state: State) -> list[Action]:
         self._goto(state)
@@ -514,23 +850,43 @@ class Journey:
         return [self._play((self._ask(),), barge_in=True)]
 
     def _clear(self) -> list[Action]:
-        self._entry.wipe()
+        """'*' on a field with digits, or "start again": wipe it and ask for it again."""
+        self._wipe_entry()
         self._deadline = None
         return [self._play((self._ask(),), barge_in=True)]
 
-    def _failed(self, now: float, prompt: str) -> list[Action]:
-        """A failed attempt on the current field: say why and ask again, or give up."""
-        self._entry.wipe()
+    def _failed(self, now: float, prompt: str, *, keep: bool = False) -> list[Action]:
+        """A failed attempt on the current field: say why and ask again, or give up. `keep`:
+        the entry (digits said and confirmed, a read-back waiting) stays, and is asked on."""
+        if not keep:
+            self._wipe_entry()
         self._deadline = None
+        if self._count_failure():
+            return self._too_many_attempts()
+        parts = (_part(prompt), self._again())
+        return [self._play(parts, barge_in=True)]
+
+    def _count_failure(self) -> bool:
+        """Count a failed attempt on the current field; True when that was the last allowed."""
+        self._free_grouping = self._state is State.CARD
         count = self._field_failures.get(self._state, 0) + 1
         self._field_failures[self._state] = count
         self._failed_total += 1
-        if count >= self._config.max_attempts:
-            return self._close(
-                Result.TOO_MANY_ATTEMPTS, (_part("too_many_attempts"), _part("goodbye"))
-            )
-        parts = (_part(prompt), self._ask())
-        return [self._play(parts, barge_in=True)]
+        return count >= self._config.max_attempts
+
+    def _too_many_attempts(self) -> list[Action]:
+        return self._close(Result.TOO_MANY_ATTEMPTS, (_part("too_many_attempts"), _part("goodbye")))
+
+    def _wipe_entry(self) -> None:
+        self._entry.wipe()
+        self._entry_inputs.clear()
+        self._drop_heard()
+
+    def _take_inputs(self, field: str) -> None:
+        """The field was taken: remember how its digits came (keys, voice or both)."""
+        inputs = self._entry_inputs
+        self._inputs[field] = "mixed" if len(inputs) > 1 else next(iter(inputs), "dtmf")
+        self._entry_inputs = set()
 
     def _cancel(self) -> list[Action]:
         return self._close(Result.CANCELLED, (_part("cancelled"), _part("goodbye")))
@@ -602,6 +958,7 @@ class Journey:
             attempts=self._failed_total + self._authorizations,
             decline_code=auth.decline_code if auth else "",
             durations=self._durations(now),
+            inputs=tuple(self._inputs.items()),
         )
         self._goto(State.FINISHED)
         return [Finish(self._outcome)]
@@ -645,6 +1002,7 @@ class Journey:
     def _wipe_card(self) -> None:
         """Wipe every card digit the journey still holds (not one handed to `Authorize`)."""
         self._entry.wipe()
+        self._drop_heard()
         for buffer in (self._pan, self._expiry, self._cvc):
             if buffer is not None:
                 buffer.wipe()

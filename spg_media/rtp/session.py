@@ -59,6 +59,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 from threadpoolctl import threadpool_limits
 
 from spg_media.dtmf.inband import InbandDetector
@@ -70,7 +71,8 @@ from spg_media.observability import (
     RTP_LOST_TOTAL,
     RTP_PACKETS_TOTAL,
 )
-from spg_media.rtp.g711 import decode_array, encode
+from spg_media.rtp.g711 import decode, decode_array, encode
+from spg_media.rtp.masking import BLOCK, MASKS, ToneMasker
 from spg_media.rtp.packet import RTP_HEADER_SIZE, RtpError, RtpPacket, build_rtp, is_rtcp
 from spg_media.rtp.rtcp import RtcpError, RtcpSession
 from spg_media.rtp.srtp import SrtpContext
@@ -81,6 +83,8 @@ SILENCE_BYTE = {"PCMU": 0xFF, "PCMA": 0xD5}
 MAX_PENDING_FRAMES = 10  # audio kept for the detector between ticks (a stalled tick drops more)
 FED_LOG = 32  # payloads fed to the detector remembered for dating digits (a start comes 20-40 ms
 # after its onset: at a 10 ms ptime, that is 4 payloads back at most)
+RELAY_SLACK = 160  # samples of bridged audio queued beyond a packet before the oldest is dropped
+QUIET_PEAK = 128  # bridged audio no louder than this (-45 dBm0 peak) is a pause: may be dropped
 INBAND_FEED = 160  # samples (20 ms) each in-band channel gives the detector a tick
 REORDER_WINDOW = 50  # packets: an audio packet this far behind the newest is late, not a new run
 PAYLOAD_TYPE = {"PCMU": 0, "PCMA": 8}
@@ -202,6 +206,11 @@ class MediaSession:
         # send time of the latest packet (counted here: a call into RTCP per packet costs more).
         self._octets_sent = 0
         self._last_sent: tuple[int, float] | None = None
+        # Bridged (agent-assisted mode, MediaEngine.bridge): the audio payloads received since
+        # the last tick, for the other leg (None: not bridged), and the other leg's audio, in
+        # this session's codec, waiting to be sent (a prompt playing goes first).
+        self.relay_in: list[bytes] | None = None
+        self.relay_out = bytearray()
 
     def report_stats(self) -> None:
         """Add what changed since the last report to the process's RTP counters."""
@@ -307,6 +316,9 @@ class MediaSession:
                 self.pending_audio_at = now
             if self.on_audio is not None:
                 self.on_audio(payload, now)
+            relay = self.relay_in
+            if relay is not None and len(relay) < MAX_PENDING_FRAMES:
+                relay.append(payload)
 
     def receive_rtcp(self, data: bytes, source: tuple[str, int], now: float) -> None:
         """A datagram on the RTCP port: taken from the address the call's RTP comes from (before
@@ -505,6 +517,26 @@ class MediaSession:
         self._frames = [audio_g711[i : i + n] for i in range(0, len(audio_g711), n)]
         self._frame_index = 0
         self._marker = True
+        self.relay_out.clear()  # the prompt goes first; the bridged audio queued is stale
+
+    def relay(self, audio: bytes) -> None:
+        """Queue the bridged leg's audio (in this session's codec) to be sent after what is
+        queued; called in the tick before its packet is sent. Dropped while a prompt plays
+        (the prompt wins). A tick that got no packet from the other leg and then one that got
+        two leave audio queued beyond this tick's packet, a packet of delay from then on: it
+        is dropped as soon as it is quiet (a pause), and at once beyond RELAY_SLACK."""
+        if self._frame_index < len(self._frames):
+            return
+        out = self.relay_out
+        out += audio
+        over = len(out) - self.samples_per_packet
+        if over <= 0:
+            return
+        if over > RELAY_SLACK:
+            del out[: over - RELAY_SLACK]
+            over = RELAY_SLACK
+        if int(np.abs(decode(bytes(out[:over]), self.codec)).max()) <= QUIET_PEAK:
+            del out[:over]
 
     def renegotiate(self, codec: str, ptime_ms: int) -> None:
         """A re-INVITE changed the codec or the packet time. What is left of the prompt playing
@@ -524,6 +556,9 @@ class MediaSession:
         if rest:
             self.play(rest)
         self.clear_audio()  # those bytes are in the old codec
+        self.relay_out.clear()  # ... and these
+        if self.relay_in is not None:
+            self.relay_in.clear()
 
     def stop(self) -> None:
         self._frames = []
@@ -545,6 +580,9 @@ class MediaSession:
                 self._frame_index = 0
                 if self.on_playback_done is not None:
                     self.on_playback_done()
+        elif len(self.relay_out) >= self.samples_per_packet:
+            payload = bytes(self.relay_out[: self.samples_per_packet])
+            del self.relay_out[: self.samples_per_packet]
         else:
             payload = self._silence
         packet = build_rtp(self.payload_type, self._seq, self._ts, self.ssrc, payload, self._marker)
@@ -572,6 +610,42 @@ class _InbandFeed:
     audio: list[bytes] = field(default_factory=list)
     codecs: set[str] = field(default_factory=set)
     now: float = -math.inf  # the end of the newest audio given (its arrival)
+
+
+@dataclass(slots=True)
+class _Bridge:
+    """Two sessions whose audio crosses (agent-assisted mode), and a masker slot for each
+    direction: the customer's audio to the agent, the agent's to the customer."""
+
+    customer_port: int
+    agent_port: int
+    customer: MediaSession
+    agent: MediaSession
+    mask_slot: int  # customer → agent
+    agent_mask_slot: int  # agent → customer
+    align: bool = True  # the sessions' packet times are still to be moved onto the tick's
+
+
+@dataclass(slots=True)
+class _RelayFeed:
+    """The bridge directions that give the masker the same number of samples this tick."""
+
+    slots: list[int] = field(default_factory=list)
+    audio: list[bytes] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)  # the codec each row's audio came in
+    targets: list[MediaSession] = field(default_factory=list)  # the leg each row goes to
+
+
+def _decode_rows(codes: npt.NDArray[np.uint8], codecs: list[str]) -> npt.NDArray[np.int16]:
+    """(rows × samples) G.711 codes, each row in its own codec, as int16 samples."""
+    kinds = set(codecs)
+    if len(kinds) == 1:
+        return decode_array(codes, codecs[0])
+    block = np.empty(codes.shape, dtype=np.int16)
+    for codec in kinds:
+        rows = [n for n, c in enumerate(codecs) if c == codec]
+        block[rows] = decode_array(codes[rows], codec)
+    return block
 
 
 class PortRangeExhausted(Exception):
@@ -602,6 +676,9 @@ class MediaEngine:
         # or make a stray loop, when the engine is built outside a running loop.
         self._loop: asyncio.AbstractEventLoop | None = None
         self.inband: InbandDetector | None = None  # one detector serves every channel
+        self.masker: ToneMasker | None = None  # one masker serves both legs of every bridge
+        self.bridges: dict[int, _Bridge] = {}  # by the customer's port
+        self._bridged_agents: dict[int, int] = {}  # agent's port: customer's port
         self.send_errors = 0  # packets the kernel would not take (a full buffer: dropped)
         # Told at the start of every tick how late it starts against its schedule (seconds,
         # and the loop's time): the node's admission control (server.LagMonitor).
@@ -666,14 +743,75 @@ class MediaEngine:
         session.start_rtcp(self.loop.time(), time.time())
         self.sessions[port] = session
         if session.inband:
-            if self.inband is None:
-                single_threaded_blas()
-                self.inband = InbandDetector()
-            session.inband_slot = self.inband.add_channel()
+            self._start_inband(session)
         if self._tick_task is None or self._tick_task.done():
             self._tick_task = self.loop.create_task(self._tick())
 
+    def _start_inband(self, session: MediaSession) -> None:
+        if self.inband is None:
+            single_threaded_blas()
+            self.inband = InbandDetector()
+        session.inband = True
+        if session.inband_slot is None:
+            session.inband_slot = self.inband.add_channel()
+
+    def bridge(self, customer_port: int, agent_port: int, mask: str) -> None:
+        """Cross the audio of two attached sessions (agent-assisted mode). From the next tick,
+        each leg's audio goes to the other's session LOOKAHEAD (30 ms) late with every keypad
+        tone replaced by `mask` ("tone", "silence" or "noise"; spg_media.rtp.masking): the
+        customer's keys never reach the agent, nor the agent's the customer. Each direction
+        is transcoded to the other's codec and sent at the other's packet time. Only decoded
+        audio crosses: RFC 4733 events and anything else never do. A prompt playing on the
+        customer's session is heard instead of the agent. The customer's in-band detector
+        runs whatever `dtmf.inband` said (its digits reach its `on_dtmf` as before); the
+        agent's session runs none. A port already bridged is unbridged first."""
+        if mask not in MASKS:
+            raise ValueError(f"mask must be one of {', '.join(MASKS)}, got {mask!r}")
+        if customer_port == agent_port:
+            raise ValueError("a session cannot be bridged to itself")
+        customer = self.sessions.get(customer_port)
+        agent = self.sessions.get(agent_port)
+        if customer is None or agent is None:
+            missing = customer_port if customer is None else agent_port
+            raise KeyError(f"no media session on port {missing}")
+        for port in (customer_port, agent_port):
+            self._unbridge_port(port)
+        if self.masker is None:
+            single_threaded_blas()
+            self.masker = ToneMasker()
+        self._start_inband(customer)
+        if agent.inband:
+            agent.stop_inband()
+        for session in (customer, agent):
+            session.relay_in = []
+            session.relay_out.clear()
+        slot = self.masker.add_channel(mask)
+        agent_slot = self.masker.add_channel(mask)
+        self.bridges[customer_port] = _Bridge(
+            customer_port, agent_port, customer, agent, slot, agent_slot
+        )
+        self._bridged_agents[agent_port] = customer_port
+
+    def unbridge(self, customer_port: int) -> None:
+        """Stop crossing the audio of the customer's session on `customer_port` and its agent's
+        (each session sends silence, or its prompts, again). Not bridged: nothing happens."""
+        bridge = self.bridges.pop(customer_port, None)
+        if bridge is None:
+            return
+        self._bridged_agents.pop(bridge.agent_port, None)
+        if self.masker is not None:
+            self.masker.remove_channel(bridge.mask_slot)
+            self.masker.remove_channel(bridge.agent_mask_slot)
+        for session in (bridge.customer, bridge.agent):
+            session.relay_in = None
+            session.relay_out.clear()
+
+    def _unbridge_port(self, port: int) -> None:
+        """Unbridge whichever bridge `port` is a leg of."""
+        self.unbridge(self._bridged_agents.get(port, port))
+
     def close(self, port: int) -> None:
+        self._unbridge_port(port)
         session = self.sessions.pop(port, None)
         if session is not None:
             self._send_rtcp(port, session, session.rtcp_bye(self.loop.time()))
@@ -779,6 +917,75 @@ class MediaEngine:
                         event = dataclasses.replace(event, arrived_at=arrival)
                 target._deliver([event])
 
+    def _relay(self, now: float) -> None:
+        """Cross the audio the bridged sessions received since the last tick.
+
+        Both directions alike: whole 5 ms blocks of what a leg received (the rest waits a
+        tick) go through the masker, one call a tick for the rows of every bridge and both
+        directions that give the same number of samples (nearly always 160), decoded per
+        codec, re-encoded in the other leg's and queued on it (the agent's audio is dropped
+        while a prompt plays on the customer's session: `MediaSession.relay`).
+        """
+        masker = self.masker
+        assert masker is not None
+        sessions = self.sessions
+        soon = now + 0.001
+        groups: dict[int, _RelayFeed] = {}  # by samples given: nearly always one, 160
+        for bridge in self.bridges.values():
+            customer, agent = bridge.customer, bridge.agent
+            if sessions.get(bridge.customer_port) is not customer:
+                continue  # its tick work failed and it was stopped: nothing crosses
+            if sessions.get(bridge.agent_port) is not agent:
+                continue
+            if bridge.align:
+                # A session's packets leave from the first tick at or after they are due: one
+                # due just after the tick would carry audio a tick old. Its packet time moves
+                # once, when bridged (as a jitter buffer sees a sender's restart), onto the
+                # tick's (a 30 ms packet time cannot stay on a 20 ms tick: moved once only).
+                bridge.align = False
+                for session in (customer, agent):
+                    due = session.next_send_at
+                    if due is not None and soon < due < now + 0.0199:
+                        session.next_send_at = now
+            for source, target, slot in (
+                (customer, agent, bridge.mask_slot),
+                (agent, customer, bridge.agent_mask_slot),
+            ):
+                heard = source.relay_in
+                if not heard:
+                    continue
+                audio = heard[0] if len(heard) == 1 else b"".join(heard)
+                heard.clear()
+                whole = len(audio) - len(audio) % BLOCK
+                if whole < len(audio):
+                    heard.append(audio[whole:])
+                    audio = audio[:whole]
+                if not whole:
+                    continue
+                feed = groups.get(whole)
+                if feed is None:
+                    feed = groups[whole] = _RelayFeed()
+                feed.slots.append(slot)
+                feed.audio.append(audio)
+                feed.sources.append(source.codec)
+                feed.targets.append(target)
+        for size, feed in groups.items():
+            count = len(feed.slots)
+            codes = np.frombuffer(b"".join(feed.audio), dtype=np.uint8).reshape(count, size)
+            block = _decode_rows(codes, feed.sources)
+            masked = masker.process(feed.slots, block)
+            codecs = [target.codec for target in feed.targets]
+            if len(set(codecs)) == 1:
+                encoded = encode(masked, codecs[0])
+                for n, target in enumerate(feed.targets):
+                    target.relay(encoded[n * size : (n + 1) * size])
+                continue
+            for codec in set(codecs):
+                rows = [n for n, c in enumerate(codecs) if c == codec]
+                encoded = encode(masked[rows], codec)
+                for n, row in enumerate(rows):
+                    feed.targets[row].relay(encoded[n * size : (n + 1) * size])
+
     def _receive(self, now: float) -> None:
         """Read every datagram waiting on the sessions' sockets and feed it to its session.
 
@@ -864,6 +1071,11 @@ class MediaEngine:
             await asyncio.sleep(0)
             if self.inband is not None:
                 self._detect_inband()
+            if self.bridges:
+                try:
+                    self._relay(now)
+                except Exception:  # a bug here must not stop the media of every call
+                    log.exception("bridged audio failed; nothing crosses this tick")
             for port, session in list(self.sessions.items()):
                 try:
                     self._serve(port, session, now)

@@ -3,8 +3,10 @@
 This module owns what spg-media says about media in SIP bodies: `SessionDescription.parse` reads
 an offer or answer, `negotiate` decides what we will do with an offer (or reads the answer to our
 own offer), `build_answer` and `build_offer` write SDP. `a=crypto` lines (RFC 4568) are carried
-raw as `Crypto` values; checking them and making keys is `spg_media.rtp.srtp`'s business, which
-`negotiate` asks for the line to use and for our answer's key.
+raw as `Crypto` values; checking them and making keys is `spg_media.rtp.sdes`'s business, which
+`negotiate` asks for the line to use and for our answer's key. Running SRTP is not this
+module's: it never loads the crypto binding (only an SRTP offer negotiated without an explicit
+list of suites asks `sdes.supported_suites()`, which does).
 
 Decisions:
 - Codec: the first of the offerer's formats that is PCMU or PCMA, by rtpmap or by static payload
@@ -18,7 +20,7 @@ Decisions:
   (rejected) in its place, so the answer has as many m-lines as the offer (RFC 3264 §6).
 - SRTP policy "off": a stream that is only RTP/SAVP(F) is refused; "required": only RTP/SAVP(F)
   is accepted; "optional": either, SAVP preferred when both are offered. RTP/SAVP(F) needs an
-  `a=crypto` line that `srtp.select_offered` accepts (the first such, in offer order); our
+  `a=crypto` line that `sdes.select_offered` accepts (the first such, in offer order); our
   answer line is a fresh key with its tag and suite (`NegotiatedAudio.local_crypto`).
 - RTCP: sent to the offer's `a=rtcp` port and address (RFC 3605), else to the RTP port + 1 at the
   RTP address; `a=rtcp-mux` offered is accepted (RFC 5761 §5.1.1): RTCP then shares the RTP port
@@ -40,8 +42,8 @@ import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
-from spg_media.rtp import srtp
-from spg_media.rtp.srtp import CryptoAttribute, CryptoAttributeError
+from spg_media.rtp import sdes
+from spg_media.rtp.sdes import CryptoAttribute, CryptoAttributeError
 
 
 class SdpError(ValueError):
@@ -58,7 +60,6 @@ class NotAcceptable(Exception):  # named after the SIP answer: 488 Not Acceptabl
 
 PLAIN_PROTOS = frozenset(("RTP/AVP", "RTP/AVPF"))
 SRTP_PROTOS = frozenset(("RTP/SAVP", "RTP/SAVPF"))
-SUPPORTED_CRYPTO_SUITES: tuple[str, ...] = srtp.SUPPORTED_SUITES  # what our libsrtp can do
 SRTP_POLICIES = ("off", "optional", "required")
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 _ANSWER_DIRECTION = {
@@ -83,7 +84,7 @@ class Crypto:
     """One `a=crypto:<tag> <suite> <key-params> [<session-params>...]` line, uninterpreted.
 
     Not a dataclass, and its repr/str hide the key parameters: the inline key is a secret.
-    `value()` gives the line back, key included, for `srtp.CryptoAttribute.parse`.
+    `value()` gives the line back, key included, for `sdes.CryptoAttribute.parse`.
     """
 
     __slots__ = ("key_params", "session_params", "suite", "tag")
@@ -387,7 +388,7 @@ _Candidate = tuple[int, str, int | None, list[Crypto], CryptoAttribute | None]
 def _audio_candidate(
     media: MediaDescription,
     srtp_policy: str,
-    crypto_suites: Collection[str],
+    crypto_suites: Collection[str] | None,
     keep_codec: str | None = None,
 ) -> _Candidate | str:
     """(payload type, codec, dtmf pt, supported crypto lines, chosen crypto) for a stream, or
@@ -398,12 +399,14 @@ def _audio_candidate(
     if proto in SRTP_PROTOS:
         if srtp_policy == "off":
             return f"{media.proto} offered and SRTP is off"
+        if crypto_suites is None:
+            crypto_suites = sdes.supported_suites()
         suites = {suite.upper() for suite in crypto_suites}
         usable = [c for c in media.crypto if c.suite.upper() in suites]
         if not usable:
             return f"{media.proto} without a supported a=crypto suite"
         try:
-            remote = srtp.select_offered([c.value() for c in usable], suites=suites)
+            remote = sdes.select_offered([c.value() for c in usable], suites=suites)
         except CryptoAttributeError as exc:
             return f"no acceptable a=crypto: {exc.reason}"
     elif proto in PLAIN_PROTOS:
@@ -449,14 +452,15 @@ def negotiate(
     offer: SessionDescription,
     *,
     srtp_policy: str = "optional",
-    crypto_suites: Collection[str] = SUPPORTED_CRYPTO_SUITES,
+    crypto_suites: Collection[str] | None = None,
     previous: NegotiatedAudio | None = None,
 ) -> NegotiatedAudio:
     """Choose the audio stream, codec, DTMF payload type, ptime and SRTP keys for an offer
     (RFC 3264 §6, RFC 4568 §7).
 
     Raises NotAcceptable (answer 488 with its `detail` in a Warning) when there is no active
-    audio stream we can take under `srtp_policy` ("off" | "optional" | "required"). For an
+    audio stream we can take under `srtp_policy` ("off" | "optional" | "required") and
+    `crypto_suites` (default: what this host's libsrtp can run). For an
     SRTP stream the result carries `remote_crypto` and a fresh `local_crypto`. On a re-INVITE,
     pass the call's current result as `previous`: an SRTP call then stays SRTP, our key is
     kept when the peer keeps its own, and the codec is kept while it is still offered.
@@ -507,7 +511,7 @@ def negotiate(
         ):
             local_crypto = previous.local_crypto  # the peer kept its key: we keep ours
         else:
-            local_crypto = srtp.answer_for(remote_crypto)
+            local_crypto = sdes.answer_for(remote_crypto)
     return NegotiatedAudio(
         remote_address=connection,
         remote_port=media.port,
@@ -609,7 +613,7 @@ def build_offer(
     direction: str = "sendrecv",
 ) -> bytes:
     """An audio offer (our test caller's): RTP/SAVP when crypto lines are given (strings, or
-    `CryptoAttribute`s such as `srtp.offer_attributes()`)."""
+    `CryptoAttribute`s such as `sdes.offer_attributes()`)."""
     unknown = [c for c in codecs if c.upper() not in _CODEC_PAYLOAD_TYPES]
     if unknown or not codecs:
         raise ValueError("codecs must be PCMU and/or PCMA")

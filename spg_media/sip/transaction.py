@@ -12,7 +12,9 @@ Server INVITE transactions answer retransmitted INVITEs with the last response, 
 at once, retransmit a final non-2xx response (timer G) until the ACK, and — as RFC 6026's
 "Accepted" state — retransmit a 2xx until the dialog's ACK arrives (matched on Call-ID and CSeq
 number, since that ACK has a branch of its own), reporting `AckTimeout` after 64·T1 so that the
-call can be ended. Non-INVITE server transactions cache their final response for retransmitted
+call can be ended. An INVITE client transaction stops timer B once a provisional answer comes
+(the TU ends a long ring with CANCEL, and `abandon`s it if even that gets no answer).
+Non-INVITE server transactions cache their final response for retransmitted
 requests (timer J). Client transactions retransmit over unreliable transports (timers A/E, capped
 at T2) and report `ClientTimeout` after 64·T1 (timers B/F). Over TCP/TLS nothing is retransmitted.
 
@@ -235,6 +237,9 @@ class TransactionLayer:
                 self._outgoing.append(
                     Outgoing(self._ack_for(tx, response).to_bytes(), tx.destination)
                 )
+            elif tx.is_invite and response.status >= 200:
+                # A 2xx again (RFC 6026 Accepted): the TU's ACK was lost; it sends it again.
+                self._events.append(ResponseReceived(response, tx.request))
             return
         if response.status < 200:
             if tx.state in (State.CALLING, State.TRYING):
@@ -243,6 +248,9 @@ class TransactionLayer:
                     tx.retransmit_interval = T2
                 elif tx.is_invite:
                     tx.retransmit_at = None  # timer A stops on a provisional
+                    # and timer B: a ringing INVITE waits for its answer as long as the TU
+                    # lets it (it CANCELs, then `abandon`s it if no answer comes).
+                    tx.expires_at = None
             self._events.append(ResponseReceived(response, tx.request))
             return
         tx.final = response
@@ -334,6 +342,16 @@ class TransactionLayer:
             if tx.is_invite and tx.request.call_id == call_id and tx.state == State.PROCEEDING:
                 return tx
         return None
+
+    def abandon(self, request: SipRequest) -> None:
+        """Give up our pending client transaction of `request` (a cancelled INVITE that got
+        no final answer, RFC 3261 §9.1): reported as `ClientTimeout`."""
+        key = (request.top_via.branch or "", request.method)
+        tx = self.client.get(key)
+        if tx is not None and tx.state in (State.CALLING, State.TRYING, State.PROCEEDING):
+            tx.state = State.TERMINATED
+            del self.client[key]
+            self._events.append(ClientTimeout(tx.request))
 
     def fail_destination(self, destination: Address) -> None:
         """The transport could not reach `destination` (e.g. TCP connect refused)."""

@@ -42,6 +42,7 @@ from spg_media.observability import (
     SIP_MESSAGES_TOTAL,
     SIP_PARSE_ERRORS_TOTAL,
 )
+from spg_media.sip.invite_session import ALLOW
 from spg_media.sip.limits import (
     LIMIT,
     UNTRUSTED,
@@ -79,7 +80,7 @@ from spg_media.sip.uri import SipUri
 
 log = logging.getLogger("spg.sip")
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REFER, NOTIFY, UPDATE"
+MAX_REMEMBERED_ACKS = 256
 # SIP extensions (option tags) we implement; a request that Requires another gets 420.
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset({"timer"})  # RFC 4028, sip/session_timer.py
 SERVER = "spg-media"
@@ -361,6 +362,13 @@ class SipUserAgent:
         self.servers: list[asyncio.Server] = []
         self.parse_errors = 0
         self._pending: dict[tuple[str, str], asyncio.Future[SipResponse]] = {}
+        # Our INVITEs' provisional answers go to the caller of `request` that asked for them.
+        self._provisional: dict[tuple[str, str], Callable[[SipResponse], None]] = {}
+        # The ACKs we sent for 2xx answers, by (Call-ID, CSeq): a retransmitted 2xx (our ACK
+        # was lost) gets the same ACK again (RFC 3261 §13.2.2.4). The last few only.
+        self._acks: collections.OrderedDict[tuple[str, int], tuple[bytes, Address]] = (
+            collections.OrderedDict()
+        )
         self._timer: asyncio.TimerHandle | None = None
         self._sweep: asyncio.TimerHandle | None = None
         self._sweep_at: float | None = None
@@ -661,13 +669,23 @@ class SipUserAgent:
         if isinstance(event, RequestReceived):
             self._route_request(event.request, event.source)
         elif isinstance(event, ResponseReceived):
-            if event.response.status >= 200:
-                key = (event.request.top_via.branch or "", event.request.method)
-                future = self._pending.pop(key, None)
-                if future is not None and not future.done():
-                    future.set_result(event.response)
+            key = (event.request.top_via.branch or "", event.request.method)
+            if event.response.status < 200:
+                on_provisional = self._provisional.get(key)
+                if on_provisional is not None:
+                    on_provisional(event.response)
+                return
+            self._provisional.pop(key, None)
+            future = self._pending.pop(key, None)
+            if future is not None and not future.done():
+                future.set_result(event.response)
+            elif event.request.method == "INVITE" and event.response.status < 300:
+                acked = self._acks.get((event.response.call_id, event.response.cseq[0]))
+                if acked is not None:  # a 2xx again: our ACK was lost
+                    self.transactions.send_stateless(*acked)
         elif isinstance(event, ClientTimeout):
             key = (event.request.top_via.branch or "", event.request.method)
+            self._provisional.pop(key, None)
             future = self._pending.pop(key, None)
             if future is not None and not future.done():
                 future.set_result(make_response(event.request, 408, "Request Timeout"))
@@ -750,24 +768,53 @@ class SipUserAgent:
             host = str(infos[0][4][0])
         return Address(transport, host, port)
 
-    async def request(self, request: SipRequest, destination: Address) -> SipResponse:
-        """Send `request` in a new client transaction; the final response (408 on timeout)."""
+    async def request(
+        self,
+        request: SipRequest,
+        destination: Address,
+        on_provisional: Callable[[SipResponse], None] | None = None,
+    ) -> SipResponse:
+        """Send `request` in a new client transaction; the final response (408 on timeout).
+        `on_provisional` is given the 1xx answers (of an INVITE) as they come."""
         key = (request.top_via.branch or "", request.method)
         future: asyncio.Future[SipResponse] = self.loop.create_future()
         self._pending[key] = future
+        if on_provisional is not None:
+            self._provisional[key] = on_provisional
+        if destination.transport == "udp" and self.udp.get("*") is None:
+            # no UDP listener (a TLS-only node calling a UDP agent): nothing could ever leave,
+            # so say so now rather than retransmit into the void until timer B
+            log.warning("cannot reach %s: no UDP listener", destination)
+            self._pending.pop(key, None)
+            self._provisional.pop(key, None)
+            return make_response(request, 503, "Service Unavailable")
         if destination.reliable and destination not in self.streams:
             try:
                 await self._connect(destination)
-            except (OSError, ssl.SSLError) as exc:
+            except (OSError, ssl.SSLError, TimeoutError) as exc:
                 log.warning("cannot reach %s: %s", destination, exc)
                 self._pending.pop(key, None)
+                self._provisional.pop(key, None)
                 return make_response(request, 503, "Service Unavailable")
         self.transactions.send_request(request, destination, self.loop.time())
         self._pump()
-        return await future
+        try:
+            return await future
+        finally:
+            self._provisional.pop(key, None)
+
+    def abandon(self, request: SipRequest) -> None:
+        """Give up our pending INVITE (cancelled, and no answer even to that): its `request`
+        returns 408."""
+        self.transactions.abandon(request)
+        self._pump()
 
     def send_ack(self, ack: SipRequest, destination: Address) -> None:
-        self.transactions.send_stateless(ack.to_bytes(), destination)
+        data = ack.to_bytes()
+        self._acks[(ack.call_id, ack.cseq[0])] = (data, destination)
+        while len(self._acks) > MAX_REMEMBERED_ACKS:
+            self._acks.popitem(last=False)
+        self.transactions.send_stateless(data, destination)
         self._pump()
 
     async def _connect(self, destination: Address) -> None:

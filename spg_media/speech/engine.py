@@ -28,6 +28,7 @@ from concurrent.futures.process import BrokenProcessPool
 import numpy as np
 import numpy.typing as npt
 
+from spg_media.hardening import end_with_parent, harden_process
 from spg_media.speech.model import Hypothesis, Utterance
 from spg_media.speech.recogniser import DigitRecogniser, language_supported
 from spg_media.speech.vad import SpeechSegment, VoiceActivity
@@ -49,12 +50,17 @@ def speech_languages(languages: list[str] | tuple[str, ...]) -> list[str]:
     return [language for language in languages if speech_available(language)]
 
 
-def _worker_init() -> None:
+def _worker_init(lock_memory: bool = False) -> None:
     global _worker_recogniser
+    # A worker holds callers' spoken digits: the node's own protections, applied again since
+    # exec made this process dumpable (hardening.py), and it ends with the node.
+    harden_process(lock_memory)
+    end_with_parent()
     _worker_recogniser = DigitRecogniser()
 
 
 def _worker_ready() -> bool:
+    """A task that only makes the pool start a worker (whose initializer loads the model)."""
     return _worker_recogniser is not None
 
 
@@ -68,8 +74,11 @@ def _worker_recognise(samples: npt.NDArray[np.int16], length: int | None) -> tup
 class SpeechEngine:
     """One per process: the recognition workers and the count of calls using speech."""
 
-    def __init__(self, max_concurrent: int = 8, *, workers: int | None = None) -> None:
+    def __init__(
+        self, max_concurrent: int = 8, *, workers: int | None = None, lock_memory: bool = False
+    ) -> None:
         self.max_concurrent = max_concurrent
+        self._lock_memory = lock_memory
         self._workers = workers or max(1, min(max_concurrent, os.cpu_count() or 1))
         self._pool: ProcessPoolExecutor | None = None
         self._inputs: set[SpeechInput] = set()
@@ -96,6 +105,7 @@ class SpeechEngine:
                 max_workers=self._workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_worker_init,
+                initargs=(self._lock_memory,),
             )
         return self._pool
 

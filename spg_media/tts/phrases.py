@@ -13,6 +13,12 @@ built from card digits; the expiry's digits are taken one character at a time
 (`SecretDigits.characters()`) only to pick the clips, and `Symbol` does not show its
 character in its repr. Error messages name the prompt and the parameter, never a value.
 
+Voice entry (`ivr.input = "dtmf speech"`) has its own prompts (`SPEECH_PROMPT_NAMES`: "key in
+or say" asks, the read-back "I heard 4 1 1 1. Is that right? ...", "and the next digits?")
+worded only in `SPEECH_LANGUAGES`; a language without them stays keypad-only and its prompts
+never mention speech (building one there is an error). The digits read back are `Symbol`s,
+as the confirmation's are.
+
 Amounts, references and merchant names are not card data: an announcement with its amount and
 merchant is one `Phrase` (its own cache entry, keyed by a hash).
 """
@@ -58,6 +64,19 @@ PROMPT_NAMES: tuple[str, ...] = (
     "goodbye",
 )
 
+# The prompts of voice entry (`ivr.input = "dtmf speech"`), only in the languages that have
+# their wording (`SPEECH_LANGUAGES`): the others stay keypad-only and never offer speech.
+SPEECH_PROMPT_NAMES: tuple[str, ...] = (
+    "enter_card_speech",
+    "enter_expiry_speech",
+    "enter_cvc_speech",
+    "heard",
+    "next_digits",
+    "not_understood",
+    "say_again",
+    "confirm_speech",
+)
+
 # The clips that can be played one by one: digits, then letters (references, currency codes).
 SYMBOLS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -65,6 +84,7 @@ MAX_NUMBER = 10**12 - 1  # numbers are read in words up to 999,999,999,999
 MAX_MERCHANT_CHARS = 80  # bounds the synthesis time of an announcement
 MAX_REFERENCE_SYMBOLS = 40  # a reference longer than this is not something a caller can note
 GROUP_PAUSE_MS = 200  # between groups of symbols: the month and the year, parts of a reference
+MAX_READBACK_DIGITS = 19  # a read-back of spoken digits: at most a whole card number
 
 
 class PartLike(Protocol):
@@ -563,6 +583,48 @@ _WORDING: Mapping[str, _Wording] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class _SpeechWording:
+    """The wording of voice entry: "key or say" asks, the read-back and its answers."""
+
+    simple: Mapping[str, str]  # prompts without parameters
+    cvc_back: str  # 3 digits
+    cvc_front: str  # 4 digits (American Express)
+    cvc_other: str  # '{digits}' placeholder
+    heard: str  # before the digits read back
+    yes_or_no: str  # after them
+    confirm_keys: str  # the confirmation's choices, by key or by voice
+
+
+_SPEECH_WORDING: Mapping[str, _SpeechWording] = {
+    "en": _SpeechWording(
+        simple={
+            "enter_card_speech": (
+                "Please key in or say your card number. "
+                "Say it four digits at a time, or key it followed by the hash key. "
+                "To start again, press star or say start again."
+            ),
+            "enter_expiry_speech": (
+                "Please key in or say the four digits of the expiry date: "
+                "two for the month, then two for the year."
+            ),
+            "next_digits": "And the next digits?",
+            "not_understood": "Sorry, I did not understand that.",
+            "say_again": "Sorry. Please say those digits again.",
+        },
+        cvc_back="Please key in or say the three digit security code on the back of your card.",
+        cvc_front="Please key in or say the four digit security code on the front of your card.",
+        cvc_other="Please key in or say the {digits} digit security code of your card.",
+        heard="I heard",
+        yes_or_no="Is that right? Say yes or press one, or no or press two.",
+        confirm_keys="Say yes or press one to confirm. Say no or press two to start again.",
+    ),
+}
+
+# Languages whose prompts offer speech (voice entry also needs a recognition model).
+SPEECH_LANGUAGES: tuple[str, ...] = tuple(_SPEECH_WORDING)
+
+
 def _check_language(lang: str) -> str:
     if lang not in SUPPORTED_LANGUAGES:
         raise ValueError(
@@ -586,6 +648,16 @@ def fixed_phrases(lang: str) -> list[str]:
         w.tokenized,
         w.reference_is,
     ]
+    spoken = _SPEECH_WORDING.get(lang)
+    if spoken is not None:
+        texts += [
+            *spoken.simple.values(),
+            spoken.cvc_back,
+            spoken.cvc_front,
+            spoken.heard,
+            spoken.yes_or_no,
+            spoken.confirm_keys,
+        ]
     return list(dict.fromkeys(texts))
 
 
@@ -642,6 +714,15 @@ class _Params:
             raise ValueError(f"prompt {self._part!r}: parameter {key!r} must be {length} digits")
         return digits
 
+    def some_digits(self, key: str, most: int) -> tuple[str, ...]:
+        """1 to `most` card digits, one character each (as `digits`). Never echoed."""
+        value = self.require(key)
+        spell = getattr(value, "characters", None)
+        digits = spell() if callable(spell) else tuple(value) if isinstance(value, str) else ()
+        if not 1 <= len(digits) <= most or not all("0" <= d <= "9" for d in digits):
+            raise ValueError(f"prompt {self._part!r}: parameter {key!r} must be 1 to {most} digits")
+        return digits
+
 
 def _announce_sale(w: _Wording, lang: str, params: _Params) -> list[Segment]:
     amount = params.integer("amount_minor")
@@ -680,7 +761,7 @@ def _enter_cvc(w: _Wording, lang: str, params: _Params) -> list[Segment]:
     return [Phrase(w.cvc_other.format(digits=number_words(digits, lang)))]
 
 
-def _confirm(w: _Wording, params: _Params) -> list[Segment]:
+def _confirm(w: _Wording, params: _Params, keys: str | None = None) -> list[Segment]:
     # PCI: the digits below only select clips; no Phrase is ever built from them.
     last4 = params.digits("last4", 4)
     expiry = params.digits("expiry", 4)
@@ -693,8 +774,49 @@ def _confirm(w: _Wording, params: _Params) -> list[Segment]:
         Pause(GROUP_PAUSE_MS),
         Symbol(expiry[2]),
         Symbol(expiry[3]),
-        Phrase(w.confirm_keys),
+        Phrase(keys or w.confirm_keys),
     ]
+
+
+def _heard(sw: _SpeechWording, params: _Params) -> list[Segment]:
+    """Spoken digits read back: "I heard 4 1 1 1. If that is right, say yes or press one..."
+
+    In groups of `group` digits (4 for a card number, 2 for an expiry) with a short pause
+    between them. PCI: the digits only select clips, as in the confirmation.
+    """
+    digits = params.some_digits("digits", MAX_READBACK_DIGITS)
+    group = params.get("group", 4)
+    if isinstance(group, bool) or not isinstance(group, int) or not 1 <= group <= 19:
+        raise ValueError("prompt 'heard': group must be an int from 1 to 19")
+    segments: list[Segment] = [Phrase(sw.heard)]
+    for index, digit in enumerate(digits):
+        if index and index % group == 0:
+            segments.append(Pause(GROUP_PAUSE_MS))
+        segments.append(Symbol(digit))
+    segments.append(Phrase(sw.yes_or_no))
+    return segments
+
+
+def _speech_part(name: str, lang: str, params: _Params) -> list[Segment]:
+    sw = _SPEECH_WORDING.get(lang)
+    if sw is None:
+        # The journey never asks: a language without voice entry stays keypad-only.
+        raise ValueError(f"prompt {name!r} has no wording in {lang!r}: keypad-only language")
+    if name in sw.simple:
+        return [Phrase(sw.simple[name])]
+    if name == "enter_cvc_speech":
+        digits = params.integer("digits")
+        if not 1 <= digits <= 9:
+            raise ValueError("prompt 'enter_cvc_speech': digits must be between 1 and 9")
+        if digits == 3:
+            return [Phrase(sw.cvc_back)]
+        if digits == 4:
+            return [Phrase(sw.cvc_front)]
+        return [Phrase(sw.cvc_other.format(digits=number_words(digits, lang)))]
+    if name == "heard":
+        return _heard(sw, params)
+    assert name == "confirm_speech"
+    return _confirm(_WORDING[lang], params, keys=sw.confirm_keys)
 
 
 def _result_with_reference(first: str, w: _Wording, params: _Params) -> list[Segment]:
@@ -713,6 +835,8 @@ def build(part: PartLike, lang: str) -> list[Segment]:
     if name in w.simple:
         return [Phrase(w.simple[name])]
     params = _Params(part)
+    if name in SPEECH_PROMPT_NAMES:
+        return _speech_part(name, lang, params)
     if name == "announce_sale":
         return _announce_sale(w, lang, params)
     if name == "announce_tokenize":

@@ -119,4 +119,5 @@ def test_prompts_renders_every_prompt_into_the_cache(spg: str, tmp_path: Path) -
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["lang"] == "es" and report["clips"] > 40 and report["cache_dir"] == str(cache)
+    assert report["speech"] is False  # no speech model for Spanish: keypad only
     assert len([p for p in cache.rglob("*") if p.is_file()]) >= report["clips"]

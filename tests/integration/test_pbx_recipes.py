@@ -9,7 +9,9 @@ refusal that makes the node fall back to a BYE carrying the result). The scenari
 when a recipe breaks; the tests check the CDR, and that the result the PBX read is the CDR's.
 
 The node has no `ivr.return_uri`: where the caller goes back comes from the PBX's handoff
-(Referred-By, or X-SPG-Return-To).
+(Referred-By, or X-SPG-Return-To). The four calls run at the same time (one module fixture
+starts them all; each test reads its own): a call is mostly prompts, and one at a time they
+took four times as long.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +39,7 @@ from harness import (
 
 from spg_media.sip.uri import SipUri, unescape
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
 PAN, EXPIRY, CVC = "4111111111111111", "1230", "123"  # what every scenario keys
 CALLCENTER_CFG = REPO / "kamailio" / "callcenter-proxy.cfg"
@@ -76,6 +80,72 @@ def run_pbx(
         name=name,
     )
     return result, call_id
+
+
+@dataclass
+class PbxCall:
+    """One recipe's call: SIPp's result, its Call-ID, the token it carried, Kamailio's log."""
+
+    pbx: SippResult
+    call_id: str
+    token: str
+    proxy_port: int = 0
+    proxy_log: str = ""
+
+
+RECIPES = ("asterisk", "freeswitch", "kamailio", "sbc")
+
+
+@pytest.fixture(scope="module")
+def calls(
+    node: SpgNode, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Future[PbxCall]]]:
+    """Every recipe's call, all started at once."""
+    work = tmp_path_factory.mktemp("pbx")
+
+    def direct(recipe: str, scenario: str) -> PbxCall:
+        tok = token()
+        sipp_dir = work / recipe
+        sipp_dir.mkdir()
+        pbx, call_id = run_pbx(
+            scenario, f"{HOST}:{node.sip_port}", sipp_dir, {"spg_transaction": tok}
+        )
+        return PbxCall(pbx, call_id, tok)
+
+    def through_callcenter_proxy() -> PbxCall:
+        tok = token()
+        sipp_dir = work / "kamailio"
+        sipp_dir.mkdir()
+        defines = {"SPG_URI": f'"{node.uri}"'}
+        with KamailioProxy(
+            work / "kamailio-proxy", [node.uri], cfg=CALLCENTER_CFG, defines=defines
+        ) as kam:
+            pbx, call_id = run_pbx(
+                "pbx_kamailio.xml",
+                f"{HOST}:{kam.port}",
+                sipp_dir,
+                {"spg_transaction": tok},
+                # the proxy's workers may pass the node's BYE before its 200 to the last NOTIFY
+                ["-default_behaviors", "all,-abortunexp"],
+            )
+            return PbxCall(pbx, call_id, tok, kam.port, kam.log())
+
+    with ThreadPoolExecutor(len(RECIPES)) as pool:
+        yield {
+            "asterisk": pool.submit(direct, "asterisk", "pbx_asterisk.xml"),
+            "freeswitch": pool.submit(direct, "freeswitch", "pbx_freeswitch.xml"),
+            "kamailio": pool.submit(through_callcenter_proxy),
+            "sbc": pool.submit(direct, "sbc", "pbx_sbc.xml"),
+        }
+
+
+def finished(calls: dict[str, Future[PbxCall]], recipe: str, node: SpgNode) -> PbxCall:
+    """The recipe's call once SIPp is done; it must have passed its scenario's checks."""
+    call = calls[recipe].result(timeout=120)
+    assert call.pbx.returncode == 0, (
+        call.pbx.explain() + node.logs()[-4000:] + call.proxy_log[-2000:]
+    )
+    return call
 
 
 def cdr_for(node: SpgNode, call_id: str) -> dict[str, Any]:
@@ -121,16 +191,13 @@ def refer_to_params(pbx: SippResult) -> tuple[SipUri, dict[str, str]]:
 # ---- Asterisk (chan_pjsip) -----------------------------------------------------------------
 
 
-def test_asterisk_pjsip(node: SpgNode, sipp_dir: Path) -> None:
+def test_asterisk_pjsip(node: SpgNode, calls: dict[str, Future[PbxCall]]) -> None:
     """Token as a PJSIP_HEADER(add) header, return to the agent of the phone's Referred-By;
     the result read from the Refer-To URI parameters alone (SIPp checks them), 202 + NOTIFY
     100 then 200."""
-    tok = token()
-    pbx, call_id = run_pbx(
-        "pbx_asterisk.xml", f"{HOST}:{node.sip_port}", sipp_dir, {"spg_transaction": tok}
-    )
-    assert pbx.returncode == 0, pbx.explain() + node.logs()[-4000:]
-    cdr = assert_paid(node, pbx, call_id, tok)
+    call = finished(calls, "asterisk", node)
+    pbx = call.pbx
+    cdr = assert_paid(node, pbx, call.call_id, call.token)
 
     uri, params = refer_to_params(pbx)
     assert uri.user == "1001"  # the extension Asterisk runs: the Referred-By of the INVITE
@@ -157,15 +224,12 @@ def fs_refer_params(refer_to: str) -> str:
     return host_part.split(";", 1)[1] if ";" in host_part else ""
 
 
-def test_freeswitch_mod_sofia(node: SpgNode, sipp_dir: Path) -> None:
+def test_freeswitch_mod_sofia(node: SpgNode, calls: dict[str, Future[PbxCall]]) -> None:
     """Token as sip_h_X-SPG-Transaction, return to the Referred-By agent; 202 with Expires,
     one NOTIFY `refer;id=N` terminated 200; the result as X-FS-Refer-Params reads it."""
-    tok = token()
-    pbx, call_id = run_pbx(
-        "pbx_freeswitch.xml", f"{HOST}:{node.sip_port}", sipp_dir, {"spg_transaction": tok}
-    )
-    assert pbx.returncode == 0, pbx.explain() + node.logs()[-4000:]
-    cdr = assert_paid(node, pbx, call_id, tok)
+    call = finished(calls, "freeswitch", node)
+    pbx = call.pbx
+    cdr = assert_paid(node, pbx, call.call_id, call.token)
 
     refer = pbx.received("REFER")[0]
     params = fs_refer_params(refer.header("Refer-To") or "")
@@ -178,30 +242,17 @@ def test_freeswitch_mod_sofia(node: SpgNode, sipp_dir: Path) -> None:
 # ---- Kamailio alone: the call center's proxy adds the header -----------------------------
 
 
-def test_kamailio_callcenter_proxy(node: SpgNode, sipp_dir: Path, tmp_path: Path) -> None:
+def test_kamailio_callcenter_proxy(node: SpgNode, calls: dict[str, Future[PbxCall]]) -> None:
     """kamailio/callcenter-proxy.cfg as shipped: the caller's side follows the agent's REFER to
     sip:pay-<token>@proxy; the proxy turns the user part into X-SPG-Transaction (append_hf),
     strips the caller's own X-SPG-*, record-routes; the REFER comes back through it."""
-    tok = token()
-    defines = {"SPG_URI": f'"{node.uri}"'}
-    with KamailioProxy(
-        tmp_path / "kamailio", [node.uri], cfg=CALLCENTER_CFG, defines=defines
-    ) as kam:
-        pbx, call_id = run_pbx(
-            "pbx_kamailio.xml",
-            f"{HOST}:{kam.port}",
-            sipp_dir,
-            {"spg_transaction": tok},
-            # the proxy's workers may pass the node's BYE before its 200 to the last NOTIFY
-            ["-default_behaviors", "all,-abortunexp"],
-        )
-        log = kam.log()
-    assert pbx.returncode == 0, pbx.explain() + node.logs()[-4000:] + log[-2000:]
+    call = finished(calls, "kamailio", node)
+    pbx = call.pbx
     # the node saw the token only as the header the proxy added (the URI user was pay-<token>)
-    cdr = assert_paid(node, pbx, call_id, tok)
+    cdr = assert_paid(node, pbx, call.call_id, call.token)
 
     refer = pbx.received("REFER")[0]
-    assert f"{HOST}:{kam.port}" in (refer.header("Via") or "")  # back through the proxy
+    assert f"{HOST}:{call.proxy_port}" in (refer.header("Via") or "")  # back through the proxy
     uri, params = refer_to_params(pbx)
     assert uri.user == "1001"
     assert params["x-spg-reference"] == cdr["reference"]
@@ -211,19 +262,16 @@ def test_kamailio_callcenter_proxy(node: SpgNode, sipp_dir: Path, tmp_path: Path
 # ---- A generic SBC: handoff in the Request-URI, REFER refused --------------------------------
 
 
-def test_generic_sbc_refer_refused(node: SpgNode, sipp_dir: Path) -> None:
+def test_generic_sbc_refer_refused(node: SpgNode, calls: dict[str, Future[PbxCall]]) -> None:
     """Token and return target as Request-URI parameters through a topology-hiding SBC that
     answers REFER 405: the node ends with a BYE carrying the X-SPG-* headers (SIPp checks them)."""
-    tok = token()
-    pbx, call_id = run_pbx(
-        "pbx_sbc.xml", f"{HOST}:{node.sip_port}", sipp_dir, {"spg_transaction": tok}
-    )
-    assert pbx.returncode == 0, pbx.explain() + node.logs()[-4000:]
-    cdr = assert_paid(node, pbx, call_id, tok)
+    call = finished(calls, "sbc", node)
+    pbx = call.pbx
+    cdr = assert_paid(node, pbx, call.call_id, call.token)
 
     assert pbx.sent(405)
     bye = pbx.received("BYE")[0]
     assert bye.header("X-SPG-Result") == "approved"
     assert bye.header("X-SPG-Reference") == cdr["reference"]
-    assert bye.header("X-SPG-Transaction") == tok
+    assert bye.header("X-SPG-Transaction") == call.token
     assert bye.header("X-SPG-Card") == "visa 1111"

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from spg_media import call as call_module
-from spg_media.call import Call, SeenHandoffs
+from spg_media.call import AuthorizationAnswered, Call, SeenHandoffs
 from spg_media.config import Config, ConfigError, load_config
+from spg_media.payment import authorization as authorization_module
 from spg_media.payment.connectors import PaymentCheck
 from spg_media.payment.journey import Authorize, Outcome
 from spg_media.payment.model import (
@@ -177,6 +177,13 @@ async def authorize_on_a_call(server: Server, call_id: str = "call-1@pbx") -> Ca
     return call
 
 
+def answer_in_inbox(call: Call) -> AuthorizationResult:
+    """The connector's answer, as the journey would take it from the call's inbox."""
+    item = call.inbox.get_nowait()
+    assert isinstance(item, AuthorizationAnswered)
+    return item.result
+
+
 # ---- the idempotency key and the journal --------------------------------------------------------
 
 
@@ -226,16 +233,16 @@ def test_an_unknown_charge_leaves_the_journal_entry_open_and_the_record_says_so(
 ) -> None:
     unknown = AuthorizationResult(Result.ERROR, detail="timed out", charge_unknown=True)
 
-    async def body(server: Server, config: Config) -> tuple[str, AuthorizationResult]:
+    async def body(server: Server, config: Config) -> AuthorizationResult:
         assert server.services is not None
         server.services.connector = ScriptedConnector(config, lambda key: unknown)
         call = await authorize_on_a_call(server)
-        kind, result = call.inbox.get_nowait()
+        result = answer_in_inbox(call)
         call._record(Outcome(Result.ERROR, brand="visa", last4="1111"))
-        return kind, result
+        return result
 
-    kind, result = with_node(tmp_path, body)
-    assert (kind, result.charge_state) == ("authorized", ChargeState.UNKNOWN)
+    result = with_node(tmp_path, body)
+    assert result.charge_state is ChargeState.UNKNOWN
     config = node_config(tmp_path)
     assert [line["type"] for line in journal_lines(config)] == ["open"]
     from spg_media.payment.journal import PaymentJournal
@@ -285,7 +292,7 @@ def test_no_journal_line_no_request(tmp_path: Path) -> None:
         server.services.connector = connector
         server.services.journal.path = tmp_path  # a directory: the line cannot be written
         call = await authorize_on_a_call(server)
-        return connector, call.inbox.get_nowait()[1], call
+        return connector, answer_in_inbox(call), call
 
     connector, result, call = with_node(tmp_path, body)
     assert connector.keys == []  # never sent
@@ -298,14 +305,14 @@ def test_the_calls_bound_covers_the_timeout_and_the_reconciliation_window(
 ) -> None:
     # The connector may take its timeout plus its whole reconciliation window: its answer
     # must still count (a charge found late is approved, not cut off as an error).
-    monkeypatch.setattr(call_module, "AUTHORIZATION_GRACE_S", 0.1)
+    monkeypatch.setattr(authorization_module, "AUTHORIZATION_GRACE_S", 0.1)
     approved = AuthorizationResult(Result.APPROVED, reference="R-LATE")
 
     async def body(server: Server, config: Config) -> AuthorizationResult:
         assert server.services is not None
         server.services.connector = ScriptedConnector(config, lambda key: approved, 0.6)
         call = await authorize_on_a_call(server)
-        result: AuthorizationResult = call.inbox.get_nowait()[1]
+        result = answer_in_inbox(call)
         return result
 
     result = with_node(tmp_path, body, timeout_s=0.2, reconcile_s=0.6)
@@ -315,7 +322,7 @@ def test_the_calls_bound_covers_the_timeout_and_the_reconciliation_window(
 def test_a_connector_that_never_answers_is_cut_off_with_the_charge_unknown(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(call_module, "AUTHORIZATION_GRACE_S", 0.1)
+    monkeypatch.setattr(authorization_module, "AUTHORIZATION_GRACE_S", 0.1)
 
     async def body(server: Server, config: Config) -> tuple[AuthorizationResult, float]:
         assert server.services is not None
@@ -323,7 +330,7 @@ def test_a_connector_that_never_answers_is_cut_off_with_the_charge_unknown(
         server.services.connector = ScriptedConnector(config, lambda key: never, 30)
         started = time.monotonic()
         call = await authorize_on_a_call(server)
-        result: AuthorizationResult = call.inbox.get_nowait()[1]
+        result = answer_in_inbox(call)
         return result, time.monotonic() - started
 
     result, elapsed = with_node(tmp_path, body, timeout_s=0.1, reconcile_s=0.2)

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from spg_media.payment import cards
 from spg_media.payment.cards import (
     BRANDS,
     ExpiryCheck,
@@ -400,3 +401,32 @@ def test_check_expiry_agrees_with_month_arithmetic(mm: int, yy: int, today: date
 @pytest.mark.parametrize("brand", ALL)
 def test_cvc_length(brand: str) -> None:
     assert cvc_length(brand) == (4 if brand == "amex" else 3)
+
+
+# ---- the rules' stand-in for a card number begun (voice entry) -------------------------------
+
+
+def test_every_pair_of_luhn_sums_has_a_tail() -> None:
+    assert len(cards._SUM_TAILS) == 100
+
+
+@given(
+    st.text("0123456789", min_size=1, max_size=18),
+    st.text("0123456789", min_size=0, max_size=7),
+)
+def test_surrogate_is_judged_as_the_prefix_whatever_follows(prefix: str, more: str) -> None:
+    stand_in = cards.rules_surrogate(SecretDigits(prefix))
+    assert len(stand_in) == len(prefix) and stand_in[:6] == prefix[:6]
+    number, other = prefix + more, stand_in + more
+    assert cards.luhn_valid(number) == cards.luhn_valid(other)
+    assert cards.possible_lengths(number) == cards.possible_lengths(other)
+    assert cards.detect_brand(number) == cards.detect_brand(other)
+
+
+def test_surrogate_is_not_the_card_number() -> None:
+    pan = "4111111111111111"
+    for length in range(cards.SURROGATE_KEPT + 1, len(pan)):
+        stand_in = cards.rules_surrogate(SecretDigits(pan[:length]))
+        assert stand_in != pan[:length]
+        assert stand_in[6:-3] == "0" * (length - 9)
+    assert cards.rules_surrogate(SecretDigits("41111111")) == "41111111"  # 8: brand and two

@@ -68,7 +68,17 @@ def test_the_record_has_exactly_the_contract_fields() -> None:
         "ended_at",
         "durations",
         "charge_state",
+        "mode",  # agent-assisted payments only, with their payment_id
+        "payment_id",
+        "input",
     ]
+
+
+def test_an_assisted_payment_says_so_and_an_ivr_call_does_not() -> None:
+    assert "mode" not in record().to_json() and "payment_id" not in record().to_json()
+    assisted = dataclasses.replace(record(), mode="assist", payment_id="pay_1")
+    assert assisted.to_json()["mode"] == "assist"
+    assert assisted.to_json()["payment_id"] == "pay_1"
 
 
 def test_to_json() -> None:
@@ -83,10 +93,35 @@ def test_to_json() -> None:
         "card": {"brand": "visa", "last4": "1111"},
         "card_token": "",
         "attempts": 1,
+        "input": {},
         "started_at": "2024-05-01T10:00:00.000Z",
         "ended_at": "2024-05-01T10:01:02.345Z",
         "durations": {"setup": 0.012, "ivr": 41.5, "authorization": 0.25},
     }
+
+
+def test_input_says_how_each_field_was_entered() -> None:
+    given = {"card": "mixed", "expiry": "speech", "security_code": "dtmf"}
+    data = record(input=given).to_json()
+    assert data["input"] == given
+    assert json.loads(record_bytes(record(input=given)))["input"] == given
+    data["input"]["card"] = "dtmf"
+    assert given["card"] == "mixed"  # a copy
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"card": "voice"},
+        {"pan": "speech"},
+        {"card": "4111111111111111"},
+        {"security_code": "123"},
+    ],
+)
+def test_input_holds_only_field_names_and_kinds(bad: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="input") as error:
+        record(input=bad).to_json()
+    assert "4111" not in str(error.value) and "123" not in str(error.value)
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from spg_media.observability import DTMF_LATENCY_SECONDS
 from spg_media.rtp.g711 import encode
 from spg_media.rtp.packet import build_rtp
 from spg_media.rtp.session import MediaEngine, MediaSession
+from spg_media.sip.dialog import Dialog
 from spg_media.sip.message import SipRequest, parse_message
 from spg_media.sip.transaction import Address
 from spg_media.testcaller import dtmf_tone
@@ -192,10 +193,11 @@ def test_info_from_the_requests_arrival_to_the_journey() -> None:
     async def body() -> None:
         loop = asyncio.get_running_loop()
         call = a_call()
-        call.dialog = types.SimpleNamespace(accept_remote_cseq=lambda request: True)  # type: ignore[assignment]
+        call.session.dialog = Dialog.as_uas(call.invite, call.local_tag, "<sip:spg@127.0.0.1>")
+        call.session.state = "confirmed"  # answered and ACKed
         count, total = observed("info")
         before = loop.time()
-        call.on_request(info(call.local_tag, "9"), SOURCE)
+        call.leg.on_request(info(call.local_tag, "9"), SOURCE)
         after = loop.time()
         assert [r.status for r in call.ua.responses] == [200]  # type: ignore[attr-defined]
         await asyncio.sleep(0.03)  # the journey busy elsewhere for 30 ms

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 
@@ -922,3 +924,23 @@ def test_an_rtcp_attribute_with_a_host_name_is_passed_over():
         )
     )
     assert neg.remote_rtcp == ("192.0.2.10", 4001)
+
+
+def test_reading_sdp_does_not_load_the_srtp_binding() -> None:
+    # SDP (and an SDES line in it) is read by sdes alone; pylibsrtp is loaded by the media.
+    code = (
+        "import sys\n"
+        "from spg_media.sip import sdp\n"
+        "from spg_media.rtp import sdes\n"
+        f"body = {SIPP_UAC!r}\n"
+        "neg = sdp.negotiate(sdp.SessionDescription.parse(body))\n"
+        "line = sdes.CryptoAttribute.generate('AES_CM_128_HMAC_SHA1_80').sdp_value()\n"
+        "sdes.CryptoAttribute.parse(line, suites=['AES_CM_128_HMAC_SHA1_80'])\n"
+        "crypto = ('pylibsrtp', 'spg_media.rtp.srtp')\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(crypto))\n"
+        "print(neg.codec, loaded)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "PCMU []"

@@ -269,3 +269,23 @@ def test_response_address_ignores_an_rport_that_is_no_port():
         layer = TransactionLayer()
         layer.receive_request(invite, PEER, 0.0)
         assert [out.address.port for out in layer.take_outgoing()] == [5062]
+
+
+def test_a_ringing_invite_waits_past_timer_b_until_answered_or_abandoned():
+    layer = TransactionLayer()
+    invite = client_request("INVITE")
+    layer.send_request(invite, PEER, 0.0)
+    layer.take_outgoing()
+    layer.receive_response(response_to(invite, 180), 0.2)
+    assert [e.response.status for e in layer.take_events()] == [180]  # type: ignore[union-attr]
+    layer.handle_timer(64 * T1 + 10)  # timer B stopped with the provisional: no 408
+    assert layer.take_events() == [] and layer.take_outgoing() == []
+    layer.abandon(invite)  # the TU gave up (cancelled, no answer to that either)
+    assert [type(e) for e in layer.take_events()] == [ClientTimeout]
+    layer.abandon(invite)
+    assert layer.take_events() == []
+    silent = request("INVITE", branch="z9hG4bK-silent", cseq=6)
+    layer.send_request(silent, PEER, 0.0)
+    while (wake := layer.next_wake()) is not None:  # no answer at all: timer B
+        layer.handle_timer(wake)
+    assert [type(e) for e in layer.take_events()] == [ClientTimeout]

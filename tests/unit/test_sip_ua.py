@@ -19,6 +19,8 @@ import pytest
 from spg_media import observability as obs
 from spg_media.config import SipConfig
 from spg_media.sip import ua as ua_module
+from spg_media.sip.dialog import Dialog
+from spg_media.sip.invite_session import new_invite
 from spg_media.sip.limits import ConnectionLimits
 from spg_media.sip.message import (
     SipRequest,
@@ -293,6 +295,29 @@ def test_tls_we_open_trusts_sip_tls_ca_and_not_an_unknown_certificate(
     other = make_self_signed(tmp_path / "other")
     refused = SipConfig(tls_ca=str(other.cert)).client_tls()
     assert asyncio.run(_outgoing_tls(pair.cert, pair.key, refused)) == 503
+
+
+def test_a_request_over_udp_without_a_udp_listener_gets_503_at_once() -> None:
+    async def scenario() -> int:
+        ua = SipUserAgent([Listen("tcp", "127.0.0.1", 0)], "127.0.0.1")
+        await ua.start()
+        try:
+            request = parse_message(
+                _msg(
+                    "BYE sip:t@127.0.0.1:5999 SIP/2.0\n"
+                    "Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-noudp-1;rport\n"
+                    "Max-Forwards: 70\nFrom: <sip:pay@127.0.0.1>;tag=c\n"
+                    "To: <sip:t@127.0.0.1>;tag=b\nCall-ID: noudp-1\nCSeq: 2 BYE\n\n"
+                )
+            )
+            assert isinstance(request, SipRequest)
+            answer = ua.request(request, Address("udp", "127.0.0.1", 5999))
+            final = await asyncio.wait_for(answer, 1)  # not timer F's 32 s
+            return final.status
+        finally:
+            await ua.close()
+
+    assert asyncio.run(scenario()) == 503
 
 
 # ---- extensions (RFC 3261 §8.2.2.3) -------------------------------------------------------
@@ -717,3 +742,60 @@ def test_strangers_on_udp_get_nothing_but_a_rationed_403_to_invites(
     lines = [r for r in caplog.records if "trusted_sources" in r.getMessage()]
     assert len(lines) == 1, [r.getMessage() for r in lines]
     assert lines[0].levelno == logging.WARNING
+
+
+# ---- our INVITE: provisional answers, and the ACK of a 2xx sent again ----------------------
+
+
+async def _our_invite() -> tuple[list[int], SipResponse, list[str]]:
+    """The UA sends an INVITE to a raw UDP peer that rings, answers 200, then (its ACK lost)
+    sends the 200 again: the requester hears the 180, gets the 200, and the peer gets the same
+    ACK twice."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ua = SipUserAgent([Listen("udp", "127.0.0.1", port)], "127.0.0.1")
+    await ua.start()
+    loop = asyncio.get_running_loop()
+    heard: list[int] = []
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.bind(("127.0.0.1", 0))
+            peer.setblocking(False)
+            peer_port = peer.getsockname()[1]
+            invite = new_invite(
+                request_uri=f"sip:agent@127.0.0.1:{peer_port}", from_="<sip:spg@127.0.0.1>",
+                to="<sip:agent@127.0.0.1>", call_id="ours-1", contact=ua.contact("udp"),
+                via_transport="udp", via_sent_by=ua.sent_by("udp"), body=b"", local_tag="t1",
+            )  # fmt: skip
+            asked = loop.create_task(
+                ua.request(
+                    invite,
+                    Address("udp", "127.0.0.1", peer_port),
+                    lambda response: heard.append(response.status),
+                )
+            )
+            received = parse_message(await asyncio.wait_for(loop.sock_recv(peer, 65536), 5))
+            assert isinstance(received, SipRequest) and received.method == "INVITE"
+            for status in (180, 200):
+                answer = make_response(
+                    received, status, to_tag="agent",
+                    headers=[("Contact", f"<sip:agent@127.0.0.1:{peer_port}>")],
+                )  # fmt: skip
+                await loop.sock_sendto(peer, answer.to_bytes(), ("127.0.0.1", port))
+            final = await asyncio.wait_for(asked, 5)
+            dialog = Dialog.as_uac(invite, final)
+            ack = dialog.new_request("ACK", "udp", ua.sent_by("udp"), cseq=invite.cseq[0])
+            ua.send_ack(ack, Address("udp", "127.0.0.1", peer_port))
+            acks = [(await asyncio.wait_for(loop.sock_recv(peer, 65536), 5)).decode()]
+            await loop.sock_sendto(peer, answer.to_bytes(), ("127.0.0.1", port))  # 200 again
+            acks.append((await asyncio.wait_for(loop.sock_recv(peer, 65536), 5)).decode())
+    finally:
+        await ua.close()
+    return heard, final, acks
+
+
+def test_our_invite_hears_its_provisional_answers_and_a_2xx_again_is_acked_again() -> None:
+    heard, final, acks = asyncio.run(_our_invite())
+    assert heard == [180] and final.status == 200
+    assert acks[0].startswith("ACK sip:agent@127.0.0.1:") and acks[1] == acks[0]

@@ -231,3 +231,23 @@ def test_endless_sound_is_cut_into_bounded_stretches() -> None:
         found += vad.feed(chunk, now)
     assert len(found) == 2  # 12 s each, the rest still in progress
     assert all(len(segment.samples) <= 12.3 * RATE for segment in found)
+
+
+def test_recognition_workers_are_hardened_like_the_node() -> None:
+    """A worker holds callers' spoken digits: exec made it dumpable again, so it must apply
+    the node's protections itself (not dumpable, no core file)."""
+    import resource
+    import sys
+
+    from spg_media import hardening
+
+    engine = SpeechEngine(max_concurrent=1, workers=1)
+    try:
+        pool = engine._ensure_pool()
+        dumpable = pool.submit(hardening.dumpable).result(timeout=60)
+        core = pool.submit(resource.getrlimit, resource.RLIMIT_CORE).result(timeout=60)
+    finally:
+        engine.close()
+    if sys.platform.startswith("linux"):
+        assert dumpable is False
+    assert core == (0, 0)

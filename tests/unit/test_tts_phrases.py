@@ -13,6 +13,8 @@ from spg_media.tts.phrases import (
     GROUP_PAUSE_MS,
     MAX_NUMBER,
     PROMPT_NAMES,
+    SPEECH_LANGUAGES,
+    SPEECH_PROMPT_NAMES,
     SUPPORTED_LANGUAGES,
     SYMBOLS,
     Pause,
@@ -570,3 +572,89 @@ def test_confirm_bad_digits_never_echoed(last4: object, expiry: object, bad: str
 def test_confirm_missing_expiry() -> None:
     with pytest.raises(ValueError, match="missing parameter 'expiry'"):
         build(part("confirm", last4="1111"), "en")
+
+
+# ---- voice entry ------------------------------------------------------------------------------
+
+SPEECH_SAMPLE_PARAMS: dict[str, dict[str, object]] = {
+    "enter_cvc_speech": {"digits": 3},
+    "heard": {"digits": SecretDigits("4111")},
+    "confirm_speech": {"last4": "4242", "expiry": SecretDigits("0731")},
+}
+
+
+def test_speech_prompts_only_where_speech_is_worded() -> None:
+    assert SPEECH_LANGUAGES == ("en",)
+    assert not set(SPEECH_PROMPT_NAMES) & set(PROMPT_NAMES)
+
+
+@pytest.mark.parametrize("name", SPEECH_PROMPT_NAMES)
+def test_every_speech_prompt_builds_in_english(name: str) -> None:
+    segments = build(part(name, **SPEECH_SAMPLE_PARAMS.get(name, {})), "en")
+    assert segments and isinstance(segments[0], Phrase)
+    for text in texts(segments):
+        assert text.strip() == text and "{" not in text and not any(c.isdigit() for c in text)
+
+
+@pytest.mark.parametrize("name", SPEECH_PROMPT_NAMES)
+def test_keypad_only_language_has_no_speech_prompt(name: str) -> None:
+    with pytest.raises(ValueError, match="keypad-only"):
+        build(part(name, **SPEECH_SAMPLE_PARAMS.get(name, {})), "es")
+
+
+def test_keypad_only_language_never_mentions_speech() -> None:
+    for text in fixed_phrases("es"):
+        assert "diga" not in text.lower() and "decir" not in text.lower(), text
+
+
+def test_key_or_say_wording() -> None:
+    ask = texts(build(part("enter_card_speech"), "en"))[0]
+    assert "key in or say" in ask and "four digits at a time" in ask and "hash" in ask
+    assert "start again" in ask
+    for digits, where in ((3, "back"), (4, "front")):
+        text = texts(build(part("enter_cvc_speech", digits=digits), "en"))[0]
+        assert "key in or say" in text and where in text
+    assert "five digit" in texts(build(part("enter_cvc_speech", digits=5), "en"))[0]
+    confirm = build(part("confirm_speech", **SPEECH_SAMPLE_PARAMS["confirm_speech"]), "en")
+    assert "say yes or press one" in texts(confirm)[-1].lower()
+
+
+def test_read_back_in_groups_as_digit_clips_only() -> None:
+    heard = SecretDigits("4111111111111111")
+    segments = build(part("heard", digits=heard), "en")
+    assert texts(segments) == [
+        "I heard",
+        "Is that right? Say yes or press one, or no or press two.",
+    ]
+    assert chars(segments).split() == ["4111", "1111", "1111", "1111"]
+    assert segments.count(Pause(GROUP_PAUSE_MS)) == 3
+    assert "4111" not in repr(segments)
+    assert len(heard) == 16  # only read
+    expiry = build(part("heard", digits=SecretDigits("1230"), group=2), "en")
+    assert chars(expiry).split() == ["12", "30"]
+    assert chars(build(part("heard", digits="123"), "en")).split() == ["123"]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"digits": ""},
+        {"digits": "12a"},
+        {"digits": SecretDigits("1" * 20)},
+        {"digits": "1234", "group": 0},
+        {"digits": "1234", "group": "4"},
+    ],
+)
+def test_read_back_refuses_bad_params_without_showing_them(params: dict[str, object]) -> None:
+    with pytest.raises(ValueError) as error:
+        build(part("heard", **params), "en")
+    assert "1234" not in str(error.value) and "12a" not in str(error.value)
+
+
+def test_fixed_phrases_cover_the_speech_prompts() -> None:
+    fixed = set(fixed_phrases("en"))
+    for name in SPEECH_PROMPT_NAMES:
+        for text in texts(build(part(name, **SPEECH_SAMPLE_PARAMS.get(name, {})), "en")):
+            assert text in fixed, text
+    assert texts(build(part("enter_cvc_speech", digits=4), "en"))[0] in fixed

@@ -225,3 +225,34 @@ def test_calls_and_health_of_the_workers() -> None:
     assert (status, body["status"], body["worker_states"]) == (200, "degraded", ["up", "down"])
     status, body = merge_health([False, None])
     assert (status, body["status"], body["workers_up"]) == (503, "unavailable", 0)
+
+
+def test_stop_does_not_wait_out_a_dead_workers_restart_delay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker that keeps dying waits up to 30 s before its next start; a stop meanwhile
+    returns at once instead of sleeping through that delay."""
+    import asyncio
+    import sys
+    import time
+
+    from spg_media import workers
+
+    monkeypatch.setattr(
+        workers, "worker_command", lambda plan, path: [sys.executable, "-c", "raise SystemExit(1)"]
+    )
+    monkeypatch.setattr(workers.RestartPolicy, "delay", lambda self, started, died: 30.0)
+
+    async def body() -> float:
+        supervisor = workers.Supervisor(load_config(None, env={}), None, 1)
+        await supervisor.start()
+        for _ in range(200):  # the worker dies and its 30 s delay begins
+            if supervisor.restarts:
+                break
+            await asyncio.sleep(0.05)
+        assert supervisor.restarts == 1
+        began = time.monotonic()
+        await asyncio.wait_for(supervisor.stop(), 10)
+        return time.monotonic() - began
+
+    assert asyncio.run(body()) < 5

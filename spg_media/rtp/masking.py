@@ -1,0 +1,282 @@
+"""Key-press masking for bridged calls: each leg's audio, delayed by a short look-ahead, with
+every keypad tone replaced from its first sample to its last.
+
+This module owns the audio processing of both directions in agent-assisted mode (customer →
+agent and agent → customer, a channel each), sans IO and batched over channels like the
+in-band detector: `ToneMasker.process(slots, block)` takes
+a (channels × samples) int16 block (samples a multiple of BLOCK, 5 ms) and returns the same
+shape, each channel's audio LOOKAHEAD samples (30 ms) late, with the blocks around any keypad
+tone replaced by the channel's mask: `tone` (a flat 440 Hz tone at -20 dBm0), `silence` or
+`noise` (low white noise). Everything else passes bit-exact.
+
+Why a look-ahead: a detector decides that a tone is a tone some time after its onset (the
+in-band detector 20-40 ms; every detector needs a stretch of it), and masking from that moment
+lets the tone's first tens of milliseconds through ("DTMF bleed"), enough for another detector,
+or a trained ear, to read the key. Here the audio is held back for LOOKAHEAD, so the decision
+for each 5 ms block can see the blocks that follow it.
+
+The decision, per channel and per 5 ms step: the 20 ms window starting there (Hann-weighted) is
+correlated with probes at and around each of the 8 DTMF frequencies (±3.5 % in 1.75 % steps,
+so off-frequency keypads are caught at full level). The window is *keyed* when the strongest
+row probe and the strongest column probe are both above MIN_TONE_POWER, together above
+MIN_PAIR_POWER, within MAX_TWIST_DB of each other, and hold MIN_FRACTION of the window's
+energy (speech spreads its energy over harmonics and formants; a keypad puts it in two tones).
+The line's steady noise is not held against a tone: each channel keeps a noise floor (its
+quietest window, rising slowly when the line gets noisier, held while a key is masked), and up
+to half a window's energy is discounted as that noise. Windows below the energy gate are not
+analysed at all (silence costs a comparison).
+
+Every block from GUARD_BEFORE blocks before a keyed window to GUARD_AFTER blocks after it is
+masked. A tone of 25 ms or more fills at least one window entirely (a 20 ms window starts at
+most 5 ms after its onset), so masking reaches back over its onset block; symmetrically at its
+end. Output block b can only be decided once every window that could mask it has been seen:
+the windows starting up to b + GUARD_BEFORE, which end WINDOW_BLOCKS - 1 blocks later, hence
+LOOKAHEAD = (GUARD_BEFORE + WINDOW_BLOCKS) × BLOCK.
+
+The thresholds are deliberately lenient (any two-tone pattern in the DTMF band, twist up to
+10 dB, no minimum duration): masking a little speech is preferred to letting a tone through.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+RATE: Final = 8000
+BLOCK: Final = 40  # 5 ms: the masking's time resolution
+WINDOW_BLOCKS: Final = 4  # analysis window: 20 ms
+WINDOW: Final = WINDOW_BLOCKS * BLOCK
+GUARD_BEFORE: Final = 2  # blocks masked before the first keyed window (10 ms)
+GUARD_AFTER: Final = 2  # ... and after the last one
+LOOKAHEAD_BLOCKS: Final = GUARD_BEFORE + WINDOW_BLOCKS
+LOOKAHEAD: Final = LOOKAHEAD_BLOCKS * BLOCK  # samples of delay (30 ms)
+# Keyed-window flags kept from earlier calls: those of the windows that still decide a block.
+FLAG_HISTORY: Final = GUARD_BEFORE + GUARD_AFTER + WINDOW_BLOCKS
+
+MASKS: Final = ("tone", "silence", "noise")
+
+DBM0_PEAK: Final = 32767.0 * 10.0 ** (-3.14 / 20.0)  # a 0 dBm0 sine's peak (as dtmf.inband)
+
+
+def dbm0(level: float) -> float:
+    """Power (mean square, int16 scale) of a sine at `level` dBm0."""
+    return float(DBM0_PEAK**2 / 2.0 * 10.0 ** (level / 10.0))
+
+
+ROW_HZ: Final = (697.0, 770.0, 852.0, 941.0)
+COL_HZ: Final = (1209.0, 1336.0, 1477.0, 1633.0)
+PROBE_OFFSETS: Final = (-0.035, -0.0175, 0.0, 0.0175, 0.035)  # relative, around each tone
+GATE_POWER: Final = dbm0(-46.0)  # windows quieter than this hold no tone worth masking
+MIN_TONE_POWER: Final = dbm0(-48.0)  # each tone (-30 dBm0 keyed with 10 dB twist: -41)
+MIN_PAIR_POWER: Final = dbm0(-45.0)  # both: tones below -40 dBm0 are masked too
+MAX_TWIST_DB: Final = 10.0
+MIN_FRACTION: Final = 0.8  # the two tones' share of the window's energy (less the line's noise)
+FLOOR_START: Final = dbm0(0.0)  # a new channel's: its first quiet window sets it
+FLOOR_MIN: Final = dbm0(-70.0)  # never lower (a floor of 0 could not rise again)
+FLOOR_RISE: Final = 1.0155  # per 5 ms window: ~13 dB a second
+
+MASK_TONE_HZ: Final = 440.0
+MASK_TONE_PEAK: Final = DBM0_PEAK * 10.0 ** (-20.0 / 20.0)  # -20 dBm0
+MASK_NOISE_RMS: Final = float(np.sqrt(dbm0(-50.0)))  # white noise at -50 dBm0
+RAMP: Final = 16  # samples (2 ms) of fade at a mask's edges: no click spreads into the band
+
+Int16s = npt.NDArray[np.int16]
+F32 = npt.NDArray[np.float32]
+Bools = npt.NDArray[np.bool_]
+
+
+def _probe_matrix() -> tuple[F32, float, float]:
+    """The Hann-weighted probes as one real matrix (WINDOW × 2·probes: cosines then sines),
+    and the normalisers of a probe's power and the window's energy (a sine's power either
+    way)."""
+    hann = np.hanning(WINDOW + 2)[1:-1]
+    n = np.arange(WINDOW)
+    freqs = [f * (1.0 + r) for f in ROW_HZ + COL_HZ for r in PROBE_OFFSETS]
+    phases = 2.0 * np.pi * np.outer(n, freqs) / RATE
+    matrix = np.concatenate([np.cos(phases), np.sin(phases)], axis=1) * hann[:, None]
+    return (
+        matrix.astype(np.float32),
+        2.0 / float(hann.sum()) ** 2,
+        1.0 / float((hann**2).sum()),
+    )
+
+
+_PROBES, _PROBE_NORM, _ENERGY_WEIGHTS_NORM = _probe_matrix()
+_HANN_SQ: Final = (np.hanning(WINDOW + 2)[1:-1] ** 2).astype(np.float32)
+_PER_TONE: Final = len(PROBE_OFFSETS)
+_TWIST: Final = 10.0 ** (MAX_TWIST_DB / 10.0)
+_FADE_IN: Final = (0.5 - 0.5 * np.cos(np.pi * (np.arange(RAMP) + 0.5) / RAMP)).astype(np.float32)
+
+
+def window_energy(windows: F32) -> F32:
+    """The Hann-weighted power of each of (n × WINDOW) windows (a sine's power for a sine)."""
+    return np.asarray(((windows * windows) @ _HANN_SQ) * _ENERGY_WEIGHTS_NORM, dtype=np.float32)
+
+
+def keyed_windows(windows: F32, energy: F32 | None = None, floor: F32 | None = None) -> Bools:
+    """For (n × WINDOW) float audio: is each window keyed (see the module docstring)?
+    `energy`: `window_energy(windows)` if already known. `floor`: each window's channel's noise
+    floor; up to half a window's energy is taken for noise (never more: so a floor can only
+    make a window more likely keyed, never less)."""
+    if energy is None:
+        energy = window_energy(windows)
+    keyed = np.zeros(len(windows), dtype=np.bool_)
+    loud = np.flatnonzero(energy >= GATE_POWER)
+    if loud.size == 0:
+        return keyed
+    base = energy[loud]
+    if floor is not None:
+        base = base - np.minimum(floor[loud], 0.5 * base)
+    parts = windows[loud] @ _PROBES
+    half = parts.shape[1] // 2
+    power = (parts[:, :half] ** 2 + parts[:, half:] ** 2) * _PROBE_NORM
+    split = 4 * _PER_TONE
+    row = power[:, :split].max(axis=1)
+    col = power[:, split:].max(axis=1)
+    pair = row + col
+    keyed[loud] = (
+        (row >= MIN_TONE_POWER)
+        & (col >= MIN_TONE_POWER)
+        & (pair >= MIN_PAIR_POWER)
+        & (row <= col * _TWIST)
+        & (col <= row * _TWIST)
+        & (pair >= MIN_FRACTION * base)
+    )
+    return keyed
+
+
+class ToneMasker:
+    """Masks keypad tones in many channels' audio at once; see the module docstring.
+
+    A channel is a slot (`add_channel(mask)`); its state is a row of the arrays below: the last
+    LOOKAHEAD samples not yet given back, the keyed flags of the windows that still decide a
+    block, whether its last block given back was masked, and the mask tone's phase.
+    """
+
+    def __init__(self, *, capacity: int = 16, seed: int | None = None) -> None:
+        self._capacity = 0
+        self._held = np.zeros((0, LOOKAHEAD), dtype=np.int16)
+        self._flags = np.zeros((0, FLAG_HISTORY), dtype=np.bool_)
+        self._was_masked = np.zeros(0, dtype=np.bool_)
+        self._phase = np.zeros(0, dtype=np.int64)  # mask tone position (samples) per slot
+        self._mask_kind = np.zeros(0, dtype=np.int8)
+        self._floor = np.zeros(0, dtype=np.float32)  # the line's noise power per slot
+        self._free: list[int] = []
+        self._used = 0
+        self._rng = np.random.default_rng(seed)
+        self.masked_blocks = 0  # blocks replaced, all channels (for tests and benchmarks)
+        self._grow(capacity)
+
+    def _grow(self, capacity: int) -> None:
+        extra = capacity - self._capacity
+        if extra <= 0:
+            return
+        self._held = np.concatenate([self._held, np.zeros((extra, LOOKAHEAD), np.int16)])
+        self._flags = np.concatenate([self._flags, np.zeros((extra, FLAG_HISTORY), np.bool_)])
+        self._was_masked = np.concatenate([self._was_masked, np.zeros(extra, np.bool_)])
+        self._phase = np.concatenate([self._phase, np.zeros(extra, np.int64)])
+        self._mask_kind = np.concatenate([self._mask_kind, np.zeros(extra, np.int8)])
+        self._floor = np.concatenate([self._floor, np.zeros(extra, np.float32)])
+        self._capacity = capacity
+
+    def add_channel(self, mask: str = "tone") -> int:
+        """A fresh channel (silence held, nothing keyed) masking with `mask`; its slot."""
+        if mask not in MASKS:
+            raise ValueError(f"mask must be one of {', '.join(MASKS)}, got {mask!r}")
+        if self._free:
+            slot = self._free.pop()
+        else:
+            if self._used == self._capacity:
+                self._grow(2 * self._capacity)
+            slot = self._used
+            self._used += 1
+        self._held[slot] = 0
+        self._flags[slot] = False
+        self._was_masked[slot] = False
+        self._phase[slot] = 0
+        self._mask_kind[slot] = MASKS.index(mask)
+        self._floor[slot] = FLOOR_START
+        return slot
+
+    def remove_channel(self, slot: int) -> None:
+        self._free.append(slot)
+
+    def set_mask(self, slot: int, mask: str) -> None:
+        if mask not in MASKS:
+            raise ValueError(f"mask must be one of {', '.join(MASKS)}, got {mask!r}")
+        self._mask_kind[slot] = MASKS.index(mask)
+
+    def process(self, slots: list[int] | npt.NDArray[np.intp], block: Int16s) -> Int16s:
+        """Take (len(slots) × n) int16 samples (n a multiple of BLOCK), one row per slot, and
+        give back n samples per slot: its audio LOOKAHEAD samples earlier, masked."""
+        channels, samples = block.shape
+        if samples % BLOCK:
+            raise ValueError(f"samples must be a multiple of {BLOCK}, got {samples}")
+        rows = np.asarray(slots, dtype=np.intp)
+        if channels == 0 or samples == 0:
+            return np.zeros((channels, samples), dtype=np.int16)
+        m = samples // BLOCK
+        audio = np.concatenate([self._held[rows], block], axis=1)  # (C, LOOKAHEAD + n)
+        # The windows starting at the new ones' first possible start: the last WINDOW_BLOCKS-1
+        # held blocks onwards, one a block, m in all.
+        first = LOOKAHEAD - (WINDOW_BLOCKS - 1) * BLOCK
+        span = audio[:, first:].astype(np.float32)
+        views = np.lib.stride_tricks.sliding_window_view(span, WINDOW, axis=1)[:, ::BLOCK]
+        windows = views.reshape(channels * m, WINDOW)
+        energy = window_energy(windows)
+        floor = self._floor[rows]
+        keyed = keyed_windows(windows, energy, np.repeat(floor, m)).reshape(channels, m)
+        # The noise floor: the quietest window of each call, rising back by FLOOR_RISE a window
+        # (about 13 dB a second) when the line gets noisier; held while a key is masked.
+        quietest = energy.reshape(channels, m).min(axis=1)
+        risen = floor * np.float32(FLOOR_RISE**m)
+        lowered = np.maximum(np.minimum(risen, quietest), FLOOR_MIN)  # digital silence: 0
+        self._floor[rows] = np.where(keyed.any(axis=1), floor, lowered)
+        flags = np.concatenate([self._flags[rows], keyed], axis=1)  # (C, FLAG_HISTORY + m)
+        # Output block k is masked if a window starting from WINDOW_BLOCKS - 1 + GUARD_AFTER
+        # blocks before it to GUARD_BEFORE blocks after it is keyed. The new windows start at
+        # output blocks GUARD_BEFORE + 1 onwards, so the one starting at block k sits at
+        # `base + k` in `flags`. Block m (the next call's first) is decided too: whether the
+        # mask fades out at the end of block m - 1.
+        base = FLAG_HISTORY - GUARD_BEFORE - 1
+        low = base - (WINDOW_BLOCKS - 1) - GUARD_AFTER
+        reach = WINDOW_BLOCKS + GUARD_AFTER + GUARD_BEFORE
+        masked = flags[:, low : low + m + 1].copy()
+        for offset in range(1, reach):
+            masked |= flags[:, low + offset : low + offset + m + 1]
+        out = audio[:, :samples].copy()
+        self._held[rows] = audio[:, samples:]
+        self._flags[rows] = flags[:, -FLAG_HISTORY:]
+        hit = masked[:, :m]
+        if hit.any():
+            self._mask(rows, out, hit, masked)
+        self._was_masked[rows] = hit[:, -1]
+        self._phase[rows] += samples
+        return out
+
+    def _mask(self, rows: npt.NDArray[np.intp], out: Int16s, hit: Bools, masked: Bools) -> None:
+        """Replace the masked blocks of `out` by each channel's mask, faded in where the block
+        before was not masked and out where the block after is not."""
+        before = np.concatenate([self._was_masked[rows][:, None], hit[:, :-1]], axis=1)
+        after = masked[:, 1:]
+        for c, k in zip(*np.nonzero(hit), strict=True):
+            row = rows[c]
+            kind = MASKS[self._mask_kind[row]]
+            start = k * BLOCK
+            if kind == "silence":
+                fill = np.zeros(BLOCK, dtype=np.float32)
+            elif kind == "noise":
+                fill = self._rng.normal(0.0, MASK_NOISE_RMS, BLOCK).astype(np.float32)
+            else:
+                t = self._phase[row] + start + np.arange(BLOCK)
+                fill = (MASK_TONE_PEAK * np.sin(2.0 * np.pi * MASK_TONE_HZ * t / RATE)).astype(
+                    np.float32
+                )
+            if not before[c, k]:
+                fill[:RAMP] *= _FADE_IN
+            if not after[c, k]:
+                fill[-RAMP:] *= _FADE_IN[::-1]
+            out[c, start : start + BLOCK] = np.round(fill).astype(np.int16)
+        self.masked_blocks += int(hit.sum())

@@ -1,0 +1,180 @@
+"""ToneMasker: keypad tones replaced from their first sample to their last, the rest bit-exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spg_media.dtmf.inband import DBM0_PEAK, scan
+from spg_media.rtp.masking import BLOCK, LOOKAHEAD, MASK_TONE_PEAK, ToneMasker
+
+ROWS = (697.0, 770.0, 852.0, 941.0)
+COLS = (1209.0, 1336.0, 1477.0, 1633.0)
+
+
+def key_tone(low: float, high: float, samples: int, level_dbm0: float, twist_db: float = 0.0):  # type: ignore[no-untyped-def]
+    """The two tones, together at `level_dbm0`, the row `twist_db` louder than the column."""
+    total = DBM0_PEAK * 10 ** (level_dbm0 / 20)
+    row = total / np.sqrt(1 + 10 ** (-twist_db / 10))
+    col = row * 10 ** (-twist_db / 20)
+    t = np.arange(samples) / 8000
+    return row * np.sin(2 * np.pi * low * t) + col * np.sin(2 * np.pi * high * t + 1.0)
+
+
+def voice(samples: int, seed: int, pitch: float = 140.0) -> np.ndarray:
+    """A vowel-like sound: harmonics of a wavering pitch under two formants, with noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(samples) / 8000
+    f0 = pitch * (1 + 0.05 * np.sin(2 * np.pi * 3 * t))
+    phase = 2 * np.pi * np.cumsum(f0) / 8000
+    out = np.zeros(samples)
+    for h in range(1, 25):
+        f = h * pitch
+        gain = np.exp(-(((f - 500) / 200) ** 2)) + 0.5 * np.exp(-(((f - 1500) / 250) ** 2))
+        out += gain * np.sin(h * phase)
+    out *= 4000 / np.sqrt(np.mean(out**2))
+    return out + rng.normal(0, 100, samples)
+
+
+def run(masker: ToneMasker, slot: int, audio: np.ndarray, chunk: int = 160) -> np.ndarray:
+    """Feed `audio` (then the look-ahead's worth of silence) and return the output realigned."""
+    samples = np.concatenate([audio, np.zeros(LOOKAHEAD)])
+    samples = np.clip(np.round(samples), -32768, 32767).astype(np.int16)
+    pad = (-samples.size) % chunk
+    samples = np.concatenate([samples, np.zeros(pad, dtype=np.int16)])
+    out = [
+        masker.process([slot], samples[None, i : i + chunk])[0]
+        for i in range(0, samples.size, chunk)
+    ]
+    return np.concatenate(out)[LOOKAHEAD : LOOKAHEAD + audio.size]
+
+
+def level_at(audio: np.ndarray, freq: float) -> float:
+    """dBm0 of the sine at `freq` in `audio`."""
+    t = np.arange(audio.size) / 8000
+    amplitude = 2 * abs(np.dot(audio.astype(np.float64), np.exp(-2j * np.pi * freq * t)))
+    return float(20 * np.log10(max(amplitude / audio.size, 1e-9) / DBM0_PEAK))
+
+
+@pytest.mark.parametrize("level", [0, -10, -20, -30])
+@pytest.mark.parametrize("speech_before", [False, True])
+def test_a_tone_is_replaced_from_its_first_sample_to_its_last(
+    level: int, speech_before: bool
+) -> None:
+    rng = np.random.default_rng(-level * 7 + speech_before)
+    masker = ToneMasker()
+    slot = masker.add_channel("silence")
+    for trial in range(6):
+        low, high = ROWS[trial % 4], COLS[(trial + level) % 4]
+        onset = 4000 + int(rng.integers(0, 4 * BLOCK))  # every offset within a block
+        length = int(rng.integers(320, 960))  # 40 to 120 ms
+        twist = float(rng.uniform(-4, 8))
+        audio = rng.normal(0, 30, onset + length + 3000)
+        if speech_before:
+            audio[onset - 2400 : onset] += voice(2400, trial)
+        without = np.round(audio).astype(np.int16)
+        audio[onset : onset + length] += key_tone(low, high, length, level, twist)
+        out = run(masker, slot, audio)
+        # Silence mask: every sample of the tone is gone, not just its energy, and the rest is
+        # the audio as it was without the tone: one masked stretch, at most 25 ms either side.
+        assert not out[onset : onset + length].any(), (trial, onset, length)
+        changed = np.flatnonzero(out != without)
+        assert changed.size and changed[0] >= onset - 200 and changed[-1] < onset + length + 200
+        masked = slice(changed[0], changed[-1] + 1)
+        assert not out[masked].any()
+        assert scan(out) == []
+    assert masker.masked_blocks > 0
+
+
+def test_a_quiet_tone_on_a_noisy_line_is_masked() -> None:
+    # -30 dBm0 keys over white noise at -35 dBm0: the noise alone would hold the tones' share
+    # of a window under 80 %; the line's noise floor is not held against them.
+    rng = np.random.default_rng(11)
+    masker = ToneMasker()
+    slot = masker.add_channel("silence")
+    noise_rms = DBM0_PEAK * 10 ** (-35 / 20) / np.sqrt(2)
+    for trial in range(4):
+        onset = 24000 + int(rng.integers(0, BLOCK))  # after 3 s of the line's noise
+        audio = rng.normal(0, noise_rms, onset + 4000)
+        audio[onset : onset + 480] += key_tone(ROWS[trial], COLS[3 - trial], 480, -30, 4.0)
+        out = run(masker, slot, audio)
+        assert not out[onset : onset + 480].any(), trial
+    noise = np.round(rng.normal(0, noise_rms, 16000))
+    fresh = ToneMasker()
+    assert np.array_equal(run(fresh, fresh.add_channel(), noise), noise.astype(np.int16))
+    assert fresh.masked_blocks == 0  # the noise alone is not a key
+
+
+def test_the_mask_tone_covers_the_key_at_440_hz() -> None:
+    masker = ToneMasker()
+    slot = masker.add_channel("tone")
+    audio = np.zeros(6000)
+    audio[2000:2800] = key_tone(941, 1336, 800, -5)  # "0", 100 ms
+    out = run(masker, slot, audio).astype(np.float64)
+    keyed = out[2000:2800]
+    assert abs(level_at(keyed, 440.0) - (-20.0)) < 0.5
+    assert np.abs(keyed).max() <= MASK_TONE_PEAK + 1
+    assert level_at(keyed, 941.0) < -50 and level_at(keyed, 1336.0) < -50
+    assert not out[:1800].any() and not out[3000:].any()  # the silence around it, untouched
+
+
+def test_speech_passes_bit_exact() -> None:
+    masker = ToneMasker()
+    slot = masker.add_channel()
+    for seed, pitch in ((1, 110.0), (2, 140.0), (3, 210.0)):
+        audio = np.clip(np.round(voice(16000, seed, pitch)), -32768, 32767)
+        out = run(masker, slot, audio)
+        assert np.array_equal(out, audio.astype(np.int16)), pitch
+    assert masker.masked_blocks == 0
+
+
+def test_speech_after_a_key_passes_bit_exact_past_the_guard() -> None:
+    masker = ToneMasker()
+    slot = masker.add_channel()
+    audio = np.zeros(8000)
+    audio[1000:1400] = key_tone(770, 1477, 400, -15)
+    audio[1600:] = voice(6400, 4)
+    audio = np.round(audio)
+    out = run(masker, slot, audio)
+    assert np.array_equal(out[1600:], audio[1600:].astype(np.int16))
+    assert np.array_equal(out[:800], audio[:800].astype(np.int16))
+
+
+def test_channels_are_independent_and_chunking_does_not_matter() -> None:
+    rng = np.random.default_rng(5)
+    audio = [rng.normal(0, 200, 8000) for _ in range(3)]
+    audio[1][3000:3600] += key_tone(852, 1209, 600, -12)
+    one = ToneMasker()
+    slots = [one.add_channel("silence") for _ in range(3)]
+    samples = np.stack([np.concatenate([a, np.zeros(LOOKAHEAD)]) for a in audio])
+    samples = np.round(samples).astype(np.int16)
+    together = np.concatenate(
+        [one.process(slots, samples[:, i : i + 80]) for i in range(0, samples.shape[1], 80)],
+        axis=1,
+    )
+    for c in range(3):
+        alone = ToneMasker()
+        slot = alone.add_channel("silence")
+        assert np.array_equal(run(alone, slot, audio[c], chunk=480), together[c, LOOKAHEAD:])
+    assert np.array_equal(together[0, LOOKAHEAD:], samples[0, :8000])
+    assert not together[1, LOOKAHEAD + 3000 : LOOKAHEAD + 3600].any()
+
+
+def test_a_slot_given_back_starts_fresh() -> None:
+    masker = ToneMasker()
+    slot = masker.add_channel()
+    masker.process([slot], np.full((1, 160), 1234, dtype=np.int16))
+    masker.remove_channel(slot)
+    again = masker.add_channel("silence")
+    assert again == slot
+    out = masker.process([again], np.zeros((1, 160), dtype=np.int16))
+    assert not out.any()  # nothing held from the channel before
+
+
+def test_bad_input_is_refused() -> None:
+    masker = ToneMasker()
+    slot = masker.add_channel()
+    with pytest.raises(ValueError):
+        masker.process([slot], np.zeros((1, 50), dtype=np.int16))
+    with pytest.raises(ValueError):
+        masker.add_channel("music")
