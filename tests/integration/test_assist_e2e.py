@@ -665,13 +665,11 @@ def page_missing() -> str | None:
     return None
 
 
-def _page_call(
-    node: SpgNode, api: str, workdir: Path, ready: threading.Event, start_at: list[float]
-) -> CallRun:
+def _page_call(node: SpgNode, api: str, workdir: Path, ready: threading.Event) -> CallRun:
     """The agent's desktop is the agent page in headless Chromium (Playwright), opened and
     given the token (then `ready` is set: the other calls start once Chromium's start-up is
-    over) before the customer (SIPp, RFC 4733 pcaps on `PAGE_STARTS`) calls at `start_at[0]`
-    (set by then); the
+    over) before the customer (SIPp, RFC 4733 pcaps on `PAGE_STARTS`) calls with the second
+    group (SECOND_GROUP_AFTER_S later); the
     agent picks the call from the list, starts the payment, presses each field's Capture
     before the customer keys it (the gaps of `PAGE_STARTS` leave time for the page to show
     the previous field captured), completes and sees the result. What the page showed is
@@ -700,7 +698,7 @@ def _page_call(
             page.click("#token-save")
             expect(page.locator("#calls-section")).to_be_visible()
             ready.set()
-            wait_until(start_at[0])
+            time.sleep(SECOND_GROUP_AFTER_S)
             customer_future = pool.submit(
                 run_sipp, scenario, f"{HOST}:{node.sip_port}", ["-s", "assist"], 50,
                 workdir=workdir, name="customer-page",
@@ -829,25 +827,24 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
         started = time.monotonic()
         with ThreadPoolExecutor(8) as pool:
             futures = {}
-            later = [0.0]  # when the second group starts
             if page_missing() is None:
                 # Chromium first: its start-up would take the CPU the calls' media needs
                 ready = threading.Event()
-                futures["page"] = pool.submit(_page_call, node, api, workdir / "page", ready, later)
+                futures["page"] = pool.submit(_page_call, node, api, workdir / "page", ready)
                 while not ready.wait(0.1) and not futures["page"].done():
                     pass
             # The second group's call set-ups come after the first group's first sentence
             # (set-ups all at once would take the CPU when the sentence is relayed).
             now = time.monotonic()
-            later[0] = now + SECOND_GROUP_AFTER_S
+            later = now + SECOND_GROUP_AFTER_S
             for name in SIPP_CALLS:
-                at = later[0] if name in SECOND_GROUP else now
+                at = later if name in SECOND_GROUP else now
                 futures[name] = pool.submit(_one_call, name, node, api, workdir / name, spoken, at)
             if cert is not None and baresip_missing() is None:
                 assert isinstance(node, SpgTlsNode)
                 futures["srtp"] = pool.submit(_baresip_call, node, api, workdir / "srtp", cert.cert)
                 futures["srtp_agent"] = pool.submit(
-                    _baresip_agent_call, node, api, workdir / "srtp-agent", cert, later[0]
+                    _baresip_agent_call, node, api, workdir / "srtp-agent", cert, later
                 )
             calls = {name: future.result() for name, future in futures.items()}
         seconds = time.monotonic() - started
