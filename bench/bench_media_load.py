@@ -12,10 +12,11 @@ With --dtmf each caller also keys an RFC 4733 press every ~2 s (5 event packets 
 packets, audio paused meanwhile); the delay from the press's first packet leaving the
 generator to the session's `on_dtmf` start is reported (both sides read CLOCK_MONOTONIC).
 
-With --bridged, this tree's node bridges its sessions in pairs (`MediaEngine.bridge`,
-agent-assisted mode: the first of a pair the customer, with masking and in-band detection,
-the second the agent) and the calls per core are bridged calls (two sessions, 200 packets/s);
-the baseline tree runs the same sessions unbridged (each with in-band detection).
+With --bridged, the node bridges its sessions in pairs (`MediaEngine.bridge`, agent-assisted
+mode: the first of a pair the customer, with in-band detection, the second the agent; each
+direction masked, or only the customer's in a tree before the agent's was) and the calls per
+core are bridged calls (two sessions, 200 packets/s); a baseline tree without
+`MediaEngine.bridge` runs the same sessions unbridged (each with in-band detection).
 
 The node's CPU (user + system, getrusage) over --seconds after a warm-up is divided by the
 packets it received and sent (the best of the rounds in which it kept up: sent its 50
@@ -300,7 +301,7 @@ def parent(args: argparse.Namespace) -> None:
         print(
             f"{args.sessions} full-duplex sessions, 50 + 50 packets/s each, "
             f"in-band {'on' if args.inband else 'off'}, "
-            f"{'bridged in pairs, masking on every customer leg, ' if args.bridged else ''}"
+            f"{'bridged in pairs, masking, ' if args.bridged else ''}"
             f"{args.seconds:g} s measured after "
             f"{args.warmup:g} s, best of {args.rounds}; baseline: "
             f"{args.baseline_tree or args.baseline_ref}"

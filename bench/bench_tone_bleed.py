@@ -1,8 +1,8 @@
 """Tone bleed in agent-assisted mode: how much of a customer's key press reaches the agent.
 
 Run:  .venv/bin/python bench/bench_tone_bleed.py [--digits 1000] [--speech-seconds 120]
-          [--delay-clicks 150] [--mask tone|silence|noise] [--noise-dbm0 -65] [--keys-only]
-          [--seed 2026]
+          [--delay-clicks 150] [--delay-direction both|customer|agent] [--delay-only]
+          [--mask tone|silence|noise] [--noise-dbm0 -65] [--keys-only] [--seed 2026]
 
 1. **Keyed digits.** `--digits` key presses in 20 streams (random key, level 0 to -30 dBm0
    for the pair, twist -4 to +8 dB, each tone up to ±1.5 % off frequency, 40 to 120 ms long,
@@ -27,7 +27,9 @@ Run:  .venv/bin/python bench/bench_tone_bleed.py [--digits 1000] [--speech-secon
    one packet in 25; before each click its phase against the node's tick moves by a random
    0-20 ms, so every phase is measured), a receiver the agent, both in a child process. For
    each click: (the agent packet's arrival + the click's position in it) - (the customer
-   packet's departure + its position in it).
+   packet's departure + its position in it). Then the other way (`--delay-direction`): the
+   sender plays the agent (PCMA), the receiver the customer (PCMU); that direction is masked
+   too, with the same look-ahead.
 
 Needs espeak-ng; spandsp (libspandsp2) for its column, skipped when missing.
 """
@@ -283,10 +285,18 @@ def run_speech(args: argparse.Namespace, talk: npt.NDArray[np.float64]) -> None:
 # ---- 3. added delay over sockets -----------------------------------------------------------------
 
 
-def clicker(sender: socket.socket, receiver: socket.socket, conn: Connection, clicks: int) -> None:
-    """The child process: plays the customer (sender) and the agent (receiver) to the node's
-    customer port it is told; sends back each click's added delay, ms."""
-    customer_port = conn.recv()
+def clicker(
+    sender: socket.socket,
+    receiver: socket.socket,
+    conn: Connection,
+    clicks: int,
+    codecs: tuple[str, str],
+) -> None:
+    """The child process: plays the leg that talks (sender, in codecs[0]) to the node's port it
+    is told, and the other leg (receiver, in codecs[1]); sends back each click's added delay,
+    ms."""
+    send_codec, receive_codec = codecs
+    talker_port = conn.recv()
     receiver.settimeout(0.5)
     sent: list[tuple[float, int]] = []  # departure of the click's packet, its position
     arrived: list[tuple[float, int]] = []
@@ -299,7 +309,7 @@ def clicker(sender: socket.socket, receiver: socket.socket, conn: Connection, cl
             except OSError:
                 continue
             at = time.monotonic()
-            samples = decode(RtpPacket.parse(data).payload, "PCMA")
+            samples = decode(RtpPacket.parse(data).payload, receive_codec)
             loud = np.flatnonzero(np.abs(samples) > 8000)
             if loud.size:
                 arrived.append((at, int(loud[0])))
@@ -317,9 +327,10 @@ def clicker(sender: socket.socket, receiver: socket.socket, conn: Connection, cl
         if n % 25 == 10:
             position = int(rng.integers(0, FRAME - 4))
             samples[position : position + 3] = 20000
-        payload = encode(samples, "PCMU")
-        sender.sendto(build_rtp(0, n & 0xFFFF, n * FRAME, 0x99, payload),
-                      ("127.0.0.1", customer_port))  # fmt: skip
+        payload = encode(samples, send_codec)
+        pt = 0 if send_codec == "PCMU" else 8
+        sender.sendto(build_rtp(pt, n & 0xFFFF, n * FRAME, 0x99, payload),
+                      ("127.0.0.1", talker_port))  # fmt: skip
         if n % 25 == 10:
             sent.append((time.monotonic(), position))
     time.sleep(0.3)
@@ -334,7 +345,8 @@ def clicker(sender: socket.socket, receiver: socket.socket, conn: Connection, cl
     conn.send((delays, len(sent) - len(delays)))
 
 
-def run_delay(args: argparse.Namespace) -> None:
+def run_delay(args: argparse.Namespace, direction: str) -> None:
+    """The added one-way delay of `direction` ("customer": customer → agent, or "agent")."""
     import multiprocessing
 
     import uvloop
@@ -345,8 +357,10 @@ def run_delay(args: argparse.Namespace) -> None:
     receiver.bind(("127.0.0.1", 0))
     ours, theirs = multiprocessing.Pipe()
     # Forked before the node's loop starts: the callers' threads never share its GIL.
+    from_agent = direction == "agent"
+    codecs = ("PCMA", "PCMU") if from_agent else ("PCMU", "PCMA")
     child = multiprocessing.get_context("fork").Process(
-        target=clicker, args=(sender, receiver, theirs, args.delay_clicks)
+        target=clicker, args=(sender, receiver, theirs, args.delay_clicks, codecs)
     )
     child.start()
     outcome: list[tuple[list[float], int]] = []
@@ -356,16 +370,17 @@ def run_delay(args: argparse.Namespace) -> None:
         engine = MediaEngine("127.0.0.1", base, base + 200)
         customer_port = await engine.open()
         agent_port = await engine.open()
+        customer_peer, agent_peer = (receiver, sender) if from_agent else (sender, receiver)
         engine.attach(
             customer_port,
-            MediaSession(codec="PCMU", remote=sender.getsockname(), dtmf_payload_type=101),
+            MediaSession(codec="PCMU", remote=customer_peer.getsockname(), dtmf_payload_type=101),
         )
         engine.attach(
             agent_port,
-            MediaSession(codec="PCMA", remote=receiver.getsockname(), dtmf_payload_type=101),
+            MediaSession(codec="PCMA", remote=agent_peer.getsockname(), dtmf_payload_type=101),
         )
         engine.bridge(customer_port, agent_port, "tone")
-        ours.send(customer_port)
+        ours.send(agent_port if from_agent else customer_port)
         outcome.append(await asyncio.to_thread(ours.recv))
         await engine.aclose()
 
@@ -381,7 +396,8 @@ def run_delay(args: argparse.Namespace) -> None:
     missing = [lost]
     results.sort()
     print("slowest:", [round(r, 1) for r in results[-12:]])
-    print(f"## Added one-way delay, customer → agent, over loopback ({len(results)} clicks, "
+    way = "agent → customer" if from_agent else "customer → agent"
+    print(f"## Added one-way delay, {way}, over loopback ({len(results)} clicks, "
           f"{missing[0]} not received)")  # fmt: skip
     print()
     print("| p50 | p99 | max | of which the look-ahead |")
@@ -402,14 +418,22 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--noise-dbm0", type=float, default=-65.0, help="the line's noise")
     parser.add_argument("--keys-only", action="store_true", help="part 1 only")
+    parser.add_argument("--delay-only", action="store_true", help="part 3 only")
+    parser.add_argument(
+        "--delay-direction", default="both", choices=("both", "customer", "agent"),
+        help="part 3: customer → agent, agent → customer, or both",
+    )  # fmt: skip
     args = parser.parse_args()
-    talk = speech(max(args.speech_seconds, 60.0), seed=args.seed)
-    run_keyed(args, talk)
-    if args.keys_only:
-        return
-    run_speech(args, talk[: int(args.speech_seconds * RATE)])
+    if not args.delay_only:
+        talk = speech(max(args.speech_seconds, 60.0), seed=args.seed)
+        run_keyed(args, talk)
+        if args.keys_only:
+            return
+        run_speech(args, talk[: int(args.speech_seconds * RATE)])
     if args.delay_clicks:
-        run_delay(args)
+        for direction in ("customer", "agent"):
+            if args.delay_direction in ("both", direction):
+                run_delay(args, direction)
 
 
 if __name__ == "__main__":

@@ -638,7 +638,8 @@ class SecurityConfig(_Section):
 
 @dataclass(frozen=True)
 class AssistConfig(_Section):
-    """Agent-assisted mode: calls bridged to an agent while the node masks the customer's keys."""
+    """Agent-assisted mode: calls bridged to an agent while the node masks the keys pressed
+    (the customer's toward the agent, and the agent's toward the customer)."""
 
     SECTION: ClassVar[str] = "assist"
 

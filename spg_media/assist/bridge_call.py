@@ -15,8 +15,8 @@ enter it), `agent_target` (where the agent leg goes), and `AssistCall`, two INVI
 - CANCEL from the customer cancels the agent leg; BYE on either leg ends the other; a
   re-INVITE or UPDATE (hold, codec change, re-keying) is answered on its own leg only;
 - the customer's keys (RFC 4733, in-band, SIP INFO) go to `AssistService.digit`, never to the
-  agent: only decoded, masked audio crosses (`MediaEngine.bridge`), and an INFO is answered
-  here and not relayed;
+  agent: only decoded, masked audio crosses (`MediaEngine.bridge`, both ways: the agent's
+  keys never reach the customer either), and an INFO is answered here and not relayed;
 - `play` / `stop_playback` (the `AssistCallHandle` of the assist service) speak to the
   customer only.
 

@@ -1,8 +1,9 @@
-"""Key-press masking for bridged calls: the customer's audio, delayed by a short look-ahead,
-with every keypad tone replaced from its first sample to its last.
+"""Key-press masking for bridged calls: each leg's audio, delayed by a short look-ahead, with
+every keypad tone replaced from its first sample to its last.
 
-This module owns the customer→agent direction's audio processing in agent-assisted mode, sans
-IO and batched over channels like the in-band detector: `ToneMasker.process(slots, block)` takes
+This module owns the audio processing of both directions in agent-assisted mode (customer →
+agent and agent → customer, a channel each), sans IO and batched over channels like the
+in-band detector: `ToneMasker.process(slots, block)` takes
 a (channels × samples) int16 block (samples a multiple of BLOCK, 5 ms) and returns the same
 shape, each channel's audio LOOKAHEAD samples (30 ms) late, with the blocks around any keypad
 tone replaced by the channel's mask: `tone` (a flat 440 Hz tone at -20 dBm0), `silence` or

@@ -614,24 +614,26 @@ class _InbandFeed:
 
 @dataclass(slots=True)
 class _Bridge:
-    """Two sessions whose audio crosses (agent-assisted mode), and the customer's masker slot."""
+    """Two sessions whose audio crosses (agent-assisted mode), and a masker slot for each
+    direction: the customer's audio to the agent, the agent's to the customer."""
 
     customer_port: int
     agent_port: int
     customer: MediaSession
     agent: MediaSession
-    mask_slot: int
+    mask_slot: int  # customer → agent
+    agent_mask_slot: int  # agent → customer
     align: bool = True  # the sessions' packet times are still to be moved onto the tick's
 
 
 @dataclass(slots=True)
 class _RelayFeed:
-    """The bridges whose customers give the masker the same number of samples this tick."""
+    """The bridge directions that give the masker the same number of samples this tick."""
 
     slots: list[int] = field(default_factory=list)
     audio: list[bytes] = field(default_factory=list)
-    customers: list[str] = field(default_factory=list)  # the customers' codecs
-    agents: list[MediaSession] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)  # the codec each row's audio came in
+    targets: list[MediaSession] = field(default_factory=list)  # the leg each row goes to
 
 
 def _decode_rows(codes: npt.NDArray[np.uint8], codecs: list[str]) -> npt.NDArray[np.int16]:
@@ -674,7 +676,7 @@ class MediaEngine:
         # or make a stray loop, when the engine is built outside a running loop.
         self._loop: asyncio.AbstractEventLoop | None = None
         self.inband: InbandDetector | None = None  # one detector serves every channel
-        self.masker: ToneMasker | None = None  # one masker serves every bridged customer leg
+        self.masker: ToneMasker | None = None  # one masker serves both legs of every bridge
         self.bridges: dict[int, _Bridge] = {}  # by the customer's port
         self._bridged_agents: dict[int, int] = {}  # agent's port: customer's port
         self.send_errors = 0  # packets the kernel would not take (a full buffer: dropped)
@@ -755,14 +757,14 @@ class MediaEngine:
 
     def bridge(self, customer_port: int, agent_port: int, mask: str) -> None:
         """Cross the audio of two attached sessions (agent-assisted mode). From the next tick,
-        the customer's audio goes to the agent's session LOOKAHEAD (30 ms) late with every
-        keypad tone replaced by `mask` ("tone", "silence" or "noise"; spg_media.rtp.masking),
-        and the agent's audio to the customer's session; each transcoded to the other's codec
-        and sent at the other's packet time. Only decoded audio crosses: RFC 4733 events and
-        anything else never do. A prompt playing on the customer's session is heard instead
-        of the agent. The customer's in-band detector runs whatever `dtmf.inband` said (its
-        digits reach its `on_dtmf` as before); the agent's session runs none. A port already
-        bridged is unbridged first."""
+        each leg's audio goes to the other's session LOOKAHEAD (30 ms) late with every keypad
+        tone replaced by `mask` ("tone", "silence" or "noise"; spg_media.rtp.masking): the
+        customer's keys never reach the agent, nor the agent's the customer. Each direction
+        is transcoded to the other's codec and sent at the other's packet time. Only decoded
+        audio crosses: RFC 4733 events and anything else never do. A prompt playing on the
+        customer's session is heard instead of the agent. The customer's in-band detector
+        runs whatever `dtmf.inband` said (its digits reach its `on_dtmf` as before); the
+        agent's session runs none. A port already bridged is unbridged first."""
         if mask not in MASKS:
             raise ValueError(f"mask must be one of {', '.join(MASKS)}, got {mask!r}")
         if customer_port == agent_port:
@@ -784,7 +786,10 @@ class MediaEngine:
             session.relay_in = []
             session.relay_out.clear()
         slot = self.masker.add_channel(mask)
-        self.bridges[customer_port] = _Bridge(customer_port, agent_port, customer, agent, slot)
+        agent_slot = self.masker.add_channel(mask)
+        self.bridges[customer_port] = _Bridge(
+            customer_port, agent_port, customer, agent, slot, agent_slot
+        )
         self._bridged_agents[agent_port] = customer_port
 
     def unbridge(self, customer_port: int) -> None:
@@ -796,6 +801,7 @@ class MediaEngine:
         self._bridged_agents.pop(bridge.agent_port, None)
         if self.masker is not None:
             self.masker.remove_channel(bridge.mask_slot)
+            self.masker.remove_channel(bridge.agent_mask_slot)
         for session in (bridge.customer, bridge.agent):
             session.relay_in = None
             session.relay_out.clear()
@@ -914,10 +920,11 @@ class MediaEngine:
     def _relay(self, now: float) -> None:
         """Cross the audio the bridged sessions received since the last tick.
 
-        Agent to customer: transcoded when the codecs differ, queued on the customer's session
-        (dropped while a prompt plays there). Customer to agent: whole 5 ms blocks of it (the
-        rest waits a tick) go through the masker, one call for all bridges that give the same
-        number of samples (nearly always 160), decoded per codec, re-encoded in the agent's.
+        Both directions alike: whole 5 ms blocks of what a leg received (the rest waits a
+        tick) go through the masker, one call a tick for the rows of every bridge and both
+        directions that give the same number of samples (nearly always 160), decoded per
+        codec, re-encoded in the other leg's and queued on it (the agent's audio is dropped
+        while a prompt plays on the customer's session: `MediaSession.relay`).
         """
         masker = self.masker
         assert masker is not None
@@ -940,47 +947,44 @@ class MediaEngine:
                     due = session.next_send_at
                     if due is not None and soon < due < now + 0.0199:
                         session.next_send_at = now
-            heard = agent.relay_in
-            if heard:
+            for source, target, slot in (
+                (customer, agent, bridge.mask_slot),
+                (agent, customer, bridge.agent_mask_slot),
+            ):
+                heard = source.relay_in
+                if not heard:
+                    continue
                 audio = heard[0] if len(heard) == 1 else b"".join(heard)
                 heard.clear()
-                if agent.codec != customer.codec:
-                    audio = encode(decode(audio, agent.codec), customer.codec)
-                customer.relay(audio)
-            said = customer.relay_in
-            if not said:
-                continue
-            audio = said[0] if len(said) == 1 else b"".join(said)
-            said.clear()
-            whole = len(audio) - len(audio) % BLOCK
-            if whole < len(audio):
-                said.append(audio[whole:])
-                audio = audio[:whole]
-            if not whole:
-                continue
-            feed = groups.get(whole)
-            if feed is None:
-                feed = groups[whole] = _RelayFeed()
-            feed.slots.append(bridge.mask_slot)
-            feed.audio.append(audio)
-            feed.customers.append(customer.codec)
-            feed.agents.append(agent)
+                whole = len(audio) - len(audio) % BLOCK
+                if whole < len(audio):
+                    heard.append(audio[whole:])
+                    audio = audio[:whole]
+                if not whole:
+                    continue
+                feed = groups.get(whole)
+                if feed is None:
+                    feed = groups[whole] = _RelayFeed()
+                feed.slots.append(slot)
+                feed.audio.append(audio)
+                feed.sources.append(source.codec)
+                feed.targets.append(target)
         for size, feed in groups.items():
             count = len(feed.slots)
             codes = np.frombuffer(b"".join(feed.audio), dtype=np.uint8).reshape(count, size)
-            block = _decode_rows(codes, feed.customers)
+            block = _decode_rows(codes, feed.sources)
             masked = masker.process(feed.slots, block)
-            codecs = [agent.codec for agent in feed.agents]
+            codecs = [target.codec for target in feed.targets]
             if len(set(codecs)) == 1:
                 encoded = encode(masked, codecs[0])
-                for n, agent in enumerate(feed.agents):
-                    agent.relay(encoded[n * size : (n + 1) * size])
+                for n, target in enumerate(feed.targets):
+                    target.relay(encoded[n * size : (n + 1) * size])
                 continue
             for codec in set(codecs):
                 rows = [n for n, c in enumerate(codecs) if c == codec]
                 encoded = encode(masked[rows], codec)
                 for n, row in enumerate(rows):
-                    feed.agents[row].relay(encoded[n * size : (n + 1) * size])
+                    feed.targets[row].relay(encoded[n * size : (n + 1) * size])
 
     def _receive(self, now: float) -> None:
         """Read every datagram waiting on the sessions' sockets and feed it to its session.

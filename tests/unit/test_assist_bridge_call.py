@@ -12,6 +12,7 @@ import pytest
 
 from spg_media.assist.bridge_call import AssistCall, agent_target, is_assist_invite
 from spg_media.config import load_config
+from spg_media.dtmf.rfc4733 import DtmfEvent
 from spg_media.rtp.sdes import offer_attributes
 from spg_media.sip.message import SipRequest, SipResponse, make_response, parse_message
 from spg_media.sip.sdp import SessionDescription, build_answer, build_offer, negotiate
@@ -402,5 +403,37 @@ def test_a_failure_of_ours_when_the_agent_answers_ends_both_legs() -> None:
         ua.answer("BYE", 200)
         await asyncio.wait_for(task, 2)
         assert sorted(media.closed) == [40000, 40002]
+
+    asyncio.run(body())
+
+
+@pytest.mark.parametrize("mode", ["auto", "on", "off"])
+@pytest.mark.parametrize("first", ["rfc4733", "inband"])
+def test_a_customer_key_sent_as_events_and_as_tones_is_one_digit(mode: str, first: str) -> None:
+    """A phone may send a key both as RFC 4733 events and as tones left in the audio: the
+    payment session gets one digit a press, whichever report comes first."""
+
+    async def body() -> None:
+        call, _task, ua, media, assist = await started_call(env={"SPG_DTMF__INBAND": mode})
+        ua.answer("INVITE", 200, AGENT_ANSWER)
+        await settle()
+        on_dtmf = media.attached[40000].on_dtmf
+        assert on_dtmf is not None
+        second = "inband" if first == "rfc4733" else "rfc4733"
+        for n, (digit, at) in enumerate((("4", 10.0), ("4", 10.3), ("1", 10.6))):
+            # Each press's two reports: the in-band start dated at the tone's onset, a few
+            # ms off the first event packet's arrival; the ends 80 ms on.
+            skew = 0.004 if n % 2 else -0.006
+            for source in (first, second):
+                start = at + (skew if source == "inband" else 0.0)
+                on_dtmf(DtmfEvent(digit, "start", start, None, source))
+            for source in (first, second):
+                on_dtmf(DtmfEvent(digit, "end", at + 0.08, 80.0, source))
+        assert [s for s in assist.seen if s[0] == "digit"] == [
+            ("digit", "4"),
+            ("digit", "4"),
+            ("digit", "1"),
+        ]
+        assert sum(call.merger.accepted.values()) == 3
 
     asyncio.run(body())

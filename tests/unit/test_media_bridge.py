@@ -1,4 +1,4 @@
-"""MediaEngine.bridge: two sessions' audio crossing, transcoded, the customer's keys masked.
+"""MediaEngine.bridge: two sessions' audio crossing, transcoded, each leg's keys masked.
 
 No sockets: the sessions are attached under ports the engine never opened, RTP is handed to
 `MediaSession.receive` as the socket would, and each 20 ms tick's steps (`_detect_inband`,
@@ -125,8 +125,9 @@ def test_each_direction_is_transcoded_to_the_other_legs_codec() -> None:
         to_agent[LOOKAHEAD:], decode(encode(said[: said.size - LOOKAHEAD], "PCMU"), "PCMU")
     )
     answered = decode(encode(reply, "PCMU"), "PCMU")
-    # The agent's audio: no look-ahead; it leaves in the tick it came in.
-    assert np.array_equal(to_customer, decode(encode(answered, "PCMA"), "PCMA"))
+    # The agent's audio: masked too, so as late by the look-ahead (silence before it).
+    late = np.concatenate([np.zeros(LOOKAHEAD, np.int16), answered[: answered.size - LOOKAHEAD]])
+    assert np.array_equal(to_customer, decode(encode(late, "PCMA"), "PCMA"))
 
 
 def test_a_prompt_on_the_customer_leg_is_heard_instead_of_the_agent() -> None:
@@ -140,10 +141,11 @@ def test_a_prompt_on_the_customer_leg_is_heard_instead_of_the_agent() -> None:
 
         _, to_customer = run_ticks(engine, customer, agent, speech_like(0.4), reply, start_prompt)
     answered = decode(encode(reply, "PCMU"), "PCMU")
-    assert np.array_equal(to_customer[:800], answered[:800])
+    late = np.concatenate([np.zeros(LOOKAHEAD, dtype=np.int16), answered])  # the look-ahead
+    assert np.array_equal(to_customer[:800], late[:800])
     assert (to_customer[800:1600] == decode(prompt, "PCMU")).all()
     # After the prompt: the agent again, from what the agent says then.
-    assert np.array_equal(to_customer[1760:], answered[1760:])
+    assert np.array_equal(to_customer[1760:], late[1760 : to_customer.size])
 
 
 def test_a_keyed_tone_never_reaches_the_agent_and_still_reaches_the_customer_leg() -> None:
@@ -166,19 +168,85 @@ def test_a_keyed_tone_never_reaches_the_agent_and_still_reaches_the_customer_leg
         assert (level > -22) if present else (level < -50), (freq, level)
 
 
+def band_levels(audio: np.ndarray, freqs: tuple[float, ...]) -> list[float]:
+    """Each frequency's level in `audio`, dBm0."""
+    samples = audio.astype(np.float64)
+    t = np.arange(samples.size) / 8000
+    levels = []
+    for freq in freqs:
+        amplitude = 2 * abs(np.dot(samples, np.exp(-2j * np.pi * freq * t))) / samples.size
+        levels.append(float(20 * np.log10(max(amplitude, 1e-9) / DBM0_PEAK)))
+    return levels
+
+
+def test_an_agent_keyed_tone_never_reaches_the_customer() -> None:
+    audio = speech_like(1.2, seed=4).astype(np.float64) * 0.3
+    onset, length = 4000 + 23, 560
+    audio[onset : onset + length] = key_tone(770, 1336, length, -3)  # "5", 70 ms
+    audio[onset + length : onset + length + 400] = 0
+    samples = np.round(audio).astype(np.int16)
+    assert [d for d, _start, _end in scan(decode(encode(samples, "PCMA"), "PCMA"))] == ["5"]
+    with bridged("PCMU", "PCMA") as (engine, customer, agent):
+        _, to_customer = run_ticks(engine, customer, agent, np.zeros_like(samples), samples)
+    assert scan(to_customer) == []
+    keyed = to_customer[LOOKAHEAD + onset : LOOKAHEAD + onset + length]
+    mask, low, high = band_levels(keyed, (440.0, 770.0, 1336.0))
+    assert mask > -22 and low < -50 and high < -50, (mask, low, high)
+    # Energy anywhere in the DTMF band (650-1700 Hz) while the key was held: none left.
+    window = np.hanning(keyed.size)
+    spectrum = np.abs(np.fft.rfft(keyed.astype(np.float64) * window)) * 2 / window.sum()
+    freqs = np.fft.rfftfreq(keyed.size, 1 / 8000)
+    band = spectrum[(freqs >= 650) & (freqs <= 1700)]
+    assert 20 * np.log10(band.max() / DBM0_PEAK) < -50
+    # The agent's speech around the key: bit-exact, only late (PCMA to PCMU).
+    said = decode(encode(decode(encode(samples, "PCMA"), "PCMA"), "PCMU"), "PCMU")
+    clear = onset - 160  # well before the key's guard
+    assert np.array_equal(to_customer[LOOKAHEAD:clear], said[: clear - LOOKAHEAD])
+    after = onset + length + 400
+    end = to_customer.size - LOOKAHEAD
+    assert np.array_equal(to_customer[after:], said[after - LOOKAHEAD : end])
+
+
+def test_agent_speech_reaches_the_customer_late_by_the_lookahead_and_otherwise_intact() -> None:
+    reply = speech_like(1.0, seed=9)
+    with bridged("PCMU", "PCMU") as (engine, customer, agent):
+        _, to_customer = run_ticks(engine, customer, agent, np.zeros_like(reply), reply)
+    answered = decode(encode(reply, "PCMU"), "PCMU")
+    assert np.array_equal(to_customer[LOOKAHEAD:], answered[: answered.size - LOOKAHEAD])
+    assert not to_customer[:LOOKAHEAD].any()
+
+
+def test_both_directions_of_every_bridge_take_one_masker_call_a_tick() -> None:
+    with bridged("PCMU", "PCMA") as (engine, customer, agent):
+        masker = engine.masker
+        assert masker is not None
+        calls: list[int] = []
+        process = masker.process
+
+        def counted(slots: list[int], block: np.ndarray) -> np.ndarray:
+            calls.append(len(slots))
+            return process(slots, block)
+
+        masker.process = counted  # type: ignore[method-assign]
+        run_ticks(engine, customer, agent, speech_like(0.2), speech_like(0.2, seed=6))
+    assert calls == [2] * 10  # one call a tick, a row for each direction
+
+
 @pytest.mark.parametrize("mask", ["silence", "noise"])
 def test_other_masks(mask: str) -> None:
     audio = np.zeros(8000)
     audio[2000:2800] = key_tone(697, 1209, 800, 0)
+    samples = np.round(audio).astype(np.int16)
     with bridged("PCMU", "PCMU", mask=mask) as (engine, customer, agent):
-        to_agent, _ = run_ticks(engine, customer, agent, np.round(audio).astype(np.int16))
-    keyed = to_agent[LOOKAHEAD + 2000 : LOOKAHEAD + 2800].astype(np.float64)
-    rms = np.sqrt(np.mean(keyed**2))
-    if mask == "silence":
-        assert rms == 0
-    else:
-        assert 0 < rms < DBM0_PEAK * 10 ** (-40 / 20)
-    assert scan(to_agent) == []
+        to_agent, to_customer = run_ticks(engine, customer, agent, samples, samples)
+    for heard in (to_agent, to_customer):  # the same mask both ways
+        keyed = heard[LOOKAHEAD + 2000 : LOOKAHEAD + 2800].astype(np.float64)
+        rms = np.sqrt(np.mean(keyed**2))
+        if mask == "silence":
+            assert rms == 0
+        else:
+            assert 0 < rms < DBM0_PEAK * 10 ** (-40 / 20)
+        assert scan(heard) == []
 
 
 def test_telephone_events_are_not_forwarded() -> None:
