@@ -267,19 +267,21 @@ class Account:
 
     `mediaenc`: None (plain RTP/AVP), or one of baresip's srtp module: "srtp" (RTP/AVP with
     `a=crypto`, best effort), "srtp-mand" (RTP/SAVP, SRTP or nothing), "srtp-mandf" (the same
-    with the RTP/SAVPF profile).
+    with the RTP/SAVPF profile). `answermode`: "manual" (a caller: incoming calls ring) or
+    "auto" (an agent: every incoming call is answered at once).
     """
 
     user: str = "caller"
     transport: str = "udp"
     mediaenc: str | None = None
     audio_codecs: str = "pcmu,pcma"
+    answermode: str = "manual"
 
     def line(self) -> str:
         uri = f"sip:{self.user}@{HOST}"
         if self.transport != "udp":
             uri += f";transport={self.transport}"
-        params = ["regint=0", "answermode=manual", f"audio_codecs={self.audio_codecs}"]
+        params = ["regint=0", f"answermode={self.answermode}", f"audio_codecs={self.audio_codecs}"]
         if self.mediaenc:
             params.append(f"mediaenc={self.mediaenc}")
         return f"<{uri}>;" + ";".join(params) + "\n"
@@ -315,6 +317,7 @@ class Baresip:
         ctrl_port: int | None = None,
         rtp_ports: tuple[int, int] | None = None,
         extra_config: Mapping[str, str] | None = None,
+        extra_modules: Sequence[str] = (),
     ) -> None:
         reason = baresip_missing()
         if reason:
@@ -326,6 +329,7 @@ class Baresip:
         self.ctrl_port = ctrl_port or free_port()
         self.rtp_ports = rtp_ports or free_udp_range(10)
         self.extra_config = dict(extra_config or {})
+        self.extra_modules = tuple(extra_modules)  # e.g. sndfile.so (records each call's audio)
         self.log_path = workdir / "baresip.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.events: list[BaresipEvent] = []
@@ -373,7 +377,7 @@ class Baresip:
             lines["sip_cafile"] = str(self.cafile)
         lines.update(self.extra_config)
         out = [f"{key}\t{value}\n" for key, value in lines.items()]
-        out += [f"module\t{m}\n" for m in MODULES]
+        out += [f"module\t{m}\n" for m in (*MODULES, *self.extra_modules)]
         out += ["module_tmp\taccount.so\n"]
         out += [f"module_app\t{m}\n" for m in APP_MODULES]
         return "".join(out)
