@@ -173,6 +173,7 @@ class PaymentSession:
         self._error_type: str | None = None
 
         self._pan: SecretDigits | None = None
+        self._passed_states: list[dict[str, Any]] = []
         # the fields taken, as the CDR's `input` says them: always keys here (the agent would
         # hear speech, so voice entry is off in assisted mode)
         self._taken: dict[str, str] = {}
@@ -305,9 +306,17 @@ class PaymentSession:
         self._entry.append(key)
         self._deadline = now + self._config.inter_digit_timeout_s
         if len(self._entry) == field_length(field, self._brand):
+            # the desktop shows this last key's mark too, before the field ends
+            self._passed_states.append(self.state())
             self._hash_grace_until = now + self._config.inter_digit_timeout_s
             actions += self._complete_field(now)
         return actions
+
+    def take_passed_states(self) -> list[dict[str, Any]]:
+        """States the session went through within one input, before the current one (the mark
+        of a field's last key, which also ends the field); each is given out once."""
+        states, self._passed_states = self._passed_states, []
+        return states
 
     def prompt_done(self, now: float) -> list[Action]:
         if not self._playing:

@@ -402,12 +402,12 @@ class AssistService:
         self._apply(payment, payment.session.timer(asyncio.get_running_loop().time()))
 
     def _publish(self, payment: _Payment) -> None:
-        state = payment.session.state()
-        if state == payment.state:
-            return
-        payment.state = state
-        for queue in payment.streams:
-            queue.put_nowait(dict(state))
+        for state in [*payment.session.take_passed_states(), payment.session.state()]:
+            if state == payment.state:
+                continue
+            payment.state = state
+            for queue in payment.streams:
+                queue.put_nowait(dict(state))
 
     def _record(self, payment: _Payment) -> None:
         outcome = payment.session.outcome

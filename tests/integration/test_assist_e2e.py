@@ -1086,11 +1086,11 @@ def test_agent_page_clicked_through_while_the_customer_keys(runs: Runs) -> None:
     assert run.final["status"] == "complete" and run.final["result"] == "approved", run.final
     assert run.final["card_brand"] == "mastercard" and run.final["last4"] == "4444"
     assert f"reference {run.final['reference']}" in run.page_snapshots[-1]
-    # one mark per key as SIPp keyed (a fixed-length field's last key shows it captured)
+    # one mark per key as SIPp keyed, a fixed-length field's last key included
     assert run.page_marks == {
         "payment-card-number": 16,
-        "expiration-date": 3,
-        "security-code": 2,
+        "expiration-date": 4,
+        "security-code": 3,
     }, run.page_marks
     records = {json.loads(line)["transaction"]: json.loads(line) for line in runs.node.cdr_lines()}
     record = records[run.desk.transaction]

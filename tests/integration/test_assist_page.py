@@ -183,6 +183,8 @@ def test_agent_clicks_through_a_payment_while_the_customer_keys(tmp_path, caplog
                 doms.append(await page.content())
                 await customer_keys(EXPIRY)
                 await expect(expiry_row.locator(".field-status")).to_have_text("✓ captured")
+                # a captured field keeps a mark per key, its last (which ended it) included
+                await expect(expiry_row.locator(".marks")).to_have_text("●" * 4)
 
                 code_row = page.locator('#fields tr[data-field="security-code"]')
                 await page.uncheck("#prompt")  # this one without the prompt
@@ -191,6 +193,7 @@ def test_agent_clicks_through_a_payment_while_the_customer_keys(tmp_path, caplog
                 await expect(code_row.locator(".marks")).to_have_text("●●")
                 await customer_keys(CVC[2:] + "#")
                 await expect(code_row.locator(".field-status")).to_have_text("✓ captured")
+                await expect(code_row.locator(".marks")).to_have_text("●" * 3)
                 await expect(page.locator("#error")).to_have_text("")
                 doms.append(await page.content())
 

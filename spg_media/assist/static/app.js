@@ -25,6 +25,7 @@ let selectedCall = null;
 let payment = null;          // {payment_id, amount_minor, currency}
 let pendingKey = null;       // idempotency key of a start not yet answered (reused on retry)
 let streamAbort = null;
+let keyedMarks = {};         // field -> the marks its last capture reached (kept once captured)
 
 function token() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
 
@@ -105,6 +106,7 @@ async function startPayment(event) {
   pendingKey = null;
   $("start-error").textContent = "";
   payment = answer.data;
+  keyedMarks = {};
   showPaymentSection(true);
   $("payment-id").textContent = payment.payment_id;
   $("amount").textContent = (payment.amount_minor / 100).toFixed(2) + " " + payment.currency;
@@ -163,11 +165,13 @@ function render(state) {
     const status = row.querySelector(".field-status");
     row.querySelector(".capture").disabled = !active;
     if (state.capture === field) {
-      marks.textContent = "\u25CF".repeat(state.digits_entered || 0);
+      keyedMarks[field] = state.digits_entered || 0;
+      marks.textContent = "\u25CF".repeat(keyedMarks[field]);
       status.textContent = "keying\u2026";
       row.className = "keying";
     } else if (!required.includes(field) && (active || state.status === "processing" || state.result === "approved" || state.result === "declined")) {
-      marks.textContent = "";
+      // a captured field keeps one mark per key it took (a fixed-length field's last key too)
+      marks.textContent = "\u25CF".repeat(keyedMarks[field] || 0);
       status.textContent = "\u2713 captured";
       row.className = "captured";
     } else {
