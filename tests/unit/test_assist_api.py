@@ -340,9 +340,9 @@ def test_a_whole_payment_streams_its_states_records_assist_and_leaks_nothing(tmp
     marks = [s["digits_entered"] for s in states if s.get("capture") == "payment-card-number"]
     assert marks == list(range(17)), marks  # one state per key
     # fixed-length fields end on their last key: its mark is shown before the field ends
-    for field, length in (("expiration-date", 4), ("security-code", 3)):
-        marks = [s["digits_entered"] for s in states if s.get("capture") == field]
-        assert marks == list(range(length + 1)), (field, marks)
+    for name, length in (("expiration-date", 4), ("security-code", 3)):
+        marks = [s["digits_entered"] for s in states if s.get("capture") == name]
+        assert marks == list(range(length + 1)), (name, marks)
     assert states[-1]["status"] == "complete" and states[-1]["result"] == "approved"
     assert any(s.get("last4") == "4444" for s in states)
     logs = [log_text(r) for r in caplog.records]
