@@ -42,14 +42,27 @@ pytestmark = [
 
 
 API_TOKEN = "assist-b2bua-test-token"
-API_PORT = free_port()
+API_PORT = 0  # the node's assist API port, chosen when the node starts (a port picked at
+# collection could be another test's by then)
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SpgNode]:
+    global API_PORT
+    API_PORT = free_port()
     workdir = tmp_path_factory.mktemp("assist-node")
     env = {"SPG_ASSIST__API_TOKEN": API_TOKEN, "SPG_ASSIST__LISTEN": f"{HOST}:{API_PORT}"}
     with SpgNode(workdir, env=env) as spg:  # assist.users = ["assist"]: sip:assist@... is bridged
+        # the API starts beside the SIP listeners: wait until it answers too
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                listed_calls()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
         yield spg
 
 

@@ -58,6 +58,7 @@ from harness import (
     wait_for,
 )
 
+from spg_media.cdr import mask_card_like
 from spg_media.tlscert import CertPair, TlsCertError, make_self_signed
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -167,11 +168,14 @@ def explain(phone: Baresip, node: SpgTlsNode, agent: SippResult | None = None) -
 
 def cdr_for(node: SpgTlsNode, call_id: str, timeout_s: float = 5.0) -> dict[str, Any]:
     found: dict[str, Any] = {}
+    # baresip's Call-ID is random hex: now and then it holds a Luhn-valid run of 12+ digits,
+    # which the CDR masks as it would a card number (spg_media/cdr.py)
+    recorded = mask_card_like(call_id, "call_id")
 
     def look() -> bool:
         for line in node.cdr_lines():
             record = json.loads(line)
-            if record.get("call_id") == call_id:
+            if record.get("call_id") == recorded:
                 found.update(record)
                 return True
         return False

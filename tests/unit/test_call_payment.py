@@ -223,9 +223,10 @@ def test_each_authorisation_has_its_own_random_key_journaled_before_it_is_sent(
         (second, "approved", "R-OK", "charged"),
     ]
     assert all(call.charge_state is ChargeState.CHARGED for call in calls)
-    assert "4111" not in json.dumps(lines) and "739" not in json.dumps(lines).replace(
-        opened["time"], ""
-    )
+    # no card number or code in the journal (its random hex keys and times set aside: "739"
+    # turns up in one key of a few hundred)
+    kept = json.dumps([{k: v for k, v in x.items() if k not in ("key", "time")} for x in lines])
+    assert "4111" not in kept and "739" not in kept
 
 
 def test_an_unknown_charge_leaves_the_journal_entry_open_and_the_record_says_so(
