@@ -651,6 +651,8 @@ class AssistConfig(_Section):
     listen: str = _rule("127.0.0.1:9280", _Str())
     api_token: str = _rule("", _Str(), secret=True)  # bearer token of the API; required to serve it
     mask: str = _rule("tone", _Choice("tone", "silence", "noise"))  # what replaces a key's tone
+    # an agent leg unanswered this long is cancelled and the customer gets 480
+    ring_timeout_s: float = _rule(120.0, _PositiveNumber())
 
     def _validate(self) -> None:
         uri = self.agent_uri

@@ -84,7 +84,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("spg.assist")
 
-AGENT_RING_LIMIT_S = 120.0  # an agent leg unanswered this long is cancelled (480 to the customer)
 RELAYED_PROVISIONAL = frozenset((180, 181, 182, 183))
 
 
@@ -247,7 +246,8 @@ class AssistCall:
 
         # 3. The agent answers or fails (or the customer goes), then until one side ends.
         try:
-            async with asyncio.timeout(AGENT_RING_LIMIT_S):
+            # unanswered this long: cancelled, 480 to the customer
+            async with asyncio.timeout(self.config.assist.ring_timeout_s):
                 await self.settled.wait()
         except TimeoutError:
             log.info("agent did not answer", extra={"call_id": self.call_id})

@@ -317,6 +317,28 @@ def test_a_customer_cancel_cancels_the_agent_leg() -> None:
     asyncio.run(body())
 
 
+def test_an_agent_ringing_past_assist_ring_timeout_s_is_cancelled_and_the_customer_gets_480() -> None:
+    async def body() -> None:
+        call, task, ua, _media, assist = await started_call(
+            env={"SPG_ASSIST__RING_TIMEOUT_S": "0.2"}
+        )
+        ((agent_invite, _),) = ua.sent("INVITE")
+        ua.provisional[agent_invite](make_response(agent_invite, 180, to_tag="agent-tag"))
+        await settle()
+        assert statuses(ua) == [180]
+        await asyncio.sleep(0.4)
+        await settle()
+        assert statuses(ua) == [180, 480]
+        ((cancel, _),) = ua.sent("CANCEL")
+        assert cancel.top_via.branch == agent_invite.top_via.branch
+        ua.answer("CANCEL", 200)
+        ua.answer("INVITE", 487)
+        await asyncio.wait_for(task, 2)
+        assert assist.seen == []
+
+    asyncio.run(body())
+
+
 def test_no_agent_target_is_480_and_a_bad_one_400() -> None:
     async def body() -> None:
         services, ua, _media, assist = node({"SPG_ASSIST__AGENT_URI": ""})
