@@ -317,9 +317,9 @@ def test_a_customer_cancel_cancels_the_agent_leg() -> None:
     asyncio.run(body())
 
 
-def test_an_agent_ringing_past_assist_ring_timeout_s_is_cancelled_and_the_customer_gets_480() -> None:
+def test_an_agent_ringing_past_ring_timeout_s_is_cancelled_and_the_customer_gets_480() -> None:
     async def body() -> None:
-        call, task, ua, _media, assist = await started_call(
+        _call, task, ua, _media, assist = await started_call(
             env={"SPG_ASSIST__RING_TIMEOUT_S": "0.2"}
         )
         ((agent_invite, _),) = ua.sent("INVITE")
