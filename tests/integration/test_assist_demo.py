@@ -40,7 +40,10 @@ def test_demo_assist_pays_and_the_agent_hears_no_digit(
     assert result == "approved", out
     assert "desktop  complete | visa •••• 1111 | result approved | reference " in out
     keys = len(PAN) + 1 + len(EXPIRY) + len(CVC)
-    assert f"agent    heard {keys} key tones: 0 digits detected" in out, out
+    # every key reached the agent as the mask tone and none as a digit; a burst may count twice
+    # when the bridge's playout steps inside it (a starved machine: a packet of silence)
+    tones = re.search(r"agent    heard (\d+) key tones: 0 digits detected", out)
+    assert tones and keys <= int(tones[1]) <= keys + 3, out
     assert "agent    telephone-event packets received: 0" in out
     voice = re.search(r"heard ([0-9.]+) s of the customer's voice", out)
     assert voice and float(voice[1]) > 3.0, out  # two sentences, about 5 s

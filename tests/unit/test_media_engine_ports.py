@@ -14,7 +14,32 @@ import pytest
 
 from spg_media.rtp.session import MediaEngine, PortRangeExhausted
 
-LOW, HIGH = 31300, 31339  # 20 pairs: 31300/31301 ... 31338/31339
+# 20 pairs, LOW/LOW+1 ... HIGH-1/HIGH: a window of 40 ports that were all free when the test
+# began (chosen again for each test: other tests and their peers run beside this one)
+LOW, HIGH = 31300, 31339
+
+
+def all_free(ports: range) -> bool:
+    with contextlib.ExitStack() as stack:
+        for port in ports:
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+@pytest.fixture(autouse=True)
+def free_window() -> None:
+    global LOW, HIGH
+    rng = random.Random()
+    for _ in range(200):  # below the ephemeral ports that other tests' peers are given
+        low = 2 * rng.randrange(15000, 16300)
+        if all_free(range(low, low + 40)):
+            LOW, HIGH = low, low + 39
+            return
+    pytest.fail("no window of 40 free UDP ports in 30000-32639")
 
 
 def bound_ports(engine: MediaEngine) -> set[int]:
