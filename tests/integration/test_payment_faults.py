@@ -191,7 +191,7 @@ def test_a_node_killed_mid_authorisation_is_settled_by_reconcile(
         assert sandbox.transaction(token)["status"] == "pending"
 
         # Once the platform has charged (under the dead node's key): charged, settled.
-        assert wait_for(lambda: sandbox.transaction(token)["status"] == "paid", 15)
+        assert wait_for(lambda: sandbox.transaction(token)["status"] == "paid", 40)
         platform = sandbox.transaction(token)
         code, reports, err = reconcile(env, node.workdir)
         assert code == 0, err
