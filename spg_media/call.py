@@ -530,13 +530,7 @@ class Call:
         self._spawn(self._render_and_play(action, generation))
 
     async def _render_and_play(self, action: Play, generation: int) -> None:
-        try:
-            samples = await asyncio.to_thread(
-                self.services.prompts.audio_for, action.parts, self.language
-            )
-        except Exception:
-            log.exception("prompt rendering failed", extra={"call_id": self.call_id})
-            samples = self.services.prompts.silence(200)
+        samples = await render_prompt(self.services, action, self.language, self.call_id)
         if generation != self._play_generation or self.media is None:
             return
         self.media.play(self.media.encode_prompt(samples))
@@ -931,21 +925,15 @@ class Call:
             durations["ivr"] = round(marks["finished"] - marks["answered"], 3)
         if "authorized" in marks and "authorize" in marks:
             durations["authorization"] = round(marks["authorized"] - marks["authorize"], 3)
-        record = CallRecord(
+        record = CallRecord.from_outcome(
+            outcome,
             call_id=self.call_id,
             transaction=self.handoff.transaction or "",
             order=self.transaction.order if self.transaction else "",
-            result=str(outcome.result),
-            reference=outcome.reference,
-            authorization_code=outcome.authorization_code,
-            card={"brand": outcome.brand, "last4": outcome.last4} if outcome.last4 else None,
-            card_token=outcome.card_token,
-            attempts=outcome.attempts,
             started_at=_iso(self.started_at),
             ended_at=_iso(datetime.datetime.now(datetime.UTC)),
             durations=durations,
             charge_state=str(self.charge_state),
-            input=dict(outcome.inputs),
         )
         try:
             self.services.cdr.write(record)
@@ -1115,6 +1103,17 @@ def voice_entry_offered(language: str) -> bool:
     """Whether callers in `language` may say their digits: a recognition model is installed
     and the prompts have "key or say" wording for it. Other languages stay keypad-only."""
     return language in SPEECH_LANGUAGES and speech_available(language)
+
+
+async def render_prompt(
+    services: CallServices, play: Play, language: str, call_id: str
+) -> np.ndarray:
+    """`play`'s audio, rendered off the loop; 200 ms of silence if rendering fails (logged)."""
+    try:
+        return await asyncio.to_thread(services.prompts.audio_for, play.parts, language)
+    except Exception:
+        log.exception("prompt rendering failed", extra={"call_id": call_id})
+        return services.prompts.silence(200)
 
 
 def prompt_language(*candidates: str) -> str:

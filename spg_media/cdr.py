@@ -38,13 +38,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urlsplit
 
 import httpx
 
 from spg_media.payment.cards import luhn_valid
 from spg_media.payment.signing import SIGNATURE_HEADER, sign
+
+if TYPE_CHECKING:
+    from spg_media.payment.journey import Outcome
 
 log = logging.getLogger("spg.cdr")
 
@@ -80,6 +83,21 @@ class CallRecord:
     # How each field taken was entered: {"card" | "expiry" | "security_code":
     # "dtmf" | "speech" | "mixed"}; a field not taken is absent.
     input: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_outcome(cls, outcome: Outcome, **context: Any) -> CallRecord:
+        """The record of a journey's or an assisted payment's `outcome`; `context` gives the
+        rest (call_id, transaction, order, times, durations, charge_state, mode...)."""
+        return cls(
+            result=str(outcome.result),
+            reference=outcome.reference,
+            authorization_code=outcome.authorization_code,
+            card={"brand": outcome.brand, "last4": outcome.last4} if outcome.last4 else None,
+            card_token=outcome.card_token,
+            attempts=outcome.attempts,
+            input=dict(outcome.inputs),
+            **context,
+        )
 
     def __repr__(self) -> str:  # short, and it cannot show what the guard would refuse
         return f"CallRecord(call_id={self.call_id!r}, result={self.result!r})"

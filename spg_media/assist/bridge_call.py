@@ -40,6 +40,7 @@ from spg_media.call import (
     Handoff,
     offer_policy,
     prompt_language,
+    render_prompt,
     renegotiate_media,
 )
 from spg_media.dtmf.merge import DtmfMerger
@@ -499,13 +500,7 @@ class AssistCall:
             self.customer_media.stop()
 
     async def _render_and_play(self, play: Play, generation: int) -> None:
-        try:
-            samples = await asyncio.to_thread(
-                self.services.prompts.audio_for, play.parts, self.language
-            )
-        except Exception:
-            log.exception("prompt rendering failed", extra={"call_id": self.call_id})
-            samples = self.services.prompts.silence(200)
+        samples = await render_prompt(self.services, play, self.language, self.call_id)
         if generation == self._play_generation and self.customer_media is not None:
             self.customer_media.play(self.customer_media.encode_prompt(samples))
 

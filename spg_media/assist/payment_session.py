@@ -441,16 +441,12 @@ class PaymentSession:
         elif self._playing:
             self._playing = False
             actions.append(StopPlayback())
-        auth = self._auth
-        self._outcome = Outcome(
-            result=result,
-            reference=auth.reference if auth else "",
-            authorization_code=auth.authorization_code if auth else "",
-            card_token=auth.card_token if auth else "",
+        self._outcome = Outcome.of(
+            result,
+            self._auth,
             brand=self._brand,
             last4=self._last4,
             attempts=self._failed_total + self._authorizations,
-            decline_code=auth.decline_code if auth else "",
             durations=self._durations(now),
             inputs=tuple(self._taken.items()),
         )

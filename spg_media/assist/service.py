@@ -413,23 +413,17 @@ class AssistService:
         outcome = payment.session.outcome
         assert outcome is not None
         transaction = payment.session.transaction
-        record = CallRecord(
+        record = CallRecord.from_outcome(
+            outcome,
             call_id=payment.call_id,
             transaction=transaction.token,
             order=transaction.order,
-            result=str(outcome.result),
-            reference=outcome.reference,
-            authorization_code=outcome.authorization_code,
-            card={"brand": outcome.brand, "last4": outcome.last4} if outcome.last4 else None,
-            card_token=outcome.card_token,
-            attempts=outcome.attempts,
             started_at=_iso(payment.started_at),
             ended_at=_iso(datetime.datetime.now(datetime.UTC)),
             durations=dict(outcome.durations),
             charge_state=str(payment.charge_state),
             mode="assist",
             payment_id=payment.session.payment_id,
-            input=dict(outcome.inputs),
         )
         try:
             self.cdr.write(record)

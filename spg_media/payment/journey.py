@@ -221,6 +221,33 @@ class Outcome:
     # "dtmf" | "speech" | "mixed"), in the order they were taken.
     inputs: tuple[tuple[str, str], ...] = ()
 
+    @classmethod
+    def of(
+        cls,
+        result: Result,
+        auth: AuthorizationResult | None,
+        *,
+        brand: str,
+        last4: str,
+        attempts: int,
+        durations: tuple[tuple[str, float], ...],
+        inputs: tuple[tuple[str, str], ...],
+    ) -> Outcome:
+        """The outcome of a payment ending with `result`, the platform's answer `auth` (if
+        one came) giving its reference, codes and token."""
+        return cls(
+            result=result,
+            reference=auth.reference if auth else "",
+            authorization_code=auth.authorization_code if auth else "",
+            card_token=auth.card_token if auth else "",
+            brand=brand,
+            last4=last4,
+            attempts=attempts,
+            decline_code=auth.decline_code if auth else "",
+            durations=durations,
+            inputs=inputs,
+        )
+
 
 @dataclass(frozen=True)
 class Finish:
@@ -947,16 +974,12 @@ class Journey:
         self._wipe_card()
         self._deadline = None
         self._playing = False
-        auth = self._auth
-        self._outcome = Outcome(
-            result=result,
-            reference=auth.reference if auth else "",
-            authorization_code=auth.authorization_code if auth else "",
-            card_token=auth.card_token if auth else "",
+        self._outcome = Outcome.of(
+            result,
+            self._auth,
             brand=self._brand,
             last4=self._last4,
             attempts=self._failed_total + self._authorizations,
-            decline_code=auth.decline_code if auth else "",
             durations=self._durations(now),
             inputs=tuple(self._inputs.items()),
         )
