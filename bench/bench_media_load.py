@@ -18,11 +18,12 @@ direction masked, or only the customer's in a tree before the agent's was) and t
 core are bridged calls (two sessions, 200 packets/s); a baseline tree without
 `MediaEngine.bridge` runs the same sessions unbridged (each with in-band detection).
 
-The node's CPU (user + system, getrusage) over --seconds after a warm-up is divided by the
-packets it received and sent (the best of the rounds in which it kept up: sent its 50
-packets/s a session). The same run measures the baseline: the same node code imported
-from another tree (`--baseline-ref`: a temporary `git worktree` of that ref, removed at the
-end; or `--baseline-tree`), alternating rounds, so both see the same machine. Prints µs per
+The node's CPU (user + system, getrusage, also printed apart: the kernel's share is the system
+calls and the UDP path) over --seconds after a warm-up is divided by the packets it received and
+sent (the best of the rounds in which it kept up: sent its 50 packets/s a session). The same
+run measures the baseline: the same node code imported from another tree (`--baseline-ref`: a
+temporary `git worktree` of that ref, removed at the end; or `--baseline-tree`), alternating
+rounds, so both see the same machine. Prints µs per
 packet (in + out averaged), the ratio, and what that means in calls per core at 50+50 pps.
 The machine is shared: compare the ratio, not the absolute figures.
 """
@@ -109,9 +110,13 @@ def node(args: argparse.Namespace) -> None:
         wall1 = time.monotonic()
         received = sum(s.stats.received for s in sessions) - received0
         sent = sum(s.stats.sent for s in sessions) - sent0
-        cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+        user = usage1.ru_utime - usage0.ru_utime
+        system = usage1.ru_stime - usage0.ru_stime
+        cpu = user + system
         result = {
             "cpu": cpu,
+            "user": user,
+            "system": system,
             "wall": wall1 - wall0,
             "received": received,
             "sent": sent,
@@ -267,11 +272,18 @@ def summary(
 ) -> tuple[float, str]:
     fair = [r for r in runs if kept_up(r, sessions)] or runs
     best = min(fair, key=lambda r: r["cpu"] / (r["received"] + r["sent"]))
-    per_packet = best["cpu"] / (best["received"] + best["sent"]) * 1e6
+    packets = best["received"] + best["sent"]
+    per_packet = best["cpu"] / packets * 1e6
+    # user / system split (a baseline run recorded before the split was measured has neither)
+    split = (
+        f"{best['user'] / packets * 1e6:.2f} / {best['system'] / packets * 1e6:.2f}"
+        if "user" in best
+        else "—"
+    )
     calls = 1e6 / (100 * per_packet) / (2 if bridged else 1)
     lat = latencies(best)
     line = (
-        f"| {name} | {per_packet:.2f} | {best['cpu'] / best['wall'] * 100:.0f} % | "
+        f"| {name} | {per_packet:.2f} | {split} | {best['cpu'] / best['wall'] * 100:.0f} % | "
         f"{best['received'] / best['wall']:,.0f} / {best['sent'] / best['wall']:,.0f} | "
         f"{calls:,.0f} | {sum(kept_up(r, sessions) for r in runs)} of {len(runs)} |"
     )
@@ -307,7 +319,8 @@ def parent(args: argparse.Namespace) -> None:
             f"{args.baseline_tree or args.baseline_ref}"
         )
         head = (
-            "| node | CPU µs per packet | node CPU | packets/s in / out | "
+            "| node | CPU µs per packet | of which user / system µs | node CPU "
+            "| packets/s in / out | "
             + ("bridged calls (2 sessions) per core" if args.bridged else "calls per core")
             + " | runs that kept up |"
         )
