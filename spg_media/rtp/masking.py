@@ -110,33 +110,81 @@ _TWIST: Final = 10.0 ** (MAX_TWIST_DB / 10.0)
 _FADE_IN: Final = (0.5 - 0.5 * np.cos(np.pi * (np.arange(RAMP) + 0.5) / RAMP)).astype(np.float32)
 
 
-def window_energy(windows: F32) -> F32:
-    """The Hann-weighted power of each of (n × WINDOW) windows (a sine's power for a sine)."""
-    return np.asarray(((windows * windows) @ _HANN_SQ) * _ENERGY_WEIGHTS_NORM, dtype=np.float32)
+class Scratch:
+    """Work arrays kept from one `ToneMasker.process` call to the next, grown as needed.
+
+    A tick's temporaries are large (400 channels: 1 MB of windows, as much again squared, half
+    a megabyte of probe products), and arrays that large are fresh memory from the kernel each
+    time (glibc maps them, or trims its heap when they are freed): the page faults cost two to
+    three times the arithmetic (measured). Written with `out=`, the same operations on the same
+    operands: the results are the same bit for bit."""
+
+    def __init__(self) -> None:
+        self.capacity = 0
+        self._grow(64)
+
+    def _grow(self, windows: int) -> None:
+        self.capacity = windows
+        self.windows = np.empty((windows, WINDOW), dtype=np.float32)
+        self.squares = np.empty((windows, WINDOW), dtype=np.float32)
+        self.parts = np.empty((windows, _PROBES.shape[1]), dtype=np.float32)
+        half = _PROBES.shape[1] // 2
+        self.power = np.empty((windows, half), dtype=np.float32)
+        self.other = np.empty((windows, half), dtype=np.float32)
+
+    def ensure(self, windows: int) -> None:
+        if windows > self.capacity:
+            self._grow(max(windows, 2 * self.capacity))
 
 
-def keyed_windows(windows: F32, energy: F32 | None = None, floor: F32 | None = None) -> Bools:
+def window_energy(windows: F32, scratch: Scratch | None = None) -> F32:
+    """The Hann-weighted power of each of (n × WINDOW) windows (a sine's power for a sine).
+    `scratch`: work arrays to reuse (`Scratch`), with room for n windows."""
+    if scratch is None:
+        squares = windows * windows
+    else:
+        squares = np.multiply(windows, windows, out=scratch.squares[: len(windows)])
+    return np.asarray((squares @ _HANN_SQ) * _ENERGY_WEIGHTS_NORM, dtype=np.float32)
+
+
+def keyed_windows(
+    windows: F32,
+    energy: F32 | None = None,
+    floor: F32 | None = None,
+    scratch: Scratch | None = None,
+) -> Bools:
     """For (n × WINDOW) float audio: is each window keyed (see the module docstring)?
     `energy`: `window_energy(windows)` if already known. `floor`: each window's channel's noise
     floor; up to half a window's energy is taken for noise (never more: so a floor can only
-    make a window more likely keyed, never less)."""
+    make a window more likely keyed, never less). `scratch`: work arrays to reuse."""
     if energy is None:
-        energy = window_energy(windows)
+        energy = window_energy(windows, scratch)
     keyed = np.zeros(len(windows), dtype=np.bool_)
     loud = np.flatnonzero(energy >= GATE_POWER)
     if loud.size == 0:
         return keyed
-    base = energy[loud]
-    if floor is not None:
-        base = base - np.minimum(floor[loud], 0.5 * base)
-    parts = windows[loud] @ _PROBES
-    half = parts.shape[1] // 2
-    power = (parts[:, :half] ** 2 + parts[:, half:] ** 2) * _PROBE_NORM
+    if loud.size == len(windows):  # every window (a noisy line): no copy of them all
+        base, chosen, floors = energy, windows, floor
+    else:
+        base, chosen = energy[loud], windows[loud]
+        floors = floor[loud] if floor is not None else None
+    if floors is not None:
+        base = base - np.minimum(floors, 0.5 * base)
+    half = _PROBES.shape[1] // 2
+    if scratch is None:
+        parts = chosen @ _PROBES
+        power = (parts[:, :half] ** 2 + parts[:, half:] ** 2) * _PROBE_NORM
+    else:  # the same operations, into the scratch arrays
+        n = len(chosen)
+        parts = np.matmul(chosen, _PROBES, out=scratch.parts[:n])
+        power = np.square(parts[:, :half], out=scratch.power[:n])
+        power += np.square(parts[:, half:], out=scratch.other[:n])
+        power *= _PROBE_NORM
     split = 4 * _PER_TONE
     row = power[:, :split].max(axis=1)
     col = power[:, split:].max(axis=1)
     pair = row + col
-    keyed[loud] = (
+    keyed[loud if loud.size < len(windows) else slice(None)] = (
         (row >= MIN_TONE_POWER)
         & (col >= MIN_TONE_POWER)
         & (pair >= MIN_PAIR_POWER)
@@ -167,6 +215,7 @@ class ToneMasker:
         self._used = 0
         self._rng = np.random.default_rng(seed)
         self.masked_blocks = 0  # blocks replaced, all channels (for tests and benchmarks)
+        self._scratch = Scratch()
         self._grow(capacity)
 
     def _grow(self, capacity: int) -> None:
@@ -222,12 +271,15 @@ class ToneMasker:
         # The windows starting at the new ones' first possible start: the last WINDOW_BLOCKS-1
         # held blocks onwards, one a block, m in all.
         first = LOOKAHEAD - (WINDOW_BLOCKS - 1) * BLOCK
-        span = audio[:, first:].astype(np.float32)
-        views = np.lib.stride_tricks.sliding_window_view(span, WINDOW, axis=1)[:, ::BLOCK]
-        windows = views.reshape(channels * m, WINDOW)
-        energy = window_energy(windows)
+        views = np.lib.stride_tricks.sliding_window_view(audio[:, first:], WINDOW, axis=1)
+        scratch = self._scratch
+        scratch.ensure(channels * m)
+        windows = scratch.windows[: channels * m]
+        # int16 to float32 is exact: the same windows as converting first, without the copies
+        np.copyto(windows.reshape(channels, m, WINDOW), views[:, ::BLOCK], casting="unsafe")
+        energy = window_energy(windows, scratch)
         floor = self._floor[rows]
-        keyed = keyed_windows(windows, energy, np.repeat(floor, m)).reshape(channels, m)
+        keyed = keyed_windows(windows, energy, np.repeat(floor, m), scratch).reshape(channels, m)
         # The noise floor: the quietest window of each call, rising back by FLOOR_RISE a window
         # (about 13 dB a second) when the line gets noisier; held while a key is masked.
         quietest = energy.reshape(channels, m).min(axis=1)

@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 
 from spg_media.dtmf.inband import DBM0_PEAK, scan
-from spg_media.rtp.masking import BLOCK, LOOKAHEAD, MASK_TONE_PEAK, ToneMasker
+from spg_media.rtp.masking import (
+    BLOCK,
+    LOOKAHEAD,
+    MASK_TONE_PEAK,
+    WINDOW,
+    Scratch,
+    ToneMasker,
+    dbm0,
+    keyed_windows,
+    window_energy,
+)
 
 ROWS = (697.0, 770.0, 852.0, 941.0)
 COLS = (1209.0, 1336.0, 1477.0, 1633.0)
@@ -178,3 +188,54 @@ def test_bad_input_is_refused() -> None:
         masker.process([slot], np.zeros((1, 50), dtype=np.int16))
     with pytest.raises(ValueError):
         masker.add_channel("music")
+
+
+def test_reused_work_arrays_give_the_same_decisions_as_fresh_ones() -> None:
+    """`process` works in arrays kept from call to call (Scratch); the windows' energy and
+    keyed flags must be those of the plain computation, whatever the channel count did
+    before (grown, shrunk, some windows below the energy gate, some above)."""
+    rng = np.random.default_rng(3)
+    scratch = Scratch()
+    for count in (3, 200, 7, 64, 1):
+        tones = np.stack([key_tone(770.0, 1336.0, WINDOW, -10.0 - n % 30) for n in range(count)])
+        noise = rng.normal(0, rng.uniform(0, 3000, (count, 1)), (count, WINDOW))
+        quiet = rng.normal(0, 2, (count, WINDOW))
+        windows = np.concatenate([tones, noise, quiet]).astype(np.float32)
+        floor = rng.uniform(0, dbm0(-40.0), len(windows)).astype(np.float32)
+        scratch.ensure(len(windows))
+        energy = window_energy(windows)
+        assert np.array_equal(window_energy(windows, scratch), energy)
+        plain = keyed_windows(windows, energy, floor)
+        assert plain[:count].all() and not plain[2 * count :].any()
+        assert np.array_equal(keyed_windows(windows, energy, floor, scratch), plain)
+        loud = windows[:count]  # every window above the gate: the path without a subset
+        assert np.array_equal(
+            keyed_windows(loud, None, None, scratch), keyed_windows(loud, None, None)
+        )
+
+
+def test_channel_counts_changing_between_calls_do_not_mix_channels() -> None:
+    """The work arrays outlive a call: a call with fewer channels than the last must not see
+    the last one's rows (each channel's output equals what a masker of its own gives)."""
+    rng = np.random.default_rng(4)
+    audio = [voice(4000, seed=n) for n in range(6)]
+    audio[2][1200:1700] += key_tone(852.0, 1477.0, 500, -6.0)
+    audio[5][2000:2600] += key_tone(697.0, 1209.0, 600, -12.0)
+    shared = ToneMasker()
+    slots = [shared.add_channel() for _ in audio]
+    alone = [ToneMasker() for _ in audio]
+    alone_slots = [m.add_channel() for m in alone]
+    fed = [0] * len(audio)
+    got: list[list[np.ndarray]] = [[] for _ in audio]
+    want: list[list[np.ndarray]] = [[] for _ in audio]
+    while min(fed) < 3800:
+        members = [n for n in rng.permutation(len(audio)) if fed[n] < 3800][: rng.integers(1, 7)]
+        block = np.stack([audio[n][fed[n] : fed[n] + 160] for n in members]).astype(np.int16)
+        out = shared.process([slots[n] for n in members], block)
+        for row, n in enumerate(members):
+            got[n].append(out[row])
+            want[n].append(alone[n].process([alone_slots[n]], block[row : row + 1])[0])
+            fed[n] += 160
+    for n in range(len(audio)):
+        assert np.array_equal(np.concatenate(got[n]), np.concatenate(want[n]))
+    assert shared.masked_blocks > 0
