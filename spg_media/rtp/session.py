@@ -71,9 +71,9 @@ from spg_media.observability import (
     RTP_LOST_TOTAL,
     RTP_PACKETS_TOTAL,
 )
-from spg_media.rtp.g711 import decode, decode_array, encode
+from spg_media.rtp.g711 import DECODE_TABLES, decode_array, encode
 from spg_media.rtp.masking import BLOCK, MASKS, ToneMasker
-from spg_media.rtp.packet import RTP_HEADER_SIZE, RtpError, RtpPacket, build_rtp, is_rtcp
+from spg_media.rtp.packet import RTP_HEADER_SIZE, RtpError, RtpPacket
 from spg_media.rtp.rtcp import RtcpError, RtcpSession
 from spg_media.rtp.srtp import SrtpContext
 
@@ -88,9 +88,20 @@ QUIET_PEAK = 128  # bridged audio no louder than this (-45 dBm0 peak) is a pause
 INBAND_FEED = 160  # samples (20 ms) each in-band channel gives the detector a tick
 REORDER_WINDOW = 50  # packets: an audio packet this far behind the newest is late, not a new run
 PAYLOAD_TYPE = {"PCMU": 0, "PCMA": 8}
+# The G.711 codes of each codec that decode to QUIET_PEAK or less: deleting them from queued
+# audio (bytes.translate, a C loop) leaves nothing exactly when the audio is quiet, the same
+# answer as decoding it and taking its peak, without a numpy call a packet.
+_QUIET_CODES = {
+    codec: np.flatnonzero(np.abs(DECODE_TABLES[codec].astype(np.int32)) <= QUIET_PEAK)
+    .astype(np.uint8)
+    .tobytes()
+    for codec in PAYLOAD_TYPE
+}
 HOLD_ADDRESSES = frozenset(("0.0.0.0", "::"))  # RFC 2543 hold: "send me nothing"
 _PLAIN_FIRST_BYTE = 0x80  # RTP version 2, no padding, no extension, no CSRCs
 _PLAIN_HEADER = struct.Struct("!BHII")  # the rest of such a header: M+PT, sequence, time, SSRC
+_FIRST_BYTE_V2 = _PLAIN_FIRST_BYTE
+_pack_header = struct.Struct("!BBHII").pack  # a plain header, as build_rtp packs it
 RECV_SIZE = 4096  # the largest datagram read: G.711 at a 200 ms ptime with SRTP fits
 RECEIVE_PASSES = 4  # a tick's receive pass and three between ticks: 5 ms at most in a socket
 READ_ROUNDS = 64  # per tick, datagrams read at most from one socket (a flood waits its turn)
@@ -262,7 +273,8 @@ class MediaSession:
         elif source != latched:
             self.stats.dropped_foreign += 1
             return
-        rtcp = is_rtcp(data)
+        # is_rtcp, inlined (every packet): RTP's second octet is seldom in RTCP's range
+        rtcp = len(data) >= 8 and 192 <= data[1] <= 223 and data[0] >> 6 == 2
         if self.srtp is not None:
             plain = self.srtp.unprotect_rtcp(data) if rtcp else self.srtp.unprotect_rtp(data)
             if plain is None:
@@ -297,23 +309,30 @@ class MediaSession:
                 packet.timestamp,
             )
             ssrc, marker, payload = packet.ssrc, packet.marker, packet.payload
-        self.stats.received += 1
-        dtmf = self.dtmf_payload_type is not None and payload_type == self.dtmf_payload_type
+        stats = self.stats
+        stats.received += 1
+        dtmf = payload_type == self.dtmf_payload_type  # (never equal when it is None)
         if self.rtcp is not None:
             # audio: jitter counts (an event keeps one timestamp for a whole press)
             self.rtcp.rtp_received(ssrc, sequence, timestamp, now, not dtmf)
         if dtmf:
-            self.stats.events += 1
+            stats.events += 1
             self._deliver(self.receiver.receive(payload, sequence, timestamp, marker, now))
         elif payload_type == self.payload_type:
-            self.stats.audio += 1
-            if (
-                self.inband
-                and self.inband_slot is not None
-                and len(self.pending_audio) < MAX_PENDING_FRAMES
-            ):
-                self._queue_audio(sequence, payload, now)
-                self.pending_audio_at = now
+            stats.audio += 1
+            if self.inband and self.inband_slot is not None:
+                pending = self.pending_audio
+                if len(pending) < MAX_PENDING_FRAMES:
+                    seqs = self.pending_seqs
+                    newest = seqs[-1] if seqs else self.fed_through
+                    if newest is None or (newest - sequence) & 0xFFFF >= REORDER_WINDOW:
+                        # _queue_audio's usual case, inlined: the next packet, in order
+                        pending.append(payload)
+                        seqs.append(sequence)
+                        self.pending_arrivals.append(now)
+                    else:
+                        self._queue_audio(sequence, payload, now)
+                    self.pending_audio_at = now
             if self.on_audio is not None:
                 self.on_audio(payload, now)
             relay = self.relay_in
@@ -535,7 +554,7 @@ class MediaSession:
         if over > RELAY_SLACK:
             del out[: over - RELAY_SLACK]
             over = RELAY_SLACK
-        if int(np.abs(decode(bytes(out[:over]), self.codec)).max()) <= QUIET_PEAK:
+        if not out[:over].translate(None, _QUIET_CODES[self.codec]):  # nothing louder left
             del out[:over]
 
     def renegotiate(self, codec: str, ptime_ms: int) -> None:
@@ -572,6 +591,8 @@ class MediaSession:
         """The next outgoing packet: prompt audio while playing, else silence (SRTP-protected
         when the call has keys; None in the never-expected case that protection fails).
         `due`: when it is meant to leave, for RTCP's sender reports."""
+        n = self.samples_per_packet
+        out = self.relay_out
         if self._frame_index < len(self._frames):
             payload = self._frames[self._frame_index]
             self._frame_index += 1
@@ -580,18 +601,23 @@ class MediaSession:
                 self._frame_index = 0
                 if self.on_playback_done is not None:
                     self.on_playback_done()
-        elif len(self.relay_out) >= self.samples_per_packet:
-            payload = bytes(self.relay_out[: self.samples_per_packet])
-            del self.relay_out[: self.samples_per_packet]
+        elif len(out) >= n:
+            payload = bytes(out[:n])
+            del out[:n]
         else:
             payload = self._silence
-        packet = build_rtp(self.payload_type, self._seq, self._ts, self.ssrc, payload, self._marker)
+        ts = self._ts
+        seq = self._seq
+        # build_rtp's header, inlined (every packet of every call): sequence and timestamp are
+        # kept in range here, so only the marker needs a branch.
+        second = (0x80 | self.payload_type) if self._marker else self.payload_type
+        packet = _pack_header(_FIRST_BYTE_V2, second, seq, ts, self.ssrc) + payload
         self._octets_sent += len(payload)
         if due is not None:
-            self._last_sent = (self._ts, due)
+            self._last_sent = (ts, due)
         self._marker = False
-        self._seq = (self._seq + 1) & 0xFFFF
-        self._ts = (self._ts + self.samples_per_packet) & 0xFFFFFFFF
+        self._seq = (seq + 1) & 0xFFFF
+        self._ts = (ts + n) & 0xFFFFFFFF
         self.stats.sent += 1
         if self.srtp is not None:
             return self.srtp.protect_rtp(packet)
@@ -663,6 +689,7 @@ class MediaEngine:
         self.port_max = port_max
         self.sessions: dict[int, MediaSession] = {}
         self.sockets: dict[int, tuple[socket.socket, socket.socket]] = {}  # RTP port: RTP, RTCP
+        self._senders: dict[int, Callable[[bytes, tuple[str, int]], int]] = {}  # its RTP sendto
         # Every socket's descriptor: (its socket, the session's RTP port, is it the RTCP one).
         self._readers: dict[int, tuple[socket.socket, int, bool]] = {}
         # Which sockets have datagrams waiting, asked once per tick (level-triggered).
@@ -705,6 +732,7 @@ class MediaEngine:
                 continue
             rtp, rtcp = sockets
             self.sockets[port] = (rtp, rtcp)
+            self._senders[port] = rtp.sendto
             for sock, for_rtcp in ((rtp, False), (rtcp, True)):
                 self._readers[sock.fileno()] = (sock, port, for_rtcp)
                 self._poller.register(sock.fileno(), select.POLLIN)
@@ -820,6 +848,7 @@ class MediaEngine:
             if session.inband_slot is not None and self.inband is not None:
                 self.inband.remove_channel(session.inband_slot)
                 session.inband_slot = None
+        self._senders.pop(port, None)
         for sock in self.sockets.pop(port, ()):
             self._readers.pop(sock.fileno(), None)
             with contextlib.suppress(OSError, ValueError):
@@ -999,7 +1028,7 @@ class MediaEngine:
         readers, sessions = self._readers, self.sessions
         poll, epoll = self._poller.poll, self._epoll
         wall_offset = time.time() - time.monotonic()  # kernel stamps are wall-clock times
-        ancillary, unpack = _ANCILLARY_SIZE, _TIMESPEC.unpack
+        ancillary, unpack, stamp_size = _ANCILLARY_SIZE, _TIMESPEC.unpack, _TIMESPEC.size
         for _ in range(READ_ROUNDS):
             ready = poll(0, len(readers) + 1) if epoll else poll(0)  # type: ignore[call-arg]
             if not ready:
@@ -1020,9 +1049,13 @@ class MediaEngine:
                 if session is None:  # not attached yet, or closed: dropped
                     continue
                 arrival = now
-                if cmsgs and len(cmsgs[0][2]) == _TIMESPEC.size:
-                    seconds, nanoseconds = unpack(cmsgs[0][2])
-                    arrival = min(seconds + nanoseconds * 1e-9 - wall_offset, now)
+                if cmsgs:
+                    stamp = cmsgs[0][2]
+                    if len(stamp) == stamp_size:
+                        seconds, nanoseconds = unpack(stamp)
+                        stamped = seconds + nanoseconds * 1e-9 - wall_offset
+                        if stamped < now:
+                            arrival = stamped
                 try:
                     if rtcp:
                         session.receive_rtcp(data, source, arrival)
@@ -1033,27 +1066,42 @@ class MediaEngine:
                     log.exception("media of the session on port %d failed; it is stopped", port)
                     sessions.pop(port, None)
 
-    def _serve(self, port: int, session: MediaSession, now: float) -> None:
-        """One session's part of a tick: its timers, its RTCP report and its due packets."""
-        session.poll(now)
-        if now >= session.rtcp_due:
-            self._send_rtcp(port, session, session.rtcp_report(now))
-        if session.hold or session.next_send_at is None:
-            return
-        pair = self.sockets.get(port)
-        sent = 0
-        # Catch up after a late tick, but never burst more than 3 packets.
-        while session.next_send_at <= now + 0.001 and sent < 3:
-            packet = session.next_packet(session.next_send_at)
-            if pair is not None and packet is not None:
-                try:
-                    pair[0].sendto(packet, session.remote)
-                except OSError:  # see _sendto
-                    self.send_errors += 1
-            session.next_send_at += session.ptime_ms / 1000
-            sent += 1
-        if session.next_send_at < now - 0.1:
-            session.next_send_at = now
+    def _serve(self, now: float) -> None:
+        """Every session's part of a tick: its timers, its RTCP report and its due packets.
+
+        One loop over the sessions with what every packet needs at hand (each RTP socket's
+        `sendto`, the times), as it runs for every session of the node every tick."""
+        senders = self._senders
+        soon = now + 0.001
+        stale = now - 0.1
+        for port, session in list(self.sessions.items()):
+            try:
+                session.poll(now)
+                if now >= session.rtcp_due:
+                    self._send_rtcp(port, session, session.rtcp_report(now))
+                due = session.next_send_at
+                if due is None or due > soon or session.hold:
+                    continue
+                sendto = senders.get(port)
+                remote = session.remote
+                step = session.ptime_ms / 1000
+                sent = 0
+                # Catch up after a late tick, but never burst more than 3 packets.
+                while due <= soon and sent < 3:
+                    packet = session.next_packet(due)
+                    if sendto is not None and packet is not None:
+                        try:
+                            sendto(packet, remote)
+                        except OSError:  # see _sendto
+                            self.send_errors += 1
+                    due += step
+                    sent += 1
+                session.next_send_at = now if due < stale else due
+            except Exception:
+                # A bug in one call's media must not stop every call's: that call loses its
+                # media (its journey times out and it ends with a result), the others go on.
+                log.exception("media of the session on port %d failed; it is stopped", port)
+                self.sessions.pop(port, None)
 
     async def _tick(self) -> None:
         interval = 0.02
@@ -1076,14 +1124,7 @@ class MediaEngine:
                     self._relay(now)
                 except Exception:  # a bug here must not stop the media of every call
                     log.exception("bridged audio failed; nothing crosses this tick")
-            for port, session in list(self.sessions.items()):
-                try:
-                    self._serve(port, session, now)
-                except Exception:
-                    # A bug in one call's media must not stop every call's: that call loses its
-                    # media (its journey times out and it ends with a result), the others go on.
-                    log.exception("media of the session on port %d failed; it is stopped", port)
-                    self.sessions.pop(port, None)
+            self._serve(now)
             ticks += 1
             if ticks % 50 == 0:  # once a second: the counters stay current at 1/50 of the cost
                 for session in self.sessions.values():

@@ -21,7 +21,7 @@ from spg_media.dtmf.rfc4733 import DtmfEvent
 from spg_media.rtp.g711 import decode, encode
 from spg_media.rtp.masking import LOOKAHEAD
 from spg_media.rtp.packet import RtpPacket, build_rtp
-from spg_media.rtp.session import MediaEngine, MediaSession
+from spg_media.rtp.session import QUIET_PEAK, MediaEngine, MediaSession
 
 CUSTOMER = ("127.0.0.1", 40000)
 AGENT = ("127.0.0.1", 40002)
@@ -359,3 +359,25 @@ def test_an_agent_leg_with_another_packet_time_gets_every_sample_once(agent_ptim
     engine._tick_task.cancel()
     loop.run_until_complete(asyncio.sleep(0))
     loop.close()
+
+
+@pytest.mark.parametrize("codec", ["PCMU", "PCMA"])
+def test_queued_audio_is_a_pause_exactly_when_its_decoded_peak_is_quiet(codec: str) -> None:
+    """`relay` tells a pause by the G.711 codes themselves (no decoding a packet): the same
+    answer as decoding the queued audio and comparing its peak with QUIET_PEAK, code by code
+    and for mixed packets."""
+    rng = np.random.default_rng(9)
+    codes = np.arange(256, dtype=np.uint8)
+    peaks = np.abs(decode(codes.tobytes(), codec).astype(np.int32))
+    quiet = codes[peaks <= QUIET_PEAK]
+    loud = codes[peaks > QUIET_PEAK]
+    assert quiet.size and loud.size
+    for case in range(200):
+        older = rng.choice(quiet, FRAME)
+        if case % 2:  # one loud sample anywhere makes it speech
+            older[rng.integers(FRAME)] = rng.choice(loud)
+        session = make_session(codec, AGENT)
+        session.relay(older.tobytes())
+        session.relay(rng.choice(loud, FRAME).tobytes())  # a packet more than it sends
+        is_quiet = int(np.abs(decode(older.tobytes(), codec)).max()) <= QUIET_PEAK
+        assert len(session.relay_out) == (FRAME if is_quiet else 2 * FRAME)
