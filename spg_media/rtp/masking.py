@@ -122,6 +122,9 @@ class Scratch:
     def __init__(self) -> None:
         self.capacity = 0
         self._grow(64)
+        self._held = np.empty((0, LOOKAHEAD), dtype=np.int16)
+        self._audio = np.empty((0, LOOKAHEAD), dtype=np.int16)
+        self._samples = 0
 
     def _grow(self, windows: int) -> None:
         self.capacity = windows
@@ -135,6 +138,17 @@ class Scratch:
     def ensure(self, windows: int) -> None:
         if windows > self.capacity:
             self._grow(max(windows, 2 * self.capacity))
+
+    def audio(self, channels: int, samples: int) -> tuple[Int16s, Int16s]:
+        """Room for `channels` rows of held audio (LOOKAHEAD) and of held and new (+ samples)."""
+        if channels > len(self._held) or samples != self._samples:
+            rows = len(self._held)
+            if channels > rows:
+                rows = max(channels, 2 * rows)
+            self._held = np.empty((rows, LOOKAHEAD), dtype=np.int16)
+            self._audio = np.empty((rows, LOOKAHEAD + samples), dtype=np.int16)
+            self._samples = samples
+        return self._held[:channels], self._audio[:channels]
 
 
 def window_energy(windows: F32, scratch: Scratch | None = None) -> F32:
@@ -267,12 +281,14 @@ class ToneMasker:
         if channels == 0 or samples == 0:
             return np.zeros((channels, samples), dtype=np.int16)
         m = samples // BLOCK
-        audio = np.concatenate([self._held[rows], block], axis=1)  # (C, LOOKAHEAD + n)
+        scratch = self._scratch
+        held, audio = scratch.audio(channels, samples)  # (C, LOOKAHEAD), (C, LOOKAHEAD + n)
+        np.take(self._held, rows, axis=0, out=held)
+        np.concatenate([held, block], axis=1, out=audio)
         # The windows starting at the new ones' first possible start: the last WINDOW_BLOCKS-1
         # held blocks onwards, one a block, m in all.
         first = LOOKAHEAD - (WINDOW_BLOCKS - 1) * BLOCK
         views = np.lib.stride_tricks.sliding_window_view(audio[:, first:], WINDOW, axis=1)
-        scratch = self._scratch
         scratch.ensure(channels * m)
         windows = scratch.windows[: channels * m]
         # int16 to float32 is exact: the same windows as converting first, without the copies

@@ -215,8 +215,9 @@ def test_reused_work_arrays_give_the_same_decisions_as_fresh_ones() -> None:
 
 
 def test_channel_counts_changing_between_calls_do_not_mix_channels() -> None:
-    """The work arrays outlive a call: a call with fewer channels than the last must not see
-    the last one's rows (each channel's output equals what a masker of its own gives)."""
+    """The work arrays outlive a call: a call with fewer channels (or other block sizes) than
+    the last must not see the last one's rows (each channel's output equals what a masker of
+    its own gives)."""
     rng = np.random.default_rng(4)
     audio = [voice(4000, seed=n) for n in range(6)]
     audio[2][1200:1700] += key_tone(852.0, 1477.0, 500, -6.0)
@@ -228,14 +229,17 @@ def test_channel_counts_changing_between_calls_do_not_mix_channels() -> None:
     fed = [0] * len(audio)
     got: list[list[np.ndarray]] = [[] for _ in audio]
     want: list[list[np.ndarray]] = [[] for _ in audio]
-    while min(fed) < 3800:
-        members = [n for n in rng.permutation(len(audio)) if fed[n] < 3800][: rng.integers(1, 7)]
-        block = np.stack([audio[n][fed[n] : fed[n] + 160] for n in members]).astype(np.int16)
+    step = 0
+    while min(fed) < 3600:
+        size = (160, 80, 320, 160)[step % 4]  # and the block size changing too
+        step += 1
+        members = [n for n in rng.permutation(len(audio)) if fed[n] < 3600][: rng.integers(1, 7)]
+        block = np.stack([audio[n][fed[n] : fed[n] + size] for n in members]).astype(np.int16)
         out = shared.process([slots[n] for n in members], block)
         for row, n in enumerate(members):
             got[n].append(out[row])
             want[n].append(alone[n].process([alone_slots[n]], block[row : row + 1])[0])
-            fed[n] += 160
+            fed[n] += size
     for n in range(len(audio)):
         assert np.array_equal(np.concatenate(got[n]), np.concatenate(want[n]))
     assert shared.masked_blocks > 0
