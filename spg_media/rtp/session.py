@@ -650,6 +650,14 @@ class _Bridge:
     mask_slot: int  # customer → agent
     agent_mask_slot: int  # agent → customer
     align: bool = True  # the sessions' packet times are still to be moved onto the tick's
+    # (source, target, masker slot) of each direction, for the tick
+    directions: tuple[tuple[MediaSession, MediaSession, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        self.directions = (
+            (self.customer, self.agent, self.mask_slot),
+            (self.agent, self.customer, self.agent_mask_slot),
+        )
 
 
 @dataclass(slots=True)
@@ -885,7 +893,8 @@ class MediaEngine:
         call. The rest of the cost in Python is collecting bytes.
         """
         assert self.inband is not None
-        groups: dict[int, _InbandFeed] = {}  # by samples given: INBAND_FEED, or a backlog
+        usual = _InbandFeed()
+        groups = {INBAND_FEED: usual}  # by samples given: INBAND_FEED, or a backlog
         for session in self.sessions.values():
             slot = session.inband_slot
             if slot is None:
@@ -898,15 +907,24 @@ class MediaEngine:
             pending = session.pending_audio
             if not pending:
                 continue
-            if len(pending) == 1 and len(pending[0]) == INBAND_FEED:  # the usual tick
-                take = queued = INBAND_FEED
-            else:
-                queued = sum(map(len, pending))  # G.711: a byte a sample
-                if queued < INBAND_FEED:
-                    continue
-                take = INBAND_FEED
-                if queued >= 3 * INBAND_FEED:
-                    take = queued // INBAND_FEED * INBAND_FEED
+            if len(pending) == 1 and len(pending[0]) == INBAND_FEED:
+                # The usual tick, one 20 ms payload: take_audio's work, inlined.
+                usual.sessions.append(session)
+                usual.slots.append(slot)
+                usual.audio.append(pending.pop())
+                session.fed_through = session.pending_seqs.pop()
+                session.fed_log.append((session.fed_samples, session.pending_arrivals.pop()))
+                session.fed_samples += INBAND_FEED
+                usual.codecs.add(session.codec)
+                if session.pending_audio_at > usual.now:
+                    usual.now = session.pending_audio_at
+                continue
+            queued = sum(map(len, pending))  # G.711: a byte a sample
+            if queued < INBAND_FEED:
+                continue
+            take = INBAND_FEED
+            if queued >= 3 * INBAND_FEED:
+                take = queued // INBAND_FEED * INBAND_FEED
             until = session.pending_audio_at - (queued - take) / 8000.0  # the fed audio's end
             feed = groups.get(take)
             if feed is None:
@@ -918,6 +936,8 @@ class MediaEngine:
             feed.now = max(feed.now, until)
         for size, feed in groups.items():
             members, slots, now = feed.sessions, feed.slots, feed.now
+            if not members:
+                continue
             codes = np.frombuffer(b"".join(feed.audio), dtype=np.uint8)
             codes = codes.reshape(len(members), size)
             if len(feed.codecs) == 1:  # the usual node: one codec, one lookup
@@ -959,7 +979,13 @@ class MediaEngine:
         assert masker is not None
         sessions = self.sessions
         soon = now + 0.001
-        groups: dict[int, _RelayFeed] = {}  # by samples given: nearly always one, 160
+        # The usual rows (one 20 ms payload heard, 160 samples) in flat lists; any other size
+        # (another packet time, a tick with two payloads or none) in a group of its own.
+        slots: list[int] = []
+        audio: list[bytes] = []
+        sources: list[str] = []  # the codec each row's audio came in
+        targets: list[MediaSession] = []
+        groups: dict[int, _RelayFeed] = {}  # by samples given, other than INBAND_FEED
         for bridge in self.bridges.values():
             customer, agent = bridge.customer, bridge.agent
             if sessions.get(bridge.customer_port) is not customer:
@@ -976,44 +1002,72 @@ class MediaEngine:
                     due = session.next_send_at
                     if due is not None and soon < due < now + 0.0199:
                         session.next_send_at = now
-            for source, target, slot in (
-                (customer, agent, bridge.mask_slot),
-                (agent, customer, bridge.agent_mask_slot),
-            ):
+            for source, target, slot in bridge.directions:
                 heard = source.relay_in
                 if not heard:
                     continue
-                audio = heard[0] if len(heard) == 1 else b"".join(heard)
+                if len(heard) == 1 and len(heard[0]) == INBAND_FEED:  # the usual tick
+                    slots.append(slot)
+                    audio.append(heard[0])
+                    sources.append(source.codec)
+                    targets.append(target)
+                    heard.clear()
+                    continue
+                chunk = heard[0] if len(heard) == 1 else b"".join(heard)
                 heard.clear()
-                whole = len(audio) - len(audio) % BLOCK
-                if whole < len(audio):
-                    heard.append(audio[whole:])
-                    audio = audio[:whole]
+                whole = len(chunk) - len(chunk) % BLOCK
+                if whole < len(chunk):
+                    heard.append(chunk[whole:])
+                    chunk = chunk[:whole]
                 if not whole:
+                    continue
+                if whole == INBAND_FEED:
+                    slots.append(slot)
+                    audio.append(chunk)
+                    sources.append(source.codec)
+                    targets.append(target)
                     continue
                 feed = groups.get(whole)
                 if feed is None:
                     feed = groups[whole] = _RelayFeed()
                 feed.slots.append(slot)
-                feed.audio.append(audio)
+                feed.audio.append(chunk)
                 feed.sources.append(source.codec)
                 feed.targets.append(target)
+        if slots:
+            self._cross(INBAND_FEED, slots, audio, sources, targets)
         for size, feed in groups.items():
-            count = len(feed.slots)
-            codes = np.frombuffer(b"".join(feed.audio), dtype=np.uint8).reshape(count, size)
-            block = _decode_rows(codes, feed.sources)
-            masked = masker.process(feed.slots, block)
-            codecs = [target.codec for target in feed.targets]
-            if len(set(codecs)) == 1:
-                encoded = encode(masked, codecs[0])
-                for n, target in enumerate(feed.targets):
-                    target.relay(encoded[n * size : (n + 1) * size])
-                continue
-            for codec in set(codecs):
-                rows = [n for n, c in enumerate(codecs) if c == codec]
-                encoded = encode(masked[rows], codec)
-                for n, row in enumerate(rows):
-                    feed.targets[row].relay(encoded[n * size : (n + 1) * size])
+            self._cross(size, feed.slots, feed.audio, feed.sources, feed.targets)
+
+    def _cross(
+        self,
+        size: int,
+        slots: list[int],
+        audio: list[bytes],
+        sources: list[str],
+        targets: list[MediaSession],
+    ) -> None:
+        """Mask rows of `size` samples, each heard on one leg of a bridge in codec `sources[n]`
+        through masker slot `slots[n]`, and queue each on the other leg, in that one's codec."""
+        masker = self.masker
+        assert masker is not None
+        codes = np.frombuffer(b"".join(audio), dtype=np.uint8).reshape(len(slots), size)
+        block = _decode_rows(codes, sources)
+        masked = masker.process(slots, block)
+        codecs = [target.codec for target in targets]
+        kinds = set(codecs)
+        if len(kinds) == 1:
+            encoded = encode(masked, codecs[0])
+            start = 0
+            for target in targets:
+                target.relay(encoded[start : start + size])
+                start += size
+            return
+        for codec in kinds:
+            rows = [n for n, c in enumerate(codecs) if c == codec]
+            encoded = encode(masked[rows], codec)
+            for n, row in enumerate(rows):
+                targets[row].relay(encoded[n * size : (n + 1) * size])
 
     def _receive(self, now: float) -> None:
         """Read every datagram waiting on the sessions' sockets and feed it to its session.
