@@ -159,7 +159,7 @@ class MediaStats:
     audio_late: int = 0  # audio packets the in-band detector had already gone past (reordered)
 
 
-@dataclass
+@dataclass(slots=True)
 class MediaSession:
     """One call's RTP state; see the module docstring."""
 
@@ -180,6 +180,37 @@ class MediaSession:
     rtcp_mux: bool = False  # RTCP shares the RTP port (RFC 5761)
     media_sources: tuple[str, ...] = ()  # CIDRs (a media relay) media may also come from
 
+    # Set by __post_init__ (slots: a session's state in one compact object rather than a
+    # dict of 40-odd entries; the tick reads it for every packet of every call).
+    offered: tuple[str, int] = field(init=False, repr=False, compare=False)
+    payload_type: int = field(init=False, repr=False, compare=False)
+    samples_per_packet: int = field(init=False, repr=False, compare=False)
+    _seq: int = field(init=False, repr=False, compare=False)
+    _ts: int = field(init=False, repr=False, compare=False)
+    _frames: list[bytes] = field(init=False, repr=False, compare=False)
+    _frame_index: int = field(init=False, repr=False, compare=False)
+    _marker: bool = field(init=False, repr=False, compare=False)
+    _silence: bytes = field(init=False, repr=False, compare=False)
+    receiver: Rfc4733Receiver = field(init=False, repr=False, compare=False)
+    next_send_at: float | None = field(init=False, repr=False, compare=False)
+    _reported: MediaStats = field(init=False, repr=False, compare=False)
+    inband_slot: int | None = field(init=False, repr=False, compare=False)
+    pending_audio: list[bytes] = field(init=False, repr=False, compare=False)
+    pending_seqs: list[int] = field(init=False, repr=False, compare=False)
+    pending_arrivals: list[float] = field(init=False, repr=False, compare=False)
+    fed_samples: int = field(init=False, repr=False, compare=False)
+    fed_log: deque[tuple[int, float]] = field(init=False, repr=False, compare=False)
+    pending_audio_at: float = field(init=False, repr=False, compare=False)
+    fed_through: int | None = field(init=False, repr=False, compare=False)
+    rtcp: RtcpSession | None = field(init=False, repr=False, compare=False)
+    rtcp_due: float = field(init=False, repr=False, compare=False)
+    rtcp_latched: tuple[str, int] | None = field(init=False, repr=False, compare=False)
+    _wall_offset: float = field(init=False, repr=False, compare=False)
+    _octets_sent: int = field(init=False, repr=False, compare=False)
+    _last_sent: tuple[int, float] | None = field(init=False, repr=False, compare=False)
+    relay_in: list[bytes] | None = field(init=False, repr=False, compare=False)
+    relay_out: bytearray = field(init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         # The SDP's address and port: before latching, media is taken only from that address
         # (any port) or from `media_sources`.
@@ -192,35 +223,35 @@ class MediaSession:
         self.samples_per_packet = 8 * self.ptime_ms
         self._seq = random.getrandbits(16)
         self._ts = random.getrandbits(32)
-        self._frames: list[bytes] = []
+        self._frames = []
         self._frame_index = 0
         self._marker = True
         self._silence = bytes([SILENCE_BYTE[self.codec]]) * self.samples_per_packet
         self.receiver = Rfc4733Receiver()
-        self.next_send_at: float | None = None
+        self.next_send_at = None
         self._reported = MediaStats()
-        self.inband_slot: int | None = None  # the detector channel, while attached
-        self.pending_audio: list[bytes] = []  # payloads not yet given to the detector, in order
-        self.pending_seqs: list[int] = []  # their RTP sequence numbers
-        self.pending_arrivals: list[float] = []  # and when they arrived
+        self.inband_slot = None  # the detector channel, while attached
+        self.pending_audio = []  # payloads not yet given to the detector, in order
+        self.pending_seqs = []  # their RTP sequence numbers
+        self.pending_arrivals = []  # and when they arrived
         # What the detector was given, to date an in-band digit by the packet that carried its
         # onset: samples fed in all, and (first sample's position, arrival) of the last payloads.
         self.fed_samples = 0
-        self.fed_log: deque[tuple[int, float]] = deque(maxlen=FED_LOG)
+        self.fed_log = deque(maxlen=FED_LOG)
         self.pending_audio_at = 0.0  # arrival time of the newest of them
-        self.fed_through: int | None = None  # sequence number of the last audio given to it
-        self.rtcp: RtcpSession | None = None  # from start_rtcp (the engine's attach) on
+        self.fed_through = None  # sequence number of the last audio given to it
+        self.rtcp = None  # from start_rtcp (the engine's attach) on
         self.rtcp_due = math.inf  # when the next report is (read by the tick for every session)
-        self.rtcp_latched: tuple[str, int] | None = None  # the source of the peer's RTCP
+        self.rtcp_latched = None  # the source of the peer's RTCP
         self._wall_offset = 0.0  # wall clock minus `now`, for RTCP's NTP timestamps
         # What a sender report says of our stream: payload octets sent, and the timestamp and
         # send time of the latest packet (counted here: a call into RTCP per packet costs more).
         self._octets_sent = 0
-        self._last_sent: tuple[int, float] | None = None
+        self._last_sent = None
         # Bridged (agent-assisted mode, MediaEngine.bridge): the audio payloads received since
         # the last tick, for the other leg (None: not bridged), and the other leg's audio, in
         # this session's codec, waiting to be sent (a prompt playing goes first).
-        self.relay_in: list[bytes] | None = None
+        self.relay_in = None
         self.relay_out = bytearray()
 
     def report_stats(self) -> None:
