@@ -110,6 +110,21 @@ def short_term_cname() -> str:
 class _Source:
     """RFC 3550 A.1's state for one RTP source of the peer, with A.8's jitter (in RTP units)."""
 
+    __slots__ = (  # read and written for every RTP packet of every call: fixed offsets
+        "bad_seq",
+        "base_seq",
+        "cycles",
+        "expected_prior",
+        "heard_since_report",
+        "jitter",
+        "max_seq",
+        "probation",
+        "received",
+        "received_prior",
+        "ssrc",
+        "transit",
+    )
+
     def __init__(self, ssrc: int, sequence: int) -> None:
         self.ssrc = ssrc
         self._init_seq(sequence)
@@ -319,6 +334,33 @@ def _bye(ssrc: int, reason: str) -> bytes:
 
 class RtcpSession:
     """RTCP for one call; see the module docstring."""
+
+    __slots__ = (  # rtp_received runs for every RTP packet of every call: fixed offsets
+        "_avg_rtcp_size",
+        "_candidate",
+        "_initial",
+        "_last_sent",
+        "_next_report_at",
+        "_octets_sent",
+        "_packets_sent",
+        "_peer_fraction_lost",
+        "_peer_heard",
+        "_peer_jitter_ms",
+        "_peer_lost",
+        "_peer_sent_at",
+        "_peer_sr",
+        "_report_times",
+        "_reports_received",
+        "_reports_sent",
+        "_rng",
+        "_rtcp_bandwidth",
+        "_rtt_ms",
+        "_sdes",
+        "_source",
+        "clock_rate",
+        "cname",
+        "ssrc",
+    )
 
     def __init__(
         self,

@@ -145,7 +145,7 @@ def single_threaded_blas() -> None:
     threadpool_limits(limits=1, user_api="blas")
 
 
-@dataclass
+@dataclass(slots=True)
 class MediaStats:
     received: int = 0
     sent: int = 0
