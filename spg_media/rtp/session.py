@@ -111,6 +111,8 @@ _SO_TIMESTAMPNS: int | None = (
     35 if sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64") else None
 )
 _TIMESPEC = struct.Struct("@qq")
+# What a socket's recvmsg gives: data, ancillary items, flags, source address.
+_Received = tuple[bytes, list[tuple[int, int, bytes]], int, tuple[str, int]]
 _ANCILLARY_SIZE = socket.CMSG_SPACE(_TIMESPEC.size) if _SO_TIMESTAMPNS is not None else 0
 
 
@@ -624,6 +626,7 @@ class MediaSession:
         `due`: when it is meant to leave, for RTCP's sender reports."""
         n = self.samples_per_packet
         out = self.relay_out
+        payload: bytes | bytearray
         if self._frame_index < len(self._frames):
             payload = self._frames[self._frame_index]
             self._frame_index += 1
@@ -633,7 +636,7 @@ class MediaSession:
                 if self.on_playback_done is not None:
                     self.on_playback_done()
         elif len(out) >= n:
-            payload = bytes(out[:n])
+            payload = out[:n]  # a bytearray: the concatenation below makes the packet's bytes
             del out[:n]
         else:
             payload = self._silence
@@ -729,8 +732,8 @@ class MediaEngine:
         self.sessions: dict[int, MediaSession] = {}
         self.sockets: dict[int, tuple[socket.socket, socket.socket]] = {}  # RTP port: RTP, RTCP
         self._senders: dict[int, Callable[[bytes, tuple[str, int]], int]] = {}  # its RTP sendto
-        # Every socket's descriptor: (its socket, the session's RTP port, is it the RTCP one).
-        self._readers: dict[int, tuple[socket.socket, int, bool]] = {}
+        # Every socket's descriptor: (its recvmsg, the session's RTP port, is it the RTCP one).
+        self._readers: dict[int, tuple[Callable[[int, int], _Received], int, bool]] = {}
         # Which sockets have datagrams waiting, asked once per tick (level-triggered).
         self._epoll = hasattr(select, "epoll")  # else poll(): same calls, no maxevents
         self._poller = select.epoll() if self._epoll else select.poll()
@@ -773,7 +776,7 @@ class MediaEngine:
             self.sockets[port] = (rtp, rtcp)
             self._senders[port] = rtp.sendto
             for sock, for_rtcp in ((rtp, False), (rtcp, True)):
-                self._readers[sock.fileno()] = (sock, port, for_rtcp)
+                self._readers[sock.fileno()] = (sock.recvmsg, port, for_rtcp)
                 self._poller.register(sock.fileno(), select.POLLIN)
             return port
         raise PortRangeExhausted(f"no free RTP port in {self.port_min}-{self.port_max}")
@@ -1122,9 +1125,9 @@ class MediaEngine:
                 reader = readers.get(fd)
                 if reader is None:
                     continue
-                sock, port, rtcp = reader
+                recvmsg, port, rtcp = reader
                 try:
-                    data, cmsgs, _flags, source = sock.recvmsg(RECV_SIZE, ancillary)
+                    data, cmsgs, _flags, source = recvmsg(RECV_SIZE, ancillary)
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError as exc:  # an ICMP error queued on the socket
