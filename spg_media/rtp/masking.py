@@ -194,9 +194,10 @@ def keyed_windows(
         power = np.square(parts[:, :half], out=scratch.power[:n])
         power += np.square(parts[:, half:], out=scratch.other[:n])
         power *= _PROBE_NORM
-    split = 4 * _PER_TONE
-    row = power[:, :split].max(axis=1)
-    col = power[:, split:].max(axis=1)
+    # The strongest row probe and column probe: one reduction over (n × 2 × 20), contiguous
+    strongest = power.reshape(len(power), 2, 4 * _PER_TONE).max(axis=2)
+    row = strongest[:, 0]
+    col = strongest[:, 1]
     pair = row + col
     keyed[loud if loud.size < len(windows) else slice(None)] = (
         (row >= MIN_TONE_POWER)
@@ -288,11 +289,17 @@ class ToneMasker:
         # The windows starting at the new ones' first possible start: the last WINDOW_BLOCKS-1
         # held blocks onwards, one a block, m in all.
         first = LOOKAHEAD - (WINDOW_BLOCKS - 1) * BLOCK
-        views = np.lib.stride_tricks.sliding_window_view(audio[:, first:], WINDOW, axis=1)
+        # Each channel's m windows, one a block, as a view (sliding_window_view's, built
+        # directly: its checks cost more than the copy below for 400 channels)
+        span = audio[:, first:]
+        rows_stride, step = span.strides
+        views = np.lib.stride_tricks.as_strided(
+            span, (channels, m, WINDOW), (rows_stride, BLOCK * step, step), writeable=False
+        )
         scratch.ensure(channels * m)
         windows = scratch.windows[: channels * m]
         # int16 to float32 is exact: the same windows as converting first, without the copies
-        np.copyto(windows.reshape(channels, m, WINDOW), views[:, ::BLOCK], casting="unsafe")
+        np.copyto(windows.reshape(channels, m, WINDOW), views, casting="unsafe")
         energy = window_energy(windows, scratch)
         floor = self._floor[rows]
         keyed = keyed_windows(windows, energy, np.repeat(floor, m), scratch).reshape(channels, m)
