@@ -194,6 +194,7 @@ class MediaSession:
     _marker: bool = field(init=False, repr=False, compare=False)
     _silence: bytes = field(init=False, repr=False, compare=False)
     receiver: Rfc4733Receiver = field(init=False, repr=False, compare=False)
+    dtmf_wake: float = field(init=False, repr=False, compare=False)
     next_send_at: float | None = field(init=False, repr=False, compare=False)
     _reported: MediaStats = field(init=False, repr=False, compare=False)
     inband_slot: int | None = field(init=False, repr=False, compare=False)
@@ -230,6 +231,7 @@ class MediaSession:
         self._marker = True
         self._silence = bytes([SILENCE_BYTE[self.codec]]) * self.samples_per_packet
         self.receiver = Rfc4733Receiver()
+        self.dtmf_wake = math.inf  # the receiver's next_wake (the tick asks every session)
         self.next_send_at = None
         self._reported = MediaStats()
         self.inband_slot = None  # the detector channel, while attached
@@ -350,7 +352,10 @@ class MediaSession:
             self.rtcp.rtp_received(ssrc, sequence, timestamp, now, not dtmf)
         if dtmf:
             stats.events += 1
-            self._deliver(self.receiver.receive(payload, sequence, timestamp, marker, now))
+            events = self.receiver.receive(payload, sequence, timestamp, marker, now)
+            wake = self.receiver.next_wake()
+            self.dtmf_wake = math.inf if wake is None else wake
+            self._deliver(events)
         elif payload_type == self.payload_type:
             stats.audio += 1
             if self.inband and self.inband_slot is not None:
@@ -545,9 +550,11 @@ class MediaSession:
 
     def poll(self, now: float) -> None:
         """Timers of the DTMF receiver (a lost end packet)."""
-        wake = self.receiver.next_wake()
-        if wake is not None and now >= wake:
-            self._deliver(self.receiver.poll(now))
+        if now >= self.dtmf_wake:
+            events = self.receiver.poll(now)
+            wake = self.receiver.next_wake()
+            self.dtmf_wake = math.inf if wake is None else wake
+            self._deliver(events)
 
     def stop_inband(self) -> None:
         """No more audio for the detector (e.g. RFC 4733 events seen and `dtmf.inband = auto`)."""
@@ -1164,7 +1171,8 @@ class MediaEngine:
         stale = now - 0.1
         for port, session in list(self.sessions.items()):
             try:
-                session.poll(now)
+                if now >= session.dtmf_wake:  # (poll's test: no call while no press is on)
+                    session.poll(now)
                 if now >= session.rtcp_due:
                     self._send_rtcp(port, session, session.rtcp_report(now))
                 due = session.next_send_at
