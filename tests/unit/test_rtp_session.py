@@ -187,3 +187,44 @@ def test_one_sessions_failure_in_the_tick_stops_its_media_only(
         received, still_ticking = asyncio.run(body())
     assert received == 10 and still_ticking
     assert sum("media of the session" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_press_whose_end_packets_are_lost_ends_by_the_tick_polling_its_timer() -> None:
+    """The tick polls a session only when its RFC 4733 timer (`dtmf_wake`) is due: it must be
+    set by a press's first packet, fire once, and be cleared after."""
+    events: list[DtmfEvent] = []
+    media = session(on_dtmf=events.append)
+    assert media.dtmf_wake == float("inf")
+    media.poll(100.0)  # nothing on: nothing happens
+    media.receive(event_packet(5, 1, 1600, 160), CALLER, 1.0)
+    media.receive(event_packet(5, 2, 1600, 320), CALLER, 1.02)
+    assert [e.kind for e in events] == ["start"]
+    wake = media.dtmf_wake
+    assert 1.02 < wake < 5.0
+    media.poll(wake - 0.001)  # not yet
+    assert [e.kind for e in events] == ["start"]
+    media.poll(wake)
+    assert [e.kind for e in events] == ["start", "end"]
+    assert media.dtmf_wake == float("inf")
+
+
+def test_packets_are_the_bytes_build_rtp_makes_through_the_wraps() -> None:
+    """next_packet packs its header inline: the same bytes as build_rtp, marker on the first
+    packet of a prompt only, sequence and timestamp wrapping, prompt, relayed audio, silence."""
+    media = session()
+    media._seq, media._ts = 0xFFFE, 0xFFFFFFFF - 200  # both wrap within three packets
+    prompt = bytes(range(160)) * 2
+    media.play(prompt)
+    media.relay(bytes(x % 256 for x in range(100, 260)))  # dropped: the prompt plays
+    expected_payloads = [prompt[:160], prompt[160:], b"\xff" * 160]
+    seq, ts = 0xFFFE, 0xFFFFFFFF - 200
+    for n, payload in enumerate(expected_payloads):
+        packet = media.next_packet(float(n))
+        assert packet == build_rtp(0, seq, ts, media.ssrc, payload, marker=n == 0)
+        seq, ts = (seq + 1) & 0xFFFF, (ts + 160) & 0xFFFFFFFF
+    relayed = bytes(x % 256 for x in range(100, 260))
+    media.relay(relayed)
+    packet = media.next_packet(3.0)
+    assert packet == build_rtp(0, seq, ts, media.ssrc, relayed)
+    assert isinstance(packet, bytes) and not media.relay_out
+    assert media.stats.sent == 4 and media._octets_sent == 4 * 160
