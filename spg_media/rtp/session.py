@@ -55,7 +55,7 @@ import struct
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,6 +74,7 @@ from spg_media.observability import (
 from spg_media.rtp.g711 import decode, decode_array, encode
 from spg_media.rtp.masking import BLOCK, MASKS, ToneMasker
 from spg_media.rtp.packet import RTP_HEADER_SIZE, RtpError, RtpPacket, build_rtp, is_rtcp
+from spg_media.rtp.prompts import packetise
 from spg_media.rtp.rtcp import RtcpError, RtcpSession
 from spg_media.rtp.srtp import SrtpContext
 
@@ -181,7 +182,7 @@ class MediaSession:
         self.samples_per_packet = 8 * self.ptime_ms
         self._seq = random.getrandbits(16)
         self._ts = random.getrandbits(32)
-        self._frames: list[bytes] = []
+        self._frames: Sequence[bytes] = ()  # the prompt playing (maybe shared: never written)
         self._frame_index = 0
         self._marker = True
         self._silence = bytes([SILENCE_BYTE[self.codec]]) * self.samples_per_packet
@@ -511,10 +512,12 @@ class MediaSession:
 
     def play(self, audio_g711: bytes) -> None:
         """Start playing encoded audio (replacing what plays); silence is padded to a packet."""
-        n = self.samples_per_packet
-        pad = (-len(audio_g711)) % n
-        audio_g711 += bytes([SILENCE_BYTE[self.codec]]) * pad
-        self._frames = [audio_g711[i : i + n] for i in range(0, len(audio_g711), n)]
+        self.play_packets(packetise(audio_g711, self.samples_per_packet, self.codec))
+
+    def play_packets(self, payloads: Sequence[bytes]) -> None:
+        """Start playing a prompt already cut into this session's payloads (`rtp.prompts`:
+        shared by the calls that play it, never written to)."""
+        self._frames = payloads
         self._frame_index = 0
         self._marker = True
         self.relay_out.clear()  # the prompt goes first; the bridged audio queued is stale
