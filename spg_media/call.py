@@ -1073,6 +1073,7 @@ class Call:
             quality = self._media_quality()
             if quality is not None:
                 log.info("media quality", extra={"call_id": self.call_id, **quality})
+        log.info("dtmf", extra={"call_id": self.call_id, **dtmf_counts(self.merger, self.media)})
         self.unregister()
 
     def summary(self) -> dict[str, Any]:
@@ -1122,6 +1123,16 @@ class Call:
             "rtcp_sent": quality.reports_sent,
             "rtcp_received": quality.reports_received,
         }
+
+
+def dtmf_counts(merger: DtmfMerger, media: MediaSession | None) -> dict[str, int]:
+    """A call's DTMF counters for its end-of-call log line: how many digits each source gave,
+    what was dropped as the same press reported twice or by the in-band policy, and what the
+    RFC 4733 receiver made of the packets. Counts only: never a key."""
+    counts = merger.counts()
+    if media is not None:
+        counts.update(media.receiver.stats.counts())
+    return counts
 
 
 SDES_NEEDS_TLS = "SDES keys (a=crypto) need TLS signalling: offer RTP/SAVP over TLS only"

@@ -677,6 +677,9 @@ class SpeechConfig(_Section):
 
     # recognitions running at once in this process; a caller past it is asked for keys only
     max_concurrent: int = _rule(8, _Int(1, 1024))
+    # recogniser processes of this node process (each loads the model, ~150 MB): 0 = one per
+    # core, shared out among the workers of `serve --workers N`
+    processes: int = _rule(0, _Int(0, 256))
 
 
 @dataclass(frozen=True)

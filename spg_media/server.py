@@ -300,14 +300,17 @@ class Server:
             log.warning("ivr.input is 'dtmf speech' but no language has a speech model: keys only")
             return None
         engine = SpeechEngine(
-            self.config.speech.max_concurrent, lock_memory=self.config.security.lock_memory
+            self.config.speech.max_concurrent,
+            workers=self.config.speech.processes or None,
+            lock_memory=self.config.security.lock_memory,
         )
         engine.start()
         others = [language for language in LANGUAGES if language not in spoken]
         log.info(
             "voice entry: callers may say their digits in %s (keypad only: %s); "
-            "%d recognitions at once",
+            "%d recognitions at once in %d processes",
             ", ".join(spoken), ", ".join(others) or "none", self.config.speech.max_concurrent,
+            engine.processes,
         )  # fmt: skip
         return engine
 
