@@ -385,7 +385,11 @@ def parent(args: argparse.Namespace) -> None:
             subprocess.run(["git", "-C", str(HERE), "worktree", "add", "--detach", "-q",
                             str(baseline), args.baseline_ref], check=True)  # fmt: skip
             cleanup = baseline
-        trees.append((f"baseline {args.baseline_tree or args.baseline_ref}", baseline))
+        commit = subprocess.run(
+            ["git", "-C", str(baseline), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, check=False,
+        ).stdout.strip()  # fmt: skip
+        trees.append((f"baseline {args.baseline_tree or args.baseline_ref} {commit}", baseline))
     trees.append(("this tree", HERE))
     try:
         results: dict[str, Any] = {}
