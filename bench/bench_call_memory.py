@@ -81,7 +81,12 @@ def node(args: argparse.Namespace) -> None:
         admin=dataclasses.replace(base.admin, listen=""),
         assist=dataclasses.replace(base.assist, listen=""),
         # a shared machine: measure memory, not whether the node would refuse
-        admission=dataclasses.replace(base.admission, max_tick_lag_ms=0, max_loop_lag_ms=0),
+        admission=dataclasses.replace(
+            base.admission,
+            max_tick_lag_ms=0,
+            max_loop_lag_ms=0,
+            **({"max_busy": 0} if hasattr(base.admission, "max_busy") else {}),
+        ),
         ivr=dataclasses.replace(base.ivr, first_digit_timeout_s=2.0, max_attempts=10_000),
         log=dataclasses.replace(
             base.log,

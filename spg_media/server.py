@@ -6,9 +6,10 @@ INVITE becomes a `Call` task. `stop()` drains: new INVITEs get 503 while running
 (up to a grace period), then everything closes.
 
 Admission: a new INVITE is answered `503` with `Retry-After` before anything is allocated for it
-while the node drains, lags (`admission.AdmissionControl`, fed by `LagMonitor`: the media
-tick's lateness and the event loop's) or holds `admission.max_calls` calls; the calls in
-progress are not touched. `/healthz` and out-of-dialog OPTIONS say the same (`health()`).
+while the node drains, is too busy or lags (`admission.AdmissionControl`, fed by `LagMonitor`:
+the event loop's busy fraction, the media tick's lateness and the event loop's) or holds
+`admission.max_calls` calls; the calls in progress are not touched. `/healthz` and
+out-of-dialog OPTIONS say the same (`health()`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 import logging
 import resource
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,11 +72,16 @@ REFUSED_LOG_PERIOD_S = 10.0
 
 ADMISSION_ACCEPTING = METRICS.gauge(
     "spg_admission_accepting",
-    "1 while the node takes new calls; 0 while it answers them 503 (lag, max_calls, draining).",
+    "1 while the node takes new calls; 0 while it answers them 503 (busy, lag, max_calls, "
+    "draining).",
 )
 MEDIA_TICK_LAG_SECONDS = METRICS.gauge(
     "spg_media_tick_lag_seconds",
     "How late the 20 ms media tick starts against its schedule, smoothed (admission).",
+)
+EVENT_LOOP_BUSY_RATIO = METRICS.gauge(
+    "spg_event_loop_busy_ratio",
+    "The event loop thread's CPU time over wall time, smoothed (admission: 1 is a full core).",
 )
 EVENT_LOOP_LAG_SECONDS = METRICS.gauge(
     "spg_event_loop_lag_seconds",
@@ -82,13 +89,14 @@ EVENT_LOOP_LAG_SECONDS = METRICS.gauge(
 )
 CALLS_REFUSED_TOTAL = METRICS.counter(
     "spg_calls_refused_total",
-    "New INVITEs answered 503 Service Unavailable, by reason (lag, max_calls, draining).",
+    "New INVITEs answered 503 Service Unavailable, by reason (busy, lag, max_calls, draining).",
     ("reason",),
 )
 
 
 def admission_policy(config: AdmissionConfig) -> AdmissionPolicy:
     return AdmissionPolicy(
+        max_busy=config.max_busy,
         max_tick_lag_s=config.max_tick_lag_ms / 1000,
         max_loop_lag_s=config.max_loop_lag_ms / 1000,
         resume_ratio=config.resume_ratio,
@@ -99,22 +107,27 @@ def admission_policy(config: AdmissionConfig) -> AdmissionPolicy:
 
 class LagMonitor:
     """The shell of admission control: samples the event loop's lag (how late its own callback,
-    scheduled every `interval_s`, runs) and takes the media tick's (`on_tick_lag`, which the
-    `MediaEngine` calls every tick), feeds them to the `AdmissionControl`, logs when the node
-    starts or stops refusing, and calls `on_probe` after every loop sample (gauges)."""
+    scheduled every `interval_s`, runs) and its busy fraction (the CPU time of the loop's
+    thread, `cpu_clock`, over the loop time since the last sample), takes the media tick's lag
+    (`on_tick_lag`, which the `MediaEngine` calls every tick), feeds them to the
+    `AdmissionControl`, logs when the node starts or stops refusing, and calls `on_probe` after
+    every loop sample (gauges)."""
 
     def __init__(
         self,
         control: AdmissionControl,
         on_probe: Callable[[], None] | None = None,
         interval_s: float = LAG_PROBE_INTERVAL_S,
+        cpu_clock: Callable[[], float] = time.thread_time,
     ) -> None:
         self.control = control
         self.on_probe = on_probe
         self.interval_s = interval_s
+        self.cpu_clock = cpu_clock
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._due = 0.0
+        self._sampled: tuple[float, float] | None = None  # (loop time, thread CPU) of the last
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -135,12 +148,21 @@ class LagMonitor:
         assert self._loop is not None
         now = self._loop.time()
         try:
+            self._note_busy(now)
             self._noted(self.control.note_loop_lag(now - self._due, now), now)
             if self.on_probe is not None:
                 self.on_probe()
         except Exception:  # a failed measurement must not end the measuring
             log.exception("event loop lag probe failed")
         self._schedule(now)
+
+    def _note_busy(self, now: float) -> None:
+        cpu = self.cpu_clock()
+        if self._sampled is not None:
+            at, cpu_at = self._sampled
+            if now > at:
+                self._noted(self.control.note_busy((cpu - cpu_at) / (now - at), now), now)
+        self._sampled = (now, cpu)
 
     def on_tick_lag(self, lag_s: float, now: float) -> None:
         self._noted(self.control.note_tick_lag(lag_s, now), now)
@@ -149,19 +171,25 @@ class LagMonitor:
         if not changed:
             return
         tick, loop = self.control.lags(now)
+        busy = self.control.busy.value(now)
         policy = self.control.policy
         if self.control.lagging:
             log.warning(
-                "refusing new calls (503): media tick %.1f ms late, event loop %.1f ms "
-                "(smoothed; limits admission.max_tick_lag_ms %g, max_loop_lag_ms %g)",
+                "refusing new calls (503): event loop busy %.0f %%, media tick %.1f ms late, "
+                "event loop %.1f ms (smoothed; limits admission.max_busy %g, max_tick_lag_ms "
+                "%g, max_loop_lag_ms %g)",
+                busy * 100,
                 tick * 1000,
                 loop * 1000,
+                policy.max_busy,
                 policy.max_tick_lag_s * 1000,
                 policy.max_loop_lag_s * 1000,
             )
         else:
             log.info(
-                "accepting new calls again: media tick %.1f ms late, event loop %.1f ms",
+                "accepting new calls again: event loop busy %.0f %%, media tick %.1f ms late, "
+                "event loop %.1f ms",
+                busy * 100,
                 tick * 1000,
                 loop * 1000,
             )
@@ -340,8 +368,8 @@ class Server:
     # ---- admission ----------------------------------------------------------------------------
 
     def refusal(self) -> str | None:
-        """Why a new INVITE would be refused now (DRAINING, admission.LAG, admission.MAX_CALLS),
-        or None when it would be taken."""
+        """Why a new INVITE would be refused now (DRAINING, admission.BUSY, admission.LAG,
+        admission.MAX_CALLS), or None when it would be taken."""
         if self.draining:
             return DRAINING
         active = len(self.services.calls) if self.services is not None else 0
@@ -356,21 +384,25 @@ class Server:
 
     def health(self) -> dict[str, Any]:
         """What /healthz answers: `status` ok (200) while new calls are taken, else overloaded
-        or draining (503), with the reason and the smoothed lags."""
+        or draining (503), with the reason, the smoothed busy fraction and lags."""
         reason = self.refusal()
-        tick, loop = self.admission.lags(asyncio.get_running_loop().time())
+        now = asyncio.get_running_loop().time()
+        tick, loop = self.admission.lags(now)
         status = "ok" if reason is None else (DRAINING if reason == DRAINING else "overloaded")
         return {
             "status": status,
             "reason": reason,
             "calls": len(self.services.calls) if self.services is not None else 0,
             "max_calls": self.config.admission.max_calls,
+            "event_loop_busy": round(self.admission.busy.value(now), 3),
             "media_tick_lag_ms": round(tick * 1000, 2),
             "event_loop_lag_ms": round(loop * 1000, 2),
         }
 
     def _update_admission_gauges(self) -> None:
-        tick, loop = self.admission.lags(asyncio.get_running_loop().time())
+        now = asyncio.get_running_loop().time()
+        tick, loop = self.admission.lags(now)
+        EVENT_LOOP_BUSY_RATIO.set(self.admission.busy.value(now))
         MEDIA_TICK_LAG_SECONDS.set(tick)
         EVENT_LOOP_LAG_SECONDS.set(loop)
         ADMISSION_ACCEPTING.set(1 if self.refusal() is None else 0)

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from spg_media.admission import (
+    BUSY,
     LAG,
     MAX_CALLS,
     STALE_S,
@@ -250,3 +251,102 @@ def test_the_media_tick_reports_how_late_it_starts() -> None:
     assert len(samples) >= 10
     assert max(samples[:5]) < 0.05  # on schedule while the loop is free (a loaded machine: slack)
     assert max(samples) >= 0.08
+
+
+# ---- the busy fraction: refusing before anything is late -----------------------------------------
+
+BUSY_POLICY = dataclasses.replace(POLICY, max_busy=0.8)
+PROBE = 0.1  # the loop probe's interval, when it samples the busy fraction
+
+
+def test_a_busy_loop_refuses_before_it_lags_and_says_busy() -> None:
+    """Calls arriving at 25 a second, each costing 0.18 % of the core: the busy fraction
+    climbs; the node refuses at 0.8 smoothed, while no tick is late yet (lags stay 0)."""
+    control = AdmissionControl(BUSY_POLICY)
+    now, calls, refused_at = 0.0, 0, None
+    while now < 40 and refused_at is None:
+        now += PROBE
+        if control.admit(calls, now) is None:
+            calls += round(25 * PROBE)
+        control.note_tick_lag(0.0, now)
+        if control.note_busy(calls * 0.0018, now):
+            refused_at = now
+    assert refused_at is not None
+    assert control.admit(calls, now) == BUSY
+    assert control.lags(now) == (0.0, 0.0)
+    # Taken while the smoothed fraction caught up: at most about a second of arrivals more
+    # than the 0.8 of a core, far from the full core where ticks would run late.
+    assert 0.8 < calls * 0.0018 < 0.9
+
+
+def test_a_busy_node_accepts_again_below_nine_tenths_of_the_limit() -> None:
+    control = AdmissionControl(BUSY_POLICY)
+    now = 0.0
+    for _ in range(100):  # 10 s at 0.9
+        now += PROBE
+        control.note_busy(0.9, now)
+    assert control.admit(0, now) == BUSY and control.refusing_for == BUSY
+    for _ in range(100):  # calls ending: 0.75 is under the limit but over 0.72
+        now += PROBE
+        control.note_busy(0.75, now)
+    assert control.admit(0, now) == BUSY
+    resumed = None
+    for _ in range(100):
+        now += PROBE
+        if control.note_busy(0.6, now):
+            resumed = now
+            break
+    assert resumed is not None and control.admit(0, now) is None
+    assert control.busy.value(now) < 0.72
+
+
+def test_the_busy_fraction_is_one_at_most_and_a_limit_of_zero_is_not_checked() -> None:
+    control = AdmissionControl(dataclasses.replace(BUSY_POLICY, max_busy=0))
+    now = 0.0
+    for _ in range(100):
+        now += PROBE
+        control.note_busy(3.0, now)  # a sample over a stalled interval: a full core, no more
+    assert control.admit(0, now) is None
+    assert control.busy.value(now) == pytest.approx(1.0, abs=1e-3)
+    assert control.busy.last_sample == 1.0
+
+
+def test_a_lag_refusal_says_lag_even_when_busy_follows() -> None:
+    control = AdmissionControl(BUSY_POLICY)
+    control.note_loop_lag(1.0, 0.0)
+    assert control.admit(0, 0.0) == LAG
+    for step in range(1, 20):
+        control.note_busy(1.0, step * PROBE)
+    assert control.admit(0, 1.9) == LAG
+
+
+def test_the_monitor_measures_the_loops_busy_fraction_from_its_threads_cpu_time() -> None:
+    """The shell's sampler with a scripted CPU clock: 60 ms of CPU in each 100 ms probe
+    interval is 0.6; the real clock of an idle loop reads near 0."""
+    from spg_media.server import LagMonitor
+
+    cpu = [0.0]
+    control = AdmissionControl(BUSY_POLICY)
+
+    def cpu_clock() -> float:
+        cpu[0] += 0.06
+        return cpu[0]
+
+    async def body() -> tuple[float, float]:
+        monitor = LagMonitor(control, interval_s=0.1, cpu_clock=cpu_clock)
+        monitor.start()
+        try:
+            await asyncio.sleep(0.55)
+            scripted = control.busy.last_sample
+            idle = AdmissionControl(BUSY_POLICY)
+            real = LagMonitor(idle, interval_s=0.05)
+            real.start()
+            await asyncio.sleep(0.3)
+            real.stop()
+            return scripted, idle.busy.last_sample
+        finally:
+            monitor.stop()
+
+    scripted, idle = asyncio.run(body())
+    assert 0.4 < scripted <= 0.62  # 60 ms over a probe interval of at least 100 ms
+    assert idle < 0.4
