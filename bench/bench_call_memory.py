@@ -85,7 +85,7 @@ def node(args: argparse.Namespace) -> None:
             base.admission,
             max_tick_lag_ms=0,
             max_loop_lag_ms=0,
-            **({"max_busy": 0} if hasattr(base.admission, "max_busy") else {}),
+            **({"max_tick_busy": 0} if hasattr(base.admission, "max_tick_busy") else {}),
         ),
         ivr=dataclasses.replace(base.ivr, first_digit_timeout_s=2.0, max_attempts=10_000),
         log=dataclasses.replace(

@@ -8,11 +8,13 @@ The shell that samples is `server.LagMonitor`; `server.Server.on_invite` asks `a
 
 One signal that leads, and two lags that follow:
 
-- the event loop's busy fraction: the CPU time of the loop's thread over the wall time, sampled
-  every 100 ms (1.0: the loop never waits for anything, its core is full). It grows with
-  every call taken, before anything runs late: refusing at `max_busy` keeps a margin of the
-  core for the calls admitted while the smoothed value catches up (a burst of INVITEs), where
-  the lags show only once the core is already past full and the calls in progress late.
+- the media tick's busy fraction: how long each 20 ms tick of `rtp.session.MediaEngine` takes
+  to do its work (read every socket, run the in-band detector, send every call's packet), in
+  the loop's clock, over its 20 ms period. It grows with every call taken, and with whatever
+  slows the work down (another process on the core), before any tick starts late: refusing
+  at `max_tick_busy` keeps a margin of the period for the calls admitted while the smoothed
+  value catches up (a burst of INVITEs), where the lags show only once the period is already
+  full and the calls in progress late.
 - the media tick's lag: how late each 20 ms tick of `rtp.session.MediaEngine` starts against its
   schedule. The tick sends every call's audio and runs the in-band detector: a late tick is
   late audio and late digits. It runs only while there are calls.
@@ -27,8 +29,8 @@ must not keep the node refusing.
 
 Hysteresis, so the node does not flap: it starts refusing when a smoothed signal passes its
 limit, and accepts again only once every smoothed lag is below `resume_ratio` of its limit, the
-busy fraction below `BUSY_RESUME_RATIO` of its own (a busy fraction stays up while the calls it
-comes from last: a wider band would hold the node refusing for the length of a call), and it
+busy fraction below `BUSY_RESUME_RATIO` of its limit (a busy fraction stays up while the calls
+it comes from last: a wider band would hold the node refusing for the length of a call), and it
 has refused for `min_refusing_s` at least. A limit of 0 is not checked.
 
 The cap: with `max_calls` > 0, an INVITE is refused while that many calls are in progress (no
@@ -56,7 +58,7 @@ BUSY = "busy"
 LAG = "lag"
 MAX_CALLS = "max_calls"
 
-# A node refusing for its busy fraction accepts again below this fraction of `max_busy`.
+# A node refusing for its busy fraction accepts again below this fraction of `max_tick_busy`.
 BUSY_RESUME_RATIO = 0.9
 
 # Longer than any regular sampling interval (ticks every 20 ms, the loop probe every 100 ms):
@@ -68,7 +70,7 @@ STALE_S = 0.5
 class AdmissionPolicy:
     """The limits (from `[admission]` in the config); seconds and counts."""
 
-    max_busy: float = 0.8  # the event loop's smoothed busy fraction, 0-1; 0: not checked
+    max_tick_busy: float = 0.7  # the media tick's smoothed busy fraction, 0-1; 0: not checked
     max_tick_lag_s: float = 0.02  # 0: not checked
     max_loop_lag_s: float = 0.05  # 0: not checked
     resume_ratio: float = 0.5  # accept again below this fraction of every limit
@@ -112,7 +114,7 @@ class LagSignal:
 class AdmissionControl:
     """The node's admission state: fed lags, asked `admit(active_calls, now)`.
 
-    `note_busy` / `note_tick_lag` / `note_loop_lag` / `evaluate` return True when the state
+    `note_tick_busy` / `note_tick_lag` / `note_loop_lag` / `evaluate` return True when the state
     changed (started or stopped refusing), for the shell to log it and update its gauges.
     """
 
@@ -124,9 +126,8 @@ class AdmissionControl:
         self.refusing_since: float | None = None  # refusing for load (busy or lag) since then
         self.refusing_for: str | None = None  # BUSY or LAG: what started the refusing
 
-    def note_busy(self, fraction: float, now: float) -> bool:
-        """The event loop's busy fraction over the last sampling interval (its thread's CPU
-        time over the wall time)."""
+    def note_tick_busy(self, fraction: float, now: float) -> bool:
+        """One media tick's busy fraction: the time its work took over its period."""
         self.busy.add(min(fraction, 1.0), now)
         return self.evaluate(now)
 
@@ -141,7 +142,7 @@ class AdmissionControl:
     def _over(self, now: float, lag_ratio: float, busy_ratio: float) -> str | None:
         """What is above its limit times its ratio (BUSY first, then LAG), or None."""
         policy = self.policy
-        if policy.max_busy > 0 and self.busy.value(now) > busy_ratio * policy.max_busy:
+        if policy.max_tick_busy > 0 and self.busy.value(now) > busy_ratio * policy.max_tick_busy:
             return BUSY
         lagging = any(
             limit > 0 and signal.value(now) > lag_ratio * limit

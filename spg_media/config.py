@@ -577,12 +577,12 @@ class AdminConfig(_Section):
 @dataclass(frozen=True)
 class AdmissionConfig(_Section):
     """When the node refuses new calls (503 with Retry-After) rather than degrade the calls it
-    has: its event loop's smoothed busy fraction, or its smoothed media-tick and event-loop
+    has: its media tick's smoothed busy fraction, or its smoothed media-tick and event-loop
     lags, past their limits, or a call cap."""
 
     SECTION: ClassVar[str] = "admission"
 
-    max_busy: float = _rule(0.8, _NonNegativeNumber())  # 0: not checked; at most 1
+    max_tick_busy: float = _rule(0.7, _NonNegativeNumber())  # 0: not checked; at most 1
     max_tick_lag_ms: float = _rule(20.0, _NonNegativeNumber())  # 0: not checked
     max_loop_lag_ms: float = _rule(50.0, _NonNegativeNumber())  # 0: not checked
     resume_ratio: float = _rule(0.5, _PositiveNumber())  # accept again below ratio x limit
@@ -591,9 +591,10 @@ class AdmissionConfig(_Section):
     max_calls: int = _rule(0, _Int(0))  # 0: no cap
 
     def _validate(self) -> None:
-        if self.max_busy > 1:
+        if self.max_tick_busy > 1:
             raise _key_error(
-                "admission.max_busy", f"must be a number >= 0 and <= 1, got {self.max_busy}"
+                "admission.max_tick_busy",
+                f"must be a number >= 0 and <= 1, got {self.max_tick_busy}",
             )
         if self.resume_ratio > 1:
             raise _key_error(

@@ -7,7 +7,7 @@ INVITE becomes a `Call` task. `stop()` drains: new INVITEs get 503 while running
 
 Admission: a new INVITE is answered `503` with `Retry-After` before anything is allocated for it
 while the node drains, is too busy or lags (`admission.AdmissionControl`, fed by `LagMonitor`:
-the event loop's busy fraction, the media tick's lateness and the event loop's) or holds
+the media tick's busy fraction, its lateness and the event loop's) or holds
 `admission.max_calls` calls; the calls in progress are not touched. `/healthz` and
 out-of-dialog OPTIONS say the same (`health()`).
 """
@@ -18,7 +18,6 @@ import asyncio
 import logging
 import resource
 import ssl
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,6 +67,7 @@ def drain_grace_s(config: Config, drain_s: float = DRAIN_S, keep_floor: bool = T
 DRAIN_RETRY_AFTER_S = 5  # the Retry-After of a draining node's 503
 DRAINING = "draining"  # a refusal reason beside admission.LAG and admission.MAX_CALLS
 LAG_PROBE_INTERVAL_S = 0.1  # how often the event loop's lag is sampled
+TICK_PERIOD_S = 0.02  # the media tick's period, for its busy fraction
 REFUSED_LOG_PERIOD_S = 10.0
 
 ADMISSION_ACCEPTING = METRICS.gauge(
@@ -79,9 +79,9 @@ MEDIA_TICK_LAG_SECONDS = METRICS.gauge(
     "spg_media_tick_lag_seconds",
     "How late the 20 ms media tick starts against its schedule, smoothed (admission).",
 )
-EVENT_LOOP_BUSY_RATIO = METRICS.gauge(
-    "spg_event_loop_busy_ratio",
-    "The event loop thread's CPU time over wall time, smoothed (admission: 1 is a full core).",
+MEDIA_TICK_BUSY_RATIO = METRICS.gauge(
+    "spg_media_tick_busy_ratio",
+    "How much of its 20 ms period the media tick's work takes, smoothed (admission).",
 )
 EVENT_LOOP_LAG_SECONDS = METRICS.gauge(
     "spg_event_loop_lag_seconds",
@@ -96,7 +96,7 @@ CALLS_REFUSED_TOTAL = METRICS.counter(
 
 def admission_policy(config: AdmissionConfig) -> AdmissionPolicy:
     return AdmissionPolicy(
-        max_busy=config.max_busy,
+        max_tick_busy=config.max_tick_busy,
         max_tick_lag_s=config.max_tick_lag_ms / 1000,
         max_loop_lag_s=config.max_loop_lag_ms / 1000,
         resume_ratio=config.resume_ratio,
@@ -107,27 +107,23 @@ def admission_policy(config: AdmissionConfig) -> AdmissionPolicy:
 
 class LagMonitor:
     """The shell of admission control: samples the event loop's lag (how late its own callback,
-    scheduled every `interval_s`, runs) and its busy fraction (the CPU time of the loop's
-    thread, `cpu_clock`, over the loop time since the last sample), takes the media tick's lag
-    (`on_tick_lag`, which the `MediaEngine` calls every tick), feeds them to the
-    `AdmissionControl`, logs when the node starts or stops refusing, and calls `on_probe` after
-    every loop sample (gauges)."""
+    scheduled every `interval_s`, runs), takes the media tick's lag and busy fraction
+    (`on_tick_lag` and `on_tick_work`, which the `MediaEngine` calls every tick), feeds them to
+    the `AdmissionControl`, logs when the node starts or stops refusing, and calls `on_probe`
+    after every loop sample (gauges)."""
 
     def __init__(
         self,
         control: AdmissionControl,
         on_probe: Callable[[], None] | None = None,
         interval_s: float = LAG_PROBE_INTERVAL_S,
-        cpu_clock: Callable[[], float] = time.thread_time,
     ) -> None:
         self.control = control
         self.on_probe = on_probe
         self.interval_s = interval_s
-        self.cpu_clock = cpu_clock
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._due = 0.0
-        self._sampled: tuple[float, float] | None = None  # (loop time, thread CPU) of the last
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -148,7 +144,6 @@ class LagMonitor:
         assert self._loop is not None
         now = self._loop.time()
         try:
-            self._note_busy(now)
             self._noted(self.control.note_loop_lag(now - self._due, now), now)
             if self.on_probe is not None:
                 self.on_probe()
@@ -156,16 +151,11 @@ class LagMonitor:
             log.exception("event loop lag probe failed")
         self._schedule(now)
 
-    def _note_busy(self, now: float) -> None:
-        cpu = self.cpu_clock()
-        if self._sampled is not None:
-            at, cpu_at = self._sampled
-            if now > at:
-                self._noted(self.control.note_busy((cpu - cpu_at) / (now - at), now), now)
-        self._sampled = (now, cpu)
-
     def on_tick_lag(self, lag_s: float, now: float) -> None:
         self._noted(self.control.note_tick_lag(lag_s, now), now)
+
+    def on_tick_work(self, work_s: float, now: float) -> None:
+        self._noted(self.control.note_tick_busy(work_s / TICK_PERIOD_S, now), now)
 
     def _noted(self, changed: bool, now: float) -> None:
         if not changed:
@@ -175,20 +165,20 @@ class LagMonitor:
         policy = self.control.policy
         if self.control.lagging:
             log.warning(
-                "refusing new calls (503): event loop busy %.0f %%, media tick %.1f ms late, "
-                "event loop %.1f ms (smoothed; limits admission.max_busy %g, max_tick_lag_ms "
+                "refusing new calls (503): media tick busy %.0f %%, %.1f ms late, event loop "
+                "%.1f ms late (smoothed; limits admission.max_tick_busy %g, max_tick_lag_ms "
                 "%g, max_loop_lag_ms %g)",
                 busy * 100,
                 tick * 1000,
                 loop * 1000,
-                policy.max_busy,
+                policy.max_tick_busy,
                 policy.max_tick_lag_s * 1000,
                 policy.max_loop_lag_s * 1000,
             )
         else:
             log.info(
-                "accepting new calls again: event loop busy %.0f %%, media tick %.1f ms late, "
-                "event loop %.1f ms",
+                "accepting new calls again: media tick busy %.0f %%, %.1f ms late, event loop "
+                "%.1f ms late",
                 busy * 100,
                 tick * 1000,
                 loop * 1000,
@@ -257,6 +247,7 @@ class Server:
         )
         media = MediaEngine(config.rtp.address, config.rtp.port_min, config.rtp.port_max)
         media.on_tick_lag = self.lag_monitor.on_tick_lag
+        media.on_tick_work = self.lag_monitor.on_tick_work
         connector = make_connector(
             config.gateway.connector,
             config.gateway.url,
@@ -394,7 +385,7 @@ class Server:
             "reason": reason,
             "calls": len(self.services.calls) if self.services is not None else 0,
             "max_calls": self.config.admission.max_calls,
-            "event_loop_busy": round(self.admission.busy.value(now), 3),
+            "media_tick_busy": round(self.admission.busy.value(now), 3),
             "media_tick_lag_ms": round(tick * 1000, 2),
             "event_loop_lag_ms": round(loop * 1000, 2),
         }
@@ -402,7 +393,7 @@ class Server:
     def _update_admission_gauges(self) -> None:
         now = asyncio.get_running_loop().time()
         tick, loop = self.admission.lags(now)
-        EVENT_LOOP_BUSY_RATIO.set(self.admission.busy.value(now))
+        MEDIA_TICK_BUSY_RATIO.set(self.admission.busy.value(now))
         MEDIA_TICK_LAG_SECONDS.set(tick)
         EVENT_LOOP_LAG_SECONDS.set(loop)
         ADMISSION_ACCEPTING.set(1 if self.refusal() is None else 0)

@@ -686,6 +686,9 @@ class MediaEngine:
         # Told at the start of every tick how late it starts against its schedule (seconds,
         # and the loop's time): the node's admission control (server.LagMonitor).
         self.on_tick_lag: Callable[[float, float], None] | None = None
+        # Told at the end of every tick's work how long it took (seconds of the loop's clock,
+        # and the tick's start): admission's busy fraction, which rises before the lateness.
+        self.on_tick_work: Callable[[float, float], None] | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -1087,6 +1090,11 @@ class MediaEngine:
                     # media (its journey times out and it ends with a result), the others go on.
                     log.exception("media of the session on port %d failed; it is stopped", port)
                     self.sessions.pop(port, None)
+            if self.on_tick_work is not None:
+                try:
+                    self.on_tick_work(self.loop.time() - now, now)
+                except Exception:  # the measurement must never stop the media
+                    log.exception("tick work observer failed")
             ticks += 1
             if ticks % 50 == 0:  # once a second: the counters stay current at 1/50 of the cost
                 for session in self.sessions.values():
