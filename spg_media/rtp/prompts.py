@@ -7,9 +7,11 @@ and packet size, as an immutable tuple every call playing it refers to (a sessio
 writes into what it plays), in a least-recently-used cache bounded in bytes.
 
 What is shared: a prompt whose parts' values are plain strings and numbers (the fixed
-phrases, the announcement of an amount and merchant, a result with its reference). A prompt
-with a value from the caller (`SecretDigits`: the card ending, the expiry or digits read
-back) is never kept here, so no card digit outlives its call in this cache.
+phrases, the announcement of an amount and merchant), from its second use on: the first
+call to play a prompt plays its own cut, and only a prompt asked for again is kept, so one
+call's own prompt (a result with its reference) does not fill the cache. A prompt with a
+value from the caller (`SecretDigits`: the card ending, the expiry or digits read back) is
+never kept here, so no card digit outlives its call in this cache.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ __all__ = ["DEFAULT_BUDGET_BYTES", "PromptPackets", "packetise", "shared_key"]
 # What the cache may hold: the fixed prompts of two languages in both codecs, and the
 # announcements of a few hundred amounts, at ~8 KiB a second of audio.
 DEFAULT_BUDGET_BYTES = 16 * 2**20
+SEEN_KEYS = 4096  # prompts used once that are remembered (their keys only) for a second use
 _PAYLOAD_OVERHEAD = 33  # a bytes object's header (CPython, 64-bit), for the budget
 
 
@@ -59,12 +62,14 @@ def shared_key(
 
 
 class PromptPackets:
-    """Cut prompts by `shared_key`, least recently used dropped past `budget_bytes`."""
+    """Cut prompts by `shared_key`, kept from their second use on, least recently used
+    dropped past `budget_bytes`."""
 
     def __init__(self, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> None:
         self.budget_bytes = budget_bytes
         self.size_bytes = 0
         self._entries: OrderedDict[Hashable, tuple[tuple[bytes, ...], int]] = OrderedDict()
+        self._seen: OrderedDict[Hashable, None] = OrderedDict()  # used once, not kept
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -77,12 +82,19 @@ class PromptPackets:
         return entry[0]
 
     def put(self, key: Hashable, payloads: tuple[bytes, ...]) -> tuple[bytes, ...]:
-        """Keep `payloads` under `key` (an entry there already is kept instead: calls that
-        rendered the same prompt at once end up sharing one copy); what is kept."""
+        """Keep `payloads` under `key` if the prompt was put before (an entry there already
+        is kept instead: calls that rendered the same prompt at once end up sharing one copy);
+        what to play."""
         entry = self._entries.get(key)
         if entry is not None:
             self._entries.move_to_end(key)
             return entry[0]
+        if key not in self._seen:  # its first use: remembered, not kept
+            self._seen[key] = None
+            if len(self._seen) > SEEN_KEYS:
+                self._seen.popitem(last=False)
+            return payloads
+        del self._seen[key]
         size = sum(len(p) + _PAYLOAD_OVERHEAD for p in payloads) + 8 * len(payloads)
         if size > self.budget_bytes:
             return payloads  # played, not kept

@@ -48,19 +48,35 @@ def test_a_prompt_with_card_digits_has_no_shared_key() -> None:
     assert shared_key((heard,), "en", "PCMA", 160) is None
 
 
+def keep(cache: PromptPackets, key: str, payloads: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """A prompt's second use, which keeps it."""
+    cache.put(key, payloads)
+    return cache.put(key, payloads)
+
+
 def test_the_cache_keeps_one_copy_and_drops_the_least_recently_used_past_its_budget() -> None:
     one = (b"a" * 160,) * 10  # ~2 KiB each as counted
     cache = PromptPackets(budget_bytes=5000)
-    assert cache.put("one", one) is one
+    assert keep(cache, "one", one) is one
     copy = tuple(bytes(p) for p in one)
-    assert cache.put("one", copy) is one  # a second rendering gets the kept copy
-    cache.put("two", (b"b" * 160,) * 10)
+    assert cache.put("one", copy) is one  # a third rendering gets the kept copy
+    keep(cache, "two", (b"b" * 160,) * 10)
     assert cache.get("one") is one  # "one" is now the most recently used
-    cache.put("three", (b"c" * 160,) * 10)
+    keep(cache, "three", (b"c" * 160,) * 10)
     assert cache.get("two") is None and cache.get("one") is one and len(cache) == 2
     assert cache.size_bytes <= cache.budget_bytes
     huge = (b"d" * 160,) * 100
-    assert cache.put("huge", huge) is huge and cache.get("huge") is None  # played, not kept
+    assert keep(cache, "huge", huge) is huge and cache.get("huge") is None  # played, not kept
+
+
+def test_a_prompt_used_once_is_not_kept() -> None:
+    cache = PromptPackets()
+    for n in range(3):  # one call's own prompts (results with their references)
+        mine = (f"{n}".encode() * 160,)
+        assert cache.put(("approved", n), mine) is mine
+    assert len(cache) == 0 and cache.size_bytes == 0
+    assert cache.put(("approved", 1), (b"x" * 160,)) is not None
+    assert cache.get(("approved", 1)) is not None  # asked for again: kept from now on
 
 
 # ---- calls sharing what they play ----------------------------------------------------------------
@@ -114,17 +130,18 @@ def with_calls(tmp_path: Path, body: Any) -> None:
 def test_calls_playing_the_same_prompt_share_its_payloads(tmp_path: Path) -> None:
     async def body(calls: list[Call], prompts: CountingPrompts) -> None:
         ask = (PromptPart("announce", (("amount", 4990),)), PromptPart("enter_card"))
-        await play(calls[0], *ask)
-        await play(calls[1], *ask)
-        assert len(prompts.rendered) == 1
-        assert playing(calls[0]) is playing(calls[1])
+        await play(calls[0], *ask)  # its first use: rendered, not kept
+        await play(calls[1], *ask)  # its second: kept
+        await play(calls[2], *ask)  # shared, not rendered
+        assert len(prompts.rendered) == 2
+        assert playing(calls[1]) is playing(calls[2])
         audio = encode(prompts.audio_for(ask, "en"), "PCMA")
-        assert b"".join(playing(calls[0])) == audio  # what a call of its own would play
+        for call in calls:  # what a call of its own would play
+            assert b"".join(playing(call)) == audio
         # Another codec is another cut of it.
-        calls[2].media = media("PCMU")
-        await play(calls[2], *ask)
-        assert len(prompts.rendered) == 3  # (one above was this test's own)
-        assert b"".join(playing(calls[2])) == encode(prompts.audio_for(ask, "en"), "PCMU")
+        calls[0].media = media("PCMU")
+        await play(calls[0], *ask)
+        assert b"".join(playing(calls[0])) == encode(prompts.audio_for(ask, "en"), "PCMU")
 
     with_calls(tmp_path, body)
 
@@ -132,9 +149,9 @@ def test_calls_playing_the_same_prompt_share_its_payloads(tmp_path: Path) -> Non
 def test_a_prompt_with_card_digits_is_rendered_for_its_call_only(tmp_path: Path) -> None:
     async def body(calls: list[Call], prompts: CountingPrompts) -> None:
         confirm = PromptPart("confirm", (("last4", "1111"), ("expiry", SecretDigits("1230"))))
-        await play(calls[0], confirm)
-        await play(calls[1], confirm)
-        assert len(prompts.rendered) == 2
+        for call in calls:
+            await play(call, confirm)
+        assert len(prompts.rendered) == 3
         assert playing(calls[0]) is not playing(calls[1])
         assert len(calls[0].services.prompt_packets) == 0
 
@@ -143,19 +160,21 @@ def test_a_prompt_with_card_digits_is_rendered_for_its_call_only(tmp_path: Path)
 
 def test_a_failed_rendering_plays_silence_and_is_not_kept(tmp_path: Path) -> None:
     async def body(calls: list[Call], prompts: CountingPrompts) -> None:
+        await play(calls[0], PromptPart("goodbye"))  # seen once
         prompts.fail = True
-        await play(calls[0], PromptPart("goodbye"))
-        assert set(b"".join(playing(calls[0]))) == {SILENCE["PCMA"]}
+        await play(calls[1], PromptPart("goodbye"))  # would be kept, but failed
+        assert set(b"".join(playing(calls[1]))) == {SILENCE["PCMA"]}
         prompts.fail = False
-        await play(calls[1], PromptPart("goodbye"))
-        assert len(prompts.rendered) == 2
-        assert set(b"".join(playing(calls[1]))) != {SILENCE["PCMA"]}
+        await play(calls[2], PromptPart("goodbye"))
+        assert len(prompts.rendered) == 3
+        assert set(b"".join(playing(calls[2]))) != {SILENCE["PCMA"]}
 
     with_calls(tmp_path, body)
 
 
 def test_a_shared_prompt_superseded_before_it_starts_is_not_played(tmp_path: Path) -> None:
     async def body(calls: list[Call], prompts: CountingPrompts) -> None:
+        await play(calls[0], PromptPart("goodbye"))
         await play(calls[0], PromptPart("goodbye"))  # now shared
         calls[1]._play(Play((PromptPart("goodbye"),), barge_in=True))
         calls[1]._play_generation += 1  # a StopPlayback before its task ran
