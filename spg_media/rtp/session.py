@@ -3,10 +3,10 @@
 `MediaSession` is the sans-IO state of one call's media: it latches onto the first source that
 sends RTP to its port (symmetric RTP: our packets go back there; other sources are dropped and
 counted), hands telephone-event payloads to the RFC 4733 receiver, and produces the call's
-outgoing packets — prompt audio encoded once per codec, packetised here, or silence — one packet
-per `ptime`. With an `srtp` context, incoming packets are authenticated and decrypted BEFORE
-anything else looks at them (so a forged packet can neither latch the session nor reach the DTMF
-receivers) and outgoing ones protected.
+outgoing packets — prompt audio cut into payloads once (`rtp.prompts`: shared by the calls that
+play the same prompt), or silence — one packet per `ptime`. With an `srtp` context, incoming
+packets are authenticated and decrypted BEFORE anything else looks at them (so a forged packet
+can neither latch the session nor reach the DTMF receivers) and outgoing ones protected.
 
 Who may latch: only a source at the address of the caller's SDP `c=` line (any port: a NAT may
 change it), or inside one of `media_sources` (the CIDRs of a media relay in front of the node,
