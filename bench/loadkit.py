@@ -24,6 +24,7 @@ streams noise holding the tones (PCMA only offered), `mixed` runs half of each (
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime
 import json
 import math
@@ -530,6 +531,20 @@ def _journey_seconds(records: Iterable[Mapping[str, Any]]) -> list[float]:
     ]
 
 
+def admission_defaults() -> dict[str, str]:
+    """The node's own admission limits as environment variables: the test harness turns the
+    load-based ones off (its nodes share a busy machine with other tests), a load run measures
+    the node as it is shipped."""
+    from spg_media.config import AdmissionConfig
+
+    defaults = AdmissionConfig()
+    return {
+        f"SPG_ADMISSION__{f.name.upper()}": str(getattr(defaults, f.name))
+        for f in dataclasses.fields(defaults)
+        if f.name.startswith("max_") and f.name != "max_calls"
+    }
+
+
 class Stack:
     """The nodes (and Kamailio unless direct) of one run; `target` is where SIPp calls."""
 
@@ -539,6 +554,7 @@ class Stack:
         env = {
             "SPG_LOG__LEVEL": "info",
             "SPG_IVR__RETURN_URI": f"sip:agent@{HOST}:5999",
+            **admission_defaults(),
             **spec.node_env,
         }
         self.nodes = [

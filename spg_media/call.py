@@ -61,6 +61,7 @@ from spg_media.payment.journey import (
 from spg_media.payment.model import AuthorizationResult, ChargeState, Result, TransactionInfo
 from spg_media.payment.signing import handoff_canonical, parse_signature, verify_handoff
 from spg_media.rtp.g711 import decode_array
+from spg_media.rtp.prompts import PromptPackets, packetise, shared_key
 from spg_media.rtp.session import MediaEngine, MediaSession
 from spg_media.rtp.srtp import SrtpContext
 from spg_media.sip import session_timer
@@ -255,6 +256,59 @@ InboxItem = (
 )  # fmt: skip
 
 
+class Inbox:
+    """A call's items, first in first out, for one reader (the call's task): `put_nowait`
+    from callbacks, `await get()`, and `get_until(deadline)`, None when the loop's clock
+    reaches `deadline` first (at once when it has: the timer before what waits). Lighter than
+    an `asyncio.Queue` (three deques and an Event, ~2.5 KiB a call) under `wait_for` (a task
+    for every wait): a list, and a future with a timer while the reader waits."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[InboxItem] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put_nowait(self, item: InboxItem) -> None:
+        self._items.append(item)
+        _wake(self._waiter)
+
+    def get_nowait(self) -> InboxItem:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.pop(0)
+
+    async def get(self) -> InboxItem:
+        item = await self.get_until(None)
+        assert item is not None
+        return item
+
+    async def get_until(self, deadline: float | None) -> InboxItem | None:
+        loop = asyncio.get_running_loop()
+        if deadline is not None and loop.time() >= deadline:
+            return None
+        while not self._items:
+            waiter = self._waiter = loop.create_future()
+            timer = None if deadline is None else loop.call_at(deadline, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+            if not self._items:
+                return None  # the deadline
+        return self._items.pop(0)
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
 class ActiveCall(Protocol):
     """A call in progress as the server sees it: an IVR `Call` or an assisted call."""
 
@@ -281,10 +335,21 @@ class CallServices:
     speech: SpeechEngine | None = None
     # What outlives its call (callback retries): the server waits for them when it stops.
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Prompts cut into RTP payloads, shared by the calls that play them.
+    prompt_packets: PromptPackets = field(default_factory=PromptPackets)
 
 
 class Call:
     """One call; see the module docstring."""
+
+    # Slots: a thousand calls at once, and 30 attributes overflow a shared-key __dict__.
+    __slots__ = (
+        "_authorizing", "_play_generation", "_tasks", "call_id", "charge_state", "config",
+        "handoff", "inbox", "invite", "language", "leg", "local_tag", "marks", "media",
+        "merger", "negotiated", "outcome", "phase", "return_to_trusted", "rtp_port",
+        "sdp_version", "services", "session", "session_id", "source", "speech_input",
+        "started_at", "transaction", "transport", "ua",
+    )  # fmt: skip
 
     def __init__(self, services: CallServices, invite: SipRequest, source: Address) -> None:
         self.services = services
@@ -294,7 +359,7 @@ class Call:
         self.source = source
         self.call_id = invite.call_id
         self.transport = source.transport
-        self.inbox: asyncio.Queue[InboxItem] = asyncio.Queue()
+        self.inbox = Inbox()
         self.media: MediaSession | None = None
         self.rtp_port: int | None = None
         self.negotiated: NegotiatedAudio | None = None
@@ -372,15 +437,7 @@ class Call:
 
     async def _run(self) -> None:
         # 1. Media offer: refuse what we cannot answer before doing anything else.
-        try:
-            offer = SessionDescription.parse(self.invite.body) if self.invite.body else None
-            if offer is None:
-                raise NotAcceptable("an SDP offer is required in the INVITE")
-            policy = self._offer_policy(offer, self.source)
-            self.negotiated = negotiate(offer, srtp_policy=policy)
-        except (SdpError, NotAcceptable) as exc:
-            detail = getattr(exc, "detail", None) or str(exc)
-            self._reject(488, "Not Acceptable Here", detail)
+        if not self._negotiate_offer():
             return
         timer = session_timer.negotiate(self.invite.headers, asyncio.get_running_loop().time())
         if isinstance(timer, session_timer.TooSmall):
@@ -437,6 +494,22 @@ class Call:
             self.phase = "returning"
             await self._return_caller(outcome)
 
+    def _negotiate_offer(self) -> bool:
+        """The INVITE's offer negotiated into `self.negotiated`; False when refused (488).
+        (A method of its own: the parsed offer is not kept for the call's life by `_run`'s
+        frame.)"""
+        try:
+            offer = SessionDescription.parse(self.invite.body) if self.invite.body else None
+            if offer is None:
+                raise NotAcceptable("an SDP offer is required in the INVITE")
+            policy = self._offer_policy(offer, self.source)
+            self.negotiated = negotiate(offer, srtp_policy=policy)
+        except (SdpError, NotAcceptable) as exc:
+            detail = getattr(exc, "detail", None) or str(exc)
+            self._reject(488, "Not Acceptable Here", detail)
+            return False
+        return True
+
     def _end_early(self, result: Result) -> None:
         """A call that ends before its journey: recorded all the same (CDR, callback)."""
         self.outcome = Outcome(result)
@@ -471,12 +544,8 @@ class Call:
 
     async def _next_item(self, wake: float | None) -> InboxItem:
         """The inbox's next item, or `TimerDue` when the loop reaches `wake` first."""
-        loop = asyncio.get_running_loop()
-        timeout = None if wake is None else max(0.0, wake - loop.time())
-        try:
-            return await asyncio.wait_for(self.inbox.get(), timeout)
-        except TimeoutError:
-            return TimerDue()
+        item = await self.inbox.get_until(wake)
+        return TimerDue() if item is None else item
 
     def _feed(self, journey: Journey, item: InboxItem, now: float) -> None:
         """One item to the journey, and the journey's actions carried out."""
@@ -530,10 +599,29 @@ class Call:
         self._spawn(self._render_and_play(action, generation))
 
     async def _render_and_play(self, action: Play, generation: int) -> None:
-        samples = await render_prompt(self.services, action, self.language, self.call_id)
-        if generation != self._play_generation or self.media is None:
+        """Play `action`'s prompt: its payloads shared with the other calls that play it
+        (`rtp.prompts`), else rendered off the loop, encoded and cut (and shared from then on
+        unless it holds card digits)."""
+        packets = self.services.prompt_packets
+        media = self.media
+        if generation != self._play_generation:
             return
-        self.media.play(self.media.encode_prompt(samples))
+        if media is not None:
+            key = shared_key(action.parts, self.language, media.codec, media.samples_per_packet)
+            payloads = packets.get(key) if key is not None else None
+            if payloads is not None:
+                media.play_packets(payloads)
+                return
+        samples, rendered = await _render(self.services, action, self.language, self.call_id)
+        media = self.media
+        if generation != self._play_generation or media is None:
+            return
+        payloads = packetise(media.encode_prompt(samples), media.samples_per_packet, media.codec)
+        # the codec and packet size of now: a re-INVITE may have changed them meanwhile
+        key = shared_key(action.parts, self.language, media.codec, media.samples_per_packet)
+        if key is not None and rendered:  # a rendering failure's silence is not kept
+            payloads = packets.put(key, payloads)
+        media.play_packets(payloads)
 
     def _on_playback_done(self) -> None:
         self.inbox.put_nowait(PromptDone(self._play_generation))
@@ -985,6 +1073,7 @@ class Call:
             quality = self._media_quality()
             if quality is not None:
                 log.info("media quality", extra={"call_id": self.call_id, **quality})
+        log.info("dtmf", extra={"call_id": self.call_id, **dtmf_counts(self.merger, self.media)})
         self.unregister()
 
     def summary(self) -> dict[str, Any]:
@@ -1034,6 +1123,16 @@ class Call:
             "rtcp_sent": quality.reports_sent,
             "rtcp_received": quality.reports_received,
         }
+
+
+def dtmf_counts(merger: DtmfMerger, media: MediaSession | None) -> dict[str, int]:
+    """A call's DTMF counters for its end-of-call log line: how many digits each source gave,
+    what was dropped as the same press reported twice or by the in-band policy, and what the
+    RFC 4733 receiver made of the packets. Counts only: never a key."""
+    counts = merger.counts()
+    if media is not None:
+        counts.update(media.receiver.stats.counts())
+    return counts
 
 
 SDES_NEEDS_TLS = "SDES keys (a=crypto) need TLS signalling: offer RTP/SAVP over TLS only"
@@ -1109,11 +1208,19 @@ async def render_prompt(
     services: CallServices, play: Play, language: str, call_id: str
 ) -> np.ndarray:
     """`play`'s audio, rendered off the loop; 200 ms of silence if rendering fails (logged)."""
+    samples, _ = await _render(services, play, language, call_id)
+    return samples
+
+
+async def _render(
+    services: CallServices, play: Play, language: str, call_id: str
+) -> tuple[np.ndarray, bool]:
+    """`render_prompt`, and whether it rendered (False: the silence of a failure)."""
     try:
-        return await asyncio.to_thread(services.prompts.audio_for, play.parts, language)
+        return await asyncio.to_thread(services.prompts.audio_for, play.parts, language), True
     except Exception:
         log.exception("prompt rendering failed", extra={"call_id": call_id})
-        return services.prompts.silence(200)
+        return services.prompts.silence(200), False
 
 
 def prompt_language(*candidates: str) -> str:

@@ -577,10 +577,12 @@ class AdminConfig(_Section):
 @dataclass(frozen=True)
 class AdmissionConfig(_Section):
     """When the node refuses new calls (503 with Retry-After) rather than degrade the calls it
-    has: its smoothed media-tick and event-loop lags past their limits, or a call cap."""
+    has: its media tick's smoothed busy fraction, or its smoothed media-tick and event-loop
+    lags, past their limits, or a call cap."""
 
     SECTION: ClassVar[str] = "admission"
 
+    max_tick_busy: float = _rule(0.7, _NonNegativeNumber())  # 0: not checked; at most 1
     max_tick_lag_ms: float = _rule(20.0, _NonNegativeNumber())  # 0: not checked
     max_loop_lag_ms: float = _rule(50.0, _NonNegativeNumber())  # 0: not checked
     resume_ratio: float = _rule(0.5, _PositiveNumber())  # accept again below ratio x limit
@@ -589,6 +591,11 @@ class AdmissionConfig(_Section):
     max_calls: int = _rule(0, _Int(0))  # 0: no cap
 
     def _validate(self) -> None:
+        if self.max_tick_busy > 1:
+            raise _key_error(
+                "admission.max_tick_busy",
+                f"must be a number >= 0 and <= 1, got {self.max_tick_busy}",
+            )
         if self.resume_ratio > 1:
             raise _key_error(
                 "admission.resume_ratio", f"must be a number > 0 and <= 1, got {self.resume_ratio}"
@@ -677,6 +684,9 @@ class SpeechConfig(_Section):
 
     # recognitions running at once in this process; a caller past it is asked for keys only
     max_concurrent: int = _rule(8, _Int(1, 1024))
+    # recogniser processes of this node process (each loads the model, ~150 MB): 0 = one per
+    # core, shared out among the workers of `serve --workers N`
+    processes: int = _rule(0, _Int(0, 256))
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,10 @@ INVITE becomes a `Call` task. `stop()` drains: new INVITEs get 503 while running
 (up to a grace period), then everything closes.
 
 Admission: a new INVITE is answered `503` with `Retry-After` before anything is allocated for it
-while the node drains, lags (`admission.AdmissionControl`, fed by `LagMonitor`: the media
-tick's lateness and the event loop's) or holds `admission.max_calls` calls; the calls in
-progress are not touched. `/healthz` and out-of-dialog OPTIONS say the same (`health()`).
+while the node drains, is too busy or lags (`admission.AdmissionControl`, fed by `LagMonitor`:
+the media tick's busy fraction, its lateness and the event loop's) or holds
+`admission.max_calls` calls; the calls in progress are not touched. `/healthz` and
+out-of-dialog OPTIONS say the same (`health()`).
 """
 
 from __future__ import annotations
@@ -66,15 +67,21 @@ def drain_grace_s(config: Config, drain_s: float = DRAIN_S, keep_floor: bool = T
 DRAIN_RETRY_AFTER_S = 5  # the Retry-After of a draining node's 503
 DRAINING = "draining"  # a refusal reason beside admission.LAG and admission.MAX_CALLS
 LAG_PROBE_INTERVAL_S = 0.1  # how often the event loop's lag is sampled
+TICK_PERIOD_S = 0.02  # the media tick's period, for its busy fraction
 REFUSED_LOG_PERIOD_S = 10.0
 
 ADMISSION_ACCEPTING = METRICS.gauge(
     "spg_admission_accepting",
-    "1 while the node takes new calls; 0 while it answers them 503 (lag, max_calls, draining).",
+    "1 while the node takes new calls; 0 while it answers them 503 (busy, lag, max_calls, "
+    "draining).",
 )
 MEDIA_TICK_LAG_SECONDS = METRICS.gauge(
     "spg_media_tick_lag_seconds",
     "How late the 20 ms media tick starts against its schedule, smoothed (admission).",
+)
+MEDIA_TICK_BUSY_RATIO = METRICS.gauge(
+    "spg_media_tick_busy_ratio",
+    "How much of its 20 ms period the media tick's work takes, smoothed (admission).",
 )
 EVENT_LOOP_LAG_SECONDS = METRICS.gauge(
     "spg_event_loop_lag_seconds",
@@ -82,13 +89,14 @@ EVENT_LOOP_LAG_SECONDS = METRICS.gauge(
 )
 CALLS_REFUSED_TOTAL = METRICS.counter(
     "spg_calls_refused_total",
-    "New INVITEs answered 503 Service Unavailable, by reason (lag, max_calls, draining).",
+    "New INVITEs answered 503 Service Unavailable, by reason (busy, lag, max_calls, draining).",
     ("reason",),
 )
 
 
 def admission_policy(config: AdmissionConfig) -> AdmissionPolicy:
     return AdmissionPolicy(
+        max_tick_busy=config.max_tick_busy,
         max_tick_lag_s=config.max_tick_lag_ms / 1000,
         max_loop_lag_s=config.max_loop_lag_ms / 1000,
         resume_ratio=config.resume_ratio,
@@ -99,9 +107,10 @@ def admission_policy(config: AdmissionConfig) -> AdmissionPolicy:
 
 class LagMonitor:
     """The shell of admission control: samples the event loop's lag (how late its own callback,
-    scheduled every `interval_s`, runs) and takes the media tick's (`on_tick_lag`, which the
-    `MediaEngine` calls every tick), feeds them to the `AdmissionControl`, logs when the node
-    starts or stops refusing, and calls `on_probe` after every loop sample (gauges)."""
+    scheduled every `interval_s`, runs), takes the media tick's lag and busy fraction
+    (`on_tick_lag` and `on_tick_work`, which the `MediaEngine` calls every tick), feeds them to
+    the `AdmissionControl`, logs when the node starts or stops refusing, and calls `on_probe`
+    after every loop sample (gauges)."""
 
     def __init__(
         self,
@@ -145,23 +154,32 @@ class LagMonitor:
     def on_tick_lag(self, lag_s: float, now: float) -> None:
         self._noted(self.control.note_tick_lag(lag_s, now), now)
 
+    def on_tick_work(self, work_s: float, now: float) -> None:
+        self._noted(self.control.note_tick_busy(work_s / TICK_PERIOD_S, now), now)
+
     def _noted(self, changed: bool, now: float) -> None:
         if not changed:
             return
         tick, loop = self.control.lags(now)
+        busy = self.control.busy.value(now)
         policy = self.control.policy
         if self.control.lagging:
             log.warning(
-                "refusing new calls (503): media tick %.1f ms late, event loop %.1f ms "
-                "(smoothed; limits admission.max_tick_lag_ms %g, max_loop_lag_ms %g)",
+                "refusing new calls (503): media tick busy %.0f %%, %.1f ms late, event loop "
+                "%.1f ms late (smoothed; limits admission.max_tick_busy %g, max_tick_lag_ms "
+                "%g, max_loop_lag_ms %g)",
+                busy * 100,
                 tick * 1000,
                 loop * 1000,
+                policy.max_tick_busy,
                 policy.max_tick_lag_s * 1000,
                 policy.max_loop_lag_s * 1000,
             )
         else:
             log.info(
-                "accepting new calls again: media tick %.1f ms late, event loop %.1f ms",
+                "accepting new calls again: media tick busy %.0f %%, %.1f ms late, event loop "
+                "%.1f ms late",
+                busy * 100,
                 tick * 1000,
                 loop * 1000,
             )
@@ -229,6 +247,7 @@ class Server:
         )
         media = MediaEngine(config.rtp.address, config.rtp.port_min, config.rtp.port_max)
         media.on_tick_lag = self.lag_monitor.on_tick_lag
+        media.on_tick_work = self.lag_monitor.on_tick_work
         connector = make_connector(
             config.gateway.connector,
             config.gateway.url,
@@ -300,14 +319,17 @@ class Server:
             log.warning("ivr.input is 'dtmf speech' but no language has a speech model: keys only")
             return None
         engine = SpeechEngine(
-            self.config.speech.max_concurrent, lock_memory=self.config.security.lock_memory
+            self.config.speech.max_concurrent,
+            workers=self.config.speech.processes or None,
+            lock_memory=self.config.security.lock_memory,
         )
         engine.start()
         others = [language for language in LANGUAGES if language not in spoken]
         log.info(
             "voice entry: callers may say their digits in %s (keypad only: %s); "
-            "%d recognitions at once",
+            "%d recognitions at once in %d processes",
             ", ".join(spoken), ", ".join(others) or "none", self.config.speech.max_concurrent,
+            engine.processes,
         )  # fmt: skip
         return engine
 
@@ -337,8 +359,8 @@ class Server:
     # ---- admission ----------------------------------------------------------------------------
 
     def refusal(self) -> str | None:
-        """Why a new INVITE would be refused now (DRAINING, admission.LAG, admission.MAX_CALLS),
-        or None when it would be taken."""
+        """Why a new INVITE would be refused now (DRAINING, admission.BUSY, admission.LAG,
+        admission.MAX_CALLS), or None when it would be taken."""
         if self.draining:
             return DRAINING
         active = len(self.services.calls) if self.services is not None else 0
@@ -353,21 +375,25 @@ class Server:
 
     def health(self) -> dict[str, Any]:
         """What /healthz answers: `status` ok (200) while new calls are taken, else overloaded
-        or draining (503), with the reason and the smoothed lags."""
+        or draining (503), with the reason, the smoothed busy fraction and lags."""
         reason = self.refusal()
-        tick, loop = self.admission.lags(asyncio.get_running_loop().time())
+        now = asyncio.get_running_loop().time()
+        tick, loop = self.admission.lags(now)
         status = "ok" if reason is None else (DRAINING if reason == DRAINING else "overloaded")
         return {
             "status": status,
             "reason": reason,
             "calls": len(self.services.calls) if self.services is not None else 0,
             "max_calls": self.config.admission.max_calls,
+            "media_tick_busy": round(self.admission.busy.value(now), 3),
             "media_tick_lag_ms": round(tick * 1000, 2),
             "event_loop_lag_ms": round(loop * 1000, 2),
         }
 
     def _update_admission_gauges(self) -> None:
-        tick, loop = self.admission.lags(asyncio.get_running_loop().time())
+        now = asyncio.get_running_loop().time()
+        tick, loop = self.admission.lags(now)
+        MEDIA_TICK_BUSY_RATIO.set(self.admission.busy.value(now))
         MEDIA_TICK_LAG_SECONDS.set(tick)
         EVENT_LOOP_LAG_SECONDS.set(loop)
         ADMISSION_ACCEPTING.set(1 if self.refusal() is None else 0)

@@ -250,13 +250,30 @@ def worker_command(plan: WorkerPlan, config_path: str | None) -> list[str]:
     return command
 
 
-def worker_environment(plan: WorkerPlan, base: dict[str, str]) -> dict[str, str]:
-    return {
+def worker_environment(
+    plan: WorkerPlan, base: dict[str, str], speech_processes: int | None = None
+) -> dict[str, str]:
+    """The worker's environment: its RTP slice, and its share of the recogniser processes
+    (`speech_processes`, when the config leaves `speech.processes` to the node)."""
+    env = {
         **base,
         "SPG_RTP__PORT_MIN": str(plan.rtp_port_min),
         "SPG_RTP__PORT_MAX": str(plan.rtp_port_max),
         "SPG_PROCESS__WORKERS": "1",
     }
+    if speech_processes is not None:
+        env["SPG_SPEECH__PROCESSES"] = str(speech_processes)
+    return env
+
+
+def speech_processes_per_worker(config: Config, count: int) -> int | None:
+    """Each worker's recogniser processes when `speech.processes` is 0 (one per core for the
+    machine, not per worker: N workers each with a process per core would load N × cores
+    models); None when the config sets a count (it applies to each worker) or voice entry is
+    off."""
+    if config.speech.processes or config.ivr.input != "dtmf speech":
+        return None
+    return max(1, default_worker_count() // count)
 
 
 class Supervisor:
@@ -305,7 +322,9 @@ class Supervisor:
 
     async def _keep_running(self, plan: WorkerPlan) -> None:
         policy = RestartPolicy()
-        env = worker_environment(plan, dict(os.environ))
+        env = worker_environment(
+            plan, dict(os.environ), speech_processes_per_worker(self.config, self.count)
+        )
         while not self.stopping:
             with contextlib.suppress(FileNotFoundError):
                 plan.admin_socket.unlink()

@@ -38,6 +38,7 @@ from urllib.parse import unquote
 from spg_media.call import (
     CallServices,
     Handoff,
+    dtmf_counts,
     offer_policy,
     prompt_language,
     render_prompt,
@@ -556,6 +557,10 @@ class AssistCall:
         for port in (self.customer_port, self.agent_port):
             if port is not None:
                 self.services.media.close(port)
+        log.info(
+            "customer dtmf",
+            extra={"call_id": self.call_id, **dtmf_counts(self.merger, self.customer_media)},
+        )
         if self.assist is not None and self.listed:
             self.assist.call_ended(self.call_id, asyncio.get_running_loop().time())
         self.unregister()

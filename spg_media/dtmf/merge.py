@@ -106,6 +106,19 @@ class DtmfMerger:
         self.accepted[event.source] += 1
         return event.digit
 
+    def counts(self) -> dict[str, int]:
+        """Digits delivered, dropped as duplicates and ignored, per source: counts, no keys
+        (logged at a call's end, so a doubled or missed digit can be traced to its source)."""
+        out: dict[str, int] = {}
+        for name, counter in (
+            ("accepted", self.accepted),
+            ("duplicates", self.duplicates),
+            ("ignored", self.ignored),
+        ):
+            for source, count in sorted(counter.items()):
+                out[f"{name}_{source}"] = count
+        return out
+
     def _is_duplicate(self, event: DtmfEvent) -> bool:
         for source, pending in self._open.items():
             if source != event.source and pending.digit == event.digit:

@@ -50,7 +50,7 @@ Events other than the 16 DTMF keys (flash, tones, ...) are ignored. Payloads sho
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Final, Literal
 
 DTMF_KEYS: Final = "0123456789*#ABCD"  # event codes 0–15 (RFC 4733 §3.2)
@@ -93,6 +93,10 @@ class Rfc4733Stats:
     ignored: int = 0  # events that are not DTMF keys (flash etc.)
     presses: int = 0  # starts emitted
     replays: int = 0  # presses recognised as a replay of an ended press's packets
+
+    def counts(self) -> dict[str, int]:
+        """The non-zero counters, for a call's end-of-call DTMF log line."""
+        return {f"rfc4733_{k}": v for k, v in asdict(self).items() if v}
 
 
 def _seq_newer(a: int, b: int) -> bool:

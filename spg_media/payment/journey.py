@@ -422,6 +422,16 @@ def _part(name: str, **params: ParamValue) -> PromptPart:
 class Journey:
     """One caller's way from the announcement to the result. See the module docstring."""
 
+    # Slots: one journey per call in progress, and 34 attributes overflow a shared-key __dict__.
+    __slots__ = (
+        "_auth", "_authorizations", "_brand", "_closing_result", "_config", "_cvc",
+        "_deadline", "_entry", "_entry_inputs", "_exp_month", "_exp_year", "_expiry",
+        "_failed_total", "_failure", "_field_failures", "_free_grouping", "_hash_grace_until",
+        "_heard", "_inputs", "_last4", "_last_key_at", "_outcome", "_pan", "_playing",
+        "_repeats", "_result_parts", "_speech", "_state", "_t_authorize", "_t_authorized",
+        "_t_entry", "_t_start", "_today", "_transaction",
+    )  # fmt: skip
+
     def __init__(
         self,
         config: JourneyConfig,

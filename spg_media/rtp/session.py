@@ -3,10 +3,10 @@
 `MediaSession` is the sans-IO state of one call's media: it latches onto the first source that
 sends RTP to its port (symmetric RTP: our packets go back there; other sources are dropped and
 counted), hands telephone-event payloads to the RFC 4733 receiver, and produces the call's
-outgoing packets — prompt audio encoded once per codec, packetised here, or silence — one packet
-per `ptime`. With an `srtp` context, incoming packets are authenticated and decrypted BEFORE
-anything else looks at them (so a forged packet can neither latch the session nor reach the DTMF
-receivers) and outgoing ones protected.
+outgoing packets — prompt audio cut into payloads once (`rtp.prompts`: shared by the calls that
+play the same prompt), or silence — one packet per `ptime`. With an `srtp` context, incoming
+packets are authenticated and decrypted BEFORE anything else looks at them (so a forged packet
+can neither latch the session nor reach the DTMF receivers) and outgoing ones protected.
 
 Who may latch: only a source at the address of the caller's SDP `c=` line (any port: a NAT may
 change it), or inside one of `media_sources` (the CIDRs of a media relay in front of the node,
@@ -55,7 +55,7 @@ import struct
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,6 +74,7 @@ from spg_media.observability import (
 from spg_media.rtp.g711 import DECODE_TABLES, decode_array, encode
 from spg_media.rtp.masking import BLOCK, MASKS, ToneMasker
 from spg_media.rtp.packet import RTP_HEADER_SIZE, RtpError, RtpPacket
+from spg_media.rtp.prompts import packetise
 from spg_media.rtp.rtcp import RtcpError, RtcpSession
 from spg_media.rtp.srtp import SrtpContext
 
@@ -189,7 +190,7 @@ class MediaSession:
     samples_per_packet: int = field(init=False, repr=False, compare=False)
     _seq: int = field(init=False, repr=False, compare=False)
     _ts: int = field(init=False, repr=False, compare=False)
-    _frames: list[bytes] = field(init=False, repr=False, compare=False)
+    _frames: Sequence[bytes] = field(init=False, repr=False, compare=False)
     _frame_index: int = field(init=False, repr=False, compare=False)
     _marker: bool = field(init=False, repr=False, compare=False)
     _silence: bytes = field(init=False, repr=False, compare=False)
@@ -226,7 +227,7 @@ class MediaSession:
         self.samples_per_packet = 8 * self.ptime_ms
         self._seq = random.getrandbits(16)
         self._ts = random.getrandbits(32)
-        self._frames = []
+        self._frames = ()  # the prompt playing (maybe shared: never written)
         self._frame_index = 0
         self._marker = True
         self._silence = bytes([SILENCE_BYTE[self.codec]]) * self.samples_per_packet
@@ -570,10 +571,12 @@ class MediaSession:
 
     def play(self, audio_g711: bytes) -> None:
         """Start playing encoded audio (replacing what plays); silence is padded to a packet."""
-        n = self.samples_per_packet
-        pad = (-len(audio_g711)) % n
-        audio_g711 += bytes([SILENCE_BYTE[self.codec]]) * pad
-        self._frames = [audio_g711[i : i + n] for i in range(0, len(audio_g711), n)]
+        self.play_packets(packetise(audio_g711, self.samples_per_packet, self.codec))
+
+    def play_packets(self, payloads: Sequence[bytes]) -> None:
+        """Start playing a prompt already cut into this session's payloads (`rtp.prompts`:
+        shared by the calls that play it, never written to)."""
+        self._frames = payloads
         self._frame_index = 0
         self._marker = True
         self.relay_out.clear()  # the prompt goes first; the bridged audio queued is stale
@@ -759,6 +762,9 @@ class MediaEngine:
         # Told at the start of every tick how late it starts against its schedule (seconds,
         # and the loop's time): the node's admission control (server.LagMonitor).
         self.on_tick_lag: Callable[[float, float], None] | None = None
+        # Told at the end of every tick's work how long it took (seconds of the loop's clock,
+        # and the tick's start): admission's busy fraction, which rises before the lateness.
+        self.on_tick_work: Callable[[float, float], None] | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -1221,6 +1227,11 @@ class MediaEngine:
                 except Exception:  # a bug here must not stop the media of every call
                     log.exception("bridged audio failed; nothing crosses this tick")
             self._serve(now)
+            if self.on_tick_work is not None:
+                try:
+                    self.on_tick_work(self.loop.time() - now, now)
+                except Exception:  # the measurement must never stop the media
+                    log.exception("tick work observer failed")
             ticks += 1
             if ticks % 50 == 0:  # once a second: the counters stay current at 1/50 of the cost
                 for session in self.sessions.values():

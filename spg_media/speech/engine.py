@@ -79,12 +79,18 @@ class SpeechEngine:
     ) -> None:
         self.max_concurrent = max_concurrent
         self._lock_memory = lock_memory
-        self._workers = workers or max(1, min(max_concurrent, os.cpu_count() or 1))
+        # no more processes than recognitions may run at once
+        self._workers = max(1, min(max_concurrent, workers or os.cpu_count() or 1))
         self._pool: ProcessPoolExecutor | None = None
         self._inputs: set[SpeechInput] = set()
         self.recognitions = 0  # finished recognitions (for metrics and tests)
         self.refused = 0  # open_input calls past the limit
         self.dropped = 0  # utterances dropped past a call's queue bound
+
+    @property
+    def processes(self) -> int:
+        """Recogniser processes the pool runs."""
+        return self._workers
 
     @property
     def active(self) -> int:

@@ -941,6 +941,7 @@ class SpgNode:
             # test's calls because its neighbours are busy (admission by lag has its own tests)
             "SPG_ADMISSION__MAX_TICK_LAG_MS": "0",
             "SPG_ADMISSION__MAX_LOOP_LAG_MS": "0",
+            "SPG_ADMISSION__MAX_TICK_BUSY": "0",
             **self.extra_env(),
             **self.env,
         }

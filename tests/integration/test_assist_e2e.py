@@ -617,7 +617,8 @@ def _baresip_call(node: SpgTlsNode, api: str, workdir: Path, cafile: Path) -> Ca
             f"sip:assist@{HOST}:{node.tls_port};x-spg-transaction={transaction};x-spg-agent={agent}"
         )
         phone.wait_event(lambda e: e.type in ("CALL_ESTABLISHED", "CALL_CLOSED"), 15, since)
-        payment_id = desk.start(desk.call_id())
+        call_id = desk.call_id()
+        payment_id = desk.start(call_id)
         for name, keys in (
             ("payment-card-number", card + "#"),
             ("expiration-date", EXPIRY),
@@ -626,7 +627,17 @@ def _baresip_call(node: SpgTlsNode, api: str, workdir: Path, cafile: Path) -> Ca
             desk.post(payment_id, {"capture": name})
             time.sleep(0.5)  # the customer hears the prompt start, then keys over it
             phone.sndcode(keys)
-            desk.until(_captured(name), 20)
+            try:
+                desk.until(_captured(name), 20)
+            except TimeoutError as exc:  # say which source gave a digit too many or too few
+                phone.hangup()
+                time.sleep(1.0)  # the node logs the call's DTMF counters at its end
+                dtmf = [
+                    line
+                    for line in node.logs().splitlines()
+                    if '"customer dtmf"' in line and call_id in line
+                ]
+                raise AssertionError(f"{exc}; node's DTMF counters: {dtmf}") from exc
         desk.post(payment_id, {"status": "complete"})
         final = desk.until(lambda s: s["status"] in ("complete", "cancelled"), 30)
         time.sleep(2.0)  # the call goes on with the agent

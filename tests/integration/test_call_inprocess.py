@@ -75,7 +75,9 @@ def node_config(tmp_path: Path, **ivr: Any) -> Config:
         sip=dataclasses.replace(base.sip, listen=(f"udp:127.0.0.1:{free_port()}",)),
         admin=dataclasses.replace(base.admin, listen=""),
         # tests run beside others on a small machine: no refusal because a neighbour is busy
-        admission=dataclasses.replace(base.admission, max_tick_lag_ms=0, max_loop_lag_ms=0),
+        admission=dataclasses.replace(
+            base.admission, max_tick_busy=0, max_tick_lag_ms=0, max_loop_lag_ms=0
+        ),
         ivr=dataclasses.replace(
             base.ivr, first_digit_timeout_s=3.0, inter_digit_timeout_s=2.0, **ivr
         ),

@@ -7,10 +7,12 @@ import asyncio
 import dataclasses
 import math
 import time
+from typing import Any
 
 import pytest
 
 from spg_media.admission import (
+    BUSY,
     LAG,
     MAX_CALLS,
     STALE_S,
@@ -250,3 +252,116 @@ def test_the_media_tick_reports_how_late_it_starts() -> None:
     assert len(samples) >= 10
     assert max(samples[:5]) < 0.05  # on schedule while the loop is free (a loaded machine: slack)
     assert max(samples) >= 0.08
+
+
+# ---- the busy fraction: refusing before anything is late -----------------------------------------
+
+BUSY_POLICY = dataclasses.replace(POLICY, max_tick_busy=0.7)
+
+
+def test_a_busy_tick_refuses_before_it_lags_and_says_busy() -> None:
+    """Calls arriving at 25 a second, each costing the tick 0.18 % of its period: the busy
+    fraction climbs; the node refuses at 0.7 smoothed, while no tick has started late."""
+    control = AdmissionControl(BUSY_POLICY)
+    now, calls, refused_at = 0.0, 0, None
+    while now < 40 and refused_at is None:
+        now += TICK
+        if control.admit(calls, now) is None and round(now / TICK) % 2 == 0:
+            calls += 1  # one every other tick: 25 a second
+        control.note_tick_lag(0.0, now)
+        if control.note_tick_busy(calls * 0.0018, now):
+            refused_at = now
+    assert refused_at is not None
+    assert control.admit(calls, now) == BUSY and control.refusing_for == BUSY
+    assert control.lags(now) == (0.0, 0.0)
+    # Taken while the smoothed fraction caught up: about a second of arrivals past 0.7 of the
+    # period, far from the full period where ticks would start late.
+    assert 0.7 < calls * 0.0018 < 0.8
+
+
+def test_a_busy_node_accepts_again_below_nine_tenths_of_the_limit() -> None:
+    control = AdmissionControl(BUSY_POLICY)
+    now = feed_busy(control, 0.8, 0.0, 10.0)
+    assert control.admit(0, now) == BUSY
+    now = feed_busy(control, 0.65, now, 10.0)  # calls ending: under the limit, over 0.63
+    assert control.admit(0, now) == BUSY
+    resumed = None
+    for _ in range(200):
+        now += TICK
+        if control.note_tick_busy(0.5, now):
+            resumed = now
+            break
+    assert resumed is not None and control.admit(0, now) is None
+    assert control.busy.value(now) < 0.63
+
+
+def feed_busy(control: AdmissionControl, fraction: float, start: float, seconds: float) -> float:
+    now = start
+    for _ in range(round(seconds / TICK)):
+        now += TICK
+        control.note_tick_busy(fraction, now)
+    return now
+
+
+def test_the_busy_fraction_is_one_at_most_and_a_limit_of_zero_is_not_checked() -> None:
+    control = AdmissionControl(dataclasses.replace(BUSY_POLICY, max_tick_busy=0))
+    now = feed_busy(control, 3.0, 0.0, 10.0)  # a tick that took 60 ms: a full period, no more
+    assert control.admit(0, now) is None
+    assert control.busy.last_sample == 1.0
+    assert control.busy.value(now) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_the_busy_fraction_decays_when_the_ticks_stop() -> None:
+    control = AdmissionControl(BUSY_POLICY)
+    now = feed_busy(control, 0.9, 0.0, 5.0)
+    assert control.admit(0, now) == BUSY
+    assert control.admit(0, now + 10) is None  # the last call ended: no tick, no load
+
+
+def test_a_lag_refusal_says_lag_even_when_busy_follows() -> None:
+    control = AdmissionControl(BUSY_POLICY)
+    control.note_loop_lag(1.0, 0.0)
+    assert control.admit(0, 0.0) == LAG
+    feed_busy(control, 1.0, 0.0, 1.9)
+    assert control.admit(0, 1.9) == LAG
+
+
+def test_the_media_tick_reports_how_long_its_work_takes() -> None:
+    """The real sampler: the engine tells each tick's work time; a session whose serving is
+    slowed by 10 ms (a stand-in for many calls) makes each tick about half busy, and the
+    monitor feeds that to admission."""
+    from spg_media.rtp.session import MediaEngine, MediaSession
+    from spg_media.server import LagMonitor
+
+    control = AdmissionControl(BUSY_POLICY)
+    monitor = LagMonitor(control)
+    works: list[float] = []
+
+    async def body() -> None:
+        engine = MediaEngine("127.0.0.1", 31440, 31479)
+
+        def on_work(work_s: float, now: float) -> None:
+            works.append(work_s)
+            monitor.on_tick_work(work_s, now)
+
+        engine.on_tick_work = on_work
+        session = MediaSession(
+            codec="PCMU", remote=("127.0.0.1", 9), dtmf_payload_type=101, on_dtmf=lambda e: None
+        )
+        engine.attach(31440, session)  # no socket under it: nothing is sent
+        await asyncio.sleep(0.2)
+        serve = engine._serve
+
+        def slow_serve(*args: Any) -> None:
+            time.sleep(0.01)
+            serve(*args)
+
+        engine._serve = slow_serve  # type: ignore[method-assign]
+        await asyncio.sleep(0.3)
+        await engine.aclose()
+
+    asyncio.run(body())
+    assert len(works) >= 15
+    assert min(works[:5]) < 0.005  # one idle session: next to nothing
+    assert max(works) >= 0.01
+    assert control.busy.last_sample >= 0.5

@@ -66,8 +66,11 @@ class FakeInput:
 class FakeEngine:
     engines: ClassVar[list[FakeEngine]] = []
 
-    def __init__(self, max_concurrent: int = 8, lock_memory: bool = False) -> None:
+    def __init__(
+        self, max_concurrent: int = 8, *, workers: int | None = None, lock_memory: bool = False
+    ) -> None:
         self.max_concurrent = max_concurrent
+        self.processes = workers or 1
         self.inputs: list[FakeInput] = []
         self.refused = 0
         self.closed = False

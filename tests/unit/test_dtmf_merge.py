@@ -381,3 +381,24 @@ def test_ended_presses_are_forgotten_and_bounded() -> None:
     assert merger._open == {}
     merger.feed(start("1", 100.0, "rfc4733"))
     assert len(merger._ended) == 0 and [p.digit for p in merger._open.values()] == ["1"]
+
+
+def test_counts_say_where_each_digit_came_from_and_never_which_key() -> None:
+    """The end-of-call DTMF line: per source, digits delivered, duplicates, ignored."""
+    merger = DtmfMerger(inband_mode="auto")
+    events = [
+        start("7", 0.0, "inband"),  # before any RFC 4733 event: accepted
+        end("7", 0.08, "inband"),
+        start("3", 0.5, "rfc4733"),
+        start("3", 0.51, "info", 100),  # the same press again over SIP INFO
+        end("3", 0.6, "rfc4733"),
+        start("9", 1.0, "inband"),  # after an RFC 4733 event: ignored in auto
+    ]
+    assert run(merger, events) == "73"
+    counts = merger.counts()
+    assert counts == {
+        "accepted_inband": 1,
+        "accepted_rfc4733": 1,
+        "duplicates_info": 1,
+        "ignored_inband": 1,
+    }

@@ -792,3 +792,15 @@ def test_sipp_pcaps_give_every_key_its_own_timestamp() -> None:
         ((stamp, code),) = found
         stamps.setdefault(stamp, set()).add(DTMF_KEYS[code])
     assert len(stamps) == 12 and all(len(keys) == 1 for keys in stamps.values())
+
+
+def test_stats_counts_are_the_non_zero_counters() -> None:
+    receiver = Rfc4733Receiver()
+    payload = bytes([5, 0x80 | 10, 0x01, 0x40])
+    receiver.receive(payload, 1, 8000, True, 0.0)
+    receiver.receive(payload, 1, 8000, False, 0.02)  # the same packet again
+    assert receiver.stats.counts() == {
+        "rfc4733_packets": 2,
+        "rfc4733_presses": 1,
+        "rfc4733_duplicates": 1,
+    }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -260,3 +261,33 @@ def test_a_lagging_node_refuses_new_invites(tmp_path: Path) -> None:
     assert "spg_admission_accepting 0" in metrics
     assert 'spg_calls_refused_total{reason="lag"}' in metrics
     assert "spg_event_loop_lag_seconds " in metrics and "spg_media_tick_lag_seconds " in metrics
+
+
+def test_a_busy_node_refuses_new_invites_before_it_lags(tmp_path: Path) -> None:
+    """Media ticks whose work fills 80 % of their period (as a node near its capacity would
+    report them): the next INVITE gets 503, counted under reason "busy", /healthz says so and
+    the busy fraction is exported; no lag at all."""
+    config = node_config(tmp_path)
+    refused = server_module.CALLS_REFUSED_TOTAL.get(reason="busy")
+
+    async def body() -> tuple[int, dict[str, Any], str]:
+        async with node_and_peer(config) as (server, peer):
+            now = asyncio.get_running_loop().time()
+            for tick in range(100):  # two seconds of ticks, each 16 ms of work, none late
+                server.lag_monitor.on_tick_lag(0.0, now - 2 + tick * 0.02)
+                server.lag_monitor.on_tick_work(0.016, now - 2 + tick * 0.02)
+            assert server.admission.lagging
+            call_id = f"busy-{uuid.uuid4().hex}"
+            peer.invite(call_id)
+            refusal = await peer.final(call_id, "INVITE")
+            server._update_admission_gauges()
+            return refusal.status, server.health(), obs.METRICS.render_prometheus()
+
+    status, health, metrics = asyncio.run(body())
+    assert status == 503
+    assert (health["status"], health["reason"]) == ("overloaded", "busy")
+    assert health["media_tick_busy"] > 0.7 and health["media_tick_lag_ms"] == 0
+    assert server_module.CALLS_REFUSED_TOTAL.get(reason="busy") - refused == 1
+    assert 'spg_calls_refused_total{reason="busy"}' in metrics
+    exported = re.search(r"^spg_media_tick_busy_ratio ([0-9.e+-]+)$", metrics, re.M)
+    assert exported is not None and float(exported.group(1)) > 0.7

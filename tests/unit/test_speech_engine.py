@@ -251,3 +251,9 @@ def test_recognition_workers_are_hardened_like_the_node() -> None:
     if sys.platform.startswith("linux"):
         assert dumpable is False
     assert core == (0, 0)
+
+
+def test_recogniser_processes_never_exceed_the_recognitions_allowed_at_once() -> None:
+    assert SpeechEngine(max_concurrent=2, workers=6).processes == 2
+    assert SpeechEngine(max_concurrent=8, workers=3).processes == 3
+    assert 1 <= SpeechEngine(max_concurrent=8).processes <= 8

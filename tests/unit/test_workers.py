@@ -17,6 +17,7 @@ from spg_media.workers import (
     merge_health,
     merge_metrics,
     plan_workers,
+    speech_processes_per_worker,
     worker_command,
     worker_count,
     worker_environment,
@@ -167,6 +168,28 @@ def test_a_worker_is_serve_with_its_own_listeners_admin_socket_and_rtp_slice() -
     assert env["SPG_RTP__PORT_MIN"] == str(plan.rtp_port_min)
     assert env["SPG_RTP__PORT_MAX"] == str(plan.rtp_port_max)
     assert env["PATH"] == "/bin"
+
+
+def test_workers_share_the_machine_s_recogniser_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """N workers, each with a recogniser process per core, would load N x cores models."""
+    monkeypatch.setattr("spg_media.workers.default_worker_count", lambda: 8)
+    speech = config(ivr={"input": "dtmf speech"})
+    assert speech_processes_per_worker(speech, 1) == 8
+    assert speech_processes_per_worker(speech, 2) == 4
+    assert speech_processes_per_worker(speech, 3) == 2
+    assert speech_processes_per_worker(speech, 16) == 1  # at least one each
+    # a count in the config applies to each worker; no voice entry, no recognisers
+    assert (
+        speech_processes_per_worker(
+            config(ivr={"input": "dtmf speech"}, speech={"processes": 3}), 2
+        )
+        is None
+    )
+    assert speech_processes_per_worker(config(), 2) is None
+    plan = plan_workers(speech, 2, RUN)[0]
+    assert worker_environment(plan, {}, 4)["SPG_SPEECH__PROCESSES"] == "4"
+    assert "SPG_SPEECH__PROCESSES" not in worker_environment(plan, {}, None)
+    assert load_config(None, {"SPG_SPEECH__PROCESSES": "4"}).speech.processes == 4
 
 
 def test_restart_delay_doubles_while_a_worker_dies_young_and_resets_once_it_ran() -> None:

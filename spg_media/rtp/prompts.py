@@ -1,0 +1,106 @@
+"""Prompt audio as RTP payloads, cut once and shared by every call that plays the same prompt.
+
+A call's `MediaSession` plays a prompt as a sequence of payloads, one per packet (`ptime`).
+Cut per call, a 10 s prompt is 500 bytes objects, ~96 KiB a call while it plays: most of what
+an answered call held. `PromptPackets` keeps each prompt's payloads once per language, codec
+and packet size, as an immutable tuple every call playing it refers to (a session never
+writes into what it plays), in a least-recently-used cache bounded in bytes.
+
+What is shared: a prompt whose parts' values are plain strings and numbers (the fixed
+phrases, the announcement of an amount and merchant), from its second use on: the first
+call to play a prompt plays its own cut, and only a prompt asked for again is kept, so one
+call's own prompt (a result with its reference) does not fill the cache. A prompt with a
+value from the caller (`SecretDigits`: the card ending, the expiry or digits read back) is
+never kept here, so no card digit outlives its call in this cache.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from typing import Protocol
+
+from spg_media.rtp.g711 import SILENCE
+
+__all__ = ["DEFAULT_BUDGET_BYTES", "PromptPackets", "packetise", "shared_key"]
+
+# What the cache may hold: the fixed prompts of two languages in both codecs, and the
+# announcements of a few hundred amounts, at ~8 KiB a second of audio.
+DEFAULT_BUDGET_BYTES = 16 * 2**20
+SEEN_KEYS = 4096  # prompts used once that are remembered (their keys only) for a second use
+_PAYLOAD_OVERHEAD = 33  # a bytes object's header (CPython, 64-bit), for the budget
+
+
+class PartLike(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def params(self) -> tuple[tuple[str, object], ...]: ...
+
+
+def packetise(audio: bytes, samples_per_packet: int, codec: str) -> tuple[bytes, ...]:
+    """`audio` (G.711, one byte a sample) cut into payloads of `samples_per_packet`, the last
+    padded with the codec's silence."""
+    n = samples_per_packet
+    pad = (-len(audio)) % n
+    if pad:
+        audio += bytes([SILENCE[codec]]) * pad
+    return tuple(audio[i : i + n] for i in range(0, len(audio), n))
+
+
+def shared_key(
+    parts: Sequence[PartLike], language: str, codec: str, samples_per_packet: int
+) -> Hashable | None:
+    """The cache key of a prompt, or None when it must not be shared: a part's value that is
+    not a plain string or number (card digits)."""
+    for part in parts:
+        for _, value in part.params:
+            if type(value) not in (str, int):
+                return None
+    return (tuple(parts), language, codec, samples_per_packet)
+
+
+class PromptPackets:
+    """Cut prompts by `shared_key`, kept from their second use on, least recently used
+    dropped past `budget_bytes`."""
+
+    def __init__(self, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> None:
+        self.budget_bytes = budget_bytes
+        self.size_bytes = 0
+        self._entries: OrderedDict[Hashable, tuple[tuple[bytes, ...], int]] = OrderedDict()
+        self._seen: OrderedDict[Hashable, None] = OrderedDict()  # used once, not kept
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: Hashable) -> tuple[bytes, ...] | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        self._entries.move_to_end(key)
+        return entry[0]
+
+    def put(self, key: Hashable, payloads: tuple[bytes, ...]) -> tuple[bytes, ...]:
+        """Keep `payloads` under `key` if the prompt was put before (an entry there already
+        is kept instead: calls that rendered the same prompt at once end up sharing one copy);
+        what to play."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+            return entry[0]
+        if key not in self._seen:  # its first use: remembered, not kept
+            self._seen[key] = None
+            if len(self._seen) > SEEN_KEYS:
+                self._seen.popitem(last=False)
+            return payloads
+        del self._seen[key]
+        size = sum(len(p) + _PAYLOAD_OVERHEAD for p in payloads) + 8 * len(payloads)
+        if size > self.budget_bytes:
+            return payloads  # played, not kept
+        self._entries[key] = (payloads, size)
+        self.size_bytes += size
+        while self.size_bytes > self.budget_bytes:
+            _, (_, dropped) = self._entries.popitem(last=False)
+            self.size_bytes -= dropped
+        return payloads
