@@ -228,3 +228,47 @@ def test_packets_are_the_bytes_build_rtp_makes_through_the_wraps() -> None:
     assert packet == build_rtp(0, seq, ts, media.ssrc, relayed)
     assert isinstance(packet, bytes) and not media.relay_out
     assert media.stats.sent == 4 and media._octets_sent == 4 * 160
+
+
+def test_the_send_loop_paces_catches_up_at_most_three_and_skips_what_it_must() -> None:
+    """`MediaEngine._serve`, the tick's one loop over the sessions, without sockets: a due
+    packet a tick; after a late tick at most three packets at once; more than 100 ms behind,
+    the schedule restarts from now; nothing while on hold; a press's lost end is delivered by
+    its timer; a session whose packet fails is stopped alone."""
+    loop = asyncio.new_event_loop()
+    try:
+        engine = MediaEngine("127.0.0.1", 40000, 40100)
+        engine._loop = loop
+        events: list[DtmfEvent] = []
+        on_time, late, stalled, held, pressed = (session() for _ in range(5))
+        pressed.on_dtmf = events.append
+
+        class Broken(MediaSession):
+            def next_packet(self, due: float | None = None) -> bytes | None:
+                raise RuntimeError("a bug")
+
+        broken = Broken(codec="PCMU", remote=("127.0.0.1", 9), dtmf_payload_type=101)
+        for port, media in enumerate((on_time, late, stalled, held, pressed, broken)):
+            engine.attach(50000 + 2 * port, media)  # ports never opened: nothing is sent
+        now = 10.0
+        on_time.next_send_at = now
+        late.next_send_at = now - 0.05  # a late tick: 3 packets due, and one more
+        stalled.next_send_at = now - 0.5
+        held.next_send_at, held.hold = now, True
+        pressed.next_send_at = now + 0.01  # not due yet
+        pressed.receive(event_packet(3, 1, 800, 160), CALLER, now - 5.0)  # its end never comes
+        broken.next_send_at = now
+        engine._serve(now)
+        assert on_time.stats.sent == 1 and on_time.next_send_at == pytest.approx(now + 0.02)
+        assert late.stats.sent == 3 and late.next_send_at == pytest.approx(now + 0.01)
+        assert stalled.stats.sent == 3 and stalled.next_send_at == now  # restarted from now
+        assert held.stats.sent == 0 and held.next_send_at == now
+        assert pressed.stats.sent == 0 and [e.kind for e in events] == ["start", "end"]
+        assert 50010 not in engine.sessions and engine.sessions.get(50000) is on_time
+        engine._serve(now + 0.02)
+        assert on_time.stats.sent == 2 and late.stats.sent == 4
+        assert engine._tick_task is not None
+        engine._tick_task.cancel()
+        loop.run_until_complete(asyncio.sleep(0))
+    finally:
+        loop.close()
