@@ -105,14 +105,18 @@ def _encode_table(codec: str) -> UInt8Array:
     return table
 
 
+# The table lookups below use np.take rather than indexing with the code array: the same
+# values, in about half the time for a tick's (400 × 160) block (indexing's general path).
+
+
 def decode(payload: bytes, codec: str) -> Int16Array:
     """G.711 bytes to int16 samples."""
-    return _decode_table(codec)[np.frombuffer(payload, dtype=np.uint8)]
+    return np.take(_decode_table(codec), np.frombuffer(payload, dtype=np.uint8))
 
 
 def decode_array(codes: npt.NDArray[np.uint8], codec: str) -> Int16Array:
     """Decode an array of G.711 codes of any shape, e.g. (channels × 160) for a whole tick."""
-    return _decode_table(codec)[codes]
+    return np.take(_decode_table(codec), codes)
 
 
 def encode(samples: npt.ArrayLike, codec: str) -> bytes:
@@ -127,4 +131,4 @@ def encode(samples: npt.ArrayLike, codec: str) -> bytes:
         if array.dtype.kind == "f":
             array = np.rint(array)
         array = np.clip(array, -32768, 32767).astype(np.int16)
-    return bytes(table[array.reshape(-1).view(np.uint16)])
+    return np.take(table, array.reshape(-1).view(np.uint16)).tobytes()
