@@ -1107,7 +1107,16 @@ class MediaEngine:
             encoded = encode(masked, codecs[0])
             start = 0
             for target in targets:
-                target.relay(encoded[start : start + size])
+                out = target.relay_out
+                if (
+                    len(out) + size <= target.samples_per_packet
+                    and target._frame_index >= len(target._frames)
+                ):
+                    # MediaSession.relay's usual case, inlined (a call a row): no prompt
+                    # playing, and no more queued than its next packet takes
+                    out += encoded[start : start + size]
+                else:
+                    target.relay(encoded[start : start + size])
                 start += size
             return
         for codec in kinds:
