@@ -1108,10 +1108,8 @@ class MediaEngine:
             start = 0
             for target in targets:
                 out = target.relay_out
-                if (
-                    len(out) + size <= target.samples_per_packet
-                    and target._frame_index >= len(target._frames)
-                ):
+                room = target.samples_per_packet - len(out)
+                if size <= room and target._frame_index >= len(target._frames):
                     # MediaSession.relay's usual case, inlined (a call a row): no prompt
                     # playing, and no more queued than its next packet takes
                     out += encoded[start : start + size]
