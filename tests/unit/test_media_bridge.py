@@ -323,6 +323,31 @@ def test_audio_queued_beyond_a_packet_is_dropped_in_the_next_pause() -> None:
     assert len(session.relay_out) == 2 * FRAME
 
 
+def test_a_legs_packet_queued_extra_by_the_tick_is_dropped_in_the_next_pause() -> None:
+    # Through the engine's tick (the usual row is queued inline, not by MediaSession.relay): a
+    # tick without the customer's packet and one with two leave the agent a packet behind while
+    # the customer speaks, and back to none queued beyond its packet once a pause reaches it.
+    speech = speech_like(0.6)
+    with bridged("PCMU", "PCMA") as (engine, customer, agent):
+        left: list[int] = []
+        for tick in range(60):
+            now = tick * 0.02
+            sequences = {5: [], 6: [5, 6]}.get(tick, [tick])
+            for sequence in sequences:
+                part = speech[sequence * FRAME : (sequence + 1) * FRAME] if sequence < 30 else None
+                samples = part if part is not None else np.zeros(FRAME, dtype=np.int16)
+                payload = encode(samples, "PCMU")
+                packet = build_rtp(0, sequence, sequence * FRAME, 0x77, payload, sequence == 0)
+                customer.receive(packet, CUSTOMER, now)
+            engine._detect_inband()
+            engine._relay(now)
+            assert agent.next_packet(now) is not None
+            left.append(len(agent.relay_out))
+        assert left[:6] == [0] * 6
+        assert left[6:28] == [FRAME] * 22  # speech: kept, a packet late
+        assert left[-1] == 0  # the pause (and the look-ahead's 30 ms) passed: dropped
+
+
 @pytest.mark.parametrize("agent_ptime", [10, 30, 60])
 def test_an_agent_leg_with_another_packet_time_gets_every_sample_once(agent_ptime: int) -> None:
     loop = asyncio.new_event_loop()
