@@ -1,7 +1,8 @@
-"""Accuracy of voice entry on synthetic telephone speech: constrained decoding against a plain
-unconstrained digit grammar, in the same run, on the same audio.
+"""Accuracy of voice entry on synthetic telephone speech: the two recognisers with constrained
+decoding against a plain unconstrained digit grammar, in the same run, on the same audio.
 
 Run:  .venv/bin/python bench/bench_speech_accuracy.py [--payments 6] [--jobs 2] [--seed 1]
+      [--decoders whisper,constrained,baseline] [--conditions clean,snr20,snr10,pitch]
 (6 payments a condition: about 4 minutes on 2 idle cores; the recorded run used 16, 16 minutes
 on 2 busy ones)
 
@@ -13,11 +14,15 @@ noise at the condition's SNR (over the active speech), G.711 μ-law. Conditions:
 10 dB, and a "pitch" set (clean, each utterance pitch-shifted by sox by -400..+400 cents: other
 speakers than espeak's own).
 
-Both decoders hear the same utterances:
-* constrained: the grammar of exactly the expected number of digits, its n-best, and
-  `best_reading` with the field's rules (brand prefix, length, Luhn on the complete card with
-  the confirmed groups as prefix, expiry month and window, code length); a reading that is
-  not valid or below `--threshold` confidence is asked again without a read-back.
+The decoders hear the same utterances:
+* whisper: Whisper base (spg_media/speech/whisper.py) constrained to digits and answers, with an
+  exact-length decode, its n-best and `best_reading` with the field's rules, as below; the
+  caller's "yes"/"no" is recognised by Whisper too.
+* constrained: pocketsphinx with the grammar of exactly the expected number of digits, its
+  n-best, and `best_reading` with the field's rules (brand prefix, length, Luhn on the
+  complete card with the confirmed groups as prefix, expiry month and window, code length); a
+  reading that is not valid or below `--threshold` confidence is asked again without a
+  read-back.
 * baseline: the plain grammar (any digits), one decode with the same front end (resampling,
   noise floor), its best path, no rules: every reading is read back.
 
@@ -55,8 +60,9 @@ from spg_media.payment.cards import luhn_valid
 from spg_media.rtp import g711
 from spg_media.speech.digits import answer_of, best_reading, words_to_digits
 from spg_media.speech.model import Utterance
-from spg_media.speech.recogniser import PLAIN_DIGIT_GRAMMAR, DigitRecogniser
+from spg_media.speech.recogniser import PLAIN_DIGIT_GRAMMAR, DigitRecogniser, Recogniser
 from spg_media.speech.vad import VoiceActivity
+from spg_media.speech.whisper import WhisperDigitRecogniser
 
 RATE = 8000
 VOICES = (
@@ -71,7 +77,7 @@ VOICES = (
 )
 VARIANTS = ("", "+m1", "+m3", "+m5", "+m7", "+f1", "+f2", "+f3", "+f4", "+klatt")
 CONDITIONS = ("clean", "snr20", "snr10", "pitch")
-DECODERS = ("constrained", "baseline")
+DECODERS = ("whisper", "constrained", "baseline")
 _BAND = butter(4, [300, 3400], btype="bandpass", fs=RATE, output="sos")
 TODAY = datetime.date.today()
 
@@ -144,13 +150,20 @@ def edits(a: str, b: str) -> int:
     return row[-1]
 
 
-_recognisers: dict[str, DigitRecogniser] = {}
+_recognisers: dict[str, Recogniser] = {}
+_decoders: tuple[str, ...] = DECODERS
 
 
-def _init() -> None:
-    _recognisers["constrained"] = DigitRecogniser()
-    # the same front end (resampling, noise floor), one pass, no rules
-    _recognisers["baseline"] = DigitRecogniser(PLAIN_DIGIT_GRAMMAR, passes=1)
+def _init(decoders: tuple[str, ...]) -> None:
+    global _decoders
+    _decoders = decoders
+    if "whisper" in decoders:
+        _recognisers["whisper"] = WhisperDigitRecogniser()
+    if "constrained" in decoders or "baseline" in decoders:
+        _recognisers["constrained"] = DigitRecogniser()  # also hears the baseline's answers
+    if "baseline" in decoders:
+        # the same front end (resampling, noise floor), one pass, no rules
+        _recognisers["baseline"] = DigitRecogniser(PLAIN_DIGIT_GRAMMAR, passes=1)
 
 
 class Payment:
@@ -179,7 +192,7 @@ class Payment:
     ) -> Utterance:
         started = time.process_time()
         hypotheses = _recognisers[decoder].recognise(
-            audio, length=length if decoder == "constrained" else None
+            audio, length=None if decoder == "baseline" else length
         )
         self.counts[f"{decoder}.cpu"] += time.process_time() - started
         self.counts[f"{decoder}.speech_s"] += len(audio) / RATE
@@ -201,7 +214,8 @@ class Payment:
     def answer(self, decoder: str, word: str) -> str | None:
         if word not in self._answers:
             self._answers[word] = self.say(word)
-        return answer_of(self.recognise("constrained", self._answers[word], None))
+        hearer = "whisper" if decoder == "whisper" else "constrained"
+        return answer_of(self.recognise(hearer, self._answers[word], None))
 
     def run(self) -> Counter[str]:
         card, groups = card_number(self.rng)
@@ -228,7 +242,7 @@ class Payment:
                 takes[(position, attempt)] = self.say(spoken(fields[position][1]))
             return takes[(position, attempt)]
 
-        for decoder in DECODERS:
+        for decoder in _decoders:
             ok = True
             card_first = True
             for position, (field, truth, _) in enumerate(fields):
@@ -293,8 +307,10 @@ def main() -> int:
     parser.add_argument("--attempts", type=int, default=3, help="per group or field (default 3)")
     parser.add_argument("--threshold", type=float, default=0.5, help="confidence to read back")
     parser.add_argument("--conditions", default=",".join(CONDITIONS))
+    parser.add_argument("--decoders", default=",".join(DECODERS))
     args = parser.parse_args()
     conditions = args.conditions.split(",")
+    decoders = tuple(args.decoders.split(","))
     tasks = [
         (condition, index, args.seed, args.attempts, args.threshold)
         for index in range(args.payments)
@@ -302,7 +318,9 @@ def main() -> int:
     ]
     started = time.monotonic()
     totals: dict[str, Counter[str]] = {condition: Counter() for condition in conditions}
-    with multiprocessing.get_context("spawn").Pool(args.jobs, initializer=_init) as pool:
+    with multiprocessing.get_context("spawn").Pool(
+        args.jobs, initializer=_init, initargs=(decoders,)
+    ) as pool:
         for condition, counts in pool.imap_unordered(_one, tasks):
             totals[condition].update(counts)
     wall = time.monotonic() - started
@@ -320,7 +338,7 @@ def main() -> int:
     for condition in conditions:
         t = totals[condition]
         n = max(t["payments"], 1)
-        for decoder in DECODERS:
+        for decoder in decoders:
             digits = max(t[f"{decoder}.digits"], 1)
             speech = max(t[f"{decoder}.speech_s"], 1e-9)
             print(

@@ -677,6 +677,9 @@ class SpeechConfig(_Section):
 
     # recognitions running at once in this process; a caller past it is asked for keys only
     max_concurrent: int = _rule(8, _Int(1, 1024))
+    # the recogniser: "whisper" (Whisper base, the default) or "pocketsphinx" (lighter, less
+    # accurate in noise); both are installed with the package
+    recogniser: str = _rule("whisper", _Choice("whisper", "pocketsphinx"))
 
 
 @dataclass(frozen=True)

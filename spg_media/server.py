@@ -300,7 +300,9 @@ class Server:
             log.warning("ivr.input is 'dtmf speech' but no language has a speech model: keys only")
             return None
         engine = SpeechEngine(
-            self.config.speech.max_concurrent, lock_memory=self.config.security.lock_memory
+            self.config.speech.max_concurrent,
+            lock_memory=self.config.security.lock_memory,
+            recogniser=self.config.speech.recogniser,
         )
         engine.start()
         others = [language for language in LANGUAGES if language not in spoken]
