@@ -60,9 +60,13 @@ from spg_media.payment.cards import luhn_valid
 from spg_media.rtp import g711
 from spg_media.speech.digits import answer_of, best_reading, words_to_digits
 from spg_media.speech.model import Utterance
-from spg_media.speech.recogniser import PLAIN_DIGIT_GRAMMAR, DigitRecogniser, Recogniser
+from spg_media.speech.recogniser import (
+    PLAIN_DIGIT_GRAMMAR,
+    DigitRecogniser,
+    Recogniser,
+    make_recogniser,
+)
 from spg_media.speech.vad import VoiceActivity
-from spg_media.speech.whisper import WhisperDigitRecogniser
 
 RATE = 8000
 VOICES = (
@@ -158,7 +162,7 @@ def _init(decoders: tuple[str, ...]) -> None:
     global _decoders
     _decoders = decoders
     if "whisper" in decoders:
-        _recognisers["whisper"] = WhisperDigitRecogniser()
+        _recognisers["whisper"] = make_recogniser("whisper")  # as deployed
     if "constrained" in decoders or "baseline" in decoders:
         _recognisers["constrained"] = DigitRecogniser()  # also hears the baseline's answers
     if "baseline" in decoders:

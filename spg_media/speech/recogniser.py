@@ -117,7 +117,8 @@ def make_recogniser(kind: str = DEFAULT_RECOGNISER) -> Recogniser:
     if kind == "whisper":
         from spg_media.speech.whisper import WhisperDigitRecogniser
 
-        return WhisperDigitRecogniser()
+        # pocketsphinx reads digits of unknown length, within what is left of the CPU budget
+        return WhisperDigitRecogniser(fallback=DigitRecogniser(cpu_per_speech_second=0.08))
     if kind == "pocketsphinx":
         return DigitRecogniser()
     raise ValueError(f"unknown recogniser {kind!r}; expected one of {', '.join(RECOGNISERS)}")
