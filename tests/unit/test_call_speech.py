@@ -66,8 +66,11 @@ class FakeInput:
 class FakeEngine:
     engines: ClassVar[list[FakeEngine]] = []
 
-    def __init__(self, max_concurrent: int = 8, lock_memory: bool = False) -> None:
+    def __init__(
+        self, max_concurrent: int = 8, lock_memory: bool = False, recogniser: str = ""
+    ) -> None:
         self.max_concurrent = max_concurrent
+        self.recogniser = recogniser
         self.inputs: list[FakeInput] = []
         self.refused = 0
         self.closed = False
@@ -163,6 +166,7 @@ def test_a_card_said_pays_and_the_cdr_says_speech(
             await caller.start()
             assert await caller.call() == 200
             engine = fake_speech.engines[0]
+            assert engine.recogniser == "whisper"  # speech.recogniser's default
             await until(lambda: engine.inputs and engine.inputs[0].fed >= 8000)  # 1 s of audio
             speech = engine.inputs[0]
             assert speech.language == "en"

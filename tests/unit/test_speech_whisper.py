@@ -16,7 +16,7 @@ from scipy.signal import resample_poly
 from spg_media.config import ConfigError, load_config
 from spg_media.speech import Utterance, answer_of, words_to_digits
 from spg_media.speech import whisper as whisper_module
-from spg_media.speech.model import DIGIT_WORDS, WORDS
+from spg_media.speech.model import DIGIT_WORDS, WORDS, Hypothesis
 from spg_media.speech.recogniser import (
     DEFAULT_RECOGNISER,
     RECOGNISERS,
@@ -106,11 +106,39 @@ def test_whisper_gives_only_grammar_words_and_that_many_digits(
 
 @needs_espeak
 def test_whisper_reads_clear_digits(recogniser: WhisperDigitRecogniser) -> None:
-    audio = np.concatenate((noise(0.3), spoken("4 9 1 7"), noise(0.3)))
+    audio = np.concatenate((noise(0.3), spoken("3 6 7 2"), noise(0.3)))
     hypotheses = recogniser.recognise(audio, length=4)
-    assert words_to_digits(hypotheses[0].words) == "4917"
-    free = recogniser.recognise(audio)  # any number of digits
+    assert words_to_digits(hypotheses[0].words) == "3672"
+    free = recogniser.recognise(audio)  # any number of digits, no fallback: Whisper's own
     assert all(word in DIGIT_WORDS for word in free[0].words)
+
+
+class _Fallback:
+    """Stands in for pocketsphinx: says what it was asked and always hears "1 2"."""
+
+    def __init__(self) -> None:
+        self.calls: list[int | None] = []
+
+    def recognise(
+        self, samples: npt.NDArray[np.int16], rate: int = 8000, length: int | None = None
+    ) -> tuple[Hypothesis, ...]:
+        self.calls.append(length)
+        return (Hypothesis(("one", "two"), 0.0),)
+
+
+@needs_espeak
+def test_digits_of_unknown_length_come_from_the_fallback() -> None:
+    fallback = _Fallback()
+    recogniser = WhisperDigitRecogniser(fallback=fallback)
+    digits = np.concatenate((noise(0.3), spoken("3 6 7 2"), noise(0.3)))
+    assert words_to_digits(recogniser.recognise(digits)[0].words) == "12"
+    assert fallback.calls == [None]
+    # a known length: Whisper alone
+    assert words_to_digits(recogniser.recognise(digits, length=4)[0].words) == "3672"
+    # an answer: Whisper's, the fallback not asked
+    yes = np.concatenate((noise(0.3), spoken("yes"), noise(0.3)))
+    assert answer_of(Utterance(recogniser.recognise(yes), 0.0, 1.0)) == "yes"
+    assert fallback.calls == [None]
 
 
 def test_whisper_on_silence_gives_nothing_long(recogniser: WhisperDigitRecogniser) -> None:
@@ -123,6 +151,13 @@ def test_changed_model_files_are_refused(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(whisper_module, "MODEL_SHA256", "0" * 64)
     with pytest.raises(RuntimeError, match="SHA-256"):
         WhisperDigitRecogniser()
+    whisper_module.whisper_installed.cache_clear()
+    try:
+        # not offered at all: callers are asked for keys only
+        assert not recogniser_installed("whisper")
+        assert recogniser_installed("pocketsphinx")
+    finally:
+        whisper_module.whisper_installed.cache_clear()
 
 
 def test_recognisers_by_name() -> None:
@@ -142,5 +177,5 @@ def test_config_chooses_the_recogniser(tmp_path: Path) -> None:
     path.write_text("")
     assert load_config(path, env={}).speech.recogniser == "whisper"
     path.write_text('[speech]\nrecogniser = "kaldi"\n')
-    with pytest.raises(ConfigError, match="speech.recogniser"):
+    with pytest.raises(ConfigError, match=r"speech\.recogniser"):
         load_config(path, env={})
