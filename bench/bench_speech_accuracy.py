@@ -30,7 +30,8 @@ The decoders hear the same utterances:
 * baseline: the plain grammar (any digits), one decode with the same front end (resampling,
   noise floor), its best path, no rules: every reading is read back.
 
-Reported: per-digit error at first try (edit distance), whole field right at first try (the
+Reported: per-digit error at first try (edit distance), fields right at first try (each card
+group, the expiry and the code: the dialogue's unit), whole field right at first try (the
 card: every group right the first time), and with the read-back dialogue the share of
 payments that succeed within the attempts (`--attempts` per group/field): each group or field
 is read back and the simulated caller says "yes" or "no" (recognised from the same voice and
@@ -305,6 +306,8 @@ class Payment:
                         self.counts[f"{decoder}.digit_errors"] += edits(truth, digits)
                         self.counts[f"{decoder}.digits"] += len(truth)
                         right = digits == truth
+                        self.counts[f"{decoder}.fields"] += 1
+                        self.counts[f"{decoder}.fields_right"] += right
                         if field == "card-group":
                             card_first &= right
                         else:
@@ -378,10 +381,11 @@ def main() -> int:
         f"threshold {args.threshold}, seed {args.seed}, {wall:.0f} s wall on {args.jobs} jobs"
     )
     print(
-        "| condition | decoder | digit error, 1st try | card right 1st try | expiry 1st | "
-        "code 1st | paid within attempts | read-backs right | CPU s per s of speech |"
+        "| condition | decoder | digit error, 1st try | fields right 1st try | card right 1st try "
+        "| expiry 1st | code 1st | paid within attempts | read-backs right "
+        "| CPU s per s of speech |"
     )
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for condition in conditions:
         t = totals[condition]
         n = max(t["payments"], 1)
@@ -390,6 +394,7 @@ def main() -> int:
             speech = max(t[f"{decoder}.speech_s"], 1e-9)
             print(
                 f"| {condition} | {decoder} | {t[f'{decoder}.digit_errors'] / digits:.1%} | "
+                f"{t[f'{decoder}.fields_right'] / max(t[f'{decoder}.fields'], 1):.0%} | "
                 f"{t[f'{decoder}.card_first'] / n:.0%} | {t[f'{decoder}.expiry_first'] / n:.0%} | "
                 f"{t[f'{decoder}.code_first'] / n:.0%} | {t[f'{decoder}.paid'] / n:.0%} | "
                 f"{t[f'{decoder}.read_backs_right'] / max(t[f'{decoder}.read_backs'], 1):.0%} | "
