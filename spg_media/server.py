@@ -295,14 +295,15 @@ class Server:
         worker loads its model once, not at a caller's first word)."""
         if self.config.ivr.input != "dtmf speech":
             return None
-        spoken = [language for language in LANGUAGES if voice_entry_offered(language)]
+        recogniser = self.config.speech.recogniser
+        spoken = [language for language in LANGUAGES if voice_entry_offered(language, recogniser)]
         if not spoken:
             log.warning("ivr.input is 'dtmf speech' but no language has a speech model: keys only")
             return None
         engine = SpeechEngine(
             self.config.speech.max_concurrent,
             lock_memory=self.config.security.lock_memory,
-            recogniser=self.config.speech.recogniser,
+            recogniser=recogniser,
         )
         engine.start()
         others = [language for language in LANGUAGES if language not in spoken]

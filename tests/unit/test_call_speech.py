@@ -97,7 +97,9 @@ class FakeEngine:
 def fake_speech(monkeypatch: pytest.MonkeyPatch) -> type[FakeEngine]:
     FakeEngine.engines = []
     monkeypatch.setattr(server_module, "SpeechEngine", FakeEngine)
-    monkeypatch.setattr(call_module, "speech_available", lambda language: language == "en")
+    monkeypatch.setattr(
+        call_module, "speech_available", lambda language, recogniser="": language == "en"
+    )
     return FakeEngine
 
 

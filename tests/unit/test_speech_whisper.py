@@ -13,6 +13,7 @@ import numpy.typing as npt
 import pytest
 from scipy.signal import resample_poly
 
+from spg_media.call import voice_entry_offered
 from spg_media.config import ConfigError, load_config
 from spg_media.speech import Utterance, answer_of, words_to_digits
 from spg_media.speech import whisper as whisper_module
@@ -156,6 +157,8 @@ def test_changed_model_files_are_refused(monkeypatch: pytest.MonkeyPatch) -> Non
         # not offered at all: callers are asked for keys only
         assert not recogniser_installed("whisper")
         assert recogniser_installed("pocketsphinx")
+        assert not voice_entry_offered("en", "whisper")
+        assert voice_entry_offered("en", "pocketsphinx")  # speech.recogniser = "pocketsphinx"
     finally:
         whisper_module.whisper_installed.cache_clear()
 
