@@ -51,7 +51,9 @@ N_FFT = 400
 N_MELS = 80
 MAX_FRAMES = 3000  # Whisper's 30 s window
 PAD_FRAMES = 100  # a second of silence after the speech: the decoder sees where it ends
-BEAM = 5
+# beam width and n-best: 5 -> 16 took the bench's digit errors 37 -> 27 % clean, 51 -> 42 % at
+# 10 dB, for 0.09 -> 0.10 core-s per second of speech
+BEAM = 16
 MAX_FREE_TOKENS = 24
 _DIGIT_NAMES = {digit: word for word, digit in reversed(DIGIT_WORDS.items())}  # "0" -> "zero"
 _ANSWER_WORDS = frozenset({"yes", "no", "repeat", "start", "again"})
