@@ -15,10 +15,11 @@ right length; the two decodes' n-best are pooled, like the pocketsphinx passes. 
 (after a group went wrong, `spg-media speech-scan`), Whisper hears the answers and the digits
 are the pocketsphinx grammar's (`fallback`): on an open length, Whisper constrained to digits
 tends to repeat or drop them on short windows (measured: 97 % digit error on groups of four
-against pocketsphinx's 45 %, where with the length known it has 26 % against 31 %).
+against pocketsphinx's 45 % on 16 groups; with the length known it gets more fields right than
+pocketsphinx: bench/RESULTS.md "Voice entry").
 
 Cost: the encoder runs over the utterance plus a second of padding (not Whisper's fixed 30 s
-window; CTranslate2 accepts the shorter input), measured 0.06 core-s per second of speech on
+window; CTranslate2 accepts the shorter input), measured 0.10 core-s per second of speech on
 this machine. One thread per model: the engine's worker processes give the parallelism.
 No audio or text leaves it except the returned hypotheses, and nothing here logs.
 """
