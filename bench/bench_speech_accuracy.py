@@ -1,7 +1,9 @@
-"""Accuracy of voice entry on synthetic telephone speech: constrained decoding against a plain
-unconstrained digit grammar, in the same run, on the same audio.
+"""Accuracy of voice entry on synthetic telephone speech: the two recognisers with constrained
+decoding against a plain unconstrained digit grammar, in the same run, on the same audio.
 
 Run:  .venv/bin/python bench/bench_speech_accuracy.py [--payments 6] [--jobs 2] [--seed 1]
+      [--decoders whisper,whisper+tries,constrained,constrained+tries,baseline]
+      [--conditions clean,snr20,snr10,pitch]
 (6 payments a condition: about 4 minutes on 2 idle cores; the recorded run used 16, 16 minutes
 on 2 busy ones)
 
@@ -13,15 +15,23 @@ noise at the condition's SNR (over the active speech), G.711 μ-law. Conditions:
 10 dB, and a "pitch" set (clean, each utterance pitch-shifted by sox by -400..+400 cents: other
 speakers than espeak's own).
 
-Both decoders hear the same utterances:
-* constrained: the grammar of exactly the expected number of digits, its n-best, and
-  `best_reading` with the field's rules (brand prefix, length, Luhn on the complete card with
-  the confirmed groups as prefix, expiry month and window, code length); a reading that is
-  not valid or below `--threshold` confidence is asked again without a read-back.
+The decoders hear the same utterances:
+* whisper: Whisper base (spg_media/speech/whisper.py) constrained to digits and answers, with an
+  exact-length decode, its n-best and `best_reading` with the field's rules, as below; the
+  caller's "yes"/"no" is recognised by Whisper too.
+* constrained: pocketsphinx with the grammar of exactly the expected number of digits, its
+  n-best, and `best_reading` with the field's rules (brand prefix, length, Luhn on the
+  complete card with the confirmed groups as prefix, expiry month and window, code length); a
+  reading that is not valid or below `--threshold` confidence is asked again without a
+  read-back.
+* whisper+tries, constrained+tries: the same recogniser's results on the same takes (reused,
+  not decoded again), with `best_reading` also given the field's earlier tries (`earlier`)
+  and the readings the caller said "no" to (`denied`), as the journey does.
 * baseline: the plain grammar (any digits), one decode with the same front end (resampling,
   noise floor), its best path, no rules: every reading is read back.
 
-Reported: per-digit error at first try (edit distance), whole field right at first try (the
+Reported: per-digit error at first try (edit distance), fields right at first try (each card
+group, the expiry and the code: the dialogue's unit), whole field right at first try (the
 card: every group right the first time), and with the read-back dialogue the share of
 payments that succeed within the attempts (`--attempts` per group/field): each group or field
 is read back and the simulated caller says "yes" or "no" (recognised from the same voice and
@@ -55,7 +65,12 @@ from spg_media.payment.cards import luhn_valid
 from spg_media.rtp import g711
 from spg_media.speech.digits import answer_of, best_reading, words_to_digits
 from spg_media.speech.model import Utterance
-from spg_media.speech.recogniser import PLAIN_DIGIT_GRAMMAR, DigitRecogniser
+from spg_media.speech.recogniser import (
+    PLAIN_DIGIT_GRAMMAR,
+    DigitRecogniser,
+    Recogniser,
+    make_recogniser,
+)
 from spg_media.speech.vad import VoiceActivity
 
 RATE = 8000
@@ -71,7 +86,7 @@ VOICES = (
 )
 VARIANTS = ("", "+m1", "+m3", "+m5", "+m7", "+f1", "+f2", "+f3", "+f4", "+klatt")
 CONDITIONS = ("clean", "snr20", "snr10", "pitch")
-DECODERS = ("constrained", "baseline")
+DECODERS = ("whisper", "whisper+tries", "constrained", "constrained+tries", "baseline")
 _BAND = butter(4, [300, 3400], btype="bandpass", fs=RATE, output="sos")
 TODAY = datetime.date.today()
 
@@ -144,13 +159,21 @@ def edits(a: str, b: str) -> int:
     return row[-1]
 
 
-_recognisers: dict[str, DigitRecogniser] = {}
+_recognisers: dict[str, Recogniser] = {}
+_decoders: tuple[str, ...] = DECODERS
 
 
-def _init() -> None:
-    _recognisers["constrained"] = DigitRecogniser()
-    # the same front end (resampling, noise floor), one pass, no rules
-    _recognisers["baseline"] = DigitRecogniser(PLAIN_DIGIT_GRAMMAR, passes=1)
+def _init(decoders: tuple[str, ...]) -> None:
+    global _decoders
+    _decoders = decoders
+    hearers = {decoder.split("+")[0] for decoder in decoders}
+    if "whisper" in hearers:
+        _recognisers["whisper"] = make_recogniser("whisper")  # as deployed
+    if hearers & {"constrained", "baseline"}:
+        _recognisers["constrained"] = DigitRecogniser()  # also hears the baseline's answers
+    if "baseline" in hearers:
+        # the same front end (resampling, noise floor), one pass, no rules
+        _recognisers["baseline"] = DigitRecogniser(PLAIN_DIGIT_GRAMMAR, passes=1)
 
 
 class Payment:
@@ -165,6 +188,7 @@ class Payment:
         self.voice = VOICES[index % len(VOICES)] + VARIANTS[(index // 2) % len(VARIANTS)]
         self.counts: Counter[str] = Counter()  # float values too (CPU, seconds)
         self._answers: dict[str, npt.NDArray[np.int16]] = {}
+        self._heard: dict[tuple[str, object], tuple[Utterance, float]] = {}
 
     def speaker(self) -> Speaker:
         snr = {"snr20": 20.0, "snr10": 10.0}.get(self.condition)
@@ -175,33 +199,57 @@ class Payment:
         return render(text, self.speaker(), self.nprng)
 
     def recognise(
-        self, decoder: str, audio: npt.NDArray[np.int16], length: int | None
+        self, decoder: str, audio: npt.NDArray[np.int16], length: int | None, key: object
     ) -> Utterance:
-        started = time.process_time()
-        hypotheses = _recognisers[decoder].recognise(
-            audio, length=length if decoder == "constrained" else None
-        )
-        self.counts[f"{decoder}.cpu"] += time.process_time() - started
+        """What `decoder`'s recogniser hears in `audio` (`key` names the take: a "+tries"
+        variant reuses its recogniser's result, and its CPU, for the same take)."""
+        hearer = decoder.split("+")[0]
+        if (hearer, key) not in self._heard:
+            started = time.process_time()
+            hypotheses = _recognisers[hearer].recognise(
+                audio, length=None if hearer == "baseline" else length
+            )
+            cpu = time.process_time() - started
+            self._heard[(hearer, key)] = (Utterance(hypotheses, 0.0, len(audio) / RATE), cpu)
+        utterance, cpu = self._heard[(hearer, key)]
+        self.counts[f"{decoder}.cpu"] += cpu
         self.counts[f"{decoder}.speech_s"] += len(audio) / RATE
-        return Utterance(hypotheses, 0.0, len(audio) / RATE)
+        return utterance
 
     def read(
-        self, decoder: str, audio: npt.NDArray[np.int16], field: str, length: int, prefix: str
-    ) -> tuple[str, bool]:
-        """(digits heard, whether to read them back)."""
-        utterance = self.recognise(decoder, audio, length)
+        self,
+        decoder: str,
+        audio: npt.NDArray[np.int16],
+        key: object,
+        field: str,
+        length: int,
+        prefix: str,
+        earlier: list[Utterance],
+        denied: set[str],
+    ) -> tuple[str, bool, Utterance]:
+        """(digits heard, whether to read them back, the utterance)."""
+        utterance = self.recognise(decoder, audio, length, key)
         if decoder == "baseline":
             words = utterance.hypotheses[0].words if utterance.hypotheses else ()
-            return words_to_digits(words) or "", True
-        reading = best_reading(utterance, field, expected_length=length, prefix=prefix, today=TODAY)
+            return words_to_digits(words) or "", True, utterance
+        reading = best_reading(
+            utterance,
+            field,
+            expected_length=length,
+            prefix=prefix,
+            today=TODAY,
+            earlier=earlier,
+            denied=denied,
+        )
         if reading is None:
-            return "", False
-        return reading.digits, reading.valid and reading.confidence >= self.threshold
+            return "", False, utterance
+        return reading.digits, reading.valid and reading.confidence >= self.threshold, utterance
 
     def answer(self, decoder: str, word: str) -> str | None:
         if word not in self._answers:
             self._answers[word] = self.say(word)
-        return answer_of(self.recognise("constrained", self._answers[word], None))
+        hearer = "whisper" if decoder.startswith("whisper") else "constrained"
+        return answer_of(self.recognise(hearer, self._answers[word], None, word))
 
     def run(self) -> Counter[str]:
         card, groups = card_number(self.rng)
@@ -228,24 +276,38 @@ class Payment:
                 takes[(position, attempt)] = self.say(spoken(fields[position][1]))
             return takes[(position, attempt)]
 
-        for decoder in DECODERS:
+        for decoder in _decoders:
             ok = True
             card_first = True
             for position, (field, truth, _) in enumerate(fields):
                 confirmed = None
+                # "+tries": the field's earlier tries pooled, the readings denied never again
+                earlier: list[Utterance] = []
+                denied: set[str] = set()
                 for attempt in range(self.attempts):
                     prefix = (
                         card[: sum(len(f[1]) for f in fields[:position])]
                         if field == "card-group"
                         else ""
                     )
-                    digits, read_back = self.read(
-                        decoder, take(position, attempt), field, len(truth), prefix
+                    tries = decoder.endswith("+tries")
+                    digits, read_back, utterance = self.read(
+                        decoder,
+                        take(position, attempt),
+                        (position, attempt),
+                        field,
+                        len(truth),
+                        prefix,
+                        earlier if tries else [],
+                        denied if tries else set(),
                     )
+                    earlier.append(utterance)
                     if attempt == 0:
                         self.counts[f"{decoder}.digit_errors"] += edits(truth, digits)
                         self.counts[f"{decoder}.digits"] += len(truth)
                         right = digits == truth
+                        self.counts[f"{decoder}.fields"] += 1
+                        self.counts[f"{decoder}.fields_right"] += right
                         if field == "card-group":
                             card_first &= right
                         else:
@@ -258,6 +320,8 @@ class Payment:
                     if heard == "yes":
                         confirmed = digits
                         break
+                    if heard == "no":
+                        denied.add(digits)
                 # a failed field fails the payment; the rest are still said, so that the
                 # first-try figures cover every field
                 ok &= confirmed == truth
@@ -293,8 +357,10 @@ def main() -> int:
     parser.add_argument("--attempts", type=int, default=3, help="per group or field (default 3)")
     parser.add_argument("--threshold", type=float, default=0.5, help="confidence to read back")
     parser.add_argument("--conditions", default=",".join(CONDITIONS))
+    parser.add_argument("--decoders", default=",".join(DECODERS))
     args = parser.parse_args()
     conditions = args.conditions.split(",")
+    decoders = tuple(args.decoders.split(","))
     tasks = [
         (condition, index, args.seed, args.attempts, args.threshold)
         for index in range(args.payments)
@@ -302,7 +368,9 @@ def main() -> int:
     ]
     started = time.monotonic()
     totals: dict[str, Counter[str]] = {condition: Counter() for condition in conditions}
-    with multiprocessing.get_context("spawn").Pool(args.jobs, initializer=_init) as pool:
+    with multiprocessing.get_context("spawn").Pool(
+        args.jobs, initializer=_init, initargs=(decoders,)
+    ) as pool:
         for condition, counts in pool.imap_unordered(_one, tasks):
             totals[condition].update(counts)
     wall = time.monotonic() - started
@@ -313,18 +381,20 @@ def main() -> int:
         f"threshold {args.threshold}, seed {args.seed}, {wall:.0f} s wall on {args.jobs} jobs"
     )
     print(
-        "| condition | decoder | digit error, 1st try | card right 1st try | expiry 1st | "
-        "code 1st | paid within attempts | read-backs right | CPU s per s of speech |"
+        "| condition | decoder | digit error, 1st try | fields right 1st try | card right 1st try "
+        "| expiry 1st | code 1st | paid within attempts | read-backs right "
+        "| CPU s per s of speech |"
     )
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for condition in conditions:
         t = totals[condition]
         n = max(t["payments"], 1)
-        for decoder in DECODERS:
+        for decoder in decoders:
             digits = max(t[f"{decoder}.digits"], 1)
             speech = max(t[f"{decoder}.speech_s"], 1e-9)
             print(
                 f"| {condition} | {decoder} | {t[f'{decoder}.digit_errors'] / digits:.1%} | "
+                f"{t[f'{decoder}.fields_right'] / max(t[f'{decoder}.fields'], 1):.0%} | "
                 f"{t[f'{decoder}.card_first'] / n:.0%} | {t[f'{decoder}.expiry_first'] / n:.0%} | "
                 f"{t[f'{decoder}.code_first'] / n:.0%} | {t[f'{decoder}.paid'] / n:.0%} | "
                 f"{t[f'{decoder}.read_backs_right'] / max(t[f'{decoder}.read_backs'], 1):.0%} | "

@@ -91,6 +91,7 @@ from spg_media.sip.transaction import Address
 from spg_media.sip.ua import SipUserAgent
 from spg_media.sip.uri import NameAddr, SipSyntaxError, SipUri
 from spg_media.speech import SpeechEngine, SpeechInput, Utterance, speech_available
+from spg_media.speech.recogniser import DEFAULT_RECOGNISER
 from spg_media.tts.phrases import SPEECH_LANGUAGES, SUPPORTED_LANGUAGES
 from spg_media.tts.prompts import PromptLibrary
 
@@ -635,7 +636,7 @@ class Call:
         engine = self.services.speech
         if self.config.ivr.input != "dtmf speech" or engine is None or self.media is None:
             return False
-        if not voice_entry_offered(self.language):
+        if not voice_entry_offered(self.language, self.config.speech.recogniser):
             return False
         speech_input = engine.open_input(self.language, self._on_utterance)
         if speech_input is None:
@@ -1198,10 +1199,11 @@ def _offers_plain_audio(offer: SessionDescription) -> bool:
     )
 
 
-def voice_entry_offered(language: str) -> bool:
-    """Whether callers in `language` may say their digits: a recognition model is installed
-    and the prompts have "key or say" wording for it. Other languages stay keypad-only."""
-    return language in SPEECH_LANGUAGES and speech_available(language)
+def voice_entry_offered(language: str, recogniser: str = DEFAULT_RECOGNISER) -> bool:
+    """Whether callers in `language` may say their digits: `recogniser`'s model
+    (`speech.recogniser`) is installed and the prompts have "key or say" wording for it.
+    Other languages stay keypad-only."""
+    return language in SPEECH_LANGUAGES and speech_available(language, recogniser)
 
 
 async def render_prompt(

@@ -654,7 +654,7 @@ def _prompts(args: argparse.Namespace) -> int:
                     "cache_dir": config.tts.cache_dir,
                     # callers may say their digits in it (ivr.input = "dtmf speech"): a speech
                     # model is installed and the prompts offer it; else keypad only
-                    "speech": voice_entry_offered(lang),
+                    "speech": voice_entry_offered(lang, config.speech.recogniser),
                 }
             )
         )
@@ -765,7 +765,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     listeners = len(config.sip.listen)
-    spoken = ", ".join(speech_languages(SUPPORTED_LANGUAGES)) or "none"
+    spoken = ", ".join(speech_languages(SUPPORTED_LANGUAGES, config.speech.recogniser)) or "none"
     print(
         f"{args.config}: ok ({listeners} SIP listeners, connector {config.gateway.connector}; "
         f"speech model for: {spoken})"

@@ -684,7 +684,10 @@ class SpeechConfig(_Section):
 
     # recognitions running at once in this process; a caller past it is asked for keys only
     max_concurrent: int = _rule(8, _Int(1, 1024))
-    # recogniser processes of this node process (each loads the model, ~150 MB): 0 = one per
+    # the recogniser: "whisper" (Whisper base, the default) or "pocketsphinx" (lighter, less
+    # accurate in noise); both are installed with the package
+    recogniser: str = _rule("whisper", _Choice("whisper", "pocketsphinx"))
+    # recogniser processes of this node process (each loads the model, 200-470 MB): 0 = one per
     # core, shared out among the workers of `serve --workers N`
     processes: int = _rule(0, _Int(0, 256))
 

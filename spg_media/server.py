@@ -314,7 +314,8 @@ class Server:
         worker loads its model once, not at a caller's first word)."""
         if self.config.ivr.input != "dtmf speech":
             return None
-        spoken = [language for language in LANGUAGES if voice_entry_offered(language)]
+        recogniser = self.config.speech.recogniser
+        spoken = [language for language in LANGUAGES if voice_entry_offered(language, recogniser)]
         if not spoken:
             log.warning("ivr.input is 'dtmf speech' but no language has a speech model: keys only")
             return None
@@ -322,6 +323,7 @@ class Server:
             self.config.speech.max_concurrent,
             workers=self.config.speech.processes or None,
             lock_memory=self.config.security.lock_memory,
+            recogniser=recogniser,
         )
         engine.start()
         others = [language for language in LANGUAGES if language not in spoken]

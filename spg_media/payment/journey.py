@@ -97,7 +97,10 @@ yes or press one, or no or press two."): `heard` holds it meanwhile. Then:
   brand, length) or as long as its brand allows (then checked as a keyed one is); else "and
   the next digits?". The expiry and the code are then checked exactly as when keyed.
 - "no" or '2': dropped, "please say those digits again"; a failed attempt (the card's
-  confirmed groups stay).
+  confirmed groups stay). The tries at the same digits add up: the next utterance is read
+  with the earlier ones' hypotheses pooled in, and a reading the caller said "no" to is never
+  read back again for them (`best_reading`'s `earlier` and `denied`), until the digits are
+  taken, keyed, or the field is started again.
 - "start again" or '*': the field is wiped and asked again (never a cancellation).
 - "repeat": the read-back (or the field's prompt) again; new digits replace the read-back.
 - not sure enough, or words that are no digits: "sorry, I did not understand", a failed
@@ -399,12 +402,35 @@ _FAILURE_PROMPTS = {
 }
 
 
-def _plain_reading(utterance: Utterance, length: int | None) -> tuple[str, float] | None:
+class _Denied:
+    """Readings the caller said "no" to, as `SecretDigits` (wiped when forgotten); `in` tells
+    whether a reading is one of them without making a string of them."""
+
+    def __init__(self) -> None:
+        self._readings: list[SecretDigits] = []
+
+    def append(self, reading: SecretDigits) -> None:
+        self._readings.append(reading)
+
+    def __contains__(self, digits: object) -> bool:
+        return isinstance(digits, str) and any(r.matches(digits) for r in self._readings)
+
+    def wipe(self) -> None:
+        for reading in self._readings:
+            reading.wipe()
+        self._readings = []
+
+
+def _plain_reading(
+    utterance: Utterance, length: int | None, denied: _Denied | None = None
+) -> tuple[str, float] | None:
     """The digits most probably said (of `length`, when given), by no rule but the words, and
-    their share of the utterance's probability."""
+    their share of the utterance's probability (never a reading the caller said "no" to)."""
     pooled: dict[str, float] = {}
     for hypothesis, posterior in zip(utterance.hypotheses, utterance.posteriors(), strict=True):
         digits = words_to_digits(hypothesis.words)
+        if denied is not None and digits in denied:
+            continue
         if digits is not None and (length is None or len(digits) == length):
             pooled[digits] = pooled.get(digits, 0.0) + posterior
     if not pooled:
@@ -425,11 +451,11 @@ class Journey:
     # Slots: one journey per call in progress, and 34 attributes overflow a shared-key __dict__.
     __slots__ = (
         "_auth", "_authorizations", "_brand", "_closing_result", "_config", "_cvc",
-        "_deadline", "_entry", "_entry_inputs", "_exp_month", "_exp_year", "_expiry",
+        "_deadline", "_denied", "_entry", "_entry_inputs", "_exp_month", "_exp_year", "_expiry",
         "_failed_total", "_failure", "_field_failures", "_free_grouping", "_hash_grace_until",
         "_heard", "_inputs", "_last4", "_last_key_at", "_outcome", "_pan", "_playing",
         "_repeats", "_result_parts", "_speech", "_state", "_t_authorize", "_t_authorized",
-        "_t_entry", "_t_start", "_today", "_transaction",
+        "_t_entry", "_t_start", "_today", "_transaction", "_tries", "_tries_at",
     )  # fmt: skip
 
     def __init__(
@@ -467,6 +493,11 @@ class Journey:
         self._inputs: dict[str, str] = {}
         self._last_key_at: float | None = None
         self._free_grouping = False  # a card group failed: the next may have any length
+        # The tries at the digits asked now (state, digits taken): the utterances said for
+        # them and the readings the caller said "no" to, pooled and excluded next time.
+        self._tries_at: tuple[State, int] | None = None
+        self._tries: list[Utterance] = []
+        self._denied = _Denied()
 
         self._field_failures: dict[State, int] = {}
         self._failed_total = 0
@@ -622,6 +653,7 @@ class Journey:
             actions += self._hash(now)
         else:
             self._drop_heard()  # keys win: what was said and not yet confirmed is dropped
+            self._forget_tries()
             self._entry.append(key)
             self._entry_inputs.add("dtmf")
             self._deadline = now + self._config.inter_digit_timeout_s
@@ -720,6 +752,7 @@ class Journey:
         if answer is not None and (self._heard is not None or answer == "start-again"):
             return actions + self._answer_heard(answer, now)
         digits = self._reading(utterance)
+        self._tries.append(utterance)  # evidence for the next try at the same digits
         if digits is None:
             # Kept: the card's digits confirmed so far, a read-back waiting for its answer.
             keep = self._heard is not None or self._state is State.CARD
@@ -778,6 +811,10 @@ class Journey:
         remaining = self._field_length() - len(self._entry)
         if remaining <= 0:
             return None
+        if self._tries_at != (self._state, len(self._entry)):
+            self._forget_tries()  # other digits asked now: the tries so far were at others
+            self._tries_at = (self._state, len(self._entry))
+        earlier, denied = self._tries, self._denied
         field = self._field_name()
         candidates: list[tuple[str, float]] = []
         if field == "card":
@@ -790,7 +827,12 @@ class Journey:
             prefix = rules_surrogate(self._entry)
             for length in lengths:
                 reading = best_reading(
-                    utterance, "card-group", expected_length=length, prefix=prefix
+                    utterance,
+                    "card-group",
+                    expected_length=length,
+                    prefix=prefix,
+                    earlier=earlier,
+                    denied=denied,
                 )
                 if reading is not None and reading.valid:
                     candidates.append((reading.digits, reading.confidence))
@@ -798,12 +840,17 @@ class Journey:
             lengths = (remaining,)
             if not len(self._entry):  # a whole expiry or code (not the rest of a keyed one)
                 reading = best_reading(
-                    utterance, _SPOKEN_FIELD[field], expected_length=remaining, today=self._today
+                    utterance,
+                    _SPOKEN_FIELD[field],
+                    expected_length=remaining,
+                    today=self._today,
+                    earlier=earlier,
+                    denied=denied,
                 )
                 if reading is not None and reading.valid:
                     candidates.append((reading.digits, reading.confidence))
         for length in lengths:
-            heard = _plain_reading(utterance, length)
+            heard = _plain_reading(utterance, length, denied)
             if heard is not None:
                 candidates.append(heard)
         for digits, confidence in candidates:
@@ -832,6 +879,7 @@ class Journey:
         if self._heard is None:
             return self._failed(now, "not_understood", keep=self._state is State.CARD)
         if answer == "no":
+            self._denied.append(self._heard.copy())  # never read back again for these digits
             self._drop_heard()
             self._deadline = None
             if self._count_failure():
@@ -840,6 +888,7 @@ class Journey:
         if answer != "yes":
             return self._failed(now, "not_understood", keep=True)
         heard, self._heard = self._heard, None
+        self._forget_tries()  # these digits are taken: the tries at them are done with
         for digit in heard.characters():
             self._entry.append(digit)
         heard.wipe()
@@ -861,6 +910,11 @@ class Journey:
         if self._heard is not None:
             self._heard.wipe()
             self._heard = None
+
+    def _forget_tries(self) -> None:
+        self._tries = []
+        self._denied.wipe()
+        self._tries_at = None
 
     def _ask(self) -> PromptPart:
         """The prompt asking for the current field ("key or say" with voice entry)."""
@@ -889,6 +943,7 @@ class Journey:
     def _clear(self) -> list[Action]:
         """'*' on a field with digits, or "start again": wipe it and ask for it again."""
         self._wipe_entry()
+        self._forget_tries()
         self._deadline = None
         return [self._play((self._ask(),), barge_in=True)]
 
@@ -1031,11 +1086,13 @@ class Journey:
         if state not in _TRANSITIONS[self._state]:
             raise RuntimeError(f"journey: no transition {self._state.name} -> {state.name}")
         self._state = state
+        self._forget_tries()
 
     def _wipe_card(self) -> None:
         """Wipe every card digit the journey still holds (not one handed to `Authorize`)."""
         self._entry.wipe()
         self._drop_heard()
+        self._forget_tries()
         for buffer in (self._pan, self._expiry, self._cvc):
             if buffer is not None:
                 buffer.wipe()

@@ -11,13 +11,18 @@ dropped readings partly kept in the denominator (`_LEAK`): the true reading may 
 n-best list never held, and a broken reading is evidence of that. A reading the dialogue is
 not sure enough of is asked again.
 
+Repeated attempts at the same digits add up: `earlier` takes the utterances of the caller's
+previous tries at them (after a "no" or a reading too unsure to read back), whose posteriors
+are pooled with this one's, and `denied` the readings the caller said "no" to, which are never
+chosen again (their mass goes, unlike a broken reading's: the caller said so).
+
 Nothing here logs, and `Reading`'s repr hides its digits.
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 
 from spg_media.payment.cards import (
@@ -122,6 +127,8 @@ def best_reading(
     expected_length: int | None = None,
     prefix: str = "",
     today: datetime.date | None = None,
+    earlier: Sequence[Utterance] = (),
+    denied: Container[str] = (),
 ) -> Reading | None:
     """The most probable reading of `utterance` that the field's rules accept.
 
@@ -129,7 +136,9 @@ def best_reading(
     and brand, length and Luhn are checked on prefix + digits), "card" (the whole number),
     "expiry" (MMYY; three digits are read with a leading zero) or "code" (3 or 4 digits).
     `expected_length`, when given, is the number of digits this utterance must have.
-    `today` (default: the current date) places the expiry window.
+    `today` (default: the current date) places the expiry window. `earlier`: the caller's
+    previous tries at the same digits, pooled with this one; `denied`: readings the caller
+    rejected, never chosen.
 
     None when no hypothesis reads as digits at all; a Reading with valid False and confidence
     0 when some do but none fits the rules (the most probable of those).
@@ -137,13 +146,17 @@ def best_reading(
     if field not in FIELDS:
         raise ValueError(f"unknown field {field!r}; expected one of {', '.join(FIELDS)}")
     pooled: dict[str, float] = {}
-    for hypothesis, posterior in zip(utterance.hypotheses, utterance.posteriors(), strict=True):
-        digits = words_to_digits(hypothesis.words)
-        if digits is None:
-            continue
-        if field == "expiry" and len(digits) == 3:
-            digits = "0" + digits
-        pooled[digits] = pooled.get(digits, 0.0) + posterior
+    # this try first: among equally likely readings, the one just said wins
+    for attempt in (utterance, *earlier):
+        for hypothesis, posterior in zip(attempt.hypotheses, attempt.posteriors(), strict=True):
+            digits = words_to_digits(hypothesis.words)
+            if digits is None:
+                continue
+            if field == "expiry" and len(digits) == 3:
+                digits = "0" + digits
+            if digits in denied:
+                continue
+            pooled[digits] = pooled.get(digits, 0.0) + posterior
     if not pooled:
         return None
     when = today if today is not None else datetime.date.today()

@@ -1,8 +1,9 @@
 """The speech engine: per-call voice-activity detection on the loop, recognition off it.
 
-`SpeechEngine` (one per process) owns a pool of worker processes, each with its own
-`DigitRecogniser`. Processes, not threads: pocketsphinx holds the GIL while it decodes (measured:
-a decode in a thread stalled the loop's thread for 117 ms), and the media tick must not stall.
+`SpeechEngine` (one per process) owns a pool of worker processes, each with its own recogniser
+(`speech.recogniser`: Whisper or pocketsphinx, spg_media/speech/recogniser.py). Processes, not
+threads: pocketsphinx holds the GIL while it decodes (measured: a decode in a thread stalled the
+loop's thread for 117 ms), and the media tick must not stall.
 `SpeechInput` (one per call) runs `VoiceActivity` on the samples the media tick hands it (a few
 µs per 20 ms frame; silence costs nothing more) and sends each finished stretch of speech to
 the pool; the result comes back on the loop (`call_soon_threadsafe`) as an `Utterance`.
@@ -30,33 +31,41 @@ import numpy.typing as npt
 
 from spg_media.hardening import end_with_parent, harden_process
 from spg_media.speech.model import Hypothesis, Utterance
-from spg_media.speech.recogniser import DigitRecogniser, language_supported
+from spg_media.speech.recogniser import (
+    DEFAULT_RECOGNISER,
+    Recogniser,
+    language_supported,
+    make_recogniser,
+)
 from spg_media.speech.vad import SpeechSegment, VoiceActivity
 
 log = logging.getLogger("spg.speech")
 
 MAX_QUEUED_PER_CALL = 2
 
-_worker_recogniser: DigitRecogniser | None = None
+_worker_recogniser: Recogniser | None = None
 
 
-def speech_available(language: str) -> bool:
-    """Whether callers speaking `language` can say their digits (a model is installed)."""
-    return language_supported(language)
+def speech_available(language: str, recogniser: str = DEFAULT_RECOGNISER) -> bool:
+    """Whether callers speaking `language` can say their digits (`recogniser`'s model is
+    installed)."""
+    return language_supported(language, recogniser)
 
 
-def speech_languages(languages: list[str] | tuple[str, ...]) -> list[str]:
+def speech_languages(
+    languages: list[str] | tuple[str, ...], recogniser: str = DEFAULT_RECOGNISER
+) -> list[str]:
     """Those of `languages` that have a speech model."""
-    return [language for language in languages if speech_available(language)]
+    return [language for language in languages if speech_available(language, recogniser)]
 
 
-def _worker_init(lock_memory: bool = False) -> None:
+def _worker_init(lock_memory: bool = False, recogniser: str = DEFAULT_RECOGNISER) -> None:
     global _worker_recogniser
     # A worker holds callers' spoken digits: the node's own protections, applied again since
     # exec made this process dumpable (hardening.py), and it ends with the node.
     harden_process(lock_memory)
     end_with_parent()
-    _worker_recogniser = DigitRecogniser()
+    _worker_recogniser = make_recogniser(recogniser)
 
 
 def _worker_ready() -> bool:
@@ -75,9 +84,15 @@ class SpeechEngine:
     """One per process: the recognition workers and the count of calls using speech."""
 
     def __init__(
-        self, max_concurrent: int = 8, *, workers: int | None = None, lock_memory: bool = False
+        self,
+        max_concurrent: int = 8,
+        *,
+        workers: int | None = None,
+        lock_memory: bool = False,
+        recogniser: str = DEFAULT_RECOGNISER,
     ) -> None:
         self.max_concurrent = max_concurrent
+        self.recogniser = recogniser  # `speech.recogniser`: which model the workers load
         self._lock_memory = lock_memory
         # no more processes than recognitions may run at once
         self._workers = max(1, min(max_concurrent, workers or os.cpu_count() or 1))
@@ -111,7 +126,7 @@ class SpeechEngine:
                 max_workers=self._workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_worker_init,
-                initargs=(self._lock_memory,),
+                initargs=(self._lock_memory, self.recogniser),
             )
         return self._pool
 
@@ -120,7 +135,7 @@ class SpeechEngine:
     ) -> SpeechInput | None:
         """A speech input for one call, or None: no model for `language`, or `max_concurrent`
         calls already use speech (the caller keys the digits instead)."""
-        if not speech_available(language):
+        if not speech_available(language, self.recogniser):
             return None
         if len(self._inputs) >= self.max_concurrent:
             self.refused += 1

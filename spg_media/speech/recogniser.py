@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import time
 from fractions import Fraction
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -82,16 +83,51 @@ public <utterance> = ({_DIGITS})+;
 """
 
 
-def language_supported(language: str) -> bool:
-    """Whether a model for `language` ("en", "en-GB", ...) is installed."""
+# The recognisers `speech.recogniser` chooses among (docs/contract.md): Whisper base on
+# CTranslate2 (spg_media/speech/whisper.py) or pocketsphinx's en-US model (this module).
+RECOGNISERS = ("whisper", "pocketsphinx")
+DEFAULT_RECOGNISER = "whisper"
+
+
+class Recogniser(Protocol):
+    """One utterance of int16 samples in, n-best hypotheses (the grammar's words) out."""
+
+    def recognise(
+        self, samples: npt.NDArray[np.int16], rate: int = 8000, length: int | None = None
+    ) -> tuple[Hypothesis, ...]: ...
+
+
+def recogniser_installed(kind: str) -> bool:
+    """Whether the recogniser `kind` (one of `RECOGNISERS`) and its model are installed."""
+    if kind == "whisper":
+        from spg_media.speech.whisper import whisper_installed
+
+        return whisper_installed()
+    if kind == "pocketsphinx":
+        try:
+            import pocketsphinx  # noqa: F401
+        except ImportError:
+            return False
+        return True
+    raise ValueError(f"unknown recogniser {kind!r}; expected one of {', '.join(RECOGNISERS)}")
+
+
+def make_recogniser(kind: str = DEFAULT_RECOGNISER) -> Recogniser:
+    """A recogniser of the kind `speech.recogniser` names, its model loaded (about a second)."""
+    if kind == "whisper":
+        from spg_media.speech.whisper import WhisperDigitRecogniser
+
+        # pocketsphinx reads digits of unknown length, within what is left of the CPU budget
+        return WhisperDigitRecogniser(fallback=DigitRecogniser(cpu_per_speech_second=0.08))
+    if kind == "pocketsphinx":
+        return DigitRecogniser()
+    raise ValueError(f"unknown recogniser {kind!r}; expected one of {', '.join(RECOGNISERS)}")
+
+
+def language_supported(language: str, recogniser: str = DEFAULT_RECOGNISER) -> bool:
+    """Whether `recogniser`'s model for `language` ("en", "en-GB", ...) is installed."""
     base = language.lower().split("-")[0].split("_")[0]
-    if base not in LANGUAGES:
-        return False
-    try:
-        import pocketsphinx  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return base in LANGUAGES and recogniser_installed(recogniser)
 
 
 def resample_to_model(samples: npt.NDArray[np.int16], rate: int = 8000) -> npt.NDArray[np.float64]:

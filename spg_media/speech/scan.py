@@ -12,7 +12,7 @@ import numpy.typing as npt
 
 from spg_media.speech.digits import Reading, best_reading
 from spg_media.speech.model import Utterance
-from spg_media.speech.recogniser import DigitRecogniser
+from spg_media.speech.recogniser import Recogniser, make_recogniser
 from spg_media.speech.vad import FRAME, RATE, VoiceActivity
 
 _GAP = np.zeros(int(0.3 * RATE), dtype=np.int16)
@@ -36,7 +36,7 @@ def speech_of(samples: npt.NDArray[np.int16]) -> list[npt.NDArray[np.int16]]:
 
 
 def scan_field(
-    samples: npt.NDArray[np.int16], field: str, recogniser: DigitRecogniser | None = None
+    samples: npt.NDArray[np.int16], field: str, recogniser: Recogniser | None = None
 ) -> Reading:
     """The reading of a recording of one field said ("card", "expiry" or "code")."""
     stretches = speech_of(samples)
@@ -46,7 +46,7 @@ def scan_field(
     for stretch in stretches:
         joined += [stretch, _GAP]
     audio = np.concatenate(joined)
-    hypotheses = (recogniser or DigitRecogniser()).recognise(audio)
+    hypotheses = (recogniser or make_recogniser()).recognise(audio)
     duration = len(audio) / RATE
     reading = best_reading(Utterance(hypotheses, 0.0, duration), field)
     return reading if reading is not None else Reading("", 0.0, valid=False)

@@ -110,7 +110,7 @@ def rehearse(audio: CallerAudio, keys: Sequence[tuple[float, str]] = ()) -> Rehe
     from spg_media.payment.journey import Authorize, Journey, JourneyConfig, Play
     from spg_media.payment.model import AuthorizationResult, Operation, Result, TransactionInfo
     from spg_media.speech.model import Utterance
-    from spg_media.speech.recogniser import DigitRecogniser
+    from spg_media.speech.recogniser import make_recogniser
     from spg_media.speech.vad import VoiceActivity
 
     tones = scan(audio.samples)
@@ -129,7 +129,7 @@ def rehearse(audio: CallerAudio, keys: Sequence[tuple[float, str]] = ()) -> Rehe
     tx = TransactionInfo("sbx-4990-EUR-r", Operation.SALE, 4990, "EUR", "R", "Shop")
     journey = Journey(JourneyConfig(speech=True), tx, None, datetime.date.today())
     actions = journey.start(0.0)
-    recogniser = DigitRecogniser()
+    recogniser = make_recogniser()  # the node's: speech.recogniser's default
     expected = journey.expected_digits()
     for at, kind, item in events:
         if kind == "key":
@@ -183,7 +183,7 @@ def voice_stack(
     from spg_media.speech import speech_available
 
     if not speech_available("en"):
-        pytest.skip("no speech model (pocketsphinx) installed")
+        pytest.skip("no speech model installed")
     node = spg_node_factory(
         {
             "SPG_IVR__INPUT": "dtmf speech",

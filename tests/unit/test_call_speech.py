@@ -67,10 +67,16 @@ class FakeEngine:
     engines: ClassVar[list[FakeEngine]] = []
 
     def __init__(
-        self, max_concurrent: int = 8, *, workers: int | None = None, lock_memory: bool = False
+        self,
+        max_concurrent: int = 8,
+        *,
+        workers: int | None = None,
+        lock_memory: bool = False,
+        recogniser: str = "",
     ) -> None:
         self.max_concurrent = max_concurrent
         self.processes = workers or 1
+        self.recogniser = recogniser
         self.inputs: list[FakeInput] = []
         self.refused = 0
         self.closed = False
@@ -97,7 +103,9 @@ class FakeEngine:
 def fake_speech(monkeypatch: pytest.MonkeyPatch) -> type[FakeEngine]:
     FakeEngine.engines = []
     monkeypatch.setattr(server_module, "SpeechEngine", FakeEngine)
-    monkeypatch.setattr(call_module, "speech_available", lambda language: language == "en")
+    monkeypatch.setattr(
+        call_module, "speech_available", lambda language, recogniser="": language == "en"
+    )
     return FakeEngine
 
 
@@ -166,6 +174,7 @@ def test_a_card_said_pays_and_the_cdr_says_speech(
             await caller.start()
             assert await caller.call() == 200
             engine = fake_speech.engines[0]
+            assert engine.recogniser == "whisper"  # speech.recogniser's default
             await until(lambda: engine.inputs and engine.inputs[0].fed >= 8000)  # 1 s of audio
             speech = engine.inputs[0]
             assert speech.language == "en"

@@ -169,8 +169,27 @@ def state_of(journey: Journey) -> list[object]:
 
 
 def held(journey: Journey) -> list[SecretDigits]:
-    """Every non-empty card buffer the journey still references."""
-    return [v for v in state_of(journey) if isinstance(v, SecretDigits) and len(v) > 0]
+    """Every non-empty card buffer the journey still references (directly, or in a list or an
+    object of the journey's module, such as the readings a caller denied)."""
+    found: list[SecretDigits] = []
+
+    def visit(value: object) -> None:
+        if isinstance(value, SecretDigits):
+            if len(value) > 0:
+                found.append(value)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                visit(item)
+        elif type(value).__module__ == Journey.__module__ and hasattr(value, "__dict__"):
+            for item in vars(value).values():
+                visit(item)
+        elif type(value).__module__ == Journey.__module__ and hasattr(value, "__slots__"):
+            for name in value.__slots__:
+                visit(getattr(value, name, None))
+
+    for value in state_of(journey):
+        visit(value)
+    return found
 
 
 def buffers(journey: Journey) -> list[SecretDigits]:

@@ -239,14 +239,59 @@ def test_key_two_is_no_and_the_confirmed_groups_stay() -> None:
 def test_no_every_time_ends_too_many_attempts() -> None:
     speaker = Speaker(JourneyConfig(speech=True, max_attempts=3))
     speaker.start()
-    for _ in range(3):
+    for group in ("4111", "4112", "4113"):
         speaker.done()
-        speaker.say("4111")
+        assert heard_digits(speaker.say(group)) == group
         speaker.done()
         actions = speaker.say("no")
     assert plays(actions) == [("too_many_attempts", "goodbye")]
     assert outcome_of(speaker.done()).result is Result.TOO_MANY_ATTEMPTS
     assert held(speaker.journey) == []
+
+
+def test_a_reading_denied_is_not_read_back_again_for_the_same_digits() -> None:
+    speaker = Speaker(JourneyConfig(speech=True, max_attempts=5))
+    speaker.start()
+    speaker.done()
+    assert heard_digits(speaker.say("4111", also=(("4117", -0.5),))) == "4111"
+    speaker.done()
+    assert plays(speaker.say("no")) == [("say_again",)]
+    speaker.done()
+    # the recogniser hears the same again: its runner-up is read back, not the denied one
+    assert heard_digits(speaker.say("4111", also=(("4117", -0.5),))) == "4117"
+    speaker.done()
+    speaker.say("no")
+    speaker.done()
+    # nothing left but denied readings: not understood, asked again
+    assert plays(speaker.say("4117", also=(("4111", -0.5),)))[0][0] == "not_understood"
+    # taken digits move on: the next group may be heard as a denied reading was
+    speaker.done()
+    assert heard_digits(speaker.say("4171")) == "4171"
+    speaker.done()
+    speaker.say("yes")
+    speaker.done()
+    assert heard_digits(speaker.say("4111")) == "4111"
+
+
+def test_the_tries_at_the_same_digits_add_up() -> None:
+    speaker = Speaker(JourneyConfig(speech=True, max_attempts=5))
+    speaker.start()
+    speaker.done()
+    # first try: 4111 a little ahead of 4171; the caller says no
+    assert heard_digits(speaker.say("4111", also=(("4171", -0.2),))) == "4111"
+    speaker.done()
+    speaker.say("no")
+    speaker.done()
+    # second try alone would say 4911, but 4171 was heard both times
+    second = speaker.say("4911", also=(("4171", -0.1), ("4111", -3.0)))
+    assert heard_digits(second) == "4171"
+    denied = [d for d in held(speaker.journey) if d.matches("4111")]
+    assert len(denied) == 1
+    speaker.done()
+    speaker.say("yes")
+    assert len(denied[0]) == 0  # the group taken: the reading denied for it is wiped
+    speaker.keys("111111111118#")  # the rest of 4171 1111 1111 1118 on the keypad
+    assert speaker.journey.state is State.EXPIRY
 
 
 @pytest.mark.parametrize("how", ["say", "key"])

@@ -171,3 +171,21 @@ def test_reprs_hide_the_digits() -> None:
     reading = best_reading(hypotheses, "card")
     for value in (hypotheses, hypotheses.hypotheses[0], reading):
         assert "one" not in repr(value) and "4111" not in repr(value)
+
+
+def test_earlier_tries_are_pooled_and_denied_readings_never_chosen() -> None:
+    first = utterance(("4111", 0.0), ("4171", -0.2))
+    second = utterance(("4911", 0.0), ("4171", -0.1), ("4111", -3.0))
+    alone = best_reading(second, "card-group", expected_length=4)
+    assert alone is not None and alone.digits == "4911"
+    pooled = best_reading(second, "card-group", expected_length=4, earlier=[first])
+    assert pooled is not None and pooled.digits == "4171"  # heard both times
+    denied = best_reading(first, "card-group", expected_length=4, denied={"4111"})
+    assert denied is not None and denied.digits == "4171" and denied.confidence == 1.0
+    only = best_reading(utterance(("4111", 0.0)), "card-group", denied={"4111"})
+    assert only is None  # nothing left to read back
+    # the earlier tries' readings of another length do not count when the length is known
+    short = best_reading(
+        utterance(("123", 0.0)), "code", expected_length=3, earlier=[utterance(("1234", 0.0))]
+    )
+    assert short is not None and short.digits == "123"

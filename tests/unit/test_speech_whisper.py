@@ -1,0 +1,184 @@
+"""The Whisper recogniser (spg_media/speech/whisper.py): its features, its constraints and its
+model check, on speech rendered by espeak-ng in the test (never stored), and the choice of
+recogniser by `speech.recogniser`."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from scipy.signal import resample_poly
+
+from spg_media.call import voice_entry_offered
+from spg_media.config import ConfigError, load_config
+from spg_media.speech import Utterance, answer_of, words_to_digits
+from spg_media.speech import whisper as whisper_module
+from spg_media.speech.model import DIGIT_WORDS, WORDS, Hypothesis
+from spg_media.speech.recogniser import (
+    DEFAULT_RECOGNISER,
+    RECOGNISERS,
+    DigitRecogniser,
+    make_recogniser,
+    recogniser_installed,
+)
+from spg_media.speech.whisper import (
+    HOP,
+    MODEL_RATE,
+    N_MELS,
+    WhisperDigitRecogniser,
+    log_mel,
+    mel_filters,
+)
+
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+
+
+def spoken(text: str) -> npt.NDArray[np.int16]:
+    """`text` said by espeak-ng, at 8 kHz (rendered in memory)."""
+    wav = subprocess.run(
+        ["espeak-ng", "-v", "en-us", "--stdout", text], check=True, capture_output=True
+    ).stdout
+    rate = int.from_bytes(wav[24:28], "little")
+    samples = np.frombuffer(wav[44:], dtype=np.int16).astype(np.float64)
+    return np.clip(resample_poly(samples, 8000, rate), -32768, 32767).astype(np.int16)
+
+
+def noise(seconds: float, level: float = 30.0, seed: int = 0) -> npt.NDArray[np.int16]:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(int(seconds * 8000)) * level).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def recogniser() -> WhisperDigitRecogniser:
+    return WhisperDigitRecogniser()
+
+
+def test_mel_filters_cover_the_band_in_order() -> None:
+    filters = mel_filters()
+    assert filters.shape == (N_MELS, 201)
+    assert (filters >= 0).all() and (filters.sum(axis=1) > 0).all()
+    peaks = filters.argmax(axis=1)
+    assert (np.diff(peaks) >= 0).all() and peaks[-1] > peaks[0]
+
+
+def test_log_mel_puts_a_tone_in_its_band_and_pads_to_the_frames() -> None:
+    t = np.arange(MODEL_RATE) / MODEL_RATE
+    tone = 8000.0 * np.sin(2 * np.pi * 1000.0 * t)
+    features = log_mel(tone, 150)  # one second of tone, half a second of silence after
+    assert features.shape == (N_MELS, 150)
+    fft_bin = round(1000.0 / (MODEL_RATE / 400))
+    assert abs(int(features[:, 50].argmax()) - int(mel_filters()[:, fft_bin].argmax())) <= 1
+    # Whisper's normalisation: at most 8 decades below the loudest, scaled by a quarter
+    assert features.max() - features.min() <= 2.0 + 1e-6
+    assert features[:, 130].max() < features[:, 50].max()  # the padding is silence
+    assert log_mel(tone, MODEL_RATE // HOP // 2).shape == (N_MELS, 50)  # cut to the frames
+
+
+@needs_espeak
+def test_whisper_hears_yes_and_no_with_or_without_a_length(
+    recogniser: WhisperDigitRecogniser,
+) -> None:
+    for word in ("yes", "no"):
+        audio = np.concatenate((noise(0.3), spoken(word), noise(0.3)))
+        for length in (None, 4):
+            hypotheses = recogniser.recognise(audio, length=length)
+            assert answer_of(Utterance(hypotheses, 0.0, 1.0)) == word
+
+
+@needs_espeak
+def test_whisper_gives_only_grammar_words_and_that_many_digits(
+    recogniser: WhisperDigitRecogniser,
+) -> None:
+    audio = np.concatenate((noise(0.3), spoken("5 5 5 5 4 4 4 4"), noise(0.3)))
+    hypotheses = recogniser.recognise(audio, length=4)
+    assert hypotheses
+    for hypothesis in hypotheses:
+        assert set(hypothesis.words) <= WORDS
+        digits = words_to_digits(hypothesis.words)
+        assert digits is None or len(digits) == 4
+    assert any(words_to_digits(h.words) for h in hypotheses)
+    # the scores are log posteriors over the n-best
+    assert sum(np.exp(h.score) for h in hypotheses) == pytest.approx(1.0)
+
+
+@needs_espeak
+def test_whisper_reads_clear_digits(recogniser: WhisperDigitRecogniser) -> None:
+    audio = np.concatenate((noise(0.3), spoken("3 6 7 2"), noise(0.3)))
+    hypotheses = recogniser.recognise(audio, length=4)
+    assert words_to_digits(hypotheses[0].words) == "3672"
+    free = recogniser.recognise(audio)  # any number of digits, no fallback: Whisper's own
+    assert all(word in DIGIT_WORDS for word in free[0].words)
+
+
+class _Fallback:
+    """Stands in for pocketsphinx: says what it was asked and always hears "1 2"."""
+
+    def __init__(self) -> None:
+        self.calls: list[int | None] = []
+
+    def recognise(
+        self, samples: npt.NDArray[np.int16], rate: int = 8000, length: int | None = None
+    ) -> tuple[Hypothesis, ...]:
+        self.calls.append(length)
+        return (Hypothesis(("one", "two"), 0.0),)
+
+
+@needs_espeak
+def test_digits_of_unknown_length_come_from_the_fallback() -> None:
+    fallback = _Fallback()
+    recogniser = WhisperDigitRecogniser(fallback=fallback)
+    digits = np.concatenate((noise(0.3), spoken("3 6 7 2"), noise(0.3)))
+    assert words_to_digits(recogniser.recognise(digits)[0].words) == "12"
+    assert fallback.calls == [None]
+    # a known length: Whisper alone
+    assert words_to_digits(recogniser.recognise(digits, length=4)[0].words) == "3672"
+    # an answer: Whisper's, the fallback not asked
+    yes = np.concatenate((noise(0.3), spoken("yes"), noise(0.3)))
+    assert answer_of(Utterance(recogniser.recognise(yes), 0.0, 1.0)) == "yes"
+    assert fallback.calls == [None]
+
+
+def test_whisper_on_silence_gives_nothing_long(recogniser: WhisperDigitRecogniser) -> None:
+    for hypothesis in recogniser.recognise(noise(1.0, level=5.0), length=6):
+        digits = words_to_digits(hypothesis.words)
+        assert digits is None or len(digits) == 6
+
+
+def test_changed_model_files_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(whisper_module, "MODEL_SHA256", "0" * 64)
+    with pytest.raises(RuntimeError, match="SHA-256"):
+        WhisperDigitRecogniser()
+    whisper_module.whisper_installed.cache_clear()
+    try:
+        # not offered at all: callers are asked for keys only
+        assert not recogniser_installed("whisper")
+        assert recogniser_installed("pocketsphinx")
+        assert not voice_entry_offered("en", "whisper")
+        assert voice_entry_offered("en", "pocketsphinx")  # speech.recogniser = "pocketsphinx"
+    finally:
+        whisper_module.whisper_installed.cache_clear()
+
+
+def test_recognisers_by_name() -> None:
+    assert DEFAULT_RECOGNISER == "whisper" and set(RECOGNISERS) == {"whisper", "pocketsphinx"}
+    assert all(recogniser_installed(kind) for kind in RECOGNISERS)
+    assert isinstance(make_recogniser("pocketsphinx"), DigitRecogniser)
+    with pytest.raises(ValueError, match="unknown recogniser"):
+        make_recogniser("kaldi")
+    with pytest.raises(ValueError, match="unknown recogniser"):
+        recogniser_installed("kaldi")
+
+
+def test_config_chooses_the_recogniser(tmp_path: Path) -> None:
+    path = tmp_path / "spg.toml"
+    path.write_text('[speech]\nrecogniser = "pocketsphinx"\n')
+    assert load_config(path, env={}).speech.recogniser == "pocketsphinx"
+    path.write_text("")
+    assert load_config(path, env={}).speech.recogniser == "whisper"
+    path.write_text('[speech]\nrecogniser = "kaldi"\n')
+    with pytest.raises(ConfigError, match=r"speech\.recogniser"):
+        load_config(path, env={})
