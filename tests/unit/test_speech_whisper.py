@@ -182,3 +182,17 @@ def test_config_chooses_the_recogniser(tmp_path: Path) -> None:
     path.write_text('[speech]\nrecogniser = "kaldi"\n')
     with pytest.raises(ConfigError, match=r"speech\.recogniser"):
         load_config(path, env={})
+
+
+def test_a_changed_tokenizer_is_refused_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The small files are checked against the original's hashes as well as the weights: a
+    tokenizer that maps tokens to other words would change what the digits read as."""
+    changed = dict(whisper_module.DATA_SHA256, **{"tokenizer.json": "0" * 64})
+    monkeypatch.setattr(whisper_module, "DATA_SHA256", changed)
+    with pytest.raises(RuntimeError, match="SHA-256"):
+        WhisperDigitRecogniser()
+    whisper_module.whisper_installed.cache_clear()
+    try:
+        assert not recogniser_installed("whisper")
+    finally:
+        whisper_module.whisper_installed.cache_clear()
