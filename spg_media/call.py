@@ -600,29 +600,10 @@ class Call:
         self._spawn(self._render_and_play(action, generation))
 
     async def _render_and_play(self, action: Play, generation: int) -> None:
-        """Play `action`'s prompt: its payloads shared with the other calls that play it
-        (`rtp.prompts`), else rendered off the loop, encoded and cut (and shared from then on
-        unless it holds card digits)."""
-        packets = self.services.prompt_packets
-        media = self.media
-        if generation != self._play_generation:
-            return
-        if media is not None:
-            key = shared_key(action.parts, self.language, media.codec, media.samples_per_packet)
-            payloads = packets.get(key) if key is not None else None
-            if payloads is not None:
-                media.play_packets(payloads)
-                return
-        samples, rendered = await _render(self.services, action, self.language, self.call_id)
-        media = self.media
-        if generation != self._play_generation or media is None:
-            return
-        payloads = packetise(media.encode_prompt(samples), media.samples_per_packet, media.codec)
-        # the codec and packet size of now: a re-INVITE may have changed them meanwhile
-        key = shared_key(action.parts, self.language, media.codec, media.samples_per_packet)
-        if key is not None and rendered:  # a rendering failure's silence is not kept
-            payloads = packets.put(key, payloads)
-        media.play_packets(payloads)
+        await play_prompt(
+            self.services, action, self.language, self.call_id,
+            lambda: self.media if generation == self._play_generation else None,
+        )  # fmt: skip
 
     def _on_playback_done(self) -> None:
         self.inbox.put_nowait(PromptDone(self._play_generation))
@@ -1206,23 +1187,41 @@ def voice_entry_offered(language: str, recogniser: str = DEFAULT_RECOGNISER) -> 
     return language in SPEECH_LANGUAGES and speech_available(language, recogniser)
 
 
-async def render_prompt(
-    services: CallServices, play: Play, language: str, call_id: str
-) -> np.ndarray:
-    """`play`'s audio, rendered off the loop; 200 ms of silence if rendering fails (logged)."""
-    samples, _ = await _render(services, play, language, call_id)
-    return samples
-
-
-async def _render(
-    services: CallServices, play: Play, language: str, call_id: str
-) -> tuple[np.ndarray, bool]:
-    """`render_prompt`, and whether it rendered (False: the silence of a failure)."""
+async def play_prompt(
+    services: CallServices,
+    play: Play,
+    language: str,
+    call_id: str,
+    current_media: Callable[[], MediaSession | None],
+) -> None:
+    """Play `play`'s prompt on `current_media()` (None: the prompt was replaced, or the media
+    is gone): its payloads shared with the other calls that play it (`rtp.prompts`), else
+    rendered off the loop (200 ms of silence if rendering fails, logged), encoded and cut, and
+    shared from then on unless it holds card digits. For the IVR call and the assisted call."""
+    packets = services.prompt_packets
+    media = current_media()
+    if media is None:
+        return
+    key = shared_key(play.parts, language, media.codec, media.samples_per_packet)
+    payloads = packets.get(key) if key is not None else None
+    if payloads is not None:
+        media.play_packets(payloads)
+        return
     try:
-        return await asyncio.to_thread(services.prompts.audio_for, play.parts, language), True
+        samples = await asyncio.to_thread(services.prompts.audio_for, play.parts, language)
+        rendered = True
     except Exception:
         log.exception("prompt rendering failed", extra={"call_id": call_id})
-        return services.prompts.silence(200), False
+        samples, rendered = services.prompts.silence(200), False
+    media = current_media()
+    if media is None:
+        return
+    payloads = packetise(media.encode_prompt(samples), media.samples_per_packet, media.codec)
+    # the codec and packet size of now: a re-INVITE may have changed them meanwhile
+    key = shared_key(play.parts, language, media.codec, media.samples_per_packet)
+    if key is not None and rendered:  # a rendering failure's silence is not kept
+        payloads = packets.put(key, payloads)
+    media.play_packets(payloads)
 
 
 def prompt_language(*candidates: str) -> str:

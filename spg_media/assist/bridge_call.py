@@ -40,8 +40,8 @@ from spg_media.call import (
     Handoff,
     dtmf_counts,
     offer_policy,
+    play_prompt,
     prompt_language,
-    render_prompt,
     renegotiate_media,
 )
 from spg_media.dtmf.merge import DtmfMerger
@@ -501,9 +501,10 @@ class AssistCall:
             self.customer_media.stop()
 
     async def _render_and_play(self, play: Play, generation: int) -> None:
-        samples = await render_prompt(self.services, play, self.language, self.call_id)
-        if generation == self._play_generation and self.customer_media is not None:
-            self.customer_media.play(self.customer_media.encode_prompt(samples))
+        await play_prompt(
+            self.services, play, self.language, self.call_id,
+            lambda: self.customer_media if generation == self._play_generation else None,
+        )  # fmt: skip
 
     def _on_playback_done(self) -> None:
         if self.assist is not None and self.listed:
