@@ -43,6 +43,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baseline_tree import baseline_tree
+
 HERE = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 
@@ -380,23 +383,18 @@ def report(name: str, rss: dict[str, Any], traced: dict[str, Any] | None, top: i
 
 
 def parent(args: argparse.Namespace) -> None:
-    cleanup = None
-    trees: list[tuple[str, Path]] = []
-    if not args.no_baseline:
-        if args.baseline_tree:
-            baseline = Path(args.baseline_tree)
-        else:
-            baseline = Path(tempfile.mkdtemp(prefix="spg-baseline-")) / "tree"
-            subprocess.run(["git", "-C", str(HERE), "worktree", "add", "--detach", "-q",
-                            str(baseline), args.baseline_ref], check=True)  # fmt: skip
-            cleanup = baseline
-        commit = subprocess.run(
-            ["git", "-C", str(baseline), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, check=False,
-        ).stdout.strip()  # fmt: skip
-        trees.append((f"baseline {args.baseline_tree or args.baseline_ref} {commit}", baseline))
-    trees.append(("this tree", HERE))
-    try:
+    with contextlib.ExitStack() as stack:
+        trees: list[tuple[str, Path]] = []
+        if not args.no_baseline:
+            baseline = stack.enter_context(
+                baseline_tree(HERE, args.baseline_ref, args.baseline_tree)
+            )
+            commit = subprocess.run(
+                ["git", "-C", str(baseline), "rev-parse", "--short", "HEAD"],
+                capture_output=True, text=True, check=False,
+            ).stdout.strip()  # fmt: skip
+            trees.append((f"baseline {args.baseline_tree or args.baseline_ref} {commit}", baseline))
+        trees.append(("this tree", HERE))
         results: dict[str, Any] = {}
         for name, tree in trees:
             rss = asyncio.run(measure_tree(tree, args, trace=False))
@@ -416,11 +414,6 @@ def parent(args: argparse.Namespace) -> None:
                 )
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1))
-    finally:
-        if cleanup is not None:
-            subprocess.run(["git", "-C", str(HERE), "worktree", "remove", "--force",
-                            str(cleanup)], check=False)  # fmt: skip
-            shutil.rmtree(cleanup.parent, ignore_errors=True)
 
 
 def main() -> None:

@@ -35,15 +35,16 @@ import contextlib
 import json
 import random
 import resource
-import shutil
 import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baseline_tree import baseline_tree
 
 HERE = Path(__file__).resolve().parents[1]
 DTMF_PT = 101
@@ -294,15 +295,7 @@ def summary(
 
 
 def parent(args: argparse.Namespace) -> None:
-    cleanup = None
-    if args.baseline_tree:
-        baseline = Path(args.baseline_tree)
-    else:
-        baseline = Path(tempfile.mkdtemp(prefix="spg-baseline-")) / "tree"
-        subprocess.run(["git", "-C", str(HERE), "worktree", "add", "--detach", "-q",
-                        str(baseline), args.baseline_ref], check=True)  # fmt: skip
-        cleanup = baseline
-    try:
+    with baseline_tree(HERE, args.baseline_ref, args.baseline_tree) as baseline:
         runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "this tree": []}
         for round_ in range(args.rounds):
             for name, tree in (("baseline", baseline), ("this tree", HERE)):
@@ -333,11 +326,6 @@ def parent(args: argparse.Namespace) -> None:
         print(base_line)
         print(our_line)
         print(f"CPU per packet: {ours / base:.2f}x the baseline's ({base / ours:.2f}x cheaper)")
-    finally:
-        if cleanup is not None:
-            subprocess.run(["git", "-C", str(HERE), "worktree", "remove", "--force",
-                            str(cleanup)], check=False)  # fmt: skip
-            shutil.rmtree(cleanup.parent, ignore_errors=True)
 
 
 def main() -> None:
