@@ -39,7 +39,7 @@ from spg_media.observability import CALLS_REJECTED_TOTAL, METRICS
 from spg_media.payment.authorization import authorization_bound_s
 from spg_media.payment.connectors import make_connector
 from spg_media.payment.journal import PaymentJournal
-from spg_media.rtp.session import MediaEngine
+from spg_media.rtp.session import TICK_INTERVAL_S, MediaEngine
 from spg_media.sip.limits import ConnectionLimits, LogThrottle
 from spg_media.sip.message import SipRequest, make_response
 from spg_media.sip.transaction import Address
@@ -67,7 +67,6 @@ def drain_grace_s(config: Config, drain_s: float = DRAIN_S, keep_floor: bool = T
 DRAIN_RETRY_AFTER_S = 5  # the Retry-After of a draining node's 503
 DRAINING = "draining"  # a refusal reason beside admission.LAG and admission.MAX_CALLS
 LAG_PROBE_INTERVAL_S = 0.1  # how often the event loop's lag is sampled
-TICK_PERIOD_S = 0.02  # the media tick's period, for its busy fraction
 REFUSED_LOG_PERIOD_S = 10.0
 
 ADMISSION_ACCEPTING = METRICS.gauge(
@@ -155,7 +154,7 @@ class LagMonitor:
         self._noted(self.control.note_tick_lag(lag_s, now), now)
 
     def on_tick_work(self, work_s: float, now: float) -> None:
-        self._noted(self.control.note_tick_busy(work_s / TICK_PERIOD_S, now), now)
+        self._noted(self.control.note_tick_busy(work_s / TICK_INTERVAL_S, now), now)
 
     def _noted(self, changed: bool, now: float) -> None:
         if not changed:

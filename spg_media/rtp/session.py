@@ -86,6 +86,7 @@ FED_LOG = 32  # payloads fed to the detector remembered for dating digits (a sta
 # after its onset: at a 10 ms ptime, that is 4 payloads back at most)
 RELAY_SLACK = 160  # samples of bridged audio queued beyond a packet before the oldest is dropped
 QUIET_PEAK = 128  # bridged audio no louder than this (-45 dBm0 peak) is a pause: may be dropped
+TICK_INTERVAL_S = 0.02  # the media tick's period
 INBAND_FEED = 160  # samples (20 ms) each in-band channel gives the detector a tick
 REORDER_WINDOW = 50  # packets: an audio packet this far behind the newest is late, not a new run
 PAYLOAD_TYPE = {"PCMU": 0, "PCMA": 8}
@@ -1213,7 +1214,7 @@ class MediaEngine:
                 self.sessions.pop(port, None)
 
     async def _tick(self) -> None:
-        interval = 0.02
+        interval = TICK_INTERVAL_S
         ticks = 0
         next_tick = self.loop.time()
         while self.sessions:
