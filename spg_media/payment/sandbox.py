@@ -45,6 +45,12 @@ Decisions the contract leaves open, written down:
 
 Card data is read from the request, checked, and dropped: nothing of it is logged, stored
 (charges keep the last four only) or echoed in any answer, error bodies included.
+
+Memory is bounded: the sandbox remembers the last `remember` (10,000) transactions it created or
+charged, with their charges, and the last 4 × `remember` answers by Idempotency-Key; older ones
+are forgotten oldest first (a forgotten `sbx-...` token reads as pending again). A node running
+the in-process sandbox under days of load keeps a flat footprint; no test or retry reaches back
+10,000 payments.
 """
 
 from __future__ import annotations
@@ -75,6 +81,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 MAX_BODY_BYTES = 64 * 1024
 DEFAULT_MERCHANT = "Sandbox Shop"
+DEFAULT_REMEMBER = 10_000  # transactions kept in memory (see the module docstring)
 # At most 10 digits: a token holding a 12+ digit run would be refused by the CDR's card guard.
 MAX_AMOUNT_MINOR = 9_999_999_999
 
@@ -189,13 +196,19 @@ class SandboxApp:
         slow_delay_s: float = 12.0,
         merchant: str = DEFAULT_MERCHANT,
         clock: Callable[[], float] = time.time,
+        remember: int = DEFAULT_REMEMBER,
     ) -> None:
+        if remember < 1:
+            raise ValueError("remember must be at least 1")
         self.secret = secret
         self.slow_delay_s = slow_delay_s
         self.merchant = merchant
         self.clock = clock
-        self.charges: list[Charge] = []
+        self.remember = remember
+        self.charges: list[Charge] = []  # oldest first, of the remembered transactions
+        # Insertion-ordered: the oldest is the first key, forgotten first.
         self._transactions: dict[str, SandboxTransaction] = {}
+        self._charges_by_token: dict[str, list[Charge]] = {}
         self._answers: dict[tuple[str, str], tuple[int, bytes]] = {}
         self._in_flight: set[tuple[str, str]] = set()
         # One authorisation of a token at a time; a lock lives while someone holds or awaits it.
@@ -204,7 +217,18 @@ class SandboxApp:
         self._processing: set[asyncio.Task[tuple[int, bytes]]] = set()
 
     def charges_of(self, token: str) -> list[Charge]:
-        return [charge for charge in self.charges if charge.token == token]
+        return list(self._charges_by_token.get(token, ()))
+
+    def _keep_transaction(self, transaction: SandboxTransaction) -> None:
+        """Remember `transaction` as the newest; forget the oldest past `remember`."""
+        transactions = self._transactions
+        transactions.pop(transaction.token, None)  # re-inserted: now the newest
+        transactions[transaction.token] = transaction
+        while len(transactions) > self.remember:
+            oldest = next(iter(transactions))
+            del transactions[oldest]
+            for charge in self._charges_by_token.pop(oldest, ()):
+                self.charges.remove(charge)  # near the front: the oldest (a C memmove)
 
     def transaction_json(self, transaction: SandboxTransaction) -> dict[str, Any]:
         """The GET answer: the transaction, and for a paid one its payment and charge count."""
@@ -368,7 +392,7 @@ class SandboxApp:
             language=language,
             return_uri=return_uri,
         )
-        self._transactions[token] = transaction
+        self._keep_transaction(transaction)
         return transaction
 
     async def _create(self, body: bytes, send: Send) -> None:
@@ -505,24 +529,27 @@ class SandboxApp:
                 secrets.choice(string.ascii_letters) for _ in range(20)
             )
         transaction.status = "paid"
-        self._transactions[transaction.token] = transaction
-        self.charges.append(
-            Charge(
-                token=transaction.token,
-                idempotency_key=key,
-                reference=answer["reference"],
-                amount_minor=transaction.amount_minor,
-                currency=transaction.currency,
-                last4=last4,
-                authorization_code=answer["authorization_code"],
-                card_token=answer.get("card_token", ""),
-            )
+        charge = Charge(
+            token=transaction.token,
+            idempotency_key=key,
+            reference=answer["reference"],
+            amount_minor=transaction.amount_minor,
+            currency=transaction.currency,
+            last4=last4,
+            authorization_code=answer["authorization_code"],
+            card_token=answer.get("card_token", ""),
         )
+        self.charges.append(charge)
+        self._charges_by_token.setdefault(transaction.token, []).append(charge)
+        self._keep_transaction(transaction)
         return answer
 
     def _remember(self, slot: tuple[str, str], answer: dict[str, Any]) -> tuple[int, bytes]:
         encoded = _encode(200, answer)
-        self._answers[slot] = encoded
+        answers = self._answers
+        answers[slot] = encoded
+        while len(answers) > 4 * self.remember:  # a few attempts a transaction
+            del answers[next(iter(answers))]
         return encoded
 
 

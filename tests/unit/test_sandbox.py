@@ -749,3 +749,43 @@ def test_serve_sandbox_on_a_busy_port_raises_oserror() -> None:
         port = busy.getsockname()[1]
         with pytest.raises(OSError):
             asyncio.run(serve_sandbox("127.0.0.1", port, ""))
+
+
+def test_memory_is_bounded_oldest_transactions_forgotten_first() -> None:
+    app = SandboxApp(remember=3)
+
+    async def body(p: Platform) -> list[str]:
+        results = []
+        for n in range(6):
+            created = app.create_transaction(100 + n, "EUR")
+            answer = await p.authorize(created.token, "4111111111111111", key=f"k{n}")
+            results.append(answer.json()["result"])
+            declined = await p.authorize(f"sbx-{n + 1}-EUR", "4000000000000002", key=f"d{n}")
+            results.append(declined.json()["result"])
+        return results
+
+    assert scenario(body, app) == ["approved", "declined"] * 6
+    # the three newest transactions and their charges are kept, in order; nothing older
+    assert [c.amount_minor for c in app.charges] == [103, 104, 105]
+    assert len(app._transactions) == 3
+    assert all(len(app.charges_of(c.token)) == 1 for c in app.charges)
+    assert len(app._answers) <= 12
+
+
+def test_a_remembered_charge_is_still_found_and_replayed() -> None:
+    app = SandboxApp(remember=2)
+
+    async def body(p: Platform) -> tuple[str, str, int]:
+        first = await p.authorize("sbx-700-EUR-a", "4111111111111111", key="same")
+        app.create_transaction(100, "EUR")  # one newer transaction: the paid one is kept
+        again = await p.authorize("sbx-700-EUR-a", "4111111111111111", key="same")
+        paid = (await p.get("/v1/transactions/sbx-700-EUR-a")).json()
+        return first.json()["reference"], again.json()["reference"], paid["charges"]
+
+    first, again, charges = scenario(body, app)
+    assert first == again and charges == 1
+
+
+def test_remember_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        SandboxApp(remember=0)
