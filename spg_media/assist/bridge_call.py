@@ -31,7 +31,6 @@ import contextlib
 import datetime
 import logging
 import random
-import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -49,6 +48,7 @@ from spg_media.dtmf.rfc4733 import DtmfEvent
 from spg_media.dtmf.sipinfo import parse_info_dtmf
 from spg_media.observability import CALLS_ACTIVE, CALLS_REJECTED_TOTAL
 from spg_media.payment.journey import Play
+from spg_media.randomid import random_hex
 from spg_media.rtp import sdes
 from spg_media.rtp.session import MediaSession
 from spg_media.rtp.srtp import accept_answer
@@ -138,7 +138,7 @@ class AssistCall:
         self.invite = invite
         self.source = source
         self.sip_call_id = invite.call_id  # the customer leg's Call-ID (the UA's routing key)
-        self.call_id = uuid.uuid4().hex  # the assisted call's id: X-SPG-Assist-Call, the API's
+        self.call_id = random_hex(16)  # the assisted call's id: X-SPG-Assist-Call, the API's
         self.started_at = datetime.datetime.now(datetime.UTC)
         self.from_uri = _uri_of(invite.headers.get("From") or "")
         self.to_uri = _uri_of(invite.headers.get("To") or "")

@@ -23,7 +23,6 @@ import collections
 import datetime
 import logging
 import re
-import uuid
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -43,6 +42,7 @@ from spg_media.payment.connectors import Connector, ConnectorError
 from spg_media.payment.journal import PaymentJournal
 from spg_media.payment.journey import Action, Authorize, Finish, Play, StopPlayback
 from spg_media.payment.model import AuthorizationResult, ChargeState, Result
+from spg_media.randomid import random_hex
 
 log = logging.getLogger("spg.assist")
 
@@ -244,7 +244,7 @@ class AssistService:
             raise ApiError(422, "invalid-transaction", f"transaction is {state}")
         if self._calls.get(call_id) is not call:
             raise ApiError(404, "unknown-call", f"the call {call_id!r} has ended")
-        payment_id = "pay_" + uuid.uuid4().hex
+        payment_id = "pay_" + random_hex(16)
         now = asyncio.get_running_loop().time()
         session = PaymentSession(payment_id, info, self.session_config, self.today(), now)
         created = {

@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any
 
 from spg_media.cdr import mask_card_like
 from spg_media.payment.model import ChargeState
+from spg_media.randomid import random_hex
 
 log = logging.getLogger("spg.journal")
 
@@ -50,8 +50,9 @@ _CURRENCY = re.compile(r"[A-Z]{3}")
 
 
 def new_idempotency_key() -> str:
-    """A fresh random idempotency key (32 hex digits), one per authorisation attempt."""
-    return secrets.token_hex(KEY_BYTES)
+    """A fresh random idempotency key (32 hex digits), one per authorisation attempt; never
+    with a digit run the card-number guard would mask in the journal line."""
+    return random_hex(KEY_BYTES)
 
 
 def utc_now_iso() -> str:

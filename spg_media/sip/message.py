@@ -19,10 +19,10 @@ do not fail on it.
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from spg_media.randomid import random_hex
 from spg_media.sip.uri import (
     NameAddr,
     SipSyntaxError,
@@ -903,12 +903,12 @@ def make_response(
 
 def new_branch() -> str:
     """A fresh RFC 3261 branch: the magic cookie plus 64 random bits."""
-    return "z9hG4bK" + secrets.token_hex(8)
+    return "z9hG4bK" + random_hex(8)
 
 
 def new_tag() -> str:
-    return secrets.token_hex(6)
+    return random_hex(6)
 
 
 def new_call_id(host: str) -> str:
-    return f"{secrets.token_hex(12)}@{host}"
+    return f"{random_hex(12)}@{host}"
