@@ -84,9 +84,7 @@ def test_every_relative_markdown_link_resolves_inside_the_repository() -> None:
     names = {str(path.relative_to(ROOT)) for path in checked}
     assert set(REQUIRED_DOCS) <= names
     problems = {
-        str(path.relative_to(ROOT)): broken
-        for path in checked
-        if (broken := broken_links(path))
+        str(path.relative_to(ROOT)): broken for path in checked if (broken := broken_links(path))
     }
     assert problems == {}
 
