@@ -352,6 +352,14 @@ def group_cpu_seconds(pgid: int) -> float:
     return ticks / CLOCK_TICKS
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of process `pid` alone (its reaped children included), 0 if gone."""
+    for member, fields in _group_pids(pid):
+        if member == pid:
+            return sum(int(f) for f in fields[11:15]) / CLOCK_TICKS
+    return 0.0
+
+
 def group_rss_bytes(pgid: int) -> int:
     """Resident memory of every live process in process group `pgid`."""
     total = 0
@@ -591,6 +599,14 @@ class Stack:
     def node_cpu(self) -> float:
         return sum(group_cpu_seconds(n.proc.pid) for n in self.nodes if n.proc)
 
+    def supervisor_cpu(self) -> float:
+        """The part of `node_cpu` that is `serve --workers N`'s supervisor (N > 1; with one
+        worker the node is a single process): it answers the load kit's `/metrics` polls
+        (twice a second, each merging every worker's) and runs no calls."""
+        if self.spec.workers <= 1:
+            return 0.0
+        return sum(process_cpu_seconds(n.proc.pid) for n in self.nodes if n.proc)
+
     def proxy_cpu(self) -> float:
         if self.proxy is None or self.proxy.proc is None:
             return 0.0
@@ -742,7 +758,11 @@ def run_load(spec: LoadSpec, work: Path | None = None) -> dict[str, Any]:
         lat_before = _latency(stack.nodes)
         rtp_before = _rtp_in(stack.nodes)
         digits_before = _digits(stack.nodes)
-        cpu_before = {"spg": stack.node_cpu(), "kamailio": stack.proxy_cpu()}
+        cpu_before = {
+            "spg": stack.node_cpu(),
+            "supervisor": stack.supervisor_cpu(),
+            "kamailio": stack.proxy_cpu(),
+        }
         groups = []
         n = len(kinds)
         shares = zip(kinds, _split(spec.calls, n), _split(spec.limit, n), strict=True)
@@ -760,7 +780,11 @@ def run_load(spec: LoadSpec, work: Path | None = None) -> dict[str, Any]:
         _wait_idle(stack.nodes)
         sampler.stop_event.set()
         sampler.join(5)
-        cpu_after = {"spg": stack.node_cpu(), "kamailio": stack.proxy_cpu()}
+        cpu_after = {
+            "spg": stack.node_cpu(),
+            "supervisor": stack.supervisor_cpu(),
+            "kamailio": stack.proxy_cpu(),
+        }
         latency = latency_summary(histogram_delta(_latency(stack.nodes), lat_before))
         rtp_in = _rtp_in(stack.nodes) - rtp_before
         digits = {k: v - digits_before[k] for k, v in _digits(stack.nodes).items()}
@@ -773,6 +797,8 @@ def run_load(spec: LoadSpec, work: Path | None = None) -> dict[str, Any]:
     results = Counter(str(r.get("result")) for r in records)
     cpu = {
         "spg": cpu_after["spg"] - cpu_before["spg"],
+        # of which the supervisor's (0 with one worker): compare workers by "spg_workers"
+        "spg_supervisor": cpu_after["supervisor"] - cpu_before["supervisor"],
         "sipp": sipp_cpu,
         "kamailio": cpu_after["kamailio"] - cpu_before["kamailio"],
     }
@@ -892,6 +918,13 @@ def report_text(result: Mapping[str, Any]) -> str:
         f"Kamailio {cpu['kamailio']:.1f}; per call: spg-media {per['spg']:.0f} ms, "
         f"SIPp {per['sipp']:.0f} ms, Kamailio {per['kamailio']:.0f} ms"
     )
+    if cpu.get("spg_supervisor"):
+        out.append(
+            f"  of spg-media's: the supervisor {cpu['spg_supervisor']:.1f} s "
+            f"({per['spg_supervisor']:.0f} ms a call), the workers "
+            f"{cpu['spg'] - cpu['spg_supervisor']:.1f} s "
+            f"({per['spg'] - per['spg_supervisor']:.0f} ms a call)"
+        )
     if per["sipp"]:
         out.append(f"spg / SIPp per call: {per['spg'] / per['sipp']:.1f}x")
     if result["calls_per_core"]:
