@@ -394,6 +394,9 @@ class LoadSpec:
     baseline: bool = True  # one unloaded call of each kind first
     journey_baseline_s: float | None = None  # without: the unloaded journey measured before
     node_env: dict[str, str] = field(default_factory=dict)
+    # called with ("idle", stack) just before the load and ("drained", stack) once its calls
+    # have ended, before the stack stops (`bench_load_memory.py` probes the nodes there)
+    on_phase: Callable[[str, Stack], None] | None = None
 
 
 @dataclass
@@ -753,6 +756,8 @@ def run_load(spec: LoadSpec, work: Path | None = None) -> dict[str, Any]:
 
         # the load
         time.sleep(1.0)
+        if spec.on_phase is not None:
+            spec.on_phase("idle", stack)
         idle_rss = stack.rss()
         cdr_seen = len(_cdrs(stack.nodes))
         lat_before = _latency(stack.nodes)
@@ -789,6 +794,8 @@ def run_load(spec: LoadSpec, work: Path | None = None) -> dict[str, Any]:
         rtp_in = _rtp_in(stack.nodes) - rtp_before
         digits = {k: v - digits_before[k] for k, v in _digits(stack.nodes).items()}
         records = _cdrs(stack.nodes)[cdr_seen:]
+        if spec.on_phase is not None:
+            spec.on_phase("drained", stack)
     finally:
         stack.stop()
 
