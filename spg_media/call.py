@@ -25,7 +25,7 @@ import heapq
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote, unquote
@@ -61,7 +61,7 @@ from spg_media.payment.journey import (
 from spg_media.payment.model import AuthorizationResult, ChargeState, Result, TransactionInfo
 from spg_media.payment.signing import handoff_canonical, parse_signature, verify_handoff
 from spg_media.rtp.g711 import decode_array
-from spg_media.rtp.prompts import PromptPackets, packetise, shared_key
+from spg_media.rtp.prompts import CutAudio, PromptPackets, shared_key
 from spg_media.rtp.session import MediaEngine, MediaSession
 from spg_media.rtp.srtp import SrtpContext
 from spg_media.sip import session_timer
@@ -1203,9 +1203,9 @@ async def play_prompt(
     if media is None:
         return
     key = shared_key(play.parts, language, media.codec, media.samples_per_packet)
-    payloads = packets.get(key) if key is not None else None
-    if payloads is not None:
-        media.play_packets(payloads)
+    shared = packets.get(key) if key is not None else None
+    if shared is not None:
+        media.play_packets(shared)
         return
     try:
         samples = await asyncio.to_thread(services.prompts.audio_for, play.parts, language)
@@ -1216,7 +1216,9 @@ async def play_prompt(
     media = current_media()
     if media is None:
         return
-    payloads = packetise(media.encode_prompt(samples), media.samples_per_packet, media.codec)
+    payloads: Sequence[bytes] = CutAudio(  # one object, cut as it is sent (not shared yet)
+        media.encode_prompt(samples), media.samples_per_packet, media.codec
+    )
     # the codec and packet size of now: a re-INVITE may have changed them meanwhile
     key = shared_key(play.parts, language, media.codec, media.samples_per_packet)
     if key is not None and rendered:  # a rendering failure's silence is not kept

@@ -12,17 +12,24 @@ call to play a prompt plays its own cut, and only a prompt asked for again is ke
 call's own prompt (a result with its reference) does not fill the cache. A prompt with a
 value from the caller (`SecretDigits`: the card ending, the expiry or digits read back) is
 never kept here, so no card digit outlives its call in this cache.
+
+A prompt a call plays alone (its first use, or one never shared) is not cut into one bytes
+object per packet either: `CutAudio` holds the encoded audio as one object and cuts each
+payload as it is sent. Under full-duplex SIPp load the per-packet cut of each call's result
+(its reference spoken) was most of the Python memory that grew while calls were held, and
+its ~300 small objects a call, freed together when the prompt ended, left the allocator's
+arenas partly used (RSS not returned).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
-from typing import Protocol
+from typing import Protocol, overload
 
 from spg_media.rtp.g711 import SILENCE
 
-__all__ = ["DEFAULT_BUDGET_BYTES", "PromptPackets", "packetise", "shared_key"]
+__all__ = ["DEFAULT_BUDGET_BYTES", "CutAudio", "PromptPackets", "packetise", "shared_key"]
 
 # What the cache may hold: the fixed prompts of two languages in both codecs, and the
 # announcements of a few hundred amounts, at ~8 KiB a second of audio.
@@ -47,6 +54,43 @@ def packetise(audio: bytes, samples_per_packet: int, codec: str) -> tuple[bytes,
     if pad:
         audio += bytes([SILENCE[codec]]) * pad
     return tuple(audio[i : i + n] for i in range(0, len(audio), n))
+
+
+class CutAudio(Sequence[bytes]):
+    """`audio` (G.711) as the payloads `packetise` would give, each cut when it is asked for:
+    one bytes object for the whole prompt instead of one per packet (the payload sliced at
+    send time lives until its packet is sent)."""
+
+    __slots__ = ("_count", "audio", "samples_per_packet")
+
+    def __init__(self, audio: bytes, samples_per_packet: int, codec: str) -> None:
+        n = samples_per_packet
+        pad = (-len(audio)) % n
+        if pad:
+            audio += bytes([SILENCE[codec]]) * pad
+        self.audio = audio
+        self.samples_per_packet = n
+        self._count = len(audio) // n
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[bytes]: ...
+
+    def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._count))]
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError("packet index out of range")
+        n = self.samples_per_packet
+        start = index * n
+        return self.audio[start : start + n]
 
 
 def shared_key(
@@ -81,10 +125,12 @@ class PromptPackets:
         self._entries.move_to_end(key)
         return entry[0]
 
-    def put(self, key: Hashable, payloads: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    def put(self, key: Hashable, payloads: Sequence[bytes]) -> Sequence[bytes]:
         """Keep `payloads` under `key` if the prompt was put before (an entry there already
         is kept instead: calls that rendered the same prompt at once end up sharing one copy);
-        what to play."""
+        what to play. What is kept is a tuple of payloads (the calls sharing it index it on
+        every packet: no cutting), what is not is played as given (a `CutAudio` holds one
+        object)."""
         entry = self._entries.get(key)
         if entry is not None:
             self._entries.move_to_end(key)
@@ -98,9 +144,10 @@ class PromptPackets:
         size = sum(len(p) + _PAYLOAD_OVERHEAD for p in payloads) + 8 * len(payloads)
         if size > self.budget_bytes:
             return payloads  # played, not kept
-        self._entries[key] = (payloads, size)
+        kept = tuple(payloads)
+        self._entries[key] = (kept, size)
         self.size_bytes += size
         while self.size_bytes > self.budget_bytes:
             _, (_, dropped) = self._entries.popitem(last=False)
             self.size_bytes -= dropped
-        return payloads
+        return kept

@@ -74,7 +74,7 @@ from spg_media.observability import (
 from spg_media.rtp.g711 import DECODE_TABLES, decode_array, encode
 from spg_media.rtp.masking import BLOCK, MASKS, ToneMasker
 from spg_media.rtp.packet import RTP_HEADER_SIZE, RtpError, RtpPacket
-from spg_media.rtp.prompts import packetise
+from spg_media.rtp.prompts import CutAudio
 from spg_media.rtp.rtcp import RtcpError, RtcpSession
 from spg_media.rtp.srtp import SrtpContext
 
@@ -572,7 +572,7 @@ class MediaSession:
 
     def play(self, audio_g711: bytes) -> None:
         """Start playing encoded audio (replacing what plays); silence is padded to a packet."""
-        self.play_packets(packetise(audio_g711, self.samples_per_packet, self.codec))
+        self.play_packets(CutAudio(audio_g711, self.samples_per_packet, self.codec))
 
     def play_packets(self, payloads: Sequence[bytes]) -> None:
         """Start playing a prompt already cut into this session's payloads (`rtp.prompts`:

@@ -22,7 +22,7 @@ from spg_media.call import Call, Inbox, KeyPressed, PromptDone, TimerDue
 from spg_media.payment.journey import Play, PromptPart
 from spg_media.payment.model import SecretDigits
 from spg_media.rtp.g711 import SILENCE, encode
-from spg_media.rtp.prompts import PromptPackets, packetise, shared_key
+from spg_media.rtp.prompts import CutAudio, PromptPackets, packetise, shared_key
 from spg_media.rtp.session import MediaSession
 
 # ---- rtp.prompts ---------------------------------------------------------------------------------
@@ -34,6 +34,21 @@ def test_packetise_cuts_per_packet_and_pads_the_last_with_the_codecs_silence() -
     assert payloads[1] == b"\x01" * 140 + bytes([SILENCE["PCMA"]]) * 20
     assert packetise(b"\x02" * 320, 160, "PCMU") == (b"\x02" * 160, b"\x02" * 160)
     assert packetise(b"", 160, "PCMU") == ()
+
+
+def test_cut_audio_gives_packetises_payloads_from_one_object() -> None:
+    audio = bytes(range(256)) * 2 + b"\x05" * 100  # 612 bytes: the last packet padded
+    cut = CutAudio(audio, 160, "PCMA")
+    assert len(cut) == 4 and list(cut) == list(packetise(audio, 160, "PCMA"))
+    assert cut[-1] == cut[3] and cut[1:3] == list(packetise(audio, 160, "PCMA"))[1:3]
+    assert b"".join(cut[2:]) == b"".join(packetise(audio, 160, "PCMA")[2:])
+    with pytest.raises(IndexError):
+        cut[4]
+    with pytest.raises(IndexError):
+        cut[-5]
+    assert list(CutAudio(b"", 160, "PCMU")) == []
+    # the whole prompt is one object, not one per packet
+    assert isinstance(cut.audio, bytes) and len(cut.audio) == 640
 
 
 def test_a_prompt_with_card_digits_has_no_shared_key() -> None:
@@ -77,6 +92,16 @@ def test_a_prompt_used_once_is_not_kept() -> None:
     assert len(cache) == 0 and cache.size_bytes == 0
     assert cache.put(("approved", 1), (b"x" * 160,)) is not None
     assert cache.get(("approved", 1)) is not None  # asked for again: kept from now on
+
+
+def test_a_kept_prompt_is_a_tuple_of_payloads_and_one_played_alone_stays_one_object() -> None:
+    cache = PromptPackets()
+    cut = CutAudio(b"\x07" * 1600, 160, "PCMA")
+    assert cache.put("goodbye", cut) is cut  # first use: played as given
+    kept = cache.put("goodbye", CutAudio(b"\x07" * 1600, 160, "PCMA"))
+    assert type(kept) is tuple and list(kept) == list(cut)  # shared: indexed, never cut again
+    assert cache.get("goodbye") is kept
+    assert cache.size_bytes == 10 * (160 + 33) + 8 * 10
 
 
 # ---- calls sharing what they play ----------------------------------------------------------------
@@ -154,6 +179,10 @@ def test_a_prompt_with_card_digits_is_rendered_for_its_call_only(tmp_path: Path)
         assert len(prompts.rendered) == 3
         assert playing(calls[0]) is not playing(calls[1])
         assert len(calls[0].services.prompt_packets) == 0
+        # a call's own prompt is held as one object (cut as it is sent), not 25 payloads
+        own = playing(calls[0])
+        assert isinstance(own, CutAudio) and len(own) == 25
+        assert b"".join(own) == encode(prompts.audio_for((confirm,), "en"), "PCMA")
 
     with_calls(tmp_path, body)
 
