@@ -13,7 +13,7 @@ tick. Its modules:
 * `decisions`: the per-channel decision machine (a scalar reference and a vectorised twin);
 * `checks`: a start's last checks on the audio of its window (timing, spectrum);
 * `timing`: sample positions, onsets and durations, and the events that carry them;
-* `history`: the audio of the last calls, for channels that become hot;
+* `history`: each channel's own last 25 ms of audio, for channels that become hot;
 * `params`: frequencies, geometry, levels and every threshold.
 
 Theory of operation
