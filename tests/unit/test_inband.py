@@ -687,6 +687,28 @@ def test_a_long_pause_is_not_bridged_into_one_digit() -> None:
     assert first_end.duration_ms is not None and first_end.duration_ms < 120
 
 
+def test_without_gaps_from_time_the_times_given_only_date_the_events() -> None:
+    # Built with gaps_from_time=False (the media engine, which reads gaps from RTP timestamps
+    # and calls flush there), a channel whose audio comes 1 s after its last block is not
+    # restarted: the same samples give the same decisions whatever the times given.
+    rng = np.random.default_rng(9)
+    press = np.rint(tone("5", 200, rng=rng)).astype(np.int16)
+    audio = np.concatenate([press, np.zeros(800, dtype=np.int16)])
+    seen = []
+    for pause in (0.0, 1.0):
+        detector = InbandDetector(gaps_from_time=False)
+        slot = detector.add_channel()
+        events: list[DtmfEvent] = []
+        now = 0.0
+        for begin in range(0, audio.size, 160):
+            now += 0.02 + (pause if begin == 800 else 0.0)  # late from the 6th block on
+            chunk = audio[None, begin : begin + 160]
+            events += [e for _, e in detector.process([slot], chunk, now)]
+        seen.append([(e.kind, e.digit, e.duration_ms) for e in events])
+    assert [(kind, digit) for kind, digit, _ in seen[0]] == [("start", "5"), ("end", "5")]
+    assert seen[1] == seen[0]
+
+
 def test_flush_ends_a_digit_in_progress() -> None:
     rng = np.random.default_rng(10)
     detector = InbandDetector()

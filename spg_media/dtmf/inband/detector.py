@@ -130,11 +130,18 @@ class InbandDetector:
     int16 samples (floats are taken on the int16 scale), row i continuing slot slots[i]'s stream,
     with `now` the time just after the block's last sample, and returns (slot, DtmfEvent) pairs.
     Slots left out of a call simply get no audio that tick (a lost packet).
+
+    `gaps_from_time`: a slot whose audio resumes more than GAP_BREAK_S after the end of its
+    last block (by the `now` given) ends its digit and starts afresh. A caller that knows where
+    the audio is missing (the media engine, from RTP timestamps) turns this off and calls
+    `flush` there instead: `now` then only dates the events, and audio that comes late in a
+    burst (a stalled path or tick) is not taken for a pause.
     """
 
-    def __init__(self, sample_rate: int = RATE) -> None:
+    def __init__(self, sample_rate: int = RATE, *, gaps_from_time: bool = True) -> None:
         if sample_rate != RATE:
             raise ValueError(f"the in-band detector works at {RATE} Hz, not {sample_rate}")
+        self._gaps_from_time = gaps_from_time
         self._free: list[int] = []
         self._scratch = Scratch()
         self._busy_line = False  # most channels had sound in the last call
@@ -179,7 +186,8 @@ class InbandDetector:
         detector's 80-sample frame: leftovers wait, per slot, for the next call. Events carry
         source "inband"; `at` is the onset (start) or the end of the tones (end), worked out
         from sample positions counted back from `now`; "end" events carry duration_ms. A slot
-        whose audio resumes more than GAP_BREAK_S after its last block ends its digit first.
+        whose audio resumes more than GAP_BREAK_S after its last block ends its digit first
+        (unless built with gaps_from_time=False).
         Raises ValueError for unknown, removed or repeated slots or a mismatched block.
         """
         index = np.asarray(slots, dtype=np.intp).reshape(-1)
@@ -197,11 +205,12 @@ class InbandDetector:
         events: Events = []
 
         # Audio missing for a while: end what was in progress where the audio stopped.
-        last_time = channels.last_time[sel]
-        broken = np.flatnonzero((now - n / RATE) - last_time > GAP_BREAK_S)  # NaN: False
-        if broken.size:
-            self._end_digits(index[broken], last_time[broken], events)
-            channels.reset(index[broken])
+        if self._gaps_from_time:
+            last_time = channels.last_time[sel]
+            broken = np.flatnonzero((now - n / RATE) - last_time > GAP_BREAK_S)  # NaN: False
+            if broken.size:
+                self._end_digits(index[broken], last_time[broken], events)
+                channels.reset(index[broken])
         channels.last_time[sel] = now
 
         waiting_of = channels.pending_count[sel]
