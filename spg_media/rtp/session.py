@@ -261,9 +261,9 @@ class MediaSession:
         self.pending_audio_at = 0.0  # arrival time of the newest of them
         self.fed_through = None  # sequence number of the last audio given to it
         # The RTP timestamp just after the last audio given to it: audio queued further on than
-        # GAP_SAMPLES is not the same stretch of sound (lost packets, a sender's pause or
-        # restart), and the detector is told (MediaEngine._audio_gap). Its own check, by the
-        # times it is given, would take a burst of late packets for a pause.
+        # GAP_SAMPLES, and that long after it, is not the same stretch of sound (lost packets,
+        # a sender's pause or restart), and the detector is told (MediaEngine._audio_gap). Its
+        # own check, by the times it is given, would take a burst of late packets for a pause.
         self.fed_ts = None
         self.rtcp = None  # from start_rtcp (the engine's attach) on
         self.rtcp_due = math.inf  # when the next report is (read by the tick for every session)
@@ -567,22 +567,32 @@ class MediaSession:
         return b"".join(parts)
 
     def audio_gap_ahead(self) -> bool:
-        """Does the first payload queued for the detector begin more than GAP_SAMPLES away (by
-        RTP timestamp, either way) from the end of what it was given?"""
+        """Is audio missing before the first payload queued for the detector? Its RTP timestamp
+        is more than GAP_SAMPLES away (either way) from the end of what the detector was given,
+        and it arrived more than GAP_BREAK_S after the last payload given: lost packets, a
+        sender's pause or restart. Neither alone: packets held up and then sent in a burst
+        arrive late with nothing missing, and a sender whose timestamps run on a wrong clock
+        would otherwise restart the detector at every packet."""
         fed = self.fed_ts
-        return (
-            fed is not None
-            and GAP_SAMPLES < (self.pending_ts[0] - fed) & 0xFFFFFFFF < (1 << 32) - GAP_SAMPLES
-        )
+        if fed is None or not self.fed_log:
+            return False
+        jump = (self.pending_ts[0] - fed) & 0xFFFFFFFF
+        if not GAP_SAMPLES < jump < (1 << 32) - GAP_SAMPLES:
+            return False
+        return self.pending_arrivals[0] - self.fed_log[-1][1] > GAP_BREAK_S
 
     def contiguous_audio(self) -> tuple[int, int]:
-        """(samples, payloads) queued from the first payload on up to the first gap in the
-        RTP timestamps (more than GAP_SAMPLES either way); all that is queued when none."""
-        pending, stamps = self.pending_audio, self.pending_ts
+        """(samples, payloads) queued from the first payload on up to the first one that audio
+        is missing before (as `audio_gap_ahead` tells it, between queued payloads); all that
+        is queued when none."""
+        pending, stamps, arrivals = self.pending_audio, self.pending_ts, self.pending_arrivals
         samples = len(pending[0])
         for n in range(1, len(pending)):
-            step = (stamps[n] - stamps[n - 1] - len(pending[n - 1])) & 0xFFFFFFFF
-            if GAP_SAMPLES < step < (1 << 32) - GAP_SAMPLES:
+            jump = (stamps[n] - stamps[n - 1] - len(pending[n - 1])) & 0xFFFFFFFF
+            if (
+                GAP_SAMPLES < jump < (1 << 32) - GAP_SAMPLES
+                and arrivals[n] - arrivals[n - 1] > GAP_BREAK_S
+            ):
                 return samples, n
             samples += len(pending[n])
         return samples, len(pending)
@@ -1010,12 +1020,13 @@ class MediaEngine:
         ticks behind (a stalled loop, a sender's faster clock) gives all it has, in a second
         call. The rest of the cost in Python is collecting bytes.
 
-        A gap in a channel's audio (its RTP timestamps jump more than GAP_SAMPLES: lost packets,
-        a sender's pause or restart) restarts its detector channel before the audio after it
-        (`_audio_gap`); the detector's own check by the times it is given is off here, as late
-        packets that come in a burst after a stalled path or tick are no gap. So the times
-        given (`now`: the arrival of the fed audio's end, the latest of a group's) only date
-        the events, and a channel's digits depend on its audio alone, however it arrives.
+        A gap in a channel's audio (its RTP timestamps jump more than GAP_SAMPLES and its packets
+        stopped that long: lost packets, a sender's pause or restart) restarts its detector
+        channel before the audio after it (`_audio_gap`); the detector's own check by the times
+        it is given is off here, as late packets that come in a burst after a stalled path or
+        tick are no gap. So the times given (`now`: the arrival of the fed audio's end, the
+        latest of a group's) only date the events, and a channel's digits depend on its audio
+        (and where audio is missing) alone, however it arrives and however late the tick.
         """
         assert self.inband is not None
         usual = _InbandFeed()

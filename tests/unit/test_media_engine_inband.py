@@ -18,7 +18,7 @@ import pytest
 from spg_media.dtmf.rfc4733 import DtmfEvent
 from spg_media.rtp.g711 import encode
 from spg_media.rtp.packet import build_rtp
-from spg_media.rtp.session import MAX_PENDING_FRAMES, MediaEngine, MediaSession
+from spg_media.rtp.session import MAX_PENDING_FRAMES, MediaEngine, MediaSession, MediaStats
 from spg_media.testcaller import DTMF_TONES, dtmf_tone
 
 CALLER = ("127.0.0.1", 40000)
@@ -548,3 +548,29 @@ def test_lost_audio_splits_a_press_and_late_audio_does_not() -> None:
     through_engine([late, *others], steady_ticks(len(frames) * 0.02 + 0.2))
     assert [(e.kind, e.digit) for e in late.heard] == [("start", "7"), ("end", "7")]
     assert late.session is not None and late.session.stats.audio_gaps == 0
+
+
+def test_a_sender_with_timestamps_on_a_wrong_clock_is_still_heard() -> None:
+    # Timestamps that advance 8000 a packet (milliseconds taken for samples, say): every packet
+    # looks 990 ms after the last by its timestamp, but the packets come steadily, so no audio
+    # is missing and the detector is never restarted.
+    frames = loadkit_keyed("4111#", 3)
+    heard: list[DtmfEvent] = []
+    stats: list[MediaStats] = []
+
+    def test() -> None:
+        engine = MediaEngine("127.0.0.1", 40000, 40100)
+        session = make_session("PCMA", heard)
+        engine.attach(50000, session)
+        for i, frame in enumerate(frames):
+            packet = build_rtp(8, i, (i * 8000) & 0xFFFFFFFF, 4, frame, i == 0)
+            session.receive(packet, CALLER, i * 0.02 + 0.001)
+            engine._detect_inband()
+        stats.append(session.stats)
+        engine.close(50000)
+        assert engine._tick_task is not None
+        engine._tick_task.cancel()
+
+    run_in_loop(test)
+    assert starts(heard) == "4111#"
+    assert stats[0].audio_gaps == 0
