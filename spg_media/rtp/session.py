@@ -171,7 +171,7 @@ class MediaStats:
     audio_late: int = 0  # audio packets the in-band detector had already gone past (reordered)
     audio_dropped: int = 0  # audio packets past MAX_PENDING_FRAMES queued for the detector
     audio_gaps: int = 0  # times the detector's channel restarted: audio missing (RTP timestamps)
-    audio_backlog: int = 0  # the most audio (samples) given to the detector at once
+    audio_backlog: int = 0  # the most audio (samples) given at once, packets having queued
 
 
 @dataclass(slots=True)
@@ -601,7 +601,8 @@ class MediaSession:
         """What became of the audio queued for the in-band detector, for a call's end-of-call
         DTMF log line (the non-zero counters): packets dropped as late (reordered past what it
         had) or past MAX_PENDING_FRAMES (a tick over a second late), restarts of its channel
-        on audio missing, and the most audio given at once (ms: 20 a tick when on time)."""
+        on audio missing, and the most audio given at once when packets had queued (ms: 20,
+        or none, when every tick came on time; 200 after a tick 200 ms late)."""
         stats = self.stats
         counts = {
             "inband_late": stats.audio_late,
