@@ -23,7 +23,8 @@ commit's: `mkdir -p /tmp/head && git archive HEAD spg_media/dtmf/inband | tar -x
 then PATH is /tmp/head/spg_media/dtmf/inband; or the single file it was until the package,
 `git show 59121c3:spg_media/dtmf/inband.py > /tmp/inband_file.py`), that detector is timed too,
 alternating run by run with ours (the machine is shared: runs far apart can differ by 10 % and
-more), and its figures and ours over it are added to the table.
+more), and its figures and ours over it are added to the table, with whether the two made the
+same events (every one: channel, kind, digit, time, duration) on each scenario.
 
 Latency: 2000 digits (60-100 ms, -5 to -30 dBm0, twist -3 to +6 dB, 30 dB SNR, onset at a random
 point of a 20 ms tick), from the onset to the start event's detection: with 20 ms frames (the
@@ -195,6 +196,16 @@ def run_ours(blocks: Int16s, ready: tuple[Any, npt.NDArray[np.intp]]) -> int:
     return starts
 
 
+def events_of(blocks: Int16s, detector_class: Callable[[], Any]) -> list[tuple[Any, ...]]:
+    """Every event of one detector fed all ticks (all channels in each call), as tuples."""
+    detector, slots = ours_ready(blocks.shape[1], detector_class)
+    out: list[tuple[Any, ...]] = []
+    for tick in range(blocks.shape[0]):
+        for slot, event in detector.process(slots, blocks[tick], (tick + 1) * 0.02):
+            out.append((slot, event.kind, event.digit, event.at, event.duration_ms))
+    return out
+
+
 def spandsp_ready(channels: int) -> list[SpandspDtmf]:
     return [SpandspDtmf() for _ in range(channels)]
 
@@ -236,8 +247,9 @@ def throughput(
             " ours / large | ours / 20 ms | digits ours / spandsp |")  # fmt: skip
     rule = "|---|---|---|---|---|---|---|"
     if baseline is not None:
-        head += " baseline (20 ms ticks) | baseline / large | ours / baseline |"
-        rule += "---|---|---|"
+        head += (" baseline (20 ms ticks) | baseline / large | ours / baseline |"
+                 " events = baseline's |")  # fmt: skip
+        rule += "---|---|---|---|"
     print(head)
     print(rule)
     samples = int(seconds * RATE) // TICK * TICK
@@ -275,6 +287,9 @@ def throughput(
         if baseline is not None:
             t_base = timed[1][0]
             line += f" {work / t_base:,.0f} | {t_large / t_base:.1f}x | {t_base / t_ours:.2f}x |"
+            # the same decisions, every event to the bit (kind, digit, time, duration)?
+            same = events_of(blocks, InbandDetector) == events_of(blocks, baseline.InbandDetector)
+            line += " yes |" if same else " **no** |"
         print(line)
 
 

@@ -320,6 +320,18 @@ def latency_summary(delta: Histogram) -> dict[str, dict[str, float | None] | Non
     return out
 
 
+def pause_summary(delta: Histogram) -> dict[str, dict[str, float | None]]:
+    """Garbage-collector pauses by generation ("0", "1", "2" = full): how many, and the
+    bucket bound the longest stayed under (None: none, or past the last finite bound)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for generation, buckets in sorted(delta.items()):
+        total = max(buckets.values(), default=0.0)
+        longest = min((b for b, c in buckets.items() if c >= total), default=None)
+        known = total and longest is not None and not math.isinf(longest)
+        out[generation] = {"count": total, "longest_under_s": longest if known else None}
+    return out
+
+
 def fetch_metrics(admin_port: int, timeout_s: float = 2.0) -> str:
     """A node's /metrics text ("" when it does not answer)."""
     try:
@@ -531,6 +543,13 @@ def _digits(nodes: Sequence[SpgNode]) -> dict[str, float]:
 def _latency(nodes: Sequence[SpgNode]) -> Histogram:
     return histogram_sum(
         parse_histogram(fetch_metrics(n.admin_port), LATENCY_METRIC) for n in nodes
+    )
+
+
+def _gc_pauses(nodes: Sequence[SpgNode]) -> Histogram:
+    return histogram_sum(
+        parse_histogram(fetch_metrics(n.admin_port), "spg_gc_pause_seconds", "generation")
+        for n in nodes
     )
 
 
@@ -761,6 +780,7 @@ def run_load(spec: LoadSpec, work: Path | None = None) -> dict[str, Any]:
         idle_rss = stack.rss()
         cdr_seen = len(_cdrs(stack.nodes))
         lat_before = _latency(stack.nodes)
+        gc_before = _gc_pauses(stack.nodes)
         rtp_before = _rtp_in(stack.nodes)
         digits_before = _digits(stack.nodes)
         cpu_before = {
@@ -791,6 +811,7 @@ def run_load(spec: LoadSpec, work: Path | None = None) -> dict[str, Any]:
             "kamailio": stack.proxy_cpu(),
         }
         latency = latency_summary(histogram_delta(_latency(stack.nodes), lat_before))
+        gc_pauses = pause_summary(histogram_delta(_gc_pauses(stack.nodes), gc_before))
         rtp_in = _rtp_in(stack.nodes) - rtp_before
         digits = {k: v - digits_before[k] for k, v in _digits(stack.nodes).items()}
         records = _cdrs(stack.nodes)[cdr_seen:]
@@ -845,6 +866,7 @@ def run_load(spec: LoadSpec, work: Path | None = None) -> dict[str, Any]:
                 ),
             },
             "dtmf_latency_s": latency,
+            "gc_pauses": gc_pauses,
             "digits_by_source": digits,
             # the callers' packets per second of call (50 for 20 ms audio the whole call)
             "rtp_in_per_call_s": round(rtp_in / call_s, 1) if call_s else None,
@@ -951,6 +973,18 @@ def report_text(result: Mapping[str, Any]) -> str:
     if base:
         out.append("digit latency of the unloaded call(s):")
         out += latency_text(base)
+    pauses = result.get("gc_pauses")
+    if pauses:
+        names = {"0": "young", "1": "middle", "2": "full"}
+
+        def pause(figures: Mapping[str, float | None]) -> str:
+            longest = figures["longest_under_s"]
+            under = f" (each < {longest * 1000:g} ms)" if longest is not None else ""
+            return f"{figures['count']:.0f}{under}"
+
+        out.append("garbage collections during the load: " + ", ".join(
+            f"{names.get(g, g)} {pause(f)}" for g, f in pauses.items()
+        ))  # fmt: skip
     if result["rtp_in_per_call_s"] is not None:
         out.append(f"caller RTP into the nodes: {result['rtp_in_per_call_s']:.1f} packets/s a call")
     rss = result["rss"]

@@ -1110,10 +1110,13 @@ class Call:
 def dtmf_counts(merger: DtmfMerger, media: MediaSession | None) -> dict[str, int]:
     """A call's DTMF counters for its end-of-call log line: how many digits each source gave,
     what was dropped as the same press reported twice or by the in-band policy, and what the
-    RFC 4733 receiver made of the packets. Counts only: never a key."""
+    RFC 4733 receiver made of the packets, and what became of the audio queued for the in-band
+    detector (`MediaSession.inband_counts`: packets dropped, gaps, the largest backlog), so a
+    missed tone can be traced to its cause. Counts only: never a key."""
     counts = merger.counts()
     if media is not None:
         counts.update(media.receiver.stats.counts())
+        counts.update(media.inband_counts())
     return counts
 
 

@@ -324,6 +324,10 @@ async def _supervise_async(
     admin = None
     if config.admin.listen:
         admin = await _start_supervisor_admin(supervisor, config.admin.listen)
+    if config.process.gc_young_threshold:
+        from spg_media import gcpolicy
+
+        gcpolicy.apply(config.process.gc_young_threshold)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -699,6 +699,9 @@ class ProcessConfig(_Section):
     # Worker processes of `serve` (each a whole node on its own SIP ports and RTP slice, under
     # one supervisor): 0 = one per core, 1 = a single process with no supervisor.
     workers: int = _rule(0, _Int(0, 256))
+    # Python's garbage collector in `serve` (spg_media/gcpolicy.py): start-up's objects frozen
+    # and a young generation collected every this many net allocations; 0 = Python's defaults.
+    gc_young_threshold: int = _rule(20_000, _Int(0, 10_000_000))
 
 
 _SECTIONS: dict[str, type[_Section]] = {

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spg_media import gcpolicy
 from spg_media.admission import AdmissionControl, AdmissionPolicy
 from spg_media.assist.bridge_call import AssistCall, is_assist_invite
 from spg_media.call import Call, CallServices, voice_entry_offered
@@ -273,6 +274,7 @@ class Server:
             )
         ua.invite_handler = self
         ua.refusing_calls = self._retry_after_if_refusing
+        gcpolicy.observe()
         self.lag_monitor.start()
         self._update_admission_gauges()
         await ua.start()

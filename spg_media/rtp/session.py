@@ -62,7 +62,7 @@ import numpy as np
 import numpy.typing as npt
 from threadpoolctl import threadpool_limits
 
-from spg_media.dtmf.inband import InbandDetector
+from spg_media.dtmf.inband import GAP_BREAK_S, InbandDetector
 from spg_media.dtmf.rfc4733 import DtmfEvent, Rfc4733Receiver
 from spg_media.observability import (
     RTCP_PACKETS_TOTAL,
@@ -81,7 +81,15 @@ from spg_media.rtp.srtp import SrtpContext
 log = logging.getLogger("spg.rtp")
 
 SILENCE_BYTE = {"PCMU": 0xFF, "PCMA": 0xD5}
-MAX_PENDING_FRAMES = 10  # audio kept for the detector between ticks (a stalled tick drops more)
+# Audio payloads kept for the in-band detector between ticks: 1 s at 20 ms, so that a tick that
+# comes late (a stalled event loop, a burst from the sender) loses none and the detector gets
+# the backlog in one more call. It was 10 (200 ms): a longer stall dropped the newest packets,
+# uncounted. A payload past it is dropped and counted (`MediaStats.audio_dropped`).
+MAX_PENDING_FRAMES = 50
+RELAY_MAX_FRAMES = 10  # bridged audio kept between ticks (late relayed audio is worth nothing)
+# Audio missing longer than this (by the RTP timestamps of what the detector is given) restarts
+# its channel, as the detector does by its own clock for other callers (GAP_BREAK_S, 100 ms).
+GAP_SAMPLES = round(GAP_BREAK_S * 8000)
 FED_LOG = 32  # payloads fed to the detector remembered for dating digits (a start comes 20-40 ms
 # after its onset: at a 10 ms ptime, that is 4 payloads back at most)
 RELAY_SLACK = 160  # samples of bridged audio queued beyond a packet before the oldest is dropped
@@ -161,6 +169,9 @@ class MediaStats:
     audio: int = 0
     events: int = 0
     audio_late: int = 0  # audio packets the in-band detector had already gone past (reordered)
+    audio_dropped: int = 0  # audio packets past MAX_PENDING_FRAMES queued for the detector
+    audio_gaps: int = 0  # times the detector's channel restarted: audio missing (RTP timestamps)
+    audio_backlog: int = 0  # the most audio (samples) given at once, packets having queued
 
 
 @dataclass(slots=True)
@@ -202,11 +213,13 @@ class MediaSession:
     inband_slot: int | None = field(init=False, repr=False, compare=False)
     pending_audio: list[bytes] = field(init=False, repr=False, compare=False)
     pending_seqs: list[int] = field(init=False, repr=False, compare=False)
+    pending_ts: list[int] = field(init=False, repr=False, compare=False)
     pending_arrivals: list[float] = field(init=False, repr=False, compare=False)
     fed_samples: int = field(init=False, repr=False, compare=False)
     fed_log: deque[tuple[int, float]] = field(init=False, repr=False, compare=False)
     pending_audio_at: float = field(init=False, repr=False, compare=False)
     fed_through: int | None = field(init=False, repr=False, compare=False)
+    fed_ts: int | None = field(init=False, repr=False, compare=False)
     rtcp: RtcpSession | None = field(init=False, repr=False, compare=False)
     rtcp_due: float = field(init=False, repr=False, compare=False)
     rtcp_latched: tuple[str, int] | None = field(init=False, repr=False, compare=False)
@@ -239,6 +252,7 @@ class MediaSession:
         self.inband_slot = None  # the detector channel, while attached
         self.pending_audio = []  # payloads not yet given to the detector, in order
         self.pending_seqs = []  # their RTP sequence numbers
+        self.pending_ts = []  # and timestamps (of their first sample not given yet)
         self.pending_arrivals = []  # and when they arrived
         # What the detector was given, to date an in-band digit by the packet that carried its
         # onset: samples fed in all, and (first sample's position, arrival) of the last payloads.
@@ -246,6 +260,11 @@ class MediaSession:
         self.fed_log = deque(maxlen=FED_LOG)
         self.pending_audio_at = 0.0  # arrival time of the newest of them
         self.fed_through = None  # sequence number of the last audio given to it
+        # The RTP timestamp just after the last audio given to it: audio queued further on than
+        # GAP_SAMPLES, and that long after it, is not the same stretch of sound (lost packets,
+        # a sender's pause or restart), and the detector is told (MediaEngine._audio_gap). Its
+        # own check, by the times it is given, would take a burst of late packets for a pause.
+        self.fed_ts = None
         self.rtcp = None  # from start_rtcp (the engine's attach) on
         self.rtcp_due = math.inf  # when the next report is (read by the tick for every session)
         self.rtcp_latched = None  # the source of the peer's RTCP
@@ -369,14 +388,17 @@ class MediaSession:
                         # _queue_audio's usual case, inlined: the next packet, in order
                         pending.append(payload)
                         seqs.append(sequence)
+                        self.pending_ts.append(timestamp)
                         self.pending_arrivals.append(now)
                     else:
-                        self._queue_audio(sequence, payload, now)
+                        self._queue_audio(sequence, timestamp, payload, now)
                     self.pending_audio_at = now
+                else:  # a tick over MAX_PENDING_FRAMES packets late: the newest audio is lost
+                    stats.audio_dropped += 1
             if self.on_audio is not None:
                 self.on_audio(payload, now)
             relay = self.relay_in
-            if relay is not None and len(relay) < MAX_PENDING_FRAMES:
+            if relay is not None and len(relay) < RELAY_MAX_FRAMES:
                 relay.append(payload)
 
     def receive_rtcp(self, data: bytes, source: tuple[str, int], now: float) -> None:
@@ -478,7 +500,7 @@ class MediaSession:
             return None  # no port, or RFC 2543 hold: "send me nothing" (0.0.0.0 is this host)
         return target
 
-    def _queue_audio(self, sequence: int, payload: bytes, arrival: float) -> None:
+    def _queue_audio(self, sequence: int, timestamp: int, payload: bytes, arrival: float) -> None:
         """Queue a payload for the in-band detector in RTP sequence order: a packet the network
         reordered would otherwise move 20 ms of tone into a gap (a key read twice, or cut).
         One that comes after the detector was given audio past it is dropped, as is a repeat.
@@ -489,6 +511,7 @@ class MediaSession:
         if newest is None or (newest - sequence) & 0xFFFF >= REORDER_WINDOW:  # the usual case
             self.pending_audio.append(payload)
             seqs.append(sequence)
+            self.pending_ts.append(timestamp)
             self.pending_arrivals.append(arrival)
             return
         fed = self.fed_through
@@ -500,16 +523,21 @@ class MediaSession:
             at -= 1  # older than seqs[at - 1]: before it
         self.pending_audio.insert(at, payload)
         seqs.insert(at, sequence)
+        self.pending_ts.insert(at, timestamp)
         self.pending_arrivals.insert(at, arrival)
 
     def take_audio(self, count: int) -> bytes:
         """The first `count` bytes (samples) queued for the detector, which must hold them; a
         payload cut in two keeps its rest queued (ahead of anything reordered behind it)."""
         pending, seqs, arrivals = self.pending_audio, self.pending_seqs, self.pending_arrivals
+        stamps = self.pending_ts
         log = self.fed_log
+        if count > self.stats.audio_backlog:
+            self.stats.audio_backlog = count
         if len(pending[0]) == count:  # the usual tick: one 20 ms payload
             part = pending.pop(0)
             self.fed_through = seqs.pop(0)
+            self.fed_ts = (stamps.pop(0) + count) & 0xFFFFFFFF
             log.append((self.fed_samples, arrivals.pop(0)))
             self.fed_samples += count
             return part
@@ -524,16 +552,65 @@ class MediaSession:
                 parts.append(part)
                 need -= len(part)
                 self.fed_samples += len(part)
+                self.fed_ts = (stamps[used] + len(part)) & 0xFFFFFFFF
                 used += 1
             else:
                 parts.append(part[:need])
                 pending[used] = part[need:]
                 self.fed_samples += need
+                self.fed_ts = stamps[used] = (stamps[used] + need) & 0xFFFFFFFF
                 need = 0
         del pending[:used]
         del seqs[:used]
+        del stamps[:used]
         del arrivals[:used]
         return b"".join(parts)
+
+    def audio_gap_ahead(self) -> bool:
+        """Is audio missing before the first payload queued for the detector? Its RTP timestamp
+        is more than GAP_SAMPLES away (either way) from the end of what the detector was given,
+        and it arrived more than GAP_BREAK_S after the last payload given: lost packets, a
+        sender's pause or restart. Neither alone: packets held up and then sent in a burst
+        arrive late with nothing missing, and a sender whose timestamps run on a wrong clock
+        would otherwise restart the detector at every packet."""
+        fed = self.fed_ts
+        if fed is None or not self.fed_log:
+            return False
+        jump = (self.pending_ts[0] - fed) & 0xFFFFFFFF
+        if not GAP_SAMPLES < jump < (1 << 32) - GAP_SAMPLES:
+            return False
+        return self.pending_arrivals[0] - self.fed_log[-1][1] > GAP_BREAK_S
+
+    def contiguous_audio(self) -> tuple[int, int]:
+        """(samples, payloads) queued from the first payload on up to the first one that audio
+        is missing before (as `audio_gap_ahead` tells it, between queued payloads); all that
+        is queued when none."""
+        pending, stamps, arrivals = self.pending_audio, self.pending_ts, self.pending_arrivals
+        samples = len(pending[0])
+        for n in range(1, len(pending)):
+            jump = (stamps[n] - stamps[n - 1] - len(pending[n - 1])) & 0xFFFFFFFF
+            if (
+                GAP_SAMPLES < jump < (1 << 32) - GAP_SAMPLES
+                and arrivals[n] - arrivals[n - 1] > GAP_BREAK_S
+            ):
+                return samples, n
+            samples += len(pending[n])
+        return samples, len(pending)
+
+    def inband_counts(self) -> dict[str, int]:
+        """What became of the audio queued for the in-band detector, for a call's end-of-call
+        DTMF log line (the non-zero counters): packets dropped as late (reordered past what it
+        had) or past MAX_PENDING_FRAMES (a tick over a second late), restarts of its channel
+        on audio missing, and the most audio given at once when packets had queued (ms: 20,
+        or none, when every tick came on time; 200 after a tick 200 ms late)."""
+        stats = self.stats
+        counts = {
+            "inband_late": stats.audio_late,
+            "inband_dropped": stats.audio_dropped,
+            "inband_gaps": stats.audio_gaps,
+            "inband_backlog_ms": stats.audio_backlog // 8,
+        }
+        return {name: value for name, value in counts.items() if value}
 
     def arrival_of_fed_sample(self, position: int) -> float | None:
         """When the packet carrying sample `position` (counted over all audio given to the
@@ -548,6 +625,7 @@ class MediaSession:
     def clear_audio(self) -> None:
         self.pending_audio.clear()
         self.pending_seqs.clear()
+        self.pending_ts.clear()
         self.pending_arrivals.clear()
 
     def poll(self, now: float) -> None:
@@ -834,10 +912,13 @@ class MediaEngine:
     def _start_inband(self, session: MediaSession) -> None:
         if self.inband is None:
             single_threaded_blas()
-            self.inband = InbandDetector()
+            # Gaps in a channel's audio are told by `_audio_gap` from RTP timestamps, not
+            # guessed from the arrival times given (see `_detect_inband`).
+            self.inband = InbandDetector(gaps_from_time=False)
         session.inband = True
         if session.inband_slot is None:
             session.inband_slot = self.inband.add_channel()
+            session.fed_ts = None
 
     def bridge(self, customer_port: int, agent_port: int, mask: str) -> None:
         """Cross the audio of two attached sessions (agent-assisted mode). From the next tick,
@@ -939,6 +1020,14 @@ class MediaEngine:
         and channels of both codecs still make one (channels × 160) block. A channel three
         ticks behind (a stalled loop, a sender's faster clock) gives all it has, in a second
         call. The rest of the cost in Python is collecting bytes.
+
+        A gap in a channel's audio (its RTP timestamps jump more than GAP_SAMPLES and its packets
+        stopped that long: lost packets, a sender's pause or restart) restarts its detector
+        channel before the audio after it (`_audio_gap`); the detector's own check by the times
+        it is given is off here, as late packets that come in a burst after a stalled path or
+        tick are no gap. So the times given (`now`: the arrival of the fed audio's end, the
+        latest of a group's) only date the events, and a channel's digits depend on its audio
+        (and where audio is missing) alone, however it arrives and however late the tick.
         """
         assert self.inband is not None
         usual = _InbandFeed()
@@ -955,25 +1044,33 @@ class MediaEngine:
             pending = session.pending_audio
             if not pending:
                 continue
+            fed_ts = session.fed_ts
+            if fed_ts is not None and session.pending_ts[0] != fed_ts and session.audio_gap_ahead():
+                self._audio_gap(session, slot)
             if len(pending) == 1 and len(pending[0]) == INBAND_FEED:
                 # The usual tick, one 20 ms payload: take_audio's work, inlined.
                 usual.sessions.append(session)
                 usual.slots.append(slot)
                 usual.audio.append(pending.pop())
                 session.fed_through = session.pending_seqs.pop()
+                session.fed_ts = (session.pending_ts.pop() + INBAND_FEED) & 0xFFFFFFFF
                 session.fed_log.append((session.fed_samples, session.pending_arrivals.pop()))
                 session.fed_samples += INBAND_FEED
                 usual.codecs.add(session.codec)
                 if session.pending_audio_at > usual.now:
                     usual.now = session.pending_audio_at
                 continue
-            queued = sum(map(len, pending))  # G.711: a byte a sample
-            if queued < INBAND_FEED:
-                continue
-            take = INBAND_FEED
-            if queued >= 3 * INBAND_FEED:
-                take = queued // INBAND_FEED * INBAND_FEED
-            until = session.pending_audio_at - (queued - take) / 8000.0  # the fed audio's end
+            queued, payloads = session.contiguous_audio()  # G.711: a byte a sample
+            if payloads < len(pending):  # a gap after them: all of them now, the gap next tick
+                take = queued
+                until = session.pending_arrivals[payloads - 1]
+            else:
+                if queued < INBAND_FEED:
+                    continue
+                take = INBAND_FEED
+                if queued >= 3 * INBAND_FEED:
+                    take = queued // INBAND_FEED * INBAND_FEED
+                until = session.pending_audio_at - (queued - take) / 8000.0  # the fed audio's end
             feed = groups.get(take)
             if feed is None:
                 feed = groups[take] = _InbandFeed()
@@ -1013,6 +1110,16 @@ class MediaEngine:
                     if arrival is not None:
                         event = dataclasses.replace(event, arrived_at=arrival)
                 target._deliver([event])
+
+    def _audio_gap(self, session: MediaSession, slot: int) -> None:
+        """The audio queued for `session`'s detector channel `slot` does not follow what it was
+        given: the digit in progress ends where the audio stopped, and the channel starts
+        afresh (counted: `audio_gaps`)."""
+        assert self.inband is not None
+        session.stats.audio_gaps += 1
+        session.fed_ts = None
+        ended = self.inband.flush(slot, session.pending_arrivals[0])
+        session._deliver([event for _, event in ended])
 
     def _relay(self, now: float) -> None:
         """Cross the audio the bridged sessions received since the last tick.

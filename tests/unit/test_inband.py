@@ -585,6 +585,45 @@ def test_same_digits_whether_the_other_channels_are_quiet_or_busy() -> None:
     assert results[0] == results[1]
 
 
+def test_a_channels_past_is_its_own_whatever_calls_come_between_its_calls() -> None:
+    # The media engine makes one call a tick for the channels that give 20 ms and one more per
+    # other amount (channels behind after a stalled tick or a burst): several calls of other
+    # channels can come between two calls of one channel. Its digits and their times must be
+    # those it gets fed alone. (The detector once kept the audio of its last 4 calls only: a
+    # tick of 5 calls lost a channel's past, and a 100 ms tone was missed or split in two.)
+    rng = np.random.default_rng(21)
+    keys = "4111111#"  # as the load kit keys a card: 100 ms tones, 200 ms apart, in line noise
+    parts = [silence(95)]
+    for key in keys:
+        parts += [tone(key, 100, level=-12, rng=rng), silence(200)]
+    audio = np.concatenate([*parts, silence(100)])
+    audio = with_noise(audio, 45, dbm0_power(-12), seed=21)
+    ours = np.rint(audio[: audio.size // 160 * 160]).astype(np.int16)
+    others = np.rint(with_noise(keyed("2580" * 4, level=-20), 20, dbm0_power(-20), seed=22))
+
+    def run(between: int) -> list[tuple[str, str, float, float | None]]:
+        detector = InbandDetector()
+        slot = detector.add_channel()
+        crowd = [detector.add_channel() for _ in range(between)]
+        fed = np.zeros(len(crowd), dtype=np.int64)
+        seen = []
+        for begin in range(0, ours.size, 160):
+            now = (begin + 160) / RATE
+            for _, event in detector.process([slot], ours[None, begin : begin + 160], now):
+                seen.append((event.kind, event.digit, round(event.at, 4), event.duration_ms))
+            for n, other in enumerate(crowd):  # each a call of its own, of another size
+                size = 160 * (n + 2)
+                chunk = np.resize(others[fed[n] : fed[n] + size], size)
+                fed[n] = (fed[n] + size) % (others.size - size)
+                detector.process([other], chunk[None, :].astype(np.int16), now)
+        return seen
+
+    alone = run(0)
+    assert "".join(d for k, d, _, _ in alone if k == "start") == keys
+    for between in (3, 4, 6):
+        assert run(between) == alone, between
+
+
 def test_slots_in_any_order_and_subsets() -> None:
     rng = np.random.default_rng(7)
     detector = InbandDetector()
@@ -646,6 +685,28 @@ def test_a_long_pause_is_not_bridged_into_one_digit() -> None:
     first_end = events[1]
     assert first_end.at == pytest.approx(0.1, abs=0.011)  # where the audio stopped
     assert first_end.duration_ms is not None and first_end.duration_ms < 120
+
+
+def test_without_gaps_from_time_the_times_given_only_date_the_events() -> None:
+    # Built with gaps_from_time=False (the media engine, which reads gaps from RTP timestamps
+    # and calls flush there), a channel whose audio comes 1 s after its last block is not
+    # restarted: the same samples give the same decisions whatever the times given.
+    rng = np.random.default_rng(9)
+    press = np.rint(tone("5", 200, rng=rng)).astype(np.int16)
+    audio = np.concatenate([press, np.zeros(800, dtype=np.int16)])
+    seen = []
+    for pause in (0.0, 1.0):
+        detector = InbandDetector(gaps_from_time=False)
+        slot = detector.add_channel()
+        events: list[DtmfEvent] = []
+        now = 0.0
+        for begin in range(0, audio.size, 160):
+            now += 0.02 + (pause if begin == 800 else 0.0)  # late from the 6th block on
+            chunk = audio[None, begin : begin + 160]
+            events += [e for _, e in detector.process([slot], chunk, now)]
+        seen.append([(e.kind, e.digit, e.duration_ms) for e in events])
+    assert [(kind, digit) for kind, digit, _ in seen[0]] == [("start", "5"), ("end", "5")]
+    assert seen[1] == seen[0]
 
 
 def test_flush_ends_a_digit_in_progress() -> None:

@@ -22,6 +22,7 @@ from loadkit import (
     histogram_sum,
     latency_summary,
     parse_histogram,
+    pause_summary,
     plan_key_presses,
     quantile,
     sandbox_transaction,
@@ -192,3 +193,21 @@ def test_latency_table_per_load_with_na_for_a_missing_metric() -> None:
     assert table[4].startswith("| unloaded | - |")
     assert table[5] == "| 10 | 4 | 20/20 | 31 | 62 | n/a | n/a | n/a | n/a |"
     assert table[6] == "| 30 | 14 | 60/60 | n/a | n/a | n/a | n/a | n/a | n/a |"
+
+
+def test_pause_summary_counts_and_bounds_the_longest() -> None:
+    text = "\n".join(
+        [
+            'spg_gc_pause_seconds_bucket{generation="0",le="0.001"} 5.0',
+            'spg_gc_pause_seconds_bucket{generation="0",le="0.01"} 7.0',
+            'spg_gc_pause_seconds_bucket{generation="0",le="+Inf"} 7.0',
+            'spg_gc_pause_seconds_bucket{generation="2",le="0.16"} 1.0',
+            'spg_gc_pause_seconds_bucket{generation="2",le="0.64"} 1.0',
+            'spg_gc_pause_seconds_bucket{generation="2",le="+Inf"} 2.0',
+        ]
+    )
+    summary = pause_summary(parse_histogram(text, "spg_gc_pause_seconds", "generation"))
+    assert summary == {
+        "0": {"count": 7.0, "longest_under_s": 0.01},
+        "2": {"count": 2.0, "longest_under_s": None},  # one past the last finite bound
+    }

@@ -8,14 +8,18 @@ step (`_detect_inband`) is called by hand after each 20 ms packet.
 from __future__ import annotations
 
 import asyncio
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
+import pytest
 
 from spg_media.dtmf.rfc4733 import DtmfEvent
 from spg_media.rtp.g711 import encode
 from spg_media.rtp.packet import build_rtp
-from spg_media.rtp.session import MediaEngine, MediaSession
-from spg_media.testcaller import dtmf_tone
+from spg_media.rtp.session import MAX_PENDING_FRAMES, MediaEngine, MediaSession, MediaStats
+from spg_media.testcaller import DTMF_TONES, dtmf_tone
 
 CALLER = ("127.0.0.1", 40000)
 FRAME = 160
@@ -284,3 +288,289 @@ def test_audio_too_late_is_dropped_and_counted_and_a_new_run_is_taken() -> None:
     heard, late = _events_fed(schedule, seq, "14")
     assert starts(heard) == "14"
     assert late == 1
+
+
+# ---- the same audio however it arrives -------------------------------------------------------
+
+CARD = "4111111111111111#"  # the load kit's card: repeats of one key, 200 ms apart
+FAINT_KEYS = "2580*#093"
+
+
+def loadkit_keyed(keys: str, seed: int) -> list[bytes]:
+    """20 ms PCMA payloads as the load kit's in-band caller streams them (bench/loadkit.py,
+    `caller_audio`): line noise (RMS 30, about -60 dBm0) all along, each key a 100 ms tone
+    (`dtmf_tone`: -15 dBm0 a frequency) every 300 ms, starting at any sample of a frame."""
+    rng = np.random.default_rng(seed)
+    samples = round((0.9 + 0.3 * len(keys)) * 8000)
+    audio = rng.normal(0.0, 30.0, samples + (-samples) % FRAME)
+    for n, key in enumerate(keys):
+        start = round((0.5 + 0.3 * n) * 8000) + int(rng.integers(FRAME))
+        tone = dtmf_tone(key, 0.1).astype(np.float64)
+        audio[start : start + tone.size] += tone
+    coded = encode(np.clip(np.round(audio), -32768, 32767).astype(np.int16), "PCMA")
+    return [coded[i : i + FRAME] for i in range(0, len(coded), FRAME)]
+
+
+def faint_keyed(keys: str, seed: int) -> list[bytes]:
+    """At the detector's limits: 45 ms tones 45 ms apart (40 ms is the least it must take of
+    either), -32 dBm0 both tones together with 6 dB of normal twist, white noise 20 dB below."""
+    rng = np.random.default_rng(seed)
+    peak = 32767.0 * 10.0 ** (-3.14 / 20.0)  # a 0 dBm0 sine's
+    row_amp = peak * np.sqrt(10 ** (-32 / 10) / (1 + 10 ** (-6 / 10)))
+    col_amp = row_amp * 10 ** (-6 / 20)
+    t = np.arange(360) / 8000
+    parts = [np.zeros(4000 + int(rng.integers(FRAME)))]
+    for key in keys:
+        low, high = DTMF_TONES[key]
+        phases = rng.uniform(0, 2 * np.pi, 2)
+        parts.append(
+            row_amp * np.sin(2 * np.pi * low * t + phases[0])
+            + col_amp * np.sin(2 * np.pi * high * t + phases[1])
+        )
+        parts.append(np.zeros(360))
+    audio = np.concatenate([*parts, np.zeros(3200)])
+    noise_power = (row_amp**2 + col_amp**2) / 2 / 100
+    audio += rng.normal(0.0, np.sqrt(noise_power), audio.size)
+    audio = np.concatenate([audio, np.zeros((-audio.size) % FRAME)])
+    coded = encode(np.clip(np.round(audio), -32768, 32767).astype(np.int16), "PCMA")
+    return [coded[i : i + FRAME] for i in range(0, len(coded), FRAME)]
+
+
+# Arrival patterns: when each payload of a stream arrives (seconds; its delivery order is by
+# time, then index), every payload kept. The sender's clock: payload i is sent at i × 20 ms.
+def steady(count: int, rng: random.Random) -> list[float]:
+    return [i * 0.02 + 0.001 for i in range(count)]
+
+
+def jittered(count: int, rng: random.Random) -> list[float]:
+    """Up to 35 ms late, each, in order."""
+    times: list[float] = []
+    for i in range(count):
+        times.append(max(times[-1] if times else 0.0, i * 0.02 + rng.uniform(0.0, 0.035)))
+    return times
+
+
+def sender_bursts(count: int, rng: random.Random) -> list[float]:
+    """Now and then the sender stalls and sends the 2 to 5 packets held at once."""
+    times: list[float] = []
+    i = 0
+    while i < count:
+        held = rng.randint(2, 5) if rng.random() < 0.15 else 1
+        last = min(count, i + held) - 1
+        times += [last * 0.02 + 0.001] * (last + 1 - i)
+        i = last + 1
+    return times
+
+
+def reordered(count: int, rng: random.Random) -> list[float]:
+    """Now and then a packet comes after the next one (in the same tick)."""
+    times = steady(count, rng)
+    for i in range(0, count - 1):
+        if rng.random() < 0.2 and times[i] < times[i + 1]:
+            times[i] = times[i + 1] + 0.0005
+    return times
+
+
+PATTERNS: dict[str, Callable[[int, random.Random], list[float]]] = {
+    "steady": steady,
+    "jittered": jittered,
+    "sender bursts": sender_bursts,
+    "reordered": reordered,
+}
+
+
+def steady_ticks(end: float) -> list[float]:
+    return [k * 0.02 + 0.0195 for k in range(round(end / 0.02) + 1)]
+
+
+def stalled_ticks(end: float, rng: random.Random) -> list[float]:
+    """A tick now and then 40 to 200 ms late (a busy event loop); the ones it held up then run
+    back to back (as MediaEngine._tick catches up)."""
+    ticks: list[float] = []
+    due = 0.0195
+    while due < end:
+        if rng.random() < 0.08:
+            late = due + rng.uniform(0.04, 0.2)
+            while due < late:
+                ticks.append(late)
+                due += 0.02
+        else:
+            ticks.append(due)
+            due += 0.02
+    return ticks
+
+
+@dataclass
+class Stream:
+    frames: list[bytes]
+    arrivals: list[float]
+    heard: list[DtmfEvent] = field(default_factory=list)
+    session: MediaSession | None = None
+
+
+def through_engine(streams: list[Stream], ticks: list[float]) -> MediaEngine:
+    """All streams at once through one engine: at each tick the payloads arrived by then are
+    received (each dated by its arrival), then the tick's in-band step runs."""
+
+    def test() -> None:
+        engine = MediaEngine("127.0.0.1", 40000, 40100)
+        order = []
+        for n, stream in enumerate(streams):
+            stream.session = make_session("PCMA", stream.heard)
+            engine.attach(50000 + 2 * n, stream.session)
+            order += [(at, i, n) for i, at in enumerate(stream.arrivals)]
+        order.sort()
+        next_packet = 0
+        for tick in ticks:
+            while next_packet < len(order) and order[next_packet][0] <= tick:
+                at, i, n = order[next_packet]
+                stream = streams[n]
+                packet = build_rtp(
+                    8, (7000 + i) & 0xFFFF, 320 + i * FRAME, n, stream.frames[i], i == 0
+                )
+                assert stream.session is not None
+                stream.session.receive(packet, CALLER, at)
+                next_packet += 1
+            engine._detect_inband()
+        for n in range(len(streams)):
+            engine.close(50000 + 2 * n)
+        assert engine._tick_task is not None
+        engine._tick_task.cancel()
+        holder.append(engine)
+
+    holder: list[MediaEngine] = []
+    run_in_loop(test)
+    return holder[0]
+
+
+def decided(events: list[DtmfEvent]) -> list[tuple[str, str, float | None]]:
+    """What the detector decided, apart from when the audio arrived: each event's kind, digit
+    and duration (from sample positions)."""
+    return [(e.kind, e.digit, e.duration_ms) for e in events]
+
+
+@pytest.mark.parametrize("stalls", [False, True])
+def test_the_same_digits_whatever_the_arrival_pattern_and_the_tick(stalls: bool) -> None:
+    # Load-kit keying (100 ms tones, a card of repeated keys) and keying at the detector's
+    # limits, each stream arriving steadily, jittered, in the sender's bursts or reordered,
+    # all through one engine whose ticks run on time or now and then stall 40-200 ms. Every
+    # stream keeps all its audio, so every one must give the digits and durations it gives
+    # fed alone and on time. (With several calls a tick, one per backlog size, the detector
+    # once lost a channel's past, and a late burst was once taken for a pause.)
+    rng = random.Random(5 if stalls else 4)
+    audio = {
+        "card": [loadkit_keyed(CARD, seed) for seed in range(4)],
+        "faint": [faint_keyed(FAINT_KEYS, seed) for seed in range(3)],
+    }
+    expected = {"card": CARD, "faint": FAINT_KEYS}
+    alone: dict[tuple[str, int], list[tuple[str, str, float | None]]] = {}
+    for kind, streams in audio.items():
+        for seed, frames in enumerate(streams):
+            single = Stream(frames, steady(len(frames), rng))
+            through_engine([single], steady_ticks(len(frames) * 0.02 + 0.2))
+            assert starts(single.heard) == expected[kind], (kind, seed)
+            alone[kind, seed] = decided(single.heard)
+    runs: list[tuple[str, str, int, Stream]] = []
+    for name, pattern in PATTERNS.items():
+        for kind, streams in audio.items():
+            for seed, frames in enumerate(streams):
+                runs.append((name, kind, seed, Stream(frames, pattern(len(frames), rng))))
+    end = max(max(stream.arrivals) for *_, stream in runs) + 0.3
+    ticks = stalled_ticks(end, rng) if stalls else steady_ticks(end)
+    through_engine([stream for *_, stream in runs], ticks)
+    for name, kind, seed, stream in runs:
+        assert stream.session is not None
+        stats = stream.session.stats
+        assert (stats.audio_late, stats.audio_dropped, stats.audio_gaps) == (0, 0, 0), name
+        assert decided(stream.heard) == alone[kind, seed], (name, kind, seed)
+
+
+def test_a_tick_over_a_second_late_drops_the_newest_audio_and_counts_it() -> None:
+    # The detector's queue holds MAX_PENDING_FRAMES payloads (1 s): a tick later than that
+    # keeps the oldest second and drops the rest, counted; the audio after the drop does not
+    # follow what the detector was given (by the RTP timestamps): its channel restarts, counted.
+    frames = loadkit_keyed(CARD, 9)
+    stream = Stream(frames, steady(len(frames), random.Random(0)))
+    ticks = steady_ticks(len(frames) * 0.02 + 0.2)
+    stall_at = 100  # a tick at 2 s, during the keys, that comes 1.3 s late
+    ticks = [*ticks[:stall_at], ticks[stall_at] + 1.3, *ticks[stall_at + 66 :]]
+    through_engine([stream], ticks)
+    assert stream.session is not None
+    stats = stream.session.stats
+    assert stats.audio_dropped == 66 - MAX_PENDING_FRAMES  # 1.32 s of packets, 1 s kept
+    assert stats.audio_gaps == 1
+    counts = stream.session.inband_counts()
+    assert counts["inband_dropped"] == stats.audio_dropped and counts["inband_gaps"] == 1
+    assert counts["inband_backlog_ms"] == MAX_PENDING_FRAMES * 20
+    assert len(starts(stream.heard)) < len(CARD)  # the keys in the 320 ms dropped are lost
+
+
+def test_lost_audio_splits_a_press_and_late_audio_does_not() -> None:
+    # A 400 ms tone. Packets lost for 120 ms in its middle (RTP timestamps jump past the
+    # detector's GAP_BREAK_S): the press is not bridged over them, it is two. The same
+    # packets held by the sender for 160 ms and then sent at once: nothing is missing, it is
+    # one press (by arrival times alone, the first of them given to the detector in a tick
+    # before the rest looks like a pause of 140 ms).
+    samples = np.concatenate(
+        [np.zeros(800), dtmf_tone("7", 0.4).astype(np.float64), np.zeros(1600)]
+    )
+    coded = encode(np.round(samples).astype(np.int16), "PCMA")
+    frames = [coded[i : i + FRAME] for i in range(0, len(coded), FRAME)]
+    on_time = steady(len(frames), random.Random(0))
+    lost = Stream(frames, on_time)
+    kept = [i for i in range(len(frames)) if not 14 <= i < 20]  # 6 payloads: 120 ms
+    lost_frames = [frames[i] for i in kept]
+
+    def test() -> None:
+        engine = MediaEngine("127.0.0.1", 40000, 40100)
+        lost.session = make_session("PCMA", lost.heard)
+        engine.attach(50000, lost.session)
+        for tick, i in enumerate(kept):
+            packet = build_rtp(8, i, i * FRAME, 3, lost_frames[tick], i == 0)
+            lost.session.receive(packet, CALLER, i * 0.02 + 0.001)
+            engine._detect_inband()
+        engine.close(50000)
+        assert engine._tick_task is not None
+        engine._tick_task.cancel()
+
+    run_in_loop(test)
+    assert [(e.kind, e.digit) for e in lost.heard] == [("start", "7"), ("end", "7")] * 2
+    assert lost.session is not None and lost.session.stats.audio_gaps == 1
+
+    held = list(on_time)
+    for i in range(12, 20):  # sent together with packet 20: the first just before a tick
+        held[i] = held[20] if i > 12 else held[20] - 0.002
+    late = Stream(frames, held)
+    others = [
+        Stream(loadkit_keyed("12", seed), steady(len(frames), random.Random(0)))
+        for seed in range(3)
+    ]
+    through_engine([late, *others], steady_ticks(len(frames) * 0.02 + 0.2))
+    assert [(e.kind, e.digit) for e in late.heard] == [("start", "7"), ("end", "7")]
+    assert late.session is not None and late.session.stats.audio_gaps == 0
+
+
+def test_a_sender_with_timestamps_on_a_wrong_clock_is_still_heard() -> None:
+    # Timestamps that advance 8000 a packet (milliseconds taken for samples, say): every packet
+    # looks 990 ms after the last by its timestamp, but the packets come steadily, so no audio
+    # is missing and the detector is never restarted.
+    frames = loadkit_keyed("4111#", 3)
+    heard: list[DtmfEvent] = []
+    stats: list[MediaStats] = []
+
+    def test() -> None:
+        engine = MediaEngine("127.0.0.1", 40000, 40100)
+        session = make_session("PCMA", heard)
+        engine.attach(50000, session)
+        for i, frame in enumerate(frames):
+            packet = build_rtp(8, i, (i * 8000) & 0xFFFFFFFF, 4, frame, i == 0)
+            session.receive(packet, CALLER, i * 0.02 + 0.001)
+            engine._detect_inband()
+        stats.append(session.stats)
+        engine.close(50000)
+        assert engine._tick_task is not None
+        engine._tick_task.cancel()
+
+    run_in_loop(test)
+    assert starts(heard) == "4111#"
+    assert stats[0].audio_gaps == 0

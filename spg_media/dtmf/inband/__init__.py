@@ -13,7 +13,7 @@ tick. Its modules:
 * `decisions`: the per-channel decision machine (a scalar reference and a vectorised twin);
 * `checks`: a start's last checks on the audio of its window (timing, spectrum);
 * `timing`: sample positions, onsets and durations, and the events that carry them;
-* `history`: the audio of the last calls, for channels that become hot;
+* `history`: each channel's own last 25 ms of audio, for channels that become hot;
 * `params`: frequencies, geometry, levels and every threshold.
 
 Theory of operation
@@ -79,7 +79,9 @@ the loop makes them itself only for the others:
   Another digit keyed with no gap at all starts as usual and ends the old one where it began
   (the old one may still look present: a 5 ms correlator hears its group's neighbouring tones).
 * a channel whose audio stops for more than `GAP_BREAK_S` (as `now` tells) ends its digit where
-  the audio stopped and starts afresh: a long outage is never bridged into one press.
+  the audio stopped and starts afresh: a long outage is never bridged into one press. The media
+  engine tells it instead (`gaps_from_time=False`, `flush`), from the RTP timestamps: a burst of
+  late packets after a stall is no outage, though `now` would say so.
 
 Levels are in dBm0 with spandsp's reference: a 0 dBm0 sine peaks at 32767 × 10^(-3.14/20) ≈ 22,790
 (G.711 μ-law overloads at about +3.17 dBm0). A level given for a digit is the sum of both tones.

@@ -19,7 +19,7 @@ import numpy.typing as npt
 from .analysis import correlate, presence, steady, windows
 from .checks import Audio
 from .decisions import DigitState, Evidence, decide
-from .history import AudioRing
+from .history import KEPT, remember
 from .params import (
     C64,
     END_SUBS,
@@ -54,7 +54,8 @@ class Channels:
     z_history: C64  # (slots × HIST × 8) the last HIST sub-blocks' correlations
     e_history: F32  # (slots × HIST) ... and energies
     z_valid: Bools  # z_history/e_history are up to date (the channel was analysed last time)
-    history_from: I64  # the first call (ring sequence number) whose audio is its history
+    history: Int16s  # (slots × KEPT) the last HIST sub-blocks of its audio (`history`)
+    history_zeros: I64  # ... how many of them, at its end, are zeros
     busy: Bools  # a digit, a candidate or a glide in progress: analyse whatever the screen
     position: I64  # samples analysed: the position of the next frame
     last_time: F64  # time just after the last sample received (NaN: none yet)
@@ -72,7 +73,8 @@ class Channels:
             z_history=np.zeros((capacity, HIST, 8), dtype=np.complex64),
             e_history=np.zeros((capacity, HIST), dtype=np.float32),
             z_valid=np.zeros(capacity, dtype=bool),
-            history_from=np.zeros(capacity, dtype=np.int64),
+            history=np.zeros((capacity, KEPT), dtype=np.int16),
+            history_zeros=np.full(capacity, KEPT, dtype=np.int64),
             busy=np.zeros(capacity, dtype=bool),
             position=np.zeros(capacity, dtype=np.int64),
             last_time=np.full(capacity, np.nan),
@@ -94,9 +96,9 @@ class Channels:
         bigger.digits = self.digits.grown(capacity)
         return bigger
 
-    def reset(self, slots: Idx, next_call: int) -> None:
-        """Forget everything of these channels but their existence and position; their history
-        starts at call number `next_call`."""
+    def reset(self, slots: Idx) -> None:
+        """Forget everything of these channels but their existence and position (their history
+        is zeros)."""
         self.pending[slots] = 0
         self.pending_count[slots] = 0
         self.screen_power[:, slots] = 0
@@ -105,7 +107,8 @@ class Channels:
         self.z_history[slots] = 0
         self.e_history[slots] = 0
         self.z_valid[slots] = False
-        self.history_from[slots] = next_call
+        self.history[slots] = 0
+        self.history_zeros[slots] = KEPT
         self.busy[slots] = False
         self.digits.reset(slots)
 
@@ -127,14 +130,20 @@ class InbandDetector:
     int16 samples (floats are taken on the int16 scale), row i continuing slot slots[i]'s stream,
     with `now` the time just after the block's last sample, and returns (slot, DtmfEvent) pairs.
     Slots left out of a call simply get no audio that tick (a lost packet).
+
+    `gaps_from_time`: a slot whose audio resumes more than GAP_BREAK_S after the end of its
+    last block (by the `now` given) ends its digit and starts afresh. A caller that knows where
+    the audio is missing (the media engine, from RTP timestamps) turns this off and calls
+    `flush` there instead: `now` then only dates the events, and audio that comes late in a
+    burst (a stalled path or tick) is not taken for a pause.
     """
 
-    def __init__(self, sample_rate: int = RATE) -> None:
+    def __init__(self, sample_rate: int = RATE, *, gaps_from_time: bool = True) -> None:
         if sample_rate != RATE:
             raise ValueError(f"the in-band detector works at {RATE} Hz, not {sample_rate}")
+        self._gaps_from_time = gaps_from_time
         self._free: list[int] = []
         self._scratch = Scratch()
-        self._ring = AudioRing()
         self._busy_line = False  # most channels had sound in the last call
         self._size = 0
         self._channels = Channels.empty(16)
@@ -151,7 +160,7 @@ class InbandDetector:
                 channels = self._channels = channels.grown(2 * channels.alive.size)
             slot = self._size
             self._size += 1
-        channels.reset(np.array([slot], dtype=np.intp), self._ring.seq + 1)
+        channels.reset(np.array([slot], dtype=np.intp))
         channels.alive[slot] = True
         channels.position[slot] = 0
         channels.last_time[slot] = np.nan
@@ -177,7 +186,8 @@ class InbandDetector:
         detector's 80-sample frame: leftovers wait, per slot, for the next call. Events carry
         source "inband"; `at` is the onset (start) or the end of the tones (end), worked out
         from sample positions counted back from `now`; "end" events carry duration_ms. A slot
-        whose audio resumes more than GAP_BREAK_S after its last block ends its digit first.
+        whose audio resumes more than GAP_BREAK_S after its last block ends its digit first
+        (unless built with gaps_from_time=False).
         Raises ValueError for unknown, removed or repeated slots or a mismatched block.
         """
         index = np.asarray(slots, dtype=np.intp).reshape(-1)
@@ -195,11 +205,12 @@ class InbandDetector:
         events: Events = []
 
         # Audio missing for a while: end what was in progress where the audio stopped.
-        last_time = channels.last_time[sel]
-        broken = np.flatnonzero((now - n / RATE) - last_time > GAP_BREAK_S)  # NaN: False
-        if broken.size:
-            self._end_digits(index[broken], last_time[broken], events)
-            channels.reset(index[broken], self._ring.seq + 1)
+        if self._gaps_from_time:
+            last_time = channels.last_time[sel]
+            broken = np.flatnonzero((now - n / RATE) - last_time > GAP_BREAK_S)  # NaN: False
+            if broken.size:
+                self._end_digits(index[broken], last_time[broken], events)
+                channels.reset(index[broken])
         channels.last_time[sel] = now
 
         waiting_of = channels.pending_count[sel]
@@ -248,7 +259,7 @@ class InbandDetector:
         last_time = self._channels.last_time[index]
         ended_at = np.where(np.isnan(last_time), now, np.minimum(last_time, now))
         self._end_digits(index, ended_at, events)
-        self._channels.reset(index, self._ring.seq + 1)
+        self._channels.reset(index)
         return events
 
     # ---- internals -----------------------------------------------------------------------------
@@ -286,7 +297,7 @@ class InbandDetector:
         channels.screen_energy[sel] = last.energy
         busy = np.flatnonzero(channels.busy[sel])
         if not active.size and not busy.size:  # silence, and nothing going on
-            self._ring.remember(slots, frames, active, channels.alive.size)
+            remember(channels.history, channels.history_zeros, sel, frames, active)
             channels.z_valid[sel] = False
             channels.screened_last[sel] = False
             channels.position[sel] += count
@@ -313,7 +324,7 @@ class InbandDetector:
         valid[hot] = True
         channels.z_valid[sel] = valid
         channels.position[sel] += count
-        self._ring.remember(slots, frames, active, channels.alive.size)
+        remember(channels.history, channels.history_zeros, sel, frames, active)
 
     def _analyse(self, hot: _Frames, looked: Bools, events: Events) -> None:
         """Full-rate analysis, and the decisions where something may happen, for the channels
@@ -326,10 +337,10 @@ class InbandDetector:
         nsub = flat.shape[1] // SUB
         pos0 = channels.position[slots]
         base = hot.now - (pos0 + flat.shape[1] + hot.left) / RATE  # time of position 0
-        # The audio before this call is fetched from the ring once for every row (one pass over
-        # the ring costs about the same for a few rows or all): those not analysed last time
-        # rebuild their correlation history from it, and a digit's last checks read it.
-        history = self._ring.history(slots, channels.history_from[slots])
+        # Each row's audio before this call (its own last HIST sub-blocks, whatever other calls
+        # were made since its last: `history`): those not analysed last time rebuild their
+        # correlation history from it, and a digit's last checks read it.
+        history = channels.history[slots]
         zt, et = self._correlations(slots, flat, history)
 
         # Is the digit in progress still there, sub-block by sub-block? (nsub × rows)

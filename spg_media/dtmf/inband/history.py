@@ -1,9 +1,23 @@
-"""The audio of the last few calls, from which a channel that becomes hot gets its history.
+"""Each channel's last HIST sub-blocks of audio, from which a channel that becomes hot gets its
+history.
 
-This module owns `AudioRing`: a decision window reaches HIST sub-blocks back, before the call
-that screens a channel in. Rather than keep a per-channel history (three strided copies of every
-channel per call), the detector keeps a copy of each call's block, and the few channels that
-need their past read it back from there (`AudioRing.history`).
+This module owns `remember`: a decision window reaches HIST sub-blocks (200 samples) back,
+before the call that screens a channel in, and a start's last checks (`checks`) read that audio.
+Every channel keeps its own last 200 samples, a row of the detector's state, moved along by
+each call it is in (two copies of 200 samples a row: less than the call's own block).
+
+Why per channel: the detector used to keep the blocks of its last 4 calls and read a channel's
+past back from them. The media engine makes one call per tick for the channels that give 20 ms,
+and one more for each other amount (channels behind after a stalled tick or a burst of packets):
+a tick of 5 calls pushed a channel's last call out of those 4, its past read as zeros, and a
+start's timing and spectrum checks then saw a tone beginning at the call's edge (too short, or
+not pure): a 100 ms keypad tone was missed, or one press split in two. A channel's own row
+cannot be pushed out by other channels' calls.
+
+What the history holds is what the ring held, so decisions on audio fed steadily are
+unchanged: the audio of the channel's calls, or zeros for the part of a call where it was quiet
+(no sound by the screen's gate) while most of that call's channels were quiet too (the ring
+kept only the loud rows then), and zeros from a reset (a new channel, a gap in its audio).
 """
 
 from __future__ import annotations
@@ -11,73 +25,41 @@ from __future__ import annotations
 from typing import Final
 
 import numpy as np
-import numpy.typing as npt
 
 from .params import HIST, I64, SUB, Idx, Int16s
 
-_RING: Final = 4  # calls of audio kept
+KEPT: Final = HIST * SUB  # samples of each channel's history
 
 
-class AudioRing:
-    """The audio of the last _RING calls: (sequence number, frames (rows × samples),
-    slot -> row). Calls are numbered from 1 (`seq` is the last one's number)."""
-
-    def __init__(self) -> None:
-        self._calls: list[tuple[int, Int16s, npt.NDArray[np.int32]]] = []
-        self.seq = 0
-
-    def remember(self, slots: Idx, frames: Int16s, active: Idx, capacity: int) -> None:
-        """Keep this call's audio as the history of the next calls: a copy of the channels with
-        sound (rows `active` of slots); the quiet ones are marked -2 (their history: zeros),
-        those not in the call -1. `capacity`: the detector's number of slots."""
-        self.seq += 1
-        rowmap = np.full(capacity, -1, dtype=np.int32)
-        audio = frames.reshape(slots.size, -1)
-        if 2 * active.size > slots.size:
-            rowmap[slots] = np.arange(slots.size, dtype=np.int32)
-            # Into the buffer of a call that leaves the ring: a fresh one this size comes
-            # from mmap and is faulted in page by page, every call.
-            spare = self._calls[0][1].base if len(self._calls) == _RING else None
-            if (
-                isinstance(spare, np.ndarray)
-                and spare.dtype == np.int16
-                and spare.size >= audio.size
-            ):
-                kept = spare.reshape(-1)[: audio.size].reshape(audio.shape)
-                np.copyto(kept, audio)
-            else:
-                kept = np.empty(audio.size, dtype=np.int16).reshape(audio.shape)
-                np.copyto(kept, audio)
-        else:
-            rowmap[slots] = -2
-            rowmap[slots[active]] = np.arange(active.size, dtype=np.int32)
-            kept = audio[active]
-        self._calls.append((self.seq, kept, rowmap))
-        del self._calls[:-_RING]
-
-    def history(self, slots: Idx, since: I64) -> Int16s:
-        """The HIST sub-blocks of audio before this call, (k × 200), for some channels: from the
-        last calls they were in, from call number since[i] on; zeros where they were quiet, or
-        where there is nothing (a new or reset channel, or more calls missed than the ring
-        holds)."""
-        want = HIST * SUB
-        out = np.zeros((slots.size, want), dtype=np.int16)
-        filled = np.zeros(slots.size, dtype=np.int64)
-        for seq, data, rowmap in reversed(self._calls):
-            if filled.min() >= want:
-                break
-            rows = np.where(slots < rowmap.size, rowmap[np.minimum(slots, rowmap.size - 1)], -1)
-            usable = (rows != -1) & (seq >= since) & (filled < want)
-            if not usable.any():
-                continue
-            length = data.shape[1]
-            values = filled[usable]
-            low = int(values.min())
-            # Usually every channel has the same amount already (np.unique is slow on small arrays).
-            for value in [low] if low == values.max() else np.unique(values).tolist():
-                pick = np.flatnonzero(usable & (filled == value))
-                take = min(length, want - value)
-                loud = pick[rows[pick] >= 0]  # the quiet ones stay zeros
-                out[loud, want - value - take : want - value] = data[rows[loud], length - take :]
-                filled[pick] = value + take
-        return out
+def remember(history: Int16s, zeros: I64, sel: Idx | slice, frames: Int16s, active: Idx) -> None:
+    """Move the rows `sel` of `history` (slots × KEPT) along by this call's audio: `frames`,
+    (rows × F × 80) of those slots in that order, `active` the rows with sound. When most rows
+    are quiet, the quiet rows' part of this call is kept as zeros. `zeros` (per slot) counts
+    the zeros at the end of each row (up to KEPT): a call of silence on rows that hold nothing
+    else costs one test."""
+    rows = frames.shape[0]
+    audio = frames.reshape(rows, -1)
+    n = audio.shape[1]
+    if not active.size:  # every row quiet: zeros in
+        if (zeros[sel] >= KEPT).all():
+            return
+        zeros[sel] = np.minimum(zeros[sel] + n, KEPT)
+    elif 2 * active.size <= rows:  # the quiet rows' part: zeros
+        quiet = np.ones(rows, dtype=bool)
+        quiet[active] = False
+        zeros[sel] = np.where(quiet, np.minimum(zeros[sel] + n, KEPT), 0)
+    else:  # every row's audio
+        quiet = None
+        zeros[sel] = 0
+    mine = history[sel]  # a view for a slice; a copy (written back below) for an index array
+    if n >= KEPT:
+        mine[:] = audio[:, n - KEPT :]
+    else:
+        mine[:, : KEPT - n] = mine[:, n:]
+        mine[:, KEPT - n :] = audio
+    if not active.size:
+        mine[:, KEPT - min(n, KEPT) :] = 0
+    elif quiet is not None:
+        mine[quiet, KEPT - min(n, KEPT) :] = 0
+    if not isinstance(sel, slice):
+        history[sel] = mine
