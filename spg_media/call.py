@@ -61,7 +61,7 @@ from spg_media.payment.journey import (
 from spg_media.payment.model import AuthorizationResult, ChargeState, Result, TransactionInfo
 from spg_media.payment.signing import handoff_canonical, parse_signature, verify_handoff
 from spg_media.rtp.g711 import decode_array
-from spg_media.rtp.prompts import CutAudio, PromptPackets, shared_key
+from spg_media.rtp.prompts import EncodedClips, PromptPackets, shared_key
 from spg_media.rtp.session import MediaEngine, MediaSession
 from spg_media.rtp.srtp import SrtpContext
 from spg_media.sip import session_timer
@@ -338,6 +338,8 @@ class CallServices:
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     # Prompts cut into RTP payloads, shared by the calls that play them.
     prompt_packets: PromptPackets = field(default_factory=PromptPackets)
+    # The clips of the prompts a call plays alone, encoded once per codec (`rtp.prompts`).
+    prompt_clips: EncodedClips = field(default_factory=EncodedClips)
 
 
 class Call:
@@ -1199,8 +1201,9 @@ async def play_prompt(
 ) -> None:
     """Play `play`'s prompt on `current_media()` (None: the prompt was replaced, or the media
     is gone): its payloads shared with the other calls that play it (`rtp.prompts`), else
-    rendered off the loop (200 ms of silence if rendering fails, logged), encoded and cut, and
-    shared from then on unless it holds card digits. For the IVR call and the assisted call."""
+    its clips found off the loop (200 ms of silence if rendering fails, logged) and played
+    from the shared encoded clips, and its payloads shared from then on unless it holds card
+    digits. For the IVR call and the assisted call."""
     packets = services.prompt_packets
     media = current_media()
     if media is None:
@@ -1210,17 +1213,19 @@ async def play_prompt(
     if shared is not None:
         media.play_packets(shared)
         return
+    pieces: list[Any]
     try:
-        samples = await asyncio.to_thread(services.prompts.audio_for, play.parts, language)
+        pieces = await asyncio.to_thread(services.prompts.pieces_for, play.parts, language)
         rendered = True
     except Exception:
         log.exception("prompt rendering failed", extra={"call_id": call_id})
-        samples, rendered = services.prompts.silence(200), False
+        pieces, rendered = [len(services.prompts.silence(200))], False
     media = current_media()
     if media is None:
         return
-    payloads: Sequence[bytes] = CutAudio(  # one object, cut as it is sent (not shared yet)
-        media.encode_prompt(samples), media.samples_per_packet, media.codec
+    # the library's clips, shared by the calls, not a copy of the audio for this call
+    payloads: Sequence[bytes] = services.prompt_clips.splice(
+        pieces, media.codec, media.samples_per_packet
     )
     # the codec and packet size of now: a re-INVITE may have changed them meanwhile
     key = shared_key(play.parts, language, media.codec, media.samples_per_packet)

@@ -39,7 +39,11 @@ PART_GAP_MS = 250 - 2 * EDGE_SILENCE_MS  # ~250 ms of silence between parts
 
 def silence(ms: float) -> Samples:
     """`ms` milliseconds of 8 kHz int16 silence."""
-    return np.zeros(max(0, round(SAMPLE_RATE * ms / 1000)), dtype=np.int16)
+    return np.zeros(_samples(ms), dtype=np.int16)
+
+
+def _samples(ms: float) -> int:
+    return max(0, round(SAMPLE_RATE * ms / 1000))
 
 
 class PromptLibrary:
@@ -53,27 +57,38 @@ class PromptLibrary:
 
     def audio_for(self, parts: Sequence[PartLike], lang: str) -> Samples:
         """The whole Play: each part's segments, ~250 ms of silence between parts."""
-        _check_language(lang)
-        pieces: list[Samples] = []
-        for index, part in enumerate(parts):
-            if index:
-                pieces.append(silence(PART_GAP_MS))
-            pieces += self._segments_audio(build(part, lang), lang)
+        pieces = [
+            np.zeros(piece, dtype=np.int16) if isinstance(piece, int) else piece
+            for piece in self.pieces_for(parts, lang)
+        ]
         if not pieces:
             return silence(0)
         return np.concatenate(pieces)
 
-    def _segments_audio(self, segments: Sequence[Segment], lang: str) -> list[Samples]:
-        pieces: list[Samples] = []
+    def pieces_for(self, parts: Sequence[PartLike], lang: str) -> list[Samples | int]:
+        """What `audio_for` joins, in order: the renderer's clips (the very arrays it keeps
+        and hands every call: the same object for the same phrase or symbol) and, as a count
+        of samples, the silences between them. A call that keeps these instead of their join
+        holds references to shared clips, not its own copy of the audio."""
+        _check_language(lang)
+        pieces: list[Samples | int] = []
+        for index, part in enumerate(parts):
+            if index:
+                pieces.append(_samples(PART_GAP_MS))
+            pieces += self._segments_audio(build(part, lang), lang)
+        return pieces
+
+    def _segments_audio(self, segments: Sequence[Segment], lang: str) -> list[Samples | int]:
+        pieces: list[Samples | int] = []
         previous: Segment | None = None
         for segment in segments:
             if isinstance(segment, Pause):
-                pieces.append(silence(segment.ms))
+                pieces.append(_samples(segment.ms))
                 previous = segment
                 continue
             if previous is not None and not isinstance(previous, Pause):
                 both_symbols = isinstance(previous, Symbol) and isinstance(segment, Symbol)
-                pieces.append(silence(SYMBOL_GAP_MS if both_symbols else SEGMENT_GAP_MS))
+                pieces.append(_samples(SYMBOL_GAP_MS if both_symbols else SEGMENT_GAP_MS))
             if isinstance(segment, Phrase):
                 pieces.append(self.renderer.render_text(segment.text, lang))
             else:

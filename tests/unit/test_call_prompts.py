@@ -22,7 +22,14 @@ from spg_media.call import Call, Inbox, KeyPressed, PromptDone, TimerDue
 from spg_media.payment.journey import Play, PromptPart
 from spg_media.payment.model import SecretDigits
 from spg_media.rtp.g711 import SILENCE, encode
-from spg_media.rtp.prompts import CutAudio, PromptPackets, packetise, shared_key
+from spg_media.rtp.prompts import (
+    CutAudio,
+    EncodedClips,
+    PromptPackets,
+    Spliced,
+    packetise,
+    shared_key,
+)
 from spg_media.rtp.session import MediaSession
 
 # ---- rtp.prompts ---------------------------------------------------------------------------------
@@ -49,6 +56,36 @@ def test_cut_audio_gives_packetises_payloads_from_one_object() -> None:
     assert list(CutAudio(b"", 160, "PCMU")) == []
     # the whole prompt is one object, not one per packet
     assert isinstance(cut.audio, bytes) and len(cut.audio) == 640
+
+
+def test_spliced_pieces_give_packetises_payloads_of_their_join() -> None:
+    rng = np.random.default_rng(5)
+    pieces = [bytes(rng.integers(0, 256, size, dtype=np.uint8)) for size in (500, 0, 37, 160, 3)]
+    joined = b"".join(pieces)
+    for n in (80, 160, 240):
+        spliced = Spliced(pieces, n, "PCMU")
+        assert list(spliced) == list(packetise(joined, n, "PCMU"))
+        assert spliced[-1] == packetise(joined, n, "PCMU")[-1]
+        assert spliced[1:3] == list(packetise(joined, n, "PCMU"))[1:3]
+    assert len(Spliced([], 160, "PCMA")) == 0
+    with pytest.raises(IndexError):
+        Spliced(pieces, 160, "PCMA")[5]
+
+
+def test_encoded_clips_encode_a_clip_once_and_stay_within_their_budget() -> None:
+    clips = EncodedClips(budget_bytes=10_000)
+    one = (np.arange(4000) % 300 * 40).astype(np.int16)
+    assert clips.encoded(one, "PCMA") is clips.encoded(one, "PCMA") == encode(one, "PCMA")
+    assert clips.encoded(one, "PCMU") == encode(one, "PCMU") and len(clips) == 2
+    same_samples = one.copy()  # another array (another clip): its own entry
+    assert clips.encoded(same_samples, "PCMA") is not clips.encoded(one, "PCMA")
+    assert clips.size_bytes <= clips.budget_bytes and len(clips) == 2
+    spliced = clips.splice([one, 400, one], "PCMA", 160)
+    audio = encode(np.concatenate([one, np.zeros(400, np.int16), one]), "PCMA")
+    assert list(spliced) == list(packetise(audio, 160, "PCMA"))
+    for n in range(50):  # one-off clips come and go: the budget holds
+        clips.encoded(np.full(1000, n, dtype=np.int16), "PCMU")
+    assert clips.size_bytes <= clips.budget_bytes
 
 
 def test_a_prompt_with_card_digits_has_no_shared_key() -> None:
@@ -115,10 +152,19 @@ class CountingPrompts:
         self.fail = False
 
     def audio_for(self, parts: Sequence[Any], lang: str) -> np.ndarray:
-        self.rendered.append(tuple(parts))
+        return np.concatenate(self._pieces(parts, lang, count=False)[:1])
+
+    def pieces_for(self, parts: Sequence[Any], lang: str) -> list[np.ndarray | int]:
+        return self._pieces(parts, lang)
+
+    def _pieces(self, parts: Sequence[Any], lang: str, count: bool = True) -> list[Any]:
+        if count:
+            self.rendered.append(tuple(parts))
         if self.fail:
             raise RuntimeError("espeak-ng went away")
-        return (np.arange(4000) % 200 * 50).astype(np.int16)  # half a second
+        return [self.clip]  # half a second: one clip the library keeps
+
+    clip = (np.arange(4000) % 200 * 50).astype(np.int16)
 
     def silence(self, ms: float) -> np.ndarray:
         return np.zeros(round(8 * ms), dtype=np.int16)
@@ -179,10 +225,14 @@ def test_a_prompt_with_card_digits_is_rendered_for_its_call_only(tmp_path: Path)
         assert len(prompts.rendered) == 3
         assert playing(calls[0]) is not playing(calls[1])
         assert len(calls[0].services.prompt_packets) == 0
-        # a call's own prompt is held as one object (cut as it is sent), not 25 payloads
+        # a call's own prompt holds the shared encoded clip (cut as it is sent), no copy
         own = playing(calls[0])
-        assert isinstance(own, CutAudio) and len(own) == 25
+        assert isinstance(own, Spliced) and len(own) == 25
         assert b"".join(own) == encode(prompts.audio_for((confirm,), "en"), "PCMA")
+        clips = calls[0].services.prompt_clips
+        assert len(clips) == 1
+        assert own._pieces[0] is clips.encoded(prompts.clip, "PCMA")
+        assert playing(calls[1])._pieces[0] is own._pieces[0]  # type: ignore[attr-defined]
 
     with_calls(tmp_path, body)
 

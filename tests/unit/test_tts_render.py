@@ -309,6 +309,22 @@ def test_parts_are_joined_with_a_quarter_second(tmp_path: Path) -> None:
     assert len(library.audio_for([], "en")) == 0
 
 
+def test_pieces_are_the_shared_clips_and_join_into_the_audio(tmp_path: Path) -> None:
+    library = PromptLibrary(PromptRenderer(tmp_path, synthesizer=ToneSynthesizer()))
+    parts = [part("approved", reference="AB12"), part("goodbye")]
+    pieces = library.pieces_for(parts, "en")
+    joined = [np.zeros(p, np.int16) if isinstance(p, int) else p for p in pieces]
+    assert np.array_equal(np.concatenate(joined), library.audio_for(parts, "en"))
+    clips = [p for p in pieces if not isinstance(p, int)]
+    assert len(clips) >= 5  # the phrase, the reference's four symbols, goodbye
+    # another call's prompt refers to the very same clip arrays: nothing of its own
+    again = [p for p in library.pieces_for(parts, "en") if not isinstance(p, int)]
+    assert all(a is b for a, b in zip(clips, again, strict=True))
+    digits = library.pieces_for([part("approved", reference="11")], "en")
+    ones = [p for p in digits if not isinstance(p, int)][-2:]
+    assert ones[0] is ones[1]  # one clip of "1", played twice
+
+
 def test_prerender_counts_and_then_hits_the_cache(tmp_path: Path) -> None:
     synth = ToneSynthesizer()
     library = PromptLibrary(PromptRenderer(tmp_path, synthesizer=synth))
