@@ -324,10 +324,6 @@ async def _supervise_async(
     admin = None
     if config.admin.listen:
         admin = await _start_supervisor_admin(supervisor, config.admin.listen)
-    if config.process.gc_young_threshold:
-        from spg_media import gcpolicy
-
-        gcpolicy.apply(config.process.gc_young_threshold)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -428,6 +424,10 @@ async def _serve_async(config: Config, drain_s: float, drain_floor: bool) -> Non
         with contextlib.suppress(Exception):
             await server.stop(grace_s=0)
         raise UsageError(f"cannot listen: {exc.strerror or exc}") from None
+    if config.process.gc_young_threshold:
+        from spg_media import gcpolicy
+
+        gcpolicy.apply(config.process.gc_young_threshold)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
