@@ -2,7 +2,13 @@
 
 Run (root for `--media rfc4733`, SIPp's pcap play):
     .venv/bin/python bench/bench_load_memory.py [--media rfc4733|inband] [--calls 300]
-        [--rate 10] [--limit 150] [--frames 1] [--linger-s 40] [--json FILE]
+        [--rate 10] [--limit 150] [--frames 1] [--plain] [--linger-s 40]
+        [--baseline-ref main | --baseline-tree DIR] [--json FILE]
+
+With `--baseline-ref` (or `--baseline-tree`) the same load runs first against a node of that
+tree (a temporary worktree, its `spg_media` first on the node's PYTHONPATH), then against this
+checkout, and a table compares them. `--plain`: no probe, the RSS as the load kit reads it
+(idle, every peak reading, drained, linger), for the shipped figure.
 
 One load of the SIPp load kit (`loadkit.run_load`, straight to one `serve --workers 1` node)
 with the bench-only probe `bench/memprobe/sitecustomize.py` in the node (on the node's

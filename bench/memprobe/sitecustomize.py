@@ -41,6 +41,7 @@ if _DIR:
     from pathlib import Path
     from typing import Any
 
+    _OUT = Path(_DIR)
     _state: dict[str, Any] = {"n": 0, "first": None}
 
     def _rss() -> int:
@@ -176,7 +177,7 @@ if _DIR:
         report["status_after_trim"] = _status()
         report["maps_after_trim"] = _mappings()
         report["probe_s"] = round(time.monotonic() - started, 3)
-        path = Path(_DIR) / f"probe-{n}.json"
+        path = _OUT / f"probe-{n}.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(report))
         tmp.rename(path)
