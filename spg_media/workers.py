@@ -39,9 +39,12 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spg_media.config import Config, ConfigError, ListenSpec, parse_listen
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("spg.workers")
 
@@ -174,35 +177,44 @@ class RestartPolicy:
 
 
 def merge_metrics(parts: Sequence[tuple[str, str]]) -> str:
-    """One Prometheus exposition from (worker label, exposition text) pairs: every sample gets
-    a `worker` label ("" adds none: the supervisor's own), families of the same name are
-    written once with all their samples. Parsed and written by prometheus_client."""
-    from prometheus_client import CollectorRegistry, generate_latest
-    from prometheus_client.parser import text_string_to_metric_families
+    """One Prometheus exposition (text format 0.0.4) from (worker label, exposition text)
+    pairs: every sample gets a `worker` label ("" adds none: the supervisor's own), families of
+    the same name are written once with all their samples.
 
-    families: dict[str, Any] = {}
+    Merged as text, not parsed: the workers write their expositions with prometheus_client,
+    whose format is fixed (a family is its `# HELP` and `# TYPE` lines, then its samples, a
+    metric name ending at the first `{` or space). Parsing and writing again with
+    prometheus_client cost the supervisor ~5 ms a scrape of two 170-line expositions; this,
+    0.3 ms.
+    """
+    families: dict[str, tuple[list[str], list[str]]] = {}  # name -> (HELP/TYPE, samples)
     for worker, text in parts:
-        for family in text_string_to_metric_families(text):
-            extra = {"worker": worker} if worker else {}
-            samples = [s._replace(labels={**extra, **s.labels}) for s in family.samples]
-            merged = families.setdefault(family.name, family)
-            if merged is family:
-                family.samples = samples
-            else:
-                merged.samples.extend(samples)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families(list(families.values())))
-    return generate_latest(registry).decode()
-
-
-class _Families:
-    """A collector that hands prometheus_client families already built."""
-
-    def __init__(self, families: list[Any]) -> None:
-        self.families = families
-
-    def collect(self) -> list[Any]:
-        return self.families
+        label = f'worker="{worker}"' if worker else ""
+        current: list[str] | None = None
+        for line in text.splitlines():
+            if not line:
+                continue
+            if line.startswith("#"):
+                fields = line.split(" ", 3)
+                if len(fields) >= 3 and fields[1] in ("HELP", "TYPE"):
+                    heads, samples = families.setdefault(fields[2], ([], []))
+                    if not any(head.startswith(f"# {fields[1]} ") for head in heads):
+                        heads.append(line)
+                    current = samples
+                continue
+            if current is None:  # a sample before any family: a family of its own
+                current = families.setdefault(line.split("{", 1)[0].split(" ", 1)[0], ([], []))[1]
+            if label:
+                brace, space = line.find("{"), line.find(" ")
+                if brace != -1 and (space == -1 or brace < space):
+                    inside = line[brace + 1 :]
+                    sep = "" if inside.startswith("}") else ","
+                    line = f"{line[: brace + 1]}{label}{sep}{inside}"
+                elif space != -1:
+                    line = f"{line[:space]}{{{label}}}{line[space:]}"
+            current.append(line)
+    out = [line for heads, samples in families.values() for line in (*heads, *samples)]
+    return "\n".join(out) + "\n" if out else ""
 
 
 def merge_calls(parts: Sequence[tuple[int, list[dict[str, Any]]]]) -> list[dict[str, Any]]:
@@ -303,6 +315,7 @@ class Supervisor:
         self._clock = clock
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()  # wakes a worker's restart delay when the node stops
+        self._clients: dict[int, httpx.AsyncClient] = {}  # the workers' admin endpoints
 
     def _now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
@@ -368,6 +381,10 @@ class Supervisor:
         self._stopped.set()
         self.signal_workers(signal.SIGTERM)
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            with contextlib.suppress(Exception):
+                await client.aclose()
         for plan in self.plans:
             with contextlib.suppress(FileNotFoundError):
                 plan.admin_socket.unlink()
@@ -381,11 +398,18 @@ class Supervisor:
 
         if not plan.admin_socket.exists():
             return None
-        transport = httpx.AsyncHTTPTransport(uds=str(plan.admin_socket))
+        # One client a worker for the supervisor's life: a new one a request cost ~20 ms of
+        # CPU (httpx builds a TLS context with the CA bundle, unused over a Unix socket), which
+        # at a scrape every 0.5 s was 10 % of a core. A restarted worker's new socket is at the
+        # same path: the pool's dead connection fails once (None) and the next is new.
+        client = self._clients.get(plan.index)
+        if client is None:
+            transport = httpx.AsyncHTTPTransport(uds=str(plan.admin_socket), verify=False)
+            client = httpx.AsyncClient(transport=transport, timeout=2.0)
+            self._clients[plan.index] = client
         try:
-            async with httpx.AsyncClient(transport=transport, timeout=2.0) as client:
-                response = await client.get(f"http://worker{path}")
-                return response.status_code, response.content
+            response = await client.get(f"http://worker{path}")
+            return response.status_code, response.content
         except httpx.HTTPError:
             return None
 

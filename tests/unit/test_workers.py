@@ -4,6 +4,7 @@ and what the supervisor's admin endpoint makes of its workers' answers."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -279,3 +280,25 @@ def test_stop_does_not_wait_out_a_dead_workers_restart_delay(
         return time.monotonic() - began
 
     assert asyncio.run(body()) < 5
+
+
+def test_merging_the_real_exposition_keeps_every_sample_and_family() -> None:
+    from spg_media import observability as obs
+
+    obs.DTMF_LATENCY_SECONDS.observe(0.012, source="rfc4733")
+    obs.CALLS_TOTAL.inc(result="approved")
+    text = obs.METRICS.render_prometheus()
+    merged = merge_metrics([("0", text), ("1", text)])
+
+    def samples(exposition: str, worker: str | None) -> set[tuple[str, tuple[Any, ...], float]]:
+        return {
+            (s.name, tuple(sorted({**s.labels, **({"worker": worker} if worker else {})}.items())),
+             s.value)
+            for family in text_string_to_metric_families(exposition)
+            for s in family.samples
+        }  # fmt: skip
+
+    assert samples(merged, None) == samples(text, "0") | samples(text, "1")
+    names = [f.name for f in text_string_to_metric_families(text)]
+    assert [f.name for f in text_string_to_metric_families(merged)] == names
+    assert merged.count("# TYPE ") == text.count("# TYPE ")
