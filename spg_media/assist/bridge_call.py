@@ -41,6 +41,7 @@ from spg_media.call import (
     offer_policy,
     play_prompt,
     prompt_language,
+    release_callbacks,
     renegotiate_media,
 )
 from spg_media.dtmf.merge import DtmfMerger
@@ -565,6 +566,11 @@ class AssistCall:
         if self.assist is not None and self.listed:
             self.assist.call_ended(self.call_id, asyncio.get_running_loop().time())
         self.unregister()
+        release_callbacks(
+            [self.customer_leg, self.agent_leg],
+            [self.customer, self.agent],
+            [self.customer_media, self.agent_media],
+        )
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -893,3 +893,42 @@ def test_callbacks_allowed_with_no_signing_key_are_warned_about(tmp_path, caplog
     caplog.clear()
     asyncio.run(start("merchant-and-node-share-this"))
     assert "gateway.secret" not in caplog.text
+
+
+@pytest.mark.timeout(120)
+def test_an_ended_call_is_freed_without_the_garbage_collector(tmp_path):
+    """`serve` runs full garbage collections rarely (gcpolicy.py): an ended call must not wait
+    for one, with all it holds, in a reference cycle (its SIP leg, INVITE session and media
+    session hold its methods as callbacks until it ends)."""
+    import gc
+
+    config = node_config(tmp_path)
+    capture = Capture()
+    node_types = {"Call", "MediaSession", "InviteSession", "SessionLeg", "Rfc4733Receiver"}
+
+    async def scenario() -> tuple[list[CallerReport], set[str]]:
+        server, port = await start_node(config, capture)
+        try:
+            gc.collect()
+            gc.disable()  # what the calls leave in cycles stays until the collection below
+            reports = list(
+                await asyncio.gather(
+                    pay(port, "sbx-100-EUR-gc-cancel", ["*"]),
+                    pay(port, "sbx-100-EUR-gc-hangup", ["4111"], hangup_after=1),
+                )
+            )
+            await asyncio.sleep(1.0)  # the calls' tasks finish and let go
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            left = {type(o).__name__ for o in gc.garbage} & node_types
+            return reports, left
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+            await server.stop(grace_s=10)
+
+    (cancelled, hung_up), left = asyncio.run(scenario())
+    assert cancelled.result_headers.get("X-SPG-Result") == "cancelled"
+    assert hung_up.ended_by == "caller"
+    assert left == set()
