@@ -19,8 +19,9 @@ What `apply` does once the node has started (imports done, prompts rendered and 
   milliseconds), and so do full ones, which are considered only after ten generation 1
   collections: about a thirtieth as many full pauses while calls ramp up.
 
-Cyclic garbage (what only the collector frees) waits longer for it, so memory is a little
-higher between collections; nothing that the collector would have freed stays.
+Cyclic garbage (what only the collector frees) waits longer for it, so an ended call must not
+be in a cycle: `call.release_callbacks` cuts the callbacks that made one (tested); nothing that
+the collector would have freed stays.
 
 `observe` times every collection into `spg_gc_pause_seconds{generation}` (`gc.callbacks`: a
 start and a stop call per collection, nothing between them), so an operator sees the pauses and
