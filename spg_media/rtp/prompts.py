@@ -77,43 +77,6 @@ def packetise(audio: bytes, samples_per_packet: int, codec: str) -> tuple[bytes,
     return tuple(audio[i : i + n] for i in range(0, len(audio), n))
 
 
-class CutAudio(Sequence[bytes]):
-    """`audio` (G.711) as the payloads `packetise` would give, each cut when it is asked for:
-    one bytes object for the whole prompt instead of one per packet (the payload sliced at
-    send time lives until its packet is sent)."""
-
-    __slots__ = ("_count", "audio", "samples_per_packet")
-
-    def __init__(self, audio: bytes, samples_per_packet: int, codec: str) -> None:
-        n = samples_per_packet
-        pad = (-len(audio)) % n
-        if pad:
-            audio += bytes([SILENCE[codec]]) * pad
-        self.audio = audio
-        self.samples_per_packet = n
-        self._count = len(audio) // n
-
-    def __len__(self) -> int:
-        return self._count
-
-    @overload
-    def __getitem__(self, index: int) -> bytes: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[bytes]: ...
-
-    def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self._count))]
-        if index < 0:
-            index += self._count
-        if not 0 <= index < self._count:
-            raise IndexError("packet index out of range")
-        n = self.samples_per_packet
-        start = index * n
-        return self.audio[start : start + n]
-
-
 class Spliced(Sequence[bytes]):
     """Encoded pieces (shared clips and silences) played one after the other as payloads of
     `samples_per_packet`, the last padded with the codec's silence: what `packetise` would
@@ -164,6 +127,21 @@ class Spliced(Sequence[bytes]):
             k += 1
         out.append(pieces[k][: end - (ends[k] - len(pieces[k]))])
         return b"".join(out)
+
+
+class CutAudio(Spliced):
+    """`audio` (G.711) as the payloads `packetise` would give, each cut when it is asked for:
+    a `Spliced` of one piece, padded first so that the whole prompt stays one bytes object
+    (`audio`) instead of one per packet."""
+
+    __slots__ = ("audio",)
+
+    def __init__(self, audio: bytes, samples_per_packet: int, codec: str) -> None:
+        pad = (-len(audio)) % samples_per_packet
+        if pad:
+            audio += bytes([SILENCE[codec]]) * pad
+        self.audio = audio
+        super().__init__((audio,), samples_per_packet, codec)
 
 
 class EncodedClips:
