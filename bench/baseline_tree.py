@@ -26,3 +26,11 @@ def baseline_tree(repo: Path, ref: str, given: str | None = None) -> Iterator[Pa
         subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force",
                         str(tree)], check=False)  # fmt: skip
         shutil.rmtree(tree.parent, ignore_errors=True)
+
+
+def short_commit(tree: Path) -> str:
+    """The short hash of `tree`'s checked-out commit ("" if git cannot tell)."""
+    return subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+        capture_output=True, text=True, check=False,
+    ).stdout.strip()  # fmt: skip

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baseline_tree import baseline_tree
+from baseline_tree import baseline_tree, short_commit
 
 HERE = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -389,10 +389,7 @@ def parent(args: argparse.Namespace) -> None:
             baseline = stack.enter_context(
                 baseline_tree(HERE, args.baseline_ref, args.baseline_tree)
             )
-            commit = subprocess.run(
-                ["git", "-C", str(baseline), "rev-parse", "--short", "HEAD"],
-                capture_output=True, text=True, check=False,
-            ).stdout.strip()  # fmt: skip
+            commit = short_commit(baseline)
             trees.append((f"baseline {args.baseline_tree or args.baseline_ref} {commit}", baseline))
         trees.append(("this tree", HERE))
         results: dict[str, Any] = {}

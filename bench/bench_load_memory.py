@@ -38,7 +38,6 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -48,7 +47,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from baseline_tree import baseline_tree
+from baseline_tree import baseline_tree, short_commit
 from loadkit import (
     LoadSpec,
     Stack,
@@ -293,17 +292,11 @@ def main() -> int:
     if args.baseline_ref or args.baseline_tree:
         ref = args.baseline_ref or "HEAD"
         with baseline_tree(HERE, ref, args.baseline_tree) as tree:
-            commit = subprocess.run(
-                ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
-                capture_output=True, text=True, check=False,
-            ).stdout.strip()  # fmt: skip
+            commit = short_commit(tree)
             label = f"baseline {args.baseline_tree or ref} {commit}"
             print(f"== {label}", flush=True)
             results.append((label, run_tree(args, tree)))
-    commit = subprocess.run(
-        ["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
-        capture_output=True, text=True, check=False,
-    ).stdout.strip()  # fmt: skip
+    commit = short_commit(HERE)
     label = f"this checkout {commit}"
     print(f"== {label}", flush=True)
     results.append((label, run_tree(args, None)))
