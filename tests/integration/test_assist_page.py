@@ -189,6 +189,8 @@ def test_agent_clicks_through_a_payment_while_the_customer_keys(tmp_path, caplog
                 code_row = page.locator('#fields tr[data-field="security-code"]')
                 await page.uncheck("#prompt")  # this one without the prompt
                 await code_row.locator("button.capture").click()
+                # the click returns before the page's request lands: key only once it has
+                await expect(code_row).to_have_class("keying")
                 await customer_keys(CVC[:2])
                 await expect(code_row.locator(".marks")).to_have_text("●●")
                 await customer_keys(CVC[2:] + "#")
