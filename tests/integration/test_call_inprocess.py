@@ -308,10 +308,12 @@ def test_inband_tones_alone_pay_and_leak_nothing(tmp_path, caplog):
     keyed = len(pan) + 1 + 4 + 3
     assert obs.DTMF_DIGITS_TOTAL.get(source="inband") - before == keyed
     # Every digit's latency observed, from the packet carrying its onset: a tone needs about
-    # 20-40 ms of audio to be told from speech, then the tick, then the call's inbox.
+    # 20 ms of audio to be told from speech (the rest of the onset's packet and what follows),
+    # then the next receive pass, then the call's inbox. Our caller's tones begin with a
+    # packet, so each can be decided on that packet's arrival: a few milliseconds, not zero.
     assert obs.DTMF_LATENCY_SECONDS.get_count(source="inband") - latencies == keyed
     mean = (obs.DTMF_LATENCY_SECONDS.get_sum(source="inband") - latency_sum) / keyed
-    assert 0.01 < mean < 0.2, mean
+    assert 0.001 < mean < 0.2, mean
     [record] = cdr_lines(config)
     assert record["result"] == "approved"
     blobs = [data.decode("utf-8", "replace") for data in capture.sip]

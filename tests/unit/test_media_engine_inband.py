@@ -1,4 +1,4 @@
-"""MediaEngine's in-band DTMF: one detector call per tick serves every in-band session.
+"""MediaEngine's in-band DTMF: one detector call per receive pass serves every in-band session.
 
 No sockets: sessions are attached under port numbers the engine never opened (so nothing is
 sent), audio is handed to `MediaSession.receive` as the socket would, and the tick's in-band
@@ -574,3 +574,36 @@ def test_a_sender_with_timestamps_on_a_wrong_clock_is_still_heard() -> None:
     run_in_loop(test)
     assert starts(heard) == "4111#"
     assert stats[0].audio_gaps == 0
+
+
+def test_every_receive_pass_runs_the_detector_so_a_tone_waits_no_tick() -> None:
+    # The tick reads the sockets four times in 20 ms (RECEIVE_PASSES); the detector runs after
+    # each read, so a tone whose audio came in a pass between ticks is decided there, up to
+    # 15 ms sooner than at the next tick. (The tick's own timing is the engine's: only the
+    # order of its steps is checked here.)
+    async def body() -> None:
+        engine = MediaEngine("127.0.0.1", 40000, 40100)
+        steps: list[str] = []
+        receive, detect = engine._receive, engine._detect_inband
+
+        def receiving(now: float) -> None:
+            steps.append("receive")
+            receive(now)
+
+        def detecting() -> None:
+            steps.append("detect")
+            detect()
+
+        engine._receive = receiving  # type: ignore[method-assign]
+        engine._detect_inband = detecting  # type: ignore[method-assign]
+        session = make_session("PCMU", [])
+        engine.attach(50000, session)
+        await asyncio.sleep(0.15)
+        engine.close(50000)
+        assert engine._tick_task is not None
+        engine._tick_task.cancel()
+        receives = [n for n, step in enumerate(steps) if step == "receive"]
+        assert len(receives) > 7  # the tick's reads and at least some of the passes between
+        assert all(n + 1 < len(steps) and steps[n + 1] == "detect" for n in receives), steps
+
+    asyncio.run(body())
