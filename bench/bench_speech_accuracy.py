@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import multiprocessing
 import random
 import subprocess
@@ -181,7 +182,7 @@ class Payment:
 
     def __init__(self, condition: str, index: int, seed: int, attempts: int, threshold: float):
         self.rng = random.Random(f"{seed}-{condition}-{index}")
-        self.nprng = np.random.default_rng(self.rng.randrange(2**32))
+        self.name = f"{seed}-{condition}-{index}"
         self.condition = condition
         self.attempts = attempts
         self.threshold = threshold
@@ -189,14 +190,21 @@ class Payment:
         self.counts: Counter[str] = Counter()  # float values too (CPU, seconds)
         self._answers: dict[str, npt.NDArray[np.int16]] = {}
         self._heard: dict[tuple[str, object], tuple[Utterance, float]] = {}
+        self.last_reading: tuple[bool, float] | None = None  # of `read`, for `--records`
+        self.speeds: list[int] = []  # of each utterance rendered, in order
+        self.records: list[dict[str, object]] = []  # `--records`: one per field and decoder
 
-    def speaker(self) -> Speaker:
+    def say(self, text: str, take: object) -> npt.NDArray[np.int16]:
+        """`text` said by this payment's caller. Each take (`take` names it: a field's
+        attempt, an answer) has its own speed, pitch and noise drawn from its own seed, so
+        the audio is the same whatever the dialogue did before it: two configurations are
+        compared on the same utterances."""
+        rng = random.Random(f"{self.name}-{take}")
         snr = {"snr20": 20.0, "snr10": 10.0}.get(self.condition)
-        cents = self.rng.randint(-400, 400) if self.condition == "pitch" else 0
-        return Speaker(self.voice, self.rng.randint(130, 190), cents, snr)
-
-    def say(self, text: str) -> npt.NDArray[np.int16]:
-        return render(text, self.speaker(), self.nprng)
+        cents = rng.randint(-400, 400) if self.condition == "pitch" else 0
+        speaker = Speaker(self.voice, rng.randint(130, 190), cents, snr)
+        self.speeds.append(speaker.speed)
+        return render(text, speaker, np.random.default_rng(rng.randrange(2**32)))
 
     def recognise(
         self, decoder: str, audio: npt.NDArray[np.int16], length: int | None, key: object
@@ -243,11 +251,12 @@ class Payment:
         )
         if reading is None:
             return "", False, utterance
+        self.last_reading = (reading.valid, reading.confidence)
         return reading.digits, reading.valid and reading.confidence >= self.threshold, utterance
 
     def answer(self, decoder: str, word: str) -> str | None:
         if word not in self._answers:
-            self._answers[word] = self.say(word)
+            self._answers[word] = self.say(word, word)
         hearer = "whisper" if decoder.startswith("whisper") else "constrained"
         return answer_of(self.recognise(hearer, self._answers[word], None, word))
 
@@ -270,10 +279,14 @@ class Payment:
         )
         # the same utterances for both decoders: attempt k of each field rendered once
         takes: dict[tuple[int, int], npt.NDArray[np.int16]] = {}
+        take_speed: dict[tuple[int, int], int] = {}
 
         def take(position: int, attempt: int) -> npt.NDArray[np.int16]:
             if (position, attempt) not in takes:
-                takes[(position, attempt)] = self.say(spoken(fields[position][1]))
+                takes[(position, attempt)] = self.say(
+                    spoken(fields[position][1]), (position, attempt)
+                )
+                take_speed[(position, attempt)] = self.speeds[-1]
             return takes[(position, attempt)]
 
         for decoder in _decoders:
@@ -281,6 +294,7 @@ class Payment:
             card_first = True
             for position, (field, truth, _) in enumerate(fields):
                 confirmed = None
+                tried: list[dict[str, object]] = []
                 # "+tries": the field's earlier tries pooled, the readings denied never again
                 earlier: list[Utterance] = []
                 denied: set[str] = set()
@@ -291,6 +305,7 @@ class Payment:
                         else ""
                     )
                     tries = decoder.endswith("+tries")
+                    self.last_reading = None
                     digits, read_back, utterance = self.read(
                         decoder,
                         take(position, attempt),
@@ -302,6 +317,15 @@ class Payment:
                         denied if tries else set(),
                     )
                     earlier.append(utterance)
+                    tried.append(
+                        {
+                            "heard": digits,
+                            "read_back": read_back,
+                            "speed": take_speed[(position, attempt)],
+                            "valid": self.last_reading and self.last_reading[0],
+                            "confidence": self.last_reading and round(self.last_reading[1], 3),
+                        }
+                    )
                     if attempt == 0:
                         self.counts[f"{decoder}.digit_errors"] += edits(truth, digits)
                         self.counts[f"{decoder}.digits"] += len(truth)
@@ -317,6 +341,7 @@ class Payment:
                     self.counts[f"{decoder}.read_backs"] += 1
                     self.counts[f"{decoder}.read_backs_right"] += digits == truth
                     heard = self.answer(decoder, "yes" if digits == truth else "no")
+                    tried[-1]["answer"] = heard
                     if heard == "yes":
                         confirmed = digits
                         break
@@ -325,15 +350,31 @@ class Payment:
                 # a failed field fails the payment; the rest are still said, so that the
                 # first-try figures cover every field
                 ok &= confirmed == truth
+                self.records.append(
+                    {
+                        "condition": self.condition,
+                        "decoder": decoder,
+                        "voice": self.voice,
+                        "field": field,
+                        "position": position,
+                        "truth": truth,  # synthetic digits of a simulated caller
+                        "tries": tried,
+                        "confirmed": confirmed,
+                    }
+                )
             self.counts[f"{decoder}.card_first"] += card_first
             self.counts[f"{decoder}.paid"] += ok
         self.counts["payments"] += 1
         return self.counts
 
 
-def _one(task: tuple[str, int, int, int, float]) -> tuple[str, Counter[str]]:
+def _one(
+    task: tuple[str, int, int, int, float],
+) -> tuple[str, Counter[str], list[dict[str, object]]]:
     condition, index, seed, attempts, threshold = task
-    return condition, Payment(condition, index, seed, attempts, threshold).run()
+    payment = Payment(condition, index, seed, attempts, threshold)
+    counts = payment.run()
+    return condition, counts, payment.records
 
 
 def silence_cost(seconds: float = 60.0) -> tuple[float, int]:
@@ -358,6 +399,11 @@ def main() -> int:
     parser.add_argument("--threshold", type=float, default=0.5, help="confidence to read back")
     parser.add_argument("--conditions", default=",".join(CONDITIONS))
     parser.add_argument("--decoders", default=",".join(DECODERS))
+    parser.add_argument(
+        "--records",
+        help="write each field's tries (voice, truth, heard, answers) here as JSON lines, "
+        "for bench/speech_errors.py (synthetic digits only)",
+    )
     args = parser.parse_args()
     conditions = args.conditions.split(",")
     decoders = tuple(args.decoders.split(","))
@@ -371,8 +417,14 @@ def main() -> int:
     with multiprocessing.get_context("spawn").Pool(
         args.jobs, initializer=_init, initargs=(decoders,)
     ) as pool:
-        for condition, counts in pool.imap_unordered(_one, tasks):
+        records: list[dict[str, object]] = []
+        for condition, counts, payment_records in pool.imap_unordered(_one, tasks):
             totals[condition].update(counts)
+            records.extend(payment_records)
+    if args.records:
+        with open(args.records, "w") as out:
+            for record in records:
+                out.write(json.dumps(record) + "\n")
     wall = time.monotonic() - started
     vad_cpu, vad_found = silence_cost()
 
