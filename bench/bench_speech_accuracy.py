@@ -22,8 +22,8 @@ The decoders hear the same utterances:
 * constrained: pocketsphinx with the grammar of exactly the expected number of digits, its
   n-best, and `best_reading` with the field's rules (brand prefix, length, Luhn on the
   complete card with the confirmed groups as prefix, expiry month and window, code length); a
-  reading that is not valid or below `--threshold` confidence is asked again without a
-  read-back.
+  reading that is not valid or below `--threshold` confidence (default the journey's
+  `speech_min_confidence`: 0, any valid reading) is asked again without a read-back.
 * whisper+tries, constrained+tries: the same recogniser's results on the same takes (reused,
   not decoded again), with `best_reading` also given the field's earlier tries (`earlier`)
   and the readings the caller said "no" to (`denied`), as the journey does.
@@ -36,8 +36,16 @@ card: every group right the first time), and with the read-back dialogue the sha
 payments that succeed within the attempts (`--attempts` per group/field): each group or field
 is read back and the simulated caller says "yes" or "no" (recognised from the same voice and
 line); "no", or an answer not understood, costs an attempt; a wrong group confirmed fails the
-payment. Plus the recogniser's CPU per second of speech, and the VAD's on a minute of line
-noise (no recognition should run on it).
+payment. "paid, card's attempts shared": the same dialogue counted as the journey counts it,
+`--attempts` failed tries for the whole card number, not for each group. (The journey also
+lets the caller group freely after a failed group, so Whisper's next try is read at an open
+length, by pocketsphinx: not simulated here.) Plus the recogniser's CPU per second of
+speech, and the VAD's on a minute of line noise (no recognition should run on it).
+
+`--records FILE`: every field's tries (voice, speed, digits said and heard, read back or not,
+the answer heard) as JSON lines, for `bench/speech_errors.py`'s breakdown. Each take (a
+field's attempt, an answer) is rendered from its own seed, so the same seed gives the same
+utterances whatever the dialogue did: two trees or settings compare on the same audio.
 
 The audio exists only in memory. Needs espeak-ng and sox.
 """
@@ -63,6 +71,7 @@ from scipy.signal import butter, resample_poly, sosfilt
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from spg_media.payment.cards import luhn_valid
+from spg_media.payment.journey import JourneyConfig
 from spg_media.rtp import g711
 from spg_media.speech.digits import answer_of, best_reading, words_to_digits
 from spg_media.speech.model import Utterance
@@ -292,6 +301,7 @@ class Payment:
         for decoder in _decoders:
             ok = True
             card_first = True
+            card_failures = 0  # failed tries over all the card's groups
             for position, (field, truth, _) in enumerate(fields):
                 confirmed = None
                 tried: list[dict[str, object]] = []
@@ -350,6 +360,8 @@ class Payment:
                 # a failed field fails the payment; the rest are still said, so that the
                 # first-try figures cover every field
                 ok &= confirmed == truth
+                if field == "card-group":
+                    card_failures += len(tried) - (confirmed is not None)
                 self.records.append(
                     {
                         "condition": self.condition,
@@ -364,6 +376,9 @@ class Payment:
                 )
             self.counts[f"{decoder}.card_first"] += card_first
             self.counts[f"{decoder}.paid"] += ok
+            # the journey counts a card's failed attempts over all its groups (the keypad's
+            # `max_attempts` a field), not a group's
+            self.counts[f"{decoder}.paid_shared"] += ok and card_failures < self.attempts
         self.counts["payments"] += 1
         return self.counts
 
@@ -396,7 +411,12 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--attempts", type=int, default=3, help="per group or field (default 3)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="confidence to read back")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=JourneyConfig().speech_min_confidence,
+        help="confidence to read back (default the journey's, speech_min_confidence)",
+    )
     parser.add_argument("--conditions", default=",".join(CONDITIONS))
     parser.add_argument("--decoders", default=",".join(DECODERS))
     parser.add_argument(
@@ -434,10 +454,10 @@ def main() -> int:
     )
     print(
         "| condition | decoder | digit error, 1st try | fields right 1st try | card right 1st try "
-        "| expiry 1st | code 1st | paid within attempts | read-backs right "
-        "| CPU s per s of speech |"
+        "| expiry 1st | code 1st | paid within attempts | paid, card's attempts shared "
+        "| read-backs right | CPU s per s of speech |"
     )
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for condition in conditions:
         t = totals[condition]
         n = max(t["payments"], 1)
@@ -449,6 +469,7 @@ def main() -> int:
                 f"{t[f'{decoder}.fields_right'] / max(t[f'{decoder}.fields'], 1):.0%} | "
                 f"{t[f'{decoder}.card_first'] / n:.0%} | {t[f'{decoder}.expiry_first'] / n:.0%} | "
                 f"{t[f'{decoder}.code_first'] / n:.0%} | {t[f'{decoder}.paid'] / n:.0%} | "
+                f"{t[f'{decoder}.paid_shared'] / n:.0%} | "
                 f"{t[f'{decoder}.read_backs_right'] / max(t[f'{decoder}.read_backs'], 1):.0%} | "
                 f"{t[f'{decoder}.cpu'] / speech:.3f} |"
             )

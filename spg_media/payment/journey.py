@@ -90,8 +90,9 @@ is decoded under the field's rules (`speech.digits.best_reading`: a card group b
 length and Luhn on what was taken so far, given as `cards.rules_surrogate`, never the number
 itself; the expiry's window; the code's length), failing that by the words alone (a real but
 invalid entry then gets its own failure prompt once confirmed), and, when its confidence
-reaches `speech_min_confidence`, read back as digit clips ("I heard 4 1 1 1. Is that right? Say
-yes or press one, or no or press two."): `heard` holds it meanwhile. Then:
+reaches `speech_min_confidence` (0: any reading that fits the rules) or, heard by the words
+alone, `speech_min_plain_confidence` (0.5), read back as digit clips ("I heard 4 1 1 1. Is
+that right? Say yes or press one, or no or press two."): `heard` holds it meanwhile. Then:
 
 - "yes" or '1': the digits join the field. A card number is taken once it is valid (Luhn,
   brand, length) or as long as its brand allows (then checked as a keyed one is); else "and
@@ -286,8 +287,14 @@ class JourneyConfig:
     # recogniser listens to this call: `ivr.input = "dtmf speech"`, a language with a model,
     # a recognition slot free, and never in agent-assisted mode).
     speech: bool = False
-    # A reading less sure than this is not read back: "sorry, I did not understand" (an attempt)
-    speech_min_confidence: float = 0.5
+    # A reading that fits the field's rules is read back when at least this sure, one heard
+    # by the words alone (it breaks them) when at least `speech_min_plain_confidence`; else
+    # "sorry, I did not understand". That costs the attempt a "no" to a wrong read-back costs,
+    # and the read-back of a right reading takes it, so any reading that fits is read back
+    # (at 0.5, 4 readings in 10 that were right went unread on the speech bench, most
+    # payments failing for it: bench/RESULTS.md "Voice entry").
+    speech_min_confidence: float = 0.0
+    speech_min_plain_confidence: float = 0.5
 
 
 # ---- the key rules of a field (shared with agent-assisted payment sessions) --------------------
@@ -816,7 +823,9 @@ class Journey:
             self._tries_at = (self._state, len(self._entry))
         earlier, denied = self._tries, self._denied
         field = self._field_name()
-        candidates: list[tuple[str, float]] = []
+        # (digits, confidence, the least confidence to read them back at)
+        candidates: list[tuple[str, float, float]] = []
+        checked = self._config.speech_min_confidence
         if field == "card":
             # The group printed next on the card first, even when the grammar was left open
             # after a group went wrong (the caller most likely says one again), then any.
@@ -835,7 +844,7 @@ class Journey:
                     denied=denied,
                 )
                 if reading is not None and reading.valid:
-                    candidates.append((reading.digits, reading.confidence))
+                    candidates.append((reading.digits, reading.confidence, checked))
         else:
             lengths = (remaining,)
             if not len(self._entry):  # a whole expiry or code (not the rest of a keyed one)
@@ -848,13 +857,14 @@ class Journey:
                     denied=denied,
                 )
                 if reading is not None and reading.valid:
-                    candidates.append((reading.digits, reading.confidence))
+                    candidates.append((reading.digits, reading.confidence, checked))
+        plain = self._config.speech_min_plain_confidence
         for length in lengths:
             heard = _plain_reading(utterance, length, denied)
             if heard is not None:
-                candidates.append(heard)
-        for digits, confidence in candidates:
-            if confidence < self._config.speech_min_confidence:
+                candidates.append((*heard, plain))
+        for digits, confidence, least in candidates:
+            if confidence < least:
                 continue
             if not 1 <= len(digits) <= remaining:
                 continue

@@ -443,7 +443,7 @@ def test_confirmation_not_understood_asks_again() -> None:
 
 
 def test_unsure_reading_is_not_read_back_and_counts_as_an_attempt() -> None:
-    speaker = Speaker()
+    speaker = Speaker(dataclasses.replace(SPEECH, speech_min_confidence=0.5))
     speaker.start()
     speaker.group("4111")
     speaker.done()
@@ -453,6 +453,33 @@ def test_unsure_reading_is_not_read_back_and_counts_as_an_attempt() -> None:
     speaker.group("1111")
     speaker.group("1111")
     assert plays(speaker.group("1111")) == [("enter_expiry_speech",)]
+
+
+def test_any_reading_that_fits_the_rules_is_read_back_however_unsure() -> None:
+    # not reading it back would cost the attempt a "no" costs, and a right one would be lost
+    speaker = Speaker()
+    speaker.start()
+    speaker.group("4111")
+    speaker.done()
+    actions = speaker.say("1111", also=(("7777", 0.0), ("9999", 0.0)))
+    assert heard_digits(actions) == "1111"  # the first of equals: the one said last
+    speaker.done()
+    speaker.say("no")
+    speaker.done()
+    # the same three again: the one denied is not read back again
+    assert heard_digits(speaker.say("1111", also=(("7777", 0.0), ("9999", 0.0)))) == "7777"
+
+
+def test_an_unsure_reading_that_breaks_the_rules_is_not_read_back() -> None:
+    speaker = Speaker()
+    speaker.start()
+    spoken_card(speaker)
+    speaker.done()
+    # no month 13-15: read by the words alone, a third of the probability each
+    actions = speaker.say("1399", also=(("1499", 0.0), ("1599", 0.0)))
+    assert plays(actions) == [("not_understood", "enter_expiry_speech")]
+    speaker.done()
+    assert heard_digits(speaker.say("1399")) == "1399"  # sure of it: read back all the same
 
 
 def test_words_that_are_no_digits_are_not_understood() -> None:
