@@ -27,6 +27,10 @@ The decoders hear the same utterances:
 * whisper+tries, constrained+tries: the same recogniser's results on the same takes (reused,
   not decoded again), with `best_reading` also given the field's earlier tries (`earlier`)
   and the readings the caller said "no" to (`denied`), as the journey does.
+* whisper+tries+open: as whisper+tries, but a card group's second and third tries are
+  recognised at an open length, as the journey did after any failed group until it kept the
+  printed group's length after a "no" (Whisper's digits then came from pocketsphinx's open
+  grammar, its `fallback`); still the journey's way after a try not understood.
 * baseline: the plain grammar (any digits), one decode with the same front end (resampling,
   noise floor), its best path, no rules: every reading is read back.
 
@@ -245,7 +249,13 @@ class Payment:
         denied: set[str],
     ) -> tuple[str, bool, Utterance]:
         """(digits heard, whether to read them back, the utterance)."""
-        utterance = self.recognise(decoder, audio, length, key)
+        # "+open": a card group's retry recognised at an open length (the journey's grouping
+        # as the caller likes after a failed group), read for the printed group's length first
+        attempt = key[1] if isinstance(key, tuple) else 0
+        if decoder.endswith("+open") and field == "card-group" and attempt > 0:
+            utterance = self.recognise(decoder, audio, None, (key, "open"))
+        else:
+            utterance = self.recognise(decoder, audio, length, key)
         if decoder == "baseline":
             words = utterance.hypotheses[0].words if utterance.hypotheses else ()
             return words_to_digits(words) or "", True, utterance
@@ -314,7 +324,7 @@ class Payment:
                         if field == "card-group"
                         else ""
                     )
-                    tries = decoder.endswith("+tries")
+                    tries = "+tries" in decoder
                     self.last_reading = None
                     digits, read_back, utterance = self.read(
                         decoder,

@@ -114,7 +114,8 @@ Keys and speech mix freely: a key is always taken as on the keypad, except that 
 utterance that began before the latest key press is ignored. `expected_digits()` tells the
 call how many digits the next words should hold (the card's printed groups: 4-6-5 for
 American Express, fours otherwise; the expiry's or code's remaining digits; None after a card
-group went wrong, so the caller may group as they like), for the recogniser's grammar. In
+group was not understood or timed out, so the caller may group as they like; after a "no" the
+same group again), for the recogniser's grammar. In
 CONFIRM, "yes"/"no"/"start again" answer as '1'/'2'. Outcome.inputs says how each field
 taken came: dtmf, speech, or mixed (both in one field; a read-back confirmed by '1' is speech).
 Speech is never on in agent-assisted mode (JourneyConfig.speech defaults to False).
@@ -773,7 +774,8 @@ class Journey:
         """How many digits the caller's next words should hold, for the recogniser (a grammar
         of that length rules out its commonest errors, digits inserted or dropped); None: any
         number. A card number goes by the groups printed on it; after a group went wrong
-        (not understood, or "no") the next may be grouped as the caller likes."""
+        (not understood, a timeout; not after a "no" to a read-back, which showed the grouping)
+        the next may be grouped as the caller likes."""
         if not self._speech or self._state not in (State.CARD, State.EXPIRY, State.CVC):
             return None
         taken = len(self._entry)
@@ -892,7 +894,10 @@ class Journey:
             self._denied.append(self._heard.copy())  # never read back again for these digits
             self._drop_heard()
             self._deadline = None
-            if self._count_failure():
+            # "say those digits again": the read-back showed the grouping, the same length is
+            # expected (at an open length Whisper's digits would be pocketsphinx's: fewer
+            # payments and more CPU on the speech bench)
+            if self._count_failure(free_grouping=False):
                 return self._too_many_attempts()
             return [self._play((_part("say_again"),), barge_in=True)]
         if answer != "yes":
@@ -968,9 +973,10 @@ class Journey:
         parts = (_part(prompt), self._again())
         return [self._play(parts, barge_in=True)]
 
-    def _count_failure(self) -> bool:
-        """Count a failed attempt on the current field; True when that was the last allowed."""
-        self._free_grouping = self._state is State.CARD
+    def _count_failure(self, *, free_grouping: bool = True) -> bool:
+        """Count a failed attempt on the current field; True when that was the last allowed.
+        `free_grouping`: a card's next words may be grouped as the caller likes."""
+        self._free_grouping = free_grouping and self._state is State.CARD
         count = self._field_failures.get(self._state, 0) + 1
         self._field_failures[self._state] = count
         self._failed_total += 1

@@ -639,13 +639,24 @@ def test_expected_digits_for_amex_are_four_six_five() -> None:
     assert speaker.journey.expected_digits() == 4  # the code on the front
 
 
+def test_after_a_no_the_same_group_is_expected_again() -> None:
+    speaker = Speaker()
+    speaker.start()
+    speaker.group("4111")
+    speaker.done()
+    speaker.say("1111")
+    speaker.done()
+    assert plays(speaker.say("no")) == [("say_again",)]
+    assert speaker.journey.expected_digits() == 4  # the read-back showed the grouping
+    speaker.done()
+    assert heard_digits(speaker.say("1112", also=(("1111", 0.0),))) == "1112"
+
+
 def test_after_a_group_went_wrong_any_grouping_is_heard() -> None:
     speaker = Speaker()
     speaker.start()
     speaker.done()
-    speaker.say("4111")
-    speaker.done()
-    speaker.say("no")
+    assert plays(speaker.say("yes")) == [("not_understood", "enter_card_speech")]
     assert speaker.journey.expected_digits() is None
     speaker.done()
     speaker.say("41111111")  # the caller groups by eight
@@ -673,15 +684,13 @@ def test_no_expected_digits_without_speech() -> None:
     assert caller.journey.expected_digits() is None
 
 
-def test_after_a_no_a_group_of_the_printed_length_is_still_preferred() -> None:
-    """The grammar is left open after a "no"; an inserted digit in the best guess does not
-    win over the group of four the caller most likely said again."""
+def test_after_a_try_not_understood_a_group_of_the_printed_length_is_still_preferred() -> None:
+    """The grammar is left open after a try not understood; an inserted digit in the best
+    guess does not win over the group of four the caller most likely said again."""
     speaker = Speaker()
     speaker.start()
     speaker.done()
-    speaker.say("4112")
-    speaker.done()
-    speaker.say("no")
+    assert plays(speaker.say("repeat yes")) == [("not_understood", "enter_card_speech")]
     assert speaker.journey.expected_digits() is None
     speaker.done()
     assert heard_digits(speaker.say("41118", also=(("4111", -0.2),))) == "4111"
