@@ -4,8 +4,8 @@ decoding against a plain unconstrained digit grammar, in the same run, on the sa
 Run:  .venv/bin/python bench/bench_speech_accuracy.py [--payments 6] [--jobs 2] [--seed 1]
       [--decoders whisper,whisper+tries,constrained,constrained+tries,baseline]
       [--conditions clean,snr20,snr10,pitch]
-(6 payments a condition: about 4 minutes on 2 idle cores; the recorded run used 16, 16 minutes
-on 2 busy ones)
+(6 payments a condition: about 4 minutes on 2 idle cores; the recorded run used 16 and six
+decoders, 14 minutes on one niced job)
 
 Each simulated payment is a random card number (Visa 16, Mastercard 16 or Amex 15 digits, Luhn
 valid), an expiry in the window and a security code, said by espeak-ng in one of its English

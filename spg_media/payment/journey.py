@@ -98,14 +98,15 @@ that right? Say yes or press one, or no or press two."): `heard` holds it meanwh
   brand, length) or as long as its brand allows (then checked as a keyed one is); else "and
   the next digits?". The expiry and the code are then checked exactly as when keyed.
 - "no" or '2': dropped, "please say those digits again"; a failed attempt (the card's
-  confirmed groups stay). The tries at the same digits add up: the next utterance is read
-  with the earlier ones' hypotheses pooled in, and a reading the caller said "no" to is never
-  read back again for them (`best_reading`'s `earlier` and `denied`), until the digits are
-  taken, keyed, or the field is started again.
+  confirmed groups stay; the same group's length is expected again). The tries at the same
+  digits add up: the next utterance is read with the earlier ones' hypotheses pooled in, and
+  a reading the caller said "no" to is never read back again for them (`best_reading`'s
+  `earlier` and `denied`), until the digits are taken, keyed, or the field is started again.
 - "start again" or '*': the field is wiped and asked again (never a cancellation).
 - "repeat": the read-back (or the field's prompt) again; new digits replace the read-back.
-- not sure enough, or words that are no digits: "sorry, I did not understand", a failed
-  attempt (a card's confirmed groups and a waiting read-back stay).
+- not sure enough (no reading that fits the rules, none clear by the words alone), or words
+  that are no digits: "sorry, I did not understand", a failed attempt (a card's confirmed
+  groups and a waiting read-back stay; the next group's length is left open).
 - a read-back not answered within `first_digit_timeout_s`: no_input, asked again, a failed
   attempt. The other timers and `max_attempts` are the keypad's.
 
@@ -830,7 +831,7 @@ class Journey:
         checked = self._config.speech_min_confidence
         if field == "card":
             # The group printed next on the card first, even when the grammar was left open
-            # after a group went wrong (the caller most likely says one again), then any.
+            # after a try not understood (the caller most likely says one again), then any.
             group = self._printed_group()
             lengths: tuple[int | None, ...] = (group, None) if group is not None else (None,)
             # The card's rules judge the digits heard after those taken; they are given a
