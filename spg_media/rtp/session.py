@@ -25,10 +25,11 @@ are not the event loop's: the 20 ms tick asks one epoll which have datagrams and
 (`_receive`: `recvmsg`, each dated by the kernel's arrival stamp, at most READ_ROUNDS a socket a
 tick), lets the calls take their digits, and sends every due packet with the socket's `sendto`;
 three more receive passes run between ticks (RECEIVE_PASSES), so a datagram waits at most 5 ms.
-After each receive pass the in-band DTMF detector runs once over the audio the `inband` sessions
-received (grouped into one numpy block per size, one decode per codec), and hands the events to
-each session's `on_dtmf` like RFC 4733 events; a start is dated by the arrival of the packet
-that carried the tones' onset (`arrived_at`).
+The tick runs the in-band DTMF detector once over the audio the `inband` sessions received
+(grouped into one numpy block per size, one decode per codec), and the passes between ticks
+for the channels where a tone may be starting (`_detect_hot`); it hands the events to each
+session's `on_dtmf` like RFC 4733 events; a start is dated by the arrival of the packet that
+carried the tones' onset (`arrived_at`).
 
 RTCP (RFC 3550 §6): each session keeps an `RtcpSession` from `attach` on, fed every RTP packet
 it accepts and sends. The engine binds the odd port above each RTP port for RTCP; reports go
@@ -55,7 +56,7 @@ import struct
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -842,6 +843,7 @@ class MediaEngine:
         # or make a stray loop, when the engine is built outside a running loop.
         self._loop: asyncio.AbstractEventLoop | None = None
         self.inband: InbandDetector | None = None  # one detector serves every channel
+        self._inband_sessions: dict[int, MediaSession] = {}  # by detector slot
         self.masker: ToneMasker | None = None  # one masker serves both legs of every bridge
         self.bridges: dict[int, _Bridge] = {}  # by the customer's port
         self._bridged_agents: dict[int, int] = {}  # agent's port: customer's port
@@ -927,6 +929,7 @@ class MediaEngine:
         if session.inband_slot is None:
             session.inband_slot = self.inband.add_channel()
             session.fed_ts = None
+            self._inband_sessions[session.inband_slot] = session
 
     def bridge(self, customer_port: int, agent_port: int, mask: str) -> None:
         """Cross the audio of two attached sessions (agent-assisted mode). From the next tick,
@@ -992,6 +995,7 @@ class MediaEngine:
             session.report_quality()
             if session.inband_slot is not None and self.inband is not None:
                 self.inband.remove_channel(session.inband_slot)
+                self._inband_sessions.pop(session.inband_slot, None)
                 session.inband_slot = None
         self._senders.pop(port, None)
         for sock in self.sockets.pop(port, ()):
@@ -1019,14 +1023,13 @@ class MediaEngine:
         if self._tick_task is not None:
             self._tick_task.cancel()
 
-    def _detect_inband(self) -> None:
-        """Run the in-band detector over the audio the channels received since it last ran.
+    def _detect_inband(self, sessions: Iterable[MediaSession] | None = None) -> None:
+        """Run the in-band detector over the audio the channels received since it last ran:
+        every session's (the tick), or those of `sessions` (`_detect_hot`, between ticks).
 
-        It runs after every receive pass (four a tick), so a tone is decided in the pass its
-        deciding audio came in, not at the next tick (up to 15 ms sooner). A detector call has
-        a fixed cost (hundreds of numpy calls, ~0.15 ms), so each pass makes one call for the
-        channels that have a payload: each gives INBAND_FEED samples and what is over waits
-        for the next pass; channels of both codecs make one (channels × 160) block. A channel
+        A detector call has a fixed cost (hundreds of numpy calls, ~0.15 ms), so the tick makes
+        one call for the channels that have a payload: each gives INBAND_FEED samples and what
+        is over waits; channels of both codecs make one (channels × 160) block. A channel
         three packets behind (a stalled loop, a sender's faster clock) gives all it has, in a
         second call. The rest of the cost in Python is collecting bytes.
 
@@ -1041,12 +1044,13 @@ class MediaEngine:
         assert self.inband is not None
         usual = _InbandFeed()
         groups = {INBAND_FEED: usual}  # by samples given: INBAND_FEED, or a backlog
-        for session in self.sessions.values():
+        for session in self.sessions.values() if sessions is None else sessions:
             slot = session.inband_slot
             if slot is None:
                 continue
             if not session.inband:  # switched off mid-call: give the slot back
                 self.inband.remove_channel(slot)
+                self._inband_sessions.pop(slot, None)
                 session.inband_slot = None
                 session.clear_audio()
                 continue
@@ -1120,6 +1124,20 @@ class MediaEngine:
                     if arrival is not None:
                         event = dataclasses.replace(event, arrived_at=arrival)
                 target._deliver([event])
+
+    def _detect_hot(self) -> None:
+        """Between ticks (after a receive pass): the detector for the channels where a digit
+        may be starting or is going on (`InbandDetector.hot_slots`), so that the audio that
+        decides a tone is not held up to 15 ms for the next tick; the other channels wait for
+        it (their audio holds no tone yet: a start needs 20 ms of one). Every channel at every
+        pass cost ~1.2x the CPU a packet for 520 in-band calls (three more detector calls a
+        tick over scattered slots, each session looked at three more times), for the same
+        latency (p99 43 ms either way at 520 SIPp callers: bench/RESULTS.md)."""
+        assert self.inband is not None
+        hot = self.inband.hot_slots()
+        if hot.size:
+            by_slot = self._inband_sessions
+            self._detect_inband([by_slot[slot] for slot in hot.tolist() if slot in by_slot])
 
     def _audio_gap(self, session: MediaSession, slot: int) -> None:
         """The audio queued for `session`'s detector channel `slot` does not follow what it was
@@ -1371,8 +1389,7 @@ class MediaEngine:
                     await asyncio.sleep(wait)
                     self._receive(self.loop.time())
                     if self.inband is not None:
-                        # a tone whose audio came in this pass is not held to the next tick
-                        self._detect_inband()
+                        self._detect_hot()
             delay = next_tick - self.loop.time()
             if delay < -0.1:
                 next_tick = self.loop.time()

@@ -576,25 +576,30 @@ def test_a_sender_with_timestamps_on_a_wrong_clock_is_still_heard() -> None:
     assert stats[0].audio_gaps == 0
 
 
-def test_every_receive_pass_runs_the_detector_so_a_tone_waits_no_tick() -> None:
-    # The tick reads the sockets four times in 20 ms (RECEIVE_PASSES); the detector runs after
-    # each read, so a tone whose audio came in a pass between ticks is decided there, up to
-    # 15 ms sooner than at the next tick. (The tick's own timing is the engine's: only the
-    # order of its steps is checked here.)
+def test_every_receive_pass_runs_the_detector_for_the_hot_channels() -> None:
+    # The tick reads the sockets four times in 20 ms (RECEIVE_PASSES); after each read between
+    # ticks the detector runs for the channels where a digit may be starting (`_detect_hot`),
+    # so a tone whose audio came in such a pass is decided there, up to 15 ms sooner than at
+    # the next tick. (The tick's own timing is the engine's: only the order of its steps is
+    # checked here.)
     async def body() -> None:
         engine = MediaEngine("127.0.0.1", 40000, 40100)
         steps: list[str] = []
-        receive, detect = engine._receive, engine._detect_inband
+        receive, detect, hot, serve = (
+            engine._receive, engine._detect_inband, engine._detect_hot, engine._serve
+        )  # fmt: skip
 
         def receiving(now: float) -> None:
             steps.append("receive")
             receive(now)
 
-        def detecting() -> None:
+        def detecting(sessions: object = None) -> None:
             steps.append("detect")
-            detect()
+            detect(sessions)  # type: ignore[arg-type]
 
-        serve = engine._serve
+        def detecting_hot() -> None:
+            steps.append("hot")
+            hot()
 
         def serving(now: float) -> None:
             steps.append("serve")  # once a tick
@@ -602,6 +607,7 @@ def test_every_receive_pass_runs_the_detector_so_a_tone_waits_no_tick() -> None:
 
         engine._receive = receiving  # type: ignore[method-assign]
         engine._detect_inband = detecting  # type: ignore[method-assign]
+        engine._detect_hot = detecting_hot  # type: ignore[method-assign]
         engine._serve = serving  # type: ignore[method-assign]
         session = make_session("PCMU", [])
         engine.attach(50000, session)
@@ -612,6 +618,41 @@ def test_every_receive_pass_runs_the_detector_so_a_tone_waits_no_tick() -> None:
         receives = [n for n, step in enumerate(steps) if step == "receive"]
         # the tick's reads and at least a few of the passes between ticks
         assert len(receives) >= steps.count("serve") + 3, steps
-        assert all(n + 1 < len(steps) and steps[n + 1] == "detect" for n in receives), steps
+        assert all(n + 1 < len(steps) and steps[n + 1] in ("detect", "hot") for n in receives)
+        assert steps.count("detect") == steps.count("serve")  # every channel: at the tick
 
     asyncio.run(body())
+
+
+def test_between_ticks_only_the_channels_where_a_tone_began_are_fed() -> None:
+    # Each 20 ms packet comes in a pass between ticks: a hot channel's is fed there and then,
+    # a cold one's waits for the tick.
+    def test() -> None:
+        engine = MediaEngine("127.0.0.1", 40000, 40100)
+        heard: list[DtmfEvent] = []
+        keyed, quiet = make_session("PCMU", heard), make_session("PCMU", [])
+        engine.attach(50000, keyed)
+        engine.attach(50002, quiet)
+        audio = keyed_audio("5", "PCMU")  # 100 ms of silence, then the tone (80 ms)
+        silence = encode(np.zeros(FRAME, dtype=np.int16), "PCMU")
+        fed_between: list[bool] = []
+        for n, frame in enumerate(audio):
+            first = n == 0
+            keyed.receive(build_rtp(0, n, n * FRAME, 1, frame, first), CALLER, n * 0.02)
+            quiet.receive(build_rtp(0, n, n * FRAME, 2, silence, first), CALLER, n * 0.02)
+            engine._detect_hot()  # the pass
+            fed_between.append(not keyed.pending_audio)
+            assert quiet.pending_audio  # silence never makes a channel hot
+            engine._detect_inband()  # the tick
+            assert not keyed.pending_audio and not quiet.pending_audio
+        assert starts(heard) == "5"
+        # cold through the silence and the tone's first packet; hot from the tone's second
+        # packet until its end has been seen
+        assert fed_between[:6] == [False] * 6
+        assert fed_between[6:9] == [True] * 3
+        for port in (50000, 50002):
+            engine.close(port)
+        assert engine._tick_task is not None
+        engine._tick_task.cancel()
+
+    run_in_loop(test)

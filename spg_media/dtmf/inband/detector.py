@@ -172,6 +172,16 @@ class InbandDetector:
         self._channels.alive[slot] = False
         self._free.append(slot)
 
+    def hot_slots(self) -> Idx:
+        """The slots where something may be starting or going on: a digit, a candidate or a
+        glide in progress, or tones screened in at the end of the audio given so far. A caller
+        that cannot give every channel its audio at once gives these theirs first: the others
+        hold silence or speech, where a start needs more audio than one packet anyway."""
+        channels, size = self._channels, self._size
+        return np.flatnonzero(
+            channels.alive[:size] & (channels.busy[:size] | channels.screened_last[:size])
+        )
+
     def _check_slot(self, slot: int) -> None:
         if not 0 <= slot < self._size or not self._channels.alive[slot]:
             raise ValueError(f"no such in-band channel: {slot}")
