@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import random
-import re
 import subprocess
 import sys
 import time
@@ -80,29 +79,10 @@ class TinyEnRecogniser(WhisperDigitRecogniser):
         self._model = ctranslate2.models.Whisper(
             str(folder), device="cpu", compute_type="int8", intra_threads=1
         )
-        tokenizer = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
-        self._prompt = [
-            tokenizer.token_to_id(t) for t in ("<|startoftranscript|>", "<|notimestamps|>")
-        ]
-        end = tokenizer.token_to_id("<|endoftext|>")
-        self._text = {}
-        digits: set[int] = set()
-        answers: set[int] = set()
-        for token_id in range(end):
-            text = tokenizer.decode([token_id])
-            bare = text.strip().lower()
-            if re.fullmatch(r" ?\d", text):
-                digits.add(token_id)
-                self._text[token_id] = bare
-            elif re.fullmatch(r" ?[A-Za-z]+", text) and bare in whisper._ANSWER_WORDS:
-                answers.add(token_id)
-                self._text[token_id] = bare
-            elif text in whisper._PUNCTUATION:
-                answers.add(token_id)
-                self._text[token_id] = ""
-        everything = set(range(tokenizer.get_vocab_size()))
-        self._suppress_free = sorted(everything - digits - answers - {end})
-        self._suppress_exact = sorted(everything - digits)
+        self._use_tokenizer(
+            tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json")),
+            prompt=("<|startoftranscript|>", "<|notimestamps|>"),  # English-only: no language
+        )
 
 
 _BAND = butter(4, [300, 3400], btype="bandpass", fs=8000, output="sos")

@@ -174,8 +174,12 @@ class WhisperDigitRecogniser:
             },
         )
         del weights
-        tokenizer = tokenizers.Tokenizer.from_str(data["tokenizer.json"].decode())
-        self._prompt = [tokenizer.token_to_id(token) for token in _PROMPT]
+        self._use_tokenizer(tokenizers.Tokenizer.from_str(data["tokenizer.json"].decode()))
+
+    def _use_tokenizer(self, tokenizer: Any, prompt: tuple[str, ...] = _PROMPT) -> None:
+        """The prompt's tokens, and the tokens each decode may give (digits; answers and
+        punctuation), from the model's tokenizer (a `tokenizers.Tokenizer`)."""
+        self._prompt = [tokenizer.token_to_id(token) for token in prompt]
         end = tokenizer.token_to_id(_END)
         if end is None or None in self._prompt:
             raise RuntimeError("the Whisper tokenizer lacks its special tokens")
