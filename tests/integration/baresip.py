@@ -328,6 +328,8 @@ class Baresip:
         self.sip_port = sip_port or free_port_pair()
         self.ctrl_port = ctrl_port or free_port()
         self.rtp_ports = rtp_ports or free_udp_range(10)
+        # ports we chose may be taken (another test's ephemeral port) before baresip binds them
+        self._ports_chosen = (sip_port is None, ctrl_port is None, rtp_ports is None)
         self.extra_config = dict(extra_config or {})
         self.extra_modules = tuple(extra_modules)  # e.g. sndfile.so (records each call's audio)
         self.log_path = workdir / "baresip.log"
@@ -382,7 +384,26 @@ class Baresip:
         out += [f"module_app\t{m}\n" for m in APP_MODULES]
         return "".join(out)
 
-    def start(self, timeout_s: float = 10.0) -> None:
+    def start(self, timeout_s: float = 10.0, attempts: int = 3) -> None:
+        """Start baresip; if a port we chose was taken before it bound it, choose again."""
+        for attempt in range(attempts):
+            try:
+                self._start_once(timeout_s)
+                return
+            except RuntimeError as exc:
+                if "Address already in use" not in str(exc) or attempt == attempts - 1:
+                    raise
+                sip_chosen, ctrl_chosen, rtp_chosen = self._ports_chosen
+                if not (sip_chosen or ctrl_chosen or rtp_chosen):
+                    raise
+                if sip_chosen:
+                    self.sip_port = free_port_pair()
+                if ctrl_chosen:
+                    self.ctrl_port = free_port()
+                if rtp_chosen:
+                    self.rtp_ports = free_udp_range(10)
+
+    def _start_once(self, timeout_s: float) -> None:
         assert BARESIP is not None
         self.workdir.mkdir(parents=True, exist_ok=True)
         write_silence_wav(self.workdir / "silence.wav")

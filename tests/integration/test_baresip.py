@@ -661,3 +661,29 @@ def test_kamailio_private_link_srtp_payment_and_cleartext_keys_refused_at_the_ed
         assert "SDES keys (a=crypto) need TLS signalling" in (answer.header("Warning") or "")
     assert "refused SDES keys from" in private_link.proxy.log()
     assert len(node.cdr_lines()) == before
+
+
+# ---- the harness ----------------------------------------------------------------------------
+
+
+def test_baresip_takes_other_ports_when_the_chosen_one_is_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A port chosen free can be taken (another test's ephemeral port) before baresip binds it;
+    the harness chooses again instead of failing the test."""
+    import socket
+
+    import baresip as harness_baresip
+
+    if baresip_missing():
+        pytest.skip(str(baresip_missing()))
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind((HOST, 0))
+        squatter.listen()
+        taken = int(squatter.getsockname()[1])
+        chosen = iter([taken])
+        real = harness_baresip.free_port_pair
+        monkeypatch.setattr(harness_baresip, "free_port_pair", lambda: next(chosen, None) or real())
+        with Baresip(tmp_path / "baresip", Account(transport="udp")) as phone:
+            assert phone.sip_port != taken
+            assert phone.command("uafind", f"sip:{phone.account.user}@{HOST}", check=False)
