@@ -73,6 +73,9 @@ MIN_TONE_POWER: Final = dbm0(-48.0)  # each tone (-30 dBm0 keyed with 10 dB twis
 MIN_PAIR_POWER: Final = dbm0(-45.0)  # both: tones below -40 dBm0 are masked too
 MAX_TWIST_DB: Final = 10.0
 MIN_FRACTION: Final = 0.8  # the two tones' share of the window's energy (less the line's noise)
+# The screen (see the module docstring): two probes a tone, the thresholds times SCREEN_SLACK
+SCREEN_OFFSETS: Final = (-0.022, 0.022)
+SCREEN_SLACK: Final = 0.4  # -4 dB; the keyed windows' least screen margin measured: 0.67
 FLOOR_START: Final = dbm0(0.0)  # a new channel's: its first quiet window sets it
 FLOOR_MIN: Final = dbm0(-70.0)  # never lower (a floor of 0 could not rise again)
 FLOOR_RISE: Final = 1.0155  # per 5 ms window: ~13 dB a second
@@ -87,13 +90,13 @@ F32 = npt.NDArray[np.float32]
 Bools = npt.NDArray[np.bool_]
 
 
-def _probe_matrix() -> tuple[F32, float, float]:
-    """The Hann-weighted probes as one real matrix (WINDOW × 2·probes: cosines then sines),
-    and the normalisers of a probe's power and the window's energy (a sine's power either
-    way)."""
+def _probe_matrix(offsets: tuple[float, ...] = PROBE_OFFSETS) -> tuple[F32, float, float]:
+    """The Hann-weighted probes at `offsets` around each tone (rows' tones first) as one real
+    matrix (WINDOW × 2·probes: cosines then sines), and the normalisers of a probe's power and
+    the window's energy (a sine's power either way)."""
     hann = np.hanning(WINDOW + 2)[1:-1]
     n = np.arange(WINDOW)
-    freqs = [f * (1.0 + r) for f in ROW_HZ + COL_HZ for r in PROBE_OFFSETS]
+    freqs = [f * (1.0 + r) for f in ROW_HZ + COL_HZ for r in offsets]
     phases = 2.0 * np.pi * np.outer(n, freqs) / RATE
     matrix = np.concatenate([np.cos(phases), np.sin(phases)], axis=1) * hann[:, None]
     return (
@@ -104,10 +107,15 @@ def _probe_matrix() -> tuple[F32, float, float]:
 
 
 _PROBES, _PROBE_NORM, _ENERGY_WEIGHTS_NORM = _probe_matrix()
+_SCREEN_PROBES: Final = _probe_matrix(SCREEN_OFFSETS)[0]  # WINDOW × 32: 16 probes, cos and sin
+assert _SCREEN_PROBES.shape[1] == 32, "screen halves 8 probes a group to find the strongest"
 _HANN_SQ: Final = (np.hanning(WINDOW + 2)[1:-1] ** 2).astype(np.float32)
 _PER_TONE: Final = len(PROBE_OFFSETS)
 assert 4 * _PER_TONE == 20, "keyed_windows halves 20 probes a group to find the strongest"
 _TWIST: Final = 10.0 ** (MAX_TWIST_DB / 10.0)
+_SCREEN_TONE: Final = SCREEN_SLACK * MIN_TONE_POWER
+_SCREEN_PAIR: Final = SCREEN_SLACK * MIN_PAIR_POWER
+_SCREEN_FRACTION: Final = SCREEN_SLACK * MIN_FRACTION
 _FADE_IN: Final = (0.5 - 0.5 * np.cos(np.pi * (np.arange(RAMP) + 0.5) / RAMP)).astype(np.float32)
 
 
@@ -135,6 +143,10 @@ class Scratch:
         half = _PROBES.shape[1] // 2
         self.power = np.empty((windows, half), dtype=np.float32)
         self.other = np.empty((windows, half), dtype=np.float32)
+        screen = _SCREEN_PROBES.shape[1]
+        self.screen_parts = np.empty((windows, screen), dtype=np.float32)
+        self.screen_power = np.empty((windows, screen // 2), dtype=np.float32)
+        self.screen_other = np.empty((windows, screen // 2), dtype=np.float32)
 
     def ensure(self, windows: int) -> None:
         if windows > self.capacity:
@@ -171,7 +183,12 @@ def keyed_windows(
     """For (n × WINDOW) float audio: is each window keyed (see the module docstring)?
     `energy`: `window_energy(windows)` if already known. `floor`: each window's channel's noise
     floor; up to half a window's energy is taken for noise (never more: so a floor can only
-    make a window more likely keyed, never less). `scratch`: work arrays to reuse."""
+    make a window more likely keyed, never less). `scratch`: work arrays to reuse.
+
+    The windows above the energy gate go through `screen`, and those it passes through
+    `probe_test`: the same answer as `probe_test` on every window above the gate wherever the
+    screen passes every window that test keys (tests/unit/test_masking.py checks it does over
+    keys at the extremes of the tone bench, with speech and noise)."""
     if energy is None:
         energy = window_energy(windows, scratch)
     keyed = np.zeros(len(windows), dtype=np.bool_)
@@ -185,16 +202,68 @@ def keyed_windows(
         floors = floor[loud] if floor is not None else None
     if floors is not None:
         base = base - np.minimum(floors, 0.5 * base)
-    half = _PROBES.shape[1] // 2
+    passed = np.flatnonzero(screen(chosen, base, scratch))
+    if passed.size == 0:
+        return keyed
+    if passed.size < len(chosen):
+        chosen, base = chosen[passed], base[passed]
+    if passed.size < len(loud):
+        keyed[loud[passed]] = probe_test(chosen, base, scratch)
+    else:
+        keyed[loud if loud.size < len(windows) else slice(None)] = probe_test(chosen, base, scratch)
+    return keyed
+
+
+def _power(
+    windows: F32, probes: F32, scratch: tuple[F32, F32, F32] | None
+) -> npt.NDArray[np.float32]:
+    """Each probe's power in each window ((n × probes): cos² + sin², normalised), computed
+    into `scratch` (parts, power, other) when given: the same operations either way."""
+    half = probes.shape[1] // 2
     if scratch is None:
-        parts = chosen @ _PROBES
-        power = (parts[:, :half] ** 2 + parts[:, half:] ** 2) * _PROBE_NORM
-    else:  # the same operations, into the scratch arrays
-        n = len(chosen)
-        parts = np.matmul(chosen, _PROBES, out=scratch.parts[:n])
-        power = np.square(parts[:, :half], out=scratch.power[:n])
-        power += np.square(parts[:, half:], out=scratch.other[:n])
-        power *= _PROBE_NORM
+        parts = windows @ probes
+        return np.asarray((parts[:, :half] ** 2 + parts[:, half:] ** 2) * _PROBE_NORM)
+    n = len(windows)
+    parts = np.matmul(windows, probes, out=scratch[0][:n])
+    power: npt.NDArray[np.float32] = np.square(parts[:, :half], out=scratch[1][:n])
+    power += np.square(parts[:, half:], out=scratch[2][:n])
+    power *= _PROBE_NORM
+    return power
+
+
+def screen(windows: F32, base: F32, scratch: Scratch | None = None) -> Bools:
+    """The cheap first stage: could each window be keyed? `base`: each window's energy less
+    the noise discounted (as `probe_test`'s). 16 probes (two a tone, SCREEN_OFFSETS) instead
+    of 40, and `probe_test`'s thresholds times SCREEN_SLACK, the twist not tested; lenient by
+    design, it passes every window `probe_test` keys (see the module docstring), and rules
+    out most loud windows that hold no key (noise: all but ~2 %)."""
+    work = None
+    if scratch is not None:
+        work = (scratch.screen_parts, scratch.screen_power, scratch.screen_other)
+    power = _power(windows, _SCREEN_PROBES, work)
+    probes = power.reshape(len(power), 2, 8)  # rows' probes, columns' probes
+    fours = np.maximum(probes[:, :, :4], probes[:, :, 4:])
+    twos = np.maximum(fours[:, :, :2], fours[:, :, 2:])
+    strongest = np.maximum(twos[:, :, 0], twos[:, :, 1])
+    row = strongest[:, 0]
+    col = strongest[:, 1]
+    pair = row + col
+    return np.asarray(
+        (row >= _SCREEN_TONE)
+        & (col >= _SCREEN_TONE)
+        & (pair >= _SCREEN_PAIR)
+        & (pair >= _SCREEN_FRACTION * base)
+    )
+
+
+def probe_test(windows: F32, base: F32, scratch: Scratch | None = None) -> Bools:
+    """The full test: is each window keyed? `base`: each window's energy less the noise
+    discounted. The 40 probes (PROBE_OFFSETS around each tone) and the thresholds of the
+    module docstring."""
+    work = None
+    if scratch is not None:
+        work = (scratch.parts, scratch.power, scratch.other)
+    power = _power(windows, _PROBES, work)
     # The strongest row probe and column probe (20 each): halved by elementwise maxima, as
     # numpy's reduction over a short last axis costs more (exact either way: max rounds nothing)
     probes = power.reshape(len(power), 2, 4 * _PER_TONE)
@@ -206,7 +275,7 @@ def keyed_windows(
     row = strongest[:, 0]
     col = strongest[:, 1]
     pair = row + col
-    keyed[loud if loud.size < len(windows) else slice(None)] = (
+    return np.asarray(
         (row >= MIN_TONE_POWER)
         & (col >= MIN_TONE_POWER)
         & (pair >= MIN_PAIR_POWER)
@@ -214,7 +283,6 @@ def keyed_windows(
         & (col <= row * _TWIST)
         & (pair >= MIN_FRACTION * base)
     )
-    return keyed
 
 
 class ToneMasker:
