@@ -237,6 +237,18 @@ def screen(windows: F32, base: F32, scratch: Scratch | None = None) -> Bools:
     of 40, and `probe_test`'s thresholds times SCREEN_SLACK, the twist not tested; lenient by
     design, it passes every window `probe_test` keys (see the module docstring), and rules
     out most loud windows that hold no key (noise: all but ~2 %)."""
+    row, col = screen_strongest(windows, scratch)
+    pair = row + col
+    return np.asarray(
+        (row >= _SCREEN_TONE)
+        & (col >= _SCREEN_TONE)
+        & (pair >= _SCREEN_PAIR)
+        & (pair >= _SCREEN_FRACTION * base)
+    )
+
+
+def screen_strongest(windows: F32, scratch: Scratch | None = None) -> tuple[F32, F32]:
+    """The screen's strongest row probe and column probe power in each window."""
     work = None
     if scratch is not None:
         work = (scratch.screen_parts, scratch.screen_power, scratch.screen_other)
@@ -245,15 +257,7 @@ def screen(windows: F32, base: F32, scratch: Scratch | None = None) -> Bools:
     fours = np.maximum(probes[:, :, :4], probes[:, :, 4:])
     twos = np.maximum(fours[:, :, :2], fours[:, :, 2:])
     strongest = np.maximum(twos[:, :, 0], twos[:, :, 1])
-    row = strongest[:, 0]
-    col = strongest[:, 1]
-    pair = row + col
-    return np.asarray(
-        (row >= _SCREEN_TONE)
-        & (col >= _SCREEN_TONE)
-        & (pair >= _SCREEN_PAIR)
-        & (pair >= _SCREEN_FRACTION * base)
-    )
+    return strongest[:, 0], strongest[:, 1]
 
 
 def probe_test(windows: F32, base: F32, scratch: Scratch | None = None) -> Bools:
