@@ -39,7 +39,7 @@ The thresholds are deliberately lenient (any two-tone pattern in the DTMF band, 
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -85,6 +85,7 @@ MASK_TONE_PEAK: Final = DBM0_PEAK * 10.0 ** (-20.0 / 20.0)  # -20 dBm0
 MASK_NOISE_RMS: Final = float(np.sqrt(dbm0(-50.0)))  # white noise at -50 dBm0
 RAMP: Final = 16  # samples (2 ms) of fade at a mask's edges: no click spreads into the band
 
+_T = TypeVar("_T", bound=np.generic)
 Int16s = npt.NDArray[np.int16]
 F32 = npt.NDArray[np.float32]
 Bools = npt.NDArray[np.bool_]
@@ -107,8 +108,10 @@ def _probe_matrix(offsets: tuple[float, ...] = PROBE_OFFSETS) -> tuple[F32, floa
 
 
 _PROBES, _PROBE_NORM, _ENERGY_WEIGHTS_NORM = _probe_matrix()
-_SCREEN_PROBES: Final = _probe_matrix(SCREEN_OFFSETS)[0]  # WINDOW × 32: 16 probes, cos and sin
-assert _SCREEN_PROBES.shape[1] == 32, "screen halves 8 probes a group to find the strongest"
+# WINDOW × 32: 16 probes' cosines then sines, scaled so that cos² + sin² is the probe's power
+_SCREEN_PROBES: Final = (_probe_matrix(SCREEN_OFFSETS)[0] * np.sqrt(_PROBE_NORM)).astype(np.float32)
+_SCREEN_HALF: Final = _SCREEN_PROBES.shape[1] // 2
+assert _SCREEN_HALF == 16, "screen_strongest halves 8 probes a group to find the strongest"
 _HANN_SQ: Final = (np.hanning(WINDOW + 2)[1:-1] ** 2).astype(np.float32)
 _PER_TONE: Final = len(PROBE_OFFSETS)
 assert 4 * _PER_TONE == 20, "keyed_windows halves 20 probes a group to find the strongest"
@@ -143,10 +146,10 @@ class Scratch:
         half = _PROBES.shape[1] // 2
         self.power = np.empty((windows, half), dtype=np.float32)
         self.other = np.empty((windows, half), dtype=np.float32)
-        screen = _SCREEN_PROBES.shape[1]
-        self.screen_parts = np.empty((windows, screen), dtype=np.float32)
-        self.screen_power = np.empty((windows, screen // 2), dtype=np.float32)
-        self.screen_other = np.empty((windows, screen // 2), dtype=np.float32)
+        self.screen_parts = np.empty((windows, 2 * _SCREEN_HALF), dtype=np.float32)
+        # the screen's probe powers transposed (probe × window): its maxima on contiguous rows
+        self.screen_power = np.empty((_SCREEN_HALF, windows), dtype=np.float32)
+        self.screen_other = np.empty((_SCREEN_HALF, windows), dtype=np.float32)
 
     def ensure(self, windows: int) -> None:
         if windows > self.capacity:
@@ -249,15 +252,20 @@ def screen(windows: F32, base: F32, scratch: Scratch | None = None) -> Bools:
 
 def screen_strongest(windows: F32, scratch: Scratch | None = None) -> tuple[F32, F32]:
     """The screen's strongest row probe and column probe power in each window."""
-    work = None
-    if scratch is not None:
-        work = (scratch.screen_parts, scratch.screen_power, scratch.screen_other)
-    power = _power(windows, _SCREEN_PROBES, work)
-    probes = power.reshape(len(power), 2, 8)  # rows' probes, columns' probes
-    fours = np.maximum(probes[:, :, :4], probes[:, :, 4:])
-    twos = np.maximum(fours[:, :, :2], fours[:, :, 2:])
-    strongest = np.maximum(twos[:, :, 0], twos[:, :, 1])
-    return strongest[:, 0], strongest[:, 1]
+    n = len(windows)
+    if scratch is None:
+        parts = (windows @ _SCREEN_PROBES).T
+        power = parts[:_SCREEN_HALF] ** 2 + parts[_SCREEN_HALF:] ** 2
+    else:  # the same, into the work arrays
+        parts = np.matmul(windows, _SCREEN_PROBES, out=scratch.screen_parts[:n]).T
+        power = np.square(parts[:_SCREEN_HALF], out=scratch.screen_power[:, :n])
+        power += np.square(parts[_SCREEN_HALF:], out=scratch.screen_other[:, :n])
+    # Transposed (probe × window), the maxima run over contiguous rows: rows' probes, columns'
+    probes = power.reshape(2, _SCREEN_HALF // 2, n)
+    fours = np.maximum(probes[:, :4], probes[:, 4:])
+    twos = np.maximum(fours[:, :2], fours[:, 2:])
+    strongest = np.maximum(twos[:, 0], twos[:, 1])
+    return strongest[0], strongest[1]
 
 
 def probe_test(windows: F32, base: F32, scratch: Scratch | None = None) -> Bools:
@@ -287,6 +295,16 @@ def probe_test(windows: F32, base: F32, scratch: Scratch | None = None) -> Bools
         & (col <= row * _TWIST)
         & (pair >= MIN_FRACTION * base)
     )
+
+
+def _by_column(op: np.ufunc, array: npt.NDArray[_T]) -> npt.NDArray[_T]:
+    """`op` reduced over the few columns of (rows × m) `array`, a column at a time: numpy's
+    reduction over a short last axis costs several times more (exact either way for minimum
+    and or)."""
+    out: npt.NDArray[_T] = array[:, 0].copy()
+    for k in range(1, array.shape[1]):
+        op(out, array[:, k], out=out)
+    return out
 
 
 class ToneMasker:
@@ -384,10 +402,10 @@ class ToneMasker:
         keyed = keyed_windows(windows, energy, np.repeat(floor, m), scratch).reshape(channels, m)
         # The noise floor: the quietest window of each call, rising back by FLOOR_RISE a window
         # (about 13 dB a second) when the line gets noisier; held while a key is masked.
-        quietest = energy.reshape(channels, m).min(axis=1)
+        quietest = _by_column(np.minimum, energy.reshape(channels, m))
         risen = floor * np.float32(FLOOR_RISE**m)
         lowered = np.maximum(np.minimum(risen, quietest), FLOOR_MIN)  # digital silence: 0
-        self._floor[rows] = np.where(keyed.any(axis=1), floor, lowered)
+        self._floor[rows] = np.where(_by_column(np.logical_or, keyed), floor, lowered)
         flags = np.concatenate([self._flags[rows], keyed], axis=1)  # (C, FLAG_HISTORY + m)
         # Output block k is masked if a window starting from WINDOW_BLOCKS - 1 + GUARD_AFTER
         # blocks before it to GUARD_BEFORE blocks after it is keyed. The new windows start at
