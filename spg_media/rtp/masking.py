@@ -26,6 +26,24 @@ quietest window, rising slowly when the line gets noisier, held while a key is m
 to half a window's energy is discounted as that noise. Windows below the energy gate are not
 analysed at all (silence costs a comparison).
 
+The full test (`probe_test`: 40 probes, 80 columns of a matrix product a window) runs only on
+the windows that pass a cheap first stage, `screen`: 16 probes, two a tone at ±2.2 % (32
+columns), the same tests but the twist with every threshold times SCREEN_SLACK (0.4, -4 dB).
+It is lenient by construction: a lone tone anywhere within ±3.5 % of a DTMF frequency reaches
+the screen's nearer probe at most 3.0 dB below the full test's strongest (1633 Hz on frequency,
+between its two probes; 0.5-2.5 dB for the others), a key's pair at most ~2.3 dB below (the
+column 4 dB louder), so ~1.7 dB is left for the speech or noise on the line to take from the
+key's probes before the screen could refuse a window the full test keys. Tested
+(tests/unit/test_masking.py): no such window over keys at the tone bench's extremes (0 to -30
+dBm0, twist -4 to +8 dB, ±3.5 %, any onset and phase) alone, over speech or noise, with every
+floor; over 3,000 keyed windows the least margin measured is 0.67 of the full test's
+thresholds (0.4 needed). So the keyed windows are those of the full test alone. What it saves:
+random noise, where every window is loud, passes the screen ~1 % of the time (its strongest
+probes hold ~10 % of a window's energy; the screen asks 16-32 %, the full test 40-80 %), so a
+tick of 400 noisy channels costs ~0.6 of what it did with the full test on every window
+(bench/bench_masker.py); speech passes more often (a synthetic vowel with a formant in each
+tone group: ~14 % of its windows), keys always.
+
 Every block from GUARD_BEFORE blocks before a keyed window to GUARD_AFTER blocks after it is
 masked. A tone of 25 ms or more fills at least one window entirely (a 20 ms window starts at
 most 5 ms after its onset), so masking reaches back over its onset block; symmetrically at its
