@@ -28,7 +28,7 @@ analysed at all (silence costs a comparison).
 
 The full test (`probe_test`: 40 probes, 80 columns of a matrix product a window) runs only on
 the windows that pass a cheap first stage, `screen`: 16 probes, two a tone at ±2.2 % (32
-columns), the same tests but the twist with every threshold times SCREEN_SLACK (0.4, -4 dB).
+columns), the same tests but the twist's, every threshold times SCREEN_SLACK (0.4, -4 dB).
 It is lenient by construction: a lone tone anywhere within ±3.5 % of a DTMF frequency reaches
 the screen's nearer probe at most 3.0 dB below the full test's strongest (1633 Hz on frequency,
 between its two probes; 0.5-2.5 dB for the others), a key's pair at most ~2.3 dB below (the
@@ -257,7 +257,7 @@ def screen(windows: F32, base: F32, scratch: Scratch | None = None) -> Bools:
     the noise discounted (as `probe_test`'s). 16 probes (two a tone, SCREEN_OFFSETS) instead
     of 40, and `probe_test`'s thresholds times SCREEN_SLACK, the twist not tested; lenient by
     design, it passes every window `probe_test` keys (see the module docstring), and rules
-    out most loud windows that hold no key (noise: all but ~2 %)."""
+    out most loud windows that hold no key (random noise: all but ~1 %)."""
     row, col = screen_strongest(windows, scratch)
     pair = row + col
     return np.asarray(
