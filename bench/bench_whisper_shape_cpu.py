@@ -23,6 +23,7 @@ Each configuration runs in its own process, one after the other (one core at a t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import multiprocessing
 import random
@@ -44,7 +45,10 @@ from bench_speech_accuracy import RATE, VARIANTS, VOICES, Speaker, render
 
 from spg_media.speech import whisper
 
-_real_model_bytes = whisper._model_bytes
+
+def _base_weights() -> bytes:
+    return whisper.BASE.read()["model.bin"]
+
 
 SYSTRAN_SMALL_BYTES = 483_546_902  # Systran/faster-whisper-small model.bin, published size
 BASE = {"d_model": 512, "ffn": 2048, "heads": 8, "layers": 6}
@@ -237,16 +241,21 @@ def measure(
     whisper.PAD_FRAMES = pad
     if model != "base":
         # the recogniser's own loading (bytes in memory, hash check, int8, one thread), handed
-        # the shaped model instead of base's files
-        shaped = shaped_model(whisper._model_bytes(), BASE if model == "base-shape" else SMALL)
-        whisper._model_bytes = lambda: shaped
-        whisper.MODEL_SHA256 = hashlib.sha256(shaped).hexdigest()
-    size = len(whisper._model_bytes())
+        # the shaped model instead of base's weights (base's other files)
+        shaped = shaped_model(_base_weights(), BASE if model == "base-shape" else SMALL)
+        whisper.MODELS[model] = dataclasses.replace(
+            whisper.BASE,
+            name=model,
+            read=lambda: {**whisper.BASE.read(), "model.bin": shaped},
+            sha256={**whisper.BASE.sha256, "model.bin": hashlib.sha256(shaped).hexdigest()},
+            weights_bytes=len(shaped),
+        )
+    size = whisper.MODELS[model].weights_bytes
     started = time.perf_counter()
-    recogniser = whisper.WhisperDigitRecogniser()
+    recogniser = whisper.WhisperDigitRecogniser(model=model)
     if model != "base":
         del shaped
-        whisper._model_bytes = _real_model_bytes
+        del whisper.MODELS[model]
     load_s = time.perf_counter() - started
     loaded = _memory()
     timed = _Timed(recogniser._model)
@@ -280,7 +289,7 @@ def inspect(path: str) -> None:
     the published size: variables held, where it ends, names the layout does not have."""
     data = Path(path).read_bytes()
     found = read_table(data, strict=False)
-    layout = read_table(shaped_model(whisper._model_bytes(), SMALL))
+    layout = read_table(shaped_model(_base_weights(), SMALL))
     shapes = {v.name: (v.dims, v.dtype, len(v.payload)) for v in layout.variables}
     print(f"{path}: {len(data):,} bytes, {found.spec} revision {found.revision}")
     print(

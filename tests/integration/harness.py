@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import random
 import re
 import shutil
 import signal
@@ -47,11 +48,21 @@ SPG_MEDIA = Path(os.environ.get("SPG_MEDIA_BIN") or REPO / ".venv" / "bin" / "sp
 PCAP_NAMES = {**{d: d for d in "0123456789"}, "#": "pound", "*": "star"}
 
 
+# Ports the harness hands out: below the kernel's ephemeral range (32768-60999 on Debian), where
+# every outgoing connection of every test takes its port and can take one we chose before its
+# process binds it, and below spg-media's RTP range (20000-29999).
+HARNESS_PORTS = range(10000, 20000)
+_port_choice = random.SystemRandom().choice  # not the `random` a test may seed
+
+
 def free_port(host: str = HOST) -> int:
     """A port that is free for both UDP and TCP on `host` right now."""
-    for _ in range(50):
+    for attempt in range(100):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((host, 0))
+            try:  # the kernel's own choice only when our range seems full
+                udp.bind((host, _port_choice(HARNESS_PORTS) if attempt < 80 else 0))
+            except OSError:
+                continue
             port = int(udp.getsockname()[1])
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
                 tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

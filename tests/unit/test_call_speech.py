@@ -174,7 +174,7 @@ def test_a_card_said_pays_and_the_cdr_says_speech(
             await caller.start()
             assert await caller.call() == 200
             engine = fake_speech.engines[0]
-            assert engine.recogniser == "whisper"  # speech.recogniser's default
+            assert engine.recogniser == "whisper-tiny.en"  # speech.recogniser's default
             await until(lambda: engine.inputs and engine.inputs[0].fed >= 8000)  # 1 s of audio
             speech = engine.inputs[0]
             assert speech.language == "en"

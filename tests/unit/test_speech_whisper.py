@@ -4,6 +4,7 @@ recogniser by `speech.recogniser`."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 from pathlib import Path
@@ -52,9 +53,10 @@ def noise(seconds: float, level: float = 30.0, seed: int = 0) -> npt.NDArray[np.
     return (rng.standard_normal(int(seconds * 8000)) * level).astype(np.int16)
 
 
-@pytest.fixture(scope="module")
-def recogniser() -> WhisperDigitRecogniser:
-    return WhisperDigitRecogniser()
+@pytest.fixture(scope="module", params=sorted(whisper_module.MODELS))
+def recogniser(request: pytest.FixtureRequest) -> WhisperDigitRecogniser:
+    """Each pinned Whisper model in the same recogniser."""
+    return WhisperDigitRecogniser(model=request.param)
 
 
 def test_mel_filters_cover_the_band_in_order() -> None:
@@ -171,25 +173,47 @@ def test_whisper_on_silence_gives_nothing_long(recogniser: WhisperDigitRecognise
         assert digits is None or len(digits) == 6
 
 
-def test_changed_model_files_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(whisper_module, "MODEL_SHA256", "0" * 64)
+@pytest.mark.parametrize("model", sorted(whisper_module.MODELS))
+@pytest.mark.parametrize("changed", ["model.bin", "tokenizer.json"])
+def test_changed_model_files_are_refused(
+    monkeypatch: pytest.MonkeyPatch, model: str, changed: str
+) -> None:
+    """Every file is checked against the publisher's hash: changed weights, or a tokenizer that
+    maps tokens to other words (changing what the digits read as), are refused."""
+    pinned = whisper_module.MODELS[model]
+    wrong = dataclasses.replace(pinned, sha256={**pinned.sha256, changed: "0" * 64})
+    monkeypatch.setitem(whisper_module.MODELS, model, wrong)
     with pytest.raises(RuntimeError, match="SHA-256"):
-        WhisperDigitRecogniser()
+        WhisperDigitRecogniser(model=model)
+    kind = f"whisper-{model}"
     whisper_module.whisper_installed.cache_clear()
     try:
         # not offered at all: callers are asked for keys only
-        assert not recogniser_installed("whisper")
+        assert not recogniser_installed(kind)
         assert recogniser_installed("pocketsphinx")
-        assert not voice_entry_offered("en", "whisper")
+        assert not voice_entry_offered("en", kind)
         assert voice_entry_offered("en", "pocketsphinx")  # speech.recogniser = "pocketsphinx"
+        other = next(name for name in whisper_module.MODELS if name != model)
+        assert voice_entry_offered("en", f"whisper-{other}")  # the other model is intact
     finally:
         whisper_module.whisper_installed.cache_clear()
 
 
+def test_the_pinned_models_are_the_publishers_files() -> None:
+    for model in whisper_module.MODELS.values():
+        files = model.verified_files()
+        assert set(files) == set(whisper_module.FILES)
+        assert len(files["model.bin"]) == model.weights_bytes
+
+
 def test_recognisers_by_name() -> None:
-    assert DEFAULT_RECOGNISER == "whisper" and set(RECOGNISERS) == {"whisper", "pocketsphinx"}
+    assert DEFAULT_RECOGNISER == "whisper-tiny.en"
+    assert set(RECOGNISERS) == {"whisper-tiny.en", "whisper-base", "pocketsphinx"}
     assert all(recogniser_installed(kind) for kind in RECOGNISERS)
     assert isinstance(make_recogniser("pocketsphinx"), DigitRecogniser)
+    for kind, model in (("whisper-tiny.en", "tiny.en"), ("whisper-base", "base")):
+        made = make_recogniser(kind)
+        assert isinstance(made, WhisperDigitRecogniser) and made.model == model
     with pytest.raises(ValueError, match="unknown recogniser"):
         make_recogniser("kaldi")
     with pytest.raises(ValueError, match="unknown recogniser"):
@@ -198,24 +222,12 @@ def test_recognisers_by_name() -> None:
 
 def test_config_chooses_the_recogniser(tmp_path: Path) -> None:
     path = tmp_path / "spg.toml"
-    path.write_text('[speech]\nrecogniser = "pocketsphinx"\n')
-    assert load_config(path, env={}).speech.recogniser == "pocketsphinx"
+    for kind in ("pocketsphinx", "whisper-base", "whisper-tiny.en"):
+        path.write_text(f'[speech]\nrecogniser = "{kind}"\n')
+        assert load_config(path, env={}).speech.recogniser == kind
     path.write_text("")
-    assert load_config(path, env={}).speech.recogniser == "whisper"
-    path.write_text('[speech]\nrecogniser = "kaldi"\n')
-    with pytest.raises(ConfigError, match=r"speech\.recogniser"):
-        load_config(path, env={})
-
-
-def test_a_changed_tokenizer_is_refused_too(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The small files are checked against the original's hashes as well as the weights: a
-    tokenizer that maps tokens to other words would change what the digits read as."""
-    changed = dict(whisper_module.DATA_SHA256, **{"tokenizer.json": "0" * 64})
-    monkeypatch.setattr(whisper_module, "DATA_SHA256", changed)
-    with pytest.raises(RuntimeError, match="SHA-256"):
-        WhisperDigitRecogniser()
-    whisper_module.whisper_installed.cache_clear()
-    try:
-        assert not recogniser_installed("whisper")
-    finally:
-        whisper_module.whisper_installed.cache_clear()
+    assert load_config(path, env={}).speech.recogniser == "whisper-tiny.en"
+    for wrong in ("kaldi", "whisper"):  # "whisper" names no model: which one is the choice
+        path.write_text(f'[speech]\nrecogniser = "{wrong}"\n')
+        with pytest.raises(ConfigError, match=r"speech\.recogniser"):
+            load_config(path, env={})
