@@ -56,7 +56,14 @@ from inband_accuracy import KEYS, dbm0_power, speech, to_int16, tone
 
 from spg_media.dtmf.inband import InbandDetector, scan
 from spg_media.rtp.g711 import decode, encode
-from spg_media.rtp.masking import LOOKAHEAD, ToneMasker
+from spg_media.rtp.masking import (
+    FLOOR_MIN,
+    GATE_POWER,
+    LOOKAHEAD,
+    ToneMasker,
+    screen,
+    window_energy,
+)
 from spg_media.rtp.packet import RtpPacket, build_rtp
 from spg_media.rtp.session import MediaEngine, MediaSession
 
@@ -279,6 +286,17 @@ def run_speech(args: argparse.Namespace, talk: npt.NDArray[np.float64]) -> None:
         f"{(changed & active).sum() / max(active.sum(), 1) * 100:.2f} % | "
         f"{stretches / minutes:.1f} | {'yes' if unchanged else 'NO'} |"
     )
+    print()
+    # The masker's cheap first stage (masking.screen): how many of the speech's windows above
+    # the energy gate it passes on to the full 40-probe test (the floor: the line's quietest)
+    view = np.lib.stride_tricks.sliding_window_view(samples[:usable], 4 * WINDOW)[::WINDOW]
+    windows = view.astype(np.float32)
+    energy = window_energy(windows)
+    loud = energy >= GATE_POWER
+    floor = max(float(energy.min()), FLOOR_MIN)
+    passed = screen(windows[loud], energy[loud] - np.minimum(floor, 0.5 * energy[loud]))
+    print(f"The masker's screen passed {passed.mean() * 100:.1f} % of the speech's "
+          f"{int(loud.sum())} windows above the energy gate to the full test.")  # fmt: skip
     print()
 
 

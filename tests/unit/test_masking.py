@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from spg_media.dtmf.inband import DBM0_PEAK, scan
+from spg_media.rtp.g711 import ULAW_TO_LINEAR
 from spg_media.rtp.masking import (
     BLOCK,
+    FLOOR_START,
+    GATE_POWER,
     LOOKAHEAD,
     MASK_TONE_PEAK,
+    MIN_FRACTION,
+    MIN_PAIR_POWER,
+    MIN_TONE_POWER,
+    SCREEN_SLACK,
     WINDOW,
     Scratch,
     ToneMasker,
     dbm0,
     keyed_windows,
+    probe_test,
+    screen,
+    screen_strongest,
     window_energy,
 )
 
@@ -243,3 +255,167 @@ def test_channel_counts_changing_between_calls_do_not_mix_channels() -> None:
     for n in range(len(audio)):
         assert np.array_equal(np.concatenate(got[n]), np.concatenate(want[n]))
     assert shared.masked_blocks > 0
+
+
+# ---- the screen: a cheap first stage that must pass every window the full test keys ----------
+
+
+def probe_test_everywhere(windows: np.ndarray, energy: np.ndarray, floor: np.ndarray) -> np.ndarray:
+    """What `keyed_windows` answered before the screen: the full test on every loud window."""
+    keyed = np.zeros(len(windows), dtype=bool)
+    loud = energy >= GATE_POWER
+    base = energy[loud] - np.minimum(floor[loud], 0.5 * energy[loud])
+    keyed[loud] = probe_test(windows[loud], base)
+    return keyed
+
+
+def windows_of(audio: np.ndarray, step: int) -> np.ndarray:
+    """Every window of `audio` starting `step` samples apart, rounded to int16 as the line's."""
+    ints = np.clip(np.round(audio), -32768, 32767)
+    view = np.lib.stride_tricks.sliding_window_view(ints, WINDOW)[::step]
+    return np.ascontiguousarray(view, dtype=np.float32)
+
+
+def floors_for(energy: np.ndarray, line: np.ndarray) -> list[np.ndarray]:
+    """A fresh channel's floor, the line's own noise (its quietest window), and none at all:
+    the floor only ever makes a window more likely keyed (more of it discounted)."""
+    quiet = float(window_energy(windows_of(line, BLOCK)).min()) if line.any() else 0.0
+    return [np.full(len(energy), value, dtype=np.float32) for value in (FLOOR_START, quiet, 0.0)]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    row=st.sampled_from(ROWS),
+    col=st.sampled_from(COLS),
+    row_off=st.floats(-0.035, 0.035),
+    col_off=st.floats(-0.035, 0.035),
+    level=st.floats(-30.0, 0.0),
+    twist=st.floats(-4.0, 8.0),
+    length=st.integers(40, 960),
+    onset=st.integers(0, WINDOW - 1),
+    phases=st.tuples(st.floats(0.0, 6.3), st.floats(0.0, 6.3)),
+    mix=st.sampled_from(["none", "speech", "noise"]),
+    mix_dbm0=st.floats(-60.0, -5.0),
+    seed=st.integers(0, 2**16),
+)
+def test_the_screen_passes_every_window_the_full_test_keys(
+    row: float,
+    col: float,
+    row_off: float,
+    col_off: float,
+    level: float,
+    twist: float,
+    length: int,
+    onset: int,
+    phases: tuple[float, float],
+    mix: str,
+    mix_dbm0: float,
+    seed: int,
+) -> None:
+    """Keys at the tone bench's extremes (0 to -30 dBm0, twist -4 to +8 dB, ±3.5 % off
+    frequency, 5 to 120 ms, starting anywhere in a window, any phases), alone, over speech or
+    over white noise (-60 to -5 dBm0), with each floor a channel can have: every window the
+    40-probe test keys passes the screen, so `keyed_windows` (the screen, then that test) keys
+    the same windows as the test alone."""
+    total = WINDOW + onset + length + WINDOW
+    t = np.arange(length) / 8000
+    amplitude = DBM0_PEAK * 10 ** (level / 20)
+    low = amplitude / np.sqrt(1 + 10 ** (-twist / 10))
+    high = low * 10 ** (-twist / 20)
+    audio = np.zeros(total)
+    audio[WINDOW + onset : WINDOW + onset + length] = low * np.sin(
+        2 * np.pi * row * (1 + row_off) * t + phases[0]
+    ) + high * np.sin(2 * np.pi * col * (1 + col_off) * t + phases[1])
+    line = np.zeros(total)
+    if mix == "speech":  # voice() is at about -15 dBm0
+        line = voice(total, seed) * 10 ** ((mix_dbm0 + 15) / 20)
+    elif mix == "noise":
+        rng = np.random.default_rng(seed)
+        line = rng.normal(0, DBM0_PEAK * 10 ** (mix_dbm0 / 20) / np.sqrt(2), total)
+    windows = windows_of(audio + line, 8)
+    energy = window_energy(windows)
+    loud = energy >= GATE_POWER
+    for floor in floors_for(energy, line):
+        base = energy[loud] - np.minimum(floor[loud], 0.5 * energy[loud])
+        keyed = probe_test(windows[loud], base)
+        passed = screen(windows[loud], base)
+        assert not (keyed & ~passed).any()
+
+
+def keys_speech_and_noise(count: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`count` windows of keys (±3.5 %, 0 to -30 dBm0, twist -4 to +8 dB, filling the window
+    or part of it) over speech or noise or nothing, then as many of speech and of random-byte
+    G.711 noise alone: (windows, their energy, floors: the line's own or a fresh channel's)."""
+    rng = np.random.default_rng(seed)
+    speech = np.concatenate([voice(8000, s, p) for s, p in ((1, 110.0), (2, 140.0), (3, 210.0))])
+    out = []
+    for n in range(count):
+        low = ROWS[n % 4] * (1 + rng.uniform(-0.035, 0.035))
+        high = COLS[(n // 4) % 4] * (1 + rng.uniform(-0.035, 0.035))
+        length = int(rng.integers(40, 400))
+        audio = np.zeros(3 * WINDOW + 400)
+        at = int(rng.integers(max(0, WINDOW - length + 1), 2 * WINDOW))  # overlapping the window
+        audio[at : at + length] = key_tone(
+            low, high, length, rng.uniform(-30, 0), rng.uniform(-4, 8)
+        )
+        kind = n % 3
+        if kind == 1:
+            start = int(rng.integers(0, speech.size - audio.size))
+            audio += speech[start : start + audio.size] * 10 ** (rng.uniform(-40, 0) / 20)
+        elif kind == 2:
+            rms = DBM0_PEAK * 10 ** (rng.uniform(-60, -30) / 20) / np.sqrt(2)
+            audio += rng.normal(0, rms, audio.size)
+        out.append(audio[WINDOW : 2 * WINDOW])
+    for _ in range(count):
+        start = int(rng.integers(0, speech.size - WINDOW))
+        out.append(speech[start : start + WINDOW] * 10 ** (rng.uniform(-30, 5) / 20))
+    noise = ULAW_TO_LINEAR[rng.integers(0, 256, (count, WINDOW))].astype(np.float64)
+    windows = np.clip(np.round(np.concatenate([np.stack(out), noise])), -32768, 32767)
+    windows = windows.astype(np.float32)
+    energy = window_energy(windows)
+    floor = np.where(
+        rng.random(len(windows)) < 0.5, energy * rng.uniform(0, 1.2, len(windows)), FLOOR_START
+    ).astype(np.float32)
+    return windows, energy, floor
+
+
+def test_keyed_windows_decides_as_the_full_test_alone() -> None:
+    """The screen changes the cost, not the answer: the same keyed windows as the 40-probe
+    test on every loud window (keys, speech, noise; with work arrays kept and without)."""
+    windows, energy, floor = keys_speech_and_noise(3000, seed=7)
+    want = probe_test_everywhere(windows, energy, floor)
+    assert 1000 < want.sum() < 3000  # most keys keyed, speech and noise not
+    assert np.array_equal(keyed_windows(windows, energy, floor), want)
+    scratch = Scratch()
+    scratch.ensure(len(windows))
+    assert np.array_equal(keyed_windows(windows, energy, floor, scratch), want)
+    noisy = windows[-3000:]  # every window loud: the path without a subset
+    assert np.array_equal(
+        keyed_windows(noisy, None, None, scratch),
+        probe_test_everywhere(noisy, window_energy(noisy), np.zeros(3000, np.float32)),
+    )
+
+
+def test_the_screen_keeps_a_margin_and_rules_out_noise() -> None:
+    """How lenient the screen is, measured: over the keyed windows above, the screen's figures
+    stay at least 1.5x its thresholds (each tone, the pair, the pair's share of the energy: a
+    window would fail it only if the figures fell to SCREEN_SLACK of the full test's
+    thresholds), and it passes few random-byte noise windows (the benchmark's every window)."""
+    windows, energy, floor = keys_speech_and_noise(3000, seed=8)
+    keyed = probe_test_everywhere(windows, energy, floor)
+    base = energy - np.minimum(floor, 0.5 * energy)
+    row, col = screen_strongest(windows[keyed])
+    pair = row + col
+    margin = np.minimum.reduce(
+        [
+            row / MIN_TONE_POWER,
+            col / MIN_TONE_POWER,
+            pair / MIN_PAIR_POWER,
+            pair / (MIN_FRACTION * base[keyed]),
+        ]
+    )
+    assert margin.min() >= 1.5 * SCREEN_SLACK, margin.min()
+    noise = windows[-3000:]
+    noise_energy = energy[-3000:]
+    passed = screen(noise, noise_energy - 0.5 * noise_energy)  # the floor at the line's noise
+    assert passed.mean() < 0.05
