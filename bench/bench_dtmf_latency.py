@@ -177,7 +177,7 @@ def main() -> int:
             return 2
     command = command_line()
     print(command)
-    runs = []
+    runs: list[dict[str, Any]] = []
     for spec in specs:
         if runs:  # the unloaded call ran before the first load only
             spec.journey_baseline_s = runs[0]["journey_s"]["baseline"]

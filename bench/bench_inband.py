@@ -41,6 +41,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # one core: before numpy loads its BLAS
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import importlib.util  # noqa: E402
 import shlex  # noqa: E402
 import sys  # noqa: E402
@@ -77,7 +78,7 @@ Int16s = npt.NDArray[np.int16]
 
 
 def line_noise(samples: int, level: float, rng: np.random.Generator) -> npt.NDArray[np.float64]:
-    return rng.standard_normal(samples) * np.sqrt(dbm0_power(level))
+    return np.asarray(rng.standard_normal(samples) * np.sqrt(dbm0_power(level)), dtype=np.float64)
 
 
 def caller_leg(seconds: float, talk: npt.NDArray[np.float64], rng: np.random.Generator) -> Int16s:
@@ -131,7 +132,7 @@ def channels_audio(pool: Int16s, channels: int, samples: int, rng: np.random.Gen
 
 
 def best_of(
-    repeats: int, prepare: Callable[[], object], run: Callable[[object], int]
+    repeats: int, prepare: Callable[[], Any], run: Callable[[Any], int]
 ) -> tuple[float, int]:
     """Fastest of `repeats` runs of run(prepare()), the preparation (making the detectors and
     their channels) not timed."""
@@ -153,7 +154,7 @@ def ours_ready(
 
 
 def alternating(
-    repeats: int, runs: list[tuple[Callable[[], object], Callable[[object], int]]]
+    repeats: int, runs: list[tuple[Callable[[], Any], Callable[[Any], int]]]
 ) -> list[tuple[float, int]]:
     """Like best_of for several (prepare, run) pairs, taking turns run by run."""
     best = [(float("inf"), 0)] * len(runs)
@@ -259,26 +260,28 @@ def throughput(
         ticks = samples // TICK
         blocks = np.ascontiguousarray(audio.reshape(channels, ticks, TICK).transpose(1, 0, 2))
         work = channels * samples / RATE  # channel-seconds of audio
-        runs: list[tuple[Callable[[], object], Callable[[object], int]]] = [
-            (lambda: ours_ready(channels), lambda r, b=blocks: run_ours(b, r))
+        runs: list[tuple[Callable[[], Any], Callable[[Any], int]]] = [
+            (functools.partial(ours_ready, channels), functools.partial(run_ours, blocks))
         ]
         if baseline is not None:
             base_class = baseline.InbandDetector
             runs.append(
                 (
-                    lambda c=base_class: ours_ready(channels, c),
-                    lambda r, b=blocks: run_ours(b, r),
+                    functools.partial(ours_ready, channels, base_class),
+                    functools.partial(run_ours, blocks),
                 )
             )
         timed = alternating(repeats, runs)
         t_ours, found = timed[0]
         t_large, theirs = best_of(
-            repeats, lambda: spandsp_ready(channels), lambda r, a=audio: run_spandsp_chunks(a, r)
+            repeats,
+            functools.partial(spandsp_ready, channels),
+            functools.partial(run_spandsp_chunks, audio),
         )
         t_frames, _ = best_of(
             max(1, repeats - 1),
-            lambda: spandsp_ready(channels),
-            lambda r, a=audio: run_spandsp_frames(a, r),
+            functools.partial(spandsp_ready, channels),
+            functools.partial(run_spandsp_frames, audio),
         )
         line = (
             f"| {name} | {work / t_ours:,.0f} | {work / t_large:,.0f} | {work / t_frames:,.0f} "
@@ -308,17 +311,17 @@ def scaling(counts: list[int], seconds: float, repeats: int, talk: npt.NDArray[n
         audio = channels_audio(pool, channels, samples, rng)
         blocks = np.ascontiguousarray(audio.reshape(channels, ticks, TICK).transpose(1, 0, 2))
         t_ours, _ = best_of(
-            repeats, lambda c=channels: ours_ready(c), lambda r, b=blocks: run_ours(b, r)
+            repeats, functools.partial(ours_ready, channels), functools.partial(run_ours, blocks)
         )
         t_large, _ = best_of(
             repeats,
-            lambda c=channels: spandsp_ready(c),
-            lambda r, a=audio: run_spandsp_chunks(a, r),
+            functools.partial(spandsp_ready, channels),
+            functools.partial(run_spandsp_chunks, audio),
         )
         t_frames, _ = best_of(
             repeats,
-            lambda c=channels: spandsp_ready(c),
-            lambda r, a=audio: run_spandsp_frames(a, r),
+            functools.partial(spandsp_ready, channels),
+            functools.partial(run_spandsp_frames, audio),
         )
         print(
             f"| {channels:,} | {t_ours / ticks * 1000:.2f} | {t_ours / seconds:.1%} "

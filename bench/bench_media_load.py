@@ -148,7 +148,7 @@ def generator(args: argparse.Namespace) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
         socks.append(sock)
     noise = [bytes(rng.getrandbits(8) for _ in range(160)) for _ in range(64)]
-    callers = []
+    callers: list[dict[str, Any]] = []
     for index, port in enumerate(ports):
         callers.append(
             {
@@ -233,7 +233,7 @@ def measure(tree: Path, args: argparse.Namespace, profile: str | None) -> dict[s
         if args.dtmf:
             gen_cmd.append("--dtmf")
         gen = subprocess.Popen(gen_cmd, stdout=subprocess.PIPE, text=True)
-        result = json.loads(proc.stdout.readline())
+        result: dict[str, Any] = json.loads(proc.stdout.readline())
         if result.get("send_errors") or result.get("dropped"):
             print(f"note: {result['send_errors']} send errors, {result['dropped']} dropped")
         out, _ = gen.communicate(timeout=args.warmup + args.seconds + 60)
@@ -265,7 +265,7 @@ def percentile(values: list[float], q: float) -> float:
 def kept_up(run: dict[str, Any], sessions: int) -> bool:
     """Did the node send (nearly) all its 50 packets/s a session? A starved node (a loaded
     machine) sends fewer, which makes its CPU per packet look better than it is."""
-    return run["sent"] >= 0.97 * 50 * sessions * run["wall"]
+    return bool(run["sent"] >= 0.97 * 50 * sessions * run["wall"])
 
 
 def summary(

@@ -52,9 +52,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import spandsp
-from inband_accuracy import KEYS, dbm0_power, speech, to_int16, tone
+from inband_accuracy import dbm0_power, speech, to_int16, tone
 
-from spg_media.dtmf.inband import InbandDetector, scan
+from spg_media.dtmf.inband import KEYS, InbandDetector, scan
 from spg_media.rtp.g711 import decode, encode
 from spg_media.rtp.masking import (
     FLOOR_MIN,
@@ -140,8 +140,8 @@ def bridge_streams(streams: list[Samples], mask: str) -> list[Samples]:
         engine._detect_inband()
         engine._relay(now)
         for index, (_customer, agent) in enumerate(pairs):
-            packet = RtpPacket.parse(agent.next_packet(now) or b"")
-            heard[index].append(decode(packet.payload, "PCMA"))
+            sent = RtpPacket.parse(agent.next_packet(now) or b"")
+            heard[index].append(decode(sent.payload, "PCMA"))
     for index in range(len(streams)):
         engine.close(50000 + 4 * index)
         engine.close(50002 + 4 * index)

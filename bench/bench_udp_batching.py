@@ -363,9 +363,7 @@ def main() -> int:
         f"{args.seconds:g} s a run, best of {args.rounds}; load average "
         f"{os.getloadavg()[0]:.1f}"
     )
-    print(
-        "| node side | CPU µs a packet pair | user / system µs | in / out a s | vs per-call |"
-    )
+    print("| node side | CPU µs a packet pair | user / system µs | in / out a s | vs per-call |")
     print("|---|---|---|---|---|")
     best = {mode: min(runs, key=lambda r: r["us_per_pair"]) for mode, runs in results.items()}
     base = best["per-call"]["us_per_pair"]

@@ -25,6 +25,7 @@ import time
 import wave
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -76,17 +77,18 @@ def silence(ms: float) -> Audio:
 
 
 def keyed(
-    digits: str, rng: np.random.Generator, on: float = 70, off: float = 70, **kw: float
+    digits: str, rng: np.random.Generator, on: float = 70, off: float = 70, **kw: Any
 ) -> Audio:
     parts = [silence(100)]
     for digit in digits:
-        parts += [tone(digit, on, rng, **kw), silence(off)]  # type: ignore[arg-type]
+        parts += [tone(digit, on, rng, **kw), silence(off)]
     parts.append(silence(100))
     return np.concatenate(parts)
 
 
 def add_noise(audio: Audio, snr_db: float, signal_power: float, rng: np.random.Generator) -> Audio:
-    return audio + rng.standard_normal(audio.size) * np.sqrt(signal_power / 10 ** (snr_db / 10))
+    noise = rng.standard_normal(audio.size) * np.sqrt(signal_power / 10 ** (snr_db / 10))
+    return np.asarray(audio + noise, dtype=np.float64)
 
 
 def to_int16(audio: Audio) -> npt.NDArray[np.int16]:
