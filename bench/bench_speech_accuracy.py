@@ -151,6 +151,7 @@ def render(text: str, speaker: Speaker, rng: np.random.Generator) -> npt.NDArray
 
 def card_number(rng: random.Random) -> tuple[str, tuple[int, ...]]:
     brand = rng.choice(("visa", "mastercard", "amex"))
+    groups: tuple[int, ...]
     if brand == "amex":
         head, length, groups = rng.choice(("34", "37")), 15, (4, 6, 5)
     elif brand == "mastercard":
@@ -235,8 +236,9 @@ class Payment:
             cpu = time.process_time() - started
             self._heard[(hearer, key)] = (Utterance(hypotheses, 0.0, len(audio) / RATE), cpu)
         utterance, cpu = self._heard[(hearer, key)]
-        self.counts[f"{decoder}.cpu"] += cpu
-        self.counts[f"{decoder}.speech_s"] += len(audio) / RATE
+        # Counter holds these floats as well (typed for int values only)
+        self.counts[f"{decoder}.cpu"] += cpu  # type: ignore[assignment]
+        self.counts[f"{decoder}.speech_s"] += len(audio) / RATE  # type: ignore[assignment]
         return utterance
 
     def read(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import os
@@ -85,6 +86,11 @@ DTMF_SOURCES = ("rfc4733", "inband", "info")
 LATENCY_METRIC = "spg_dtmf_latency_seconds"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _answers_options(port: int) -> bool:
+    """Does a worker answer SIP OPTIONS on `port` (127.0.0.1) with 200?"""
+    return sip_options(HOST, port) == "SIP/2.0 200 OK"
 
 
 def card_fields(today: datetime.date) -> list[str]:
@@ -602,7 +608,8 @@ class Stack:
             node.start(timeout_s=90)
             for worker in range(1, self.spec.workers):
                 port = node.sip_port + worker
-                if not wait_for(lambda p=port: sip_options(HOST, p) == "SIP/2.0 200 OK", 90):
+                answers = functools.partial(_answers_options, port)
+                if not wait_for(answers, 90):
                     raise RuntimeError(f"worker {worker} of {node.uri} did not answer OPTIONS")
         if self.proxy is not None:
             self.proxy.start()

@@ -19,7 +19,7 @@ import argparse
 import json
 import sys
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 
@@ -76,7 +76,7 @@ def table(title: str, rows: Iterable[tuple[str, int, int, int, int]]) -> None:
 
 
 def first_try_breakdown(records: list[dict[str, Any]]) -> None:
-    keys = {
+    keys: dict[str, Callable[[dict[str, Any]], str]] = {
         "voice": lambda r: r["voice"].split("+")[0],
         "variant": lambda r: variant_of(r["voice"]),
         "speaking rate (first try)": lambda r: speed_band(r["tries"][0]["speed"]),
@@ -92,7 +92,7 @@ def first_try_breakdown(records: list[dict[str, Any]]) -> None:
             g[1] += heard == record["truth"]
             g[2] += len(record["truth"])
             g[3] += errors
-        table(f"by {title}", ((name, *g) for name, g in sorted(groups.items())))
+        table(f"by {title}", ((name, g[0], g[1], g[2], g[3]) for name, g in sorted(groups.items())))
 
     kinds: Counter[str] = Counter()
     pairs: Counter[tuple[str | None, str | None]] = Counter()
@@ -121,8 +121,8 @@ def first_try_breakdown(records: list[dict[str, Any]]) -> None:
     print(f"- fields with no reading at all: {kinds['(nothing read)']}")
     print("\ndigit errors by place in the utterance (said digits)")
     for place in ("first", "middle", "last"):
-        said, wrong = by_position[place]
-        print(f"- {place}: {wrong}/{said} ({wrong / max(said, 1):.1%})")
+        said_count, wrong = by_position[place]
+        print(f"- {place}: {wrong}/{said_count} ({wrong / max(said_count, 1):.1%})")
     print("\ncommonest edits (said -> heard; - for none)")
     for (said, got), count in pairs.most_common(15):
         print(f"- {said or '-'} -> {got or '-'}: {count}")

@@ -514,7 +514,7 @@ class SippProcess:
 
 def _run_sipp_process(
     args: Sequence[str], workdir: Path, timeout_s: float
-) -> tuple[int | None, bytes, bytes]:
+) -> tuple[int, bytes, bytes]:
     """Run SIPp in its own session; (exit status, stdout, stderr), stopped after `timeout_s`."""
     proc = subprocess.Popen(
         args,
@@ -529,7 +529,7 @@ def _run_sipp_process(
     except subprocess.TimeoutExpired:
         stop_process(proc, 2)
         stdout, stderr = proc.communicate()
-    return proc.returncode, stdout, stderr
+    return proc.wait(), stdout, stderr  # reaped by communicate: its status at once
 
 
 @dataclasses.dataclass
