@@ -178,9 +178,15 @@ _recognisers: dict[str, Recogniser] = {}
 _decoders: tuple[str, ...] = DECODERS
 
 
-def _init(decoders: tuple[str, ...], whisper_model: str = "base") -> None:
+def _init(
+    decoders: tuple[str, ...], whisper_model: str = "base", prior_weight: float | None = None
+) -> None:
     global _decoders
     _decoders = decoders
+    if prior_weight is not None:
+        from spg_media.speech import whisper
+
+        whisper.PRIOR_WEIGHT = prior_weight  # the discount of Whisper's digit priors
     hearers = {decoder.split("+")[0] for decoder in decoders}
     if "whisper" in hearers and whisper_model == "tiny.en":
         # a measurement: tiny.en's weights in the same recogniser (bench/speech_front_end.py)
@@ -443,6 +449,12 @@ def main() -> int:
         "not a project dependency; no pocketsphinx fallback, so not with +open)",
     )
     parser.add_argument(
+        "--whisper-prior-weight",
+        type=float,
+        help="the Whisper recogniser's PRIOR_WEIGHT instead of its own (0: no discount of "
+        "its digit priors), to compare on the same audio",
+    )
+    parser.add_argument(
         "--records",
         help="write each field's tries (voice, truth, heard, answers) here as JSON lines, "
         "for bench/speech_errors.py (synthetic digits only)",
@@ -458,7 +470,9 @@ def main() -> int:
     started = time.monotonic()
     totals: dict[str, Counter[str]] = {condition: Counter() for condition in conditions}
     with multiprocessing.get_context("spawn").Pool(
-        args.jobs, initializer=_init, initargs=(decoders, args.whisper_model)
+        args.jobs,
+        initializer=_init,
+        initargs=(decoders, args.whisper_model, args.whisper_prior_weight),
     ) as pool:
         records: list[dict[str, object]] = []
         for condition, counts, payment_records in pool.imap_unordered(_one, tasks):
@@ -474,6 +488,11 @@ def main() -> int:
     print(
         f"# speech accuracy: {args.payments} payments per condition, attempts {args.attempts}, "
         f"threshold {args.threshold}, seed {args.seed}, {wall:.0f} s wall on {args.jobs} jobs"
+        + (
+            f", Whisper prior weight {args.whisper_prior_weight:g}"
+            if args.whisper_prior_weight is not None
+            else ""
+        )
     )
     print(
         "| condition | decoder | digit error, 1st try | fields right 1st try | card right 1st try "
