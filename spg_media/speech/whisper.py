@@ -34,7 +34,8 @@ speed change, pooled: better clean, no better in noise, twice the decoding).
 
 Cost: the encoder runs over the utterance plus a second of padding (not Whisper's fixed 30 s
 window; CTranslate2 accepts the shorter input), measured 0.10 core-s per second of speech on
-this machine (tiny.en 0.07, 0.11 with the priors discounted). One thread per model: the
+this machine (tiny.en 0.07; with the priors discounted tiny.en 0.11, base 0.18, which is over
+the 0.15 target: with base, PRIOR_WEIGHT 0). One thread per model: the
 engine's worker processes give the parallelism.
 No audio or text leaves it except the returned hypotheses, and nothing here logs.
 """
@@ -80,9 +81,10 @@ BEAM = 16
 MAX_FREE_TOKENS = 24
 # Discounting Whisper's digit priors (see the module docstring): a reading's probability is
 # divided by its probability given noise in place of the speech to the power PRIOR_WEIGHT, for
-# the PRIOR_READINGS likeliest readings of a known length. 0.5 and 4: 160 groups of four,
-# tiny.en, digit errors 15.6 -> 11.1 % telephone, 31.6 -> 25.3 % at 10 dB, for +0.03-0.04
-# core-s per second of speech; 8 readings read no better (bench/RESULTS.md "Voice entry")
+# the PRIOR_READINGS likeliest readings of a known length. 0.5 and 4, on 160 groups of four
+# (bench/RESULTS.md "Voice entry"): tiny.en 15.6 -> 10.9 % digit errors telephone, 31.6 ->
+# 24.4 % at 10 dB, +0.04 core-s per second of speech (0.11); base 25.5 -> 19.4 % and 40.5 ->
+# 34.5 %, but +0.07 (0.18: over the 0.15 target; with base, set 0 or use tiny.en)
 PRIOR_WEIGHT = 0.5
 PRIOR_READINGS = 4
 PRIOR_SEED = 0  # the noise is the same for every utterance of a length: recognition repeats
