@@ -88,6 +88,7 @@ from spg_media.speech.recogniser import (
     make_recogniser,
 )
 from spg_media.speech.vad import VoiceActivity
+from spg_media.speech.whisper import WhisperDigitRecogniser
 
 RATE = 8000
 VOICES = (
@@ -180,12 +181,18 @@ _recognisers: dict[str, Recogniser] = {}
 _decoders: tuple[str, ...] = DECODERS
 
 
-def _init(decoders: tuple[str, ...], whisper_model: str = "tiny.en") -> None:
+def _init(
+    decoders: tuple[str, ...], whisper_model: str = "tiny.en", prior_weight: float | None = None
+) -> None:
     global _decoders
     _decoders = decoders
     hearers = {decoder.split("+")[0] for decoder in decoders}
     if "whisper" in hearers:  # as deployed with speech.recogniser = "whisper-<model>"
-        _recognisers["whisper"] = make_recogniser(f"whisper-{whisper_model}")
+        recogniser = make_recogniser(f"whisper-{whisper_model}")
+        if prior_weight is not None:  # the discount of Whisper's digit priors, not the model's
+            assert isinstance(recogniser, WhisperDigitRecogniser)
+            recogniser.prior_weight = prior_weight
+        _recognisers["whisper"] = recogniser
     if hearers & {"constrained", "baseline"}:
         _recognisers["constrained"] = DigitRecogniser()  # also hears the baseline's answers
     if "baseline" in hearers:
@@ -441,6 +448,12 @@ def main() -> int:
         "the default, or whisper-base)",
     )
     parser.add_argument(
+        "--whisper-prior-weight",
+        type=float,
+        help="the Whisper recogniser's prior_weight instead of its model's (0: no discount of "
+        "its digit priors), to compare on the same audio",
+    )
+    parser.add_argument(
         "--records",
         help="write each field's tries (voice, truth, heard, answers) here as JSON lines, "
         "for bench/speech_errors.py (synthetic digits only)",
@@ -456,7 +469,9 @@ def main() -> int:
     started = time.monotonic()
     totals: dict[str, Counter[str]] = {condition: Counter() for condition in conditions}
     with multiprocessing.get_context("spawn").Pool(
-        args.jobs, initializer=_init, initargs=(decoders, args.whisper_model)
+        args.jobs,
+        initializer=_init,
+        initargs=(decoders, args.whisper_model, args.whisper_prior_weight),
     ) as pool:
         records: list[dict[str, object]] = []
         for condition, counts, payment_records in pool.imap_unordered(_one, tasks):
@@ -472,6 +487,11 @@ def main() -> int:
     print(
         f"# speech accuracy: {args.payments} payments per condition, attempts {args.attempts}, "
         f"threshold {args.threshold}, seed {args.seed}, {wall:.0f} s wall on {args.jobs} jobs"
+        + (
+            f", Whisper prior weight {args.whisper_prior_weight:g}"
+            if args.whisper_prior_weight is not None
+            else ""
+        )
     )
     print(
         "| condition | decoder | digit error, 1st try | fields right 1st try | card right 1st try "

