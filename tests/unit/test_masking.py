@@ -419,3 +419,72 @@ def test_the_screen_keeps_a_margin_and_rules_out_noise() -> None:
     noise_energy = energy[-3000:]
     passed = screen(noise, noise_energy - 0.5 * noise_energy)  # the floor at the line's noise
     assert passed.mean() < 0.05
+
+
+# ---- the masks written: all of a tick's masked blocks at once ---------------------------------
+
+
+def _mask_block_by_block(
+    masker: ToneMasker, rows: np.ndarray, out: np.ndarray, hit: np.ndarray, masked: np.ndarray
+) -> None:
+    """The masks as they were written before: one block at a time (the reference)."""
+    from spg_media.rtp.masking import (
+        _FADE_IN,
+        MASK_NOISE_RMS,
+        MASK_TONE_HZ,
+        MASKS,
+        RAMP,
+        RATE,
+    )
+
+    before = np.concatenate([masker._was_masked[rows][:, None], hit[:, :-1]], axis=1)
+    after = masked[:, 1:]
+    for c, k in zip(*np.nonzero(hit), strict=True):
+        row = rows[c]
+        kind = MASKS[masker._mask_kind[row]]
+        start = k * BLOCK
+        if kind == "silence":
+            fill = np.zeros(BLOCK, dtype=np.float32)
+        elif kind == "noise":
+            fill = masker._rng.normal(0.0, MASK_NOISE_RMS, BLOCK).astype(np.float32)
+        else:
+            t = masker._phase[row] + start + np.arange(BLOCK)
+            fill = (MASK_TONE_PEAK * np.sin(2.0 * np.pi * MASK_TONE_HZ * t / RATE)).astype(
+                np.float32
+            )
+        if not before[c, k]:
+            fill[:RAMP] *= _FADE_IN
+        if not after[c, k]:
+            fill[-RAMP:] *= _FADE_IN[::-1]
+        out[c, start : start + BLOCK] = np.round(fill).astype(np.int16)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_masks_written_at_once_are_those_written_block_by_block(seed: int) -> None:
+    """Every channel's mask kind, phase and edge (fades in and out), the noise drawn in the
+    same order: the same samples, bit for bit, and nothing else touched."""
+    rng = np.random.default_rng(seed)
+    channels, blocks = 60, 8
+    ours, reference = ToneMasker(seed=seed), ToneMasker(seed=seed)
+    kinds = rng.choice(["tone", "silence", "noise"], channels)
+    for masker in (ours, reference):
+        for kind in kinds:
+            masker.add_channel(str(kind))
+    rows = rng.permutation(channels)[: channels - 7].astype(np.intp)  # not every slot, shuffled
+    phases = rng.integers(0, 10**7, channels)
+    was = rng.random(channels) < 0.5
+    for masker in (ours, reference):
+        masker._phase[:channels] = phases
+        masker._was_masked[:channels] = was
+    masked = rng.random((len(rows), blocks + 1)) < 0.35
+    hit = masked[:, :blocks]
+    audio = rng.integers(-20000, 20000, (len(rows), blocks * BLOCK)).astype(np.int16)
+    got, want = audio.copy(), audio.copy()
+    ours._mask(rows, got, hit, masked)
+    _mask_block_by_block(reference, rows, want, hit, masked)
+    assert np.array_equal(got, want)
+    untouched = np.repeat(~hit, BLOCK, axis=1)
+    assert np.array_equal(got[untouched], audio[untouched])
+    assert ours.masked_blocks == int(hit.sum())
+    # and the generators are left in the same state (the next tick's noise is the same too)
+    assert ours._rng.normal() == reference._rng.normal()
