@@ -136,8 +136,11 @@ def language_supported(language: str, recogniser: str = DEFAULT_RECOGNISER) -> b
     return base in LANGUAGES and recogniser_installed(recogniser)
 
 
-def resample_to_model(samples: npt.NDArray[np.int16], rate: int = 8000) -> npt.NDArray[np.float64]:
-    """int16 samples at `rate` as float samples at the model's 16 kHz."""
+def resample_to_model(
+    samples: npt.NDArray[np.int16] | npt.NDArray[np.float64], rate: int = 8000
+) -> npt.NDArray[np.float64]:
+    """Samples at `rate` (int16, or float at int16 scale) as float samples at 16 kHz, the
+    rate of both models (pocketsphinx's and Whisper's)."""
     x = samples.astype(np.float64)
     if rate == MODEL_RATE:
         return x

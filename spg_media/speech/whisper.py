@@ -53,16 +53,14 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy.signal import butter, resample_poly, sosfilt
+from scipy.signal import butter, sosfilt
 
 from spg_media.speech.model import DIGIT_WORDS, Hypothesis
-
-if TYPE_CHECKING:
-    from spg_media.speech.recogniser import Recogniser
+from spg_media.speech.recogniser import Recogniser, resample_to_model
 
 FILES = ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt")
 _PROMPT = ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>")
@@ -283,19 +281,16 @@ class WhisperDigitRecogniser:
         everything = set(range(vocabulary))
         self._suppress_free = sorted(everything - digits - answers - {end})
         self._suppress_exact = sorted(everything - digits)
+        self._digit_ids = np.array(sorted(digits))  # a digit's softmax in `_log_probabilities`
 
     def recognise(
         self, samples: npt.NDArray[np.int16], rate: int = 8000, length: int | None = None
     ) -> tuple[Hypothesis, ...]:
         """The n-best readings of one utterance, best first (empty if nothing fits).
         `length`: the utterance is exactly that many digits (or an answer)."""
-        audio = samples.astype(np.float64)
-        if rate != MODEL_RATE:
-            common = math.gcd(MODEL_RATE, rate)
-            audio = resample_poly(audio, MODEL_RATE // common, rate // common)
+        audio = resample_to_model(samples, rate)
         frames = min(MAX_FRAMES, len(audio) // HOP + PAD_FRAMES)
-        features = self._ctranslate2.StorageView.from_array(log_mel(audio, frames)[None])
-        encoded = self._model.encode(features)
+        encoded = self._encode(audio, frames)
         # with a length: room for the digits and the end of text (what CTranslate2 allowed a
         # 4-digit group before `_max_length`; 3 more cost 20 % more CPU and read no better)
         longest = MAX_FREE_TOKENS if length is None else length + 1
@@ -333,6 +328,12 @@ class WhisperDigitRecogniser:
         total = sum(pooled.values())
         ranked = sorted(pooled.items(), key=lambda item: -item[1])
         return tuple(Hypothesis(words, math.log(p / total)) for words, p in ranked if p > 0.0)
+
+    def _encode(self, audio: npt.NDArray[np.float64], frames: int) -> Any:
+        """The encoder's output for 16 kHz `audio` as `frames` feature frames (cut or padded
+        with silence)."""
+        features = self._ctranslate2.StorageView.from_array(log_mel(audio, frames)[None])
+        return self._model.encode(features)
 
     def _decode(
         self, encoded: Any, suppress: list[int], max_length: int
@@ -407,11 +408,7 @@ class WhisperDigitRecogniser:
         null = line_noise(samples, rate)
         if len(readings) < 2 or null is None:
             return pooled
-        if rate != MODEL_RATE:
-            common = math.gcd(MODEL_RATE, rate)
-            null = resample_poly(null, MODEL_RATE // common, rate // common)
-        features = self._ctranslate2.StorageView.from_array(log_mel(null, frames)[None])
-        encoded = self._model.encode(features)
+        encoded = self._encode(resample_to_model(null, rate), frames)
         priors = self._log_probabilities(encoded, [spelt[w] or () for w in readings])
         weight = self.prior_weight
         return discount_prior(pooled, dict(zip(readings, priors, strict=True)), weight)
@@ -421,7 +418,7 @@ class WhisperDigitRecogniser:
         encoder output), each token's softmax taken over the digit tokens only, as in the
         exact decode: one batched pass of the decoder with the sequences as prompts, their
         logits returned."""
-        digit_ids = np.array(sorted(t for t, text in self._text.items() if text.isdigit()))
+        digit_ids = self._digit_ids
         by_length: dict[int, list[int]] = {}
         for index, sequence in enumerate(sequences):
             by_length.setdefault(len(sequence), []).append(index)
