@@ -82,6 +82,7 @@ _sendmmsg.restype = ctypes.c_int
 _MSG_DONTWAIT = 0x40
 _MSG_LEN_OFFSET = MMsgHdr.msg_len.offset
 _MMSG_SIZE = ctypes.sizeof(MMsgHdr)
+_UNPACK_LEN = struct.Struct("I").unpack_from  # an mmsghdr's msg_len
 
 
 def _sockaddr(host: str, port: int) -> bytes:
@@ -93,6 +94,29 @@ def _sockaddr(host: str, port: int) -> bytes:
     )
 
 
+def _headers(
+    count: int,
+    data: ctypes.Array[ctypes.c_char],
+    slot: int,
+    length: int,
+    names: ctypes.Array[ctypes.c_char],
+) -> tuple[ctypes.Array[IoVec], ctypes.Array[MMsgHdr]]:
+    """`count` message headers, each with one buffer of `length` bytes at `slot` intervals of
+    `data` and a 16-byte address in `names`."""  # fmt: skip
+    iovecs = (IoVec * count)()
+    headers = (MMsgHdr * count)()
+    base, names_base = ctypes.addressof(data), ctypes.addressof(names)
+    for i in range(count):
+        iovecs[i].iov_base = base + i * slot
+        iovecs[i].iov_len = length
+        hdr = headers[i].msg_hdr
+        hdr.msg_name = names_base + 16 * i
+        hdr.msg_namelen = 16
+        hdr.msg_iov = ctypes.pointer(iovecs[i])
+        hdr.msg_iovlen = 1
+    return iovecs, headers
+
+
 class BatchReceiver:
     """recvmmsg into preallocated buffers: each call gives (payload, source key, stamp) tuples,
     the source as the raw 6 bytes of port and address (what a demultiplexer would look up)."""
@@ -102,17 +126,9 @@ class BatchReceiver:
         self.data = ctypes.create_string_buffer(BATCH * SLOT)
         self.names = ctypes.create_string_buffer(BATCH * 16)
         self.control = ctypes.create_string_buffer(BATCH * _ANCILLARY)
-        self.iovecs = (IoVec * BATCH)()
-        self.headers = (MMsgHdr * BATCH)()
-        base = ctypes.addressof(self.data)
-        for i in range(BATCH):
-            self.iovecs[i].iov_base = base + i * SLOT
-            self.iovecs[i].iov_len = SLOT
+        self.iovecs, self.headers = _headers(BATCH, self.data, SLOT, SLOT, self.names)
+        for i in range(BATCH):  # and room for each datagram's arrival stamp
             hdr = self.headers[i].msg_hdr
-            hdr.msg_name = ctypes.addressof(self.names) + 16 * i
-            hdr.msg_namelen = 16
-            hdr.msg_iov = ctypes.pointer(self.iovecs[i])
-            hdr.msg_iovlen = 1
             hdr.msg_control = ctypes.addressof(self.control) + _ANCILLARY * i
             hdr.msg_controllen = _ANCILLARY
         # the kernel overwrites the name and control lengths: restored from this copy each call
@@ -130,17 +146,10 @@ class BatchReceiver:
             n = _recvmmsg(self.fd, self.headers_address, BATCH, _MSG_DONTWAIT, None)
             if n <= 0:
                 return out
-            data, names, control, headers = (
-                self.data_view,
-                self.names_view,
-                self.control_view,
-                self.headers_view,
-            )
-            unpack_len = struct.Struct("I").unpack_from
-            unpack_stamp = _TIMESPEC.unpack_from
+            data, names, control = self.data_view, self.names_view, self.control_view
             for i in range(n):
-                (length,) = unpack_len(headers, i * _MMSG_SIZE + _MSG_LEN_OFFSET)
-                seconds, nanos = unpack_stamp(control, i * _ANCILLARY + 16)
+                (length,) = _UNPACK_LEN(self.headers_view, i * _MMSG_SIZE + _MSG_LEN_OFFSET)
+                seconds, nanos = _TIMESPEC.unpack_from(control, i * _ANCILLARY + 16)
                 out.append(
                     (
                         bytes(data[i * SLOT : i * SLOT + length]),
@@ -161,17 +170,7 @@ class BatchSender:
         self.count = count
         self.data = ctypes.create_string_buffer(count * 256)
         self.names = ctypes.create_string_buffer(b"".join(_sockaddr(*d) for d in destinations))
-        self.iovecs = (IoVec * count)()
-        self.headers = (MMsgHdr * count)()
-        base = ctypes.addressof(self.data)
-        for i in range(count):
-            self.iovecs[i].iov_base = base + i * 256
-            self.iovecs[i].iov_len = PAYLOAD
-            hdr = self.headers[i].msg_hdr
-            hdr.msg_name = ctypes.addressof(self.names) + 16 * i
-            hdr.msg_namelen = 16
-            hdr.msg_iov = ctypes.pointer(self.iovecs[i])
-            hdr.msg_iovlen = 1
+        self.iovecs, self.headers = _headers(count, self.data, 256, PAYLOAD, self.names)
         self.view = memoryview(self.data).cast("B")
         self.headers_address = ctypes.addressof(self.headers)
 
