@@ -2,7 +2,8 @@
 
 Run (root, for SIPp's pcap play; `--media inband` needs no root):
     .venv/bin/python bench/bench_sipp_load.py [--media rfc4733|inband|mixed|silent]
-        [--calls 100] [--rate 4] [--nodes 1] [--direct] [--limit N] [--json FILE]
+        [--calls 100] [--rate 4] [--nodes 1] [--direct] [--limit N] [--pin]
+        [--node-env SPG_SECTION__KEY=VALUE ...] [--json FILE]
 
 What an operator load-testing with SIPp does: SIPp places `--calls` calls at `--rate` calls/s,
 through Kamailio (kamailio/kamailio.cfg as shipped, dispatcher over `--nodes` `spg-media serve`
@@ -26,6 +27,11 @@ nothing else ran on it), the journey's median and p95 against the unloaded call,
 latency p50/p95/p99 per source from the nodes' `spg_dtmf_latency_seconds` histogram (bucket
 deltas over the load; "n/a" where a node does not export it), and the nodes' RSS per active
 call ((RSS at the peak of calls - idle RSS) / peak calls). `--json FILE` writes all of it.
+
+The nodes run with the shipped admission limits; `--node-env` sets any of their settings
+(`SPG_ADMISSION__MAX_TICK_BUSY=0.8`). `--pin` gives the nodes the last CPU and everything else
+(SIPp, Kamailio, this script) the others: "per node core" then means a core of its own, its
+threads (the journal's writes, the payment client's) included.
 """
 
 from __future__ import annotations
@@ -57,8 +63,30 @@ def main() -> int:
         default=0.8,
         help="the caller's pause between a prompt's end and its first key",
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="the nodes on the last CPU, SIPp, Kamailio and this kit on the others",
+    )
+    parser.add_argument(
+        "--node-env",
+        action="append",
+        default=[],
+        metavar="SPG_SECTION__KEY=VALUE",
+        help="a setting of the nodes (repeatable), e.g. SPG_ADMISSION__MAX_TICK_BUSY=0.8",
+    )
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     args = parser.parse_args()
+    node_env: dict[str, str] = {}
+    for item in args.node_env:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("SPG_"):
+            print(
+                f"bench_sipp_load: --node-env {item!r}: expected SPG_SECTION__KEY=VALUE",
+                file=sys.stderr,
+            )
+            return 2
+        node_env[key] = value
     spec = LoadSpec(
         media=args.media,
         calls=args.calls,
@@ -68,6 +96,8 @@ def main() -> int:
         direct=args.direct,
         limit=args.limit,
         think_s=args.think_s,
+        pin=args.pin,
+        node_env=node_env,
     )
     problem = check_spec(spec)
     if problem:

@@ -412,6 +412,9 @@ class LoadSpec:
     baseline: bool = True  # one unloaded call of each kind first
     journey_baseline_s: float | None = None  # without: the unloaded journey measured before
     node_env: dict[str, str] = field(default_factory=dict)
+    # `--pin`: the nodes on the last CPU, everything else (SIPp, Kamailio, this kit) on the
+    # others, so that "calls per node core" is one core the node has to itself
+    pin: bool = False
     # called with ("idle", stack) just before the load and ("drained", stack) once its calls
     # have ended, before the stack stops (`bench_load_memory.py` probes the nodes there)
     on_phase: Callable[[str, Stack], None] | None = None
@@ -586,6 +589,7 @@ class Stack:
 
     def __init__(self, spec: LoadSpec, work: Path) -> None:
         self.spec = spec
+        self._affinity: set[int] | None = None  # this process's CPUs before `--pin` moved it
         # the agent the caller goes back to (nobody answers: the REFER's result is the point)
         env = {
             "SPG_LOG__LEVEL": "info",
@@ -604,8 +608,19 @@ class Stack:
             self.proxy = KamailioProxy(work / "kamailio", destinations)
 
     def start(self) -> None:
+        others = None
+        if self.spec.pin:  # the nodes (and their threads and workers) inherit the last CPU
+            self._affinity = os.sched_getaffinity(0)
+            cpus = sorted(self._affinity)
+            others = set(cpus[:-1])
+            os.sched_setaffinity(0, {cpus[-1]})
+        try:
+            for node in self.nodes:
+                node.start(timeout_s=90)
+        finally:
+            if others is not None:  # what starts after (Kamailio, SIPp) takes the others
+                os.sched_setaffinity(0, others)
         for node in self.nodes:
-            node.start(timeout_s=90)
             for worker in range(1, self.spec.workers):
                 port = node.sip_port + worker
                 answers = functools.partial(_answers_options, port)
@@ -624,6 +639,9 @@ class Stack:
             self.proxy.stop()
         for node in self.nodes:
             node.stop()
+        if self._affinity is not None:  # --pin: this process's CPUs as they were
+            os.sched_setaffinity(0, self._affinity)
+            self._affinity = None
 
     def node_cpu(self) -> float:
         return sum(group_cpu_seconds(n.proc.pid) for n in self.nodes if n.proc)
@@ -716,6 +734,8 @@ def check_spec(spec: LoadSpec) -> str | None:
         return "--direct calls one node's one SIP port: use --nodes 1 --workers 1"
     if spec.workers < 1:
         return "--workers must be positive"
+    if spec.pin and len(os.sched_getaffinity(0)) < 2:
+        return "--pin needs two CPUs at least (one for the nodes, the rest for the callers)"
     if spec.calls < 1 or spec.rate <= 0 or spec.nodes < 1:
         return "--calls, --rate and --nodes must be positive"
     if spec.media != "inband" and os.geteuid() != 0:
@@ -741,6 +761,7 @@ def run_load(spec: LoadSpec, work: Path | None = None) -> dict[str, Any]:
         "workers": spec.workers,
         "path": "direct" if spec.direct else "kamailio",
         "cpus": os.cpu_count(),
+        "pinned": spec.pin,
         "work": str(work),
         "plan": {
             "keys": len(kit.plan.presses),

@@ -1,0 +1,72 @@
+"""bench/bench_sipp_load.py's options that shape the nodes under test: `--node-env` (a setting of
+the nodes, checked before anything starts) and `--pin` (the nodes on the last CPU, SIPp and the
+kit on the others, and the kit's CPUs given back when the stack stops)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+import bench_sipp_load
+import loadkit
+from loadkit import LoadSpec, Stack, check_spec
+
+
+def test_a_node_setting_not_of_the_spg_form_is_a_one_line_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_load(spec: LoadSpec) -> dict[str, object]:
+        raise AssertionError("no load may run on a bad option")
+
+    monkeypatch.setattr(bench_sipp_load, "run_load", no_load)
+    for bad in ("ADMISSION__MAX_TICK_BUSY=0.8", "SPG_ADMISSION__MAX_TICK_BUSY"):
+        monkeypatch.setattr(
+            sys, "argv", ["bench_sipp_load.py", "--media", "inband", "--node-env", bad]
+        )
+        assert bench_sipp_load.main() == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "SPG_SECTION__KEY=VALUE" in err
+
+
+def test_node_settings_reach_the_nodes_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    spec = LoadSpec(media="inband", direct=True, node_env={"SPG_ADMISSION__MAX_TICK_BUSY": "0.8"})
+    stack = Stack(spec, tmp_path)
+    env = stack.nodes[0].env
+    # over the shipped limit the kit sets otherwise
+    assert env["SPG_ADMISSION__MAX_TICK_BUSY"] == "0.8"
+    assert "SPG_ADMISSION__MAX_TICK_LAG_MS" in env
+
+
+def test_pin_needs_two_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.setattr(loadkit, "SIPP", "/usr/bin/sipp")
+    problem = check_spec(LoadSpec(media="inband", direct=True, pin=True))
+    assert problem is not None and "--pin" in problem
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_pin_starts_the_nodes_on_the_last_cpu_and_the_rest_on_the_others(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    before = os.sched_getaffinity(0)
+    cpus = sorted(before)
+    seen: list[set[int]] = []
+    monkeypatch.setattr(
+        loadkit.SpgNode, "start", lambda node, timeout_s=30.0: seen.append(os.sched_getaffinity(0))
+    )
+    monkeypatch.setattr(loadkit.SpgNode, "stop", lambda node: None)
+    stack = Stack(LoadSpec(media="inband", direct=True, pin=True), tmp_path)
+    try:
+        stack.start()
+        assert seen == [{cpus[-1]}]  # the node (a child) inherits this
+        assert os.sched_getaffinity(0) == set(cpus[:-1])  # SIPp, started next, these
+    finally:
+        stack.stop()
+    assert os.sched_getaffinity(0) == before
