@@ -953,6 +953,11 @@ def report_text(result: Mapping[str, Any]) -> str:
         f"{'direct to' if result['path'] == 'direct' else 'through Kamailio to'} "
         f"{result['nodes']} node(s), {result['wall_s']:.0f} s wall; caller keys "
         f"{plan['keys']} digits from {plan['first_key_s']:.1f} s to {plan['last_key_s']:.1f} s"
+        + (
+            "; the nodes pinned to the last CPU, the callers on the others"
+            if result.get("pinned")
+            else ""
+        )
     )
     results = ", ".join(f"{k} {v}" for k, v in sorted(result["cdr_results"].items())) or "none"
     out.append(

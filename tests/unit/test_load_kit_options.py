@@ -70,3 +70,11 @@ def test_pin_starts_the_nodes_on_the_last_cpu_and_the_rest_on_the_others(
     finally:
         stack.stop()
     assert os.sched_getaffinity(0) == before
+
+
+def test_a_pinned_run_says_so_in_its_report() -> None:
+    from test_plot_results import load_run
+
+    run = load_run("inband", 100, 98, 150.0, 45.0)
+    assert "pinned" not in loadkit.report_text(run)
+    assert "the nodes pinned to the last CPU" in loadkit.report_text({**run, "pinned": True})
