@@ -608,18 +608,15 @@ class Stack:
             self.proxy = KamailioProxy(work / "kamailio", destinations)
 
     def start(self) -> None:
-        others = None
         if self.spec.pin:  # the nodes (and their threads and workers) inherit the last CPU
             self._affinity = os.sched_getaffinity(0)
-            cpus = sorted(self._affinity)
-            others = set(cpus[:-1])
-            os.sched_setaffinity(0, {cpus[-1]})
+            os.sched_setaffinity(0, {max(self._affinity)})
         try:
             for node in self.nodes:
                 node.start(timeout_s=90)
         finally:
-            if others is not None:  # what starts after (Kamailio, SIPp) takes the others
-                os.sched_setaffinity(0, others)
+            if self._affinity is not None:  # what starts after (Kamailio, SIPp): the others
+                os.sched_setaffinity(0, self._affinity - {max(self._affinity)})
         for node in self.nodes:
             for worker in range(1, self.spec.workers):
                 port = node.sip_port + worker
