@@ -424,6 +424,11 @@ class _Denied:
     def __contains__(self, digits: object) -> bool:
         return isinstance(digits, str) and any(r.matches(digits) for r in self._readings)
 
+    def __repr__(self) -> str:
+        # A fixed text: the default one carries a memory address, whose hex digits can look
+        # like part of a card to a leak search.
+        return f"<denied readings: {len(self._readings)}>"
+
     def wipe(self) -> None:
         for reading in self._readings:
             reading.wipe()
