@@ -13,7 +13,7 @@ info) is read before and after; p50 and p99 per source come from the bucket delt
 when a node does not export it). Before the first load, one unloaded call of each kind gives
 the row "unloaded".
 
-The x axis is the measured peak of concurrent calls (the nodes' `spg_calls_active`) per node
+The x axis is the measured peak of concurrent calls (the nodes' `/healthz` count) per node
 (one node is one asyncio process: one core). Writes `latency.md` (a markdown table with the
 command), `latency.png` (matplotlib, from the `dev` extra) and `latency.json` into `--out`.
 """

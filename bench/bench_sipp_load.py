@@ -20,7 +20,7 @@ the caller sends audio (20 ms PCMA packets) for the whole call, not only its key
 
 Before the load, one unloaded call of each kind runs alone: the baseline of the same run.
 Prints: the calls approved or failed (SIPp's verdict and the nodes' CDRs by result), the peak
-of concurrent calls (the nodes' `spg_calls_active`, sampled every 0.5 s), the CPU per call of
+of concurrent calls (the nodes' calls in progress by `/healthz`, every 0.5 s), the CPU per call of
 each party (from /proc, whole process groups) and "concurrent calls per node core" (the
 journey's median over the node's CPU per call: what one core would carry of this traffic if
 nothing else ran on it), the journey's median and p95 against the unloaded call, the digit

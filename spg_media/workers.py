@@ -222,18 +222,31 @@ def merge_calls(parts: Sequence[tuple[int, list[dict[str, Any]]]]) -> list[dict[
     return [{**call, "worker": index} for index, calls in parts for call in calls]
 
 
-def merge_health(states: Sequence[bool | None]) -> tuple[int, dict[str, Any]]:
+def merge_health(
+    states: Sequence[bool | None], calls: Sequence[int | None] = ()
+) -> tuple[int, dict[str, Any]]:
     """(HTTP status, body) of the supervisor's `/healthz` from each worker's state (True
     healthy, False answering but not taking calls, None not answering): 200 while at least one
-    worker takes calls, 503 when none does."""
+    worker takes calls, 503 when none does. `calls`: each worker's calls in progress (None: it
+    did not say), summed into `calls` (the calls of the workers that answered)."""
     up = sum(1 for state in states if state)
     body = {
         "status": "ok" if up == len(states) else ("degraded" if up else "unavailable"),
         "workers": len(states),
         "workers_up": up,
         "worker_states": ["up" if s else ("refusing" if s is False else "down") for s in states],
+        "calls": sum(count for count in calls if count is not None),
     }
     return (200 if up else 503), body
+
+
+def calls_in_health(health: bytes) -> int | None:
+    """A worker's calls in progress from its `/healthz` body (None: not there)."""
+    try:
+        count = json.loads(health).get("calls")
+    except (ValueError, AttributeError):
+        return None
+    return count if isinstance(count, int) and not isinstance(count, bool) else None
 
 
 # ---- the supervisor -------------------------------------------------------------------------
@@ -434,7 +447,9 @@ class Supervisor:
     async def health(self) -> tuple[int, dict[str, Any]]:
         answers = await asyncio.gather(*(self._ask(p, "/healthz") for p in self.plans))
         states = [None if a is None else a[0] == 200 for a in answers]
-        status, body = merge_health(states)
+        status, body = merge_health(
+            states, [None if a is None else calls_in_health(a[1]) for a in answers]
+        )
         if self.stopping:
             status, body = 503, {**body, "status": "draining"}
         return status, body

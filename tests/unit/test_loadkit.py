@@ -211,3 +211,35 @@ def test_pause_summary_counts_and_bounds_the_longest() -> None:
         "0": {"count": 7.0, "longest_under_s": 0.01},
         "2": {"count": 2.0, "longest_under_s": None},  # one past the last finite bound
     }
+
+
+def test_the_sampler_reads_a_nodes_calls_from_its_healthz_even_when_it_refuses() -> None:
+    import http.server
+    import threading
+
+    answers = [
+        (200, b'{"status": "ok", "calls": 7}'),
+        (503, b'{"status": "overloaded", "calls": 9}'),
+    ]
+    answers.append((200, b"ok\n"))  # a node that gives no count
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, body = answers.pop(0)
+            self.send_response(status)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        assert [loadkit.fetch_calls(port) for _ in range(3)] == [7, 9, None]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert loadkit.fetch_calls(port, timeout_s=0.5) is None  # nobody answers

@@ -13,6 +13,7 @@ from spg_media.cli import main
 from spg_media.config import Config, ConfigError, load_config
 from spg_media.workers import (
     RestartPolicy,
+    calls_in_health,
     dispatcher_lines,
     merge_calls,
     merge_health,
@@ -249,6 +250,15 @@ def test_calls_and_health_of_the_workers() -> None:
     assert (status, body["status"], body["worker_states"]) == (200, "degraded", ["up", "down"])
     status, body = merge_health([False, None])
     assert (status, body["status"], body["workers_up"]) == (503, "unavailable", 0)
+    # the calls in progress of the workers that said (a refusing one's count too)
+    assert merge_health([True, False, None], [3, 7, None])[1]["calls"] == 10
+    assert merge_health([True])[1]["calls"] == 0
+
+
+def test_a_workers_call_count_is_read_from_its_health_answer() -> None:
+    assert calls_in_health(b'{"status": "ok", "calls": 12}\n') == 12
+    for answer in (b"ok\n", b"[]", b'{"calls": "12"}', b'{"calls": true}', b"{}", b"\xff"):
+        assert calls_in_health(answer) is None
 
 
 def test_stop_does_not_wait_out_a_dead_workers_restart_delay(
