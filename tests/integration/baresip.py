@@ -760,13 +760,14 @@ class Capture:
             raise RuntimeError(f"tshark failed: {done.stderr.decode(errors='replace')[-800:]}")
         return done.stdout.decode(errors="replace")
 
-    def count(self, display_filter: str) -> int:
-        """How many captured packets match a display filter."""
+    def count(self, display_filter: str, *options: str) -> int:
+        """How many captured packets match a display filter (tshark `options` first, such as
+        `-d tcp.port==N,tls`)."""
         return len(
             [
                 ln
                 for ln in self.tshark(
-                    "-Y", display_filter, "-T", "fields", "-e", "frame.number"
+                    *options, "-Y", display_filter, "-T", "fields", "-e", "frame.number"
                 ).splitlines()
                 if ln.strip()
             ]
