@@ -605,9 +605,7 @@ def test_kamailio_tls_front_srtp_payment_with_nothing_in_clear(
         # older than the capture, opened by its OPTIONS probes or an earlier test's call, and
         # reused; one CI run saw a single handshake.)
         for port in (front, node.tls_port):
-            # (application data: TLS 1.3 shows an encrypted record's type as its opaque type)
-            data = "(tls.record.opaque_type == 23 or tls.record.content_type == 23)"
-            records = f"tcp.port == {port} and {data}"
+            records = f"tcp.port == {port} and ({TLS_APP_DATA})"
             assert capture.count(records, "-d", f"tcp.port=={port},tls") >= 1, f"no TLS on {port}"
         digits = capture.rtp_event_digits()
         assert CARD[:8] not in digits, f"card digits readable in the RTP: {digits}"
