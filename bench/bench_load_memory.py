@@ -53,8 +53,7 @@ from loadkit import (
     Stack,
     check_spec,
     command_line,
-    fetch_metrics,
-    gauge_value,
+    fetch_calls,
     report_text,
     run_load,
 )
@@ -82,7 +81,7 @@ class Prober:
         node = stack.nodes[0]
         assert node.proc is not None
         n = len(self.probes)
-        active = gauge_value(fetch_metrics(node.admin_port), "spg_calls_active") or 0
+        active = fetch_calls(node.admin_port) or 0
         if self.plain:  # RSS as the load kit reads it, nothing done in the node
             rss = stack.rss()
             plain: dict[str, Any] = {"label": label, "active": int(active), "rss": rss}
@@ -131,7 +130,7 @@ class Prober:
         last = 0.0
         k = 0
         while not self.stop.wait(0.5):
-            active = gauge_value(fetch_metrics(node.admin_port, 1.0), "spg_calls_active") or 0
+            active = fetch_calls(node.admin_port) or 0
             due = time.monotonic() - last >= self.peak_every_s
             if active >= self.threshold * self.limit and due:
                 if last == 0.0:

@@ -546,7 +546,7 @@ def _wait_idle(nodes: Sequence[SpgNode], timeout_s: float = 15.0) -> None:
     """Until no node has a call in progress (the last CDRs written)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if all(not gauge_value(fetch_metrics(n.admin_port), "spg_calls_active") for n in nodes):
+        if all(not fetch_calls(n.admin_port) for n in nodes):
             return
         time.sleep(0.25)
 
