@@ -829,6 +829,33 @@ def test_start_within_40_ms_median_30_fed_20_ms_frames() -> None:
     assert float(np.median(latency)) <= 0.030
 
 
+def test_a_tones_first_milliseconds_make_the_channel_hot() -> None:
+    # A tone that begins in the last few milliseconds of a 20 ms packet is too short there to
+    # be screened in, yet its next packet may decide it: the channel is hot (`hot_slots`) so
+    # that its caller feeds that packet as soon as it comes, not at the next tick. Steady
+    # noise, loud or not, and silence never make a channel hot.
+    rng = np.random.default_rng(7)
+    tails = list(range(1, 49, 3))  # samples of tone at the end of the packet: 0.125-6 ms
+    count = len(tails)
+    audio = np.zeros((count + 3, 480))
+    for c, tail in enumerate(tails):
+        level = rng.uniform(-30, -5)
+        burst = tone(KEYS[c % 16], 60, level=level, rng=rng)
+        audio[c, 320 - tail :] = burst[: 160 + tail]
+        audio[c] = with_noise(audio[c], 30, dbm0_power(level), seed=c)
+    audio[count] = rng.standard_normal(480) * 3000  # loud white noise
+    audio[count + 1] = rng.standard_normal(480) * 30  # line noise, about -60 dBm0
+    samples = np.rint(audio).astype(np.int16)
+    detector = InbandDetector()
+    slots = [detector.add_channel() for _ in range(count + 3)]
+    detector.process(slots, samples[:, :160], 0.02)
+    assert detector.hot_slots().tolist() == []
+    detector.process(slots, samples[:, 160:320], 0.04)  # the tones' first milliseconds
+    assert detector.hot_slots().tolist() == slots[:count]
+    events = detector.process(slots, samples[:, 320:], 0.06)
+    assert sorted(slot for slot, event in events if event.kind == "start") == slots[:count]
+
+
 # ---- talk-off ------------------------------------------------------------------------------------
 
 SENTENCES = {

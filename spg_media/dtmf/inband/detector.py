@@ -51,6 +51,7 @@ class Channels:
     screen_power: F32  # the previous frame's power at the 8 frequencies (screen)
     screen_energy: F32  # ... and its energy (decimated)
     screened_last: Bools  # the previous frame was screened in
+    rising_last: Bools  # ... or was much louder than the one before it (`screen.Screened`)
     z_history: C64  # (slots × HIST × 8) the last HIST sub-blocks' correlations
     e_history: F32  # (slots × HIST) ... and energies
     z_valid: Bools  # z_history/e_history are up to date (the channel was analysed last time)
@@ -70,6 +71,7 @@ class Channels:
             screen_power=np.zeros((8, capacity), dtype=np.float32),
             screen_energy=np.zeros(capacity, dtype=np.float32),
             screened_last=np.zeros(capacity, dtype=bool),
+            rising_last=np.zeros(capacity, dtype=bool),
             z_history=np.zeros((capacity, HIST, 8), dtype=np.complex64),
             e_history=np.zeros((capacity, HIST), dtype=np.float32),
             z_valid=np.zeros(capacity, dtype=bool),
@@ -104,6 +106,7 @@ class Channels:
         self.screen_power[:, slots] = 0
         self.screen_energy[slots] = 0
         self.screened_last[slots] = False
+        self.rising_last[slots] = False
         self.z_history[slots] = 0
         self.e_history[slots] = 0
         self.z_valid[slots] = False
@@ -174,13 +177,14 @@ class InbandDetector:
 
     def hot_slots(self) -> Idx:
         """The slots where something may be starting or going on: a digit, a candidate or a
-        glide in progress, or tones screened in at the end of the audio given so far. A caller
-        that cannot give every channel its audio at once gives these theirs first: the others
-        hold silence or speech, where a start needs more audio than one packet anyway."""
+        glide in progress, tones screened in at the end of the audio given so far, or a sudden
+        rise in its last 10 ms (a tone's first milliseconds: the next packet may decide it). A
+        caller that cannot give every channel its audio at once gives these theirs first: the
+        others hold silence, noise or speech, where a start needs more audio than one packet
+        anyway."""
         channels, size = self._channels, self._size
-        return np.flatnonzero(
-            channels.alive[:size] & (channels.busy[:size] | channels.screened_last[:size])
-        )
+        maybe = channels.busy[:size] | channels.screened_last[:size] | channels.rising_last[:size]
+        return np.flatnonzero(channels.alive[:size] & maybe)
 
     def _check_slot(self, slot: int) -> None:
         if not 0 <= slot < self._size or not self._channels.alive[slot]:
@@ -301,10 +305,11 @@ class InbandDetector:
         count = nframes * FRAME
 
         before = ScreenMemory(channels.screen_power[:, sel], channels.screen_energy[sel])
-        screened, active, last = screen(frames, before, self._scratch, self._busy_line)
+        screened, active, last, rising = screen(frames, before, self._scratch, self._busy_line)
         self._busy_line = 3 * active.size > 2 * rows
         channels.screen_power[:, sel] = last.power
         channels.screen_energy[sel] = last.energy
+        channels.rising_last[sel] = rising
         busy = np.flatnonzero(channels.busy[sel])
         if not active.size and not busy.size:  # silence, and nothing going on
             remember(channels.history, channels.history_zeros, sel, frames, active)

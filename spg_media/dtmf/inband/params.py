@@ -71,6 +71,7 @@ GAP_BREAK_S: Final = 0.1  # audio missing longer than this ends a digit and rest
 SCREEN_FRACTION: Final = 0.6
 SCREEN_POWER: Final = dbm0(-49.0)
 FRAME_GATE: Final = dbm0(-60.0)
+RISE: Final = 10.0  # a frame this much louder (10 dB) than the one before may hold an onset
 
 W: Final = 2.0 * np.pi * np.array(ROW_HZ + COL_HZ) / RATE  # the 8 tones, rad/sample
 ROT_SUB: Final = np.exp(-1j * W * SUB)  # a tone's phase advance over a sub-block, undone

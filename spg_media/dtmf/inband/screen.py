@@ -20,6 +20,7 @@ from .params import (
     F32,
     FRAME,
     FRAME_GATE,
+    RISE,
     SCREEN_FRACTION,
     SCREEN_POWER,
     Bools,
@@ -82,6 +83,7 @@ class Screened(NamedTuple):
     windows: Bools  # (F × rows) the 20 ms windows screened in
     sound: Idx  # the rows with any sound (above the gate, here or in the frame before)
     last: ScreenMemory  # the last frame's, for the next call
+    rising: Bools  # (rows) the last frame is RISE louder than the one before, and not quiet
 
 
 def screen(frames: Int16s, before: ScreenMemory, scratch: Scratch, busy_line: bool) -> Screened:
@@ -113,7 +115,7 @@ def screen(frames: Int16s, before: ScreenMemory, scratch: Scratch, busy_line: bo
     if not active.size:  # silence everywhere
         empty = np.zeros((nframes, rows), dtype=bool)
         quiet = ScreenMemory(np.zeros((8, rows), np.float32), np.zeros(rows, np.float32))
-        return Screened(empty, active, quiet)
+        return Screened(empty, active, quiet, np.zeros(rows, dtype=bool))
     every = 2 * active.size > rows  # then work on all rows: a gather costs more than it saves
     n = rows if every else active.size
     source = frames if every else frames[active]
@@ -156,21 +158,29 @@ def screen(frames: Int16s, before: ScreenMemory, scratch: Scratch, busy_line: bo
     strongest += other
     energy2 = energy.reshape(n, nframes)
     e_win = scratch.get("e_win", (n, nframes), np.float32)
-    np.add(energy2[:, 0], prev_energy if every else prev_energy[active], out=e_win[:, 0])
+    energy_before = prev_energy if every else prev_energy[active]
+    np.add(energy2[:, 0], energy_before, out=e_win[:, 0])
     np.add(energy2[:, 1:], energy2[:, :-1], out=e_win[:, 1:])
     # A tone of amplitude A correlates to 20 A over a frame's 40 samples, of energy 20 A².
     found = (strongest >= SCREEN_FRACTION * (DEC_PER_FRAME / 2) * e_win) & (
         e_win >= 2 * DEC_PER_FRAME * SCREEN_POWER
     )
+    # A sudden rise at the very end (a tone's first milliseconds, too few to screen in): the
+    # caller may want to look at this channel's next audio as soon as it comes.
+    before_last = energy2[:, -2] if nframes > 1 else energy_before
+    rising = energy2[:, -1] >= RISE * np.maximum(before_last, gate)
     if every:
-        return Screened(found.T, active, ScreenMemory(power3[:, :, -1], energy2[:, -1]))
+        last = ScreenMemory(power3[:, :, -1], energy2[:, -1])
+        return Screened(found.T, active, last, rising)
     screened = np.zeros((nframes, rows), dtype=bool)
     screened[:, active] = found.T
     power_out = np.zeros((8, rows), dtype=np.float32)
     power_out[:, active] = power3[:, :, -1]
     energy_out = np.zeros(rows, dtype=np.float32)
     energy_out[active] = energy2[:, -1]
-    return Screened(screened, active, ScreenMemory(power_out, energy_out))
+    rising_out = np.zeros(rows, dtype=bool)
+    rising_out[active] = rising
+    return Screened(screened, active, ScreenMemory(power_out, energy_out), rising_out)
 
 
 def _any_frame(loud: Bools, before: Bools) -> Bools:
