@@ -624,6 +624,37 @@ def test_every_receive_pass_runs_the_detector_for_the_hot_channels() -> None:
     asyncio.run(body())
 
 
+def test_a_tone_begun_at_a_packets_end_is_decided_in_the_pass_of_the_next() -> None:
+    # The tone's first packet holds only its first 2 ms (too little to screen in); the channel
+    # is hot all the same (its last 10 ms rose), so the next packet, read in a pass between
+    # ticks, is fed there and decides the tone at once instead of waiting for the tick.
+    def test() -> None:
+        engine = MediaEngine("127.0.0.1", 40000, 40100)
+        heard: list[DtmfEvent] = []
+        keyed = make_session("PCMU", heard)
+        engine.attach(50000, keyed)
+        rng = np.random.default_rng(3)
+        samples = rng.normal(0.0, 30.0, 8 * FRAME)  # line noise, about -60 dBm0
+        begins = 3 * FRAME - 16  # the tone's first 2 ms end packet 2
+        samples[begins : begins + 800] += dtmf_tone("8", 0.1)
+        audio = encode(np.clip(np.rint(samples), -32768, 32767).astype(np.int16), "PCMU")
+        decided_in_pass = []
+        for n in range(8):
+            frame = audio[n * FRAME : (n + 1) * FRAME]
+            keyed.receive(build_rtp(0, n, n * FRAME, 1, frame, n == 0), CALLER, n * 0.02)
+            before = len(heard)
+            engine._detect_hot()  # the pass that read it
+            decided_in_pass.append(len(heard) > before)
+            engine._detect_inband()  # the next tick
+        assert starts(heard) == "8"
+        assert decided_in_pass[3], decided_in_pass  # packet 3: 22 ms of tone
+        engine.close(50000)
+        assert engine._tick_task is not None
+        engine._tick_task.cancel()
+
+    run_in_loop(test)
+
+
 def test_between_ticks_only_the_channels_where_a_tone_began_are_fed() -> None:
     # Each 20 ms packet comes in a pass between ticks: a hot channel's is fed there and then,
     # a cold one's waits for the tick.
