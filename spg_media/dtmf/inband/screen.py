@@ -3,8 +3,9 @@
 This module owns deciding where tones may be: silence is told from sound on every 4th sample,
 and the frames with sound are correlated at 4 kHz with the 8 frequencies; a 20 ms window
 (a frame and the one before) is screened in when its strongest row and column hold most of
-its energy. It is lenient (it decides only where `analysis` looks closely) and keeps its work
-buffers from call to call (`Scratch`).
+its energy; a channel whose last frame is much louder than the one before is said to be rising
+(a tone's first milliseconds, for `InbandDetector.hot_slots`). It is lenient (it decides only
+where `analysis` looks closely) and keeps its work buffers from call to call (`Scratch`).
 """
 
 from __future__ import annotations
