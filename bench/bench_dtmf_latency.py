@@ -40,8 +40,24 @@ from loadkit import (
 )
 
 
-def _ms(value: float | None) -> str:
+def ms(value: float | None) -> str:
+    """Seconds as whole milliseconds for a table ("n/a" for none)."""
     return "n/a" if value is None else f"{value * 1000:.0f}"
+
+
+def parse_loads(text: str) -> list[int]:
+    """`--loads` ("100,300") as positive integers; [] when it is not that."""
+    try:
+        loads = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        return []
+    return loads if loads and min(loads) >= 1 else []
+
+
+def held_load(load: int, ramp_s: float, **spec: Any) -> LoadSpec:
+    """A run that climbs to `load` calls at once within `ramp_s` and holds it while most
+    cards are keyed: 2 x `load` calls at `load` / `ramp_s` a second, at most `load` at once."""
+    return LoadSpec(calls=2 * load, rate=load / ramp_s, limit=load, **spec)
 
 
 def rows_of(runs: Sequence[Mapping[str, Any]], nodes: int) -> list[dict[str, Any]]:
@@ -89,7 +105,7 @@ def markdown(rows: Sequence[Mapping[str, Any]], command: str) -> str:
             if entry is None or not entry.get("count"):
                 cells += ["n/a", "n/a"]
             else:
-                cells += [_ms(entry["p50"]), _ms(entry["p99"])]
+                cells += [ms(entry["p50"]), ms(entry["p99"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -145,11 +161,8 @@ def main() -> int:
                         help="seconds to reach each load")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("bench-dtmf-latency"))
     args = parser.parse_args()
-    try:
-        loads = [int(x) for x in args.loads.split(",") if x.strip()]
-    except ValueError:
-        loads = []
-    if not loads or min(loads) < 1:
+    loads = parse_loads(args.loads)
+    if not loads:
         print(
             "bench_dtmf_latency: --loads must be positive integers, e.g. 100,300", file=sys.stderr
         )
@@ -158,11 +171,10 @@ def main() -> int:
         print("bench_dtmf_latency: --ramp-s must be positive", file=sys.stderr)
         return 2
     specs = [
-        LoadSpec(
+        held_load(
+            load,
+            args.ramp_s,
             media=args.media,
-            calls=2 * load,
-            rate=load / args.ramp_s,
-            limit=load,
             nodes=args.nodes,
             workers=args.workers,
             direct=args.direct,

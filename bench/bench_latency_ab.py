@@ -32,6 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from baseline_tree import baseline_tree, short_commit
+from bench_dtmf_latency import held_load, ms, parse_loads
 from loadkit import (
     DTMF_SOURCES,
     MEDIA_MODES,
@@ -103,10 +104,6 @@ def summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _ms(value: float | None) -> str:
-    return "n/a" if value is None else f"{value * 1000:.0f}"
-
-
 def _x(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
@@ -136,7 +133,7 @@ def markdown(
             cells.append(
                 "n/a"
                 if entry is None
-                else f"{_ms(entry['p50'])} / {_ms(entry['p95'])} / {_ms(entry['p99'])}"
+                else f"{ms(entry['p50'])} / {ms(entry['p95'])} / {ms(entry['p99'])}"
             )
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
@@ -150,7 +147,7 @@ def markdown(
         for tree in TREES:
             t = entry[tree]
             cpu = "n/a" if t["cpu_ms"] is None else f"{t['cpu_ms']:.1f} ms"
-            cells.append(f"{_ms(t['p50'])} / {_ms(t['p95'])} / {_ms(t['p99'])} ({cpu})")
+            cells.append(f"{ms(t['p50'])} / {ms(t['p95'])} / {ms(t['p99'])} ({cpu})")
         ratio = entry["ratio"]
         cells.append(f"{_x(ratio['p50'])}, {_x(ratio['p99'])}, {_x(ratio['cpu_ms'])}")
         lines.append("| " + " | ".join(cells) + " |")
@@ -168,11 +165,8 @@ def main() -> int:
     parser.add_argument("--ramp-s", type=float, default=20.0, help="seconds to reach each load")
     parser.add_argument("--out", type=Path, default=Path("bench-latency-ab"))
     args = parser.parse_args()
-    try:
-        loads = [int(x) for x in args.loads.split(",") if x.strip()]
-    except ValueError:
-        loads = []
-    if not loads or min(loads) < 1:
+    loads = parse_loads(args.loads)
+    if not loads:
         print("bench_latency_ab: --loads must be positive integers, e.g. 726", file=sys.stderr)
         return 2
     if args.rounds < 1 or args.ramp_s <= 0:
@@ -183,14 +177,7 @@ def main() -> int:
         return 2
 
     def spec_for(load: int) -> LoadSpec:
-        return LoadSpec(
-            media=args.media,
-            calls=2 * load,
-            rate=load / args.ramp_s,
-            limit=load,
-            direct=args.direct,
-            baseline=False,
-        )
+        return held_load(load, args.ramp_s, media=args.media, direct=args.direct, baseline=False)
 
     for load in loads:
         problem = check_spec(spec_for(load))
