@@ -446,8 +446,14 @@ class Baresip:
         self._sock = sock
         self._reader = threading.Thread(target=self._read_loop, name="baresip-ctrl", daemon=True)
         self._reader.start()
-        # ctrl_tcp accepts before the UA is ready to dial; a harmless command proves both
-        self.command("uafind", f"sip:{self.account.user}@{HOST}", check=False)
+        # ctrl_tcp accepts before the UA is ready to dial; a harmless command proves both. No
+        # answer: with baresip's log, so that `start` chooses other ports when one was taken
+        # (the connection then reached someone else's listener).
+        remaining = max(deadline - time.monotonic(), 5.0)
+        try:
+            self.command("uafind", f"sip:{self.account.user}@{HOST}", remaining, check=False)
+        except CtrlError as exc:
+            raise RuntimeError(f"{exc}:\n{self.log()[-3000:]}") from None
 
     def _read_loop(self) -> None:
         decoder = NetstringDecoder()
