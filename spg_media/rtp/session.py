@@ -1127,9 +1127,9 @@ class MediaEngine:
 
     def _detect_hot(self) -> None:
         """Between ticks (after a receive pass): the detector for the channels where a digit
-        may be starting (`InbandDetector.hot_slots`), so that the audio that decides a tone is
-        not held up to 15 ms for the next tick; the other channels wait for it (their audio
-        holds no tone yet, a start needs 20 ms of one; or their digit has started). Every channel at every
+        may be starting or is going on (`InbandDetector.hot_slots`), so that the audio that
+        decides a tone is not held up to 15 ms for the next tick; the other channels wait for
+        it (their audio holds no tone yet: a start needs 20 ms of one). Every channel at every
         pass cost ~1.2x the CPU a packet for 520 in-band calls (three more detector calls a
         tick over scattered slots, each session looked at three more times), for the same
         latency (p99 43 ms either way at 520 SIPp callers: bench/RESULTS.md)."""

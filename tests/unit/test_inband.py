@@ -856,31 +856,6 @@ def test_a_tones_first_milliseconds_make_the_channel_hot() -> None:
     assert sorted(slot for slot, event in events if event.kind == "start") == slots[:count]
 
 
-def test_a_started_digit_is_not_hot_while_its_tones_go_on() -> None:
-    # Once a digit has started, feeding its channel between ticks would decide nothing new:
-    # the channel is hot while the tone builds up, not after its start, and hot again when
-    # the next tone comes.
-    rng = np.random.default_rng(11)
-    audio = rng.standard_normal(4000) * 30  # line noise, about -60 dBm0
-    audio[400:1600] += tone("5", 150, level=-12, rng=rng)  # 50-200 ms
-    audio[2400:3200] += tone("9", 100, level=-12, rng=rng)  # 300-400 ms
-    samples = np.rint(audio).astype(np.int16)
-    detector = InbandDetector()
-    slot = detector.add_channel()
-    hot_at: list[int] = []
-    started: list[tuple[int, str]] = []
-    for begin in range(0, samples.size, 160):
-        now = (begin + 160) / RATE
-        events = detector.process([slot], samples[None, begin : begin + 160], now)
-        started += [(begin, event.digit) for _, event in events if event.kind == "start"]
-        if detector.hot_slots().size:
-            hot_at.append(begin)
-    # "5" begins mid-packet: hot on its first packet, decided on the next; "9" fills its
-    # first packet and is decided there. Neither is hot after its start.
-    assert started == [(480, "5"), (2400, "9")]
-    assert hot_at == [320]
-
-
 # ---- talk-off ------------------------------------------------------------------------------------
 
 SENTENCES = {

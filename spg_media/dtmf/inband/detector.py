@@ -176,22 +176,15 @@ class InbandDetector:
         self._free.append(slot)
 
     def hot_slots(self) -> Idx:
-        """The slots where a digit may be starting: a candidate or a glide in progress, tones
-        screened in at the end of the audio given so far, or a sudden rise in its last 10 ms
-        (a tone's first milliseconds: the next packet may decide it). A caller that cannot
-        give every channel its audio at once gives these theirs first: the others hold
-        silence, noise or speech, where a start needs more audio than one packet anyway.
-
-        A channel whose digit has started and nothing else is building up is not hot though
-        its tones go on: the start was its news; its end can wait for the caller's next
-        round (feeding it sooner would cost a detector call for no digit)."""
+        """The slots where something may be starting or going on: a digit, a candidate or a
+        glide in progress, tones screened in at the end of the audio given so far, or a sudden
+        rise in its last 10 ms (a tone's first milliseconds: the next packet may decide it). A
+        caller that cannot give every channel its audio at once gives these theirs first: the
+        others hold silence, noise or speech, where a start needs more audio than one packet
+        anyway."""
         channels, size = self._channels, self._size
-        digits = channels.digits
         maybe = channels.busy[:size] | channels.screened_last[:size] | channels.rising_last[:size]
-        started = (
-            (digits.digit[:size] >= 0) & (digits.candidate[:size] < 0) & (digits.taint[:size] < 0)
-        )
-        return np.flatnonzero(channels.alive[:size] & maybe & ~started)
+        return np.flatnonzero(channels.alive[:size] & maybe)
 
     def _check_slot(self, slot: int) -> None:
         if not 0 <= slot < self._size or not self._channels.alive[slot]:
