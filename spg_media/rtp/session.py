@@ -91,6 +91,9 @@ RELAY_MAX_FRAMES = 10  # bridged audio kept between ticks (late relayed audio is
 # Audio missing longer than this (by the RTP timestamps of what the detector is given) restarts
 # its channel, as the detector does by its own clock for other callers (GAP_BREAK_S, 100 ms).
 GAP_SAMPLES = round(GAP_BREAK_S * 8000)
+# A payload queued for the in-band detector: (audio, RTP sequence number, RTP timestamp of its
+# first sample not given yet, arrival on the loop's clock).
+PendingAudio = tuple[bytes, int, int, float]
 FED_LOG = 32  # payloads fed to the detector remembered for dating digits (a start comes 20-40 ms
 # after its onset: at a 10 ms ptime, that is 4 payloads back at most)
 RELAY_SLACK = 160  # samples of bridged audio queued beyond a packet before the oldest is dropped
@@ -212,14 +215,10 @@ class MediaSession:
     next_send_at: float | None = field(init=False, repr=False, compare=False)
     _reported: MediaStats = field(init=False, repr=False, compare=False)
     inband_slot: int | None = field(init=False, repr=False, compare=False)
-    pending_audio: list[bytes] = field(init=False, repr=False, compare=False)
-    pending_seqs: list[int] = field(init=False, repr=False, compare=False)
-    pending_ts: list[int] = field(init=False, repr=False, compare=False)
-    pending_arrivals: list[float] = field(init=False, repr=False, compare=False)
+    pending_audio: list[PendingAudio] = field(init=False, repr=False, compare=False)
     fed_samples: int = field(init=False, repr=False, compare=False)
     fed_starts: deque[int] = field(init=False, repr=False, compare=False)
     fed_arrivals: deque[float] = field(init=False, repr=False, compare=False)
-    pending_audio_at: float = field(init=False, repr=False, compare=False)
     fed_through: int | None = field(init=False, repr=False, compare=False)
     fed_ts: int | None = field(init=False, repr=False, compare=False)
     rtcp: RtcpSession | None = field(init=False, repr=False, compare=False)
@@ -252,10 +251,11 @@ class MediaSession:
         self.next_send_at = None
         self._reported = MediaStats()
         self.inband_slot = None  # the detector channel, while attached
-        self.pending_audio = []  # payloads not yet given to the detector, in order
-        self.pending_seqs = []  # their RTP sequence numbers
-        self.pending_ts = []  # and timestamps (of their first sample not given yet)
-        self.pending_arrivals = []  # and when they arrived
+        # Payloads not yet given to the detector, in order, each with its RTP sequence number,
+        # timestamp (of its first sample not given yet) and arrival: one tuple a payload, as
+        # the tick takes it (four parallel lists were four objects to touch a packet; a tuple
+        # lives one tick, so the young collections never see many).
+        self.pending_audio = []
         # What the detector was given, to date an in-band digit by the packet that carried its
         # onset: samples fed in all, and the first sample's position and the arrival of each of
         # the last payloads. Two deques of numbers, not one of pairs: a tuple a packet is an
@@ -264,7 +264,6 @@ class MediaSession:
         self.fed_samples = 0
         self.fed_starts = deque(maxlen=FED_LOG)
         self.fed_arrivals = deque(maxlen=FED_LOG)
-        self.pending_audio_at = 0.0  # arrival time of the newest of them
         self.fed_through = None  # sequence number of the last audio given to it
         # The RTP timestamp just after the last audio given to it: audio queued further on than
         # GAP_SAMPLES, and that long after it, is not the same stretch of sound (lost packets,
@@ -388,17 +387,12 @@ class MediaSession:
             if self.inband and self.inband_slot is not None:
                 pending = self.pending_audio
                 if len(pending) < MAX_PENDING_FRAMES:
-                    seqs = self.pending_seqs
-                    newest = seqs[-1] if seqs else self.fed_through
+                    newest = pending[-1][1] if pending else self.fed_through
                     if newest is None or (newest - sequence) & 0xFFFF >= REORDER_WINDOW:
                         # _queue_audio's usual case, inlined: the next packet, in order
-                        pending.append(payload)
-                        seqs.append(sequence)
-                        self.pending_ts.append(timestamp)
-                        self.pending_arrivals.append(now)
+                        pending.append((payload, sequence, timestamp, now))
                     else:
                         self._queue_audio(sequence, timestamp, payload, now)
-                    self.pending_audio_at = now
                 else:  # a tick over MAX_PENDING_FRAMES packets late: the newest audio is lost
                     stats.audio_dropped += 1
             if self.on_audio is not None:
@@ -512,67 +506,51 @@ class MediaSession:
         One that comes after the detector was given audio past it is dropped, as is a repeat.
         A sequence number further back than REORDER_WINDOW is a new run (a new SSRC, a
         sender's restart), not a late packet: queued as it comes."""
-        seqs = self.pending_seqs
-        newest = seqs[-1] if seqs else self.fed_through
+        pending = self.pending_audio
+        newest = pending[-1][1] if pending else self.fed_through
         if newest is None or (newest - sequence) & 0xFFFF >= REORDER_WINDOW:  # the usual case
-            self.pending_audio.append(payload)
-            seqs.append(sequence)
-            self.pending_ts.append(timestamp)
-            self.pending_arrivals.append(arrival)
+            pending.append((payload, sequence, timestamp, arrival))
             return
         fed = self.fed_through
-        if sequence in seqs or (fed is not None and (fed - sequence) & 0xFFFF < REORDER_WINDOW):
+        if any(queued[1] == sequence for queued in pending) or (
+            fed is not None and (fed - sequence) & 0xFFFF < REORDER_WINDOW
+        ):
             self.stats.audio_late += 1  # a repeat, or behind what the detector already has
             return
-        at = len(seqs)
-        while at > 0 and 0 < (seqs[at - 1] - sequence) & 0xFFFF < REORDER_WINDOW:
-            at -= 1  # older than seqs[at - 1]: before it
-        self.pending_audio.insert(at, payload)
-        seqs.insert(at, sequence)
-        self.pending_ts.insert(at, timestamp)
-        self.pending_arrivals.insert(at, arrival)
+        at = len(pending)
+        while at > 0 and 0 < (pending[at - 1][1] - sequence) & 0xFFFF < REORDER_WINDOW:
+            at -= 1  # older than the payload at - 1: before it
+        pending.insert(at, (payload, sequence, timestamp, arrival))
 
     def take_audio(self, count: int) -> bytes:
         """The first `count` bytes (samples) queued for the detector, which must hold them; a
         payload cut in two keeps its rest queued (ahead of anything reordered behind it)."""
-        pending, seqs, arrivals = self.pending_audio, self.pending_seqs, self.pending_arrivals
-        stamps = self.pending_ts
+        pending = self.pending_audio
         fed_starts, fed_arrivals = self.fed_starts, self.fed_arrivals
         if count > self.stats.audio_backlog:
             self.stats.audio_backlog = count
-        if len(pending[0]) == count:  # the usual tick: one 20 ms payload
-            part = pending.pop(0)
-            self.fed_through = seqs.pop(0)
-            self.fed_ts = (stamps.pop(0) + count) & 0xFFFFFFFF
-            fed_starts.append(self.fed_samples)
-            fed_arrivals.append(arrivals.pop(0))
-            self.fed_samples += count
-            return part
         parts: list[bytes] = []
         need = count
         used = 0
         while need:
-            part = pending[used]
-            self.fed_through = seqs[used]
+            part, sequence, timestamp, arrival = pending[used]
+            self.fed_through = sequence
             fed_starts.append(self.fed_samples)
-            fed_arrivals.append(arrivals[used])
+            fed_arrivals.append(arrival)
             if len(part) <= need:
                 parts.append(part)
                 need -= len(part)
                 self.fed_samples += len(part)
-                self.fed_ts = (stamps[used] + len(part)) & 0xFFFFFFFF
+                self.fed_ts = (timestamp + len(part)) & 0xFFFFFFFF
                 used += 1
             else:
                 parts.append(part[:need])
-                pending[used] = part[need:]
                 self.fed_samples += need
-                self.fed_ts = stamps[used] = (stamps[used] + need) & 0xFFFFFFFF
+                self.fed_ts = (timestamp + need) & 0xFFFFFFFF
+                pending[used] = (part[need:], sequence, self.fed_ts, arrival)
                 need = 0
         del pending[:used]
-        del seqs[:used]
-        del stamps[:used]
-        del arrivals[:used]
-        return b"".join(parts)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def audio_gap_ahead(self) -> bool:
         """Is audio missing before the first payload queued for the detector? Its RTP timestamp
@@ -584,25 +562,29 @@ class MediaSession:
         fed = self.fed_ts
         if fed is None or not self.fed_arrivals:
             return False
-        jump = (self.pending_ts[0] - fed) & 0xFFFFFFFF
+        _, _, timestamp, arrival = self.pending_audio[0]
+        jump = (timestamp - fed) & 0xFFFFFFFF
         if not GAP_SAMPLES < jump < (1 << 32) - GAP_SAMPLES:
             return False
-        return self.pending_arrivals[0] - self.fed_arrivals[-1] > GAP_BREAK_S
+        return arrival - self.fed_arrivals[-1] > GAP_BREAK_S
 
     def contiguous_audio(self) -> tuple[int, int]:
         """(samples, payloads) queued from the first payload on up to the first one that audio
         is missing before (as `audio_gap_ahead` tells it, between queued payloads); all that
         is queued when none."""
-        pending, stamps, arrivals = self.pending_audio, self.pending_ts, self.pending_arrivals
-        samples = len(pending[0])
+        pending = self.pending_audio
+        before, _, before_ts, before_arrival = pending[0]
+        samples = len(before)
         for n in range(1, len(pending)):
-            jump = (stamps[n] - stamps[n - 1] - len(pending[n - 1])) & 0xFFFFFFFF
+            payload, _, timestamp, arrival = pending[n]
+            jump = (timestamp - before_ts - len(before)) & 0xFFFFFFFF
             if (
                 GAP_SAMPLES < jump < (1 << 32) - GAP_SAMPLES
-                and arrivals[n] - arrivals[n - 1] > GAP_BREAK_S
+                and arrival - before_arrival > GAP_BREAK_S
             ):
                 return samples, n
-            samples += len(pending[n])
+            samples += len(payload)
+            before, before_ts, before_arrival = payload, timestamp, arrival
         return samples, len(pending)
 
     def inband_counts(self) -> dict[str, int]:
@@ -633,9 +615,6 @@ class MediaSession:
 
     def clear_audio(self) -> None:
         self.pending_audio.clear()
-        self.pending_seqs.clear()
-        self.pending_ts.clear()
-        self.pending_arrivals.clear()
 
     def poll(self, now: float) -> None:
         """Timers of the DTMF receiver (a lost end packet)."""
@@ -1058,33 +1037,37 @@ class MediaEngine:
             if not pending:
                 continue
             fed_ts = session.fed_ts
-            if fed_ts is not None and session.pending_ts[0] != fed_ts and session.audio_gap_ahead():
+            if fed_ts is not None and pending[0][2] != fed_ts and session.audio_gap_ahead():
                 self._audio_gap(session, slot)
-            if len(pending) == 1 and len(pending[0]) == INBAND_FEED:
-                # The usual tick, one 20 ms payload: take_audio's work, inlined.
-                usual.sessions.append(session)
-                usual.slots.append(slot)
-                usual.audio.append(pending.pop())
-                session.fed_through = session.pending_seqs.pop()
-                session.fed_ts = (session.pending_ts.pop() + INBAND_FEED) & 0xFFFFFFFF
-                session.fed_starts.append(session.fed_samples)
-                session.fed_arrivals.append(session.pending_arrivals.pop())
-                session.fed_samples += INBAND_FEED
-                usual.codecs.add(session.codec)
-                if session.pending_audio_at > usual.now:
-                    usual.now = session.pending_audio_at
-                continue
+            if len(pending) == 1:
+                payload, sequence, timestamp, arrived = pending[0]
+                if len(payload) == INBAND_FEED:
+                    # The usual tick, one 20 ms payload: take_audio's work, inlined.
+                    pending.clear()
+                    usual.sessions.append(session)
+                    usual.slots.append(slot)
+                    usual.audio.append(payload)
+                    session.fed_through = sequence
+                    session.fed_ts = (timestamp + INBAND_FEED) & 0xFFFFFFFF
+                    session.fed_starts.append(session.fed_samples)
+                    session.fed_arrivals.append(arrived)
+                    session.fed_samples += INBAND_FEED
+                    usual.codecs.add(session.codec)
+                    if arrived > usual.now:
+                        usual.now = arrived
+                    continue
             queued, payloads = session.contiguous_audio()  # G.711: a byte a sample
             if payloads < len(pending):  # a gap after them: all of them now, the gap next tick
                 take = queued
-                until = session.pending_arrivals[payloads - 1]
+                until = pending[payloads - 1][3]
             else:
                 if queued < INBAND_FEED:
                     continue
                 take = INBAND_FEED
                 if queued >= 3 * INBAND_FEED:
                     take = queued // INBAND_FEED * INBAND_FEED
-                until = session.pending_audio_at - (queued - take) / 8000.0  # the fed audio's end
+                newest = max(queued[3] for queued in pending)
+                until = newest - (queued - take) / 8000.0  # the fed audio's end
             feed = groups.get(take)
             if feed is None:
                 feed = groups[take] = _InbandFeed()
@@ -1146,7 +1129,7 @@ class MediaEngine:
         assert self.inband is not None
         session.stats.audio_gaps += 1
         session.fed_ts = None
-        ended = self.inband.flush(slot, session.pending_arrivals[0])
+        ended = self.inband.flush(slot, session.pending_audio[0][3])
         session._deliver([event for _, event in ended])
 
     def _relay(self, now: float) -> None:
