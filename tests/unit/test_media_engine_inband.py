@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
+from spg_media.dtmf.inband.params import Events
 from spg_media.dtmf.rfc4733 import DtmfEvent
 from spg_media.rtp.g711 import encode
 from spg_media.rtp.packet import build_rtp
@@ -78,8 +80,8 @@ def record_calls(engine: MediaEngine) -> list[tuple[int, int]]:
     shapes: list[tuple[int, int]] = []
     process = engine.inband.process
 
-    def recorded(slots: list[int], block: np.ndarray, now: float) -> list:  # type: ignore[type-arg]
-        shapes.append(block.shape)
+    def recorded(slots: Sequence[int], block: npt.ArrayLike, now: float) -> Events:
+        shapes.append(np.shape(block))
         return process(slots, block, now)
 
     engine.inband.process = recorded  # type: ignore[method-assign]
