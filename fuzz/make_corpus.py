@@ -452,6 +452,84 @@ seed(
     ),
 )
 
+# rtp_session: records of 8 bytes (what: flags, sequence step, timestamp jump, payload size,
+# content, offset, time step in quarter milliseconds, SSRC and RTCP type).
+SESSION_TICK = bytes((2, 0, 0, 0, 0, 0, 0, 0))
+SESSION_HOT = bytes((3, 0, 0, 0, 0, 0, 0, 0))
+
+
+def session_packet(
+    flags: int = 0,
+    step: int = 1,
+    jump: int = 0,
+    size: int = 0,
+    content: int = 0x20,
+    offset: int = 0,
+    quarter_ms: int = 80,
+) -> bytes:
+    return bytes((flags, step & 0xFF, jump, size, content, offset, quarter_ms, 0))
+
+
+def keyed(keys: str, packets: int = 5, hot: bool = False) -> bytes:
+    """Each key as `packets` 20 ms packets of its tone then three of noise, a tick after each
+    (and a pass between ticks, `hot`)."""
+    out = bytearray()
+    for key in keys:
+        index = "0123456789*#ABCD".index(key)
+        for n in range(packets):
+            out += session_packet(content=0x10 | index, offset=n * 8)
+            out += (SESSION_HOT if hot else b"") + SESSION_TICK
+        for _ in range(3):
+            out += session_packet() + SESSION_TICK
+    return bytes(out)
+
+
+seed("rtp_session", "keyed-card", keyed("4111"))
+seed("rtp_session", "keyed-with-passes", keyed("93#", hot=True))
+seed(
+    "rtp_session",
+    "reordered-repeated-late",
+    session_packet(content=0x13)
+    + session_packet(step=2, content=0x13, offset=16)
+    + session_packet(step=-1, content=0x13, offset=8)
+    + session_packet(step=0, content=0x13, offset=8)
+    + SESSION_TICK
+    + session_packet(step=-120)
+    + session_packet(step=3)
+    + SESSION_TICK
+    + session_packet(step=-2)
+    + SESSION_TICK,
+)
+seed(
+    "rtp_session",
+    "stranger-then-relay-port",
+    session_packet(flags=0x08, content=0x15)  # from another address
+    + session_packet(flags=0x04, content=0x15)  # the offered address, another port: latched
+    + session_packet(content=0x15, offset=8)  # the offered port: now a stranger's
+    + session_packet(flags=0x04, content=0x15, offset=8)
+    + SESSION_TICK,
+)
+seed(
+    "rtp_session",
+    "gap-burst-odd-sizes",
+    keyed("5", packets=2)
+    + session_packet(jump=200, quarter_ms=255)  # a pause: timestamps and arrival jump
+    + b"".join(session_packet(size=n, quarter_ms=0) for n in (4, 5, 7, 8, 9, 10, 11, 12, 14))
+    + SESSION_TICK
+    + session_packet(size=12)  # 480 samples in one packet
+    + SESSION_TICK,
+)
+seed(
+    "rtp_session",
+    "events-csrcs-rtcp",
+    session_packet(flags=0x20, content=0x45)  # a telephone event for 5
+    + session_packet(flags=0x20, content=0x45, offset=3)
+    + session_packet(flags=0x20, content=0xC5, offset=6)  # its end
+    + session_packet(flags=0x10, content=0xD7)  # three CSRCs, a tone
+    + session_packet(flags=0x80)  # reads as RTCP (rtcp-mux)
+    + SESSION_TICK,
+)
+
 RFC4733_RECORD = struct.Struct("!BBHbBBB")
 
 

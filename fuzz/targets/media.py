@@ -14,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fuzz.harness import Finding, Reader, expect, target
+from fuzz.harness import LOGS, Finding, Reader, expect, target
 from spg_media.dtmf.recording import FORMATS, RecordingError, read_recording
-from spg_media.dtmf.rfc4733 import DTMF_KEYS, Rfc4733Receiver
-from spg_media.rtp.packet import RtpError, RtpPacket, is_rtcp
+from spg_media.dtmf.rfc4733 import DTMF_KEYS, DtmfEvent, Rfc4733Receiver
+from spg_media.rtp.g711 import encode
+from spg_media.rtp.packet import RtpError, RtpPacket, build_rtp, is_rtcp
 from spg_media.rtp.rtcp import RtcpError, RtcpSession
+from spg_media.rtp.session import MAX_PENDING_FRAMES, MediaEngine, MediaSession
 from spg_media.rtp.srtp import (
     SUPPORTED_SUITES,
     CryptoAttribute,
@@ -39,6 +41,7 @@ from spg_media.sip.sdp import (
     build_answer,
     negotiate,
 )
+from spg_media.testcaller import TONE_AMPLITUDE
 
 # ---- SDP ----------------------------------------------------------------------------------------
 
@@ -224,6 +227,162 @@ def rtcp(data: bytes) -> None:
     summary = session.summary
     expect(summary.lost >= 0 and summary.received >= 0, "negative counts")
     expect(math.isfinite(summary.jitter_ms), "jitter not finite")
+
+
+# ---- a call's RTP session and the in-band queue ------------------------------------------------
+
+_SESSION_RECORD = 8
+_OFFERED = ("192.0.2.10", 40000)  # the caller's SDP address and port
+_SOURCES = (_OFFERED, ("192.0.2.10", 40002), ("198.51.100.7", 40000), _OFFERED)
+_PAYLOAD_SIZES = (160, 160, 160, 160, 80, 240, 320, 0, 1, 12, 159, 161, 480, 800, 40, 160)
+_PORT = 30000
+
+
+@functools.cache
+def _keyed_audio() -> tuple[bytes, ...]:
+    """Each DTMF key's tone as 0.5 s of PCMU with line noise, then 0.25 s of the noise alone."""
+    rng = np.random.default_rng(4733)
+    t = np.arange(4000) / 8000
+    clips = []
+    for key in "0123456789*#ABCD":
+        row, column = divmod("123A456B789C*0#D".index(key), 4)
+        low, high = (697, 770, 852, 941)[row], (1209, 1336, 1477, 1633)[column]
+        samples = rng.normal(0.0, 30.0, 6000)  # line noise, about -60 dBm0
+        samples[:4000] += TONE_AMPLITUDE * (
+            np.sin(2 * np.pi * low * t) + np.sin(2 * np.pi * high * t)
+        )
+        clips.append(encode(np.clip(np.rint(samples), -32768, 32767).astype(np.int16), "PCMU"))
+    return tuple(clips)
+
+
+def _session_packet(record: bytes, sequence: int, timestamp: int) -> bytes:
+    """An RTP datagram from one record: PCMU audio (a key's tone, line noise or silence) or a
+    telephone event, the header plain or not (CSRCs), or a datagram that reads as RTCP."""
+    flags, size, content, offset = record[0], record[3], record[4], record[5]
+    length = _PAYLOAD_SIZES[size % len(_PAYLOAD_SIZES)]
+    clip = _keyed_audio()[content % 16]
+    start = (offset * 20) % len(clip)  # 8 units a 20 ms packet
+    if content & 0x30 == 0x10:
+        payload = (clip[start:] + clip)[:length]
+    elif content & 0x30 == 0x20:
+        payload = (clip[4000 + start % 2000 :] + clip[4000:])[:length]  # the noise alone
+    else:
+        payload = b"\xff" * length  # PCMU silence
+    payload_type = 101 if flags & 0x20 else 0
+    if flags & 0x20 and content & 0x40:
+        end_and_volume = 0x8A if content & 0x80 else 0x0A
+        payload = bytes((content % 16, end_and_volume)) + offset.to_bytes(2, "big")
+    packet = RtpPacket(
+        version=2,
+        padding=False,
+        extension=False,
+        marker=bool(flags & 0x40),
+        payload_type=payload_type,
+        sequence=sequence,
+        timestamp=timestamp,
+        ssrc=0x5150 + (record[7] & 1),
+        csrcs=(0x01020304,) * (content >> 6) if flags & 0x10 else (),
+        payload=payload,
+    ).serialize()
+    if flags & 0x80:  # its second octet in RTCP's range
+        packet = packet[:1] + bytes((200 + record[7] % 8,)) + packet[2:]
+    return packet
+
+
+@target("rtp_session", max_len=800)
+def rtp_session(data: bytes) -> None:
+    """A call's `MediaSession` (in-band DTMF on, telephone events on 101) fed up to 100 records
+    (8 bytes each: what comes — a datagram, the media tick or a pass between ticks — its
+    source, header and payload shape, sequence and timestamp steps, the time passing), the
+    engine's tick running the real in-band detector over what it queued (`_detect_inband`,
+    `_detect_hot`, the RFC 4733 poll), then a second of silence in order. Nothing raises and
+    nothing is logged as failed; a stranger's datagram changes nothing but its counter; the
+    queue never holds more than MAX_PENDING_FRAMES payloads, and every sample of audio it
+    took is either given to the detector or still queued; DTMF starts and ends alternate per
+    source with one key each, a start dated no later than now; no press is left open after
+    the second of silence."""
+    engine = MediaEngine("127.0.0.1", 20000, 20100)
+    events: list[DtmfEvent] = []
+    session = MediaSession(codec="PCMU", remote=_OFFERED, dtmf_payload_type=101, inband=True,
+                           on_dtmf=events.append)  # fmt: skip
+    session.start_rtcp(0.0, 1_700_000_000.0, rng=random.Random(1))
+    engine.sessions[_PORT] = session
+    engine._start_inband(session)
+    now = 0.0
+    sequence, timestamp = 1000, 160_000
+    taken = 0  # samples of audio the session queued for the detector
+    logged = len(LOGS.messages)
+
+    def tick() -> None:
+        if now >= session.dtmf_wake:
+            session.poll(now)
+        engine._detect_inband()
+
+    def receive(packet: bytes, source: tuple[str, int]) -> int:
+        """Give the session a datagram; the samples of audio it queued."""
+        stats = session.stats
+        before = (stats.received, stats.audio, stats.audio_late, stats.audio_dropped)
+        pending_before = len(session.pending_audio)
+        session.receive(packet, source, now)
+        after = (stats.received, stats.audio, stats.audio_late, stats.audio_dropped)
+        if source[0] != _OFFERED[0]:
+            expect(after == before, "a stranger's datagram reached the call")
+        samples = len(packet) - 12 - 4 * (packet[0] & 0x0F)
+        if after[1] == before[1] or after[2:] != before[2:] or not samples:
+            return 0  # not audio, audio the queue turned away (counted), or no audio at all
+        expect(len(session.pending_audio) == pending_before + 1, "audio not queued")
+        return samples
+
+    def check() -> None:
+        pending = session.pending_audio
+        expect(len(pending) <= MAX_PENDING_FRAMES, "the in-band queue grew past its bound")
+        queued = sum(len(item[0]) for item in pending)
+        expect(session.fed_samples + queued == taken, "audio lost or made up in the queue")
+
+    records = [data[at : at + _SESSION_RECORD] for at in range(0, len(data), _SESSION_RECORD)]
+    for record in records[:100]:
+        record = record.ljust(_SESSION_RECORD, b"\0")
+        now += record[6] / 4000  # 0 to 64 ms
+        kind = record[0] & 3
+        if kind == 2:
+            tick()
+        elif kind == 3:
+            engine._detect_hot()
+        else:
+            step = record[1] if record[1] < 128 else record[1] - 256
+            sequence = (sequence + step) & 0xFFFF
+            jump = record[2]
+            timestamp = (timestamp + (160 if jump < 128 else jump * 997 - 160_000)) & 0xFFFFFFFF
+            source = _SOURCES[(record[0] >> 2) & 3]
+            taken += receive(_session_packet(record, sequence, timestamp), source)
+        check()
+    # A second of silence in order, from where the call's audio is: every press ends.
+    source = session.latched or _OFFERED
+    pending = session.pending_audio
+    newest = pending[-1][1] if pending else session.fed_through
+    sequence = (sequence if newest is None else newest) + 1
+    for _ in range(50):
+        now += 0.02
+        timestamp = (timestamp + 160) & 0xFFFFFFFF
+        taken += receive(build_rtp(0, sequence & 0xFFFF, timestamp, 0x5150, b"\xff" * 160), source)
+        sequence += 1
+        tick()
+        check()
+    now += 1.0
+    session.poll(now)
+    failures = [m for m in LOGS.messages[logged:] if "failed" in m]
+    expect(not failures, f"the media engine logged a failure: {failures[:1]}")
+    open_keys: dict[str, str] = {}
+    for event in events:
+        expect(event.digit in DTMF_KEYS and len(event.digit) == 1, "not a DTMF key")
+        if event.kind == "start":
+            expect(event.source not in open_keys, f"two {event.source} starts without an end")
+            open_keys[event.source] = event.digit
+            arrived = event.arrived_at
+            expect(arrived is None or arrived <= now, "a start dated after its decision")
+        else:
+            expect(open_keys.pop(event.source, None) == event.digit, "an end without its start")
+    expect(not open_keys, f"a press left open after a second of silence: {sorted(open_keys)}")
 
 
 # ---- RFC 4733 -----------------------------------------------------------------------------------

@@ -384,7 +384,9 @@ class MediaSession:
             self._deliver(events)
         elif payload_type == self.payload_type:
             stats.audio += 1
-            if self.inband and self.inband_slot is not None:
+            # (An empty payload holds no audio: queued, it would be a payload of no samples
+            # that a gap after it leaves nothing to take, and the queue would stop there.)
+            if self.inband and self.inband_slot is not None and payload:
                 pending = self.pending_audio
                 if len(pending) < MAX_PENDING_FRAMES:
                     newest = pending[-1][1] if pending else self.fed_through

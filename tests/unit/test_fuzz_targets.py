@@ -34,6 +34,7 @@ EXPECTED_TARGETS = {
     "sdes",
     "rtp_packet",
     "rtcp",
+    "rtp_session",
     "rfc4733",
     "recording",
     "handoff_signature",

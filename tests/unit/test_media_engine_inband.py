@@ -552,6 +552,32 @@ def test_lost_audio_splits_a_press_and_late_audio_does_not() -> None:
     assert late.session is not None and late.session.stats.audio_gaps == 0
 
 
+def test_an_empty_audio_payload_before_a_gap_does_not_stop_the_channel() -> None:
+    # An audio packet with no payload holds no samples: it is not queued. (Queued, a gap
+    # right after it left the tick nothing to take off the queue's head, and the channel
+    # heard nothing more: the fuzz target rtp_session found it.)
+    def test() -> None:
+        engine = MediaEngine("127.0.0.1", 40000, 40100)
+        heard: list[DtmfEvent] = []
+        session = make_session("PCMU", heard)
+        engine.attach(50000, session)
+        audio = keyed_audio("8", "PCMU")
+        session.receive(build_rtp(0, 1, 0, 7, audio[0], True), CALLER, 0.0)
+        engine._detect_inband()
+        session.receive(build_rtp(0, 2, FRAME, 7, b""), CALLER, 0.02)  # no payload
+        for n, frame in enumerate(audio[1:], start=10):  # 160 ms of packets missing
+            session.receive(build_rtp(0, n, n * FRAME, 7, frame), CALLER, 0.2 + n * 0.02)
+            engine._detect_inband()
+        assert not session.pending_audio
+        assert session.stats.audio == len(audio) + 1
+        engine.close(50000)
+        assert engine._tick_task is not None
+        engine._tick_task.cancel()
+        assert starts(heard) == "8"
+
+    run_in_loop(test)
+
+
 def test_a_sender_with_timestamps_on_a_wrong_clock_is_still_heard() -> None:
     # Timestamps that advance 8000 a packet (milliseconds taken for samples, say): every packet
     # looks 990 ms after the last by its timestamp, but the packets come steadily, so no audio
