@@ -1068,7 +1068,7 @@ class MediaEngine:
                 take = INBAND_FEED
                 if queued >= 3 * INBAND_FEED:
                     take = queued // INBAND_FEED * INBAND_FEED
-                newest = max(queued[3] for queued in pending)
+                newest = max(item[3] for item in pending)  # the latest arrival
                 until = newest - (queued - take) / 8000.0  # the fed audio's end
             feed = groups.get(take)
             if feed is None:
