@@ -530,6 +530,25 @@ seed(
     + SESSION_TICK,
 )
 
+# bridge: 8 bytes (codecs and the agent's packet time, the mask), then rtp_session's records, a
+# record of kind 3 being the agent's packet.
+seed("bridge", "keys-pcmu-to-pcma-tone", bytes((0b10, 0)) + bytes(6) + keyed("4111", hot=True))
+seed("bridge", "keys-agent-10ms-noise", bytes((0b1001, 2)) + bytes(6) + keyed("93#", hot=True))
+seed(
+    "bridge",
+    "reordered-odd-sizes-silence",
+    bytes((0b1100, 1))
+    + bytes(6)
+    + keyed("7", packets=4)
+    + session_packet(content=0x13)
+    + session_packet(step=2, content=0x13, offset=16)
+    + session_packet(step=-1, content=0x13, offset=8)
+    + SESSION_TICK
+    + b"".join(session_packet(size=n, content=0x13, offset=24) for n in (4, 5, 12))
+    + SESSION_TICK
+    + keyed("0", packets=6),
+)
+
 RFC4733_RECORD = struct.Struct("!BBHbBBB")
 
 

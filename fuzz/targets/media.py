@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from fuzz.harness import LOGS, Finding, Reader, expect, target
+from spg_media.dtmf.inband import scan
 from spg_media.dtmf.recording import FORMATS, RecordingError, read_recording
 from spg_media.dtmf.rfc4733 import DTMF_KEYS, DtmfEvent, Rfc4733Receiver
-from spg_media.rtp.g711 import encode
+from spg_media.rtp.g711 import decode, encode
+from spg_media.rtp.masking import MASKS
 from spg_media.rtp.packet import RtpError, RtpPacket, build_rtp, is_rtcp
 from spg_media.rtp.rtcp import RtcpError, RtcpSession
-from spg_media.rtp.session import MAX_PENDING_FRAMES, MediaEngine, MediaSession
+from spg_media.rtp.session import MAX_PENDING_FRAMES, PAYLOAD_TYPE, MediaEngine, MediaSession
 from spg_media.rtp.srtp import (
     SUPPORTED_SUITES,
     CryptoAttribute,
@@ -383,6 +385,90 @@ def rtp_session(data: bytes) -> None:
         else:
             expect(open_keys.pop(event.source, None) == event.digit, "an end without its start")
     expect(not open_keys, f"a press left open after a second of silence: {sorted(open_keys)}")
+
+
+# ---- agent-assisted mode: the bridge and its masker ---------------------------------------------
+
+_AGENT = ("192.0.2.20", 42000)
+_CUSTOMER_PORT, _AGENT_PORT = 30000, 30002
+_BRIDGE_RECORD = 8
+
+
+@target("bridge", max_len=808)
+def bridge(data: bytes) -> None:
+    """Agent-assisted mode's media: a customer's and an agent's `MediaSession` bridged by the
+    engine (`MediaEngine.bridge`), codecs, the agent's packet time and the mask from the first
+    8 bytes, then up to 100 records (8 bytes each, as `rtp_session`'s: the customer's packets
+    with DTMF tones, line noise or silence in any sizes and order, the agent's, and 20 ms ticks
+    that detect, cross the audio through the masker and take each leg's packet as the tick
+    sends it). Nothing raises and nothing is logged as failed; every packet a leg sends parses
+    and carries its own codec's payload type; and no DTMF digit can be read (`scan`, our own
+    detector) in the audio the agent is sent: the customer's keys never reach the agent."""
+    head = data[:8].ljust(8, b"\0")
+    codecs = ("PCMU", "PCMA")
+    customer_codec, agent_codec = codecs[head[0] & 1], codecs[(head[0] >> 1) & 1]
+    agent_ptime = (20, 20, 10, 30)[(head[0] >> 2) & 3]
+    mask = MASKS[head[1] % len(MASKS)]
+    engine = MediaEngine("127.0.0.1", 20000, 20100)
+    customer = MediaSession(codec=customer_codec, remote=_OFFERED, dtmf_payload_type=101)
+    agent = MediaSession(codec=agent_codec, remote=_AGENT, dtmf_payload_type=101,
+                         ptime_ms=agent_ptime)  # fmt: skip
+    for port, session in ((_CUSTOMER_PORT, customer), (_AGENT_PORT, agent)):
+        session.start_rtcp(0.0, 1_700_000_000.0, rng=random.Random(port))
+        session.next_send_at = 0.0
+        engine.sessions[port] = session
+    engine.bridge(_CUSTOMER_PORT, _AGENT_PORT, mask)
+    logged = len(LOGS.messages)
+    heard: dict[str, list[bytes]] = {"customer": [], "agent": []}
+    now = 0.0
+    sequences = {"customer": 1000, "agent": 5000}
+    stamps = {"customer": 160_000, "agent": 80_000}
+
+    def tick() -> None:
+        engine._detect_inband()
+        engine._relay(now)
+        for name, session in (("customer", customer), ("agent", agent)):
+            due = session.next_send_at or 0.0
+            while due <= now + 0.001:  # as `_serve` sends: every packet due by now
+                packet = session.next_packet(due)
+                expect(packet is not None, "a plain RTP leg sent nothing")
+                assert packet is not None
+                try:
+                    parsed = RtpPacket.parse(packet)
+                except RtpError as exc:
+                    raise Finding(f"a leg sent a packet that does not parse: {exc}") from exc
+                expect(parsed.payload_type == PAYLOAD_TYPE[session.codec], "wrong payload type")
+                heard[name].append(parsed.payload)
+                due += session.ptime_ms / 1000
+            session.next_send_at = due
+
+    records = [data[at : at + _BRIDGE_RECORD] for at in range(8, len(data), _BRIDGE_RECORD)]
+    for record in records[:100]:
+        record = record.ljust(_BRIDGE_RECORD, b"\0")
+        now += record[6] / 4000  # 0 to 64 ms
+        if record[0] & 3 == 2:
+            tick()
+            continue
+        leg = "agent" if record[0] & 3 == 3 else "customer"
+        step = record[1] if record[1] < 128 else record[1] - 256
+        sequences[leg] = (sequences[leg] + step) & 0xFFFF
+        jump = record[2]
+        stamps[leg] = (stamps[leg] + (160 if jump < 128 else jump * 997)) & 0xFFFFFFFF
+        session = agent if leg == "agent" else customer
+        packet = _session_packet(record, sequences[leg], stamps[leg])
+        if session.codec == "PCMA" and not record[0] & 0xA0:  # its audio in its own codec
+            header = 12 + 4 * (packet[0] & 0x0F)
+            audio = encode(decode(packet[header:], "PCMU"), "PCMA")
+            packet = packet[:1] + bytes(((packet[1] & 0x80) | 8,)) + packet[2:header] + audio
+        session.receive(packet, _AGENT if leg == "agent" else _OFFERED, now)
+    for _ in range(10):  # what is held back (the masker's lookahead) comes out
+        now += 0.02
+        tick()
+    failures = [m for m in LOGS.messages[logged:] if "failed" in m]
+    expect(not failures, f"the media engine logged a failure: {failures[:1]}")
+    to_agent = b"".join(heard["agent"])
+    digits = scan(decode(to_agent, agent_codec)) if to_agent else []
+    expect(not digits, f"a DTMF digit reached the agent: {[d for d, _, _ in digits]}")
 
 
 # ---- RFC 4733 -----------------------------------------------------------------------------------

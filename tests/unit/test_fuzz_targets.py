@@ -22,7 +22,7 @@ from fuzz import targets as _targets  # noqa: E402, F401  (registers the targets
 
 MUTATIONS = 2000  # per target: the whole short run takes about 10 s
 # ... but a target whose input runs a whole call's media (the detector up to ~100 times):
-FEWER_MUTATIONS = {"rtp_session": 600}
+FEWER_MUTATIONS = {"rtp_session": 600, "bridge": 400}
 
 # Every parser of outside bytes, as SECURITY.md lists them: none may silently drop out.
 EXPECTED_TARGETS = {
@@ -37,6 +37,7 @@ EXPECTED_TARGETS = {
     "rtp_packet",
     "rtcp",
     "rtp_session",
+    "bridge",
     "rfc4733",
     "recording",
     "handoff_signature",
