@@ -1,4 +1,5 @@
-"""Targets for the media side: SDP and offer/answer, SDES keys and SRTP, RTP, RTCP, RFC 4733
+"""Targets for the media side: SDP and offer/answer, SDES keys and SRTP, RTP, RTCP, a call's RTP
+session with its in-band queue and detector, agent-assisted mode's bridge and masker, RFC 4733
 telephone events, and the recordings `dtmf-scan` reads."""
 
 from __future__ import annotations
