@@ -695,6 +695,13 @@ def test_no_card_data_in_answers_or_logs(caplog: pytest.LogCaptureFixture) -> No
     for number in numbers:
         assert number not in everything
         assert number[:-4] not in everything
+    # The answers' random digits (an authorisation code "012305", a reference "SBX2030AB")
+    # may hold the expiry's by chance: they are blanked out before it is looked for.
+    for text in texts[: 2 * len(numbers)]:
+        answer = json.loads(text)
+        for field in ("authorization_code", "reference"):
+            if isinstance(answer.get(field), str) and answer[field]:
+                everything = everything.replace(answer[field], "<random>")
     assert "12/30" not in everything and "1230" not in everything and "2030" not in everything
     assert not re.search(r"(?<![A-Za-z0-9])739(?![A-Za-z0-9])", everything)
     assert "exp_month" not in everything and "cvc" not in everything
