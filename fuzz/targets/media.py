@@ -430,7 +430,7 @@ def bridge(data: bytes) -> None:
         engine._relay(now)
         for name, session in (("customer", customer), ("agent", agent)):
             due = session.next_send_at or 0.0
-            while due <= now + 0.001:  # as `_serve` sends: every packet due by now
+            while due <= now + 0.001:  # every packet due by now (`_serve` would send at most 3)
                 packet = session.next_packet(due)
                 expect(packet is not None, "a plain RTP leg sent nothing")
                 assert packet is not None
