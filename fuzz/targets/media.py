@@ -234,7 +234,8 @@ def rtcp(data: bytes) -> None:
 
 # ---- a call's RTP session and the in-band queue ------------------------------------------------
 
-_SESSION_RECORD = 8
+_MEDIA_RECORD = 8  # bytes of a record of rtp_session and bridge
+_MEDIA_RECORDS = 100  # records an input holds at most
 _OFFERED = ("192.0.2.10", 40000)  # the caller's SDP address and port
 _SOURCES = (_OFFERED, ("192.0.2.10", 40002), ("198.51.100.7", 40000), _OFFERED)
 _PAYLOAD_SIZES = (160, 160, 160, 160, 80, 240, 320, 0, 1, 12, 159, 161, 480, 800, 40, 160)
@@ -292,6 +293,32 @@ def _session_packet(record: bytes, sequence: int, timestamp: int) -> bytes:
     return packet
 
 
+def _media_records(data: bytes, start: int = 0) -> list[bytes]:
+    """rtp_session's and bridge's records from `start` on (the last one padded with zeros)."""
+    ends = range(start, len(data), _MEDIA_RECORD)
+    return [data[at : at + _MEDIA_RECORD].ljust(_MEDIA_RECORD, b"\0") for at in ends][
+        :_MEDIA_RECORDS
+    ]
+
+
+def _numbers_after(record: bytes, sequence: int, timestamp: int) -> tuple[int, int]:
+    """The RTP sequence number and timestamp of a record's packet, from the previous ones: a
+    signed step, and the next 160 samples or a jump either way."""
+    step = record[1] if record[1] < 128 else record[1] - 256
+    jump = record[2]
+    return (
+        (sequence + step) & 0xFFFF,
+        (timestamp + (160 if jump < 128 else jump * 997 - 160_000)) & 0xFFFFFFFF,
+    )
+
+
+def _expect_no_failure_logged(since: int) -> None:
+    """The media engine logs a failure (and carries on) when a call's media or the detector
+    raised: a finding."""
+    failures = [m for m in LOGS.messages[since:] if "failed" in m]
+    expect(not failures, f"the media engine logged a failure: {failures[:1]}")
+
+
 @target("rtp_session", max_len=800)
 def rtp_session(data: bytes) -> None:
     """A call's `MediaSession` (in-band DTMF on, telephone events on 101) fed up to 100 records
@@ -342,9 +369,7 @@ def rtp_session(data: bytes) -> None:
         queued = sum(len(item[0]) for item in pending)
         expect(session.fed_samples + queued == taken, "audio lost or made up in the queue")
 
-    records = [data[at : at + _SESSION_RECORD] for at in range(0, len(data), _SESSION_RECORD)]
-    for record in records[:100]:
-        record = record.ljust(_SESSION_RECORD, b"\0")
+    for record in _media_records(data):
         now += record[6] / 4000  # 0 to 64 ms
         kind = record[0] & 3
         if kind == 2:
@@ -352,10 +377,7 @@ def rtp_session(data: bytes) -> None:
         elif kind == 3:
             engine._detect_hot()
         else:
-            step = record[1] if record[1] < 128 else record[1] - 256
-            sequence = (sequence + step) & 0xFFFF
-            jump = record[2]
-            timestamp = (timestamp + (160 if jump < 128 else jump * 997 - 160_000)) & 0xFFFFFFFF
+            sequence, timestamp = _numbers_after(record, sequence, timestamp)
             source = _SOURCES[(record[0] >> 2) & 3]
             taken += receive(_session_packet(record, sequence, timestamp), source)
         check()
@@ -373,8 +395,7 @@ def rtp_session(data: bytes) -> None:
         check()
     now += 1.0
     session.poll(now)
-    failures = [m for m in LOGS.messages[logged:] if "failed" in m]
-    expect(not failures, f"the media engine logged a failure: {failures[:1]}")
+    _expect_no_failure_logged(logged)
     open_keys: dict[str, str] = {}
     for event in events:
         expect(event.digit in DTMF_KEYS and len(event.digit) == 1, "not a DTMF key")
@@ -392,7 +413,6 @@ def rtp_session(data: bytes) -> None:
 
 _AGENT = ("192.0.2.20", 42000)
 _CUSTOMER_PORT, _AGENT_PORT = 30000, 30002
-_BRIDGE_RECORD = 8
 
 
 @target("bridge", max_len=808)
@@ -443,18 +463,13 @@ def bridge(data: bytes) -> None:
                 due += session.ptime_ms / 1000
             session.next_send_at = due
 
-    records = [data[at : at + _BRIDGE_RECORD] for at in range(8, len(data), _BRIDGE_RECORD)]
-    for record in records[:100]:
-        record = record.ljust(_BRIDGE_RECORD, b"\0")
+    for record in _media_records(data, start=8):
         now += record[6] / 4000  # 0 to 64 ms
         if record[0] & 3 == 2:
             tick()
             continue
         leg = "agent" if record[0] & 3 == 3 else "customer"
-        step = record[1] if record[1] < 128 else record[1] - 256
-        sequences[leg] = (sequences[leg] + step) & 0xFFFF
-        jump = record[2]
-        stamps[leg] = (stamps[leg] + (160 if jump < 128 else jump * 997)) & 0xFFFFFFFF
+        sequences[leg], stamps[leg] = _numbers_after(record, sequences[leg], stamps[leg])
         session = agent if leg == "agent" else customer
         packet = _session_packet(record, sequences[leg], stamps[leg])
         if session.codec == "PCMA" and not record[0] & 0xA0:  # its audio in its own codec
@@ -465,8 +480,7 @@ def bridge(data: bytes) -> None:
     for _ in range(10):  # what is held back (the masker's lookahead) comes out
         now += 0.02
         tick()
-    failures = [m for m in LOGS.messages[logged:] if "failed" in m]
-    expect(not failures, f"the media engine logged a failure: {failures[:1]}")
+    _expect_no_failure_logged(logged)
     to_agent = b"".join(heard["agent"])
     digits = scan(decode(to_agent, agent_codec)) if to_agent else []
     expect(not digits, f"a DTMF digit reached the agent: {[d for d, _, _ in digits]}")
