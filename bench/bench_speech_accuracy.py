@@ -28,6 +28,10 @@ The decoders hear the same utterances:
 * whisper+tries, constrained+tries: the same recogniser's results on the same takes (reused,
   not decoded again), with `best_reading` also given the field's earlier tries (`earlier`)
   and the readings the caller said "no" to (`denied`), as the journey does.
+* whisper+tries+runnerup: as whisper+tries, and after a "no" the same try's runner-up that
+  fits the rules and is at least `--runner-up-threshold` sure (default the journey's
+  `speech_min_runner_up_confidence`) is read back ("was it ...?") before the caller says the
+  digits again; a "no" to it too is one failed attempt, as in the journey.
 * whisper+tries+open: as whisper+tries, but a card group's second and third tries are
   recognised at an open length, as the journey did after any failed group until it kept the
   printed group's length after a "no" (Whisper's digits then came from pocketsphinx's open
@@ -103,7 +107,14 @@ VOICES = (
 )
 VARIANTS = ("", "+m1", "+m3", "+m5", "+m7", "+f1", "+f2", "+f3", "+f4", "+klatt")
 CONDITIONS = ("clean", "snr20", "snr10", "pitch")
-DECODERS = ("whisper", "whisper+tries", "constrained", "constrained+tries", "baseline")
+DECODERS = (
+    "whisper",
+    "whisper+tries",
+    "whisper+tries+runnerup",
+    "constrained",
+    "constrained+tries",
+    "baseline",
+)
 _BAND = butter(4, [300, 3400], btype="bandpass", fs=RATE, output="sos")
 TODAY = datetime.date.today()
 
@@ -179,13 +190,18 @@ def edits(a: str, b: str) -> int:
 
 _recognisers: dict[str, Recogniser] = {}
 _decoders: tuple[str, ...] = DECODERS
+_runner_up_threshold = JourneyConfig().speech_min_runner_up_confidence
 
 
 def _init(
-    decoders: tuple[str, ...], whisper_model: str = "tiny.en", prior_weight: float | None = None
+    decoders: tuple[str, ...],
+    whisper_model: str = "tiny.en",
+    prior_weight: float | None = None,
+    runner_up_threshold: float = _runner_up_threshold,
 ) -> None:
-    global _decoders
+    global _decoders, _runner_up_threshold
     _decoders = decoders
+    _runner_up_threshold = runner_up_threshold
     hearers = {decoder.split("+")[0] for decoder in decoders}
     if "whisper" in hearers:  # as deployed with speech.recogniser = "whisper-<model>"
         recogniser = make_recogniser(f"whisper-{whisper_model}")
@@ -214,6 +230,7 @@ class Payment:
         self._answers: dict[str, npt.NDArray[np.int16]] = {}
         self._heard: dict[tuple[str, object], tuple[Utterance, float]] = {}
         self.last_reading: tuple[bool, float] | None = None  # of `read`, for `--records`
+        self.runner_up_confidence = 0.0  # of `runner_up`, for `--records`
         self.speeds: list[int] = []  # of each utterance rendered, in order
         self.records: list[dict[str, object]] = []  # `--records`: one per field and decoder
 
@@ -283,6 +300,39 @@ class Payment:
             return "", False, utterance
         self.last_reading = (reading.valid, reading.confidence)
         return reading.digits, reading.valid and reading.confidence >= self.threshold, utterance
+
+    def runner_up(
+        self,
+        decoder: str,
+        utterance: Utterance,
+        earlier: list[Utterance],
+        field: str,
+        truth: str,
+        prefix: str,
+        denied: set[str],
+    ) -> tuple[str, str | None] | None:
+        """The runner-up reading after a "no" and the caller's answer to it ("was it ...?"),
+        for "+runnerup" decoders, when it fits the field's rules and is at least
+        `_runner_up_threshold` sure, as the journey reads it back."""
+        if "+runnerup" not in decoder:
+            return None
+        reading = best_reading(
+            utterance,
+            field,
+            expected_length=len(truth),
+            prefix=prefix,
+            today=TODAY,
+            earlier=earlier,
+            denied=denied,
+        )
+        if reading is None or not reading.valid or reading.confidence < _runner_up_threshold:
+            return None
+        self.counts[f"{decoder}.read_backs"] += 1
+        self.counts[f"{decoder}.read_backs_right"] += reading.digits == truth
+        self.counts[f"{decoder}.runner_ups"] += 1
+        self.counts[f"{decoder}.runner_ups_right"] += reading.digits == truth
+        self.runner_up_confidence = reading.confidence
+        return reading.digits, self.answer(decoder, "yes" if reading.digits == truth else "no")
 
     def answer(self, decoder: str, word: str) -> str | None:
         if word not in self._answers:
@@ -378,6 +428,20 @@ class Payment:
                         break
                     if heard == "no":
                         denied.add(digits)
+                        # "+runnerup": the runner-up read back in the same try, no attempt
+                        # more (the journey's way since speech_min_runner_up_confidence)
+                        second = self.runner_up(
+                            decoder, utterance, earlier[:-1], field, truth, prefix, denied
+                        )
+                        if second is not None:
+                            tried[-1]["runner_up"] = second[0]
+                            tried[-1]["runner_up_answer"] = second[1]
+                            tried[-1]["runner_up_confidence"] = round(self.runner_up_confidence, 3)
+                            if second[1] == "yes":
+                                confirmed = second[0]
+                                break
+                            if second[1] == "no":
+                                denied.add(second[0])
                 # a failed field fails the payment; the rest are still said, so that the
                 # first-try figures cover every field
                 ok &= confirmed == truth
@@ -438,6 +502,13 @@ def main() -> int:
         default=JourneyConfig().speech_min_confidence,
         help="confidence to read back (default the journey's, speech_min_confidence)",
     )
+    parser.add_argument(
+        "--runner-up-threshold",
+        type=float,
+        default=_runner_up_threshold,
+        help="confidence to read a runner-up back after a 'no' (+runnerup decoders; default "
+        "the journey's, speech_min_runner_up_confidence)",
+    )
     parser.add_argument("--conditions", default=",".join(CONDITIONS))
     parser.add_argument("--decoders", default=",".join(DECODERS))
     parser.add_argument(
@@ -471,7 +542,12 @@ def main() -> int:
     with multiprocessing.get_context("spawn").Pool(
         args.jobs,
         initializer=_init,
-        initargs=(decoders, args.whisper_model, args.whisper_prior_weight),
+        initargs=(
+            decoders,
+            args.whisper_model,
+            args.whisper_prior_weight,
+            args.runner_up_threshold,
+        ),
     ) as pool:
         records: list[dict[str, object]] = []
         for condition, counts, payment_records in pool.imap_unordered(_one, tasks):
@@ -486,7 +562,8 @@ def main() -> int:
 
     print(
         f"# speech accuracy: {args.payments} payments per condition, attempts {args.attempts}, "
-        f"threshold {args.threshold}, seed {args.seed}, {wall:.0f} s wall on {args.jobs} jobs"
+        f"threshold {args.threshold}, runner-up threshold {args.runner_up_threshold}, "
+        f"seed {args.seed}, {wall:.0f} s wall on {args.jobs} jobs"
         + (
             f", Whisper prior weight {args.whisper_prior_weight:g}"
             if args.whisper_prior_weight is not None
@@ -514,6 +591,14 @@ def main() -> int:
                 f"{t[f'{decoder}.read_backs_right'] / max(t[f'{decoder}.read_backs'], 1):.0%} | "
                 f"{t[f'{decoder}.cpu'] / speech:.3f} |"
             )
+    for condition in conditions:
+        t = totals[condition]
+        for decoder in decoders:
+            if "+runnerup" in decoder:
+                print(
+                    f"{condition} {decoder}: runner-ups read back after a 'no' "
+                    f"{t[f'{decoder}.runner_ups']}, right {t[f'{decoder}.runner_ups_right']}"
+                )
     print(
         f"VAD on 60 s of line noise: {vad_cpu * 1000:.0f} ms CPU "
         f"({vad_cpu / 60:.5f} s per s), {vad_found} stretches of speech found (recognitions)"

@@ -71,6 +71,7 @@ SPEECH_PROMPT_NAMES: tuple[str, ...] = (
     "enter_expiry_speech",
     "enter_cvc_speech",
     "heard",
+    "heard_instead",
     "next_digits",
     "not_understood",
     "say_again",
@@ -592,6 +593,7 @@ class _SpeechWording:
     cvc_front: str  # 4 digits (American Express)
     cvc_other: str  # '{digits}' placeholder
     heard: str  # before the digits read back
+    heard_instead: str  # before a runner-up read back after a "no"
     yes_or_no: str  # after them
     confirm_keys: str  # the confirmation's choices, by key or by voice
 
@@ -616,6 +618,7 @@ _SPEECH_WORDING: Mapping[str, _SpeechWording] = {
         cvc_front="Please key in or say the four digit security code on the front of your card.",
         cvc_other="Please key in or say the {digits} digit security code of your card.",
         heard="I heard",
+        heard_instead="Sorry. Was it",
         yes_or_no="Is that right? Say yes or press one, or no or press two.",
         confirm_keys="Say yes or press one to confirm. Say no or press two to start again.",
     ),
@@ -655,6 +658,7 @@ def fixed_phrases(lang: str) -> list[str]:
             spoken.cvc_back,
             spoken.cvc_front,
             spoken.heard,
+            spoken.heard_instead,
             spoken.yes_or_no,
             spoken.confirm_keys,
         ]
@@ -778,8 +782,9 @@ def _confirm(w: _Wording, params: _Params, keys: str | None = None) -> list[Segm
     ]
 
 
-def _heard(sw: _SpeechWording, params: _Params) -> list[Segment]:
-    """Spoken digits read back: "I heard 4 1 1 1. If that is right, say yes or press one..."
+def _heard(sw: _SpeechWording, params: _Params, lead: str) -> list[Segment]:
+    """Spoken digits read back after `lead`: "I heard 4 1 1 1. Is that right? Say yes or
+    press one...", or a runner-up after a "no": "Sorry. Was it 4 1 1 7? ..."
 
     In groups of `group` digits (4 for a card number, 2 for an expiry) with a short pause
     between them. PCI: the digits only select clips, as in the confirmation.
@@ -788,7 +793,7 @@ def _heard(sw: _SpeechWording, params: _Params) -> list[Segment]:
     group = params.get("group", 4)
     if isinstance(group, bool) or not isinstance(group, int) or not 1 <= group <= 19:
         raise ValueError("prompt 'heard': group must be an int from 1 to 19")
-    segments: list[Segment] = [Phrase(sw.heard)]
+    segments: list[Segment] = [Phrase(lead)]
     for index, digit in enumerate(digits):
         if index and index % group == 0:
             segments.append(Pause(GROUP_PAUSE_MS))
@@ -814,7 +819,9 @@ def _speech_part(name: str, lang: str, params: _Params) -> list[Segment]:
             return [Phrase(sw.cvc_front)]
         return [Phrase(sw.cvc_other.format(digits=number_words(digits, lang)))]
     if name == "heard":
-        return _heard(sw, params)
+        return _heard(sw, params, sw.heard)
+    if name == "heard_instead":
+        return _heard(sw, params, sw.heard_instead)
     assert name == "confirm_speech"
     return _confirm(_WORDING[lang], params, keys=sw.confirm_keys)
 

@@ -146,7 +146,7 @@ def rehearse(audio: CallerAudio, keys: Sequence[tuple[float, str]] = ()) -> Rehe
         if isinstance(action, Play):
             for part in action.parts:
                 params = dict(part.params)
-                if part.name == "heard":
+                if part.name in ("heard", "heard_instead"):
                     heard.append("".join(params["digits"].characters()))  # type: ignore[union-attr]
                 elif part.name in ("not_understood", "say_again", "no_input", "card_invalid"):
                     failures.append(part.name)

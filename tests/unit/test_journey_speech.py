@@ -250,7 +250,10 @@ def test_no_every_time_ends_too_many_attempts() -> None:
 
 
 def test_a_reading_denied_is_not_read_back_again_for_the_same_digits() -> None:
-    speaker = Speaker(JourneyConfig(speech=True, max_attempts=5))
+    # (no runner-up read back in the same try: above 1, no reading is sure enough for it)
+    speaker = Speaker(
+        JourneyConfig(speech=True, max_attempts=5, speech_min_runner_up_confidence=1.1)
+    )
     speaker.start()
     speaker.done()
     assert heard_digits(speaker.say("4111", also=(("4117", -0.5),))) == "4111"
@@ -271,6 +274,81 @@ def test_a_reading_denied_is_not_read_back_again_for_the_same_digits() -> None:
     speaker.say("yes")
     speaker.done()
     assert heard_digits(speaker.say("4111")) == "4111"
+
+
+def heard_instead_digits(actions: list[Action]) -> str:
+    """The digits of a runner-up read back after a "no" ("Sorry. Was it ...?")."""
+    play = only_play(actions)
+    found = [p for p in play.parts if p.name == "heard_instead"]
+    assert len(found) == 1, plays(actions)
+    value = dict(found[0].params)["digits"]
+    assert isinstance(value, SecretDigits)
+    return "".join(value.characters())
+
+
+def test_after_a_no_the_runner_up_is_read_back_without_a_failed_attempt() -> None:
+    # max_attempts 1: a failed attempt would end the payment
+    speaker = Speaker(JourneyConfig(speech=True, max_attempts=1))
+    speaker.start()
+    speaker.done()
+    assert heard_digits(speaker.say("4111", also=(("4117", -0.5),))) == "4111"
+    speaker.done()
+    assert heard_instead_digits(speaker.say("no")) == "4117"
+    speaker.done()
+    assert plays(speaker.say("yes")) == [("next_digits",)]
+    speaker.keys("111111111115#")  # 4117 1111 1111 1115: the rest keyed
+    assert speaker.journey.state is State.EXPIRY
+    assert outcome_of(speaker.journey.hangup(speaker.now)).result is not Result.TOO_MANY_ATTEMPTS
+
+
+def test_a_no_to_the_runner_up_is_one_failed_attempt_and_asks_again() -> None:
+    speaker = Speaker(JourneyConfig(speech=True, max_attempts=2))
+    speaker.start()
+    speaker.done()
+    speaker.say("4111", also=(("4117", -0.5), ("4171", -0.6)))
+    speaker.done()
+    assert heard_instead_digits(speaker.say("no")) == "4117"
+    speaker.done()
+    # no third reading of the same try: the caller says the digits again
+    assert plays(speaker.say("no")) == [("say_again",)]
+    speaker.done()
+    # both denied readings stay out of the next try's pooled ones (4171 was third)
+    assert heard_digits(speaker.say("4111", also=(("4117", -0.1), ("4171", -2.0)))) == "4171"
+    speaker.done()
+    # a "no" to the next try's read-back: its runner-up, if any, is read back again;
+    # here every other reading is denied, so the second failed attempt ends the payment
+    assert plays(speaker.say("no")) == [("too_many_attempts", "goodbye")]
+    assert outcome_of(speaker.done()).result is Result.TOO_MANY_ATTEMPTS
+    assert held(speaker.journey) == []
+
+
+def test_a_runner_up_too_unsure_or_breaking_the_rules_is_not_read_back() -> None:
+    speaker = Speaker(JourneyConfig(speech=True, max_attempts=5))
+    speaker.start()
+    speaker.done()
+    # 4117 far behind (share < 0.2), 9117 no card's start: neither read back after a "no"
+    speaker.say("4111", also=(("4117", -4.0), ("9117", -0.1)))
+    speaker.done()
+    assert plays(speaker.say("no")) == [("say_again",)]
+
+
+def test_the_runner_up_is_read_back_on_a_repeat_and_replaced_by_new_digits() -> None:
+    speaker = Speaker(JourneyConfig(speech=True, max_attempts=5))
+    speaker.start()
+    speaker.done()
+    speaker.say("4111", also=(("4117", -0.5),))
+    speaker.done()
+    assert heard_instead_digits(speaker.say("no")) == "4117"
+    speaker.done()
+    assert heard_instead_digits(speaker.say("repeat")) == "4117"
+    speaker.done()
+    # the caller says the digits instead of answering: a new reading, read back as heard
+    assert heard_digits(speaker.say("4171")) == "4171"
+    speaker.done()
+    # a "no": 4117, never denied (the caller spoke over it), is the tries' runner-up
+    assert heard_instead_digits(speaker.say("no")) == "4117"
+    speaker.done()
+    assert plays(speaker.say("no")) == [("say_again",)]
 
 
 def test_the_tries_at_the_same_digits_add_up() -> None:

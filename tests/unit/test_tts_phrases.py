@@ -579,6 +579,7 @@ def test_confirm_missing_expiry() -> None:
 SPEECH_SAMPLE_PARAMS: dict[str, dict[str, object]] = {
     "enter_cvc_speech": {"digits": 3},
     "heard": {"digits": SecretDigits("4111")},
+    "heard_instead": {"digits": SecretDigits("4117")},
     "confirm_speech": {"last4": "4242", "expiry": SecretDigits("0731")},
 }
 
