@@ -98,7 +98,7 @@ that right? Say yes or press one, or no or press two."): `heard` holds it meanwh
   brand, length) or as long as its brand allows (then checked as a keyed one is); else "and
   the next digits?". The expiry and the code are then checked exactly as when keyed.
 - "no" or '2': dropped. If the same try has a runner-up that fits the field's rules and is at
-  least `speech_min_runner_up_confidence` (0.2) sure, it is read back in its place ("Sorry.
+  least `speech_min_runner_up_confidence` (0.1) sure, it is read back in its place ("Sorry.
   Was it 4 1 1 7? ..."; `runner_up` marks it): "yes" takes it as above with no failed
   attempt, "no" drops it too. Otherwise, and after a "no" to a runner-up, "please say those
   digits again"; a failed attempt (the card's
@@ -303,10 +303,11 @@ class JourneyConfig:
     speech_min_plain_confidence: float = 0.5
     # After a "no" to a read-back, the same try's next reading that fits the rules is read
     # back in its place when at least this sure ("was it ...?"), before the caller is asked
-    # to say the digits again: the right reading is often the recogniser's second. Below it,
-    # runner-ups were mostly wrong, and each costs the caller a question (bench/RESULTS.md
-    # "Voice entry": 0.2 kept 18 of 21 right runner-ups and 21 of 45 wrong ones, clean).
-    speech_min_runner_up_confidence: float = 0.2
+    # to say the digits again: the right reading is often the recogniser's second. A wrong
+    # one costs the caller a question but no attempt; below 0.1 they were nearly all wrong
+    # (bench/RESULTS.md "Voice entry": 0.1 kept 99 of 111 right runner-ups, 423 of 492
+    # wrong ones; 0.2, 69 and 209, and fewer payments).
+    speech_min_runner_up_confidence: float = 0.1
 
 
 # ---- the key rules of a field (shared with agent-assisted payment sessions) --------------------

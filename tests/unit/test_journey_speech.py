@@ -326,7 +326,7 @@ def test_a_runner_up_too_unsure_or_breaking_the_rules_is_not_read_back() -> None
     speaker = Speaker(JourneyConfig(speech=True, max_attempts=5))
     speaker.start()
     speaker.done()
-    # 4117 far behind (share < 0.2), 9117 no card's start: neither read back after a "no"
+    # 4117 far behind (share < 0.1), 9117 no card's start: neither read back after a "no"
     speaker.say("4111", also=(("4117", -4.0), ("9117", -0.1)))
     speaker.done()
     assert plays(speaker.say("no")) == [("say_again",)]
