@@ -871,7 +871,7 @@ def digits_heard(audio: np.ndarray) -> tuple[list[str], list[str] | None]:
     ours = [digit for digit, _, _ in scan(audio)]
     sys.path.insert(0, str(REPO / "bench"))
     try:
-        import spandsp  # type: ignore[import-not-found]
+        import spandsp
     finally:
         sys.path.remove(str(REPO / "bench"))
     if not spandsp.available():

@@ -556,7 +556,7 @@ def test_calls_ended_before_their_journey_are_recorded_hung_up(tmp_path: Path) -
             def __getattr__(self, name: str) -> Any:
                 return getattr(connector, name)
 
-        services.connector = SlowLookup()  # type: ignore[assignment]
+        services.connector = SlowLookup()
         callback = ["X-SPG-Callback: https://merchant.test/result"]
         try:
             with (
@@ -871,7 +871,7 @@ def test_a_failure_of_ours_still_answers_the_invite_and_records_the_call(
             def __getattr__(self, name: str) -> Any:
                 return getattr(connector, name)
 
-        services.connector = Broken()  # type: ignore[assignment]
+        services.connector = Broken()
         try:
             with RawPeer(port, "bug-1") as peer:
                 failed = await peer.invite([])
