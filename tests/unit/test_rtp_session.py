@@ -94,7 +94,9 @@ def test_playback_pads_to_packets_then_reports_done_and_sends_silence() -> None:
     assert first.payload == b"\x01" * 160
     assert second.payload == b"\x01" * 140 + b"\xff" * 20
     assert done == [True] and not media.playing
-    silence = RtpPacket.parse(media.next_packet())
+    silence_bytes = media.next_packet()
+    assert silence_bytes is not None
+    silence = RtpPacket.parse(silence_bytes)
     assert silence.payload == b"\xff" * 160
     assert (second.sequence - first.sequence) % 65536 == 1
     assert (silence.timestamp - second.timestamp) % 2**32 == 160
