@@ -871,7 +871,7 @@ def digits_heard(audio: np.ndarray) -> tuple[list[str], list[str] | None]:
     ours = [digit for digit, _, _ in scan(audio)]
     sys.path.insert(0, str(REPO / "bench"))
     try:
-        import spandsp  # type: ignore[import-not-found]
+        import spandsp
     finally:
         sys.path.remove(str(REPO / "bench"))
     if not spandsp.available():
@@ -925,13 +925,16 @@ def check_agent_heard_no_key(run: CallRun) -> None:
 
 def test_rfc4733_customer_pays_while_talking_and_holding(runs: Runs) -> None:
     run = runs.calls["rfc4733"]
+    assert run.customer is not None and run.agent is not None  # both SIPp
     assert run.customer.returncode == 0, run.customer.explain()
     assert run.agent.returncode == 0, run.agent.explain()
     assert run.final["status"] == "complete" and run.final["result"] == "approved", run.final
     assert run.final["card_brand"] == "visa" and run.final["last4"] == "1111"
     # hold and resume were answered on the customer's leg, the capture went on
     answers = {
-        m.header("CSeq"): m.text for m in run.customer.received(200) if m.cseq_method == "INVITE"
+        str(m.header("CSeq")): m.text
+        for m in run.customer.received(200)
+        if m.cseq_method == "INVITE"
     }
     assert sorted(answers) == ["1 INVITE", "2 INVITE", "3 INVITE"], run.customer.explain()
     assert "a=recvonly" in answers["2 INVITE"] and "a=sendrecv" in answers["3 INVITE"]
@@ -947,6 +950,7 @@ def test_rfc4733_customer_pays_while_talking_and_holding(runs: Runs) -> None:
 
 def test_inband_customer_pays_and_every_tone_is_masked(runs: Runs) -> None:
     run = runs.calls["inband"]
+    assert run.customer is not None and run.agent is not None  # both SIPp
     assert run.customer.returncode == 0, run.customer.explain()
     assert run.agent.returncode == 0, run.agent.explain()
     assert run.final["status"] == "complete" and run.final["result"] == "approved", run.final
@@ -964,6 +968,7 @@ def test_inband_customer_pays_and_every_tone_is_masked(runs: Runs) -> None:
 
 def test_agent_hangs_up_mid_capture_and_nothing_is_charged(runs: Runs) -> None:
     run = runs.calls["agent_bye"]
+    assert run.customer is not None and run.agent is not None  # both SIPp
     assert run.customer.returncode == 0, run.customer.explain()  # it got the node's BYE
     assert run.agent.returncode == 0, run.agent.explain()
     assert run.final["status"] == "cancelled" and run.final["result"] == "hung-up", run.final
@@ -1016,6 +1021,7 @@ def test_tls_srtp_customer_pays_and_the_agent_leg_is_plain_rtp(runs: Runs) -> No
     if "srtp" not in runs.calls:
         pytest.skip("baresip or the test certificate (openssl) is missing")
     run = runs.calls["srtp"]
+    assert run.agent is not None  # SIPp (the customer is baresip)
     assert run.agent.returncode == 0, run.agent.explain()
     assert run.final["status"] == "complete" and run.final["result"] == "approved", run.final
     assert run.final["card_brand"] == "visa" and run.final["last4"] == "1111"

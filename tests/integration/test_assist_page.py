@@ -104,7 +104,9 @@ def recording(app: Any, answers: list[str]) -> Any:
     return wrapped
 
 
-def test_agent_clicks_through_a_payment_while_the_customer_keys(tmp_path, caplog):
+def test_agent_clicks_through_a_payment_while_the_customer_keys(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
         pytest.skip("chromium is not installed (Debian package chromium)")
     playwright_api = pytest.importorskip("playwright.async_api")

@@ -195,7 +195,9 @@ def log_text(record: logging.LogRecord) -> str:
 
 
 @pytest.mark.timeout(180)
-def test_concurrent_payments_approve_decline_and_leak_nothing(tmp_path, caplog):
+def test_concurrent_payments_approve_decline_and_leak_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     config = node_config(tmp_path)
     admin = f"127.0.0.1:{free_tcp_port()}"
@@ -255,7 +257,7 @@ def test_concurrent_payments_approve_decline_and_leak_nothing(tmp_path, caplog):
 
 
 @pytest.mark.timeout(120)
-def test_unknown_transaction_and_cancel_and_hangup(tmp_path):
+def test_unknown_transaction_and_cancel_and_hangup(tmp_path: Path) -> None:
     config = node_config(tmp_path)
     capture = Capture()
 
@@ -285,7 +287,9 @@ def test_unknown_transaction_and_cancel_and_hangup(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_inband_tones_alone_pay_and_leak_nothing(tmp_path, caplog):
+def test_inband_tones_alone_pay_and_leak_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """No telephone-event in the offer: the card is keyed as tones in the PCMU stream."""
     caplog.set_level(logging.DEBUG)
     config = node_config(tmp_path)
@@ -323,7 +327,9 @@ def test_inband_tones_alone_pay_and_leak_nothing(tmp_path, caplog):
 
 
 @pytest.mark.timeout(120)
-def test_tls_srtp_payment_survives_forged_truncated_and_replayed_packets(tmp_path, caplog):
+def test_tls_srtp_payment_survives_forged_truncated_and_replayed_packets(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """TLS + SRTP: an attacker on the media path injects mid-call, the caller re-keys with a
     re-INVITE between fields; the payment is untouched and every bad packet is counted."""
     from spg_media.rtp.packet import build_rtp
@@ -525,7 +531,7 @@ class RawPeer:
 
 
 @pytest.mark.timeout(60)
-def test_calls_ended_before_their_journey_are_recorded_hung_up(tmp_path):
+def test_calls_ended_before_their_journey_are_recorded_hung_up(tmp_path: Path) -> None:
     """A CANCEL while the transaction is looked up, and a BYE before the ACK: each call is
     still a CDR line and a callback (`hung-up`)."""
     config = node_config(tmp_path)
@@ -550,7 +556,7 @@ def test_calls_ended_before_their_journey_are_recorded_hung_up(tmp_path):
             def __getattr__(self, name: str) -> Any:
                 return getattr(connector, name)
 
-        services.connector = SlowLookup()  # type: ignore[assignment]
+        services.connector = SlowLookup()
         callback = ["X-SPG-Callback: https://merchant.test/result"]
         try:
             with (
@@ -588,7 +594,7 @@ def test_calls_ended_before_their_journey_are_recorded_hung_up(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_signed_handoffs_pay_and_bad_signatures_end_invalid_handoff(tmp_path):
+def test_signed_handoffs_pay_and_bad_signatures_end_invalid_handoff(tmp_path: Path) -> None:
     """`handoff.signing_secret` set: a good X-SPG-Signature pays; a stale, a forged or a
     missing one ends `invalid-handoff`, and the caller is not sent to the X-SPG-Return-To it
     failed to vouch for."""
@@ -679,7 +685,7 @@ async def cancel_at_once(port: int, token: str, **options: Any) -> CallerReport:
 
 
 @pytest.mark.timeout(150)
-def test_a_failed_transfer_back_ends_with_a_bye_carrying_the_result(tmp_path):
+def test_a_failed_transfer_back_ends_with_a_bye_carrying_the_result(tmp_path: Path) -> None:
     """REFER refused, REFER unanswered (it times out), NOTIFY reporting failure:
     each time a BYE carries the same X-SPG-* headers the REFER did."""
     config = node_config(tmp_path)
@@ -708,7 +714,7 @@ def test_a_failed_transfer_back_ends_with_a_bye_carrying_the_result(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_where_the_caller_is_returned(tmp_path):
+def test_where_the_caller_is_returned(tmp_path: Path) -> None:
     """X-SPG-Return-To, as a header or a Request-URI parameter (the header wins),
     else the Referred-By of the transferred INVITE."""
     config = node_config(tmp_path)
@@ -742,7 +748,9 @@ def test_where_the_caller_is_returned(tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_session_timers_refresh_expire_and_refuse_too_small(tmp_path, monkeypatch):
+def test_session_timers_refresh_expire_and_refuse_too_small(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With intervals of seconds (our minimum lowered to 2 for the test): as refresher (uas)
     the node UPDATEs at half the interval and ends the call when a refresh gets 481; with the
     caller refreshing (uac), a refresh is answered with the interval and silence ends the call
@@ -809,7 +817,7 @@ def test_session_timers_refresh_expire_and_refuse_too_small(tmp_path, monkeypatc
 
 
 @pytest.mark.timeout(60)
-def test_an_update_with_an_offer_gets_an_answer(tmp_path):
+def test_an_update_with_an_offer_gets_an_answer(tmp_path: Path) -> None:
     """RFC 3311: an UPDATE may carry an SDP offer (here: hold); its 2xx carries the answer."""
     config = node_config(tmp_path)
     capture = Capture()
@@ -837,7 +845,9 @@ def test_an_update_with_an_offer_gets_an_answer(tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_a_failure_of_ours_still_answers_the_invite_and_records_the_call(tmp_path, caplog):
+def test_a_failure_of_ours_still_answers_the_invite_and_records_the_call(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Something in the node raises (here the connector, with an exception it should never
     raise): the INVITE gets 500, the call an `error` record, and the node carries on."""
     config = node_config(tmp_path)
@@ -861,7 +871,7 @@ def test_a_failure_of_ours_still_answers_the_invite_and_records_the_call(tmp_pat
             def __getattr__(self, name: str) -> Any:
                 return getattr(connector, name)
 
-        services.connector = Broken()  # type: ignore[assignment]
+        services.connector = Broken()
         try:
             with RawPeer(port, "bug-1") as peer:
                 failed = await peer.invite([])
@@ -879,7 +889,9 @@ def test_a_failure_of_ours_still_answers_the_invite_and_records_the_call(tmp_pat
 
 
 @pytest.mark.timeout(60)
-def test_callbacks_allowed_with_no_signing_key_are_warned_about(tmp_path, caplog):
+def test_callbacks_allowed_with_no_signing_key_are_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING, logger="spg.server")
 
     async def start(secret: str) -> None:
@@ -898,7 +910,7 @@ def test_callbacks_allowed_with_no_signing_key_are_warned_about(tmp_path, caplog
 
 
 @pytest.mark.timeout(120)
-def test_an_ended_call_is_freed_without_the_garbage_collector(tmp_path):
+def test_an_ended_call_is_freed_without_the_garbage_collector(tmp_path: Path) -> None:
     """`serve` runs full garbage collections rarely (gcpolicy.py): an ended call must not wait
     for one, with all it holds, in a reference cycle (its SIP leg, INVITE session and media
     session hold its methods as callbacks until it ends)."""

@@ -289,7 +289,7 @@ def test_sdes_keys_in_clear_are_refused_before_any_node(
                 forwarded = node.recvfrom(65535)[0]
             except OSError:
                 forwarded = b""
-            answers = []
+            answers: list[bytes] = []
             with contextlib.suppress(OSError):
                 while not answers or answers[-1].startswith(b"SIP/2.0 1"):
                     answers.append(caller.recvfrom(65535)[0])

@@ -111,7 +111,7 @@ async def exchange(sock: socket.socket, port: int, data: bytes, timeout: float =
 
 
 @pytest.mark.timeout(60)
-def test_malformed_requests_get_answers_and_node_keeps_serving(tmp_path):
+def test_malformed_requests_get_answers_and_node_keeps_serving(tmp_path: Path) -> None:
     base = load_config(None, env={})
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -167,7 +167,7 @@ def test_malformed_requests_get_answers_and_node_keeps_serving(tmp_path):
 
 
 @pytest.mark.timeout(30)
-def test_an_untrusted_source_gets_403_to_an_invite_and_nothing_else(tmp_path):
+def test_an_untrusted_source_gets_403_to_an_invite_and_nothing_else(tmp_path: Path) -> None:
     base = load_config(None, env={})
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))

@@ -186,7 +186,8 @@ def test_prometheus_scrapes_a_payment_call_and_the_process(
 
     # Every dashboard query parses and runs (Grafana's variables given values).
     dashboard = json.loads(DASHBOARD.read_text())
-    panels, exprs = list(dashboard["panels"]), []
+    panels = list(dashboard["panels"])
+    exprs: list[str] = []
     while panels:
         panel = panels.pop()
         panels.extend(panel.get("panels", []))

@@ -267,7 +267,7 @@ def test_a_card_said_aloud_is_paid(voice_stack: VoiceStack, sipp_dir: Path) -> N
     duration_s = audio.samples.size / RATE
     uac, call_id = voice_call(voice_stack, sipp_dir, audio, hangup_after_s=duration_s + 3.0)
     assert uac.returncode == 0, uac.explain() + voice_stack.node.logs()[-4000:]
-    cdr = cdr_for(voice_stack.node, call_id, timeout_s=10)  # type: ignore[arg-type]
+    cdr = cdr_for(voice_stack.node, call_id, timeout_s=10)
     assert cdr["result"] == "approved" and cdr["charge_state"] == "charged"
     assert cdr["attempts"] == 1 and cdr["card"] == {"brand": "visa", "last4": "1111"}
     assert cdr["input"] == {"card": "speech", "expiry": "speech", "security_code": "speech"}
@@ -287,7 +287,7 @@ def test_part_of_the_card_said_and_the_rest_keyed(voice_stack: VoiceStack, sipp_
     # The caller hangs up while the result plays (the platform's answer stands): the CDR says.
     uac, call_id = voice_call(voice_stack, sipp_dir, audio, keys, hangup_after_s=3.0)
     assert uac.returncode == 0, uac.explain() + voice_stack.node.logs()[-4000:]
-    cdr = cdr_for(voice_stack.node, call_id, timeout_s=10)  # type: ignore[arg-type]
+    cdr = cdr_for(voice_stack.node, call_id, timeout_s=10)
     assert cdr["result"] == "approved" and cdr["charge_state"] == "charged"
     assert cdr["input"] == {"card": "mixed", "expiry": "dtmf", "security_code": "dtmf"}
     assert cdr["card"] == {"brand": "visa", "last4": "1111"}

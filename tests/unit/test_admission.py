@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import math
 import time
-from typing import Any
 
 import pytest
 
@@ -352,9 +351,9 @@ def test_the_media_tick_reports_how_long_its_work_takes() -> None:
         await asyncio.sleep(0.2)
         serve = engine._serve
 
-        def slow_serve(*args: Any) -> None:
+        def slow_serve(now: float) -> None:
             time.sleep(0.01)
-            serve(*args)
+            serve(now)
 
         engine._serve = slow_serve  # type: ignore[method-assign]
         await asyncio.sleep(0.3)

@@ -146,7 +146,7 @@ def run(tmp_path: Path, scenario: Callable[[Rig], Awaitable[None]]) -> None:
     asyncio.run(main())
 
 
-def test_no_token_or_a_wrong_one_is_401(tmp_path):
+def test_no_token_or_a_wrong_one_is_401(tmp_path: Path) -> None:
     async def scenario(r: Rig) -> None:
         for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": TOKEN}):
             for method, path in [
@@ -169,7 +169,7 @@ def test_no_token_or_a_wrong_one_is_401(tmp_path):
     run(tmp_path, scenario)
 
 
-def test_unknown_call_and_payment_404_unknown_transaction_422_bad_body_400(tmp_path):
+def test_unknown_call_and_payment_404_unknown_transaction_422_bad_body_400(tmp_path: Path) -> None:
     async def scenario(r: Rig) -> None:
         body = {"transaction": "sbx-4990-EUR-a1", "idempotency_key": "k1"}
         answer = await r.client.post("/v1/calls/nope/payments", json=body, headers=AUTH)
@@ -194,7 +194,7 @@ def test_unknown_call_and_payment_404_unknown_transaction_422_bad_body_400(tmp_p
     run(tmp_path, scenario)
 
 
-def test_idempotent_creation_and_a_second_active_payment_409(tmp_path):
+def test_idempotent_creation_and_a_second_active_payment_409(tmp_path: Path) -> None:
     async def scenario(r: Rig) -> None:
         body = {"transaction": "sbx-4990-EUR-a1", "idempotency_key": "k1"}
         first, again = await asyncio.gather(
@@ -222,7 +222,9 @@ def test_idempotent_creation_and_a_second_active_payment_409(tmp_path):
     run(tmp_path, scenario)
 
 
-def test_reused_key_elsewhere_callback_outside_the_allow_list_and_capture_in_progress(tmp_path):
+def test_reused_key_elsewhere_callback_outside_the_allow_list_and_capture_in_progress(
+    tmp_path: Path,
+) -> None:
     async def scenario(r: Rig) -> None:
         r.service.call_started(FakeCall(call_id="call-2"))
         payment_id = await r.start(key="shared")
@@ -254,7 +256,7 @@ def test_reused_key_elsewhere_callback_outside_the_allow_list_and_capture_in_pro
     run(tmp_path, scenario)
 
 
-def test_complete_with_fields_missing_is_409_with_required(tmp_path):
+def test_complete_with_fields_missing_is_409_with_required(tmp_path: Path) -> None:
     async def scenario(r: Rig) -> None:
         payment_id = await r.start()
         answer = await r.post(payment_id, {"capture": "payment-card-number", "prompt": False})
@@ -274,7 +276,9 @@ def test_complete_with_fields_missing_is_409_with_required(tmp_path):
     run(tmp_path, scenario)
 
 
-def test_a_whole_payment_streams_its_states_records_assist_and_leaks_nothing(tmp_path, caplog):
+def test_a_whole_payment_streams_its_states_records_assist_and_leaks_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     answers: list[str] = []
     frames: list[str] = []
@@ -357,7 +361,7 @@ def assert_no_card_data(blobs: list[str]) -> None:
         assert not re.search(rf"(?<![0-9A-Za-z]){CVC}(?![0-9A-Za-z])", blob), blob
 
 
-def test_a_payment_active_when_the_call_ends_is_hung_up_without_a_charge(tmp_path):
+def test_a_payment_active_when_the_call_ends_is_hung_up_without_a_charge(tmp_path: Path) -> None:
     async def scenario(r: Rig) -> None:
         payment_id = await r.start()
         await r.post(payment_id, {"capture": "payment-card-number", "prompt": False})
@@ -377,7 +381,7 @@ def test_a_payment_active_when_the_call_ends_is_hung_up_without_a_charge(tmp_pat
     run(tmp_path, scenario)
 
 
-def test_a_timeout_shows_in_the_state_and_a_new_payment_after_a_result(tmp_path):
+def test_a_timeout_shows_in_the_state_and_a_new_payment_after_a_result(tmp_path: Path) -> None:
     async def scenario(r: Rig) -> None:
         r.service.session_config = dataclasses.replace(
             r.service.session_config, first_digit_timeout_s=0.05
@@ -395,7 +399,7 @@ def test_a_timeout_shows_in_the_state_and_a_new_payment_after_a_result(tmp_path)
     run(tmp_path, scenario)
 
 
-def test_the_page_is_served_without_the_token_and_holds_no_data(tmp_path):
+def test_the_page_is_served_without_the_token_and_holds_no_data(tmp_path: Path) -> None:
     async def scenario(r: Rig) -> None:
         page = await r.client.get("/assist/")
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]
@@ -415,7 +419,9 @@ def free_tcp_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_the_node_serves_the_api_when_a_token_is_set(tmp_path, caplog):
+def test_the_node_serves_the_api_when_a_token_is_set(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """The node serves the API and page on assist.listen with its token, an event stream
     included, and ends the stream when it stops; nothing without a token."""
     caplog.set_level(logging.INFO)
@@ -476,8 +482,8 @@ def test_the_node_serves_the_api_when_a_token_is_set(tmp_path, caplog):
 
 @pytest.mark.parametrize("streaming", [True, False])
 def test_an_event_stream_outlives_the_request_deadline_only_on_a_streaming_server(
-    tmp_path, streaming
-):
+    tmp_path: Path, streaming: bool
+) -> None:
     """The admin endpoint's deadline cuts any connection that lasts; the API's server keeps
     it for the request head only, so an event stream stays open."""
     received: list[bytes] = []
@@ -509,7 +515,7 @@ def test_an_event_stream_outlives_the_request_deadline_only_on_a_streaming_serve
     assert ('"result":"cancelled"' in text) is streaming
 
 
-def test_workers_refuse_the_assist_api_which_runs_in_one_process(tmp_path):
+def test_workers_refuse_the_assist_api_which_runs_in_one_process(tmp_path: Path) -> None:
     base = config_for(tmp_path)
     config = dataclasses.replace(base, assist=dataclasses.replace(base.assist, api_token=TOKEN))
     with pytest.raises(ConfigError, match=r"assist.api_token: .*process.workers = 1"):

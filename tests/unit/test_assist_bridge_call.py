@@ -345,7 +345,7 @@ def test_no_agent_target_is_480_and_a_bad_one_400() -> None:
         call = AssistCall(services, assist, customer_invite(), CUSTOMER)  # type: ignore[arg-type]
         await call.run()
         bad = AssistCall(
-            services,  # type: ignore[arg-type]
+            services,
             assist,  # type: ignore[arg-type]
             customer_invite("X-SPG-Agent: <http://agent.example/>\r\n"),
             CUSTOMER,

@@ -53,7 +53,7 @@ def capture_all(s: PaymentSession, pan: str = "4111111111111111", exp: str = "12
     keys(s, "123" if len(pan) == 16 else "1234")
 
 
-def test_new_session_state_lists_every_field_required():
+def test_new_session_state_lists_every_field_required() -> None:
     assert session().state() == {
         "payment_id": "pay_1",
         "status": "active",
@@ -63,9 +63,10 @@ def test_new_session_state_lists_every_field_required():
     }
 
 
-def test_capture_plays_the_fields_prompt_and_marks_each_key():
+def test_capture_plays_the_fields_prompt_and_marks_each_key() -> None:
     s = session()
     [play] = s.capture(CARD_NUMBER, 0.0)
+    assert isinstance(play, Play)
     assert names(play) == ["enter_card"] and play.barge_in
     assert s.next_wake() is None  # the first-digit timer waits for the prompt
     assert isinstance(s.digit("4", 1.0)[0], StopPlayback)  # barge-in
@@ -80,7 +81,7 @@ def test_capture_plays_the_fields_prompt_and_marks_each_key():
     assert "4111111111111111" not in repr(state) and "411111" not in repr(state)
 
 
-def test_fields_in_any_order_then_complete_authorizes_the_card():
+def test_fields_in_any_order_then_complete_authorizes_the_card() -> None:
     s = session()
     s.capture(SECURITY_CODE, 0.0, prompt=False)
     assert keys(s, "123#") == []  # brand unknown yet: '#' ends a 3-digit code
@@ -106,7 +107,7 @@ def test_fields_in_any_order_then_complete_authorizes_the_card():
     assert s.outcome is not None and s.outcome.last4 == "1111" and s.outcome.attempts == 1
 
 
-def test_complete_with_fields_missing_is_refused_with_required():
+def test_complete_with_fields_missing_is_refused_with_required() -> None:
     s = session()
     s.capture(CARD_NUMBER, 0.0, prompt=False)
     keys(s, "4111111111111111#")
@@ -116,7 +117,7 @@ def test_complete_with_fields_missing_is_refused_with_required():
     assert refused.value.required == (EXPIRATION_DATE, SECURITY_CODE)
 
 
-def test_complete_refused_while_a_field_is_being_keyed():
+def test_complete_refused_while_a_field_is_being_keyed() -> None:
     s = session()
     capture_all(s)
     s.capture(SECURITY_CODE, 0.0, prompt=False)
@@ -137,7 +138,9 @@ def test_complete_refused_while_a_field_is_being_keyed():
         (SECURITY_CODE, "12#", "invalid-security-code", "cvc_invalid"),
     ],
 )
-def test_invalid_entries_have_their_error_type_and_prompt(field, entry, error_type, prompt):
+def test_invalid_entries_have_their_error_type_and_prompt(
+    field: str, entry: str, error_type: str, prompt: str
+) -> None:
     config = SessionConfig(card_brands=("visa", "mastercard"))
     s = PaymentSession("pay_1", TX, config, TODAY, 0.0)
     s.capture(field, 0.0, prompt=False)
@@ -149,7 +152,7 @@ def test_invalid_entries_have_their_error_type_and_prompt(field, entry, error_ty
     assert state["capture"] == field and state["digits_entered"] == 0
 
 
-def test_timeouts_are_failed_attempts_and_max_attempts_stops_the_capture():
+def test_timeouts_are_failed_attempts_and_max_attempts_stops_the_capture() -> None:
     s = session()
     s.capture(EXPIRATION_DATE, 0.0, prompt=False)
     assert s.next_wake() == 10.0
@@ -163,6 +166,7 @@ def test_timeouts_are_failed_attempts_and_max_attempts_stops_the_capture():
     s.timer(17.0)
     s.prompt_done(18.0)
     [last] = s.timer(28.0)
+    assert isinstance(last, Play)
     assert names(last) == ["no_input"] and not last.barge_in  # the capture stops
     state = s.state()
     assert state["capture"] is None and state["error_type"] == "timeout"
@@ -173,7 +177,7 @@ def test_timeouts_are_failed_attempts_and_max_attempts_stops_the_capture():
     assert EXPIRATION_DATE not in s.required()
 
 
-def test_star_clears_the_field_and_star_on_empty_cancels():
+def test_star_clears_the_field_and_star_on_empty_cancels() -> None:
     s = session()
     s.capture(CARD_NUMBER, 0.0, prompt=False)
     keys(s, "4111")
@@ -187,7 +191,7 @@ def test_star_clears_the_field_and_star_on_empty_cancels():
     assert s.state()["status"] == "cancelled" and s.state()["result"] == "cancelled"
 
 
-def test_code_keyed_before_the_card_is_checked_against_the_brand():
+def test_code_keyed_before_the_card_is_checked_against_the_brand() -> None:
     s = session()
     s.capture(SECURITY_CODE, 0.0, prompt=False)
     keys(s, "123#")
@@ -198,12 +202,13 @@ def test_code_keyed_before_the_card_is_checked_against_the_brand():
     assert state["error_type"] == "invalid-security-code"
     assert SECURITY_CODE in state["required"]
     [play] = s.capture(SECURITY_CODE, 1.0)
+    assert isinstance(play, Play)
     assert play.parts[0].params == (("digits", 4),)
     keys(s, "1234")
     assert s.required() == [EXPIRATION_DATE]
 
 
-def test_recapture_replaces_the_field():
+def test_recapture_replaces_the_field() -> None:
     s = session()
     capture_all(s)
     s.capture(CARD_NUMBER, 1.0, prompt=False)
@@ -212,7 +217,7 @@ def test_recapture_replaces_the_field():
     assert s.state()["last4"] == "4444"
 
 
-def test_cancel_and_hangup():
+def test_cancel_and_hangup() -> None:
     s = session()
     s.capture(CARD_NUMBER, 0.0)
     actions = s.cancel(1.0)
@@ -229,7 +234,7 @@ def test_cancel_and_hangup():
     assert hung.state()["status"] == "cancelled" and hung.state()["result"] == "hung-up"
 
 
-def test_hangup_while_processing_waits_for_the_platform():
+def test_hangup_while_processing_waits_for_the_platform() -> None:
     s = session()
     capture_all(s)
     _, authorize = s.complete(1.0)
@@ -242,7 +247,7 @@ def test_hangup_while_processing_waits_for_the_platform():
     assert s.state()["result"] == "approved"
 
 
-def test_declined_and_error_results():
+def test_declined_and_error_results() -> None:
     for answer, word in [(Result.DECLINED, "declined"), (Result.ERROR, "error")]:
         s = session()
         capture_all(s)
@@ -252,7 +257,7 @@ def test_declined_and_error_results():
         assert s.state()["result"] == word and s.state()["status"] == "complete"
 
 
-def test_card_digits_are_wiped_when_the_session_ends():
+def test_card_digits_are_wiped_when_the_session_ends() -> None:
     s = session()
     s.capture(CARD_NUMBER, 0.0, prompt=False)
     keys(s, "4111111111111111#")

@@ -100,7 +100,7 @@ def test_a_prompt_with_card_digits_has_no_shared_key() -> None:
     assert shared_key((heard,), "en", "PCMA", 160) is None
 
 
-def keep(cache: PromptPackets, key: str, payloads: tuple[bytes, ...]) -> tuple[bytes, ...]:
+def keep(cache: PromptPackets, key: str, payloads: tuple[bytes, ...]) -> Sequence[bytes]:
     """A prompt's second use, which keeps it."""
     cache.put(key, payloads)
     return cache.put(key, payloads)

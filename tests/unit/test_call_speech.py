@@ -181,7 +181,11 @@ def test_a_card_said_pays_and_the_cdr_says_speech(
             for said in (PAN, "yes", EXPIRY, "yes", CVC, "yes"):
                 before = len(events.prompts())
                 speech.say(said)
-                await until(lambda before=before: len(events.prompts()) > before)
+
+                def prompted(before: int = before) -> bool:
+                    return len(events.prompts()) > before
+
+                await until(prompted)
             await until(lambda: speech.closed)  # the card is taken: no more listening
             fed = speech.fed
             await until(lambda: any(kind == "authorized" for _, kind, _ in events.items))
@@ -228,10 +232,10 @@ def test_no_recognition_slot_or_a_keypad_only_language_asks_for_keys(
         await server.start()
         port = int(config.sip.listen[0].rsplit(":", 1)[1])
         callers = [
-            TestCaller(("127.0.0.1", port), f"sbx-4990-EUR-voice{n}", inband=True, **extra)
-            for n, extra in enumerate(
-                [{}, {}, {"extra_headers": [("X-SPG-Language", "es")]}], start=2
+            TestCaller(
+                ("127.0.0.1", port), f"sbx-4990-EUR-voice{n}", inband=True, extra_headers=headers
             )
+            for n, headers in enumerate([None, None, [("X-SPG-Language", "es")]], start=2)
         ]
         try:
             for caller in callers:
@@ -291,6 +295,7 @@ def test_a_failing_recogniser_leaves_the_call_on_keys(
             await until(lambda: engine.inputs and engine.inputs[0].closed)
             await asyncio.sleep(0.5)
             (call,) = server.services.calls.values()
+            assert isinstance(call, call_module.Call)
             assert call.speech_input is None and call.media is not None
             assert call.media.on_audio is None
             assert call.rtp_port in server.services.media.sessions  # the media goes on

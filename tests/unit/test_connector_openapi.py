@@ -344,12 +344,13 @@ async def sandbox_conversation(client: Client) -> None:
     assert "card_token" in (await client.authorize(sale_token, "4111111111111111", "k")).json()
 
     # Refusals: 400, 401, 404, 413; the platform failing: 500; a key in progress: 409.
-    for number, key, extra in (
+    refused: list[tuple[str, str, dict[str, Any]]] = [
         ("4111111111111112", "key-x", {}),  # fails Luhn
         ("4111", "key-x", {}),
         ("4111111111111111", "", {}),  # no Idempotency-Key
         ("4111111111111111", "key-x", {"attempt": 0}),
-    ):
+    ]
+    for number, key, extra in refused:
         answer = await client.authorize("sbx-100-EUR-bad", number, key, **extra)
         assert answer.status_code == 400
     assert (await client.send("POST", "/v1/transactions/sbx-100-EUR-b/authorize", {"card": {}},
@@ -509,7 +510,10 @@ def test_call_records_are_the_specs_callback_body(spec: dict[str, Any]) -> None:
     validator = OAS31Validator(
         spec["components"]["schemas"]["CallRecord"], format_checker=OAS31Validator.FORMAT_CHECKER
     )
-    common = {"started_at": "2030-01-31T10:00:00.000Z", "ended_at": "2030-01-31T10:01:00.500Z"}
+    common: dict[str, Any] = {
+        "started_at": "2030-01-31T10:00:00.000Z",
+        "ended_at": "2030-01-31T10:01:00.500Z",
+    }
     records = [
         CallRecord("c1", "sbx-4990-EUR-1", "R-1", "approved", "SBX1", "123456",
                    {"brand": "visa", "last4": "1111"}, "", 1, durations={"setup": 0.01,

@@ -104,7 +104,7 @@ def test_alert_rules_name_exported_metrics() -> None:
 
 
 def dashboard_exprs(dashboard: dict[str, object]) -> list[str]:
-    exprs = []
+    exprs: list[str] = []
     panels = list(dashboard["panels"])  # type: ignore[call-overload]
     while panels:
         panel = panels.pop()

@@ -22,7 +22,9 @@ def restored_gc() -> Iterator[None]:
 def test_every_collection_is_timed_by_generation() -> None:
     gcpolicy.observe()
     gcpolicy.observe()  # once per process, however often a node starts
-    assert gc.callbacks.count(gcpolicy._timer) == 1
+    timer = gcpolicy._timer
+    assert timer is not None
+    assert gc.callbacks.count(timer) == 1
     before = {g: gcpolicy.GC_PAUSE_SECONDS.get_count(generation=g) for g in "012"}
     gc.collect(0)
     gc.collect(2)

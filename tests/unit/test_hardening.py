@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -79,7 +80,7 @@ def test_a_lock_that_cannot_be_had_is_one_clear_error(monkeypatch: pytest.Monkey
             return -1
 
     monkeypatch.setattr(hardening, "_libc", RefusingLibc)
-    monkeypatch.setattr(hardening.resource, "setrlimit", lambda *args: None)
+    monkeypatch.setattr(resource, "setrlimit", lambda *args: None)  # as hardening sets limits
     with pytest.raises(hardening.HardeningError) as caught:
         hardening.harden_process(lock_memory=True)
     message = str(caught.value)

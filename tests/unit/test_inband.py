@@ -69,7 +69,10 @@ def keyed(digits: str, on: float = 70, off: float = 70, lead: float = 100, **kw:
 
 def with_noise(audio: Audio, snr_db: float, signal_power: float, seed: int = 1) -> Audio:
     rng = np.random.default_rng(seed)
-    return audio + rng.standard_normal(audio.size) * np.sqrt(signal_power / 10 ** (snr_db / 10))
+    noisy: Audio = audio + rng.standard_normal(audio.size) * np.sqrt(
+        signal_power / 10 ** (snr_db / 10)
+    )
+    return noisy
 
 
 def dbm0_power(level: float) -> float:
@@ -306,7 +309,7 @@ def run_blocks(audio: Audio, block: int) -> list[tuple[str, str, float]]:
     detector = InbandDetector()
     slot = detector.add_channel()
     samples = np.rint(audio).astype(np.int16)
-    out = []
+    out: list[tuple[str, str, float]] = []
     for begin in range(0, samples.size, block):
         chunk = samples[begin : begin + block]
         for _, event in detector.process([slot], chunk[None, :], (begin + chunk.size) / RATE):
@@ -606,7 +609,7 @@ def test_a_channels_past_is_its_own_whatever_calls_come_between_its_calls() -> N
         slot = detector.add_channel()
         crowd = [detector.add_channel() for _ in range(between)]
         fed = np.zeros(len(crowd), dtype=np.int64)
-        seen = []
+        seen: list[tuple[str, str, float, float | None]] = []
         for begin in range(0, ours.size, 160):
             now = (begin + 160) / RATE
             for _, event in detector.process([slot], ours[None, begin : begin + 160], now):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from spg_media.sip import session_timer
 from spg_media.sip.invite_session import (
     ACK_WAIT_S,
@@ -65,7 +67,7 @@ def responses(session: InviteSession) -> list[SipResponse]:
     return [a.response for a in session.take_actions() if isinstance(a, Respond)]
 
 
-def sent(actions: list[object]) -> list[SipRequest]:
+def sent(actions: Sequence[object]) -> list[SipRequest]:
     return [a.request for a in actions if isinstance(a, Send | SendAck)]
 
 

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))  # loadkit's harness
 
 import bench_sipp_load
+import harness
 import loadkit
 from loadkit import LoadSpec, Stack, check_spec
 
@@ -59,9 +61,9 @@ def test_pin_starts_the_nodes_on_the_last_cpu_and_the_rest_on_the_others(
     cpus = sorted(before)
     seen: list[set[int]] = []
     monkeypatch.setattr(
-        loadkit.SpgNode, "start", lambda node, timeout_s=30.0: seen.append(os.sched_getaffinity(0))
+        harness.SpgNode, "start", lambda node, timeout_s=30.0: seen.append(os.sched_getaffinity(0))
     )
-    monkeypatch.setattr(loadkit.SpgNode, "stop", lambda node: None)
+    monkeypatch.setattr(harness.SpgNode, "stop", lambda node: None)
     stack = Stack(LoadSpec(media="inband", direct=True, pin=True), tmp_path)
     try:
         stack.start()

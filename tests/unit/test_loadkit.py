@@ -31,7 +31,7 @@ from loadkit import (
 
 from spg_media.dtmf.inband import scan
 from spg_media.payment.journey import PromptPart
-from spg_media.rtp.g711 import decode
+from spg_media.rtp.g711 import decode, encode
 
 TODAY = datetime.date(2026, 3, 1)
 
@@ -107,7 +107,7 @@ def test_caller_audio_holds_exactly_the_planned_tones(tmp_path: Path) -> None:
 
 def test_noise_alone_holds_no_digit() -> None:
     audio = caller_audio((), 10.0, seed=2)
-    assert scan(decode(loadkit.encode(audio, "PCMA"), "PCMA")) == []
+    assert scan(decode(encode(audio, "PCMA"), "PCMA")) == []
 
 
 def test_caller_audio_refuses_a_key_past_its_end() -> None:

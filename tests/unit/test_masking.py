@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -34,13 +35,18 @@ ROWS = (697.0, 770.0, 852.0, 941.0)
 COLS = (1209.0, 1336.0, 1477.0, 1633.0)
 
 
-def key_tone(low: float, high: float, samples: int, level_dbm0: float, twist_db: float = 0.0):  # type: ignore[no-untyped-def]
+def key_tone(
+    low: float, high: float, samples: int, level_dbm0: float, twist_db: float = 0.0
+) -> npt.NDArray[np.float64]:
     """The two tones, together at `level_dbm0`, the row `twist_db` louder than the column."""
     total = DBM0_PEAK * 10 ** (level_dbm0 / 20)
     row = total / np.sqrt(1 + 10 ** (-twist_db / 10))
     col = row * 10 ** (-twist_db / 20)
     t = np.arange(samples) / 8000
-    return row * np.sin(2 * np.pi * low * t) + col * np.sin(2 * np.pi * high * t + 1.0)
+    tones: npt.NDArray[np.float64] = row * np.sin(2 * np.pi * low * t) + col * np.sin(
+        2 * np.pi * high * t + 1.0
+    )
+    return tones
 
 
 def voice(samples: int, seed: int, pitch: float = 140.0) -> np.ndarray:
@@ -417,7 +423,8 @@ def test_the_screen_keeps_a_margin_and_rules_out_noise() -> None:
     assert margin.min() >= 1.5 * SCREEN_SLACK, margin.min()
     noise = windows[-3000:]
     noise_energy = energy[-3000:]
-    passed = screen(noise, noise_energy - 0.5 * noise_energy)  # the floor at the line's noise
+    # the floor at the line's noise
+    passed = screen(noise, noise_energy - np.float32(0.5) * noise_energy)
     assert passed.mean() < 0.05
 
 

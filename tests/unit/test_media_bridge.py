@@ -14,12 +14,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from spg_media.dtmf.inband import DBM0_PEAK, scan
 from spg_media.dtmf.rfc4733 import DtmfEvent
 from spg_media.rtp.g711 import decode, encode
-from spg_media.rtp.masking import LOOKAHEAD
+from spg_media.rtp.masking import LOOKAHEAD, Int16s
 from spg_media.rtp.packet import RtpPacket, build_rtp
 from spg_media.rtp.session import QUIET_PEAK, MediaEngine, MediaSession
 
@@ -85,9 +86,9 @@ def run_ticks(
         engine._detect_inband()
         engine._relay(now)
         for session, sent in ((agent, to_agent), (customer, to_customer)):
-            packet = RtpPacket.parse(session.next_packet(now) or b"")
-            assert packet.payload_type == PT[session.codec]
-            sent.append(decode(packet.payload, session.codec))
+            out = RtpPacket.parse(session.next_packet(now) or b"")
+            assert out.payload_type == PT[session.codec]
+            sent.append(decode(out.payload, session.codec))
     return np.concatenate(to_agent), np.concatenate(to_customer)
 
 
@@ -103,7 +104,8 @@ def speech_like(seconds: float, seed: int = 7) -> np.ndarray:
 def key_tone(low: float, high: float, samples: int, level_dbm0: float) -> np.ndarray:
     amplitude = DBM0_PEAK * 10 ** (level_dbm0 / 20) / np.sqrt(2)  # the pair at level_dbm0
     t = np.arange(samples) / 8000
-    return amplitude * (np.sin(2 * np.pi * low * t) + np.sin(2 * np.pi * high * t))
+    tones: np.ndarray = amplitude * (np.sin(2 * np.pi * low * t) + np.sin(2 * np.pi * high * t))
+    return tones
 
 
 def test_customer_speech_reaches_the_agent_late_by_the_lookahead_and_otherwise_intact() -> None:
@@ -223,7 +225,7 @@ def test_both_directions_of_every_bridge_take_one_masker_call_a_tick() -> None:
         calls: list[int] = []
         process = masker.process
 
-        def counted(slots: list[int], block: np.ndarray) -> np.ndarray:
+        def counted(slots: list[int] | npt.NDArray[np.intp], block: Int16s) -> Int16s:
             calls.append(len(slots))
             return process(slots, block)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import secrets
 
 import pytest
 
@@ -15,7 +16,7 @@ from spg_media.sip.message import new_branch, new_call_id, new_tag
 def test_a_draw_with_a_long_digit_run_is_drawn_again(monkeypatch: pytest.MonkeyPatch) -> None:
     # 4111111111111111 is Luhn-valid: the guard would cut it to ************1111
     draws = iter(["ab4111111111111111cdef0123456789ab", "ab41111111111cdef0123456789abcdef"])
-    monkeypatch.setattr(randomid.secrets, "token_hex", lambda nbytes: next(draws))
+    monkeypatch.setattr(secrets, "token_hex", lambda nbytes: next(draws))  # as randomid draws
     assert randomid.random_hex(16) == "ab41111111111cdef0123456789abcdef"
 
 

@@ -85,13 +85,18 @@ def test_playback_pads_to_packets_then_reports_done_and_sends_silence() -> None:
     media = session(on_playback_done=lambda: done.append(True))
     media.play(b"\x01" * 300)  # 1.875 packets: padded with silence to 2
     assert media.playing
-    first = RtpPacket.parse(media.next_packet())
-    second = RtpPacket.parse(media.next_packet())
+    first_bytes = media.next_packet()
+    second_bytes = media.next_packet()
+    assert first_bytes is not None and second_bytes is not None
+    first = RtpPacket.parse(first_bytes)
+    second = RtpPacket.parse(second_bytes)
     assert first.marker and not second.marker
     assert first.payload == b"\x01" * 160
     assert second.payload == b"\x01" * 140 + b"\xff" * 20
     assert done == [True] and not media.playing
-    silence = RtpPacket.parse(media.next_packet())
+    silence_bytes = media.next_packet()
+    assert silence_bytes is not None
+    silence = RtpPacket.parse(silence_bytes)
     assert silence.payload == b"\xff" * 160
     assert (second.sequence - first.sequence) % 65536 == 1
     assert (silence.timestamp - second.timestamp) % 2**32 == 160

@@ -12,6 +12,7 @@ import pytest
 from spg_media.rtp.srtp import CryptoAttribute, offer_attributes
 from spg_media.sip.sdp import (
     Crypto,
+    NegotiatedAudio,
     NotAcceptable,
     SdpError,
     SessionDescription,
@@ -108,7 +109,7 @@ def offer(*media_lines: str, session: tuple[str, ...] = ("c=IN IP4 192.0.2.10",)
 # ---- parsing ----------------------------------------------------------------------------------
 
 
-def test_parse_baresip_offer():
+def test_parse_baresip_offer() -> None:
     session = SessionDescription.parse(BARESIP)
     assert session.origin is not None and session.origin.session_id == "1513356207"
     assert session.origin.address == "192.168.1.10"
@@ -127,7 +128,7 @@ def test_parse_baresip_offer():
     assert audio.crypto == []
 
 
-def test_parse_crypto_lines():
+def test_parse_crypto_lines() -> None:
     (audio,) = SessionDescription.parse(BARESIP_SRTP).media
     assert audio.crypto == [
         Crypto(1, "AES_CM_128_HMAC_SHA1_80", KEY80, []),
@@ -145,21 +146,21 @@ def test_parse_crypto_lines():
     assert "WVNfX19" not in str(crypto)  # str() is for logs: the key stays hidden
 
 
-def test_crypto_repr_hides_the_key():
+def test_crypto_repr_hides_the_key() -> None:
     (audio,) = SessionDescription.parse(BARESIP_SRTP).media
     assert "WVNfX19" not in repr(audio.crypto[0])
     neg = negotiate(SessionDescription.parse(BARESIP_SRTP))
     assert "WVNfX19" not in repr(neg)
 
 
-def test_parse_tolerates_bare_lf_and_blank_lines_and_str():
+def test_parse_tolerates_bare_lf_and_blank_lines_and_str() -> None:
     text = SIPP_PCAP.decode().replace("\r\n", "\n") + "\n\n"
     session = SessionDescription.parse(text)
     assert session.media[0].formats == [8, 101]
     assert SessionDescription.parse(text.encode()).media[0].rtpmap[101][0] == "telephone-event"
 
 
-def test_media_level_connection_and_direction_override_session_level():
+def test_media_level_connection_and_direction_override_session_level() -> None:
     session = SessionDescription.parse(
         offer(
             "a=sendonly",
@@ -176,7 +177,7 @@ def test_media_level_connection_and_direction_override_session_level():
     assert (second.connection, second.direction) == ("198.51.100.7", "recvonly")
 
 
-def test_parse_ipv6_multicast_port_count_and_non_rtp_media():
+def test_parse_ipv6_multicast_port_count_and_non_rtp_media() -> None:
     session = SessionDescription.parse(
         sdp(
             "v=0",
@@ -220,62 +221,62 @@ def test_parse_ipv6_multicast_port_count_and_non_rtp_media():
         sdp("v=0", "o=too few fields"),
     ],
 )
-def test_bad_sdp_raises_sdp_error(body):
+def test_bad_sdp_raises_sdp_error(body: bytes) -> None:
     with pytest.raises(SdpError):
         SessionDescription.parse(body)
 
 
-def test_sdp_error_is_a_value_error():
+def test_sdp_error_is_a_value_error() -> None:
     assert issubclass(SdpError, ValueError)
 
 
 # ---- negotiation ------------------------------------------------------------------------------
 
 
-def test_sipp_pcmu_only():
+def test_sipp_pcmu_only() -> None:
     neg = negotiate(SessionDescription.parse(SIPP_UAC))
     assert (neg.remote_address, neg.remote_port) == ("127.0.0.1", 6000)
     assert (neg.codec, neg.payload_type, neg.dtmf_payload_type) == ("PCMU", 0, None)
     assert (neg.ptime, neg.direction, neg.srtp_offered, neg.crypto) == (20, "sendrecv", False, [])
 
 
-def test_sipp_pcap_pcma_with_telephone_event():
+def test_sipp_pcap_pcma_with_telephone_event() -> None:
     neg = negotiate(SessionDescription.parse(SIPP_PCAP))
     assert (neg.codec, neg.payload_type, neg.dtmf_payload_type) == ("PCMA", 8, 101)
 
 
-def test_sipp_pcmu_with_dtmf():
+def test_sipp_pcmu_with_dtmf() -> None:
     neg = negotiate(SessionDescription.parse(SIPP_PCMU_DTMF))
     assert (neg.codec, neg.payload_type, neg.dtmf_payload_type) == ("PCMU", 0, 101)
 
 
-def test_baresip_many_codecs_first_g711_in_offer_order_wins():
+def test_baresip_many_codecs_first_g711_in_offer_order_wins() -> None:
     neg = negotiate(SessionDescription.parse(BARESIP))
     assert (neg.codec, neg.payload_type, neg.dtmf_payload_type) == ("PCMU", 0, 101)
     pcma_first = BARESIP.replace(b"96 9 0 8 101", b"96 9 8 0 101")
     assert negotiate(SessionDescription.parse(pcma_first)).codec == "PCMA"
 
 
-def test_static_payload_types_without_rtpmap():
+def test_static_payload_types_without_rtpmap() -> None:
     neg = negotiate(SessionDescription.parse(offer("m=audio 4000 RTP/AVP 18 8 0")))
     assert (neg.codec, neg.payload_type) == ("PCMA", 8)
 
 
-def test_pcma_only():
+def test_pcma_only() -> None:
     neg = negotiate(
         SessionDescription.parse(offer("m=audio 4000 RTP/AVP 8", "a=rtpmap:8 PCMA/8000"))
     )
     assert (neg.codec, neg.payload_type) == ("PCMA", 8)
 
 
-def test_dynamic_payload_type_for_g711_and_rtpmap_names_any_case():
+def test_dynamic_payload_type_for_g711_and_rtpmap_names_any_case() -> None:
     neg = negotiate(
         SessionDescription.parse(offer("m=audio 4000 RTP/AVP 110 97", "a=rtpmap:110 pcmu/8000/1"))
     )
     assert (neg.codec, neg.payload_type) == ("PCMU", 110)
 
 
-def test_g711_at_other_clock_rate_or_stereo_is_not_taken():
+def test_g711_at_other_clock_rate_or_stereo_is_not_taken() -> None:
     body = offer(
         "m=audio 4000 RTP/AVP 96 97 8",
         "a=rtpmap:96 PCMU/16000",
@@ -293,13 +294,13 @@ def test_g711_at_other_clock_rate_or_stereo_is_not_taken():
         offer("m=audio 4000 RTP/AVP 0", "a=rtpmap:0 G729/8000"),  # rtpmap wins over static
     ],
 )
-def test_no_common_codec_is_not_acceptable(body):
+def test_no_common_codec_is_not_acceptable(body: bytes) -> None:
     with pytest.raises(NotAcceptable) as info:
         negotiate(SessionDescription.parse(body))
     assert "codec" in info.value.detail
 
 
-def test_telephone_event_with_other_payload_types():
+def test_telephone_event_with_other_payload_types() -> None:
     for pt in (96, 100, 127):
         body = offer(
             f"m=audio 4000 RTP/AVP 0 {pt}",
@@ -331,7 +332,7 @@ def test_telephone_event_with_other_payload_types():
         (("a=maxptime:10",), 10),
     ],
 )
-def test_ptime(attributes, ptime):
+def test_ptime(attributes: tuple[str, ...], ptime: int) -> None:
     body = offer("m=audio 4000 RTP/AVP 0", *attributes)
     assert negotiate(SessionDescription.parse(body)).ptime == ptime
 
@@ -350,7 +351,9 @@ def test_ptime(attributes, ptime):
         (("c=IN IP4 0.0.0.0", "a=sendonly"), (), "sendonly", "recvonly"),
     ],
 )
-def test_hold_and_direction(lines, session, direction, answer):
+def test_hold_and_direction(
+    lines: tuple[str, ...], session: tuple[str, ...], direction: str, answer: str
+) -> None:
     body = offer("m=audio 4000 RTP/AVP 0", *lines, session=("c=IN IP4 192.0.2.10", *session))
     neg = negotiate(SessionDescription.parse(body))
     assert neg.direction == direction
@@ -362,7 +365,7 @@ def test_hold_and_direction(lines, session, direction, answer):
     assert f"a={answer}\r\n".encode() in printed
 
 
-def test_port_zero_stream_is_skipped_and_all_zero_is_not_acceptable():
+def test_port_zero_stream_is_skipped_and_all_zero_is_not_acceptable() -> None:
     body = offer("m=audio 0 RTP/AVP 0", "m=audio 4002 RTP/AVP 8")
     neg = negotiate(SessionDescription.parse(body))
     assert (neg.remote_port, neg.codec, neg.stream_index) == (4002, "PCMA", 1)
@@ -371,7 +374,7 @@ def test_port_zero_stream_is_skipped_and_all_zero_is_not_acceptable():
     assert "port 0" in info.value.detail
 
 
-def test_no_audio_is_not_acceptable():
+def test_no_audio_is_not_acceptable() -> None:
     with pytest.raises(NotAcceptable) as info:
         negotiate(
             SessionDescription.parse(offer("m=video 4000 RTP/AVP 96", "a=rtpmap:96 H264/90000"))
@@ -381,19 +384,19 @@ def test_no_audio_is_not_acceptable():
         negotiate(SessionDescription.parse(offer()))
 
 
-def test_missing_connection_is_not_acceptable():
+def test_missing_connection_is_not_acceptable() -> None:
     body = sdp("v=0", "o=x 1 1 IN IP4 h", "s=-", "t=0 0", "m=audio 4000 RTP/AVP 0")
     with pytest.raises(NotAcceptable):
         negotiate(SessionDescription.parse(body))
 
 
-def test_unsupported_transport_is_not_acceptable():
+def test_unsupported_transport_is_not_acceptable() -> None:
     for proto in ("UDP/TLS/RTP/SAVPF", "udp", "TCP/RTP/AVP"):
         with pytest.raises(NotAcceptable):
             negotiate(SessionDescription.parse(offer(f"m=audio 4000 {proto} 0")))
 
 
-def test_rtp_avpf_is_accepted_as_plain_rtp():
+def test_rtp_avpf_is_accepted_as_plain_rtp() -> None:
     neg = negotiate(SessionDescription.parse(offer("m=audio 4000 RTP/AVPF 0")))
     assert (neg.proto, neg.srtp_offered) == ("RTP/AVPF", False)
 
@@ -415,7 +418,7 @@ AVP = SIPP_PCMU_DTMF
         (SAVP, "required", True),
     ],
 )
-def test_srtp_policy(body, policy, srtp):
+def test_srtp_policy(body: bytes, policy: str, srtp: bool | None) -> None:
     session = SessionDescription.parse(body)
     if srtp is None:
         with pytest.raises(NotAcceptable) as info:
@@ -434,7 +437,7 @@ def test_srtp_policy(body, policy, srtp):
         assert neg.crypto == []
 
 
-def test_savp_without_supported_crypto_is_not_acceptable():
+def test_savp_without_supported_crypto_is_not_acceptable() -> None:
     no_crypto = offer("m=audio 4000 RTP/SAVP 0")
     odd_suite = offer("m=audio 4000 RTP/SAVP 0", f"a=crypto:1 F8_128_HMAC_SHA1_80 {KEY80}")
     for body in (no_crypto, odd_suite):
@@ -443,7 +446,7 @@ def test_savp_without_supported_crypto_is_not_acceptable():
         assert "crypto" in info.value.detail
 
 
-def test_unsupported_suites_are_filtered_and_suites_configurable():
+def test_unsupported_suites_are_filtered_and_suites_configurable() -> None:
     body = offer(
         "m=audio 4000 RTP/SAVP 0",
         f"a=crypto:1 AES_256_CM_HMAC_SHA1_80 {KEY80}",
@@ -456,7 +459,7 @@ def test_unsupported_suites_are_filtered_and_suites_configurable():
     assert [c.tag for c in no_gcm.crypto] == [3]
 
 
-def test_best_effort_srtp_two_streams():
+def test_best_effort_srtp_two_streams() -> None:
     body = offer(
         "m=audio 4000 RTP/AVP 0",
         "m=audio 4002 RTP/SAVP 0",
@@ -479,7 +482,7 @@ def test_best_effort_srtp_two_streams():
     assert [(m.port, m.proto) for m in media] == [(0, "RTP/AVP"), (20000, "RTP/SAVP")]
 
 
-def test_bad_policy_value():
+def test_bad_policy_value() -> None:
     with pytest.raises(ValueError):
         negotiate(SessionDescription.parse(AVP), srtp_policy="maybe")
 
@@ -487,7 +490,7 @@ def test_bad_policy_value():
 # ---- building answers and offers ----------------------------------------------------------------
 
 
-def test_answer_to_sipp_offer_exact_text():
+def test_answer_to_sipp_offer_exact_text() -> None:
     neg = negotiate(SessionDescription.parse(SIPP_PCMU_DTMF))
     answer = build_answer(
         neg, local_address="127.0.0.1", local_port=20000, session_id=42, version=3
@@ -507,7 +510,7 @@ def test_answer_to_sipp_offer_exact_text():
     )
 
 
-def test_answer_without_dtmf_and_with_ipv6():
+def test_answer_without_dtmf_and_with_ipv6() -> None:
     neg = negotiate(SessionDescription.parse(SIPP_UAC))
     answer = build_answer(
         neg, local_address="2001:db8::5", local_port=20002, session_id=1, version=1
@@ -519,7 +522,7 @@ def test_answer_without_dtmf_and_with_ipv6():
     assert b"telephone-event" not in answer
 
 
-def test_answer_rejects_other_streams_in_place_and_echoes_mid():
+def test_answer_rejects_other_streams_in_place_and_echoes_mid() -> None:
     body = offer(
         "m=video 5000 RTP/AVP 96 97",
         "a=rtpmap:96 H264/90000",
@@ -540,7 +543,7 @@ def test_answer_rejects_other_streams_in_place_and_echoes_mid():
     assert [(m.media, m.port) for m in media] == [("video", 0), ("audio", 20000), ("audio", 0)]
 
 
-def test_offer_text_echoed_in_the_answer_is_plain_tokens():
+def test_offer_text_echoed_in_the_answer_is_plain_tokens() -> None:
     # Found by fuzzing (fuzz/run.py sdp): a rejected m-line or an a=mid with a non-ASCII or
     # control character was echoed into the answer, whose ASCII encoding then raised
     # UnicodeEncodeError (the INVITE got a 500 instead of an answer or a 488).
@@ -560,7 +563,7 @@ def test_offer_text_echoed_in_the_answer_is_plain_tokens():
         assert b"a=mid" not in answer and b"203.0.113.9" not in answer
 
 
-def test_srtp_answer_carries_crypto_and_needs_it():
+def test_srtp_answer_carries_crypto_and_needs_it() -> None:
     neg = negotiate(SessionDescription.parse(BARESIP_SRTP))
     without_key = dataclasses.replace(neg, local_crypto=None)
     with pytest.raises(ValueError):
@@ -583,7 +586,7 @@ def test_srtp_answer_carries_crypto_and_needs_it():
         assert b"m=audio 20000 RTP/SAVP 0 101\r\n" in answer
 
 
-def test_answer_uses_negotiated_ptime_and_offerer_dtmf_pt():
+def test_answer_uses_negotiated_ptime_and_offerer_dtmf_pt() -> None:
     body = offer(
         "m=audio 4000 RTP/AVP 8 96",
         "a=rtpmap:96 telephone-event/8000",
@@ -598,7 +601,7 @@ def test_answer_uses_negotiated_ptime_and_offerer_dtmf_pt():
     assert b"a=ptime:30\r\n" in answer
 
 
-def test_offer_answer_round_trip_with_our_own_offer():
+def test_offer_answer_round_trip_with_our_own_offer() -> None:
     our_offer = build_offer(local_address="192.0.2.50", local_port=30000, session_id=7, version=1)
     assert our_offer == sdp(
         "v=0",
@@ -629,7 +632,7 @@ def test_offer_answer_round_trip_with_our_own_offer():
     )
 
 
-def test_build_offer_options():
+def test_build_offer_options() -> None:
     pcma = build_offer(
         local_address="192.0.2.50",
         local_port=30000,
@@ -660,7 +663,7 @@ def test_build_offer_options():
         build_offer(local_address="h", local_port=1, session_id=1, version=1, codecs=())
 
 
-def test_not_acceptable_carries_detail():
+def test_not_acceptable_carries_detail() -> None:
     error = NotAcceptable("no common codec")
     assert error.detail == "no common codec" and str(error) == "no common codec"
 
@@ -672,7 +675,7 @@ def srtp_offer(*crypto: str, proto: str = "RTP/SAVP") -> bytes:
     return offer(f"m=audio 4000 {proto} 0 101", "a=rtpmap:101 telephone-event/8000", *crypto)
 
 
-def answer_of(neg) -> bytes:
+def answer_of(neg: NegotiatedAudio) -> bytes:
     return build_answer(
         neg, local_address="198.51.100.1", local_port=20000, session_id=1, version=1
     )
@@ -680,7 +683,7 @@ def answer_of(neg) -> bytes:
 
 @pytest.mark.parametrize("proto", ["RTP/SAVP", "RTP/SAVPF"])
 @pytest.mark.parametrize("policy", ["optional", "required"])
-def test_srtp_answer_has_our_own_fresh_key_with_the_offer_tag(proto, policy):
+def test_srtp_answer_has_our_own_fresh_key_with_the_offer_tag(proto: str, policy: str) -> None:
     body = srtp_offer(f"a=crypto:5 AES_CM_128_HMAC_SHA1_80 {KEY80}", proto=proto)
     neg = negotiate(SessionDescription.parse(body), srtp_policy=policy)
     assert neg.remote_crypto is not None and neg.local_crypto is not None
@@ -697,13 +700,13 @@ def test_srtp_answer_has_our_own_fresh_key_with_the_offer_tag(proto, policy):
     assert again.local_crypto is not None and again.local_crypto.key != neg.local_crypto.key
 
 
-def test_plain_answer_has_no_crypto():
+def test_plain_answer_has_no_crypto() -> None:
     neg = negotiate(SessionDescription.parse(AVP))
     assert (neg.remote_crypto, neg.local_crypto, neg.crypto_line) == (None, None, None)
     assert b"a=crypto" not in answer_of(neg)
 
 
-def test_first_acceptable_crypto_line_is_chosen():
+def test_first_acceptable_crypto_line_is_chosen() -> None:
     gcm = "inline:" + base64.b64encode(bytes(range(28))).decode()
     body = srtp_offer(
         f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 {KEY80} UNENCRYPTED_SRTP",
@@ -728,14 +731,14 @@ def test_first_acceptable_crypto_line_is_chosen():
         (f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 {KEY80};{KEY80}", "more than one master key"),
     ],
 )
-def test_only_unusable_crypto_is_not_acceptable_with_a_reason(crypto, reason):
+def test_only_unusable_crypto_is_not_acceptable_with_a_reason(crypto: str, reason: str) -> None:
     with pytest.raises(NotAcceptable) as info:
         negotiate(SessionDescription.parse(srtp_offer(crypto)))
     assert "crypto" in info.value.detail and reason in info.value.detail
     assert "WVNfX19" not in info.value.detail and '"' not in info.value.detail
 
 
-def test_unusable_srtp_stream_falls_back_to_the_plain_copy_when_optional():
+def test_unusable_srtp_stream_falls_back_to_the_plain_copy_when_optional() -> None:
     body = offer(
         "m=audio 4000 RTP/AVP 0",
         "m=audio 4002 RTP/SAVP 0",
@@ -747,7 +750,7 @@ def test_unusable_srtp_stream_falls_back_to_the_plain_copy_when_optional():
         negotiate(SessionDescription.parse(body), srtp_policy="required")
 
 
-def test_reinvite_keeps_keys_when_the_peer_keeps_its_own():
+def test_reinvite_keeps_keys_when_the_peer_keeps_its_own() -> None:
     first = negotiate(SessionDescription.parse(SAVP))
     same = negotiate(SessionDescription.parse(SAVP), previous=first)
     assert same.local_crypto is first.local_crypto  # so the SRTP context carries on
@@ -761,7 +764,7 @@ def test_reinvite_keeps_keys_when_the_peer_keeps_its_own():
     assert on_hold.on_hold and on_hold.local_crypto is first.local_crypto
 
 
-def test_reinvite_cannot_drop_srtp():
+def test_reinvite_cannot_drop_srtp() -> None:
     first = negotiate(SessionDescription.parse(SAVP), srtp_policy="optional")
     with pytest.raises(NotAcceptable) as info:
         negotiate(SessionDescription.parse(AVP), srtp_policy="optional", previous=first)
@@ -772,7 +775,7 @@ def test_reinvite_cannot_drop_srtp():
     assert upgraded.local_crypto is not None
 
 
-def test_sdp_objects_do_not_show_keys():
+def test_sdp_objects_do_not_show_keys() -> None:
     session = SessionDescription.parse(SAVP)
     neg = negotiate(session)
     assert neg.local_crypto is not None
@@ -782,21 +785,21 @@ def test_sdp_objects_do_not_show_keys():
     assert ("crypto", "<hidden>") in session.media[0].attributes
 
 
-def test_fmtp_payload_type_must_be_ascii_digits():
+def test_fmtp_payload_type_must_be_ascii_digits() -> None:
     # Found while writing the sdp fuzz target: isdigit() let "²" through to int(), whose
     # ValueError is no SdpError (the INVITE got a 500 instead of a 488).
     session = SessionDescription.parse(offer("m=audio 4000 RTP/AVP 0", "a=fmtp:\u00b2 0-16"))
     assert session.media[0].fmtp == {}
 
 
-def test_crypto_tag_must_be_ascii_digits():
+def test_crypto_tag_must_be_ascii_digits() -> None:
     with pytest.raises(SdpError):
         SessionDescription.parse(
             offer("m=audio 4000 RTP/SAVP 0", f"a=crypto:\u0661 AES_CM_128_HMAC_SHA1_80 {KEY80}")
         )
 
 
-def test_build_offer_takes_crypto_attributes():
+def test_build_offer_takes_crypto_attributes() -> None:
     offered = offer_attributes(["AEAD_AES_256_GCM"])
     body = build_offer(
         local_address="192.0.2.50", local_port=30000, session_id=7, version=1, crypto_lines=offered
@@ -822,14 +825,14 @@ def test_reinvite_keeps_the_call_codec_while_it_is_offered() -> None:
 # ---- RTCP (RFC 3605 a=rtcp, RFC 5761 a=rtcp-mux) ---------------------------------------------
 
 
-def test_rtcp_goes_to_the_rtp_port_plus_one_by_default():
+def test_rtcp_goes_to_the_rtp_port_plus_one_by_default() -> None:
     neg = negotiate(SessionDescription.parse(SIPP_PCMU_DTMF))
     assert neg.remote_rtcp == ("127.0.0.1", 6001) and not neg.rtcp_mux
     assert b"rtcp" not in build_answer(neg, local_address="127.0.0.1", local_port=20000,
                                        session_id=1, version=1)  # fmt: skip
 
 
-def test_rtcp_attribute_gives_port_and_address():
+def test_rtcp_attribute_gives_port_and_address() -> None:
     neg = negotiate(SessionDescription.parse(offer("m=audio 4000 RTP/AVP 0", "a=rtcp:4005")))
     assert neg.remote_rtcp == ("192.0.2.10", 4005)
     neg = negotiate(
@@ -841,17 +844,17 @@ def test_rtcp_attribute_gives_port_and_address():
 
 
 @pytest.mark.parametrize("line", ["a=rtcp:", "a=rtcp:x", "a=rtcp:0", "a=rtcp:70000", "a=rtcp:9 IN"])
-def test_an_unreadable_rtcp_attribute_is_passed_over(line):
+def test_an_unreadable_rtcp_attribute_is_passed_over(line: str) -> None:
     neg = negotiate(SessionDescription.parse(offer("m=audio 4000 RTP/AVP 0", line)))
     assert neg.remote_rtcp == ("192.0.2.10", 4001)
 
 
-def test_rtp_port_65535_leaves_no_rtcp_port():
+def test_rtp_port_65535_leaves_no_rtcp_port() -> None:
     neg = negotiate(SessionDescription.parse(offer("m=audio 65535 RTP/AVP 0")))
     assert neg.remote_rtcp == ("192.0.2.10", 0)
 
 
-def test_rtcp_mux_offered_is_accepted_and_answered():
+def test_rtcp_mux_offered_is_accepted_and_answered() -> None:
     neg = negotiate(
         SessionDescription.parse(offer("m=audio 4000 RTP/AVP 0", "a=rtcp:4000", "a=rtcp-mux"))
     )
@@ -875,7 +878,9 @@ def test_rtcp_mux_offered_is_accepted_and_answered():
         (("c=IN IP4 999.1.1.1",), ()),
     ],
 )
-def test_a_host_name_in_c_is_refused_never_resolved(session, media):
+def test_a_host_name_in_c_is_refused_never_resolved(
+    session: tuple[str, ...], media: tuple[str, ...]
+) -> None:
     body = offer("m=audio 4000 RTP/AVP 0", *media, session=session)
     with pytest.raises(NotAcceptable) as info:
         negotiate(SessionDescription.parse(body))
@@ -883,14 +888,14 @@ def test_a_host_name_in_c_is_refused_never_resolved(session, media):
     assert "example" not in info.value.detail  # the Warning does not echo the caller's text
 
 
-def test_a_host_name_in_a_reoffer_is_refused_too():
+def test_a_host_name_in_a_reoffer_is_refused_too() -> None:
     first = negotiate(SessionDescription.parse(offer("m=audio 4000 RTP/AVP 0")))
     moved = offer("m=audio 4002 RTP/AVP 0", session=("c=IN IP4 moved.example.com",))
     with pytest.raises(NotAcceptable):
         negotiate(SessionDescription.parse(moved), previous=first)
 
 
-def test_a_host_name_on_a_stream_we_do_not_take_is_no_reason_to_refuse():
+def test_a_host_name_on_a_stream_we_do_not_take_is_no_reason_to_refuse() -> None:
     body = offer(
         "m=video 5000 RTP/AVP 96",
         "c=IN IP4 video.example.com",
@@ -911,13 +916,13 @@ def test_a_host_name_on_a_stream_we_do_not_take_is_no_reason_to_refuse():
         ("c=IN IP6 ::", "::"),
     ],
 )
-def test_ip_literals_are_taken_in_canonical_form(line, address):
+def test_ip_literals_are_taken_in_canonical_form(line: str, address: str) -> None:
     neg = negotiate(SessionDescription.parse(offer("m=audio 4000 RTP/AVP 0", session=(line,))))
     assert neg.remote_address == address
     assert neg.remote_rtcp == (address, 4001)
 
 
-def test_an_rtcp_attribute_with_a_host_name_is_passed_over():
+def test_an_rtcp_attribute_with_a_host_name_is_passed_over() -> None:
     neg = negotiate(
         SessionDescription.parse(
             offer("m=audio 4000 RTP/AVP 0", "a=rtcp:53020 IN IP4 rtcp.example.com")

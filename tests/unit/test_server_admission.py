@@ -55,7 +55,7 @@ class _Inbox(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.queue: asyncio.Queue[SipResponse] = asyncio.Queue()
 
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         message = parse_message(data)
         if isinstance(message, SipResponse):
             self.queue.put_nowait(message)

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from spg_media import cli
-from spg_media import server as server_module
 from spg_media.config import Config
 from spg_media.server import DRAIN_S, Server, drain_grace_s
 
@@ -28,7 +27,7 @@ def test_the_drain_outlasts_an_authorisation_in_flight(
         waited.append(timeout)
         return set(), set(tasks)
 
-    monkeypatch.setattr(server_module.asyncio, "wait", wait)
+    monkeypatch.setattr(asyncio, "wait", wait)  # the asyncio the server waits with
 
     async def body() -> None:
         node = Server(config, prerender=False)
@@ -63,7 +62,7 @@ def test_drain_s_replaces_the_30_s_minimum_and_keeps_the_floor_unless_exact(
         waited.append(timeout)
         return set(tasks), set()
 
-    monkeypatch.setattr(server_module.asyncio, "wait", wait)
+    monkeypatch.setattr(asyncio, "wait", wait)  # the asyncio the server waits with
 
     async def body() -> None:
         node.tasks.add(asyncio.get_running_loop().create_task(asyncio.sleep(0)))

@@ -57,7 +57,7 @@ async def _session_after_a_request(
             messages = framer.feed(await asyncio.wait_for(reader.read(65536), 5))
         answer = parse_message(messages[0])
         assert isinstance(answer, SipResponse) and answer.status == 200
-        tls = writer.get_extra_info("ssl_object")
+        tls: ssl.SSLObject = writer.get_extra_info("ssl_object")
         assert (
             tls.version()
             == {ssl.TLSVersion.TLSv1_3: "TLSv1.3", ssl.TLSVersion.TLSv1_2: "TLSv1.2"}[version]

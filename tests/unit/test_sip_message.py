@@ -74,7 +74,7 @@ def request(data: bytes) -> SipRequest:
 # ---- valid messages: parsed values --------------------------------------------------------------
 
 
-def test_typical_invite():
+def test_typical_invite() -> None:
     msg = request(build(body=SDP, extra=("Content-Type: application/sdp",)))
     assert msg.method == "INVITE"
     assert msg.uri == "sip:pay@spg.example.com"
@@ -91,7 +91,7 @@ def test_typical_invite():
     assert msg.request_uri.user == "pay"
 
 
-def test_compact_forms_are_expanded_to_long_names():
+def test_compact_forms_are_expanded_to_long_names() -> None:
     data = build(
         headers=[
             "v: SIP/2.0/UDP h;branch=z9hG4bK1",
@@ -151,7 +151,7 @@ def test_compact_forms_are_expanded_to_long_names():
     assert msg.body == b"v=0\r\n"
 
 
-def test_header_names_are_case_insensitive_and_canonicalised():
+def test_header_names_are_case_insensitive_and_canonicalised() -> None:
     data = build(
         headers=[
             "VIA: SIP/2.0/UDP h;branch=z9hG4bK1",
@@ -171,7 +171,7 @@ def test_header_names_are_case_insensitive_and_canonicalised():
     assert msg.headers.get_all("WWW-Authenticate") == ['Digest realm="x", nonce="y"']  # not a list
 
 
-def test_folded_header_lines_are_joined():
+def test_folded_header_lines_are_joined() -> None:
     data = build(
         extra=(
             "Subject: I know you're there,",
@@ -186,7 +186,7 @@ def test_folded_header_lines_are_joined():
     assert msg.headers.get_all("Allow") == ["INVITE", "ACK", "BYE"]
 
 
-def test_folded_mandatory_header():
+def test_folded_mandatory_header() -> None:
     data = build(
         headers=[
             "Via: SIP/2.0/UDP h;branch=z9hG4bK1",
@@ -203,7 +203,7 @@ def test_folded_mandatory_header():
     assert msg.cseq == (8, "INVITE")
 
 
-def test_multiple_via_on_one_line_and_on_several_lines():
+def test_multiple_via_on_one_line_and_on_several_lines() -> None:
     data = build(
         headers=[
             "Via: SIP/2.0/UDP first.example.com:4000;branch=z9hG4bKa, "
@@ -224,10 +224,12 @@ def test_multiple_via_on_one_line_and_on_several_lines():
     assert msg.top_via.host == "first.example.com"
     assert msg.top_via.port == 4000
     assert len(msg.headers.get_all("Via")) == 4
-    assert msg.headers.get("Via").startswith("SIP/2.0/UDP first")  # first line, whole
+    first_line = msg.headers.get("Via")
+    assert first_line is not None
+    assert first_line.startswith("SIP/2.0/UDP first")  # first line, whole
 
 
-def test_quoted_display_names_with_commas_in_list_headers():
+def test_quoted_display_names_with_commas_in_list_headers() -> None:
     data = build(
         drop=("Contact",),
         extra=(
@@ -249,7 +251,7 @@ def test_quoted_display_names_with_commas_in_list_headers():
     ]
 
 
-def test_escaped_and_ipv6_request_uris():
+def test_escaped_and_ipv6_request_uris() -> None:
     msg = request(build(uri="sip:sips%3Auser%40example.com@example.net;lr?Subject=a%20b"))
     assert msg.request_uri.user == "sips%3Auser%40example.com"
     assert msg.request_uri.headers == {"Subject": "a b"}
@@ -267,7 +269,7 @@ def test_escaped_and_ipv6_request_uris():
     assert msg.request_uri.scheme == "sips"
 
 
-def test_params_with_no_value():
+def test_params_with_no_value() -> None:
     data = build(
         headers=[
             "Via: SIP/2.0/UDP h:5060;rport;branch=z9hG4bK1;x-flag",
@@ -283,19 +285,19 @@ def test_params_with_no_value():
     assert msg.to.uri.params == {"lr": None}
 
 
-def test_no_content_length_body_runs_to_end_of_datagram():
+def test_no_content_length_body_runs_to_end_of_datagram() -> None:
     msg = request(build(body="hello", content_length="omit"))
     assert msg.body == b"hello"
 
 
-def test_bytes_after_content_length_are_ignored_on_udp():
+def test_bytes_after_content_length_are_ignored_on_udp() -> None:
     msg = request(build(body="hello", content_length=3))
     assert msg.body == b"hel"
     msg = request(build(body="", content_length=0) + b"\r\n\r\njunk")
     assert msg.body == b""
 
 
-def test_leading_crlf_and_bare_lf_and_space_before_colon():
+def test_leading_crlf_and_bare_lf_and_space_before_colon() -> None:
     msg = request(b"\r\n\r\n" + build())
     assert msg.method == "INVITE"
     msg = request(build(eol="\n", body="x"))
@@ -304,7 +306,7 @@ def test_leading_crlf_and_bare_lf_and_space_before_colon():
     assert msg.headers.get("Subject") == "spaced"
 
 
-def test_empty_header_value_utf8_and_unknown_method():
+def test_empty_header_value_utf8_and_unknown_method() -> None:
     msg = request(
         build(
             "FROB",
@@ -324,12 +326,12 @@ def test_empty_header_value_utf8_and_unknown_method():
     assert msg.headers.get("Organization") == 'Café "Zoë"'
 
 
-def test_missing_max_forwards_is_tolerated():
+def test_missing_max_forwards_is_tolerated() -> None:
     msg = request(build(drop=("Max-Forwards",)))
     assert "Max-Forwards" not in msg.headers
 
 
-def test_identical_duplicate_content_length_is_tolerated():
+def test_identical_duplicate_content_length_is_tolerated() -> None:
     msg = request(build(body="abc", extra=("Content-Length: 3",)))
     assert msg.body == b"abc"
 
@@ -346,7 +348,7 @@ def test_identical_duplicate_content_length_is_tolerated():
         ("SIP/2.0 200 Très bien", 200, "Très bien"),
     ],
 )
-def test_responses(line, status, reason):
+def test_responses(line: str, status: int, reason: str) -> None:
     data = (
         f"{line}\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\n"
         "To: <sip:b@h>;tag=2\r\nCall-ID: x@h\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
@@ -452,7 +454,7 @@ BAD = [
 
 
 @pytest.mark.parametrize(("name", "data", "status", "detail"), BAD, ids=[case[0] for case in BAD])
-def test_bad_requests_get_their_status(name, data, status, detail):
+def test_bad_requests_get_their_status(name: str, data: bytes, status: int, detail: str) -> None:
     with pytest.raises(SipParseError) as info:
         parse_message(data)
     assert info.value.status == status, name
@@ -475,12 +477,12 @@ def test_bad_requests_get_their_status(name, data, status, detail):
         b"CSeq: 1 INVITE\r\n\r\n",
     ],
 )
-def test_bad_responses_raise_parse_error(data):
+def test_bad_responses_raise_parse_error(data: bytes) -> None:
     with pytest.raises(SipParseError):
         parse_message(data)
 
 
-def test_parse_error_carries_status_reason_detail():
+def test_parse_error_carries_status_reason_detail() -> None:
     error = SipParseError(400, "Bad Request", "missing Call-ID")
     assert (error.status, error.reason, error.detail) == (400, "Bad Request", "missing Call-ID")
     assert str(error) == "400 Bad Request: missing Call-ID"
@@ -488,14 +490,14 @@ def test_parse_error_carries_status_reason_detail():
 
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=600))
-def test_any_bytes_raise_only_parse_error(data):
+def test_any_bytes_raise_only_parse_error(data: bytes) -> None:
     with contextlib.suppress(SipParseError):
         parse_message(data)
 
 
 @settings(max_examples=250, deadline=None)
 @given(st.data())
-def test_mutated_messages_raise_only_parse_error(data):
+def test_mutated_messages_raise_only_parse_error(data: st.DataObject) -> None:
     base = bytearray(build(body=SDP, extra=("Content-Type: application/sdp",)))
     for _ in range(data.draw(st.integers(1, 6))):
         position = data.draw(st.integers(0, len(base) - 1))
@@ -533,7 +535,7 @@ def test_mutated_messages_raise_only_parse_error(data):
         build(uri="sip:[2001:db8::10]:5070;transport=tcp"),
     ],
 )
-def test_round_trip(data):
+def test_round_trip(data: bytes) -> None:
     first = request(data)
     printed = first.to_bytes()
     second = request(printed)
@@ -542,7 +544,7 @@ def test_round_trip(data):
     assert second.to_bytes() == printed
 
 
-def test_round_trip_of_folded_compact_message_is_canonical():
+def test_round_trip_of_folded_compact_message_is_canonical() -> None:
     data = build(
         headers=[
             "v: SIP/2.0/UDP h;branch=z9hG4bK1",
@@ -564,7 +566,7 @@ def test_round_trip_of_folded_compact_message_is_canonical():
     )
 
 
-def test_to_bytes_sets_content_length_in_place_or_at_the_end():
+def test_to_bytes_sets_content_length_in_place_or_at_the_end() -> None:
     msg = request(build(body="abc"))
     msg.body = b"abcdef"
     printed = msg.to_bytes()
@@ -579,7 +581,7 @@ def test_to_bytes_sets_content_length_in_place_or_at_the_end():
 # ---- Headers ------------------------------------------------------------------------------------
 
 
-def test_headers_multimap_operations():
+def test_headers_multimap_operations() -> None:
     headers = Headers()
     headers.add("Via", "SIP/2.0/UDP a;branch=z9hG4bK1")
     headers.add("v", "SIP/2.0/UDP b;branch=z9hG4bK2, SIP/2.0/UDP c;branch=z9hG4bK3")
@@ -602,13 +604,13 @@ def test_headers_multimap_operations():
     assert list(headers) == headers.items()
 
 
-def test_headers_set_keeps_position():
+def test_headers_set_keeps_position() -> None:
     headers = Headers([("X-A", "1"), ("To", "<sip:a@h>"), ("X-B", "2"), ("t", "<sip:x@h>")])
     headers.set("To", "<sip:b@h>;tag=1")
     assert headers.items() == [("X-A", "1"), ("To", "<sip:b@h>;tag=1"), ("X-B", "2")]
 
 
-def test_headers_copy_is_independent():
+def test_headers_copy_is_independent() -> None:
     headers = Headers([("Via", "SIP/2.0/UDP a"), ("Call-ID", "x")])
     copy = headers.copy()
     copy.remove("Via")
@@ -617,7 +619,7 @@ def test_headers_copy_is_independent():
     assert copy.items() == [("Call-ID", "x"), ("X-New", "1")]
 
 
-def test_headers_refuse_injection_and_bad_names():
+def test_headers_refuse_injection_and_bad_names() -> None:
     headers = Headers()
     headers.add("Subject", "hi\r\nVia: SIP/2.0/UDP evil")
     assert headers.get("Subject") == "hi Via: SIP/2.0/UDP evil"
@@ -627,7 +629,7 @@ def test_headers_refuse_injection_and_bad_names():
             headers.add(bad, "x")
 
 
-def test_canonical_names():
+def test_canonical_names() -> None:
     assert canonical_name("i") == "Call-ID"
     assert canonical_name("CSEQ") == "CSeq"
     assert canonical_name("www-authenticate") == "WWW-Authenticate"
@@ -658,11 +660,11 @@ def test_canonical_names():
         ("Contact", "*", ["*"]),
     ],
 )
-def test_get_all_splits_list_headers_only(name, value, expected):
+def test_get_all_splits_list_headers_only(name: str, value: str, expected: list[str]) -> None:
     assert Headers([(name, value)]).get_all(name) == expected
 
 
-def test_properties_of_a_built_request_raise_syntax_error_when_missing():
+def test_properties_of_a_built_request_raise_syntax_error_when_missing() -> None:
     built = SipRequest("OPTIONS", "sip:a@h")
     for prop in ("call_id", "cseq", "from_", "to", "top_via"):
         with pytest.raises(SipSyntaxError):
@@ -674,7 +676,7 @@ def test_properties_of_a_built_request_raise_syntax_error_when_missing():
 # ---- make_response ------------------------------------------------------------------------------
 
 
-def test_make_response_copies_rfc3261_headers():
+def test_make_response_copies_rfc3261_headers() -> None:
     invite = request(
         build(
             extra=(
@@ -707,7 +709,7 @@ def test_make_response_copies_rfc3261_headers():
     assert isinstance(reparsed, SipResponse) and reparsed.status == 180
 
 
-def test_make_response_keeps_an_existing_to_tag_and_timestamp_for_100():
+def test_make_response_keeps_an_existing_to_tag_and_timestamp_for_100() -> None:
     req = request(
         build("BYE", extra=("Timestamp: 54.2",)).replace(b"biloxi.com>", b"biloxi.com>;tag=old")
     )
@@ -719,7 +721,7 @@ def test_make_response_keeps_an_existing_to_tag_and_timestamp_for_100():
     assert "Timestamp" not in make_response(req, 200).headers
 
 
-def test_make_response_extra_headers_body_and_content_type():
+def test_make_response_extra_headers_body_and_content_type() -> None:
     req = request(build())
     response = make_response(
         req,
@@ -757,7 +759,7 @@ def test_make_response_extra_headers_body_and_content_type():
         (699, "Global Failure"),
     ],
 )
-def test_default_reasons(status, reason):
+def test_default_reasons(status: int, reason: str) -> None:
     assert make_response(request(build()), status).reason == reason
 
 
@@ -776,7 +778,7 @@ def test_default_reasons(status, reason):
         (build().replace(b"Bob <", b"B\xf6b <"), None),
     ],
 )
-def test_partial_request_info_gives_what_is_there(data, missing):
+def test_partial_request_info_gives_what_is_there(data: bytes, missing: str | None) -> None:
     with pytest.raises(SipParseError) as info:
         parse_message(data)
     partial = partial_request_info(data)
@@ -792,7 +794,7 @@ def test_partial_request_info_gives_what_is_there(data, missing):
         assert b";tag=t1" in printed
 
 
-def test_partial_request_info_compact_and_folded():
+def test_partial_request_info_compact_and_folded() -> None:
     data = (
         b"INVITE sip:a@h SIP/9.9\r\nv: SIP/2.0/UDP h:5070\r\n ;branch=z9hG4bKfold\r\n"
         b"i: x@h\r\nl: 0\r\n\r\n"
@@ -802,7 +804,7 @@ def test_partial_request_info_compact_and_folded():
     assert partial.top_via.branch == "z9hG4bKfold" and partial.call_id == "x@h"
 
 
-def test_partial_to_with_broken_syntax_gets_tag_textually():
+def test_partial_to_with_broken_syntax_gets_tag_textually() -> None:
     data = build().replace(b"To: Bob <sip:bob@biloxi.com>", b"To: <sip:bob@biloxi.com")
     partial = partial_request_info(data)
     assert partial is not None
@@ -824,14 +826,14 @@ def test_partial_to_with_broken_syntax_gets_tag_textually():
         b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\r\n",
     ],
 )
-def test_partial_request_info_none_when_unanswerable(data):
+def test_partial_request_info_none_when_unanswerable(data: bytes) -> None:
     assert partial_request_info(data) is None
 
 
 # ---- StreamFramer -------------------------------------------------------------------------------
 
 
-def test_framer_two_messages_in_one_chunk_and_keepalives():
+def test_framer_two_messages_in_one_chunk_and_keepalives() -> None:
     one = build(body="abc")
     two = build("BYE", body="")
     framer = StreamFramer()
@@ -840,7 +842,7 @@ def test_framer_two_messages_in_one_chunk_and_keepalives():
     assert framer.feed(b"\r\n") == []
 
 
-def test_framer_byte_by_byte():
+def test_framer_byte_by_byte() -> None:
     one = build(body=SDP)
     framer = StreamFramer()
     out: list[bytes] = []
@@ -850,7 +852,7 @@ def test_framer_byte_by_byte():
     assert request(out[0]).body == SDP.encode()
 
 
-def test_framer_waits_for_the_body():
+def test_framer_waits_for_the_body() -> None:
     one = build(body="0123456789")
     framer = StreamFramer()
     assert framer.feed(one[:-4]) == []
@@ -859,21 +861,21 @@ def test_framer_waits_for_the_body():
     assert framer.pending == len(b"INVITE sip:x")
 
 
-def test_framer_missing_content_length_means_empty_body_and_compact_l():
+def test_framer_missing_content_length_means_empty_body_and_compact_l() -> None:
     no_length = build(content_length="omit")
     compact = build(body="xy", content_length="omit", extra=("l : 2",))
     framer = StreamFramer()
     assert framer.feed(no_length + compact) == [no_length, compact]
 
 
-def test_framer_content_length_over_limit_is_413():
+def test_framer_content_length_over_limit_is_413() -> None:
     framer = StreamFramer()
     with pytest.raises(SipParseError) as info:
         framer.feed(build(content_length=MAX_MESSAGE_SIZE + 1))
     assert info.value.status == 413
 
 
-def test_framer_bad_content_length_is_400_and_endless_headers_513():
+def test_framer_bad_content_length_is_400_and_endless_headers_513() -> None:
     with pytest.raises(SipParseError) as info:
         StreamFramer().feed(build(content_length="x1"))
     assert info.value.status == 400
@@ -884,7 +886,7 @@ def test_framer_bad_content_length_is_400_and_endless_headers_513():
     assert info.value.status == 513
 
 
-def test_a_via_whose_printed_form_would_not_parse_is_refused():
+def test_a_via_whose_printed_form_would_not_parse_is_refused() -> None:
     # Found by fuzzing (fuzz/run.py sip_transaction): this Via parsed (the trailing comma makes a
     # list of one), and our 481 to the CANCEL, which copies it, did not.
     via = 'Via: SIP/2.0/UDP pbx.example:5060;rport=9999912<.;branch=0.0.1">x",'
@@ -895,7 +897,7 @@ def test_a_via_whose_printed_form_would_not_parse_is_refused():
     assert info.value.status == 400
 
 
-def test_framer_hands_over_complete_messages_before_a_framing_error():
+def test_framer_hands_over_complete_messages_before_a_framing_error() -> None:
     # Found by fuzzing (fuzz/run.py sip_framer): a complete message and a broken one in one read
     # lost the complete one, which one read per message would have delivered.
     one = build("BYE")
@@ -909,7 +911,7 @@ def test_framer_hands_over_complete_messages_before_a_framing_error():
         framer.feed(b"more")
 
 
-def test_framer_work_is_linear_for_a_head_sent_a_byte_at_a_time():
+def test_framer_work_is_linear_for_a_head_sent_a_byte_at_a_time() -> None:
     """A slow sender costs work in proportion to its bytes: the search for the end of the head
     resumes where it stopped instead of rescanning the whole buffer on every read."""
     head = build(extra=tuple(f"X-Slow-{i}: {'a' * 60}" for i in range(800)), body="")
@@ -924,7 +926,7 @@ def test_framer_work_is_linear_for_a_head_sent_a_byte_at_a_time():
     assert framer.bytes_scanned <= 4 * len(head)
 
 
-def test_framer_does_not_search_a_found_head_again_while_its_body_arrives():
+def test_framer_does_not_search_a_found_head_again_while_its_body_arrives() -> None:
     one = build(body="x" * 30_000)
     framer = StreamFramer()
     out: list[bytes] = []
@@ -937,7 +939,7 @@ def test_framer_does_not_search_a_found_head_again_while_its_body_arrives():
 # ---- identifiers --------------------------------------------------------------------------------
 
 
-def test_identifiers_are_fresh_and_well_formed():
+def test_identifiers_are_fresh_and_well_formed() -> None:
     branches = {new_branch() for _ in range(200)}
     assert len(branches) == 200
     assert all(b.startswith("z9hG4bK") and len(b) > 16 for b in branches)
@@ -954,7 +956,7 @@ def test_identifiers_are_fresh_and_well_formed():
 PAN = "4111111111111111"
 
 
-def test_card_digits_in_a_message_do_not_reach_reprs_or_error_texts():
+def test_card_digits_in_a_message_do_not_reach_reprs_or_error_texts() -> None:
     info = build(
         "INFO",
         extra=("Content-Type: application/dtmf-relay", f"X-Debug: {PAN}"),

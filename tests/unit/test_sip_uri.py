@@ -65,7 +65,9 @@ from spg_media.sip.uri import (
         ("sip:alice@atlanta.com:65535", "sip", "alice", None, "atlanta.com", 65535),
     ],
 )
-def test_sip_uri_parts(text, scheme, user, password, host, port):
+def test_sip_uri_parts(
+    text: str, scheme: str, user: str | None, password: str | None, host: str, port: int | None
+) -> None:
     uri = SipUri.parse(text)
     assert (uri.scheme, uri.user, uri.password, uri.host, uri.port) == (
         scheme,
@@ -92,12 +94,12 @@ def test_sip_uri_parts(text, scheme, user, password, host, port):
         "tel:+358-555-1234567",
     ],
 )
-def test_uri_round_trip(text):
+def test_uri_round_trip(text: str) -> None:
     assert str(SipUri.parse(text)) == text
     assert SipUri.parse(str(SipUri.parse(text))) == SipUri.parse(text)
 
 
-def test_uri_params_lower_cased_names_ordered_values_kept():
+def test_uri_params_lower_cased_names_ordered_values_kept() -> None:
     uri = SipUri.parse("sip:a@h;Transport=TCP;LR;ttl=15;maddr=239.255.255.1")
     assert list(uri.params.items()) == [
         ("transport", "TCP"),
@@ -109,7 +111,7 @@ def test_uri_params_lower_cased_names_ordered_values_kept():
     assert str(uri) == "sip:a@h;transport=TCP;lr;ttl=15;maddr=239.255.255.1"
 
 
-def test_uri_headers_are_decoded_and_escaped_again():
+def test_uri_headers_are_decoded_and_escaped_again() -> None:
     uri = SipUri.parse("sip:agent@pbx?X-SPG-Result=approved&Subject=a%20b%26c&X-Empty=")
     assert uri.headers == {"X-SPG-Result": "approved", "Subject": "a b&c", "X-Empty": ""}
     assert str(uri) == "sip:agent@pbx?X-SPG-Result=approved&Subject=a%20b%26c&X-Empty="
@@ -118,7 +120,7 @@ def test_uri_headers_are_decoded_and_escaped_again():
     assert SipUri.parse(str(built)).headers == {"X-Note": "a b<c>&d=e"}
 
 
-def test_uri_param_decoded():
+def test_uri_param_decoded() -> None:
     uri = SipUri.parse("sip:pay@spg;x-spg-return-to=sip%3Aagent%40pbx;x-spg-transaction=T1;flag")
     assert uri.params["x-spg-return-to"] == "sip%3Aagent%40pbx"
     assert uri.param("X-SPG-Return-To") == "sip:agent@pbx"
@@ -137,11 +139,11 @@ def test_uri_param_decoded():
         ("sips:a@h;transport=tcp", "tcp"),
     ],
 )
-def test_uri_transport(text, transport):
+def test_uri_transport(text: str, transport: str) -> None:
     assert SipUri.parse(text).transport == transport
 
 
-def test_host_port_and_bare_host():
+def test_host_port_and_bare_host() -> None:
     assert SipUri.parse("sip:a@h.example:5070").host_port() == "h.example:5070"
     assert SipUri.parse("sip:a@h.example").host_port() == "h.example"
     v6 = SipUri.parse("sip:a@[2001:db8::1]:5070")
@@ -150,13 +152,13 @@ def test_host_port_and_bare_host():
     assert SipUri.parse("sip:a@192.0.2.1").bare_host == "192.0.2.1"
 
 
-def test_tel_uri_is_opaque():
+def test_tel_uri_is_opaque() -> None:
     uri = SipUri.parse("tel:+1-201-555-0123;phone-context=example.com")
     assert (uri.scheme, uri.user, uri.host, uri.port) == ("tel", "+1-201-555-0123", "", None)
     assert uri.params == {"phone-context": "example.com"}
 
 
-def test_other_scheme_kept_opaque():
+def test_other_scheme_kept_opaque() -> None:
     uri = SipUri.parse("urn:service:sos")
     assert (uri.scheme, uri.user, uri.host) == ("urn", "service:sos", "")
     assert str(uri) == "urn:service:sos"
@@ -188,16 +190,16 @@ def test_other_scheme_kept_opaque():
         "1sip:alice@atlanta.com",
     ],
 )
-def test_bad_uris_raise_syntax_error(text):
+def test_bad_uris_raise_syntax_error(text: str) -> None:
     with pytest.raises(SipSyntaxError):
         SipUri.parse(text)
 
 
-def test_syntax_error_is_a_value_error():
+def test_syntax_error_is_a_value_error() -> None:
     assert issubclass(SipSyntaxError, ValueError)
 
 
-def test_unescape_keeps_invalid_escapes():
+def test_unescape_keeps_invalid_escapes() -> None:
     assert unescape("a%40b") == "a@b"
     assert unescape("100%") == "100%"
     assert unescape("plain") == "plain"
@@ -235,14 +237,16 @@ def test_unescape_keeps_invalid_escapes():
         ("<sip:a@h>;Tag=UPPER", None, "sip:a@h", {"tag": "UPPER"}),
     ],
 )
-def test_name_addr_parse(text, display, uri, params):
+def test_name_addr_parse(
+    text: str, display: str | None, uri: str, params: dict[str, str | None]
+) -> None:
     addr = NameAddr.parse(text)
     assert addr.display_name == display
     assert str(addr.uri) == uri
     assert addr.params == params
 
 
-def test_name_addr_tag():
+def test_name_addr_tag() -> None:
     assert NameAddr.parse("<sip:a@h>;tag=xyz").tag == "xyz"
     assert NameAddr.parse("<sip:a@h>").tag is None
     assert NameAddr.parse("sip:a@h;tag=bare").tag == "bare"
@@ -259,12 +263,12 @@ def test_name_addr_tag():
         ('"Smith, Bob" <sip:b@h>', '"Smith, Bob" <sip:b@h>'),
     ],
 )
-def test_name_addr_printing(text, printed):
+def test_name_addr_printing(text: str, printed: str) -> None:
     assert str(NameAddr.parse(text)) == printed
     assert NameAddr.parse(printed) == NameAddr.parse(text)
 
 
-def test_name_addr_with_added_tag():
+def test_name_addr_with_added_tag() -> None:
     addr = NameAddr.parse('"Bob" <sip:bob@h>')
     addr.params["tag"] = "t1"
     assert str(addr) == '"Bob" <sip:bob@h>;tag=t1'
@@ -287,7 +291,7 @@ def test_name_addr_with_added_tag():
         '<sip:a@h>;x="unterminated',
     ],
 )
-def test_bad_name_addr(text):
+def test_bad_name_addr(text: str) -> None:
     with pytest.raises(SipSyntaxError):
         NameAddr.parse(text)
 
@@ -337,12 +341,14 @@ def test_bad_name_addr(text):
         ),
     ],
 )
-def test_via_parse(text, transport, host, port, params):
+def test_via_parse(
+    text: str, transport: str, host: str, port: int | None, params: dict[str, str | None]
+) -> None:
     via = Via.parse(text)
     assert (via.transport, via.host, via.port, via.params) == (transport, host, port, params)
 
 
-def test_via_properties_and_printing():
+def test_via_properties_and_printing() -> None:
     via = Via.parse("SIP/2.0/UDP 192.0.2.1:5062;branch=z9hG4bKabc;rport=5062;received=10.0.0.1")
     assert via.branch == "z9hG4bKabc"
     assert via.rport == 5062
@@ -356,7 +362,7 @@ def test_via_properties_and_printing():
     assert str(plain) == "SIP/2.0/UDP h"
 
 
-def test_a_parameter_value_that_would_split_differently_once_printed_is_refused():
+def test_a_parameter_value_that_would_split_differently_once_printed_is_refused() -> None:
     # Found by fuzzing (fuzz/run.py sip_transaction): a Via parameter holding a quote and a comma
     # (or an angle bracket) outside a quoted string was accepted, and the printed Via, copied
     # into our response, split into two values there: a response that does not parse.
@@ -371,7 +377,7 @@ def test_a_parameter_value_that_would_split_differently_once_printed_is_refused(
         Via.parse('SIP/2.0/UDP h;x="a"b"')
 
 
-def test_via_rport_that_is_no_port_number_is_none():
+def test_via_rport_that_is_no_port_number_is_none() -> None:
     # Found by fuzzing (fuzz/run.py sip_transaction): "²" passes isdigit() and int() refused it.
     for value in ("\u00b2", "abc", "99999", "0", "123456"):
         via = Via.parse(f"SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bK1;rport={value}")
@@ -379,7 +385,7 @@ def test_via_rport_that_is_no_port_number_is_none():
         assert via.response_target() == ("192.0.2.1", 5070)
 
 
-def test_via_apply_source_rport_rfc3581():
+def test_via_apply_source_rport_rfc3581() -> None:
     via = Via.parse("SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bK1;rport")
     assert via.apply_source("192.0.2.7", 40000) is True
     assert via.params == {"branch": "z9hG4bK1", "rport": "40000", "received": "192.0.2.7"}
@@ -387,26 +393,26 @@ def test_via_apply_source_rport_rfc3581():
     assert str(via) == "SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bK1;rport=40000;received=192.0.2.7"
 
 
-def test_via_apply_source_same_host_no_rport_changes_nothing():
+def test_via_apply_source_same_host_no_rport_changes_nothing() -> None:
     via = Via.parse("SIP/2.0/UDP 192.0.2.7:5070;branch=z9hG4bK1")
     assert via.apply_source("192.0.2.7", 5070) is False
     assert via.params == {"branch": "z9hG4bK1"}
     assert via.response_target() == ("192.0.2.7", 5070)
 
 
-def test_via_apply_source_rport_same_host_adds_received():
+def test_via_apply_source_rport_same_host_adds_received() -> None:
     via = Via.parse("SIP/2.0/UDP 192.0.2.7:5070;branch=z9hG4bK1;rport")
     assert via.apply_source("192.0.2.7", 5070) is True
     assert via.params == {"branch": "z9hG4bK1", "rport": "5070", "received": "192.0.2.7"}
 
 
-def test_via_apply_source_ipv6_compares_without_brackets():
+def test_via_apply_source_ipv6_compares_without_brackets() -> None:
     via = Via.parse("SIP/2.0/UDP [::1]:5070;branch=z9hG4bK1")
     assert via.apply_source("::1", 5070) is False
     assert via.response_target() == ("::1", 5070)
 
 
-def test_via_response_target_default_port():
+def test_via_response_target_default_port() -> None:
     assert Via.parse("SIP/2.0/UDP h;branch=z9hG4bK1").response_target() == ("h", 5060)
 
 
@@ -425,7 +431,7 @@ def test_via_response_target_default_port():
         "SIP/2.0/UDP h junk;branch=x",
     ],
 )
-def test_bad_via(text):
+def test_bad_via(text: str) -> None:
     with pytest.raises(SipSyntaxError):
         Via.parse(text)
 
@@ -443,7 +449,7 @@ def test_bad_via(text):
         ("1\tNEWMETHOD", (1, "NEWMETHOD")),
     ],
 )
-def test_parse_cseq(text, value):
+def test_parse_cseq(text: str, value: tuple[int, str]) -> None:
     assert parse_cseq(text) == value
 
 
@@ -462,7 +468,7 @@ def test_parse_cseq(text, value):
         "١ INVITE",
     ],
 )
-def test_bad_cseq(text):
+def test_bad_cseq(text: str) -> None:
     with pytest.raises(SipSyntaxError):
         parse_cseq(text)
 
@@ -487,5 +493,5 @@ def test_bad_cseq(text):
         ),
     ],
 )
-def test_split_header_list(value, items):
+def test_split_header_list(value: str, items: list[str]) -> None:
     assert split_header_list(value) == items

@@ -37,7 +37,8 @@ def spoken(text: str) -> npt.NDArray[np.int16]:
     samples = np.frombuffer(wav[44:], dtype=np.int16).astype(np.float64)
     from scipy.signal import resample_poly
 
-    return np.clip(resample_poly(samples, RATE, rate), -32768, 32767).astype(np.int16)
+    audio: npt.NDArray[np.float64] = np.clip(resample_poly(samples, RATE, rate), -32768, 32767)
+    return audio.astype(np.int16)
 
 
 def noise(seconds: float, level: float = 30.0, seed: int = 0) -> npt.NDArray[np.int16]:

@@ -46,7 +46,8 @@ def spoken(text: str) -> npt.NDArray[np.int16]:
     ).stdout
     rate = int.from_bytes(wav[24:28], "little")
     samples = np.frombuffer(wav[44:], dtype=np.int16).astype(np.float64)
-    return np.clip(resample_poly(samples, 8000, rate), -32768, 32767).astype(np.int16)
+    audio: npt.NDArray[np.float64] = np.clip(resample_poly(samples, 8000, rate), -32768, 32767)
+    return audio.astype(np.int16)
 
 
 def noise(seconds: float, level: float = 30.0, seed: int = 0) -> npt.NDArray[np.int16]:
@@ -246,7 +247,7 @@ def test_discounting_the_prior_moves_mass_from_what_the_model_says_to_noise() ->
     one, two, three = ("one", "two"), ("three", "four"), ("five", "six")
     pooled = {("yes",): 0.1, one: 0.5, two: 0.3, three: 0.1}
     # "one two" is what the model reads in noise too; "three four" less so; "five six" unscored
-    priors = {one: math.log(0.5), two: math.log(0.05)}
+    priors: dict[tuple[str, ...], float] = {one: math.log(0.5), two: math.log(0.05)}
     discounted = whisper_module.discount_prior(pooled, priors, 0.5)
     assert discounted[("yes",)] == pooled[("yes",)] and discounted[three] == pooled[three]
     assert discounted[one] + discounted[two] == pytest.approx(0.8)

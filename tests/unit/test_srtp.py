@@ -21,6 +21,7 @@ import pylibsrtp
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pylibsrtp._binding import lib as libsrtp  # the cffi library pylibsrtp wraps
 
 from spg_media.rtp import srtp
 from spg_media.rtp.packet import build_rtp
@@ -171,13 +172,14 @@ class _LibsrtpStream:
             == 0
         )
         policy.ssrc.type = 3 if outbound else 2  # ssrc_any_outbound / ssrc_any_inbound
-        self._keep = [ctypes.create_string_buffer(key, len(key))]
+        key_buffer = ctypes.create_string_buffer(key, len(key))
+        self._keep: list[object] = [key_buffer]  # what libsrtp points into, kept alive
         if mki is None:
-            policy.key = ctypes.addressof(self._keep[0])
+            policy.key = ctypes.addressof(key_buffer)
         else:
             mki_buffer = ctypes.create_string_buffer(mki, len(mki))
             master = _MasterKey(
-                ctypes.addressof(self._keep[0]), ctypes.addressof(mki_buffer), len(mki)
+                ctypes.addressof(key_buffer), ctypes.addressof(mki_buffer), len(mki)
             )
             keys = (ctypes.POINTER(_MasterKey) * 1)(ctypes.pointer(master))
             self._keep += [mki_buffer, master, keys]
@@ -263,8 +265,8 @@ def test_suites_match_libsrtp() -> None:
     assert ALL_SUITES[:2] == ["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"]
     assert "AEAD_AES_128_GCM" in SUITES  # offered where libsrtp has it (this one does)
     for suite in SUITES.values():
-        assert suite.key_length == pylibsrtp.lib.srtp_profile_get_master_key_length(suite.profile)
-        assert suite.salt_length == pylibsrtp.lib.srtp_profile_get_master_salt_length(suite.profile)
+        assert suite.key_length == libsrtp.srtp_profile_get_master_key_length(suite.profile)
+        assert suite.salt_length == libsrtp.srtp_profile_get_master_salt_length(suite.profile)
     assert tuple(SUITES) == srtp.SUPPORTED_SUITES
 
 
