@@ -198,6 +198,7 @@ def _init(
     whisper_model: str = "tiny.en",
     prior_weight: float | None = None,
     runner_up_threshold: float = _runner_up_threshold,
+    denoise: bool | None = None,
 ) -> None:
     global _decoders, _runner_up_threshold
     _decoders = decoders
@@ -208,6 +209,9 @@ def _init(
         if prior_weight is not None:  # the discount of Whisper's digit priors, not the model's
             assert isinstance(recogniser, WhisperDigitRecogniser)
             recogniser.prior_weight = prior_weight
+        if denoise is not None:  # the line noise subtracted or not, not as deployed
+            assert isinstance(recogniser, WhisperDigitRecogniser)
+            recogniser.denoise = denoise
         _recognisers["whisper"] = recogniser
     if hearers & {"constrained", "baseline"}:
         _recognisers["constrained"] = DigitRecogniser()  # also hears the baseline's answers
@@ -525,6 +529,12 @@ def main() -> int:
         "its digit priors), to compare on the same audio",
     )
     parser.add_argument(
+        "--whisper-denoise",
+        choices=("on", "off"),
+        help="the Whisper recogniser's subtraction of steady line noise on or off instead of "
+        "as deployed (on), to compare on the same audio",
+    )
+    parser.add_argument(
         "--records",
         help="write each field's tries (voice, truth, heard, answers) here as JSON lines, "
         "for bench/speech_errors.py (synthetic digits only)",
@@ -547,6 +557,7 @@ def main() -> int:
             args.whisper_model,
             args.whisper_prior_weight,
             args.runner_up_threshold,
+            None if args.whisper_denoise is None else args.whisper_denoise == "on",
         ),
     ) as pool:
         records: list[dict[str, object]] = []
@@ -569,6 +580,7 @@ def main() -> int:
             if args.whisper_prior_weight is not None
             else ""
         )
+        + (f", denoise {args.whisper_denoise}" if args.whisper_denoise else "")
     )
     print(
         "| condition | decoder | digit error, 1st try | fields right 1st try | card right 1st try "

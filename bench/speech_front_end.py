@@ -2,7 +2,7 @@
 different paths, read by the product's recogniser with the length known.
 
 Run:  nice -n 19 .venv/bin/python bench/speech_front_end.py [--groups 40] [--offset 0]
-      [--paths telephone,8k,8k+band,8k+ulaw,wideband,vad,fold,window30,snr10]
+      [--paths telephone,8k,8k+band,8k+ulaw,wideband,vad,fold,window30,snr10,snr10+denoise]
       [--model tiny.en|base] [--prior-weights 0,0.5] [--digit-seed 7] [--audio-seed 1]
 
 Each group is a random 4 digits said by espeak-ng (voice i % 8 of the speech bench's, variant
@@ -15,7 +15,11 @@ Each group is a random 4 digits said by espeak-ng (voice i % 8 of the speech ben
   call cuts it (spg_media/speech/vad.py);
 * fold: telephone with its band mirrored above 4 kHz at half strength (spectral folding);
 * window30: telephone with Whisper's full 30 s window instead of the utterance plus 1 s;
-* snr10: the telephone path with noise at 10 dB SNR (as the speech bench's snr10).
+* snr10: the telephone path with noise at 10 dB SNR (as the speech bench's snr10);
+* telephone+denoise, snr10+denoise: those with the steady noise subtracted first
+  (spg_media/speech/denoise.py, with `--denoise` over-subtraction and floor).
+The recogniser subtracts steady noise itself as deployed (`denoise` on); here it is turned off,
+so that each path is heard as it says.
 `--model`: which of the product's pinned Whisper models (spg_media/speech/whisper.py `MODELS`:
 tiny.en, the default recogniser, or base), in the same recogniser.
 `--prior-weights`: the recogniser's `prior_weight` (the discount of Whisper's digit priors; 0 =
@@ -45,13 +49,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_speech_accuracy import VARIANTS, VOICES, Speaker, edits, render, spoken
 
 from spg_media.rtp import g711
-from spg_media.speech import whisper
+from spg_media.speech import denoise, whisper
 from spg_media.speech.digits import words_to_digits
 from spg_media.speech.model import Utterance
 from spg_media.speech.vad import VoiceActivity
 from spg_media.speech.whisper import WhisperDigitRecogniser
 
-PATHS = ("telephone", "8k", "8k+band", "8k+ulaw", "wideband", "vad", "fold", "window30", "snr10")
+PATHS = (
+    "telephone",
+    "8k",
+    "8k+band",
+    "8k+ulaw",
+    "wideband",
+    "vad",
+    "fold",
+    "window30",
+    "snr10",
+    "telephone+denoise",
+    "snr10+denoise",
+)
 _BAND = butter(4, [300, 3400], btype="bandpass", fs=8000, output="sos")
 
 
@@ -107,12 +123,23 @@ def folded(telephone: npt.NDArray[np.int16]) -> npt.NDArray[np.int16]:
     return int16(resampled + 0.5 * (stuffed - resampled))
 
 
+DENOISE = {"over": denoise.OVER_SUBTRACTION, "floor": denoise.POWER_FLOOR}
+
+
+def denoised(pcm: npt.NDArray[np.int16]) -> npt.NDArray[np.int16]:
+    """`pcm` with its steady noise subtracted (spg_media/speech/denoise.py, `--denoise`'s
+    settings)."""
+    return int16(denoise.subtract_noise(pcm, 8000, DENOISE["over"], DENOISE["floor"]))
+
+
 def path_input(
     path: str, telephone: npt.NDArray[np.int16], wide: npt.NDArray[np.float64], seed: int
 ) -> tuple[npt.NDArray[np.int16], int]:
     """The group's audio through `path`, and its rate."""
     if path in ("telephone", "window30"):
         return telephone, 8000
+    if path == "telephone+denoise":
+        return denoised(telephone), 8000
     if path == "wideband":
         return int16(wide), 16000
     if path == "vad":
@@ -131,9 +158,16 @@ def main() -> int:
     parser.add_argument("--prior-weights", help="default: the model's own prior_weight")
     parser.add_argument("--digit-seed", type=int, default=7)
     parser.add_argument("--audio-seed", type=int, default=1)
+    parser.add_argument(
+        "--denoise",
+        default=f"{DENOISE['over']:g},{DENOISE['floor']:g}",
+        help="the +denoise paths' over-subtraction and power floor (default the product's)",
+    )
     args = parser.parse_args()
+    DENOISE["over"], DENOISE["floor"] = (float(v) for v in args.denoise.split(","))
     paths = args.paths.split(",")
     recogniser = WhisperDigitRecogniser(model=args.model)
+    recogniser.denoise = False  # the paths say what is done to the audio
     prior_weights = args.prior_weights or str(recogniser.prior_weight)
     weights = [float(weight) for weight in prior_weights.split(",")]
     rng = random.Random(args.digit_seed)
@@ -148,7 +182,12 @@ def main() -> int:
         noisy = render(spoken(digits), Speaker(voice, speed, 0, 10.0), audio_rng)
         wide = wideband(spoken(digits), voice, speed)
         for path, weight in totals:
-            audio, rate = (noisy, 8000) if path == "snr10" else path_input(path, telephone, wide, i)
+            if path == "snr10":
+                audio, rate = noisy, 8000
+            elif path == "snr10+denoise":
+                audio, rate = denoised(noisy), 8000
+            else:
+                audio, rate = path_input(path, telephone, wide, i)
             padding = whisper.PAD_FRAMES
             if path == "window30":
                 whisper.PAD_FRAMES = whisper.MAX_FRAMES
