@@ -99,7 +99,7 @@ that right? Say yes or press one, or no or press two."): `heard` holds it meanwh
   the next digits?". The expiry and the code are then checked exactly as when keyed.
 - "no" or '2': dropped. If the same try has a runner-up that fits the field's rules and is at
   least `speech_min_runner_up_confidence` (0.1) sure, it is read back in its place ("Sorry.
-  Was it 4 1 1 7? ..."; `runner_up` marks it): "yes" takes it as above with no failed
+  Was it 4 1 1 7? ...", the `heard_instead` prompt): "yes" takes it as above with no failed
   attempt, "no" drops it too. Otherwise, and after a "no" to a runner-up, "please say those
   digits again"; a failed attempt (the card's
   confirmed groups stay; the same group's length is expected again). The tries at the same

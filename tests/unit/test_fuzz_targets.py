@@ -123,3 +123,51 @@ def test_atheris_run_through_the_command_line(tmp_path: Path) -> None:
     assert "Done 3000 runs" in done.stderr
     assert " cov: " in done.stderr  # spg_media is instrumented: coverage is counted
     assert (tmp_path / "rtp_packet.stats.json").exists()
+
+
+_TRACED_NAMES = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from fuzz import run
+run._load_targets(instrument=True)
+import spg_media.dtmf.inband.screen, spg_media.rtp.masking, spg_media.rtp.session
+
+
+def traced(module):
+    found = set()
+    stack = [
+        value.__code__
+        for value in vars(module).values()
+        if getattr(value, "__module__", None) == module.__name__ and hasattr(value, "__code__")
+    ]
+    while stack:
+        code = stack.pop()
+        found.update(code.co_names)
+        stack.extend(const for const in code.co_consts if hasattr(const, "co_names"))
+    return ",".join(sorted(found & {"_trace_branch", "_trace_cmp"}))
+
+
+for module in (spg_media.dtmf.inband.screen, spg_media.rtp.masking, spg_media.rtp.session):
+    print(module.__name__, traced(module))
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("atheris") is None, reason="atheris not installed")
+def test_numpy_modules_are_instrumented_for_coverage_only() -> None:
+    """atheris's comparison tracing would keep something of every numpy array comparison
+    (the in-band detector's and the masker's: their fuzz runs grew ~48 KB an input): those
+    modules are traced for coverage only, the rest for comparisons too."""
+    done = subprocess.run(
+        [sys.executable, "-c", _TRACED_NAMES, str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    traced = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+    assert traced == {
+        "spg_media.dtmf.inband.screen": "_trace_branch",
+        "spg_media.rtp.masking": "_trace_branch",
+        "spg_media.rtp.session": "_trace_branch,_trace_cmp",
+    }
