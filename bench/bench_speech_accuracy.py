@@ -83,6 +83,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from spg_media.payment.cards import luhn_valid
 from spg_media.payment.journey import JourneyConfig
 from spg_media.rtp import g711
+from spg_media.speech import whisper
 from spg_media.speech.digits import answer_of, best_reading, words_to_digits
 from spg_media.speech.model import Utterance
 from spg_media.speech.recogniser import (
@@ -199,11 +200,14 @@ def _init(
     prior_weight: float | None = None,
     runner_up_threshold: float = _runner_up_threshold,
     denoise: bool | None = None,
+    beam: int | None = None,
 ) -> None:
     global _decoders, _runner_up_threshold
     _decoders = decoders
     _runner_up_threshold = runner_up_threshold
     hearers = {decoder.split("+")[0] for decoder in decoders}
+    if beam is not None:  # Whisper's beam width and n-best instead of the product's
+        whisper.BEAM = beam
     if "whisper" in hearers:  # as deployed with speech.recogniser = "whisper-<model>"
         recogniser = make_recogniser(f"whisper-{whisper_model}")
         if prior_weight is not None:  # the discount of Whisper's digit priors, not the model's
@@ -535,6 +539,11 @@ def main() -> int:
         "as deployed (on), to compare on the same audio",
     )
     parser.add_argument(
+        "--whisper-beam",
+        type=int,
+        help=f"Whisper's beam width and n-best instead of the product's ({whisper.BEAM})",
+    )
+    parser.add_argument(
         "--records",
         help="write each field's tries (voice, truth, heard, answers) here as JSON lines, "
         "for bench/speech_errors.py (synthetic digits only)",
@@ -558,6 +567,7 @@ def main() -> int:
             args.whisper_prior_weight,
             args.runner_up_threshold,
             None if args.whisper_denoise is None else args.whisper_denoise == "on",
+            args.whisper_beam,
         ),
     ) as pool:
         records: list[dict[str, object]] = []
@@ -581,6 +591,7 @@ def main() -> int:
             else ""
         )
         + (f", denoise {args.whisper_denoise}" if args.whisper_denoise else "")
+        + (f", beam {args.whisper_beam}" if args.whisper_beam else "")
     )
     print(
         "| condition | decoder | digit error, 1st try | fields right 1st try | card right 1st try "
