@@ -15,7 +15,7 @@ warm-up, the modes alternated over --rounds:
   `sendto` a call (the shared socket alone, without batching);
 * `shared-mmsg`: one socket, `recvmmsg` of up to 64 datagrams a call (their arrival stamps,
   payloads and source addresses taken out of the ctypes buffers), `sendmmsg` of every call's
-  datagram in one call.
+  datagram in one call (spg_media/rtp/mmsg.py, as the shared media port would use them).
 
 Printed: node CPU (user and system, this process) per packet pair (one in, one out), datagrams
 received and sent a second (did it keep up), and the ratio to `per-call` measured in the same
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import multiprocessing
 import os
 import resource
@@ -37,7 +36,12 @@ import struct
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from spg_media.rtp import mmsg
 
 HOST = "127.0.0.1"
 TICK = 0.02
@@ -47,145 +51,6 @@ SLOT = 2048  # bytes of buffer a received datagram
 _SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 _TIMESPEC = struct.Struct("qq")
 _ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
-
-
-# ---- ctypes: recvmmsg / sendmmsg --------------------------------------------------------------
-
-
-class IoVec(ctypes.Structure):
-    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
-
-
-class MsgHdr(ctypes.Structure):
-    _fields_ = [
-        ("msg_name", ctypes.c_void_p),
-        ("msg_namelen", ctypes.c_uint32),
-        ("msg_iov", ctypes.POINTER(IoVec)),
-        ("msg_iovlen", ctypes.c_size_t),
-        ("msg_control", ctypes.c_void_p),
-        ("msg_controllen", ctypes.c_size_t),
-        ("msg_flags", ctypes.c_int),
-    ]
-
-
-class MMsgHdr(ctypes.Structure):
-    _fields_ = [("msg_hdr", MsgHdr), ("msg_len", ctypes.c_uint)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_recvmmsg = _libc.recvmmsg
-_recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
-_recvmmsg.restype = ctypes.c_int
-_sendmmsg = _libc.sendmmsg
-_sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
-_sendmmsg.restype = ctypes.c_int
-_MSG_DONTWAIT = 0x40
-_MSG_LEN_OFFSET = MMsgHdr.msg_len.offset
-_MMSG_SIZE = ctypes.sizeof(MMsgHdr)
-_UNPACK_LEN = struct.Struct("I").unpack_from  # an mmsghdr's msg_len
-
-
-def _sockaddr(host: str, port: int) -> bytes:
-    return (
-        struct.pack("=H", socket.AF_INET)
-        + struct.pack("!H", port)
-        + socket.inet_aton(host)
-        + bytes(8)
-    )
-
-
-def _headers(
-    count: int,
-    data: ctypes.Array[ctypes.c_char],
-    slot: int,
-    length: int,
-    names: ctypes.Array[ctypes.c_char],
-) -> tuple[ctypes.Array[IoVec], ctypes.Array[MMsgHdr]]:
-    """`count` message headers, each with one buffer of `length` bytes at `slot` intervals of
-    `data` and a 16-byte address in `names`."""  # fmt: skip
-    iovecs = (IoVec * count)()
-    headers = (MMsgHdr * count)()
-    base, names_base = ctypes.addressof(data), ctypes.addressof(names)
-    for i in range(count):
-        iovecs[i].iov_base = base + i * slot
-        iovecs[i].iov_len = length
-        hdr = headers[i].msg_hdr
-        hdr.msg_name = names_base + 16 * i
-        hdr.msg_namelen = 16
-        hdr.msg_iov = ctypes.pointer(iovecs[i])
-        hdr.msg_iovlen = 1
-    return iovecs, headers
-
-
-class BatchReceiver:
-    """recvmmsg into preallocated buffers: each call gives (payload, source key, stamp) tuples,
-    the source as the raw 6 bytes of port and address (what a demultiplexer would look up)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.fd = sock.fileno()
-        self.data = ctypes.create_string_buffer(BATCH * SLOT)
-        self.names = ctypes.create_string_buffer(BATCH * 16)
-        self.control = ctypes.create_string_buffer(BATCH * _ANCILLARY)
-        self.iovecs, self.headers = _headers(BATCH, self.data, SLOT, SLOT, self.names)
-        for i in range(BATCH):  # and room for each datagram's arrival stamp
-            hdr = self.headers[i].msg_hdr
-            hdr.msg_control = ctypes.addressof(self.control) + _ANCILLARY * i
-            hdr.msg_controllen = _ANCILLARY
-        # the kernel overwrites the name and control lengths: restored from this copy each call
-        self.pristine = bytes(self.headers)
-        self.headers_address = ctypes.addressof(self.headers)
-        self.data_view = memoryview(self.data).cast("B")
-        self.names_view = memoryview(self.names).cast("B")
-        self.control_view = memoryview(self.control).cast("B")
-        self.headers_view = memoryview(self.headers).cast("B")
-
-    def receive(self) -> list[tuple[bytes, bytes, float]]:
-        out: list[tuple[bytes, bytes, float]] = []
-        while True:
-            ctypes.memmove(self.headers_address, self.pristine, len(self.pristine))
-            n = _recvmmsg(self.fd, self.headers_address, BATCH, _MSG_DONTWAIT, None)
-            if n <= 0:
-                return out
-            data, names, control = self.data_view, self.names_view, self.control_view
-            for i in range(n):
-                (length,) = _UNPACK_LEN(self.headers_view, i * _MMSG_SIZE + _MSG_LEN_OFFSET)
-                seconds, nanos = _TIMESPEC.unpack_from(control, i * _ANCILLARY + 16)
-                out.append(
-                    (
-                        bytes(data[i * SLOT : i * SLOT + length]),
-                        bytes(names[i * 16 + 2 : i * 16 + 8]),
-                        seconds + nanos * 1e-9,
-                    )
-                )
-            if n < BATCH:
-                return out
-
-
-class BatchSender:
-    """sendmmsg of one datagram to each of a fixed list of destinations."""
-
-    def __init__(self, sock: socket.socket, destinations: list[tuple[str, int]]) -> None:
-        self.fd = sock.fileno()
-        count = len(destinations)
-        self.count = count
-        self.data = ctypes.create_string_buffer(count * 256)
-        self.names = ctypes.create_string_buffer(b"".join(_sockaddr(*d) for d in destinations))
-        self.iovecs, self.headers = _headers(count, self.data, 256, PAYLOAD, self.names)
-        self.view = memoryview(self.data).cast("B")
-        self.headers_address = ctypes.addressof(self.headers)
-
-    def send(self, payloads: list[bytes]) -> int:
-        view = self.view
-        for i, payload in enumerate(payloads):  # every payload PAYLOAD bytes, as iov_len says
-            view[i * 256 : i * 256 + PAYLOAD] = payload
-        sent = 0
-        while sent < self.count:
-            chunk = min(self.count - sent, 1024)  # UIO_MAXIOV
-            n = _sendmmsg(self.fd, self.headers_address + sent * _MMSG_SIZE, chunk, 0)
-            if n <= 0:
-                break
-            sent += n
-        return sent
 
 
 # ---- the callers ------------------------------------------------------------------------------
@@ -296,17 +161,18 @@ def run_mode(mode: str, calls: int, seconds: float) -> dict[str, float]:
             return got, len(destinations)
 
     else:
-        receiver = BatchReceiver(socks[0])
-        sender = BatchSender(socks[0], destinations)
-        payloads = [payload] * calls
+        receiver = mmsg.BatchReceiver(socks[0], batch=BATCH, slot=SLOT)
+        sender = mmsg.BatchSender(socks[0], capacity=calls, slot=SLOT)
+        raw = [mmsg.sockaddr(d) for d in destinations]
+        messages = [(payload, to) for to in raw]
 
-        keys = {_sockaddr(*d)[2:8]: i for i, d in enumerate(destinations)}
+        keys = {to: i for i, to in enumerate(raw)}
 
         def tick() -> tuple[int, int]:
             got = receiver.receive()
             for _payload, source, _stamp in got:
                 keys.get(source)  # the demultiplexing a shared socket needs
-            return len(got), sender.send(payloads)
+            return len(got), sender.send(messages)
 
     def loop(duration: float) -> tuple[int, int]:
         got = out = 0
