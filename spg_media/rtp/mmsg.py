@@ -14,7 +14,9 @@ dropped and counted (`truncated`), never handed on cut. `BatchSender` sends (pay
 destination `sockaddr`) pairs; what the kernel refuses is counted (`errors`, the last errno
 kept) and skipped, so one bad destination never holds the others back.
 
-Linux only (`available()`); nothing here logs or keeps a payload after the call that used it.
+Linux only (`available()`); nothing here logs. The buffers are reused: they hold the last
+batch's bytes (call audio, which may carry keypad tones) until the next call overwrites them,
+or `wipe()` zeroes them (when the calls using a socket are done).
 """
 
 from __future__ import annotations
@@ -181,6 +183,11 @@ class BatchReceiver:
         self._headers_view = memoryview(self._headers).cast("B")
         self.truncated = 0  # datagrams longer than a slot, dropped
 
+    def wipe(self) -> None:
+        """Zero the buffers (the last batch's payloads and sources)."""
+        ctypes.memset(self._data, 0, ctypes.sizeof(self._data))
+        ctypes.memset(self._names, 0, ctypes.sizeof(self._names))
+
     def receive(self, limit: int | None = None) -> list[tuple[bytes, bytes, float | None]]:
         """Every datagram waiting (at most `limit`, rounded up to whole batches), as
         (payload, raw source sockaddr, kernel arrival stamp in wall-clock seconds or None)."""
@@ -241,6 +248,10 @@ class BatchSender:
         self._destinations: list[bytes] = [b""] * capacity
         self.errors = 0  # messages the kernel refused
         self.last_errno = 0
+
+    def wipe(self) -> None:
+        """Zero the payload buffer (the last batch's payloads)."""
+        ctypes.memset(self._data, 0, ctypes.sizeof(self._data))
 
     def send(self, messages: Sequence[tuple[bytes, bytes]]) -> int:
         """Send each (payload, raw destination sockaddr); the number sent. A payload longer

@@ -156,3 +156,19 @@ def test_ipv6_when_the_machine_has_it() -> None:
             assert peer.recvfrom(16)[0] == b"back"
     finally:
         context.__exit__(None, None, None)
+
+
+def test_wipe_zeroes_what_the_buffers_held() -> None:
+    tone = b"\xd5\x55" * 80  # stands for a caller's audio
+    with udp() as node, udp() as peer:
+        receiver = mmsg.BatchReceiver(node)
+        sender = mmsg.BatchSender(node, capacity=1)
+        peer.sendto(tone, node.getsockname())
+        settle()
+        assert receiver.receive()[0][0] == tone
+        assert sender.send([(tone, mmsg.sockaddr(peer.getsockname()))]) == 1
+        assert tone in bytes(receiver._data) and tone in bytes(sender._data)
+        receiver.wipe()
+        sender.wipe()
+        assert not any(bytes(receiver._data)) and not any(bytes(receiver._names))
+        assert not any(bytes(sender._data))
