@@ -25,10 +25,18 @@ def test_every_collection_is_timed_by_generation() -> None:
     timer = gcpolicy._timer
     assert timer is not None
     assert gc.callbacks.count(timer) == 1
-    before = {g: gcpolicy.GC_PAUSE_SECONDS.get_count(generation=g) for g in "012"}
-    gc.collect(0)
-    gc.collect(2)
-    after = {g: gcpolicy.GC_PAUSE_SECONDS.get_count(generation=g) for g in "012"}
+    # No automatic collection between the counts (another thread's allocations, such as the
+    # test runner's, can start one at any time: it would be counted too)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        before = {g: gcpolicy.GC_PAUSE_SECONDS.get_count(generation=g) for g in "012"}
+        gc.collect(0)
+        gc.collect(2)
+        after = {g: gcpolicy.GC_PAUSE_SECONDS.get_count(generation=g) for g in "012"}
+    finally:
+        if enabled:
+            gc.enable()
     assert after["0"] == before["0"] + 1
     assert after["2"] == before["2"] + 1
     assert gcpolicy.GC_PAUSE_SECONDS.get_sum(generation="2") > 0
