@@ -59,6 +59,7 @@ from harness import (
 )
 
 from spg_media.cdr import mask_card_like
+from spg_media.config import load_config
 from spg_media.tlscert import CertPair, TlsCertError, make_self_signed
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -227,12 +228,20 @@ def pay(
 def pay_captured(
     phone: Baresip, node: SpgTlsNode, agent: SippProcess, pcap: Path
 ) -> tuple[Payment, Capture | None]:
-    """`pay` over TLS while tshark captures the node's TLS port and the phone's RTP ports (no
-    capture, None, without root or tshark)."""
+    """`pay` over TLS while tshark captures the node's TLS port and the media between the
+    phone's RTP ports and the node's (no capture, None, without root or tshark). Only the media
+    between the two: the phone's RTP ports are ten free ports of the ephemeral range, where the
+    tests running beside this one have their plain SIP (a REFER's X-SPG-Result once came into
+    the capture from another test's port that fell in that range)."""
     capture = None
     if capture_missing() is None:
         low, high = phone.rtp_ports
-        capture = Capture(pcap, f"port {node.tls_port} or portrange {low}-{high}")
+        rtp = load_config(None, env={}).rtp  # the test nodes keep the default RTP range
+        capture = Capture(
+            pcap,
+            f"tcp port {node.tls_port} or (udp portrange {low}-{high}"
+            f" and udp portrange {rtp.port_min}-{rtp.port_max})",
+        )
         capture.start()
     try:
         with phone:
