@@ -79,10 +79,11 @@ class Speaker(Caller):
         return self.say("yes")
 
 
-def heard_digits(actions: list[Action]) -> str:
-    """The digits of the read-back played (the test may look: it knows what was said)."""
+def heard_digits(actions: list[Action], prompt: str = "heard") -> str:
+    """The digits of the read-back played (the test may look: it knows what was said);
+    `prompt` "heard_instead" for a runner-up read back after a "no"."""
     play = only_play(actions)
-    found = [p for p in play.parts if p.name == "heard"]
+    found = [p for p in play.parts if p.name == prompt]
     assert len(found) == 1, plays(actions)
     value = dict(found[0].params)["digits"]
     assert isinstance(value, SecretDigits)
@@ -279,12 +280,7 @@ def test_a_reading_denied_is_not_read_back_again_for_the_same_digits() -> None:
 
 def heard_instead_digits(actions: list[Action]) -> str:
     """The digits of a runner-up read back after a "no" ("Sorry. Was it ...?")."""
-    play = only_play(actions)
-    found = [p for p in play.parts if p.name == "heard_instead"]
-    assert len(found) == 1, plays(actions)
-    value = dict(found[0].params)["digits"]
-    assert isinstance(value, SecretDigits)
-    return "".join(value.characters())
+    return heard_digits(actions, "heard_instead")
 
 
 def test_after_a_no_the_runner_up_is_read_back_without_a_failed_attempt() -> None:
