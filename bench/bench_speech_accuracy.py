@@ -238,7 +238,6 @@ class Payment:
         self._answers: dict[str, npt.NDArray[np.int16]] = {}
         self._heard: dict[tuple[str, object], tuple[Utterance, float]] = {}
         self.last_reading: tuple[bool, float] | None = None  # of `read`, for `--records`
-        self.runner_up_confidence = 0.0  # of `runner_up`, for `--records`
         self.speeds: list[int] = []  # of each utterance rendered, in order
         self.records: list[dict[str, object]] = []  # `--records`: one per field and decoder
 
@@ -318,8 +317,9 @@ class Payment:
         truth: str,
         prefix: str,
         denied: set[str],
-    ) -> tuple[str, str | None] | None:
-        """The runner-up reading after a "no" and the caller's answer to it ("was it ...?"),
+    ) -> tuple[str, str | None, float] | None:
+        """The runner-up reading after a "no", the caller's answer to it ("was it ...?") and
+        its confidence,
         for "+runnerup" decoders, when it fits the field's rules and is at least
         `_runner_up_threshold` sure, as the journey reads it back."""
         if "+runnerup" not in decoder:
@@ -339,8 +339,8 @@ class Payment:
         self.counts[f"{decoder}.read_backs_right"] += reading.digits == truth
         self.counts[f"{decoder}.runner_ups"] += 1
         self.counts[f"{decoder}.runner_ups_right"] += reading.digits == truth
-        self.runner_up_confidence = reading.confidence
-        return reading.digits, self.answer(decoder, "yes" if reading.digits == truth else "no")
+        answer = self.answer(decoder, "yes" if reading.digits == truth else "no")
+        return reading.digits, answer, reading.confidence
 
     def answer(self, decoder: str, word: str) -> str | None:
         if word not in self._answers:
@@ -444,7 +444,7 @@ class Payment:
                         if second is not None:
                             tried[-1]["runner_up"] = second[0]
                             tried[-1]["runner_up_answer"] = second[1]
-                            tried[-1]["runner_up_confidence"] = round(self.runner_up_confidence, 3)
+                            tried[-1]["runner_up_confidence"] = round(second[2], 3)
                             if second[1] == "yes":
                                 confirmed = second[0]
                                 break
