@@ -65,7 +65,16 @@ if [[ ! -x "$PREFIX/bin/python" ]]; then
 fi
 say "installing spg-media from $source_spec into $PREFIX"
 pip_log="$(mktemp)"
-trap 'rm -f "$pip_log"' EXIT
+scratch="$(mktemp -d)"
+trap 'rm -rf "$pip_log" "$scratch"' EXIT
+if [[ -d "$source_spec" ]]; then
+    # pip builds a source tree in place (setuptools' build/): build a copy instead, so the checkout
+    # stays as it was (a root-owned build/ in someone's checkout, or two builds racing in one).
+    tar -C "$source_spec" --exclude=./.git --exclude=./.venv --exclude=./build \
+        --exclude='*.egg-info' --exclude=__pycache__ --exclude=.mypy_cache --exclude=.ruff_cache \
+        -cf - . | tar -C "$scratch" -xf -
+    source_spec="$scratch"
+fi
 if ! "$PREFIX/bin/python" -m pip install -q --disable-pip-version-check --upgrade \
     "${source_spec}[fast]" >"$pip_log" 2>&1; then
     cat "$pip_log" >&2

@@ -21,6 +21,17 @@ from harness import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
+# what a build needs none of (and a copy of the checkout would spend its time on)
+CHECKOUT_ONLY = (
+    ".git",
+    ".venv",
+    "build",
+    "*.egg-info",
+    "__pycache__",
+    ".mypy_cache",
+    ".ruff_cache",
+)
+
 
 def _clean_env(home: Path) -> dict[str, str]:
     """The environment of an operator's shell: no SPG_* overrides, no PYTHONPATH to the repo."""
@@ -59,7 +70,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The bin directory of a fresh venv holding the built wheel."""
     work = tmp_path_factory.mktemp("wheel")
     dist = work / "dist"
-    _pip(Path(sys.executable), "wheel", "--no-deps", "-q", "-w", str(dist), str(REPO), cwd=work)
+    # pip builds a source tree in place (setuptools' build/): build a copy, as install.sh does
+    source = work / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*CHECKOUT_ONLY))
+    _pip(Path(sys.executable), "wheel", "--no-deps", "-q", "-w", str(dist), str(source), cwd=work)
     wheels = list(dist.glob("spg_media-*.whl"))
     assert len(wheels) == 1, wheels
     constraints = work / "constraints.txt"
@@ -139,7 +153,9 @@ def test_install_script_into_temporary_directories(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         return done.stdout
 
+    build_before = (REPO / "build").exists()
     install()
+    assert (REPO / "build").exists() == build_before, "install.sh built inside the checkout"
     program = places["SPG_PREFIX"] / "bin" / "spg-media"
     config = places["SPG_CONFIG_DIR"] / "spg.toml"
     unit = (places["SPG_UNIT_DIR"] / "spg-media.service").read_text()
