@@ -2,7 +2,7 @@
 
 Run:  .venv/bin/python bench/bench_media_load.py [--sessions 500] [--seconds 10] [--rounds 2]
           [--baseline-ref main | --baseline-tree PATH] [--no-inband] [--dtmf] [--bridged]
-          [--profile FILE]
+          [--profile FILE] [--shared-port]
 
 Drives N `MediaSession`s through the real `MediaEngine` (uvloop, loopback sockets, the 20 ms
 tick) in a node process, while a generator process plays N callers: 50 packets/s each of
@@ -17,6 +17,12 @@ mode: the first of a pair the customer, with in-band detection, the second the a
 direction masked, or only the customer's in a tree before the agent's was) and the calls per
 core are bridged calls (two sessions, 200 packets/s); a baseline tree without
 `MediaEngine.bridge` runs the same sessions unbridged (each with in-band detection).
+
+With --shared-port, this tree's sessions share one port pair (`MediaEngine.open_shared`, the
+calls from a relay: `rtp.shared_port = "relays"`), read with `recvmmsg` and written with
+`sendmmsg`; the baseline's have a port each (give `--baseline-tree .` to compare the two in one
+tree). Each caller then sends from a port of its own (both sides: the same callers), which the
+shared port keys it by, and the node's packets to it are left unread (a small receive buffer).
 
 The node's CPU (user + system, getrusage, also printed apart: the kernel's share is the system
 calls and the UDP path) over --seconds after a warm-up is divided by the packets it received and
@@ -70,7 +76,9 @@ def node(args: argparse.Namespace) -> None:
         engine = MediaEngine("127.0.0.1", base, base + 6 * args.sessions)
         ports = []
         for index in range(args.sessions):
-            port = await engine.open()
+            caller = ("127.0.0.1", args.caller_base + index if args.caller_base else 9)
+            shared = engine.open_shared(caller, None) if args.shared_port else None
+            port = shared if shared is not None else await engine.open()
 
             def on_dtmf(event: Any, index: int = index) -> None:
                 if event.kind == "start":
@@ -80,7 +88,7 @@ def node(args: argparse.Namespace) -> None:
                 port,
                 MediaSession(
                     codec="PCMU",
-                    remote=("127.0.0.1", 9),  # the caller's c= address; it latches on its port
+                    remote=caller,  # the caller's c= address (and port: the shared port's key)
                     dtmf_payload_type=DTMF_PT,
                     on_dtmf=on_dtmf,
                     inband=args.inband,
@@ -90,7 +98,8 @@ def node(args: argparse.Namespace) -> None:
         if args.bridged and hasattr(engine, "bridge"):  # the baseline tree may have none
             for customer, agent in zip(ports[::2], ports[1::2], strict=False):
                 engine.bridge(customer, agent, "tone")
-        print(json.dumps({"ports": ports}), flush=True)
+        local = getattr(engine, "local_port", lambda port: port)
+        print(json.dumps({"ports": [local(port) for port in ports]}), flush=True)
         await asyncio.sleep(args.warmup)
         sessions = list(engine.sessions.values())
         received0 = sum(s.stats.received for s in sessions)
@@ -141,11 +150,13 @@ def generator(args: argparse.Namespace) -> None:
     ports = json.loads(args.ports)
     rng = random.Random(7)
     socks = []
-    for _ in range(8):
+    # a socket a caller (at the port the node was told) with --shared-port, else 8 in all
+    own = bool(args.caller_base)
+    for index in range(len(ports) if own else 8):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", args.caller_base + index if own else 0))
         sock.setblocking(False)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096 if own else 1 << 21)
         socks.append(sock)
     noise = [bytes(rng.getrandbits(8) for _ in range(160)) for _ in range(64)]
     callers: list[dict[str, Any]] = []
@@ -199,7 +210,7 @@ def generator(args: argparse.Namespace) -> None:
             caller["ts"] = (caller["ts"] + 160) & 0xFFFFFFFF
             with contextlib.suppress(OSError):
                 caller["sock"].sendto(packet, caller["dest"])
-        for sock in socks:  # the node's packets: read and dropped
+        for sock in () if own else socks:  # the node's packets: read and dropped
             try:
                 while True:
                     sock.recv(2048)
@@ -212,7 +223,9 @@ def generator(args: argparse.Namespace) -> None:
 # ---- the parent -------------------------------------------------------------------------------
 
 
-def measure(tree: Path, args: argparse.Namespace, profile: str | None) -> dict[str, Any]:
+def measure(
+    tree: Path, args: argparse.Namespace, profile: str | None, ours: bool
+) -> dict[str, Any]:
     script = str(Path(__file__).resolve())
     node_cmd = [sys.executable, script, "--node", "--tree", str(tree),
                 "--sessions", str(args.sessions), "--seconds", str(args.seconds),
@@ -223,13 +236,20 @@ def measure(tree: Path, args: argparse.Namespace, profile: str | None) -> dict[s
         node_cmd.append("--bridged")
     if profile:
         node_cmd += ["--profile", profile]
+    caller_base = 0
+    if args.shared_port:  # the callers at ports of their own, below the node's range
+        caller_base = random.randrange(10000, 19000 - args.sessions)
+        node_cmd += ["--caller-base", str(caller_base)]
+        if ours:
+            node_cmd.append("--shared-port")
     proc = subprocess.Popen(node_cmd, stdout=subprocess.PIPE, text=True)
     gen = None
     try:
         assert proc.stdout is not None
         ports = json.loads(proc.stdout.readline())["ports"]
         gen_cmd = [sys.executable, script, "--generator", "--ports", json.dumps(ports),
-                   "--duration", str(args.warmup + args.seconds + 1)]  # fmt: skip
+                   "--duration", str(args.warmup + args.seconds + 1),
+                   "--caller-base", str(caller_base)]  # fmt: skip
         if args.dtmf:
             gen_cmd.append("--dtmf")
         gen = subprocess.Popen(gen_cmd, stdout=subprocess.PIPE, text=True)
@@ -301,12 +321,13 @@ def parent(args: argparse.Namespace) -> None:
             for name, tree in (("baseline", baseline), ("this tree", HERE)):
                 profile = None
                 if args.profile and round_ == 0:
-                    profile = f"{args.profile}.{'baseline' if tree == baseline else 'new'}"
-                runs[name].append(measure(tree, args, profile))
+                    profile = f"{args.profile}.{'baseline' if name == 'baseline' else 'new'}"
+                runs[name].append(measure(tree, args, profile, name == "this tree"))
         print(
             f"{args.sessions} full-duplex sessions, 50 + 50 packets/s each, "
             f"in-band {'on' if args.inband else 'off'}, "
             f"{'bridged in pairs, masking, ' if args.bridged else ''}"
+            f"{'this tree on one shared port, ' if args.shared_port else ''}"
             f"{args.seconds:g} s measured after "
             f"{args.warmup:g} s, best of {args.rounds}; baseline: "
             f"{args.baseline_tree or args.baseline_ref}"
@@ -344,6 +365,12 @@ def main() -> None:
         help="this tree bridges the sessions in pairs (agent-assisted mode, masking on)",
     )
     parser.add_argument("--profile", help="cProfile each's first round: FILE.{baseline,new}")
+    parser.add_argument(
+        "--shared-port",
+        action="store_true",
+        help="this tree's sessions on one shared port; each caller on a port of its own",
+    )
+    parser.add_argument("--caller-base", type=int, default=0, help=argparse.SUPPRESS)
     # the children
     parser.add_argument("--node", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tree", help=argparse.SUPPRESS)

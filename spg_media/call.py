@@ -62,7 +62,7 @@ from spg_media.payment.model import AuthorizationResult, ChargeState, Result, Tr
 from spg_media.payment.signing import handoff_canonical, parse_signature, verify_handoff
 from spg_media.rtp.g711 import decode_array
 from spg_media.rtp.prompts import EncodedClips, PromptPackets, shared_key
-from spg_media.rtp.session import MediaEngine, MediaSession
+from spg_media.rtp.session import MediaEngine, MediaSession, in_sources
 from spg_media.rtp.srtp import SrtpContext
 from spg_media.sip import session_timer
 from spg_media.sip.invite_session import (
@@ -780,14 +780,21 @@ class Call:
         for one) and wait for the ACK. None when answered; else the call's result: `error`
         without a media port (the INVITE gets 503), `hung-up` when the caller cancelled."""
         assert self.negotiated is not None
+        neg = self.negotiated
+        engine = self.services.media
         try:
-            self.rtp_port = await self.services.media.open()
+            shared = None
+            rtp = self.config.rtp
+            if rtp.shared_port == "relays" and in_sources(neg.remote_address, rtp.media_sources):
+                # media from a relay: keyed by its exact source on the port the calls share
+                rtcp_source = None if neg.rtcp_mux else neg.remote_rtcp
+                shared = engine.open_shared((neg.remote_address, neg.remote_port), rtcp_source)
+            self.rtp_port = shared if shared is not None else await engine.open()
         except Exception as exc:
             self._reject(503, "Service Unavailable", f"no media port: {exc}")
             return Result.ERROR
         if self.hung_up:  # cancelled while the port was opened
             return Result.HUNG_UP
-        neg = self.negotiated
         self.media = MediaSession(
             codec=neg.codec,
             remote=(neg.remote_address, neg.remote_port),
@@ -831,7 +838,7 @@ class Call:
         return build_answer(
             self.negotiated,
             local_address=self.config.rtp.address,
-            local_port=self.rtp_port,
+            local_port=self.services.media.local_port(self.rtp_port),
             session_id=self.session_id,
             version=self.sdp_version,
         )

@@ -770,9 +770,10 @@ def _check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
     listeners = len(config.sip.listen)
     spoken = ", ".join(speech_languages(SUPPORTED_LANGUAGES, config.speech.recogniser)) or "none"
+    shared = "; relays' calls on one shared media port" if config.rtp.shared_port != "off" else ""
     print(
         f"{args.config}: ok ({listeners} SIP listeners, connector {config.gateway.connector}; "
-        f"speech model for: {spoken})"
+        f"speech model for: {spoken}{shared})"
     )
     return 0
 

@@ -443,12 +443,20 @@ class RtpConfig(_Section):
     # Where media may come from before a call has latched: CIDRs of a media relay in front
     # (empty: only the address of the caller's SDP c= line).
     media_sources: tuple[str, ...] = _rule_list((), _StrList())
+    # "relays": the calls whose SDP address is in media_sources share one port pair, read
+    # and written in batches (fewer system calls a packet); "off": every call a port of its own.
+    shared_port: str = _rule("off", _Choice("off", "relays"))
     # Sources whose SDES keys may arrive over cleartext SIP (UDP/TCP): a private link from
     # your own Kamailio. Empty: RTP/SAVP offers are taken over TLS only.
     sdes_cleartext_sources: tuple[str, ...] = _rule_list((), _StrList())
 
     def _validate(self) -> None:
         _check_cidrs("rtp.media_sources", self.media_sources)
+        if self.shared_port == "relays" and not self.media_sources:
+            raise _key_error(
+                "rtp.shared_port",
+                '"relays" shares a port among the calls from rtp.media_sources, which is empty',
+            )
         _check_cidrs("rtp.sdes_cleartext_sources", self.sdes_cleartext_sources)
         try:
             address = ipaddress.ip_address(self.address)

@@ -522,6 +522,10 @@ RTP_DROPPED_TOTAL = METRICS.counter(
     "Received RTP packets dropped, by reason (e.g. wrong source, malformed, srtp).",
     ("reason",),
 )
+RTP_SHARED_PORT_CALLS = METRICS.gauge(
+    "spg_rtp_shared_port_calls",
+    "Calls whose media is on the shared port (rtp.shared_port); the others have a port each.",
+)
 RTCP_PACKETS_TOTAL = METRICS.counter(
     "spg_rtcp_packets_total",
     "RTCP compound packets by direction (in: accepted from callers, out: our reports).",

@@ -46,6 +46,7 @@ import contextlib
 import dataclasses
 import functools
 import ipaddress
+import itertools
 import logging
 import math
 import platform
@@ -71,12 +72,15 @@ from spg_media.observability import (
     RTP_JITTER_SECONDS,
     RTP_LOST_TOTAL,
     RTP_PACKETS_TOTAL,
+    RTP_SHARED_PORT_CALLS,
 )
+from spg_media.rtp import mmsg
 from spg_media.rtp.g711 import DECODE_TABLES, decode_array, encode
 from spg_media.rtp.masking import BLOCK, MASKS, ToneMasker
 from spg_media.rtp.packet import RTP_HEADER_SIZE, RtpError, RtpPacket
 from spg_media.rtp.prompts import CutAudio
 from spg_media.rtp.rtcp import RtcpError, RtcpSession
+from spg_media.rtp.shared_port import SharedPort
 from spg_media.rtp.srtp import SrtpContext
 
 log = logging.getLogger("spg.rtp")
@@ -119,6 +123,12 @@ _pack_header = struct.Struct("!BBHII").pack  # a plain header, as build_rtp pack
 RECV_SIZE = 4096  # the largest datagram read: G.711 at a 200 ms ptime with SRTP fits
 RECEIVE_PASSES = 4  # a tick's receive pass and three between ticks: 5 ms at most in a socket
 READ_ROUNDS = 64  # per tick, datagrams read at most from one socket (a flood waits its turn)
+# The shared port's datagrams read at most in a receive pass: this many a call on it, and a
+# floor (a call sends one packet a 20 ms tick; a pass runs four times a tick)
+SHARED_READS_PER_CALL, SHARED_READS_MIN = 8, 256
+# Session ids of the calls on the shared port: above every port number, never reused
+SHARED_IDS = 1 << 20
+_SHARED_RTCP = -1  # the shared RTCP socket's "port" in the engine's readers
 # Arrival times from the kernel (SO_TIMESTAMPNS, a struct timespec of the wall clock) where the
 # constant and layout are the generic Linux ones; elsewhere a datagram is dated by the tick.
 _SO_TIMESTAMPNS: int | None = (
@@ -168,6 +178,7 @@ class MediaStats:
     dropped_foreign: int = 0
     dropped_malformed: int = 0
     dropped_srtp: int = 0  # refused by SRTP: forged, replayed, truncated, expired key
+    dropped_ssrc: int = 0  # on the shared port: another SSRC than the stream's pinned one
     rtcp: int = 0  # RTCP compound packets received and accepted
     rtcp_sent: int = 0
     audio: int = 0
@@ -198,6 +209,10 @@ class MediaSession:
     rtcp_remote: tuple[str, int] | None = None  # where our RTCP goes (port 0 or None: nowhere)
     rtcp_mux: bool = False  # RTCP shares the RTP port (RFC 5761)
     media_sources: tuple[str, ...] = ()  # CIDRs (a media relay) media may also come from
+    # On the shared port (set by the engine): each stream's first SSRC (audio, telephone
+    # events) is pinned and others dropped, and `on_move` tells the engine to re-key the call.
+    pin_ssrc: bool = False
+    on_move: Callable[[], None] | None = None
 
     # Set by __post_init__ (slots: a session's state in one compact object rather than a
     # dict of 40-odd entries; the tick reads it for every packet of every call).
@@ -229,6 +244,8 @@ class MediaSession:
     _last_sent: tuple[int, float] | None = field(init=False, repr=False, compare=False)
     relay_in: list[bytes] | None = field(init=False, repr=False, compare=False)
     relay_out: bytearray = field(init=False, repr=False, compare=False)
+    _audio_ssrc: int | None = field(init=False, repr=False, compare=False)
+    _event_ssrc: int | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # The SDP's address and port: before latching, media is taken only from that address
@@ -283,6 +300,7 @@ class MediaSession:
         # this session's codec, waiting to be sent (a prompt playing goes first).
         self.relay_in = None
         self.relay_out = bytearray()
+        self._audio_ssrc = self._event_ssrc = None  # pinned (`pin_ssrc`) by the first packets
 
     def report_stats(self) -> None:
         """Add what changed since the last report to the process's RTP counters."""
@@ -299,6 +317,8 @@ class MediaSession:
             )
         if now.dropped_srtp != last.dropped_srtp:
             RTP_DROPPED_TOTAL.inc(now.dropped_srtp - last.dropped_srtp, reason="srtp")
+        if now.dropped_ssrc != last.dropped_ssrc:
+            RTP_DROPPED_TOTAL.inc(now.dropped_ssrc - last.dropped_ssrc, reason="ssrc")
         if now.rtcp != last.rtcp:
             RTCP_PACKETS_TOTAL.inc(now.rtcp - last.rtcp, direction="in")
         if now.rtcp_sent != last.rtcp_sent:
@@ -371,8 +391,11 @@ class MediaSession:
             )
             ssrc, marker, payload = packet.ssrc, packet.marker, packet.payload
         stats = self.stats
-        stats.received += 1
         dtmf = payload_type == self.dtmf_payload_type  # (never equal when it is None)
+        if self.pin_ssrc and not self._pinned(ssrc, dtmf):
+            stats.dropped_ssrc += 1
+            return
+        stats.received += 1
         if self.rtcp is not None:
             # audio: jitter counts (an event keeps one timestamp for a whole press)
             self.rtcp.rtp_received(ssrc, sequence, timestamp, now, not dtmf)
@@ -402,6 +425,17 @@ class MediaSession:
             relay = self.relay_in
             if relay is not None and len(relay) < RELAY_MAX_FRAMES:
                 relay.append(payload)
+
+    def _pinned(self, ssrc: int, event: bool) -> bool:
+        """Is `ssrc` the stream's (audio, or telephone events: a sender may give them an SSRC
+        of their own)? The first packet of each pins it, until a re-INVITE or UPDATE."""
+        if event:
+            if self._event_ssrc is None:
+                self._event_ssrc = ssrc
+            return ssrc == self._event_ssrc
+        if self._audio_ssrc is None:
+            self._audio_ssrc = ssrc
+        return ssrc == self._audio_ssrc
 
     def receive_rtcp(self, data: bytes, source: tuple[str, int], now: float) -> None:
         """A datagram on the RTCP port: taken from the address the call's RTP comes from (before
@@ -439,18 +473,22 @@ class MediaSession:
 
     def move(self, remote: tuple[str, int], rtcp_remote: tuple[str, int] | None) -> None:
         """A re-INVITE or UPDATE answered: `remote` is its SDP's RTP address and port,
-        `rtcp_remote` where its RTCP goes. Unchanged: nothing happens (the latch stays). Moved:
+        `rtcp_remote` where its RTCP goes. Unchanged: the latch stays (pinned SSRCs are let
+        go: a new offer may restart a stream). Moved:
         the session is unlatched and takes media only from the new address (or a relay's);
         moved to a hold address (0.0.0.0): nothing is sent there and nothing new can latch,
         while a source already latched (the caller's own stream) is still taken."""
         remote = (literal_address(remote[0]), remote[1])
         if rtcp_remote is not None:
             rtcp_remote = (literal_address(rtcp_remote[0]), rtcp_remote[1])
+        self._audio_ssrc = self._event_ssrc = None  # a new offer may restart the streams
         if remote == self.offered:
             return
         self.offered = remote
         self.remote = remote
         self.rtcp_remote = rtcp_remote
+        if self.on_move is not None:
+            self.on_move()
         if remote[0] in HOLD_ADDRESSES:
             return
         self.latched = None
@@ -806,6 +844,9 @@ class MediaEngine:
         self, address: str, port_min: int, port_max: int, *, rng: random.Random | None = None
     ) -> None:
         self.address = address
+        # The port pair the calls from relays share (`open_shared`), bound on first use.
+        self.shared: SharedPort | None = None
+        self._shared_ids = itertools.count(SHARED_IDS)
         self.port_min = port_min + (port_min % 2)
         self.port_max = port_max
         self.sessions: dict[int, MediaSession] = {}
@@ -864,6 +905,64 @@ class MediaEngine:
             return port
         raise PortRangeExhausted(f"no free RTP port in {self.port_min}-{self.port_max}")
 
+    def open_shared(
+        self, remote: tuple[str, int], rtcp_remote: tuple[str, int] | None
+    ) -> int | None:
+        """A session id on the shared port pair for a call whose media comes from exactly
+        `remote` (its SDP's RTP address and port) and `rtcp_remote` (its RTCP's without
+        rtcp-mux; None with it), or None: that source is another call's, the system has no
+        batched socket calls, or no port pair is free. The pair is bound on first use (random,
+        from the range, as `open`'s) and kept. `local_port` gives the port for the SDP."""
+        if not mmsg.available():
+            return None
+        try:
+            remote = (literal_address(remote[0]), remote[1])
+            if rtcp_remote is not None:
+                rtcp_remote = (literal_address(rtcp_remote[0]), rtcp_remote[1])
+        except ValueError:
+            return None
+        if remote[0] in HOLD_ADDRESSES or not remote[1]:
+            return None  # no source to key the call by
+        shared = self.shared
+        if shared is None:
+            span = (self.port_max - 1 - self.port_min) // 2 + 1
+            for port in self._candidates(span):
+                if port in self.sockets:
+                    continue
+                sockets = self._bind_pair(port)
+                if sockets is not None:
+                    break
+            else:
+                return None
+            shared = self.shared = SharedPort(sockets[0], sockets[1])
+            rtcp = shared.rtcp
+            self._readers[rtcp.fileno()] = (rtcp.recvmsg, _SHARED_RTCP, True)
+            self._poller.register(rtcp.fileno(), select.POLLIN)
+        session_id = next(self._shared_ids)
+        if not shared.claim(session_id, remote, rtcp_remote):
+            return None
+        RTP_SHARED_PORT_CALLS.set(shared.calls)
+        return session_id
+
+    def local_port(self, session_id: int) -> int:
+        """The local RTP port of a session id from `open` (the id) or `open_shared`."""
+        if session_id >= SHARED_IDS and self.shared is not None:
+            return self.shared.port
+        return session_id
+
+    def _rekey(self, session_id: int, session: MediaSession) -> None:
+        """A call on the shared port moved its media (re-INVITE, UPDATE): keyed by the new
+        source from now on, or, when that is another call's, by none (its media is dropped,
+        counted as from a stranger). A move to a hold address keeps the old key: the stream
+        already coming is still taken, as on a port of its own."""
+        shared = self.shared
+        if shared is None or session.offered[0] in HOLD_ADDRESSES:
+            return
+        rtcp_remote = None if session.rtcp_mux else session.rtcp_remote
+        if not shared.claim(session_id, session.offered, rtcp_remote):
+            shared.release(session_id)
+            log.warning("media moved to a source another call on the shared port has: dropped")
+
     _RANDOM_DRAWS = 8  # before walking the range: enough while it is mostly free
 
     def _candidates(self, span: int) -> Iterator[int]:
@@ -892,8 +991,13 @@ class MediaEngine:
         return sockets
 
     def attach(self, port: int, session: MediaSession) -> None:
+        """Start `session` on `port` (from `open`, or a session id from `open_shared`)."""
         session.next_send_at = self.loop.time()
         session.start_rtcp(self.loop.time(), time.time())
+        if port >= SHARED_IDS and self.shared is not None:
+            self._senders[port] = self.shared.queue  # into the tick's batch
+            session.pin_ssrc = True
+            session.on_move = functools.partial(self._rekey, port, session)
         self.sessions[port] = session
         if session.inband:
             self._start_inband(session)
@@ -979,6 +1083,12 @@ class MediaEngine:
                 self._inband_sessions.pop(session.inband_slot, None)
                 session.inband_slot = None
         self._senders.pop(port, None)
+        if port >= SHARED_IDS and self.shared is not None:
+            self.shared.release(port)
+            RTP_SHARED_PORT_CALLS.set(self.shared.calls)
+            if session is not None:
+                session.on_move = None
+            return
         for sock in self.sockets.pop(port, ()):
             self._readers.pop(sock.fileno(), None)
             with contextlib.suppress(OSError, ValueError):
@@ -988,6 +1098,8 @@ class MediaEngine:
     def _send_rtcp(self, port: int, session: MediaSession, packet: bytes | None) -> None:
         target = session.rtcp_target
         pair = self.sockets.get(port)
+        if pair is None and port >= SHARED_IDS and self.shared is not None:
+            pair = (self.shared.rtp, self.shared.rtcp)
         if packet is None or target is None or pair is None:
             return
         self._sendto(pair[0] if session.rtcp_mux else pair[1], packet, target)
@@ -999,8 +1111,15 @@ class MediaEngine:
             self.send_errors += 1
 
     async def aclose(self) -> None:
-        for port in list(self.sockets):
+        for port in list(self.sockets) + [p for p in self.sessions if p >= SHARED_IDS]:
             self.close(port)
+        if self.shared is not None:
+            fd = self.shared.rtcp.fileno()
+            self._readers.pop(fd, None)
+            with contextlib.suppress(OSError, ValueError):
+                self._poller.unregister(fd)
+            self.shared.close()
+            self.shared = None
         if self._tick_task is not None:
             self._tick_task.cancel()
 
@@ -1258,6 +1377,9 @@ class MediaEngine:
         poll, epoll = self._poller.poll, self._epoll
         wall_offset = time.time() - time.monotonic()  # kernel stamps are wall-clock times
         ancillary, unpack, stamp_size = _ANCILLARY_SIZE, _TIMESPEC.unpack, _TIMESPEC.size
+        shared = self.shared
+        if shared is not None and shared.calls:
+            self._receive_shared(shared, now, wall_offset)
         for _ in range(READ_ROUNDS):
             ready = poll(0, len(readers) + 1) if epoll else poll(0)  # type: ignore[call-arg]
             if not ready:
@@ -1274,6 +1396,12 @@ class MediaEngine:
                 except OSError as exc:  # an ICMP error queued on the socket
                     log.debug("rtp socket error on port %d: %s", port, exc)
                     continue
+                if port == _SHARED_RTCP:  # the shared port's RTCP: the call by its source
+                    port = shared.rtcp_keys.get(source, _SHARED_RTCP) if shared else _SHARED_RTCP
+                    if port == _SHARED_RTCP:
+                        if shared is not None:
+                            shared.dropped += 1
+                        continue
                 session = sessions.get(port)
                 if session is None:  # not attached yet, or closed: dropped
                     continue
@@ -1294,6 +1422,42 @@ class MediaEngine:
                     # As in _tick: a bug in one call's media stops that call's media only.
                     log.exception("media of the session on port %d failed; it is stopped", port)
                     sessions.pop(port, None)
+
+    def _receive_shared(self, shared: SharedPort, now: float, wall_offset: float) -> None:
+        """Read the shared port's waiting datagrams (one `recvmmsg` a batch, at most
+        SHARED_READS_PER_CALL a call on it this pass) and feed each to the call whose exact
+        source it comes from; any other is dropped and counted before it is looked at."""
+        keys, sessions = shared.keys, self.sessions
+        limit = SHARED_READS_MIN + SHARED_READS_PER_CALL * shared.calls
+        dropped = 0
+        try:
+            received = shared.receiver.receive(limit)
+        except OSError as exc:  # (the batched call reports errors by its count: not expected)
+            log.debug("shared rtp socket error: %s", exc)
+            return
+        for data, source, stamp in received:
+            key = keys.get(source)
+            if key is None:
+                dropped += 1
+                continue
+            session_id, address = key
+            session = sessions.get(session_id)
+            if session is None:  # not attached yet, or closed: dropped
+                continue
+            arrival = now
+            if stamp is not None:
+                stamped = stamp - wall_offset
+                if stamped < now:
+                    arrival = stamped
+            try:
+                session.receive(data, address, arrival)
+            except Exception:
+                # As in _tick: a bug in one call's media stops that call's media only.
+                log.exception("media of a session on the shared port failed; it is stopped")
+                sessions.pop(session_id, None)
+        if dropped:
+            shared.dropped += dropped
+            RTP_DROPPED_TOTAL.inc(dropped, reason="source")
 
     def _serve(self, now: float) -> None:
         """Every session's part of a tick: its timers, its RTCP report and its due packets.
@@ -1332,6 +1496,11 @@ class MediaEngine:
                 # media (its journey times out and it ends with a result), the others go on.
                 log.exception("media of the session on port %d failed; it is stopped", port)
                 self.sessions.pop(port, None)
+        shared = self.shared
+        if shared is not None and shared.outbox:
+            errors = shared.send_errors
+            shared.flush()  # the shared port's packets of this tick: one sendmmsg
+            self.send_errors += shared.send_errors - errors
 
     async def _tick(self) -> None:
         interval = TICK_INTERVAL_S

@@ -4,7 +4,9 @@
   covers all of them) with RFC 4733 key presses and audio, before and during a SIPp call from
   127.0.0.1 straight to `spg-media serve`: the payment is approved with the caller's card, the
   stranger never receives a packet, and the node counts the drops
-  (`spg_rtp_dropped_total{reason="source"}` on /metrics).
+  (`spg_rtp_dropped_total{reason="source"}` on /metrics). Twice: with a port a call, and with
+  the call on the shared port (`rtp.shared_port = "relays"`, SIPp's address the relay), where
+  the stranger's flood lands on the one socket every call there reads.
 - In process: an INVITE, re-INVITE or UPDATE whose SDP c= is a host name gets 488 with a Warning
   saying why; the call it would have moved carries on.
 """
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import struct
@@ -107,31 +110,49 @@ class Stranger:
         self.sock.close()
 
 
-def dropped_for_source(node: SpgNode) -> float:
+def metric(node: SpgNode, sample: str) -> float:
+    """The value of one sample (name and labels) on the node's /metrics, 0 when absent."""
     url = f"http://{HOST}:{node.admin_port}/metrics"
     with urllib.request.urlopen(url, timeout=2) as response:
         text = response.read().decode()
     for line in text.splitlines():
-        if line.startswith('spg_rtp_dropped_total{reason="source"}'):
+        if line.startswith(sample + " "):
             return float(line.split()[-1])
     return 0.0
 
 
+def dropped_for_source(node: SpgNode) -> float:
+    return metric(node, 'spg_rtp_dropped_total{reason="source"}')
+
+
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("shared_port", ["off", "relays"])
 def test_a_stranger_flooding_every_rtp_port_gets_nothing_in_and_nothing_out(
-    sip_tools: None, spg_node_factory: Callable[..., SpgNode], sipp_dir: Path
+    sip_tools: None, spg_node_factory: Callable[..., SpgNode], sipp_dir: Path, shared_port: str
 ) -> None:
     low = free_media_port(count=RANGE_PORTS)
     node = spg_node_factory(
         {
             "SPG_RTP__PORT_MIN": str(low),
             "SPG_RTP__PORT_MAX": str(low + RANGE_PORTS - 1),
+            "SPG_RTP__SHARED_PORT": shared_port,
+            "SPG_RTP__MEDIA_SOURCES": f"{HOST}/32" if shared_port == "relays" else "",
             "SPG_IVR__FIRST_DIGIT_TIMEOUT_S": "3",
             "SPG_IVR__INTER_DIGIT_TIMEOUT_S": "2",
             "SPG_IVR__RETURN_URI": f"sip:agent@{HOST}:{free_port()}",
             "SPG_GATEWAY__CONNECTOR": "sandbox",
         }
     )
+    on_shared_port: list[float] = []  # spg_rtp_shared_port_calls, read during the call
+    watching = threading.Event()
+
+    def watch() -> None:
+        while not watching.wait(0.2):
+            with contextlib.suppress(OSError):
+                on_shared_port.append(metric(node, "spg_rtp_shared_port_calls"))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     pan, expiry, cvc = "4111111111111111", "1230", "123"
     name = f"hijack-{uuid.uuid4().hex[:8]}"
     call_id = f"{name}@{HOST}"
@@ -147,7 +168,10 @@ def test_a_stranger_flooding_every_rtp_port_gets_nothing_in_and_nothing_out(
             keys={"spg_transaction": f"sbx-4990-EUR-{uuid.uuid4().hex[:10]}"},
             name=name,
         )
+    watching.set()
+    watcher.join(5)
     assert uac.returncode == 0, uac.explain() + node.logs()[-4000:]
+    assert max(on_shared_port, default=0) == (1 if shared_port == "relays" else 0)
     refer = uac.received("REFER")[0]
     assert refer.header("X-SPG-Result") == "approved"
     assert refer.header("X-SPG-Card") == "visa 1111"  # the caller's card, not the stranger's keys

@@ -366,6 +366,12 @@ def test_unknown_keys(tmp_path: Path, text: str, expected: str) -> None:
         ('[sip]\ntrusted_sources = ["any"]', 'sip.trusted_sources[0]: bad CIDR "any"'),
         ('[rtp]\nmedia_sources = ["relay"]', 'rtp.media_sources[0]: bad CIDR "relay"'),
         (
+            '[rtp]\nshared_port = "relays"',
+            'rtp.shared_port: "relays" shares a port among the calls from rtp.media_sources,'
+            " which is empty",
+        ),
+        ('[rtp]\nshared_port = "all"', 'rtp.shared_port: must be one of off, relays, got "all"'),
+        (
             '[rtp]\nsdes_cleartext_sources = ["10.0.0.0/8", "10.1.2.3/16"]',
             'rtp.sdes_cleartext_sources[1]: "10.1.2.3/16" has host bits set'
             ' (did you mean "10.1.0.0/16"?)',
