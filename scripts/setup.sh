@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(espeak-ng libespeak-ng1 libsrtp2-1 libspandsp2 sip-tester kamailio kamailio-tls-modules baresip sox tshark openssl prometheus chromium)
+DEBIAN_PACKAGES=(espeak-ng libespeak-ng1 libsrtp2-1 libspandsp2 sip-tester kamailio kamailio-tls-modules rtpengine-daemon baresip sox tshark openssl prometheus chromium)
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

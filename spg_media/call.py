@@ -1114,6 +1114,8 @@ class Call:
             "rtt_ms": rounded(quality.rtt_ms),
             "rtcp_sent": quality.reports_sent,
             "rtcp_received": quality.reports_received,
+            # the shared media port (rtp.shared_port) or one of its own
+            "port": "shared" if self.media.pin_ssrc else "own",
         }
 
 

@@ -30,6 +30,7 @@ HEAVY_MODULES = frozenset(
         "test_workers_behind_kamailio",
         "test_connection_flood",
         "test_media_sources",
+        "test_shared_port_relay",
     }
 )
 

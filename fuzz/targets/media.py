@@ -330,11 +330,14 @@ def rtp_session(data: bytes) -> None:
     queue never holds more than MAX_PENDING_FRAMES payloads, and every sample of audio it
     took is either given to the detector or still queued; DTMF starts and ends alternate per
     source with one key each, a start dated no later than now; no press is left open after
-    the second of silence."""
+    the second of silence. Inputs of odd length run the session as the shared port does, its
+    SSRCs pinned (`pin_ssrc`): a datagram dropped for its SSRC changes nothing but its
+    counter."""
     engine = MediaEngine("127.0.0.1", 20000, 20100)
     events: list[DtmfEvent] = []
     session = MediaSession(codec="PCMU", remote=_OFFERED, dtmf_payload_type=101, inband=True,
                            on_dtmf=events.append)  # fmt: skip
+    session.pin_ssrc = len(data) % 2 == 1
     session.start_rtcp(0.0, 1_700_000_000.0, rng=random.Random(1))
     engine.sessions[_PORT] = session
     engine._start_inband(session)
@@ -353,10 +356,15 @@ def rtp_session(data: bytes) -> None:
         stats = session.stats
         before = (stats.received, stats.audio, stats.audio_late, stats.audio_dropped)
         pending_before = len(session.pending_audio)
+        pinned_out = stats.dropped_ssrc
         session.receive(packet, source, now)
         after = (stats.received, stats.audio, stats.audio_late, stats.audio_dropped)
         if source[0] != _OFFERED[0]:
             expect(after == before, "a stranger's datagram reached the call")
+        if stats.dropped_ssrc != pinned_out:
+            expect(session.pin_ssrc, "an SSRC dropped on a session that pins none")
+            expect(after == before, "a datagram of another SSRC reached the call")
+            expect(len(session.pending_audio) == pending_before, "another SSRC's audio queued")
         samples = len(packet) - 12 - 4 * (packet[0] & 0x0F)
         if after[1] == before[1] or after[2:] != before[2:] or not samples:
             return 0  # not audio, audio the queue turned away (counted), or no audio at all
@@ -389,7 +397,8 @@ def rtp_session(data: bytes) -> None:
     for _ in range(50):
         now += 0.02
         timestamp = (timestamp + 160) & 0xFFFFFFFF
-        taken += receive(build_rtp(0, sequence & 0xFFFF, timestamp, 0x5150, b"\xff" * 160), source)
+        ssrc = 0x5150 if session.pinned_ssrc is None else session.pinned_ssrc
+        taken += receive(build_rtp(0, sequence & 0xFFFF, timestamp, ssrc, b"\xff" * 160), source)
         sequence += 1
         tick()
         check()

@@ -2,9 +2,9 @@
 
 Python's socket module reads and writes one datagram a call. On one UDP socket shared by many
 calls, these take a whole tick's worth at once, which saves about a quarter of the system
-calls' cost per packet (`bench/bench_udp_batching.py`, bench/RESULTS.md). This module is the
-building block of the shared media port proposed in docs/design/shared-media-port.md; the node
-does not use it yet (every call still has a socket of its own), the batching benchmark does.
+calls' cost per packet (`bench/bench_udp_batching.py`, bench/RESULTS.md). The node's shared
+media port (`spg_media.rtp.shared_port`, `rtp.shared_port = "relays"`) reads and writes
+through it; docs/design/shared-media-port.md says why and how.
 
 `BatchReceiver` reads into preallocated buffers: each datagram comes out as its payload, its
 source as the raw `sockaddr` bytes the kernel wrote (a demultiplexer looks them up as they are,

@@ -20,7 +20,10 @@ address; one that moves nothing keeps the latch. A hold address (`c=0.0.0.0`, `:
 source: nothing new can latch (a stream already latched, the caller's own, is still taken).
 
 `MediaEngine` is the asyncio shell: one UDP socket per session (an even port drawn at random from
-the range, so that a call's port cannot be guessed) and ONE timer for all sessions. The sockets
+the range, so that a call's port cannot be guessed) and ONE timer for all sessions. The calls
+from a relay may instead share one port pair (`open_shared`, `rtp.shared_port = "relays"`;
+spg_media.rtp.shared_port): keyed by their exact SDP source, read with one `recvmmsg` a pass
+and written with one `sendmmsg` a tick, their SSRCs pinned. The sockets
 are not the event loop's: the 20 ms tick asks one epoll which have datagrams and reads them
 (`_receive`: `recvmsg`, each dated by the kernel's arrival stamp, at most READ_ROUNDS a socket a
 tick), lets the calls take their digits, and sends every due packet with the socket's `sendto`;
@@ -116,6 +119,9 @@ _QUIET_CODES = {
     for codec in PAYLOAD_TYPE
 }
 HOLD_ADDRESSES = frozenset(("0.0.0.0", "::"))  # RFC 2543 hold: "send me nothing"
+# On the shared port: how long a call's pinned SSRC must have sent nothing before another one
+# may take over (10 packets at 20 ms; a flowing stream never leaves such a gap)
+SSRC_HANDOVER_S = 0.2
 _PLAIN_FIRST_BYTE = 0x80  # RTP version 2, no padding, no extension, no CSRCs
 _PLAIN_HEADER = struct.Struct("!BHII")  # the rest of such a header: M+PT, sequence, time, SSRC
 _FIRST_BYTE_V2 = _PLAIN_FIRST_BYTE
@@ -244,8 +250,8 @@ class MediaSession:
     _last_sent: tuple[int, float] | None = field(init=False, repr=False, compare=False)
     relay_in: list[bytes] | None = field(init=False, repr=False, compare=False)
     relay_out: bytearray = field(init=False, repr=False, compare=False)
-    _audio_ssrc: int | None = field(init=False, repr=False, compare=False)
-    _event_ssrc: int | None = field(init=False, repr=False, compare=False)
+    pinned_ssrc: int | None = field(init=False, repr=False, compare=False)
+    _pinned_seen: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # The SDP's address and port: before latching, media is taken only from that address
@@ -300,7 +306,8 @@ class MediaSession:
         # this session's codec, waiting to be sent (a prompt playing goes first).
         self.relay_in = None
         self.relay_out = bytearray()
-        self._audio_ssrc = self._event_ssrc = None  # pinned (`pin_ssrc`) by the first packets
+        self.pinned_ssrc = None  # the stream's SSRC (`pin_ssrc`), from its first packet
+        self._pinned_seen = -math.inf  # when a packet of it last came
 
     def report_stats(self) -> None:
         """Add what changed since the last report to the process's RTP counters."""
@@ -392,7 +399,7 @@ class MediaSession:
             ssrc, marker, payload = packet.ssrc, packet.marker, packet.payload
         stats = self.stats
         dtmf = payload_type == self.dtmf_payload_type  # (never equal when it is None)
-        if self.pin_ssrc and not self._pinned(ssrc, dtmf):
+        if self.pin_ssrc and not self._pinned(ssrc, now):
             stats.dropped_ssrc += 1
             return
         stats.received += 1
@@ -426,16 +433,20 @@ class MediaSession:
             if relay is not None and len(relay) < RELAY_MAX_FRAMES:
                 relay.append(payload)
 
-    def _pinned(self, ssrc: int, event: bool) -> bool:
-        """Is `ssrc` the stream's (audio, or telephone events: a sender may give them an SSRC
-        of their own)? The first packet of each pins it, until a re-INVITE or UPDATE."""
-        if event:
-            if self._event_ssrc is None:
-                self._event_ssrc = ssrc
-            return ssrc == self._event_ssrc
-        if self._audio_ssrc is None:
-            self._audio_ssrc = ssrc
-        return ssrc == self._audio_ssrc
+    def _pinned(self, ssrc: int, now: float) -> bool:
+        """Is `ssrc` the stream's? Its audio and telephone events alike (one stream, one SSRC).
+        The first packet pins it; another SSRC takes over only once the pinned one has been
+        silent SSRC_HANDOVER_S (a sender's restart, a relay that gave the port to this call
+        while the last call's stream was still draining), so a spoofer cannot cut in while
+        the call's stream flows. A re-INVITE or UPDATE lets the pin go."""
+        if ssrc == self.pinned_ssrc:
+            self._pinned_seen = now
+            return True
+        if now - self._pinned_seen < SSRC_HANDOVER_S:
+            return False
+        self.pinned_ssrc = ssrc
+        self._pinned_seen = now
+        return True
 
     def receive_rtcp(self, data: bytes, source: tuple[str, int], now: float) -> None:
         """A datagram on the RTCP port: taken from the address the call's RTP comes from (before
@@ -481,7 +492,8 @@ class MediaSession:
         remote = (literal_address(remote[0]), remote[1])
         if rtcp_remote is not None:
             rtcp_remote = (literal_address(rtcp_remote[0]), rtcp_remote[1])
-        self._audio_ssrc = self._event_ssrc = None  # a new offer may restart the streams
+        self.pinned_ssrc = None  # a new offer may restart the stream
+        self._pinned_seen = -math.inf
         if remote == self.offered:
             return
         self.offered = remote

@@ -284,6 +284,84 @@ class KamailioProxy:
         self.stop()
 
 
+# ---- rtpengine --------------------------------------------------------------------------------
+
+RTPENGINE = shutil.which("rtpengine")
+RELAY_HOST = "127.0.0.3"  # rtpengine's media address: apart from the callers' (HOST)
+
+
+class RtpEngine:
+    """rtpengine (Debian rtpengine-daemon) in the foreground, forwarding in userspace, its media
+    on `address` (ports from a free range of `ports`), its ng control socket on
+    127.0.0.1:`control_port`: the media relay Kamailio's `-A WITH_RTPENGINE` drives."""
+
+    def __init__(self, workdir: Path, address: str = RELAY_HOST, ports: int = 400) -> None:
+        if RTPENGINE is None:
+            raise RuntimeError("rtpengine not installed")
+        self.workdir = workdir
+        self.address = address
+        self.control_port = free_port()
+        self.port_min = free_media_port(address, count=ports)
+        self.port_max = self.port_min + ports - 1
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / "rtpengine.log"
+        self._log: IO[bytes] | None = None
+
+    @property
+    def sock(self) -> str:
+        """Kamailio's RTPENGINE_SOCK for it."""
+        return f'"udp:{HOST}:{self.control_port}"'
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        args = [
+            # (not the system's /etc/rtpengine/rtpengine.conf; INFO: its "Startup complete")
+            str(RTPENGINE), "--config-file=none", "--foreground", "--log-stderr",
+            "--log-level=6", "--table=-1",
+            f"--interface={self.address}", f"--listen-ng={HOST}:{self.control_port}",
+            f"--port-min={self.port_min}", f"--port-max={self.port_max}",
+            f"--pidfile={self.workdir / 'rtpengine.pid'}", "--num-threads=2",
+        ]  # fmt: skip
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while "Startup complete" not in self.log():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                log = self.log()
+                self.stop()
+                raise RuntimeError(f"rtpengine did not start: {log[-2000:]}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 # ---- SIPp -----------------------------------------------------------------------------------
 
 

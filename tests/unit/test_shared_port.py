@@ -17,7 +17,7 @@ import pytest
 
 from spg_media.dtmf.rfc4733 import DtmfEvent
 from spg_media.rtp import mmsg
-from spg_media.rtp.session import SHARED_IDS, MediaEngine, MediaSession
+from spg_media.rtp.session import SHARED_IDS, SSRC_HANDOVER_S, MediaEngine, MediaSession
 
 pytestmark = pytest.mark.skipif(not mmsg.available(), reason="recvmmsg/sendmmsg: Linux only")
 
@@ -144,7 +144,7 @@ def test_a_source_is_never_given_to_two_calls_and_is_free_again_when_its_call_en
     run(body, 31560)
 
 
-def test_another_ssrc_from_the_calls_source_is_dropped_until_a_reinvite() -> None:
+def test_another_ssrc_from_the_calls_source_is_dropped_while_the_stream_flows() -> None:
     async def body(engine: MediaEngine) -> None:
         relay = udp()
         heard: list[DtmfEvent] = []
@@ -155,17 +155,23 @@ def test_another_ssrc_from_the_calls_source_is_dropped_until_a_reinvite() -> Non
         port = engine.local_port(call)
         await asyncio.sleep(0.05)
         relay.sendto(rtp(0, 1, 0, b"\xff" * 160, ssrc=0xAAAA), (RELAY, port))
-        relay.sendto(press(4, 2, 160, ssrc=0xBBBB), (RELAY, port))  # events: a stream of their own
-        await asyncio.sleep(0.06)
+        relay.sendto(press(4, 2, 160, ssrc=0xAAAA), (RELAY, port))  # the stream's own press
+        await asyncio.sleep(0.03)
         relay.sendto(rtp(0, 3, 160, b"\xff" * 160, ssrc=0xCCCC), (RELAY, port))  # spoofed audio
-        relay.sendto(press(5, 4, 320, ssrc=0xDDDD), (RELAY, port))  # spoofed press
-        await asyncio.sleep(0.06)
+        relay.sendto(press(5, 4, 320, ssrc=0xDDDD), (RELAY, port))  # a spoofed press
+        await asyncio.sleep(0.03)
         assert [(e.digit, e.kind) for e in heard] == [("4", "start")]
         assert media.stats.dropped_ssrc == 2 and media.stats.received == 2
-        media.move(relay.getsockname(), None)  # a re-INVITE (same source): the pins let go
+        media.move(relay.getsockname(), None)  # a re-INVITE (same source): the pin lets go
         relay.sendto(rtp(0, 5, 480, b"\xff" * 160, ssrc=0xCCCC), (RELAY, port))
-        await asyncio.sleep(0.06)
-        assert media.stats.received == 3 and media.stats.dropped_ssrc == 2
+        await asyncio.sleep(0.03)
+        assert media.stats.received == 3 and media.pinned_ssrc == 0xCCCC
+        # The stream silent past the handover time: a new SSRC (a sender's restart) takes over
+        await asyncio.sleep(SSRC_HANDOVER_S + 0.05)
+        relay.sendto(rtp(0, 6, 640, b"\xff" * 160, ssrc=0xEEEE), (RELAY, port))
+        await asyncio.sleep(0.03)
+        assert media.stats.received == 4 and media.pinned_ssrc == 0xEEEE
+        assert media.stats.dropped_ssrc == 2
         relay.close()
 
     run(body, 31600)
@@ -292,15 +298,21 @@ def test_the_batch_buffers_are_wiped_when_the_last_call_on_the_port_ends() -> No
     run(body, 31760)
 
 
-def test_a_pinned_session_takes_one_ssrc_a_stream_without_sockets() -> None:
-    media = session(("127.0.0.1", 4000))
+def test_a_pinned_session_takes_one_ssrc_until_it_falls_silent_without_sockets() -> None:
+    source = ("127.0.0.1", 4000)
+    media = session(source)
     media.pin_ssrc = True
-    media.receive(rtp(0, 1, 0, b"\xff" * 160, ssrc=1), ("127.0.0.1", 4000), 0.0)
-    media.receive(rtp(0, 2, 160, b"\xff" * 160, ssrc=2), ("127.0.0.1", 4000), 0.02)
-    media.receive(press(1, 3, 320, ssrc=3), ("127.0.0.1", 4000), 0.04)
-    media.receive(press(1, 4, 320, ssrc=4), ("127.0.0.1", 4000), 0.05)
+    media.receive(rtp(0, 1, 0, b"\xff" * 160, ssrc=1), source, 0.0)
+    media.receive(rtp(0, 2, 160, b"\xff" * 160, ssrc=2), source, 0.02)  # while 1 flows
+    media.receive(press(1, 3, 320, ssrc=3), source, 0.04)  # events in another SSRC
+    media.receive(rtp(0, 4, 480, b"\xff" * 160, ssrc=1), source, 0.06)
     assert (media.stats.received, media.stats.dropped_ssrc) == (2, 2)
-    unpinned = session(("127.0.0.1", 4000))  # a port of its own: no pinning
-    unpinned.receive(rtp(0, 1, 0, b"\xff" * 160, ssrc=1), ("127.0.0.1", 4000), 0.0)
-    unpinned.receive(rtp(0, 2, 160, b"\xff" * 160, ssrc=2), ("127.0.0.1", 4000), 0.02)
+    media.receive(rtp(0, 5, 640, b"\xff" * 160, ssrc=2), source, 0.06 + SSRC_HANDOVER_S - 0.01)
+    assert (media.stats.received, media.stats.dropped_ssrc) == (2, 3)  # not silent long enough
+    media.receive(rtp(0, 6, 800, b"\xff" * 160, ssrc=2), source, 0.06 + SSRC_HANDOVER_S + 0.001)
+    assert (media.stats.received, media.stats.dropped_ssrc) == (3, 3)
+    assert media.pinned_ssrc == 2
+    unpinned = session(source)  # a port of its own: no pinning
+    unpinned.receive(rtp(0, 1, 0, b"\xff" * 160, ssrc=1), source, 0.0)
+    unpinned.receive(rtp(0, 2, 160, b"\xff" * 160, ssrc=2), source, 0.02)
     assert (unpinned.stats.received, unpinned.stats.dropped_ssrc) == (2, 0)
