@@ -3,7 +3,7 @@
 Run (root, for SIPp's pcap play; `--media inband` needs no root):
     .venv/bin/python bench/bench_sipp_load.py [--media rfc4733|inband|mixed|silent]
         [--calls 100] [--rate 4] [--nodes 1] [--direct] [--limit N] [--pin]
-        [--node-env SPG_SECTION__KEY=VALUE ...] [--json FILE]
+        [--node-env SPG_SECTION__KEY=VALUE ...] [--relay] [--json FILE]
 
 What an operator load-testing with SIPp does: SIPp places `--calls` calls at `--rate` calls/s,
 through Kamailio (kamailio/kamailio.cfg as shipped, dispatcher over `--nodes` `spg-media serve`
@@ -27,6 +27,11 @@ nothing else ran on it), the journey's median and p95 against the unloaded call,
 latency p50/p95/p99 per source from the nodes' `spg_dtmf_latency_seconds` histogram (bucket
 deltas over the load; "n/a" where a node does not export it), and the nodes' RSS per active
 call ((RSS at the peak of calls - idle RSS) / peak calls). `--json FILE` writes all of it.
+
+`--relay` puts rtpengine (userspace forwarding) in the media path, driven by Kamailio's `-A
+WITH_RTPENGINE`: the nodes then take each call's media from rtpengine's address, one port a call,
+as behind a production relay (what `rtp.shared_port = "relays"` needs; rtpengine's CPU is
+reported apart).
 
 The nodes run with the shipped admission limits; `--node-env` sets any of their settings
 (`SPG_ADMISSION__MAX_TICK_BUSY=0.8`). `--pin` gives the nodes the last CPU and everything else
@@ -69,6 +74,11 @@ def main() -> int:
         help="the nodes on the last CPU, SIPp, Kamailio and this kit on the others",
     )
     parser.add_argument(
+        "--relay",
+        action="store_true",
+        help="the calls' media through rtpengine (Kamailio -A WITH_RTPENGINE), as behind a relay",
+    )
+    parser.add_argument(
         "--node-env",
         action="append",
         default=[],
@@ -97,6 +107,7 @@ def main() -> int:
         limit=args.limit,
         think_s=args.think_s,
         pin=args.pin,
+        relay=args.relay,
         node_env=node_env,
     )
     problem = check_spec(spec)

@@ -56,8 +56,10 @@ from harness import (
     HOST,
     KAMAILIO,
     REPO,
+    RTPENGINE,
     SIPP,
     KamailioProxy,
+    RtpEngine,
     SpgNode,
     free_media_port,
     free_port,
@@ -432,6 +434,9 @@ class LoadSpec:
     # `--pin`: the nodes on the last CPU, everything else (SIPp, Kamailio, this kit) on the
     # others, so that "calls per node core" is one core the node has to itself
     pin: bool = False
+    # `--relay`: the calls' media through rtpengine (Kamailio -A WITH_RTPENGINE), the nodes
+    # taking it from rtpengine's address (rtp.media_sources), one port a call on its side
+    relay: bool = False
     # called with ("idle", stack) just before the load and ("drained", stack) once its calls
     # have ended, before the stack stops (`bench_load_memory.py` probes the nodes there)
     on_phase: Callable[[str, Stack], None] | None = None
@@ -614,6 +619,13 @@ class Stack:
             **admission_defaults(),
             **spec.node_env,
         }
+        self.relay: RtpEngine | None = None
+        defines: dict[str, str] = {}
+        if spec.relay:
+            # rtpengine takes 4 ports a call (RTP and RTCP, each side)
+            self.relay = RtpEngine(work / "rtpengine", ports=8 * (spec.limit or spec.calls) + 400)
+            defines = {"WITH_RTPENGINE": "1", "RTPENGINE_SOCK": self.relay.sock}
+            env.setdefault("SPG_RTP__MEDIA_SOURCES", f"{self.relay.address}/32")
         self.nodes = [
             SpgNode(work / f"node{i}", env=env, workers=spec.workers) for i in range(spec.nodes)
         ]
@@ -622,7 +634,7 @@ class Stack:
             destinations = [
                 f"sip:{HOST}:{n.sip_port + w}" for n in self.nodes for w in range(spec.workers)
             ]
-            self.proxy = KamailioProxy(work / "kamailio", destinations)
+            self.proxy = KamailioProxy(work / "kamailio", destinations, defines=defines)
 
     def start(self) -> None:
         if self.spec.pin:  # the nodes (and their threads and workers) inherit the last CPU
@@ -640,6 +652,8 @@ class Stack:
                 answers = functools.partial(_answers_options, port)
                 if not wait_for(answers, 90):
                     raise RuntimeError(f"worker {worker} of {node.uri} did not answer OPTIONS")
+        if self.relay is not None:
+            self.relay.start()
         if self.proxy is not None:
             self.proxy.start()
 
@@ -651,6 +665,8 @@ class Stack:
     def stop(self) -> None:
         if self.proxy is not None:
             self.proxy.stop()
+        if self.relay is not None:
+            self.relay.stop()
         for node in self.nodes:
             node.stop()
         if self._affinity is not None:  # --pin: this process's CPUs as they were
@@ -672,6 +688,11 @@ class Stack:
         if self.proxy is None or self.proxy.proc is None:
             return 0.0
         return group_cpu_seconds(self.proxy.proc.pid)
+
+    def relay_cpu(self) -> float:
+        if self.relay is None or self.relay.proc is None:
+            return 0.0
+        return group_cpu_seconds(self.relay.proc.pid)
 
     def rss(self) -> int:
         return sum(group_rss_bytes(n.proc.pid) for n in self.nodes if n.proc)
@@ -744,6 +765,10 @@ def check_spec(spec: LoadSpec) -> str | None:
         return "needs sipp (Debian sip-tester)"
     if not spec.direct and KAMAILIO is None:
         return "needs kamailio (or --direct)"
+    if spec.relay and spec.direct:
+        return "--relay puts rtpengine behind Kamailio: not with --direct"
+    if spec.relay and RTPENGINE is None:
+        return "--relay needs rtpengine (Debian rtpengine-daemon)"
     if spec.direct and (spec.nodes != 1 or spec.workers != 1):
         return "--direct calls one node's one SIP port: use --nodes 1 --workers 1"
     if spec.workers < 1:
@@ -776,6 +801,7 @@ def run_load(spec: LoadSpec, work: Path | None = None) -> dict[str, Any]:
         "path": "direct" if spec.direct else "kamailio",
         "cpus": os.cpu_count(),
         "pinned": spec.pin,
+        "relay": spec.relay,
         "work": str(work),
         "plan": {
             "keys": len(kit.plan.presses),
@@ -829,6 +855,7 @@ def run_load(spec: LoadSpec, work: Path | None = None) -> dict[str, Any]:
             "spg": stack.node_cpu(),
             "supervisor": stack.supervisor_cpu(),
             "kamailio": stack.proxy_cpu(),
+            "relay": stack.relay_cpu(),
         }
         groups = []
         n = len(kinds)
@@ -851,6 +878,7 @@ def run_load(spec: LoadSpec, work: Path | None = None) -> dict[str, Any]:
             "spg": stack.node_cpu(),
             "supervisor": stack.supervisor_cpu(),
             "kamailio": stack.proxy_cpu(),
+            "relay": stack.relay_cpu(),
         }
         latency = latency_summary(histogram_delta(_latency(stack.nodes), lat_before))
         gc_pauses = pause_summary(histogram_delta(_gc_pauses(stack.nodes), gc_before))
@@ -871,6 +899,7 @@ def run_load(spec: LoadSpec, work: Path | None = None) -> dict[str, Any]:
         "spg_supervisor": cpu_after["supervisor"] - cpu_before["supervisor"],
         "sipp": sipp_cpu,
         "kamailio": cpu_after["kamailio"] - cpu_before["kamailio"],
+        "relay": cpu_after["relay"] - cpu_before["relay"],
     }
     finished = max(len(records), 1)
     journey = _journey_seconds(records)
@@ -993,6 +1022,7 @@ def report_text(result: Mapping[str, Any]) -> str:
         f"CPU seconds: spg-media {cpu['spg']:.1f}, SIPp {cpu['sipp']:.1f}, "
         f"Kamailio {cpu['kamailio']:.1f}; per call: spg-media {per['spg']:.0f} ms, "
         f"SIPp {per['sipp']:.0f} ms, Kamailio {per['kamailio']:.0f} ms"
+        + (f", rtpengine {per['relay']:.0f} ms" if per.get("relay") else "")
     )
     if cpu.get("spg_supervisor"):
         out.append(
