@@ -49,8 +49,11 @@ from baresip import (
 from harness import (
     HOST,
     KAMAILIO,
+    RELAY_HOST,
+    RTPENGINE,
     SIPP,
     KamailioProxy,
+    RtpEngine,
     SippProcess,
     SippResult,
     free_port,
@@ -676,6 +679,55 @@ def test_kamailio_private_link_srtp_payment_and_cleartext_keys_refused_at_the_ed
         assert "SDES keys (a=crypto) need TLS signalling" in (answer.header("Warning") or "")
     assert "refused SDES keys from" in private_link.proxy.log()
     assert len(node.cdr_lines()) == before
+
+
+# ---- behind a media relay: the shared media port ---------------------------------------------
+
+
+@pytest.mark.skipif(RTPENGINE is None, reason="rtpengine (rtpengine-daemon) not installed")
+def test_kamailio_rtpengine_front_payment_keyed_as_rfc4733_on_the_shared_port(
+    cert: CertPair, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """baresip pays through Kamailio (`-A WITH_RTPENGINE`) with its media through rtpengine,
+    keying RFC 4733 events as a phone does, to a node whose calls from rtpengine share one
+    media port: approved, the call on the shared port, every key taken."""
+    node = _start_node(
+        tmp_path_factory,
+        cert,
+        {"SPG_RTP__SHARED_PORT": "relays", "SPG_RTP__MEDIA_SOURCES": f"{RELAY_HOST}/32"},
+    )
+    relay = RtpEngine(tmp_path / "rtpengine")
+    proxy = KamailioProxy(
+        tmp_path / "kamailio",
+        [f"sip:{HOST}:{node.sip_port}"],
+        defines={"WITH_RTPENGINE": "1", "RTPENGINE_SOCK": relay.sock},
+    )
+    try:
+        relay.start()
+        proxy.start()
+        agent = start_agent(tmp_path / "agent")
+        with Baresip(tmp_path / "baresip", Account(transport="udp")) as phone:
+            try:
+                payment = pay(phone, node, "udp", agent, port=proxy.port)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n--- rtpengine\n{relay.log()[-3000:]}") from None
+            check_approved(payment, phone, node)
+        quality = [
+            json.loads(line)
+            for line in node.logs().splitlines()
+            if '"media quality"' in line and payment.call_id in line
+        ]
+        assert [q["port"] for q in quality] == ["shared"], quality
+        dtmf = next(
+            json.loads(line)
+            for line in node.logs().splitlines()
+            if '"msg": "dtmf"' in line and payment.call_id in line
+        )
+        assert dtmf["accepted_rfc4733"] == len(CARD + "#" + EXPIRY + CVC), dtmf
+    finally:
+        proxy.stop()
+        relay.stop()
+        node.stop()
 
 
 # ---- the harness ----------------------------------------------------------------------------
