@@ -83,6 +83,7 @@ from spg_media.rtp.masking import BLOCK, MASKS, ToneMasker
 from spg_media.rtp.packet import RTP_HEADER_SIZE, RtpError, RtpPacket
 from spg_media.rtp.prompts import CutAudio
 from spg_media.rtp.rtcp import RtcpError, RtcpSession
+from spg_media.rtp.shared_port import RECEIVE_BUFFER as SHARED_RECEIVE_BUFFER
 from spg_media.rtp.shared_port import SharedPort
 from spg_media.rtp.srtp import SrtpContext
 
@@ -947,6 +948,12 @@ class MediaEngine:
             else:
                 return None
             shared = self.shared = SharedPort(sockets[0], sockets[1])
+            if shared.receive_buffer < SHARED_RECEIVE_BUFFER:
+                log.warning(
+                    "the shared media port's receive buffer is %d KiB (net.core.rmem_max): "
+                    "a stalled tick drops the calls' packets sooner; raise it to 4 MiB",
+                    shared.receive_buffer // 1024,
+                )
             rtcp = shared.rtcp
             self._readers[rtcp.fileno()] = (rtcp.recvmsg, _SHARED_RTCP, True)
             self._poller.register(rtcp.fileno(), select.POLLIN)

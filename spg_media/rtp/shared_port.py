@@ -46,6 +46,9 @@ class SharedPort:
             # (past the kernel's ceiling, net.core.*mem_max, the ceiling applies)
             with contextlib.suppress(OSError):
                 rtp.setsockopt(socket.SOL_SOCKET, option, size)
+        # what the kernel granted (Linux reports twice the size it was asked for, up to
+        # twice net.core.rmem_max): below RECEIVE_BUFFER, a stalled tick overflows it sooner
+        self.receive_buffer: int = rtp.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         self.receiver = BatchReceiver(rtp, RECEIVE_BATCH)
         self.sender = BatchSender(rtp, UIO_MAXIOV)
         # raw source sockaddr of RTP (and muxed RTCP): (session id, that source as an address)

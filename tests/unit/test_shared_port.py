@@ -316,3 +316,24 @@ def test_a_pinned_session_takes_one_ssrc_until_it_falls_silent_without_sockets()
     unpinned.receive(rtp(0, 1, 0, b"\xff" * 160, ssrc=1), source, 0.0)
     unpinned.receive(rtp(0, 2, 160, b"\xff" * 160, ssrc=2), source, 0.02)
     assert (unpinned.stats.received, unpinned.stats.dropped_ssrc) == (2, 0)
+
+
+def test_a_receive_buffer_smaller_than_asked_is_warned_about_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from spg_media.rtp import session as session_module
+
+    # more than any kernel grants: the warning an operator with Debian's default ceiling sees
+    monkeypatch.setattr(session_module, "SHARED_RECEIVE_BUFFER", 1 << 40)
+
+    async def body(engine: MediaEngine) -> None:
+        first, second = udp(), udp()
+        with caplog.at_level("WARNING", logger="spg.rtp"):
+            assert engine.open_shared(first.getsockname(), None) is not None
+            assert engine.open_shared(second.getsockname(), None) is not None
+        warnings = [r.getMessage() for r in caplog.records if "receive buffer" in r.getMessage()]
+        assert len(warnings) == 1 and "net.core.rmem_max" in warnings[0], warnings
+        first.close()
+        second.close()
+
+    run(body, 31800)
