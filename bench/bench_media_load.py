@@ -21,7 +21,8 @@ core are bridged calls (two sessions, 200 packets/s); a baseline tree without
 With --shared-port, this tree's sessions share one port pair (`MediaEngine.open_shared`, the
 calls from a relay: `rtp.shared_port = "relays"`), read with `recvmmsg` and written with
 `sendmmsg`; the baseline's have a port each (give `--baseline-tree .` to compare the two in one
-tree). Each caller then sends from a port of its own (both sides: the same callers), which the
+tree), or theirs too with `--baseline-shared-port` (two shared-port trees compared). Each
+caller then sends from a port of its own (both sides: the same callers), which the
 shared port keys it by, and the node's packets to it are left unread (a small receive buffer).
 
 The node's CPU (user + system, getrusage, also printed apart: the kernel's share is the system
@@ -240,7 +241,7 @@ def measure(
     if args.shared_port:  # the callers at ports of their own, below the node's range
         caller_base = random.randrange(10000, 19000 - args.sessions)
         node_cmd += ["--caller-base", str(caller_base)]
-        if ours:
+        if ours or args.baseline_shared_port:
             node_cmd.append("--shared-port")
     proc = subprocess.Popen(node_cmd, stdout=subprocess.PIPE, text=True)
     gen = None
@@ -369,6 +370,11 @@ def main() -> None:
         "--shared-port",
         action="store_true",
         help="this tree's sessions on one shared port; each caller on a port of its own",
+    )
+    parser.add_argument(
+        "--baseline-shared-port",
+        action="store_true",
+        help="with --shared-port: the baseline's sessions on its shared port too",
     )
     parser.add_argument("--caller-base", type=int, default=0, help=argparse.SUPPRESS)
     # the children
