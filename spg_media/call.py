@@ -1191,8 +1191,8 @@ def _sdes_allowed(config: Config, source: Address) -> bool:
 def renegotiate_media(media: MediaSession, neg: NegotiatedAudio) -> None:
     """A re-INVITE's or UPDATE's accepted offer applied to the call's media (same port)."""
     media.hold = neg.direction in ("sendonly", "inactive")
+    media.rtcp_mux = neg.rtcp_mux  # first: a move re-keys a shared-port call's RTCP by it
     media.move((neg.remote_address, neg.remote_port), neg.remote_rtcp)
-    media.rtcp_mux = neg.rtcp_mux
     media.dtmf_payload_type = neg.dtmf_payload_type
     media.renegotiate(neg.codec, neg.ptime)
     if neg.local_crypto is not None and neg.remote_crypto is not None:

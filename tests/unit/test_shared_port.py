@@ -337,3 +337,30 @@ def test_a_receive_buffer_smaller_than_asked_is_warned_about_once(
         second.close()
 
     run(body, 31800)
+
+
+def test_a_reinvite_that_turns_rtcp_mux_on_drops_the_calls_rtcp_port_key() -> None:
+    from spg_media.call import renegotiate_media
+    from spg_media.sip.sdp import NegotiatedAudio
+
+    async def body(engine: MediaEngine) -> None:
+        relay, relay_rtcp, moved = udp(), udp(), udp()
+        call = engine.open_shared(relay.getsockname(), relay_rtcp.getsockname())
+        assert call is not None
+        media = session(relay.getsockname(), rtcp_remote=relay_rtcp.getsockname())
+        engine.attach(call, media)
+        shared = engine.shared
+        assert shared is not None and relay_rtcp.getsockname() in shared.rtcp_keys
+        host, port = moved.getsockname()
+        offer = NegotiatedAudio(
+            remote_address=host, remote_port=port, codec="PCMU", payload_type=0,
+            dtmf_payload_type=101, ptime=20, direction="sendrecv", srtp_offered=False,
+            crypto=[], rtcp_mux=True,
+        )  # fmt: skip
+        renegotiate_media(media, offer)
+        assert shared.rtcp_keys == {}  # its RTCP now comes muxed, on its new RTP key
+        assert shared.keys[mmsg.sockaddr(moved.getsockname())][0] == call
+        for sock in (relay, relay_rtcp, moved):
+            sock.close()
+
+    run(body, 31840)
