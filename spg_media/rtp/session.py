@@ -216,8 +216,9 @@ class MediaSession:
     rtcp_remote: tuple[str, int] | None = None  # where our RTCP goes (port 0 or None: nowhere)
     rtcp_mux: bool = False  # RTCP shares the RTP port (RFC 5761)
     media_sources: tuple[str, ...] = ()  # CIDRs (a media relay) media may also come from
-    # On the shared port (set by the engine): each stream's first SSRC (audio, telephone
-    # events) is pinned and others dropped, and `on_move` tells the engine to re-key the call.
+    # On the shared port (set by the engine): the stream's SSRC (audio and telephone events
+    # alike) is pinned and others dropped (`_pinned`), and `on_move` tells the engine to
+    # re-key the call.
     pin_ssrc: bool = False
     on_move: Callable[[], None] | None = None
 
@@ -1420,6 +1421,7 @@ class MediaEngine:
                     if port == _SHARED_RTCP:
                         if shared is not None:
                             shared.dropped += 1
+                            RTP_DROPPED_TOTAL.inc(reason="source")
                         continue
                 session = sessions.get(port)
                 if session is None:  # not attached yet, or closed: dropped
