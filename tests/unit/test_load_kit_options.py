@@ -80,3 +80,40 @@ def test_a_pinned_run_says_so_in_its_report() -> None:
     run = load_run("inband", 100, 98, 150.0, 45.0)
     assert "pinned" not in loadkit.report_text(run)
     assert "the nodes pinned to the last CPU" in loadkit.report_text({**run, "pinned": True})
+
+
+def test_relay_puts_rtpengine_behind_kamailio_and_the_nodes_take_its_media(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`--relay`: Kamailio is started with WITH_RTPENGINE and rtpengine's control socket, and the
+    nodes take media from rtpengine's address (unless told otherwise); not with --direct."""
+    monkeypatch.setattr(loadkit, "SIPP", "/usr/bin/sipp")
+    monkeypatch.setattr(loadkit, "KAMAILIO", "/usr/sbin/kamailio")
+    monkeypatch.setattr(loadkit, "RTPENGINE", "/usr/bin/rtpengine")
+    monkeypatch.setattr(harness, "RTPENGINE", "/usr/bin/rtpengine")
+    monkeypatch.setattr(harness, "KAMAILIO", "/usr/sbin/kamailio")
+    problem = check_spec(LoadSpec(media="inband", direct=True, relay=True))
+    assert problem is not None and "--relay" in problem
+    assert check_spec(LoadSpec(media="inband", relay=True)) is None
+    stack = Stack(LoadSpec(media="inband", relay=True, calls=10), tmp_path)
+    assert stack.relay is not None and stack.proxy is not None
+    assert stack.proxy.defines == {"WITH_RTPENGINE": "1", "RTPENGINE_SOCK": stack.relay.sock}
+    assert stack.nodes[0].env["SPG_RTP__MEDIA_SOURCES"] == f"{harness.RELAY_HOST}/32"
+    told = LoadSpec(media="inband", relay=True, node_env={"SPG_RTP__MEDIA_SOURCES": "10.0.0.0/8"})
+    assert Stack(told, tmp_path / "told").nodes[0].env["SPG_RTP__MEDIA_SOURCES"] == "10.0.0.0/8"
+    monkeypatch.setattr(loadkit, "RTPENGINE", None)
+    problem = check_spec(LoadSpec(media="inband", relay=True))
+    assert problem is not None and "rtpengine" in problem
+
+
+def test_a_relayed_run_reports_rtpengines_cpu() -> None:
+    from test_plot_results import load_run
+
+    run = load_run("inband", 100, 98, 150.0, 45.0)
+    assert "rtpengine" not in loadkit.report_text(run)
+    relayed = {
+        **run,
+        "cpu_s": {**run["cpu_s"], "relay": 3.6},
+        "cpu_per_call_ms": {**run["cpu_per_call_ms"], "relay": 36.0},
+    }
+    assert "rtpengine 36 ms" in loadkit.report_text(relayed)
