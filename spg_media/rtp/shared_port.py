@@ -121,10 +121,16 @@ class SharedPort:
             return
         sender = self.sender
         errors = sender.errors
-        for start in range(0, len(outbox), UIO_MAXIOV):
-            sender.send(outbox[start : start + UIO_MAXIOV])
-        self.send_errors += sender.errors - errors
-        outbox.clear()
+        try:
+            for start in range(0, len(outbox), UIO_MAXIOV):
+                chunk = outbox[start : start + UIO_MAXIOV]
+                try:
+                    sender.send(chunk)
+                except ValueError:  # (a packet over a slot: `queue` sends those on their own)
+                    self.send_errors += len(chunk)
+        finally:  # whatever happens, the next tick starts with an empty batch
+            self.send_errors += sender.errors - errors
+            outbox.clear()
 
     def wipe(self) -> None:
         """Zero the batch buffers: the last datagrams received and sent."""

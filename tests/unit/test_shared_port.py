@@ -364,3 +364,17 @@ def test_a_reinvite_that_turns_rtcp_mux_on_drops_the_calls_rtcp_port_key() -> No
             sock.close()
 
     run(body, 31840)
+
+
+def test_a_batch_the_sender_refuses_is_counted_and_the_next_tick_starts_empty() -> None:
+    async def body(engine: MediaEngine) -> None:
+        relay = udp()
+        call = engine.open_shared(relay.getsockname(), None)
+        shared = engine.shared
+        assert call is not None and shared is not None
+        shared.outbox.append((b"\x80" * 12, b"not a socket address, far too long"))
+        shared.flush()
+        assert shared.send_errors == 1 and shared.outbox == []
+        relay.close()
+
+    run(body, 31880)
