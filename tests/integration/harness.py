@@ -199,7 +199,56 @@ def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 5.0) -> None:
 # ---- Kamailio -------------------------------------------------------------------------------
 
 
-class KamailioProxy:
+class _Daemon:
+    """A test peer run in the foreground in its own session, its output in `log_path`:
+    `_spawn` starts it, `stop` ends it (the process group), `log` reads what it wrote; a
+    context manager around `start`, which each subclass defines."""
+
+    def __init__(self, workdir: Path, log_name: str) -> None:
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / log_name
+        self._log: IO[bytes] | None = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def _spawn(self, args: Sequence[str]) -> subprocess.Popen[bytes]:
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            start_new_session=True,
+        )
+        return self.proc
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class KamailioProxy(_Daemon):
     """kamailio/kamailio.cfg in the foreground on 127.0.0.1:`port` (UDP and TCP).
 
     `nodes` are dispatcher destinations (e.g. "sip:127.0.0.1:5080"), all in set 1, or
@@ -219,15 +268,12 @@ class KamailioProxy:
     ) -> None:
         if KAMAILIO is None:
             raise RuntimeError("kamailio not installed")
-        self.workdir = workdir
+        super().__init__(workdir, "kamailio.log")
         self.port = port or free_port()
         self.nodes = [(n, 0) if isinstance(n, str) else n for n in nodes]
         self.probe_source = probe_source
         self.defines = dict(defines or {})
         self.cfg = cfg
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = workdir / "kamailio.log"
-        self._log: IO[bytes] | None = None
 
     @property
     def uri(self) -> str:
@@ -246,42 +292,12 @@ class KamailioProxy:
         args += ["-Y", str(rundir), "-w", str(self.workdir)]
         for key, value in defines.items():
             args += ["-A", f"{key}={value}"]
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-            start_new_session=True,
-        )
+        proc = self._spawn(args)
         try:
-            wait_options_200(HOST, self.port, timeout_s, self.proc, self.probe_source)
+            wait_options_200(HOST, self.port, timeout_s, proc, self.probe_source)
         except BaseException:
             self.stop()
             raise
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 # ---- rtpengine --------------------------------------------------------------------------------
@@ -290,7 +306,7 @@ RTPENGINE = shutil.which("rtpengine")
 RELAY_HOST = "127.0.0.3"  # rtpengine's media address: apart from the callers' (HOST)
 
 
-class RtpEngine:
+class RtpEngine(_Daemon):
     """rtpengine (Debian rtpengine-daemon) in the foreground, forwarding in userspace, its media
     on `address` (ports from a free range of `ports`), its ng control socket on
     127.0.0.1:`control_port`: the media relay Kamailio's `-A WITH_RTPENGINE` drives."""
@@ -298,16 +314,13 @@ class RtpEngine:
     def __init__(self, workdir: Path, address: str = RELAY_HOST, ports: int = 400) -> None:
         if RTPENGINE is None:
             raise RuntimeError("rtpengine not installed")
-        self.workdir = workdir
+        super().__init__(workdir, "rtpengine.log")
         self.address = address
         self.control_port = free_port()
         # (a range for a load test is too wide to check port by port: a fixed one on this
         # address, which nothing else binds)
         self.port_min = free_media_port(address, count=ports) if ports <= 1000 else 30000
         self.port_max = self.port_min + ports - 1
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = workdir / "rtpengine.log"
-        self._log: IO[bytes] | None = None
 
     @property
     def sock(self) -> str:
@@ -324,44 +337,14 @@ class RtpEngine:
             f"--port-min={self.port_min}", f"--port-max={self.port_max}",
             f"--pidfile={self.workdir / 'rtpengine.pid'}", "--num-threads=2",
         ]  # fmt: skip
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-            start_new_session=True,
-        )
+        proc = self._spawn(args)
         deadline = time.monotonic() + timeout_s
         while "Startup complete" not in self.log():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is not None or time.monotonic() > deadline:
                 log = self.log()
                 self.stop()
                 raise RuntimeError(f"rtpengine did not start: {log[-2000:]}")
             time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 # ---- SIPp -----------------------------------------------------------------------------------

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import socket
 import struct
 from collections.abc import Awaitable, Callable
 
 import pytest
+from test_media_engine_receive import drain, udp
 
 from spg_media.dtmf.rfc4733 import DtmfEvent
 from spg_media.rtp import mmsg
@@ -38,23 +38,6 @@ def press(digit: int, seq: int, ts: int, ssrc: int = 0x1234) -> bytes:
 
 def receiver_report(ssrc: int = 0x1234) -> bytes:
     return struct.pack("!BBHI", 0x80, 201, 1, ssrc)
-
-
-def udp(address: str = RELAY) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((address, 0))
-    sock.setblocking(False)
-    return sock
-
-
-def drain(sock: socket.socket) -> int:
-    count = 0
-    while True:
-        try:
-            sock.recv(4096)
-        except BlockingIOError:
-            return count
-        count += 1
 
 
 def run(body: Callable[[MediaEngine], Awaitable[None]], low: int = 31500) -> None:
