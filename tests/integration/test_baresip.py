@@ -235,23 +235,24 @@ def pay_captured(
     phone's RTP ports and the node's (no capture, None, without root or tshark). Only the media
     between the two: the phone's RTP ports are ten free ports of the ephemeral range, where the
     tests running beside this one have their plain SIP (a REFER's X-SPG-Result once came into
-    the capture from another test's port that fell in that range)."""
+    the capture from another test's port that fell in that range). The filter is written once
+    baresip runs: its ports are final only then (it chooses others when one was taken)."""
     capture = None
-    if capture_missing() is None:
-        low, high = phone.rtp_ports
-        rtp = load_config(None, env={}).rtp  # the test nodes keep the default RTP range
-        capture = Capture(
-            pcap,
-            f"tcp port {node.tls_port} or (udp portrange {low}-{high}"
-            f" and udp portrange {rtp.port_min}-{rtp.port_max})",
-        )
-        capture.start()
-    try:
-        with phone:
+    with phone:
+        if capture_missing() is None:
+            low, high = phone.rtp_ports
+            rtp = load_config(None, env={}).rtp  # the test nodes keep the default RTP range
+            capture = Capture(
+                pcap,
+                f"tcp port {node.tls_port} or (udp portrange {low}-{high}"
+                f" and udp portrange {rtp.port_min}-{rtp.port_max})",
+            )
+            capture.start()
+        try:
             payment = pay(phone, node, "tls", agent)
-    finally:
-        if capture is not None:
-            capture.stop()
+        finally:
+            if capture is not None:
+                capture.stop()
     return payment, capture
 
 
