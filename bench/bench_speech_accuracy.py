@@ -145,18 +145,25 @@ def render(text: str, speaker: Speaker, rng: np.random.Generator) -> npt.NDArray
     rate = int.from_bytes(wav[24:28], "little")
     data = wav.find(b"data")
     samples = np.frombuffer(wav[data + 8 :], dtype=np.int16).astype(np.float64)
-    x = resample_poly(samples, RATE, rate)
-    x = sosfilt(_BAND, x)
+    return telephone(resample_poly(samples, RATE, rate), speaker.snr_db, rng)
+
+
+def telephone(
+    samples: npt.NDArray[np.float64], snr_db: float | None, rng: np.random.Generator
+) -> npt.NDArray[np.int16]:
+    """Speech at 8 kHz through the telephone path (band-pass, line level, 0.3 s of padding
+    each side, noise at `snr_db` over the active speech, G.711 μ-law), int16 at 8 kHz."""
+    x = sosfilt(_BAND, samples)
     # active speech at -20 dBFS RMS, a usual line level
     active = x[np.abs(x) > 0.05 * np.abs(x).max()]
     x *= 10 ** (-20 / 20) * 32767 / max(float(np.sqrt(np.mean(active**2))), 1.0)
     pad = np.zeros(int(0.3 * RATE))
     x = np.concatenate((pad, x, pad))
-    if speaker.snr_db is not None:
+    if snr_db is not None:
         loud = x[np.abs(x) > 0.05 * np.abs(x).max()]
         speech_power = float(np.mean(loud**2))
         noise = sosfilt(_BAND, rng.standard_normal(len(x)))
-        noise *= np.sqrt(speech_power / 10 ** (speaker.snr_db / 10) / np.mean(noise**2))
+        noise *= np.sqrt(speech_power / 10 ** (snr_db / 10) / np.mean(noise**2))
         x = x + noise
     pcm = np.clip(np.round(x), -32768, 32767).astype(np.int16)
     return g711.decode(g711.encode(pcm, "PCMU"), "PCMU")
@@ -348,7 +355,10 @@ class Payment:
         hearer = "whisper" if decoder.startswith("whisper") else "constrained"
         return answer_of(self.recognise(hearer, self._answers[word], None, word))
 
-    def run(self) -> Counter[str]:
+    def plan(self) -> tuple[str, list[tuple[str, str, str]]]:
+        """This payment's card number and fields to say, (field kind, truth, prefix) each,
+        drawn from its seed (so another source of speech at the same seed says the same
+        digits)."""
         card, groups = card_number(self.rng)
         month = self.rng.randint(1, 12)
         year = (TODAY.year + self.rng.randint(1, 8)) % 100
@@ -365,6 +375,10 @@ class Payment:
                 "",
             )
         )
+        return card, fields
+
+    def run(self) -> Counter[str]:
+        card, fields = self.plan()
         # the same utterances for both decoders: attempt k of each field rendered once
         takes: dict[tuple[int, int], npt.NDArray[np.int16]] = {}
         take_speed: dict[tuple[int, int], int] = {}
