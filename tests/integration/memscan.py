@@ -8,6 +8,9 @@ without the `#` after the expiry), and as the payment request's JSON (`"exp_year
 "cvc":"123"`, in either order, with or without spaces). Needs root (or CAP_SYS_PTRACE) for a
 process that is not dumpable.
 
+`count_fragments(pid, fragments)` counts other byte strings the same way: the benchmark looks
+for pieces of the callers' keypad-tone audio, which a node must not keep either.
+
 Used by the memory-hygiene integration test and by `bench/bench_memory_scan.py`. What it
 returns names where each find lies, never the digits: a report is safe to print and to keep.
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 _CHUNK = 64 * 1024 * 1024  # read big mappings in pieces, overlapping by _OVERLAP
@@ -120,35 +123,96 @@ def _chunks(mem: int, mapping: _Mapping) -> Iterator[bytes]:
         offset += size - _OVERLAP
 
 
-def scan_process(pid: int, cards: Iterable[KnownCard]) -> ScanReport:
-    """Count the card data of `cards` in every readable mapping of process `pid`."""
+def _readable_chunks(pid: int) -> Iterator[tuple[_Mapping, bytes | None]]:
+    """Each readable mapping's contents in overlapping chunks; (mapping, None) once for a
+    mapping that cannot be read."""
     import os
 
-    cards = list(cards)
-    number_patterns = [(card, p) for card in cards for p in card.number_patterns()]
-    code_patterns = [(card, card.code_near_expiry()) for card in cards]
-    report = ScanReport()
     mem = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
     try:
         for mapping in _mappings(pid):
             if "r" not in mapping.perms or mapping.name in ("[vvar]", "[vsyscall]"):
                 continue
-            report.mappings += 1
             try:
                 for data in _chunks(mem, mapping):
-                    report.bytes_scanned += len(data)
-                    for card, pattern in number_patterns:
-                        hits = data.count(pattern)
-                        if hits:
-                            report.numbers[card.masked] += hits
-                            report.where[f"{mapping.kind} number"] += hits
-                    for card, regex in code_patterns:
-                        hits = sum(1 for _ in regex.finditer(data))
-                        if hits:
-                            report.codes_near_expiry[card.masked] += hits
-                            report.where[f"{mapping.kind} code"] += hits
+                    yield mapping, data
             except OSError:
-                report.unreadable += 1
+                yield mapping, None
     finally:
         os.close(mem)
+
+
+@dataclasses.dataclass
+class FragmentReport:
+    """What `count_fragments` found: per label, how many of its strings occur (each counted
+    once); and per kind of mapping, how many finds lie there."""
+
+    found: Counter[str] = dataclasses.field(default_factory=Counter)
+    where: Counter[str] = dataclasses.field(default_factory=Counter)
+
+
+def count_fragments(pid: int, fragments: Mapping[str, Iterable[bytes]]) -> FragmentReport:
+    """For each label, how many of its byte strings (each at least 4 bytes) occur in process
+    `pid`'s readable memory (each string counted once however often it occurs; strings longer
+    than the chunks' overlap may be missed across a chunk boundary), and where.
+
+    Thousands of strings over hundreds of MiB: every offset's first four bytes are looked up
+    at once (numpy) among the strings' first four, and only those offsets compared whole."""
+    import numpy as np
+
+    by_prefix: dict[int, list[tuple[str, bytes]]] = {}
+    for label, strings in fragments.items():
+        for string in set(strings):
+            if len(string) < 4:
+                raise ValueError("fragments of at least 4 bytes")
+            by_prefix.setdefault(int.from_bytes(string[:4], "little"), []).append((label, string))
+    prefixes = np.array(sorted(by_prefix), dtype=np.uint32)
+    found: set[tuple[str, bytes]] = set()
+    report = FragmentReport()
+    for mapping, data in _readable_chunks(pid):
+        if data is None or len(data) < 4:
+            continue
+        raw = np.frombuffer(data, dtype=np.uint8)
+        words = raw[:-3].astype(np.uint32)
+        for shift in (1, 2, 3):  # each offset's four bytes as one little-endian word
+            words |= raw[shift : raw.size - 3 + shift].astype(np.uint32) << np.uint32(8 * shift)
+        places = np.searchsorted(prefixes, words)
+        places[places == prefixes.size] = 0
+        for offset in np.flatnonzero(prefixes[places] == words).tolist():
+            for label, string in by_prefix[int(words[offset])]:
+                if (label, string) not in found and data.startswith(string, offset):
+                    found.add((label, string))
+                    report.where[mapping.kind] += 1
+    for label, _string in found:
+        report.found[label] += 1
+    for label in fragments:
+        report.found[label] += 0
+    return report
+
+
+def scan_process(pid: int, cards: Iterable[KnownCard]) -> ScanReport:
+    """Count the card data of `cards` in every readable mapping of process `pid`."""
+    cards = list(cards)
+    number_patterns = [(card, p) for card in cards for p in card.number_patterns()]
+    code_patterns = [(card, card.code_near_expiry()) for card in cards]
+    report = ScanReport()
+    seen: _Mapping | None = None
+    for mapping, data in _readable_chunks(pid):
+        if mapping is not seen:
+            report.mappings += 1
+            seen = mapping
+        if data is None:
+            report.unreadable += 1
+            continue
+        report.bytes_scanned += len(data)
+        for card, pattern in number_patterns:
+            hits = data.count(pattern)
+            if hits:
+                report.numbers[card.masked] += hits
+                report.where[f"{mapping.kind} number"] += hits
+        for card, regex in code_patterns:
+            hits = sum(1 for _ in regex.finditer(data))
+            if hits:
+                report.codes_near_expiry[card.masked] += hits
+                report.where[f"{mapping.kind} code"] += hits
     return report
