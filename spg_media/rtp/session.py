@@ -576,8 +576,10 @@ class MediaSession:
             at -= 1  # older than the payload at - 1: before it
         pending.insert(at, (payload, sequence, timestamp, arrival))
 
-    def take_audio(self, count: int) -> bytes:
-        """The first `count` bytes (samples) queued for the detector, which must hold them; a
+    def take_audio(self, count: int) -> list[bytes]:
+        """The first `count` bytes (samples) queued for the detector, which must hold them, as
+        the payloads (or parts) that hold them, in order: the engine joins every channel's at
+        once, into a buffer it zeroes (a join here would leave a freed copy of the audio); a
         payload cut in two keeps its rest queued (ahead of anything reordered behind it)."""
         pending = self.pending_audio
         fed_starts, fed_arrivals = self.fed_starts, self.fed_arrivals
@@ -604,7 +606,7 @@ class MediaSession:
                 pending[used] = (part[need:], sequence, self.fed_ts, arrival)
                 need = 0
         del pending[:used]
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return parts
 
     def audio_gap_ahead(self) -> bool:
         """Is audio missing before the first payload queued for the detector? Its RTP timestamp
@@ -798,6 +800,7 @@ class _InbandFeed:
 
     sessions: list[MediaSession] = field(default_factory=list)
     slots: list[int] = field(default_factory=list)
+    # the channels' payloads (or parts of them) in order: joined, a row of samples a channel
     audio: list[bytes] = field(default_factory=list)
     codecs: set[str] = field(default_factory=set)
     now: float = -math.inf  # the end of the newest audio given (its arrival)
@@ -1214,15 +1217,18 @@ class MediaEngine:
                 feed = groups[take] = _InbandFeed()
             feed.sessions.append(session)
             feed.slots.append(slot)
-            feed.audio.append(session.take_audio(take))
+            feed.audio += session.take_audio(take)
             feed.codecs.add(session.codec)
             feed.now = max(feed.now, until)
         for size, feed in groups.items():
             members, slots, now = feed.sessions, feed.slots, feed.now
             if not members:
                 continue
-            codes = np.frombuffer(b"".join(feed.audio), dtype=np.uint8)
-            codes = codes.reshape(len(members), size)
+            # The channels' audio (keypad tones among it) joined into a buffer that can be
+            # zeroed, and zeroed with its decoding once the detector has it: freed, they would
+            # stay in the heap until reused (bench/bench_memory_scan.py --relay found them).
+            joined = bytearray().join(feed.audio)
+            codes = np.frombuffer(joined, dtype=np.uint8).reshape(len(members), size)
             if len(feed.codecs) == 1:  # the usual node: one codec, one lookup
                 block = decode_array(codes, next(iter(feed.codecs)))
             else:
@@ -1235,6 +1241,9 @@ class MediaEngine:
             except Exception:  # a detector bug must not stop the media of every call
                 log.exception("in-band detector failed; in-band DTMF is off for this tick")
                 continue
+            finally:
+                codes.fill(0)
+                block.fill(0)
             by_slot = dict(zip(slots, members, strict=True)) if found else {}
             for slot, event in found:
                 target = by_slot.get(slot)

@@ -231,6 +231,53 @@ def test_a_channel_ticks_behind_catches_up_in_one_more_call() -> None:
     run_in_loop(test)
 
 
+def test_the_audio_given_to_the_detector_is_zeroed_once_it_has_been_heard() -> None:
+    # The tick's joined G.711 codes and their decoding hold every channel's keypad tones: the
+    # engine zeroes both after the detector call (freed, they would stay in the heap). The
+    # usual 20 ms block and a catch-up call's longer one alike; the keys are still heard.
+    def test() -> None:
+        engine = MediaEngine("127.0.0.1", 40000, 40100)
+        heard_steady: list[DtmfEvent] = []
+        heard_bursty: list[DtmfEvent] = []
+        steady = make_session("PCMA", heard_steady)
+        bursty = make_session("PCMA", heard_bursty)
+        engine.attach(50000, steady)
+        engine.attach(50002, bursty)
+        assert engine.inband is not None
+        given: list[npt.NDArray[np.int16]] = []
+        loud: list[bool] = []
+        process = engine.inband.process
+
+        def keep(slots: Sequence[int], block: npt.ArrayLike, now: float) -> Events:
+            array = np.asarray(block)
+            given.append(array)
+            loud.append(bool(np.abs(array).max() > 1000))
+            return process(slots, block, now)
+
+        engine.inband.process = keep  # type: ignore[method-assign]
+        frames_steady = keyed_audio("47", "PCMA")
+        frames_bursty = keyed_audio("58", "PCMA")
+        for tick in range(max(len(frames_steady), len(frames_bursty)) + 8):
+            if tick < len(frames_steady):
+                packet = build_rtp(8, tick, tick * FRAME, 1, frames_steady[tick], tick == 0)
+                steady.receive(packet, CALLER, tick * 0.02)
+            if tick % 3 == 2:
+                for i in range(tick - 2, min(tick + 1, len(frames_bursty))):
+                    packet = build_rtp(8, i, i * FRAME, 2, frames_bursty[i], i == 0)
+                    bursty.receive(packet, CALLER, tick * 0.02)
+            engine._detect_inband()
+        assert starts(heard_steady) == "47" and starts(heard_bursty) == "58"
+        assert any(loud)  # the tones went through these blocks...
+        assert {block.shape[1] for block in given} >= {FRAME, 3 * FRAME}
+        assert all(not block.any() for block in given)  # ...and none of them holds them now
+        engine.close(50000)
+        engine.close(50002)
+        assert engine._tick_task is not None
+        engine._tick_task.cancel()
+
+    run_in_loop(test)
+
+
 def _events_fed(
     schedule: list[list[int]], seq_of: list[int], keys: str
 ) -> tuple[list[DtmfEvent], int]:
