@@ -8,6 +8,11 @@ The sandbox's memory, read the same way, is the check that the scan finds card d
 is (the platform parses every request). The node also says at start-up that it cannot dump
 core or be read by other processes, and its limits show it.
 
+The same for callers who key in-band, through Kamailio and rtpengine onto the node's shared
+media port (`rtp.shared_port = "relays"`): the path where every call's audio, keypad tones
+among it, goes through the port's batch buffers and the in-band detector. (What audio is left
+in freed memory is counted by `bench/bench_memory_scan.py --relay`, not asserted here.)
+
 Needs root: SIPp's pcap play, and reading a process that is not dumpable.
 """
 
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -22,7 +28,11 @@ from pathlib import Path
 import pytest
 from harness import (
     HOST,
+    KAMAILIO,
+    RTPENGINE,
     SIPP,
+    KamailioProxy,
+    RtpEngine,
     SandboxProcess,
     SippLoadResult,
     SpgNode,
@@ -31,6 +41,9 @@ from harness import (
     spg_media_available,
 )
 from memscan import KnownCard, scan_process
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from bench_memory_scan import inband_caller  # the bench's callers, keyed in-band
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -97,5 +110,73 @@ def test_fifty_payments_leave_no_card_in_the_nodes_memory(tmp_path: Path) -> Non
     core_limit = next(line for line in limits.splitlines() if line.startswith("Max core file size"))
     assert core_limit.split()[4:6] == ["0", "0"]
     assert "process hardening: core dumps off, memory unreadable by other processes" in logs
+    for card in CARDS:
+        assert card.number not in logs
+
+
+@pytest.mark.skipif(
+    KAMAILIO is None or RTPENGINE is None, reason="needs kamailio and rtpengine-daemon"
+)
+def test_in_band_payments_on_the_shared_port_leave_no_card_in_the_nodes_memory(
+    tmp_path: Path,
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    calls_per_card = 8
+    with SandboxProcess(tmp_path / "sandbox") as sandbox, RtpEngine(tmp_path / "relay") as relay:
+        env = {
+            **sandbox.node_env(),
+            "SPG_IVR__RETURN_URI": f"sip:agent@{HOST}:5999",
+            "SPG_RTP__SHARED_PORT": "relays",
+            "SPG_RTP__MEDIA_SOURCES": f"{relay.address}/32",
+        }
+        with (
+            SpgNode(tmp_path / "node", env=env) as node,
+            KamailioProxy(
+                tmp_path / "kamailio",
+                [f"sip:{HOST}:{node.sip_port}"],
+                defines={"WITH_RTPENGINE": "1", "RTPENGINE_SOCK": relay.sock},
+            ) as proxy,
+        ):
+            assert node.proc is not None
+            results: list[SippLoadResult] = []
+
+            def calls(index: int, card: KnownCard) -> None:
+                audio, _tones = inband_caller(card, tmp_path, f"caller{index}.alaw", index + 1)
+                scenario = make_pay_scenario(
+                    [card.number + "#", card.expiry, card.cvc],
+                    tmp_path / f"pay{index}.xml",
+                    headers={"X-SPG-Transaction": f"sbx-4990-EUR-mib{run}c{index}-[call_number]"},
+                    result_timeout_ms=120_000,
+                    initial_pause_ms=0,
+                    inband_wav=audio,
+                )
+                results.append(
+                    run_sipp_load(
+                        scenario,
+                        f"{HOST}:{proxy.port}",
+                        calls_per_card,
+                        2.0,
+                        workdir=tmp_path / "sipp",
+                        timeout_s=200,
+                    )
+                )
+
+            threads = [
+                threading.Thread(target=calls, args=(i, card)) for i, card in enumerate(CARDS)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            cdrs = [json.loads(line) for line in node.cdr_lines()]
+            node_scan = scan_process(node.proc.pid, CARDS)
+            logs = node.logs()
+
+    assert [r.succeeded for r in results] == [calls_per_card] * len(CARDS), results
+    assert sum(1 for r in cdrs if r["result"] == "approved") == calls_per_card * len(CARDS)
+    on_shared_port = [line for line in logs.splitlines() if '"port": "shared"' in line]
+    assert len(on_shared_port) == calls_per_card * len(CARDS)  # each call's media quality line
+    assert node_scan.total_numbers == 0, node_scan.summary()
+    assert node_scan.total_codes == 0, node_scan.summary()
     for card in CARDS:
         assert card.number not in logs
