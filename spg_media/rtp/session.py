@@ -1367,9 +1367,15 @@ class MediaEngine:
         through masker slot `slots[n]`, and queue each on the other leg, in that one's codec."""
         masker = self.masker
         assert masker is not None
-        codes = np.frombuffer(b"".join(audio), dtype=np.uint8).reshape(len(slots), size)
+        # (zeroed once masked, as the in-band detector's: the customer's keypad tones)
+        joined = bytearray().join(audio)
+        codes = np.frombuffer(joined, dtype=np.uint8).reshape(len(slots), size)
         block = _decode_rows(codes, sources)
-        masked = masker.process(slots, block)
+        try:
+            masked = masker.process(slots, block)
+        finally:
+            codes.fill(0)
+            block.fill(0)
         codecs = [target.codec for target in targets]
         kinds = set(codecs)
         if len(kinds) == 1:

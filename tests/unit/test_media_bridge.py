@@ -234,6 +234,31 @@ def test_both_directions_of_every_bridge_take_one_masker_call_a_tick() -> None:
     assert calls == [2] * 10  # one call a tick, a row for each direction
 
 
+def test_the_audio_given_to_the_masker_is_zeroed_once_masked() -> None:
+    # Each tick's block of both legs' audio holds the customer's keypad tones unmasked: the
+    # engine zeroes it once the masker has it (freed, it would stay in the heap until reused).
+    audio = speech_like(0.4).astype(np.float64) * 0.3
+    audio[800:1440] = key_tone(852, 1477, 640, -10)
+    samples = np.round(audio).astype(np.int16)
+    with bridged("PCMU", "PCMA") as (engine, customer, agent):
+        masker = engine.masker
+        assert masker is not None
+        given: list[Int16s] = []
+        loud: list[bool] = []
+        process = masker.process
+
+        def keep(slots: list[int] | npt.NDArray[np.intp], block: Int16s) -> Int16s:
+            given.append(block)
+            loud.append(bool(np.abs(block).max() > 1000))
+            return process(slots, block)
+
+        masker.process = keep  # type: ignore[method-assign]
+        to_agent, _ = run_ticks(engine, customer, agent, samples)
+    assert scan(to_agent) == []
+    assert len(given) == 20 and any(loud)  # the audio, tones and all, went through them...
+    assert not any(block.any() for block in given)  # ...and none of them holds it now
+
+
 @pytest.mark.parametrize("mask", ["silence", "noise"])
 def test_other_masks(mask: str) -> None:
     audio = np.zeros(8000)
