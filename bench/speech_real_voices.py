@@ -122,9 +122,9 @@ def load_recordings(path: Path) -> Recordings:
     return recordings
 
 
-def gaps(count: int, rng: random.Random) -> list[int]:
-    """`count` gaps between digits, in samples, uniform over `GAP_MS`."""
-    return [round(rng.uniform(*GAP_MS) * RATE / 1000) for _ in range(count)]
+def gaps(count: int, rng: random.Random, gap_ms: tuple[float, float] = GAP_MS) -> list[int]:
+    """`count` gaps between digits, in samples, uniform over `gap_ms`."""
+    return [round(rng.uniform(*gap_ms) * RATE / 1000) for _ in range(count)]
 
 
 def compose(
@@ -238,7 +238,7 @@ class RecordedPayment(_HeldOut):
         rng = random.Random(f"{self.name}-{take}")
         clips = [self.recordings[d][i] for d, i in zip(digits, self.allotted[take], strict=True)]
         self.speeds.append(0)  # no speaking rate to record (`Payment.run` keeps one a take)
-        audio = compose(clips, gaps(len(clips) - 1, rng))
+        audio = compose(clips, gaps(len(clips) - 1, rng, _gap_ms))
         return telephone(
             audio, SNR_DB.get(self.condition), np.random.default_rng(rng.randrange(2**32))
         )
@@ -252,11 +252,13 @@ class SyntheticPayment(_HeldOut):
 
 
 _recordings: Recordings = {}
+_gap_ms: tuple[float, float] = GAP_MS
 
 
-def _init(path: str, decoders: tuple[str, ...]) -> None:
-    global _recordings
+def _init(path: str, decoders: tuple[str, ...], gap_ms: tuple[float, float]) -> None:
+    global _recordings, _gap_ms
     _recordings = load_recordings(Path(path))
+    _gap_ms = gap_ms
     synthetic._init(decoders)
 
 
@@ -290,7 +292,24 @@ def main() -> int:
         default="whisper+tries+runnerup,baseline",
         help="decoders to break down by FSDD speaker",
     )
+    parser.add_argument(
+        "--gap-ms",
+        default=f"{GAP_MS[0]},{GAP_MS[1]}",
+        help="MIN,MAX silence between two digits' takes, ms (default %(default)s; 0,60: "
+        "digits run together)",
+    )
     args = parser.parse_args()
+    try:
+        low, high = (float(x) for x in args.gap_ms.split(","))
+        if not 0 <= low <= high:
+            raise ValueError
+    except ValueError:
+        print(
+            f"speech_real_voices: --gap-ms {args.gap_ms!r}: MIN,MAX with 0 <= MIN <= MAX",
+            file=sys.stderr,
+        )
+        return 2
+    gap_ms = (low, high)
     try:
         speakers = sorted(load_recordings(Path(args.path)))  # fail before starting workers
     except DatasetError as error:
@@ -309,7 +328,7 @@ def main() -> int:
     started = time.monotonic()
     totals: dict[tuple[str, ...], Counter[str]] = {}
     with multiprocessing.get_context("spawn").Pool(
-        args.jobs, initializer=_init, initargs=(args.path, decoders)
+        args.jobs, initializer=_init, initargs=(args.path, decoders, gap_ms)
     ) as pool:
         for source, condition, voice, counts in pool.imap_unordered(_one, tasks):
             totals.setdefault((source, condition), Counter()).update(counts)
@@ -318,7 +337,8 @@ def main() -> int:
 
     print(
         f"# speech on real voices: {args.payments} payments per condition and source, FSDD "
-        f"speakers {', '.join(speakers)}, attempts {args.attempts}, answers taken as "
+        f"speakers {', '.join(speakers)}, gaps {gap_ms[0]:g}-{gap_ms[1]:g} ms, "
+        f"attempts {args.attempts}, answers taken as "
         f"understood, seed {args.seed}, {wall:.0f} s wall on {args.jobs} jobs"
     )
     print(
