@@ -4,6 +4,7 @@ saying the card, expiry and code, through the speech bench's telephone path and 
 Run:  nice -n 19 .venv/bin/python bench/speech_real_voices.py PATH [--payments 12] [--jobs 1]
       [--seed 1] [--sources fsdd,espeak] [--conditions clean,snr20,snr10]
       [--decoders whisper,whisper+tries,whisper+tries+runnerup,baseline]
+      [--gap-ms 40,250]
 (the recorded run, 72 payments a condition and source: 47 minutes on one niced job)
 
 PATH is a copy of the Free Spoken Digit Dataset (FSDD; CC BY-SA 4.0; its data is not part
@@ -18,9 +19,9 @@ code), said by one FSDD speaker (payment i: speaker i mod 6, in name order): eve
 field is that speaker's takes of its digits joined, a different take for every digit said in
 the payment (drawn by a seeded RNG; the takes of all attempts of all fields are allotted up
 front, so a take's audio does not depend on what the dialogue did before it), with a gap of
-40-250 ms between digits, uniform. Why that range: the takes are trimmed to the word, so the
-gap stands for the pause between words plus the trimmed onset and release; at FSDD's 0.35-0.55 s
-a word it gives 1.3-2.6 digits a second (1.4-2.0 at the mean gap), the range of people reading
+40-250 ms between digits, uniform (`--gap-ms`; 0,60 says the digits run together). Why that
+range: the takes are trimmed to the word, so the gap stands for the pause between words plus
+the trimmed onset and release; at FSDD's 0.35-0.55 s a word it gives 1.3-2.6 digits a second (1.4-2.0 at the mean gap), the range of people reading
 a number out, from brisk to deliberate. The gaps are digital silence (each take faded in
 and out over 5 ms, no clicks); the line noise of the noisy conditions is added over the whole
 utterance, gaps included, by the telephone path. The utterance then takes the SAME telephone

@@ -76,6 +76,23 @@ def test_the_bench_exits_2_with_one_line_on_a_bad_path(
     assert error.count("\n") == 1 and "no FSDD recordings" in error
 
 
+@pytest.mark.parametrize("gap", ["5", "60,0", "-1,5", "a,b"])
+def test_the_bench_exits_2_with_one_line_on_a_bad_gap_range(
+    gap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _fake_dataset(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["speech_real_voices.py", str(root), f"--gap-ms={gap}"])
+    assert main() == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--gap-ms" in error
+
+
+def test_gaps_are_drawn_from_the_range_given() -> None:
+    drawn = gaps(200, random.Random(3), (0, 60))
+    assert min(drawn) >= 0 and max(drawn) <= 60 * RATE // 1000
+    assert max(drawn) > 40 * RATE // 1000  # the range's top is reached, not the default's
+
+
 def test_recordings_not_at_8_khz_or_missing_a_digit_are_refused(tmp_path: Path) -> None:
     folder = tmp_path / "recordings"
     folder.mkdir()
