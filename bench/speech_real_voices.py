@@ -21,8 +21,9 @@ the payment (drawn by a seeded RNG; the takes of all attempts of all fields are 
 front, so a take's audio does not depend on what the dialogue did before it), with a gap of
 40-250 ms between digits, uniform (`--gap-ms`; 0,60 says the digits run together). Why that
 range: the takes are trimmed to the word, so the gap stands for the pause between words plus
-the trimmed onset and release; at FSDD's 0.35-0.55 s a word it gives 1.3-2.6 digits a second (1.4-2.0 at the mean gap), the range of people reading
-a number out, from brisk to deliberate. The gaps are digital silence (each take faded in
+the trimmed onset and release; at FSDD's 0.35-0.55 s a word it gives 1.3-2.6 digits a second
+(1.4-2.0 at the mean gap), the range of people reading a number out, from brisk to
+deliberate. The gaps are digital silence (each take faded in
 and out over 5 ms, no clicks); the line noise of the noisy conditions is added over the whole
 utterance, gaps included, by the telephone path. The utterance then takes the SAME telephone
 path as the synthetic bench (`telephone`: 300-3400 Hz band-pass, active speech at -20 dBFS,
