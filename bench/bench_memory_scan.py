@@ -1,7 +1,8 @@
 """Benchmark: what card data a node's memory holds after many payments.
 
 Run (root: SIPp's pcap play, and reading a process that is not dumpable):
-    .venv/bin/python bench/bench_memory_scan.py [--calls 1000] [--rate 10] [--limit 250] [--relay]
+    .venv/bin/python bench/bench_memory_scan.py [--calls 1000] [--rate 10] [--limit 250]
+        [--relay [--shared-port relays|off]]
 
 An attacker who gets root on a node (or a core dump, or its swap) reads its memory. This runs
 `--calls` whole payment calls (SIPp callers keying the card, expiry and security code as RFC
@@ -18,10 +19,11 @@ as in-band tones in their audio (SIPp's RFC 4733 pcaps do not pass a relay: each
 same sequence numbers and timestamps), at the load kit's timing (`loadkit.plan_key_presses`:
 each field after its prompt ends). So the node's shared-port batch buffers and the in-band
 detector have carried every key, and the scan says what is left of them: besides card numbers
-and codes, it counts the callers' keypad tones themselves, as 24-byte pieces of the A-law
-frames that carry them (SIPp and rtpengine pass a file's bytes on unchanged), one piece a
-frame lying wholly inside a tone. `--shared-port off` runs the same calls on a port a call (the
-comparison: what the node keeps of the audio either way).
+and codes, it counts the callers' keypad tones themselves: a 24-sample piece of each 20 ms
+frame lying wholly inside a tone, looked for as received (A-law: SIPp and rtpengine pass a
+file's bytes on unchanged), decoded (16-bit PCM) and as the detector's float32 copy.
+`--shared-port off` runs the same calls on a port a call (the comparison: what the node keeps
+of the audio either way).
 
 The baseline, in the same run, is the sandbox process: the platform end of the same requests,
 which parses every card and keeps what Python leaves of it. The target for the node is 0 and 0.
