@@ -93,6 +93,7 @@ from typing import IO, Any, Self
 from harness import (
     HOST,
     SIPP_DIR,
+    Daemon,
     SipText,
     SpgNode,
     free_port,
@@ -297,7 +298,7 @@ def write_silence_wav(path: Path, seconds: float = 180.0, rate: int = 8000) -> P
     return path
 
 
-class Baresip:
+class Baresip(Daemon):
     """One baresip process with one account, on 127.0.0.1, controlled over ctrl_tcp.
 
     `start()` writes `workdir/config`, `accounts` and the silence file, runs
@@ -322,7 +323,7 @@ class Baresip:
         reason = baresip_missing()
         if reason:
             raise RuntimeError(reason)
-        self.workdir = workdir
+        super().__init__(workdir, "baresip.log")
         self.account = account or Account()
         self.cafile = cafile
         self.sip_port = sip_port or free_port_pair()
@@ -332,14 +333,11 @@ class Baresip:
         self._ports_chosen = (sip_port is None, ctrl_port is None, rtp_ports is None)
         self.extra_config = dict(extra_config or {})
         self.extra_modules = tuple(extra_modules)  # e.g. sndfile.so (records each call's audio)
-        self.log_path = workdir / "baresip.log"
-        self.proc: subprocess.Popen[bytes] | None = None
         self.events: list[BaresipEvent] = []
         self._responses: dict[str, CtrlResponse] = {}
         self._cond = threading.Condition()
         self._sock: socket.socket | None = None
         self._reader: threading.Thread | None = None
-        self._log: IO[bytes] | None = None
         self._closed = False
 
     @property
@@ -410,15 +408,7 @@ class Baresip:
         (self.workdir / "config").write_text(self.config_text())
         (self.workdir / "accounts").write_text(self.account.line())
         (self.workdir / "contacts").write_text("")
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [BARESIP, "-f", str(self.workdir), "-v", "-s"],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-            start_new_session=True,
-        )
+        self._spawn([BARESIP, "-f", str(self.workdir), "-v", "-s"])
         try:
             self._connect(timeout_s)
         except BaseException:
@@ -491,28 +481,9 @@ class Baresip:
                 self._sock.shutdown(socket.SHUT_RDWR)
             self._sock.close()
             self._sock = None
-        if self.proc is not None:
-            stop_process(self.proc, 5)
+        super().stop()  # the process (its reader then sees the end) and the log
         if self._reader is not None:
             self._reader.join(2)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     # ---- commands -------------------------------------------------------------------------
 

@@ -199,10 +199,11 @@ def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 5.0) -> None:
 # ---- Kamailio -------------------------------------------------------------------------------
 
 
-class _Daemon:
+class Daemon:
     """A test peer run in the foreground in its own session, its output in `log_path`:
     `_spawn` starts it, `stop` ends it (the process group), `log` reads what it wrote; a
-    context manager around `start`, which each subclass defines."""
+    context manager around `start`, which each subclass defines (Kamailio, rtpengine, the
+    sandbox platform, baresip, whose `stop` also closes its control connection)."""
 
     def __init__(self, workdir: Path, log_name: str) -> None:
         self.workdir = workdir
@@ -248,7 +249,7 @@ class _Daemon:
         self.stop()
 
 
-class KamailioProxy(_Daemon):
+class KamailioProxy(Daemon):
     """kamailio/kamailio.cfg in the foreground on 127.0.0.1:`port` (UDP and TCP).
 
     `nodes` are dispatcher destinations (e.g. "sip:127.0.0.1:5080"), all in set 1, or
@@ -306,7 +307,7 @@ RTPENGINE = shutil.which("rtpengine")
 RELAY_HOST = "127.0.0.3"  # rtpengine's media address: apart from the callers' (HOST)
 
 
-class RtpEngine(_Daemon):
+class RtpEngine(Daemon):
     """rtpengine (Debian rtpengine-daemon) in the foreground, forwarding in userspace, its media
     on `address` (ports from a free range of `ports`), its ng control socket on
     127.0.0.1:`control_port`: the media relay Kamailio's `-A WITH_RTPENGINE` drives."""
@@ -1096,18 +1097,15 @@ class SpgNode:
         self.stop()
 
 
-class SandboxProcess:
+class SandboxProcess(Daemon):
     """`spg-media sandbox` as a subprocess on 127.0.0.1: the payment platform of a node whose
     connector is `http` (`node_env()` gives the node's settings for it)."""
 
     def __init__(self, workdir: Path, secret: str = "sandbox-secret", slow_s: float = 12.0):
-        self.workdir = workdir
+        super().__init__(workdir, "sandbox.log")
         self.secret = secret
         self.slow_s = slow_s
         self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = workdir / "sandbox.log"
-        self._log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -1130,14 +1128,7 @@ class SandboxProcess:
             "--secret", self.secret,
             "--slow-s", str(self.slow_s),
         ]  # fmt: skip
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self._spawn(command)
 
         def up() -> bool:
             try:
@@ -1164,23 +1155,6 @@ class SandboxProcess:
         with urllib.request.urlopen(request, timeout=5) as answer:
             data: dict[str, Any] = json.loads(answer.read())
         return data
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def wait_for(predicate: Callable[[], object], timeout_s: float = 5.0) -> bool:
