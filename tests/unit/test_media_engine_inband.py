@@ -197,6 +197,30 @@ def test_packets_either_side_of_the_tick_boundary_still_make_one_detector_call()
     run_in_loop(test)
 
 
+def feed_steady_and_bursty(
+    engine: MediaEngine,
+    steady: MediaSession,
+    bursty: MediaSession,
+    keys: tuple[str, str],
+    burst: int,
+) -> None:
+    """`steady` gets keyed_audio(keys[0]) a packet a tick; `bursty` gets keyed_audio(keys[1])
+    `burst` packets at a time every `burst` ticks (a stalled path); the detector step after
+    each tick, and 8 ticks more at the end."""
+    pt = 0 if steady.codec == "PCMU" else 8
+    frames_steady = keyed_audio(keys[0], steady.codec)
+    frames_bursty = keyed_audio(keys[1], bursty.codec)
+    for tick in range(max(len(frames_steady), len(frames_bursty)) + 8):
+        if tick < len(frames_steady):
+            packet = build_rtp(pt, tick, tick * FRAME, 1, frames_steady[tick], tick == 0)
+            steady.receive(packet, CALLER, tick * 0.02)
+        if tick % burst == burst - 1:
+            for i in range(tick - burst + 1, min(tick + 1, len(frames_bursty))):
+                packet = build_rtp(pt, i, i * FRAME, 2, frames_bursty[i], i == 0)
+                bursty.receive(packet, CALLER, tick * 0.02)
+        engine._detect_inband()
+
+
 def test_a_channel_ticks_behind_catches_up_in_one_more_call() -> None:
     # A sender whose packets come four at a time (a stalled path): that channel gives all it
     # has, in a second call beside the others' 20 ms block, and is read exactly.
@@ -208,18 +232,8 @@ def test_a_channel_ticks_behind_catches_up_in_one_more_call() -> None:
         bursty = make_session("PCMU", heard_bursty)
         engine.attach(50000, steady)
         engine.attach(50002, bursty)
-        frames_steady = keyed_audio("12", "PCMU")
-        frames_bursty = keyed_audio("369", "PCMU")
         calls = record_calls(engine)
-        for tick in range(max(len(frames_steady), len(frames_bursty)) + 8):
-            if tick < len(frames_steady):
-                packet = build_rtp(0, tick, tick * FRAME, 1, frames_steady[tick], tick == 0)
-                steady.receive(packet, CALLER, tick * 0.02)
-            if tick % 4 == 3:
-                for i in range(tick - 3, min(tick + 1, len(frames_bursty))):
-                    packet = build_rtp(0, i, i * FRAME, 2, frames_bursty[i], i == 0)
-                    bursty.receive(packet, CALLER, tick * 0.02)
-            engine._detect_inband()
+        feed_steady_and_bursty(engine, steady, bursty, ("12", "369"), burst=4)
         assert 4 * FRAME in [size for _, size in calls]  # the bursts, each in one more call
         assert starts(heard_steady) == "12"
         assert starts(heard_bursty) == "369"
@@ -255,17 +269,7 @@ def test_the_audio_given_to_the_detector_is_zeroed_once_it_has_been_heard() -> N
             return process(slots, block, now)
 
         engine.inband.process = keep  # type: ignore[method-assign]
-        frames_steady = keyed_audio("47", "PCMA")
-        frames_bursty = keyed_audio("58", "PCMA")
-        for tick in range(max(len(frames_steady), len(frames_bursty)) + 8):
-            if tick < len(frames_steady):
-                packet = build_rtp(8, tick, tick * FRAME, 1, frames_steady[tick], tick == 0)
-                steady.receive(packet, CALLER, tick * 0.02)
-            if tick % 3 == 2:
-                for i in range(tick - 2, min(tick + 1, len(frames_bursty))):
-                    packet = build_rtp(8, i, i * FRAME, 2, frames_bursty[i], i == 0)
-                    bursty.receive(packet, CALLER, tick * 0.02)
-            engine._detect_inband()
+        feed_steady_and_bursty(engine, steady, bursty, ("47", "58"), burst=3)
         assert starts(heard_steady) == "47" and starts(heard_bursty) == "58"
         assert any(loud)  # the tones went through these blocks...
         assert {block.shape[1] for block in given} >= {FRAME, 3 * FRAME}
