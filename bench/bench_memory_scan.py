@@ -42,6 +42,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
@@ -131,15 +132,17 @@ def run_calls(
     limit: int,
     work: Path,
     tones: dict[str, dict[str, list[bytes]]] | None = None,
+    cards: Sequence[KnownCard] = CARDS,
 ) -> list[SippLoadResult]:
-    """`calls` payment calls to `target` (host:port), split over the cards, one SIPp process
-    per card. With `tones`, the callers key in-band (the tones in their audio, not RFC 4733
-    events), and `tones` gets each card's tone pieces (`inband_caller`) by its masked number."""
+    """`calls` payment calls to `target` (host:port), split over `cards`, one SIPp process
+    per card (`rate` and `limit` shared out likewise). With `tones`, the callers key in-band
+    (the tones in their audio, not RFC 4733 events), and `tones` gets each card's tone pieces
+    (`inband_caller`) by its masked number."""
     run = uuid.uuid4().hex[:6]
     results: list[SippLoadResult] = []
     threads = []
-    share = [calls // len(CARDS) + (1 if i < calls % len(CARDS) else 0) for i in range(len(CARDS))]
-    for index, (card, count) in enumerate(zip(CARDS, share, strict=True)):
+    share = [calls // len(cards) + (1 if i < calls % len(cards) else 0) for i in range(len(cards))]
+    for index, (card, count) in enumerate(zip(cards, share, strict=True)):
         if not count:
             continue
         audio: Path | None = None
@@ -161,10 +164,10 @@ def run_calls(
                     scenario,
                     target,
                     count,
-                    rate / len(CARDS),
+                    rate / len(cards),
                     workdir=work / "sipp",
-                    limit=max(1, limit // len(CARDS)),
-                    timeout_s=count / (rate / len(CARDS)) + 300,
+                    limit=max(1, limit // len(cards)),
+                    timeout_s=count / (rate / len(cards)) + 300,
                 )
             )
 

@@ -183,10 +183,7 @@ def count_fragments(pid: int, fragments: Mapping[str, Iterable[bytes]]) -> Fragm
                 if (label, string) not in found and data.startswith(string, offset):
                     found.add((label, string))
                     report.where[mapping.kind] += 1
-    for label, _string in found:
-        report.found[label] += 1
-    for label in fragments:
-        report.found[label] += 0
+    report.found.update(label for label, _string in found)
     return report
 
 

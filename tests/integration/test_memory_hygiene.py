@@ -21,8 +21,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
-import uuid
 from pathlib import Path
 
 import pytest
@@ -34,16 +32,13 @@ from harness import (
     KamailioProxy,
     RtpEngine,
     SandboxProcess,
-    SippLoadResult,
     SpgNode,
-    make_pay_scenario,
-    run_sipp_load,
     spg_media_available,
 )
 from memscan import KnownCard, scan_process
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from bench_memory_scan import inband_caller  # the bench's callers, keyed in-band
+from bench_memory_scan import run_calls  # the bench's callers, one SIPp a card
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -63,38 +58,15 @@ def _need_root_and_sipp() -> None:
 
 
 def test_fifty_payments_leave_no_card_in_the_nodes_memory(tmp_path: Path) -> None:
-    run = uuid.uuid4().hex[:6]
     with SandboxProcess(tmp_path / "sandbox") as sandbox:
         env = {**sandbox.node_env(), "SPG_IVR__RETURN_URI": f"sip:agent@{HOST}:5999"}
         with SpgNode(tmp_path / "node", env=env) as node:
             assert node.proc is not None and sandbox.proc is not None
-            results: list[SippLoadResult] = []
-
-            def calls(index: int, card: KnownCard) -> None:
-                scenario = make_pay_scenario(
-                    [card.number + "#", card.expiry, card.cvc],
-                    tmp_path / f"pay{index}.xml",
-                    headers={"X-SPG-Transaction": f"sbx-4990-EUR-mem{run}c{index}-[call_number]"},
-                    result_timeout_ms=90_000,
-                )
-                results.append(
-                    run_sipp_load(
-                        scenario,
-                        f"{HOST}:{node.sip_port}",
-                        CALLS_PER_CARD,
-                        5.0,
-                        workdir=tmp_path / "sipp",
-                        timeout_s=200,
-                    )
-                )
-
-            threads = [
-                threading.Thread(target=calls, args=(i, card)) for i, card in enumerate(CARDS)
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            # 5 new calls a second for each card, all of a card's calls at once at most
+            total = CALLS_PER_CARD * len(CARDS)
+            results = run_calls(
+                f"{HOST}:{node.sip_port}", total, 5.0 * len(CARDS), total, tmp_path, cards=CARDS
+            )
             cdrs = [json.loads(line) for line in node.cdr_lines()]
             node_scan = scan_process(node.proc.pid, CARDS)
             sandbox_scan = scan_process(sandbox.proc.pid, CARDS)
@@ -120,7 +92,6 @@ def test_fifty_payments_leave_no_card_in_the_nodes_memory(tmp_path: Path) -> Non
 def test_in_band_payments_on_the_shared_port_leave_no_card_in_the_nodes_memory(
     tmp_path: Path,
 ) -> None:
-    run = uuid.uuid4().hex[:6]
     calls_per_card = 8
     with SandboxProcess(tmp_path / "sandbox") as sandbox, RtpEngine(tmp_path / "relay") as relay:
         env = {
@@ -138,36 +109,12 @@ def test_in_band_payments_on_the_shared_port_leave_no_card_in_the_nodes_memory(
             ) as proxy,
         ):
             assert node.proc is not None
-            results: list[SippLoadResult] = []
-
-            def calls(index: int, card: KnownCard) -> None:
-                audio, _tones = inband_caller(card, tmp_path, f"caller{index}.alaw", index + 1)
-                scenario = make_pay_scenario(
-                    [card.number + "#", card.expiry, card.cvc],
-                    tmp_path / f"pay{index}.xml",
-                    headers={"X-SPG-Transaction": f"sbx-4990-EUR-mib{run}c{index}-[call_number]"},
-                    result_timeout_ms=120_000,
-                    initial_pause_ms=0,
-                    inband_wav=audio,
-                )
-                results.append(
-                    run_sipp_load(
-                        scenario,
-                        f"{HOST}:{proxy.port}",
-                        calls_per_card,
-                        2.0,
-                        workdir=tmp_path / "sipp",
-                        timeout_s=200,
-                    )
-                )
-
-            threads = [
-                threading.Thread(target=calls, args=(i, card)) for i, card in enumerate(CARDS)
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            # keyed in-band, 2 new calls a second for each card, all at once at most
+            total = calls_per_card * len(CARDS)
+            tones: dict[str, dict[str, list[bytes]]] = {}
+            results = run_calls(
+                f"{HOST}:{proxy.port}", total, 2.0 * len(CARDS), total, tmp_path, tones, CARDS
+            )
             cdrs = [json.loads(line) for line in node.cdr_lines()]
             node_scan = scan_process(node.proc.pid, CARDS)
             logs = node.logs()
